@@ -1,0 +1,181 @@
+//! Loading, attaching and reading the XDP program.
+//!
+//! The object is built from `mlb-ebpf` by `build.rs` and embedded in the binary, so the agent and
+//! its program always match. Links are owned by [`XdpProgram`]: dropping it detaches the program
+//! from every interface, so an agent that exits never leaves a program attached by accident.
+use aya::{
+    Ebpf,
+    maps::PerCpuArray,
+    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+};
+use mlb_common::stats::Counter;
+
+use crate::options::XdpAttachMode;
+
+/// The XDP object, built from `mlb-ebpf` for this binary.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mlb-ebpf"));
+
+/// Name of the XDP entry point in the object.
+pub const PROGRAM_NAME: &str = "mlb_xdp";
+
+/// What went wrong with the XDP dataplane.
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    #[error("loading the XDP object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the XDP object has no program {PROGRAM_NAME} (build mismatch)")]
+    MissingProgram,
+    #[error("the XDP object has no map {0} (build mismatch)")]
+    MissingMap(&'static str),
+    #[error("XDP program: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("attaching XDP to {iface} in {mode:?} mode: {source}{hint}")]
+    Attach {
+        iface: String,
+        mode: XdpAttachMode,
+        #[source]
+        source: aya::programs::ProgramError,
+        hint: &'static str,
+    },
+    #[error("XDP map: {0}")]
+    Map(#[from] aya::maps::MapError),
+}
+
+/// The loaded program and the interfaces it is attached to.
+pub struct XdpProgram {
+    ebpf: Ebpf,
+    attached: Vec<(String, XdpLinkId)>,
+}
+
+impl XdpProgram {
+    /// Loads the embedded object into the kernel (verifier included); attaches nothing yet.
+    pub fn load() -> Result<Self, XdpError> {
+        let mut ebpf = Ebpf::load(OBJECT)?;
+        for name in mlb_common::maps::ALL {
+            if ebpf.map(name).is_none() {
+                return Err(XdpError::MissingMap(name));
+            }
+        }
+        program_mut(&mut ebpf)?.load()?;
+        Ok(Self {
+            ebpf,
+            attached: Vec::new(),
+        })
+    }
+
+    /// Attaches the program to `iface`. Native mode is the fast path; skb (generic) mode works
+    /// on any device.
+    pub fn attach(&mut self, iface: &str, mode: XdpAttachMode) -> Result<(), XdpError> {
+        let xdp_mode = match mode {
+            XdpAttachMode::Native => XdpMode::Driver,
+            XdpAttachMode::Skb => XdpMode::Skb,
+        };
+        let link = program_mut(&mut self.ebpf)?
+            .attach(iface, xdp_mode)
+            .map_err(|source| XdpError::Attach {
+                iface: iface.to_owned(),
+                mode,
+                hint: match mode {
+                    XdpAttachMode::Native => {
+                        " (if the driver has no native XDP, try --xdp-mode skb; if another XDP \
+                         program owns the interface, detach it or stop the other mlb)"
+                    }
+                    XdpAttachMode::Skb => "",
+                },
+                source,
+            })?;
+        self.attached.push((iface.to_owned(), link));
+        Ok(())
+    }
+
+    /// Detaches the program from `iface` (no-op if it is not attached there).
+    pub fn detach(&mut self, iface: &str) -> Result<(), XdpError> {
+        if let Some(pos) = self.attached.iter().position(|(i, _)| i == iface) {
+            let (_, link) = self.attached.remove(pos);
+            program_mut(&mut self.ebpf)?.detach(link)?;
+        }
+        Ok(())
+    }
+
+    /// Interfaces the program is attached to.
+    pub fn interfaces(&self) -> impl Iterator<Item = &str> {
+        self.attached.iter().map(|(i, _)| i.as_str())
+    }
+
+    /// The loaded program, e.g. for `BPF_PROG_TEST_RUN`.
+    pub fn program(&self) -> Result<&Xdp, XdpError> {
+        self.ebpf
+            .program(PROGRAM_NAME)
+            .ok_or(XdpError::MissingProgram)?
+            .try_into()
+            .map_err(XdpError::Program)
+    }
+
+    /// The global counters, summed over all CPUs, in [`Counter`] order.
+    pub fn counters(&self) -> Result<Counters, XdpError> {
+        let map = self
+            .ebpf
+            .map(mlb_common::maps::STATS)
+            .ok_or(XdpError::MissingMap(mlb_common::maps::STATS))?;
+        let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        let mut values = [0u64; Counter::COUNT];
+        for (i, value) in values.iter_mut().enumerate() {
+            let index = u32::try_from(i).expect("counter index fits u32");
+            *value = stats.get(&index, 0)?.iter().sum();
+        }
+        Ok(Counters(values))
+    }
+}
+
+fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
+    ebpf.program_mut(PROGRAM_NAME)
+        .ok_or(XdpError::MissingProgram)?
+        .try_into()
+        .map_err(XdpError::Program)
+}
+
+/// A snapshot of the global counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters(pub [u64; Counter::COUNT]);
+
+impl Counters {
+    /// The value of one counter.
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0[counter as usize]
+    }
+
+    /// How much each counter grew since `earlier`.
+    #[must_use]
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        let mut out = [0u64; Counter::COUNT];
+        for (i, v) in out.iter_mut().enumerate() {
+            *v = self.0[i].saturating_sub(earlier.0[i]);
+        }
+        Counters(out)
+    }
+
+    /// `(name, value)` pairs, for logs and the admin API.
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Counter::ALL.iter().map(|(c, name)| (*name, self.get(*c)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aya_obj::Object;
+
+    use super::*;
+
+    /// Every map name user space relies on exists in the embedded object.
+    #[test]
+    fn object_has_every_map_and_the_program() {
+        let obj = Object::parse(OBJECT).expect("embedded object parses");
+        for name in mlb_common::maps::ALL {
+            assert!(
+                obj.maps.contains_key(*name),
+                "map {name} missing from the object"
+            );
+        }
+        assert!(obj.programs.contains_key(PROGRAM_NAME));
+    }
+}

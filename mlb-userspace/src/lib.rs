@@ -1,0 +1,10 @@
+//! mlb: a Marathon load balancer with an XDP datapath for TCP/UDP and a hyper + rustls proxy for
+//! HTTP and TLS.
+//!
+//! Data flows one way: Marathon → model (pure) → diff → dataplanes. The `mlb` binary
+//! (`main.rs`) wires these modules together; integration tests in `tests/` use them directly.
+#![deny(unsafe_code)]
+
+pub mod dataplane;
+pub mod logging;
+pub mod options;

@@ -1,0 +1,130 @@
+//! Developer commands for mlb: `cargo xtask <setup|test|lint|demo|bench>`.
+//!
+//! Every command that builds mlb runs `setup` first, so a fresh machine needs nothing but rustup's
+//! stable and nightly toolchains (and root for the packages and the namespace tests).
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "mlb developer commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing mlb needs (idempotent; instant when all is present).
+    Setup,
+    /// Run every test: unit tests, BPF_PROG_TEST_RUN fixtures, namespace end-to-end tests.
+    Test {
+        /// Extra arguments passed to `cargo test` after `--` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// `cargo fmt --check` and `cargo clippy -D warnings` on the host crates and the eBPF crate.
+    Lint,
+    /// Run the demo: mlb routing sample apps (see README).
+    Demo {
+        /// Arguments passed to the demo.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::run(setup::TEST_PACKAGES),
+        Cmd::Test { args } => {
+            setup::run(setup::TEST_PACKAGES)?;
+            if !setup::is_root() {
+                eprintln!(
+                    "xtask test: not root: tests that need network namespaces or BPF will report \
+                     themselves skipped"
+                );
+            }
+            // Build the `mlb` binary first: end-to-end tests spawn it.
+            cargo(&["build", "--package", "mlb-userspace", "--bin", "mlb"])?;
+            let mut test = vec!["test", "--workspace", "--no-fail-fast"];
+            if !args.is_empty() {
+                test.push("--");
+                test.extend(args.iter().map(String::as_str));
+            }
+            cargo(&test)
+        }
+        Cmd::Lint => {
+            setup::run(&[])?;
+            cargo(&["fmt", "--all", "--check"])?;
+            cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])?;
+            // The eBPF crate is linted for its own target: with the host crates, feature
+            // unification would pull aya (std) into it.
+            let status = Command::new("cargo")
+                .args([
+                    "+nightly",
+                    "clippy",
+                    "--package",
+                    "mlb-ebpf",
+                    "--target",
+                    "bpfel-unknown-none",
+                    "-Z",
+                    "build-std=core",
+                    "--",
+                    "-D",
+                    "warnings",
+                ])
+                .current_dir("mlb-ebpf")
+                .status()?;
+            if !status.success() {
+                bail!("clippy on mlb-ebpf failed");
+            }
+            Ok(())
+        }
+        Cmd::Demo { args } => {
+            setup::run(setup::TEST_PACKAGES)?;
+            cargo(&[
+                "build",
+                "--release",
+                "--package",
+                "mlb-userspace",
+                "--bin",
+                "mlb",
+            ])?;
+            let mut run = vec![
+                "run",
+                "--release",
+                "--package",
+                "mlb-userspace",
+                "--bin",
+                "mlb",
+                "--",
+                "demo",
+            ];
+            run.extend(args.iter().map(String::as_str));
+            cargo(&run)
+        }
+    }
+}
+
+/// Runs cargo (the same toolchain that runs xtask) and fails if it does.
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
