@@ -7,4 +7,5 @@
 
 pub mod dataplane;
 pub mod logging;
+pub mod model;
 pub mod options;

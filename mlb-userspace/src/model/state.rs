@@ -1,0 +1,254 @@
+//! The desired state: what mlb should expose, whatever produced it (Marathon or a static file).
+//!
+//! Collections are `BTreeMap`s and sorted `Vec`s so that equal states compare equal and iterate
+//! the same way on every instance (several mlb instances behind ECMP must agree).
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Transport protocol of an L4 service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// Stable identity of a backend: the Marathon task id and port index (`"<task-id>:<index>"`), or
+/// a name from a static config. Health, counters and drain state are keyed by it and survive
+/// every recomputation of the desired state.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct BackendId(pub String);
+
+impl fmt::Display for BackendId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether a backend takes new connections.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    /// Takes new connections.
+    #[default]
+    Active,
+    /// Being removed (zero-downtime deployment, scale-down): keeps its established connections,
+    /// takes no new ones.
+    Draining,
+}
+
+/// One backend (a Marathon task's host:port).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Backend {
+    pub id: BackendId,
+    pub addr: SocketAddr,
+    /// Relative weight for load balancing (≥ 1; Maglev gives it a proportional share).
+    pub weight: u32,
+    pub state: BackendState,
+}
+
+/// Identity of an L4 service: one service port and protocol. The addresses it is exposed on are
+/// the dataplane's VIPs (`--vip`), or [`L4Service::bind_addr`] when the app sets one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct L4ServiceKey {
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for L4ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.port, self.protocol)
+    }
+}
+
+/// A plain TCP or UDP service, forwarded by the XDP or the userspace TCP/UDP dataplane.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L4Service {
+    pub key: L4ServiceKey,
+    /// Marathon app id (or static service name) this service comes from.
+    pub app_id: String,
+    /// `HAPROXY_{n}_BIND_ADDR`: expose on this address only instead of every VIP.
+    pub bind_addr: Option<IpAddr>,
+    /// Backends sorted by id (deterministic order).
+    pub backends: Vec<Backend>,
+    /// Active health check to run against the backends, if the app defines one.
+    pub health_check: Option<HealthCheck>,
+}
+
+/// Load-balancing algorithm of an HTTP service (`HAPROXY_{n}_BALANCE`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConn,
+    /// Hash of the client address.
+    Source,
+}
+
+/// HTTP basic auth from `HAPROXY_{n}_AUTH=realm:user:hash` (crypt(3) hash).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasicAuth {
+    pub realm: String,
+    pub user: String,
+    /// crypt(3) hash as HAProxy userlists take it (`$6$…`, `$5$…`, `$2y$…`).
+    pub password_hash: String,
+}
+
+/// An address block for `HAPROXY_{n}_BACKEND_NETWORK_ALLOWED_ACL`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IpNet {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl IpNet {
+    /// Whether `ip` is inside this block (an IPv4 block never contains an IPv6 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let bits = u32::from(self.prefix_len.min(32));
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - bits)
+                };
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let bits = u32::from(self.prefix_len.min(128));
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - bits)
+                };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = String;
+    /// `10.0.0.0/8`, `fd00::/8`, or a bare address (a /32 or /128).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix_len = match len {
+            Some(l) => l
+                .parse::<u8>()
+                .ok()
+                .filter(|l| *l <= max)
+                .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?,
+            None => max,
+        };
+        Ok(IpNet { addr, prefix_len })
+    }
+}
+
+/// Active health check, from the app's Marathon `healthChecks`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub kind: HealthCheckKind,
+    /// Which of the task's ports to check (`portIndex`, or `HAPROXY_{n}_BACKEND_HEALTHCHECK_PORT_INDEX`).
+    pub port_index: usize,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failures before a backend leaves rotation.
+    pub max_consecutive_failures: u32,
+}
+
+/// What a health check does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HealthCheckKind {
+    /// TCP connect succeeds.
+    Tcp,
+    /// `GET path` answers 2xx or 3xx.
+    Http { path: String },
+}
+
+/// Identity of an HTTP service: app id and service-port index.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct HttpServiceKey {
+    pub app_id: String,
+    pub port_index: usize,
+}
+
+/// An HTTP (`HAPROXY_{n}_MODE=http`) service: served by the L7 proxy on its own service port,
+/// and on :80/:443 for its vhosts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpService {
+    pub key: HttpServiceKey,
+    /// The service port (a frontend of its own, as marathon-lb's `frontend <app>_<port>`).
+    pub service_port: u16,
+    /// `HAPROXY_{n}_VHOST`, lowercased; empty: reachable on the service port only.
+    pub vhosts: Vec<String>,
+    /// `HAPROXY_{n}_PATH` prefixes (`path_beg`); empty: every path.
+    pub paths: Vec<String>,
+    /// Backends sorted by id.
+    pub backends: Vec<Backend>,
+    pub balance: Balance,
+    pub sticky: bool,
+    pub redirect_to_https: bool,
+    pub use_hsts: bool,
+    /// `HAPROXY_{n}_SSL_CERT`: certificate files for this service's vhosts / TLS service port.
+    pub ssl_certs: Vec<PathBuf>,
+    pub bind_addr: Option<IpAddr>,
+    pub auth: Option<BasicAuth>,
+    /// `HAPROXY_{n}_BACKEND_NETWORK_ALLOWED_ACL`; empty: everyone.
+    pub allowed_networks: Vec<IpNet>,
+    /// `HAPROXY_{n}_HTTP_BACKEND_PROXYPASS_PATH`: prefix stripped before forwarding.
+    pub proxypass_path: Option<String>,
+    /// `HAPROXY_{n}_HTTP_BACKEND_REVPROXY_PATH`: prefix added to `Location` in responses.
+    pub revproxy_path: Option<String>,
+    /// `HAPROXY_{n}_HTTP_BACKEND_REDIR`: requests for `/` are redirected here.
+    pub redirect_root_to: Option<String>,
+    /// `HAPROXY_{n}_BACKEND_WEIGHT`: higher is matched first among overlapping routes.
+    pub weight: i32,
+    pub health_check: Option<HealthCheck>,
+    /// `MLB_{n}_TLS_PASSTHROUGH=true`: on :443, forward TLS by SNI to the backends without
+    /// terminating it.
+    pub tls_passthrough: bool,
+}
+
+/// Why an app (or one of its ports) is not exposed; for `mlb explain` and the logs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected {
+    pub app_id: String,
+    /// Service-port index, when the reason concerns one port only.
+    pub port_index: Option<usize>,
+    pub reason: String,
+}
+
+/// Everything mlb should expose.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredState {
+    pub l4: BTreeMap<L4ServiceKey, L4Service>,
+    pub http: BTreeMap<HttpServiceKey, HttpService>,
+    pub rejected: Vec<Rejected>,
+}
