@@ -1,1 +1,6 @@
-//! placeholder
+//! Helpers for mlb's integration tests: network namespaces and veth links ([`netns`]), a packet
+//! builder for BPF_PROG_TEST_RUN fixtures ([`packet`]), and privilege checks ([`privileges`]).
+pub mod mlb_bin;
+pub mod netns;
+pub mod packet;
+pub mod privileges;

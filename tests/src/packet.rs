@@ -1,0 +1,508 @@
+//! Hand-built Ethernet frames for BPF_PROG_TEST_RUN fixtures, and from-scratch checksum checks
+//! for the frames the program writes back.
+//!
+//! ```
+//! use mlb_tests::packet::{PacketBuilder, TCP_SYN};
+//! let frame = PacketBuilder::new()
+//!     .ipv4("198.18.1.1".parse().unwrap(), "198.18.1.2".parse().unwrap())
+//!     .tcp(40000, 80, TCP_SYN)
+//!     .build();
+//! assert_eq!(frame.len(), 14 + 20 + 20);
+//! ```
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Default MACs of fixtures: the client side, and the load balancer's interface.
+pub const MAC_CLIENT: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
+pub const MAC_LB: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
+
+enum L3 {
+    None,
+    V4 {
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        options: Vec<u8>,
+        frag: u16,
+        ttl: u8,
+        id: u16,
+    },
+    V6 {
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        next_header: Option<u8>,
+        hop_limit: u8,
+    },
+}
+
+enum L4 {
+    None,
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        seq: u32,
+        ack: u32,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    /// A raw protocol number with the payload as its body.
+    Raw {
+        proto: u8,
+    },
+}
+
+/// Builds one frame: Ethernet, optional VLAN tag, IPv4/IPv6, TCP/UDP, payload. Lengths and
+/// checksums are computed in [`PacketBuilder::build`] unless overridden.
+pub struct PacketBuilder {
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    vlan: Option<u16>,
+    ether_type: Option<u16>,
+    l3: L3,
+    l4: L4,
+    payload: Vec<u8>,
+}
+
+impl Default for PacketBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PacketBuilder {
+    /// A frame from [`MAC_CLIENT`] to [`MAC_LB`] with nothing above Ethernet yet.
+    pub fn new() -> Self {
+        PacketBuilder {
+            src_mac: MAC_CLIENT,
+            dst_mac: MAC_LB,
+            vlan: None,
+            ether_type: None,
+            l3: L3::None,
+            l4: L4::None,
+            payload: Vec::new(),
+        }
+    }
+
+    /// Sets source and destination MACs.
+    pub fn eth(mut self, src: [u8; 6], dst: [u8; 6]) -> Self {
+        self.src_mac = src;
+        self.dst_mac = dst;
+        self
+    }
+
+    /// Adds one 802.1Q tag with this VLAN id.
+    pub fn vlan(mut self, id: u16) -> Self {
+        self.vlan = Some(id);
+        self
+    }
+
+    /// Forces the (inner) EtherType, e.g. 0x0806 for ARP.
+    pub fn ether_type(mut self, t: u16) -> Self {
+        self.ether_type = Some(t);
+        self
+    }
+
+    /// IPv4 header (TTL 64, no options, not fragmented).
+    pub fn ipv4(mut self, src: Ipv4Addr, dst: Ipv4Addr) -> Self {
+        self.l3 = L3::V4 {
+            src,
+            dst,
+            options: Vec::new(),
+            frag: 0,
+            ttl: 64,
+            id: 0x1234,
+        };
+        self
+    }
+
+    /// IPv6 header (hop limit 64).
+    pub fn ipv6(mut self, src: Ipv6Addr, dst: Ipv6Addr) -> Self {
+        self.l3 = L3::V6 {
+            src,
+            dst,
+            next_header: None,
+            hop_limit: 64,
+        };
+        self
+    }
+
+    /// IPv4 or IPv6 header, by the addresses' family.
+    pub fn ip(self, src: IpAddr, dst: IpAddr) -> Self {
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => self.ipv4(s, d),
+            (IpAddr::V6(s), IpAddr::V6(d)) => self.ipv6(s, d),
+            _ => panic!("mixed address families {src} {dst}"),
+        }
+    }
+
+    /// IPv4 options (padded to a multiple of 4 bytes); IHL grows accordingly.
+    pub fn ipv4_options(mut self, opts: &[u8]) -> Self {
+        if let L3::V4 { options, .. } = &mut self.l3 {
+            options.extend_from_slice(opts);
+            while options.len() % 4 != 0 {
+                options.push(0);
+            }
+        }
+        self
+    }
+
+    /// IPv4 fragment: more-fragments flag and offset (in 8-byte units).
+    pub fn ipv4_fragment(mut self, more_fragments: bool, offset: u16) -> Self {
+        if let L3::V4 { frag, .. } = &mut self.l3 {
+            *frag = (if more_fragments { 0x2000 } else { 0 }) | (offset & 0x1FFF);
+        }
+        self
+    }
+
+    /// Sets the IPv4 TTL or IPv6 hop limit.
+    pub fn ttl(mut self, value: u8) -> Self {
+        match &mut self.l3 {
+            L3::V4 { ttl, .. } => *ttl = value,
+            L3::V6 { hop_limit, .. } => *hop_limit = value,
+            L3::None => {}
+        }
+        self
+    }
+
+    /// IPv6 next-header override (e.g. an extension header number); the payload follows as is.
+    pub fn ipv6_next_header(mut self, nh: u8) -> Self {
+        if let L3::V6 { next_header, .. } = &mut self.l3 {
+            *next_header = Some(nh);
+        }
+        self
+    }
+
+    /// TCP header with these ports and flags (seq 1000, ack 0 unless ACK is set).
+    pub fn tcp(mut self, sport: u16, dport: u16, flags: u8) -> Self {
+        let ack = if flags & TCP_ACK != 0 { 2000 } else { 0 };
+        self.l4 = L4::Tcp {
+            sport,
+            dport,
+            flags,
+            seq: 1000,
+            ack,
+        };
+        self
+    }
+
+    /// TCP with explicit sequence and acknowledgement numbers.
+    pub fn tcp_seq(mut self, sport: u16, dport: u16, flags: u8, seq: u32, ack: u32) -> Self {
+        self.l4 = L4::Tcp {
+            sport,
+            dport,
+            flags,
+            seq,
+            ack,
+        };
+        self
+    }
+
+    /// UDP header with these ports.
+    pub fn udp(mut self, sport: u16, dport: u16) -> Self {
+        self.l4 = L4::Udp { sport, dport };
+        self
+    }
+
+    /// Another L4 protocol number (ICMP = 1, GRE = 47, …); the payload is its body.
+    pub fn l4_proto(mut self, proto: u8) -> Self {
+        self.l4 = L4::Raw { proto };
+        self
+    }
+
+    /// Application payload.
+    pub fn payload(mut self, data: &[u8]) -> Self {
+        self.payload = data.to_vec();
+        self
+    }
+
+    /// Assembles the frame with correct lengths and checksums.
+    pub fn build(self) -> Vec<u8> {
+        let (proto, mut l4) = match &self.l4 {
+            L4::None => (0u8, Vec::new()),
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+                seq,
+                ack,
+            } => {
+                let mut h = Vec::with_capacity(20);
+                h.extend_from_slice(&sport.to_be_bytes());
+                h.extend_from_slice(&dport.to_be_bytes());
+                h.extend_from_slice(&seq.to_be_bytes());
+                h.extend_from_slice(&ack.to_be_bytes());
+                h.push(5 << 4);
+                h.push(*flags);
+                h.extend_from_slice(&64240u16.to_be_bytes());
+                h.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+                (6, h)
+            }
+            L4::Udp { sport, dport } => {
+                let mut h = Vec::with_capacity(8);
+                h.extend_from_slice(&sport.to_be_bytes());
+                h.extend_from_slice(&dport.to_be_bytes());
+                let len = u16::try_from(8 + self.payload.len()).expect("UDP length");
+                h.extend_from_slice(&len.to_be_bytes());
+                h.extend_from_slice(&[0, 0]);
+                (17, h)
+            }
+            L4::Raw { proto } => (*proto, Vec::new()),
+        };
+        l4.extend_from_slice(&self.payload);
+
+        let mut frame = Vec::with_capacity(64 + l4.len());
+        frame.extend_from_slice(&self.dst_mac);
+        frame.extend_from_slice(&self.src_mac);
+        let inner_type = self.ether_type.unwrap_or(match self.l3 {
+            L3::V4 { .. } => 0x0800,
+            L3::V6 { .. } => 0x86DD,
+            L3::None => 0x0806,
+        });
+        if let Some(vid) = self.vlan {
+            frame.extend_from_slice(&0x8100u16.to_be_bytes());
+            frame.extend_from_slice(&(vid & 0x0FFF).to_be_bytes());
+        }
+        frame.extend_from_slice(&inner_type.to_be_bytes());
+
+        match &self.l3 {
+            L3::None => frame.extend_from_slice(&l4),
+            L3::V4 {
+                src,
+                dst,
+                options,
+                frag,
+                ttl,
+                id,
+            } => {
+                let ihl = 5 + options.len() / 4;
+                let total = u16::try_from(ihl * 4 + l4.len()).expect("IPv4 length");
+                let mut h = Vec::with_capacity(ihl * 4);
+                h.push(0x40 | u8::try_from(ihl).expect("IHL"));
+                h.push(0);
+                h.extend_from_slice(&total.to_be_bytes());
+                h.extend_from_slice(&id.to_be_bytes());
+                h.extend_from_slice(&frag.to_be_bytes());
+                h.push(*ttl);
+                h.push(proto);
+                h.extend_from_slice(&[0, 0]);
+                h.extend_from_slice(&src.octets());
+                h.extend_from_slice(&dst.octets());
+                h.extend_from_slice(options);
+                let c = checksum(&[&h]);
+                h[10..12].copy_from_slice(&c.to_be_bytes());
+                let pseudo = pseudo_v4(*src, *dst, proto, l4.len());
+                fill_l4_checksum(&mut l4, proto, &pseudo);
+                frame.extend_from_slice(&h);
+                frame.extend_from_slice(&l4);
+            }
+            L3::V6 {
+                src,
+                dst,
+                next_header,
+                hop_limit,
+            } => {
+                let nh = next_header.unwrap_or(proto);
+                let mut h = Vec::with_capacity(40);
+                h.extend_from_slice(&[0x60, 0, 0, 0]);
+                h.extend_from_slice(&u16::try_from(l4.len()).expect("IPv6 length").to_be_bytes());
+                h.push(nh);
+                h.push(*hop_limit);
+                h.extend_from_slice(&src.octets());
+                h.extend_from_slice(&dst.octets());
+                if next_header.is_none() {
+                    let pseudo = pseudo_v6(*src, *dst, proto, l4.len());
+                    fill_l4_checksum(&mut l4, proto, &pseudo);
+                }
+                frame.extend_from_slice(&h);
+                frame.extend_from_slice(&l4);
+            }
+        }
+        frame
+    }
+}
+
+fn fill_l4_checksum(l4: &mut [u8], proto: u8, pseudo: &[u8]) {
+    let at = match proto {
+        6 if l4.len() >= 20 => 16,
+        17 if l4.len() >= 8 => 6,
+        _ => return,
+    };
+    l4[at] = 0;
+    l4[at + 1] = 0;
+    let mut c = checksum(&[pseudo, l4]);
+    if proto == 17 && c == 0 {
+        c = 0xFFFF; // UDP: a computed 0 is sent as all ones
+    }
+    l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+fn pseudo_v4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> Vec<u8> {
+    let mut p = Vec::with_capacity(12);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.push(0);
+    p.push(proto);
+    p.extend_from_slice(&u16::try_from(len).expect("L4 length").to_be_bytes());
+    p
+}
+
+fn pseudo_v6(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, len: usize) -> Vec<u8> {
+    let mut p = Vec::with_capacity(40);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&u32::try_from(len).expect("L4 length").to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, proto]);
+    p
+}
+
+/// The Internet checksum (RFC 1071) over the concatenation of `parts`.
+pub fn checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut odd: Option<u8> = None;
+    for part in parts {
+        for &b in *part {
+            match odd.take() {
+                Some(hi) => sum += u32::from(u16::from_be_bytes([hi, b])),
+                None => odd = Some(b),
+            }
+        }
+    }
+    if let Some(hi) = odd {
+        sum += u32::from(u16::from_be_bytes([hi, 0]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    !(u16::try_from(sum).expect("folded"))
+}
+
+/// What a test needs to know about a frame the program wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    /// TTL / hop limit.
+    pub ttl: u8,
+    /// IPv4 header checksum and L4 checksum verified from scratch.
+    pub checksums_ok: bool,
+    pub payload: Vec<u8>,
+}
+
+/// Parses an untagged Ethernet + IPv4/IPv6 + TCP/UDP frame and verifies its checksums from
+/// scratch (independently of how the program updated them).
+pub fn parse(frame: &[u8]) -> Option<Parsed> {
+    let dst_mac: [u8; 6] = frame.get(0..6)?.try_into().ok()?;
+    let src_mac: [u8; 6] = frame.get(6..12)?.try_into().ok()?;
+    let ether_type = u16::from_be_bytes(frame.get(12..14)?.try_into().ok()?);
+    let ip = frame.get(14..)?;
+    let (src, dst, proto, ttl, l4, ip_ok, pseudo): (IpAddr, IpAddr, u8, u8, &[u8], bool, Vec<u8>) =
+        match ether_type {
+            0x0800 => {
+                let ihl = usize::from(ip.first()? & 0x0F) * 4;
+                let total = usize::from(u16::from_be_bytes(ip.get(2..4)?.try_into().ok()?));
+                let src = Ipv4Addr::from(<[u8; 4]>::try_from(ip.get(12..16)?).ok()?);
+                let dst = Ipv4Addr::from(<[u8; 4]>::try_from(ip.get(16..20)?).ok()?);
+                let proto = *ip.get(9)?;
+                let l4 = ip.get(ihl..total)?;
+                let ok = checksum(&[ip.get(..ihl)?]) == 0;
+                (
+                    src.into(),
+                    dst.into(),
+                    proto,
+                    ip[8],
+                    l4,
+                    ok,
+                    pseudo_v4(src, dst, proto, l4.len()),
+                )
+            }
+            0x86DD => {
+                let plen = usize::from(u16::from_be_bytes(ip.get(4..6)?.try_into().ok()?));
+                let src = Ipv6Addr::from(<[u8; 16]>::try_from(ip.get(8..24)?).ok()?);
+                let dst = Ipv6Addr::from(<[u8; 16]>::try_from(ip.get(24..40)?).ok()?);
+                let proto = *ip.get(6)?;
+                let l4 = ip.get(40..40 + plen)?;
+                (
+                    src.into(),
+                    dst.into(),
+                    proto,
+                    ip[7],
+                    l4,
+                    true,
+                    pseudo_v6(src, dst, proto, l4.len()),
+                )
+            }
+            _ => return None,
+        };
+    let sport = u16::from_be_bytes(l4.get(0..2)?.try_into().ok()?);
+    let dport = u16::from_be_bytes(l4.get(2..4)?.try_into().ok()?);
+    let hlen = if proto == 6 {
+        usize::from(l4.get(12)? >> 4) * 4
+    } else {
+        8
+    };
+    let l4_ok = checksum(&[&pseudo, l4]) == 0;
+    Some(Parsed {
+        dst_mac,
+        src_mac,
+        src,
+        dst,
+        proto,
+        sport,
+        dport,
+        ttl,
+        checksums_ok: ip_ok && l4_ok,
+        payload: l4.get(hlen..)?.to_vec(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_frames_have_valid_checksums() {
+        for frame in [
+            PacketBuilder::new()
+                .ipv4("198.18.1.1".parse().unwrap(), "198.18.1.2".parse().unwrap())
+                .tcp(40000, 80, TCP_SYN)
+                .payload(b"odd")
+                .build(),
+            PacketBuilder::new()
+                .ipv6("fd00::1".parse().unwrap(), "fd00::2".parse().unwrap())
+                .udp(5000, 53)
+                .payload(b"hello")
+                .build(),
+            PacketBuilder::new()
+                .ipv4("198.18.1.1".parse().unwrap(), "198.18.1.2".parse().unwrap())
+                .ipv4_options(&[0x94, 0x04, 0, 0])
+                .udp(5000, 53)
+                .build(),
+        ] {
+            let p = parse(&frame).expect("parses");
+            assert!(p.checksums_ok, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn a_corrupted_frame_fails_the_checksum_check() {
+        let mut frame = PacketBuilder::new()
+            .ipv4("198.18.1.1".parse().unwrap(), "198.18.1.2".parse().unwrap())
+            .tcp(40000, 80, TCP_SYN)
+            .build();
+        let last = frame.len() - 1;
+        frame[last] ^= 0x40; // flips a bit of the TCP urgent pointer
+        assert!(!parse(&frame).unwrap().checksums_ok);
+    }
+}
