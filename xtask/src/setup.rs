@@ -22,6 +22,7 @@ use anyhow::{Context as _, Result, bail};
 /// and `h2load` (real HTTP/1.1 and HTTP/2 clients in the proxy tests).
 pub const TEST_PACKAGES: &[&str] = &["iproute2", "ethtool", "curl", "nghttp2-client"];
 /// Extra packages for `cargo xtask bench`: the reference load balancer and the load generators.
+#[allow(dead_code, reason = "used by `cargo xtask bench`")]
 pub const BENCH_PACKAGES: &[&str] = &["haproxy", "wrk", "iperf3", "nginx-light", "util-linux"];
 
 /// Runs every step; `packages` are the Debian packages this command needs.
