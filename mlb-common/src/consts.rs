@@ -1,7 +1,37 @@
-//! Sizes and limits shared by the XDP program and the agent.
+//! Sizes and limits shared by the XDP program and the agent. Map sizes are defaults: the agent
+//! may resize maps at load time (`EbpfLoader::set_max_entries`).
 
 /// Number of per-CPU counter slots in the global statistics array (see [`crate::stats::Counter`]).
 pub const STATS_SLOTS: u32 = crate::stats::Counter::COUNT as u32;
+
+/// Service slots (one per VIP × port × protocol). Each slot owns two Maglev tables.
+pub const MAX_SERVICES: u32 = 64;
+
+/// Backend slots, shared by all services (a backend is an address:port).
+pub const MAX_BACKENDS: u32 = 4096;
+
+/// Default Maglev table size: prime, > 100 × backends per service for ≤ 1% imbalance.
+pub const DEFAULT_RING_SIZE: u32 = 65537;
+
+/// Maglev entries packed per ring map element (array elements are 8-byte aligned anyway).
+pub const RING_ENTRIES_PER_ELEM: u32 = 2;
+
+/// Connection-tracking entries (two per flow: one per direction).
+pub const CT_MAX_ENTRIES: u32 = 262_144;
+
+/// Tries to find a free SNAT port for a new flow before giving up (counted as exhaustion).
+pub const SNAT_PORT_TRIES: u32 = 8;
+
+/// Devmap slots: interfaces the program may redirect to.
+pub const MAX_INTERFACES: u32 = 64;
+
+/// Backend index meaning "none" in Maglev tables.
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// Ring elements per table for a table of `ring_size` entries.
+pub const fn ring_elems(ring_size: u32) -> u32 {
+    ring_size.div_ceil(RING_ENTRIES_PER_ELEM)
+}
 
 /// XDP return codes (`enum xdp_action` of the kernel UAPI), for user space and tests.
 pub mod xdp_action {

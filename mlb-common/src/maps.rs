@@ -1,7 +1,185 @@
-//! Names of the maps in the XDP object, as user space looks them up with `take_map`.
+//! Map names and the `#[repr(C)]` keys and values stored in them.
+//!
+//! Addresses are stored as four `u32` words in network byte order exactly as they appear in the
+//! packet (IPv4 in word 0, words 1–3 zero); ports likewise in network byte order. Every type has
+//! explicit padding so its layout is identical on both sides.
 
 /// Per-CPU array of `u64` counters indexed by [`crate::stats::Counter`].
 pub const STATS: &str = "MLB_STATS";
+/// Hash: [`ServiceKey`] → [`ServiceValue`].
+pub const SERVICES: &str = "MLB_SERVICES";
+/// Array of [`RingElem`]: two Maglev tables per service slot.
+pub const RINGS: &str = "MLB_RINGS";
+/// Array of [`Backend`], indexed by backend id.
+pub const BACKENDS: &str = "MLB_BACKENDS";
+/// LRU hash: [`FlowKey`] → [`NatEntry`], one entry per direction of each flow.
+pub const CONNTRACK: &str = "MLB_CONNTRACK";
+/// Array with one [`Config`].
+pub const CONFIG: &str = "MLB_CONFIG";
+/// Devmap (hash by ifindex): interfaces the program redirects to.
+pub const TX_PORTS: &str = "MLB_TX_PORTS";
+/// Per-CPU array of [`FlowStats`], indexed by service slot.
+pub const SERVICE_STATS: &str = "MLB_SERVICE_STATS";
+/// Per-CPU array of [`FlowStats`], indexed by backend id.
+pub const BACKEND_STATS: &str = "MLB_BACKEND_STATS";
 
 /// Every map the agent expects to find in the object (checked by a unit test).
-pub const ALL: &[&str] = &[STATS];
+pub const ALL: &[&str] = &[
+    STATS,
+    SERVICES,
+    RINGS,
+    BACKENDS,
+    CONNTRACK,
+    CONFIG,
+    TX_PORTS,
+    SERVICE_STATS,
+    BACKEND_STATS,
+];
+
+/// `family` values.
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// A service: where clients send packets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey {
+    /// VIP, network order (IPv4 in word 0).
+    pub addr: [u32; 4],
+    /// Service port, network order.
+    pub port: u16,
+    /// IPPROTO_TCP (6) or IPPROTO_UDP (17).
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
+
+/// What the program needs to forward a service's packets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceValue {
+    /// Service slot: index of its Maglev tables and statistics.
+    pub slot: u32,
+    /// Which of the slot's two tables is live (0 or 1). The agent writes the other one, then
+    /// flips this: a packet never sees a half-written table.
+    pub ring_copy: u32,
+    /// Number of usable backends; 0 means packets are passed to the kernel (counted).
+    pub backend_count: u32,
+    pub _pad: u32,
+}
+
+/// Two Maglev table entries (backend ids, [`crate::consts::NO_BACKEND`] for none).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RingElem {
+    pub backends: [u32; 2],
+}
+
+/// `Backend::flags`: the backend is usable.
+pub const BACKEND_ACTIVE: u32 = 1;
+/// `Backend::flags`: the backend is dead: its established flows are re-balanced (the new backend,
+/// which has no such connection, answers TCP with a RST).
+pub const BACKEND_DEAD: u32 = 2;
+
+/// A backend address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    pub addr: [u32; 4],
+    /// Network order.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: u8,
+    /// `BACKEND_*` bits.
+    pub flags: u32,
+}
+
+/// A flow direction as seen on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// Network order.
+    pub sport: u16,
+    /// Network order.
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// `NatEntry::direction`: client → service, rewritten towards the backend.
+pub const DIR_TO_BACKEND: u8 = 0;
+/// `NatEntry::direction`: backend → SNAT address, rewritten back towards the client.
+pub const DIR_TO_CLIENT: u8 = 1;
+
+/// TCP tracking states (`NatEntry::state`); UDP flows stay [`CT_ESTABLISHED`].
+pub const CT_SYN: u8 = 1;
+pub const CT_ESTABLISHED: u8 = 2;
+pub const CT_CLOSING: u8 = 3;
+
+/// How to rewrite one direction of a tracked flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatEntry {
+    /// New source address and port (network order).
+    pub new_src: [u32; 4],
+    /// New destination address and port (network order).
+    pub new_dst: [u32; 4],
+    pub new_sport: u16,
+    pub new_dport: u16,
+    /// Service slot (statistics).
+    pub service_slot: u32,
+    /// Backend id (statistics, dead-backend check).
+    pub backend: u32,
+    /// [`DIR_TO_BACKEND`] or [`DIR_TO_CLIENT`].
+    pub direction: u8,
+    /// `CT_*` state.
+    pub state: u8,
+    pub _pad: [u8; 2],
+    /// `bpf_ktime_get_ns()` of the last packet; the agent expires idle entries.
+    pub last_seen_ns: u64,
+}
+
+/// Global settings written by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    /// SNAT source for IPv4 flows (network order, word 0) and IPv6 flows.
+    pub snat_v4: [u32; 4],
+    pub snat_v6: [u32; 4],
+    /// SNAT port range, host order, inclusive.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    /// Maglev table size (prime).
+    pub ring_size: u32,
+    /// Non-zero once the agent has written this config; until then every packet passes.
+    pub ready: u32,
+    pub _pad: u32,
+}
+
+/// Packets, bytes and new flows of a service or backend (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], Copy, with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for RingElem {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for NatEntry {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for FlowStats {}
+}

@@ -42,11 +42,36 @@ pub enum Counter {
     ParsedTcp6,
     /// Parsed IPv6 UDP packets.
     ParsedUdp6,
+    /// Passed: the agent has not configured the program yet.
+    PassNotReady,
+    /// Passed: the service has no usable backend (the kernel answers, e.g. with a RST).
+    PassNoBackend,
+    /// Passed: rewritten packet whose next hop has no neighbour entry yet; the kernel forwards
+    /// it and resolves ARP/ND (needs ip_forward).
+    PassNoNeighbour,
+    /// Passed: no route to the rewritten destination (FIB lookup failed).
+    PassFibFailed,
+    /// Passed: the egress interface is not one the program may redirect to.
+    PassRedirectFailed,
+    /// Dropped: no free SNAT port for a new flow (exhaustion).
+    DropSnatExhausted,
+    /// Dropped: the connection table refused an insert.
+    DropConntrackFull,
+    /// New flows created (a client → service packet without a tracked flow).
+    FlowNew,
+    /// Packets of tracked flows towards a backend.
+    FlowToBackend,
+    /// Packets of tracked flows back towards a client.
+    FlowToClient,
+    /// Tracked flows whose backend was dead, re-balanced to a live backend.
+    FlowBackendDead,
+    /// SNAT port collisions retried while creating flows.
+    SnatPortCollision,
 }
 
 impl Counter {
     /// Number of counters (the size of the stats array).
-    pub const COUNT: usize = Counter::ParsedUdp6 as usize + 1;
+    pub const COUNT: usize = Counter::SnatPortCollision as usize + 1;
 
     /// Every counter, in index order, with the name user space reports it under.
     pub const ALL: [(Counter, &'static str); Counter::COUNT] = [
@@ -68,5 +93,17 @@ impl Counter {
         (Counter::ParsedUdp4, "parsed_udp4"),
         (Counter::ParsedTcp6, "parsed_tcp6"),
         (Counter::ParsedUdp6, "parsed_udp6"),
+        (Counter::PassNotReady, "pass_not_ready"),
+        (Counter::PassNoBackend, "pass_no_backend"),
+        (Counter::PassNoNeighbour, "pass_no_neighbour"),
+        (Counter::PassFibFailed, "pass_fib_failed"),
+        (Counter::PassRedirectFailed, "pass_redirect_failed"),
+        (Counter::DropSnatExhausted, "drop_snat_exhausted"),
+        (Counter::DropConntrackFull, "drop_conntrack_full"),
+        (Counter::FlowNew, "flow_new"),
+        (Counter::FlowToBackend, "flow_to_backend"),
+        (Counter::FlowToClient, "flow_to_client"),
+        (Counter::FlowBackendDead, "flow_backend_dead"),
+        (Counter::SnatPortCollision, "snat_port_collision"),
     ];
 }

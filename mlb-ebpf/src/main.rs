@@ -1,17 +1,24 @@
-//! mlb's XDP program.
+//! mlb's XDP program: a full-NAT TCP/UDP load balancer.
 //!
-//! Every packet is parsed once into a [`parse::PacketMeta`]; the verdict is counted in the
-//! per-CPU statistics. Anything the program does not understand is passed to the kernel
-//! untouched, with the reason counted.
+//! Per packet: parse once ([`parse::parse_packet`]); a packet of a tracked flow is rewritten
+//! with its connection-tracking entry; a packet to a service starts a flow (Maglev picks the
+//! backend, a SNAT port is reserved); anything else is passed to the kernel untouched, with the
+//! reason counted. Rewritten packets are forwarded with `bpf_fib_lookup`.
 #![no_std]
 #![no_main]
 
+mod csum;
+mod flow;
+mod forward;
 mod maps;
+mod nat;
 mod parse;
 mod stats;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use mlb_common::stats::Counter;
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
+use mlb_common::{maps::DIR_TO_BACKEND, stats::Counter};
+
+use crate::maps::{CONFIG, CONNTRACK};
 
 /// Entry point, attached to every interface mlb serves.
 #[xdp]
@@ -32,9 +39,56 @@ fn process_packet(ctx: &XdpContext) -> u32 {
         }
     };
     stats::count(meta.parsed_counter());
-    // No service table yet: every well-formed packet goes to the kernel.
-    stats::count(Counter::PassNoService);
-    xdp_action::XDP_PASS
+    let cfg = match CONFIG.get(0) {
+        Some(cfg) if cfg.ready != 0 => cfg,
+        _ => {
+            stats::count(Counter::PassNotReady);
+            return xdp_action::XDP_PASS;
+        }
+    };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = flow::flow_key(&meta);
+
+    // The tracked entry is used in place (a map-value pointer), never copied to the stack.
+    let mut entry = CONNTRACK.get_ptr_mut(&key);
+    if let Some(e) = entry {
+        // SAFETY: `e` comes from the lookup and stays valid for this program run (RCU).
+        let tracked = unsafe { &*e };
+        if tracked.direction == DIR_TO_BACKEND && flow::backend_dead(tracked.backend) {
+            // Its backend is gone: re-balance. The new backend has no such connection and
+            // answers a TCP segment with a RST, so the client learns at once.
+            stats::count(Counter::FlowBackendDead);
+            flow::forget_flow(&key, tracked);
+            entry = None;
+        } else {
+            flow::touch_flow(e, &meta, now);
+            stats::count(if tracked.direction == DIR_TO_BACKEND {
+                Counter::FlowToBackend
+            } else {
+                Counter::FlowToClient
+            });
+        }
+    }
+    let new_flow = entry.is_none();
+    if new_flow {
+        let verdict = flow::create_flow(&meta, &key, cfg, now);
+        if verdict != flow::FLOW_CREATED {
+            return verdict;
+        }
+        entry = CONNTRACK.get_ptr_mut(&key);
+    }
+    let Some(nat) = entry else {
+        stats::count(Counter::DropConntrackFull);
+        return xdp_action::XDP_DROP;
+    };
+    // SAFETY: map-value pointer from the lookup above.
+    let nat = unsafe { &*nat };
+    if nat::rewrite(ctx, &meta, nat) == 0 {
+        return xdp_action::XDP_PASS;
+    }
+    stats::count_flow(nat.service_slot, nat.backend, u64::from(meta.ip_len), new_flow);
+    forward::forward(ctx, &meta, nat)
 }
 
 #[inline(always)]

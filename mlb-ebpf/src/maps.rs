@@ -1,8 +1,71 @@
-//! Every map of the XDP program, sized by `mlb_common::consts`. User space finds them by the
-//! names in `mlb_common::maps`.
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-use mlb_common::consts::STATS_SLOTS;
+//! Every map of the XDP program, sized by `mlb_common::consts` (the agent may resize them at load
+//! time). User space finds them by the names in `mlb_common::maps`.
+use aya_ebpf::{
+    bindings::bpf_fib_lookup,
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+};
+use mlb_common::{
+    consts::{
+        CT_MAX_ENTRIES, DEFAULT_RING_SIZE, MAX_BACKENDS, MAX_INTERFACES, MAX_SERVICES, STATS_SLOTS,
+        ring_elems,
+    },
+    maps::{Backend, Config, FlowKey, FlowStats, NatEntry, RingElem, ServiceKey, ServiceValue},
+};
 
 /// Global counters, one `u64` per [`mlb_common::stats::Counter`], per CPU.
 #[map(name = "MLB_STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_SLOTS, 0);
+
+/// The services: (VIP, port, protocol) → slot and live Maglev table.
+#[map(name = "MLB_SERVICES")]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::with_max_entries(MAX_SERVICES * 2, 0);
+
+/// Two Maglev tables per service slot, packed two entries per element.
+#[map(name = "MLB_RINGS")]
+pub static RINGS: Array<RingElem> =
+    Array::with_max_entries(MAX_SERVICES * 2 * ring_elems(DEFAULT_RING_SIZE), 0);
+
+/// Backend addresses by backend id.
+#[map(name = "MLB_BACKENDS")]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Connection tracking, one entry per direction of each flow. Shared (not per-CPU): the two
+/// directions of a flow arrive on different interfaces and so on different CPUs.
+#[map(name = "MLB_CONNTRACK")]
+pub static CONNTRACK: LruHashMap<FlowKey, NatEntry> =
+    LruHashMap::with_max_entries(CT_MAX_ENTRIES, 0);
+
+/// Settings written by the agent (one element).
+#[map(name = "MLB_CONFIG")]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Interfaces the program may redirect to, keyed by ifindex.
+#[map(name = "MLB_TX_PORTS")]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
+
+/// Per-service packets, bytes and new flows, per CPU.
+#[map(name = "MLB_SERVICE_STATS")]
+pub static SERVICE_STATS: PerCpuArray<FlowStats> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+/// Per-backend packets, bytes and new flows, per CPU.
+#[map(name = "MLB_BACKEND_STATS")]
+pub static BACKEND_STATS: PerCpuArray<FlowStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Per-CPU scratch space for values too large for the 512-byte BPF stack (Katran keeps its
+/// packet description in such a map too). Only ever used within one program run.
+#[repr(C)]
+pub struct Scratch {
+    /// The `bpf_fib_lookup` request and answer.
+    pub fib: bpf_fib_lookup,
+    /// The reply-direction entry and key of a flow being created.
+    pub reply: NatEntry,
+    pub reply_key: FlowKey,
+    /// The forward-direction entry of a flow being created.
+    pub forward: NatEntry,
+}
+
+/// One [`Scratch`] per CPU.
+#[map(name = "MLB_SCRATCH")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

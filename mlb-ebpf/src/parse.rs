@@ -41,6 +41,40 @@ fn read_be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
     Some(u16::from_be_bytes(unsafe { *p }))
 }
 
+/// Reads a `u32` at `offset` as stored (network order kept).
+#[inline(always)]
+pub fn read_raw32(ctx: &XdpContext, offset: usize) -> Option<u32> {
+    let p = ptr_at::<u32>(ctx, offset)?;
+    // SAFETY: in bounds; packet data is only 2-byte aligned, hence the unaligned read.
+    Some(unsafe { core::ptr::read_unaligned(p) })
+}
+
+/// Reads a `u16` at `offset` as stored (network order kept).
+#[inline(always)]
+pub fn read_raw16(ctx: &XdpContext, offset: usize) -> Option<u16> {
+    let p = ptr_at::<u16>(ctx, offset)?;
+    // SAFETY: in bounds; unaligned read as above.
+    Some(unsafe { core::ptr::read_unaligned(p) })
+}
+
+/// Writes a `u32` at `offset` as given (already in network order).
+#[inline(always)]
+pub fn write_raw32(ctx: &XdpContext, offset: usize, value: u32) -> Option<()> {
+    let p = ptr_at::<u32>(ctx, offset)?;
+    // SAFETY: in bounds.
+    unsafe { core::ptr::write_unaligned(p, value) };
+    Some(())
+}
+
+/// Writes a `u16` at `offset` as given (already in network order).
+#[inline(always)]
+pub fn write_raw16(ctx: &XdpContext, offset: usize, value: u16) -> Option<()> {
+    let p = ptr_at::<u16>(ctx, offset)?;
+    // SAFETY: in bounds.
+    unsafe { core::ptr::write_unaligned(p, value) };
+    Some(())
+}
+
 /// Reads one byte at `offset`.
 #[inline(always)]
 fn read_u8(ctx: &XdpContext, offset: usize) -> Option<u8> {
@@ -58,7 +92,8 @@ pub enum Family {
 
 /// Everything later steps need from one packet, parsed once.
 ///
-/// Addresses are kept as the raw bytes of the packet (network order); ports likewise.
+/// Addresses and ports are kept as loaded from the packet (network order), the layout of the
+/// map keys.
 pub struct PacketMeta {
     pub family: Family,
     /// L4 protocol number (TCP or UDP).
@@ -67,6 +102,14 @@ pub struct PacketMeta {
     pub l3_off: usize,
     /// Offset of the TCP/UDP header from the start of the frame.
     pub l4_off: usize,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+    /// TCP flags byte (0 for UDP).
+    pub tcp_flags: u8,
+    /// Bytes from the IP header on (for statistics and the FIB MTU check).
+    pub ip_len: u16,
 }
 
 impl PacketMeta {
@@ -93,36 +136,37 @@ pub fn parse_packet(ctx: &XdpContext) -> Result<PacketMeta, Counter> {
         ether_type = read_be16(ctx, 16).ok_or(Counter::PassTruncatedEth)?;
         l3_off += VLAN_HLEN;
     }
-    let (family, proto, l4_off) = match ether_type {
+    let mut meta = match ether_type {
         ETH_P_IP => parse_ipv4(ctx, l3_off)?,
         ETH_P_IPV6 => parse_ipv6(ctx, l3_off)?,
         _ => return Err(Counter::PassNotIp),
     };
-    match proto {
-        IPPROTO_TCP => {
-            // Data offset in 32-bit words, high nibble of byte 12.
-            let doff = read_u8(ctx, l4_off + 12).ok_or(Counter::PassBadL4)? >> 4;
-            let hlen = usize::from(doff) * 4;
-            if hlen < TCP_HLEN_MIN || ptr_at::<[u8; TCP_HLEN_MIN]>(ctx, l4_off).is_none() {
-                return Err(Counter::PassBadL4);
-            }
+    // One checked pointer per header, every field read through it: the verifier then knows
+    // each access is inside the range checked for that pointer.
+    let l4_off = meta.l4_off;
+    if meta.proto == IPPROTO_TCP {
+        let tcp = ptr_at::<[u8; TCP_HLEN_MIN]>(ctx, l4_off).ok_or(Counter::PassBadL4)?;
+        // SAFETY: `ptr_at` checked the whole fixed TCP header is inside the packet.
+        let hdr = unsafe { core::ptr::read_unaligned(tcp) };
+        // Data offset in 32-bit words, high nibble of byte 12.
+        if usize::from(hdr[12] >> 4) * 4 < TCP_HLEN_MIN {
+            return Err(Counter::PassBadL4);
         }
-        _ => {
-            if ptr_at::<[u8; UDP_HLEN]>(ctx, l4_off).is_none() {
-                return Err(Counter::PassBadL4);
-            }
-        }
+        meta.tcp_flags = hdr[13];
+        meta.sport = u16::from_ne_bytes([hdr[0], hdr[1]]);
+        meta.dport = u16::from_ne_bytes([hdr[2], hdr[3]]);
+    } else {
+        let udp = ptr_at::<[u8; UDP_HLEN]>(ctx, l4_off).ok_or(Counter::PassBadL4)?;
+        // SAFETY: `ptr_at` checked the UDP header is inside the packet.
+        let hdr = unsafe { core::ptr::read_unaligned(udp) };
+        meta.sport = u16::from_ne_bytes([hdr[0], hdr[1]]);
+        meta.dport = u16::from_ne_bytes([hdr[2], hdr[3]]);
     }
-    Ok(PacketMeta {
-        family,
-        proto,
-        l3_off,
-        l4_off,
-    })
+    Ok(meta)
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<(Family, u8, usize), Counter> {
+fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<PacketMeta, Counter> {
     if ptr_at::<[u8; IPV4_HLEN_MIN]>(ctx, l3_off).is_none() {
         return Err(Counter::PassBadL3);
     }
@@ -139,11 +183,25 @@ fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<(Family, u8, usize), Co
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return Err(Counter::PassNotTcpUdp);
     }
-    Ok((Family::V4, proto, l3_off + ihl))
+    let src = read_raw32(ctx, l3_off + 12).ok_or(Counter::PassBadL3)?;
+    let dst = read_raw32(ctx, l3_off + 16).ok_or(Counter::PassBadL3)?;
+    let ip_len = read_be16(ctx, l3_off + 2).ok_or(Counter::PassBadL3)?;
+    Ok(PacketMeta {
+        family: Family::V4,
+        proto,
+        l3_off,
+        l4_off: l3_off + ihl,
+        src: [src, 0, 0, 0],
+        dst: [dst, 0, 0, 0],
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        ip_len,
+    })
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, l3_off: usize) -> Result<(Family, u8, usize), Counter> {
+fn parse_ipv6(ctx: &XdpContext, l3_off: usize) -> Result<PacketMeta, Counter> {
     if ptr_at::<[u8; IPV6_HLEN]>(ctx, l3_off).is_none() {
         return Err(Counter::PassBadL3);
     }
@@ -153,7 +211,25 @@ fn parse_ipv6(ctx: &XdpContext, l3_off: usize) -> Result<(Family, u8, usize), Co
     }
     let next = read_u8(ctx, l3_off + 6).ok_or(Counter::PassBadL3)?;
     match next {
-        IPPROTO_TCP | IPPROTO_UDP => Ok((Family::V6, next, l3_off + IPV6_HLEN)),
+        IPPROTO_TCP | IPPROTO_UDP => {
+            let addr = |off: usize| -> Result<[u32; 4], Counter> {
+                let w = |i: usize| read_raw32(ctx, l3_off + off + i * 4).ok_or(Counter::PassBadL3);
+                Ok([w(0)?, w(1)?, w(2)?, w(3)?])
+            };
+            let payload_len = read_be16(ctx, l3_off + 4).ok_or(Counter::PassBadL3)?;
+            Ok(PacketMeta {
+                family: Family::V6,
+                proto: next,
+                l3_off,
+                l4_off: l3_off + IPV6_HLEN,
+                src: addr(8)?,
+                dst: addr(24)?,
+                sport: 0,
+                dport: 0,
+                tcp_flags: 0,
+                ip_len: payload_len.wrapping_add(IPV6_HLEN as u16),
+            })
+        }
         // Hop-by-hop, routing, fragment, AH, destination options, mobility, HIP, shim6.
         0 | 43 | 44 | 51 | 60 | 135 | 139 | 140 => Err(Counter::PassIpv6ExtHeader),
         _ => Err(Counter::PassNotTcpUdp),
