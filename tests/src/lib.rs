@@ -1,1 +1,4 @@
-//! placeholder
+//! mlb's integration-test helpers: the Marathon simulator (and, later, network namespaces and
+//! packet builders).
+
+pub mod marathon_sim;
