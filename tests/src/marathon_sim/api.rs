@@ -68,7 +68,7 @@ fn full(body: impl Into<Bytes>) -> Body {
 fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
     Response::builder()
         .status(status)
-        .header(header::CONTENT_TYPE, "application/json; qs=2")
+        .header(header::CONTENT_TYPE, "application/json")
         .body(full(body.to_string()))
         .expect("static response parts are valid")
 }

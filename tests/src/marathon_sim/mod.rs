@@ -6,6 +6,13 @@
 //! tasks through `TASK_STAGING` → `TASK_RUNNING` (and health results) with the events real
 //! Marathon emits, and every task really listens on the ports it reports.
 //!
+//! Endpoints: `GET/POST /v2/apps`, `GET/PUT/DELETE /v2/apps/{id}` (ids may contain slashes),
+//! `GET /v2/apps/{id}/tasks`, `GET /v2/tasks` (JSON or `text/plain`), `POST /v2/tasks/delete`
+//! (`?scale=true`), `GET /v2/deployments`, `GET /v2/events` (SSE; `event_type=` repeatable,
+//! `plan-format=light`), `GET /v2/leader`, `GET /v2/info`, `GET /ping`. Simulator-only:
+//! `GET/POST /_sim/faults` (a [`Fault`] as JSON, e.g. `{"kind":"stall_event_streams",
+//! "stalled":true}`) and `POST /_sim/tasks/{task_id}/health?healthy=false|true`.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), mlb_tests::marathon_sim::SimError> {
 //! use mlb_tests::marathon_sim::{MarathonSim, SimConfig};
