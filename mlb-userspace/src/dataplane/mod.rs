@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::model::{L4Service, L4ServiceKey};
 
+pub mod maglev;
 pub mod xdp;
 
 /// One change to the set of L4 (TCP/UDP) services.
