@@ -182,7 +182,7 @@ fn write_configs(lab: &Lab) -> Result<Files> {
     fs::write(
         &haproxy,
         format!(
-            "global\n  nbthread 1\n  maxconn 100000\n\
+            "global\n  nbthread 1\n  maxconn 8000\n\
              defaults\n  mode tcp\n  timeout connect 3s\n  timeout client 60s\n  timeout server 60s\n\
              listen http\n  bind {VIP}:{HTTP_PORT}\n  balance roundrobin\n\
              \x20 server be1 {b1}:{HTTP_PORT}\n  server be2 {b2}:{HTTP_PORT}\n\
@@ -278,8 +278,12 @@ fn run_case(
             ))
         });
         if let Err(e) = ready {
-            let log = pid.map(|p| lab.log_tail(p)).unwrap_or_default();
-            bail!("no HTTP answer through {target}:{HTTP_PORT} ({e}); log: {log}");
+            // An exited LB's error already carries its log; a running one's is added.
+            let log = match pid {
+                Some(p) if lab.check_alive(p).is_ok() => format!("; log: {}", lab.log_tail(p)),
+                _ => String::new(),
+            };
+            bail!("no HTTP answer through {target}:{HTTP_PORT}: {e}{log}");
         }
         // Attaching XDP can re-create the NAPI threads: pin them to cpu1 again.
         lab::pin_napi_threads();
@@ -567,7 +571,13 @@ fn report(
         if r.is_none_or(|r| r.rounds.is_empty()) {
             let why = r
                 .and_then(|r| r.failures.first())
-                .map_or("not run".to_owned(), |f| f.replace('|', "/"));
+                .map_or("not run".to_owned(), |f| {
+                    let f = f.replace('|', "/");
+                    match f.char_indices().nth(160) {
+                        Some((cut, _)) => format!("{}… (see Problems)", &f[..cut]),
+                        None => f,
+                    }
+                });
             let _ = writeln!(s, "| {} | failed: {why} | | | | |", case.label());
             continue;
         }
