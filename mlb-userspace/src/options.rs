@@ -1,6 +1,11 @@
 //! Command-line flags. Every flag can also be set from the environment as `MLB_<FLAG>`; where
 //! marathon-lb had a flag for the same thing, mlb keeps its name.
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    str::FromStr,
+};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -86,4 +91,122 @@ pub struct RunOptions {
     /// Admin listener: health check, explain JSON, stats.
     #[arg(long, env = "MLB_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     pub admin_addr: SocketAddr,
+    /// Service address(es) (VIPs) TCP/UDP services are exposed on (repeatable). None: every
+    /// IPv4 address of the host (userspace dataplane only).
+    #[arg(long = "vip", env = "MLB_VIP", value_delimiter = ',')]
+    pub vip: Vec<IpAddr>,
+    /// Source address(es) the XDP dataplane uses towards backends (full NAT), one per family.
+    #[arg(long = "snat-addr", env = "MLB_SNAT_ADDR", value_delimiter = ',')]
+    pub snat_addr: Vec<IpAddr>,
+    /// Source ports the XDP dataplane allocates for SNAT (`FIRST-LAST`).
+    #[arg(long, env = "MLB_SNAT_PORTS", default_value = "40000-59999")]
+    pub snat_ports: PortRange,
+    /// Slots of each service's Maglev table (a prime; > 100 × the largest backend count keeps
+    /// shares within 1%).
+    #[arg(long, env = "MLB_MAGLEV_TABLE_SIZE", default_value_t = crate::dataplane::maglev::DEFAULT_TABLE_SIZE, value_parser = parse_table_size)]
+    pub maglev_table_size: u32,
+}
+
+fn parse_table_size(s: &str) -> Result<u32, String> {
+    let size: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    crate::dataplane::maglev::validate_table_size(size).map_err(|e| e.to_string())?;
+    Ok(size)
+}
+
+/// An inclusive range of ports, `FIRST-LAST` on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    /// How many ports the range holds.
+    pub fn len(&self) -> u32 {
+        u32::from(self.last) - u32::from(self.first) + 1
+    }
+
+    /// Always false: a range holds at least one port.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (first, last) = s
+            .split_once('-')
+            .ok_or_else(|| format!("{s:?}: expected FIRST-LAST, e.g. 40000-59999"))?;
+        let port = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{s:?}: {p:?} is not a port (1-65535)"))
+        };
+        let (first, last) = (port(first)?, port(last)?);
+        if first > last {
+            return Err(format!("{s:?}: the first port is above the last"));
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Box<RunOptions>, clap::Error> {
+        let mut argv = vec!["mlb", "run"];
+        argv.extend(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Run(opts) => Ok(opts),
+            Command::Version => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn options_l4_flags() {
+        let o = run(&[
+            "--vip",
+            "198.18.1.2",
+            "--vip",
+            "fd00:198:18:1::2",
+            "--snat-addr",
+            "198.18.2.1",
+            "--snat-ports",
+            "1024-2047",
+            "--maglev-table-size",
+            "16381",
+        ])
+        .unwrap();
+        assert_eq!(o.vip.len(), 2);
+        assert_eq!(o.snat_addr, ["198.18.2.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(o.snat_ports.len(), 1024);
+        assert_eq!(o.maglev_table_size, 16381);
+        let d = run(&[]).unwrap();
+        assert_eq!(
+            d.snat_ports,
+            PortRange {
+                first: 40000,
+                last: 59999
+            }
+        );
+        assert_eq!(d.maglev_table_size, 65537);
+        let e = run(&["--maglev-table-size", "65536"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a prime"), "{e}");
+        assert!(run(&["--snat-ports", "5000-4000"]).is_err());
+        assert!(run(&["--snat-ports", "0-10"]).is_err());
+    }
 }

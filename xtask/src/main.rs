@@ -2,6 +2,7 @@
 //!
 //! Every command that builds mlb runs `setup` first, so a fresh machine needs nothing but rustup's
 //! stable and nightly toolchains (and root for the packages and the namespace tests).
+mod bench;
 mod setup;
 
 use std::process::Command;
@@ -28,6 +29,9 @@ enum Cmd {
     },
     /// `cargo fmt --check` and `cargo clippy -D warnings` on the host crates and the eBPF crate.
     Lint,
+    /// Benchmarks in network namespaces (see bench-results/ and benchmark-method.md).
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
     /// Run the demo: mlb routing sample apps (see README).
     Demo {
         /// Arguments passed to the demo.
@@ -94,6 +98,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Bench(cmd) => bench::run(cmd),
         Cmd::Demo { args } => {
             setup::run(setup::TEST_PACKAGES)?;
             cargo(&[

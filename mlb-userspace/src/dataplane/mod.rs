@@ -2,6 +2,9 @@
 //!
 //! - [`xdp`]: loads and attaches the XDP program and programs its maps (plain TCP/UDP services,
 //!   forwarded in the kernel).
+//! - [`userspace_l4`]: the same services proxied by tokio, when XDP is not available or not
+//!   wanted (`--dataplane userspace`).
+//! - [`maglev`]: the consistent-hashing table both use to pick a backend for a new flow.
 //!
 //! The model hands every L4 dataplane the same typed changes ([`L4Change`]), computed by
 //! [`diff_l4`]: a dataplane never rebuilds everything, it applies what changed.
@@ -9,6 +12,8 @@ use std::collections::BTreeMap;
 
 use crate::model::{L4Service, L4ServiceKey};
 
+pub mod maglev;
+pub mod userspace_l4;
 pub mod xdp;
 
 /// One change to the set of L4 (TCP/UDP) services.

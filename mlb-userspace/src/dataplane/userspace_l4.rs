@@ -1,0 +1,835 @@
+//! The userspace TCP/UDP dataplane: a tokio proxy implementing [`L4Dataplane`], used with
+//! `--dataplane userspace` or when the XDP program cannot be attached.
+//!
+//! - Each service listens on every VIP (`--vip`; all IPv4 addresses when none is given) at its
+//!   port, or on its `bind_addr` only.
+//! - A new flow picks its backend from the service's Maglev table with a stable hash of the
+//!   client's address and port (as the XDP dataplane does in the kernel). Draining backends are
+//!   not in the table: they take no new flows.
+//! - The routes of a service live in an [`ArcSwap`]: `apply` swaps them atomically, listeners stay
+//!   open across changes, and only the listeners of removed services (or of addresses a service
+//!   no longer uses) are closed.
+//! - An established TCP connection keeps its backend until it ends, whatever happens to the
+//!   service afterwards (the backend is removed, the service is removed): drain, never cut.
+//! - TCP: connect timeout, then redispatch to the next backend (as HAProxy's `option
+//!   redispatch`); bytes are copied both ways with half-close (a FIN is forwarded, the other
+//!   direction keeps flowing).
+//! - UDP: one session per client address, with its own upstream socket connected to the chosen
+//!   backend; replies go back to the client from the service socket; a session idle for
+//!   [`UserspaceL4Config::udp_idle_timeout`] is closed.
+//! - Counters per service and backend ([`L4Stats`]) for the admin API.
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream, UdpSocket},
+    runtime::Handle,
+    task::JoinHandle,
+};
+use tracing::{debug, info, warn};
+
+use super::{
+    L4Change, L4Dataplane, L4Error,
+    maglev::{self, MaglevBackend, MaglevError, NO_BACKEND},
+};
+use crate::model::{BackendId, BackendState, L4Service, L4ServiceKey, Protocol};
+
+/// How many backends a new TCP connection tries before giving up (the chosen one, then the next
+/// ones in id order).
+const MAX_CONNECT_ATTEMPTS: usize = 3;
+/// Listen backlog of the TCP listeners.
+const LISTEN_BACKLOG: i32 = 1024;
+/// Buffer per direction of a proxied TCP connection.
+const COPY_BUFFER: usize = 64 * 1024;
+/// Largest UDP datagram relayed.
+const UDP_BUFFER: usize = 65_536;
+
+/// Settings of the userspace dataplane.
+#[derive(Clone, Debug)]
+pub struct UserspaceL4Config {
+    /// Addresses every service listens on (unless it has a `bind_addr`). Empty: `0.0.0.0`.
+    pub vips: Vec<IpAddr>,
+    /// Maglev table size (prime).
+    pub maglev_table_size: u32,
+    /// How long a connect to one backend may take before the next one is tried.
+    pub connect_timeout: Duration,
+    /// A UDP session with no datagram either way for this long is closed.
+    pub udp_idle_timeout: Duration,
+    /// Most UDP sessions per service socket; datagrams from new clients beyond it are dropped.
+    pub max_udp_sessions: usize,
+}
+
+impl UserspaceL4Config {
+    /// Defaults (65,537-slot Maglev tables, 3 s connect timeout, 30 s UDP idle timeout) for
+    /// these VIPs.
+    pub fn new(vips: Vec<IpAddr>) -> Self {
+        Self {
+            vips,
+            maglev_table_size: maglev::DEFAULT_TABLE_SIZE,
+            connect_timeout: Duration::from_secs(3),
+            udp_idle_timeout: Duration::from_secs(30),
+            max_udp_sessions: 65_536,
+        }
+    }
+}
+
+/// Live counters of one backend (atomics updated by the connections).
+#[derive(Debug, Default)]
+struct BackendCounters {
+    connections: AtomicU64,
+    active: AtomicU64,
+    bytes_to_backend: AtomicU64,
+    bytes_from_backend: AtomicU64,
+    connect_failures: AtomicU64,
+}
+
+/// Live counters of one service.
+#[derive(Debug, Default)]
+struct ServiceCounters {
+    no_backend: AtomicU64,
+    backends: Mutex<BTreeMap<BackendId, Arc<BackendCounters>>>,
+}
+
+/// What one backend of a service has seen (a snapshot).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BackendStats {
+    /// TCP connections (UDP sessions) opened to this backend.
+    pub connections_total: u64,
+    /// Those still open.
+    pub connections_active: u64,
+    /// Bytes received from clients and sent on to the backend.
+    pub bytes_to_backend: u64,
+    /// Bytes received from the backend and sent back to clients.
+    pub bytes_from_backend: u64,
+    /// TCP connects to this backend that failed or timed out (the flow was redispatched).
+    pub connect_failures: u64,
+}
+
+/// What one service has seen (a snapshot).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ServiceStats {
+    /// Flows refused because no backend was available (none, all draining, all unreachable).
+    pub no_backend: u64,
+    /// Per backend currently in the service.
+    pub backends: BTreeMap<BackendId, BackendStats>,
+}
+
+/// Handle on the counters of a [`UserspaceL4`]; cheap to clone, readable from any thread (the
+/// admin API keeps one).
+#[derive(Clone, Debug, Default)]
+pub struct L4Stats {
+    services: Arc<Mutex<BTreeMap<L4ServiceKey, Arc<ServiceCounters>>>>,
+}
+
+impl L4Stats {
+    /// Current counters of every service.
+    pub fn snapshot(&self) -> BTreeMap<L4ServiceKey, ServiceStats> {
+        let services = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        services
+            .iter()
+            .map(|(key, svc)| {
+                let backends = svc.backends.lock().unwrap_or_else(|e| e.into_inner());
+                let backends = backends
+                    .iter()
+                    .map(|(id, c)| {
+                        let stats = BackendStats {
+                            connections_total: c.connections.load(Relaxed),
+                            connections_active: c.active.load(Relaxed),
+                            bytes_to_backend: c.bytes_to_backend.load(Relaxed),
+                            bytes_from_backend: c.bytes_from_backend.load(Relaxed),
+                            connect_failures: c.connect_failures.load(Relaxed),
+                        };
+                        (id.clone(), stats)
+                    })
+                    .collect();
+                let stats = ServiceStats {
+                    no_backend: svc.no_backend.load(Relaxed),
+                    backends,
+                };
+                (*key, stats)
+            })
+            .collect()
+    }
+
+    fn service(&self, key: L4ServiceKey) -> Arc<ServiceCounters> {
+        let mut services = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        services.entry(key).or_default().clone()
+    }
+
+    fn remove(&self, key: L4ServiceKey) {
+        let mut services = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        services.remove(&key);
+    }
+}
+
+/// A backend new flows may go to.
+struct RouteBackend {
+    id: BackendId,
+    addr: SocketAddr,
+    counters: Arc<BackendCounters>,
+}
+
+/// Where a service's new flows go: swapped as a whole on every change.
+struct Routes {
+    /// Active backends, sorted by id.
+    backends: Vec<RouteBackend>,
+    /// Maglev table over `backends`.
+    table: Vec<u32>,
+    counters: Arc<ServiceCounters>,
+    /// Counters of every backend of the service, draining ones included.
+    by_id: BTreeMap<BackendId, Arc<BackendCounters>>,
+}
+
+impl Routes {
+    fn build(
+        service: &L4Service,
+        counters: Arc<ServiceCounters>,
+        table_size: u32,
+    ) -> Result<Self, MaglevError> {
+        // Counters follow the backend id across changes (draining backends included).
+        let by_id = {
+            let current = counters.backends.lock().unwrap_or_else(|e| e.into_inner());
+            service
+                .backends
+                .iter()
+                .map(|b| {
+                    (
+                        b.id.clone(),
+                        current.get(&b.id).cloned().unwrap_or_default(),
+                    )
+                })
+                .collect::<BTreeMap<_, _>>()
+        };
+        let mut active: Vec<_> = service
+            .backends
+            .iter()
+            .filter(|b| b.state == BackendState::Active)
+            .collect();
+        active.sort_by(|a, b| a.id.cmp(&b.id));
+        let maglev: Vec<MaglevBackend> = active
+            .iter()
+            .map(|b| MaglevBackend {
+                key: &b.id.0,
+                weight: b.weight,
+            })
+            .collect();
+        let table = maglev::build_table(&maglev, table_size)?;
+        let backends = active
+            .iter()
+            .map(|b| RouteBackend {
+                id: b.id.clone(),
+                addr: b.addr,
+                counters: by_id[&b.id].clone(),
+            })
+            .collect();
+        Ok(Self {
+            backends,
+            table,
+            counters,
+            by_id,
+        })
+    }
+
+    /// Makes this table's backends the ones the counters report (called once it is in use;
+    /// removed backends' counters go, their open connections keep their own handle).
+    fn publish_counters(&self) {
+        let mut current = self
+            .counters
+            .backends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *current = self.by_id.clone();
+    }
+
+    /// Index of the backend the Maglev table gives this client, if any.
+    fn pick(&self, client: SocketAddr) -> Option<usize> {
+        if self.backends.is_empty() || self.table.is_empty() {
+            return None;
+        }
+        let v = self.table[maglev::slot_of(flow_hash(client), self.table.len())];
+        (v != NO_BACKEND).then_some(v as usize)
+    }
+
+    /// The backends a TCP connection tries: the chosen one, then the next ones in id order.
+    fn candidates(&self, first: usize) -> impl Iterator<Item = &RouteBackend> {
+        let n = self.backends.len();
+        (0..n.min(MAX_CONNECT_ATTEMPTS)).map(move |k| &self.backends[(first + k) % n])
+    }
+}
+
+/// Stable hash of the client's address and port (the part of the 5-tuple that varies per flow
+/// for one service).
+fn flow_hash(client: SocketAddr) -> u64 {
+    let mut bytes = [0u8; 18];
+    match client.ip() {
+        IpAddr::V4(ip) => bytes[..4].copy_from_slice(&ip.octets()),
+        IpAddr::V6(ip) => bytes[..16].copy_from_slice(&ip.octets()),
+    }
+    bytes[16..].copy_from_slice(&client.port().to_be_bytes());
+    maglev::stable_hash(b"mlb-flow\0", &bytes)
+}
+
+/// One bound socket of a service and the task serving it. Dropping it closes the socket.
+struct Listener {
+    /// A second handle on a TCP listening socket, to shut it down at once on drop (aborting
+    /// the task alone closes the socket only when the runtime next polls it).
+    shutdown_handle: Option<std::net::TcpListener>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some(l) = &self.shutdown_handle {
+            // On Linux, shutting down a listening socket unhashes it: new connects are refused
+            // from now on, and the port can be bound again.
+            let _ = socket2::SockRef::from(l).shutdown(std::net::Shutdown::Both);
+        }
+        self.task.abort();
+    }
+}
+
+/// A service this dataplane serves.
+struct ServiceRuntime {
+    spec: L4Service,
+    routes: Arc<ArcSwap<Routes>>,
+    listeners: BTreeMap<SocketAddr, Listener>,
+}
+
+/// The userspace TCP/UDP dataplane. `apply` is synchronous (binds happen in it, so their errors
+/// are returned); the proxying runs on the tokio runtime given at construction.
+pub struct UserspaceL4 {
+    handle: Handle,
+    config: UserspaceL4Config,
+    services: BTreeMap<L4ServiceKey, ServiceRuntime>,
+    stats: L4Stats,
+}
+
+impl UserspaceL4 {
+    /// A dataplane with no service yet, proxying on `handle`'s runtime. Fails when the Maglev
+    /// table size is not usable.
+    pub fn new(handle: Handle, config: UserspaceL4Config) -> Result<Self, MaglevError> {
+        maglev::validate_table_size(config.maglev_table_size)?;
+        Ok(Self {
+            handle,
+            config,
+            services: BTreeMap::new(),
+            stats: L4Stats::default(),
+        })
+    }
+
+    /// The counters, for the admin API.
+    pub fn stats(&self) -> L4Stats {
+        self.stats.clone()
+    }
+
+    /// The addresses a service is currently listening on.
+    pub fn listening(&self, key: L4ServiceKey) -> Vec<SocketAddr> {
+        self.services
+            .get(&key)
+            .map(|s| s.listeners.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn addresses(&self, service: &L4Service) -> BTreeSet<SocketAddr> {
+        let port = service.key.port;
+        match service.bind_addr {
+            Some(ip) => [SocketAddr::new(ip, port)].into(),
+            None if self.config.vips.is_empty() => {
+                [SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port)].into()
+            }
+            None => self
+                .config
+                .vips
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, port))
+                .collect(),
+        }
+    }
+
+    fn upsert(&mut self, service: &L4Service) -> Result<(), L4Error> {
+        let key = service.key;
+        let error = |reason: String| L4Error {
+            service: key,
+            reason: format!("app {}: {reason}", service.app_id),
+        };
+        let exists = self.services.contains_key(&key);
+        let counters = self.stats.service(key);
+        let routes = Routes::build(service, counters, self.config.maglev_table_size)
+            .map_err(|e| error(e.to_string()));
+        let routes = match routes {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                if !exists {
+                    self.stats.remove(key);
+                }
+                return Err(e);
+            }
+        };
+        let wanted = self.addresses(service);
+        let (shared, have) = match self.services.get(&key) {
+            Some(rt) => (rt.routes.clone(), rt.listeners.keys().copied().collect()),
+            None => (
+                Arc::new(ArcSwap::new(routes.clone())),
+                BTreeSet::<SocketAddr>::new(),
+            ),
+        };
+        // Bind every new address first: if one fails, the service stays exactly as it was.
+        let mut opened = BTreeMap::new();
+        for addr in wanted.difference(&have) {
+            match self.listen(*addr, key.protocol, shared.clone()) {
+                Ok(listener) => {
+                    opened.insert(*addr, listener);
+                }
+                Err(e) => {
+                    drop(opened);
+                    if !exists {
+                        self.stats.remove(key);
+                    }
+                    return Err(error(format!(
+                        "cannot listen on {addr}/{}: {e}",
+                        key.protocol
+                    )));
+                }
+            }
+        }
+        routes.publish_counters();
+        match self.services.get_mut(&key) {
+            Some(rt) => {
+                rt.routes.store(routes);
+                rt.listeners.retain(|addr, _| wanted.contains(addr));
+                rt.listeners.extend(opened);
+                rt.spec = service.clone();
+                debug!(service = %key, "L4 service updated");
+            }
+            None => {
+                info!(service = %key, app = %service.app_id, addrs = ?wanted, "L4 service listening");
+                self.services.insert(
+                    key,
+                    ServiceRuntime {
+                        spec: service.clone(),
+                        routes: shared,
+                        listeners: opened,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, key: L4ServiceKey) {
+        if let Some(rt) = self.services.remove(&key) {
+            info!(service = %key, app = %rt.spec.app_id, "L4 service removed; open connections drain");
+            drop(rt);
+            self.stats.remove(key);
+        }
+    }
+
+    fn listen(
+        &self,
+        addr: SocketAddr,
+        protocol: Protocol,
+        routes: Arc<ArcSwap<Routes>>,
+    ) -> io::Result<Listener> {
+        use socket2::{Domain, Socket, Type};
+        let _runtime = self.handle.enter();
+        let domain = Domain::for_address(addr);
+        match protocol {
+            Protocol::Tcp => {
+                let socket = Socket::new(domain, Type::STREAM, Some(socket2::Protocol::TCP))?;
+                if addr.is_ipv6() {
+                    socket.set_only_v6(true)?;
+                }
+                socket.set_reuse_address(true)?;
+                socket.set_nonblocking(true)?;
+                socket.bind(&addr.into())?;
+                socket.listen(LISTEN_BACKLOG)?;
+                let std_listener: std::net::TcpListener = socket.into();
+                let shutdown_handle = std_listener.try_clone()?;
+                let listener = TcpListener::from_std(std_listener)?;
+                let timeout = self.config.connect_timeout;
+                let task = self
+                    .handle
+                    .spawn(tcp_accept_loop(listener, addr, routes, timeout));
+                Ok(Listener {
+                    shutdown_handle: Some(shutdown_handle),
+                    task,
+                })
+            }
+            Protocol::Udp => {
+                let socket = Socket::new(domain, Type::DGRAM, Some(socket2::Protocol::UDP))?;
+                if addr.is_ipv6() {
+                    socket.set_only_v6(true)?;
+                }
+                socket.set_nonblocking(true)?;
+                socket.bind(&addr.into())?;
+                let std_socket: std::net::UdpSocket = socket.into();
+                let socket = Arc::new(UdpSocket::from_std(std_socket)?);
+                let task = self
+                    .handle
+                    .spawn(udp_service_loop(socket, routes, self.config.clone()));
+                Ok(Listener {
+                    shutdown_handle: None,
+                    task,
+                })
+            }
+        }
+    }
+}
+
+impl L4Dataplane for UserspaceL4 {
+    fn apply(&mut self, changes: &[L4Change]) -> Result<(), L4Error> {
+        let mut first_error = None;
+        for change in changes {
+            let result = match change {
+                L4Change::Upsert(service) => self.upsert(service),
+                L4Change::Remove(key) => {
+                    self.remove(*key);
+                    Ok(())
+                }
+            };
+            if let Err(e) = result {
+                warn!("{e}");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+async fn tcp_accept_loop(
+    listener: TcpListener,
+    addr: SocketAddr,
+    routes: Arc<ArcSwap<Routes>>,
+    connect_timeout: Duration,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((client, peer)) => {
+                let routes = routes.load_full();
+                tokio::spawn(proxy_tcp(client, peer, routes, connect_timeout));
+            }
+            // The listener was shut down (service removed).
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => return,
+            // The client gave up before we accepted: nothing to do.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+                ) => {}
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(%addr, "accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Decrements a backend's active-connection count when the connection (or session) ends, however
+/// it ends (including its task being aborted).
+struct ActiveGuard(Arc<BackendCounters>);
+
+impl ActiveGuard {
+    fn new(counters: &Arc<BackendCounters>) -> Self {
+        counters.connections.fetch_add(1, Relaxed);
+        counters.active.fetch_add(1, Relaxed);
+        Self(counters.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
+}
+
+async fn proxy_tcp(
+    client: TcpStream,
+    peer: SocketAddr,
+    routes: Arc<Routes>,
+    connect_timeout: Duration,
+) {
+    let Some(first) = routes.pick(peer) else {
+        routes.counters.no_backend.fetch_add(1, Relaxed);
+        debug!(%peer, "no backend available; closing");
+        return;
+    };
+    let mut upstream = None;
+    for backend in routes.candidates(first) {
+        match tokio::time::timeout(connect_timeout, TcpStream::connect(backend.addr)).await {
+            Ok(Ok(stream)) => {
+                upstream = Some((backend, stream));
+                break;
+            }
+            Ok(Err(e)) => {
+                backend.counters.connect_failures.fetch_add(1, Relaxed);
+                debug!(%peer, backend = %backend.id, "connect failed: {e}; redispatching");
+            }
+            Err(_) => {
+                backend.counters.connect_failures.fetch_add(1, Relaxed);
+                debug!(%peer, backend = %backend.id, "connect timed out; redispatching");
+            }
+        }
+    }
+    let Some((backend, stream)) = upstream else {
+        routes.counters.no_backend.fetch_add(1, Relaxed);
+        warn!(%peer, "no backend reachable; closing");
+        return;
+    };
+    let counters = backend.counters.clone();
+    let id = backend.id.clone();
+    drop(routes);
+    let _active = ActiveGuard::new(&counters);
+    let _ = client.set_nodelay(true);
+    let _ = stream.set_nodelay(true);
+    let mut client = Counted {
+        inner: client,
+        counters: counters.clone(),
+        from_client: true,
+    };
+    let mut stream = Counted {
+        inner: stream,
+        counters,
+        from_client: false,
+    };
+    // 64 KiB per direction (tokio's default is 8 KiB): fewer syscalls for bulk transfers.
+    let copied = tokio::io::copy_bidirectional_with_sizes(
+        &mut client,
+        &mut stream,
+        COPY_BUFFER,
+        COPY_BUFFER,
+    )
+    .await;
+    if let Err(e) = copied {
+        debug!(%peer, backend = %id, "connection ended: {e}");
+    }
+}
+
+/// A TCP stream that counts the bytes read from it into its backend's counters.
+struct Counted {
+    inner: TcpStream,
+    counters: Arc<BackendCounters>,
+    /// Reads from the client count as "to backend", reads from the backend as "from backend".
+    from_client: bool,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            let counter = if self.from_client {
+                &self.counters.bytes_to_backend
+            } else {
+                &self.counters.bytes_from_backend
+            };
+            counter.fetch_add(n, Relaxed);
+        }
+        poll
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Shared between a UDP session's two directions.
+struct SessionClock {
+    start: Instant,
+    /// Milliseconds after `start` of the last datagram either way.
+    last: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl SessionClock {
+    fn touch(&self) {
+        self.last
+            .store(self.start.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last.load(Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+/// One client's UDP session. Dropping it stops its reply relay.
+struct UdpSession {
+    upstream: Arc<UdpSocket>,
+    clock: Arc<SessionClock>,
+    counters: Arc<BackendCounters>,
+    relay: JoinHandle<()>,
+}
+
+impl Drop for UdpSession {
+    fn drop(&mut self) {
+        self.relay.abort();
+    }
+}
+
+async fn udp_service_loop(
+    socket: Arc<UdpSocket>,
+    routes: Arc<ArcSwap<Routes>>,
+    config: UserspaceL4Config,
+) {
+    let mut sessions: HashMap<SocketAddr, UdpSession> = HashMap::new();
+    let mut buf = vec![0u8; UDP_BUFFER];
+    let sweep_every = (config.udp_idle_timeout / 2).max(Duration::from_millis(100));
+    let mut sweep = tokio::time::interval(sweep_every);
+    loop {
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                let (len, client) = match received {
+                    Ok(v) => v,
+                    Err(e) => {
+                        debug!("UDP receive: {e}");
+                        continue;
+                    }
+                };
+                let live = sessions.get(&client).is_some_and(|s| !s.clock.closed.load(Relaxed));
+                if !live {
+                    if sessions.len() >= config.max_udp_sessions {
+                        sessions.retain(|_, s| !s.clock.closed.load(Relaxed));
+                        if sessions.len() >= config.max_udp_sessions {
+                            debug!(%client, "UDP session table full; datagram dropped");
+                            continue;
+                        }
+                    }
+                    match open_udp_session(&socket, client, &routes.load(), &config).await {
+                        Some(s) => {
+                            sessions.insert(client, s);
+                        }
+                        None => continue,
+                    }
+                }
+                let Some(session) = sessions.get(&client) else { continue };
+                session.clock.touch();
+                match session.upstream.send(&buf[..len]).await {
+                    Ok(n) => {
+                        session.counters.bytes_to_backend.fetch_add(n as u64, Relaxed);
+                    }
+                    Err(e) => debug!(%client, "UDP send to backend: {e}"),
+                }
+            }
+            _ = sweep.tick() => sessions.retain(|_, s| !s.clock.closed.load(Relaxed)),
+        }
+    }
+}
+
+async fn open_udp_session(
+    service: &Arc<UdpSocket>,
+    client: SocketAddr,
+    routes: &Routes,
+    config: &UserspaceL4Config,
+) -> Option<UdpSession> {
+    let Some(index) = routes.pick(client) else {
+        routes.counters.no_backend.fetch_add(1, Relaxed);
+        return None;
+    };
+    let backend = &routes.backends[index];
+    let local: SocketAddr = match backend.addr {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let upstream = match UdpSocket::bind(local).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(%client, "UDP upstream socket: {e}");
+            return None;
+        }
+    };
+    if let Err(e) = upstream.connect(backend.addr).await {
+        backend.counters.connect_failures.fetch_add(1, Relaxed);
+        debug!(%client, backend = %backend.id, "UDP connect: {e}");
+        return None;
+    }
+    let upstream = Arc::new(upstream);
+    let clock = Arc::new(SessionClock {
+        start: Instant::now(),
+        last: AtomicU64::new(0),
+        closed: AtomicBool::new(false),
+    });
+    let active = ActiveGuard::new(&backend.counters);
+    let relay = tokio::spawn(udp_reply_relay(
+        upstream.clone(),
+        service.clone(),
+        client,
+        clock.clone(),
+        config.udp_idle_timeout,
+        active,
+    ));
+    debug!(%client, backend = %backend.id, "UDP session opened");
+    Some(UdpSession {
+        upstream,
+        clock,
+        counters: backend.counters.clone(),
+        relay,
+    })
+}
+
+/// Relays a session's replies to its client until the session has been idle long enough.
+async fn udp_reply_relay(
+    upstream: Arc<UdpSocket>,
+    service: Arc<UdpSocket>,
+    client: SocketAddr,
+    clock: Arc<SessionClock>,
+    idle_timeout: Duration,
+    active: ActiveGuard,
+) {
+    let mut buf = vec![0u8; UDP_BUFFER];
+    loop {
+        let left = idle_timeout.saturating_sub(clock.idle_for());
+        if left.is_zero() {
+            break;
+        }
+        match tokio::time::timeout(left, upstream.recv(&mut buf)).await {
+            // Re-check: the client may have sent something meanwhile.
+            Err(_) => continue,
+            Ok(Ok(n)) => {
+                clock.touch();
+                match service.send_to(&buf[..n], client).await {
+                    Ok(sent) => {
+                        active.0.bytes_from_backend.fetch_add(sent as u64, Relaxed);
+                    }
+                    Err(e) => debug!(%client, "UDP send to client: {e}"),
+                }
+            }
+            // ICMP port unreachable from the backend surfaces here, once per datagram sent.
+            Ok(Err(e)) => debug!(%client, "UDP receive from backend: {e}"),
+        }
+    }
+    clock.closed.store(true, Relaxed);
+    debug!(%client, "UDP session idle; closed");
+}

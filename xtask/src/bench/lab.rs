@@ -1,0 +1,374 @@
+//! The benchmark lab: network namespaces and the processes started in them, owned by one guard
+//! ([`Lab`]) that kills every process by PID and deletes every namespace when dropped, on
+//! success, error or panic.
+//!
+//! Topology (`benchmark-method.md`):
+//! ```text
+//!  ns cli          ns lb (the LB host)              ns sw (bridge)         ns be1, be2
+//!  cli-lb ==== lb-cli        lb-sw ============== sw-lb ─┐
+//!  198.18.1.1  198.18.1.2    198.18.2.1                 ├ br0
+//!              (VIP)         (SNAT source)       sw-beN ┘ ==== beN-sw 198.18.2.1N
+//! ```
+//! No default route anywhere; cli reaches 198.18.2.0/24 via lb and the backends reach
+//! 198.18.1.0/24 via lb, which forwards only in the "direct" case. IPv4 only.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Namespace names (prefixed so they cannot be mistaken for anyone else's).
+pub const NS_CLI: &str = "mlbb-cli";
+pub const NS_LB: &str = "mlbb-lb";
+pub const NS_SW: &str = "mlbb-sw";
+pub const NS_BE: [&str; 2] = ["mlbb-be1", "mlbb-be2"];
+
+pub const CLIENT_IP: &str = "198.18.1.1";
+pub const VIP: &str = "198.18.1.2";
+pub const LB_BACKEND_SIDE_IP: &str = "198.18.2.1";
+pub const BACKEND_IPS: [&str; 2] = ["198.18.2.11", "198.18.2.12"];
+
+/// Where a run keeps its configs and logs, and the PIDs of what it started (so that a run killed
+/// before its guard ran can be cleaned up by the next one).
+const WORK_DIR: &str = "/tmp/mlb-bench";
+const PID_FILE: &str = "/tmp/mlb-bench.pids";
+/// Only processes with one of these names are ever killed from a stale PID file.
+const OUR_PROGRAMS: &[&str] = &["nginx", "haproxy", "mlb", "iperf3", "wrk"];
+
+/// A process started in the lab.
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+/// The namespaces and processes of one benchmark run.
+pub struct Lab {
+    pub dir: PathBuf,
+    namespaces: Vec<String>,
+    procs: Vec<Proc>,
+}
+
+impl Lab {
+    /// Cleans what an interrupted run left behind, then builds the topology.
+    pub fn create() -> Result<Lab> {
+        cleanup_stale();
+        let dir = PathBuf::from(WORK_DIR);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        let mut lab = Lab {
+            dir,
+            namespaces: Vec::new(),
+            procs: Vec::new(),
+        };
+        lab.build_topology()
+            .context("building the namespace topology")?;
+        Ok(lab)
+    }
+
+    fn build_topology(&mut self) -> Result<()> {
+        let all = [NS_CLI, NS_LB, NS_SW, NS_BE[0], NS_BE[1]];
+        for ns in all {
+            run(&["ip", "netns", "add", ns])?;
+            self.namespaces.push(ns.to_owned());
+            ip(ns, &["link", "set", "lo", "up"])?;
+            sysctl(ns, "net.ipv4.tcp_tw_reuse", "1")?;
+        }
+        ip(
+            NS_CLI,
+            &[
+                "link", "add", "cli-lb", "type", "veth", "peer", "name", "lb-cli", "netns", NS_LB,
+            ],
+        )?;
+        ip(
+            NS_LB,
+            &[
+                "link", "add", "lb-sw", "type", "veth", "peer", "name", "sw-lb", "netns", NS_SW,
+            ],
+        )?;
+        ip(NS_SW, &["link", "add", "br0", "type", "bridge"])?;
+        ip(NS_SW, &["link", "set", "sw-lb", "master", "br0"])?;
+        for (i, be) in NS_BE.iter().enumerate() {
+            let inner = format!("be{}-sw", i + 1);
+            let outer = format!("sw-be{}", i + 1);
+            ip(
+                be,
+                &[
+                    "link", "add", &inner, "type", "veth", "peer", "name", &outer, "netns", NS_SW,
+                ],
+            )?;
+            ip(NS_SW, &["link", "set", &outer, "master", "br0"])?;
+            ip(NS_SW, &["link", "set", &outer, "up"])?;
+        }
+        ip(NS_SW, &["link", "set", "sw-lb", "up"])?;
+        ip(NS_SW, &["link", "set", "br0", "up"])?;
+
+        // Fixed MACs, so the permanent neighbour entries below are right.
+        let mac_cli = "02:00:c6:12:01:01";
+        let mac_lb_cli = "02:00:c6:12:01:02";
+        let mac_lb_sw = "02:00:c6:12:02:01";
+        let mac_be = ["02:00:c6:12:02:11", "02:00:c6:12:02:12"];
+        let setup_if = |ns: &str, dev: &str, mac: &str, addr: &str| -> Result<()> {
+            ip(ns, &["link", "set", dev, "address", mac])?;
+            ip(ns, &["addr", "add", addr, "dev", dev])?;
+            ip(ns, &["link", "set", dev, "up"]).map(drop)
+        };
+        setup_if(NS_CLI, "cli-lb", mac_cli, "198.18.1.1/24")?;
+        setup_if(NS_LB, "lb-cli", mac_lb_cli, "198.18.1.2/24")?;
+        setup_if(NS_LB, "lb-sw", mac_lb_sw, "198.18.2.1/24")?;
+        for (i, be) in NS_BE.iter().enumerate() {
+            let dev = format!("be{}-sw", i + 1);
+            setup_if(be, &dev, mac_be[i], &format!("{}/24", BACKEND_IPS[i]))?;
+            ip(
+                be,
+                &["route", "add", "198.18.1.0/24", "via", LB_BACKEND_SIDE_IP],
+            )?;
+            neigh(be, LB_BACKEND_SIDE_IP, mac_lb_sw, &dev)?;
+            neigh(NS_LB, BACKEND_IPS[i], mac_be[i], "lb-sw")?;
+        }
+        ip(NS_CLI, &["route", "add", "198.18.2.0/24", "via", VIP])?;
+        neigh(NS_CLI, VIP, mac_lb_cli, "cli-lb")?;
+        neigh(NS_LB, CLIENT_IP, mac_cli, "lb-cli")?;
+        self.set_forwarding(false)?;
+
+        // Same offloads for every case: TX checksum offload off on the senders (XDP forwarding
+        // would pass partial checksums), GRO on so every veth has NAPI (XDP_TX/REDIRECT into a
+        // veth needs it on the peer).
+        let devices = [
+            (NS_CLI, "cli-lb"),
+            (NS_LB, "lb-cli"),
+            (NS_LB, "lb-sw"),
+            (NS_SW, "sw-lb"),
+            (NS_SW, "sw-be1"),
+            (NS_SW, "sw-be2"),
+            (NS_BE[0], "be1-sw"),
+            (NS_BE[1], "be2-sw"),
+        ];
+        for (ns, dev) in devices {
+            ns_run(ns, &["ethtool", "-K", dev, "tx", "off", "gro", "on"])?;
+        }
+        // lb's receive work on cpu1 (the LB's CPU): RPS, threaded NAPI.
+        for dev in ["lb-cli", "lb-sw"] {
+            ns_run(
+                NS_LB,
+                &[
+                    "sh",
+                    "-c",
+                    &format!(
+                        "echo 2 > /sys/class/net/{dev}/queues/rx-0/rps_cpus; \
+                         echo 1 > /sys/class/net/{dev}/threaded || true"
+                    ),
+                ],
+            )?;
+        }
+        pin_napi_threads();
+        Ok(())
+    }
+
+    /// Turns kernel forwarding in lb on (the "direct" case) or off (every proxy case: a proxy
+    /// under test cannot then leak traffic by plain routing).
+    pub fn set_forwarding(&self, on: bool) -> Result<()> {
+        sysctl(NS_LB, "net.ipv4.ip_forward", if on { "1" } else { "0" }).map(drop)
+    }
+
+    /// Starts `args` in `ns` pinned to `cpu`, output to `<dir>/<name>.log`; returns its PID.
+    pub fn spawn(&mut self, name: &str, ns: &str, cpu: u32, args: &[&str]) -> Result<u32> {
+        let log = fs::File::create(self.dir.join(format!("{name}.log")))?;
+        let cpu = cpu.to_string();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "taskset", "-c", &cpu])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {name}: {}", args.join(" ")))?;
+        // `ip netns exec` and `taskset` exec in place: this PID is the program's.
+        let pid = child.id();
+        self.procs.push(Proc {
+            name: name.to_owned(),
+            child,
+        });
+        self.write_pid_file();
+        Ok(pid)
+    }
+
+    /// Whether the process is still running; if not, why (exit status and the end of its log).
+    pub fn check_alive(&mut self, pid: u32) -> Result<(), String> {
+        let Some(p) = self.procs.iter_mut().find(|p| p.child.id() == pid) else {
+            return Err("not started".into());
+        };
+        match p.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => {
+                let name = p.name.clone();
+                Err(format!("{name} exited ({status}): {}", self.log_tail(pid)))
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The last lines of a process's log.
+    pub fn log_tail(&self, pid: u32) -> String {
+        let Some(p) = self.procs.iter().find(|p| p.child.id() == pid) else {
+            return String::new();
+        };
+        let text = fs::read_to_string(self.dir.join(format!("{}.log", p.name))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().rev().take(3).collect();
+        lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+    }
+
+    /// SIGTERM, up to 3 s of grace, then SIGKILL; by PID.
+    pub fn stop(&mut self, pid: u32) {
+        if let Some(i) = self.procs.iter().position(|p| p.child.id() == pid) {
+            let mut p = self.procs.remove(i);
+            stop_child(&mut p.child);
+            self.write_pid_file();
+        }
+    }
+
+    fn write_pid_file(&self) {
+        let pids: Vec<String> = self
+            .procs
+            .iter()
+            .map(|p| p.child.id().to_string())
+            .collect();
+        let _ = fs::write(PID_FILE, pids.join("\n"));
+    }
+
+    /// Path of a file in the work directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for mut p in self.procs.drain(..) {
+            stop_child(&mut p.child);
+        }
+        let _ = fs::remove_file(PID_FILE);
+        for ns in self.namespaces.drain(..).rev() {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn stop_child(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Kills the processes a previous, interrupted run recorded (only if they still carry one of our
+/// program names) and deletes its namespaces.
+fn cleanup_stale() {
+    if let Ok(text) = fs::read_to_string(PID_FILE) {
+        for pid in text.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if OUR_PROGRAMS.contains(&comm.trim()) {
+                eprintln!(
+                    "bench: killing {} (PID {pid}) left by an earlier run",
+                    comm.trim()
+                );
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+        let _ = fs::remove_file(PID_FILE);
+    }
+    for ns in [NS_CLI, NS_LB, NS_SW, NS_BE[0], NS_BE[1]] {
+        if Path::new("/run/netns").join(ns).exists() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Pins the threaded-NAPI kthreads of lb's veths to cpu1 (call again after an XDP program is
+/// attached: the driver may re-create them).
+pub fn pin_napi_threads() {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let pid = e.file_name().to_string_lossy().to_string();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let comm = fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("napi/lb-") {
+            let _ = Command::new("taskset")
+                .args(["-pc", "1", &pid])
+                .stdout(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Runs a command to completion; its stdout, or an error with its stderr.
+pub fn run(args: &[&str]) -> Result<String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("running {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs a command inside a namespace.
+pub fn ns_run(ns: &str, args: &[&str]) -> Result<String> {
+    let mut full = vec!["ip", "netns", "exec", ns];
+    full.extend(args);
+    run(&full)
+}
+
+fn ip(ns: &str, args: &[&str]) -> Result<String> {
+    let mut full = vec!["ip", "-n", ns];
+    full.extend(args);
+    run(&full)
+}
+
+fn neigh(ns: &str, addr: &str, mac: &str, dev: &str) -> Result<String> {
+    ip(
+        ns,
+        &[
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ],
+    )
+}
+
+fn sysctl(ns: &str, key: &str, value: &str) -> Result<String> {
+    ns_run(ns, &["sysctl", "-q", "-w", &format!("{key}={value}")])
+}

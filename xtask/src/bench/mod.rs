@@ -1,0 +1,86 @@
+//! `cargo xtask bench`: load balancer benchmarks in network namespaces, following
+//! `/work/shared/reference/benchmark-method.md` (topology, CPU placement, interleaved rounds,
+//! medians, ratios to the "direct" routing reference).
+mod lab;
+mod tcp;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+/// Which benchmark to run.
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Plain TCP: direct routing vs mlb XDP vs mlb userspace vs HAProxy mode tcp.
+    Tcp(TcpArgs),
+}
+
+/// Flags of `cargo xtask bench tcp`.
+#[derive(Args)]
+pub struct TcpArgs {
+    /// Smoke test of the harness: 1 round of 3 s runs.
+    #[arg(long)]
+    pub quick: bool,
+    /// Rounds (each runs every case once, interleaved); the table shows medians.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// Cases to run (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Case::Direct, Case::Xdp, Case::Userspace, Case::Haproxy])]
+    pub cases: Vec<Case>,
+}
+
+/// One way of getting the client's traffic to the backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum Case {
+    /// Kernel routing in lb, no load balancer: the reference.
+    Direct,
+    /// mlb with the XDP dataplane.
+    Xdp,
+    /// mlb with the userspace (tokio) dataplane.
+    Userspace,
+    /// HAProxy 2.6 `mode tcp`, `nbthread 1`, `balance roundrobin`.
+    Haproxy,
+}
+
+impl Case {
+    fn label(self) -> &'static str {
+        match self {
+            Case::Direct => "direct (routing only)",
+            Case::Xdp => "mlb XDP",
+            Case::Userspace => "mlb userspace",
+            Case::Haproxy => "HAProxy mode tcp",
+        }
+    }
+}
+
+/// Runs a benchmark.
+pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
+    match cmd {
+        BenchCmd::Tcp(args) => tcp::run(&args),
+    }
+}
+
+/// Median of the values (mean of the middle two for an even count).
+fn median(values: &[f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+    }
+}
