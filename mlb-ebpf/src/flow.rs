@@ -95,7 +95,10 @@ pub fn touch_flow(entry: *mut NatEntry, meta: &PacketMeta, now: u64) {
 
 #[inline(always)]
 fn mix(h: u32, w: u32) -> u32 {
-    (h ^ w).wrapping_mul(0xCC9E_2D51).rotate_left(15).wrapping_mul(0x1B87_3593)
+    (h ^ w)
+        .wrapping_mul(0xCC9E_2D51)
+        .rotate_left(15)
+        .wrapping_mul(0x1B87_3593)
 }
 
 /// Mixes the 5-tuple into 32 bits (murmur3's finaliser over the words). Both the Maglev slot and
@@ -127,12 +130,7 @@ pub const FLOW_CREATED: u32 = u32::MAX;
 /// rewritten and forwarded, which keeps the program under the 512-byte stack limit. It takes
 /// only stack pointers and scalars (no packet or context pointer), as subprograms must.
 #[inline(never)]
-pub fn create_flow(
-    meta: &PacketMeta,
-    key: &FlowKey,
-    cfg: &Config,
-    now: u64,
-) -> Verdict {
+pub fn create_flow(meta: &PacketMeta, key: &FlowKey, cfg: &Config, now: u64) -> Verdict {
     use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS};
 
     let skey = ServiceKey {

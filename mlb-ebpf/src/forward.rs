@@ -3,13 +3,13 @@
 //! resolved neighbour the rewritten packet goes to the kernel, which forwards it and resolves
 //! ARP/ND (this needs forwarding enabled on the interface).
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
         xdp_action::{XDP_PASS, XDP_TX},
     },
     helpers::bpf_fib_lookup,
     programs::XdpContext,
-    EbpfContext as _,
 };
 use mlb_common::{maps::NatEntry, stats::Counter};
 

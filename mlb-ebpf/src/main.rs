@@ -15,7 +15,9 @@ mod nat;
 mod parse;
 mod stats;
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext,
+};
 use mlb_common::{maps::DIR_TO_BACKEND, stats::Counter};
 
 use crate::maps::{CONFIG, CONNTRACK};
@@ -87,7 +89,12 @@ fn process_packet(ctx: &XdpContext) -> u32 {
     if nat::rewrite(ctx, &meta, nat) == 0 {
         return xdp_action::XDP_PASS;
     }
-    stats::count_flow(nat.service_slot, nat.backend, u64::from(meta.ip_len), new_flow);
+    stats::count_flow(
+        nat.service_slot,
+        nat.backend,
+        u64::from(meta.ip_len),
+        new_flow,
+    );
     forward::forward(ctx, &meta, nat)
 }
 

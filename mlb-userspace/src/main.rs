@@ -3,14 +3,17 @@ use anyhow::{Context as _, Result, bail};
 use clap::Parser as _;
 use mlb::{
     dataplane::{
-        L4Dataplane as _, diff_l4,
+        L4Dataplane as _, diff_l4, host,
         userspace_l4::{UserspaceL4, UserspaceL4Config},
-        xdp::XdpProgram,
+        xdp::{LoadOptions, XdpProgram},
+        xdp_l4::{FlowTimeouts, XdpL4, XdpL4Config},
     },
     options::{Cli, Command, DataplaneKind, RunOptions},
     static_config::{self, StaticConfig},
 };
-use tracing::{error, info, warn};
+use std::time::Duration;
+
+use tracing::{debug, error, info, warn};
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -47,19 +50,39 @@ fn run(opts: &RunOptions) -> Result<()> {
             ),
             None => None,
         };
-        // Kept alive until shutdown: dropping it closes the listeners.
-        let _userspace_l4 = match (&xdp, &config) {
-            (None, Some(config)) => Some(start_userspace_l4(opts, config)?),
-            (Some(_), Some(_)) => {
-                warn!("this build cannot program services into the XDP dataplane yet");
-                None
+        // Kept alive until shutdown: dropping the userspace dataplane closes its listeners,
+        // dropping the XDP one detaches the program.
+        let mut xdp_l4 = None;
+        let mut _userspace_l4 = None;
+        match xdp {
+            Some(program) => {
+                let mut dataplane = start_xdp_l4(opts, program)?;
+                if let Some(config) = &config
+                    && let Err(e) = dataplane.apply(&diff_l4(&Default::default(), &config.l4))
+                {
+                    error!("{e}");
+                }
+                xdp_l4 = Some(std::sync::Arc::new(std::sync::Mutex::new(dataplane)));
             }
-            _ => None,
-        };
+            None => {
+                if let Some(config) = &config {
+                    _userspace_l4 = Some(start_userspace_l4(opts, config)?);
+                }
+            }
+        }
+        let sweeper = xdp_l4.clone().map(|dp| tokio::spawn(sweep_conntrack(dp)));
         wait_for_shutdown().await?;
-        if let Some(p) = xdp {
-            let ifaces: Vec<_> = p.interfaces().map(str::to_owned).collect();
-            drop(p);
+        if let Some(s) = sweeper {
+            s.abort();
+        }
+        if let Some(dp) = xdp_l4 {
+            let dp = std::sync::Arc::try_unwrap(dp)
+                .map_err(|_| anyhow::anyhow!("XDP dataplane still shared at shutdown"))?
+                .into_inner()
+                .map_err(|_| anyhow::anyhow!("XDP dataplane lock poisoned"))?;
+            let program = dp.into_program();
+            let ifaces: Vec<_> = program.interfaces().map(str::to_owned).collect();
+            drop(program);
             info!(interfaces = ?ifaces, "XDP program detached");
         }
         Ok(())
@@ -83,8 +106,75 @@ fn start_userspace_l4(opts: &RunOptions, config: &StaticConfig) -> Result<Usersp
     Ok(dataplane)
 }
 
+/// Programs the attached XDP program: VIPs (default: the XDP interfaces' addresses), SNAT
+/// addresses (default: the VIPs), redirect targets, reserved SNAT ports.
+fn start_xdp_l4(opts: &RunOptions, program: XdpProgram) -> Result<XdpL4> {
+    let mut vips = opts.vip.clone();
+    if vips.is_empty() {
+        for iface in &opts.xdp_iface {
+            vips.extend(host::addresses(iface)?);
+        }
+        info!(
+            ?vips,
+            "no --vip: exposing services on the XDP interfaces' addresses"
+        );
+    }
+    let snat_from = if opts.snat_addr.is_empty() {
+        &vips
+    } else {
+        &opts.snat_addr
+    };
+    let snat_v4 = snat_from.iter().find_map(|a| match a {
+        std::net::IpAddr::V4(v4) => Some(*v4),
+        std::net::IpAddr::V6(_) => None,
+    });
+    let snat_v6 = snat_from.iter().find_map(|a| match a {
+        std::net::IpAddr::V6(v6) => Some(*v6),
+        std::net::IpAddr::V4(_) => None,
+    });
+    host::reserve_ports(opts.snat_ports.first, opts.snat_ports.last)
+        .context("reserving the SNAT ports (ip_local_reserved_ports)")?;
+    host::check_forwarding(&opts.xdp_iface);
+    let config = XdpL4Config {
+        vips,
+        snat_v4,
+        snat_v6,
+        snat_ports: (opts.snat_ports.first, opts.snat_ports.last),
+        ring_size: opts.maglev_table_size,
+        drain_timeout: Duration::from_secs(opts.drain_timeout),
+        timeouts: FlowTimeouts::default(),
+    };
+    info!(?config, "XDP TCP/UDP dataplane configured");
+    let mut dataplane = XdpL4::new(program, config)?;
+    for iface in &opts.xdp_iface {
+        dataplane.add_tx_port(host::ifindex(iface)?)?;
+    }
+    Ok(dataplane)
+}
+
+/// Expires idle tracked flows and drained backends every few seconds.
+async fn sweep_conntrack(dataplane: std::sync::Arc<std::sync::Mutex<XdpL4>>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let result = match dataplane.lock() {
+            Ok(mut dp) => dp.sweep(),
+            Err(_) => return,
+        };
+        match result {
+            Ok(0) => {}
+            Ok(n) => debug!(entries = n, "expired connection-tracking entries"),
+            Err(e) => warn!("sweeping connection tracking: {e}"),
+        }
+    }
+}
+
 fn attach_xdp(opts: &RunOptions) -> Result<XdpProgram> {
-    let mut program = XdpProgram::load().context("loading the XDP program")?;
+    let mut program = XdpProgram::load_with(LoadOptions {
+        ring_size: opts.maglev_table_size,
+        conntrack_size: opts.conntrack_size,
+    })
+    .context("loading the XDP program")?;
     for iface in &opts.xdp_iface {
         program
             .attach(iface, opts.xdp_mode)

@@ -105,6 +105,13 @@ pub struct RunOptions {
     /// shares within 1%).
     #[arg(long, env = "MLB_MAGLEV_TABLE_SIZE", default_value_t = crate::dataplane::maglev::DEFAULT_TABLE_SIZE, value_parser = parse_table_size)]
     pub maglev_table_size: u32,
+    /// Seconds a backend removed from a TCP/UDP service keeps its established XDP flows before
+    /// it is declared dead and they are re-balanced (the new backend resets TCP ones).
+    #[arg(long, env = "MLB_DRAIN_TIMEOUT", default_value_t = 300)]
+    pub drain_timeout: u64,
+    /// Connection-tracking entries of the XDP dataplane (two per flow; LRU when full).
+    #[arg(long, env = "MLB_CONNTRACK_SIZE", default_value_t = mlb_common::consts::CT_MAX_ENTRIES)]
+    pub conntrack_size: u32,
 }
 
 fn parse_table_size(s: &str) -> Result<u32, String> {

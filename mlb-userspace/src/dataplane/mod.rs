@@ -12,9 +12,11 @@ use std::collections::BTreeMap;
 
 use crate::model::{L4Service, L4ServiceKey};
 
+pub mod host;
 pub mod maglev;
 pub mod userspace_l4;
 pub mod xdp;
+pub mod xdp_l4;
 
 /// One change to the set of L4 (TCP/UDP) services.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -39,6 +39,8 @@ pub enum XdpError {
     },
     #[error("XDP map: {0}")]
     Map(#[from] aya::maps::MapError),
+    #[error("XDP configuration: {0}")]
+    Config(String),
 }
 
 /// The loaded program and the interfaces it is attached to.
@@ -47,10 +49,41 @@ pub struct XdpProgram {
     attached: Vec<(String, XdpLinkId)>,
 }
 
+/// Map sizes chosen at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Maglev table size (prime): sizes the ring map.
+    pub ring_size: u32,
+    /// Connection-tracking entries (two per flow).
+    pub conntrack_size: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            ring_size: mlb_common::consts::DEFAULT_RING_SIZE,
+            conntrack_size: mlb_common::consts::CT_MAX_ENTRIES,
+        }
+    }
+}
+
 impl XdpProgram {
-    /// Loads the embedded object into the kernel (verifier included); attaches nothing yet.
+    /// Loads the embedded object into the kernel (verifier included) with default map sizes;
+    /// attaches nothing yet.
     pub fn load() -> Result<Self, XdpError> {
-        let mut ebpf = Ebpf::load(OBJECT)?;
+        Self::load_with(LoadOptions::default())
+    }
+
+    /// Loads the embedded object with the given map sizes.
+    pub fn load_with(opts: LoadOptions) -> Result<Self, XdpError> {
+        use mlb_common::consts::{MAX_SERVICES, ring_elems};
+        let mut ebpf = aya::EbpfLoader::new()
+            .map_max_entries(
+                mlb_common::maps::RINGS,
+                MAX_SERVICES * 2 * ring_elems(opts.ring_size),
+            )
+            .map_max_entries(mlb_common::maps::CONNTRACK, opts.conntrack_size)
+            .load(OBJECT)?;
         for name in mlb_common::maps::ALL {
             if ebpf.map(name).is_none() {
                 return Err(XdpError::MissingMap(name));
@@ -95,6 +128,16 @@ impl XdpProgram {
             program_mut(&mut self.ebpf)?.detach(link)?;
         }
         Ok(())
+    }
+
+    /// The loaded object, for the map programming in [`super::xdp_l4`].
+    pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// The loaded object, read-only (statistics).
+    pub(crate) fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
     }
 
     /// Interfaces the program is attached to.

@@ -1,0 +1,660 @@
+//! The XDP dataplane: turns [`L4Change`]s into map updates of the loaded XDP program.
+//!
+//! - Each service is exposed on every VIP of its family (or on its `bind_addr`): one service slot
+//!   per (VIP, port, protocol), owning two Maglev tables. A change writes the *inactive* table —
+//!   only the slots that differ from what that table already holds — then flips the service's
+//!   `ring_copy`: a packet never sees a half-written table.
+//! - Backends live in one array shared by all services, keyed by address. A backend no service
+//!   uses any more is *draining*: its established flows go on for `drain_timeout`, then it is
+//!   marked dead and those flows are re-balanced (the new backend answers TCP with a RST).
+//! - [`XdpL4::sweep`] expires idle connection-tracking entries (the kernel LRU only evicts when
+//!   full) and those of dead backends, and frees backend ids nothing refers to any more.
+//!
+//! Nothing is ever wiped and rebuilt: every change touches only the entries it concerns.
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{Array, DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray};
+use mlb_common::{
+    consts::{MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, ring_elems},
+    maps::{
+        BACKEND_ACTIVE, BACKEND_DEAD, Backend as BpfBackend, CT_CLOSING, CT_SYN, Config, FAMILY_V4,
+        FAMILY_V6, FlowKey, FlowStats, NatEntry, RingElem, ServiceKey, ServiceValue,
+    },
+};
+use tracing::{debug, info, warn};
+
+use super::{
+    L4Change, L4Dataplane, L4Error,
+    maglev::{self, MaglevBackend},
+    xdp::{XdpError, XdpProgram},
+};
+use crate::model::{BackendState, L4Service, L4ServiceKey, Protocol};
+
+/// Settings of the XDP dataplane.
+#[derive(Clone, Debug)]
+pub struct XdpL4Config {
+    /// Addresses services are exposed on (`--vip`).
+    pub vips: Vec<IpAddr>,
+    /// Source address of forwarded IPv4 flows (`--snat-addr`); `None`: IPv4 services get no
+    /// backends.
+    pub snat_v4: Option<Ipv4Addr>,
+    /// Source address of forwarded IPv6 flows.
+    pub snat_v6: Option<Ipv6Addr>,
+    /// SNAT source ports, inclusive (`--snat-ports`).
+    pub snat_ports: (u16, u16),
+    /// Maglev table size (prime).
+    pub ring_size: u32,
+    /// How long a removed backend keeps its established flows before it is declared dead.
+    pub drain_timeout: Duration,
+    /// Idle time after which tracked flows are forgotten, by state.
+    pub timeouts: FlowTimeouts,
+}
+
+/// Idle timeouts of tracked flows.
+#[derive(Clone, Copy, Debug)]
+pub struct FlowTimeouts {
+    /// TCP handshake not completed.
+    pub tcp_syn: Duration,
+    /// Established TCP (marathon-lb's `timeout tunnel` is 3600 s).
+    pub tcp_established: Duration,
+    /// After a FIN or RST.
+    pub tcp_closing: Duration,
+    /// UDP "flows".
+    pub udp: Duration,
+}
+
+impl Default for FlowTimeouts {
+    fn default() -> Self {
+        FlowTimeouts {
+            tcp_syn: Duration::from_secs(60),
+            tcp_established: Duration::from_secs(3600),
+            tcp_closing: Duration::from_secs(60),
+            udp: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Raw network-order words of an address, as the program stores them.
+pub fn addr_words(ip: IpAddr) -> [u32; 4] {
+    match ip {
+        IpAddr::V4(v4) => [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            [w(0), w(4), w(8), w(12)]
+        }
+    }
+}
+
+/// The address back from raw words, given the family.
+pub fn words_addr(words: [u32; 4], family: u8) -> IpAddr {
+    if family == FAMILY_V4 {
+        IpAddr::V4(Ipv4Addr::from(words[0].to_ne_bytes()))
+    } else {
+        let mut o = [0u8; 16];
+        for (i, w) in words.iter().enumerate() {
+            o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        IpAddr::V6(Ipv6Addr::from(o))
+    }
+}
+
+fn family_of(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 }
+}
+
+fn proto_number(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+    }
+}
+
+/// One programmed (VIP, port, protocol).
+#[derive(Debug)]
+struct ProgrammedService {
+    slot: u32,
+    /// Live table (0 or 1).
+    copy: u32,
+    /// What each of the two tables holds (backend ids), to write only changed slots.
+    tables: [Vec<u32>; 2],
+    /// Backend ids this service's live table uses.
+    backends: HashSet<u32>,
+}
+
+/// A backend id and who uses it.
+#[derive(Debug)]
+struct BackendSlot {
+    addr: SocketAddr,
+    id: u32,
+    /// Services (VIP keys) whose live table contains it.
+    users: usize,
+    /// When the last user let go (draining since then).
+    unused_since: Option<Instant>,
+    dead: bool,
+}
+
+/// Per-backend counters of the XDP dataplane, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct XdpFlowStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// The XDP implementation of [`L4Dataplane`].
+pub struct XdpL4 {
+    program: XdpProgram,
+    config: XdpL4Config,
+    /// Model services as last applied, by key (to expand upserts and removals to VIP keys).
+    applied: BTreeMap<L4ServiceKey, Vec<ServiceKey>>,
+    services: HashMap<ServiceKey, ProgrammedService>,
+    free_slots: Vec<u32>,
+    backends: HashMap<SocketAddr, BackendSlot>,
+    free_backend_ids: Vec<u32>,
+}
+
+impl XdpL4 {
+    /// Takes over a loaded (and usually attached) program and writes its configuration. The
+    /// program passes every packet until this is done.
+    pub fn new(mut program: XdpProgram, config: XdpL4Config) -> Result<Self, XdpError> {
+        maglev::validate_table_size(config.ring_size)
+            .map_err(|e| XdpError::Config(e.to_string()))?;
+        let (min, max) = config.snat_ports;
+        if min == 0 || min > max {
+            return Err(XdpError::Config(format!(
+                "--snat-ports {min}-{max}: need 1 <= first <= last"
+            )));
+        }
+        let cfg = Config {
+            snat_v4: config.snat_v4.map_or([0; 4], |a| addr_words(a.into())),
+            snat_v6: config.snat_v6.map_or([0; 4], |a| addr_words(a.into())),
+            snat_port_min: min,
+            snat_port_max: max,
+            ring_size: config.ring_size,
+            ready: 1,
+            _pad: 0,
+        };
+        let mut map: Array<&mut MapData, Config> = Array::try_from(
+            program
+                .ebpf_mut()
+                .map_mut(mlb_common::maps::CONFIG)
+                .ok_or(XdpError::MissingMap(mlb_common::maps::CONFIG))?,
+        )?;
+        map.set(0, cfg, 0)?;
+        Ok(XdpL4 {
+            program,
+            config,
+            applied: BTreeMap::new(),
+            services: HashMap::new(),
+            free_slots: (0..MAX_SERVICES).rev().collect(),
+            backends: HashMap::new(),
+            free_backend_ids: (0..MAX_BACKENDS).rev().collect(),
+        })
+    }
+
+    /// Lets the program redirect packets out of `iface` (every interface it is attached to,
+    /// and any other egress interface towards clients or backends).
+    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), XdpError> {
+        let mut ports: DevMapHash<&mut MapData> = DevMapHash::try_from(
+            self.program
+                .ebpf_mut()
+                .map_mut(mlb_common::maps::TX_PORTS)
+                .ok_or(XdpError::MissingMap(mlb_common::maps::TX_PORTS))?,
+        )?;
+        ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| XdpError::Config(format!("devmap insert of ifindex {ifindex}: {e}")))
+    }
+
+    /// The program (counters, attachments).
+    pub fn program(&self) -> &XdpProgram {
+        &self.program
+    }
+
+    /// The program, mutably (attach/detach).
+    pub fn program_mut(&mut self) -> &mut XdpProgram {
+        &mut self.program
+    }
+
+    /// Consumes the dataplane and returns its program (e.g. to detach it explicitly).
+    pub fn into_program(self) -> XdpProgram {
+        self.program
+    }
+
+    fn vip_keys(&self, svc: &L4Service) -> Vec<ServiceKey> {
+        let addrs: Vec<IpAddr> = match svc.bind_addr {
+            Some(a) => vec![a],
+            None => self.config.vips.clone(),
+        };
+        addrs
+            .into_iter()
+            .map(|vip| ServiceKey {
+                addr: addr_words(vip),
+                port: svc.key.port.to_be(),
+                proto: proto_number(svc.key.protocol),
+                family: family_of(vip),
+            })
+            .collect()
+    }
+
+    fn upsert(&mut self, svc: &L4Service) -> Result<(), String> {
+        let keys = self.vip_keys(svc);
+        if keys.is_empty() {
+            return Err("no VIP to expose it on (give --vip, or a HAPROXY_{n}_BIND_ADDR)".into());
+        }
+        // VIP keys this service no longer uses (its bind address changed).
+        if let Some(old) = self.applied.get(&svc.key).cloned() {
+            for k in old.iter().filter(|k| !keys.contains(k)) {
+                self.remove_vip(k).map_err(|e| e.to_string())?;
+            }
+        }
+        for key in &keys {
+            self.program_vip(key, svc).map_err(|e| e.to_string())?;
+        }
+        self.applied.insert(svc.key, keys);
+        Ok(())
+    }
+
+    fn program_vip(&mut self, key: &ServiceKey, svc: &L4Service) -> Result<(), XdpError> {
+        let snat_ok = if key.family == FAMILY_V4 {
+            self.config.snat_v4.is_some()
+        } else {
+            self.config.snat_v6.is_some()
+        };
+        // Backends of the VIP's family that take new connections; without a SNAT address of
+        // that family none can be reached.
+        let members: Vec<(SocketAddr, u32)> = svc
+            .backends
+            .iter()
+            .filter(|b| snat_ok && b.state == BackendState::Active)
+            .filter(|b| family_of(b.addr.ip()) == key.family && b.weight > 0)
+            .map(|b| (b.addr, b.weight))
+            .collect();
+        let mut ids = Vec::with_capacity(members.len());
+        for (addr, _) in &members {
+            ids.push(self.backend_id(*addr)?);
+        }
+        let names: Vec<String> = members.iter().map(|(a, _)| a.to_string()).collect();
+        let maglev_input: Vec<MaglevBackend<'_>> = names
+            .iter()
+            .zip(&members)
+            .map(|(name, (_, weight))| MaglevBackend {
+                key: name,
+                weight: *weight,
+            })
+            .collect();
+        let table: Vec<u32> = maglev::build_table(&maglev_input, self.config.ring_size)
+            .map_err(|e| XdpError::Config(e.to_string()))?
+            .into_iter()
+            .map(|i| {
+                if i == maglev::NO_BACKEND {
+                    NO_BACKEND
+                } else {
+                    ids[i as usize]
+                }
+            })
+            .collect();
+        let new_users: HashSet<u32> = ids.iter().copied().collect();
+
+        let (slot, copy, old_users) = match self.services.get(key) {
+            Some(p) => (p.slot, 1 - p.copy, p.backends.clone()),
+            None => {
+                let slot = self.free_slots.pop().ok_or_else(|| {
+                    XdpError::Config(format!("all {MAX_SERVICES} XDP service slots are in use"))
+                })?;
+                (slot, 0, HashSet::new())
+            }
+        };
+        let previous = self
+            .services
+            .get(key)
+            .map(|p| p.tables[copy as usize].clone())
+            .unwrap_or_default();
+        self.write_table(slot, copy, &previous, &table)?;
+        let value = ServiceValue {
+            slot,
+            ring_copy: copy,
+            backend_count: u32::try_from(members.len()).unwrap_or(u32::MAX),
+            _pad: 0,
+        };
+        // The flip: one map update, seen whole by every packet after it.
+        self.services_map()?.insert(key, value, 0)?;
+
+        for id in new_users.difference(&old_users) {
+            self.retain_backend(*id);
+        }
+        for id in old_users.difference(&new_users) {
+            self.release_backend(*id);
+        }
+        let entry = self
+            .services
+            .entry(*key)
+            .or_insert_with(|| ProgrammedService {
+                slot,
+                copy,
+                tables: [Vec::new(), Vec::new()],
+                backends: HashSet::new(),
+            });
+        entry.copy = copy;
+        entry.tables[copy as usize] = table;
+        entry.backends = new_users;
+        debug!(vip = %words_addr(key.addr, key.family), port = svc.key.port, slot, copy, backends = members.len(), "XDP service programmed");
+        Ok(())
+    }
+
+    /// Writes `table` into table `copy` of `slot`, touching only elements that differ from
+    /// `previous` (what that table holds now; empty when unknown).
+    fn write_table(
+        &mut self,
+        slot: u32,
+        copy: u32,
+        previous: &[u32],
+        table: &[u32],
+    ) -> Result<(), XdpError> {
+        let elems = ring_elems(self.config.ring_size);
+        let base = (slot * 2 + copy) * elems;
+        let mut rings: Array<&mut MapData, RingElem> = Array::try_from(
+            self.program
+                .ebpf_mut()
+                .map_mut(mlb_common::maps::RINGS)
+                .ok_or(XdpError::MissingMap(mlb_common::maps::RINGS))?,
+        )?;
+        let at = |t: &[u32], i: usize| t.get(i).copied().unwrap_or(NO_BACKEND);
+        let mut written = 0usize;
+        for e in 0..elems as usize {
+            let new = RingElem {
+                backends: [at(table, 2 * e), at(table, 2 * e + 1)],
+            };
+            let old = RingElem {
+                backends: [at(previous, 2 * e), at(previous, 2 * e + 1)],
+            };
+            if previous.is_empty() || new != old {
+                rings.set(base + e as u32, new, 0)?;
+                written += 1;
+            }
+        }
+        debug!(slot, copy, written, "Maglev table elements written");
+        Ok(())
+    }
+
+    fn services_map(
+        &mut self,
+    ) -> Result<BpfHashMap<&mut MapData, ServiceKey, ServiceValue>, XdpError> {
+        Ok(BpfHashMap::try_from(
+            self.program
+                .ebpf_mut()
+                .map_mut(mlb_common::maps::SERVICES)
+                .ok_or(XdpError::MissingMap(mlb_common::maps::SERVICES))?,
+        )?)
+    }
+
+    fn backends_map(&mut self) -> Result<Array<&mut MapData, BpfBackend>, XdpError> {
+        Ok(Array::try_from(
+            self.program
+                .ebpf_mut()
+                .map_mut(mlb_common::maps::BACKENDS)
+                .ok_or(XdpError::MissingMap(mlb_common::maps::BACKENDS))?,
+        )?)
+    }
+
+    /// The backend id of `addr`, allocating and writing one if needed (and reviving a draining
+    /// or dead one).
+    fn backend_id(&mut self, addr: SocketAddr) -> Result<u32, XdpError> {
+        if let Some(b) = self.backends.get_mut(&addr) {
+            if b.dead {
+                b.dead = false;
+                let id = b.id;
+                self.write_backend(id, addr, BACKEND_ACTIVE)?;
+            }
+            return Ok(self.backends[&addr].id);
+        }
+        let id = self.free_backend_ids.pop().ok_or_else(|| {
+            XdpError::Config(format!("all {MAX_BACKENDS} XDP backend slots are in use"))
+        })?;
+        self.write_backend(id, addr, BACKEND_ACTIVE)?;
+        self.backends.insert(
+            addr,
+            BackendSlot {
+                addr,
+                id,
+                users: 0,
+                unused_since: None,
+                dead: false,
+            },
+        );
+        Ok(id)
+    }
+
+    fn write_backend(&mut self, id: u32, addr: SocketAddr, flags: u32) -> Result<(), XdpError> {
+        let value = BpfBackend {
+            addr: addr_words(addr.ip()),
+            port: addr.port().to_be(),
+            family: family_of(addr.ip()),
+            _pad: 0,
+            flags,
+        };
+        self.backends_map()?.set(id, value, 0)?;
+        Ok(())
+    }
+
+    fn slot_by_id(&mut self, id: u32) -> Option<&mut BackendSlot> {
+        self.backends.values_mut().find(|b| b.id == id)
+    }
+
+    fn retain_backend(&mut self, id: u32) {
+        if let Some(b) = self.slot_by_id(id) {
+            b.users += 1;
+            b.unused_since = None;
+        }
+    }
+
+    fn release_backend(&mut self, id: u32) {
+        if let Some(b) = self.slot_by_id(id) {
+            b.users = b.users.saturating_sub(1);
+            if b.users == 0 {
+                b.unused_since = Some(Instant::now());
+            }
+        }
+    }
+
+    fn remove_vip(&mut self, key: &ServiceKey) -> Result<(), XdpError> {
+        let Some(p) = self.services.remove(key) else {
+            return Ok(());
+        };
+        match self.services_map()?.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+        for id in &p.backends {
+            self.release_backend(*id);
+        }
+        // Tables of the slot are rewritten in full by its next user.
+        self.free_slots.push(p.slot);
+        Ok(())
+    }
+
+    /// Declares backends that have been draining for longer than the drain timeout dead, so
+    /// their remaining flows are re-balanced.
+    pub fn expire_drained_backends(&mut self) -> Result<Vec<SocketAddr>, XdpError> {
+        let timeout = self.config.drain_timeout;
+        let expired: Vec<(SocketAddr, u32)> = self
+            .backends
+            .values()
+            .filter(|b| !b.dead && b.users == 0)
+            .filter(|b| b.unused_since.is_some_and(|t| t.elapsed() >= timeout))
+            .map(|b| (b.addr, b.id))
+            .collect();
+        for (addr, id) in &expired {
+            self.write_backend(*id, *addr, BACKEND_ACTIVE | BACKEND_DEAD)?;
+            if let Some(b) = self.backends.get_mut(addr) {
+                b.dead = true;
+            }
+            info!(backend = %addr, "drain timeout over: backend dead, its remaining flows are re-balanced");
+        }
+        Ok(expired.into_iter().map(|(a, _)| a).collect())
+    }
+
+    /// Expires idle connection-tracking entries and those of dead backends (both directions),
+    /// and frees the ids of dead backends no entry refers to. Returns how many entries it
+    /// deleted.
+    pub fn sweep(&mut self) -> Result<usize, XdpError> {
+        self.expire_drained_backends()?;
+        let now = monotonic_ns();
+        let t = self.config.timeouts;
+        let dead: HashSet<u32> = self
+            .backends
+            .values()
+            .filter(|b| b.dead)
+            .map(|b| b.id)
+            .collect();
+        let mut referenced: HashSet<u32> = HashSet::new();
+        let mut doomed: Vec<FlowKey> = Vec::new();
+        {
+            let ct: BpfHashMap<&MapData, FlowKey, NatEntry> = BpfHashMap::try_from(
+                self.program
+                    .ebpf()
+                    .map(mlb_common::maps::CONNTRACK)
+                    .ok_or(XdpError::MissingMap(mlb_common::maps::CONNTRACK))?,
+            )?;
+            for item in ct.iter() {
+                let Ok((key, entry)) = item else { continue };
+                let timeout = match (key.proto, entry.state) {
+                    (17, _) => t.udp,
+                    (_, CT_SYN) => t.tcp_syn,
+                    (_, CT_CLOSING) => t.tcp_closing,
+                    _ => t.tcp_established,
+                };
+                let idle = Duration::from_nanos(now.saturating_sub(entry.last_seen_ns));
+                if idle >= timeout || dead.contains(&entry.backend) {
+                    doomed.push(key);
+                } else {
+                    referenced.insert(entry.backend);
+                }
+            }
+        }
+        let mut ct: BpfHashMap<&mut MapData, FlowKey, NatEntry> = BpfHashMap::try_from(
+            self.program
+                .ebpf_mut()
+                .map_mut(mlb_common::maps::CONNTRACK)
+                .ok_or(XdpError::MissingMap(mlb_common::maps::CONNTRACK))?,
+        )?;
+        let mut deleted = 0;
+        for key in &doomed {
+            if ct.remove(key).is_ok() {
+                deleted += 1;
+            }
+        }
+        // Dead and unreferenced: the id can serve another backend.
+        let freeable: Vec<SocketAddr> = self
+            .backends
+            .values()
+            .filter(|b| b.dead && b.users == 0 && !referenced.contains(&b.id))
+            .map(|b| b.addr)
+            .collect();
+        for addr in freeable {
+            if let Some(b) = self.backends.remove(&addr) {
+                self.write_backend(b.id, addr, BACKEND_DEAD)?;
+                self.free_backend_ids.push(b.id);
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Packets, bytes and new flows per backend address, summed over CPUs.
+    pub fn backend_stats(&self) -> Result<BTreeMap<SocketAddr, XdpFlowStats>, XdpError> {
+        let map: PerCpuArray<&MapData, FlowStats> = PerCpuArray::try_from(
+            self.program
+                .ebpf()
+                .map(mlb_common::maps::BACKEND_STATS)
+                .ok_or(XdpError::MissingMap(mlb_common::maps::BACKEND_STATS))?,
+        )?;
+        let mut out = BTreeMap::new();
+        for b in self.backends.values() {
+            let mut sum = XdpFlowStats::default();
+            for v in map.get(&b.id, 0)?.iter() {
+                sum.packets += v.packets;
+                sum.bytes += v.bytes;
+                sum.new_flows += v.new_flows;
+            }
+            out.insert(b.addr, sum);
+        }
+        Ok(out)
+    }
+
+    /// Number of tracked flow directions (two per flow).
+    pub fn conntrack_entries(&self) -> Result<usize, XdpError> {
+        let ct: BpfHashMap<&MapData, FlowKey, NatEntry> = BpfHashMap::try_from(
+            self.program
+                .ebpf()
+                .map(mlb_common::maps::CONNTRACK)
+                .ok_or(XdpError::MissingMap(mlb_common::maps::CONNTRACK))?,
+        )?;
+        Ok(ct.keys().filter(Result::is_ok).count())
+    }
+}
+
+impl L4Dataplane for XdpL4 {
+    fn apply(&mut self, changes: &[L4Change]) -> Result<(), L4Error> {
+        let mut first_error = None;
+        for change in changes {
+            let result = match change {
+                L4Change::Upsert(svc) => self.upsert(svc).map_err(|reason| L4Error {
+                    service: svc.key,
+                    reason,
+                }),
+                L4Change::Remove(key) => {
+                    let vips = self.applied.remove(key).unwrap_or_default();
+                    vips.iter()
+                        .try_for_each(|k| self.remove_vip(k))
+                        .map_err(|e| L4Error {
+                            service: *key,
+                            reason: e.to_string(),
+                        })
+                }
+            };
+            if let Err(e) = result {
+                warn!("{e}");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    #[expect(
+        unsafe_code,
+        reason = "clock_gettime writes only into the timespec we pass"
+    )]
+    // SAFETY: a valid pointer to a timespec on our stack.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_words_round_trip_in_network_order() {
+        for ip in ["198.18.1.2", "fd00:198:18:1::2"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(words_addr(addr_words(ip), family_of(ip)), ip);
+        }
+        // The first byte on the wire is the first byte in memory.
+        let w = addr_words("198.18.1.2".parse().unwrap());
+        assert_eq!(w[0].to_ne_bytes(), [198, 18, 1, 2]);
+    }
+}
