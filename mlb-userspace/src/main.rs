@@ -134,7 +134,9 @@ fn start_xdp_l4(opts: &RunOptions, program: XdpProgram) -> Result<XdpL4> {
     });
     host::reserve_ports(opts.snat_ports.first, opts.snat_ports.last)
         .context("reserving the SNAT ports (ip_local_reserved_ports)")?;
-    host::check_forwarding(&opts.xdp_iface);
+    host::check_forwarding(&opts.xdp_iface, snat_v4.is_some(), snat_v6.is_some());
+    host::accept_local_sources(&opts.xdp_iface)
+        .context("allowing local source addresses on the XDP interfaces (accept_local)")?;
     let config = XdpL4Config {
         vips,
         snat_v4,

@@ -119,3 +119,17 @@ pub fn check_forwarding(ifaces: &[String]) -> Vec<String> {
     }
     off
 }
+
+/// Sets `net.ipv4.conf.<iface>.accept_local=1` on each XDP interface.
+///
+/// When the next hop of a rewritten packet has no neighbour entry yet, the program hands the
+/// packet to the kernel to forward it and resolve ARP. Its source is then the load balancer's
+/// own SNAT address (or VIP, for replies), which the kernel drops as a "martian" unless
+/// `accept_local` is on. Only IPv4 has this check.
+pub fn accept_local_sources(ifaces: &[String]) -> Result<(), HostError> {
+    for iface in ifaces {
+        let path = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
+        std::fs::write(&path, "1").map_err(|source| HostError::Sysctl { path, source })?;
+    }
+    Ok(())
+}
