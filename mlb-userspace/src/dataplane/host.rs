@@ -91,20 +91,28 @@ pub fn reserve_ports(first: u16, last: u16) -> Result<(), HostError> {
 }
 
 /// Warns about each XDP interface on which `bpf_fib_lookup` will refuse to forward because
-/// forwarding is off (the kernel checks the ingress interface). Returns the ones that are off.
-pub fn check_forwarding(ifaces: &[String]) -> Vec<String> {
+/// forwarding is off (the kernel checks the ingress interface), for the families in use.
+/// Returns the ones that are off.
+pub fn check_forwarding(ifaces: &[String], v4: bool, v6: bool) -> Vec<String> {
     let mut off = Vec::new();
     for iface in ifaces {
-        for (family, path) in [
+        let families = [
             (
+                v4,
                 "IPv4",
                 format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"),
             ),
             (
+                v6,
                 "IPv6",
                 format!("/proc/sys/net/ipv6/conf/{iface}/forwarding"),
             ),
-        ] {
+        ];
+        for (family, path) in families
+            .into_iter()
+            .filter(|(used, ..)| *used)
+            .map(|(_, f, p)| (f, p))
+        {
             if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
                 warn!(
                     iface,
