@@ -8,10 +8,15 @@ use mlb::{
         xdp::{LoadOptions, XdpProgram},
         xdp_l4::{FlowTimeouts, XdpL4, XdpL4Config},
     },
+    model::{L4Service, L4ServiceKey},
     options::{Cli, Command, DataplaneKind, RunOptions},
-    static_config::{self, StaticConfig},
+    static_config,
 };
-use std::time::Duration;
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use tracing::{debug, error, info, warn};
 
@@ -52,31 +57,43 @@ fn run(opts: &RunOptions) -> Result<()> {
         };
         // Kept alive until shutdown: dropping the userspace dataplane closes its listeners,
         // dropping the XDP one detaches the program.
-        let mut xdp_l4 = None;
-        let mut _userspace_l4 = None;
-        match xdp {
-            Some(program) => {
-                let mut dataplane = start_xdp_l4(opts, program)?;
-                if let Some(config) = &config
-                    && let Err(e) = dataplane.apply(&diff_l4(&Default::default(), &config.l4))
-                {
-                    error!("{e}");
-                }
-                xdp_l4 = Some(std::sync::Arc::new(std::sync::Mutex::new(dataplane)));
-            }
-            None => {
-                if let Some(config) = &config {
-                    _userspace_l4 = Some(start_userspace_l4(opts, config)?);
+        let mut plane = match xdp {
+            Some(program) => L4Plane::Xdp(Arc::new(Mutex::new(start_xdp_l4(opts, program)?))),
+            None => L4Plane::Userspace(start_userspace_l4(opts)?),
+        };
+        let mut applied = BTreeMap::new();
+        if let Some(config) = &config {
+            plane.apply_services(&mut applied, &config.l4);
+        }
+        let sweeper = match &plane {
+            L4Plane::Xdp(dp) => Some(tokio::spawn(sweep_conntrack(dp.clone()))),
+            L4Plane::Userspace(_) => None,
+        };
+        // SIGHUP re-reads --static-config and applies what changed; a bad file keeps the last
+        // good services.
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let shutdown = wait_for_shutdown();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                r = &mut shutdown => { r?; break; }
+                _ = hup.recv() => {
+                    let Some(path) = &opts.static_config else { continue };
+                    match static_config::load(path) {
+                        Ok(config) => {
+                            info!(path = %path.display(), "SIGHUP: static config reloaded");
+                            plane.apply_services(&mut applied, &config.l4);
+                        }
+                        Err(e) => error!("SIGHUP: keeping the last good services: {e:#}"),
+                    }
                 }
             }
         }
-        let sweeper = xdp_l4.clone().map(|dp| tokio::spawn(sweep_conntrack(dp)));
-        wait_for_shutdown().await?;
         if let Some(s) = sweeper {
             s.abort();
         }
-        if let Some(dp) = xdp_l4 {
-            let dp = std::sync::Arc::try_unwrap(dp)
+        if let L4Plane::Xdp(dp) = plane {
+            let dp = Arc::try_unwrap(dp)
                 .map_err(|_| anyhow::anyhow!("XDP dataplane still shared at shutdown"))?
                 .into_inner()
                 .map_err(|_| anyhow::anyhow!("XDP dataplane lock poisoned"))?;
@@ -89,20 +106,50 @@ fn run(opts: &RunOptions) -> Result<()> {
     })
 }
 
-/// Starts the userspace TCP/UDP dataplane with the static services (on the current runtime).
-fn start_userspace_l4(opts: &RunOptions, config: &StaticConfig) -> Result<UserspaceL4> {
+/// The TCP/UDP dataplane in use.
+enum L4Plane {
+    /// Shared with the conntrack sweeper.
+    Xdp(Arc<Mutex<XdpL4>>),
+    Userspace(UserspaceL4),
+}
+
+impl L4Plane {
+    /// Applies what changed from `applied` to `wanted`, and records `wanted` as applied. A
+    /// service that cannot be applied is logged and left out; the others are served.
+    fn apply_services(
+        &mut self,
+        applied: &mut BTreeMap<L4ServiceKey, L4Service>,
+        wanted: &BTreeMap<L4ServiceKey, L4Service>,
+    ) {
+        let changes = diff_l4(applied, wanted);
+        if changes.is_empty() {
+            return;
+        }
+        let result = match self {
+            L4Plane::Xdp(dp) => match dp.lock() {
+                Ok(mut dp) => dp.apply(&changes),
+                Err(_) => return error!("XDP dataplane lock poisoned"),
+            },
+            L4Plane::Userspace(dp) => dp.apply(&changes),
+        };
+        if let Err(e) = result {
+            error!("{e}");
+        }
+        info!(
+            changes = changes.len(),
+            services = wanted.len(),
+            "TCP/UDP services applied"
+        );
+        applied.clone_from(wanted);
+    }
+}
+
+/// Starts the userspace TCP/UDP dataplane (on the current runtime).
+fn start_userspace_l4(opts: &RunOptions) -> Result<UserspaceL4> {
     let mut settings = UserspaceL4Config::new(opts.vip.clone());
     settings.maglev_table_size = opts.maglev_table_size;
-    let mut dataplane = UserspaceL4::new(tokio::runtime::Handle::current(), settings)?;
-    // A service that cannot be applied is logged and left out; the others are served.
-    if let Err(e) = dataplane.apply(&diff_l4(&Default::default(), &config.l4)) {
-        error!("{e}");
-    }
-    info!(
-        services = config.l4.len(),
-        vips = ?opts.vip,
-        "userspace TCP/UDP dataplane running"
-    );
+    let dataplane = UserspaceL4::new(tokio::runtime::Handle::current(), settings)?;
+    info!(vips = ?opts.vip, "userspace TCP/UDP dataplane running");
     Ok(dataplane)
 }
 
@@ -155,7 +202,7 @@ fn start_xdp_l4(opts: &RunOptions, program: XdpProgram) -> Result<XdpL4> {
 }
 
 /// Expires idle tracked flows and drained backends every few seconds.
-async fn sweep_conntrack(dataplane: std::sync::Arc<std::sync::Mutex<XdpL4>>) {
+async fn sweep_conntrack(dataplane: Arc<Mutex<XdpL4>>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tick.tick().await;
