@@ -6,6 +6,8 @@
 #![deny(unsafe_code)]
 
 pub mod dataplane;
+pub mod diff;
 pub mod logging;
+pub mod marathon;
 pub mod model;
 pub mod options;
