@@ -13,10 +13,10 @@ use crate::{
 /// One change to the set of HTTP services.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HttpChange {
-    /// A service appeared.
-    Add(HttpService),
+    /// A service appeared. (Boxed: a service is large and changes travel in `Vec`s.)
+    Add(Box<HttpService>),
     /// A service's routes, backends, TLS or options changed; the proxy swaps it in whole.
-    Update(HttpService),
+    Update(Box<HttpService>),
     /// A service disappeared: stop routing new requests to it.
     Remove(HttpServiceKey),
 }
@@ -36,8 +36,8 @@ pub fn diff_http(
     new: &BTreeMap<HttpServiceKey, HttpService>,
 ) -> Vec<HttpChange> {
     let upserts = new.iter().filter_map(|(key, svc)| match old.get(key) {
-        None => Some(HttpChange::Add(svc.clone())),
-        Some(prev) if prev != svc => Some(HttpChange::Update(svc.clone())),
+        None => Some(HttpChange::Add(Box::new(svc.clone()))),
+        Some(prev) if prev != svc => Some(HttpChange::Update(Box::new(svc.clone()))),
         Some(_) => None,
     });
     let removals = old
@@ -139,10 +139,10 @@ mod tests {
                     s.l4.remove(key);
                 }
                 Change::Http(HttpChange::Add(svc)) => {
-                    assert!(s.http.insert(svc.key.clone(), svc.clone()).is_none());
+                    assert!(s.http.insert(svc.key.clone(), (**svc).clone()).is_none());
                 }
                 Change::Http(HttpChange::Update(svc)) => {
-                    assert!(s.http.insert(svc.key.clone(), svc.clone()).is_some());
+                    assert!(s.http.insert(svc.key.clone(), (**svc).clone()).is_some());
                 }
                 Change::Http(HttpChange::Remove(key)) => {
                     assert!(s.http.remove(key).is_some());

@@ -318,7 +318,7 @@ impl AppContext<'_> {
                 backends: vec![],
                 excluded_tasks: vec![],
             };
-            if let Err(reason) = self.evaluate_port(spec, specs.len(), &mut pe, state, claims) {
+            if let Err(reason) = self.evaluate_port(spec, specs, &mut pe, state, claims) {
                 state.rejected.push(Rejected {
                     app_id: app.id.clone(),
                     port_index: Some(spec.index),
@@ -339,7 +339,7 @@ impl AppContext<'_> {
     fn evaluate_port(
         &mut self,
         spec: &ServicePortSpec,
-        n_specs: usize,
+        specs: &[ServicePortSpec],
         pe: &mut PortExplanation,
         state: &mut DesiredState,
         claims: &mut Claims,
@@ -390,14 +390,15 @@ impl AppContext<'_> {
         // Mode, as marathon-lb: an HTTP check makes it http, the MODE label overrides that,
         // a BACKEND_HEALTHCHECK_PORT_INDEX check of an HTTP kind forces http, else a vhost
         // makes it http and everything else is tcp.
-        let own_check = check_for_index(app, n);
+        let own_check = check_for_index(app, spec.task_port_index);
         let mut mode = own_check
             .filter(|c| c.protocol == HealthCheckProtocol::Http)
             .map(|_| Mode::Http);
         if let Some(m) = labels.mode {
             mode = Some(m);
         }
-        let mut check = own_check.map(|c| active_check(c, n));
+        let n_specs = specs.len();
+        let mut check = own_check.map(|c| active_check(c, spec.task_port_index));
         if let Some(k) = labels.healthcheck_port_index {
             if k >= n_specs {
                 self.warnings.push((
@@ -407,9 +408,9 @@ impl AppContext<'_> {
                     ),
                 ));
             } else if let Some(c) = own_check {
-                check = Some(active_check(c, k));
-            } else if let Some(c) = check_for_index(app, k) {
-                check = Some(active_check(c, k));
+                check = Some(active_check(c, specs[k].task_port_index));
+            } else if let Some(c) = check_for_index(app, specs[k].task_port_index) {
+                check = Some(active_check(c, specs[k].task_port_index));
                 if is_http_like(c.protocol) {
                     mode = Some(Mode::Http);
                 }
@@ -471,7 +472,7 @@ impl AppContext<'_> {
             pe.paths.clone_from(&labels.paths);
         }
 
-        let backends = self.backends(n, pe);
+        let backends = self.backends(spec, pe);
         if backends.is_empty() {
             let health_excluded = pe
                 .excluded_tasks
@@ -561,9 +562,11 @@ impl AppContext<'_> {
         Ok(())
     }
 
-    /// The backends of service-port index `n`, recording excluded tasks in `pe`.
-    fn backends(&self, n: usize, pe: &mut PortExplanation) -> Vec<Backend> {
+    /// The backends of one service port, recording excluded tasks in `pe`. The task port is the
+    /// one at the same position as the service port's own entry (`task_port_index`).
+    fn backends(&self, spec: &ServicePortSpec, pe: &mut PortExplanation) -> Vec<Backend> {
         let app = &self.eff.app;
+        let n = spec.index;
         let mut out = Vec::new();
         for task in &app.tasks {
             let mut exclude = |reason: String| {
@@ -596,8 +599,9 @@ impl AppContext<'_> {
                 }
             };
             let ports = task_ports(app, task, self.mode);
-            let Some(&port) = ports.get(n).filter(|p| **p != 0) else {
-                exclude(format!("task has no port at index {n} (ports {ports:?})"));
+            let at = spec.task_port_index;
+            let Some(&port) = ports.get(at).filter(|p| **p != 0) else {
+                exclude(format!("task has no port at index {at} (ports {ports:?})"));
                 continue;
             };
             let state = if self.eff.draining.contains(&task.id) {

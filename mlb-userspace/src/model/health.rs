@@ -212,7 +212,13 @@ mod tests {
         let before = app(json!([
             {"id": "up", "healthCheckResults": [{"alive": true}]},
             {"id": "down", "healthCheckResults": [{"alive": false}]}]));
-        let cache = update_cache(&HealthCache::new(), &[before.clone()], t0, TTL, 100);
+        let cache = update_cache(
+            &HealthCache::new(),
+            std::slice::from_ref(&before),
+            t0,
+            TTL,
+            100,
+        );
         assert_eq!(cache.len(), 2);
         // Failover: no results at all (absent or empty list), plus a brand-new task.
         let after = app(json!([
@@ -233,7 +239,7 @@ mod tests {
         assert!(verdicts[0].passes() && !verdicts[1].passes() && !verdicts[2].passes());
         // Seeing the tasks again refreshes them: they survive past the first TTL.
         let t1 = t0 + TTL / 2;
-        let cache = update_cache(&cache, &[after.clone()], t1, TTL, 100);
+        let cache = update_cache(&cache, std::slice::from_ref(&after), t1, TTL, 100);
         let cache = update_cache(
             &cache,
             &[after],
@@ -250,7 +256,13 @@ mod tests {
         let a = app(json!([{"id": "a", "healthCheckResults": [{"alive": true}]}]));
         let b = app(json!([{"id": "b", "healthCheckResults": [{"alive": true}]}]));
         let cache = update_cache(&HealthCache::new(), &[a], t0, TTL, 1);
-        let cache = update_cache(&cache, &[b.clone()], t0 + Duration::from_secs(1), TTL, 1);
+        let cache = update_cache(
+            &cache,
+            std::slice::from_ref(&b),
+            t0 + Duration::from_secs(1),
+            TTL,
+            1,
+        );
         assert_eq!(
             (cache.last_known("a"), cache.last_known("b")),
             (None, Some(true))

@@ -75,6 +75,10 @@ pub struct ServicePortSpec {
     pub protocols: Result<Vec<Protocol>, String>,
     /// Where the port came from, for `mlb explain` (`portMappings`, `portDefinitions`, …).
     pub source: &'static str,
+    /// Position of the port in its source list (`portMappings`, `portDefinitions`, …), which is
+    /// also the position of its port in each task's port list and Marathon's `portIndex`. Differs
+    /// from `index` when a mapping without a service port was skipped.
+    pub task_port_index: usize,
 }
 
 /// Parses a Marathon port `protocol` (`tcp`, `udp`, `tcp,udp`; absent = tcp).
@@ -175,6 +179,7 @@ impl ServicePortAssigner {
                         m.protocol.as_deref(),
                     ),
                     source: "portMappings",
+                    task_port_index: i,
                 })
                 .collect();
             if !specs.is_empty() {
@@ -195,18 +200,21 @@ impl ServicePortAssigner {
                         d.protocol.as_deref(),
                     ),
                     source: "portDefinitions",
+                    task_port_index: i,
                 })
                 .collect(),
             None => app
                 .ports
                 .iter()
-                .filter(|p| **p != 0)
                 .enumerate()
-                .map(|(index, p)| ServicePortSpec {
+                .filter(|(_, p)| **p != 0)
+                .enumerate()
+                .map(|(index, (i, p))| ServicePortSpec {
                     index,
                     port: Some(*p),
                     protocols: Ok(vec![Protocol::Tcp]),
                     source: "ports",
+                    task_port_index: i,
                 })
                 .collect(),
         };
@@ -243,6 +251,7 @@ impl ServicePortAssigner {
                 port: self.assign(&app.id, task_port),
                 protocols: protocol_of(index),
                 source: "auto-assigned (IP-per-task)",
+                task_port_index: index,
             })
             .collect()
     }
@@ -441,6 +450,10 @@ mod tests {
         let specs = ServicePortAssigner::new(None).service_ports(&a);
         assert_eq!(specs.len(), 1);
         assert_eq!((specs[0].index, specs[0].port), (0, Some(10001)));
+        assert_eq!(
+            specs[0].task_port_index, 1,
+            "the task's port is still the second one"
+        );
     }
 
     #[test]
