@@ -6,7 +6,9 @@
 #![deny(unsafe_code)]
 
 pub mod dataplane;
+pub mod diff;
 pub mod logging;
+pub mod marathon;
 pub mod model;
 pub mod options;
 pub mod static_config;

@@ -234,6 +234,50 @@ pub struct HttpService {
     /// `MLB_{n}_TLS_PASSTHROUGH=true`: on :443, forward TLS by SNI to the backends without
     /// terminating it.
     pub tls_passthrough: bool,
+    /// The TLS-relevant part of `HAPROXY_{n}_BIND_OPTIONS` (ALPN, protocol versions, client
+    /// certificates) for this service's TLS listeners.
+    pub tls: TlsOptions,
+}
+
+/// A TLS protocol version bound (`ssl-min-ver` / `ssl-max-ver`). rustls speaks 1.2 and 1.3 only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum TlsVersion {
+    #[serde(rename = "TLSv1.2")]
+    Tls12,
+    #[serde(rename = "TLSv1.3")]
+    Tls13,
+}
+
+/// Client-certificate verification (`verify optional|required` + `ca-file`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientAuth {
+    /// PEM bundle of the CAs that sign client certificates.
+    pub ca_file: PathBuf,
+    /// `verify required`: reject a handshake without a valid client certificate;
+    /// `verify optional`: ask for one, accept without.
+    pub required: bool,
+}
+
+/// TLS settings of a service's listener, from `HAPROXY_{n}_BIND_OPTIONS`. The default (no
+/// ALPN list, no version bounds, no client auth) means the proxy's defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsOptions {
+    /// `alpn h2,http/1.1`: protocols to offer, in order; empty: the proxy's default.
+    pub alpn: Vec<String>,
+    pub min_version: Option<TlsVersion>,
+    pub max_version: Option<TlsVersion>,
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// Something in an app that mlb ignored but the user should know about (e.g. raw HAProxy
+/// template labels, which have no meaning without HAProxy). Unlike [`Rejected`], the app is
+/// still exposed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Warning {
+    pub app_id: String,
+    /// Service-port index, when the warning concerns one port only.
+    pub port_index: Option<usize>,
+    pub message: String,
 }
 
 /// Why an app (or one of its ports) is not exposed; for `mlb explain` and the logs.
@@ -251,4 +295,7 @@ pub struct DesiredState {
     pub l4: BTreeMap<L4ServiceKey, L4Service>,
     pub http: BTreeMap<HttpServiceKey, HttpService>,
     pub rejected: Vec<Rejected>,
+    /// Ignored labels and options, at most one entry per app and kind.
+    #[serde(default)]
+    pub warnings: Vec<Warning>,
 }

@@ -1,0 +1,2 @@
+//! Marathon: the REST and event-stream edge.
+pub mod types;
