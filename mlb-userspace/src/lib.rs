@@ -7,5 +7,6 @@
 
 pub mod dataplane;
 pub mod logging;
+pub mod marathon;
 pub mod model;
 pub mod options;
