@@ -153,8 +153,8 @@ impl MarathonClient {
     /// Anything but a 200 with `{"apps": [...]}` from some host is an error, so the caller
     /// keeps its last good state.
     pub async fn list_apps(&self) -> Result<Vec<Value>, MarathonError> {
-        self.with_failover(async |base| {
-            let mut url = endpoint(base, &["v2", "apps"]);
+        self.with_failover(|base| async move {
+            let mut url = endpoint(&base, &["v2", "apps"]);
             url.query_pairs_mut()
                 .append_pair("embed", "apps.tasks")
                 .append_pair("embed", "apps.deployments")
@@ -177,10 +177,11 @@ impl MarathonClient {
     /// Marathon says 404 (the app is gone).
     pub async fn get_app(&self, app_id: &str) -> Result<Option<Value>, MarathonError> {
         let segments = app_id_segments(app_id)?;
-        self.with_failover(async |base| {
+        let segments = &segments;
+        self.with_failover(|base| async move {
             let mut path = vec!["v2", "apps"];
             path.extend(segments.iter().copied());
-            let mut url = endpoint(base, &path);
+            let mut url = endpoint(&base, &path);
             url.query_pairs_mut()
                 .append_pair("embed", "app.tasks")
                 .append_pair("embed", "app.deployments")
@@ -205,8 +206,8 @@ impl MarathonClient {
     /// Opens `GET /v2/events?plan-format=light&event_type=...` on the first host that accepts,
     /// following the non-leader redirect.
     pub async fn open_events(&self) -> Result<EventStream, MarathonError> {
-        self.with_failover(async |base| {
-            let mut url = endpoint(base, &["v2", "events"]);
+        self.with_failover(|base| async move {
+            let mut url = endpoint(&base, &["v2", "events"]);
             {
                 let mut q = url.query_pairs_mut();
                 q.append_pair("plan-format", "light");
@@ -226,16 +227,20 @@ impl MarathonClient {
     }
 
     /// Runs `attempt` against each host, starting with the sticky one, until one succeeds.
-    async fn with_failover<T>(
-        &self,
-        mut attempt: impl AsyncFnMut(&Url) -> Result<T, MarathonError>,
-    ) -> Result<T, MarathonError> {
+    ///
+    /// `attempt` takes the base URL by value: a borrowed one would make the futures of the
+    /// callers not provably `Send` (higher-ranked lifetimes, rust-lang/rust#102211).
+    async fn with_failover<T, F, Fut>(&self, mut attempt: F) -> Result<T, MarathonError>
+    where
+        F: FnMut(Url) -> Fut,
+        Fut: Future<Output = Result<T, MarathonError>>,
+    {
         let hosts = &self.inner.hosts;
         let start = self.inner.current.load(Ordering::Relaxed);
         let mut last = None;
         for k in 0..hosts.len() {
             let i = (start + k) % hosts.len();
-            match attempt(&hosts[i]).await {
+            match attempt(hosts[i].clone()).await {
                 Ok(v) => {
                     if i != start % hosts.len() {
                         debug!(host = %hosts[i], "Marathon host answered; using it first from now on");

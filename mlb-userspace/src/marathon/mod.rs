@@ -7,6 +7,9 @@ pub mod events;
 pub mod sse;
 pub mod watch;
 
+#[cfg(test)]
+mod tests;
+
 /// Errors talking to Marathon. URLs in messages never carry credentials (they are moved out of
 /// the URL when the configuration is built).
 #[derive(Debug, thiserror::Error)]

@@ -389,9 +389,16 @@ impl Running {
         batch: Dirty,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<bool, MarathonError> {
-        let client = &self.client;
-        let reads = futures_util::stream::iter(batch.refresh.iter())
-            .map(|id| async move { (id, client.get_app(id).await) })
+        // Owned ids and client clones: borrowed ones make this future not provably `Send`
+        // (rust-lang/rust#102211).
+        let reads = futures_util::stream::iter(batch.refresh.iter().cloned())
+            .map(|id| {
+                let client = self.client.clone();
+                async move {
+                    let r = client.get_app(&id).await;
+                    (id, r)
+                }
+            })
             .buffered(self.cfg.reread_concurrency.max(1))
             .collect::<Vec<_>>();
         let results = tokio::select! {
@@ -409,7 +416,7 @@ impl Running {
         for (id, r) in results {
             match r? {
                 Some(app) => changed.push(app),
-                None => removed.push(id.clone()),
+                None => removed.push(id),
             }
         }
         if changed.is_empty() && removed.is_empty() {
