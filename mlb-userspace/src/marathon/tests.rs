@@ -55,6 +55,7 @@ struct State {
 #[derive(Clone)]
 struct Fake {
     addr: SocketAddr,
+    scheme: &'static str,
     state: Arc<Mutex<State>>,
 }
 
@@ -75,9 +76,15 @@ fn app(id: &str, instances: u64) -> Value {
 
 impl Fake {
     async fn start() -> Fake {
+        Self::start_with(None).await
+    }
+
+    /// Serves HTTPS when given an acceptor.
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Fake {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let fake = Fake {
             addr: listener.local_addr().unwrap(),
+            scheme: if tls.is_some() { "https" } else { "http" },
             state: Arc::default(),
         };
         let f = fake.clone();
@@ -87,14 +94,22 @@ impl Fake {
                     return;
                 };
                 let f = f.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let f = f.clone();
                         async move { Ok::<_, Infallible>(f.handle(req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(sock), svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => http.serve_connection(TokioIo::new(sock), svc).await,
+                        Some(acceptor) => match acceptor.accept(sock).await {
+                            Ok(tls_sock) => {
+                                http.serve_connection(TokioIo::new(tls_sock), svc).await
+                            }
+                            Err(_) => return, // the client refused our certificate
+                        },
+                    };
                 });
             }
         });
@@ -102,7 +117,7 @@ impl Fake {
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
@@ -433,6 +448,55 @@ async fn credentials_never_show_in_debug_or_errors() {
     assert!(!text.contains("hunter2"), "{text}");
 }
 
+#[tokio::test]
+async fn https_marathon_is_verified_by_default() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+    )
+    .unwrap();
+    let m = Fake::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(server)))).await;
+    m.set_app("/secure", 1);
+
+    // Default: system roots, which do not know our CA.
+    let e = client(&[m.url()]).list_apps().await.unwrap_err();
+    assert!(matches!(e, MarathonError::Transport { .. }), "{e}");
+
+    let dir = std::env::temp_dir().join(format!("mlb-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let mut cfg = config(&[m.url()]);
+    cfg.tls = super::config::TlsVerification::CaFile(ca_file);
+    let apps = MarathonClient::new(&cfg).unwrap().list_apps().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(ids(&apps.unwrap()), ["/secure"]);
+
+    cfg.tls = super::config::TlsVerification::Insecure;
+    let apps = MarathonClient::new(&cfg)
+        .unwrap()
+        .list_apps()
+        .await
+        .unwrap();
+    assert_eq!(ids(&apps), ["/secure"]);
+}
+
 // ---- watcher ----
 
 struct Watching {
@@ -476,6 +540,16 @@ impl Watching {
 
 fn status_update(app_id: &str) -> Value {
     json!({"eventType": "status_update_event", "appId": app_id, "taskId": "t", "taskStatus": "TASK_RUNNING"})
+}
+
+/// `n` status updates in one write, the i-th about app `app_id(i)`.
+fn status_update_burst(n: usize, app_id: impl Fn(usize) -> String) -> String {
+    (0..n)
+        .map(|i| {
+            let ev = status_update(&app_id(i));
+            format!("event: status_update_event\ndata: {ev}\n\n")
+        })
+        .collect()
 }
 
 #[tokio::test(start_paused = true)]
@@ -528,12 +602,7 @@ async fn burst_of_1000_events_costs_a_bounded_number_of_rereads() {
     w.snapshot().await;
 
     // 1,000 events about 5 apps, written in one go: one re-read per app.
-    let mut burst = String::new();
-    for i in 0..1000 {
-        let ev = status_update(&format!("/app{}", i % 5));
-        burst.push_str(&format!("event: status_update_event\ndata: {ev}\n\n"));
-    }
-    m.push_raw(burst);
+    m.push_raw(status_update_burst(1000, |i| format!("/app{}", i % 5)));
     let mut seen = std::collections::BTreeSet::new();
     while seen.len() < 5 {
         match w.next().await {
@@ -550,12 +619,7 @@ async fn burst_of_1000_events_costs_a_bounded_number_of_rereads() {
     );
 
     // 1,000 events about 1,000 different apps: one full resync, no per-app reads.
-    let mut burst = String::new();
-    for i in 0..1000 {
-        let ev = status_update(&format!("/other{i}"));
-        burst.push_str(&format!("event: status_update_event\ndata: {ev}\n\n"));
-    }
-    m.push_raw(burst);
+    m.push_raw(status_update_burst(1000, |i| format!("/other{i}")));
     assert_eq!(w.snapshot().await.len(), 5);
     assert_eq!(m.with(|s| s.app_hits.values().sum::<usize>()), rereads);
     assert_eq!(m.with(|s| s.list_hits), 2);

@@ -280,6 +280,10 @@ impl Running {
                 Err(e) => {
                     let wait = backoff.next_wait();
                     warn!(error = %e, "cannot open the Marathon event stream; retrying in {wait:?}");
+                    // Status only: dropped when the receiver is behind, never blocks retrying.
+                    let _ = self.updates.try_send(MarathonUpdate::SyncFailed {
+                        error: e.to_string(),
+                    });
                     wait
                 }
             };
@@ -312,7 +316,10 @@ impl Running {
                 () = shutdown_requested(shutdown) => return SessionEnd::Shutdown,
                 () = self.resync.0.notified() => next_resync = Instant::now(),
                 () = sleep_until(next_resync) => {
+                    let started = Instant::now();
                     let (ok, keep_running) = self.full_sync(shutdown).await;
+                    // The stall timer counts time spent waiting for bytes, not reading Marathon.
+                    stall_deadline += started.elapsed();
                     if !keep_running {
                         return SessionEnd::Shutdown;
                     }
@@ -335,7 +342,10 @@ impl Running {
                         next_resync = Instant::now();
                         continue;
                     }
-                    match self.reread(batch, shutdown).await {
+                    let started = Instant::now();
+                    let reread = self.reread(batch, shutdown).await;
+                    stall_deadline += started.elapsed();
+                    match reread {
                         Ok(true) => {}
                         Ok(false) => return SessionEnd::Shutdown,
                         Err(e) => {
