@@ -13,6 +13,17 @@
 //! - A failed read is reported as [`MarathonUpdate::SyncFailed`]; the receiver keeps its last
 //!   good state, and the read is retried.
 //! - With `poll_interval`, no event stream: a full read every period.
+//!
+//! Wiring (in `main.rs`):
+//!
+//! ```ignore
+//! let cfg = MarathonConfig::from_options(&opts)?;          // flags -> config (errors name the flag)
+//! let watcher = MarathonWatcher::new(cfg)?;                // builds the HTTP client, no I/O yet
+//! let resync = watcher.resync_trigger();                   // e.g. for SIGHUP
+//! let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+//! tokio::spawn(watcher.run(tx, shutdown_rx).instrument(info_span!("marathon")));
+//! while let Some(update) = rx.recv().await { /* Snapshot | Apps | SyncFailed */ }
+//! ```
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use futures_util::StreamExt as _;
