@@ -9,7 +9,7 @@ use std::{
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::logging::LogFormat;
+use crate::{logging::LogFormat, marathon::config::Secret};
 
 /// mlb: load balancer for Marathon apps (XDP for TCP/UDP, hyper + rustls for HTTP/TLS).
 #[derive(Debug, Parser)]
@@ -112,6 +112,65 @@ pub struct RunOptions {
     /// Connection-tracking entries of the XDP dataplane (two per flow; LRU when full).
     #[arg(long, env = "MLB_CONNTRACK_SIZE", default_value_t = mlb_common::consts::CT_MAX_ENTRIES)]
     pub conntrack_size: u32,
+    /// Marathon basic auth as `user:password` (a `:` in the password is fine). Prefer
+    /// `--marathon-auth-credential-file` or the environment: arguments are visible in `ps`.
+    #[arg(
+        long,
+        env = "MLB_AUTH_CREDENTIALS",
+        hide_env_values = true,
+        value_name = "USER:PASS"
+    )]
+    pub auth_credentials: Option<Secret>,
+    /// File whose first line is `user:password` for Marathon basic auth (wins over
+    /// `--auth-credentials`, as in marathon-lb).
+    #[arg(long, env = "MLB_MARATHON_AUTH_CREDENTIAL_FILE", value_name = "PATH")]
+    pub marathon_auth_credential_file: Option<PathBuf>,
+    /// DC/OS service-account JSON `{"uid","private_key","login_endpoint"}`, or the path of a
+    /// file holding it. Falls back to `DCOS_SERVICE_ACCOUNT_CREDENTIAL` like marathon-lb; used
+    /// only when no basic auth is given.
+    #[arg(
+        long,
+        env = "MLB_DCOS_AUTH_CREDENTIALS",
+        hide_env_values = true,
+        value_name = "JSON|PATH"
+    )]
+    pub dcos_auth_credentials: Option<Secret>,
+    /// CA bundle (PEM) that Marathon's certificate must chain to. Without it the system roots
+    /// are used: unlike marathon-lb, verification is always on unless `--marathon-insecure`.
+    #[arg(long, env = "MLB_MARATHON_CA_CERT", value_name = "PATH")]
+    pub marathon_ca_cert: Option<PathBuf>,
+    /// Do not verify Marathon's TLS certificate (explicit opt-out).
+    #[arg(long, env = "MLB_MARATHON_INSECURE")]
+    pub marathon_insecure: bool,
+    /// Reconnect the event stream when no byte (keep-alives included) arrives for this many
+    /// seconds (marathon-lb's curl low-speed limit: 300).
+    #[arg(
+        long,
+        env = "MLB_SSE_STALL_TIMEOUT",
+        default_value_t = 300,
+        value_name = "SECS"
+    )]
+    pub sse_stall_timeout: u64,
+    /// Cap, in seconds, of the jittered exponential backoff between reconnects (marathon-lb).
+    #[arg(
+        long,
+        env = "MLB_MAX_BACKOFF",
+        default_value_t = 300,
+        value_name = "SECS"
+    )]
+    pub max_backoff: u64,
+    /// Full resync from `/v2/apps` every this many seconds, besides the one after each
+    /// (re)connect (marathon-lb's implicit 300 s).
+    #[arg(
+        long,
+        env = "MLB_RESYNC_INTERVAL",
+        default_value_t = 300,
+        value_name = "SECS"
+    )]
+    pub resync_interval: u64,
+    /// Poll `/v2/apps` every this many seconds instead of following the event stream.
+    #[arg(long, env = "MLB_POLL_INTERVAL", value_name = "SECS")]
+    pub poll_interval: Option<u64>,
 }
 
 fn parse_table_size(s: &str) -> Result<u32, String> {

@@ -1,0 +1,816 @@
+//! Client and watcher tests against a small real HTTP server on 127.0.0.1 that plays Marathon:
+//! `/v2/apps`, `/v2/apps/{id}`, `/v2/events` streaming what the test pushes, redirects, errors,
+//! garbage, silence, and a DC/OS login endpoint.
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, StreamBody, combinators::BoxBody};
+use hyper::{Request, Response, body::Frame, service::service_fn};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, watch},
+    time::timeout,
+};
+
+use super::{
+    MarathonError,
+    auth::DcosCredentials,
+    client::MarathonClient,
+    config::{Credentials, MarathonConfig, Secret},
+    watch::{MarathonUpdate, MarathonWatcher},
+};
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// What the fake Marathon answers and what it saw.
+#[derive(Default)]
+struct State {
+    apps: BTreeMap<String, Value>,
+    /// Answer `/v2/apps...` with this status instead.
+    apps_status: Option<u16>,
+    /// Answer `/v2/apps...` with 200 and a body that is not JSON.
+    apps_garbage: bool,
+    /// Answer `/v2/events` with a 307 to this base URL (a non-leader).
+    events_redirect: Option<String>,
+    /// Expected `Authorization` header; anything else gets 401.
+    require_auth: Option<String>,
+    /// DC/OS login: the uid to accept, the public key to verify with, the tokens issued.
+    dcos_uid: Option<String>,
+    logins: usize,
+    list_hits: usize,
+    app_hits: BTreeMap<String, usize>,
+    event_connects: usize,
+    event_queries: Vec<String>,
+    streams: Vec<mpsc::UnboundedSender<Bytes>>,
+}
+
+#[derive(Clone)]
+struct Fake {
+    addr: SocketAddr,
+    scheme: &'static str,
+    state: Arc<Mutex<State>>,
+}
+
+const TEST_PUBLIC_KEY: &str = include_str!("testdata/dcos-test-key.pub.pem");
+const TEST_PRIVATE_KEY: &str = include_str!("testdata/dcos-test-key.pem");
+
+fn full(status: u16, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(body.into()).boxed())
+        .unwrap()
+}
+
+fn app(id: &str, instances: u64) -> Value {
+    json!({"id": id, "instances": instances, "tasks": []})
+}
+
+impl Fake {
+    async fn start() -> Fake {
+        Self::start_with(None).await
+    }
+
+    /// Serves HTTPS when given an acceptor.
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Fake {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let fake = Fake {
+            addr: listener.local_addr().unwrap(),
+            scheme: if tls.is_some() { "https" } else { "http" },
+            state: Arc::default(),
+        };
+        let f = fake.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let f = f.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let f = f.clone();
+                        async move { Ok::<_, Infallible>(f.handle(req).await) }
+                    });
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => http.serve_connection(TokioIo::new(sock), svc).await,
+                        Some(acceptor) => match acceptor.accept(sock).await {
+                            Ok(tls_sock) => {
+                                http.serve_connection(TokioIo::new(tls_sock), svc).await
+                            }
+                            Err(_) => return, // the client refused our certificate
+                        },
+                    };
+                });
+            }
+        });
+        fake
+    }
+
+    fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.addr)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.state.lock().unwrap())
+    }
+
+    fn set_app(&self, id: &str, instances: u64) {
+        self.with(|s| s.apps.insert(id.to_owned(), app(id, instances)));
+    }
+
+    /// Sends raw bytes to every open event stream.
+    fn push_raw(&self, bytes: impl Into<Bytes>) {
+        let bytes = bytes.into();
+        self.with(|s| s.streams.retain(|tx| tx.send(bytes.clone()).is_ok()));
+    }
+
+    fn push(&self, event_type: &str, data: &Value) {
+        self.push_raw(format!("event: {event_type}\r\ndata: {data}\r\n\r\n"));
+    }
+
+    fn close_streams(&self) {
+        self.with(|s| s.streams.clear());
+    }
+
+    async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_owned();
+        let query = req.uri().query().unwrap_or("").to_owned();
+        let auth = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if path == "/acs/api/v1/auth/login" {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            return self.login(&body);
+        }
+        let mut s = self.state.lock().unwrap();
+        if let Some(required) = &s.require_auth
+            && auth.as_deref() != Some(required.as_str())
+        {
+            return full(401, r#"{"message":"Unauthorized"}"#);
+        }
+        if path == "/v2/events" {
+            s.event_connects += 1;
+            s.event_queries.push(query.clone());
+            if let Some(leader) = &s.events_redirect {
+                return Response::builder()
+                    .status(307)
+                    .header("location", format!("{leader}/v2/events?{query}"))
+                    .body(Full::new(Bytes::new()).boxed())
+                    .unwrap();
+            }
+            let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+            // Marathon greets every subscriber.
+            let _ = tx.send(Bytes::from_static(
+                b"event: event_stream_attached\r\ndata: {\"eventType\":\"event_stream_attached\",\"remoteAddress\":\"127.0.0.1\"}\r\n\r\n",
+            ));
+            s.streams.push(tx);
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv()
+                    .await
+                    .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+            });
+            return Response::builder()
+                .status(200)
+                .header("content-type", "text/event-stream")
+                .body(StreamBody::new(stream).boxed())
+                .unwrap();
+        }
+        if let Some(rest) = path.strip_prefix("/v2/apps") {
+            if let Some(status) = s.apps_status {
+                return full(status, r#"{"message":"leader election in progress"}"#);
+            }
+            if s.apps_garbage {
+                return full(200, "<html>proxy error</html>");
+            }
+            if rest.is_empty() {
+                s.list_hits += 1;
+                let apps: Vec<&Value> = s.apps.values().collect();
+                return full(200, json!({ "apps": apps }).to_string());
+            }
+            *s.app_hits.entry(rest.to_owned()).or_default() += 1;
+            return match s.apps.get(rest) {
+                Some(a) => full(200, json!({ "app": a }).to_string()),
+                None => full(
+                    404,
+                    format!(r#"{{"message":"App '{rest}' does not exist"}}"#),
+                ),
+            };
+        }
+        full(404, "{}")
+    }
+
+    fn login(&self, body: &[u8]) -> Response<Body> {
+        #[derive(serde::Deserialize)]
+        struct Claims {
+            uid: String,
+        }
+        let mut s = self.state.lock().unwrap();
+        let Some(uid) = s.dcos_uid.clone() else {
+            return full(404, "{}");
+        };
+        let req: Value = serde_json::from_slice(body).unwrap_or_default();
+        let jwt = req["token"].as_str().unwrap_or("");
+        let key = jsonwebtoken::DecodingKey::from_rsa_pem(TEST_PUBLIC_KEY.as_bytes()).unwrap();
+        let validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        match jsonwebtoken::decode::<Claims>(jwt, &key, &validation) {
+            Ok(data) if data.claims.uid == uid && req["uid"] == uid.as_str() => {
+                s.logins += 1;
+                let token = format!("tok-{}", s.logins);
+                s.require_auth = Some(format!("token={token}"));
+                full(200, json!({ "token": token }).to_string())
+            }
+            _ => full(401, r#"{"title":"Invalid JWT"}"#),
+        }
+    }
+}
+
+fn config(urls: &[String]) -> MarathonConfig {
+    MarathonConfig {
+        urls: urls.iter().map(|u| u.parse().unwrap()).collect(),
+        stall_timeout: Duration::from_secs(20),
+        max_backoff: Duration::from_secs(10),
+        resync_interval: Duration::from_secs(1000),
+        ..MarathonConfig::default()
+    }
+}
+
+fn client(urls: &[String]) -> MarathonClient {
+    MarathonClient::new(&config(urls)).unwrap()
+}
+
+/// A URL where nothing listens (a port bound, then released).
+async fn dead_url() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    drop(l);
+    url
+}
+
+fn ids(apps: &[Value]) -> Vec<&str> {
+    apps.iter().map(|a| a["id"].as_str().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn list_apps_returns_raw_app_objects() {
+    let m = Fake::start().await;
+    m.set_app("/a", 1);
+    m.with(|s| {
+        // A malformed app is still passed through: the model rejects it alone.
+        s.apps
+            .insert("/b".into(), json!({"id": "/b", "instances": "three"}));
+    });
+    let apps = client(&[m.url()]).list_apps().await.unwrap();
+    assert_eq!(ids(&apps), ["/a", "/b"]);
+    assert_eq!(apps[1]["instances"], "three");
+}
+
+#[tokio::test]
+async fn failover_to_the_second_url_sticks_until_it_fails() {
+    let a = Fake::start().await;
+    let b = Fake::start().await;
+    a.with(|s| s.apps_status = Some(503));
+    b.set_app("/from-b", 1);
+    a.set_app("/from-a", 1);
+    let c = client(&[a.url(), b.url()]);
+
+    assert_eq!(ids(&c.list_apps().await.unwrap()), ["/from-b"]);
+    assert_eq!(c.current_host().as_str(), format!("{}/", b.url()));
+    // Sticky: the next call goes straight to b.
+    assert_eq!(ids(&c.list_apps().await.unwrap()), ["/from-b"]);
+    assert_eq!(b.with(|s| s.list_hits), 2);
+
+    // b fails, a recovered: back to a, which then sticks.
+    a.with(|s| s.apps_status = None);
+    b.with(|s| s.apps_status = Some(500));
+    assert_eq!(ids(&c.list_apps().await.unwrap()), ["/from-a"]);
+    assert_eq!(ids(&c.list_apps().await.unwrap()), ["/from-a"]);
+    assert_eq!(a.with(|s| s.list_hits), 2);
+    assert_eq!(c.current_host().as_str(), format!("{}/", a.url()));
+}
+
+#[tokio::test]
+async fn unreachable_first_url_fails_over() {
+    let b = Fake::start().await;
+    b.set_app("/x", 1);
+    let c = client(&[dead_url().await, b.url()]);
+    assert_eq!(ids(&c.list_apps().await.unwrap()), ["/x"]);
+    let err = client(&[dead_url().await, dead_url().await])
+        .list_apps()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, MarathonError::AllHostsFailed { count: 2, .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn server_errors_and_garbage_are_errors() {
+    let m = Fake::start().await;
+    let c = client(&[m.url()]);
+    m.with(|s| s.apps_status = Some(502));
+    let e = c.list_apps().await.unwrap_err().to_string();
+    assert!(
+        e.contains("HTTP 502") && e.contains("leader election in progress"),
+        "{e}"
+    );
+    m.with(|s| {
+        s.apps_status = None;
+        s.apps_garbage = true;
+    });
+    let e = c.list_apps().await.unwrap_err().to_string();
+    assert!(e.contains("not JSON") && e.contains("/v2/apps"), "{e}");
+    let e = c.get_app("/a").await.unwrap_err().to_string();
+    assert!(e.contains("not JSON"), "{e}");
+}
+
+#[tokio::test]
+async fn get_app_reads_one_app_and_404_means_gone() {
+    let m = Fake::start().await;
+    m.set_app("/group/app", 3);
+    let c = client(&[m.url()]);
+    let a = c.get_app("/group/app").await.unwrap().unwrap();
+    assert_eq!(a["instances"], 3);
+    assert_eq!(c.get_app("/nope").await.unwrap(), None);
+    assert!(c.get_app("/../v2/apps").await.is_err());
+    assert_eq!(m.with(|s| s.app_hits.get("/group/app").copied()), Some(1));
+}
+
+#[tokio::test]
+async fn event_stream_follows_the_leader_redirect_with_credentials() {
+    let follower = Fake::start().await;
+    let leader = Fake::start().await;
+    let auth = "Basic dXNlcjpwYXNz"; // user:pass
+    for m in [&follower, &leader] {
+        m.with(|s| s.require_auth = Some(auth.into()));
+    }
+    follower.with(|s| s.events_redirect = Some(leader.url()));
+    let mut cfg = config(&[follower.url()]);
+    cfg.credentials = Credentials::Basic {
+        user: "user".into(),
+        password: Secret::new("pass"),
+    };
+    let c = MarathonClient::new(&cfg).unwrap();
+    let mut stream = c.open_events().await.unwrap();
+    assert_eq!(
+        stream.url.as_str(),
+        format!("{}/v2/events", leader.url()),
+        "the stream comes from the leader"
+    );
+    let first = timeout(Duration::from_secs(10), stream.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("event_stream_attached"));
+    let q = leader.with(|s| s.event_queries[0].clone());
+    assert!(q.contains("plan-format=light"), "{q}");
+    for t in [
+        "status_update_event",
+        "instance_health_changed_event",
+        "api_post_event",
+        "app_terminated_event",
+        "deployment_success",
+    ] {
+        assert!(q.contains(&format!("event_type={t}")), "{t} missing in {q}");
+    }
+}
+
+#[tokio::test]
+async fn dcos_token_is_used_and_renewed_after_a_401() {
+    let m = Fake::start().await;
+    m.set_app("/a", 1);
+    m.with(|s| {
+        s.dcos_uid = Some("mlb-svc".into());
+        s.require_auth = Some("token=never-issued".into());
+    });
+    let creds = json!({
+        "uid": "mlb-svc",
+        "private_key": TEST_PRIVATE_KEY,
+        "login_endpoint": format!("{}/acs/api/v1/auth/login", m.url()),
+    });
+    let mut cfg = config(&[m.url()]);
+    cfg.credentials = Credentials::Dcos(DcosCredentials::parse(&creds.to_string()).unwrap());
+    let c = MarathonClient::new(&cfg).unwrap();
+    assert_eq!(ids(&c.list_apps().await.unwrap()), ["/a"]);
+    assert_eq!(m.with(|s| s.logins), 1);
+    assert_eq!(ids(&c.list_apps().await.unwrap()), ["/a"]);
+    assert_eq!(m.with(|s| s.logins), 1, "the token is cached");
+    // Marathon stops accepting the token: one 401, a new login, then success.
+    m.with(|s| s.require_auth = Some("token=revoked".into()));
+    assert_eq!(ids(&c.list_apps().await.unwrap()), ["/a"]);
+    assert_eq!(m.with(|s| s.logins), 2);
+
+    let dbg = format!("{c:?} {cfg:?}");
+    assert!(dbg.contains("mlb-svc"), "{dbg}");
+    assert!(
+        !dbg.contains("PRIVATE KEY") && !dbg.contains("tok-"),
+        "{dbg}"
+    );
+}
+
+#[tokio::test]
+async fn bad_dcos_key_is_a_startup_error() {
+    let creds =
+        json!({"uid": "svc", "private_key": "not a key", "login_endpoint": "http://127.0.0.1:1/x"});
+    let mut cfg = config(&["http://127.0.0.1:1".into()]);
+    cfg.credentials = Credentials::Dcos(DcosCredentials::parse(&creds.to_string()).unwrap());
+    let e = MarathonClient::new(&cfg).unwrap_err().to_string();
+    assert!(e.contains("private_key") && e.contains("svc"), "{e}");
+}
+
+#[tokio::test]
+async fn credentials_never_show_in_debug_or_errors() {
+    let m = Fake::start().await;
+    m.with(|s| s.require_auth = Some("Basic something-else".into()));
+    let mut cfg = config(&[m.url()]);
+    cfg.credentials = Credentials::Basic {
+        user: "alice".into(),
+        password: Secret::new("hunter2-password"),
+    };
+    let c = MarathonClient::new(&cfg).unwrap();
+    let err = c.list_apps().await.unwrap_err();
+    let text = format!("{c:?} {cfg:?} {err} {err:?}");
+    assert!(text.contains("HTTP 401"), "{text}");
+    assert!(text.contains("alice"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[tokio::test]
+async fn https_marathon_is_verified_by_default() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+    )
+    .unwrap();
+    let m = Fake::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(server)))).await;
+    m.set_app("/secure", 1);
+
+    // Default: system roots, which do not know our CA.
+    let e = client(&[m.url()]).list_apps().await.unwrap_err();
+    assert!(matches!(e, MarathonError::Transport { .. }), "{e}");
+
+    let dir = std::env::temp_dir().join(format!("mlb-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let mut cfg = config(&[m.url()]);
+    cfg.tls = super::config::TlsVerification::CaFile(ca_file);
+    let apps = MarathonClient::new(&cfg).unwrap().list_apps().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(ids(&apps.unwrap()), ["/secure"]);
+
+    cfg.tls = super::config::TlsVerification::Insecure;
+    let apps = MarathonClient::new(&cfg)
+        .unwrap()
+        .list_apps()
+        .await
+        .unwrap();
+    assert_eq!(ids(&apps), ["/secure"]);
+}
+
+// ---- watcher ----
+
+struct Watching {
+    rx: mpsc::Receiver<MarathonUpdate>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watching {
+    fn start(cfg: MarathonConfig) -> Watching {
+        let (tx, rx) = mpsc::channel(16);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let w = MarathonWatcher::new(cfg).unwrap();
+        let task = tokio::spawn(w.run(tx, shutdown_rx));
+        Watching { rx, shutdown, task }
+    }
+
+    /// The next update; the virtual clock moves on while waiting, so this also lets timers fire.
+    async fn next(&mut self) -> MarathonUpdate {
+        timeout(Duration::from_secs(3600), self.rx.recv())
+            .await
+            .expect("an update within an hour of virtual time")
+            .expect("the watcher is running")
+    }
+
+    async fn snapshot(&mut self) -> Vec<Value> {
+        match self.next().await {
+            MarathonUpdate::Snapshot(apps) => apps,
+            other => panic!("expected a snapshot, got {other:?}"),
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.send(true).unwrap();
+        timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("the watcher stops on shutdown")
+            .unwrap();
+    }
+}
+
+fn status_update(app_id: &str) -> Value {
+    json!({"eventType": "status_update_event", "appId": app_id, "taskId": "t", "taskStatus": "TASK_RUNNING"})
+}
+
+/// `n` status updates in one write, the i-th about app `app_id(i)`.
+fn status_update_burst(n: usize, app_id: impl Fn(usize) -> String) -> String {
+    (0..n)
+        .map(|i| {
+            let ev = status_update(&app_id(i));
+            format!("event: status_update_event\ndata: {ev}\n\n")
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn watcher_snapshots_then_sends_each_changed_app() {
+    let m = Fake::start().await;
+    m.set_app("/a", 1);
+    m.set_app("/b", 1);
+    let mut w = Watching::start(config(&[m.url()]));
+    assert_eq!(ids(&w.snapshot().await), ["/a", "/b"]);
+
+    m.set_app("/a", 5);
+    m.push("status_update_event", &status_update("/a"));
+    match w.next().await {
+        MarathonUpdate::Apps { changed, removed } => {
+            assert_eq!(changed, vec![app("/a", 5)]);
+            assert!(removed.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Removed by app_terminated_event directly, and by a re-read that finds a 404.
+    m.with(|s| s.apps.clear());
+    m.push(
+        "app_terminated_event",
+        &json!({"eventType": "app_terminated_event", "appId": "/a"}),
+    );
+    m.push(
+        "instance_changed_event",
+        &json!({"eventType": "instance_changed_event", "runSpecId": "/b", "condition": "Killed"}),
+    );
+    match w.next().await {
+        MarathonUpdate::Apps { changed, removed } => {
+            assert!(changed.is_empty());
+            assert_eq!(removed, ["/a", "/b"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(m.with(|s| s.app_hits.get("/a").copied()), Some(1));
+    assert_eq!(m.with(|s| (s.list_hits, s.event_connects)), (1, 1));
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn burst_of_1000_events_costs_a_bounded_number_of_rereads() {
+    let m = Fake::start().await;
+    for i in 0..5 {
+        m.set_app(&format!("/app{i}"), 1);
+    }
+    let mut w = Watching::start(config(&[m.url()]));
+    w.snapshot().await;
+
+    // 1,000 events about 5 apps, written in one go: one re-read per app.
+    m.push_raw(status_update_burst(1000, |i| format!("/app{}", i % 5)));
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 5 {
+        match w.next().await {
+            MarathonUpdate::Apps { changed, .. } => {
+                seen.extend(changed.iter().map(|a| a["id"].as_str().unwrap().to_owned()));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let rereads: usize = m.with(|s| s.app_hits.values().sum());
+    assert!(
+        (5..=15).contains(&rereads),
+        "1,000 events about 5 apps cost {rereads} re-reads"
+    );
+
+    // 1,000 events about 1,000 different apps: one full resync, no per-app reads.
+    m.push_raw(status_update_burst(1000, |i| format!("/other{i}")));
+    assert_eq!(w.snapshot().await.len(), 5);
+    assert_eq!(m.with(|s| s.app_hits.values().sum::<usize>()), rereads);
+    assert_eq!(m.with(|s| s.list_hits), 2);
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_event_json_is_skipped_and_the_stream_continues() {
+    let m = Fake::start().await;
+    m.set_app("/a", 1);
+    let mut w = Watching::start(config(&[m.url()]));
+    w.snapshot().await;
+    m.push_raw("event: status_update_event\ndata: {\"eventType\": broken\n\n");
+    m.push_raw("event: status_update_event\ndata: [1]\n\n");
+    m.push_raw("event: something_new\ndata: {\"eventType\":\"something_new\"}\n\n");
+    m.push("status_update_event", &status_update("/a"));
+    match w.next().await {
+        MarathonUpdate::Apps { changed, .. } => assert_eq!(ids(&changed), ["/a"]),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(m.with(|s| s.event_connects), 1, "no reconnect");
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn stalled_stream_reconnects_and_resyncs() {
+    let m = Fake::start().await;
+    m.set_app("/a", 1);
+    let mut w = Watching::start(config(&[m.url()])); // stall timeout 20 s
+    assert_eq!(ids(&w.snapshot().await), ["/a"]);
+    // Keep-alives keep the connection: 3 × 15 s of comments, longer than the stall timeout.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        m.push_raw(":\n");
+    }
+    assert_eq!(m.with(|s| s.event_connects), 1);
+    // Then silence: the watcher reconnects on its own and resyncs.
+    m.set_app("/b", 1);
+    assert_eq!(ids(&w.snapshot().await), ["/a", "/b"]);
+    assert_eq!(m.with(|s| (s.event_connects, s.list_hits)), (2, 2));
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn closed_stream_reconnects_after_a_backoff_and_resyncs() {
+    let m = Fake::start().await;
+    m.set_app("/a", 1);
+    let mut w = Watching::start(config(&[m.url()]));
+    w.snapshot().await;
+    let closed_at = tokio::time::Instant::now();
+    m.close_streams();
+    w.snapshot().await;
+    let waited = closed_at.elapsed();
+    // First backoff: 0.5-1 s (jittered), far below the 10 s cap.
+    assert!(
+        waited >= Duration::from_millis(500) && waited <= Duration::from_secs(2),
+        "{waited:?}"
+    );
+    assert_eq!(m.with(|s| s.event_connects), 2);
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_grows_up_to_the_cap_while_marathon_is_down() {
+    // A "Marathon" that accepts connections and closes them at once, counting attempts.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let attempts = Arc::new(Mutex::new(0usize));
+    let counter = attempts.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            *counter.lock().unwrap() += 1;
+            drop(sock);
+        }
+    });
+    let mut cfg = config(&[url]);
+    cfg.max_backoff = Duration::from_secs(4);
+    let (tx, _rx) = mpsc::channel(16);
+    let (_stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(MarathonWatcher::new(cfg).unwrap().run(tx, stop_rx));
+    // Backoffs of 0.5-1, 1-2, 2-4 s, then 2-4 s each (capped): in 60 s between ~16 and ~31
+    // attempts. Without a backoff there would be thousands; without the cap, about 6.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let n = *attempts.lock().unwrap();
+    assert!((12..=40).contains(&n), "{n} connection attempts in 60 s");
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_resync_keeps_state_reports_and_retries() {
+    let m = Fake::start().await;
+    m.set_app("/a", 1);
+    let mut cfg = config(&[m.url()]);
+    cfg.resync_interval = Duration::from_secs(60);
+    cfg.stall_timeout = Duration::from_secs(1000);
+    let mut w = Watching::start(cfg);
+    w.snapshot().await;
+    m.with(|s| s.apps_status = Some(500));
+    // Periodic resync fails: reported, not a snapshot.
+    match w.next().await {
+        MarathonUpdate::SyncFailed { error } => assert!(error.contains("HTTP 500"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    m.with(|s| {
+        s.apps_status = None;
+        s.apps_garbage = true;
+    });
+    match w.next().await {
+        MarathonUpdate::SyncFailed { error } => assert!(error.contains("not JSON"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    m.with(|s| s.apps_garbage = false);
+    m.set_app("/b", 1);
+    assert_eq!(ids(&w.snapshot().await), ["/a", "/b"]);
+    assert_eq!(m.with(|s| s.event_connects), 1, "the stream stayed up");
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn periodic_resync_without_events() {
+    let m = Fake::start().await;
+    m.set_app("/a", 1);
+    let mut cfg = config(&[m.url()]);
+    cfg.resync_interval = Duration::from_secs(60);
+    cfg.stall_timeout = Duration::from_secs(1000);
+    let mut w = Watching::start(cfg);
+    w.snapshot().await;
+    let t0 = tokio::time::Instant::now();
+    m.set_app("/b", 1);
+    assert_eq!(ids(&w.snapshot().await), ["/a", "/b"]);
+    assert!(
+        t0.elapsed() >= Duration::from_secs(59),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(m.with(|s| s.event_connects), 1);
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn poll_mode_reads_every_interval_without_the_event_stream() {
+    let m = Fake::start().await;
+    m.set_app("/a", 1);
+    let mut cfg = config(&[m.url()]);
+    cfg.poll_interval = Some(Duration::from_secs(30));
+    let mut w = Watching::start(cfg);
+    assert_eq!(ids(&w.snapshot().await), ["/a"]);
+    m.set_app("/b", 1);
+    assert_eq!(ids(&w.snapshot().await), ["/a", "/b"]);
+    m.with(|s| s.apps_status = Some(503));
+    assert!(matches!(w.next().await, MarathonUpdate::SyncFailed { .. }));
+    assert_eq!(m.with(|s| s.event_connects), 0);
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn watcher_fails_over_and_follows_the_redirect() {
+    let follower = Fake::start().await;
+    let leader = Fake::start().await;
+    follower.with(|s| s.events_redirect = Some(leader.url()));
+    follower.set_app("/a", 1);
+    leader.set_app("/a", 1);
+    let mut w = Watching::start(config(&[dead_url().await, follower.url()]));
+    assert_eq!(ids(&w.snapshot().await), ["/a"]);
+    leader.set_app("/a", 2);
+    follower.set_app("/a", 2);
+    leader.push("status_update_event", &status_update("/a"));
+    match w.next().await {
+        MarathonUpdate::Apps { changed, .. } => assert_eq!(changed, vec![app("/a", 2)]),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(leader.with(|s| s.event_connects), 1);
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn resync_trigger_forces_a_snapshot() {
+    let m = Fake::start().await;
+    m.set_app("/a", 1);
+    let (tx, mut rx) = mpsc::channel(16);
+    let (stop, stop_rx) = watch::channel(false);
+    let watcher = MarathonWatcher::new(config(&[m.url()])).unwrap();
+    let trigger = watcher.resync_trigger();
+    let task = tokio::spawn(watcher.run(tx, stop_rx));
+    assert!(matches!(rx.recv().await, Some(MarathonUpdate::Snapshot(_))));
+    trigger.request();
+    assert!(matches!(rx.recv().await, Some(MarathonUpdate::Snapshot(_))));
+    assert_eq!(m.with(|s| s.list_hits), 2);
+    stop.send(true).unwrap();
+    timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+}

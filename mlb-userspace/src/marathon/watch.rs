@@ -1,0 +1,455 @@
+//! The Marathon watcher: keeps the event stream open, resyncs, and coalesces events into a
+//! bounded number of [`MarathonUpdate`]s.
+//!
+//! - After every (re)connect and every `resync_interval`: one full `/v2/apps` read, sent as
+//!   [`MarathonUpdate::Snapshot`]. Marathon has no event replay, so a reconnect must resync.
+//! - Events only mark apps dirty. Dirty apps are re-read once the stream has been quiet for
+//!   `coalesce_idle`, or at the latest `coalesce_max_delay` after the first dirty mark, and sent
+//!   as one [`MarathonUpdate::Apps`]; `resync_threshold` dirty apps or more make one full resync
+//!   instead. A burst of N events thus costs at most one read per app per window.
+//! - No byte for `stall_timeout` (Marathon's event bus has been seen to go silent while keeping
+//!   the connection): reconnect at once. Other failures: reconnect after a jittered exponential
+//!   backoff capped by `max_backoff`.
+//! - A failed read is reported as [`MarathonUpdate::SyncFailed`]; the receiver keeps its last
+//!   good state, and the read is retried.
+//! - With `poll_interval`, no event stream: a full read every period.
+//!
+//! Wiring (in `main.rs`):
+//!
+//! ```ignore
+//! let cfg = MarathonConfig::from_options(&opts)?;          // flags -> config (errors name the flag)
+//! let watcher = MarathonWatcher::new(cfg)?;                // builds the HTTP client, no I/O yet
+//! let resync = watcher.resync_trigger();                   // e.g. for SIGHUP
+//! let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+//! tokio::spawn(watcher.run(tx, shutdown_rx).instrument(info_span!("marathon")));
+//! while let Some(update) = rx.recv().await { /* Snapshot | Apps | SyncFailed */ }
+//! ```
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use futures_util::StreamExt as _;
+use rand::Rng as _;
+use serde_json::Value;
+use tokio::{
+    sync::{Notify, mpsc, watch},
+    time::{Instant, sleep, sleep_until, timeout},
+};
+use tracing::{debug, info, warn};
+
+use super::{
+    MarathonError,
+    client::{EventStream, MarathonClient},
+    config::MarathonConfig,
+    events::{EventAction, actions_for_logged},
+    sse::SseParser,
+};
+
+/// What the watcher tells the model. App values are raw JSON as Marathon sent them, so the
+/// model can reject one malformed app alone.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MarathonUpdate {
+    /// Every app (a full read): replaces the previous state.
+    Snapshot(Vec<Value>),
+    /// Some apps changed or disappeared since the last update.
+    Apps {
+        /// Re-read apps, whole.
+        changed: Vec<Value>,
+        /// Ids of apps that no longer exist.
+        removed: Vec<String>,
+    },
+    /// A read failed: keep the last good state. The watcher retries by itself.
+    SyncFailed {
+        /// The error, for logs and the status page.
+        error: String,
+    },
+}
+
+/// Asks a running watcher for a full resync (SIGHUP, an admin endpoint).
+#[derive(Clone, Debug, Default)]
+pub struct ResyncTrigger(Arc<Notify>);
+
+impl ResyncTrigger {
+    /// Requests a full resync as soon as possible.
+    pub fn request(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Initial reconnect backoff.
+const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
+/// A connection that lived this long resets the backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(60);
+/// First retry delay after a failed resync or re-read while connected.
+const SYNC_RETRY: Duration = Duration::from_secs(1);
+
+/// The watcher. Build with [`MarathonWatcher::new`], then spawn [`MarathonWatcher::run`].
+#[derive(Debug)]
+pub struct MarathonWatcher {
+    client: MarathonClient,
+    cfg: MarathonConfig,
+    resync: ResyncTrigger,
+}
+
+/// Why a stream session ended.
+enum SessionEnd {
+    Shutdown,
+    Stalled,
+    Failed(MarathonError),
+}
+
+/// Jittered exponential backoff ("equal jitter": half fixed, half random, so it never
+/// collapses to zero).
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Self {
+        Backoff {
+            next: INITIAL_BACKOFF.min(max),
+            max,
+        }
+    }
+
+    fn next_wait(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let half = base / 2;
+        half + half.mul_f64(rand::rng().random::<f64>())
+    }
+
+    fn reset(&mut self) {
+        self.next = INITIAL_BACKOFF.min(self.max);
+    }
+}
+
+/// Apps waiting to be re-read, and when.
+#[derive(Default)]
+struct Dirty {
+    refresh: BTreeSet<String>,
+    removed: BTreeSet<String>,
+    resync: bool,
+    first_at: Option<Instant>,
+    flush_at: Option<Instant>,
+}
+
+impl Dirty {
+    fn add(&mut self, action: EventAction, now: Instant, cfg: &MarathonConfig) {
+        match action {
+            EventAction::Ignore => return,
+            EventAction::Refresh(ids) => self.refresh.extend(ids),
+            EventAction::Removed(id) => {
+                self.removed.insert(id);
+            }
+            EventAction::Resync => self.resync = true,
+        }
+        let first = *self.first_at.get_or_insert(now);
+        self.flush_at = Some((now + cfg.coalesce_idle).min(first + cfg.coalesce_max_delay));
+    }
+
+    fn take(&mut self) -> Dirty {
+        std::mem::take(self)
+    }
+}
+
+impl MarathonWatcher {
+    /// Builds the client from the configuration.
+    pub fn new(cfg: MarathonConfig) -> Result<Self, MarathonError> {
+        Ok(MarathonWatcher {
+            client: MarathonClient::new(&cfg)?,
+            cfg,
+            resync: ResyncTrigger::default(),
+        })
+    }
+
+    /// A handle that requests a full resync of the running watcher.
+    pub fn resync_trigger(&self) -> ResyncTrigger {
+        self.resync.clone()
+    }
+
+    /// The client, for one-off reads.
+    pub fn client(&self) -> &MarathonClient {
+        &self.client
+    }
+
+    /// Watches Marathon until `shutdown` becomes true (or its sender is dropped, or `updates`
+    /// is closed), sending updates as described in the module documentation.
+    pub async fn run(
+        self,
+        updates: mpsc::Sender<MarathonUpdate>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        if *shutdown.borrow() {
+            return;
+        }
+        let mut w = Running {
+            client: self.client,
+            cfg: self.cfg,
+            resync: self.resync,
+            updates,
+        };
+        match w.cfg.poll_interval {
+            Some(every) => w.poll(every, &mut shutdown).await,
+            None => w.follow_events(&mut shutdown).await,
+        }
+        debug!("Marathon watcher stopped");
+    }
+}
+
+struct Running {
+    client: MarathonClient,
+    cfg: MarathonConfig,
+    resync: ResyncTrigger,
+    updates: mpsc::Sender<MarathonUpdate>,
+}
+
+/// Resolves when shutdown is requested (true, or the sender dropped).
+async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+impl Running {
+    /// Sends an update; false when the receiver is gone or shutdown came first.
+    async fn send(&self, u: MarathonUpdate, shutdown: &mut watch::Receiver<bool>) -> bool {
+        tokio::select! {
+            biased;
+            () = shutdown_requested(shutdown) => false,
+            r = self.updates.send(u) => r.is_ok(),
+        }
+    }
+
+    /// Full read; sends `Snapshot` or `SyncFailed`. Returns (ok, keep running).
+    async fn full_sync(&self, shutdown: &mut watch::Receiver<bool>) -> (bool, bool) {
+        let result = tokio::select! {
+            biased;
+            () = shutdown_requested(shutdown) => return (false, false),
+            r = self.client.list_apps() => r,
+        };
+        match result {
+            Ok(apps) => {
+                info!(apps = apps.len(), host = %self.client.current_host(), "Marathon full sync");
+                (
+                    true,
+                    self.send(MarathonUpdate::Snapshot(apps), shutdown).await,
+                )
+            }
+            Err(e) => {
+                warn!(error = %e, "Marathon full sync failed; keeping the last good state");
+                let u = MarathonUpdate::SyncFailed {
+                    error: e.to_string(),
+                };
+                (false, self.send(u, shutdown).await)
+            }
+        }
+    }
+
+    async fn poll(&mut self, every: Duration, shutdown: &mut watch::Receiver<bool>) {
+        info!(every = ?every, "polling Marathon (no event stream)");
+        loop {
+            let (_, keep_running) = self.full_sync(shutdown).await;
+            if !keep_running {
+                return;
+            }
+            tokio::select! {
+                biased;
+                () = shutdown_requested(shutdown) => return,
+                () = self.resync.0.notified() => {}
+                () = sleep(every) => {}
+            }
+        }
+    }
+
+    async fn follow_events(&mut self, shutdown: &mut watch::Receiver<bool>) {
+        let mut backoff = Backoff::new(self.cfg.max_backoff);
+        loop {
+            let opened = tokio::select! {
+                biased;
+                () = shutdown_requested(shutdown) => return,
+                r = self.client.open_events() => r,
+            };
+            let wait = match opened {
+                Ok(stream) => {
+                    info!(url = %stream.url, "Marathon event stream connected");
+                    let started = Instant::now();
+                    let end = self.session(stream, shutdown).await;
+                    if started.elapsed() >= STABLE_CONNECTION {
+                        backoff.reset();
+                    }
+                    match end {
+                        SessionEnd::Shutdown => return,
+                        SessionEnd::Stalled => {
+                            warn!(after = ?self.cfg.stall_timeout, "Marathon event stream stalled; reconnecting now");
+                            Duration::ZERO
+                        }
+                        SessionEnd::Failed(e) => {
+                            let wait = backoff.next_wait();
+                            warn!(error = %e, "Marathon event stream lost; reconnecting in {wait:?}");
+                            wait
+                        }
+                    }
+                }
+                Err(e) => {
+                    let wait = backoff.next_wait();
+                    warn!(error = %e, "cannot open the Marathon event stream; retrying in {wait:?}");
+                    // Status only: dropped when the receiver is behind, never blocks retrying.
+                    let _ = self.updates.try_send(MarathonUpdate::SyncFailed {
+                        error: e.to_string(),
+                    });
+                    wait
+                }
+            };
+            tokio::select! {
+                biased;
+                () = shutdown_requested(shutdown) => return,
+                () = sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One connected stream: resync now and periodically, coalesce events, detect stalls.
+    async fn session(
+        &mut self,
+        mut stream: EventStream,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> SessionEnd {
+        let mut parser = SseParser::default();
+        let mut dirty = Dirty::default();
+        // Per-app updates only make sense on top of a snapshot taken on this connection.
+        let mut synced = false;
+        let mut next_resync = Instant::now();
+        let mut sync_retry = Backoff::new(self.cfg.max_backoff.min(self.cfg.resync_interval));
+        sync_retry.next = SYNC_RETRY.min(sync_retry.max);
+        let mut stall_deadline = Instant::now() + self.cfg.stall_timeout;
+        loop {
+            let flush_at = dirty.flush_at;
+            tokio::select! {
+                biased;
+                () = shutdown_requested(shutdown) => return SessionEnd::Shutdown,
+                () = self.resync.0.notified() => next_resync = Instant::now(),
+                () = sleep_until(next_resync) => {
+                    let started = Instant::now();
+                    let (ok, keep_running) = self.full_sync(shutdown).await;
+                    // The stall timer counts time spent waiting for bytes, not reading Marathon.
+                    stall_deadline += started.elapsed();
+                    if !keep_running {
+                        return SessionEnd::Shutdown;
+                    }
+                    if ok {
+                        synced = true;
+                        sync_retry.next = SYNC_RETRY.min(sync_retry.max);
+                        dirty = Dirty::default();
+                        next_resync = Instant::now() + self.cfg.resync_interval;
+                    } else {
+                        next_resync = Instant::now() + sync_retry.next_wait();
+                    }
+                }
+                () = sleep_until(flush_at.unwrap_or(next_resync)), if flush_at.is_some() => {
+                    let batch = dirty.take();
+                    if !synced {
+                        continue; // the pending full resync covers these apps
+                    }
+                    if batch.resync || batch.refresh.len() >= self.cfg.resync_threshold {
+                        debug!(apps = batch.refresh.len(), resync = batch.resync, "coalesced events ask for a full resync");
+                        next_resync = Instant::now();
+                        continue;
+                    }
+                    let started = Instant::now();
+                    let reread = self.reread(batch, shutdown).await;
+                    stall_deadline += started.elapsed();
+                    match reread {
+                        Ok(true) => {}
+                        Ok(false) => return SessionEnd::Shutdown,
+                        Err(e) => {
+                            let u = MarathonUpdate::SyncFailed { error: e.to_string() };
+                            warn!(error = %e, "re-reading Marathon apps failed; full resync scheduled");
+                            if !self.send(u, shutdown).await {
+                                return SessionEnd::Shutdown;
+                            }
+                            next_resync = next_resync.min(Instant::now() + sync_retry.next_wait());
+                        }
+                    }
+                }
+                r = timeout(stall_deadline.saturating_duration_since(Instant::now()), stream.chunk()) => {
+                    match r {
+                        Err(_) => return SessionEnd::Stalled,
+                        Ok(Err(e)) => return SessionEnd::Failed(e),
+                        Ok(Ok(None)) => {
+                            return SessionEnd::Failed(MarathonError::Stream {
+                                url: stream.url.to_string(),
+                                reason: "closed by the server".into(),
+                            });
+                        }
+                        Ok(Ok(Some(bytes))) => {
+                            stall_deadline = Instant::now() + self.cfg.stall_timeout;
+                            let events = match parser.feed(&bytes) {
+                                Ok(ev) => ev,
+                                Err(e) => {
+                                    return SessionEnd::Failed(MarathonError::Stream {
+                                        url: stream.url.to_string(),
+                                        reason: e.to_string(),
+                                    });
+                                }
+                            };
+                            let now = Instant::now();
+                            for ev in &events {
+                                for action in actions_for_logged(ev) {
+                                    dirty.add(action, now, &self.cfg);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Re-reads the dirty apps (a bounded number at once) and sends one `Apps` update.
+    /// `Ok(false)`: shutdown or the receiver is gone.
+    async fn reread(
+        &self,
+        batch: Dirty,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<bool, MarathonError> {
+        // Owned ids and client clones: borrowed ones make this future not provably `Send`
+        // (rust-lang/rust#102211).
+        let reads = futures_util::stream::iter(batch.refresh.iter().cloned())
+            .map(|id| {
+                let client = self.client.clone();
+                async move {
+                    let r = client.get_app(&id).await;
+                    (id, r)
+                }
+            })
+            .buffered(self.cfg.reread_concurrency.max(1))
+            .collect::<Vec<_>>();
+        let results = tokio::select! {
+            biased;
+            () = shutdown_requested(shutdown) => return Ok(false),
+            r = reads => r,
+        };
+        let mut changed = Vec::new();
+        let mut removed: Vec<String> = batch
+            .removed
+            .iter()
+            .filter(|id| !batch.refresh.contains(*id)) // a later event may have re-created it
+            .cloned()
+            .collect();
+        for (id, r) in results {
+            match r? {
+                Some(app) => changed.push(app),
+                None => removed.push(id),
+            }
+        }
+        if changed.is_empty() && removed.is_empty() {
+            return Ok(true);
+        }
+        debug!(
+            changed = changed.len(),
+            removed = removed.len(),
+            "Marathon apps updated"
+        );
+        Ok(self
+            .send(MarathonUpdate::Apps { changed, removed }, shutdown)
+            .await)
+    }
+}
