@@ -74,7 +74,7 @@ pub fn backend_dead(backend: u32) -> bool {
 #[inline(never)]
 pub fn forget_flow(key: &FlowKey, entry: &NatEntry) {
     let _ = CONNTRACK.remove(key);
-    let _ = CONNTRACK.remove(&peer_key(key, entry));
+    let _ = CONNTRACK.remove(peer_key(key, entry));
 }
 
 /// Records activity on a tracked flow: last-seen time and TCP state.
@@ -133,14 +133,22 @@ pub const FLOW_CREATED: u32 = u32::MAX;
 pub fn create_flow(meta: &PacketMeta, key: &FlowKey, cfg: &Config, now: u64) -> Verdict {
     use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS};
 
-    let skey = ServiceKey {
+    // Large values live in the per-CPU scratch map and are used through references into maps:
+    // this subprogram's frame adds to the caller's within the 512-byte stack limit.
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        count(Counter::PassNotReady);
+        return XDP_PASS;
+    };
+    // SAFETY: this CPU's scratch element, used by this program run only.
+    let scratch = unsafe { &mut *scratch };
+    scratch.service_key = ServiceKey {
         addr: meta.dst,
         port: meta.dport,
         proto: meta.proto,
         family: key.family,
     };
-    // SAFETY: the value is copied out at once.
-    let Some(svc) = (unsafe { SERVICES.get(&skey) }).copied() else {
+    // SAFETY: map value, valid for this program run.
+    let Some(svc) = (unsafe { SERVICES.get(&scratch.service_key) }) else {
         count(Counter::PassNoService);
         return XDP_PASS;
     };
@@ -159,7 +167,7 @@ pub fn create_flow(meta: &PacketMeta, key: &FlowKey, cfg: &Config, now: u64) -> 
         None => NO_BACKEND,
     };
     let backend = match BACKENDS.get(backend_id) {
-        Some(b) if b.flags & BACKEND_ACTIVE != 0 && b.flags & BACKEND_DEAD == 0 => *b,
+        Some(b) if b.flags & BACKEND_ACTIVE != 0 && b.flags & BACKEND_DEAD == 0 => b,
         _ => {
             count(Counter::PassNoBackend);
             return XDP_PASS;
@@ -170,21 +178,15 @@ pub fn create_flow(meta: &PacketMeta, key: &FlowKey, cfg: &Config, now: u64) -> 
         return XDP_PASS;
     }
     let snat = if key.family == FAMILY_V4 {
-        cfg.snat_v4
+        &cfg.snat_v4
     } else {
-        cfg.snat_v6
+        &cfg.snat_v6
     };
     let state = if meta.proto == IPPROTO_TCP && meta.tcp_flags & TCP_SYN != 0 {
         CT_SYN
     } else {
         CT_ESTABLISHED
     };
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        count(Counter::PassNotReady);
-        return XDP_PASS;
-    };
-    // SAFETY: this CPU's scratch element, used by this program run only.
-    let scratch = unsafe { &mut *scratch };
     scratch.reply = NatEntry {
         new_src: meta.dst,
         new_dst: meta.src,
@@ -204,7 +206,7 @@ pub fn create_flow(meta: &PacketMeta, key: &FlowKey, cfg: &Config, now: u64) -> 
     let mut snat_port: u16 = 0;
     scratch.reply_key = FlowKey {
         src: backend.addr,
-        dst: snat,
+        dst: *snat,
         sport: backend.port,
         dport: 0,
         proto: key.proto,
@@ -229,7 +231,7 @@ pub fn create_flow(meta: &PacketMeta, key: &FlowKey, cfg: &Config, now: u64) -> 
         return XDP_DROP;
     }
     scratch.forward = NatEntry {
-        new_src: snat,
+        new_src: *snat,
         new_dst: backend.addr,
         new_sport: snat_port,
         new_dport: backend.port,

@@ -6,6 +6,11 @@
 //! reason counted. Rewritten packets are forwarded with `bpf_fib_lookup`.
 #![no_std]
 #![no_main]
+#![allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys and values are passed by reference on purpose: by value they would be \
+              copied onto the 512-byte BPF stack"
+)]
 
 mod csum;
 mod flow;
@@ -20,7 +25,7 @@ use aya_ebpf::{
 };
 use mlb_common::{maps::DIR_TO_BACKEND, stats::Counter};
 
-use crate::maps::{CONFIG, CONNTRACK};
+use crate::maps::{CONFIG, CONNTRACK, SCRATCH};
 
 /// Entry point, attached to every interface mlb serves.
 #[xdp]
@@ -50,10 +55,16 @@ fn process_packet(ctx: &XdpContext) -> u32 {
     };
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let key = flow::flow_key(&meta);
+    // The key lives in the per-CPU scratch map, not on the 512-byte stack.
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: this CPU's scratch element, used by this program run only.
+    let key = unsafe { &mut (*scratch).key };
+    *key = flow::flow_key(&meta);
 
     // The tracked entry is used in place (a map-value pointer), never copied to the stack.
-    let mut entry = CONNTRACK.get_ptr_mut(&key);
+    let mut entry = CONNTRACK.get_ptr_mut(&*key);
     if let Some(e) = entry {
         // SAFETY: `e` comes from the lookup and stays valid for this program run (RCU).
         let tracked = unsafe { &*e };
@@ -61,7 +72,7 @@ fn process_packet(ctx: &XdpContext) -> u32 {
             // Its backend is gone: re-balance. The new backend has no such connection and
             // answers a TCP segment with a RST, so the client learns at once.
             stats::count(Counter::FlowBackendDead);
-            flow::forget_flow(&key, tracked);
+            flow::forget_flow(key, tracked);
             entry = None;
         } else {
             flow::touch_flow(e, &meta, now);
@@ -74,11 +85,11 @@ fn process_packet(ctx: &XdpContext) -> u32 {
     }
     let new_flow = entry.is_none();
     if new_flow {
-        let verdict = flow::create_flow(&meta, &key, cfg, now);
+        let verdict = flow::create_flow(&meta, key, cfg, now);
         if verdict != flow::FLOW_CREATED {
             return verdict;
         }
-        entry = CONNTRACK.get_ptr_mut(&key);
+        entry = CONNTRACK.get_ptr_mut(&*key);
     }
     let Some(nat) = entry else {
         stats::count(Counter::DropConntrackFull);

@@ -57,6 +57,10 @@ pub static BACKEND_STATS: PerCpuArray<FlowStats> = PerCpuArray::with_max_entries
 /// packet description in such a map too). Only ever used within one program run.
 #[repr(C)]
 pub struct Scratch {
+    /// The wire 5-tuple of the packet being processed (the conntrack key).
+    pub key: FlowKey,
+    /// The service a new flow is addressed to.
+    pub service_key: ServiceKey,
     /// The `bpf_fib_lookup` request and answer.
     pub fib: bpf_fib_lookup,
     /// The reply-direction entry and key of a flow being created.

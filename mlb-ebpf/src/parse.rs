@@ -49,32 +49,6 @@ pub fn read_raw32(ctx: &XdpContext, offset: usize) -> Option<u32> {
     Some(unsafe { core::ptr::read_unaligned(p) })
 }
 
-/// Reads a `u16` at `offset` as stored (network order kept).
-#[inline(always)]
-pub fn read_raw16(ctx: &XdpContext, offset: usize) -> Option<u16> {
-    let p = ptr_at::<u16>(ctx, offset)?;
-    // SAFETY: in bounds; unaligned read as above.
-    Some(unsafe { core::ptr::read_unaligned(p) })
-}
-
-/// Writes a `u32` at `offset` as given (already in network order).
-#[inline(always)]
-pub fn write_raw32(ctx: &XdpContext, offset: usize, value: u32) -> Option<()> {
-    let p = ptr_at::<u32>(ctx, offset)?;
-    // SAFETY: in bounds.
-    unsafe { core::ptr::write_unaligned(p, value) };
-    Some(())
-}
-
-/// Writes a `u16` at `offset` as given (already in network order).
-#[inline(always)]
-pub fn write_raw16(ctx: &XdpContext, offset: usize, value: u16) -> Option<()> {
-    let p = ptr_at::<u16>(ctx, offset)?;
-    // SAFETY: in bounds.
-    unsafe { core::ptr::write_unaligned(p, value) };
-    Some(())
-}
-
 /// Reads one byte at `offset`.
 #[inline(always)]
 fn read_u8(ctx: &XdpContext, offset: usize) -> Option<u8> {

@@ -91,6 +91,8 @@ fn run(opts: &RunOptions) -> Result<()> {
         }
         if let Some(s) = sweeper {
             s.abort();
+            // Wait until the task is gone: it holds a reference to the XDP dataplane.
+            let _ = s.await;
         }
         if let L4Plane::Xdp(dp) = plane {
             let dp = Arc::try_unwrap(dp)
