@@ -540,7 +540,8 @@ fn report(
          (keep-alive, then `Connection: close`), iperf3 -t {} on port {IPERF_PORT}. Client and \
          nginx backends (one process each, 512-byte file) on cpu0, the load balancer and lb's \
          receive path on cpu1. \"direct\" is kernel routing in lb to be1 only (no LB). Ratios are \
-         to direct in the same run; compare ratios, not absolute numbers across runs.\n",
+         to direct in the same run; compare ratios, not absolute numbers across runs. cpu1 busy % is \
+         the whole CPU during the wrk runs (anything else running on it included).\n",
         if quick {
             " (--quick: smoke test, not a measurement)"
         } else {
