@@ -459,3 +459,65 @@ async fn userspace_l4_bad_service_fails_alone() {
     })
     .await;
 }
+
+/// `apply` is synchronous: the agent's control loop may call it from a plain thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn userspace_l4_apply_from_a_plain_thread() {
+    bounded(async {
+        let be = tcp_backend("a").await;
+        let vip = vip(7);
+        let dp = dataplane(vip);
+        let svc = tcp_service(23071, &[(&be, BackendState::Active)]);
+        let dp = std::thread::spawn(move || {
+            let mut dp = dp;
+            dp.apply(&[L4Change::Upsert(svc)]).map(|()| dp)
+        })
+        .join()
+        .unwrap()
+        .unwrap();
+        Client::connect(SocketAddr::new(vip, 23071))
+            .await
+            .unwrap()
+            .echo("from a thread")
+            .await;
+        drop(dp);
+    })
+    .await;
+}
+
+/// `bind_addr` replaces the VIPs; changing it moves the listener and keeps open connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn userspace_l4_bind_addr_overrides_vips() {
+    bounded(async {
+        let be = tcp_backend("a").await;
+        let mut dp = dataplane(vip(9));
+        let mut svc = tcp_service(23081, &[(&be, BackendState::Active)]);
+        svc.bind_addr = Some(vip(8));
+        dp.apply(&[L4Change::Upsert(svc.clone())]).unwrap();
+        assert_eq!(dp.listening(svc.key), vec![SocketAddr::new(vip(8), 23081)]);
+        let mut held = Client::connect(SocketAddr::new(vip(8), 23081))
+            .await
+            .unwrap();
+        assert!(
+            TcpStream::connect(SocketAddr::new(vip(9), 23081))
+                .await
+                .is_err()
+        );
+
+        svc.bind_addr = None;
+        dp.apply(&[L4Change::Upsert(svc.clone())]).unwrap();
+        assert_eq!(dp.listening(svc.key), vec![SocketAddr::new(vip(9), 23081)]);
+        assert!(
+            TcpStream::connect(SocketAddr::new(vip(8), 23081))
+                .await
+                .is_err()
+        );
+        Client::connect(SocketAddr::new(vip(9), 23081))
+            .await
+            .unwrap()
+            .echo("moved")
+            .await;
+        held.echo("kept").await;
+    })
+    .await;
+}

@@ -181,6 +181,8 @@ impl Lab {
         let child = Command::new("ip")
             .args(["netns", "exec", ns, "taskset", "-c", &cpu])
             .args(args)
+            // Plain logs (the failure messages quote them).
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -217,6 +219,7 @@ impl Lab {
             return String::new();
         };
         let text = fs::read_to_string(self.dir.join(format!("{}.log", p.name))).unwrap_or_default();
+        let text = strip_ansi(&text);
         let lines: Vec<&str> = text.lines().rev().take(3).collect();
         lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
     }
@@ -258,6 +261,24 @@ impl Drop for Lab {
                 .status();
         }
     }
+}
+
+/// Removes terminal colour sequences (`ESC [ … letter`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn stop_child(child: &mut Child) {
@@ -371,4 +392,15 @@ fn neigh(ns: &str, addr: &str, mac: &str, dev: &str) -> Result<String> {
 
 fn sysctl(ns: &str, key: &str, value: &str) -> Result<String> {
     ns_run(ns, &["sysctl", "-q", "-w", &format!("{key}={value}")])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn strips_colours() {
+        assert_eq!(
+            super::strip_ansi("\u{1b}[2mtime\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m x"),
+            "time  WARN x"
+        );
+    }
 }

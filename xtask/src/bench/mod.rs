@@ -22,6 +22,10 @@ pub struct TcpArgs {
     /// Rounds (each runs every case once, interleaved); the table shows medians.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
+    /// The HTTP service of the load balancers uses be1 only (as direct does) instead of be1
+    /// and be2.
+    #[arg(long)]
+    pub single_backend: bool,
     /// Cases to run (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Case::Direct, Case::Xdp, Case::Userspace, Case::Haproxy])]
     pub cases: Vec<Case>,

@@ -108,7 +108,7 @@ pub fn run(args: &TcpArgs) -> Result<()> {
     };
 
     let mut lab = Lab::create()?;
-    let files = write_configs(&lab)?;
+    let files = write_configs(&lab, args.single_backend)?;
     start_backends(&mut lab, &files)?;
 
     let mut results: BTreeMap<Case, CaseResults> = BTreeMap::new();
@@ -133,7 +133,7 @@ pub fn run(args: &TcpArgs) -> Result<()> {
     }
     drop(lab);
 
-    let report = report(&cases, &results, rounds, &durations, args.quick);
+    let report = report(&cases, &results, rounds, &durations, args);
     println!("{report}");
     let dir = workspace_root().join("bench-results");
     fs::create_dir_all(&dir)?;
@@ -151,7 +151,12 @@ struct Files {
     mlb: PathBuf,
 }
 
-fn write_configs(lab: &Lab) -> Result<Files> {
+fn write_configs(lab: &Lab, single_backend: bool) -> Result<Files> {
+    let http_backends: &[&str] = if single_backend {
+        &BACKEND_IPS[..1]
+    } else {
+        &BACKEND_IPS
+    };
     let www = lab.path("www");
     fs::create_dir_all(&www)?;
     // A small static file (512 bytes): per-request cost dominates, as for API traffic.
@@ -184,11 +189,14 @@ fn write_configs(lab: &Lab) -> Result<Files> {
         format!(
             "global\n  nbthread 1\n  maxconn 8000\n\
              defaults\n  mode tcp\n  timeout connect 3s\n  timeout client 60s\n  timeout server 60s\n\
-             listen http\n  bind {VIP}:{HTTP_PORT}\n  balance roundrobin\n\
-             \x20 server be1 {b1}:{HTTP_PORT}\n  server be2 {b2}:{HTTP_PORT}\n\
+             listen http\n  bind {VIP}:{HTTP_PORT}\n  balance roundrobin\n{servers}\
              listen iperf\n  bind {VIP}:{IPERF_PORT}\n  server be1 {b1}:{IPERF_PORT}\n",
+            servers = http_backends
+                .iter()
+                .enumerate()
+                .map(|(i, ip)| format!("  server be{} {ip}:{HTTP_PORT}\n", i + 1))
+                .collect::<String>(),
             b1 = BACKEND_IPS[0],
-            b2 = BACKEND_IPS[1],
         ),
     )?;
     let mlb = lab.path("mlb.toml");
@@ -196,11 +204,15 @@ fn write_configs(lab: &Lab) -> Result<Files> {
         &mlb,
         format!(
             "[[service]]\nname = \"bench-http\"\nport = {HTTP_PORT}\n\
-             backends = [\"{b1}:{HTTP_PORT}\", \"{b2}:{HTTP_PORT}\"]\n\n\
+             backends = [{http}]\n\n\
              [[service]]\nname = \"bench-iperf\"\nport = {IPERF_PORT}\n\
              backends = [\"{b1}:{IPERF_PORT}\"]\n",
+            http = http_backends
+                .iter()
+                .map(|ip| format!("\"{ip}:{HTTP_PORT}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
             b1 = BACKEND_IPS[0],
-            b2 = BACKEND_IPS[1],
         ),
     )?;
     Ok(Files {
@@ -529,7 +541,7 @@ fn report(
     results: &BTreeMap<Case, CaseResults>,
     rounds: u32,
     d: &Durations,
-    quick: bool,
+    args: &TcpArgs,
 ) -> String {
     let kernel = lab::run(&["uname", "-r"]).unwrap_or_default();
     let mut s = String::new();
@@ -539,9 +551,11 @@ fn report(
          Kernel {}; {rounds} round(s), cases interleaved; medians. wrk -t1 -c32 -d{}s --latency \
          (keep-alive, then `Connection: close`), iperf3 -t {} on port {IPERF_PORT}. Client and \
          nginx backends (one process each, 512-byte file) on cpu0, the load balancer and lb's \
-         receive path on cpu1. \"direct\" is kernel routing in lb to be1 only (no LB). Ratios are \
-         to direct in the same run; compare ratios, not absolute numbers across runs.\n",
-        if quick {
+         receive path on cpu1. \"direct\" is kernel routing in lb to be1 only (no LB); the load \
+         balancers spread the HTTP service over {}. Ratios are \
+         to direct in the same run; compare ratios, not absolute numbers across runs. cpu1 busy % is \
+         the whole CPU during the wrk runs (anything else running on it included).\n",
+        if args.quick {
             " (--quick: smoke test, not a measurement)"
         } else {
             ""
@@ -549,6 +563,12 @@ fn report(
         kernel.trim(),
         d.wrk_secs,
         d.iperf_secs,
+        if args.single_backend {
+            "be1 only (--single-backend: same backend work as direct)"
+        } else {
+            "be1 and be2 (two nginx processes: on a loaded machine they may get more CPU than \
+             direct's one; --single-backend compares like with like)"
+        },
     );
     let _ = writeln!(
         s,
