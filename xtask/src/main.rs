@@ -53,7 +53,13 @@ fn main() -> Result<()> {
             }
             // Build the `mlb` binary first: end-to-end tests spawn it.
             cargo(&["build", "--package", "mlb-userspace", "--bin", "mlb"])?;
-            let mut test = vec!["test", "--workspace", "--no-fail-fast"];
+            let mut test = vec![
+                "test",
+                "--workspace",
+                "--exclude",
+                "mlb-ebpf",
+                "--no-fail-fast",
+            ];
             if !args.is_empty() {
                 test.push("--");
                 test.extend(args.iter().map(String::as_str));
