@@ -29,6 +29,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+use mlb_common::stats::Counter;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 
 use crate::{
@@ -384,6 +385,52 @@ impl L4Lab {
             .contains("xdp"))
     }
 
+    /// A global counter of the XDP program attached to lb-cli, summed over CPUs (read with
+    /// `bpftool` from the program's `MLB_STATS` map, so it works while mlb owns the program).
+    pub fn xdp_counter(&self, counter: Counter) -> Result<u64> {
+        let link: serde_json::Value = serde_json::from_str(
+            &self
+                .lb
+                .exec(&["ip", "-j", "link", "show", "dev", "lb-cli"])?,
+        )?;
+        let prog_id = link[0]["xdp"]["prog"]["id"]
+            .as_u64()
+            .context("no XDP program attached to lb-cli")?;
+        let prog = bpftool(&["prog", "show", "id", &prog_id.to_string()])?;
+        let map_ids = prog["map_ids"].as_array().context("program without maps")?;
+        let stats_id = map_ids
+            .iter()
+            .filter_map(serde_json::Value::as_u64)
+            .find(|id| {
+                bpftool(&["map", "show", "id", &id.to_string()])
+                    .is_ok_and(|m| m["name"] == mlb_common::maps::STATS)
+            })
+            .context("the program has no MLB_STATS map")?;
+        let key = (counter as u32).to_le_bytes().map(|b| b.to_string());
+        let mut args = vec!["map", "lookup", "id"];
+        let id = stats_id.to_string();
+        args.push(&id);
+        args.push("key");
+        args.extend(key.iter().map(String::as_str));
+        let entry = bpftool(&args)?;
+        let mut sum = 0u64;
+        for cpu in entry["values"].as_array().context("per-CPU values")? {
+            sum += match &cpu["value"] {
+                serde_json::Value::Number(n) => n.as_u64().context("counter value")?,
+                serde_json::Value::Array(bytes) => {
+                    let mut le = [0u8; 8];
+                    for (slot, b) in le.iter_mut().zip(bytes) {
+                        let hex = b.as_str().context("value byte")?;
+                        *slot = u8::from_str_radix(hex.trim_start_matches("0x"), 16)?;
+                    }
+                    u64::from_le_bytes(le)
+                }
+                other => bail!("unexpected bpftool value {other}"),
+            };
+        }
+        Ok(sum)
+    }
+
     /// lb's neighbour entry for `addr`, if any (`ip neigh show <addr>` output).
     pub fn lb_neighbour(&self, addr: IpAddr) -> Result<String> {
         Ok(self
@@ -415,6 +462,21 @@ impl Drop for L4Lab {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Runs `bpftool -j` and parses its JSON answer.
+fn bpftool(args: &[&str]) -> Result<serde_json::Value> {
+    let out = std::process::Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .output()
+        .context("running bpftool (cargo xtask setup installs it)")?;
+    ensure!(
+        out.status.success(),
+        "bpftool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 async fn serve_tcp(stream: tokio::net::TcpStream, peer: SocketAddr, name: String) {

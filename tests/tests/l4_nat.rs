@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+use mlb_common::stats::Counter;
 use mlb_tests::{
     l4_lab::{
         Conn, Dataplane, L4Lab, RELOAD_REFUSED, SNAT_PORTS, SNAT_V4, SNAT_V6, VIP_V4, VIP_V6,
@@ -153,6 +154,14 @@ fn check_lb_sockets(lab: &L4Lab, dataplane: Dataplane, vip: SocketAddr, open: us
     Ok(())
 }
 
+/// Packets the XDP program redirected so far (0 for the userspace dataplane).
+fn xdp_redirects(lab: &L4Lab, dataplane: Dataplane) -> Result<u64> {
+    match dataplane {
+        Dataplane::Xdp => lab.xdp_counter(Counter::VerdictRedirect),
+        Dataplane::Userspace => Ok(0),
+    }
+}
+
 /// Opens `count` connections through `vip`, checks the spread, the sources the backends saw
 /// and lb's socket table while they are open and after they are closed.
 fn spread_case(dataplane: Dataplane, ipv6: bool, count: usize) -> Result<()> {
@@ -167,9 +176,19 @@ fn spread_case(dataplane: Dataplane, ipv6: bool, count: usize) -> Result<()> {
     let agent = lab.start_agent(dataplane, &service("web", 8080, "tcp", &backends), &[])?;
     let target = vip(vip_ip, 8080);
 
+    let redirected_before = xdp_redirects(&lab, dataplane)?;
     let mut conns = lab.connect_many(target, count)?;
     for (i, c) in conns.iter_mut().enumerate() {
         c.echo(&format!("round trip {i}"))?;
+    }
+    if dataplane == Dataplane::Xdp {
+        // Forwarded by the program itself, not handed to lb's kernel: each connection so far
+        // is at least SYN, SYN-ACK, ACK, greeting, data and echo redirected between lb's links.
+        let redirected = xdp_redirects(&lab, dataplane)? - redirected_before;
+        ensure!(
+            redirected >= 5 * count as u64,
+            "only {redirected} packets were XDP-redirected for {count} connections"
+        );
     }
     let counts = per_backend(conns.iter().map(|c| c.backend.as_str()));
     assert_even_spread(&counts, &["be1:8080", "be2:8080"])?;
