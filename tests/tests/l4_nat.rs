@@ -14,8 +14,8 @@ use anyhow::{Context as _, Result, bail, ensure};
 use mlb_common::stats::Counter;
 use mlb_tests::{
     l4_lab::{
-        Conn, Dataplane, L4Lab, RELOAD_REFUSED, SNAT_PORTS, SNAT_V4, SNAT_V6, VIP_V4, VIP_V6,
-        backend_v4, backend_v6,
+        Agent, Conn, Dataplane, L4Lab, RELOAD_REFUSED, SNAT_PORTS, SNAT_V4, SNAT_V6, VIP_V4,
+        VIP_V6, backend_v4, backend_v6,
     },
     privileges::require_netns_and_bpf,
 };
@@ -67,6 +67,21 @@ fn service(name: &str, port: u16, protocol: &str, backends: &[SocketAddr]) -> St
         "[[service]]\nname = \"{name}\"\nport = {port}\nprotocol = \"{protocol}\"\nbackends = [{}]\n\n",
         list.join(", ")
     )
+}
+
+/// The static config of the TCP scenarios: service "web" on port 8080 with these backends.
+fn web(backends: &[SocketAddr]) -> String {
+    service("web", 8080, "tcp", backends)
+}
+
+/// A lab with TCP backends be1:8080 and be2:8080 and an agent serving them as "web" on the IPv4
+/// VIP, port 8080.
+fn web_lab(dataplane: Dataplane, extra_args: &[&str]) -> Result<(L4Lab, Agent)> {
+    let lab = L4Lab::new()?;
+    lab.tcp_backend(1, 8080)?;
+    lab.tcp_backend(2, 8080)?;
+    let agent = lab.start_agent(dataplane, &web(&[v4(1, 8080), v4(2, 8080)]), extra_args)?;
+    Ok((lab, agent))
 }
 
 fn v4(n: usize, port: u16) -> SocketAddr {
@@ -173,7 +188,7 @@ fn spread_case(dataplane: Dataplane, ipv6: bool, count: usize) -> Result<()> {
     } else {
         ([v4(1, 8080), v4(2, 8080)], VIP_V4, SNAT_V4)
     };
-    let agent = lab.start_agent(dataplane, &service("web", 8080, "tcp", &backends), &[])?;
+    let agent = lab.start_agent(dataplane, &web(&backends), &[])?;
     let target = vip(vip_ip, 8080);
 
     let redirected_before = xdp_redirects(&lab, dataplane)?;
@@ -229,15 +244,8 @@ fn echo_all(conns: &mut [Conn], tag: &str) -> Result<()> {
 /// and SIGHUP) while connections are open: every open connection goes on working — also those
 /// to the removed backend, which drains — and new connections go only to the new set.
 fn backend_change_keeps_open_connections(dataplane: Dataplane) -> Result<()> {
-    let lab = L4Lab::new()?;
-    lab.tcp_backend(1, 8080)?;
-    lab.tcp_backend(2, 8080)?;
+    let (lab, mut agent) = web_lab(dataplane, &[])?;
     lab.tcp_backend(1, 8081)?;
-    let mut agent = lab.start_agent(
-        dataplane,
-        &service("web", 8080, "tcp", &[v4(1, 8080), v4(2, 8080)]),
-        &[],
-    )?;
     let target = vip(VIP_V4, 8080);
     let mut long_lived = lab.connect_many(target, 40)?;
     let before = per_backend(long_lived.iter().map(|c| c.backend.as_str()));
@@ -247,10 +255,7 @@ fn backend_change_keeps_open_connections(dataplane: Dataplane) -> Result<()> {
     );
     echo_all(&mut long_lived, "before")?;
 
-    agent.reload(
-        &lab,
-        &service("web", 8080, "tcp", &[v4(1, 8080), v4(1, 8081)]),
-    )?;
+    agent.reload(&lab, &web(&[v4(1, 8080), v4(1, 8081)]))?;
     echo_all(&mut long_lived, "after the change")?;
 
     let mut fresh = lab.connect_many(target, 80)?;
@@ -287,14 +292,7 @@ fn dead_backend_connections_get_reset_xdp() {
 }
 
 fn dead_backend_connections_get_reset(dataplane: Dataplane) -> Result<()> {
-    let lab = L4Lab::new()?;
-    lab.tcp_backend(1, 8080)?;
-    lab.tcp_backend(2, 8080)?;
-    let mut agent = lab.start_agent(
-        dataplane,
-        &service("web", 8080, "tcp", &[v4(1, 8080), v4(2, 8080)]),
-        &["--drain-timeout", "0"],
-    )?;
+    let (lab, mut agent) = web_lab(dataplane, &["--drain-timeout", "0"])?;
     let conns = lab.connect_many(vip(VIP_V4, 8080), 20)?;
     let (mut to_dead, mut to_live): (Vec<Conn>, Vec<Conn>) =
         conns.into_iter().partition(|c| c.backend == "be2:8080");
@@ -305,7 +303,7 @@ fn dead_backend_connections_get_reset(dataplane: Dataplane) -> Result<()> {
     let mut doomed = to_dead.swap_remove(0);
     doomed.echo("before removal")?;
 
-    agent.reload(&lab, &service("web", 8080, "tcp", &[v4(1, 8080)]))?;
+    agent.reload(&lab, &web(&[v4(1, 8080)]))?;
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut round = 0;
     let ended = loop {
@@ -376,14 +374,7 @@ fn udp_requests_answered_from_the_vip(dataplane: Dataplane) -> Result<()> {
 /// one go on working (open connections and new ones, on both backends), and a later valid
 /// reload is applied.
 fn bad_reload_keeps_last_good_services(dataplane: Dataplane) -> Result<()> {
-    let lab = L4Lab::new()?;
-    lab.tcp_backend(1, 8080)?;
-    lab.tcp_backend(2, 8080)?;
-    let mut agent = lab.start_agent(
-        dataplane,
-        &service("web", 8080, "tcp", &[v4(1, 8080), v4(2, 8080)]),
-        &[],
-    )?;
+    let (lab, mut agent) = web_lab(dataplane, &[])?;
     let target = vip(VIP_V4, 8080);
     let mut open = lab.connect_many(target, 10)?;
 
@@ -398,7 +389,7 @@ fn bad_reload_keeps_last_good_services(dataplane: Dataplane) -> Result<()> {
         "the last good service (both backends) should still be served: {counts:?}"
     );
 
-    agent.reload(&lab, &service("web", 8080, "tcp", &[v4(1, 8080)]))?;
+    agent.reload(&lab, &web(&[v4(1, 8080)]))?;
     let later = lab.connect_many(target, 20)?;
     ensure!(
         later.iter().all(|c| c.backend == "be1:8080"),
