@@ -1,6 +1,7 @@
 //! Helpers for mlb's integration tests: network namespaces and veth links ([`netns`]), a packet
-//! builder for BPF_PROG_TEST_RUN fixtures ([`packet`]), privilege checks ([`privileges`]), and
-//! the Marathon simulator ([`marathon_sim`]).
+//! builder for BPF_PROG_TEST_RUN fixtures ([`packet`]), privilege checks ([`privileges`]), the
+//! Marathon simulator ([`marathon_sim`]), and the TCP/UDP load-balancing lab ([`l4_lab`]).
+pub mod l4_lab;
 pub mod marathon_sim;
 pub mod mlb_bin;
 pub mod netns;
