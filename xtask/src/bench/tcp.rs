@@ -277,8 +277,12 @@ fn run_case(
     files: &Files,
     durations: &Durations,
 ) -> Result<Measurement> {
-    lab.set_forwarding(case == Case::Direct)?;
+    // Direct routes in the kernel. XDP needs forwarding on its ingress interfaces too: the
+    // kernel's FIB lookup answers only for forwarding interfaces (it forwards nothing itself:
+    // every packet sent here is service traffic the program handles).
+    lab.set_forwarding(matches!(case, Case::Direct | Case::Xdp))?;
     let started = start_lb(lab, case, mlb, files);
+    let started_pid = started.as_ref().ok().and_then(|(pid, _)| *pid);
     let result = started.and_then(|(pid, target)| {
         let ready = wait_until(Duration::from_secs(10), || {
             if let Some(pid) = pid {
@@ -310,7 +314,10 @@ fn run_case(
             m
         }
         Err(e) => {
-            // A failed start may have left the LB running: `start_lb` registered it.
+            // Stop a LB that started but does not answer, so the next case can bind its ports.
+            if let Some(pid) = started_pid {
+                lab.stop(pid);
+            }
             lab.set_forwarding(false)?;
             return Err(e);
         }
