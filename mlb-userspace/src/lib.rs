@@ -9,3 +9,4 @@ pub mod dataplane;
 pub mod logging;
 pub mod model;
 pub mod options;
+pub mod proxy;

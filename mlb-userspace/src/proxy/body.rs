@@ -1,0 +1,140 @@
+//! Body types: every body is streamed frame by frame, never collected.
+use std::{
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use super::balance::InFlightGuard;
+
+/// Error type of proxied bodies.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Body of every response the proxy sends.
+pub(crate) type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// A small fixed body (error pages, redirects).
+pub(crate) fn full(data: impl Into<Bytes>) -> ProxyBody {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A request body that can be handed to a second backend when connecting to the first failed.
+///
+/// The incoming body sits in a shared slot and is taken only when the upstream connection first
+/// polls it, which happens after the connection is established. If connecting fails the slot
+/// still holds the untouched body and [`RetryBody::retry`] makes a new request body from it; once
+/// any byte has been sent, no retry is possible (the slot is empty).
+pub(crate) struct RetryBody {
+    slot: Arc<Mutex<Option<Incoming>>>,
+    taken: Option<Incoming>,
+    hint: SizeHint,
+    end: bool,
+}
+
+impl RetryBody {
+    pub(crate) fn new(body: Incoming) -> RetryBody {
+        RetryBody {
+            hint: body.size_hint(),
+            end: body.is_end_stream(),
+            slot: Arc::new(Mutex::new(Some(body))),
+            taken: None,
+        }
+    }
+
+    /// A fresh body over the same untouched incoming body, or `None` if it was already read.
+    pub(crate) fn retry(&self) -> Option<RetryBody> {
+        let untouched = self
+            .slot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        untouched.then(|| RetryBody {
+            slot: self.slot.clone(),
+            taken: None,
+            hint: self.hint.clone(),
+            end: self.end,
+        })
+    }
+}
+
+impl Body for RetryBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if self.taken.is_none() {
+            let body = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            match body {
+                Some(b) => self.taken = Some(b),
+                None => return Poll::Ready(None),
+            }
+        }
+        match self.taken.as_mut() {
+            Some(b) => Pin::new(b).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.taken {
+            Some(b) => b.is_end_stream(),
+            None => self.end,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.taken {
+            Some(b) => b.size_hint(),
+            None => self.hint.clone(),
+        }
+    }
+}
+
+/// A response body that keeps its backend counted as in flight until the body ends or is
+/// dropped (so leastconn and draining see streaming responses).
+pub(crate) struct GuardedBody {
+    inner: Incoming,
+    guard: Option<InFlightGuard>,
+}
+
+impl GuardedBody {
+    pub(crate) fn new(inner: Incoming, guard: InFlightGuard) -> GuardedBody {
+        GuardedBody {
+            inner,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Body for GuardedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.guard = None;
+        }
+        polled.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
