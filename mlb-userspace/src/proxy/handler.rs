@@ -42,15 +42,6 @@ async fn route(
         Ok(h) => h,
         Err(msg) => return error_page(StatusCode::BAD_REQUEST, msg),
     };
-    // Requests with both framings are how request smuggling starts: refuse them outright.
-    if req.headers().contains_key(header::TRANSFER_ENCODING)
-        && req.headers().contains_key(header::CONTENT_LENGTH)
-    {
-        return error_page(
-            StatusCode::BAD_REQUEST,
-            "Content-Length and Transfer-Encoding together",
-        );
-    }
     let table = shared.table.load_full();
     let svc = match info.frontend {
         Frontend::Http | Frontend::Https => {
