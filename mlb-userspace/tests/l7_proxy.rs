@@ -583,8 +583,6 @@ async fn failing_health_check_takes_a_backend_out_of_rotation() {
     let proxy = start_proxy(vec![], |_| {});
     let mut s = service("/hc", &[&good, &bad]);
     s.vhosts = vec!["hc.example.com".into()];
-    // The test backend answers 200 to every path, so check a path only `good` serves: both
-    // pass "/"; then point `bad` at a closed port via a TCP check on a second service.
     s.health_check = Some(HealthCheck {
         kind: HealthCheckKind::Tcp,
         port_index: 0,
@@ -607,7 +605,7 @@ async fn failing_health_check_takes_a_backend_out_of_rotation() {
     }
     assert_eq!(seen.len(), 2);
     let bad_id = bad.backend().id;
-    drop(bad); // its port now refuses connections
+    drop(bad); // its port now refuses connections: the TCP check fails
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !proxy.unhealthy_backends().contains(&bad_id) {
         assert!(

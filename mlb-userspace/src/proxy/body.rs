@@ -57,7 +57,7 @@ impl RetryBody {
         untouched.then(|| RetryBody {
             slot: self.slot.clone(),
             taken: None,
-            hint: self.hint.clone(),
+            hint: self.hint,
             end: self.end,
         })
     }
@@ -94,7 +94,7 @@ impl Body for RetryBody {
     fn size_hint(&self) -> SizeHint {
         match &self.taken {
             Some(b) => b.size_hint(),
-            None => self.hint.clone(),
+            None => self.hint,
         }
     }
 }

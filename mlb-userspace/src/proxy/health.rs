@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::{net::TcpStream, runtime::Handle, sync::watch, task::JoinHandle};
 use tracing::{info, warn};
 
-use crate::model::{BackendId, HealthCheck, HealthCheckKind, HttpService, L4Service};
+use crate::model::{Backend, BackendId, HealthCheck, HealthCheckKind, HttpService, L4Service};
 
 /// Backends currently out of rotation.
 pub type UnhealthySet = HashSet<BackendId>;
@@ -36,26 +36,29 @@ pub struct HealthTarget {
 pub fn targets_of_http<'a>(
     services: impl IntoIterator<Item = &'a HttpService>,
 ) -> Vec<HealthTarget> {
-    services
-        .into_iter()
-        .filter_map(|s| s.health_check.as_ref().map(|hc| (s, hc)))
-        .flat_map(|(s, hc)| {
-            s.backends.iter().map(|b| HealthTarget {
-                id: b.id.clone(),
-                addr: b.addr,
-                check: hc.clone(),
-            })
-        })
-        .collect()
+    targets(
+        services
+            .into_iter()
+            .map(|s| (s.health_check.as_ref(), s.backends.as_slice())),
+    )
 }
 
 /// Targets for every backend of L4 services that define a health check.
 pub fn targets_of_l4<'a>(services: impl IntoIterator<Item = &'a L4Service>) -> Vec<HealthTarget> {
+    targets(
+        services
+            .into_iter()
+            .map(|s| (s.health_check.as_ref(), s.backends.as_slice())),
+    )
+}
+
+fn targets<'a>(
+    services: impl Iterator<Item = (Option<&'a HealthCheck>, &'a [Backend])>,
+) -> Vec<HealthTarget> {
     services
-        .into_iter()
-        .filter_map(|s| s.health_check.as_ref().map(|hc| (s, hc)))
-        .flat_map(|(s, hc)| {
-            s.backends.iter().map(|b| HealthTarget {
+        .filter_map(|(hc, backends)| hc.map(|hc| (hc, backends)))
+        .flat_map(|(hc, backends)| {
+            backends.iter().map(|b| HealthTarget {
                 id: b.id.clone(),
                 addr: b.addr,
                 check: hc.clone(),
