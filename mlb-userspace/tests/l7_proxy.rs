@@ -621,3 +621,56 @@ async fn failing_health_check_takes_a_backend_out_of_rotation() {
         );
     }
 }
+
+#[tokio::test]
+async fn silent_backends_get_504_and_stalled_bodies_are_cut() {
+    let a = TestBackend::start("a").await;
+    let proxy = start_proxy(vec![], |c| c.timeouts.server = Duration::from_millis(500));
+    let mut s = service("/t", &[&a]);
+    s.vhosts = vec!["t.example.com".into()];
+    apply(&proxy, vec![s]);
+    let c = http_client();
+    let http = addr(&proxy, "http");
+    let got = get(&c, http, "t.example.com", "/slow?ms=3000", &[]).await;
+    assert_eq!(got.status, 504);
+    let req = http::Request::get(format!("http://{http}/stall"))
+        .header("host", "t.example.com")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = tokio::time::timeout(
+        Duration::from_secs(10),
+        http_body_util::BodyExt::collect(resp.into_body()),
+    )
+    .await
+    .expect("the proxy ends a stalled body by itself");
+    assert!(body.is_err(), "a cut body is an error, not a short success");
+    assert_eq!(get(&c, http, "t.example.com", "/", &[]).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_port_that_cannot_be_bound_is_reported_and_the_rest_applies() {
+    let a = TestBackend::start("a").await;
+    let proxy = start_proxy(vec![], |_| {});
+    let http = addr(&proxy, "http");
+    let mut clash = service("/clash", &[&a]);
+    clash.service_port = http.port();
+    let mut fine = service("/fine", &[&a]);
+    fine.vhosts = vec!["fine.example.com".into()];
+    let fine_port = fine.service_port;
+    let errors = proxy.apply(&services(vec![clash, fine]));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let msg = errors[0].to_string();
+    assert!(
+        msg.contains("/clash") && msg.contains(&http.port().to_string()),
+        "{msg}"
+    );
+    let c = http_client();
+    assert_eq!(
+        get(&c, http, "fine.example.com", "/", &[]).await.status,
+        200
+    );
+    let port = format!("127.0.0.1:{fine_port}").parse().unwrap();
+    assert_eq!(get(&c, port, "x", "/", &[]).await.status, 200);
+}

@@ -31,18 +31,19 @@ pub(crate) fn full(data: impl Into<Bytes>) -> ProxyBody {
 /// still holds the untouched body and [`RetryBody::retry`] makes a new request body from it; once
 /// any byte has been sent, no retry is possible (the slot is empty).
 pub(crate) struct RetryBody {
-    slot: Arc<Mutex<Option<Incoming>>>,
-    taken: Option<Incoming>,
+    slot: Arc<Mutex<Option<IdleTimeout<Incoming>>>>,
+    taken: Option<IdleTimeout<Incoming>>,
     hint: SizeHint,
     end: bool,
 }
 
 impl RetryBody {
-    pub(crate) fn new(body: Incoming) -> RetryBody {
+    /// Wraps a client's request body, failing it when the client sends nothing for `idle`.
+    pub(crate) fn new(body: Incoming, idle: std::time::Duration) -> RetryBody {
         RetryBody {
             hint: body.size_hint(),
             end: body.is_end_stream(),
-            slot: Arc::new(Mutex::new(Some(body))),
+            slot: Arc::new(Mutex::new(Some(IdleTimeout::new(body, idle)))),
             taken: None,
         }
     }
@@ -65,12 +66,12 @@ impl RetryBody {
 
 impl Body for RetryBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.taken.is_none() {
             let body = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
             match body {
@@ -128,6 +129,70 @@ impl Body for GuardedBody {
             self.guard = None;
         }
         polled.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Fails a body that makes its reader wait longer than `idle` for the next frame (HAProxy's
+/// `timeout server` / `timeout client` during a body). Only time spent waiting on this body
+/// counts: a reader that is slow to ask for more does not trip it.
+pub(crate) struct IdleTimeout<B> {
+    inner: B,
+    idle: std::time::Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    waiting: bool,
+}
+
+impl<B> IdleTimeout<B> {
+    pub(crate) fn new(inner: B, idle: std::time::Duration) -> Self {
+        IdleTimeout {
+            inner,
+            idle,
+            sleep: Box::pin(tokio::time::sleep(idle)),
+            waiting: false,
+        }
+    }
+}
+
+impl<B> Body for IdleTimeout<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if !this.waiting {
+            this.waiting = true;
+            let deadline = tokio::time::Instant::now() + this.idle;
+            this.sleep.as_mut().reset(deadline);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.waiting = false;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    Poll::Ready(Some(
+                        Err(format!("no body data for {:?}", this.idle).into()),
+                    ))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 
     fn is_end_stream(&self) -> bool {

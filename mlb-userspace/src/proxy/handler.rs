@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 use super::{
     Shared,
     balance::{BackendSlot, STICKY_COOKIE},
-    body::{GuardedBody, ProxyBody, RetryBody, full},
+    body::{GuardedBody, IdleTimeout, ProxyBody, RetryBody, full},
     listeners::{ConnInfo, Frontend},
     router::{Service, normalize_host},
     tunnel,
@@ -57,6 +57,10 @@ async fn route(
             if info.frontend == Frontend::Http && svc.spec.redirect_to_https {
                 return redirect_to_https(shared, host, &req);
             }
+            if svc.spec.tls_passthrough {
+                // Its backends speak TLS; only the redirect above applies to plain requests.
+                return no_route();
+            }
             if let Some(auth) = &svc.auth {
                 let given = req
                     .headers()
@@ -77,7 +81,10 @@ async fn route(
                 .headers()
                 .get("x-marathon-app-id")
                 .and_then(|v| v.to_str().ok());
-            let Some(svc) = app.and_then(|a| table.lookup_app_id(a)) else {
+            let Some(svc) = app
+                .and_then(|a| table.lookup_app_id(a))
+                .filter(|svc| !svc.spec.tls_passthrough)
+            else {
                 return no_route();
             };
             svc.clone()
@@ -257,6 +264,8 @@ async fn backend_rules(
         }
     }
     let h2 = wants_h2(&headers, version);
+    // `Expect: 100-continue` was answered to the client by this hop when its body was read.
+    headers.remove(header::EXPECT);
     strip_hop_by_hop(&mut headers, upgrade.is_some());
     add_forwarded(&mut headers, info.peer, info.tls, info.local.port());
 
@@ -277,9 +286,12 @@ async fn backend_rules(
     };
     let answer = shared
         .upstream
-        .send(&out, RetryBody::new(body), first, |tried| {
-            svc.selector.pick(client_ip, &is_unhealthy, tried).cloned()
-        })
+        .send(
+            &out,
+            RetryBody::new(body, shared.config.timeouts.client),
+            first,
+            |tried| svc.selector.pick(client_ip, &is_unhealthy, tried).cloned(),
+        )
         .await;
     let answer = match answer {
         Ok(a) => a,
@@ -329,7 +341,11 @@ async fn backend_rules(
     if svc.spec.sticky && !sticky_choice.is_some_and(|b| Arc::ptr_eq(&b, &backend)) {
         set_sticky_cookie(&mut parts.headers, &backend);
     }
-    Response::from_parts(parts, GuardedBody::new(body, answer.guard).boxed())
+    let body = IdleTimeout::new(
+        GuardedBody::new(body, answer.guard),
+        shared.config.timeouts.server,
+    );
+    Response::from_parts(parts, body.boxed())
 }
 
 fn is_upgrade(req: &Request<Incoming>) -> bool {

@@ -99,23 +99,23 @@ impl ListenerSet {
         addrs
     }
 
-    /// Opens listeners for new addresses in `wanted`, closes those no longer wanted. Open
-    /// connections of a closed listener keep running.
+    /// Opens listeners for new addresses in `wanted` (address, app id), closes those no longer
+    /// wanted. Open connections of a closed listener keep running.
     pub(crate) fn set_service_ports(
         &mut self,
         shared: &Arc<Shared>,
-        wanted: &[SocketAddr],
+        wanted: &[(SocketAddr, String)],
     ) -> Vec<ProxyError> {
         let mut errors = Vec::new();
         self.services.retain(|addr, task| {
-            let keep = wanted.contains(addr);
+            let keep = wanted.iter().any(|(a, _)| a == addr);
             if !keep {
                 info!(%addr, "service port removed; listener closed");
                 task.abort();
             }
             keep
         });
-        for addr in wanted {
+        for (addr, app_id) in wanted {
             if self.services.contains_key(addr) {
                 continue;
             }
@@ -127,7 +127,7 @@ impl ListenerSet {
                     self.services.insert(*addr, task);
                 }
                 Err(source) => errors.push(ProxyError::Bind {
-                    frontend: frontend.to_string(),
+                    frontend: format!("app {app_id} {frontend}"),
                     addr: *addr,
                     source,
                 }),
@@ -195,6 +195,14 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, frontend: Front
 }
 
 async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, mut info: ConnInfo) {
+    if let Frontend::ServicePort(port) = info.frontend {
+        let table = shared.table.load_full();
+        if let Some(svc) = table.lookup_port(port).filter(|s| s.spec.tls_passthrough) {
+            // A passthrough service's own port forwards TLS untouched too.
+            passthrough(&shared, svc, stream, Vec::new(), &info, "(service port)").await;
+            return;
+        }
+    }
     let tls_config = match info.frontend {
         Frontend::Https => Some(shared.certs.vhost_config()),
         Frontend::ServicePort(port) => shared.certs.port_config(port),

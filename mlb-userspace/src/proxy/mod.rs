@@ -239,15 +239,15 @@ impl HttpProxy {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .set_targets(health::targets_of_http(services.values()));
-        let wanted: Vec<SocketAddr> = table
+        let wanted: Vec<(SocketAddr, String)> = table
             .port_services()
             .map(|svc| {
-                SocketAddr::new(
-                    svc.spec
-                        .bind_addr
-                        .unwrap_or(self.shared.config.service_bind_ip),
-                    svc.spec.service_port,
-                )
+                let ip = svc
+                    .spec
+                    .bind_addr
+                    .unwrap_or(self.shared.config.service_bind_ip);
+                let addr = SocketAddr::new(ip, svc.spec.service_port);
+                (addr, svc.spec.key.app_id.clone())
             })
             .collect();
         self.shared.table.store(Arc::new(table));

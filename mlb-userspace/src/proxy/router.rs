@@ -127,13 +127,18 @@ impl RouteTable {
         let mut by_weight = built.clone();
         by_weight.sort_by_key(|s| std::cmp::Reverse(s.spec.weight));
         for svc in &by_weight {
+            // A passthrough service's backends speak TLS: plain HTTP is never forwarded to them,
+            // but `:80` may still redirect to `:443` for them.
+            let plain_http = !svc.spec.tls_passthrough || svc.spec.redirect_to_https;
             for host in &svc.spec.vhosts {
                 let host = normalize_host(host);
-                table
-                    .by_host
-                    .entry(host.clone())
-                    .or_default()
-                    .push(svc.clone());
+                if plain_http {
+                    table
+                        .by_host
+                        .entry(host.clone())
+                        .or_default()
+                        .push(svc.clone());
+                }
                 if svc.spec.tls_passthrough {
                     table.passthrough.entry(host).or_insert_with(|| svc.clone());
                 }
@@ -327,6 +332,10 @@ mod tests {
         assert!(t.has_passthrough());
         assert!(t.lookup_passthrough("SECURE.example.com").is_some());
         assert!(t.lookup_passthrough("web.example.com").is_none());
+        assert!(
+            t.lookup_vhost("secure.example.com", "/").is_none(),
+            "plain HTTP never goes to TLS backends"
+        );
     }
 
     #[test]

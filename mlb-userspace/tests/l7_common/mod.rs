@@ -189,6 +189,17 @@ async fn backend_answer(
             );
             StreamBody::new(stream).boxed()
         }
+        "/stall" => {
+            // One chunk, then nothing, ever.
+            let first = futures_util::stream::iter([Ok::<_, Infallible>(Frame::data(
+                Bytes::from_static(b"partial"),
+            ))]);
+            StreamBody::new(futures_util::StreamExt::chain(
+                first,
+                futures_util::stream::pending(),
+            ))
+            .boxed()
+        }
         "/grpc" => {
             let mut trailers = HeaderMap::new();
             trailers.insert("grpc-status", "0".parse().unwrap());
