@@ -410,11 +410,17 @@ async fn balance_roundrobin_leastconn_and_source() {
 
     // leastconn: two slow requests occupy two backends; the next goes to the idle one.
     let slow =
-        |c: HttpClient| async move { get(&c, http, "lc.example.com", "/slow?ms=1500", &[]).await };
+        |c: HttpClient| async move { get(&c, http, "lc.example.com", "/slow?ms=3000", &[]).await };
+    let in_flight = || {
+        backends
+            .iter()
+            .map(|b| proxy.backend_in_flight(&b.backend().id).unwrap_or(0))
+            .sum::<usize>()
+    };
     let s1 = tokio::spawn(slow(c.clone()));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until("first slow request in flight", || in_flight() == 1).await;
     let s2 = tokio::spawn(slow(c.clone()));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until("second slow request in flight", || in_flight() == 2).await;
     let quick = get(&c, http, "lc.example.com", "/", &[]).await;
     let (r1, r2) = (s1.await.unwrap(), s2.await.unwrap());
     let busy: HashSet<&str> = [r1.backend().unwrap(), r2.backend().unwrap()].into();
@@ -487,9 +493,11 @@ async fn removed_backend_finishes_its_in_flight_request() {
         let c = c.clone();
         async move { get(&c, http, "d.example.com", "/slow?ms=1500", &[]).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let old_id = old.backend().id;
-    assert_eq!(proxy.backend_in_flight(&old_id), Some(1));
+    wait_until("slow request in flight", || {
+        proxy.backend_in_flight(&old_id) == Some(1)
+    })
+    .await;
     s.backends = vec![new.backend()];
     apply(&proxy, vec![s]);
     assert_eq!(

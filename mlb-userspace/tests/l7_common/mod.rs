@@ -485,3 +485,15 @@ pub fn request(host: &str, path: &str, absolute: bool) -> Request<Full<Bytes>> {
     };
     builder.body(Full::new(Bytes::new())).unwrap()
 }
+
+/// Waits (at most 10 s) until `cond` holds; fails the test with `what` otherwise.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
