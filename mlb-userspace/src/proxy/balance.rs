@@ -73,7 +73,9 @@ impl StatsRegistry {
 /// A backend as the routing table holds it.
 #[derive(Debug)]
 pub struct BackendSlot {
+    /// The backend as the model gave it.
     pub backend: Backend,
+    /// Its counters (shared with every table that has held it).
     pub stats: Arc<BackendStats>,
     /// Value of the sticky cookie that selects this backend.
     pub cookie: String,
@@ -95,7 +97,9 @@ pub fn sticky_cookie_value(id: &BackendId) -> String {
 /// Picks backends for one service.
 #[derive(Debug)]
 pub struct Selector {
+    /// `HAPROXY_{n}_BALANCE`.
     pub balance: Balance,
+    /// The service's backends, in the model's order (sorted by id).
     pub backends: Vec<Arc<BackendSlot>>,
     next: AtomicUsize,
 }

@@ -26,9 +26,13 @@ pub type UnhealthySet = HashSet<BackendId>;
 /// One backend to check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthTarget {
+    /// The backend; its state is published under this id.
     pub id: BackendId,
-    /// Address probed (the backend's own address).
+    /// Address probed: the backend's own address (`HealthCheck::port_index` is resolved by
+    /// whoever builds the target; [`targets_of_http`] and [`targets_of_l4`] use the backend's
+    /// address as it is).
     pub addr: SocketAddr,
+    /// What to check and how often.
     pub check: HealthCheck,
 }
 

@@ -296,7 +296,12 @@ where
         .header_read_timeout(shared.config.timeouts.client)
         .max_buf_size(shared.config.max_header_bytes.max(8192))
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    // HTTP/2 has no header-read timeout; pings find clients that went away instead.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(shared.config.timeouts.client))
+        .keep_alive_timeout(std::time::Duration::from_secs(20));
     let service = service_fn(move |req| handler::handle(shared.clone(), info.clone(), req));
     if let Err(e) = builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)

@@ -134,18 +134,29 @@ pub enum ProxyError {
     /// A listener could not be opened.
     #[error("{frontend} listener on {addr}: {source}")]
     Bind {
+        /// The frontend (and app, for a service port).
         frontend: String,
+        /// The address that could not be bound.
         addr: SocketAddr,
+        /// Why.
         source: io::Error,
     },
     /// A certificate file could not be used (the previous version of it, if any, stays in use).
     #[error("certificate {path}: {reason}")]
-    Cert { path: PathBuf, reason: String },
+    Cert {
+        /// The file.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
     /// An app's `HAPROXY_{n}_AUTH` is not `realm:user:hash` with a supported hash.
     #[error("app {app_id} port index {port_index}: HAPROXY_{port_index}_AUTH: {reason}")]
     Auth {
+        /// The app.
         app_id: String,
+        /// Its service-port index.
         port_index: usize,
+        /// What is wrong with the label.
         reason: String,
     },
 }
