@@ -2,6 +2,7 @@
 //!
 //! Every command that builds mlb runs `setup` first, so a fresh machine needs nothing but rustup's
 //! stable and nightly toolchains (and root for the packages and the namespace tests).
+mod bench_http;
 mod setup;
 
 use std::process::Command;
@@ -28,12 +29,25 @@ enum Cmd {
     },
     /// `cargo fmt --check` and `cargo clippy -D warnings` on the host crates and the eBPF crate.
     Lint,
+    /// Benchmarks (root: network namespaces); see `bench_http.rs` for the method.
+    Bench {
+        /// What to measure.
+        #[arg(value_enum)]
+        what: BenchWhat,
+    },
     /// Run the demo: mlb routing sample apps (see README).
     Demo {
         /// Arguments passed to the demo.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+/// Which benchmark `cargo xtask bench` runs.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchWhat {
+    /// The L7 proxy against HAProxy `mode http` and against direct routing.
+    Http,
 }
 
 fn main() -> Result<()> {
@@ -89,6 +103,22 @@ fn main() -> Result<()> {
                 bail!("clippy on mlb-ebpf failed");
             }
             Ok(())
+        }
+        Cmd::Bench {
+            what: BenchWhat::Http,
+        } => {
+            setup::run(setup::BENCH_PACKAGES)?;
+            cargo(&[
+                "build",
+                "--release",
+                "--package",
+                "mlb-userspace",
+                "--example",
+                "l7_bench_proxy",
+            ])?;
+            bench_http::run(std::path::Path::new(
+                "target/release/examples/l7_bench_proxy",
+            ))
         }
         Cmd::Demo { args } => {
             setup::run(setup::TEST_PACKAGES)?;
