@@ -40,7 +40,9 @@ pub fn run(proxy_bin: &Path) -> Result<()> {
         nginx(&work, "mlbb-be1", BACKENDS[0])?,
         nginx(&work, "mlbb-be2", BACKENDS[1])?,
     ];
-    wait_http(&format!("{}:80", BACKENDS[0]))?;
+    for backend in BACKENDS {
+        wait_http("mlbb-lb", &format!("{backend}:80"))?;
+    }
     let haproxy_cfg = write_haproxy_config(&work)?;
 
     let cases = [Case::Direct, Case::Haproxy, Case::Mlb];
@@ -145,7 +147,7 @@ fn measure(case: Case, proxy_bin: &Path, haproxy_cfg: &Path) -> Result<Sample> {
         }
     };
     let lb = lb.map(ChildGuard);
-    wait_http(&target)?;
+    wait_http("mlbb-cli", &target)?;
     let cpu_before = lb.as_ref().map(|c| cpu_ticks(c.0.id())).transpose()?;
     let keep_alive = wrk(&target, false)?;
     let cpu_after = lb.as_ref().map(|c| cpu_ticks(c.0.id())).transpose()?;
@@ -214,19 +216,11 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
     Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
 }
 
-/// Waits until `addr` answers HTTP with 2xx for the bench vhost (from cli).
-fn wait_http(addr: &str) -> Result<()> {
+/// Waits until `addr` answers HTTP with 2xx for the bench vhost, asking from namespace `ns`.
+fn wait_http(ns: &str, addr: &str) -> Result<()> {
     for _ in 0..100 {
         let ok = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                "mlbb-cli",
-                "curl",
-                "-sf",
-                "-o",
-                "/dev/null",
-            ])
+            .args(["netns", "exec", ns, "curl", "-sf", "-o", "/dev/null"])
             .args(["--max-time", "1", "-H", &format!("Host: {VHOST}")])
             .arg(format!("http://{addr}/"))
             .status()?
@@ -301,7 +295,7 @@ fn write_haproxy_config(work: &Path) -> Result<PathBuf> {
     fs::write(
         &path,
         format!(
-            "global\n  nbthread 1\n  maxconn 20000\n\
+            "global\n  nbthread 1\n  maxconn 4096\n\
              defaults\n  mode http\n  timeout connect 3s\n  timeout client 30s\n  timeout server 30s\n\
              frontend marathon_http_in\n  bind {VIP}:80\n  acl host_app hdr(host) -i {VHOST}\n  use_backend app_10000 if host_app\n\
              backend app_10000\n  balance roundrobin\n{servers}"
@@ -329,12 +323,12 @@ impl Topology {
              ip -n mlbb-cli addr add 198.18.1.1/24 dev cli-lb
              ip -n mlbb-lb addr add {VIP}/24 dev lb-cli
              ip -n mlbb-lb addr add 198.18.2.1/24 dev lb-sw
-             ip -n mlbb-cli route add 198.18.2.0/24 via {VIP}
              ip -n mlbb-cli link set cli-lb up
              ip -n mlbb-lb link set lb-cli up
              ip -n mlbb-lb link set lb-sw up
              ip -n mlbb-sw link set sw-lb up
              ip -n mlbb-sw link set br0 up
+             ip -n mlbb-cli route add 198.18.2.0/24 via {VIP}
              ip netns exec mlbb-lb sh -c 'echo 2 > /sys/class/net/lb-cli/queues/rx-0/rps_cpus; echo 2 > /sys/class/net/lb-sw/queues/rx-0/rps_cpus'"
         );
         for line in script.lines() {
