@@ -328,3 +328,47 @@ impl Drop for HttpProxy {
         self.cert_watcher.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::options::{Cli, Command};
+
+    fn config_for(args: &[&str]) -> ProxyConfig {
+        let cli = Cli::try_parse_from(["mlb", "run"].iter().chain(args)).unwrap();
+        let Command::Run(opts) = cli.command else {
+            panic!("not run")
+        };
+        ProxyConfig::from_run_options(&opts)
+    }
+
+    #[test]
+    fn flags_choose_the_frontend_ports() {
+        let c = config_for(&[]);
+        assert_eq!(c.http_addr.unwrap().port(), 80);
+        assert_eq!(c.https_addr.unwrap().port(), 443);
+        assert_eq!(c.appid_addr.unwrap().port(), 9091);
+        let c = config_for(&[
+            "--http-port",
+            "8080",
+            "--https-port",
+            "8443",
+            "--appid-port",
+            "9999",
+        ]);
+        assert_eq!(c.http_addr.unwrap().port(), 8080);
+        assert_eq!(c.https_addr.unwrap().port(), 8443);
+        assert_eq!(c.appid_addr.unwrap().port(), 9999);
+        let c = config_for(&["--dont-bind-http-https", "--ssl-certs", "/a.pem,/certs"]);
+        assert!(c.http_addr.is_none() && c.https_addr.is_none());
+        assert!(c.appid_addr.is_some(), "the app-id frontend stays");
+        assert_eq!(
+            c.ssl_certs,
+            [PathBuf::from("/a.pem"), PathBuf::from("/certs")]
+        );
+        assert_eq!(c.timeouts.connect, Duration::from_secs(3));
+        assert_eq!(c.timeouts.tunnel, Duration::from_secs(3600));
+    }
+}
