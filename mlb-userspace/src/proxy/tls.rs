@@ -115,6 +115,9 @@ pub struct CertManager {
     service_paths: Mutex<HashMap<u16, Vec<PathBuf>>>,
     /// Last good version of each file (kept when a new version fails to load).
     files: Mutex<HashMap<PathBuf, LoadedCert>>,
+    /// How each file looked at the last load attempt, good or not: the watcher reloads only
+    /// when this changes, so a broken file is reported once, not at every poll.
+    seen: Mutex<HashMap<PathBuf, Option<FileStamp>>>,
     snapshots: Arc<ArcSwap<Snapshots>>,
     self_signed: LoadedCert,
     vhost_config: Arc<ServerConfig>,
@@ -134,6 +137,7 @@ impl CertManager {
             global_paths: global_paths.to_vec(),
             service_paths: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
             snapshots,
             self_signed: self_signed(),
             vhost_config,
@@ -208,17 +212,19 @@ impl CertManager {
 
     /// Whether any certificate file changed since it was loaded.
     fn changed_on_disk(&self) -> bool {
-        let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         self.all_files()
             .iter()
-            .any(|path| files.get(path).map(|c| &c.stamp) != stamp(path).as_ref())
+            .any(|path| seen.get(path) != Some(&stamp(path)))
     }
 
     fn rebuild(&self, reread: bool) -> Vec<ProxyError> {
         let mut errors = Vec::new();
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let mut load = |path: &Path, errors: &mut Vec<ProxyError>| -> Option<LoadedCert> {
             let current = stamp(path);
+            seen.insert(path.to_owned(), current.clone());
             if let Some(cached) = files.get(path)
                 && (!reread || Some(&cached.stamp) == current.as_ref())
             {
@@ -473,5 +479,24 @@ mod tests {
         let mixed = format!("{}{}", c.cert.pem(), other.serialize_pem());
         let err = parse_pem(mixed.as_bytes()).unwrap_err();
         assert!(err.contains("does not belong"), "{err}");
+    }
+
+    #[test]
+    fn a_broken_file_is_reported_once_and_reloaded_when_fixed() {
+        let dir = std::env::temp_dir().join(format!("mlb-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("site.pem");
+        std::fs::write(&path, b"not a certificate").unwrap();
+        let manager = CertManager::new(std::slice::from_ref(&path));
+        assert_eq!(manager.reload().len(), 1);
+        assert!(
+            !manager.changed_on_disk(),
+            "nothing new to try until the file changes"
+        );
+        std::fs::write(&path, pem_for(&["site.test"])).unwrap();
+        assert!(manager.changed_on_disk());
+        assert!(manager.reload().is_empty());
+        assert!(!manager.changed_on_disk());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
