@@ -11,4 +11,5 @@ pub mod logging;
 pub mod marathon;
 pub mod model;
 pub mod options;
+pub mod proxy;
 pub mod static_config;

@@ -88,6 +88,19 @@ pub struct RunOptions {
     /// XDP attach mode.
     #[arg(long, env = "MLB_XDP_MODE", value_enum, default_value_t = XdpAttachMode::Native)]
     pub xdp_mode: XdpAttachMode,
+    /// Port of the HTTP vhost frontend (marathon-lb's `:80`).
+    #[arg(long, env = "MLB_HTTP_PORT", default_value_t = 80)]
+    pub http_port: u16,
+    /// Port of the HTTPS vhost frontend (marathon-lb's `:443`).
+    #[arg(long, env = "MLB_HTTPS_PORT", default_value_t = 443)]
+    pub https_port: u16,
+    /// Port of the frontend that routes on the `X-Marathon-App-Id` header (marathon-lb's `:9091`).
+    #[arg(long, env = "MLB_APPID_PORT", default_value_t = 9091)]
+    pub appid_port: u16,
+    /// Do not bind the HTTP and HTTPS vhost frontends (service ports and the app-id frontend
+    /// are still served).
+    #[arg(long, env = "MLB_DONT_BIND_HTTP_HTTPS")]
+    pub dont_bind_http_https: bool,
     /// Admin listener: health check, explain JSON, stats.
     #[arg(long, env = "MLB_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     pub admin_addr: SocketAddr,

@@ -3,6 +3,7 @@
 //! Every command that builds mlb runs `setup` first, so a fresh machine needs nothing but rustup's
 //! stable and nightly toolchains (and root for the packages and the namespace tests).
 mod bench;
+mod bench_http;
 mod setup;
 
 use std::process::Command;
@@ -40,6 +41,7 @@ enum Cmd {
     },
 }
 
+/// Which benchmark `cargo xtask bench` runs.
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::run(setup::TEST_PACKAGES),

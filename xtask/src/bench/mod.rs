@@ -11,6 +11,8 @@ use clap::{Args, Subcommand, ValueEnum};
 pub enum BenchCmd {
     /// Plain TCP: direct routing vs mlb XDP vs mlb userspace vs HAProxy mode tcp.
     Tcp(TcpArgs),
+    /// HTTP: the mlb L7 proxy vs HAProxy `mode http` (Host ACL) vs direct routing.
+    Http,
 }
 
 /// Flags of `cargo xtask bench tcp`.
@@ -59,6 +61,20 @@ impl Case {
 pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Tcp(args) => tcp::run(&args),
+        BenchCmd::Http => {
+            crate::setup::run(crate::setup::BENCH_PACKAGES)?;
+            crate::cargo(&[
+                "build",
+                "--release",
+                "--package",
+                "mlb-userspace",
+                "--example",
+                "l7_bench_proxy",
+            ])?;
+            crate::bench_http::run(std::path::Path::new(
+                "target/release/examples/l7_bench_proxy",
+            ))
+        }
     }
 }
 

@@ -1,0 +1,82 @@
+//! The HTTP proxy alone, for `cargo xtask bench http`: one vhost service on one listener,
+//! until SIGTERM or Ctrl-C. Not a way to run mlb (that is `mlb run`).
+//!
+//! `l7_bench_proxy <listen addr> <vhost> <threads> <backend addr>...`
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use anyhow::{Context as _, Result, bail};
+use mlb::{
+    model::{Backend, BackendId, BackendState, Balance, HttpService, HttpServiceKey},
+    proxy::{HttpProxy, ProxyConfig},
+};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() < 4 {
+        bail!("usage: l7_bench_proxy <listen addr> <vhost> <threads> <backend addr>...");
+    }
+    let listen: SocketAddr = args[0].parse().context("listen address")?;
+    let vhost = args[1].to_ascii_lowercase();
+    let threads: usize = args[2].parse().context("threads")?;
+    let backends = args[3..]
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            Ok(Backend {
+                id: BackendId(format!("bench.{i}:0")),
+                addr: a.parse().context("backend address")?,
+                weight: 1,
+                state: BackendState::Active,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let config = ProxyConfig {
+            http_addr: Some(listen),
+            https_addr: None,
+            appid_addr: None,
+            service_bind_ip: listen.ip(),
+            ..ProxyConfig::default()
+        };
+        let proxy = HttpProxy::start(config, tokio::runtime::Handle::current())?;
+        let key = HttpServiceKey {
+            app_id: "/bench".into(),
+            port_index: 0,
+        };
+        let service = HttpService {
+            key: key.clone(),
+            service_port: 10000,
+            vhosts: vec![vhost],
+            paths: vec![],
+            backends,
+            balance: Balance::RoundRobin,
+            sticky: false,
+            redirect_to_https: false,
+            use_hsts: false,
+            ssl_certs: vec![],
+            bind_addr: None,
+            auth: None,
+            allowed_networks: vec![],
+            proxypass_path: None,
+            revproxy_path: None,
+            redirect_root_to: None,
+            weight: 0,
+            health_check: None,
+            tls_passthrough: false,
+        };
+        let errors = proxy.apply(&BTreeMap::from([(key, service)]));
+        if !errors.is_empty() {
+            bail!("applying the bench service: {errors:?}");
+        }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,353 @@
+//! Backend selection: `HAPROXY_{n}_BALANCE` (roundrobin, leastconn, source), sticky cookies,
+//! and the per-backend counters that outlive routing-table swaps.
+use std::{
+    collections::{HashMap, HashSet},
+    hash::{Hash, Hasher},
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use crate::model::{Backend, BackendId, BackendState, Balance};
+
+/// Counters of one backend, keyed by [`BackendId`] so they survive every table swap: a request
+/// that started before the backend was removed still counts here until it ends.
+#[derive(Debug, Default)]
+pub struct BackendStats {
+    in_flight: AtomicUsize,
+}
+
+impl BackendStats {
+    /// Requests and tunnels now open to this backend.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// Holds a backend's in-flight count up while a request (and its response body, or tunnel) is
+/// alive.
+#[derive(Debug)]
+pub struct InFlightGuard(Arc<BackendStats>);
+
+impl InFlightGuard {
+    /// Counts one more request on `stats` until dropped.
+    pub fn new(stats: Arc<BackendStats>) -> Self {
+        stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard(stats)
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Every backend's counters. Entries of backends that left the table are kept while they still
+/// have requests in flight (draining), then forgotten at the next table build.
+#[derive(Debug, Default)]
+pub struct StatsRegistry {
+    stats: HashMap<BackendId, Arc<BackendStats>>,
+}
+
+impl StatsRegistry {
+    /// The counters of `id`, created on first use.
+    pub fn get(&mut self, id: &BackendId) -> Arc<BackendStats> {
+        self.stats.entry(id.clone()).or_default().clone()
+    }
+
+    /// Forgets backends not in `keep` that have nothing in flight any more.
+    pub fn prune(&mut self, keep: &HashSet<BackendId>) {
+        self.stats
+            .retain(|id, stats| keep.contains(id) || stats.in_flight() > 0);
+    }
+
+    /// In-flight count of `id`, if it is known.
+    pub fn in_flight(&self, id: &BackendId) -> Option<usize> {
+        self.stats.get(id).map(|s| s.in_flight())
+    }
+}
+
+/// A backend as the routing table holds it.
+#[derive(Debug)]
+pub struct BackendSlot {
+    /// The backend as the model gave it.
+    pub backend: Backend,
+    /// Its counters (shared with every table that has held it).
+    pub stats: Arc<BackendStats>,
+    /// Value of the sticky cookie that selects this backend.
+    pub cookie: String,
+}
+
+/// Name of the sticky-session cookie (marathon-lb's `cookie mesosphere_server_id insert`).
+pub const STICKY_COOKIE: &str = "mesosphere_server_id";
+
+/// Cookie value for a backend: 10 hex digits of a digest of its id (marathon-lb used 10 hex
+/// digits of the server name's SHA-1), stable across restarts and across mlb instances.
+pub fn sticky_cookie_value(id: &BackendId) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, id.0.as_bytes());
+    digest.as_ref()[..5]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Picks backends for one service.
+#[derive(Debug)]
+pub struct Selector {
+    /// `HAPROXY_{n}_BALANCE`.
+    pub balance: Balance,
+    /// The service's backends, in the model's order (sorted by id).
+    pub backends: Vec<Arc<BackendSlot>>,
+    next: AtomicUsize,
+}
+
+impl Selector {
+    /// A selector over `backends` (in the table's deterministic order).
+    pub fn new(balance: Balance, backends: Vec<Arc<BackendSlot>>) -> Self {
+        Selector {
+            balance,
+            backends,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The backend whose sticky cookie is `cookie`, if it may still take requests (active or
+    /// draining, as HAProxy honours persistence on a draining server, and not failing its health
+    /// check).
+    pub fn by_cookie(
+        &self,
+        cookie: &str,
+        unhealthy: &dyn Fn(&BackendId) -> bool,
+    ) -> Option<&Arc<BackendSlot>> {
+        self.backends
+            .iter()
+            .find(|b| b.cookie == cookie && !unhealthy(&b.backend.id))
+    }
+
+    /// Picks a backend for a new request from `client`, skipping draining and unhealthy backends
+    /// and those in `exclude` (already tried). `None`: no backend can take it (503).
+    pub fn pick(
+        &self,
+        client: IpAddr,
+        unhealthy: &dyn Fn(&BackendId) -> bool,
+        exclude: &[BackendId],
+    ) -> Option<&Arc<BackendSlot>> {
+        let eligible: Vec<&Arc<BackendSlot>> = self
+            .backends
+            .iter()
+            .filter(|b| {
+                b.backend.state == BackendState::Active
+                    && !unhealthy(&b.backend.id)
+                    && !exclude.contains(&b.backend.id)
+            })
+            .collect();
+        if eligible.is_empty() {
+            return None;
+        }
+        let total_weight: usize = eligible.iter().map(|b| weight(b)).sum();
+        match self.balance {
+            Balance::RoundRobin => {
+                let n = self.next.fetch_add(1, Ordering::Relaxed) % total_weight;
+                Some(by_weight(&eligible, n))
+            }
+            Balance::LeastConn => {
+                // Fewest in flight relative to weight; ties rotate so equal backends share load.
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..eligible.len())
+                    .map(|i| eligible[(start + i) % eligible.len()])
+                    .min_by_key(|b| (b.stats.in_flight() * 1000) / weight(b))
+            }
+            Balance::Source => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                client.hash(&mut h);
+                Some(by_weight(&eligible, (h.finish() as usize) % total_weight))
+            }
+        }
+    }
+}
+
+fn weight(b: &BackendSlot) -> usize {
+    b.backend.weight.max(1) as usize
+}
+
+/// The backend owning position `n` when each backend owns `weight` consecutive positions.
+fn by_weight<'a>(eligible: &[&'a Arc<BackendSlot>], mut n: usize) -> &'a Arc<BackendSlot> {
+    for b in eligible {
+        let w = weight(b);
+        if n < w {
+            return b;
+        }
+        n -= w;
+    }
+    eligible[eligible.len() - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(id: &str, weight: u32, state: BackendState) -> Arc<BackendSlot> {
+        let id = BackendId(id.to_owned());
+        Arc::new(BackendSlot {
+            cookie: sticky_cookie_value(&id),
+            backend: Backend {
+                id,
+                addr: "127.0.0.1:1".parse().unwrap(),
+                weight,
+                state,
+            },
+            stats: Arc::default(),
+        })
+    }
+
+    const NONE_UNHEALTHY: &dyn Fn(&BackendId) -> bool = &|_| false;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn roundrobin_rotates_over_active_backends_only() {
+        let sel = Selector::new(
+            Balance::RoundRobin,
+            vec![
+                slot("a", 1, BackendState::Active),
+                slot("d", 1, BackendState::Draining),
+                slot("b", 1, BackendState::Active),
+            ],
+        );
+        let picks: Vec<String> = (0..4)
+            .map(|_| {
+                sel.pick(ip("1.2.3.4"), NONE_UNHEALTHY, &[])
+                    .unwrap()
+                    .backend
+                    .id
+                    .0
+                    .clone()
+            })
+            .collect();
+        assert_eq!(picks, ["a", "b", "a", "b"]);
+    }
+
+    #[test]
+    fn roundrobin_honours_weights_and_health() {
+        let sel = Selector::new(
+            Balance::RoundRobin,
+            vec![
+                slot("a", 2, BackendState::Active),
+                slot("b", 1, BackendState::Active),
+            ],
+        );
+        let picks: Vec<String> = (0..3)
+            .map(|_| {
+                sel.pick(ip("1.2.3.4"), NONE_UNHEALTHY, &[])
+                    .unwrap()
+                    .backend
+                    .id
+                    .0
+                    .clone()
+            })
+            .collect();
+        assert_eq!(picks, ["a", "a", "b"]);
+        let a_down = |id: &BackendId| id.0 == "a";
+        assert_eq!(
+            sel.pick(ip("1.2.3.4"), &a_down, &[]).unwrap().backend.id.0,
+            "b"
+        );
+        let all_down = |_: &BackendId| true;
+        assert!(sel.pick(ip("1.2.3.4"), &all_down, &[]).is_none());
+    }
+
+    #[test]
+    fn leastconn_prefers_the_idle_backend() {
+        let a = slot("a", 1, BackendState::Active);
+        let b = slot("b", 1, BackendState::Active);
+        let sel = Selector::new(Balance::LeastConn, vec![a.clone(), b]);
+        let _busy = [
+            InFlightGuard::new(a.stats.clone()),
+            InFlightGuard::new(a.stats.clone()),
+        ];
+        for _ in 0..4 {
+            assert_eq!(
+                sel.pick(ip("1.2.3.4"), NONE_UNHEALTHY, &[])
+                    .unwrap()
+                    .backend
+                    .id
+                    .0,
+                "b"
+            );
+        }
+    }
+
+    #[test]
+    fn source_is_stable_per_client_and_spreads_clients() {
+        let sel = Selector::new(
+            Balance::Source,
+            (0..4)
+                .map(|i| slot(&format!("b{i}"), 1, BackendState::Active))
+                .collect(),
+        );
+        let first = sel
+            .pick(ip("10.0.0.7"), NONE_UNHEALTHY, &[])
+            .unwrap()
+            .backend
+            .id
+            .clone();
+        for _ in 0..10 {
+            assert_eq!(
+                sel.pick(ip("10.0.0.7"), NONE_UNHEALTHY, &[])
+                    .unwrap()
+                    .backend
+                    .id,
+                first
+            );
+        }
+        let distinct: HashSet<BackendId> = (0..64)
+            .map(|i| {
+                sel.pick(ip(&format!("10.0.1.{i}")), NONE_UNHEALTHY, &[])
+                    .unwrap()
+                    .backend
+                    .id
+                    .clone()
+            })
+            .collect();
+        assert!(distinct.len() > 1);
+    }
+
+    #[test]
+    fn exclude_skips_backends_already_tried() {
+        let sel = Selector::new(
+            Balance::RoundRobin,
+            vec![
+                slot("a", 1, BackendState::Active),
+                slot("b", 1, BackendState::Active),
+            ],
+        );
+        let tried = [BackendId("a".into())];
+        for _ in 0..3 {
+            assert_eq!(
+                sel.pick(ip("1.2.3.4"), NONE_UNHEALTHY, &tried)
+                    .unwrap()
+                    .backend
+                    .id
+                    .0,
+                "b"
+            );
+        }
+    }
+
+    #[test]
+    fn registry_keeps_draining_backends_until_idle() {
+        let mut reg = StatsRegistry::default();
+        let id = BackendId("gone".into());
+        let guard = InFlightGuard::new(reg.get(&id));
+        reg.prune(&HashSet::new());
+        assert_eq!(reg.in_flight(&id), Some(1));
+        drop(guard);
+        reg.prune(&HashSet::new());
+        assert_eq!(reg.in_flight(&id), None);
+    }
+}

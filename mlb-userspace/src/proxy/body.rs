@@ -1,0 +1,205 @@
+//! Body types: every body is streamed frame by frame, never collected.
+use std::{
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use super::balance::InFlightGuard;
+
+/// Error type of proxied bodies.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Body of every response the proxy sends.
+pub(crate) type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// A small fixed body (error pages, redirects).
+pub(crate) fn full(data: impl Into<Bytes>) -> ProxyBody {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A request body that can be handed to a second backend when connecting to the first failed.
+///
+/// The incoming body sits in a shared slot and is taken only when the upstream connection first
+/// polls it, which happens after the connection is established. If connecting fails the slot
+/// still holds the untouched body and [`RetryBody::retry`] makes a new request body from it; once
+/// any byte has been sent, no retry is possible (the slot is empty).
+pub(crate) struct RetryBody {
+    slot: Arc<Mutex<Option<IdleTimeout<Incoming>>>>,
+    taken: Option<IdleTimeout<Incoming>>,
+    hint: SizeHint,
+    end: bool,
+}
+
+impl RetryBody {
+    /// Wraps a client's request body, failing it when the client sends nothing for `idle`.
+    pub(crate) fn new(body: Incoming, idle: std::time::Duration) -> RetryBody {
+        RetryBody {
+            hint: body.size_hint(),
+            end: body.is_end_stream(),
+            slot: Arc::new(Mutex::new(Some(IdleTimeout::new(body, idle)))),
+            taken: None,
+        }
+    }
+
+    /// A fresh body over the same untouched incoming body, or `None` if it was already read.
+    pub(crate) fn retry(&self) -> Option<RetryBody> {
+        let untouched = self
+            .slot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        untouched.then(|| RetryBody {
+            slot: self.slot.clone(),
+            taken: None,
+            hint: self.hint,
+            end: self.end,
+        })
+    }
+}
+
+impl Body for RetryBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.taken.is_none() {
+            let body = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            match body {
+                Some(b) => self.taken = Some(b),
+                None => return Poll::Ready(None),
+            }
+        }
+        match self.taken.as_mut() {
+            Some(b) => Pin::new(b).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.taken {
+            Some(b) => b.is_end_stream(),
+            None => self.end,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.taken {
+            Some(b) => b.size_hint(),
+            None => self.hint,
+        }
+    }
+}
+
+/// A response body that keeps its backend counted as in flight until the body ends or is
+/// dropped (so leastconn and draining see streaming responses).
+pub(crate) struct GuardedBody {
+    inner: Incoming,
+    guard: Option<InFlightGuard>,
+}
+
+impl GuardedBody {
+    pub(crate) fn new(inner: Incoming, guard: InFlightGuard) -> GuardedBody {
+        GuardedBody {
+            inner,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Body for GuardedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.guard = None;
+        }
+        polled.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Fails a body that makes its reader wait longer than `idle` for the next frame (HAProxy's
+/// `timeout server` / `timeout client` during a body). Only time spent waiting on this body
+/// counts: a reader that is slow to ask for more does not trip it.
+pub(crate) struct IdleTimeout<B> {
+    inner: B,
+    idle: std::time::Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    waiting: bool,
+}
+
+impl<B> IdleTimeout<B> {
+    pub(crate) fn new(inner: B, idle: std::time::Duration) -> Self {
+        IdleTimeout {
+            inner,
+            idle,
+            sleep: Box::pin(tokio::time::sleep(idle)),
+            waiting: false,
+        }
+    }
+}
+
+impl<B> Body for IdleTimeout<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if !this.waiting {
+            this.waiting = true;
+            let deadline = tokio::time::Instant::now() + this.idle;
+            this.sleep.as_mut().reset(deadline);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.waiting = false;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    Poll::Ready(Some(
+                        Err(format!("no body data for {:?}", this.idle).into()),
+                    ))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,475 @@
+//! One request: pick the service (by frontend), apply marathon-lb's frontend rules (redirect to
+//! HTTPS, basic auth, 421 on SNI/Host mismatch) and backend rules (allow-list, redirect from `/`,
+//! proxypass, revproxy, HSTS, sticky cookie), then forward it, or tunnel it after an upgrade.
+use std::{convert::Infallible, sync::Arc};
+
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tracing::{debug, warn};
+
+use super::{
+    Shared,
+    balance::{BackendSlot, STICKY_COOKIE},
+    body::{GuardedBody, IdleTimeout, ProxyBody, RetryBody, full},
+    listeners::{ConnInfo, Frontend},
+    router::{Service, normalize_host},
+    tunnel,
+    upstream::{Outgoing, UpstreamError, add_forwarded, strip_hop_by_hop, wants_h2},
+};
+use crate::model::BackendId;
+
+/// HSTS header value marathon-lb added with `HAPROXY_{n}_USE_HSTS`.
+const HSTS: &str = "max-age=15768000";
+
+/// Serves one request; never fails (errors become 4xx/5xx responses).
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    info: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let response = route(&shared, &info, req).await;
+    Ok(response)
+}
+
+async fn route(
+    shared: &Arc<Shared>,
+    info: &ConnInfo,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let host = match request_host(&req) {
+        Ok(h) => h,
+        Err(msg) => return error_page(StatusCode::BAD_REQUEST, msg),
+    };
+    let table = shared.table.load_full();
+    let svc = match info.frontend {
+        Frontend::Http | Frontend::Https => {
+            let Some(host) = host.as_deref() else {
+                return error_page(StatusCode::BAD_REQUEST, "no Host");
+            };
+            if let Some(r) = misdirected(shared, info, None, host) {
+                return r;
+            }
+            let Some(svc) = table.lookup_vhost(host, req.uri().path()) else {
+                return no_route();
+            };
+            if info.frontend == Frontend::Http && svc.spec.redirect_to_https {
+                return redirect_to_https(shared, host, &req);
+            }
+            if svc.spec.tls_passthrough {
+                // Its backends speak TLS; only the redirect above applies to plain requests.
+                return no_route();
+            }
+            if let Some(auth) = &svc.auth {
+                let given = req
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok());
+                if !auth.check(given).await {
+                    let mut r = error_page(StatusCode::UNAUTHORIZED, "authentication required");
+                    if let Ok(v) = HeaderValue::from_str(&auth.challenge()) {
+                        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                    }
+                    return r;
+                }
+            }
+            svc.clone()
+        }
+        Frontend::AppId => {
+            let app = req
+                .headers()
+                .get("x-marathon-app-id")
+                .and_then(|v| v.to_str().ok());
+            let Some(svc) = app
+                .and_then(|a| table.lookup_app_id(a))
+                .filter(|svc| !svc.spec.tls_passthrough)
+            else {
+                return no_route();
+            };
+            svc.clone()
+        }
+        Frontend::ServicePort(port) => {
+            if let Some(host) = host.as_deref()
+                && let Some(r) = misdirected(shared, info, Some(port), host)
+            {
+                return r;
+            }
+            let Some(svc) = table.lookup_port(port) else {
+                return no_route();
+            };
+            svc.clone()
+        }
+    };
+    let mut response = backend_rules(shared, info, &svc, host.as_deref(), req).await;
+    if svc.spec.use_hsts {
+        response.headers_mut().insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static(HSTS),
+        );
+    }
+    response
+}
+
+/// The normalised host of a request (`:authority` or Host), `None` without one (HTTP/1.0).
+fn request_host(req: &Request<Incoming>) -> Result<Option<String>, &'static str> {
+    if let Some(authority) = req.uri().authority() {
+        return Ok(Some(normalize_host(authority.as_str())));
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err("several Host headers"),
+        (Some(h), None) => {
+            let h = h.to_str().map_err(|_| "bad Host")?;
+            if h.is_empty()
+                || h.chars()
+                    .any(|c| c.is_whitespace() || c == '/' || c == '@' || c.is_control())
+            {
+                return Err("bad Host");
+            }
+            Ok(Some(normalize_host(h)))
+        }
+        (None, _) if req.version() == Version::HTTP_11 => Err("no Host"),
+        (None, _) => Ok(None),
+    }
+}
+
+/// 421 when a TLS request's Host would have been served another certificate than its SNI got:
+/// a client reused a connection across names (HTTP/2 connection coalescing) that this
+/// connection is not for.
+fn misdirected(
+    shared: &Shared,
+    info: &ConnInfo,
+    port: Option<u16>,
+    host: &str,
+) -> Option<Response<ProxyBody>> {
+    let sni = info.sni.as_deref()?;
+    if sni == host || shared.certs.same_certificate(port, sni, host) {
+        return None;
+    }
+    debug!(sni, host, "Host does not match the TLS server name");
+    Some(error_page(
+        StatusCode::MISDIRECTED_REQUEST,
+        "this connection is not for that host",
+    ))
+}
+
+fn redirect_to_https(shared: &Shared, host: &str, req: &Request<Incoming>) -> Response<ProxyBody> {
+    let port = match shared.https_port.get().copied() {
+        Some(443) | None => String::new(),
+        Some(p) => format!(":{p}"),
+    };
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    redirect(&format!("https://{host}{port}{target}"))
+}
+
+fn redirect(location: &str) -> Response<ProxyBody> {
+    let mut r = Response::new(full(""));
+    *r.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    r
+}
+
+/// marathon-lb's 503 for a request no route takes: short, never forwarded anywhere.
+fn no_route() -> Response<ProxyBody> {
+    error_page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "No server is available to handle this request.",
+    )
+}
+
+fn error_page(status: StatusCode, detail: &str) -> Response<ProxyBody> {
+    let reason = status.canonical_reason().unwrap_or("");
+    let body = format!(
+        "<html><body><h1>{} {reason}</h1>\n{detail}\n</body></html>\n",
+        status.as_u16()
+    );
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// The backend-section rules, then forwarding.
+async fn backend_rules(
+    shared: &Arc<Shared>,
+    info: &ConnInfo,
+    svc: &Arc<Service>,
+    host: Option<&str>,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let client_ip = info.peer.ip().to_canonical();
+    if !svc.spec.allowed_networks.is_empty()
+        && !svc
+            .spec
+            .allowed_networks
+            .iter()
+            .any(|n| n.contains(client_ip))
+    {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "Request forbidden by administrative rules.",
+        );
+    }
+    if let Some(target) = &svc.spec.redirect_root_to
+        && req.uri().path() == "/"
+        && host.is_some_and(|h| svc.has_vhost(h))
+    {
+        return redirect(target);
+    }
+
+    let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let version = req.version();
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
+
+    // Sticky: a valid cookie names the backend; it is not passed on (HAProxy `indirect`).
+    let sticky_choice = if svc.spec.sticky {
+        let unhealthy = shared.health.borrow().clone();
+        let cookie = take_cookie(&mut headers, STICKY_COOKIE);
+        cookie.and_then(|c| {
+            svc.selector
+                .by_cookie(&c, &|id| unhealthy.contains(id))
+                .cloned()
+        })
+    } else {
+        None
+    };
+
+    if !headers.contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(header::HOST, v);
+    }
+    let mut path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
+    if let Some(prefix) = &svc.spec.proxypass_path {
+        path_and_query = strip_path_prefix(&path_and_query, prefix);
+        if let Some(vhost) = svc.spec.vhosts.first()
+            && let Ok(v) = HeaderValue::from_str(vhost)
+        {
+            headers.insert(header::HOST, v);
+        }
+    }
+    let h2 = wants_h2(&headers, version);
+    // `Expect: 100-continue` was answered to the client by this hop when its body was read.
+    headers.remove(header::EXPECT);
+    strip_hop_by_hop(&mut headers, upgrade.is_some());
+    add_forwarded(&mut headers, info.peer, info.tls, info.local.port());
+
+    let unhealthy = shared.health.borrow().clone();
+    let is_unhealthy = |id: &BackendId| unhealthy.contains(id);
+    let first = match sticky_choice
+        .clone()
+        .or_else(|| svc.selector.pick(client_ip, &is_unhealthy, &[]).cloned())
+    {
+        Some(b) => b,
+        None => return no_route(),
+    };
+    let out = Outgoing {
+        method: parts.method,
+        path_and_query,
+        headers,
+        h2,
+    };
+    let answer = shared
+        .upstream
+        .send(
+            &out,
+            RetryBody::new(body, shared.config.timeouts.client),
+            first,
+            |tried| svc.selector.pick(client_ip, &is_unhealthy, tried).cloned(),
+        )
+        .await;
+    let answer = match answer {
+        Ok(a) => a,
+        Err(UpstreamError::Failed(why)) => {
+            warn!(app = %svc.spec.key.app_id, %why, "backend request failed");
+            return error_page(StatusCode::BAD_GATEWAY, "The backend failed to answer.");
+        }
+        Err(UpstreamError::Timeout) => {
+            warn!(app = %svc.spec.key.app_id, "backend timed out");
+            return error_page(
+                StatusCode::GATEWAY_TIMEOUT,
+                "The backend did not answer in time.",
+            );
+        }
+    };
+    let mut response = answer.response;
+    let backend = answer.backend;
+
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = upgrade else {
+            return error_page(StatusCode::BAD_GATEWAY, "unexpected protocol switch");
+        };
+        let backend_upgrade = hyper::upgrade::on(&mut response);
+        let guard = answer.guard;
+        let idle = shared.config.timeouts.tunnel;
+        tokio::spawn(async move {
+            let _guard = guard;
+            match tokio::try_join!(client_upgrade, backend_upgrade) {
+                Ok((client, backend)) => {
+                    tunnel::splice(TokioIo::new(client), TokioIo::new(backend), idle).await;
+                }
+                Err(e) => debug!(error = %e, "upgrade failed"),
+            }
+        });
+        let (mut parts, _) = response.into_parts();
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        return Response::from_parts(parts, full(""));
+    }
+
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    if let Some(prefix) = &svc.spec.revproxy_path {
+        rewrite_location(&mut parts.headers, prefix, &svc.spec.vhosts);
+    }
+    if svc.spec.sticky && !sticky_choice.is_some_and(|b| Arc::ptr_eq(&b, &backend)) {
+        set_sticky_cookie(&mut parts.headers, &backend);
+    }
+    let body = IdleTimeout::new(
+        GuardedBody::new(body, answer.guard),
+        shared.config.timeouts.server,
+    );
+    Response::from_parts(parts, body.boxed())
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes cookie `name` from the Cookie headers and returns its value.
+fn take_cookie(headers: &mut HeaderMap, name: &str) -> Option<String> {
+    let mut found = None;
+    let mut kept = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        for pair in value.split(';') {
+            let pair = pair.trim();
+            match pair.split_once('=') {
+                Some((k, v)) if k.trim() == name => found = Some(v.trim().to_owned()),
+                _ if !pair.is_empty() => kept.push(pair.to_owned()),
+                _ => {}
+            }
+        }
+    }
+    if found.is_some() {
+        headers.remove(header::COOKIE);
+        if !kept.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+        {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+    found
+}
+
+fn set_sticky_cookie(headers: &mut HeaderMap, backend: &BackendSlot) {
+    let cookie = format!("{STICKY_COOKIE}={}; path=/", backend.cookie);
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        headers.append(header::SET_COOKIE, v);
+    }
+    // HAProxy's `nocache`: a response that sets the cookie must not be cached by shared caches.
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+    }
+}
+
+/// `HTTP_BACKEND_PROXYPASS_PATH`: `/p/x` → `/x`, `/p` → `/` (HAProxy `reqirep "^([^ :]*)\ /p/?(.*)"
+/// "\1\ /\2"`).
+fn strip_path_prefix(path_and_query: &str, prefix: &str) -> String {
+    match path_and_query.strip_prefix(prefix) {
+        Some(rest) => format!("/{}", rest.strip_prefix('/').unwrap_or(rest)),
+        None => path_and_query.to_owned(),
+    }
+}
+
+/// `HTTP_BACKEND_REVPROXY_PATH`: a `Location` pointing at the app itself (relative, or absolute
+/// to one of its vhosts) gets the public prefix put back in front of its path.
+fn rewrite_location(headers: &mut HeaderMap, prefix: &str, vhosts: &[String]) {
+    let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let path = if location.starts_with('/') {
+        Some(location)
+    } else {
+        location
+            .strip_prefix("http://")
+            .or_else(|| location.strip_prefix("https://"))
+            .and_then(|rest| {
+                let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                vhosts
+                    .iter()
+                    .any(|v| normalize_host(authority) == *v)
+                    .then_some(if path.is_empty() { "/" } else { path })
+            })
+    };
+    if let Some(path) = path {
+        let rewritten = format!("{}{path}", prefix.trim_end_matches('/'));
+        if let Ok(v) = HeaderValue::from_str(&rewritten) {
+            headers.insert(header::LOCATION, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxypass_strips_the_prefix() {
+        assert_eq!(strip_path_prefix("/p/x?y=1", "/p"), "/x?y=1");
+        assert_eq!(strip_path_prefix("/p", "/p"), "/");
+        assert_eq!(strip_path_prefix("/other", "/p"), "/other");
+    }
+
+    #[test]
+    fn revproxy_prefixes_locations_of_the_app_only() {
+        let vhosts = vec!["app.example.com".to_owned()];
+        for (given, want) in [
+            ("/login", "/r/login"),
+            ("http://app.example.com:8080/x", "/r/x"),
+            ("https://elsewhere.com/x", "https://elsewhere.com/x"),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::LOCATION, HeaderValue::from_static(given));
+            rewrite_location(&mut h, "/r/", &vhosts);
+            assert_eq!(h.get(header::LOCATION).unwrap(), want, "{given}");
+        }
+    }
+
+    #[test]
+    fn sticky_cookie_is_taken_out_of_the_request() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; mesosphere_server_id=abc; b=2"),
+        );
+        assert_eq!(take_cookie(&mut h, STICKY_COOKIE).as_deref(), Some("abc"));
+        assert_eq!(h.get(header::COOKIE).unwrap(), "a=1; b=2");
+    }
+}

@@ -1,0 +1,380 @@
+//! Listening sockets and connections: accepting, TLS (or passthrough) on the TLS frontends, and
+//! serving HTTP/1.1 and HTTP/2 on each connection.
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use hyper::service::service_fn;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpSocket, TcpStream},
+    task::JoinHandle,
+};
+use tracing::{Instrument as _, debug, debug_span, info, warn};
+
+use super::{
+    ProxyError, Shared,
+    balance::InFlightGuard,
+    handler,
+    sni::{Hello, read_client_hello},
+    tunnel,
+};
+
+/// Which frontend a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Frontend {
+    /// `:80`: Host routing.
+    Http,
+    /// `:443`: TLS (or passthrough), then Host routing.
+    Https,
+    /// `:9091`: `X-Marathon-App-Id` routing.
+    AppId,
+    /// A service port.
+    ServicePort(u16),
+}
+
+impl std::fmt::Display for Frontend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Frontend::Http => f.write_str("http"),
+            Frontend::Https => f.write_str("https"),
+            Frontend::AppId => f.write_str("app-id"),
+            Frontend::ServicePort(p) => write!(f, "service port {p}"),
+        }
+    }
+}
+
+/// A connection's facts the request handler needs.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnInfo {
+    pub(crate) frontend: Frontend,
+    pub(crate) peer: SocketAddr,
+    pub(crate) local: SocketAddr,
+    pub(crate) tls: bool,
+    /// SNI of the TLS handshake (lowercase).
+    pub(crate) sni: Option<String>,
+}
+
+/// The open listeners; each is an accept task, aborted to close it.
+#[derive(Default)]
+pub(crate) struct ListenerSet {
+    fixed: HashMap<Frontend, (SocketAddr, JoinHandle<()>)>,
+    services: HashMap<SocketAddr, JoinHandle<()>>,
+}
+
+impl ListenerSet {
+    pub(crate) fn open_fixed(
+        &mut self,
+        shared: &Arc<Shared>,
+        addr: SocketAddr,
+        frontend: Frontend,
+    ) -> Result<(), ProxyError> {
+        let listener = bind(addr).map_err(|source| ProxyError::Bind {
+            frontend: frontend.to_string(),
+            addr,
+            source,
+        })?;
+        let local = listener.local_addr().unwrap_or(addr);
+        info!(%frontend, addr = %local, "listening");
+        let task = tokio::spawn(accept_loop(listener, shared.clone(), frontend));
+        self.fixed.insert(frontend, (local, task));
+        Ok(())
+    }
+
+    pub(crate) fn fixed_addr(&self, frontend: Frontend) -> Option<SocketAddr> {
+        self.fixed.get(&frontend).map(|(a, _)| *a)
+    }
+
+    pub(crate) fn service_addrs(&self) -> Vec<SocketAddr> {
+        let mut addrs: Vec<SocketAddr> = self.services.keys().copied().collect();
+        addrs.sort();
+        addrs
+    }
+
+    /// Opens listeners for new addresses in `wanted` (address, app id), closes those no longer
+    /// wanted. Open connections of a closed listener keep running.
+    pub(crate) fn set_service_ports(
+        &mut self,
+        shared: &Arc<Shared>,
+        wanted: &[(SocketAddr, String)],
+    ) -> Vec<ProxyError> {
+        let mut errors = Vec::new();
+        self.services.retain(|addr, task| {
+            let keep = wanted.iter().any(|(a, _)| a == addr);
+            if !keep {
+                info!(%addr, "service port removed; listener closed");
+                task.abort();
+            }
+            keep
+        });
+        for (addr, app_id) in wanted {
+            if self.services.contains_key(addr) {
+                continue;
+            }
+            let frontend = Frontend::ServicePort(addr.port());
+            match bind(*addr) {
+                Ok(listener) => {
+                    info!(%frontend, %addr, "listening");
+                    let task = tokio::spawn(accept_loop(listener, shared.clone(), frontend));
+                    self.services.insert(*addr, task);
+                }
+                Err(source) => errors.push(ProxyError::Bind {
+                    frontend: format!("app {app_id} {frontend}"),
+                    addr: *addr,
+                    source,
+                }),
+            }
+        }
+        errors
+    }
+}
+
+impl Drop for ListenerSet {
+    fn drop(&mut self) {
+        for (_, task) in self.fixed.values() {
+            task.abort();
+        }
+        for task in self.services.values() {
+            task.abort();
+        }
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, frontend: Frontend) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little rather than spin.
+                warn!(%frontend, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or_else(|_| {
+            listener
+                .local_addr()
+                .expect("a bound listener has an address")
+        });
+        let span = debug_span!("conn", client.addr = %peer, %frontend);
+        tokio::spawn(
+            serve_connection(
+                shared.clone(),
+                stream,
+                ConnInfo {
+                    frontend,
+                    peer,
+                    local,
+                    tls: false,
+                    sni: None,
+                },
+            )
+            .instrument(span),
+        );
+    }
+}
+
+async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, mut info: ConnInfo) {
+    if let Frontend::ServicePort(port) = info.frontend {
+        let table = shared.table.load_full();
+        if let Some(svc) = table.lookup_port(port).filter(|s| s.spec.tls_passthrough) {
+            // A passthrough service's own port forwards TLS untouched too.
+            passthrough(&shared, svc, stream, Vec::new(), &info, "(service port)").await;
+            return;
+        }
+    }
+    let tls_config = match info.frontend {
+        Frontend::Https => Some(shared.certs.vhost_config()),
+        Frontend::ServicePort(port) => shared.certs.port_config(port),
+        Frontend::Http | Frontend::AppId => None,
+    };
+    let Some(tls_config) = tls_config else {
+        serve_http(shared, Prefixed::new(Vec::new(), stream), info).await;
+        return;
+    };
+    let mut replay = Vec::new();
+    if info.frontend == Frontend::Https && shared.table.load().has_passthrough() {
+        match read_client_hello(&mut stream, shared.config.timeouts.client).await {
+            Ok((Hello::Sni(name), bytes)) => {
+                let table = shared.table.load_full();
+                if let Some(svc) = table.lookup_passthrough(&name) {
+                    passthrough(&shared, svc, stream, bytes, &info, &name).await;
+                    return;
+                }
+                replay = bytes;
+            }
+            Ok((Hello::NoSni, bytes)) => replay = bytes,
+            Err(e) => {
+                debug!(error = %e, "no ClientHello");
+                return;
+            }
+        }
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
+    let handshake = acceptor.accept(Prefixed::new(replay, stream));
+    let tls = match tokio::time::timeout(shared.config.timeouts.client, handshake).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            debug!(error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!("TLS handshake timed out");
+            return;
+        }
+    };
+    info.tls = true;
+    info.sni = tls.get_ref().1.server_name().map(str::to_ascii_lowercase);
+    serve_http(shared, tls, info).await;
+}
+
+/// Splices a TLS connection to a passthrough service's backend, replaying the ClientHello.
+async fn passthrough(
+    shared: &Arc<Shared>,
+    svc: &Arc<super::router::Service>,
+    client: TcpStream,
+    hello: Vec<u8>,
+    info: &ConnInfo,
+    sni: &str,
+) {
+    let unhealthy = shared.health.borrow().clone();
+    let is_unhealthy = |id: &crate::model::BackendId| unhealthy.contains(id);
+    let mut tried = Vec::new();
+    while tried.len() <= 3 {
+        let Some(backend) = svc.selector.pick(info.peer.ip(), &is_unhealthy, &tried) else {
+            break;
+        };
+        let addr = backend.backend.addr;
+        let connect = TcpStream::connect(addr);
+        match tokio::time::timeout(shared.config.timeouts.connect, connect).await {
+            Ok(Ok(upstream)) => {
+                let _ = upstream.set_nodelay(true);
+                debug!(sni, backend = %backend.backend.id, "TLS passthrough");
+                let _guard = InFlightGuard::new(backend.stats.clone());
+                tunnel::splice(
+                    Prefixed::new(hello, client),
+                    upstream,
+                    shared.config.timeouts.tunnel,
+                )
+                .await;
+                return;
+            }
+            _ => tried.push(backend.backend.id.clone()),
+        }
+    }
+    debug!(sni, "TLS passthrough: no backend reachable; closing");
+}
+
+async fn serve_http<I>(shared: Arc<Shared>, io: I, info: ConnInfo)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.timeouts.client)
+        .max_buf_size(shared.config.max_header_bytes.max(8192))
+        .keep_alive(true);
+    // HTTP/2 has no header-read timeout; pings find clients that went away instead.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(shared.config.timeouts.client))
+        .keep_alive_timeout(std::time::Duration::from_secs(20));
+    let service = service_fn(move |req| handler::handle(shared.clone(), info.clone(), req));
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .await
+    {
+        debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// A stream that first yields bytes already read from it (a peeked ClientHello).
+pub(crate) struct Prefixed<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub(crate) fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Prefixed {
+            prefix,
+            pos: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = buf.remaining().min(self.prefix.len() - self.pos);
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

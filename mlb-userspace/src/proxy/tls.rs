@@ -1,0 +1,502 @@
+//! Certificates: loading PEM files (chain + key in one file, as HAProxy's `crt`), choosing one
+//! per handshake by SNI (exact name, then wildcard, then the default), and reloading them without
+//! touching established connections.
+//!
+//! The certificate sets live in an `ArcSwap` snapshot read by a [`ResolvesServerCert`] at each
+//! handshake, so a reload is one pointer swap and the `rustls::ServerConfig`s never change.
+use std::{
+    collections::HashMap,
+    fmt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, Weak},
+    time::SystemTime,
+};
+
+use arc_swap::ArcSwap;
+use rustls::{
+    ServerConfig,
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+use tracing::{info, warn};
+
+use super::{ProxyError, Shared};
+
+/// Certificates for one frontend, indexed by the names they are valid for.
+#[derive(Default)]
+pub struct CertSnapshot {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `*.example.com` certificates, keyed by `example.com`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl fmt::Debug for CertSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertSnapshot")
+            .field("exact", &self.exact.keys().collect::<Vec<_>>())
+            .field("wildcard", &self.wildcard.keys().collect::<Vec<_>>())
+            .field("default", &self.default.is_some())
+            .finish()
+    }
+}
+
+impl CertSnapshot {
+    fn add(&mut self, cert: &LoadedCert) {
+        for name in &cert.names {
+            if let Some(parent) = name.strip_prefix("*.") {
+                self.wildcard
+                    .entry(parent.to_owned())
+                    .or_insert_with(|| cert.key.clone());
+            } else {
+                self.exact
+                    .entry(name.clone())
+                    .or_insert_with(|| cert.key.clone());
+            }
+        }
+        if self.default.is_none() {
+            self.default = Some(cert.key.clone());
+        }
+    }
+
+    /// The certificate for `name` (lowercase): exact, then wildcard, then the default.
+    pub fn resolve(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let by_name = name.and_then(|name| {
+            self.exact.get(name).cloned().or_else(|| {
+                let (_, parent) = name.split_once('.')?;
+                self.wildcard.get(parent).cloned()
+            })
+        });
+        by_name.or_else(|| self.default.clone())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.default.is_none()
+    }
+}
+
+/// The certificate snapshots of every TLS frontend.
+#[derive(Debug, Default)]
+struct Snapshots {
+    /// `:443`: `--ssl-certs`, then every service's `HAPROXY_{n}_SSL_CERT`, then the self-signed
+    /// default.
+    vhost: Arc<CertSnapshot>,
+    /// TLS service ports: that service's own certificates.
+    ports: HashMap<u16, Arc<CertSnapshot>>,
+}
+
+/// One certificate file's content.
+#[derive(Clone)]
+struct LoadedCert {
+    key: Arc<CertifiedKey>,
+    names: Vec<String>,
+    stamp: FileStamp,
+}
+
+/// What a file looked like when read: reloaded when it changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+    })
+}
+
+/// Loads, indexes and reloads the certificates; hands out the rustls server configs.
+pub struct CertManager {
+    global_paths: Vec<PathBuf>,
+    service_paths: Mutex<HashMap<u16, Vec<PathBuf>>>,
+    /// Last good version of each file (kept when a new version fails to load).
+    files: Mutex<HashMap<PathBuf, LoadedCert>>,
+    /// How each file looked at the last load attempt, good or not: the watcher reloads only
+    /// when this changes, so a broken file is reported once, not at every poll.
+    seen: Mutex<HashMap<PathBuf, Option<FileStamp>>>,
+    snapshots: Arc<ArcSwap<Snapshots>>,
+    self_signed: LoadedCert,
+    vhost_config: Arc<ServerConfig>,
+    port_configs: Mutex<HashMap<u16, Arc<ServerConfig>>>,
+}
+
+impl CertManager {
+    /// A manager for `--ssl-certs` paths (files or directories). Nothing is read until
+    /// [`CertManager::reload`].
+    pub fn new(global_paths: &[PathBuf]) -> CertManager {
+        let snapshots = Arc::new(ArcSwap::from_pointee(Snapshots::default()));
+        let vhost_config = server_config(Arc::new(SniResolver {
+            snapshots: snapshots.clone(),
+            port: None,
+        }));
+        CertManager {
+            global_paths: global_paths.to_vec(),
+            service_paths: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
+            snapshots,
+            self_signed: self_signed(),
+            vhost_config,
+            port_configs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The TLS config of `:443`.
+    pub fn vhost_config(&self) -> Arc<ServerConfig> {
+        self.vhost_config.clone()
+    }
+
+    /// The TLS config of a service port, or `None` when that service has no certificate (plain
+    /// HTTP on it).
+    pub fn port_config(&self, port: u16) -> Option<Arc<ServerConfig>> {
+        if !self.snapshots.load().ports.contains_key(&port) {
+            return None;
+        }
+        let mut configs = self.port_configs.lock().unwrap_or_else(|e| e.into_inner());
+        let config = configs.entry(port).or_insert_with(|| {
+            server_config(Arc::new(SniResolver {
+                snapshots: self.snapshots.clone(),
+                port: Some(port),
+            }))
+        });
+        Some(config.clone())
+    }
+
+    /// Whether names `a` and `b` get the same certificate on a frontend (`port`: a service
+    /// port, `None`: `:443`). A request whose Host gets another certificate than its SNI did is
+    /// misdirected (421): the client reused a connection for a name it was not made for.
+    pub fn same_certificate(&self, port: Option<u16>, a: &str, b: &str) -> bool {
+        let snaps = self.snapshots.load();
+        let snap = port
+            .and_then(|p| snaps.ports.get(&p))
+            .unwrap_or(&snaps.vhost);
+        match (snap.resolve(Some(a)), snap.resolve(Some(b))) {
+            (Some(x), Some(y)) => Arc::ptr_eq(&x, &y),
+            _ => true,
+        }
+    }
+
+    /// Sets the certificate files of the TLS service ports (from `HAPROXY_{n}_SSL_CERT`) and
+    /// rebuilds the snapshots.
+    pub fn set_service_certs(&self, by_port: HashMap<u16, Vec<PathBuf>>) -> Vec<ProxyError> {
+        {
+            let mut paths = self.service_paths.lock().unwrap_or_else(|e| e.into_inner());
+            if *paths == by_port {
+                return Vec::new();
+            }
+            *paths = by_port;
+        }
+        self.rebuild(false)
+    }
+
+    /// Re-reads every certificate file and swaps in the new snapshots.
+    pub fn reload(&self) -> Vec<ProxyError> {
+        self.rebuild(true)
+    }
+
+    /// Every certificate file now configured, directories expanded.
+    fn all_files(&self) -> Vec<PathBuf> {
+        let service_paths = self.service_paths.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ports: Vec<&u16> = service_paths.keys().collect();
+        ports.sort();
+        let mut files = expand(&self.global_paths);
+        for port in ports {
+            files.extend(expand(&service_paths[port]));
+        }
+        files
+    }
+
+    /// Whether any certificate file changed since it was loaded.
+    fn changed_on_disk(&self) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        self.all_files()
+            .iter()
+            .any(|path| seen.get(path) != Some(&stamp(path)))
+    }
+
+    fn rebuild(&self, reread: bool) -> Vec<ProxyError> {
+        let mut errors = Vec::new();
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut load = |path: &Path, errors: &mut Vec<ProxyError>| -> Option<LoadedCert> {
+            let current = stamp(path);
+            seen.insert(path.to_owned(), current.clone());
+            if let Some(cached) = files.get(path)
+                && (!reread || Some(&cached.stamp) == current.as_ref())
+            {
+                return Some(cached.clone());
+            }
+            match load_file(path) {
+                Ok(cert) => {
+                    info!(path = %path.display(), names = ?cert.names, "certificate loaded");
+                    files.insert(path.to_owned(), cert.clone());
+                    Some(cert)
+                }
+                Err(reason) => {
+                    errors.push(ProxyError::Cert {
+                        path: path.to_owned(),
+                        reason,
+                    });
+                    // Keep serving the last good version of this file, if there is one.
+                    files.get(path).cloned()
+                }
+            }
+        };
+        let service_paths = self
+            .service_paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut vhost = CertSnapshot::default();
+        for path in expand(&self.global_paths) {
+            if let Some(cert) = load(&path, &mut errors) {
+                vhost.add(&cert);
+            }
+        }
+        let mut ports_sorted: Vec<(&u16, &Vec<PathBuf>)> = service_paths.iter().collect();
+        ports_sorted.sort();
+        let mut ports = HashMap::new();
+        for (port, paths) in ports_sorted {
+            let mut snap = CertSnapshot::default();
+            for path in expand(paths) {
+                if let Some(cert) = load(&path, &mut errors) {
+                    snap.add(&cert);
+                    vhost.add(&cert);
+                }
+            }
+            if snap.is_empty() {
+                // Serve TLS anyway (with the :443 certificates) rather than plain HTTP.
+                snap.add(&self.self_signed);
+            }
+            ports.insert(*port, Arc::new(snap));
+        }
+        if vhost.is_empty() {
+            vhost.add(&self.self_signed);
+        }
+        self.snapshots.store(Arc::new(Snapshots {
+            vhost: Arc::new(vhost),
+            ports,
+        }));
+        errors
+    }
+}
+
+/// Resolves the certificate of each handshake from the current snapshot.
+#[derive(Debug)]
+struct SniResolver {
+    snapshots: Arc<ArcSwap<Snapshots>>,
+    port: Option<u16>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello.server_name().map(str::to_ascii_lowercase);
+        let snaps = self.snapshots.load();
+        let snap = match self.port {
+            Some(p) => snaps.ports.get(&p).unwrap_or(&snaps.vhost),
+            None => &snaps.vhost,
+        };
+        snap.resolve(name.as_deref())
+    }
+}
+
+fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Arc<ServerConfig> {
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .expect("ring supports TLS 1.2 and 1.3")
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// Files named by `paths`: files as given, directories expanded to their files (sorted; key,
+/// OCSP and issuer side files skipped, as HAProxy does).
+fn expand(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+                .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
+            entries.retain(|p| {
+                p.is_file()
+                    && !matches!(
+                        p.extension().and_then(|e| e.to_str()),
+                        Some("key" | "ocsp" | "issuer" | "sctl")
+                    )
+            });
+            entries.sort();
+            out.extend(entries);
+        } else {
+            out.push(path.clone());
+        }
+    }
+    out
+}
+
+fn load_file(path: &Path) -> Result<LoadedCert, String> {
+    let before = stamp(path).ok_or("cannot be read")?;
+    let pem = std::fs::read(path).map_err(|e| e.to_string())?;
+    let (key, names) = parse_pem(&pem)?;
+    Ok(LoadedCert {
+        key,
+        names,
+        stamp: before,
+    })
+}
+
+/// A certified key and its DNS names from a PEM holding the chain (leaf first) and the key.
+fn parse_pem(pem: &[u8]) -> Result<(Arc<CertifiedKey>, Vec<String>), String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad PEM certificate: {e}"))?;
+    let Some(leaf) = chain.first() else {
+        return Err("no certificate in the file (want the chain, then the key)".into());
+    };
+    let key = PrivateKeyDer::from_pem_slice(pem)
+        .map_err(|e| format!("no usable private key in the file: {e}"))?;
+    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| format!("unsupported private key: {e}"))?;
+    let names = dns_names(leaf)?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    certified
+        .keys_match()
+        .map_err(|e| format!("the key does not belong to the certificate: {e}"))?;
+    Ok((Arc::new(certified), names))
+}
+
+fn dns_names(leaf: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+    let cert = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| format!("certificate cannot be parsed: {e}"))?;
+    Ok(cert
+        .valid_dns_names()
+        .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+        .collect())
+}
+
+/// The certificate served when none is configured: generated at start, for `localhost`.
+fn self_signed() -> LoadedCert {
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .expect("generating a self-signed certificate");
+    let key = PrivateKeyDer::Pkcs8(generated.key_pair.serialize_der().into());
+    let signing_key =
+        rustls::crypto::ring::sign::any_supported_type(&key).expect("rcgen key is supported");
+    warn!(
+        "no certificate given; TLS frontends use a self-signed certificate for localhost until one is"
+    );
+    LoadedCert {
+        key: Arc::new(CertifiedKey::new(
+            vec![generated.cert.der().clone()],
+            signing_key,
+        )),
+        names: vec![],
+        stamp: FileStamp {
+            modified: None,
+            len: 0,
+        },
+    }
+}
+
+/// Reloads the certificates when a file changes (checked every `cert_poll_interval`), until the
+/// proxy is dropped.
+pub(crate) async fn watch_certs(shared: Weak<Shared>) {
+    loop {
+        let interval = match shared.upgrade() {
+            Some(s) => s.config.cert_poll_interval,
+            None => return,
+        };
+        tokio::time::sleep(interval).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.certs.changed_on_disk() {
+            info!("certificate files changed; reloading");
+            for e in shared.certs.reload() {
+                warn!(error = %e, "certificate not reloaded");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pem_for(names: &[&str]) -> Vec<u8> {
+        let c = rcgen::generate_simple_self_signed(
+            names.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        format!("{}{}", c.cert.pem(), c.key_pair.serialize_pem()).into_bytes()
+    }
+
+    fn loaded(names: &[&str]) -> LoadedCert {
+        let (key, names) = parse_pem(&pem_for(names)).unwrap();
+        LoadedCert {
+            key,
+            names,
+            stamp: FileStamp {
+                modified: None,
+                len: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn exact_then_wildcard_then_default() {
+        let default = loaded(&["default.test"]);
+        let wild = loaded(&["*.example.com"]);
+        let exact = loaded(&["www.example.com"]);
+        let mut snap = CertSnapshot::default();
+        for c in [&default, &wild, &exact] {
+            snap.add(c);
+        }
+        let is = |name: Option<&str>, want: &LoadedCert| {
+            Arc::ptr_eq(&snap.resolve(name).unwrap(), &want.key)
+        };
+        assert!(is(Some("www.example.com"), &exact));
+        assert!(is(Some("api.example.com"), &wild));
+        assert!(
+            is(Some("a.b.example.com"), &default),
+            "wildcards cover one label"
+        );
+        assert!(is(Some("other.test"), &default));
+        assert!(is(None, &default));
+    }
+
+    #[test]
+    fn pem_without_key_or_with_the_wrong_key_is_refused() {
+        let c = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+        let err = parse_pem(c.cert.pem().as_bytes()).unwrap_err();
+        assert!(err.contains("private key"), "{err}");
+        let other = rcgen::KeyPair::generate().unwrap();
+        let mixed = format!("{}{}", c.cert.pem(), other.serialize_pem());
+        let err = parse_pem(mixed.as_bytes()).unwrap_err();
+        assert!(err.contains("does not belong"), "{err}");
+    }
+
+    #[test]
+    fn a_broken_file_is_reported_once_and_reloaded_when_fixed() {
+        let dir = std::env::temp_dir().join(format!("mlb-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("site.pem");
+        std::fs::write(&path, b"not a certificate").unwrap();
+        let manager = CertManager::new(std::slice::from_ref(&path));
+        assert_eq!(manager.reload().len(), 1);
+        assert!(
+            !manager.changed_on_disk(),
+            "nothing new to try until the file changes"
+        );
+        std::fs::write(&path, pem_for(&["site.test"])).unwrap();
+        assert!(manager.changed_on_disk());
+        assert!(manager.reload().is_empty());
+        assert!(!manager.changed_on_disk());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
