@@ -1064,3 +1064,98 @@ fn snat_exhaustion(lab: &Lab) {
         })
         .unwrap();
 }
+
+/// Average cost of one program run per packet kind, from BPF_PROG_TEST_RUN with `repeat`
+/// (Katran's perf mode). A benchmark, not a test: `cargo xtask bench xdp` runs it and prints the
+/// table; nothing here asserts a time.
+#[test]
+#[ignore = "benchmark: run by `cargo xtask bench xdp`"]
+fn program_cost_per_packet() {
+    if !require_netns_and_bpf("program_cost_per_packet") {
+        return;
+    }
+    const REPEAT: u32 = 1_000_000;
+    let lab = lab();
+    let rows = lab
+        .lb
+        .enter(|| {
+            let mut dp = XdpL4::new(XdpProgram::load().unwrap(), config((40000, 59999))).unwrap();
+            dp.add_tx_port(lab.cli_ifindex).unwrap();
+            dp.add_tx_port(lab.sw_ifindex).unwrap();
+            dp.apply(&[L4Change::Upsert(service(
+                81,
+                Protocol::Tcp,
+                &["198.18.2.11:8081"],
+            ))])
+            .unwrap();
+            // Create the flow once so the timed runs measure the established path.
+            let syn = PacketBuilder::new()
+                .ip(ip(CLIENT), ip(VIP))
+                .tcp(47000, 81, TCP_SYN)
+                .build();
+            let (_, out) = run(dp.program(), lab.cli_ifindex, &syn);
+            let snat = packet::parse(&out).unwrap().sport;
+            let cases: Vec<(&str, u32, Vec<u8>)> = vec![
+                (
+                    "ARP (parse, count, pass): harness floor",
+                    lab.cli_ifindex,
+                    PacketBuilder::new().payload(&[0; 28]).build(),
+                ),
+                (
+                    "TCP to a port with no service (lookup, pass)",
+                    lab.cli_ifindex,
+                    PacketBuilder::new()
+                        .ip(ip(CLIENT), ip(VIP))
+                        .tcp(47001, 9999, TCP_ACK)
+                        .build(),
+                ),
+                (
+                    "established TCP client -> backend (conntrack hit, NAT, FIB, redirect)",
+                    lab.cli_ifindex,
+                    PacketBuilder::new()
+                        .ip(ip(CLIENT), ip(VIP))
+                        .tcp(47000, 81, TCP_ACK)
+                        .payload(&[0; 64])
+                        .build(),
+                ),
+                (
+                    "established TCP backend -> client (reply NAT, FIB, redirect)",
+                    lab.sw_ifindex,
+                    PacketBuilder::new()
+                        .eth(MAC_BE1, MAC_LB_SW)
+                        .ip(ip(BE1), ip(SNAT))
+                        .tcp(8081, snat, TCP_ACK)
+                        .payload(&[0; 64])
+                        .build(),
+                ),
+            ];
+            let mut rows = Vec::new();
+            for (name, ingress, frame) in cases {
+                let mut ctx = Vec::with_capacity(24);
+                for v in [0u32, u32::try_from(frame.len()).unwrap(), 0, ingress, 0, 0] {
+                    ctx.extend_from_slice(&v.to_ne_bytes());
+                }
+                let mut out = vec![0u8; frame.len() + 64];
+                let r = dp
+                    .program()
+                    .program()
+                    .unwrap()
+                    .test_run(TestRunOptions {
+                        data_in: Some(&frame),
+                        data_out: Some(&mut out),
+                        ctx_in: Some(&ctx),
+                        repeat: REPEAT,
+                        ..TestRunOptions::default()
+                    })
+                    .unwrap();
+                rows.push((name, r.duration.as_nanos()));
+            }
+            rows
+        })
+        .unwrap();
+    println!("| packet | ns per packet (BPF_PROG_TEST_RUN, {REPEAT} runs) |");
+    println!("|---|---|");
+    for (name, ns) in rows {
+        println!("| {name} | {ns} |");
+    }
+}
