@@ -5,6 +5,8 @@
 //! (`main.rs`) wires these modules together; integration tests in `tests/` use them directly.
 #![deny(unsafe_code)]
 
+pub mod admin;
+pub mod controller;
 pub mod dataplane;
 pub mod diff;
 pub mod logging;

@@ -2,14 +2,18 @@
 use anyhow::{Context as _, Result, bail};
 use clap::Parser as _;
 use mlb::{
+    admin::{self, AdminContext},
+    controller::{self, Control, Controller, Inputs},
     dataplane::{
-        L4Dataplane as _, diff_l4, host,
+        L4Change, L4Dataplane, L4Error, host,
         userspace_l4::{UserspaceL4, UserspaceL4Config},
         xdp::{LoadOptions, XdpProgram},
         xdp_l4::{FlowTimeouts, XdpL4, XdpL4Config},
     },
-    model::{L4Service, L4ServiceKey},
-    options::{Cli, Command, DataplaneKind, RunOptions},
+    marathon::{client::MarathonClient, config::MarathonConfig, watch::MarathonWatcher},
+    model::ModelOptions,
+    options::{Cli, Command, DataplaneKind, ExplainOptions, RunOptions},
+    proxy::{HttpProxy, ProxyConfig},
     static_config,
 };
 use std::{
@@ -17,8 +21,11 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
-
-use tracing::{debug, error, info, warn};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+};
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -29,12 +36,32 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Run(opts) => run(&opts),
+        Command::Explain(opts) => explain(&opts),
     }
+}
+
+/// The model's options from `mlb run` flags: marathon-lb's defaults, the ports mlb listens on
+/// itself reserved, `FRAMEWORK_NAME` from the environment.
+fn model_options(opts: &RunOptions) -> Result<ModelOptions> {
+    let mut model = ModelOptions::from_run_options(opts, std::env::var("FRAMEWORK_NAME").ok())
+        .with_ip_per_task_port_range(
+            opts.min_serv_port_ip_per_task,
+            opts.max_serv_port_ip_per_task,
+        )?;
+    model.reserved_ports.insert(opts.admin_addr.port());
+    model.reserved_ports.insert(opts.appid_port);
+    if !opts.dont_bind_http_https {
+        model.reserved_ports.insert(opts.http_port);
+        model.reserved_ports.insert(opts.https_port);
+    }
+    model.reserved_ports.remove(&0);
+    Ok(model)
 }
 
 fn run(opts: &RunOptions) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
+        let model = model_options(opts)?;
         let mut xdp = None;
         if opts.dataplane != DataplaneKind::Userspace && !opts.xdp_iface.is_empty() {
             match attach_xdp(opts) {
@@ -48,53 +75,131 @@ fn run(opts: &RunOptions) -> Result<()> {
         if opts.marathon.is_empty() && opts.static_config.is_none() {
             warn!("no --marathon and no --static-config: nothing to route; waiting for Ctrl-C");
         }
-        let config = match &opts.static_config {
-            Some(path) => Some(
+        let static_l4 = match &opts.static_config {
+            Some(path) => {
                 static_config::load(path)
-                    .with_context(|| format!("loading --static-config {}", path.display()))?,
-            ),
-            None => None,
+                    .with_context(|| format!("loading --static-config {}", path.display()))?
+                    .l4
+            }
+            None => BTreeMap::new(),
         };
-        // Kept alive until shutdown: dropping the userspace dataplane closes its listeners,
+        let watcher = if opts.marathon.is_empty() {
+            None
+        } else {
+            let cfg = MarathonConfig::from_options(opts).context("Marathon flags")?;
+            Some(MarathonWatcher::new(cfg).context("Marathon client")?)
+        };
+        // The HTTP proxy serves Marathon's http-mode apps; a static config has none.
+        let proxy = if watcher.is_some() {
+            let proxy = HttpProxy::start(
+                ProxyConfig::from_run_options(opts),
+                tokio::runtime::Handle::current(),
+            )
+            .context("starting the HTTP proxy")?;
+            info!(
+                http = ?proxy.local_addr("http"),
+                https = ?proxy.local_addr("https"),
+                appid = ?proxy.local_addr("appid"),
+                "HTTP proxy listening"
+            );
+            Some(Arc::new(proxy))
+        } else {
+            None
+        };
+        let admin = admin::bind(opts.admin_addr)
+            .await
+            .with_context(|| format!("admin listener on {} (--admin-addr)", opts.admin_addr))?;
+        info!(addr = %admin.local_addr()?, "admin listener ready");
+
+        // Kept until shutdown: dropping the userspace dataplane closes its listeners,
         // dropping the XDP one detaches the program.
-        let mut plane = match xdp {
-            Some(program) => L4Plane::Xdp(Arc::new(Mutex::new(start_xdp_l4(opts, program)?))),
-            None => L4Plane::Userspace(start_userspace_l4(opts)?),
+        let (l4, xdp_shared): (Box<dyn L4Dataplane + Send>, _) = match xdp {
+            Some(program) => {
+                let dp = Arc::new(Mutex::new(start_xdp_l4(opts, program)?));
+                (Box::new(SharedXdp(dp.clone())), Some(dp))
+            }
+            None => (Box::new(start_userspace_l4(opts)?), None),
         };
-        let mut applied = BTreeMap::new();
-        if let Some(config) = &config {
-            plane.apply_services(&mut applied, &config.l4);
-        }
-        let sweeper = match &plane {
-            L4Plane::Xdp(dp) => Some(tokio::spawn(sweep_conntrack(dp.clone()))),
-            L4Plane::Userspace(_) => None,
-        };
-        // SIGHUP re-reads --static-config and applies what changed; a bad file keeps the last
-        // good services.
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let http = proxy
+            .clone()
+            .map(|p| Box::new(p) as Box<dyn controller::HttpDataplane>);
+        let mut controller = Controller::new(model, l4, http)
+            .with_l4_health_checks(tokio::runtime::Handle::current());
+        controller.set_static_l4(static_l4);
+        let status = controller.status();
+
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (control_tx, control_rx) = mpsc::channel(4);
+        let resync = watcher.as_ref().map(MarathonWatcher::resync_trigger);
+        let marathon_rx = watcher.map(|w| {
+            let (tx, rx) = mpsc::channel(16);
+            tokio::spawn(
+                w.run(tx, shutdown_rx.clone())
+                    .instrument(info_span!("marathon")),
+            );
+            rx
+        });
+        let admin_task = tokio::spawn(admin::serve(
+            admin,
+            AdminContext {
+                status,
+                resync: resync.clone(),
+                proxy: proxy.clone(),
+            },
+        ));
+        let control = tokio::spawn(controller.run(Inputs {
+            marathon: marathon_rx,
+            control: control_rx,
+            shutdown: shutdown_rx.clone(),
+        }));
+        let sweeper = xdp_shared
+            .as_ref()
+            .map(|dp| tokio::spawn(sweep_conntrack(dp.clone())));
+
+        // SIGHUP: re-read --static-config (a bad file keeps the last good services) and resync
+        // Marathon, as marathon-lb's SIGHUP regenerates everything. SIGUSR1: reload certificates.
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut usr1 = signal(SignalKind::user_defined1())?;
         let shutdown = wait_for_shutdown();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 r = &mut shutdown => { r?; break; }
                 _ = hup.recv() => {
+                    if let Some(resync) = &resync {
+                        info!("SIGHUP: full resync from Marathon");
+                        resync.request();
+                    }
                     let Some(path) = &opts.static_config else { continue };
                     match static_config::load(path) {
                         Ok(config) => {
                             info!(path = %path.display(), "SIGHUP: static config reloaded");
-                            plane.apply_services(&mut applied, &config.l4);
+                            let _ = control_tx.send(Control::StaticL4(config.l4)).await;
                         }
                         Err(e) => error!("SIGHUP: keeping the last good services: {e:#}"),
                     }
                 }
+                _ = usr1.recv() => {
+                    if let Some(proxy) = &proxy {
+                        info!("SIGUSR1: reloading certificates");
+                        for e in proxy.reload_certs() {
+                            warn!("certificate kept its previous version: {e}");
+                        }
+                    }
+                }
             }
         }
+        let _ = shutdown_tx.send(true);
+        // The controller owns the dataplanes: wait until it is gone.
+        let _ = control.await;
+        admin_task.abort();
+        let _ = admin_task.await;
         if let Some(s) = sweeper {
             s.abort();
             // Wait until the task is gone: it holds a reference to the XDP dataplane.
             let _ = s.await;
         }
-        if let L4Plane::Xdp(dp) = plane {
+        if let Some(dp) = xdp_shared {
             let dp = Arc::try_unwrap(dp)
                 .map_err(|_| anyhow::anyhow!("XDP dataplane still shared at shutdown"))?
                 .into_inner()
@@ -108,41 +213,99 @@ fn run(opts: &RunOptions) -> Result<()> {
     })
 }
 
-/// The TCP/UDP dataplane in use.
-enum L4Plane {
-    /// Shared with the conntrack sweeper.
-    Xdp(Arc<Mutex<XdpL4>>),
-    Userspace(UserspaceL4),
+/// `mlb explain`: from Marathon directly with `--marathon`, else from the running mlb.
+fn explain(opts: &ExplainOptions) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    let out = runtime.block_on(async {
+        if opts.run.marathon.is_empty() {
+            explain_from_admin(opts).await
+        } else {
+            explain_from_marathon(opts).await
+        }
+    })?;
+    print!("{out}");
+    Ok(())
 }
 
-impl L4Plane {
-    /// Applies what changed from `applied` to `wanted`, and records `wanted` as applied. A
-    /// service that cannot be applied is logged and left out; the others are served.
-    fn apply_services(
-        &mut self,
-        applied: &mut BTreeMap<L4ServiceKey, L4Service>,
-        wanted: &BTreeMap<L4ServiceKey, L4Service>,
-    ) {
-        let changes = diff_l4(applied, wanted);
-        if changes.is_empty() {
-            return;
+async fn explain_from_admin(opts: &ExplainOptions) -> Result<String> {
+    let mut addr = opts.run.admin_addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let path = match &opts.app_id {
+        Some(id) => format!("/_mlb/explain/{}", id.trim_start_matches('/')),
+        None => "/_mlb/explain".to_owned(),
+    };
+    let query = if opts.json { "" } else { "?format=text" };
+    let url = format!("http://{addr}{path}{query}");
+    let resp = reqwest::get(&url).await.with_context(|| {
+        format!("asking the mlb admin API at {addr} (is `mlb run` running? --admin-addr, or --marathon to read Marathon directly)")
+    })?;
+    let status = resp.status();
+    let body = resp
+        .text()
+        .await
+        .with_context(|| format!("reading {url}"))?;
+    if !status.is_success() {
+        bail!("{url}: HTTP {status}: {}", body.trim());
+    }
+    Ok(body)
+}
+
+async fn explain_from_marathon(opts: &ExplainOptions) -> Result<String> {
+    let model = model_options(&opts.run)?;
+    let cfg = MarathonConfig::from_options(&opts.run).context("Marathon flags")?;
+    let client = MarathonClient::new(&cfg).context("Marathon client")?;
+    let apps = client
+        .list_apps()
+        .await
+        .context("reading Marathon's apps")?;
+    let mut controller = Controller::new(model, Box::new(NoDataplane), None);
+    controller.take_update(mlb::marathon::watch::MarathonUpdate::Snapshot(apps));
+    let names = controller.unresolved_hosts();
+    controller.add_host_addrs(controller::resolve_hosts(names).await);
+    controller.recompute(std::time::SystemTime::now());
+    let status = controller.status().load_full();
+    let mut apps: Vec<_> = status.explanations.iter().cloned().collect();
+    if let Some(id) = &opts.app_id {
+        let id = format!("/{}", id.trim_start_matches('/'));
+        apps.retain(|a| a.app_id == id || a.marathon_app_ids.contains(&id));
+        if apps.is_empty() {
+            bail!("{id}: no such app in Marathon's answer");
         }
-        let result = match self {
-            L4Plane::Xdp(dp) => match dp.lock() {
-                Ok(mut dp) => dp.apply(&changes),
-                Err(_) => return error!("XDP dataplane lock poisoned"),
-            },
-            L4Plane::Userspace(dp) => dp.apply(&changes),
-        };
-        if let Err(e) = result {
-            error!("{e}");
+    }
+    if opts.json {
+        Ok(serde_json::to_string_pretty(&apps)? + "\n")
+    } else {
+        Ok(mlb::model::explain::render_text(&apps))
+    }
+}
+
+/// `mlb explain` evaluates without serving anything.
+struct NoDataplane;
+
+impl L4Dataplane for NoDataplane {
+    fn apply(&mut self, _: &[L4Change]) -> Result<(), L4Error> {
+        Ok(())
+    }
+}
+
+/// The XDP dataplane, shared between the controller and the conntrack sweeper.
+struct SharedXdp(Arc<Mutex<XdpL4>>);
+
+impl L4Dataplane for SharedXdp {
+    fn apply(&mut self, changes: &[L4Change]) -> Result<(), L4Error> {
+        match self.0.lock() {
+            Ok(mut dp) => dp.apply(changes),
+            Err(_) => Err(L4Error {
+                service: match changes.first() {
+                    Some(L4Change::Upsert(s)) => s.key,
+                    Some(L4Change::Remove(k)) => *k,
+                    None => return Ok(()),
+                },
+                reason: "XDP dataplane lock poisoned".into(),
+            }),
         }
-        info!(
-            changes = changes.len(),
-            services = wanted.len(),
-            "TCP/UDP services applied"
-        );
-        applied.clone_from(wanted);
     }
 }
 
@@ -239,7 +402,6 @@ fn attach_xdp(opts: &RunOptions) -> Result<XdpProgram> {
 }
 
 async fn wait_for_shutdown() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     tokio::select! {
         r = tokio::signal::ctrl_c() => r?,

@@ -27,8 +27,24 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent: watch Marathon (or a static config) and route its apps.
     Run(Box<RunOptions>),
+    /// Say, for every app and service port, what is exposed where, or exactly why not. With
+    /// `--marathon`, reads Marathon once and evaluates it with the given flags (`--group`,
+    /// `--strict-mode`, `--health-check` ...); without, asks the mlb running at `--admin-addr`.
+    Explain(Box<ExplainOptions>),
     /// Print the version and the features of this build.
     Version,
+}
+
+/// Flags of `mlb explain`: the app to explain, the output format, and `mlb run`'s flags.
+#[derive(Debug, Args)]
+pub struct ExplainOptions {
+    /// Only this app (its Marathon id, e.g. `/shop/web`); default: every app.
+    pub app_id: Option<String>,
+    /// Print JSON (the admin API's `/_mlb/explain` document) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub run: RunOptions,
 }
 
 /// Which dataplane forwards plain TCP/UDP services.
@@ -184,6 +200,13 @@ pub struct RunOptions {
     /// Poll `/v2/apps` every this many seconds instead of following the event stream.
     #[arg(long, env = "MLB_POLL_INTERVAL", value_name = "SECS")]
     pub poll_interval: Option<u64>,
+    /// Lowest service port auto-assigned to IP-per-task apps that declare none (0 with
+    /// `--max-serv-port-ip-per-task 0`: no auto-assignment), as marathon-lb.
+    #[arg(long, env = "MLB_MIN_SERV_PORT_IP_PER_TASK", default_value_t = 10050)]
+    pub min_serv_port_ip_per_task: u16,
+    /// Highest auto-assigned service port for IP-per-task apps.
+    #[arg(long, env = "MLB_MAX_SERV_PORT_IP_PER_TASK", default_value_t = 10100)]
+    pub max_serv_port_ip_per_task: u16,
 }
 
 fn parse_table_size(s: &str) -> Result<u32, String> {
@@ -249,7 +272,7 @@ mod tests {
         argv.extend(args);
         match Cli::try_parse_from(argv)?.command {
             Command::Run(opts) => Ok(opts),
-            Command::Version => unreachable!(),
+            _ => unreachable!(),
         }
     }
 

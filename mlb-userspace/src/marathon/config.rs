@@ -268,7 +268,7 @@ mod tests {
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).expect("valid flags").command {
             Command::Run(o) => o,
-            Command::Version => unreachable!(),
+            _ => unreachable!(),
         }
     }
 

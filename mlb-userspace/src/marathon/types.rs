@@ -256,7 +256,7 @@ pub fn parse_app(v: &Value) -> Result<App, AppParseError> {
     parse_app_at(v, None)
 }
 
-fn parse_app_at(v: &Value, index: Option<usize>) -> Result<App, AppParseError> {
+pub(crate) fn parse_app_at(v: &Value, index: Option<usize>) -> Result<App, AppParseError> {
     let app_id = v
         .get("id")
         .and_then(Value::as_str)

@@ -10,7 +10,7 @@ use std::{collections::BTreeSet, net::IpAddr, time::SystemTime};
 
 use crate::marathon::types::AppList;
 
-mod build;
+pub(crate) mod build;
 pub mod deployment;
 pub mod explain;
 pub mod groups;

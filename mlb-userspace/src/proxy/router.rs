@@ -246,6 +246,7 @@ mod tests {
             weight,
             health_check: None,
             tls_passthrough: false,
+            tls: Default::default(),
         }
     }
 

@@ -1,0 +1,403 @@
+//! The admin listener (`--admin-addr`, marathon-lb's `:9090`): the endpoints marathon-lb's
+//! tooling calls, with the same paths, status codes and bodies, plus mlb's own.
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/_haproxy_health_check` | 200 while mlb runs (load balancers in front health-check this) |
+//! | `/_haproxy_getpids` | mlb's PID: always one process, so zdd never sees a reload in progress |
+//! | `/_haproxy_getconfig` | the routing state mlb serves, as text (there is no HAProxy config) |
+//! | `/_haproxy_getvhostmap`, `/_haproxy_getappmap` | `vhost backend` / `app-id backend` lines |
+//! | `/_mlb_signal/hup` | full resync from Marathon |
+//! | `/_mlb_signal/usr1` | re-read every certificate file |
+//! | `/_mlb/explain[/APP_ID]` | why each app is or is not exposed (JSON; `?format=text`) |
+//! | `/_mlb/status` | sync state, generation, errors (JSON) |
+//! | `/_mlb/state` | the desired state the dataplanes were given (JSON) |
+//! | `/metrics` | Prometheus text |
+use std::{convert::Infallible, fmt::Write as _, net::SocketAddr, sync::Arc};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::{
+    controller::Status,
+    marathon::watch::ResyncTrigger,
+    model::{DesiredState, explain},
+    proxy::HttpProxy,
+};
+
+/// What the admin endpoints read and trigger.
+#[derive(Clone)]
+pub struct AdminContext {
+    /// The controller's status.
+    pub status: Arc<ArcSwap<Status>>,
+    /// Requests a full Marathon resync (`None` without Marathon).
+    pub resync: Option<ResyncTrigger>,
+    /// The HTTP proxy, for certificate reloads (`None` when not running).
+    pub proxy: Option<Arc<HttpProxy>>,
+}
+
+/// Binds the admin listener. Separate from [`serve`] so a bind error stops mlb at start.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves admin requests on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, ctx: AdminContext) {
+    let ctx = Arc::new(ctx);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                warn!("admin listener: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(handle(&ctx, &req)) }
+            });
+            let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = conn {
+                debug!(%peer, "admin connection ended: {e}");
+            }
+        });
+    }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn text(status: StatusCode, body: impl Into<String>) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(body.into())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json(value: &impl Serialize) -> Reply {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => {
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}
+
+/// Answers one admin request.
+pub fn handle(ctx: &AdminContext, req: &Request<Incoming>) -> Reply {
+    route(ctx, req.method(), req.uri().path(), req.uri().query())
+}
+
+/// Routing of [`handle`], without the request body (none of the endpoints reads one).
+pub fn route(ctx: &AdminContext, method: &Method, path: &str, query: Option<&str>) -> Reply {
+    if method != Method::GET && method != Method::POST && method != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET or POST\n");
+    }
+    let status = ctx.status.load_full();
+    let want_text = query.is_some_and(|q| q.split('&').any(|kv| kv == "format=text"));
+    match path {
+        "/_haproxy_health_check" => text(StatusCode::OK, "OK\n"),
+        "/_haproxy_getpids" => text(StatusCode::OK, std::process::id().to_string()),
+        "/_haproxy_getconfig" => text(StatusCode::OK, render_config(&status.state)),
+        "/_haproxy_getvhostmap" => text(StatusCode::OK, vhost_map(&status.state)),
+        "/_haproxy_getappmap" => text(StatusCode::OK, app_map(&status.state)),
+        "/_mlb_signal/hup" => match &ctx.resync {
+            Some(resync) => {
+                resync.request();
+                text(StatusCode::OK, "Sent SIGHUP signal to marathon-lb\n")
+            }
+            None => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Failed to send SIGHUP signal to marathon-lb: mlb is not watching Marathon\n",
+            ),
+        },
+        "/_mlb_signal/usr1" => match &ctx.proxy {
+            Some(proxy) => {
+                let errors = proxy.reload_certs();
+                if errors.is_empty() {
+                    text(StatusCode::OK, "Sent SIGUSR1 signal to marathon-lb\n")
+                } else {
+                    let mut body = String::from(
+                        "Sent SIGUSR1 signal to marathon-lb; these certificates kept their previous version:\n",
+                    );
+                    for e in errors {
+                        let _ = writeln!(body, "  {e}");
+                    }
+                    text(StatusCode::OK, body)
+                }
+            }
+            None => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Failed to send SIGUSR1 signal to marathon-lb: the HTTP proxy is not running\n",
+            ),
+        },
+        "/_mlb/status" => json(&StatusView::of(&status)),
+        "/_mlb/state" => json(&*status.state),
+        "/metrics" => text(StatusCode::OK, metrics(&status)),
+        "/_mlb/explain" | "/_mlb/explain/" => {
+            if want_text {
+                text(StatusCode::OK, explain::render_text(&status.explanations))
+            } else {
+                json(&*status.explanations)
+            }
+        }
+        p if p.starts_with("/_mlb/explain/") => {
+            let id = &p["/_mlb/explain".len()..];
+            let apps: Vec<_> = status
+                .explanations
+                .iter()
+                .filter(|a| a.app_id == id || a.marathon_app_ids.iter().any(|m| m == id))
+                .cloned()
+                .collect();
+            if apps.is_empty() {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    format!("{id}: no such app in Marathon's answer (ids start with /)\n"),
+                );
+            }
+            if want_text {
+                text(StatusCode::OK, explain::render_text(&apps))
+            } else {
+                json(&apps)
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// `/_mlb/status`: the status without the (large) state and explanations.
+#[derive(Serialize)]
+struct StatusView<'a> {
+    pid: u32,
+    synced: bool,
+    generation: u64,
+    last_error: Option<&'a str>,
+    apps: usize,
+    l4_services: usize,
+    http_services: usize,
+    rejected: usize,
+    l4_unhealthy: &'a [crate::model::BackendId],
+    l4_errors: &'a std::collections::BTreeMap<String, String>,
+    http_errors: &'a [String],
+}
+
+impl<'a> StatusView<'a> {
+    fn of(s: &'a Status) -> Self {
+        StatusView {
+            pid: std::process::id(),
+            synced: s.synced,
+            generation: s.generation,
+            last_error: s.last_error.as_deref(),
+            apps: s.apps,
+            l4_services: s.state.l4.len(),
+            http_services: s.state.http.len(),
+            rejected: s.state.rejected.len(),
+            l4_unhealthy: &s.l4_unhealthy,
+            l4_errors: &s.l4_errors,
+            http_errors: &s.http_errors,
+        }
+    }
+}
+
+/// marathon-lb's backend name: the app id with `/` as `_`, then the service port.
+fn backend_name(app_id: &str, port: u16) -> String {
+    format!(
+        "{}_{port}",
+        app_id.trim_start_matches('/').replace('/', "_")
+    )
+}
+
+fn vhost_map(state: &DesiredState) -> String {
+    let mut out = String::new();
+    for svc in state.http.values() {
+        for vhost in &svc.vhosts {
+            let _ = writeln!(
+                out,
+                "{vhost}\t{}",
+                backend_name(&svc.key.app_id, svc.service_port)
+            );
+        }
+    }
+    out
+}
+
+fn app_map(state: &DesiredState) -> String {
+    let mut out = String::new();
+    for svc in state.http.values() {
+        let _ = writeln!(
+            out,
+            "{}\t{}",
+            svc.key.app_id,
+            backend_name(&svc.key.app_id, svc.service_port)
+        );
+    }
+    out
+}
+
+/// A readable account of what is routed, in the order of HAProxy's frontends.
+fn render_config(state: &DesiredState) -> String {
+    let mut out = String::from(
+        "# mlb has no HAProxy configuration: this is the routing state it serves now.\n",
+    );
+    for svc in state.l4.values() {
+        let bind = svc
+            .bind_addr
+            .map_or_else(|| "*".to_owned(), |a| a.to_string());
+        let _ = writeln!(
+            out,
+            "frontend {}\n  bind {bind}:{}\n  mode {}",
+            backend_name(&svc.app_id, svc.key.port),
+            svc.key.port,
+            svc.key.protocol
+        );
+        for b in &svc.backends {
+            let _ = writeln!(
+                out,
+                "  server {} {} weight {} {:?}",
+                b.id, b.addr, b.weight, b.state
+            );
+        }
+    }
+    for svc in state.http.values() {
+        let bind = svc
+            .bind_addr
+            .map_or_else(|| "*".to_owned(), |a| a.to_string());
+        let _ = writeln!(
+            out,
+            "frontend {}\n  bind {bind}:{}\n  mode http",
+            backend_name(&svc.key.app_id, svc.service_port),
+            svc.service_port
+        );
+        if !svc.vhosts.is_empty() {
+            let _ = writeln!(out, "  vhosts {}", svc.vhosts.join(" "));
+        }
+        if !svc.paths.is_empty() {
+            let _ = writeln!(out, "  paths {}", svc.paths.join(" "));
+        }
+        for b in &svc.backends {
+            let _ = writeln!(
+                out,
+                "  server {} {} weight {} {:?}",
+                b.id, b.addr, b.weight, b.state
+            );
+        }
+    }
+    for r in &state.rejected {
+        let _ = writeln!(out, "# not exposed: {} {}", r.app_id, r.reason);
+    }
+    out
+}
+
+fn metrics(s: &Status) -> String {
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    };
+    gauge(
+        "mlb_synced",
+        "1 once Marathon was read successfully.",
+        u64::from(s.synced),
+    );
+    gauge(
+        "mlb_generation",
+        "Dataplane updates applied since start.",
+        s.generation,
+    );
+    gauge("mlb_apps", "Marathon apps known.", s.apps as u64);
+    gauge(
+        "mlb_l4_services",
+        "TCP/UDP services.",
+        s.state.l4.len() as u64,
+    );
+    gauge(
+        "mlb_http_services",
+        "HTTP services.",
+        s.state.http.len() as u64,
+    );
+    gauge(
+        "mlb_rejected",
+        "Apps or ports not exposed because of a problem.",
+        s.state.rejected.len() as u64,
+    );
+    gauge(
+        "mlb_l4_unhealthy_backends",
+        "L4 backends failing mlb's health checks.",
+        s.l4_unhealthy.len() as u64,
+    );
+    gauge(
+        "mlb_marathon_read_failing",
+        "1 while the last Marathon read failed.",
+        u64::from(s.last_error.is_some()),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> AdminContext {
+        AdminContext {
+            status: Arc::default(),
+            resync: Some(ResyncTrigger::default()),
+            proxy: None,
+        }
+    }
+
+    fn body(r: Reply) -> (StatusCode, String) {
+        use http_body_util::BodyExt as _;
+        let status = r.status();
+        let bytes = futures_util::FutureExt::now_or_never(r.into_body().collect())
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn marathon_lb_endpoints_answer_as_marathon_lb_did() {
+        let c = ctx();
+        let (s, b) = body(route(&c, &Method::GET, "/_haproxy_health_check", None));
+        assert_eq!((s, b.as_str()), (StatusCode::OK, "OK\n"));
+        let (s, b) = body(route(&c, &Method::GET, "/_haproxy_getpids", None));
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(
+            b,
+            std::process::id().to_string(),
+            "one PID: never reloading"
+        );
+        let (s, b) = body(route(&c, &Method::POST, "/_mlb_signal/hup", None));
+        assert_eq!(
+            (s, b.as_str()),
+            (StatusCode::OK, "Sent SIGHUP signal to marathon-lb\n")
+        );
+        let (s, _) = body(route(&c, &Method::POST, "/_mlb_signal/usr1", None));
+        assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "no proxy to reload");
+        let (s, _) = body(route(&c, &Method::GET, "/_mlb/explain/nope", None));
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, b) = body(route(&c, &Method::GET, "/metrics", None));
+        assert_eq!(s, StatusCode::OK);
+        assert!(b.contains("mlb_synced 0"), "{b}");
+    }
+}

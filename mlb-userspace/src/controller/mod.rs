@@ -1,0 +1,440 @@
+//! The controller: Marathon updates → model → diffs → dataplanes, and the status the admin API
+//! shows.
+//!
+//! One task owns it and handles one thing at a time, in order: a [`MarathonUpdate`] (the
+//! watcher has already coalesced event bursts), a change of the L4 active health checks, or a
+//! control message (SIGHUP re-read of `--static-config`). After each, the model recomputes the
+//! whole [`DesiredState`] (pure and fast), and each dataplane receives only what changed:
+//! [`L4Change`]s for the TCP/UDP dataplane, a new route set for the HTTP proxy only when an HTTP
+//! service changed. A failed Marathon read changes nothing: the last good state stays.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, warn};
+
+use crate::{
+    dataplane::{L4Change, L4Dataplane, diff_l4},
+    marathon::watch::MarathonUpdate,
+    model::{
+        self, BackendId, DesiredState, HealthCache, HttpService, HttpServiceKey, L4Service,
+        L4ServiceKey, ModelOptions, explain::AppExplanation,
+    },
+    proxy::{
+        HttpProxy,
+        health::{HealthChecker, UnhealthySet, targets_of_l4},
+    },
+};
+
+pub mod apps;
+
+use apps::AppStore;
+
+/// The HTTP dataplane as the controller sees it (the proxy, or a recorder in tests).
+pub trait HttpDataplane: Send {
+    /// Makes `services` the routed set; returns the problems, each naming its app.
+    fn apply(&mut self, services: &BTreeMap<HttpServiceKey, HttpService>) -> Vec<String>;
+}
+
+impl HttpDataplane for Arc<HttpProxy> {
+    fn apply(&mut self, services: &BTreeMap<HttpServiceKey, HttpService>) -> Vec<String> {
+        HttpProxy::apply(self, services)
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+}
+
+/// What the admin API shows; replaced whole after every change.
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    /// Bumped every time a dataplane was given changes.
+    pub generation: u64,
+    /// Whether Marathon has been read successfully at least once.
+    pub synced: bool,
+    /// The last failed Marathon read, until the next good one.
+    pub last_error: Option<String>,
+    /// When the status was last published.
+    pub applied_at: Option<SystemTime>,
+    /// Apps known (parsed or not).
+    pub apps: usize,
+    /// The model's output (backends before mlb's own L4 health checks).
+    pub state: Arc<DesiredState>,
+    /// Why each app is or is not exposed.
+    pub explanations: Arc<Vec<AppExplanation>>,
+    /// L4 backends mlb's active health checks keep out of rotation.
+    pub l4_unhealthy: Vec<BackendId>,
+    /// L4 services a dataplane refused, with the reason.
+    pub l4_errors: BTreeMap<String, String>,
+    /// HTTP configuration problems of the last apply.
+    pub http_errors: Vec<String>,
+}
+
+/// Messages to the controller besides Marathon updates.
+#[derive(Debug)]
+pub enum Control {
+    /// `--static-config` was re-read: these static services replace the previous ones.
+    StaticL4(BTreeMap<L4ServiceKey, L4Service>),
+}
+
+/// Where the controller's input comes from.
+pub struct Inputs {
+    /// Marathon updates (none when mlb runs on a static config only).
+    pub marathon: Option<mpsc::Receiver<MarathonUpdate>>,
+    /// Control messages.
+    pub control: mpsc::Receiver<Control>,
+    /// Becomes true at shutdown.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// The controller; see the module documentation.
+pub struct Controller {
+    store: AppStore,
+    model: ModelOptions,
+    static_l4: BTreeMap<L4ServiceKey, L4Service>,
+    /// The model's reserved ports before static services were added.
+    base_reserved: BTreeSet<u16>,
+    health_cache: HealthCache,
+    state: Arc<DesiredState>,
+    explanations: Arc<Vec<AppExplanation>>,
+    l4_health: Option<(HealthChecker, watch::Receiver<Arc<UnhealthySet>>)>,
+    l4_unhealthy: Arc<UnhealthySet>,
+    l4_applied: BTreeMap<L4ServiceKey, L4Service>,
+    http_applied: BTreeMap<HttpServiceKey, HttpService>,
+    l4: Box<dyn L4Dataplane + Send>,
+    http: Option<Box<dyn HttpDataplane>>,
+    logged: BTreeSet<String>,
+    status: Arc<ArcSwap<Status>>,
+    generation: u64,
+    synced: bool,
+    last_error: Option<String>,
+    l4_errors: BTreeMap<String, String>,
+    http_errors: Vec<String>,
+}
+
+impl Controller {
+    /// A controller feeding `l4` and (when HTTP services are served) `http`.
+    pub fn new(
+        model: ModelOptions,
+        l4: Box<dyn L4Dataplane + Send>,
+        http: Option<Box<dyn HttpDataplane>>,
+    ) -> Self {
+        Controller {
+            store: AppStore::default(),
+            base_reserved: model.reserved_ports.clone(),
+            model,
+            static_l4: BTreeMap::new(),
+            health_cache: HealthCache::new(),
+            state: Arc::default(),
+            explanations: Arc::default(),
+            l4_health: None,
+            l4_unhealthy: Arc::default(),
+            l4_applied: BTreeMap::new(),
+            http_applied: BTreeMap::new(),
+            l4,
+            http,
+            logged: BTreeSet::new(),
+            status: Arc::default(),
+            generation: 0,
+            synced: false,
+            last_error: None,
+            l4_errors: BTreeMap::new(),
+            http_errors: Vec::new(),
+        }
+    }
+
+    /// Runs mlb's own active health checks against L4 backends (on `handle`'s runtime); a
+    /// backend failing them leaves the Maglev table until it passes again.
+    pub fn with_l4_health_checks(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.l4_health = Some(HealthChecker::new(handle));
+        self
+    }
+
+    /// Static services served besides Marathon's (a Marathon service on the same port and
+    /// protocol is refused, with a reason in `mlb explain`).
+    pub fn set_static_l4(&mut self, services: BTreeMap<L4ServiceKey, L4Service>) {
+        self.model.reserved_ports = self
+            .base_reserved
+            .iter()
+            .copied()
+            .chain(services.keys().map(|k| k.port))
+            .collect();
+        self.static_l4 = services;
+    }
+
+    /// The status the admin API reads (updated after every change).
+    pub fn status(&self) -> Arc<ArcSwap<Status>> {
+        self.status.clone()
+    }
+
+    /// Takes one Marathon update into the app store. Returns whether the apps changed (a
+    /// failed read changes nothing and is only recorded).
+    pub fn take_update(&mut self, update: MarathonUpdate) -> bool {
+        match update {
+            MarathonUpdate::Snapshot(apps) => {
+                self.store.replace_all(&apps);
+                self.synced = true;
+                self.last_error = None;
+                true
+            }
+            MarathonUpdate::Apps { changed, removed } => {
+                self.store.update(&changed, &removed);
+                self.last_error = None;
+                true
+            }
+            MarathonUpdate::SyncFailed { error } => {
+                warn!(%error, "Marathon read failed; keeping the last good state");
+                self.last_error = Some(error);
+                self.publish();
+                false
+            }
+        }
+    }
+
+    /// Agent host names that need a DNS answer before the next [`Controller::recompute`].
+    pub fn unresolved_hosts(&self) -> Vec<String> {
+        model::hosts_to_resolve(self.store.list())
+            .into_iter()
+            .filter(|h| !self.model.host_addrs.contains_key(h))
+            .collect()
+    }
+
+    /// Records DNS answers for agent host names.
+    pub fn add_host_addrs(&mut self, addrs: impl IntoIterator<Item = (String, IpAddr)>) {
+        self.model.host_addrs.extend(addrs);
+    }
+
+    /// Recomputes the desired state from the apps and applies what changed.
+    pub fn recompute(&mut self, now: SystemTime) {
+        let eval = model::build::evaluate(self.store.list(), &self.model, &self.health_cache, now);
+        self.health_cache = eval.health;
+        let mut state = eval.state;
+        for (key, svc) in &self.static_l4 {
+            state.l4.insert(*key, svc.clone());
+        }
+        self.log_problems(&state);
+        if let Some((checker, _)) = &mut self.l4_health {
+            checker.set_targets(targets_of_l4(state.l4.values()));
+        }
+        self.state = Arc::new(state);
+        self.explanations = Arc::new(eval.explanations);
+        self.apply();
+    }
+
+    /// The L4 active health checks changed: applies the new rotation.
+    pub fn set_l4_unhealthy(&mut self, unhealthy: Arc<UnhealthySet>) {
+        self.l4_unhealthy = unhealthy;
+        self.apply();
+    }
+
+    /// Hands each dataplane what changed since the last apply.
+    fn apply(&mut self) {
+        let wanted = self.l4_in_rotation();
+        let changes = diff_l4(&self.l4_applied, &wanted);
+        let http_changed = self.http.is_some() && self.http_applied != self.state.http;
+        if !changes.is_empty() {
+            self.apply_l4(&changes, wanted);
+        }
+        if http_changed && let Some(http) = &mut self.http {
+            self.http_errors = http.apply(&self.state.http);
+            self.http_applied.clone_from(&self.state.http);
+        }
+        if !changes.is_empty() || http_changed {
+            self.generation += 1;
+            info!(
+                generation = self.generation,
+                l4_changes = changes.len(),
+                l4_services = self.l4_applied.len(),
+                http_services = self.http_applied.len(),
+                "dataplanes updated"
+            );
+        }
+        self.publish();
+    }
+
+    /// Applies L4 changes one service at a time so a service the dataplane refuses (e.g. a port
+    /// it cannot bind) is retried at the next change and never blocks the others.
+    fn apply_l4(&mut self, changes: &[L4Change], wanted: BTreeMap<L4ServiceKey, L4Service>) {
+        for change in changes {
+            let key = match change {
+                L4Change::Upsert(s) => s.key,
+                L4Change::Remove(k) => *k,
+            };
+            match self.l4.apply(std::slice::from_ref(change)) {
+                Ok(()) => {
+                    self.l4_errors.remove(&key.to_string());
+                    match wanted.get(&key) {
+                        Some(svc) => self.l4_applied.insert(key, svc.clone()),
+                        None => self.l4_applied.remove(&key),
+                    };
+                }
+                Err(e) => {
+                    error!("{e}");
+                    self.l4_errors.insert(key.to_string(), e.reason);
+                }
+            }
+        }
+    }
+
+    /// The L4 services with the backends mlb's own health checks fail left out.
+    fn l4_in_rotation(&self) -> BTreeMap<L4ServiceKey, L4Service> {
+        self.state
+            .l4
+            .iter()
+            .map(|(key, svc)| {
+                let mut svc = svc.clone();
+                if !self.l4_unhealthy.is_empty() {
+                    svc.backends.retain(|b| !self.l4_unhealthy.contains(&b.id));
+                }
+                (*key, svc)
+            })
+            .collect()
+    }
+
+    /// Logs each rejection and warning once (again only after it went away and came back).
+    fn log_problems(&mut self, state: &DesiredState) {
+        let mut now = BTreeSet::new();
+        for r in &state.rejected {
+            let port = r
+                .port_index
+                .map(|i| format!(" port index {i}"))
+                .unwrap_or_default();
+            let line = format!("app {}{port} not exposed: {}", r.app_id, r.reason);
+            if !self.logged.contains(&line) {
+                error!("{line}");
+            }
+            now.insert(line);
+        }
+        for w in &state.warnings {
+            let port = w
+                .port_index
+                .map(|i| format!(" port index {i}"))
+                .unwrap_or_default();
+            let line = format!("app {}{port}: {}", w.app_id, w.message);
+            if !self.logged.contains(&line) {
+                warn!("{line}");
+            }
+            now.insert(line);
+        }
+        self.logged = now;
+    }
+
+    fn publish(&self) {
+        let mut l4_unhealthy: Vec<BackendId> = self.l4_unhealthy.iter().cloned().collect();
+        l4_unhealthy.sort();
+        let list = self.store.list();
+        self.status.store(Arc::new(Status {
+            generation: self.generation,
+            synced: self.synced,
+            last_error: self.last_error.clone(),
+            applied_at: Some(SystemTime::now()),
+            apps: list.apps.len() + list.invalid.len(),
+            state: self.state.clone(),
+            explanations: self.explanations.clone(),
+            l4_unhealthy,
+            l4_errors: self.l4_errors.clone(),
+            http_errors: self.http_errors.clone(),
+        }));
+    }
+
+    /// Runs until shutdown: takes Marathon updates, health changes and control messages, one
+    /// at a time.
+    pub async fn run(mut self, mut inputs: Inputs) {
+        // Static services are served at once, before Marathon answers.
+        self.recompute(SystemTime::now());
+        let mut health_rx = self.l4_health.as_ref().map(|(_, rx)| rx.clone());
+        loop {
+            tokio::select! {
+                update = recv_marathon(&mut inputs.marathon) => {
+                    let Some(update) = update else {
+                        inputs.marathon = None;
+                        continue;
+                    };
+                    let mut changed = self.take_update(update);
+                    // Updates that queued while the last one was applied are taken together.
+                    while let Some(Ok(more)) = inputs.marathon.as_mut().map(|rx| rx.try_recv()) {
+                        changed |= self.take_update(more);
+                    }
+                    if changed {
+                        self.resolve_hosts().await;
+                        self.recompute(SystemTime::now());
+                    }
+                }
+                Some(msg) = inputs.control.recv() => match msg {
+                    Control::StaticL4(services) => {
+                        self.set_static_l4(services);
+                        self.recompute(SystemTime::now());
+                    }
+                },
+                changed = health_changed(&mut health_rx) => {
+                    match changed {
+                        Some(set) => {
+                            debug!(unhealthy = set.len(), "L4 health checks changed");
+                            self.set_l4_unhealthy(set);
+                        }
+                        None => health_rx = None,
+                    }
+                }
+                _ = inputs.shutdown.changed() => break,
+            }
+            if *inputs.shutdown.borrow() {
+                break;
+            }
+        }
+    }
+
+    async fn resolve_hosts(&mut self) {
+        let names = self.unresolved_hosts();
+        if !names.is_empty() {
+            self.add_host_addrs(resolve_hosts(names).await);
+        }
+    }
+}
+
+/// Resolves agent host names (marathon-lb does the same with `socket.gethostbyname`), IPv4
+/// first. A name that does not resolve is left out: its tasks stay unrouted, with that reason
+/// in explain, and it is tried again at the next update.
+pub async fn resolve_hosts(names: Vec<String>) -> Vec<(String, IpAddr)> {
+    let mut found = Vec::new();
+    for name in names {
+        let lookup = tokio::net::lookup_host((name.clone(), 0));
+        match tokio::time::timeout(Duration::from_secs(2), lookup).await {
+            Ok(Ok(addrs)) => {
+                let addrs: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
+                if let Some(ip) = addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()) {
+                    found.push((name, *ip));
+                }
+            }
+            Ok(Err(e)) => warn!(host = %name, "agent host name does not resolve: {e}"),
+            Err(_) => warn!(host = %name, "agent host name: DNS timed out"),
+        }
+    }
+    found
+}
+
+async fn recv_marathon(rx: &mut Option<mpsc::Receiver<MarathonUpdate>>) -> Option<MarathonUpdate> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn health_changed(
+    rx: &mut Option<watch::Receiver<Arc<UnhealthySet>>>,
+) -> Option<Arc<UnhealthySet>> {
+    match rx {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(rx.borrow_and_update().clone()),
+            Err(_) => None,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests;

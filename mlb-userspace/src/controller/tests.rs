@@ -1,0 +1,280 @@
+//! The controller hands each dataplane only what changed, keeps the last good state on failed
+//! reads, isolates bad apps and applies L4 health-check verdicts.
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::dataplane::L4Error;
+
+/// An L4 dataplane that records what it was given; refuses one port if told to.
+#[derive(Clone, Default)]
+struct Recorder {
+    changes: Arc<Mutex<Vec<L4Change>>>,
+    refuse_port: Arc<Mutex<Option<u16>>>,
+}
+
+impl L4Dataplane for Recorder {
+    fn apply(&mut self, changes: &[L4Change]) -> Result<(), L4Error> {
+        for c in changes {
+            if let L4Change::Upsert(s) = c
+                && Some(s.key.port) == *self.refuse_port.lock().unwrap()
+            {
+                return Err(L4Error {
+                    service: s.key,
+                    reason: "address in use".into(),
+                });
+            }
+            self.changes.lock().unwrap().push(c.clone());
+        }
+        Ok(())
+    }
+}
+
+impl Recorder {
+    fn take(&self) -> Vec<L4Change> {
+        std::mem::take(&mut self.changes.lock().unwrap())
+    }
+}
+
+#[derive(Clone, Default)]
+struct HttpRecorder(Arc<Mutex<Vec<usize>>>);
+
+impl HttpDataplane for HttpRecorder {
+    fn apply(&mut self, services: &BTreeMap<HttpServiceKey, HttpService>) -> Vec<String> {
+        self.0.lock().unwrap().push(services.len());
+        Vec::new()
+    }
+}
+
+fn tcp_app(id: &str, port: u16, tasks: &[(&str, u16)]) -> Value {
+    json!({
+        "id": id,
+        "instances": tasks.len(),
+        "portDefinitions": [{"port": port, "protocol": "tcp"}],
+        "labels": {"HAPROXY_GROUP": "external"},
+        "tasks": tasks.iter().map(|(tid, hp)| json!({
+            "id": tid, "host": "198.18.2.10", "ports": [hp], "state": "TASK_RUNNING"
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn web_app(id: &str, port: u16, vhost: &str) -> Value {
+    json!({
+        "id": id,
+        "instances": 1,
+        "portDefinitions": [{"port": port}],
+        "labels": {"HAPROXY_GROUP": "external", "HAPROXY_0_VHOST": vhost},
+        "tasks": [{"id": format!("{}.t1", id.trim_start_matches('/')), "host": "198.18.2.11",
+                   "ports": [31000], "state": "TASK_RUNNING"}],
+    })
+}
+
+fn controller() -> (Controller, Recorder, HttpRecorder) {
+    let l4 = Recorder::default();
+    let http = HttpRecorder::default();
+    let c = Controller::new(
+        ModelOptions::new(vec!["external".into()]),
+        Box::new(l4.clone()),
+        Some(Box::new(http.clone())),
+    );
+    (c, l4, http)
+}
+
+fn feed(c: &mut Controller, update: MarathonUpdate) {
+    if c.take_update(update) {
+        c.recompute(SystemTime::now());
+    }
+}
+
+#[test]
+fn only_changed_services_reach_the_dataplanes() {
+    let (mut c, l4, http) = controller();
+    feed(
+        &mut c,
+        MarathonUpdate::Snapshot(vec![
+            tcp_app("/a", 10001, &[("a.1", 31001)]),
+            tcp_app("/b", 10002, &[("b.1", 31002)]),
+            web_app("/web", 10003, "web.example.test"),
+        ]),
+    );
+    assert_eq!(l4.take().len(), 2);
+    assert_eq!(*http.0.lock().unwrap(), [1]);
+    let gen1 = c.status().load().generation;
+
+    // One app scales: one upsert for its service, nothing for the other, no HTTP swap.
+    feed(
+        &mut c,
+        MarathonUpdate::Apps {
+            changed: vec![tcp_app("/a", 10001, &[("a.1", 31001), ("a.2", 31011)])],
+            removed: vec![],
+        },
+    );
+    let changes = l4.take();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    let L4Change::Upsert(svc) = &changes[0] else {
+        panic!("{changes:?}")
+    };
+    assert_eq!((svc.key.port, svc.backends.len()), (10001, 2));
+    assert_eq!(http.0.lock().unwrap().len(), 1, "HTTP unchanged: no swap");
+    assert_eq!(c.status().load().generation, gen1 + 1);
+
+    // The same state again changes nothing.
+    feed(
+        &mut c,
+        MarathonUpdate::Apps {
+            changed: vec![tcp_app("/a", 10001, &[("a.1", 31001), ("a.2", 31011)])],
+            removed: vec![],
+        },
+    );
+    assert!(l4.take().is_empty());
+    assert_eq!(c.status().load().generation, gen1 + 1);
+
+    // Removal of an app removes its service.
+    feed(
+        &mut c,
+        MarathonUpdate::Apps {
+            changed: vec![],
+            removed: vec!["/b".into()],
+        },
+    );
+    assert!(matches!(&l4.take()[..], [L4Change::Remove(k)] if k.port == 10002));
+}
+
+#[test]
+fn failed_reads_keep_the_last_good_state() {
+    let (mut c, l4, _) = controller();
+    feed(
+        &mut c,
+        MarathonUpdate::Snapshot(vec![tcp_app("/a", 10001, &[("a.1", 31001)])]),
+    );
+    l4.take();
+    feed(
+        &mut c,
+        MarathonUpdate::SyncFailed {
+            error: "GET /v2/apps: HTTP 503".into(),
+        },
+    );
+    assert!(l4.take().is_empty());
+    let status = c.status().load_full();
+    assert_eq!(status.last_error.as_deref(), Some("GET /v2/apps: HTTP 503"));
+    assert_eq!(status.state.l4.len(), 1, "still served");
+}
+
+#[test]
+fn a_bad_app_is_rejected_alone_with_its_field() {
+    let (mut c, l4, _) = controller();
+    feed(
+        &mut c,
+        MarathonUpdate::Snapshot(vec![
+            tcp_app("/a", 10001, &[("a.1", 31001)]),
+            json!({"id": "/bad", "portDefinitions": [{"port": "eighty"}]}),
+        ]),
+    );
+    assert_eq!(l4.take().len(), 1);
+    let status = c.status().load_full();
+    let bad = status
+        .explanations
+        .iter()
+        .find(|e| e.app_id == "/bad")
+        .expect("explained");
+    let problem = bad.problem.as_deref().unwrap_or_default();
+    assert!(problem.contains("portDefinitions"), "{problem}");
+    assert!(!bad.exposed);
+}
+
+#[test]
+fn a_refused_service_is_retried_and_does_not_block_others() {
+    let (mut c, l4, _) = controller();
+    *l4.refuse_port.lock().unwrap() = Some(10001);
+    feed(
+        &mut c,
+        MarathonUpdate::Snapshot(vec![
+            tcp_app("/a", 10001, &[("a.1", 31001)]),
+            tcp_app("/b", 10002, &[("b.1", 31002)]),
+        ]),
+    );
+    assert!(matches!(&l4.take()[..], [L4Change::Upsert(s)] if s.key.port == 10002));
+    assert!(c.status().load().l4_errors.contains_key("10001/tcp"));
+    // The port is free now: the next update retries it.
+    *l4.refuse_port.lock().unwrap() = None;
+    feed(
+        &mut c,
+        MarathonUpdate::Apps {
+            changed: vec![tcp_app("/b", 10002, &[("b.1", 31002)])],
+            removed: vec![],
+        },
+    );
+    assert!(matches!(&l4.take()[..], [L4Change::Upsert(s)] if s.key.port == 10001));
+    assert!(c.status().load().l4_errors.is_empty());
+}
+
+#[test]
+fn failing_l4_health_checks_take_a_backend_out_of_rotation() {
+    let (mut c, l4, _) = controller();
+    feed(
+        &mut c,
+        MarathonUpdate::Snapshot(vec![tcp_app(
+            "/a",
+            10001,
+            &[("a.1", 31001), ("a.2", 31002)],
+        )]),
+    );
+    l4.take();
+    let sick = BackendId("a.2:0".into());
+    c.set_l4_unhealthy(Arc::new([sick.clone()].into()));
+    let changes = l4.take();
+    let [L4Change::Upsert(svc)] = &changes[..] else {
+        panic!("{changes:?}")
+    };
+    assert_eq!(svc.backends.len(), 1);
+    assert_ne!(svc.backends[0].id, sick);
+    // The model's view is unchanged: explain still lists the task, status says why it is out.
+    assert_eq!(
+        c.status()
+            .load()
+            .state
+            .l4
+            .values()
+            .next()
+            .unwrap()
+            .backends
+            .len(),
+        2
+    );
+    assert_eq!(c.status().load().l4_unhealthy, [sick]);
+    c.set_l4_unhealthy(Arc::default());
+    assert!(matches!(&l4.take()[..], [L4Change::Upsert(s)] if s.backends.len() == 2));
+}
+
+#[test]
+fn static_services_are_served_and_win_their_port() {
+    let (mut c, l4, _) = controller();
+    let static_svc = L4Service {
+        key: L4ServiceKey {
+            port: 10001,
+            protocol: crate::model::Protocol::Tcp,
+        },
+        app_id: "static".into(),
+        bind_addr: None,
+        backends: vec![],
+        health_check: None,
+    };
+    c.set_static_l4([(static_svc.key, static_svc.clone())].into());
+    feed(
+        &mut c,
+        MarathonUpdate::Snapshot(vec![tcp_app("/a", 10001, &[("a.1", 31001)])]),
+    );
+    assert!(matches!(&l4.take()[..], [L4Change::Upsert(s)] if s.app_id == "static"));
+    let status = c.status().load_full();
+    let a = status
+        .explanations
+        .iter()
+        .find(|e| e.app_id == "/a")
+        .unwrap();
+    assert!(!a.exposed, "{a:?}");
+}
