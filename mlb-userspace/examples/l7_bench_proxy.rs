@@ -67,6 +67,7 @@ fn main() -> Result<()> {
             weight: 0,
             health_check: None,
             tls_passthrough: false,
+            tls: Default::default(),
         };
         let errors = proxy.apply(&BTreeMap::from([(key, service)]));
         if !errors.is_empty() {

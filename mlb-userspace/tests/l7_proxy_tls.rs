@@ -500,3 +500,113 @@ async fn self_signed_certificate_when_none_is_given() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "a 200");
 }
+
+/// A rustls client trusting `ca`, speaking only `versions`, offering `alpn`, and presenting the
+/// client certificate in `client_pem` (chain + key, as `TestCa::leaf` writes it) when given.
+fn client_with(
+    ca: &TestCa,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+    client_pem: Option<&std::path::Path>,
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut config = match client_pem {
+        Some(path) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(path).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// Whether a request over a fresh TLS connection is answered (a refused client certificate
+/// shows up at the first read under TLS 1.3, not in the handshake).
+async fn answered(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Result<String, String> {
+    let tls = tls_connect(addr, "svc.example.com", config)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let alpn = tls
+        .get_ref()
+        .1
+        .alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    if alpn == "h2" {
+        // Accepted and h2 negotiated; this helper speaks HTTP/1.1 only.
+        return Ok(alpn);
+    }
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| format!("h1: {e}"))?;
+    tokio::spawn(conn);
+    let resp = tokio::time::timeout(
+        Duration::from_secs(5),
+        sender.send_request(request("svc.example.com", "/", false)),
+    )
+    .await
+    .map_err(|_| "timeout".to_owned())?
+    .map_err(|e| format!("request: {e}"))?;
+    Ok(format!("{} {alpn}", resp.status().as_u16()))
+}
+
+/// `HAPROXY_{n}_BIND_OPTIONS` on a TLS service port: `alpn http/1.1` is what is negotiated even
+/// when the client prefers h2; `ssl-min-ver TLSv1.3` refuses TLS 1.2 clients; `verify required
+/// ca-file` refuses clients without a certificate from that CA. The options change in place:
+/// the same listener then accepts TLS 1.2 again.
+#[tokio::test]
+async fn service_port_bind_options_set_alpn_versions_and_client_certificates() {
+    let ca = TestCa::new("bindopts");
+    let (cert, _) = ca.leaf("svc.pem", &["svc.example.com"]);
+    let (client_pem, _) = ca.leaf("client.pem", &["client.example.com"]);
+    let stranger = TestCa::new("bindopts-stranger");
+    let (stranger_pem, _) = stranger.leaf("stranger.pem", &["client.example.com"]);
+    let a = TestBackend::start("a").await;
+    let proxy = start_proxy(vec![], |_| {});
+    let mut s = service("/svc", &[&a]);
+    s.ssl_certs = vec![cert];
+    s.tls.alpn = vec!["http/1.1".into()];
+    s.tls.min_version = Some(mlb::model::TlsVersion::Tls13);
+    s.tls.client_auth = Some(mlb::model::ClientAuth {
+        ca_file: ca.ca_pem_path(),
+        required: true,
+    });
+    let addr: SocketAddr = format!("127.0.0.1:{}", s.service_port).parse().unwrap();
+    apply(&proxy, vec![s.clone()]);
+    let v13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    let v12: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+    let alpn: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+    let ok = answered(addr, client_with(&ca, v13, alpn, Some(&client_pem))).await;
+    assert_eq!(ok.as_deref(), Ok("200 http/1.1"), "ALPN from BIND_OPTIONS");
+    let no_cert = answered(addr, client_with(&ca, v13, alpn, None)).await;
+    assert!(no_cert.is_err(), "no client certificate: {no_cert:?}");
+    let wrong_ca = answered(addr, client_with(&ca, v13, alpn, Some(&stranger_pem))).await;
+    assert!(wrong_ca.is_err(), "certificate of another CA: {wrong_ca:?}");
+    let old = answered(addr, client_with(&ca, v12, alpn, Some(&client_pem))).await;
+    assert!(old.is_err(), "TLS 1.2 below ssl-min-ver: {old:?}");
+
+    // `verify optional`, no version bound, default ALPN: applied without reopening the port.
+    s.tls.min_version = None;
+    s.tls.alpn = vec![];
+    s.tls.client_auth.as_mut().unwrap().required = false;
+    apply(&proxy, vec![s]);
+    let anon12 = answered(addr, client_with(&ca, v12, alpn, None)).await;
+    assert_eq!(
+        anon12.as_deref(),
+        Ok("h2"),
+        "TLS 1.2 without certificate, default ALPN"
+    );
+}

@@ -246,6 +246,12 @@ impl HttpProxy {
             .map(|svc| (svc.spec.service_port, svc.spec.ssl_certs.clone()))
             .collect();
         errors.extend(self.shared.certs.set_service_certs(port_certs));
+        let port_tls: HashMap<u16, crate::model::TlsOptions> = table
+            .port_services()
+            .filter(|svc| !svc.spec.ssl_certs.is_empty())
+            .map(|svc| (svc.spec.service_port, svc.spec.tls.clone()))
+            .collect();
+        errors.extend(self.shared.certs.set_port_options(port_tls));
         self.health
             .lock()
             .unwrap_or_else(|e| e.into_inner())

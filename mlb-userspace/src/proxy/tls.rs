@@ -22,6 +22,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 use tracing::{info, warn};
 
 use super::{ProxyError, Shared};
+use crate::model::{TlsOptions, TlsVersion};
 
 /// Certificates for one frontend, indexed by the names they are valid for.
 #[derive(Default)]
@@ -122,6 +123,8 @@ pub struct CertManager {
     self_signed: LoadedCert,
     vhost_config: Arc<ServerConfig>,
     port_configs: Mutex<HashMap<u16, Arc<ServerConfig>>>,
+    /// `HAPROXY_{n}_BIND_OPTIONS` TLS settings of each TLS service port.
+    port_options: Mutex<HashMap<u16, TlsOptions>>,
 }
 
 impl CertManager {
@@ -142,6 +145,7 @@ impl CertManager {
             self_signed: self_signed(),
             vhost_config,
             port_configs: Mutex::new(HashMap::new()),
+            port_options: Mutex::new(HashMap::new()),
         }
     }
 
@@ -164,6 +168,36 @@ impl CertManager {
             }))
         });
         Some(config.clone())
+    }
+
+    /// Sets the TLS options (ALPN, protocol versions, client certificates) of the TLS service
+    /// ports. A port whose options changed gets a new `ServerConfig` for its next handshakes;
+    /// open connections keep theirs. Options that cannot be used (an unreadable CA file) make
+    /// that port refuse handshakes rather than serve without the client check it asked for.
+    pub fn set_port_options(&self, by_port: HashMap<u16, TlsOptions>) -> Vec<ProxyError> {
+        let mut errors = Vec::new();
+        let mut options = self.port_options.lock().unwrap_or_else(|e| e.into_inner());
+        let mut configs = self.port_configs.lock().unwrap_or_else(|e| e.into_inner());
+        configs.retain(|port, _| by_port.contains_key(port) || !options.contains_key(port));
+        for (port, opts) in &by_port {
+            if options.get(port) == Some(opts) {
+                continue;
+            }
+            let resolver = Arc::new(SniResolver {
+                snapshots: self.snapshots.clone(),
+                port: Some(*port),
+            });
+            let config = match server_config_with(resolver, opts) {
+                Ok(config) => config,
+                Err(e) => {
+                    errors.push(e);
+                    server_config(Arc::new(RefuseAll))
+                }
+            };
+            configs.insert(*port, config);
+        }
+        *options = by_port;
+        errors
     }
 
     /// Whether names `a` and `b` get the same certificate on a frontend (`port`: a service
@@ -302,6 +336,79 @@ impl ResolvesServerCert for SniResolver {
         };
         snap.resolve(name.as_deref())
     }
+}
+
+/// A resolver with no certificate: every handshake fails (a port whose TLS options are broken).
+#[derive(Debug)]
+struct RefuseAll;
+
+impl ResolvesServerCert for RefuseAll {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        None
+    }
+}
+
+/// A `ServerConfig` with a service port's `BIND_OPTIONS`: `ssl-min-ver`/`ssl-max-ver` (rustls
+/// speaks TLS 1.2 and 1.3 only), `alpn`, and `verify optional|required` with `ca-file`.
+fn server_config_with(
+    resolver: Arc<dyn ResolvesServerCert>,
+    opts: &TlsOptions,
+) -> Result<Arc<ServerConfig>, ProxyError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let min = opts.min_version.unwrap_or(TlsVersion::Tls12);
+    let max = opts.max_version.unwrap_or(TlsVersion::Tls13);
+    let mut versions: Vec<&'static rustls::SupportedProtocolVersion> = Vec::new();
+    if (min..=max).contains(&TlsVersion::Tls13) {
+        versions.push(&rustls::version::TLS13);
+    }
+    if (min..=max).contains(&TlsVersion::Tls12) {
+        versions.push(&rustls::version::TLS12);
+    }
+    let bad = |path: &Path, reason: String| ProxyError::Cert {
+        path: path.to_owned(),
+        reason,
+    };
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions)
+        .map_err(|e| {
+            bad(
+                Path::new("BIND_OPTIONS"),
+                format!("ssl-min-ver/ssl-max-ver: {e}"),
+            )
+        })?;
+    let builder = match &opts.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(auth) => {
+            let path = &auth.ca_file;
+            let mut roots = rustls::RootCertStore::empty();
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| bad(path, format!("ca-file: {e}")))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| bad(path, format!("ca-file: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| bad(path, format!("ca-file: {e}")))?;
+            }
+            let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            );
+            if !auth.required {
+                verifier = verifier.allow_unauthenticated();
+            }
+            let verifier = verifier
+                .build()
+                .map_err(|e| bad(path, format!("ca-file: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(resolver);
+    config.alpn_protocols = if opts.alpn.is_empty() {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        opts.alpn.iter().map(|p| p.as_bytes().to_vec()).collect()
+    };
+    Ok(Arc::new(config))
 }
 
 fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Arc<ServerConfig> {

@@ -276,6 +276,7 @@ pub fn service(app: &str, backends: &[&TestBackend]) -> HttpService {
         weight: 0,
         health_check: None,
         tls_passthrough: false,
+        tls: Default::default(),
     }
 }
 
