@@ -278,3 +278,74 @@ fn static_services_are_served_and_win_their_port() {
         .unwrap();
     assert!(!a.exposed, "{a:?}");
 }
+
+/// The running controller probes L4 backends itself (the app's Marathon TCP health check): a
+/// task whose port does not answer leaves the Maglev set, the answering one stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_controller_drops_l4_backends_failing_their_tcp_check() {
+    let alive = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let alive_port = alive.local_addr().unwrap().port();
+    let accept = tokio::spawn(async move {
+        loop {
+            if alive.accept().await.is_err() {
+                return;
+            }
+        }
+    });
+    let dead_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let app = json!({
+        "id": "/checked",
+        "instances": 2,
+        "portDefinitions": [{"port": 10001, "protocol": "tcp"}],
+        "labels": {"HAPROXY_GROUP": "external"},
+        "healthChecks": [{"protocol": "TCP", "portIndex": 0, "intervalSeconds": 1,
+                          "timeoutSeconds": 1, "maxConsecutiveFailures": 1}],
+        "tasks": [
+            {"id": "checked.alive", "host": "127.0.0.1", "ports": [alive_port], "state": "TASK_RUNNING"},
+            {"id": "checked.dead", "host": "127.0.0.1", "ports": [dead_port], "state": "TASK_RUNNING"},
+        ],
+    });
+    let l4 = Recorder::default();
+    let c = Controller::new(
+        ModelOptions::new(vec!["external".into()]),
+        Box::new(l4.clone()),
+        None,
+    )
+    .with_l4_health_checks(tokio::runtime::Handle::current());
+    let status = c.status();
+    let (tx, rx) = mpsc::channel(4);
+    let (_control_tx, control_rx) = mpsc::channel(1);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let task = tokio::spawn(c.run(Inputs {
+        marathon: Some(rx),
+        control: control_rx,
+        shutdown: shutdown_rx,
+    }));
+    tx.send(MarathonUpdate::Snapshot(vec![app])).await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut last = None;
+    while tokio::time::Instant::now() < deadline {
+        for change in l4.take() {
+            if let L4Change::Upsert(s) = change {
+                last = Some(s);
+            }
+        }
+        if last.as_ref().is_some_and(|s| s.backends.len() == 1) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let svc = last.expect("the service was applied");
+    let ids: Vec<&str> = svc.backends.iter().map(|b| b.id.0.as_str()).collect();
+    assert_eq!(ids, ["checked.alive:0"], "the dead task left rotation");
+    assert_eq!(
+        status.load().l4_unhealthy,
+        [BackendId("checked.dead:0".into())]
+    );
+    shutdown_tx.send(true).unwrap();
+    task.await.unwrap();
+    accept.abort();
+}
