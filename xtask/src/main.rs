@@ -6,7 +6,7 @@ mod bench;
 mod bench_http;
 mod setup;
 
-use std::process::Command;
+use std::{os::unix::process::CommandExt as _, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
@@ -33,9 +33,10 @@ enum Cmd {
     /// Benchmarks in network namespaces (see bench-results/ and benchmark-method.md).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
-    /// Run the demo: mlb routing sample apps (see README).
+    /// Run the demo: the Marathon simulator's sample apps routed by mlb (XDP in namespaces when
+    /// root, else userspace on loopback), scaled live (see README).
     Demo {
-        /// Arguments passed to the demo.
+        /// Arguments passed to mlb-demo (`--duration SECS`, `--dataplane`, `--scale-every SECS`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -108,27 +109,28 @@ fn main() -> Result<()> {
         }
         Cmd::Bench(cmd) => bench::run(cmd),
         Cmd::Demo { args } => {
-            setup::run(setup::TEST_PACKAGES)?;
-            cargo(&[
-                "build",
-                "--release",
-                "--package",
-                "mlb-userspace",
-                "--bin",
-                "mlb",
-            ])?;
-            let mut run = vec![
-                "run",
-                "--release",
-                "--package",
-                "mlb-userspace",
-                "--bin",
-                "mlb",
-                "--",
-                "demo",
-            ];
-            run.extend(args.iter().map(String::as_str));
-            cargo(&run)
+            setup::run(setup::DEMO_PACKAGES)?;
+            // Debug builds: `cargo xtask test` builds the same ones (a warm target dir), a release
+            // build of the whole tree takes minutes, and the demo's traffic is tiny. The XDP
+            // program is optimized either way (aya-build always builds it in release).
+            cargo(&["build", "--package", "mlb-userspace", "--bin", "mlb"])?;
+            // `cargo run` builds mlb-demo and replaces itself with it, and so does this process:
+            // Ctrl-C reaches mlb-demo, which stops mlb and deletes its namespaces before it exits.
+            // mlb-demo finds `mlb` next to itself in target/debug.
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let err = Command::new(&cargo)
+                .args([
+                    "run",
+                    "--quiet",
+                    "--package",
+                    "tests",
+                    "--bin",
+                    "mlb-demo",
+                    "--",
+                ])
+                .args(&args)
+                .exec();
+            Err(err).with_context(|| format!("running {cargo} run --bin mlb-demo"))
         }
     }
 }

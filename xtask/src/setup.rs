@@ -21,6 +21,9 @@ use anyhow::{Context as _, Result, bail};
 /// Debian packages the test suite needs: `ip` (namespaces, veth), `ethtool` (offloads), `curl`
 /// and `h2load` (real HTTP/1.1 and HTTP/2 clients in the proxy tests).
 pub const TEST_PACKAGES: &[&str] = &["iproute2", "ethtool", "curl", "nghttp2-client"];
+/// Packages `cargo xtask demo` needs: namespaces and offloads, and the `curl` and `nc` it tells
+/// the user to try.
+pub const DEMO_PACKAGES: &[&str] = &["iproute2", "ethtool", "curl", "netcat-openbsd"];
 /// Extra packages for `cargo xtask bench`: the reference load balancer and the load generators.
 #[allow(dead_code, reason = "used by `cargo xtask bench`")]
 pub const BENCH_PACKAGES: &[&str] = &["haproxy", "wrk", "iperf3", "nginx-light", "util-linux"];
