@@ -150,7 +150,7 @@ pub fn route(ctx: &AdminContext, method: &Method, path: &str, query: Option<&str
             ),
         },
         "/_mlb/status" => json(&StatusView::of(&status)),
-        "/_mlb/state" => json(&*status.state),
+        "/_mlb/state" => json(&StateView::of(&status.state)),
         "/metrics" => text(StatusCode::OK, metrics(&status)),
         "/_mlb/explain" | "/_mlb/explain/" => {
             if want_text {
@@ -213,6 +213,26 @@ impl<'a> StatusView<'a> {
             l4_unhealthy: &s.l4_unhealthy,
             l4_errors: &s.l4_errors,
             http_errors: &s.http_errors,
+        }
+    }
+}
+
+/// `/_mlb/state`: the desired state with its maps as lists (their keys are not strings).
+#[derive(Serialize)]
+struct StateView<'a> {
+    l4: Vec<&'a crate::model::L4Service>,
+    http: Vec<&'a crate::model::HttpService>,
+    rejected: &'a [crate::model::Rejected],
+    warnings: &'a [crate::model::Warning],
+}
+
+impl<'a> StateView<'a> {
+    fn of(s: &'a DesiredState) -> Self {
+        StateView {
+            l4: s.l4.values().collect(),
+            http: s.http.values().collect(),
+            rejected: &s.rejected,
+            warnings: &s.warnings,
         }
     }
 }
@@ -358,8 +378,25 @@ mod tests {
     use super::*;
 
     fn ctx() -> AdminContext {
+        let key = crate::model::L4ServiceKey {
+            port: 10001,
+            protocol: crate::model::Protocol::Tcp,
+        };
+        let svc = crate::model::L4Service {
+            key,
+            app_id: "/shop/db".into(),
+            bind_addr: None,
+            backends: vec![],
+            health_check: None,
+        };
+        let mut state = DesiredState::default();
+        state.l4.insert(key, svc);
+        let status = Status {
+            state: Arc::new(state),
+            ..Status::default()
+        };
         AdminContext {
-            status: Arc::default(),
+            status: Arc::new(ArcSwap::from_pointee(status)),
             resync: Some(ResyncTrigger::default()),
             proxy: None,
         }
@@ -396,6 +433,16 @@ mod tests {
         assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "no proxy to reload");
         let (s, _) = body(route(&c, &Method::GET, "/_mlb/explain/nope", None));
         assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, b) = body(route(&c, &Method::GET, "/_mlb/state", None));
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let state: serde_json::Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(state["l4"][0]["app_id"], "/shop/db", "{b}");
+        assert!(state["http"].is_array(), "{b}");
+        let (_, b) = body(route(&c, &Method::GET, "/_haproxy_getconfig", None));
+        assert!(
+            b.contains("frontend shop_db_10001") && b.contains("mode tcp"),
+            "{b}"
+        );
         let (s, b) = body(route(&c, &Method::GET, "/metrics", None));
         assert_eq!(s, StatusCode::OK);
         assert!(b.contains("mlb_synced 0"), "{b}");
