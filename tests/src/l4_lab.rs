@@ -54,6 +54,21 @@ pub const SNAT_PORTS: std::ops::RangeInclusive<u16> = 40000..=59999;
 /// Bound of every socket operation of the lab's clients.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// `mlb run` flags of the XDP dataplane in lb: the program on both of lb's interfaces, SNAT
+/// from lb's backend-side addresses.
+pub const XDP_ARGS: [&str; 10] = [
+    "--dataplane",
+    "xdp",
+    "--xdp-iface",
+    "lb-cli",
+    "--xdp-iface",
+    "lb-sw",
+    "--snat-addr",
+    SNAT_V4,
+    "--snat-addr",
+    SNAT_V6,
+];
+
 /// Which dataplane the agent runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dataplane {
@@ -333,21 +348,7 @@ impl L4Lab {
             VIP_V6.into(),
         ];
         match dataplane {
-            Dataplane::Xdp => args.extend(
-                [
-                    "--dataplane",
-                    "xdp",
-                    "--xdp-iface",
-                    "lb-cli",
-                    "--xdp-iface",
-                    "lb-sw",
-                    "--snat-addr",
-                    SNAT_V4,
-                    "--snat-addr",
-                    SNAT_V6,
-                ]
-                .map(String::from),
-            ),
+            Dataplane::Xdp => args.extend(XDP_ARGS.map(String::from)),
             Dataplane::Userspace => args.extend(["--dataplane", "userspace"].map(String::from)),
         }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
@@ -541,20 +542,26 @@ impl Conn {
 
     /// Sends `msg` (one line) and checks the backend echoes it.
     pub fn echo(&mut self, msg: &str) -> Result<()> {
-        self.reader
-            .get_mut()
-            .write_all(format!("{msg}\n").as_bytes())?;
-        let mut line = String::new();
-        let n = self.reader.read_line(&mut line)?;
-        ensure!(n > 0, "connection closed (EOF) instead of an echo");
-        ensure!(line.trim_end() == msg, "echoed {line:?} instead of {msg:?}");
-        Ok(())
+        echo_line(&mut self.reader, msg)
     }
 
     /// The client side's local address.
     pub fn local_addr(&self) -> Result<SocketAddr> {
         Ok(self.reader.get_ref().local_addr()?)
     }
+}
+
+/// Sends `msg` and a newline on an echo connection and checks the same line comes back.
+pub fn echo_line(conn: &mut BufReader<TcpStream>, msg: &str) -> Result<()> {
+    conn.get_mut().write_all(format!("{msg}\n").as_bytes())?;
+    let mut line = String::new();
+    let n = conn.read_line(&mut line)?;
+    ensure!(
+        n > 0,
+        "connection closed (EOF) instead of an echo of {msg:?}"
+    );
+    ensure!(line.trim_end() == msg, "echoed {line:?} instead of {msg:?}");
+    Ok(())
 }
 
 /// A UDP reply received by the client.

@@ -1,0 +1,763 @@
+//! End to end: the whole `mlb run` agent watching the Marathon simulator, with real traffic.
+//! Apps are created, scaled, killed, made unhealthy and deleted in the simulator, and the tests
+//! check that requests through mlb follow: every routed task answers, removed tasks stop
+//! answering without a single failed request, explain says why a task or app is left out, and
+//! nothing is ever reloaded (same PID, a long-lived connection keeps working).
+//!
+//! The userspace-dataplane tests run on loopback without privileges, each on ports of its own so
+//! they run in parallel; the XDP test builds namespaces (see [`mlb_tests::l4_lab`]) and needs root
+//! (it says SKIPPED otherwise).
+use std::{
+    io::ErrorKind,
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use mlb_tests::{
+    agent::{EchoConn, HttpConn, IO_TIMEOUT, Mlb, RequestLoop, free_port, http_get, wait_for},
+    l4_lab::{L4Lab, VIP_V4, XDP_ARGS, backend_v4},
+    marathon_sim::{Agent as SimAgent, Fault, MarathonSim, SimConfig},
+    privileges::require_netns_and_bpf,
+};
+use serde_json::{Value, json};
+
+/// Pause between the simulator's deployment phases: a killed task is `TASK_KILLING` this long
+/// before its listeners close, time enough for mlb to stop sending it new requests.
+const STEP: Duration = Duration::from_millis(150);
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// Runs a test's body; an error fails the test with its whole chain of causes.
+fn run(test: &str, body: fn() -> Result<()>) {
+    if let Err(e) = body() {
+        panic!("{test}: {e:#}");
+    }
+}
+
+/// An HTTP vhost app (`HAPROXY_0_MODE=http`), optionally with a Marathon HTTP health check.
+fn vhost_app(id: &str, service_port: u16, vhost: &str, instances: usize, health: bool) -> Value {
+    let mut app = json!({
+        "id": id,
+        "instances": instances,
+        "portDefinitions": [{"port": service_port, "protocol": "tcp", "name": "http"}],
+        "labels": {
+            "HAPROXY_GROUP": "external",
+            "HAPROXY_0_MODE": "http",
+            "HAPROXY_0_VHOST": vhost,
+        },
+    });
+    if health {
+        app["healthChecks"] = json!([{
+            "protocol": "HTTP", "path": "/", "portIndex": 0, "gracePeriodSeconds": 1,
+            "intervalSeconds": 1, "timeoutSeconds": 1, "maxConsecutiveFailures": 1,
+        }]);
+    }
+    app
+}
+
+/// A plain TCP app (`HAPROXY_0_MODE=tcp`) on `service_port`.
+fn tcp_app(id: &str, service_port: u16, instances: usize) -> Value {
+    json!({
+        "id": id,
+        "instances": instances,
+        "portDefinitions": [{"port": service_port, "protocol": "tcp", "name": "echo"}],
+        "labels": {"HAPROXY_GROUP": "external", "HAPROXY_0_MODE": "tcp"},
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// The simulator's configuration of these tests: `apps` placed on `agents`, [`STEP`] between
+/// deployment phases, frequent keep-alives.
+fn sim_config(apps: Vec<Value>, agents: Vec<SimAgent>) -> SimConfig {
+    SimConfig {
+        agents,
+        step_delay: STEP,
+        keep_alive: Duration::from_millis(500),
+        apps,
+        ..SimConfig::default()
+    }
+}
+
+/// The ids of an app's running tasks, sorted.
+fn task_ids(sim: &MarathonSim, app: &str) -> Vec<String> {
+    let mut ids: Vec<String> = sim.running_tasks(app).into_iter().map(|t| t.id).collect();
+    ids.sort();
+    ids
+}
+
+/// A loopback mlb: the userspace dataplane on VIP 127.0.0.1, its HTTP frontends on ports of
+/// this test.
+struct Loopback {
+    http: SocketAddr,
+}
+
+impl Loopback {
+    fn start(sim: &MarathonSim, extra: &[&str]) -> Result<(Loopback, Mlb<'static>)> {
+        let (http, https, appid) = (free_port(), free_port(), free_port());
+        let mut args: Vec<String> = [
+            "-m",
+            &sim.url(),
+            "--group",
+            "external",
+            "--dataplane",
+            "userspace",
+            "--vip",
+            "127.0.0.1",
+            "--http-port",
+            &http.to_string(),
+            "--https-port",
+            &https.to_string(),
+            "--appid-port",
+            &appid.to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let mlb = Mlb::start(None, SocketAddr::new(LOCALHOST, free_port()), &args)?;
+        Ok((
+            Loopback {
+                http: SocketAddr::new(LOCALHOST, http),
+            },
+            mlb,
+        ))
+    }
+
+    /// A request loop on the vhost frontend with `Host: vhost`.
+    fn vhost_loop(&self, vhost: &str) -> RequestLoop {
+        let (addr, host) = (self.http, vhost.to_owned());
+        RequestLoop::start(&format!("vhost {vhost}"), move || {
+            http_get(addr, &host, "/")?.task_id()
+        })
+    }
+}
+
+/// A simulator running `apps` and an mlb on loopback with `flags`, synced.
+fn loopback(
+    apps: Vec<Value>,
+    flags: &[&str],
+) -> Result<(tokio::runtime::Runtime, MarathonSim, Loopback, Mlb<'static>)> {
+    let rt = runtime();
+    let config = sim_config(apps, vec![SimAgent::local(LOCALHOST)]);
+    let sim = rt
+        .block_on(MarathonSim::start(config))
+        .context("starting the simulator")?;
+    let (lb, mlb) = Loopback::start(&sim, flags)?;
+    Ok((rt, sim, lb, mlb))
+}
+
+/// Request loops on vhost app `web` (`Host: vhost`) and TCP app `tcp` (on `tcp_addr`), started
+/// once mlb routes every task of both, and returned once each task has answered.
+fn traffic(
+    (sim, lb, mlb): (&MarathonSim, &Loopback, &Mlb<'_>),
+    (web, vhost): (&str, &str),
+    (tcp, tcp_addr): (&str, SocketAddr),
+) -> Result<(RequestLoop, RequestLoop)> {
+    mlb.wait_routed(web, 0, &task_ids(sim, web))?;
+    mlb.wait_routed(tcp, 0, &task_ids(sim, tcp))?;
+    let web_loop = lb.vhost_loop(vhost);
+    let tcp_loop = tcp_loop(tcp_addr);
+    web_loop.wait_answered_by(&task_ids(sim, web), 0)?;
+    tcp_loop.wait_answered_by(&task_ids(sim, tcp), 0)?;
+    Ok((web_loop, tcp_loop))
+}
+
+/// A request loop over a TCP service port: a fresh connection each time, through which an HTTP
+/// request reaches the task (the simulator's TCP ports answer HTTP as well as echo).
+fn tcp_loop(addr: SocketAddr) -> RequestLoop {
+    RequestLoop::start(&format!("tcp {addr}"), move || {
+        http_get(addr, "tcp", "/")?.task_id()
+    })
+}
+
+/// `count` more answers after the ones seen so far; fails if any comes from `gone`.
+fn assert_not_answering(l: &RequestLoop, gone: &str, count: usize) -> Result<()> {
+    let mark = l.snapshot().sequence.len();
+    wait_for(
+        &format!("{count} more answers"),
+        Duration::from_secs(10),
+        || Ok((l.snapshot().sequence.len() >= mark + count).then_some(())),
+    )?;
+    let r = l.snapshot();
+    ensure!(
+        !r.sequence[mark..].iter().any(|t| t == gone),
+        "removed task {gone} still answers: {:?}",
+        &r.sequence[mark..]
+    );
+    Ok(())
+}
+
+/// Whether a TCP connection to `addr` is refused (`false`: it was accepted).
+fn refuses(addr: SocketAddr) -> Result<bool> {
+    match TcpStream::connect_timeout(&addr, IO_TIMEOUT) {
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(true),
+        Err(e) => bail!("connect to {addr}: {e}"),
+        Ok(_) => Ok(false),
+    }
+}
+
+/// Userspace dataplane on loopback: create, scale up, kill (with and without scaling down), an
+/// unhealthy task, delete, create again, all followed by real traffic without a reload.
+#[test]
+fn userspace_follows_marathon() {
+    run(
+        "userspace_follows_marathon",
+        userspace_follows_marathon_body,
+    );
+}
+
+fn userspace_follows_marathon_body() -> Result<()> {
+    let (web_port, tcp_port, stay_port, fresh_port) =
+        (free_port(), free_port(), free_port(), free_port());
+    let (web, tcp, stay, fresh) = ("/e2e/web", "/e2e/tcp", "/e2e/stay", "/e2e/fresh");
+    let (rt, sim, lb, mut mlb) = loopback(
+        vec![
+            vhost_app(web, web_port, "web.e2e.test", 2, true),
+            tcp_app(tcp, tcp_port, 2),
+            tcp_app(stay, stay_port, 1),
+        ],
+        &["--health-check"],
+    )?;
+    let pid = mlb.pid();
+    let tcp_addr = SocketAddr::new(LOCALHOST, tcp_port);
+
+    // Created: every task of every app is routed and answers.
+    mlb.wait_routed(stay, 0, &task_ids(&sim, stay))?;
+    let (web_loop, tcp_loop) = traffic((&sim, &lb, &mlb), (web, "web.e2e.test"), (tcp, tcp_addr))?;
+    // An HTTP app is also served on its own service port, whatever the Host.
+    let web_service = SocketAddr::new(LOCALHOST, web_port);
+    let answer = http_get(web_service, "any.host", "/")?.task_id()?;
+    ensure!(
+        task_ids(&sim, web).contains(&answer),
+        "{answer} answered on {web}'s service port"
+    );
+    let stay_task = task_ids(&sim, stay);
+    let mut pinned = EchoConn::open(SocketAddr::new(LOCALHOST, stay_port))?;
+    pinned.echo("pinned-at-start")?;
+
+    // Scale up: the new tasks answer, nothing fails.
+    rt.block_on(sim.scale(web, 3))?;
+    rt.block_on(sim.scale(tcp, 3))?;
+    for (app, l) in [(web, &web_loop), (tcp, &tcp_loop)] {
+        let ids = task_ids(&sim, app);
+        ensure!(ids.len() == 3, "{app} has {ids:?} after scaling to 3");
+        mlb.wait_routed(app, 0, &ids)?;
+        l.wait_answered_by(&ids, l.snapshot().sequence.len())?;
+        l.assert_no_failures("the scale-up")?;
+    }
+
+    // Kill a task the way a crash would: Marathon replaces it; the dead one stops answering,
+    // the others (and the replacement) answer, nothing fails.
+    for (app, l) in [(web, &web_loop), (tcp, &tcp_loop)] {
+        let before = task_ids(&sim, app);
+        let victim = before[0].clone();
+        rt.block_on(sim.kill_task(&victim))?;
+        let after = task_ids(&sim, app);
+        ensure!(
+            after.len() == 3 && !after.contains(&victim),
+            "{app}: tasks {after:?} after killing {victim}"
+        );
+        mlb.wait_routed(app, 0, &after)?;
+        l.wait_answered_by(&after, l.snapshot().sequence.len())?;
+        assert_not_answering(l, &victim, 30)?;
+        l.assert_no_failures(&format!("the kill of {victim}"))?;
+    }
+
+    // Kill with scale (`/v2/tasks/delete?scale=true`): one task fewer, nothing fails.
+    for (app, l) in [(web, &web_loop), (tcp, &tcp_loop)] {
+        let victim = task_ids(&sim, app)[1].clone();
+        rt.block_on(sim.kill_task_and_scale(&victim))?;
+        let after = task_ids(&sim, app);
+        ensure!(
+            after.len() == 2 && !after.contains(&victim),
+            "{app}: tasks {after:?} after kill-and-scale of {victim}"
+        );
+        mlb.wait_routed(app, 0, &after)?;
+        assert_not_answering(l, &victim, 30)?;
+        l.wait_answered_by(&after, l.snapshot().sequence.len())?;
+        l.assert_no_failures(&format!("the kill-and-scale of {victim}"))?;
+    }
+    let web_report = web_loop.stop();
+    let tcp_report = tcp_loop.stop();
+    eprintln!(
+        "changes under load: vhost {} requests {:?}, tcp {} requests {:?}, no failures",
+        web_report.total(),
+        web_report.answers,
+        tcp_report.total(),
+        tcp_report.answers
+    );
+
+    // Unhealthy (with --health-check): the task leaves rotation and explain says why.
+    let web_tasks = task_ids(&sim, web);
+    let (sick, well) = (web_tasks[0].clone(), web_tasks[1].clone());
+    sim.set_task_health(&sick, false)?;
+    let reason = wait_for(
+        &format!("explain to exclude the unhealthy task {sick}"),
+        Duration::from_secs(10),
+        || {
+            let explained = mlb.explain(web)?.context("web not explained")?;
+            let port = &explained[0]["ports"][0];
+            let excluded = port["excluded_tasks"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            Ok(excluded
+                .iter()
+                .find(|t| t["task_id"] == sick.as_str())
+                .map(|t| t["reason"].as_str().unwrap_or_default().to_owned()))
+        },
+    )?;
+    ensure!(
+        reason.to_lowercase().contains("health"),
+        "the exclusion of {sick} does not say it is about health: {reason:?}"
+    );
+    mlb.wait_routed(web, 0, std::slice::from_ref(&well))?;
+    let text = mlb.explain_cli(web)?;
+    ensure!(
+        text.contains(&sick) && text.contains(&reason),
+        "`mlb explain {web}` does not name {sick} and why ({reason:?}):\n{text}"
+    );
+    eprintln!("unhealthy task excluded: {reason}");
+    let healthy_loop = lb.vhost_loop("web.e2e.test");
+    assert_not_answering(&healthy_loop, &sick, 30)?;
+    healthy_loop.assert_no_failures("the unhealthy task")?;
+    // Healthy again: back in rotation.
+    sim.set_task_health(&sick, true)?;
+    mlb.wait_routed(web, 0, &web_tasks)?;
+    healthy_loop.wait_answered_by(&web_tasks, healthy_loop.snapshot().sequence.len())?;
+    healthy_loop.assert_no_failures("the recovery of the unhealthy task")?;
+    drop(healthy_loop);
+
+    // Deleted: the vhost answers 503, the TCP port refuses.
+    rt.block_on(sim.delete_app(web))?;
+    rt.block_on(sim.delete_app(tcp))?;
+    for app in [web, tcp] {
+        wait_for(
+            &format!("{app} to leave mlb's explain"),
+            Duration::from_secs(10),
+            || Ok(mlb.explain(app)?.is_none().then_some(())),
+        )?;
+    }
+    wait_for(
+        "the deleted vhost to answer 503",
+        Duration::from_secs(10),
+        || {
+            let r = http_get(lb.http, "web.e2e.test", "/")?;
+            Ok((r.status == 503).then_some(()))
+        },
+    )?;
+    wait_for(
+        "the deleted TCP service port to refuse connections",
+        Duration::from_secs(10),
+        || Ok(refuses(tcp_addr)?.then_some(())),
+    )?;
+    wait_for(
+        "the deleted HTTP app's service port to refuse connections",
+        Duration::from_secs(10),
+        || Ok(refuses(web_service)?.then_some(())),
+    )?;
+
+    // Created again, without restarting mlb: routed, same process, the pinned connection (to an
+    // app that was never touched) still echoes.
+    rt.block_on(sim.create_app(vhost_app(fresh, fresh_port, "fresh.e2e.test", 2, false)))?;
+    let fresh_tasks = task_ids(&sim, fresh);
+    mlb.wait_routed(fresh, 0, &fresh_tasks)?;
+    let fresh_loop = lb.vhost_loop("fresh.e2e.test");
+    fresh_loop.wait_answered_by(&fresh_tasks, 0)?;
+    fresh_loop.assert_no_failures("the new app")?;
+    drop(fresh_loop);
+    mlb.check_running()?;
+    ensure!(mlb.pid() == pid, "mlb was restarted");
+    ensure!(
+        mlb.status()?["pid"] == pid,
+        "the admin API answers from another process than {pid}"
+    );
+    pinned.echo("pinned-at-end")?;
+    ensure!(
+        task_ids(&sim, stay) == stay_task,
+        "the untouched app's task changed"
+    );
+    mlb.finish();
+    Ok(())
+}
+
+/// An app with a bad label next to good ones: the good ones are served, explain names the bad
+/// app and the label; fixing the label exposes it, still without disturbing the others.
+#[test]
+fn bad_labels_leave_good_apps_served() {
+    run("bad_labels_leave_good_apps_served", bad_labels_body);
+}
+
+fn bad_labels_body() -> Result<()> {
+    let (web_port, tcp_port, bad_port, fixed_port) =
+        (free_port(), free_port(), free_port(), free_port());
+    let (web, tcp, bad, bad_bind) = (
+        "/labels/web",
+        "/labels/tcp",
+        "/labels/bad-port",
+        "/labels/bad-bind",
+    );
+    let mut bad_app = tcp_app(bad, bad_port, 1);
+    bad_app["labels"]["HAPROXY_0_PORT"] = json!("abc");
+    let mut bad_bind_app = vhost_app(bad_bind, free_port(), "bad.labels.test", 1, false);
+    bad_bind_app["labels"]["HAPROXY_0_BIND_ADDR"] = json!("not-an-ip");
+    let (rt, sim, lb, mlb) = loopback(
+        vec![
+            vhost_app(web, web_port, "good.labels.test", 2, false),
+            tcp_app(tcp, tcp_port, 2),
+            bad_app,
+            bad_bind_app,
+        ],
+        &[],
+    )?;
+    let (web_loop, tcp_loop) = traffic(
+        (&sim, &lb, &mlb),
+        (web, "good.labels.test"),
+        (tcp, SocketAddr::new(LOCALHOST, tcp_port)),
+    )?;
+
+    for (app_id, label, value) in [
+        (bad, "HAPROXY_0_PORT", "abc"),
+        (bad_bind, "HAPROXY_0_BIND_ADDR", "not-an-ip"),
+    ] {
+        let explained = mlb
+            .explain(app_id)?
+            .with_context(|| format!("{app_id} is not explained"))?;
+        let app = &explained[0];
+        ensure!(
+            app["app_id"] == app_id && app["exposed"] == false,
+            "explain of {app_id}: {app}"
+        );
+        let why = format!(
+            "{} {}",
+            app["problem"].as_str().unwrap_or_default(),
+            app["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["reason"].as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        ensure!(
+            why.contains(label) && why.contains(value),
+            "explain of {app_id} does not name {label} and its value {value:?}: {app}"
+        );
+        let text = mlb.explain_cli(app_id)?;
+        ensure!(
+            text.contains(app_id) && text.contains(label),
+            "`mlb explain {app_id}` does not name the app and the label:\n{text}"
+        );
+        eprintln!("mlb explain {app_id}:\n{text}");
+    }
+    let refused = http_get(lb.http, "bad.labels.test", "/")?;
+    ensure!(
+        refused.status == 503,
+        "the vhost of the app with a bad label answers {refused:?}"
+    );
+    // Nothing listens on the bad app's declared service port.
+    ensure!(
+        TcpStream::connect_timeout(&SocketAddr::new(LOCALHOST, bad_port), IO_TIMEOUT).is_err(),
+        "the bad app is served on its service port"
+    );
+
+    // Fixed: exposed on the port the label now names; the good apps never noticed.
+    rt.block_on(sim.update_app(
+        bad,
+        json!({"labels": {
+            "HAPROXY_GROUP": "external",
+            "HAPROXY_0_MODE": "tcp",
+            "HAPROXY_0_PORT": fixed_port.to_string(),
+        }}),
+    ))?;
+    let bad_tasks = task_ids(&sim, bad);
+    mlb.wait_routed(bad, 0, &bad_tasks)?;
+    let answer = http_get(SocketAddr::new(LOCALHOST, fixed_port), "tcp", "/")?.task_id()?;
+    ensure!(
+        bad_tasks.contains(&answer),
+        "{answer} answered for the fixed app"
+    );
+    web_loop.assert_no_failures("the bad app and its fix")?;
+    tcp_loop.assert_no_failures("the bad app and its fix")?;
+    let (w, t) = (web_loop.stop(), tcp_loop.stop());
+    ensure!(
+        w.total() > 10 && t.total() > 10,
+        "too few requests: {w:?} {t:?}"
+    );
+    mlb.finish();
+    Ok(())
+}
+
+/// Marathon misbehaves (5xx, garbage, a silent event stream): mlb keeps serving the last good
+/// state, and follows Marathon again once it recovers.
+#[test]
+fn marathon_faults_keep_last_good_state() {
+    run("marathon_faults_keep_last_good_state", marathon_faults_body);
+}
+
+fn marathon_faults_body() -> Result<()> {
+    let (web_port, tcp_port) = (free_port(), free_port());
+    let (web, tcp) = ("/faults/web", "/faults/tcp");
+    let (rt, sim, lb, mlb) = loopback(
+        vec![
+            vhost_app(web, web_port, "faults.e2e.test", 2, false),
+            tcp_app(tcp, tcp_port, 2),
+        ],
+        &["--sse-stall-timeout", "1", "--max-backoff", "1"],
+    )?;
+    let (web_loop, tcp_loop) = traffic(
+        (&sim, &lb, &mlb),
+        (web, "faults.e2e.test"),
+        (tcp, SocketAddr::new(LOCALHOST, tcp_port)),
+    )?;
+
+    let faults: [(&str, Vec<Fault>); 2] = [
+        (
+            "/v2/apps answering 503",
+            vec![Fault::AppsStatus { status: Some(503) }],
+        ),
+        (
+            "/v2/apps answering garbage",
+            vec![Fault::AppsGarbage { enabled: true }],
+        ),
+    ];
+    let mut instances = 2;
+    for (name, fault) in faults {
+        let routed_web = mlb.active_tasks(web, 0)?;
+        let routed_tcp = mlb.active_tasks(tcp, 0)?;
+        for f in fault {
+            sim.inject(f);
+        }
+        // The reconnect re-reads /v2/apps, which fails now.
+        sim.inject(Fault::DropEventStreams);
+        let error = wait_for(
+            &format!("mlb to report the failed read ({name})"),
+            Duration::from_secs(10),
+            || Ok(mlb.status()?["last_error"].as_str().map(str::to_owned)),
+        )?;
+        eprintln!("{name}: mlb reports {error:?}");
+        // A few reconnect attempts later (backoff ≤ 1 s): still the last good state.
+        std::thread::sleep(Duration::from_millis(1500));
+        ensure!(
+            mlb.active_tasks(web, 0)? == routed_web && mlb.active_tasks(tcp, 0)? == routed_tcp,
+            "{name}: the routed tasks changed without a good read from Marathon"
+        );
+        for (l, routed) in [(&web_loop, &routed_web), (&tcp_loop, &routed_tcp)] {
+            l.wait_answered_by(routed, l.snapshot().sequence.len())?;
+            l.assert_no_failures(name)?;
+        }
+        // Marathon changes meanwhile (a scale-up), then recovers: mlb follows.
+        instances += 1;
+        rt.block_on(sim.scale(web, instances))?;
+        sim.inject(Fault::Clear);
+        let ids = task_ids(&sim, web);
+        mlb.wait_routed(web, 0, &ids)?;
+        web_loop.wait_answered_by(&ids, web_loop.snapshot().sequence.len())?;
+        ensure!(
+            mlb.status()?["last_error"].is_null(),
+            "{name}: mlb still reports an error after the fault cleared"
+        );
+        web_loop.assert_no_failures(&format!("the recovery from {name}"))?;
+        tcp_loop.assert_no_failures(&format!("the recovery from {name}"))?;
+    }
+
+    // The event stream goes silent (not even keep-alives): mlb notices after
+    // --sse-stall-timeout, reconnects and re-reads /v2/apps, so a change made meanwhile is
+    // routed although no event arrives.
+    sim.inject(Fault::StallEventStreams { stalled: true });
+    rt.block_on(sim.scale(tcp, 3))?;
+    let ids = task_ids(&sim, tcp);
+    mlb.wait_routed(tcp, 0, &ids)?;
+    tcp_loop.wait_answered_by(&ids, tcp_loop.snapshot().sequence.len())?;
+    ensure!(
+        mlb.log().contains("stalled"),
+        "mlb did not log the stalled event stream"
+    );
+    sim.inject(Fault::Clear);
+    // And events flow again once the stream is back.
+    rt.block_on(sim.scale(tcp, 2))?;
+    mlb.wait_routed(tcp, 0, &task_ids(&sim, tcp))?;
+    for l in [&web_loop, &tcp_loop] {
+        l.assert_no_failures("the stalled event stream")?;
+    }
+    let (w, t) = (web_loop.stop(), tcp_loop.stop());
+    eprintln!(
+        "faults: vhost {} requests {:?}, tcp {} requests {:?}, no failures",
+        w.total(),
+        w.answers,
+        t.total(),
+        t.answers
+    );
+    mlb.finish();
+    Ok(())
+}
+
+/// XDP in namespaces: the simulator's tasks in two backend namespaces, mlb in the lb namespace
+/// with the XDP dataplane on lb's veths, clients in the client namespace. Connections through the
+/// VIP reach the tasks, scaling changes the set, established connections survive a scale-up
+/// and a scale-down of other tasks.
+#[test]
+fn xdp_follows_marathon() {
+    if require_netns_and_bpf("xdp_follows_marathon") {
+        run("xdp_follows_marathon", xdp_follows_marathon_body);
+    }
+}
+
+/// A runtime whose threads all live in `ns`: sockets the simulator creates on them (its API
+/// listener) are in `ns`. Futures must be spawned (`rt.block_on(rt.spawn(..))`), not run on
+/// the calling thread.
+fn runtime_in(ns: &mlb_tests::netns::Netns) -> Result<tokio::runtime::Runtime> {
+    // Threads inherit the namespace of the thread that creates them.
+    ns.enter(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    })?
+    .context("tokio runtime in the lb namespace")
+}
+
+/// Runs `fut` on one of `rt`'s threads (so its sockets are made in `rt`'s namespace).
+fn on<T: Send + 'static>(
+    rt: &tokio::runtime::Runtime,
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T> {
+    Ok(rt.block_on(rt.spawn(fut))?)
+}
+
+fn xdp_follows_marathon_body() -> Result<()> {
+    const PORT: u16 = 8080;
+    const APP: &str = "/xdp/tcp";
+    let lab = L4Lab::new()?;
+    let rt = runtime_in(&lab.lb)?;
+    let config = sim_config(
+        vec![tcp_app(APP, PORT, 2)],
+        vec![
+            SimAgent::in_netns(backend_v4(1), lab.backend_ns(1).name()),
+            SimAgent::in_netns(backend_v4(2), lab.backend_ns(2).name()),
+        ],
+    );
+    let sim =
+        Arc::new(on(&rt, MarathonSim::start(config))?.context("starting the simulator in lb")?);
+    let args: Vec<String> = [
+        "-m",
+        &sim.url(),
+        "--group",
+        "external",
+        "--vip",
+        VIP_V4,
+        "--http-port",
+        "18080",
+        "--https-port",
+        "18443",
+        "--appid-port",
+        "19091",
+    ]
+    .iter()
+    .chain(&XDP_ARGS)
+    .map(|s| (*s).to_owned())
+    .collect();
+    let mlb = Mlb::start(Some(&lab.lb), SocketAddr::new(LOCALHOST, 19090), &args)?;
+    let pid = mlb.pid();
+    let vip = SocketAddr::new(VIP_V4.parse()?, PORT);
+
+    // `n` new connections from cli, each with one keep-alive request answered by its task.
+    let connect = |n: usize| -> Result<Vec<(HttpConn, String)>> {
+        lab.cli.enter(move || {
+            (0..n)
+                .map(|i| {
+                    let mut c = HttpConn::open(vip)?;
+                    let id = c
+                        .get("xdp", "/", false)
+                        .with_context(|| format!("connection #{i} through the VIP"))?
+                        .task_id()?;
+                    Ok((c, id))
+                })
+                .collect::<Result<Vec<_>>>()
+        })?
+    };
+    let distinct = |conns: &[(HttpConn, String)]| {
+        let mut ids: Vec<String> = conns.iter().map(|(_, id)| id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    // Another request on each open connection: still answered by the same task.
+    let still_same = |open: &mut [(HttpConn, String)], skip: &str, when: &str| -> Result<()> {
+        for (i, (conn, id)) in open.iter_mut().enumerate() {
+            if id == skip {
+                continue;
+            }
+            let again = conn
+                .get("xdp", "/", false)
+                .with_context(|| format!("open connection #{i} after {when}"))?
+                .task_id()?;
+            ensure!(
+                again == *id,
+                "open connection #{i} moved from {id} to {again} on {when}"
+            );
+        }
+        Ok(())
+    };
+
+    let first = task_ids(&sim, APP);
+    mlb.wait_routed(APP, 0, &first)?;
+    let mut open = connect(24)?;
+    ensure!(
+        distinct(&open) == first,
+        "24 connections reached {:?}, not every task of {first:?}",
+        distinct(&open)
+    );
+
+    // Scale up: new connections reach the new tasks too; the open ones keep their task.
+    let s = sim.clone();
+    on(&rt, async move { s.scale(APP, 4).await })??;
+    let grown = task_ids(&sim, APP);
+    ensure!(grown.len() == 4, "tasks after scaling to 4: {grown:?}");
+    mlb.wait_routed(APP, 0, &grown)?;
+    let fresh = connect(40)?;
+    ensure!(
+        distinct(&fresh) == grown,
+        "40 new connections reached {:?}, not every task of {grown:?}",
+        distinct(&fresh)
+    );
+    still_same(&mut open, "", "the scale-up")?;
+    // XDP forwarded them: lb's own TCP stack holds no socket on the VIP.
+    let sockets = lab.lb_tcp_sockets()?;
+    ensure!(
+        !sockets.contains(&vip.to_string()),
+        "lb's kernel terminates connections to {vip}:\n{sockets}"
+    );
+
+    // Scale down by killing one of the first tasks: it gets no new connections; open
+    // connections to the other tasks keep working.
+    let victim = first[0].clone();
+    let (s, v) = (sim.clone(), victim.clone());
+    on(&rt, async move { s.kill_task_and_scale(&v).await })??;
+    let shrunk = task_ids(&sim, APP);
+    ensure!(
+        shrunk.len() == 3 && !shrunk.contains(&victim),
+        "tasks after killing {victim}: {shrunk:?}"
+    );
+    mlb.wait_routed(APP, 0, &shrunk)?;
+    let after = connect(30)?;
+    ensure!(
+        distinct(&after) == shrunk,
+        "30 new connections reached {:?}, not exactly {shrunk:?}",
+        distinct(&after)
+    );
+    still_same(&mut open, &victim, "the scale-down")?;
+    ensure!(mlb.pid() == pid, "mlb was restarted");
+    mlb.finish();
+    // The simulator's sockets close on its runtime (in lb) before the namespaces go.
+    let sim = Arc::into_inner(sim).context("the simulator is still shared")?;
+    on(&rt, sim.shutdown())?;
+    Ok(())
+}
