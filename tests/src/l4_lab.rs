@@ -576,7 +576,7 @@ pub struct UdpReply {
 }
 
 /// Log message of the agent after each applied set of TCP/UDP service changes.
-pub const APPLIED: &str = "TCP/UDP services applied";
+pub const APPLIED: &str = "dataplanes updated";
 /// Log message of the agent when a reloaded static config is refused.
 pub const RELOAD_REFUSED: &str = "SIGHUP: keeping the last good services";
 
