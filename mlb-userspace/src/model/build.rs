@@ -307,7 +307,8 @@ impl AppContext<'_> {
                 index: spec.index,
                 service_port: spec.port,
                 source: spec.source.to_owned(),
-                protocols: vec![],
+                // Known before the labels are read, so a port with a bad label still shows it.
+                protocols: spec.protocols.clone().unwrap_or_default(),
                 groups: vec![],
                 exposed: false,
                 dataplane: None,
