@@ -22,6 +22,15 @@ struct Args {
     /// JSON file with an array of Marathon app definitions to create at start.
     #[arg(long)]
     apps: Option<PathBuf>,
+    /// JSON file with an array of app definitions that already run at start: all their tasks
+    /// are placed in TASK_RUNNING at once, without deployments or events (fast for thousands of
+    /// apps, where `--apps` deploys them one by one).
+    #[arg(long)]
+    running_apps: Option<PathBuf>,
+    /// Tasks do not bind their ports: ports are allocated and reported, nothing listens
+    /// (benchmarks with more tasks than sockets).
+    #[arg(long)]
+    no_bind_tasks: bool,
     /// Address task listeners bind to; repeat for several agents (tasks are placed
     /// round-robin).
     #[arg(long = "backend-addr", default_value = "127.0.0.1")]
@@ -69,6 +78,21 @@ fn agents(args: &Args) -> anyhow::Result<Vec<Agent>> {
         .collect()
 }
 
+/// The app definitions of a JSON array file (none without a file).
+fn read_apps(flag: &str, path: Option<&std::path::Path>) -> anyhow::Result<Vec<serde_json::Value>> {
+    let Some(path) = path else {
+        return Ok(Vec::new());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {flag} {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{flag} {}: expected a JSON array of app definitions",
+            path.display()
+        )
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -79,19 +103,8 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let apps = match &args.apps {
-        None => Vec::new(),
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading --apps {}", path.display()))?;
-            serde_json::from_str::<Vec<serde_json::Value>>(&text).with_context(|| {
-                format!(
-                    "--apps {}: expected a JSON array of app definitions",
-                    path.display()
-                )
-            })?
-        }
-    };
+    let apps = read_apps("--apps", args.apps.as_deref())?;
+    let running_apps = read_apps("--running-apps", args.running_apps.as_deref())?;
     let (first, last) = args
         .task_ports
         .split_once('-')
@@ -105,6 +118,8 @@ async fn main() -> anyhow::Result<()> {
         step_delay: Duration::from_millis(args.step_delay_ms),
         keep_alive: Duration::from_secs_f64(args.keep_alive_secs.max(0.01)),
         apps,
+        running_apps,
+        bind_tasks: !args.no_bind_tasks,
     };
     let sim = MarathonSim::start(config)
         .await

@@ -93,6 +93,34 @@ pub(crate) async fn bind_task_ports(
     }
 }
 
+/// Allocates one port per spec like [`bind_task_ports`] but binds nothing (the simulator's
+/// `bind_tasks: false`): the ports are reported, nothing listens on them.
+pub(crate) fn reserve_task_ports(
+    agent: &Agent,
+    specs: &[PortSpec],
+    alloc: &PortAllocator,
+) -> Result<Vec<BoundPort>, SimError> {
+    let mut reserved: Vec<BoundPort> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let port = match spec.fixed_port {
+            Some(port) => port,
+            None => (0..alloc.len)
+                .map(|_| alloc.next())
+                .find(|p| reserved.iter().all(|b| b.port != *p))
+                .ok_or_else(|| SimError::Bind {
+                    addr: SocketAddr::new(agent.address, 0),
+                    source: io::Error::other("the task port range is exhausted"),
+                })?,
+        };
+        reserved.push(BoundPort {
+            port,
+            tcp: None,
+            udp: None,
+        });
+    }
+    Ok(reserved)
+}
+
 /// Moves the calling thread into `/var/run/netns/<name>`.
 fn enter_netns(name: &str) -> io::Result<()> {
     let file = File::open(format!("/var/run/netns/{name}"))?;

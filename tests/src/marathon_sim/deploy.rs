@@ -1,7 +1,7 @@
 //! App changes and the deployments that carry them out: the write side of the API and the
 //! task lifecycle (staging → running → healthy; killing → killed) with Marathon's events.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -13,10 +13,10 @@ use tokio::sync::oneshot;
 
 use super::{
     DeploymentTicket, Sim, SimError,
-    backend::{self, TaskBackend},
+    backend::{self, BoundPort, TaskBackend},
     clock,
     events::{self},
-    model::{self, Action, App, Deployment, Embed, HealthRecord, Task, TaskState},
+    model::{self, Action, App, Deployment, Embed, HealthRecord, PortSpec, Task, TaskState},
 };
 
 impl Sim {
@@ -133,9 +133,10 @@ impl Sim {
         let mut w = self.lock();
         let mut per_app: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut killed = Vec::new();
+        let wanted: HashSet<&str> = task_ids.iter().map(String::as_str).collect();
         for app in w.apps.values().filter(|a| !a.deleting) {
             let checks = app.health_checks().len();
-            for t in app.tasks.iter().filter(|t| task_ids.contains(&t.id)) {
+            for t in app.tasks.iter().filter(|t| wanted.contains(t.id.as_str())) {
                 per_app
                     .entry(app.id().to_string())
                     .or_default()
@@ -430,17 +431,7 @@ impl Sim {
         };
         let mut bound = Vec::with_capacity(n);
         for &agent in &agents {
-            let ports = backend::bind_task_ports(
-                &self.config.agents[agent],
-                specs.clone(),
-                self.ports.clone(),
-            )
-            .await
-            .map_err(|e| SimError::DeploymentFailed {
-                id: app_id.into(),
-                reason: e.to_string(),
-            })?;
-            bound.push((agent, ports));
+            bound.push((agent, self.task_ports(agent, &specs, app_id).await?));
         }
 
         // Staging.
@@ -450,36 +441,8 @@ impl Sim {
             let Some(app) = w.apps.get_mut(app_id) else {
                 return Ok(());
             };
-            let prefix = clock::app_id_in_task_id(app_id);
             for (agent_index, ports) in bound {
-                let agent = &self.config.agents[agent_index];
-                let uuid = clock::uuid();
-                let bound_ports: Vec<u16> = ports.iter().map(|p| p.port).collect();
-                let task = Task {
-                    id: format!("{prefix}.{uuid}"),
-                    instance_id: format!("{prefix}.marathon-{uuid}"),
-                    app_id: app_id.to_string(),
-                    slave_id: format!("sim-agent-S{agent_index}"),
-                    host: agent.host(),
-                    address: agent.address,
-                    ports: bound_ports
-                        .iter()
-                        .zip(&specs)
-                        .filter(|(_, s)| s.reported)
-                        .map(|(p, _)| *p)
-                        .collect(),
-                    bound_ports,
-                    service_ports: specs.iter().map(|s| s.service_port).collect(),
-                    state: TaskState::Staging,
-                    staged_at: clock::now(),
-                    started_at: None,
-                    version: app.version.clone(),
-                    config_version: app.last_config_change_at.clone(),
-                    healthy: Arc::new(AtomicBool::new(true)),
-                    health: None,
-                    pending: Some(ports),
-                    backend: None,
-                };
+                let task = self.new_task(app, app_id, agent_index, ports, &specs);
                 let r = task.event_ref();
                 self.events.publish(
                     "instance_changed_event",
@@ -562,18 +525,136 @@ impl Sim {
         Ok(())
     }
 
+    /// Binds the ports of one task on `agent`, or only allocates them without `bind_tasks`.
+    async fn task_ports(
+        &self,
+        agent: usize,
+        specs: &[PortSpec],
+        app_id: &str,
+    ) -> Result<Vec<BoundPort>, SimError> {
+        let agent = &self.config.agents[agent];
+        let ports = if self.config.bind_tasks {
+            backend::bind_task_ports(agent, specs.to_vec(), self.ports.clone()).await
+        } else {
+            backend::reserve_task_ports(agent, specs, &self.ports)
+        };
+        ports.map_err(|e| SimError::DeploymentFailed {
+            id: app_id.into(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// A new task of `app` in `TASK_STAGING` on `ports` (served once it runs).
+    fn new_task(
+        &self,
+        app: &App,
+        app_id: &str,
+        agent_index: usize,
+        ports: Vec<BoundPort>,
+        specs: &[PortSpec],
+    ) -> Task {
+        let agent = &self.config.agents[agent_index];
+        let prefix = clock::app_id_in_task_id(app_id);
+        let uuid = clock::uuid();
+        let bound_ports: Vec<u16> = ports.iter().map(|p| p.port).collect();
+        Task {
+            id: format!("{prefix}.{uuid}"),
+            instance_id: format!("{prefix}.marathon-{uuid}"),
+            app_id: app_id.to_string(),
+            slave_id: format!("sim-agent-S{agent_index}"),
+            host: agent.host(),
+            address: agent.address,
+            ports: bound_ports
+                .iter()
+                .zip(specs)
+                .filter(|(_, s)| s.reported)
+                .map(|(p, _)| *p)
+                .collect(),
+            bound_ports,
+            service_ports: specs.iter().map(|s| s.service_port).collect(),
+            state: TaskState::Staging,
+            staged_at: clock::now(),
+            started_at: None,
+            version: app.version.clone(),
+            config_version: app.last_config_change_at.clone(),
+            healthy: Arc::new(AtomicBool::new(true)),
+            health: None,
+            pending: Some(ports),
+            backend: None,
+        }
+    }
+
+    /// Places apps that already run (`SimConfig::running_apps`): every task in `TASK_RUNNING`
+    /// at once, healthy for apps with health checks, without deployments or events.
+    pub(crate) async fn preload(&self, defs: Vec<Value>) -> Result<(), SimError> {
+        if defs.is_empty() {
+            return Ok(());
+        }
+        let mut used = self.lock().service_ports_in_use("");
+        for submitted in defs {
+            let def = self.lock().normalize_using(submitted, Some(&mut used))?;
+            let id = def["id"].as_str().unwrap_or_default().to_string();
+            if self.lock().apps.contains_key(&id) {
+                return Err(SimError::AppExists { id });
+            }
+            let version = clock::now();
+            let specs = model::port_specs(&def);
+            let mut app = App {
+                definition: def,
+                version: version.clone(),
+                last_scaling_at: version.clone(),
+                last_config_change_at: version,
+                tasks: Vec::new(),
+                deleting: false,
+            };
+            let has_checks = !app.health_checks().is_empty();
+            for _ in 0..app.instances() {
+                let agent = {
+                    let mut w = self.lock();
+                    w.next_agent += 1;
+                    (w.next_agent - 1) % self.config.agents.len()
+                };
+                let ports = self.task_ports(agent, &specs, &id).await?;
+                let mut task = self.new_task(&app, &id, agent, ports, &specs);
+                let ports = task.pending.take().unwrap_or_default();
+                task.backend = Some(
+                    TaskBackend::start(&task.id, ports, task.healthy.clone()).map_err(|e| {
+                        SimError::DeploymentFailed {
+                            id: id.clone(),
+                            reason: format!("task {}: cannot serve its ports: {e}", task.id),
+                        }
+                    })?,
+                );
+                task.state = TaskState::Running;
+                task.started_at = Some(task.staged_at.clone());
+                if has_checks {
+                    task.health = Some(HealthRecord {
+                        first_success: task.started_at.clone(),
+                        last_success: task.started_at.clone(),
+                        last_failure: None,
+                        consecutive_failures: 0,
+                    });
+                }
+                app.tasks.push(task);
+            }
+            self.lock().apps.insert(id, app);
+        }
+        Ok(())
+    }
+
     /// Kills tasks: `TASK_KILLING`, then `TASK_KILLED` when their listeners close.
     pub(crate) async fn kill(&self, ids: &[String]) {
         if ids.is_empty() {
             return;
         }
+        let ids: HashSet<&str> = ids.iter().map(String::as_str).collect();
         {
             let mut w = self.lock();
             for task in w
                 .apps
                 .values_mut()
                 .flat_map(|a| a.tasks.iter_mut())
-                .filter(|t| ids.contains(&t.id))
+                .filter(|t| ids.contains(t.id.as_str()))
             {
                 task.state = TaskState::Killing;
                 let r = task.event_ref();
@@ -594,7 +675,7 @@ impl Sim {
             for app in w.apps.values_mut() {
                 let (dead, kept): (Vec<Task>, Vec<Task>) = std::mem::take(&mut app.tasks)
                     .into_iter()
-                    .partition(|t| ids.contains(&t.id));
+                    .partition(|t| ids.contains(t.id.as_str()));
                 app.tasks = kept;
                 gone.extend(dead);
             }

@@ -173,6 +173,15 @@ pub struct SimConfig {
     pub keep_alive: Duration,
     /// App definitions created (and deployed) at start.
     pub apps: Vec<Value>,
+    /// App definitions that already run when the simulator starts, as in a Marathon mlb
+    /// connects to: every task is placed in `TASK_RUNNING` at once (healthy, for apps with
+    /// `healthChecks`), without deployments or events. Unlike `apps`, which are deployed one by
+    /// one, this scales to tens of thousands of apps (benchmarks).
+    pub running_apps: Vec<Value>,
+    /// Whether tasks bind real sockets on their ports (the default). With `false`, task ports
+    /// are still allocated from `task_port_range` and reported, but nothing listens on them:
+    /// for benchmarks with more tasks than a process can hold sockets.
+    pub bind_tasks: bool,
 }
 
 impl Default for SimConfig {
@@ -184,6 +193,8 @@ impl Default for SimConfig {
             step_delay: Duration::from_millis(5),
             keep_alive: Duration::from_secs(5),
             apps: Vec::new(),
+            running_apps: Vec::new(),
+            bind_tasks: true,
         }
     }
 }
@@ -297,7 +308,8 @@ pub struct MarathonSim {
 }
 
 impl MarathonSim {
-    /// Binds the API, starts serving, and creates `config.apps` (waiting for their deployments).
+    /// Binds the API, places `config.running_apps`, starts serving, and creates `config.apps`
+    /// (waiting for their deployments).
     pub async fn start(config: SimConfig) -> Result<MarathonSim, SimError> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -314,6 +326,7 @@ impl MarathonSim {
             config.agents = SimConfig::default().agents;
         }
         let apps = std::mem::take(&mut config.apps);
+        let running_apps = std::mem::take(&mut config.running_apps);
         let sim = Arc::new(Sim {
             ports: Arc::new(PortAllocator::new(config.task_port_range.clone())),
             config,
@@ -326,6 +339,7 @@ impl MarathonSim {
             background: Mutex::new(JoinSet::new()),
         });
         let _ = sim.addr.set(addr);
+        sim.preload(running_apps).await?;
         let server = tokio::spawn(api::serve(sim.clone(), listener));
         tracing::info!(%addr, "marathon-sim: listening");
         let handle = MarathonSim { sim, server };

@@ -548,7 +548,7 @@ impl World {
         json!({"id": "/", "apps": apps, "groups": [], "pods": [], "dependencies": [], "version": version})
     }
 
-    fn service_ports_in_use(&self, except: &str) -> BTreeSet<u16> {
+    pub(crate) fn service_ports_in_use(&self, except: &str) -> BTreeSet<u16> {
         self.apps
             .values()
             .filter(|a| a.id() != except && !a.deleting)
@@ -561,6 +561,16 @@ impl World {
     /// Fills Marathon's defaults into a submitted app definition and assigns service ports
     /// for `0` entries, as Marathon does on create and update.
     pub(crate) fn normalize(&self, submitted: Value) -> Result<Value, SimError> {
+        self.normalize_using(submitted, None)
+    }
+
+    /// [`World::normalize`], taking the service ports in use from `used` (and adding the app's)
+    /// instead of collecting them from every app: for placing many apps at once.
+    pub(crate) fn normalize_using(
+        &self,
+        submitted: Value,
+        used: Option<&mut BTreeSet<u16>>,
+    ) -> Result<Value, SimError> {
         let Value::Object(mut d) = submitted else {
             return Err(SimError::InvalidApp {
                 id: "?".into(),
@@ -682,12 +692,20 @@ impl World {
             obj.remove("portDefinitions");
             obj.remove("ports");
         }
-        self.assign_service_ports(&mut def, &id)?;
+        match used {
+            Some(used) => Self::assign_service_ports(&mut def, &id, used)?,
+            None => Self::assign_service_ports(&mut def, &id, &mut self.service_ports_in_use(&id))?,
+        }
         Ok(def)
     }
 
-    fn assign_service_ports(&self, def: &mut Value, id: &str) -> Result<(), SimError> {
-        let mut used = self.service_ports_in_use(id);
+    /// Assigns service ports not in `used` to the `0` entries; adds every port of the app to
+    /// `used`.
+    fn assign_service_ports(
+        def: &mut Value,
+        id: &str,
+        used: &mut BTreeSet<u16>,
+    ) -> Result<(), SimError> {
         let mut next = SERVICE_PORT_MIN;
         let mut assign = |slot: &mut Value| -> Result<(), SimError> {
             if slot.as_u64().unwrap_or(0) != 0 {

@@ -281,7 +281,8 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
-fn stop_child(child: &mut Child) {
+/// Stops a child by its PID: SIGTERM, then SIGKILL after 3 s.
+pub(super) fn stop_child(child: &mut Child) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
     }

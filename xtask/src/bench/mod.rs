@@ -2,6 +2,7 @@
 //! `/work/shared/reference/benchmark-method.md` (topology, CPU placement, interleaved rounds,
 //! medians, ratios to the "direct" routing reference).
 mod lab;
+mod sync;
 mod tcp;
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -13,6 +14,37 @@ pub enum BenchCmd {
     Tcp(TcpArgs),
     /// HTTP: the mlb L7 proxy vs HAProxy `mode http` (Host ACL) vs direct routing.
     Http,
+    /// Marathon sync at scale: full sync time and RSS, event → dataplane latency, a burst.
+    Sync(SyncArgs),
+}
+
+/// Flags of `cargo xtask bench sync`.
+#[derive(Args)]
+pub struct SyncArgs {
+    /// Smoke test: 1,000 apps, 50 events, a burst of 100.
+    #[arg(long)]
+    pub quick: bool,
+    /// Apps in Marathon (one service port each, 10000 upwards).
+    #[arg(long, default_value_t = 10_000)]
+    pub apps: usize,
+    /// Tasks per app.
+    #[arg(long, default_value_t = 10)]
+    pub tasks: usize,
+    /// Every n-th app is plain TCP (an L4 service); the others are HTTP vhosts. 0: none.
+    #[arg(long, default_value_t = 10)]
+    pub tcp_every: usize,
+    /// Single task events measured one after the other.
+    #[arg(long, default_value_t = 200)]
+    pub events: usize,
+    /// Tasks killed at once in the burst (0: no burst).
+    #[arg(long, default_value_t = 1_000)]
+    pub burst: usize,
+    /// The simulator's pause between task state changes (killing → killed, staging → running).
+    #[arg(long, default_value_t = 20)]
+    pub step_delay_ms: u64,
+    /// Extra flag for `mlb run` (repeatable), e.g. `--mlb-arg=--maglev-table-size=1009`.
+    #[arg(long, allow_hyphen_values = true)]
+    pub mlb_arg: Vec<String>,
 }
 
 /// Flags of `cargo xtask bench tcp`.
@@ -61,6 +93,7 @@ impl Case {
 pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Tcp(args) => tcp::run(&args),
+        BenchCmd::Sync(args) => sync::run(&args),
         BenchCmd::Http => {
             crate::setup::run(crate::setup::BENCH_PACKAGES)?;
             crate::cargo(&[
