@@ -2,7 +2,7 @@
 //! task event re-reads one app, and only that app is parsed again.
 use serde_json::Value;
 
-use crate::marathon::types::{AppList, parse_app, parse_app_at};
+use crate::marathon::types::{AppList, parse_app};
 
 /// Marathon's apps as last read, in API order (service-port auto-assignment depends on it).
 #[derive(Debug, Default)]
@@ -16,15 +16,8 @@ impl AppStore {
         &self.list
     }
 
-    /// Replaces everything with a full read (`GET /v2/apps`).
-    pub fn replace_all(&mut self, apps: &[Value]) {
-        let mut list = AppList::default();
-        for (i, v) in apps.iter().enumerate() {
-            match parse_app_at(v, Some(i)) {
-                Ok(app) => list.apps.push(app),
-                Err(e) => list.invalid.push(e),
-            }
-        }
+    /// Replaces everything with a full read (`GET /v2/apps`, parsed app by app by the watcher).
+    pub fn replace_all(&mut self, list: AppList) {
         self.list = list;
     }
 
@@ -73,7 +66,10 @@ mod tests {
     #[test]
     fn updates_replace_in_place_and_keep_api_order() {
         let mut store = AppStore::default();
-        store.replace_all(&[json!({"id": "/b"}), json!({"id": "/a"})]);
+        store.replace_all(AppList::from_values(vec![
+            json!({"id": "/b"}),
+            json!({"id": "/a"}),
+        ]));
         assert_eq!(ids(&store), ["/b", "/a"]);
         store.update(
             &[json!({"id": "/b", "instances": 3}), json!({"id": "/c"})],
@@ -88,7 +84,10 @@ mod tests {
     #[test]
     fn an_app_that_stops_parsing_is_rejected_alone_and_recovers() {
         let mut store = AppStore::default();
-        store.replace_all(&[json!({"id": "/a"}), json!({"id": "/b"})]);
+        store.replace_all(AppList::from_values(vec![
+            json!({"id": "/a"}),
+            json!({"id": "/b"}),
+        ]));
         store.update(&[json!({"id": "/a", "instances": "many"})], &[]);
         assert_eq!(ids(&store), ["/b"]);
         assert_eq!(store.list().invalid.len(), 1);

@@ -19,11 +19,14 @@ use super::{
     auth::DcosAuth,
     config::{Credentials, MarathonConfig, Secret, TlsVerification},
     events::SUBSCRIBED_EVENT_TYPES,
+    types::{AppList, parse_app_list_json},
 };
 
 /// Redirect hops followed per request (Marathon needs one: non-leader to leader).
 const MAX_REDIRECTS: usize = 3;
 const USER_AGENT: &str = concat!("mlb/", env!("CARGO_PKG_VERSION"));
+/// At most this much is reserved up front for a body from its Content-Length (it grows past).
+const MAX_BODY_RESERVE: u64 = 256 << 20;
 
 enum Auth {
     None,
@@ -149,10 +152,14 @@ impl MarathonClient {
         &self.inner.hosts[self.inner.current.load(Ordering::Relaxed) % self.inner.hosts.len()]
     }
 
-    /// `GET /v2/apps` with tasks, deployments and readiness embedded: the raw app objects.
-    /// Anything but a 200 with `{"apps": [...]}` from some host is an error, so the caller
-    /// keeps its last good state.
-    pub async fn list_apps(&self) -> Result<Vec<Value>, MarathonError> {
+    /// `GET /v2/apps` with tasks, deployments and readiness embedded, parsed app by app (a
+    /// malformed app is in [`AppList::invalid`], naming the field). Anything but a 200 with
+    /// `{"apps": [...]}` from some host is an error, so the caller keeps its last good state.
+    ///
+    /// The body is held once, as bytes, while its apps are parsed one at a time from it (never
+    /// the whole body as `Value`s); the parsing runs on a blocking thread, as it takes a few
+    /// hundred milliseconds for 10,000 apps.
+    pub async fn list_apps(&self) -> Result<AppList, MarathonError> {
         self.with_failover(|base| async move {
             let mut url = endpoint(&base, &["v2", "apps"]);
             url.query_pairs_mut()
@@ -161,13 +168,17 @@ impl MarathonClient {
                 .append_pair("embed", "apps.readiness");
             let resp = self.get(url.clone(), "application/json", true).await?;
             let resp = expect_success(resp, &url).await?;
-            let mut body = read_json(resp, &url).await?;
-            match body.get_mut("apps").map(Value::take) {
-                Some(Value::Array(apps)) => Ok(apps),
-                _ => Err(MarathonError::InvalidResponse {
-                    url: url.to_string(),
-                    reason: "no \"apps\" array".into(),
-                }),
+            let body = read_body(resp, &url).await?;
+            let parsed = tokio::task::spawn_blocking(move || parse_app_list_json(&body)).await;
+            let invalid = |reason: String| MarathonError::InvalidResponse {
+                url: without_query(url.clone()).to_string(),
+                reason,
+            };
+            match parsed {
+                Ok(Ok(list)) => Ok(list),
+                Ok(Err(e)) => Err(invalid(e.to_string())),
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => Err(invalid(format!("parsing the apps: {e}"))),
             }
         })
         .await
@@ -395,12 +406,26 @@ async fn expect_success(resp: Response, url: &Url) -> Result<Response, MarathonE
     })
 }
 
-async fn read_json(resp: Response, url: &Url) -> Result<Value, MarathonError> {
-    let bytes = resp.bytes().await.map_err(|e| MarathonError::Transport {
+/// The whole body in one buffer, read chunk by chunk, each chunk dropped once copied.
+/// (`Response::bytes` gathers every chunk, then copies them into one more buffer: twice a 44 MB
+/// `/v2/apps` at its peak.)
+async fn read_body(mut resp: Response, url: &Url) -> Result<Vec<u8>, MarathonError> {
+    let transport = |e: reqwest::Error| MarathonError::Transport {
         method: "GET",
         url: without_query(url.clone()).to_string(),
         source: e.without_url(),
-    })?;
+    };
+    // Content-Length only sizes the buffer, within reason (a server could announce anything).
+    let hint = resp.content_length().unwrap_or(0).min(MAX_BODY_RESERVE);
+    let mut body = Vec::with_capacity(usize::try_from(hint).unwrap_or(0));
+    while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+async fn read_json(resp: Response, url: &Url) -> Result<Value, MarathonError> {
+    let bytes = read_body(resp, url).await?;
     serde_json::from_slice(&bytes).map_err(|e| MarathonError::InvalidResponse {
         url: without_query(url.clone()).to_string(),
         reason: format!("body is not JSON: {e}"),

@@ -1,5 +1,5 @@
 //! The Marathon edge: REST client, `/v2/events` stream, and the watcher that turns them into
-//! coalesced updates of raw app JSON for the model.
+//! coalesced updates for the model (full reads parsed app by app, re-read apps as raw JSON).
 pub mod auth;
 pub mod client;
 pub mod config;
@@ -8,6 +8,8 @@ pub mod sse;
 pub mod types;
 pub mod watch;
 
+#[cfg(test)]
+mod sync_bench;
 #[cfg(test)]
 mod tests;
 

@@ -25,6 +25,7 @@ use super::{
     auth::DcosCredentials,
     client::MarathonClient,
     config::{Credentials, MarathonConfig, Secret},
+    types::AppList,
     watch::{MarathonUpdate, MarathonWatcher},
 };
 
@@ -38,6 +39,8 @@ struct State {
     apps_status: Option<u16>,
     /// Answer `/v2/apps...` with 200 and a body that is not JSON.
     apps_garbage: bool,
+    /// Answer `GET /v2/apps` with 200 and this body.
+    apps_body: Option<String>,
     /// Answer `/v2/events` with a 307 to this base URL (a non-leader).
     events_redirect: Option<String>,
     /// Expected `Authorization` header; anything else gets 401.
@@ -196,6 +199,9 @@ impl Fake {
             }
             if rest.is_empty() {
                 s.list_hits += 1;
+                if let Some(body) = &s.apps_body {
+                    return full(200, body.clone());
+                }
                 let apps: Vec<&Value> = s.apps.values().collect();
                 return full(200, json!({ "apps": apps }).to_string());
             }
@@ -262,18 +268,48 @@ fn ids(apps: &[Value]) -> Vec<&str> {
     apps.iter().map(|a| a["id"].as_str().unwrap()).collect()
 }
 
+/// Ids of a full read's apps, the rejected ones included (as `!id`), in API order.
+fn list_ids(list: &AppList) -> Vec<String> {
+    let mut ids: Vec<String> = list.apps.iter().map(|a| a.id.clone()).collect();
+    ids.extend(list.invalid.iter().map(|e| format!("!{}", e.app_id)));
+    ids
+}
+
 #[tokio::test]
-async fn list_apps_returns_raw_app_objects() {
+async fn list_apps_parses_each_app_and_rejects_a_malformed_one_alone() {
     let m = Fake::start().await;
     m.set_app("/a", 1);
+    m.set_app("/c", 2);
     m.with(|s| {
-        // A malformed app is still passed through: the model rejects it alone.
         s.apps
             .insert("/b".into(), json!({"id": "/b", "instances": "three"}));
     });
-    let apps = client(&[m.url()]).list_apps().await.unwrap();
-    assert_eq!(ids(&apps), ["/a", "/b"]);
-    assert_eq!(apps[1]["instances"], "three");
+    let list = client(&[m.url()]).list_apps().await.unwrap();
+    assert_eq!(list_ids(&list), ["/a", "/c", "!/b"]);
+    assert_eq!(list.apps[1].instances, Some(2));
+    assert_eq!(list.invalid[0].field, "instances");
+}
+
+#[tokio::test]
+async fn list_apps_refuses_a_body_without_an_apps_array() {
+    let m = Fake::start().await;
+    m.with(|s| s.apps_body = Some(r#"{"message": "not the leader"}"#.into()));
+    let e = client(&[m.url()])
+        .list_apps()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(r#"no "apps" array"#) && e.contains("/v2/apps"),
+        "{e}"
+    );
+    m.with(|s| s.apps_body = Some(r#"{"apps": [{"id": "/a"}, {"id": "/b""#.into()));
+    let e = client(&[m.url()])
+        .list_apps()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not JSON"), "{e}");
 }
 
 #[tokio::test]
@@ -285,17 +321,17 @@ async fn failover_to_the_second_url_sticks_until_it_fails() {
     a.set_app("/from-a", 1);
     let c = client(&[a.url(), b.url()]);
 
-    assert_eq!(ids(&c.list_apps().await.unwrap()), ["/from-b"]);
+    assert_eq!(list_ids(&c.list_apps().await.unwrap()), ["/from-b"]);
     assert_eq!(c.current_host().as_str(), format!("{}/", b.url()));
     // Sticky: the next call goes straight to b.
-    assert_eq!(ids(&c.list_apps().await.unwrap()), ["/from-b"]);
+    assert_eq!(list_ids(&c.list_apps().await.unwrap()), ["/from-b"]);
     assert_eq!(b.with(|s| s.list_hits), 2);
 
     // b fails, a recovered: back to a, which then sticks.
     a.with(|s| s.apps_status = None);
     b.with(|s| s.apps_status = Some(500));
-    assert_eq!(ids(&c.list_apps().await.unwrap()), ["/from-a"]);
-    assert_eq!(ids(&c.list_apps().await.unwrap()), ["/from-a"]);
+    assert_eq!(list_ids(&c.list_apps().await.unwrap()), ["/from-a"]);
+    assert_eq!(list_ids(&c.list_apps().await.unwrap()), ["/from-a"]);
     assert_eq!(a.with(|s| s.list_hits), 2);
     assert_eq!(c.current_host().as_str(), format!("{}/", a.url()));
 }
@@ -305,7 +341,7 @@ async fn unreachable_first_url_fails_over() {
     let b = Fake::start().await;
     b.set_app("/x", 1);
     let c = client(&[dead_url().await, b.url()]);
-    assert_eq!(ids(&c.list_apps().await.unwrap()), ["/x"]);
+    assert_eq!(list_ids(&c.list_apps().await.unwrap()), ["/x"]);
     let err = client(&[dead_url().await, dead_url().await])
         .list_apps()
         .await
@@ -404,13 +440,13 @@ async fn dcos_token_is_used_and_renewed_after_a_401() {
     let mut cfg = config(&[m.url()]);
     cfg.credentials = Credentials::Dcos(DcosCredentials::parse(&creds.to_string()).unwrap());
     let c = MarathonClient::new(&cfg).unwrap();
-    assert_eq!(ids(&c.list_apps().await.unwrap()), ["/a"]);
+    assert_eq!(list_ids(&c.list_apps().await.unwrap()), ["/a"]);
     assert_eq!(m.with(|s| s.logins), 1);
-    assert_eq!(ids(&c.list_apps().await.unwrap()), ["/a"]);
+    assert_eq!(list_ids(&c.list_apps().await.unwrap()), ["/a"]);
     assert_eq!(m.with(|s| s.logins), 1, "the token is cached");
     // Marathon stops accepting the token: one 401, a new login, then success.
     m.with(|s| s.require_auth = Some("token=revoked".into()));
-    assert_eq!(ids(&c.list_apps().await.unwrap()), ["/a"]);
+    assert_eq!(list_ids(&c.list_apps().await.unwrap()), ["/a"]);
     assert_eq!(m.with(|s| s.logins), 2);
 
     let dbg = format!("{c:?} {cfg:?}");
@@ -486,7 +522,7 @@ async fn https_marathon_is_verified_by_default() {
     cfg.tls = super::config::TlsVerification::CaFile(ca_file);
     let apps = MarathonClient::new(&cfg).unwrap().list_apps().await;
     std::fs::remove_dir_all(&dir).unwrap();
-    assert_eq!(ids(&apps.unwrap()), ["/secure"]);
+    assert_eq!(list_ids(&apps.unwrap()), ["/secure"]);
 
     cfg.tls = super::config::TlsVerification::Insecure;
     let apps = MarathonClient::new(&cfg)
@@ -494,7 +530,7 @@ async fn https_marathon_is_verified_by_default() {
         .list_apps()
         .await
         .unwrap();
-    assert_eq!(ids(&apps), ["/secure"]);
+    assert_eq!(list_ids(&apps), ["/secure"]);
 }
 
 // ---- watcher ----
@@ -522,9 +558,9 @@ impl Watching {
             .expect("the watcher is running")
     }
 
-    async fn snapshot(&mut self) -> Vec<Value> {
+    async fn snapshot(&mut self) -> AppList {
         match self.next().await {
-            MarathonUpdate::Snapshot(apps) => apps,
+            MarathonUpdate::Snapshot(list) => list,
             other => panic!("expected a snapshot, got {other:?}"),
         }
     }
@@ -558,7 +594,7 @@ async fn watcher_snapshots_then_sends_each_changed_app() {
     m.set_app("/a", 1);
     m.set_app("/b", 1);
     let mut w = Watching::start(config(&[m.url()]));
-    assert_eq!(ids(&w.snapshot().await), ["/a", "/b"]);
+    assert_eq!(list_ids(&w.snapshot().await), ["/a", "/b"]);
 
     m.set_app("/a", 5);
     m.push("status_update_event", &status_update("/a"));
@@ -620,7 +656,7 @@ async fn burst_of_1000_events_costs_a_bounded_number_of_rereads() {
 
     // 1,000 events about 1,000 different apps: one full resync, no per-app reads.
     m.push_raw(status_update_burst(1000, |i| format!("/other{i}")));
-    assert_eq!(w.snapshot().await.len(), 5);
+    assert_eq!(w.snapshot().await.apps.len(), 5);
     assert_eq!(m.with(|s| s.app_hits.values().sum::<usize>()), rereads);
     assert_eq!(m.with(|s| s.list_hits), 2);
     w.stop().await;
@@ -649,7 +685,7 @@ async fn stalled_stream_reconnects_and_resyncs() {
     let m = Fake::start().await;
     m.set_app("/a", 1);
     let mut w = Watching::start(config(&[m.url()])); // stall timeout 20 s
-    assert_eq!(ids(&w.snapshot().await), ["/a"]);
+    assert_eq!(list_ids(&w.snapshot().await), ["/a"]);
     // Keep-alives keep the connection: 3 × 15 s of comments, longer than the stall timeout.
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_secs(15)).await;
@@ -658,7 +694,7 @@ async fn stalled_stream_reconnects_and_resyncs() {
     assert_eq!(m.with(|s| s.event_connects), 1);
     // Then silence: the watcher reconnects on its own and resyncs.
     m.set_app("/b", 1);
-    assert_eq!(ids(&w.snapshot().await), ["/a", "/b"]);
+    assert_eq!(list_ids(&w.snapshot().await), ["/a", "/b"]);
     assert_eq!(m.with(|s| (s.event_connects, s.list_hits)), (2, 2));
     w.stop().await;
 }
@@ -733,7 +769,7 @@ async fn failed_resync_keeps_state_reports_and_retries() {
     }
     m.with(|s| s.apps_garbage = false);
     m.set_app("/b", 1);
-    assert_eq!(ids(&w.snapshot().await), ["/a", "/b"]);
+    assert_eq!(list_ids(&w.snapshot().await), ["/a", "/b"]);
     assert_eq!(m.with(|s| s.event_connects), 1, "the stream stayed up");
     w.stop().await;
 }
@@ -749,7 +785,7 @@ async fn periodic_resync_without_events() {
     w.snapshot().await;
     let t0 = tokio::time::Instant::now();
     m.set_app("/b", 1);
-    assert_eq!(ids(&w.snapshot().await), ["/a", "/b"]);
+    assert_eq!(list_ids(&w.snapshot().await), ["/a", "/b"]);
     assert!(
         t0.elapsed() >= Duration::from_secs(59),
         "{:?}",
@@ -766,9 +802,9 @@ async fn poll_mode_reads_every_interval_without_the_event_stream() {
     let mut cfg = config(&[m.url()]);
     cfg.poll_interval = Some(Duration::from_secs(30));
     let mut w = Watching::start(cfg);
-    assert_eq!(ids(&w.snapshot().await), ["/a"]);
+    assert_eq!(list_ids(&w.snapshot().await), ["/a"]);
     m.set_app("/b", 1);
-    assert_eq!(ids(&w.snapshot().await), ["/a", "/b"]);
+    assert_eq!(list_ids(&w.snapshot().await), ["/a", "/b"]);
     m.with(|s| s.apps_status = Some(503));
     assert!(matches!(w.next().await, MarathonUpdate::SyncFailed { .. }));
     assert_eq!(m.with(|s| s.event_connects), 0);
@@ -783,7 +819,7 @@ async fn watcher_fails_over_and_follows_the_redirect() {
     follower.set_app("/a", 1);
     leader.set_app("/a", 1);
     let mut w = Watching::start(config(&[dead_url().await, follower.url()]));
-    assert_eq!(ids(&w.snapshot().await), ["/a"]);
+    assert_eq!(list_ids(&w.snapshot().await), ["/a"]);
     leader.set_app("/a", 2);
     follower.set_app("/a", 2);
     leader.push("status_update_event", &status_update("/a"));

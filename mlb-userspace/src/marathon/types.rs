@@ -7,12 +7,15 @@
 //! shapes (`ipAddress.discovery`, `container.docker.network`, `container.docker.portMappings`,
 //! legacy `ports`) and ≥1.5 shapes (`networks`, `container.portMappings`) are accepted.
 //!
-//! Apps are parsed **one by one** from [`serde_json::Value`]: a malformed app becomes an
-//! [`AppParseError`] naming the app and the field, and every other app still parses.
+//! Apps are parsed **one by one**: a malformed app becomes an [`AppParseError`] naming the app
+//! and the field, and every other app still parses. A full read ([`parse_app_list_json`]) never
+//! builds the whole body as [`Value`]s (about 8× the body's size): each app is deserialized
+//! straight from its slice of the body, and only an app that fails that is parsed again through
+//! a `Value` of its own, for the null stripping and the field path of the error.
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 
 /// A Marathon app with the embedded tasks, deployments and readiness results.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
@@ -251,12 +254,46 @@ pub struct AppParseError {
     pub reason: String,
 }
 
+/// Why a `GET /v2/apps` body was refused as a whole (the last good state is then kept).
+#[derive(Debug, thiserror::Error)]
+pub enum AppListError {
+    /// Not JSON at all (an HTML error page, a truncated body).
+    #[error("body is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    /// JSON, but not `{"apps": [...]}`.
+    #[error("no \"apps\" array: {0}")]
+    NoApps(String),
+}
+
+impl AppList {
+    /// Parses app objects one by one (tests, and bodies already held as `Value`s).
+    pub fn from_values(values: Vec<Value>) -> AppList {
+        let mut list = AppList::default();
+        for (i, v) in values.into_iter().enumerate() {
+            list.push(parse_app_owned(v, Some(i)));
+        }
+        list
+    }
+
+    fn push(&mut self, parsed: Result<App, AppParseError>) {
+        match parsed {
+            Ok(app) => self.apps.push(app),
+            Err(e) => self.invalid.push(e),
+        }
+    }
+}
+
 /// Parses one app object. Nulls count as absent; unknown fields are ignored.
 pub fn parse_app(v: &Value) -> Result<App, AppParseError> {
     parse_app_at(v, None)
 }
 
 pub(crate) fn parse_app_at(v: &Value, index: Option<usize>) -> Result<App, AppParseError> {
+    parse_app_owned(v.clone(), index)
+}
+
+/// [`parse_app_at`] on an owned value (no copy).
+fn parse_app_owned(mut v: Value, index: Option<usize>) -> Result<App, AppParseError> {
     let app_id = v
         .get("id")
         .and_then(Value::as_str)
@@ -273,13 +310,12 @@ pub(crate) fn parse_app_at(v: &Value, index: Option<usize>) -> Result<App, AppPa
     if !v.is_object() {
         return Err(err(
             ".".into(),
-            format!("expected an object, got {}", kind(v)),
+            format!("expected an object, got {}", kind(&v)),
         ));
     }
     if !matches!(v.get("id"), Some(Value::String(s)) if !s.is_empty()) {
         return Err(err("id".into(), "missing or not a non-empty string".into()));
     }
-    let mut v = v.clone();
     strip_nulls(&mut v);
     let app: App = serde_path_to_error::deserialize(v).map_err(|e| {
         let field = e.path().to_string();
@@ -288,7 +324,98 @@ pub(crate) fn parse_app_at(v: &Value, index: Option<usize>) -> Result<App, AppPa
     if let Some(i) = app.tasks.iter().position(|t| t.id.is_empty()) {
         return Err(err(format!("tasks[{i}].id"), "missing or empty".into()));
     }
-    Ok(app)
+    Ok(compact(app))
+}
+
+/// Drops the spare capacity serde leaves in lists (they grow by doubling as they are read: 10
+/// tasks take room for 16, one IP address for 4), about a quarter of the parsed apps' memory.
+fn compact(mut app: App) -> App {
+    fn shrink<T>(v: &mut Vec<T>) {
+        if v.capacity() > v.len() {
+            v.shrink_to_fit();
+        }
+    }
+    shrink(&mut app.ports);
+    if let Some(defs) = &mut app.port_definitions {
+        shrink(defs);
+    }
+    if let Some(c) = &mut app.container {
+        shrink(&mut c.port_mappings);
+        if let Some(d) = &mut c.docker {
+            shrink(&mut d.port_mappings);
+        }
+    }
+    if let Some(d) = app.ip_address.as_mut().and_then(|a| a.discovery.as_mut()) {
+        shrink(&mut d.ports);
+    }
+    shrink(&mut app.networks);
+    shrink(&mut app.health_checks);
+    shrink(&mut app.readiness_check_results);
+    shrink(&mut app.deployments);
+    shrink(&mut app.tasks);
+    for t in &mut app.tasks {
+        shrink(&mut t.ports);
+        shrink(&mut t.service_ports);
+        shrink(&mut t.ip_addresses);
+        if let Some(h) = &mut t.health_check_results {
+            shrink(h);
+        }
+    }
+    app
+}
+
+/// Parses one app from its JSON text, as [`parse_app_at`] would from its `Value`.
+///
+/// Fast path: straight from the text into [`App`]. Where that succeeds the result is the one
+/// the `Value` path gives: a null is accepted only by an `Option` field, as `None`, which is
+/// also what an absent key gives (every struct is `#[serde(default)]` with derived defaults).
+/// Anything the fast path refuses (a null where a list or string is expected, a duplicate key,
+/// a bad field) or an app without an id goes through the `Value` path, which gives the error
+/// (or the lenient result) exactly as before.
+fn parse_app_raw(raw: &RawValue, index: usize) -> Result<App, AppParseError> {
+    if let Ok(app) = serde_json::from_str::<App>(raw.get())
+        && !app.id.is_empty()
+        && app.tasks.iter().all(|t| !t.id.is_empty())
+    {
+        return Ok(compact(app));
+    }
+    match serde_json::from_str::<Value>(raw.get()) {
+        Ok(v) => parse_app_owned(v, Some(index)),
+        // Not reached: this text was read as JSON already, as part of the body.
+        Err(e) => Err(AppParseError {
+            app_id: format!("<app #{index}>"),
+            field: ".".into(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Parses a `GET /v2/apps` body (`{"apps": [...]}`) app by app, from its bytes: the apps are
+/// borrowed from the body as raw JSON text, then each is parsed on its own, so at most one
+/// app's `Value` exists at a time. Fails only when the body is not JSON or has no `apps` array.
+pub fn parse_app_list_json(body: &[u8]) -> Result<AppList, AppListError> {
+    #[derive(Deserialize)]
+    struct Body<'a> {
+        #[serde(borrow)]
+        apps: Vec<&'a RawValue>,
+    }
+    let parsed: Body<'_> = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => AppListError::NoApps(e.to_string()),
+        _ => AppListError::NotJson(e),
+    })?;
+    // A derived struct also takes a sequence (`[[...]]`); the body must be an object.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(AppListError::NoApps("the body is not an object".into()));
+    }
+    let body = parsed;
+    let mut list = AppList {
+        apps: Vec::with_capacity(body.apps.len()),
+        invalid: Vec::new(),
+    };
+    for (i, raw) in body.apps.iter().enumerate() {
+        list.push(parse_app_raw(raw, i));
+    }
+    Ok(list)
 }
 
 /// Parses a `GET /v2/apps` body (`{"apps": [...]}`) app by app. Fails only when the body has no
@@ -306,10 +433,7 @@ pub fn parse_app_list(body: &Value) -> Result<AppList, AppParseError> {
     };
     let mut list = AppList::default();
     for (i, v) in apps.iter().enumerate() {
-        match parse_app_at(v, Some(i)) {
-            Ok(app) => list.apps.push(app),
-            Err(e) => list.invalid.push(e),
-        }
+        list.push(parse_app_at(v, Some(i)));
     }
     Ok(list)
 }
@@ -397,6 +521,101 @@ mod tests {
         assert_eq!(app.port_definitions, None);
         assert!(app.container.unwrap().port_mappings.is_empty());
         assert_eq!(app.tasks[0].health_check_results, None);
+    }
+
+    /// The fixtures, and apps with nulls, bad fields and duplicate keys: a full read from the
+    /// body's bytes gives what parsing each app's `Value` gives.
+    #[test]
+    fn full_read_from_bytes_matches_the_value_path() {
+        let mut bodies: Vec<String> =
+            std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src/model/fixtures"))
+                .unwrap()
+                .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+                .collect();
+        assert!(bodies.len() >= 5);
+        bodies.push(
+            r#"{"apps": [
+            {"id": "/good", "portDefinitions": [{"port": 10000}], "tasks": []},
+            {"id": "/bad", "portDefinitions": [{"port": "abc"}]},
+            {"id": "/bad-task", "tasks": [{"id": "t1", "host": "h", "ports": [70000]}]},
+            {"noid": true}, {"id": ""}, {"id": 7}, "not an object", null, [],
+            {"id": "/nulls", "labels": null, "portDefinitions": null, "ports": null, "tasks": [
+                {"id": "t", "host": null, "ports": null, "healthCheckResults": null,
+                 "ipAddresses": [{"ipAddress": null}]}],
+             "container": {"type": null, "portMappings": [{"containerPort": 80, "labels": null}]},
+             "healthChecks": [{"protocol": null, "path": null}], "versionInfo": null},
+            {"id": "/null-label", "labels": {"a": null, "b": "x"}},
+            {"id": "/dup", "instances": 1, "instances": 2, "labels": {"k": "1", "k": "2"}},
+            {"id": "/dup-id", "id": "/dup-id-2"},
+            {"id": "/empty-task-id", "tasks": [{"id": "a"}, {"host": "h"}]},
+            {"id": "/float", "instances": 1.0},
+            {"id": "/future", "x": {"y": [null, {"z": 1}]}, "healthChecks": [{"protocol": "GRPC"}]}
+            ], "other": 1}"#
+                .to_owned(),
+        );
+        for body in &bodies {
+            let by_value = parse_app_list(&serde_json::from_str(body).unwrap()).unwrap();
+            let by_bytes = parse_app_list_json(body.as_bytes()).unwrap();
+            assert_eq!(by_bytes, by_value);
+        }
+        let last = parse_app_list_json(bodies.last().unwrap().as_bytes()).unwrap();
+        let ids: Vec<_> = last.apps.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "/good",
+                "/nulls",
+                "/null-label",
+                "/dup",
+                "/dup-id-2",
+                "/future"
+            ]
+        );
+        assert_eq!(last.apps[2].labels.len(), 1);
+        assert_eq!(last.apps[3].instances, Some(2));
+        let invalid: Vec<_> = last
+            .invalid
+            .iter()
+            .map(|e| (e.app_id.as_str(), e.field.as_str()))
+            .collect();
+        assert_eq!(
+            invalid,
+            [
+                ("/bad", "portDefinitions[0].port"),
+                ("/bad-task", "tasks[0].ports[0]"),
+                ("<app #3>", "id"),
+                ("", "id"),
+                ("<app #5>", "id"),
+                ("<app #6>", "."),
+                ("<app #7>", "."),
+                ("<app #8>", "."),
+                ("/empty-task-id", "tasks[1].id"),
+                ("/float", "instances"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_apps_array_is_refused_whole() {
+        for (body, not_json) in [
+            ("<html>proxy error</html>", true),
+            (r#"{"apps": [{"id": "/a"}"#, true),
+            (r#"{"apps": [{"id": "/a"}]} trailing"#, true),
+            (r#"{"message": "not the leader"}"#, false),
+            (r#"{"apps": null}"#, false),
+            (r#"{"apps": {"id": "/a"}}"#, false),
+            (r#"[{"id": "/a"}]"#, false),
+            (r#"[[{"id": "/a"}]]"#, false),
+        ] {
+            let e = parse_app_list_json(body.as_bytes()).unwrap_err();
+            assert_eq!(
+                matches!(e, AppListError::NotJson(_)),
+                not_json,
+                "{body}: {e}"
+            );
+        }
+        let list = parse_app_list_json(br#"{"apps": []}"#).unwrap();
+        assert_eq!(list, AppList::default());
     }
 
     #[test]

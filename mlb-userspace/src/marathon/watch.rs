@@ -41,17 +41,20 @@ use super::{
     config::MarathonConfig,
     events::{EventAction, actions_for_logged},
     sse::SseParser,
+    types::AppList,
 };
 
-/// What the watcher tells the model. App values are raw JSON as Marathon sent them, so the
-/// model can reject one malformed app alone.
+/// What the watcher tells the model. A full read comes parsed app by app (parsing 10,000 apps
+/// is done here, from the body's bytes, not as `Value`s); re-read apps come as raw JSON. Either
+/// way one malformed app is rejected alone.
 #[derive(Clone, Debug, PartialEq)]
 pub enum MarathonUpdate {
-    /// Every app (a full read): replaces the previous state.
-    Snapshot(Vec<Value>),
+    /// Every app (a full read): replaces the previous state. Apps that did not parse are in
+    /// [`AppList::invalid`].
+    Snapshot(AppList),
     /// Some apps changed or disappeared since the last update.
     Apps {
-        /// Re-read apps, whole.
+        /// Re-read apps, whole, as Marathon sent them.
         changed: Vec<Value>,
         /// Ids of apps that no longer exist.
         removed: Vec<String>,
@@ -61,6 +64,14 @@ pub enum MarathonUpdate {
         /// The error, for logs and the status page.
         error: String,
     },
+}
+
+impl MarathonUpdate {
+    /// A [`MarathonUpdate::Snapshot`] of app objects, each parsed as a full read parses it
+    /// (tests, one-off reads).
+    pub fn snapshot_from_values(apps: Vec<Value>) -> Self {
+        MarathonUpdate::Snapshot(AppList::from_values(apps))
+    }
 }
 
 /// Asks a running watcher for a full resync (SIGHUP, an admin endpoint).
@@ -226,11 +237,16 @@ impl Running {
             r = self.client.list_apps() => r,
         };
         match result {
-            Ok(apps) => {
-                info!(apps = apps.len(), host = %self.client.current_host(), "Marathon full sync");
+            Ok(list) => {
+                info!(
+                    apps = list.apps.len(),
+                    invalid = list.invalid.len(),
+                    host = %self.client.current_host(),
+                    "Marathon full sync"
+                );
                 (
                     true,
-                    self.send(MarathonUpdate::Snapshot(apps), shutdown).await,
+                    self.send(MarathonUpdate::Snapshot(list), shutdown).await,
                 )
             }
             Err(e) => {
