@@ -50,18 +50,46 @@ impl Drop for InFlightGuard {
 #[derive(Debug, Default)]
 pub struct StatsRegistry {
     stats: HashMap<BackendId, Arc<BackendStats>>,
+    /// Backends that left the table ([`StatsRegistry::release`]), forgotten once drained.
+    released: HashSet<BackendId>,
 }
 
 impl StatsRegistry {
     /// The counters of `id`, created on first use.
     pub fn get(&mut self, id: &BackendId) -> Arc<BackendStats> {
+        if !self.released.is_empty() {
+            self.released.remove(id);
+        }
         self.stats.entry(id.clone()).or_default().clone()
+    }
+
+    /// `id` is no longer in the table: its counters are forgotten by
+    /// [`StatsRegistry::prune_released`] once nothing is in flight on it, unless it comes back
+    /// ([`StatsRegistry::get`]) first.
+    pub fn release(&mut self, id: BackendId) {
+        if self.stats.contains_key(&id) {
+            self.released.insert(id);
+        }
+    }
+
+    /// Forgets the released backends that have drained (the incremental [`Self::prune`]).
+    pub fn prune_released(&mut self) {
+        let stats = &mut self.stats;
+        self.released.retain(|id| {
+            let busy = stats.get(id).is_some_and(|s| s.in_flight() > 0);
+            if !busy {
+                stats.remove(id);
+            }
+            busy
+        });
     }
 
     /// Forgets backends not in `keep` that have nothing in flight any more.
     pub fn prune(&mut self, keep: &HashSet<BackendId>) {
         self.stats
             .retain(|id, stats| keep.contains(id) || stats.in_flight() > 0);
+        self.released
+            .retain(|id| self.stats.contains_key(id) && !keep.contains(id));
     }
 
     /// In-flight count of `id`, if it is known.
@@ -349,5 +377,23 @@ mod tests {
         drop(guard);
         reg.prune(&HashSet::new());
         assert_eq!(reg.in_flight(&id), None);
+    }
+
+    #[test]
+    fn released_backends_are_forgotten_once_drained_unless_they_come_back() {
+        let mut reg = StatsRegistry::default();
+        let (gone, back) = (BackendId("gone".into()), BackendId("back".into()));
+        let guard = InFlightGuard::new(reg.get(&gone));
+        reg.get(&back);
+        reg.release(gone.clone());
+        reg.release(back.clone());
+        reg.get(&back);
+        reg.prune_released();
+        assert_eq!(reg.in_flight(&gone), Some(1), "still draining");
+        assert_eq!(reg.in_flight(&back), Some(0), "back in the table");
+        drop(guard);
+        reg.prune_released();
+        assert_eq!(reg.in_flight(&gone), None);
+        assert_eq!(reg.in_flight(&back), Some(0));
     }
 }

@@ -104,19 +104,56 @@ impl HealthChecker {
     /// leave the unhealthy set, changed ones (address or check) restart. Unchanged targets keep
     /// their state and schedule.
     pub fn set_targets(&mut self, targets: impl IntoIterator<Item = HealthTarget>) {
-        let mut wanted: HashMap<BackendId, HealthTarget> = HashMap::new();
-        for t in targets {
-            wanted.entry(t.id.clone()).or_insert(t);
-        }
+        let wanted = first_by_id(targets);
+        let gone: Vec<BackendId> = self
+            .running
+            .keys()
+            .filter(|id| !wanted.contains_key(*id))
+            .cloned()
+            .collect();
+        self.update(gone, wanted);
+    }
+
+    /// The targeted form of [`HealthChecker::set_targets`], for a dataplane that knows what
+    /// changed: stops checking `removed` (unless `added` has them again) and checks `added` from
+    /// now on (an `added` target already checked as it is keeps its state and schedule; one
+    /// whose address or check changed restarts). Costs only what is named, whatever the number
+    /// of targets checked.
+    pub fn update_targets(
+        &mut self,
+        removed: impl IntoIterator<Item = BackendId>,
+        added: impl IntoIterator<Item = HealthTarget>,
+    ) {
+        let added = first_by_id(added);
+        let removed: Vec<BackendId> = removed
+            .into_iter()
+            .filter(|id| !added.contains_key(id))
+            .collect();
+        self.update(removed, added);
+    }
+
+    fn update(&mut self, removed: Vec<BackendId>, added: HashMap<BackendId, HealthTarget>) {
         let mut forget = Vec::new();
-        self.running.retain(|id, (target, task)| {
-            let keep = wanted.get(id) == Some(target);
-            if !keep {
+        for id in removed {
+            if let Some((_, task)) = self.running.remove(&id) {
                 task.abort();
-                forget.push(id.clone());
+                forget.push(id);
             }
-            keep
-        });
+        }
+        let mut start = Vec::new();
+        for (id, target) in added {
+            match self.running.get(&id) {
+                Some((running, _)) if *running == target => {}
+                Some(_) => {
+                    if let Some((_, task)) = self.running.remove(&id) {
+                        task.abort();
+                    }
+                    forget.push(id);
+                    start.push(target);
+                }
+                None => start.push(target),
+            }
+        }
         if !forget.is_empty() {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let before = state.len();
@@ -127,18 +164,26 @@ impl HealthChecker {
                 self.tx.send_replace(Arc::new(state.clone()));
             }
         }
-        for (id, target) in wanted {
-            if self.running.contains_key(&id) {
-                continue;
-            }
+        for target in start {
             let task = self.handle.spawn(check_loop(
                 target.clone(),
                 self.state.clone(),
                 self.tx.clone(),
             ));
-            self.running.insert(id, (target, task));
+            self.running.insert(target.id.clone(), (target, task));
         }
     }
+}
+
+/// `targets` by id; the first of the same id wins.
+fn first_by_id(
+    targets: impl IntoIterator<Item = HealthTarget>,
+) -> HashMap<BackendId, HealthTarget> {
+    let mut by_id: HashMap<BackendId, HealthTarget> = HashMap::new();
+    for t in targets {
+        by_id.entry(t.id.clone()).or_insert(t);
+    }
+    by_id
 }
 
 impl Drop for HealthChecker {

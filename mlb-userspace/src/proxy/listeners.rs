@@ -1,7 +1,7 @@
 //! Listening sockets and connections: accepting, TLS (or passthrough) on the TLS frontends, and
 //! serving HTTP/1.1 and HTTP/2 on each connection.
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap, HashSet},
     net::SocketAddr,
     pin::Pin,
     sync::Arc,
@@ -68,6 +68,8 @@ pub(crate) struct ConnInfo {
 pub(crate) struct ListenerSet {
     fixed: HashMap<Frontend, (SocketAddr, JoinHandle<()>)>,
     services: HashMap<SocketAddr, JoinHandle<()>>,
+    /// Service-port addresses wanted but not bound, with the app wanting each.
+    failed: BTreeMap<SocketAddr, String>,
 }
 
 impl ListenerSet {
@@ -99,41 +101,75 @@ impl ListenerSet {
         addrs
     }
 
-    /// Opens listeners for new addresses in `wanted` (address, app id), closes those no longer
-    /// wanted. Open connections of a closed listener keep running.
-    pub(crate) fn set_service_ports(
+    /// Moves the listener of one service port: from `old`, the address it was wanted on (if
+    /// any), to `new`, the address and app wanting it now (if any). The listener of an address
+    /// no longer wanted is closed (its open connections keep running); one newly wanted is
+    /// opened, and if that fails, the address is retried by [`ListenerSet::retry_failed`].
+    pub(crate) fn update_service_port(
         &mut self,
         shared: &Arc<Shared>,
-        wanted: &[(SocketAddr, String)],
-    ) -> Vec<ProxyError> {
-        let mut errors = Vec::new();
-        self.services.retain(|addr, task| {
-            let keep = wanted.iter().any(|(a, _)| a == addr);
-            if !keep {
-                info!(%addr, "service port removed; listener closed");
+        old: Option<SocketAddr>,
+        new: Option<(SocketAddr, &str)>,
+    ) -> Option<ProxyError> {
+        if let Some(old) = old
+            && new.map(|(addr, _)| addr) != Some(old)
+        {
+            self.failed.remove(&old);
+            if let Some(task) = self.services.remove(&old) {
+                info!(addr = %old, "service port removed; listener closed");
                 task.abort();
             }
-            keep
-        });
-        for (addr, app_id) in wanted {
-            if self.services.contains_key(addr) {
-                continue;
+        }
+        let (addr, app_id) = new?;
+        if self.services.contains_key(&addr) {
+            return None;
+        }
+        self.open_service(shared, addr, app_id).err()
+    }
+
+    /// Tries again to open the service-port listeners that could not be opened, except those
+    /// on `skip` ports (just tried); returns the errors of those that still cannot.
+    pub(crate) fn retry_failed(
+        &mut self,
+        shared: &Arc<Shared>,
+        skip: &HashSet<u16>,
+    ) -> Vec<ProxyError> {
+        let retry: Vec<(SocketAddr, String)> = self
+            .failed
+            .iter()
+            .filter(|(addr, _)| !skip.contains(&addr.port()))
+            .map(|(addr, app)| (*addr, app.clone()))
+            .collect();
+        retry
+            .into_iter()
+            .filter_map(|(addr, app_id)| self.open_service(shared, addr, &app_id).err())
+            .collect()
+    }
+
+    fn open_service(
+        &mut self,
+        shared: &Arc<Shared>,
+        addr: SocketAddr,
+        app_id: &str,
+    ) -> Result<(), ProxyError> {
+        let frontend = Frontend::ServicePort(addr.port());
+        match bind(addr) {
+            Ok(listener) => {
+                info!(%frontend, %addr, "listening");
+                let task = tokio::spawn(accept_loop(listener, shared.clone(), frontend));
+                self.services.insert(addr, task);
+                self.failed.remove(&addr);
+                Ok(())
             }
-            let frontend = Frontend::ServicePort(addr.port());
-            match bind(*addr) {
-                Ok(listener) => {
-                    info!(%frontend, %addr, "listening");
-                    let task = tokio::spawn(accept_loop(listener, shared.clone(), frontend));
-                    self.services.insert(*addr, task);
-                }
-                Err(source) => errors.push(ProxyError::Bind {
+            Err(source) => {
+                self.failed.insert(addr, app_id.to_owned());
+                Err(ProxyError::Bind {
                     frontend: format!("app {app_id} {frontend}"),
-                    addr: *addr,
+                    addr,
                     source,
-                }),
+                })
             }
         }
-        errors
     }
 }
 

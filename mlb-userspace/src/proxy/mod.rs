@@ -8,12 +8,14 @@
 //! - `:9091` (`--appid-port`): routes on the `X-Marathon-App-Id` header.
 //! - one listener per service port (TLS on it when the service has `HAPROXY_{n}_SSL_CERT`).
 //!
-//! Nothing is ever reloaded: [`HttpProxy::apply`] builds a new immutable [`router::RouteTable`]
-//! and swaps it in atomically. Connections and requests already running keep the table (and the
+//! Nothing is ever reloaded: [`HttpProxy::apply_changes`] (or [`HttpProxy::apply`]) makes a new
+//! immutable [`router::RouteTable`] and swaps it in atomically. Only what changed is rebuilt: the
+//! compiled route objects of unchanged services, and the table entries no change touches, are
+//! shared with the previous table. Connections and requests already running keep the table (and the
 //! backends) they started with, so a removed backend is drained, not cut. Listeners are opened once;
 //! only the listener of a removed service port is closed (its open connections keep running).
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashSet},
     io,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
@@ -26,6 +28,7 @@ use tokio::{runtime::Handle, task::JoinHandle};
 use tracing::{info, warn};
 
 use crate::{
+    diff::HttpChange,
     model::{BackendId, HttpService, HttpServiceKey},
     options::RunOptions,
 };
@@ -45,7 +48,7 @@ mod upstream;
 use balance::StatsRegistry;
 use health::HealthChecker;
 use listeners::{Frontend, ListenerSet};
-use router::RouteTable;
+use router::{RouteIndex, RouteTable, Service};
 use tls::CertManager;
 
 /// Timeouts, with marathon-lb's defaults (its HAProxy `defaults` section).
@@ -179,7 +182,51 @@ pub struct HttpProxy {
     listeners: Mutex<ListenerSet>,
     registry: Mutex<StatsRegistry>,
     health: Mutex<HealthChecker>,
+    current: Mutex<Current>,
     cert_watcher: JoinHandle<()>,
+}
+
+/// The services the proxy has been given, kept to apply changes to them.
+#[derive(Default)]
+struct Current {
+    /// The routed services (compiled) and the index the tables are made from.
+    routes: RouteIndex,
+    /// Services not routed because their auth label is unusable, with why.
+    rejected: BTreeMap<HttpServiceKey, (HttpService, String)>,
+}
+
+impl Current {
+    /// The service of `key` as last given, routed or not.
+    fn spec(&self, key: &HttpServiceKey) -> Option<&HttpService> {
+        match self.routes.service(key) {
+            Some(svc) => Some(&svc.spec),
+            None => self.rejected.get(key).map(|(spec, _)| spec),
+        }
+    }
+
+    /// The changes that make `services` the current set.
+    fn diff_to(&self, services: &BTreeMap<HttpServiceKey, HttpService>) -> Vec<HttpChange> {
+        let mut changes: Vec<HttpChange> = services
+            .iter()
+            .filter_map(|(key, svc)| match self.spec(key) {
+                None => Some(HttpChange::Add(Box::new(svc.clone()))),
+                Some(old) if old != svc => Some(HttpChange::Update(Box::new(svc.clone()))),
+                Some(_) => None,
+            })
+            .collect();
+        let routed = self.routes.services().map(|s| &s.spec.key);
+        changes.extend(
+            routed
+                .chain(self.rejected.keys())
+                .filter(|key| !services.contains_key(*key))
+                .map(|key| HttpChange::Remove(key.clone())),
+        );
+        changes
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl HttpProxy {
@@ -222,63 +269,183 @@ impl HttpProxy {
             listeners: Mutex::new(listeners),
             registry: Mutex::new(StatsRegistry::default()),
             health: Mutex::new(health),
+            current: Mutex::new(Current::default()),
             cert_watcher,
         })
     }
 
-    /// Makes `services` the routed set: builds a new routing table and swaps it in atomically,
-    /// opens listeners for new service ports and closes those of removed ones, updates the
-    /// certificates and the health checks. Cheap and synchronous. Problems (a port that cannot be
-    /// bound, a bad auth label, an unreadable certificate) are returned and logged; they concern
-    /// only the app they name, everything else is applied.
+    /// Makes `services` the routed set: the difference from the current set is applied with
+    /// [`HttpProxy::apply_changes`] (and returns what it returns).
     pub fn apply(&self, services: &BTreeMap<HttpServiceKey, HttpService>) -> Vec<ProxyError> {
+        let mut current = lock(&self.current);
+        let changes = current.diff_to(services);
+        self.apply_locked(&mut current, &changes)
+    }
+
+    /// Applies `changes` (in order; `Add` and `Update` both put the service given in place of
+    /// the one with its key, if any; `Remove` of an unknown key does nothing): recompiles only
+    /// the services changed, makes a new routing table sharing everything else with the current
+    /// one and swaps it in atomically, opens and closes the listeners of the service ports
+    /// concerned, updates their certificates and the health checks of the services changed.
+    /// Cheap whatever the number of services, and synchronous.
+    ///
+    /// Returns the problems in effect afterwards, each naming its app, like a full
+    /// [`HttpProxy::apply`] did: every service not routed for a bad auth label, every service
+    /// port that cannot be bound (retried at each call), and the certificate problems met while
+    /// applying these changes. They concern only the app they name, everything else is applied.
+    pub fn apply_changes(&self, changes: &[HttpChange]) -> Vec<ProxyError> {
+        let mut current = lock(&self.current);
+        self.apply_locked(&mut current, changes)
+    }
+
+    fn apply_locked(&self, current: &mut Current, changes: &[HttpChange]) -> Vec<ProxyError> {
         let _guard = self.handle.enter();
-        let mut errors = Vec::new();
-        let table = {
-            let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-            let (table, auth_errors) = RouteTable::build(services, &mut registry);
-            errors.extend(auth_errors);
-            table
+        // The net change of each key (the last one wins), without those that change nothing.
+        let mut net: BTreeMap<&HttpServiceKey, Option<&HttpService>> = BTreeMap::new();
+        for change in changes {
+            match change {
+                HttpChange::Add(svc) | HttpChange::Update(svc) => net.insert(&svc.key, Some(svc)),
+                HttpChange::Remove(key) => net.insert(key, None),
+            };
+        }
+        net.retain(|key, new| current.spec(key) != *new);
+
+        let mut new_errors = Vec::new();
+        let mut health_removed = Vec::new();
+        let mut health_added = Vec::new();
+        let old_table = current.routes.table().clone();
+        let dirty_ports = {
+            let mut registry = lock(&self.registry);
+            // Backends leaving their service are released before any is taken: one moving to
+            // another service in this batch is kept by it, not forgotten.
+            for (key, new) in &net {
+                let Some(old) = current.spec(key) else {
+                    continue;
+                };
+                let staying: HashSet<&BackendId> = new
+                    .map(|n| n.backends.iter().map(|b| &b.id).collect())
+                    .unwrap_or_default();
+                for b in &old.backends {
+                    if !staying.contains(&b.id) {
+                        registry.release(b.id.clone());
+                    }
+                }
+                if old.health_check.is_some() {
+                    health_removed.extend(old.backends.iter().map(|b| b.id.clone()));
+                }
+            }
+            let mut upserts = Vec::new();
+            let mut removals = Vec::new();
+            for (&key, new) in &net {
+                let Some(spec) = new else {
+                    current.rejected.remove(key);
+                    removals.push(key.clone());
+                    continue;
+                };
+                health_added.extend(health::targets_of_http([*spec]));
+                let previous = current.routes.service(key).map(Arc::as_ref);
+                match Service::compile(spec, &mut registry, previous) {
+                    Ok(svc) => {
+                        current.rejected.remove(key);
+                        upserts.push(Arc::new(svc));
+                    }
+                    Err(reason) => {
+                        new_errors.push(router::auth_error(key, reason.clone()));
+                        current
+                            .rejected
+                            .insert(key.clone(), ((*spec).clone(), reason));
+                        removals.push(key.clone());
+                    }
+                }
+            }
+            let dirty = if net.is_empty() {
+                HashSet::new()
+            } else {
+                current.routes.update(upserts, removals)
+            };
+            registry.prune_released();
+            dirty
         };
-        let port_certs: HashMap<u16, Vec<PathBuf>> = table
-            .port_services()
-            .filter(|svc| !svc.spec.ssl_certs.is_empty())
-            .map(|svc| (svc.spec.service_port, svc.spec.ssl_certs.clone()))
-            .collect();
-        errors.extend(self.shared.certs.set_service_certs(port_certs));
-        let port_tls: HashMap<u16, crate::model::TlsOptions> = table
-            .port_services()
-            .filter(|svc| !svc.spec.ssl_certs.is_empty())
-            .map(|svc| (svc.spec.service_port, svc.spec.tls.clone()))
-            .collect();
-        errors.extend(self.shared.certs.set_port_options(port_tls));
-        self.health
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .set_targets(health::targets_of_http(services.values()));
-        let wanted: Vec<(SocketAddr, String)> = table
-            .port_services()
-            .map(|svc| {
-                let ip = svc
-                    .spec
-                    .bind_addr
-                    .unwrap_or(self.shared.config.service_bind_ip);
-                let addr = SocketAddr::new(ip, svc.spec.service_port);
-                (addr, svc.spec.key.app_id.clone())
-            })
-            .collect();
-        self.shared.table.store(Arc::new(table));
-        errors.extend(
-            self.listeners
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .set_service_ports(&self.shared, &wanted),
+        let table = current.routes.table().clone();
+
+        // The service ports whose service changed: certificates, TLS options, listeners.
+        let mut ports: Vec<u16> = dirty_ports.iter().copied().collect();
+        ports.sort_unstable();
+        let tls_service = |t: &RouteTable, port| {
+            t.lookup_port(port)
+                .filter(|s| !s.spec.ssl_certs.is_empty())
+                .cloned()
+        };
+        let cert_changes: Vec<_> = ports.iter().map(|&p| (p, tls_service(&table, p))).collect();
+        new_errors.extend(
+            self.shared.certs.update_service_certs(
+                cert_changes
+                    .iter()
+                    .map(|(p, s)| (*p, s.as_ref().map(|s| s.spec.ssl_certs.clone()))),
+            ),
         );
-        for e in &errors {
+        new_errors.extend(
+            self.shared.certs.update_port_options(
+                cert_changes
+                    .iter()
+                    .map(|(p, s)| (*p, s.as_ref().map(|s| s.spec.tls.clone()))),
+            ),
+        );
+        lock(&self.health).update_targets(health_removed, health_added);
+        let changed = !net.is_empty();
+        if changed {
+            self.shared.table.store(table.clone());
+        }
+        {
+            let bind_ip = self.shared.config.service_bind_ip;
+            let addr = |s: &Arc<Service>| {
+                SocketAddr::new(s.spec.bind_addr.unwrap_or(bind_ip), s.spec.service_port)
+            };
+            let mut listeners = lock(&self.listeners);
+            for &port in &ports {
+                let old = old_table.lookup_port(port).map(addr);
+                let new = table.lookup_port(port);
+                let new = new.map(|s| (addr(s), s.spec.key.app_id.as_str()));
+                new_errors.extend(listeners.update_service_port(&self.shared, old, new));
+            }
+            new_errors.extend(listeners.retry_failed(&self.shared, &dirty_ports));
+        }
+        for e in &new_errors {
             warn!(error = %e, "HTTP proxy configuration problem");
         }
-        info!(services = services.len(), "HTTP routing table swapped");
+        if changed {
+            info!(
+                services = current.routes.len(),
+                changed = net.len(),
+                "HTTP routing table swapped"
+            );
+        }
+        // The standing problems: the auth labels rejected (this batch's among them), then the
+        // rest of this batch's.
+        let mut errors: Vec<ProxyError> = current
+            .rejected
+            .iter()
+            .map(|(key, (_, reason))| router::auth_error(key, reason.clone()))
+            .collect();
+        errors.extend(
+            new_errors
+                .into_iter()
+                .filter(|e| !matches!(e, ProxyError::Auth { .. })),
+        );
         errors
+    }
+
+    /// The compiled route object of `key` in the current table (to check that a change to
+    /// another service did not rebuild it).
+    #[cfg(test)]
+    pub(crate) fn compiled_service(&self, key: &HttpServiceKey) -> Option<Arc<Service>> {
+        lock(&self.current).routes.service(key).cloned()
+    }
+
+    /// The current routing table.
+    #[cfg(test)]
+    pub(crate) fn route_table(&self) -> Arc<RouteTable> {
+        self.shared.table.load_full()
     }
 
     /// Re-reads every certificate file now (the admin API's `/_mlb_signal/usr1`). New TLS
@@ -348,6 +515,106 @@ mod tests {
             panic!("not run")
         };
         ProxyConfig::from_run_options(&opts)
+    }
+
+    fn numbered(i: usize) -> HttpService {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = free.local_addr().unwrap().port();
+        let host = format!("app{i}.example.com");
+        let mut svc = router::tests::svc(&format!("/app{i}"), port, &[&host], &[], 0);
+        svc.backends = (0..3)
+            .map(|t| crate::model::Backend {
+                id: BackendId(format!("app{i}.task{t}:0")),
+                addr: SocketAddr::from(([127, 0, 0, 1], 1 + t)),
+                weight: 1,
+                state: crate::model::BackendState::Active,
+            })
+            .collect();
+        svc
+    }
+
+    /// One service of many changes (and one goes, one comes): only it is recompiled, the others'
+    /// route objects are the very ones the previous table had, and routing is right for both.
+    #[tokio::test]
+    async fn a_change_rebuilds_only_the_service_it_concerns() {
+        let lo = SocketAddr::from(([127, 0, 0, 1], 0));
+        let config = ProxyConfig {
+            http_addr: Some(lo),
+            https_addr: None,
+            appid_addr: Some(lo),
+            service_bind_ip: lo.ip(),
+            ..ProxyConfig::default()
+        };
+        let proxy = HttpProxy::start(config, Handle::current()).unwrap();
+        let mut all: BTreeMap<HttpServiceKey, HttpService> =
+            (0..50).map(numbered).map(|s| (s.key.clone(), s)).collect();
+        assert!(proxy.apply(&all).is_empty());
+        let key = numbered_key;
+        let unchanged = proxy.compiled_service(&key(8)).unwrap();
+        let before = proxy.compiled_service(&key(7)).unwrap();
+        let gone_port = all[&key(9)].service_port;
+
+        let mut changed = all[&key(7)].clone();
+        changed.vhosts = vec!["new7.example.com".into()];
+        changed.backends[1].state = crate::model::BackendState::Draining;
+        let added = numbered(50);
+        let errors = proxy.apply_changes(&[
+            HttpChange::Update(Box::new(changed.clone())),
+            HttpChange::Remove(key(9)),
+            HttpChange::Add(Box::new(added.clone())),
+        ]);
+        assert!(errors.is_empty(), "{errors:?}");
+
+        let table = proxy.route_table();
+        let now = proxy.compiled_service(&key(7)).unwrap();
+        assert!(
+            !Arc::ptr_eq(&now, &before),
+            "the changed service is recompiled"
+        );
+        assert_eq!(now.spec, changed);
+        assert!(
+            Arc::ptr_eq(&now.selector.backends[0], &before.selector.backends[0]),
+            "its unchanged backends are kept as they were"
+        );
+        let routed = table.lookup_vhost("new7.example.com", "/").unwrap();
+        assert!(Arc::ptr_eq(routed, &now));
+        assert!(table.lookup_vhost("app7.example.com", "/").is_none());
+        assert!(Arc::ptr_eq(table.lookup_app_id("/APP7").unwrap(), &now));
+
+        assert!(Arc::ptr_eq(
+            &proxy.compiled_service(&key(8)).unwrap(),
+            &unchanged
+        ));
+        let routed = table.lookup_vhost("app8.example.com", "/x").unwrap();
+        assert!(Arc::ptr_eq(routed, &unchanged), "not rebuilt");
+        let port8 = all[&key(8)].service_port;
+        assert!(Arc::ptr_eq(table.lookup_port(port8).unwrap(), &unchanged));
+
+        assert!(table.lookup_vhost("app9.example.com", "/").is_none());
+        assert!(table.lookup_port(gone_port).is_none());
+        assert!(table.lookup_vhost("app50.example.com", "/").is_some());
+        let listening = proxy.service_listeners();
+        assert!(!listening.iter().any(|a| a.port() == gone_port));
+        assert!(listening.iter().any(|a| a.port() == added.service_port));
+        assert_eq!(listening.len(), 50);
+
+        // The full-map form gives the same state; applying it again changes nothing.
+        all.insert(key(7), changed);
+        all.remove(&key(9));
+        all.insert(key(50), added);
+        assert!(proxy.apply(&all).is_empty());
+        assert!(Arc::ptr_eq(&proxy.route_table(), &table), "nothing to swap");
+        all.remove(&key(8));
+        assert!(proxy.apply(&all).is_empty());
+        assert!(proxy.route_table().lookup_port(port8).is_none());
+        assert!(Arc::ptr_eq(&proxy.compiled_service(&key(7)).unwrap(), &now));
+    }
+
+    fn numbered_key(i: usize) -> HttpServiceKey {
+        HttpServiceKey {
+            app_id: format!("/app{i}"),
+            port_index: 0,
+        }
     }
 
     #[test]

@@ -8,7 +8,10 @@
 //! - service ports: the service bound to that port;
 //! - `:443` passthrough: the ClientHello SNI of `MLB_{n}_TLS_PASSTHROUGH` services.
 use std::{
+    borrow::Borrow,
+    cmp::Reverse,
     collections::{BTreeMap, HashMap, HashSet},
+    hash::{BuildHasher, Hash, RandomState},
     sync::Arc,
 };
 
@@ -19,7 +22,8 @@ use super::{
 };
 use crate::model::{HttpService, HttpServiceKey};
 
-/// One HTTP service as the proxy serves it.
+/// One HTTP service as the proxy serves it. Compiled once per version of the service: a table
+/// built after another service changed shares it.
 #[derive(Debug)]
 pub struct Service {
     /// What the model asked for.
@@ -32,9 +36,85 @@ pub struct Service {
     paths: Vec<String>,
     /// `HAPROXY_{n}_PATH` had `-i`: prefixes match case-insensitively.
     paths_ignore_case: bool,
+    /// The vhosts, normalised ([`normalize_host`]), without duplicates: the table's keys.
+    hosts: Vec<Arc<str>>,
+    /// The app id, lowercase: the `:9091` key.
+    app_key: Arc<str>,
 }
 
 impl Service {
+    /// Compiles `spec`. Backend counters come from (and stay in) `registry`, so they survive
+    /// table swaps; backends `previous` (the service's last version) already had are reused as
+    /// they were. `Err`: why the `HAPROXY_{n}_AUTH` label is unusable ([`auth_error`] names the
+    /// app); the service must not be routed.
+    pub fn compile(
+        spec: &HttpService,
+        registry: &mut StatsRegistry,
+        previous: Option<&Service>,
+    ) -> Result<Service, String> {
+        let auth = spec
+            .auth
+            .as_ref()
+            .map(Authenticator::new)
+            .transpose()?
+            .map(Arc::new);
+        let old: HashMap<_, _> = previous
+            .map(|p| {
+                p.selector
+                    .backends
+                    .iter()
+                    .map(|slot| (&slot.backend.id, slot))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let backends = spec
+            .backends
+            .iter()
+            .map(|b| match old.get(&b.id) {
+                Some(slot) if slot.backend == *b => Arc::clone(slot),
+                Some(slot) => Arc::new(BackendSlot {
+                    cookie: slot.cookie.clone(),
+                    stats: registry.get(&b.id),
+                    backend: b.clone(),
+                }),
+                None => Arc::new(BackendSlot {
+                    cookie: sticky_cookie_value(&b.id),
+                    stats: registry.get(&b.id),
+                    backend: b.clone(),
+                }),
+            })
+            .collect();
+        let paths_ignore_case = spec.paths.iter().any(|p| p == "-i");
+        let paths = spec
+            .paths
+            .iter()
+            .filter(|p| *p != "-i")
+            .map(|p| {
+                if paths_ignore_case {
+                    p.to_ascii_lowercase()
+                } else {
+                    p.clone()
+                }
+            })
+            .collect();
+        let mut hosts: Vec<Arc<str>> = Vec::with_capacity(spec.vhosts.len());
+        for host in &spec.vhosts {
+            let host = normalize_host(host);
+            if !hosts.iter().any(|h| **h == *host) {
+                hosts.push(host.into());
+            }
+        }
+        Ok(Service {
+            selector: Selector::new(spec.balance, backends),
+            auth,
+            paths,
+            paths_ignore_case,
+            hosts,
+            app_key: spec.key.app_id.to_ascii_lowercase().into(),
+            spec: spec.clone(),
+        })
+    }
+
     /// Whether `path` starts with one of the service's prefixes (always, when it has none).
     pub fn matches_path(&self, path: &str) -> bool {
         if self.paths.is_empty() {
@@ -52,109 +132,125 @@ impl Service {
     pub fn has_vhost(&self, host: &str) -> bool {
         self.spec.vhosts.iter().any(|v| v == host)
     }
+
+    /// Whether plain HTTP requests may be routed to it on the vhost frontends. A passthrough
+    /// service's backends speak TLS: plain HTTP is never forwarded to them, but `:80` may still
+    /// redirect to `:443` for them.
+    fn plain_http(&self) -> bool {
+        !self.spec.tls_passthrough || self.spec.redirect_to_https
+    }
 }
 
-/// Immutable routing table; see the module docs for the rules.
-#[derive(Debug, Default)]
+/// The error of a service whose `HAPROXY_{n}_AUTH` label cannot be used.
+pub fn auth_error(key: &HttpServiceKey, reason: String) -> ProxyError {
+    ProxyError::Auth {
+        app_id: key.app_id.clone(),
+        port_index: key.port_index,
+        reason,
+    }
+}
+
+/// Number of shards of each [`RouteTable`] map: a new table copies only the shards a change
+/// touches (with 9,000 services, about 140 entries each) and shares the others.
+const SHARDS: usize = 64;
+
+/// A hash map split in shards shared between successive tables (copy on write per shard).
+#[derive(Clone, Debug)]
+struct ShardedMap<K, V> {
+    hasher: RandomState,
+    shards: Vec<Arc<HashMap<K, V>>>,
+    len: usize,
+}
+
+impl<K, V> Default for ShardedMap<K, V> {
+    fn default() -> Self {
+        ShardedMap {
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Arc::new(HashMap::new())).collect(),
+            len: 0,
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> usize {
+        (self.hasher.hash_one(key) >> 58) as usize % SHARDS
+    }
+
+    fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.shards[self.shard(key)].get(key)
+    }
+
+    fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.get(key).is_some()
+    }
+
+    /// Sets (`Some`) or removes (`None`) the entry of `key`.
+    fn set(&mut self, key: K, value: Option<V>) {
+        let i = self.shard(&key);
+        let shard = &mut self.shards[i];
+        match value {
+            Some(v) => {
+                if Arc::make_mut(shard).insert(key, v).is_none() {
+                    self.len += 1;
+                }
+            }
+            None => {
+                if shard.contains_key(&key) && Arc::make_mut(shard).remove(&key).is_some() {
+                    self.len -= 1;
+                }
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Immutable routing table; see the module docs for the rules. Made by [`RouteIndex::update`]
+/// (or [`RouteTable::build`]), which shares whatever did not change with the previous table.
+#[derive(Clone, Debug, Default)]
 pub struct RouteTable {
     /// Vhost services by host, each list in match order (weight, then key).
-    by_host: HashMap<String, Vec<Arc<Service>>>,
-    by_app_id: HashMap<String, Arc<Service>>,
-    by_port: BTreeMap<u16, Arc<Service>>,
-    passthrough: HashMap<String, Arc<Service>>,
+    by_host: ShardedMap<Arc<str>, Arc<[Arc<Service>]>>,
+    by_app_id: ShardedMap<Arc<str>, Arc<Service>>,
+    by_port: ShardedMap<u16, Arc<Service>>,
+    passthrough: ShardedMap<Arc<str>, Arc<Service>>,
 }
 
 impl RouteTable {
-    /// Builds the table for `services`. Backend counters come from (and stay in) `registry`, so
-    /// they survive the swap. Services with a bad auth label are left out (named in the errors);
-    /// the rest are routed.
+    /// Builds the table for `services` from scratch (see [`RouteIndex`] for the incremental
+    /// way). Services with a bad auth label are left out (named in the errors); the rest are
+    /// routed.
     pub fn build(
         services: &BTreeMap<HttpServiceKey, HttpService>,
         registry: &mut StatsRegistry,
     ) -> (RouteTable, Vec<ProxyError>) {
         let mut errors = Vec::new();
-        let mut built: Vec<Arc<Service>> = Vec::new();
-        let mut keep = HashSet::new();
+        let mut compiled = Vec::new();
         for spec in services.values() {
-            let auth = match spec.auth.as_ref().map(Authenticator::new).transpose() {
-                Ok(a) => a.map(Arc::new),
-                Err(reason) => {
-                    errors.push(ProxyError::Auth {
-                        app_id: spec.key.app_id.clone(),
-                        port_index: spec.key.port_index,
-                        reason,
-                    });
-                    continue;
-                }
-            };
-            let backends = spec
-                .backends
-                .iter()
-                .map(|b| {
-                    keep.insert(b.id.clone());
-                    Arc::new(BackendSlot {
-                        cookie: sticky_cookie_value(&b.id),
-                        stats: registry.get(&b.id),
-                        backend: b.clone(),
-                    })
-                })
-                .collect();
-            let paths_ignore_case = spec.paths.iter().any(|p| p == "-i");
-            let paths = spec
-                .paths
-                .iter()
-                .filter(|p| *p != "-i")
-                .map(|p| {
-                    if paths_ignore_case {
-                        p.to_ascii_lowercase()
-                    } else {
-                        p.clone()
-                    }
-                })
-                .collect();
-            built.push(Arc::new(Service {
-                selector: Selector::new(spec.balance, backends),
-                auth,
-                paths,
-                paths_ignore_case,
-                spec: spec.clone(),
-            }));
-        }
-        registry.prune(&keep);
-
-        let mut table = RouteTable::default();
-        // Stable sort: equal weights keep the (app id, port index) order of the BTreeMap.
-        let mut by_weight = built.clone();
-        by_weight.sort_by_key(|s| std::cmp::Reverse(s.spec.weight));
-        for svc in &by_weight {
-            // A passthrough service's backends speak TLS: plain HTTP is never forwarded to them,
-            // but `:80` may still redirect to `:443` for them.
-            let plain_http = !svc.spec.tls_passthrough || svc.spec.redirect_to_https;
-            for host in &svc.spec.vhosts {
-                let host = normalize_host(host);
-                if plain_http {
-                    table
-                        .by_host
-                        .entry(host.clone())
-                        .or_default()
-                        .push(svc.clone());
-                }
-                if svc.spec.tls_passthrough {
-                    table.passthrough.entry(host).or_insert_with(|| svc.clone());
-                }
+            match Service::compile(spec, registry, None) {
+                Ok(svc) => compiled.push(Arc::new(svc)),
+                Err(reason) => errors.push(auth_error(&spec.key, reason)),
             }
         }
-        // :9091 and service ports: the first service port of each app, in service-port order.
-        let mut by_port_order = built;
-        by_port_order.sort_by_key(|s| s.spec.service_port);
-        for svc in by_port_order {
-            table
-                .by_app_id
-                .entry(svc.spec.key.app_id.to_ascii_lowercase())
-                .or_insert_with(|| svc.clone());
-            table.by_port.entry(svc.spec.service_port).or_insert(svc);
-        }
-        (table, errors)
+        let keep: HashSet<_> = compiled
+            .iter()
+            .flat_map(|s| s.selector.backends.iter().map(|b| b.backend.id.clone()))
+            .collect();
+        registry.prune(&keep);
+        let mut index = RouteIndex::default();
+        index.update(compiled, []);
+        ((**index.table()).clone(), errors)
     }
 
     /// The service for a request on a vhost frontend: the first (highest weight) service that
@@ -173,7 +269,8 @@ impl RouteTable {
 
     /// The service for an `X-Marathon-App-Id` value.
     pub fn lookup_app_id(&self, app_id: &str) -> Option<&Arc<Service>> {
-        self.by_app_id.get(&app_id.trim().to_ascii_lowercase())
+        self.by_app_id
+            .get(app_id.trim().to_ascii_lowercase().as_str())
     }
 
     /// The service of a service-port listener.
@@ -183,18 +280,167 @@ impl RouteTable {
 
     /// The TLS-passthrough service for a ClientHello SNI name.
     pub fn lookup_passthrough(&self, sni: &str) -> Option<&Arc<Service>> {
-        self.passthrough.get(&sni.to_ascii_lowercase())
+        self.passthrough.get(sni.to_ascii_lowercase().as_str())
     }
 
     /// Whether any service uses TLS passthrough (so `:443` must peek at ClientHellos).
     pub fn has_passthrough(&self) -> bool {
         !self.passthrough.is_empty()
     }
+}
 
-    /// One service per service port, in port order.
-    pub fn port_services(&self) -> impl Iterator<Item = &Arc<Service>> {
-        self.by_port.values()
+/// The services claiming one table entry, the winner first.
+type Claimants<K> = BTreeMap<K, Arc<Service>>;
+
+/// The routed services and, for every host, app id and port, which of them claim it: enough to
+/// recompute just the table entries a change touches. Owned by the proxy (mutable), while each
+/// [`RouteTable`] it produces is immutable.
+#[derive(Debug, Default)]
+pub struct RouteIndex {
+    services: BTreeMap<HttpServiceKey, Arc<Service>>,
+    /// Vhost claimants in match order: highest weight first, then key order.
+    hosts: HashMap<Arc<str>, Claimants<(Reverse<i32>, HttpServiceKey)>>,
+    /// `:9091` claimants: the lowest service port of the app wins.
+    app_ids: HashMap<Arc<str>, Claimants<(u16, HttpServiceKey)>>,
+    /// Service-port claimants: the first key wins.
+    ports: HashMap<u16, Claimants<HttpServiceKey>>,
+    table: Arc<RouteTable>,
+}
+
+impl RouteIndex {
+    /// The current table.
+    pub fn table(&self) -> &Arc<RouteTable> {
+        &self.table
     }
+
+    /// The routed (compiled) service of `key`.
+    pub fn service(&self, key: &HttpServiceKey) -> Option<&Arc<Service>> {
+        self.services.get(key)
+    }
+
+    /// The routed services, in key order.
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.values()
+    }
+
+    /// Number of routed services.
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    /// Whether no service is routed.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    /// Routes each of `upserts` in place of the service with its key (if any), stops routing
+    /// `removals`, and makes the new table: only the entries of the hosts, app ids and ports of
+    /// the services concerned are recomputed, every other entry (and every other service) is
+    /// shared with the previous table. Returns the service ports whose entry was recomputed.
+    pub fn update(
+        &mut self,
+        upserts: impl IntoIterator<Item = Arc<Service>>,
+        removals: impl IntoIterator<Item = HttpServiceKey>,
+    ) -> HashSet<u16> {
+        let mut dirty = Dirty::default();
+        for key in removals {
+            if let Some(old) = self.services.remove(&key) {
+                self.unlink(&old, &mut dirty);
+            }
+        }
+        for svc in upserts {
+            if let Some(old) = self.services.insert(svc.spec.key.clone(), svc.clone()) {
+                self.unlink(&old, &mut dirty);
+            }
+            self.link(&svc, &mut dirty);
+        }
+        let mut table = (*self.table).clone();
+        for host in dirty.hosts {
+            let claimants = self.hosts.get(&host);
+            let all = claimants.into_iter().flat_map(|c| c.values());
+            let plain: Arc<[Arc<Service>]> =
+                all.clone().filter(|s| s.plain_http()).cloned().collect();
+            let passthrough = all.clone().find(|s| s.spec.tls_passthrough).cloned();
+            table
+                .by_host
+                .set(host.clone(), (!plain.is_empty()).then_some(plain));
+            table.passthrough.set(host, passthrough);
+        }
+        for app in dirty.app_ids {
+            let first = self
+                .app_ids
+                .get(&app)
+                .and_then(|c| c.values().next())
+                .cloned();
+            table.by_app_id.set(app, first);
+        }
+        for &port in &dirty.ports {
+            let first = self
+                .ports
+                .get(&port)
+                .and_then(|c| c.values().next())
+                .cloned();
+            table.by_port.set(port, first);
+        }
+        self.table = Arc::new(table);
+        dirty.ports
+    }
+
+    fn link(&mut self, svc: &Arc<Service>, dirty: &mut Dirty) {
+        let key = &svc.spec.key;
+        for host in &svc.hosts {
+            self.hosts
+                .entry(host.clone())
+                .or_default()
+                .insert((Reverse(svc.spec.weight), key.clone()), svc.clone());
+            dirty.hosts.insert(host.clone());
+        }
+        self.app_ids
+            .entry(svc.app_key.clone())
+            .or_default()
+            .insert((svc.spec.service_port, key.clone()), svc.clone());
+        dirty.app_ids.insert(svc.app_key.clone());
+        self.ports
+            .entry(svc.spec.service_port)
+            .or_default()
+            .insert(key.clone(), svc.clone());
+        dirty.ports.insert(svc.spec.service_port);
+    }
+
+    fn unlink(&mut self, svc: &Arc<Service>, dirty: &mut Dirty) {
+        let key = &svc.spec.key;
+        for host in &svc.hosts {
+            if let Some(c) = self.hosts.get_mut(host) {
+                c.remove(&(Reverse(svc.spec.weight), key.clone()));
+                if c.is_empty() {
+                    self.hosts.remove(host);
+                }
+            }
+            dirty.hosts.insert(host.clone());
+        }
+        if let Some(c) = self.app_ids.get_mut(&svc.app_key) {
+            c.remove(&(svc.spec.service_port, key.clone()));
+            if c.is_empty() {
+                self.app_ids.remove(&svc.app_key);
+            }
+        }
+        dirty.app_ids.insert(svc.app_key.clone());
+        if let Some(c) = self.ports.get_mut(&svc.spec.service_port) {
+            c.remove(key);
+            if c.is_empty() {
+                self.ports.remove(&svc.spec.service_port);
+            }
+        }
+        dirty.ports.insert(svc.spec.service_port);
+    }
+}
+
+/// Table entries to recompute.
+#[derive(Default)]
+struct Dirty {
+    hosts: HashSet<Arc<str>>,
+    app_ids: HashSet<Arc<str>>,
+    ports: HashSet<u16>,
 }
 
 /// A Host header value as routing compares it: lowercase, without `:port`, without a trailing
@@ -213,11 +459,18 @@ pub fn normalize_host(host: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::{Backend, BackendId, BackendState, Balance, BasicAuth};
 
-    fn svc(app: &str, port: u16, vhosts: &[&str], paths: &[&str], weight: i32) -> HttpService {
+    /// A service with one backend and marathon-lb's defaults.
+    pub(crate) fn svc(
+        app: &str,
+        port: u16,
+        vhosts: &[&str],
+        paths: &[&str],
+        weight: i32,
+    ) -> HttpService {
         HttpService {
             key: HttpServiceKey {
                 app_id: app.into(),
@@ -337,6 +590,49 @@ mod tests {
             t.lookup_vhost("secure.example.com", "/").is_none(),
             "plain HTTP never goes to TLS backends"
         );
+    }
+
+    /// Updating the index recomputes the entries shared with other services: match order
+    /// after a weight change, the port and app id handed to the next claimant on removal.
+    #[test]
+    fn index_updates_recompute_shared_entries() {
+        let mut registry = StatsRegistry::default();
+        let mut compile =
+            |s: &HttpService| Arc::new(Service::compile(s, &mut registry, None).unwrap());
+        let mut index = RouteIndex::default();
+        let (a, mut b) = (
+            svc("/a", 10000, &["x.com"], &[], 0),
+            svc("/b", 10000, &["X.com", "y.com"], &[], 0),
+        );
+        index.update([compile(&a), compile(&b)], []);
+        let first = index.table().clone();
+        let app = |t: &RouteTable, host| app_of(t, host, "/");
+        assert_eq!(app(&first, "x.com").as_deref(), Some("/a"));
+        assert_eq!(first.lookup_port(10000).unwrap().spec.key.app_id, "/a");
+
+        b.weight = 5;
+        let dirty = index.update([compile(&b)], []);
+        assert_eq!(dirty, HashSet::from([10000]));
+        let t = index.table().clone();
+        assert_eq!(
+            app(&t, "x.com").as_deref(),
+            Some("/b"),
+            "higher weight first"
+        );
+        assert_eq!(t.lookup_port(10000).unwrap().spec.key.app_id, "/a");
+        assert_eq!(
+            app(&first, "x.com").as_deref(),
+            Some("/a"),
+            "old table intact"
+        );
+
+        index.update([], [a.key.clone()]);
+        let t = index.table().clone();
+        assert_eq!(t.lookup_port(10000).unwrap().spec.key.app_id, "/b");
+        assert!(t.lookup_app_id("/a").is_none());
+        assert_eq!(app(&t, "y.com").as_deref(), Some("/b"));
+        index.update([], [b.key.clone()]);
+        assert!(!index.table().has_host("x.com") && index.is_empty());
     }
 
     #[test]

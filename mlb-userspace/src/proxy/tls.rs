@@ -175,28 +175,54 @@ impl CertManager {
     /// open connections keep theirs. Options that cannot be used (an unreadable CA file) make
     /// that port refuse handshakes rather than serve without the client check it asked for.
     pub fn set_port_options(&self, by_port: HashMap<u16, TlsOptions>) -> Vec<ProxyError> {
+        let gone: Vec<u16> = {
+            let options = self.port_options.lock().unwrap_or_else(|e| e.into_inner());
+            options
+                .keys()
+                .filter(|p| !by_port.contains_key(p))
+                .copied()
+                .collect()
+        };
+        let changes = gone
+            .into_iter()
+            .map(|p| (p, None))
+            .chain(by_port.into_iter().map(|(p, o)| (p, Some(o))));
+        self.update_port_options(changes)
+    }
+
+    /// The targeted form of [`CertManager::set_port_options`]: sets (`Some`) or clears (`None`)
+    /// the TLS options of the ports named; the others are untouched.
+    pub fn update_port_options(
+        &self,
+        changes: impl IntoIterator<Item = (u16, Option<TlsOptions>)>,
+    ) -> Vec<ProxyError> {
         let mut errors = Vec::new();
         let mut options = self.port_options.lock().unwrap_or_else(|e| e.into_inner());
         let mut configs = self.port_configs.lock().unwrap_or_else(|e| e.into_inner());
-        configs.retain(|port, _| by_port.contains_key(port) || !options.contains_key(port));
-        for (port, opts) in &by_port {
-            if options.get(port) == Some(opts) {
+        for (port, opts) in changes {
+            let Some(opts) = opts else {
+                if options.remove(&port).is_some() {
+                    configs.remove(&port);
+                }
+                continue;
+            };
+            if options.get(&port) == Some(&opts) {
                 continue;
             }
             let resolver = Arc::new(SniResolver {
                 snapshots: self.snapshots.clone(),
-                port: Some(*port),
+                port: Some(port),
             });
-            let config = match server_config_with(resolver, opts) {
+            let config = match server_config_with(resolver, &opts) {
                 Ok(config) => config,
                 Err(e) => {
                     errors.push(e);
                     server_config(Arc::new(RefuseAll))
                 }
             };
-            configs.insert(*port, config);
+            configs.insert(port, config);
+            options.insert(port, opts);
         }
-        *options = by_port;
         errors
     }
 
@@ -225,6 +251,34 @@ impl CertManager {
             *paths = by_port;
         }
         self.rebuild(false)
+    }
+
+    /// The targeted form of [`CertManager::set_service_certs`]: sets (`Some`) or clears (`None`)
+    /// the certificate files of the ports named; the snapshots are rebuilt only if that changed
+    /// anything.
+    pub fn update_service_certs(
+        &self,
+        changes: impl IntoIterator<Item = (u16, Option<Vec<PathBuf>>)>,
+    ) -> Vec<ProxyError> {
+        let mut changed = false;
+        {
+            let mut paths = self.service_paths.lock().unwrap_or_else(|e| e.into_inner());
+            for (port, files) in changes {
+                changed |= match files {
+                    Some(files) if paths.get(&port) == Some(&files) => false,
+                    Some(files) => {
+                        paths.insert(port, files);
+                        true
+                    }
+                    None => paths.remove(&port).is_some(),
+                };
+            }
+        }
+        if changed {
+            self.rebuild(false)
+        } else {
+            Vec::new()
+        }
     }
 
     /// Re-reads every certificate file and swaps in the new snapshots.
