@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use crate::{
-    controller::Status,
+    controller::{StateQueries, Status},
     marathon::watch::ResyncTrigger,
     model::{DesiredState, explain},
     proxy::HttpProxy,
@@ -36,6 +36,8 @@ use crate::{
 pub struct AdminContext {
     /// The controller's status.
     pub status: Arc<ArcSwap<Status>>,
+    /// Asks the controller for the desired state (`None`: the state endpoints answer empty).
+    pub state: Option<StateQueries>,
     /// Requests a full Marathon resync (`None` without Marathon).
     pub resync: Option<ResyncTrigger>,
     /// The HTTP proxy, for certificate reloads (`None` when not running).
@@ -63,7 +65,7 @@ pub async fn serve(listener: TcpListener, ctx: AdminContext) {
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handle(&ctx, &req)) }
+                async move { Ok::<_, Infallible>(handle(&ctx, &req).await) }
             });
             let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -102,12 +104,33 @@ fn json(value: &impl Serialize) -> Reply {
 }
 
 /// Answers one admin request.
-pub fn handle(ctx: &AdminContext, req: &Request<Incoming>) -> Reply {
-    route(ctx, req.method(), req.uri().path(), req.uri().query())
+pub async fn handle(ctx: &AdminContext, req: &Request<Incoming>) -> Reply {
+    let path = req.uri().path();
+    let state = match (&ctx.state, needs_state(path)) {
+        (Some(queries), true) => queries.get().await,
+        _ => None,
+    };
+    let state = state.unwrap_or_default();
+    route(ctx, &state, req.method(), path, req.uri().query())
 }
 
-/// Routing of [`handle`], without the request body (none of the endpoints reads one).
-pub fn route(ctx: &AdminContext, method: &Method, path: &str, query: Option<&str>) -> Reply {
+/// The endpoints that show the whole desired state (copied from the controller on demand).
+fn needs_state(path: &str) -> bool {
+    matches!(
+        path,
+        "/_haproxy_getconfig" | "/_haproxy_getvhostmap" | "/_haproxy_getappmap" | "/_mlb/state"
+    )
+}
+
+/// Routing of [`handle`], without the request body (none of the endpoints reads one); `state`
+/// is the desired state for the endpoints that show it.
+pub fn route(
+    ctx: &AdminContext,
+    state: &DesiredState,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+) -> Reply {
     if method != Method::GET && method != Method::POST && method != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET or POST\n");
     }
@@ -116,9 +139,9 @@ pub fn route(ctx: &AdminContext, method: &Method, path: &str, query: Option<&str
     match path {
         "/_haproxy_health_check" => text(StatusCode::OK, "OK\n"),
         "/_haproxy_getpids" => text(StatusCode::OK, std::process::id().to_string()),
-        "/_haproxy_getconfig" => text(StatusCode::OK, render_config(&status.state)),
-        "/_haproxy_getvhostmap" => text(StatusCode::OK, vhost_map(&status.state)),
-        "/_haproxy_getappmap" => text(StatusCode::OK, app_map(&status.state)),
+        "/_haproxy_getconfig" => text(StatusCode::OK, render_config(state)),
+        "/_haproxy_getvhostmap" => text(StatusCode::OK, vhost_map(state)),
+        "/_haproxy_getappmap" => text(StatusCode::OK, app_map(state)),
         "/_mlb_signal/hup" => match &ctx.resync {
             Some(resync) => {
                 resync.request();
@@ -150,23 +173,29 @@ pub fn route(ctx: &AdminContext, method: &Method, path: &str, query: Option<&str
             ),
         },
         "/_mlb/status" => json(&StatusView::of(&status)),
-        "/_mlb/state" => json(&StateView::of(&status.state)),
+        "/_mlb/state" => json(&StateView::of(state)),
         "/metrics" => text(StatusCode::OK, metrics(&status)),
         "/_mlb/explain" | "/_mlb/explain/" => {
+            let apps = status.explanations.values().map(|a| &**a);
             if want_text {
-                text(StatusCode::OK, explain::render_text(&status.explanations))
+                text(StatusCode::OK, explain::render_text(apps))
             } else {
-                json(&*status.explanations)
+                json(&apps.collect::<Vec<_>>())
             }
         }
         p if p.starts_with("/_mlb/explain/") => {
             let id = &p["/_mlb/explain".len()..];
-            let apps: Vec<_> = status
-                .explanations
-                .iter()
-                .filter(|a| a.app_id == id || a.marathon_app_ids.iter().any(|m| m == id))
-                .cloned()
-                .collect();
+            let apps: Vec<&crate::model::explain::AppExplanation> =
+                match status.explanations.get(id) {
+                    Some(app) => vec![&**app],
+                    // A Marathon app merged into a deployment group is explained under the group.
+                    None => status
+                        .explanations
+                        .values()
+                        .filter(|a| a.marathon_app_ids.iter().any(|m| m == id))
+                        .map(|a| &**a)
+                        .collect(),
+                };
             if apps.is_empty() {
                 return text(
                     StatusCode::NOT_FOUND,
@@ -174,7 +203,7 @@ pub fn route(ctx: &AdminContext, method: &Method, path: &str, query: Option<&str
                 );
             }
             if want_text {
-                text(StatusCode::OK, explain::render_text(&apps))
+                text(StatusCode::OK, explain::render_text(apps))
             } else {
                 json(&apps)
             }
@@ -189,6 +218,7 @@ struct StatusView<'a> {
     pid: u32,
     synced: bool,
     generation: u64,
+    full_passes: u64,
     last_error: Option<&'a str>,
     apps: usize,
     l4_services: usize,
@@ -205,11 +235,12 @@ impl<'a> StatusView<'a> {
             pid: std::process::id(),
             synced: s.synced,
             generation: s.generation,
+            full_passes: s.full_passes,
             last_error: s.last_error.as_deref(),
             apps: s.apps,
-            l4_services: s.state.l4.len(),
-            http_services: s.state.http.len(),
-            rejected: s.state.rejected.len(),
+            l4_services: s.l4_services,
+            http_services: s.http_services,
+            rejected: s.rejected,
             l4_unhealthy: &s.l4_unhealthy,
             l4_errors: &s.l4_errors,
             http_errors: &s.http_errors,
@@ -345,20 +376,16 @@ fn metrics(s: &Status) -> String {
         s.generation,
     );
     gauge("mlb_apps", "Marathon apps known.", s.apps as u64);
-    gauge(
-        "mlb_l4_services",
-        "TCP/UDP services.",
-        s.state.l4.len() as u64,
-    );
+    gauge("mlb_l4_services", "TCP/UDP services.", s.l4_services as u64);
     gauge(
         "mlb_http_services",
         "HTTP services.",
-        s.state.http.len() as u64,
+        s.http_services as u64,
     );
     gauge(
         "mlb_rejected",
         "Apps or ports not exposed because of a problem.",
-        s.state.rejected.len() as u64,
+        s.rejected as u64,
     );
     gauge(
         "mlb_l4_unhealthy_backends",
@@ -377,7 +404,7 @@ fn metrics(s: &Status) -> String {
 mod tests {
     use super::*;
 
-    fn ctx() -> AdminContext {
+    fn state() -> DesiredState {
         let key = crate::model::L4ServiceKey {
             port: 10001,
             protocol: crate::model::Protocol::Tcp,
@@ -391,12 +418,13 @@ mod tests {
         };
         let mut state = DesiredState::default();
         state.l4.insert(key, svc);
-        let status = Status {
-            state: Arc::new(state),
-            ..Status::default()
-        };
+        state
+    }
+
+    fn ctx() -> AdminContext {
         AdminContext {
-            status: Arc::new(ArcSwap::from_pointee(status)),
+            status: Arc::default(),
+            state: None,
             resync: Some(ResyncTrigger::default()),
             proxy: None,
         }
@@ -415,6 +443,8 @@ mod tests {
     #[test]
     fn marathon_lb_endpoints_answer_as_marathon_lb_did() {
         let c = ctx();
+        let st = state();
+        let route = |c: &AdminContext, m: &Method, p: &str, q: Option<&str>| route(c, &st, m, p, q);
         let (s, b) = body(route(&c, &Method::GET, "/_haproxy_health_check", None));
         assert_eq!((s, b.as_str()), (StatusCode::OK, "OK\n"));
         let (s, b) = body(route(&c, &Method::GET, "/_haproxy_getpids", None));

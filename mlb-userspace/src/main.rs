@@ -127,6 +127,7 @@ fn run(opts: &RunOptions) -> Result<()> {
             .with_l4_health_checks(tokio::runtime::Handle::current());
         controller.set_static_l4(static_l4);
         let status = controller.status();
+        let state_queries = controller.state_queries();
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (control_tx, control_rx) = mpsc::channel(4);
@@ -143,6 +144,7 @@ fn run(opts: &RunOptions) -> Result<()> {
             admin,
             AdminContext {
                 status,
+                state: Some(state_queries),
                 resync: resync.clone(),
                 proxy: proxy.clone(),
             },
@@ -266,7 +268,11 @@ async fn explain_from_marathon(opts: &ExplainOptions) -> Result<String> {
     controller.add_host_addrs(controller::resolve_hosts(names).await);
     controller.recompute(std::time::SystemTime::now());
     let status = controller.status().load_full();
-    let mut apps: Vec<_> = status.explanations.iter().cloned().collect();
+    let mut apps: Vec<_> = status
+        .explanations
+        .values()
+        .map(|a| (**a).clone())
+        .collect();
     if let Some(id) = &opts.app_id {
         let id = format!("/{}", id.trim_start_matches('/'));
         apps.retain(|a| a.app_id == id || a.marathon_app_ids.contains(&id));

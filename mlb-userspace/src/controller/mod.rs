@@ -15,15 +15,18 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    dataplane::{L4Change, L4Dataplane, diff_l4},
+    dataplane::{L4Change, L4Dataplane},
+    diff::HttpChange,
     marathon::watch::MarathonUpdate,
     model::{
-        self, BackendId, DesiredState, HealthCache, HttpService, HttpServiceKey, L4Service,
-        L4ServiceKey, ModelOptions, explain::AppExplanation,
+        self, BackendId, DesiredState, HttpService, HttpServiceKey, L4Service, L4ServiceKey,
+        ModelOptions,
+        explain::AppExplanation,
+        incremental::{Changed, ModelState},
     },
     proxy::{
         HttpProxy,
@@ -37,13 +40,22 @@ use apps::AppStore;
 
 /// The HTTP dataplane as the controller sees it (the proxy, or a recorder in tests).
 pub trait HttpDataplane: Send {
-    /// Makes `services` the routed set; returns the problems, each naming its app.
-    fn apply(&mut self, services: &BTreeMap<HttpServiceKey, HttpService>) -> Vec<String>;
+    /// Applies `changes`; `all` is the whole routed set after them. Returns the problems,
+    /// each naming its app.
+    fn apply(
+        &mut self,
+        changes: &[HttpChange],
+        all: &BTreeMap<HttpServiceKey, HttpService>,
+    ) -> Vec<String>;
 }
 
 impl HttpDataplane for Arc<HttpProxy> {
-    fn apply(&mut self, services: &BTreeMap<HttpServiceKey, HttpService>) -> Vec<String> {
-        HttpProxy::apply(self, services)
+    fn apply(
+        &mut self,
+        changes: &[HttpChange],
+        _all: &BTreeMap<HttpServiceKey, HttpService>,
+    ) -> Vec<String> {
+        HttpProxy::apply_changes(self, changes)
             .into_iter()
             .map(|e| e.to_string())
             .collect()
@@ -63,16 +75,37 @@ pub struct Status {
     pub applied_at: Option<SystemTime>,
     /// Apps known (parsed or not).
     pub apps: usize,
-    /// The model's output (backends before mlb's own L4 health checks).
-    pub state: Arc<DesiredState>,
-    /// Why each app is or is not exposed.
-    pub explanations: Arc<Vec<AppExplanation>>,
+    /// Services and rejections in the desired state (the state itself: [`StateQueries`]).
+    pub l4_services: usize,
+    pub http_services: usize,
+    pub rejected: usize,
+    /// Full model passes since start (the rest were incremental).
+    pub full_passes: u64,
+    /// Why each app is or is not exposed, by app id.
+    pub explanations: Arc<BTreeMap<String, Arc<AppExplanation>>>,
     /// L4 backends mlb's active health checks keep out of rotation.
     pub l4_unhealthy: Vec<BackendId>,
     /// L4 services a dataplane refused, with the reason.
     pub l4_errors: BTreeMap<String, String>,
     /// HTTP configuration problems of the last apply.
     pub http_errors: Vec<String>,
+}
+
+/// Asks the controller for a copy of the desired state (for the admin API's rare state
+/// endpoints: copying 10,000 services at every change would cost more than the change).
+#[derive(Clone, Debug)]
+pub struct StateQueries(mpsc::Sender<StateReply>);
+
+/// Where the controller sends the copy of the state asked for.
+type StateReply = oneshot::Sender<Arc<DesiredState>>;
+
+impl StateQueries {
+    /// The current desired state; `None` when the controller is gone.
+    pub async fn get(&self) -> Option<Arc<DesiredState>> {
+        let (tx, rx) = oneshot::channel();
+        self.0.send(tx).await.ok()?;
+        rx.await.ok()
+    }
 }
 
 /// Messages to the controller besides Marathon updates.
@@ -99,9 +132,13 @@ pub struct Controller {
     static_l4: BTreeMap<L4ServiceKey, L4Service>,
     /// The model's reserved ports before static services were added.
     base_reserved: BTreeSet<u16>,
-    health_cache: HealthCache,
-    state: Arc<DesiredState>,
-    explanations: Arc<Vec<AppExplanation>>,
+    state: ModelState,
+    /// Apps changed since the last recompute, and whether a full pass is due instead.
+    dirty: BTreeSet<String>,
+    full_due: bool,
+    /// A copy of the state for [`StateQueries`], made on demand, dropped at every change.
+    state_copy: Option<Arc<DesiredState>>,
+    queries: (mpsc::Sender<StateReply>, mpsc::Receiver<StateReply>),
     l4_health: Option<(HealthChecker, watch::Receiver<Arc<UnhealthySet>>)>,
     l4_unhealthy: Arc<UnhealthySet>,
     l4_applied: BTreeMap<L4ServiceKey, L4Service>,
@@ -129,9 +166,11 @@ impl Controller {
             base_reserved: model.reserved_ports.clone(),
             model,
             static_l4: BTreeMap::new(),
-            health_cache: HealthCache::new(),
-            state: Arc::default(),
-            explanations: Arc::default(),
+            state: ModelState::default(),
+            dirty: BTreeSet::new(),
+            full_due: true,
+            state_copy: None,
+            queries: mpsc::channel(16),
             l4_health: None,
             l4_unhealthy: Arc::default(),
             l4_applied: BTreeMap::new(),
@@ -165,6 +204,8 @@ impl Controller {
             .chain(services.keys().map(|k| k.port))
             .collect();
         self.static_l4 = services;
+        // The reserved ports changed: every app may be affected.
+        self.full_due = true;
     }
 
     /// The status the admin API reads (updated after every change).
@@ -172,17 +213,36 @@ impl Controller {
         self.status.clone()
     }
 
+    /// A handle to ask the running controller for the desired state.
+    pub fn state_queries(&self) -> StateQueries {
+        StateQueries(self.queries.0.clone())
+    }
+
+    /// The desired state the model computed (Marathon's services; static ones are merged when
+    /// applied).
+    pub fn state(&self) -> &DesiredState {
+        self.state.state()
+    }
+
     /// Takes one Marathon update into the app store. Returns whether the apps changed (a
     /// failed read changes nothing and is only recorded).
     pub fn take_update(&mut self, update: MarathonUpdate) -> bool {
         match update {
             MarathonUpdate::Snapshot(apps) => {
-                self.store.replace_all(&apps);
+                self.store.replace_all(apps);
+                self.full_due = true;
                 self.synced = true;
                 self.last_error = None;
                 true
             }
             MarathonUpdate::Apps { changed, removed } => {
+                self.dirty.extend(
+                    changed
+                        .iter()
+                        .filter_map(|v| v.get("id").and_then(|id| id.as_str()))
+                        .map(str::to_owned),
+                );
+                self.dirty.extend(removed.iter().cloned());
                 self.store.update(&changed, &removed);
                 self.last_error = None;
                 true
@@ -206,49 +266,119 @@ impl Controller {
 
     /// Records DNS answers for agent host names.
     pub fn add_host_addrs(&mut self, addrs: impl IntoIterator<Item = (String, IpAddr)>) {
+        let before = self.model.host_addrs.len();
         self.model.host_addrs.extend(addrs);
+        if self.model.host_addrs.len() != before {
+            self.full_due = true;
+        }
     }
 
-    /// Recomputes the desired state from the apps and applies what changed.
+    /// Brings the desired state up to date with the apps (incrementally when only some apps
+    /// changed) and applies what changed.
     pub fn recompute(&mut self, now: SystemTime) {
-        let eval = model::build::evaluate(self.store.list(), &self.model, &self.health_cache, now);
-        self.health_cache = eval.health;
-        let mut state = eval.state;
-        for (key, svc) in &self.static_l4 {
-            state.l4.insert(*key, svc.clone());
+        let changed = if self.full_due {
+            self.full_due = false;
+            self.dirty.clear();
+            self.state.full(self.store.list(), &self.model, now)
+        } else {
+            let dirty = std::mem::take(&mut self.dirty);
+            self.state
+                .update(self.store.list(), &dirty, &self.model, now)
+        };
+        if !changed.full && changed.l4.is_empty() && changed.http.is_empty() {
+            // Only explanations or rejections may have moved.
+            self.log_problems();
+            self.publish();
+            return;
         }
-        self.log_problems(&state);
+        self.state_copy = None;
+        self.log_problems();
         if let Some((checker, _)) = &mut self.l4_health {
-            checker.set_targets(targets_of_l4(state.l4.values()));
+            checker.set_targets(targets_of_l4(
+                self.state
+                    .state()
+                    .l4
+                    .values()
+                    .chain(self.static_l4.values()),
+            ));
         }
-        self.state = Arc::new(state);
-        self.explanations = Arc::new(eval.explanations);
-        self.apply();
+        self.apply(&changed);
     }
 
     /// The L4 active health checks changed: applies the new rotation.
     pub fn set_l4_unhealthy(&mut self, unhealthy: Arc<UnhealthySet>) {
         self.l4_unhealthy = unhealthy;
-        self.apply();
+        self.apply(&Changed {
+            full: true,
+            ..Changed::default()
+        });
     }
 
-    /// Hands each dataplane what changed since the last apply.
-    fn apply(&mut self) {
-        let wanted = self.l4_in_rotation();
-        let changes = diff_l4(&self.l4_applied, &wanted);
-        let http_changed = self.http.is_some() && self.http_applied != self.state.http;
-        if !changes.is_empty() {
-            self.apply_l4(&changes, wanted);
+    /// Hands each dataplane what changed.
+    fn apply(&mut self, changed: &Changed) {
+        let state = self.state.state();
+        let l4_keys: BTreeSet<L4ServiceKey> = if changed.full {
+            self.l4_applied
+                .keys()
+                .chain(state.l4.keys())
+                .chain(self.static_l4.keys())
+                .copied()
+                .collect()
+        } else {
+            changed.l4.clone()
+        };
+        let mut l4_changes = Vec::new();
+        for key in l4_keys {
+            match (self.l4_wanted(&key), self.l4_applied.get(&key)) {
+                (Some(wanted), applied) if applied != Some(&wanted) => {
+                    l4_changes.push(L4Change::Upsert(wanted));
+                }
+                (None, Some(_)) => l4_changes.push(L4Change::Remove(key)),
+                _ => {}
+            }
         }
-        if http_changed && let Some(http) = &mut self.http {
-            self.http_errors = http.apply(&self.state.http);
-            self.http_applied.clone_from(&self.state.http);
+        let mut http_changes = Vec::new();
+        if self.http.is_some() {
+            let keys: BTreeSet<&HttpServiceKey> = if changed.full {
+                self.http_applied.keys().chain(state.http.keys()).collect()
+            } else {
+                changed.http.iter().collect()
+            };
+            for key in keys {
+                match (state.http.get(key), self.http_applied.get(key)) {
+                    (Some(w), None) => http_changes.push(HttpChange::Add(Box::new(w.clone()))),
+                    (Some(w), Some(a)) if w != a => {
+                        http_changes.push(HttpChange::Update(Box::new(w.clone())));
+                    }
+                    (None, Some(_)) => http_changes.push(HttpChange::Remove(key.clone())),
+                    _ => {}
+                }
+            }
         }
-        if !changes.is_empty() || http_changed {
+        if !l4_changes.is_empty() {
+            self.apply_l4(&l4_changes);
+        }
+        if !http_changes.is_empty()
+            && let Some(http) = &mut self.http
+        {
+            for change in &http_changes {
+                match change {
+                    HttpChange::Add(s) | HttpChange::Update(s) => {
+                        self.http_applied.insert(s.key.clone(), (**s).clone());
+                    }
+                    HttpChange::Remove(k) => {
+                        self.http_applied.remove(k);
+                    }
+                }
+            }
+            self.http_errors = http.apply(&http_changes, &self.http_applied);
+        }
+        if !l4_changes.is_empty() || !http_changes.is_empty() {
             self.generation += 1;
             info!(
                 generation = self.generation,
-                l4_changes = changes.len(),
+                l4_changes = l4_changes.len(),
+                http_changes = http_changes.len(),
                 l4_services = self.l4_applied.len(),
                 http_services = self.http_applied.len(),
                 "dataplanes updated"
@@ -257,9 +387,22 @@ impl Controller {
         self.publish();
     }
 
+    /// The service the L4 dataplane should have under `key`: a static one, else Marathon's with
+    /// the backends mlb's own health checks fail left out.
+    fn l4_wanted(&self, key: &L4ServiceKey) -> Option<L4Service> {
+        if let Some(svc) = self.static_l4.get(key) {
+            return Some(svc.clone());
+        }
+        let mut svc = self.state.state().l4.get(key)?.clone();
+        if !self.l4_unhealthy.is_empty() {
+            svc.backends.retain(|b| !self.l4_unhealthy.contains(&b.id));
+        }
+        Some(svc)
+    }
+
     /// Applies L4 changes one service at a time so a service the dataplane refuses (e.g. a port
-    /// it cannot bind) is retried at the next change and never blocks the others.
-    fn apply_l4(&mut self, changes: &[L4Change], wanted: BTreeMap<L4ServiceKey, L4Service>) {
+    /// it cannot bind) is retried at the next full pass and never blocks the others.
+    fn apply_l4(&mut self, changes: &[L4Change]) {
         for change in changes {
             let key = match change {
                 L4Change::Upsert(s) => s.key,
@@ -268,36 +411,24 @@ impl Controller {
             match self.l4.apply(std::slice::from_ref(change)) {
                 Ok(()) => {
                     self.l4_errors.remove(&key.to_string());
-                    match wanted.get(&key) {
-                        Some(svc) => self.l4_applied.insert(key, svc.clone()),
-                        None => self.l4_applied.remove(&key),
+                    match change {
+                        L4Change::Upsert(svc) => self.l4_applied.insert(key, svc.clone()),
+                        L4Change::Remove(_) => self.l4_applied.remove(&key),
                     };
                 }
                 Err(e) => {
                     error!("{e}");
                     self.l4_errors.insert(key.to_string(), e.reason);
+                    // Not recorded as applied: the next full pass tries again.
+                    self.full_due = true;
                 }
             }
         }
     }
 
-    /// The L4 services with the backends mlb's own health checks fail left out.
-    fn l4_in_rotation(&self) -> BTreeMap<L4ServiceKey, L4Service> {
-        self.state
-            .l4
-            .iter()
-            .map(|(key, svc)| {
-                let mut svc = svc.clone();
-                if !self.l4_unhealthy.is_empty() {
-                    svc.backends.retain(|b| !self.l4_unhealthy.contains(&b.id));
-                }
-                (*key, svc)
-            })
-            .collect()
-    }
-
     /// Logs each rejection and warning once (again only after it went away and came back).
-    fn log_problems(&mut self, state: &DesiredState) {
+    fn log_problems(&mut self) {
+        let state = self.state.state();
         let mut now = BTreeSet::new();
         for r in &state.rejected {
             let port = r
@@ -328,18 +459,36 @@ impl Controller {
         let mut l4_unhealthy: Vec<BackendId> = self.l4_unhealthy.iter().cloned().collect();
         l4_unhealthy.sort();
         let list = self.store.list();
+        let state = self.state.state();
         self.status.store(Arc::new(Status {
             generation: self.generation,
             synced: self.synced,
             last_error: self.last_error.clone(),
             applied_at: Some(SystemTime::now()),
             apps: list.apps.len() + list.invalid.len(),
-            state: self.state.clone(),
-            explanations: self.explanations.clone(),
+            l4_services: state.l4.len() + self.static_l4.len(),
+            http_services: state.http.len(),
+            rejected: state.rejected.len(),
+            full_passes: self.state.full_passes(),
+            explanations: Arc::new(self.state.explanations().clone()),
             l4_unhealthy,
             l4_errors: self.l4_errors.clone(),
             http_errors: self.http_errors.clone(),
         }));
+    }
+
+    /// A copy of the desired state with the static services merged in.
+    fn state_copy(&mut self) -> Arc<DesiredState> {
+        if let Some(copy) = &self.state_copy {
+            return copy.clone();
+        }
+        let mut state = self.state.state().clone();
+        for (key, svc) in &self.static_l4 {
+            state.l4.insert(*key, svc.clone());
+        }
+        let copy = Arc::new(state);
+        self.state_copy = Some(copy.clone());
+        copy
     }
 
     /// Runs until shutdown: takes Marathon updates, health changes and control messages, one
@@ -371,6 +520,9 @@ impl Controller {
                         self.recompute(SystemTime::now());
                     }
                 },
+                Some(reply) = self.queries.1.recv() => {
+                    let _ = reply.send(self.state_copy());
+                }
                 changed = health_changed(&mut health_rx) => {
                     match changed {
                         Some(set) => {

@@ -9,7 +9,7 @@ use std::{
 use serde_json::{Value, json};
 
 use super::*;
-use crate::dataplane::L4Error;
+use crate::{dataplane::L4Error, diff::HttpChange};
 
 /// An L4 dataplane that records what it was given; refuses one port if told to.
 #[derive(Clone, Default)]
@@ -45,8 +45,13 @@ impl Recorder {
 struct HttpRecorder(Arc<Mutex<Vec<usize>>>);
 
 impl HttpDataplane for HttpRecorder {
-    fn apply(&mut self, services: &BTreeMap<HttpServiceKey, HttpService>) -> Vec<String> {
-        self.0.lock().unwrap().push(services.len());
+    fn apply(
+        &mut self,
+        changes: &[HttpChange],
+        all: &BTreeMap<HttpServiceKey, HttpService>,
+    ) -> Vec<String> {
+        assert!(!changes.is_empty(), "called without changes");
+        self.0.lock().unwrap().push(all.len());
         Vec::new()
     }
 }
@@ -96,7 +101,7 @@ fn only_changed_services_reach_the_dataplanes() {
     let (mut c, l4, http) = controller();
     feed(
         &mut c,
-        MarathonUpdate::Snapshot(vec![
+        MarathonUpdate::snapshot_from_values(vec![
             tcp_app("/a", 10001, &[("a.1", 31001)]),
             tcp_app("/b", 10002, &[("b.1", 31002)]),
             web_app("/web", 10003, "web.example.test"),
@@ -150,7 +155,7 @@ fn failed_reads_keep_the_last_good_state() {
     let (mut c, l4, _) = controller();
     feed(
         &mut c,
-        MarathonUpdate::Snapshot(vec![tcp_app("/a", 10001, &[("a.1", 31001)])]),
+        MarathonUpdate::snapshot_from_values(vec![tcp_app("/a", 10001, &[("a.1", 31001)])]),
     );
     l4.take();
     feed(
@@ -162,7 +167,8 @@ fn failed_reads_keep_the_last_good_state() {
     assert!(l4.take().is_empty());
     let status = c.status().load_full();
     assert_eq!(status.last_error.as_deref(), Some("GET /v2/apps: HTTP 503"));
-    assert_eq!(status.state.l4.len(), 1, "still served");
+    assert_eq!(status.l4_services, 1, "still served");
+    assert_eq!(c.state().l4.len(), 1);
 }
 
 #[test]
@@ -170,18 +176,14 @@ fn a_bad_app_is_rejected_alone_with_its_field() {
     let (mut c, l4, _) = controller();
     feed(
         &mut c,
-        MarathonUpdate::Snapshot(vec![
+        MarathonUpdate::snapshot_from_values(vec![
             tcp_app("/a", 10001, &[("a.1", 31001)]),
             json!({"id": "/bad", "portDefinitions": [{"port": "eighty"}]}),
         ]),
     );
     assert_eq!(l4.take().len(), 1);
     let status = c.status().load_full();
-    let bad = status
-        .explanations
-        .iter()
-        .find(|e| e.app_id == "/bad")
-        .expect("explained");
+    let bad = status.explanations.get("/bad").expect("explained");
     let problem = bad.problem.as_deref().unwrap_or_default();
     assert!(problem.contains("portDefinitions"), "{problem}");
     assert!(!bad.exposed);
@@ -193,7 +195,7 @@ fn a_refused_service_is_retried_and_does_not_block_others() {
     *l4.refuse_port.lock().unwrap() = Some(10001);
     feed(
         &mut c,
-        MarathonUpdate::Snapshot(vec![
+        MarathonUpdate::snapshot_from_values(vec![
             tcp_app("/a", 10001, &[("a.1", 31001)]),
             tcp_app("/b", 10002, &[("b.1", 31002)]),
         ]),
@@ -218,7 +220,7 @@ fn failing_l4_health_checks_take_a_backend_out_of_rotation() {
     let (mut c, l4, _) = controller();
     feed(
         &mut c,
-        MarathonUpdate::Snapshot(vec![tcp_app(
+        MarathonUpdate::snapshot_from_values(vec![tcp_app(
             "/a",
             10001,
             &[("a.1", 31001), ("a.2", 31002)],
@@ -234,18 +236,7 @@ fn failing_l4_health_checks_take_a_backend_out_of_rotation() {
     assert_eq!(svc.backends.len(), 1);
     assert_ne!(svc.backends[0].id, sick);
     // The model's view is unchanged: explain still lists the task, status says why it is out.
-    assert_eq!(
-        c.status()
-            .load()
-            .state
-            .l4
-            .values()
-            .next()
-            .unwrap()
-            .backends
-            .len(),
-        2
-    );
+    assert_eq!(c.state().l4.values().next().unwrap().backends.len(), 2);
     assert_eq!(c.status().load().l4_unhealthy, [sick]);
     c.set_l4_unhealthy(Arc::default());
     assert!(matches!(&l4.take()[..], [L4Change::Upsert(s)] if s.backends.len() == 2));
@@ -267,15 +258,11 @@ fn static_services_are_served_and_win_their_port() {
     c.set_static_l4([(static_svc.key, static_svc.clone())].into());
     feed(
         &mut c,
-        MarathonUpdate::Snapshot(vec![tcp_app("/a", 10001, &[("a.1", 31001)])]),
+        MarathonUpdate::snapshot_from_values(vec![tcp_app("/a", 10001, &[("a.1", 31001)])]),
     );
     assert!(matches!(&l4.take()[..], [L4Change::Upsert(s)] if s.app_id == "static"));
     let status = c.status().load_full();
-    let a = status
-        .explanations
-        .iter()
-        .find(|e| e.app_id == "/a")
-        .unwrap();
+    let a = status.explanations.get("/a").unwrap();
     assert!(!a.exposed, "{a:?}");
 }
 
@@ -324,7 +311,9 @@ async fn running_controller_drops_l4_backends_failing_their_tcp_check() {
         control: control_rx,
         shutdown: shutdown_rx,
     }));
-    tx.send(MarathonUpdate::Snapshot(vec![app])).await.unwrap();
+    tx.send(MarathonUpdate::snapshot_from_values(vec![app]))
+        .await
+        .unwrap();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut last = None;
     while tokio::time::Instant::now() < deadline {

@@ -107,6 +107,7 @@ pub(crate) struct Evaluation {
     pub state: DesiredState,
     pub health: HealthCache,
     pub explanations: Vec<AppExplanation>,
+    pub claims: Claims,
 }
 
 fn blank_app_explanation(app_id: &str, problem: String) -> AppExplanation {
@@ -178,7 +179,7 @@ pub(crate) fn evaluate(
         })
         .collect();
     work.sort_by(|a, b| a.0.app.id.cmp(&b.0.app.id));
-    let mut claims = BTreeMap::new();
+    let mut claims = Claims::default();
     for (eff, specs) in &work {
         let mut ctx = AppContext {
             eff,
@@ -212,6 +213,7 @@ pub(crate) fn evaluate(
         state,
         health: cache,
         explanations,
+        claims,
     }
 }
 
@@ -267,8 +269,15 @@ struct AppContext<'a> {
     warnings: Vec<(Option<usize>, String)>,
 }
 
-/// Port claims: (port, protocol) → "app id port n".
-type Claims = BTreeMap<(u16, Protocol), String>;
+/// Which app took each exposed (port, protocol), first in app-id order, and which ports more
+/// than one app wanted (the incremental model re-evaluates everything when one of those moves).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Claims {
+    /// (port, protocol) → (app id, service-port index).
+    pub owners: BTreeMap<(u16, Protocol), (String, usize)>,
+    /// Ports an app was refused because another app had them.
+    pub contested: BTreeSet<(u16, Protocol)>,
+}
 
 impl AppContext<'_> {
     fn evaluate_app(
@@ -500,15 +509,16 @@ impl AppContext<'_> {
             }
         }
         for w in &wanted {
-            if let Some(owner) = claims.get(w) {
+            if let Some((owner, index)) = claims.owners.get(w) {
+                claims.contested.insert(*w);
                 return Err(format!(
-                    "service port {}/{} is already used by {owner}",
+                    "service port {}/{} is already used by {owner} port {index}",
                     w.0, w.1
                 ));
             }
         }
         for w in wanted {
-            claims.insert(w, format!("{} port {n}", app.id));
+            claims.owners.insert(w, (app.id.clone(), n));
         }
 
         if http {

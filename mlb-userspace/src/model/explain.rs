@@ -125,7 +125,7 @@ pub fn consistent_with(explanations: &[AppExplanation], state: &DesiredState) ->
 }
 
 /// Human-readable rendering for `mlb explain`.
-pub fn render_text(apps: &[AppExplanation]) -> String {
+pub fn render_text<'a>(apps: impl IntoIterator<Item = &'a AppExplanation>) -> String {
     let mut out = String::new();
     for app in apps {
         let from = if app.marathon_app_ids.len() > 1 || app.marathon_app_ids != [app.app_id.clone()]

@@ -15,6 +15,7 @@ pub mod deployment;
 pub mod explain;
 pub mod groups;
 pub mod health;
+pub mod incremental;
 pub mod labels;
 pub mod ports;
 pub mod state;
