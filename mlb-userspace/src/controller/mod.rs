@@ -293,14 +293,17 @@ impl Controller {
         }
         self.state_copy = None;
         self.log_problems();
-        if let Some((checker, _)) = &mut self.l4_health {
-            checker.set_targets(targets_of_l4(
-                self.state
-                    .state()
-                    .l4
-                    .values()
-                    .chain(self.static_l4.values()),
-            ));
+        // The targets are rebuilt only when an L4 service with a health check may have moved:
+        // walking every backend of every service at each task event would cost more than the
+        // event.
+        let l4 = &self.state.state().l4;
+        let checks_moved = changed.full
+            || changed.l4.iter().any(|k| {
+                l4.get(k).is_some_and(|s| s.health_check.is_some())
+                    || self.l4_applied.get(k).is_some_and(|s| s.health_check.is_some())
+            });
+        if checks_moved && let Some((checker, _)) = &mut self.l4_health {
+            checker.set_targets(targets_of_l4(l4.values().chain(self.static_l4.values())));
         }
         self.apply(&changed);
     }

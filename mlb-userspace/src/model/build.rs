@@ -153,10 +153,9 @@ pub(crate) fn evaluate(
             ),
         ));
     }
-    let apps: Vec<App> = apps.into_iter().cloned().collect();
     let cache = update_cache(
         health,
-        &apps,
+        apps.iter().copied(),
         now,
         opts.health_cache_ttl,
         opts.health_cache_capacity,
@@ -261,7 +260,7 @@ fn active_check(def: &HealthCheckDef, port_index: usize) -> HealthCheck {
 }
 
 struct AppContext<'a> {
-    eff: &'a EffectiveApp,
+    eff: &'a EffectiveApp<'a>,
     mode: NetworkingMode,
     labels: AppLabels,
     opts: &'a ModelOptions,

@@ -1,7 +1,10 @@
 //! Zero-downtime deployment groups (marathon-lb §5.3): apps sharing `HAPROXY_DEPLOYMENT_GROUP`
 //! are merged into one app `/<group>`, so both colours sit behind one service; some of the old
 //! colour's tasks are marked draining as the new colour becomes healthy.
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, BTreeSet},
+};
 
 use crate::{
     marathon::types::{App, Task},
@@ -13,9 +16,10 @@ use crate::{
 
 /// An app as the rest of the model sees it: a Marathon app, or a merged deployment group.
 #[derive(Clone, Debug, PartialEq)]
-pub struct EffectiveApp {
+pub struct EffectiveApp<'a> {
     /// The app (for a group: the old colour's definition, id `/<group>`, every colour's tasks).
-    pub app: App,
+    /// Borrowed from Marathon's list unless merged: a model pass copies no app.
+    pub app: Cow<'a, App>,
     /// Marathon app ids it comes from, oldest colour first.
     pub source_ids: Vec<String>,
     /// Task ids of the old colour that take no new connections.
@@ -42,11 +46,11 @@ fn started_at_key(labels: &AppLabels) -> Option<&str> {
 /// Merges deployment groups. `healthy(app, task)` says whether a task counts as a healthy new
 /// instance (running, and passing Marathon health when the app has checks). Apps with invalid
 /// deployment labels are rejected alone; warnings name malformed start times.
-pub fn merge_deployment_groups(
-    apps: &[App],
+pub fn merge_deployment_groups<'a>(
+    apps: &[&'a App],
     healthy: impl Fn(&App, &Task) -> bool,
-) -> (Vec<EffectiveApp>, Vec<Rejected>, Vec<(String, String)>) {
-    let mut out: Vec<EffectiveApp> = Vec::new();
+) -> (Vec<EffectiveApp<'a>>, Vec<Rejected>, Vec<(String, String)>) {
+    let mut out: Vec<EffectiveApp<'a>> = Vec::new();
     let mut rejected = Vec::new();
     let mut warnings = Vec::new();
     let mut groups: BTreeMap<String, Vec<(usize, &App, AppLabels)>> = BTreeMap::new();
@@ -74,7 +78,7 @@ pub fn merge_deployment_groups(
         match labels.deployment_group.clone() {
             Some(group) => groups.entry(group).or_default().push((order, app, labels)),
             None => out.push(EffectiveApp {
-                app: app.clone(),
+                app: Cow::Borrowed(*app),
                 source_ids: vec![app.id.clone()],
                 draining: BTreeSet::new(),
                 order,
@@ -132,7 +136,7 @@ pub fn merge_deployment_groups(
                 .collect();
         }
         out.push(EffectiveApp {
-            app: merged,
+            app: Cow::Owned(merged),
             source_ids,
             draining,
             order,

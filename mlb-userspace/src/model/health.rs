@@ -124,15 +124,15 @@ pub fn task_health(app: &App, task: &Task, cache: &HealthCache) -> HealthVerdict
 
 /// The cache after observing `apps` at `now`: current results are recorded, tasks without
 /// results keep their entry (refreshed), and stale or excess entries are dropped.
-pub fn update_cache(
+pub fn update_cache<'a>(
     cache: &HealthCache,
-    apps: &[App],
+    apps: impl IntoIterator<Item = &'a App>,
     now: SystemTime,
     ttl: Duration,
     capacity: usize,
 ) -> HealthCache {
     let mut next = cache.clone();
-    for app in apps.iter().filter(|a| !a.health_checks.is_empty()) {
+    for app in apps.into_iter().filter(|a| !a.health_checks.is_empty()) {
         for task in &app.tasks {
             match current_verdict(task) {
                 Some(alive) => {
