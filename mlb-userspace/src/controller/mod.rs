@@ -256,9 +256,17 @@ impl Controller {
         }
     }
 
-    /// Agent host names that need a DNS answer before the next [`Controller::recompute`].
+    /// Agent host names that need a DNS answer before the next [`Controller::recompute`]:
+    /// of every app before a full pass, else of the changed apps only (parsing every task's
+    /// host at each event would cost more than the event).
     pub fn unresolved_hosts(&self) -> Vec<String> {
-        model::hosts_to_resolve(self.store.list())
+        let apps = &self.store.list().apps;
+        let hosts = if self.full_due {
+            model::hosts_to_resolve(apps)
+        } else {
+            model::hosts_to_resolve(apps.iter().filter(|a| self.dirty.contains(&a.id)))
+        };
+        hosts
             .into_iter()
             .filter(|h| !self.model.host_addrs.contains_key(h))
             .collect()
@@ -300,7 +308,10 @@ impl Controller {
         let checks_moved = changed.full
             || changed.l4.iter().any(|k| {
                 l4.get(k).is_some_and(|s| s.health_check.is_some())
-                    || self.l4_applied.get(k).is_some_and(|s| s.health_check.is_some())
+                    || self
+                        .l4_applied
+                        .get(k)
+                        .is_some_and(|s| s.health_check.is_some())
             });
         if checks_moved && let Some((checker, _)) = &mut self.l4_health {
             checker.set_targets(targets_of_l4(l4.values().chain(self.static_l4.values())));

@@ -8,7 +8,7 @@
 //! - Entry points: [`desired_state`] and [`explain::explain`].
 use std::{collections::BTreeSet, net::IpAddr, time::SystemTime};
 
-use crate::marathon::types::AppList;
+use crate::marathon::types::{App, AppList};
 
 pub(crate) mod build;
 pub mod deployment;
@@ -44,9 +44,8 @@ pub fn desired_state(
 
 /// Agent host names that are not addresses: the caller resolves them (DNS is I/O) and passes
 /// the results in [`ModelOptions::host_addrs`].
-pub fn hosts_to_resolve(apps: &AppList) -> BTreeSet<String> {
-    apps.apps
-        .iter()
+pub fn hosts_to_resolve<'a>(apps: impl IntoIterator<Item = &'a App>) -> BTreeSet<String> {
+    apps.into_iter()
         .filter(|a| ports::networking_mode(a) != ports::NetworkingMode::Container)
         .flat_map(|a| &a.tasks)
         .filter(|t| !t.host.is_empty() && t.host.parse::<IpAddr>().is_err())

@@ -214,7 +214,7 @@ fn marathon14_host_bridge_and_ip_per_task_shapes() {
     );
     assert!(s.rejected.is_empty(), "{:?}", s.rejected);
     assert_eq!(
-        hosts_to_resolve(&list).into_iter().collect::<Vec<_>>(),
+        hosts_to_resolve(&list.apps).into_iter().collect::<Vec<_>>(),
         ["agent-1.example"]
     );
 
