@@ -518,8 +518,18 @@ mod tests {
     }
 
     fn numbered(i: usize) -> HttpService {
-        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = free.local_addr().unwrap().port();
+        // Distinct ports: the OS may hand a just-released port out again, and two services on
+        // one port would share one listener.
+        static TAKEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+        let port = loop {
+            let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = free.local_addr().unwrap().port();
+            let mut taken = TAKEN.lock().unwrap();
+            if !taken.contains(&port) {
+                taken.push(port);
+                break port;
+            }
+        };
         let host = format!("app{i}.example.com");
         let mut svc = router::tests::svc(&format!("/app{i}"), port, &[&host], &[], 0);
         svc.backends = (0..3)
