@@ -521,3 +521,64 @@ async fn userspace_l4_bind_addr_overrides_vips() {
     })
     .await;
 }
+
+/// Resident and peak memory of this process in KiB (`VmRSS`, `VmHWM`).
+fn memory_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Cost of a first full apply: 1,000 TCP services × 10 backends (`cargo test --release -p
+/// mlb-userspace --test userspace_l4 -- --ignored --nocapture sync_bench`).
+#[ignore = "benchmark"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn userspace_l4_sync_bench() {
+    const SERVICES: u16 = 1_000;
+    const BACKENDS: u16 = 10;
+    let services: Vec<L4Service> = (0..SERVICES)
+        .map(|s| {
+            let backends = (0..BACKENDS)
+                .map(|b| {
+                    let addr =
+                        SocketAddr::from(([198, 18, (s / 250) as u8, (s % 250) as u8], 8000 + b));
+                    backend(&addr.to_string(), addr, BackendState::Active)
+                })
+                .collect();
+            service(41_000 + s, Protocol::Tcp, backends)
+        })
+        .collect();
+    let full: Vec<L4Change> = services.iter().cloned().map(L4Change::Upsert).collect();
+    let mut dp = dataplane(vip(250));
+    let (rss0, _) = memory_kib();
+    let start = std::time::Instant::now();
+    dp.apply(&full).unwrap();
+    let first = start.elapsed();
+    let (rss1, hwm1) = memory_kib();
+    // Then one backend less in every service.
+    let fewer: Vec<L4Change> = services
+        .iter()
+        .map(|s| {
+            let mut s = s.clone();
+            s.backends.pop();
+            L4Change::Upsert(s)
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    dp.apply(&fewer).unwrap();
+    let second = start.elapsed();
+    let (rss2, hwm2) = memory_kib();
+    println!(
+        "{SERVICES} services x {BACKENDS} backends: first apply {first:?} ({:?}/service), \
+         RSS {rss0} -> {rss1} KiB (+{} KiB, peak {hwm1} KiB); one backend less everywhere: \
+         {second:?}, RSS {rss2} KiB, peak {hwm2} KiB",
+        first / u32::from(SERVICES),
+        rss1.saturating_sub(rss0),
+    );
+}

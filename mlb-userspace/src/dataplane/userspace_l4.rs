@@ -5,7 +5,10 @@
 //!   port, or on its `bind_addr` only.
 //! - A new flow picks its backend from the service's Maglev table with a stable hash of the
 //!   client's address and port (as the XDP dataplane does in the kernel). Draining backends are
-//!   not in the table: they take no new flows.
+//!   not in the table: they take no new flows. The table is sized to the service's backends
+//!   ([`maglev::fitted_table_size`]: 1,031 slots for up to 10 equal backends, at most
+//!   [`UserspaceL4Config::maglev_table_size`]) and holds `u16` entries: it only spreads new
+//!   flows, so it needs no more than keeps every backend within 1% of its share.
 //! - The routes of a service live in an [`ArcSwap`]: `apply` swaps them atomically, listeners stay
 //!   open across changes, and only the listeners of removed services (or of addresses a service
 //!   no longer uses) are closed.
@@ -43,7 +46,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     L4Change, L4Dataplane, L4Error,
-    maglev::{self, MaglevBackend, MaglevError, NO_BACKEND},
+    maglev::{self, MaglevBackend, MaglevError, TableEntry},
 };
 use crate::model::{BackendId, BackendState, L4Service, L4ServiceKey, Protocol};
 
@@ -62,7 +65,7 @@ const UDP_BUFFER: usize = 65_536;
 pub struct UserspaceL4Config {
     /// Addresses every service listens on (unless it has a `bind_addr`). Empty: `0.0.0.0`.
     pub vips: Vec<IpAddr>,
-    /// Maglev table size (prime).
+    /// Largest Maglev table a service gets (prime); each is sized to its backends below that.
     pub maglev_table_size: u32,
     /// How long a connect to one backend may take before the next one is tried.
     pub connect_timeout: Duration,
@@ -73,8 +76,8 @@ pub struct UserspaceL4Config {
 }
 
 impl UserspaceL4Config {
-    /// Defaults (65,537-slot Maglev tables, 3 s connect timeout, 30 s UDP idle timeout) for
-    /// these VIPs.
+    /// Defaults (Maglev tables of at most 65,537 slots, 3 s connect timeout, 30 s UDP idle
+    /// timeout) for these VIPs.
     pub fn new(vips: Vec<IpAddr>) -> Self {
         Self {
             vips,
@@ -187,7 +190,7 @@ struct Routes {
     /// Active backends, sorted by id.
     backends: Vec<RouteBackend>,
     /// Maglev table over `backends`.
-    table: Vec<u32>,
+    table: Table,
     counters: Arc<ServiceCounters>,
     /// Counters of every backend of the service, draining ones included.
     by_id: BTreeMap<BackendId, Arc<BackendCounters>>,
@@ -226,7 +229,7 @@ impl Routes {
                 weight: b.weight,
             })
             .collect();
-        let table = maglev::build_table(&maglev, table_size)?;
+        let table = Table::build(&maglev, table_size)?;
         let backends = active
             .iter()
             .map(|b| RouteBackend {
@@ -256,17 +259,43 @@ impl Routes {
 
     /// Index of the backend the Maglev table gives this client, if any.
     fn pick(&self, client: SocketAddr) -> Option<usize> {
-        if self.backends.is_empty() || self.table.is_empty() {
+        if self.backends.is_empty() {
             return None;
         }
-        let v = self.table[maglev::slot_of(flow_hash(client), self.table.len())];
-        (v != NO_BACKEND).then_some(v as usize)
+        self.table.get(flow_hash(client))
     }
 
     /// The backends a TCP connection tries: the chosen one, then the next ones in id order.
     fn candidates(&self, first: usize) -> impl Iterator<Item = &RouteBackend> {
         let n = self.backends.len();
         (0..n.min(MAX_CONNECT_ATTEMPTS)).map(move |k| &self.backends[(first + k) % n])
+    }
+}
+
+/// A service's Maglev table, sized to its backends, in the narrowest entries that fit.
+enum Table {
+    /// Up to 65,535 backends (always, in practice).
+    Narrow(Vec<u16>),
+    Wide(Vec<u32>),
+}
+
+impl Table {
+    /// The table of `backends` (no more than `max_size` slots).
+    fn build(backends: &[MaglevBackend<'_>], max_size: u32) -> Result<Self, MaglevError> {
+        let size = maglev::fitted_table_size(backends, max_size);
+        if backends.len() <= u16::MAX_BACKENDS {
+            maglev::build_table_of(backends, size).map(Self::Narrow)
+        } else {
+            maglev::build_table_of(backends, size).map(Self::Wide)
+        }
+    }
+
+    /// The backend index the flow `hash` selects, if any.
+    fn get(&self, hash: u64) -> Option<usize> {
+        match self {
+            Self::Narrow(t) => t[maglev::slot_of(hash, t.len())].index(),
+            Self::Wide(t) => t[maglev::slot_of(hash, t.len())].index(),
+        }
     }
 }
 
