@@ -5,8 +5,7 @@
 //!   [`MarathonUpdate::Snapshot`]. Marathon has no event replay, so a reconnect must resync.
 //! - Events only mark apps dirty. Dirty apps are re-read once the stream has been quiet for
 //!   `coalesce_idle`, or at the latest `coalesce_max_delay` after the first dirty mark, and sent
-//!   as one [`MarathonUpdate::Apps`]; `resync_threshold` dirty apps (or a quarter of the
-//!   apps, when more) make one full resync
+//!   as one [`MarathonUpdate::Apps`]; `resync_threshold` dirty apps or more make one full resync
 //!   instead. A burst of N events thus costs at most one read per app per window.
 //! - No byte for `stall_timeout` (Marathon's event bus has been seen to go silent while keeping
 //!   the connection): reconnect at once. Other failures: reconnect after a jittered exponential
@@ -199,7 +198,6 @@ impl MarathonWatcher {
             cfg: self.cfg,
             resync: self.resync,
             updates,
-            known_apps: Default::default(),
         };
         match w.cfg.poll_interval {
             Some(every) => w.poll(every, &mut shutdown).await,
@@ -214,18 +212,6 @@ struct Running {
     cfg: MarathonConfig,
     resync: ResyncTrigger,
     updates: mpsc::Sender<MarathonUpdate>,
-    /// Apps in the last full read: sizes the resync threshold.
-    known_apps: std::sync::atomic::AtomicUsize,
-}
-
-impl Running {
-    /// Dirty apps from which one full read beats re-reading each: `resync_threshold`, or a
-    /// quarter of the cluster when that is more (the controller applies a few re-read apps
-    /// incrementally, while a full read of a large cluster costs seconds and a full model pass).
-    fn resync_threshold(&self) -> usize {
-        let known = self.known_apps.load(std::sync::atomic::Ordering::Relaxed);
-        self.cfg.resync_threshold.max(known / 4)
-    }
 }
 
 /// Resolves when shutdown is requested (true, or the sender dropped).
@@ -252,10 +238,6 @@ impl Running {
         };
         match result {
             Ok(list) => {
-                self.known_apps.store(
-                    list.apps.len() + list.invalid.len(),
-                    std::sync::atomic::Ordering::Relaxed,
-                );
                 info!(
                     apps = list.apps.len(),
                     invalid = list.invalid.len(),
@@ -382,7 +364,7 @@ impl Running {
                     if !synced {
                         continue; // the pending full resync covers these apps
                     }
-                    if batch.resync || batch.refresh.len() >= self.resync_threshold() {
+                    if batch.resync || batch.refresh.len() >= self.cfg.resync_threshold {
                         debug!(apps = batch.refresh.len(), resync = batch.resync, "coalesced events ask for a full resync");
                         next_resync = Instant::now();
                         continue;
