@@ -23,8 +23,7 @@ use crate::{
     diff::HttpChange,
     marathon::watch::MarathonUpdate,
     model::{
-        self, BackendId, DesiredState, HttpService, HttpServiceKey, L4Service, L4ServiceKey,
-        ModelOptions,
+        self, BackendId, DesiredState, L4Service, L4ServiceKey, ModelOptions,
         explain::AppExplanation,
         incremental::{Changed, ModelState},
     },
@@ -40,21 +39,14 @@ use apps::AppStore;
 
 /// The HTTP dataplane as the controller sees it (the proxy, or a recorder in tests).
 pub trait HttpDataplane: Send {
-    /// Applies `changes`; `all` is the whole routed set after them. Returns the problems,
-    /// each naming its app.
-    fn apply(
-        &mut self,
-        changes: &[HttpChange],
-        all: &BTreeMap<HttpServiceKey, HttpService>,
-    ) -> Vec<String>;
+    /// Applies `changes` (an `Update` of an unknown service adds it; one equal to what the
+    /// dataplane has changes nothing). Returns the problems still in effect, each naming its
+    /// app.
+    fn apply(&mut self, changes: &[HttpChange]) -> Vec<String>;
 }
 
 impl HttpDataplane for Arc<HttpProxy> {
-    fn apply(
-        &mut self,
-        changes: &[HttpChange],
-        _all: &BTreeMap<HttpServiceKey, HttpService>,
-    ) -> Vec<String> {
+    fn apply(&mut self, changes: &[HttpChange]) -> Vec<String> {
         HttpProxy::apply_changes(self, changes)
             .into_iter()
             .map(|e| e.to_string())
@@ -142,7 +134,6 @@ pub struct Controller {
     l4_health: Option<(HealthChecker, watch::Receiver<Arc<UnhealthySet>>)>,
     l4_unhealthy: Arc<UnhealthySet>,
     l4_applied: BTreeMap<L4ServiceKey, L4Service>,
-    http_applied: BTreeMap<HttpServiceKey, HttpService>,
     l4: Box<dyn L4Dataplane + Send>,
     http: Option<Box<dyn HttpDataplane>>,
     logged: BTreeSet<String>,
@@ -174,7 +165,6 @@ impl Controller {
             l4_health: None,
             l4_unhealthy: Arc::default(),
             l4_applied: BTreeMap::new(),
-            http_applied: BTreeMap::new(),
             l4,
             http,
             logged: BTreeSet::new(),
@@ -351,41 +341,26 @@ impl Controller {
                 _ => {}
             }
         }
-        let mut http_changes = Vec::new();
-        if self.http.is_some() {
-            let keys: BTreeSet<&HttpServiceKey> = if changed.full {
-                self.http_applied.keys().chain(state.http.keys()).collect()
-            } else {
-                changed.http.iter().collect()
-            };
-            for key in keys {
-                match (state.http.get(key), self.http_applied.get(key)) {
-                    (Some(w), None) => http_changes.push(HttpChange::Add(Box::new(w.clone()))),
-                    (Some(w), Some(a)) if w != a => {
-                        http_changes.push(HttpChange::Update(Box::new(w.clone())));
-                    }
-                    (None, Some(_)) => http_changes.push(HttpChange::Remove(key.clone())),
-                    _ => {}
-                }
-            }
-        }
+        // The proxy keeps what it serves: it gets the changed keys, as the model saw them.
+        let http_changes: Vec<HttpChange> = if self.http.is_some() {
+            changed
+                .http
+                .iter()
+                .map(|key| match state.http.get(key) {
+                    Some(svc) => HttpChange::Update(Box::new(svc.clone())),
+                    None => HttpChange::Remove(key.clone()),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         if !l4_changes.is_empty() {
             self.apply_l4(&l4_changes);
         }
         if !http_changes.is_empty()
             && let Some(http) = &mut self.http
         {
-            for change in &http_changes {
-                match change {
-                    HttpChange::Add(s) | HttpChange::Update(s) => {
-                        self.http_applied.insert(s.key.clone(), (**s).clone());
-                    }
-                    HttpChange::Remove(k) => {
-                        self.http_applied.remove(k);
-                    }
-                }
-            }
-            self.http_errors = http.apply(&http_changes, &self.http_applied);
+            self.http_errors = http.apply(&http_changes);
         }
         if !l4_changes.is_empty() || !http_changes.is_empty() {
             self.generation += 1;
@@ -394,7 +369,7 @@ impl Controller {
                 l4_changes = l4_changes.len(),
                 http_changes = http_changes.len(),
                 l4_services = self.l4_applied.len(),
-                http_services = self.http_applied.len(),
+                http_services = self.state.state().http.len(),
                 "dataplanes updated"
             );
         }

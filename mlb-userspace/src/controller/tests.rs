@@ -1,7 +1,6 @@
 //! The controller hands each dataplane only what changed, keeps the last good state on failed
 //! reads, isolates bad apps and applies L4 health-check verdicts.
 use std::{
-    collections::BTreeMap,
     sync::{Arc, Mutex},
     time::SystemTime,
 };
@@ -45,13 +44,9 @@ impl Recorder {
 struct HttpRecorder(Arc<Mutex<Vec<usize>>>);
 
 impl HttpDataplane for HttpRecorder {
-    fn apply(
-        &mut self,
-        changes: &[HttpChange],
-        all: &BTreeMap<HttpServiceKey, HttpService>,
-    ) -> Vec<String> {
+    fn apply(&mut self, changes: &[HttpChange]) -> Vec<String> {
         assert!(!changes.is_empty(), "called without changes");
-        self.0.lock().unwrap().push(all.len());
+        self.0.lock().unwrap().push(changes.len());
         Vec::new()
     }
 }

@@ -29,7 +29,7 @@ use crate::{
 /// Which services a step changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changed {
-    /// Everything may have changed (a full pass ran): compare whole states.
+    /// A full pass ran (the keys are still exact: they are the difference of the two states).
     pub full: bool,
     pub l4: BTreeSet<L4ServiceKey>,
     pub http: BTreeSet<HttpServiceKey>,
@@ -79,11 +79,34 @@ impl ModelState {
     pub fn full(&mut self, apps: &AppList, opts: &ModelOptions, now: SystemTime) -> Changed {
         let eval = evaluate(apps, opts, &self.health, now);
         self.full_passes += 1;
+        let old = std::mem::take(&mut self.state);
         self.install(eval);
-        Changed {
+        // The keys that differ, so the dataplanes still get only what changed.
+        let new = &self.state;
+        let mut changed = Changed {
             full: true,
             ..Changed::default()
-        }
+        };
+        changed.l4.extend(
+            new.l4
+                .iter()
+                .filter(|(k, v)| old.l4.get(k) != Some(v))
+                .map(|(k, _)| *k)
+                .chain(old.l4.keys().filter(|k| !new.l4.contains_key(k)).copied()),
+        );
+        changed.http.extend(
+            new.http
+                .iter()
+                .filter(|(k, v)| old.http.get(k) != Some(v))
+                .map(|(k, _)| k.clone())
+                .chain(
+                    old.http
+                        .keys()
+                        .filter(|k| !new.http.contains_key(k))
+                        .cloned(),
+                ),
+        );
+        changed
     }
 
     /// Updates the state after the apps named in `dirty` changed or disappeared (`apps` is the

@@ -243,12 +243,22 @@ pub fn start_proxy(certs: Vec<PathBuf>, tweak: impl FnOnce(&mut ProxyConfig)) ->
 }
 
 /// A port free on 127.0.0.1 right now (for service ports).
+/// Never the same port twice in a test binary: the OS may hand a just-released port out again,
+/// and two services on one port would share one listener.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut taken = TAKEN.lock().unwrap();
+        if !taken.contains(&port) {
+            taken.push(port);
+            return port;
+        }
+    }
 }
 
 /// An HTTP service with marathon-lb's defaults.
