@@ -1,8 +1,11 @@
 //! The HTTP proxy alone, for `cargo xtask bench http`: one vhost service on one listener,
 //! until SIGTERM or Ctrl-C. Not a way to run mlb (that is `mlb run`).
 //!
-//! `l7_bench_proxy <listen addr> <vhost> <threads> <backend addr>...`
-use std::{collections::BTreeMap, net::SocketAddr};
+//! `l7_bench_proxy [--ssl-certs <pem>] <listen addr> <vhost> <threads> <backend addr>...`
+//!
+//! With `--ssl-certs` (chain + key in one PEM, as `mlb run --ssl-certs`), the TLS vhost
+//! frontend also listens on port 443 of the listen address.
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use mlb::{
@@ -11,9 +14,20 @@ use mlb::{
 };
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let ssl_certs: Vec<PathBuf> = if args.first().map(String::as_str) == Some("--ssl-certs") {
+        args.remove(0);
+        if args.is_empty() {
+            bail!("--ssl-certs needs a PEM file");
+        }
+        vec![PathBuf::from(args.remove(0))]
+    } else {
+        Vec::new()
+    };
     if args.len() < 4 {
-        bail!("usage: l7_bench_proxy <listen addr> <vhost> <threads> <backend addr>...");
+        bail!(
+            "usage: l7_bench_proxy [--ssl-certs <pem>] <listen addr> <vhost> <threads> <backend addr>..."
+        );
     }
     let listen: SocketAddr = args[0].parse().context("listen address")?;
     let vhost = args[1].to_ascii_lowercase();
@@ -37,9 +51,10 @@ fn main() -> Result<()> {
     runtime.block_on(async {
         let config = ProxyConfig {
             http_addr: Some(listen),
-            https_addr: None,
+            https_addr: (!ssl_certs.is_empty()).then(|| SocketAddr::new(listen.ip(), 443)),
             appid_addr: None,
             service_bind_ip: listen.ip(),
+            ssl_certs,
             ..ProxyConfig::default()
         };
         let proxy = HttpProxy::start(config, tokio::runtime::Handle::current())?;

@@ -25,9 +25,18 @@ pub const TEST_PACKAGES: &[&str] = &["iproute2", "ethtool", "curl", "nghttp2-cli
 /// Packages `cargo xtask demo` needs: namespaces and offloads, and the `curl` and `nc` it tells
 /// the user to try.
 pub const DEMO_PACKAGES: &[&str] = &["iproute2", "ethtool", "curl", "netcat-openbsd"];
-/// Extra packages for `cargo xtask bench`: the reference load balancer and the load generators.
+/// Extra packages for `cargo xtask bench`: the reference load balancer and the load generators
+/// (`h2load` from nghttp2-client for the HTTP/2 case of `bench http`).
 #[allow(dead_code, reason = "used by `cargo xtask bench`")]
-pub const BENCH_PACKAGES: &[&str] = &["haproxy", "wrk", "iperf3", "nginx-light", "util-linux"];
+pub const BENCH_PACKAGES: &[&str] = &[
+    "haproxy",
+    "wrk",
+    "iperf3",
+    "nginx-light",
+    "util-linux",
+    "nghttp2-client",
+    "curl",
+];
 
 /// Runs every step; `packages` are the Debian packages this command needs.
 pub fn run(packages: &[&str]) -> Result<()> {

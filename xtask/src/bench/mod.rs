@@ -12,8 +12,12 @@ use clap::{Args, Subcommand, ValueEnum};
 pub enum BenchCmd {
     /// Plain TCP: direct routing vs mlb XDP vs mlb userspace vs HAProxy mode tcp.
     Tcp(TcpArgs),
-    /// HTTP: the mlb L7 proxy vs HAProxy `mode http` (Host ACL) vs direct routing.
-    Http,
+    /// HTTP: the mlb L7 proxy vs HAProxy `mode http` (Host ACL) vs direct routing; plain
+    /// HTTP/1.1, new TLS handshakes/s (ECDSA P-256) and HTTP/2 over TLS.
+    Http(HttpArgs),
+    /// Internal: the TLS handshake load generator `bench http` runs in the client namespace.
+    #[command(hide = true)]
+    TlsClient(crate::bench_http::TlsClientArgs),
     /// Marathon sync at scale: full sync time and RSS, event → dataplane latency, a burst.
     Sync(SyncArgs),
 }
@@ -45,6 +49,17 @@ pub struct SyncArgs {
     /// Extra flag for `mlb run` (repeatable), e.g. `--mlb-arg=--maglev-table-size=1009`.
     #[arg(long, allow_hyphen_values = true)]
     pub mlb_arg: Vec<String>,
+}
+
+/// Flags of `cargo xtask bench http`.
+#[derive(Args)]
+pub struct HttpArgs {
+    /// Smoke test of the harness: 1 round of 3 s runs.
+    #[arg(long)]
+    pub quick: bool,
+    /// Rounds (each runs every case once, interleaved); the table shows medians.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
 }
 
 /// Flags of `cargo xtask bench tcp`.
@@ -94,7 +109,8 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Tcp(args) => tcp::run(&args),
         BenchCmd::Sync(args) => sync::run(&args),
-        BenchCmd::Http => {
+        BenchCmd::TlsClient(args) => crate::bench_http::tls_client(&args),
+        BenchCmd::Http(args) => {
             crate::setup::run(crate::setup::BENCH_PACKAGES)?;
             crate::cargo(&[
                 "build",
@@ -104,9 +120,15 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
                 "--example",
                 "l7_bench_proxy",
             ])?;
-            crate::bench_http::run(std::path::Path::new(
-                "target/release/examples/l7_bench_proxy",
-            ))
+            // The TLS handshake client runs from the release build (rustls and ring's C at -O0
+            // would make the client, not the load balancer, the limit).
+            crate::cargo(&["build", "--release", "--package", "xtask"])?;
+            let release = tcp::target_dir().join("release");
+            crate::bench_http::run(
+                &release.join("examples/l7_bench_proxy"),
+                &release.join("xtask"),
+                &args,
+            )
         }
     }
 }
