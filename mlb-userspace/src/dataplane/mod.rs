@@ -6,10 +6,8 @@
 //!   wanted (`--dataplane userspace`).
 //! - [`maglev`]: the consistent-hashing table both use to pick a backend for a new flow.
 //!
-//! The model hands every L4 dataplane the same typed changes ([`L4Change`]), computed by
-//! [`diff_l4`]: a dataplane never rebuilds everything, it applies what changed.
-use std::collections::BTreeMap;
-
+//! The controller hands every L4 dataplane the same typed changes ([`L4Change`]), one per
+//! service that changed: a dataplane never rebuilds everything, it applies what changed.
 use crate::model::{L4Service, L4ServiceKey};
 
 pub mod host;
@@ -41,83 +39,4 @@ pub trait L4Dataplane {
 pub struct L4Error {
     pub service: L4ServiceKey,
     pub reason: String,
-}
-
-/// The changes that turn `old` into `new`: upserts for new or changed services (in key order),
-/// then removals.
-pub fn diff_l4(
-    old: &BTreeMap<L4ServiceKey, L4Service>,
-    new: &BTreeMap<L4ServiceKey, L4Service>,
-) -> Vec<L4Change> {
-    let upserts = new
-        .iter()
-        .filter(|(key, svc)| old.get(key) != Some(svc))
-        .map(|(_, svc)| L4Change::Upsert(svc.clone()));
-    let removals = old
-        .keys()
-        .filter(|key| !new.contains_key(key))
-        .map(|key| L4Change::Remove(*key));
-    upserts.chain(removals).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use std::net::SocketAddr;
-
-    use super::*;
-    use crate::model::{Backend, BackendId, BackendState, Protocol};
-
-    fn service(port: u16, backends: &[&str]) -> L4Service {
-        L4Service {
-            key: L4ServiceKey {
-                port,
-                protocol: Protocol::Tcp,
-            },
-            app_id: format!("/app{port}"),
-            bind_addr: None,
-            backends: backends
-                .iter()
-                .map(|a| Backend {
-                    id: BackendId((*a).to_owned()),
-                    addr: a.parse::<SocketAddr>().unwrap(),
-                    weight: 1,
-                    state: BackendState::Active,
-                })
-                .collect(),
-            health_check: None,
-        }
-    }
-
-    fn state(services: &[L4Service]) -> BTreeMap<L4ServiceKey, L4Service> {
-        services.iter().map(|s| (s.key, s.clone())).collect()
-    }
-
-    /// Applying the diff to the old state gives the new one; unchanged services produce nothing.
-    #[test]
-    fn diff_replays_to_the_new_state() {
-        let a = state(&[
-            service(80, &["198.18.2.11:80"]),
-            service(81, &["198.18.2.12:81"]),
-        ]);
-        let b = state(&[
-            service(80, &["198.18.2.11:80", "198.18.2.13:80"]),
-            service(82, &["198.18.2.12:82"]),
-        ]);
-        let changes = diff_l4(&a, &b);
-        assert_eq!(changes.len(), 3, "{changes:?}");
-        let mut replay = a.clone();
-        for change in &changes {
-            match change {
-                L4Change::Upsert(s) => {
-                    replay.insert(s.key, s.clone());
-                }
-                L4Change::Remove(k) => {
-                    replay.remove(k);
-                }
-            }
-        }
-        assert_eq!(replay, b);
-        assert!(diff_l4(&b, &b).is_empty());
-        assert_eq!(diff_l4(&b, &BTreeMap::new()).len(), 2);
-    }
 }

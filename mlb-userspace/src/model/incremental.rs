@@ -18,6 +18,7 @@ use std::{
 };
 
 use crate::{
+    diff::changed_keys,
     marathon::types::AppList,
     model::{
         DesiredState, HealthCache, HttpServiceKey, L4ServiceKey, ModelOptions, Protocol,
@@ -87,25 +88,8 @@ impl ModelState {
             full: true,
             ..Changed::default()
         };
-        changed.l4.extend(
-            new.l4
-                .iter()
-                .filter(|(k, v)| old.l4.get(k) != Some(v))
-                .map(|(k, _)| *k)
-                .chain(old.l4.keys().filter(|k| !new.l4.contains_key(k)).copied()),
-        );
-        changed.http.extend(
-            new.http
-                .iter()
-                .filter(|(k, v)| old.http.get(k) != Some(v))
-                .map(|(k, _)| k.clone())
-                .chain(
-                    old.http
-                        .keys()
-                        .filter(|k| !new.http.contains_key(k))
-                        .cloned(),
-                ),
-        );
+        changed.l4 = changed_keys(&old.l4, &new.l4);
+        changed.http = changed_keys(&old.http, &new.http);
         changed
     }
 
