@@ -309,52 +309,49 @@ fn render_config(state: &DesiredState) -> String {
         "# mlb has no HAProxy configuration: this is the routing state it serves now.\n",
     );
     for svc in state.l4.values() {
-        let bind = svc
-            .bind_addr
-            .map_or_else(|| "*".to_owned(), |a| a.to_string());
-        let _ = writeln!(
-            out,
-            "frontend {}\n  bind {bind}:{}\n  mode {}",
-            backend_name(&svc.app_id, svc.key.port),
-            svc.key.port,
-            svc.key.protocol
-        );
-        for b in &svc.backends {
-            let _ = writeln!(
-                out,
-                "  server {} {} weight {} {:?}",
-                b.id, b.addr, b.weight, b.state
-            );
-        }
+        let mode = svc.key.protocol.to_string();
+        write_frontend(&mut out, &svc.app_id, svc.bind_addr, svc.key.port, &mode);
+        write_servers(&mut out, &svc.backends);
     }
     for svc in state.http.values() {
-        let bind = svc
-            .bind_addr
-            .map_or_else(|| "*".to_owned(), |a| a.to_string());
-        let _ = writeln!(
-            out,
-            "frontend {}\n  bind {bind}:{}\n  mode http",
-            backend_name(&svc.key.app_id, svc.service_port),
-            svc.service_port
-        );
+        let (id, port) = (&svc.key.app_id, svc.service_port);
+        write_frontend(&mut out, id, svc.bind_addr, port, "http");
         if !svc.vhosts.is_empty() {
             let _ = writeln!(out, "  vhosts {}", svc.vhosts.join(" "));
         }
         if !svc.paths.is_empty() {
             let _ = writeln!(out, "  paths {}", svc.paths.join(" "));
         }
-        for b in &svc.backends {
-            let _ = writeln!(
-                out,
-                "  server {} {} weight {} {:?}",
-                b.id, b.addr, b.weight, b.state
-            );
-        }
+        write_servers(&mut out, &svc.backends);
     }
     for r in &state.rejected {
         let _ = writeln!(out, "# not exposed: {} {}", r.app_id, r.reason);
     }
     out
+}
+
+/// `frontend`, `bind` and `mode` lines, as in an HAProxy frontend section.
+fn write_frontend(
+    out: &mut String,
+    app_id: &str,
+    bind_addr: Option<std::net::IpAddr>,
+    port: u16,
+    mode: &str,
+) {
+    let bind = bind_addr.map_or_else(|| "*".to_owned(), |a| a.to_string());
+    let name = backend_name(app_id, port);
+    let _ = writeln!(out, "frontend {name}\n  bind {bind}:{port}\n  mode {mode}");
+}
+
+/// `server` lines, as in an HAProxy backend section.
+fn write_servers(out: &mut String, backends: &[crate::model::Backend]) {
+    for b in backends {
+        let _ = writeln!(
+            out,
+            "  server {} {} weight {} {:?}",
+            b.id, b.addr, b.weight, b.state
+        );
+    }
 }
 
 fn metrics(s: &Status) -> String {

@@ -63,8 +63,6 @@ pub struct Status {
     pub synced: bool,
     /// The last failed Marathon read, until the next good one.
     pub last_error: Option<String>,
-    /// When the status was last published.
-    pub applied_at: Option<SystemTime>,
     /// Apps known (parsed or not).
     pub apps: usize,
     /// Services and rejections in the desired state (the state itself: [`StateQueries`]).
@@ -418,26 +416,24 @@ impl Controller {
     /// Logs each rejection and warning once (again only after it went away and came back).
     fn log_problems(&mut self) {
         let state = self.state.state();
+        let rejected = state.rejected.iter().map(|r| {
+            let line = problem_line(&r.app_id, r.port_index, " not exposed: ", &r.reason);
+            (line, true)
+        });
+        let warnings = state.warnings.iter().map(|w| {
+            (
+                problem_line(&w.app_id, w.port_index, ": ", &w.message),
+                false,
+            )
+        });
         let mut now = BTreeSet::new();
-        for r in &state.rejected {
-            let port = r
-                .port_index
-                .map(|i| format!(" port index {i}"))
-                .unwrap_or_default();
-            let line = format!("app {}{port} not exposed: {}", r.app_id, r.reason);
+        for (line, is_error) in rejected.chain(warnings) {
             if !self.logged.contains(&line) {
-                error!("{line}");
-            }
-            now.insert(line);
-        }
-        for w in &state.warnings {
-            let port = w
-                .port_index
-                .map(|i| format!(" port index {i}"))
-                .unwrap_or_default();
-            let line = format!("app {}{port}: {}", w.app_id, w.message);
-            if !self.logged.contains(&line) {
-                warn!("{line}");
+                if is_error {
+                    error!("{line}");
+                } else {
+                    warn!("{line}");
+                }
             }
             now.insert(line);
         }
@@ -453,7 +449,6 @@ impl Controller {
             generation: self.generation,
             synced: self.synced,
             last_error: self.last_error.clone(),
-            applied_at: Some(SystemTime::now()),
             apps: list.apps.len() + list.invalid.len(),
             l4_services: state.l4.len() + self.static_l4.len(),
             http_services: state.http.len(),
@@ -535,6 +530,14 @@ impl Controller {
             self.add_host_addrs(resolve_hosts(names).await);
         }
     }
+}
+
+/// `app /x port index 1<infix><message>`: one log line per problem of an app (or one port).
+fn problem_line(app_id: &str, port_index: Option<usize>, infix: &str, message: &str) -> String {
+    let port = port_index
+        .map(|i| format!(" port index {i}"))
+        .unwrap_or_default();
+    format!("app {app_id}{port}{infix}{message}")
 }
 
 /// Resolves agent host names (marathon-lb does the same with `socket.gethostbyname`), IPv4
