@@ -134,7 +134,8 @@ pub struct Controller {
     l4_applied: BTreeMap<L4ServiceKey, L4Service>,
     l4: Box<dyn L4Dataplane + Send>,
     http: Option<Box<dyn HttpDataplane>>,
-    logged: BTreeSet<String>,
+    /// Problem lines already logged, by app id.
+    logged: BTreeMap<String, BTreeSet<String>>,
     status: Arc<ArcSwap<Status>>,
     generation: u64,
     synced: bool,
@@ -165,7 +166,7 @@ impl Controller {
             l4_applied: BTreeMap::new(),
             l4,
             http,
-            logged: BTreeSet::new(),
+            logged: BTreeMap::new(),
             status: Arc::default(),
             generation: 0,
             synced: false,
@@ -272,23 +273,22 @@ impl Controller {
     /// Brings the desired state up to date with the apps (incrementally when only some apps
     /// changed) and applies what changed.
     pub fn recompute(&mut self, now: SystemTime) {
+        let dirty = std::mem::take(&mut self.dirty);
         let changed = if self.full_due {
             self.full_due = false;
-            self.dirty.clear();
             self.state.full(self.store.list(), &self.model, now)
         } else {
-            let dirty = std::mem::take(&mut self.dirty);
             self.state
                 .update(self.store.list(), &dirty, &self.model, now)
         };
+        // After an incremental step only the changed apps' problems can have moved.
+        self.log_problems((!changed.full).then_some(&dirty));
         if !changed.full && changed.l4.is_empty() && changed.http.is_empty() {
             // Only explanations or rejections may have moved.
-            self.log_problems();
             self.publish();
             return;
         }
         self.state_copy = None;
-        self.log_problems();
         // The targets are rebuilt only when an L4 service with a health check may have moved:
         // walking every backend of every service at each task event would cost more than the
         // event.
@@ -413,31 +413,49 @@ impl Controller {
         }
     }
 
-    /// Logs each rejection and warning once (again only after it went away and came back).
-    fn log_problems(&mut self) {
+    /// Logs each rejection and warning once (again only after it went away and came back),
+    /// looking at the apps in `scope` only, or at every app.
+    fn log_problems(&mut self, scope: Option<&BTreeSet<String>>) {
         let state = self.state.state();
-        let rejected = state.rejected.iter().map(|r| {
-            let line = problem_line(&r.app_id, r.port_index, " not exposed: ", &r.reason);
-            (line, true)
-        });
-        let warnings = state.warnings.iter().map(|w| {
-            (
-                problem_line(&w.app_id, w.port_index, ": ", &w.message),
-                false,
-            )
-        });
-        let mut now = BTreeSet::new();
-        for (line, is_error) in rejected.chain(warnings) {
-            if !self.logged.contains(&line) {
+        let in_scope = |app_id: &str| scope.is_none_or(|ids| ids.contains(app_id));
+        let rejected = state
+            .rejected
+            .iter()
+            .filter(|r| in_scope(&r.app_id))
+            .map(|r| {
+                let line = problem_line(&r.app_id, r.port_index, " not exposed: ", &r.reason);
+                (&r.app_id, line, true)
+            });
+        let warnings = state
+            .warnings
+            .iter()
+            .filter(|w| in_scope(&w.app_id))
+            .map(|w| {
+                let line = problem_line(&w.app_id, w.port_index, ": ", &w.message);
+                (&w.app_id, line, false)
+            });
+        let mut now: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (app_id, line, is_error) in rejected.chain(warnings) {
+            if !self.logged.get(app_id).is_some_and(|l| l.contains(&line)) {
                 if is_error {
                     error!("{line}");
                 } else {
                     warn!("{line}");
                 }
             }
-            now.insert(line);
+            now.entry(app_id.clone()).or_default().insert(line);
         }
-        self.logged = now;
+        match scope {
+            None => self.logged = now,
+            Some(ids) => {
+                for id in ids {
+                    match now.remove(id) {
+                        Some(lines) => self.logged.insert(id.clone(), lines),
+                        None => self.logged.remove(id),
+                    };
+                }
+            }
+        }
     }
 
     fn publish(&self) {
