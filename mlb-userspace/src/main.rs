@@ -63,7 +63,13 @@ fn run(opts: &RunOptions) -> Result<()> {
     runtime.block_on(async {
         let model = model_options(opts)?;
         let mut xdp = None;
-        if opts.dataplane != DataplaneKind::Userspace && !opts.xdp_iface.is_empty() {
+        // `auto` without interfaces is the userspace dataplane; `xdp` without them is an error.
+        let want_xdp = match opts.dataplane {
+            DataplaneKind::Xdp => true,
+            DataplaneKind::Auto => !opts.xdp_iface.is_empty(),
+            DataplaneKind::Userspace => false,
+        };
+        if want_xdp {
             match attach_xdp(opts) {
                 Ok(p) => xdp = Some(p),
                 Err(e) if opts.dataplane == DataplaneKind::Auto => {
@@ -390,6 +396,9 @@ async fn sweep_conntrack(dataplane: Arc<Mutex<XdpL4>>) {
 }
 
 fn attach_xdp(opts: &RunOptions) -> Result<XdpProgram> {
+    if opts.xdp_iface.is_empty() {
+        bail!("--dataplane xdp needs at least one --xdp-iface");
+    }
     let mut program = XdpProgram::load_with(LoadOptions {
         ring_size: opts.maglev_table_size,
         conntrack_size: opts.conntrack_size,
@@ -400,9 +409,6 @@ fn attach_xdp(opts: &RunOptions) -> Result<XdpProgram> {
             .attach(iface, opts.xdp_mode)
             .with_context(|| format!("attaching XDP to {iface}"))?;
         info!(iface, mode = ?opts.xdp_mode, "XDP program attached");
-    }
-    if opts.xdp_iface.is_empty() {
-        bail!("no --xdp-iface given");
     }
     Ok(program)
 }
