@@ -5,11 +5,12 @@
 //!
 //! With `--ssl-certs` (chain + key in one PEM, as `mlb run --ssl-certs`), the TLS vhost
 //! frontend also listens on port 443 of the listen address.
-use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use mlb::{
-    model::{Backend, BackendId, BackendState, Balance, HttpService, HttpServiceKey},
+    dataplane::HttpChange,
+    model::{Backend, BackendId, BackendState, HttpService},
     proxy::{HttpProxy, ProxyConfig},
 };
 
@@ -58,33 +59,12 @@ fn main() -> Result<()> {
             ..ProxyConfig::default()
         };
         let proxy = HttpProxy::start(config, tokio::runtime::Handle::current())?;
-        let key = HttpServiceKey {
-            app_id: "/bench".into(),
-            port_index: 0,
-        };
         let service = HttpService {
-            key: key.clone(),
-            service_port: 10000,
             vhosts: vec![vhost],
-            paths: vec![],
             backends,
-            balance: Balance::RoundRobin,
-            sticky: false,
-            redirect_to_https: false,
-            use_hsts: false,
-            ssl_certs: vec![],
-            bind_addr: None,
-            auth: None,
-            allowed_networks: vec![],
-            proxypass_path: None,
-            revproxy_path: None,
-            redirect_root_to: None,
-            weight: 0,
-            health_check: None,
-            tls_passthrough: false,
-            tls: Default::default(),
+            ..HttpService::new("/bench", 0, 10000)
         };
-        let errors = proxy.apply(&BTreeMap::from([(key, service)]));
+        let errors = proxy.apply_changes(&[HttpChange::Upsert(Box::new(service))]);
         if !errors.is_empty() {
             bail!("applying the bench service: {errors:?}");
         }

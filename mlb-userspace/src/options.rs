@@ -1,5 +1,8 @@
 //! Command-line flags. Every flag can also be set from the environment as `MLB_<FLAG>`; where
 //! marathon-lb had a flag for the same thing, mlb keeps its name.
+//!
+//! The flags are turned here into each part's own configuration type ([`ModelOptions`],
+//! [`ProxyConfig`], [`MarathonFlags`], [`AttachMode`]): no other module reads the command line.
 use std::{
     fmt,
     net::{IpAddr, SocketAddr},
@@ -9,7 +12,14 @@ use std::{
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{logging::LogFormat, marathon::config::Secret};
+use crate::{
+    dataplane::xdp::AttachMode,
+    logging::LogFormat,
+    marathon::config::MarathonFlags,
+    model::{ModelError, ModelOptions},
+    proxy::ProxyConfig,
+    secret::Secret,
+};
 
 /// mlb: load balancer for Marathon apps (XDP for TCP/UDP, hyper + rustls for HTTP/TLS).
 #[derive(Debug, Parser)]
@@ -31,7 +41,7 @@ pub enum Command {
     /// `--marathon`, reads Marathon once and evaluates it with the given flags (`--group`,
     /// `--strict-mode`, `--health-check` ...); without, asks the mlb running at `--admin-addr`.
     Explain(Box<ExplainOptions>),
-    /// Print the version and the features of this build.
+    /// Print the version.
     Version,
 }
 
@@ -207,6 +217,74 @@ pub struct RunOptions {
     /// Highest auto-assigned service port for IP-per-task apps.
     #[arg(long, env = "MLB_MAX_SERV_PORT_IP_PER_TASK", default_value_t = 10100)]
     pub max_serv_port_ip_per_task: u16,
+}
+
+impl XdpAttachMode {
+    /// The dataplane's attach mode.
+    pub fn attach_mode(self) -> AttachMode {
+        match self {
+            XdpAttachMode::Native => AttachMode::Native,
+            XdpAttachMode::Skb => AttachMode::Skb,
+        }
+    }
+}
+
+impl RunOptions {
+    /// The model's options: marathon-lb's defaults, these flags, the ports mlb listens on
+    /// itself reserved; `framework_name` is the `FRAMEWORK_NAME` environment value. Fails when
+    /// the IP-per-task port range is not a range.
+    pub fn model_options(
+        &self,
+        framework_name: Option<String>,
+    ) -> Result<ModelOptions, ModelError> {
+        let mut model = ModelOptions {
+            strict_mode: self.strict_mode,
+            health_check: self.health_check,
+            framework_name,
+            ..ModelOptions::new(self.group.clone())
+        }
+        .with_ip_per_task_port_range(
+            self.min_serv_port_ip_per_task,
+            self.max_serv_port_ip_per_task,
+        )?;
+        model.reserved_ports.insert(self.admin_addr.port());
+        model.reserved_ports.insert(self.appid_port);
+        if !self.dont_bind_http_https {
+            model.reserved_ports.insert(self.http_port);
+            model.reserved_ports.insert(self.https_port);
+        }
+        model.reserved_ports.remove(&0);
+        Ok(model)
+    }
+
+    /// The proxy's configuration: frontends on every address, certificates, default timeouts.
+    pub fn proxy_config(&self) -> ProxyConfig {
+        let any = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+        let bind_vhost = !self.dont_bind_http_https;
+        ProxyConfig {
+            http_addr: bind_vhost.then(|| SocketAddr::new(any, self.http_port)),
+            https_addr: bind_vhost.then(|| SocketAddr::new(any, self.https_port)),
+            appid_addr: Some(SocketAddr::new(any, self.appid_port)),
+            ssl_certs: self.ssl_certs.clone(),
+            ..ProxyConfig::default()
+        }
+    }
+
+    /// The Marathon flags, for [`crate::marathon::config::MarathonConfig::from_flags`].
+    pub fn marathon_flags(&self) -> MarathonFlags<'_> {
+        MarathonFlags {
+            marathon: &self.marathon,
+            auth_credentials: self.auth_credentials.as_ref(),
+            marathon_auth_credential_file: self.marathon_auth_credential_file.as_deref(),
+            dcos_auth_credentials: self.dcos_auth_credentials.as_ref(),
+            marathon_ca_cert: self.marathon_ca_cert.as_deref(),
+            marathon_insecure: self.marathon_insecure,
+            sse_stall_timeout: self.sse_stall_timeout,
+            max_backoff: self.max_backoff,
+            resync_interval: self.resync_interval,
+            poll_interval: self.poll_interval,
+        }
+    }
 }
 
 fn parse_table_size(s: &str) -> Result<u32, String> {

@@ -115,6 +115,7 @@ async fn removed_service_port_is_closed_and_others_stay_open() {
     let s1 = service("/one", &[&a]);
     let s2 = service("/two", &[&a]);
     let (p1, p2) = (s1.service_port, s2.service_port);
+    let gone = s2.key.clone();
     apply(&proxy, vec![s1.clone(), s2]);
     let c = http_client();
     let a1 = format!("127.0.0.1:{p1}").parse().unwrap();
@@ -127,7 +128,7 @@ async fn removed_service_port_is_closed_and_others_stay_open() {
             .status,
         200
     );
-    apply(&proxy, vec![s1]);
+    remove(&proxy, &[&gone]);
     assert_eq!(get(&c, a1, "x", "/", &[]).await.status, 200);
     assert!(
         tokio::net::TcpStream::connect(a2).await.is_err(),
@@ -499,6 +500,7 @@ async fn removed_backend_finishes_its_in_flight_request() {
     })
     .await;
     s.backends = vec![new.backend()];
+    let key = s.key.clone();
     apply(&proxy, vec![s]);
     assert_eq!(
         get(&c, http, "d.example.com", "/", &[]).await.backend(),
@@ -511,7 +513,7 @@ async fn removed_backend_finishes_its_in_flight_request() {
         Some("old"),
         "in-flight request finished on the removed backend"
     );
-    apply(&proxy, vec![]);
+    remove(&proxy, &[&key]);
     assert_eq!(
         proxy.backend_in_flight(&old_id),
         None,
@@ -667,7 +669,7 @@ async fn a_port_that_cannot_be_bound_is_reported_and_the_rest_applies() {
     let mut fine = service("/fine", &[&a]);
     fine.vhosts = vec!["fine.example.com".into()];
     let fine_port = fine.service_port;
-    let errors = proxy.apply(&services(vec![clash, fine]));
+    let errors = proxy.apply_changes(&upserts(vec![clash, fine]));
     assert_eq!(errors.len(), 1, "{errors:?}");
     let msg = errors[0].to_string();
     assert!(

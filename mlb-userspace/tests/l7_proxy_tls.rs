@@ -414,7 +414,7 @@ async fn websocket_tunnel_echoes_and_outlives_its_backends_removal() {
     // The backend leaves the configuration: the open tunnel keeps working (drained, not cut).
     let id = a.backend().id;
     assert_eq!(proxy.backend_in_flight(&id), Some(1));
-    apply(&proxy, vec![]);
+    remove(&proxy, &[&s.key]);
     assert_eq!(echo(b"still there").await, b"still there");
     assert_eq!(proxy.backend_in_flight(&id), Some(1));
 }

@@ -14,7 +14,7 @@ use std::{
 
 use mlb::{
     dataplane::{
-        L4Change, L4Dataplane,
+        Dataplane, L4Change,
         userspace_l4::{UserspaceL4, UserspaceL4Config},
     },
     model::{Backend, BackendId, BackendState, L4Service, L4ServiceKey, Protocol},
@@ -443,8 +443,9 @@ async fn userspace_l4_bad_service_fails_alone() {
                 L4Change::Upsert(good.clone()),
             ])
             .unwrap_err();
-        assert_eq!(err.service, bad.key);
-        let message = err.to_string();
+        assert_eq!(err.len(), 1, "{err:?}");
+        assert_eq!(err[0].l4_service(), Some(bad.key));
+        let message = err[0].to_string();
         assert!(
             message.contains("127.0.3.6:23061") && message.contains("/test/app23061"),
             "{message}"

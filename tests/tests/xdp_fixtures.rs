@@ -15,7 +15,7 @@ use std::{
 use aya::programs::{TestRun, TestRunOptions};
 use mlb::{
     dataplane::{
-        L4Change, L4Dataplane,
+        Dataplane, L4Change,
         xdp::{Counters, XdpProgram},
         xdp_l4::{FlowTimeouts, XdpL4, XdpL4Config},
     },

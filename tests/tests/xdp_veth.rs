@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use mlb::{dataplane::xdp::XdpProgram, options::XdpAttachMode};
+use mlb::dataplane::xdp::{AttachMode, XdpProgram};
 use mlb_common::stats::Counter;
 use mlb_tests::{
     netns::{Netns, VethEnd, veth},
@@ -72,7 +72,7 @@ fn attach(p: &Pair) -> XdpProgram {
     p.lb.enter(|| {
         let mut program = XdpProgram::load().expect("load");
         program
-            .attach("lb-cli", XdpAttachMode::Native)
+            .attach("lb-cli", AttachMode::Native)
             .expect("native XDP attach on veth");
         program
     })

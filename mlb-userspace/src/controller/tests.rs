@@ -8,7 +8,11 @@ use std::{
 use serde_json::{Value, json};
 
 use super::*;
-use crate::{dataplane::L4Error, diff::HttpChange};
+use crate::{
+    dataplane::{Dataplane, DataplaneError, HttpChange, L4Change},
+    marathon::types::AppList,
+    model::BackendId,
+};
 
 /// An L4 dataplane that records what it was given; refuses one port if told to.
 #[derive(Clone, Default)]
@@ -17,20 +21,25 @@ struct Recorder {
     refuse_port: Arc<Mutex<Option<u16>>>,
 }
 
-impl L4Dataplane for Recorder {
-    fn apply(&mut self, changes: &[L4Change]) -> Result<(), L4Error> {
+impl Dataplane for Recorder {
+    type Change = L4Change;
+
+    fn apply(&mut self, changes: &[L4Change]) -> Result<(), Vec<DataplaneError>> {
+        let mut refused = Vec::new();
         for c in changes {
             if let L4Change::Upsert(s) = c
                 && Some(s.key.port) == *self.refuse_port.lock().unwrap()
             {
-                return Err(L4Error {
-                    service: s.key,
-                    reason: "address in use".into(),
-                });
+                refused.push(DataplaneError::l4(s.key, "address in use"));
+                continue;
             }
             self.changes.lock().unwrap().push(c.clone());
         }
-        Ok(())
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(refused)
+        }
     }
 }
 
@@ -43,11 +52,13 @@ impl Recorder {
 #[derive(Clone, Default)]
 struct HttpRecorder(Arc<Mutex<Vec<usize>>>);
 
-impl HttpDataplane for HttpRecorder {
-    fn apply(&mut self, changes: &[HttpChange]) -> Vec<String> {
+impl Dataplane for HttpRecorder {
+    type Change = HttpChange;
+
+    fn apply(&mut self, changes: &[HttpChange]) -> Result<(), Vec<DataplaneError>> {
         assert!(!changes.is_empty(), "called without changes");
         self.0.lock().unwrap().push(changes.len());
-        Vec::new()
+        Ok(())
     }
 }
 
@@ -110,7 +121,11 @@ fn only_changed_services_reach_the_dataplanes() {
     feed(
         &mut c,
         MarathonUpdate::Apps {
-            changed: vec![tcp_app("/a", 10001, &[("a.1", 31001), ("a.2", 31011)])],
+            changed: AppList::from_rereads(vec![tcp_app(
+                "/a",
+                10001,
+                &[("a.1", 31001), ("a.2", 31011)],
+            )]),
             removed: vec![],
         },
     );
@@ -127,7 +142,11 @@ fn only_changed_services_reach_the_dataplanes() {
     feed(
         &mut c,
         MarathonUpdate::Apps {
-            changed: vec![tcp_app("/a", 10001, &[("a.1", 31001), ("a.2", 31011)])],
+            changed: AppList::from_rereads(vec![tcp_app(
+                "/a",
+                10001,
+                &[("a.1", 31001), ("a.2", 31011)],
+            )]),
             removed: vec![],
         },
     );
@@ -138,7 +157,7 @@ fn only_changed_services_reach_the_dataplanes() {
     feed(
         &mut c,
         MarathonUpdate::Apps {
-            changed: vec![],
+            changed: AppList::from_rereads(vec![]),
             removed: vec!["/b".into()],
         },
     );
@@ -202,7 +221,7 @@ fn a_refused_service_is_retried_and_does_not_block_others() {
     feed(
         &mut c,
         MarathonUpdate::Apps {
-            changed: vec![tcp_app("/b", 10002, &[("b.1", 31002)])],
+            changed: AppList::from_rereads(vec![tcp_app("/b", 10002, &[("b.1", 31002)])]),
             removed: vec![],
         },
     );

@@ -1,4 +1,4 @@
-//! The userspace TCP/UDP dataplane: a tokio proxy implementing [`L4Dataplane`], used with
+//! The userspace TCP/UDP dataplane: a tokio proxy implementing the L4 [`Dataplane`], used with
 //! `--dataplane userspace` or when the XDP program cannot be attached.
 //!
 //! - Each service listens on every VIP (`--vip`; all IPv4 addresses when none is given) at its
@@ -45,10 +45,26 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use super::{
-    L4Change, L4Dataplane, L4Error,
+    Dataplane, DataplaneError, L4Change, apply_each,
     maglev::{self, MaglevBackend, MaglevError, TableEntry},
 };
 use crate::model::{BackendId, BackendState, L4Service, L4ServiceKey, Protocol};
+
+/// Why a service could not be set up (the controller retries it at the next full pass).
+#[derive(Debug, thiserror::Error)]
+enum ServiceError {
+    /// Its Maglev table could not be built.
+    #[error("app {app_id}: {source}")]
+    Table { app_id: String, source: MaglevError },
+    /// One of its addresses could not be bound; the service stays as it was.
+    #[error("app {app_id}: cannot listen on {addr}/{protocol}: {source}")]
+    Listen {
+        app_id: String,
+        addr: SocketAddr,
+        protocol: Protocol,
+        source: io::Error,
+    },
+}
 
 /// How many backends a new TCP connection tries before giving up (the chosen one, then the next
 /// ones in id order).
@@ -388,16 +404,19 @@ impl UserspaceL4 {
         }
     }
 
-    fn upsert(&mut self, service: &L4Service) -> Result<(), L4Error> {
+    fn upsert(&mut self, service: &L4Service) -> Result<(), DataplaneError> {
         let key = service.key;
-        let error = |reason: String| L4Error {
-            service: key,
-            reason: format!("app {}: {reason}", service.app_id),
-        };
+        let app_id = || service.app_id.clone();
+        let error = |e: ServiceError| DataplaneError::l4(key, e);
         let exists = self.services.contains_key(&key);
         let counters = self.stats.service(key);
-        let routes = Routes::build(service, counters, self.config.maglev_table_size)
-            .map_err(|e| error(e.to_string()));
+        let routes =
+            Routes::build(service, counters, self.config.maglev_table_size).map_err(|source| {
+                error(ServiceError::Table {
+                    app_id: app_id(),
+                    source,
+                })
+            });
         let routes = match routes {
             Ok(r) => Arc::new(r),
             Err(e) => {
@@ -427,10 +446,12 @@ impl UserspaceL4 {
                     if !exists {
                         self.stats.remove(key);
                     }
-                    return Err(error(format!(
-                        "cannot listen on {addr}/{}: {e}",
-                        key.protocol
-                    )));
+                    return Err(error(ServiceError::Listen {
+                        app_id: app_id(),
+                        addr: *addr,
+                        protocol: key.protocol,
+                        source: e,
+                    }));
                 }
             }
         }
@@ -518,23 +539,17 @@ impl UserspaceL4 {
     }
 }
 
-impl L4Dataplane for UserspaceL4 {
-    fn apply(&mut self, changes: &[L4Change]) -> Result<(), L4Error> {
-        let mut first_error = None;
-        for change in changes {
-            let result = match change {
-                L4Change::Upsert(service) => self.upsert(service),
-                L4Change::Remove(key) => {
-                    self.remove(*key);
-                    Ok(())
-                }
-            };
-            if let Err(e) = result {
-                warn!("{e}");
-                first_error.get_or_insert(e);
+impl Dataplane for UserspaceL4 {
+    type Change = L4Change;
+
+    fn apply(&mut self, changes: &[L4Change]) -> Result<(), Vec<DataplaneError>> {
+        apply_each(changes, |change| match change {
+            L4Change::Upsert(service) => self.upsert(service),
+            L4Change::Remove(key) => {
+                self.remove(*key);
+                Ok(())
             }
-        }
-        first_error.map_or(Ok(()), Err)
+        })
     }
 }
 

@@ -10,7 +10,15 @@ use aya::{
 };
 use mlb_common::stats::Counter;
 
-use crate::options::XdpAttachMode;
+/// How the program is attached to an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native (driver) mode: the fast path.
+    #[default]
+    Native,
+    /// Generic (skb) mode: works on any device, slower; a fallback.
+    Skb,
+}
 
 /// The XDP object, built from `mlb-ebpf` for this binary.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mlb-ebpf"));
@@ -32,7 +40,7 @@ pub enum XdpError {
     #[error("attaching XDP to {iface} in {mode:?} mode: {source}{hint}")]
     Attach {
         iface: String,
-        mode: XdpAttachMode,
+        mode: AttachMode,
         #[source]
         source: aya::programs::ProgramError,
         hint: &'static str,
@@ -98,10 +106,10 @@ impl XdpProgram {
 
     /// Attaches the program to `iface`. Native mode is the fast path; skb (generic) mode works
     /// on any device.
-    pub fn attach(&mut self, iface: &str, mode: XdpAttachMode) -> Result<(), XdpError> {
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<(), XdpError> {
         let xdp_mode = match mode {
-            XdpAttachMode::Native => XdpMode::Driver,
-            XdpAttachMode::Skb => XdpMode::Skb,
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Skb => XdpMode::Skb,
         };
         let link = program_mut(&mut self.ebpf)?
             .attach(iface, xdp_mode)
@@ -109,11 +117,11 @@ impl XdpProgram {
                 iface: iface.to_owned(),
                 mode,
                 hint: match mode {
-                    XdpAttachMode::Native => {
+                    AttachMode::Native => {
                         " (if the driver has no native XDP, try --xdp-mode skb; if another XDP \
                          program owns the interface, detach it or stop the other mlb)"
                     }
-                    XdpAttachMode::Skb => "",
+                    AttachMode::Skb => "",
                 },
                 source,
             })?;

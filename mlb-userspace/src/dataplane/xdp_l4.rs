@@ -25,10 +25,10 @@ use mlb_common::{
         FAMILY_V6, FlowKey, FlowStats, NatEntry, RingElem, ServiceKey, ServiceValue,
     },
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::{
-    L4Change, L4Dataplane, L4Error,
+    Dataplane, DataplaneError, L4Change, apply_each,
     maglev::{self, MaglevBackend},
     xdp::{XdpError, XdpProgram},
 };
@@ -146,7 +146,7 @@ pub struct XdpFlowStats {
     pub new_flows: u64,
 }
 
-/// The XDP implementation of [`L4Dataplane`].
+/// The XDP implementation of the L4 [`Dataplane`].
 pub struct XdpL4 {
     program: XdpProgram,
     config: XdpL4Config,
@@ -598,31 +598,21 @@ impl XdpL4 {
     }
 }
 
-impl L4Dataplane for XdpL4 {
-    fn apply(&mut self, changes: &[L4Change]) -> Result<(), L4Error> {
-        let mut first_error = None;
-        for change in changes {
-            let result = match change {
-                L4Change::Upsert(svc) => self.upsert(svc).map_err(|reason| L4Error {
-                    service: svc.key,
-                    reason,
-                }),
-                L4Change::Remove(key) => {
-                    let vips = self.applied.remove(key).unwrap_or_default();
-                    vips.iter()
-                        .try_for_each(|k| self.remove_vip(k))
-                        .map_err(|e| L4Error {
-                            service: *key,
-                            reason: e.to_string(),
-                        })
-                }
-            };
-            if let Err(e) = result {
-                warn!("{e}");
-                first_error.get_or_insert(e);
+impl Dataplane for XdpL4 {
+    type Change = L4Change;
+
+    fn apply(&mut self, changes: &[L4Change]) -> Result<(), Vec<DataplaneError>> {
+        apply_each(changes, |change| match change {
+            L4Change::Upsert(svc) => self
+                .upsert(svc)
+                .map_err(|reason| DataplaneError::l4(svc.key, reason)),
+            L4Change::Remove(key) => {
+                let vips = self.applied.remove(key).unwrap_or_default();
+                vips.iter()
+                    .try_for_each(|k| self.remove_vip(k))
+                    .map_err(|e| DataplaneError::l4(*key, e))
             }
-        }
-        first_error.map_or(Ok(()), Err)
+        })
     }
 }
 

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use tokio::{sync::Mutex, time::Instant};
 use tracing::{debug, info};
 
-use super::{MarathonError, config::Secret};
+use super::MarathonError;
+use crate::secret::Secret;
 
 /// How long a login token is requested for (marathon-lb: one hour).
 const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);

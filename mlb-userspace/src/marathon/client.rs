@@ -17,10 +17,11 @@ use tracing::{debug, warn};
 use super::{
     MarathonError,
     auth::DcosAuth,
-    config::{Credentials, MarathonConfig, Secret, TlsVerification},
+    config::{Credentials, MarathonConfig, TlsVerification},
     events::SUBSCRIBED_EVENT_TYPES,
     types::{AppList, parse_app_list_json},
 };
+use crate::secret::Secret;
 
 /// Redirect hops followed per request (Marathon needs one: non-leader to leader).
 const MAX_REDIRECTS: usize = 3;

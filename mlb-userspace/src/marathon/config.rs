@@ -1,42 +1,14 @@
-//! Marathon connection settings, built from the command line ([`MarathonConfig::from_options`]).
-use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
+//! Marathon connection settings, built from the command line's Marathon flags
+//! ([`MarathonConfig::from_flags`]).
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use reqwest::Url;
-use serde::Deserialize;
 
 use super::{MarathonError, auth::DcosCredentials};
-use crate::options::RunOptions;
-
-/// A credential string. Its `Debug` never shows the value, so structs holding it (including the
-/// parsed command line) can be logged.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a credential.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The credential itself: only for putting it on the wire.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_owned()))
-    }
-}
+use crate::secret::Secret;
 
 /// How mlb authenticates to Marathon.
 #[derive(Clone, Debug, Default)]
@@ -120,25 +92,41 @@ impl Default for MarathonConfig {
     }
 }
 
+/// `mlb run`'s Marathon flags as given, for [`MarathonConfig::from_flags`] (names as the flags).
+#[derive(Clone, Copy, Debug)]
+pub struct MarathonFlags<'a> {
+    pub marathon: &'a [String],
+    pub auth_credentials: Option<&'a Secret>,
+    pub marathon_auth_credential_file: Option<&'a Path>,
+    pub dcos_auth_credentials: Option<&'a Secret>,
+    pub marathon_ca_cert: Option<&'a Path>,
+    pub marathon_insecure: bool,
+    pub sse_stall_timeout: u64,
+    pub max_backoff: u64,
+    pub resync_interval: u64,
+    pub poll_interval: Option<u64>,
+}
+
 /// The environment variable marathon-lb reads DC/OS service-account JSON from.
 pub const DCOS_CREDENTIAL_ENV: &str = "DCOS_SERVICE_ACCOUNT_CREDENTIAL";
 
 impl MarathonConfig {
-    /// Builds the configuration from `mlb run` flags, reading the credential file and
-    /// `DCOS_SERVICE_ACCOUNT_CREDENTIAL` (marathon-lb's fallback for `--dcos-auth-credentials`).
-    pub fn from_options(opts: &RunOptions) -> Result<Self, MarathonError> {
-        let dcos_env = std::env::var(DCOS_CREDENTIAL_ENV).ok().map(Secret);
-        Self::from_options_with_env(opts, dcos_env)
+    /// Builds the configuration from `mlb run`'s Marathon flags, reading the credential file
+    /// and `DCOS_SERVICE_ACCOUNT_CREDENTIAL` (marathon-lb's fallback for
+    /// `--dcos-auth-credentials`).
+    pub fn from_flags(flags: &MarathonFlags<'_>) -> Result<Self, MarathonError> {
+        let dcos_env = std::env::var(DCOS_CREDENTIAL_ENV).ok().map(Secret::new);
+        Self::from_flags_with_env(flags, dcos_env)
     }
 
-    /// [`Self::from_options`] with the environment fallback passed in (for tests).
-    pub fn from_options_with_env(
-        opts: &RunOptions,
+    /// [`Self::from_flags`] with the environment fallback passed in (for tests).
+    pub fn from_flags_with_env(
+        opts: &MarathonFlags<'_>,
         dcos_env: Option<Secret>,
     ) -> Result<Self, MarathonError> {
         let mut urls = Vec::new();
         let mut url_credentials = None;
-        for raw in &opts.marathon {
+        for raw in opts.marathon {
             let (url, creds) = parse_marathon_url(raw)?;
             if url_credentials.is_none() {
                 url_credentials = creds;
@@ -151,7 +139,7 @@ impl MarathonConfig {
 
         // marathon-lb's precedence: credential file, then --auth-credentials, then DC/OS.
         // Credentials embedded in a --marathon URL come last.
-        let credentials = if let Some(path) = &opts.marathon_auth_credential_file {
+        let credentials = if let Some(path) = opts.marathon_auth_credential_file {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 MarathonError::Config(format!(
                     "--marathon-auth-credential-file {}: {e}",
@@ -163,9 +151,9 @@ impl MarathonConfig {
                 first,
                 &format!("--marathon-auth-credential-file {}", path.display()),
             )?
-        } else if let Some(s) = &opts.auth_credentials {
+        } else if let Some(s) = opts.auth_credentials {
             parse_basic(s.expose(), "--auth-credentials")?
-        } else if let Some(s) = opts.dcos_auth_credentials.as_ref().or(dcos_env.as_ref()) {
+        } else if let Some(s) = opts.dcos_auth_credentials.or(dcos_env.as_ref()) {
             Credentials::Dcos(DcosCredentials::parse(s.expose())?)
         } else if let Some(c) = url_credentials {
             c
@@ -173,13 +161,13 @@ impl MarathonConfig {
             Credentials::None
         };
 
-        let tls = match (&opts.marathon_ca_cert, opts.marathon_insecure) {
+        let tls = match (opts.marathon_ca_cert, opts.marathon_insecure) {
             (Some(_), true) => {
                 return Err(MarathonError::Config(
                     "--marathon-ca-cert and --marathon-insecure contradict each other".into(),
                 ));
             }
-            (Some(path), false) => TlsVerification::CaFile(path.clone()),
+            (Some(path), false) => TlsVerification::CaFile(path.to_path_buf()),
             (None, true) => TlsVerification::Insecure,
             (None, false) => TlsVerification::SystemRoots,
         };
@@ -225,7 +213,7 @@ fn parse_marathon_url(raw: &str) -> Result<(Url, Option<Credentials>), MarathonE
     } else {
         Some(Credentials::Basic {
             user: url.username().to_owned(),
-            password: Secret(url.password().unwrap_or("").to_owned()),
+            password: Secret::new(url.password().unwrap_or("")),
         })
     };
     // Infallible for http(s) URLs with a host.
@@ -248,7 +236,7 @@ fn parse_basic(s: &str, source: &str) -> Result<Credentials, MarathonError> {
     match s.trim_end_matches(['\r', '\n']).split_once(':') {
         Some((user, password)) if !user.is_empty() => Ok(Credentials::Basic {
             user: user.to_owned(),
-            password: Secret(password.to_owned()),
+            password: Secret::new(password),
         }),
         _ => Err(MarathonError::Config(format!(
             "{source}: expected user:password"
@@ -261,7 +249,7 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use crate::options::{Cli, Command};
+    use crate::options::{Cli, Command, RunOptions};
 
     fn run_opts(args: &[&str]) -> Box<RunOptions> {
         let mut argv = vec!["mlb", "run"];
@@ -274,8 +262,9 @@ mod tests {
 
     #[test]
     fn defaults_and_flags() {
-        let c = MarathonConfig::from_options_with_env(
-            &run_opts(&["-m", "http://m1:8080", "-m", "https://m2/service/marathon/"]),
+        let c = MarathonConfig::from_flags_with_env(
+            &run_opts(&["-m", "http://m1:8080", "-m", "https://m2/service/marathon/"])
+                .marathon_flags(),
             None,
         )
         .unwrap();
@@ -287,7 +276,7 @@ mod tests {
         assert_eq!(c.resync_interval, Duration::from_secs(300));
         assert_eq!(c.poll_interval, None);
 
-        let c = MarathonConfig::from_options_with_env(
+        let c = MarathonConfig::from_flags_with_env(
             &run_opts(&[
                 "-m",
                 "http://m1",
@@ -302,7 +291,8 @@ mod tests {
                 "60",
                 "--poll-interval",
                 "5",
-            ]),
+            ])
+            .marathon_flags(),
             None,
         )
         .unwrap();
@@ -326,7 +316,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("cred");
         std::fs::write(&file, "bob:filepass\nignored\n").unwrap();
-        let c = MarathonConfig::from_options_with_env(
+        let c = MarathonConfig::from_flags_with_env(
             &run_opts(&[
                 "-m",
                 "http://u:urlpass@m1:8080/?x=1",
@@ -334,7 +324,8 @@ mod tests {
                 "alice:flagpass",
                 "--marathon-auth-credential-file",
                 file.to_str().unwrap(),
-            ]),
+            ])
+            .marathon_flags(),
             None,
         )
         .unwrap();
@@ -347,8 +338,8 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // With nothing else, the URL's credentials are used.
-        let c = MarathonConfig::from_options_with_env(
-            &run_opts(&["-m", "http://u:urlpass@m1:8080"]),
+        let c = MarathonConfig::from_flags_with_env(
+            &run_opts(&["-m", "http://u:urlpass@m1:8080"]).marathon_flags(),
             None,
         )
         .unwrap();
@@ -360,7 +351,7 @@ mod tests {
     #[test]
     fn bad_flags_are_clear_errors() {
         let err = |args: &[&str]| {
-            MarathonConfig::from_options_with_env(&run_opts(args), None)
+            MarathonConfig::from_flags_with_env(&run_opts(args).marathon_flags(), None)
                 .unwrap_err()
                 .to_string()
         };
@@ -400,7 +391,7 @@ mod tests {
             "{dbg}"
         );
 
-        let c = MarathonConfig::from_options_with_env(&opts, None).unwrap();
+        let c = MarathonConfig::from_flags_with_env(&opts.marathon_flags(), None).unwrap();
         let dbg = format!("{c:?} {:#?}", c.credentials);
         assert!(dbg.contains("alice"), "the user name is not secret: {dbg}");
         assert!(!dbg.contains("hunter2"), "{dbg}");

@@ -1,10 +1,12 @@
 //! The Marathon edge: REST client, `/v2/events` stream, and the watcher that turns them into
-//! coalesced updates for the model (full reads parsed app by app, re-read apps as raw JSON).
+//! coalesced updates of parsed apps (full reads and re-read apps, parsed app by app here at the
+//! edge), and the [`store::AppStore`] the controller keeps them in.
 pub mod auth;
 pub mod client;
 pub mod config;
 pub mod events;
 pub mod sse;
+pub mod store;
 pub mod types;
 pub mod watch;
 

@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use super::client::MarathonClient;
-use crate::controller::apps::AppStore;
+use crate::marathon::store::AppStore;
 
 const APPS: usize = 10_000;
 const TASKS: usize = 10;

@@ -24,10 +24,11 @@ use super::{
     MarathonError,
     auth::DcosCredentials,
     client::MarathonClient,
-    config::{Credentials, MarathonConfig, Secret},
+    config::{Credentials, MarathonConfig},
     types::AppList,
     watch::{MarathonUpdate, MarathonWatcher},
 };
+use crate::secret::Secret;
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -262,10 +263,6 @@ async fn dead_url() -> String {
     let url = format!("http://{}", l.local_addr().unwrap());
     drop(l);
     url
-}
-
-fn ids(apps: &[Value]) -> Vec<&str> {
-    apps.iter().map(|a| a["id"].as_str().unwrap()).collect()
 }
 
 /// Ids of a full read's apps, the rejected ones included (as `!id`), in API order.
@@ -600,7 +597,7 @@ async fn watcher_snapshots_then_sends_each_changed_app() {
     m.push("status_update_event", &status_update("/a"));
     match w.next().await {
         MarathonUpdate::Apps { changed, removed } => {
-            assert_eq!(changed, vec![app("/a", 5)]);
+            assert_eq!(changed, AppList::from_rereads(vec![app("/a", 5)]));
             assert!(removed.is_empty());
         }
         other => panic!("{other:?}"),
@@ -643,7 +640,7 @@ async fn burst_of_1000_events_costs_a_bounded_number_of_rereads() {
     while seen.len() < 5 {
         match w.next().await {
             MarathonUpdate::Apps { changed, .. } => {
-                seen.extend(changed.iter().map(|a| a["id"].as_str().unwrap().to_owned()));
+                seen.extend(changed.ids().map(str::to_owned));
             }
             other => panic!("{other:?}"),
         }
@@ -673,7 +670,9 @@ async fn invalid_event_json_is_skipped_and_the_stream_continues() {
     m.push_raw("event: something_new\ndata: {\"eventType\":\"something_new\"}\n\n");
     m.push("status_update_event", &status_update("/a"));
     match w.next().await {
-        MarathonUpdate::Apps { changed, .. } => assert_eq!(ids(&changed), ["/a"]),
+        MarathonUpdate::Apps { changed, .. } => {
+            assert_eq!(changed.ids().collect::<Vec<_>>(), ["/a"])
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(m.with(|s| s.event_connects), 1, "no reconnect");
@@ -824,7 +823,9 @@ async fn watcher_fails_over_and_follows_the_redirect() {
     follower.set_app("/a", 2);
     leader.push("status_update_event", &status_update("/a"));
     match w.next().await {
-        MarathonUpdate::Apps { changed, .. } => assert_eq!(changed, vec![app("/a", 2)]),
+        MarathonUpdate::Apps { changed, .. } => {
+            assert_eq!(changed, AppList::from_rereads(vec![app("/a", 2)]));
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(leader.with(|s| s.event_connects), 1);

@@ -272,6 +272,27 @@ impl AppList {
         list
     }
 
+    /// Parses apps re-read one by one (`GET /v2/apps/{id}`): each names itself, so an error
+    /// names the app without a position.
+    pub fn from_rereads(values: Vec<Value>) -> AppList {
+        let mut list = AppList::default();
+        for v in values {
+            list.push(parse_app_owned(v, None));
+        }
+        list
+    }
+
+    /// Ids of every app, parsed or not, in order (parsed ones first).
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        let parsed = self.apps.iter().map(|a| a.id.as_str());
+        parsed.chain(self.invalid.iter().map(|e| e.app_id.as_str()))
+    }
+
+    /// Whether the list holds no app at all.
+    pub fn is_empty(&self) -> bool {
+        self.apps.is_empty() && self.invalid.is_empty()
+    }
+
     fn push(&mut self, parsed: Result<App, AppParseError>) {
         match parsed {
             Ok(app) => self.apps.push(app),

@@ -54,8 +54,9 @@ pub enum MarathonUpdate {
     Snapshot(AppList),
     /// Some apps changed or disappeared since the last update.
     Apps {
-        /// Re-read apps, whole, as Marathon sent them.
-        changed: Vec<Value>,
+        /// Re-read apps, parsed (the ones that did not parse name the field in
+        /// [`AppList::invalid`]).
+        changed: AppList,
         /// Ids of apps that no longer exist.
         removed: Vec<String>,
     },
@@ -409,6 +410,10 @@ impl Running {
                             let now = Instant::now();
                             for ev in &events {
                                 for action in actions_for_logged(ev) {
+                                    // The first link of an update's trail in the logs: event
+                                    // id and type → app, then the re-read, the controller's
+                                    // recompute and the dataplanes' generation.
+                                    debug!(event.id = ?ev.id, event.kind = %ev.event, ?action, "Marathon event");
                                     dirty.add(action, now, &self.cfg);
                                 }
                             }
@@ -459,8 +464,10 @@ impl Running {
         if changed.is_empty() && removed.is_empty() {
             return Ok(true);
         }
+        // Parsed here, at the edge: the controller only ever sees typed apps.
+        let changed = AppList::from_rereads(changed);
         debug!(
-            changed = changed.len(),
+            changed = changed.apps.len() + changed.invalid.len(),
             removed = removed.len(),
             "Marathon apps updated"
         );

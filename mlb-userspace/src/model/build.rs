@@ -78,19 +78,6 @@ impl ModelOptions {
         }
     }
 
-    /// From `mlb run` flags; `framework_name` is the `FRAMEWORK_NAME` environment value.
-    pub fn from_run_options(
-        run: &crate::options::RunOptions,
-        framework_name: Option<String>,
-    ) -> Self {
-        ModelOptions {
-            strict_mode: run.strict_mode,
-            health_check: run.health_check,
-            framework_name,
-            ..ModelOptions::new(run.group.clone())
-        }
-    }
-
     /// Sets the auto-assignment range (`0, 0` disables it), checked like marathon-lb.
     pub fn with_ip_per_task_port_range(mut self, min: u16, max: u16) -> Result<Self, ModelError> {
         self.ip_per_task_port_range = match (min, max) {

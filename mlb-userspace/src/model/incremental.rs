@@ -18,7 +18,6 @@ use std::{
 };
 
 use crate::{
-    diff::changed_keys,
     marathon::types::AppList,
     model::{
         DesiredState, HealthCache, HttpServiceKey, L4ServiceKey, ModelOptions, Protocol,
@@ -34,6 +33,20 @@ pub struct Changed {
     pub full: bool,
     pub l4: BTreeSet<L4ServiceKey>,
     pub http: BTreeSet<HttpServiceKey>,
+}
+
+/// Keys whose value differs between `old` and `new`: added, changed or removed (what a full pass
+/// reports as changed, so dataplanes still get exact changes after one).
+fn changed_keys<K: Ord + Clone, V: PartialEq>(
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+) -> BTreeSet<K> {
+    new.iter()
+        .filter(|(k, v)| old.get(k) != Some(v))
+        .map(|(k, _)| k)
+        .chain(old.keys().filter(|k| !new.contains_key(k)))
+        .cloned()
+        .collect()
 }
 
 /// What one app put into the state, so it can be taken out again.
@@ -288,7 +301,27 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::controller::apps::AppStore;
+    use crate::marathon::store::AppStore;
+
+    /// Added, changed and removed keys are reported, unchanged ones are not; replaying the
+    /// changed keys from `new` onto `old` gives `new`.
+    #[test]
+    fn changed_keys_are_exactly_the_difference() {
+        let old: BTreeMap<u16, &str> = [(1, "a"), (2, "b"), (3, "c")].into();
+        let new: BTreeMap<u16, &str> = [(1, "a"), (2, "B"), (4, "d")].into();
+        let keys = changed_keys(&old, &new);
+        assert_eq!(keys, [2, 3, 4].into());
+        let mut replay = old.clone();
+        for k in &keys {
+            match new.get(k) {
+                Some(v) => replay.insert(*k, *v),
+                None => replay.remove(k),
+            };
+        }
+        assert_eq!(replay, new);
+        assert!(changed_keys(&new, &new).is_empty());
+        assert_eq!(changed_keys(&new, &BTreeMap::new()), [1, 2, 4].into());
+    }
 
     fn tcp(id: &str, port: u16, tasks: usize) -> Value {
         json!({
@@ -343,7 +376,7 @@ mod tests {
             let removed: Vec<String> = removed.into_iter().map(str::to_owned).collect();
             let mut dirty: BTreeSet<String> = removed.iter().cloned().collect();
             dirty.extend(changed.iter().map(|v| v["id"].as_str().unwrap().to_owned()));
-            store.update(&changed, &removed);
+            store.update(AppList::from_rereads(changed), &removed);
             inc.update(store.list(), &dirty, &opts, now);
             let mut reference = ModelState::default();
             reference.full(store.list(), &opts, now);
@@ -418,7 +451,7 @@ mod tests {
         ]));
         let mut m = ModelState::default();
         assert!(m.full(store.list(), &opts, now).full);
-        store.update(&[tcp("/a", 10001, 2)], &[]);
+        store.update(AppList::from_rereads(vec![tcp("/a", 10001, 2)]), &[]);
         let changed = m.update(store.list(), &["/a".to_owned()].into(), &opts, now);
         assert!(!changed.full);
         assert_eq!(

@@ -239,6 +239,38 @@ pub struct HttpService {
     pub tls: TlsOptions,
 }
 
+impl HttpService {
+    /// The service of `app_id`'s service port `port_index` on `service_port`, with
+    /// marathon-lb's defaults: no vhost, path or backend, round robin, no TLS, auth or ACL.
+    pub fn new(app_id: impl Into<String>, port_index: usize, service_port: u16) -> Self {
+        HttpService {
+            key: HttpServiceKey {
+                app_id: app_id.into(),
+                port_index,
+            },
+            service_port,
+            vhosts: Vec::new(),
+            paths: Vec::new(),
+            backends: Vec::new(),
+            balance: Balance::default(),
+            sticky: false,
+            redirect_to_https: false,
+            use_hsts: false,
+            ssl_certs: Vec::new(),
+            bind_addr: None,
+            auth: None,
+            allowed_networks: Vec::new(),
+            proxypass_path: None,
+            revproxy_path: None,
+            redirect_root_to: None,
+            weight: 0,
+            health_check: None,
+            tls_passthrough: false,
+            tls: TlsOptions::default(),
+        }
+    }
+}
+
 /// A TLS protocol version bound (`ssl-min-ver` / `ssl-max-ver`). rustls speaks 1.2 and 1.3 only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum TlsVersion {

@@ -8,14 +8,13 @@
 //! - `:9091` (`--appid-port`): routes on the `X-Marathon-App-Id` header.
 //! - one listener per service port (TLS on it when the service has `HAPROXY_{n}_SSL_CERT`).
 //!
-//! Nothing is ever reloaded: [`HttpProxy::apply_changes`] (or [`HttpProxy::apply`]) makes a new
+//! Nothing is ever reloaded: [`HttpProxy::apply_changes`] (the [`Dataplane`] of [`HttpChange`]s) makes a new
 //! immutable [`router::RouteTable`] and swaps it in atomically. Only what changed is rebuilt: the
 //! compiled route objects of unchanged services, and the table entries no change touches, are
 //! shared with the previous table. Connections and requests already running keep the table (and the
 //! backends) they started with, so a removed backend is drained, not cut. Listeners are opened once;
 //! only the listener of a removed service port is closed (its open connections keep running).
 use std::{
-    collections::{BTreeMap, HashSet},
     io,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
@@ -25,19 +24,19 @@ use std::{
 
 use arc_swap::ArcSwap;
 use tokio::{runtime::Handle, task::JoinHandle};
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::{
-    diff::HttpChange,
-    model::{BackendId, HttpService, HttpServiceKey},
-    options::RunOptions,
+    dataplane::{Dataplane, DataplaneError, HttpChange},
+    health::{self, HealthChecker},
+    model::BackendId,
 };
 
+mod apply;
 pub mod auth;
 pub mod balance;
 mod body;
 mod handler;
-pub mod health;
 mod listeners;
 pub mod router;
 pub mod sni;
@@ -45,10 +44,10 @@ pub mod tls;
 mod tunnel;
 mod upstream;
 
+use apply::Current;
 use balance::StatsRegistry;
-use health::HealthChecker;
 use listeners::{Frontend, ListenerSet};
-use router::{RouteIndex, RouteTable, Service};
+use router::RouteTable;
 use tls::CertManager;
 
 /// Timeouts, with marathon-lb's defaults (its HAProxy `defaults` section).
@@ -116,21 +115,6 @@ impl Default for ProxyConfig {
     }
 }
 
-impl ProxyConfig {
-    /// The proxy configuration `mlb run` flags ask for.
-    pub fn from_run_options(opts: &RunOptions) -> Self {
-        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-        let bind_vhost = !opts.dont_bind_http_https;
-        ProxyConfig {
-            http_addr: bind_vhost.then(|| SocketAddr::new(any, opts.http_port)),
-            https_addr: bind_vhost.then(|| SocketAddr::new(any, opts.https_port)),
-            appid_addr: Some(SocketAddr::new(any, opts.appid_port)),
-            ssl_certs: opts.ssl_certs.clone(),
-            ..ProxyConfig::default()
-        }
-    }
-}
-
 /// What went wrong in the proxy; each names the listener, file or app concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -186,45 +170,6 @@ pub struct HttpProxy {
     cert_watcher: JoinHandle<()>,
 }
 
-/// The services the proxy has been given, kept to apply changes to them.
-#[derive(Default)]
-struct Current {
-    /// The routed services (compiled) and the index the tables are made from.
-    routes: RouteIndex,
-    /// Services not routed because their auth label is unusable, with why.
-    rejected: BTreeMap<HttpServiceKey, (HttpService, String)>,
-}
-
-impl Current {
-    /// The service of `key` as last given, routed or not.
-    fn spec(&self, key: &HttpServiceKey) -> Option<&HttpService> {
-        match self.routes.service(key) {
-            Some(svc) => Some(&svc.spec),
-            None => self.rejected.get(key).map(|(spec, _)| spec),
-        }
-    }
-
-    /// The changes that make `services` the current set.
-    fn diff_to(&self, services: &BTreeMap<HttpServiceKey, HttpService>) -> Vec<HttpChange> {
-        let mut changes: Vec<HttpChange> = services
-            .iter()
-            .filter_map(|(key, svc)| match self.spec(key) {
-                None => Some(HttpChange::Add(Box::new(svc.clone()))),
-                Some(old) if old != svc => Some(HttpChange::Update(Box::new(svc.clone()))),
-                Some(_) => None,
-            })
-            .collect();
-        let routed = self.routes.services().map(|s| &s.spec.key);
-        changes.extend(
-            routed
-                .chain(self.rejected.keys())
-                .filter(|key| !services.contains_key(*key))
-                .map(|key| HttpChange::Remove(key.clone())),
-        );
-        changes
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -274,171 +219,29 @@ impl HttpProxy {
         })
     }
 
-    /// Makes `services` the routed set: the difference from the current set is applied with
-    /// [`HttpProxy::apply_changes`] (and returns what it returns).
-    pub fn apply(&self, services: &BTreeMap<HttpServiceKey, HttpService>) -> Vec<ProxyError> {
-        let mut current = lock(&self.current);
-        let changes = current.diff_to(services);
-        self.apply_locked(&mut current, &changes)
-    }
-
-    /// Applies `changes` (in order; `Add` and `Update` both put the service given in place of
-    /// the one with its key, if any; `Remove` of an unknown key does nothing): recompiles only
-    /// the services changed, makes a new routing table sharing everything else with the current
-    /// one and swaps it in atomically, opens and closes the listeners of the service ports
-    /// concerned, updates their certificates and the health checks of the services changed.
-    /// Cheap whatever the number of services, and synchronous.
+    /// Applies `changes` (in order; an `Upsert` puts the service given in place of the one with
+    /// its key, if any; `Remove` of an unknown key does nothing): recompiles only the services
+    /// changed, makes a new routing table sharing everything else with the current one and swaps
+    /// it in atomically, opens and closes the listeners of the service ports concerned, updates
+    /// their certificates and the health checks of the services changed. Cheap whatever the
+    /// number of services, and synchronous.
     ///
-    /// Returns the problems in effect afterwards, each naming its app, like a full
-    /// [`HttpProxy::apply`] did: every service not routed for a bad auth label, every service
-    /// port that cannot be bound (retried at each call), and the certificate problems met while
-    /// applying these changes. They concern only the app they name, everything else is applied.
+    /// Returns the problems in effect afterwards, each naming its app: every service not routed
+    /// for a bad auth label, every service port that cannot be bound (retried at each call), and
+    /// the certificate problems met while applying these changes. They concern only the app
+    /// they name, everything else is applied.
     pub fn apply_changes(&self, changes: &[HttpChange]) -> Vec<ProxyError> {
         let mut current = lock(&self.current);
         self.apply_locked(&mut current, changes)
     }
 
-    fn apply_locked(&self, current: &mut Current, changes: &[HttpChange]) -> Vec<ProxyError> {
-        let _guard = self.handle.enter();
-        // The net change of each key (the last one wins), without those that change nothing.
-        let mut net: BTreeMap<&HttpServiceKey, Option<&HttpService>> = BTreeMap::new();
-        for change in changes {
-            match change {
-                HttpChange::Add(svc) | HttpChange::Update(svc) => net.insert(&svc.key, Some(svc)),
-                HttpChange::Remove(key) => net.insert(key, None),
-            };
-        }
-        net.retain(|key, new| current.spec(key) != *new);
-
-        let mut new_errors = Vec::new();
-        let mut health_removed = Vec::new();
-        let mut health_added = Vec::new();
-        let old_table = current.routes.table().clone();
-        let dirty_ports = {
-            let mut registry = lock(&self.registry);
-            // Backends leaving their service are released before any is taken: one moving to
-            // another service in this batch is kept by it, not forgotten.
-            for (key, new) in &net {
-                let Some(old) = current.spec(key) else {
-                    continue;
-                };
-                let staying: HashSet<&BackendId> = new
-                    .map(|n| n.backends.iter().map(|b| &b.id).collect())
-                    .unwrap_or_default();
-                for b in &old.backends {
-                    if !staying.contains(&b.id) {
-                        registry.release(b.id.clone());
-                    }
-                }
-                if old.health_check.is_some() {
-                    health_removed.extend(old.backends.iter().map(|b| b.id.clone()));
-                }
-            }
-            let mut upserts = Vec::new();
-            let mut removals = Vec::new();
-            for (&key, new) in &net {
-                let Some(spec) = new else {
-                    current.rejected.remove(key);
-                    removals.push(key.clone());
-                    continue;
-                };
-                health_added.extend(health::targets_of_http([*spec]));
-                let previous = current.routes.service(key).map(Arc::as_ref);
-                match Service::compile(spec, &mut registry, previous) {
-                    Ok(svc) => {
-                        current.rejected.remove(key);
-                        upserts.push(Arc::new(svc));
-                    }
-                    Err(reason) => {
-                        new_errors.push(router::auth_error(key, reason.clone()));
-                        current
-                            .rejected
-                            .insert(key.clone(), ((*spec).clone(), reason));
-                        removals.push(key.clone());
-                    }
-                }
-            }
-            let dirty = if net.is_empty() {
-                HashSet::new()
-            } else {
-                current.routes.update(upserts, removals)
-            };
-            registry.prune_released();
-            dirty
-        };
-        let table = current.routes.table().clone();
-
-        // The service ports whose service changed: certificates, TLS options, listeners.
-        let mut ports: Vec<u16> = dirty_ports.iter().copied().collect();
-        ports.sort_unstable();
-        let tls_service = |t: &RouteTable, port| {
-            t.lookup_port(port)
-                .filter(|s| !s.spec.ssl_certs.is_empty())
-                .cloned()
-        };
-        let cert_changes: Vec<_> = ports.iter().map(|&p| (p, tls_service(&table, p))).collect();
-        new_errors.extend(
-            self.shared.certs.update_service_certs(
-                cert_changes
-                    .iter()
-                    .map(|(p, s)| (*p, s.as_ref().map(|s| s.spec.ssl_certs.clone()))),
-            ),
-        );
-        new_errors.extend(
-            self.shared.certs.update_port_options(
-                cert_changes
-                    .iter()
-                    .map(|(p, s)| (*p, s.as_ref().map(|s| s.spec.tls.clone()))),
-            ),
-        );
-        lock(&self.health).update_targets(health_removed, health_added);
-        let changed = !net.is_empty();
-        if changed {
-            self.shared.table.store(table.clone());
-        }
-        {
-            let bind_ip = self.shared.config.service_bind_ip;
-            let addr = |s: &Arc<Service>| {
-                SocketAddr::new(s.spec.bind_addr.unwrap_or(bind_ip), s.spec.service_port)
-            };
-            let mut listeners = lock(&self.listeners);
-            for &port in &ports {
-                let old = old_table.lookup_port(port).map(addr);
-                let new = table.lookup_port(port);
-                let new = new.map(|s| (addr(s), s.spec.key.app_id.as_str()));
-                new_errors.extend(listeners.update_service_port(&self.shared, old, new));
-            }
-            new_errors.extend(listeners.retry_failed(&self.shared, &dirty_ports));
-        }
-        for e in &new_errors {
-            warn!(error = %e, "HTTP proxy configuration problem");
-        }
-        if changed {
-            info!(
-                services = current.routes.len(),
-                changed = net.len(),
-                "HTTP routing table swapped"
-            );
-        }
-        // The standing problems: the auth labels rejected (this batch's among them), then the
-        // rest of this batch's.
-        let mut errors: Vec<ProxyError> = current
-            .rejected
-            .iter()
-            .map(|(key, (_, reason))| router::auth_error(key, reason.clone()))
-            .collect();
-        errors.extend(
-            new_errors
-                .into_iter()
-                .filter(|e| !matches!(e, ProxyError::Auth { .. })),
-        );
-        errors
-    }
-
     /// The compiled route object of `key` in the current table (to check that a change to
     /// another service did not rebuild it).
     #[cfg(test)]
-    pub(crate) fn compiled_service(&self, key: &HttpServiceKey) -> Option<Arc<Service>> {
+    pub(crate) fn compiled_service(
+        &self,
+        key: &crate::model::HttpServiceKey,
+    ) -> Option<Arc<router::Service>> {
         lock(&self.current).routes.service(key).cloned()
     }
 
@@ -496,6 +299,22 @@ impl HttpProxy {
     }
 }
 
+/// The proxy is the dataplane of HTTP services: the controller hands it [`HttpChange`]s.
+impl Dataplane for Arc<HttpProxy> {
+    type Change = HttpChange;
+
+    fn apply(&mut self, changes: &[HttpChange]) -> Result<(), Vec<DataplaneError>> {
+        let problems = self.apply_changes(changes);
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(problems
+            .into_iter()
+            .map(|e| DataplaneError::Http(Box::new(e)))
+            .collect())
+    }
+}
+
 impl Drop for HttpProxy {
     fn drop(&mut self) {
         self.cert_watcher.abort();
@@ -506,15 +325,20 @@ impl Drop for HttpProxy {
 mod tests {
     use clap::Parser as _;
 
+    use std::collections::BTreeMap;
+
     use super::*;
-    use crate::options::{Cli, Command};
+    use crate::{
+        model::{HttpService, HttpServiceKey},
+        options::{Cli, Command},
+    };
 
     fn config_for(args: &[&str]) -> ProxyConfig {
         let cli = Cli::try_parse_from(["mlb", "run"].iter().chain(args)).unwrap();
         let Command::Run(opts) = cli.command else {
             panic!("not run")
         };
-        ProxyConfig::from_run_options(&opts)
+        opts.proxy_config()
     }
 
     fn numbered(i: usize) -> HttpService {
@@ -556,9 +380,13 @@ mod tests {
             ..ProxyConfig::default()
         };
         let proxy = HttpProxy::start(config, Handle::current()).unwrap();
-        let mut all: BTreeMap<HttpServiceKey, HttpService> =
+        let all: BTreeMap<HttpServiceKey, HttpService> =
             (0..50).map(numbered).map(|s| (s.key.clone(), s)).collect();
-        assert!(proxy.apply(&all).is_empty());
+        let upserts = all
+            .values()
+            .cloned()
+            .map(|s| HttpChange::Upsert(Box::new(s)));
+        assert!(proxy.apply_changes(&upserts.collect::<Vec<_>>()).is_empty());
         let key = numbered_key;
         let unchanged = proxy.compiled_service(&key(8)).unwrap();
         let before = proxy.compiled_service(&key(7)).unwrap();
@@ -569,9 +397,9 @@ mod tests {
         changed.backends[1].state = crate::model::BackendState::Draining;
         let added = numbered(50);
         let errors = proxy.apply_changes(&[
-            HttpChange::Update(Box::new(changed.clone())),
+            HttpChange::Upsert(Box::new(changed.clone())),
             HttpChange::Remove(key(9)),
-            HttpChange::Add(Box::new(added.clone())),
+            HttpChange::Upsert(Box::new(added.clone())),
         ]);
         assert!(errors.is_empty(), "{errors:?}");
 
@@ -608,14 +436,18 @@ mod tests {
         assert!(listening.iter().any(|a| a.port() == added.service_port));
         assert_eq!(listening.len(), 50);
 
-        // The full-map form gives the same state; applying it again changes nothing.
-        all.insert(key(7), changed);
-        all.remove(&key(9));
-        all.insert(key(50), added);
-        assert!(proxy.apply(&all).is_empty());
+        // The same changes again change nothing: no table is swapped.
+        assert!(
+            proxy
+                .apply_changes(&[HttpChange::Upsert(Box::new(changed.clone()))])
+                .is_empty()
+        );
         assert!(Arc::ptr_eq(&proxy.route_table(), &table), "nothing to swap");
-        all.remove(&key(8));
-        assert!(proxy.apply(&all).is_empty());
+        assert!(
+            proxy
+                .apply_changes(&[HttpChange::Remove(key(8))])
+                .is_empty()
+        );
         assert!(proxy.route_table().lookup_port(port8).is_none());
         assert!(Arc::ptr_eq(&proxy.compiled_service(&key(7)).unwrap(), &now));
     }

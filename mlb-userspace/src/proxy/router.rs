@@ -461,7 +461,7 @@ pub fn normalize_host(host: &str) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::{Backend, BackendId, BackendState, Balance, BasicAuth};
+    use crate::model::{Backend, BackendId, BackendState, BasicAuth};
 
     /// A service with one backend and marathon-lb's defaults.
     pub(crate) fn svc(
@@ -472,11 +472,6 @@ pub(crate) mod tests {
         weight: i32,
     ) -> HttpService {
         HttpService {
-            key: HttpServiceKey {
-                app_id: app.into(),
-                port_index: 0,
-            },
-            service_port: port,
             vhosts: vhosts.iter().map(|s| s.to_string()).collect(),
             paths: paths.iter().map(|s| s.to_string()).collect(),
             backends: vec![Backend {
@@ -485,21 +480,8 @@ pub(crate) mod tests {
                 weight: 1,
                 state: BackendState::Active,
             }],
-            balance: Balance::RoundRobin,
-            sticky: false,
-            redirect_to_https: false,
-            use_hsts: false,
-            ssl_certs: vec![],
-            bind_addr: None,
-            auth: None,
-            allowed_networks: vec![],
-            proxypass_path: None,
-            revproxy_path: None,
-            redirect_root_to: None,
             weight,
-            health_check: None,
-            tls_passthrough: false,
-            tls: Default::default(),
+            ..HttpService::new(app, 0, port)
         }
     }
 

@@ -3,7 +3,6 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::{
-    collections::BTreeMap,
     convert::Infallible,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -24,7 +23,8 @@ use hyper_util::{
     server::conn::auto,
 };
 use mlb::{
-    model::{Backend, BackendId, BackendState, Balance, HttpService, HttpServiceKey},
+    dataplane::HttpChange,
+    model::{Backend, BackendId, BackendState, HttpService, HttpServiceKey},
     proxy::{HttpProxy, ProxyConfig},
 };
 use tokio::{
@@ -264,39 +264,31 @@ pub fn free_port() -> u16 {
 /// An HTTP service with marathon-lb's defaults.
 pub fn service(app: &str, backends: &[&TestBackend]) -> HttpService {
     HttpService {
-        key: HttpServiceKey {
-            app_id: app.into(),
-            port_index: 0,
-        },
-        service_port: free_port(),
-        vhosts: vec![],
-        paths: vec![],
         backends: backends.iter().map(|b| b.backend()).collect(),
-        balance: Balance::RoundRobin,
-        sticky: false,
-        redirect_to_https: false,
-        use_hsts: false,
-        ssl_certs: vec![],
-        bind_addr: None,
-        auth: None,
-        allowed_networks: vec![],
-        proxypass_path: None,
-        revproxy_path: None,
-        redirect_root_to: None,
-        weight: 0,
-        health_check: None,
-        tls_passthrough: false,
-        tls: Default::default(),
+        ..HttpService::new(app, 0, free_port())
     }
 }
 
-pub fn services(list: Vec<HttpService>) -> BTreeMap<HttpServiceKey, HttpService> {
-    list.into_iter().map(|s| (s.key.clone(), s)).collect()
+/// The changes the controller sends for services that appeared or changed.
+pub fn upserts(list: Vec<HttpService>) -> Vec<HttpChange> {
+    list.into_iter()
+        .map(|s| HttpChange::Upsert(Box::new(s)))
+        .collect()
 }
 
-/// Applies `list` and fails the test on any reported problem.
+/// Upserts `list` and fails the test on any reported problem.
 pub fn apply(proxy: &HttpProxy, list: Vec<HttpService>) {
-    let errors = proxy.apply(&services(list));
+    let errors = proxy.apply_changes(&upserts(list));
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+/// Removes the services of `keys` and fails the test on any reported problem.
+pub fn remove(proxy: &HttpProxy, keys: &[&HttpServiceKey]) {
+    let changes: Vec<HttpChange> = keys
+        .iter()
+        .map(|k| HttpChange::Remove((*k).clone()))
+        .collect();
+    let errors = proxy.apply_changes(&changes);
     assert!(errors.is_empty(), "{errors:?}");
 }
 

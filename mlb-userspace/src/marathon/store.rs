@@ -1,8 +1,6 @@
 //! The apps mlb last read from Marathon, kept as a parsed [`AppList`] and updated in place: a
-//! task event re-reads one app, and only that app is parsed again.
-use serde_json::Value;
-
-use crate::marathon::types::{AppList, parse_app};
+//! task event re-reads one app, and only that app is replaced.
+use super::types::AppList;
 
 /// Marathon's apps as last read, in API order (service-port auto-assignment depends on it).
 #[derive(Debug, Default)]
@@ -22,28 +20,24 @@ impl AppStore {
     }
 
     /// Replaces or adds the apps of `changed` (each read whole) and drops `removed`.
-    pub fn update(&mut self, changed: &[Value], removed: &[String]) {
+    pub fn update(&mut self, changed: AppList, removed: &[String]) {
         for id in removed {
             self.remove(id);
         }
-        for v in changed {
-            match parse_app(v) {
-                Ok(app) => {
-                    self.list.invalid.retain(|e| e.app_id != app.id);
-                    match self.list.apps.iter_mut().find(|a| a.id == app.id) {
-                        Some(slot) => *slot = app,
-                        None => self.list.apps.push(app),
-                    }
-                }
-                Err(e) => {
-                    // The previous good version is not kept: Marathon now serves this one, and
-                    // routing to tasks of a definition Marathon replaced would be a guess. The
-                    // rejection names the field so the operator can fix it.
-                    self.list.apps.retain(|a| a.id != e.app_id);
-                    self.list.invalid.retain(|old| old.app_id != e.app_id);
-                    self.list.invalid.push(e);
-                }
+        for app in changed.apps {
+            self.list.invalid.retain(|e| e.app_id != app.id);
+            match self.list.apps.iter_mut().find(|a| a.id == app.id) {
+                Some(slot) => *slot = app,
+                None => self.list.apps.push(app),
             }
+        }
+        for e in changed.invalid {
+            // The previous good version is not kept: Marathon now serves this one, and routing
+            // to tasks of a definition Marathon replaced would be a guess. The rejection names
+            // the field so the operator can fix it.
+            self.list.apps.retain(|a| a.id != e.app_id);
+            self.list.invalid.retain(|old| old.app_id != e.app_id);
+            self.list.invalid.push(e);
         }
     }
 
@@ -59,6 +53,10 @@ mod tests {
 
     use super::*;
 
+    fn reread(app: serde_json::Value) -> AppList {
+        AppList::from_rereads(vec![app])
+    }
+
     fn ids(store: &AppStore) -> Vec<String> {
         store.list().apps.iter().map(|a| a.id.clone()).collect()
     }
@@ -72,12 +70,15 @@ mod tests {
         ]));
         assert_eq!(ids(&store), ["/b", "/a"]);
         store.update(
-            &[json!({"id": "/b", "instances": 3}), json!({"id": "/c"})],
+            AppList::from_rereads(vec![
+                json!({"id": "/b", "instances": 3}),
+                json!({"id": "/c"}),
+            ]),
             &[],
         );
         assert_eq!(ids(&store), ["/b", "/a", "/c"]);
         assert_eq!(store.list().apps[0].instances, Some(3));
-        store.update(&[], &["/a".into()]);
+        store.update(AppList::default(), &["/a".into()]);
         assert_eq!(ids(&store), ["/b", "/c"]);
     }
 
@@ -88,7 +89,7 @@ mod tests {
             json!({"id": "/a"}),
             json!({"id": "/b"}),
         ]));
-        store.update(&[json!({"id": "/a", "instances": "many"})], &[]);
+        store.update(reread(json!({"id": "/a", "instances": "many"})), &[]);
         assert_eq!(ids(&store), ["/b"]);
         assert_eq!(store.list().invalid.len(), 1);
         assert_eq!(store.list().invalid[0].app_id, "/a");
@@ -97,7 +98,7 @@ mod tests {
             "{:?}",
             store.list().invalid
         );
-        store.update(&[json!({"id": "/a", "instances": 1})], &[]);
+        store.update(reread(json!({"id": "/a", "instances": 1})), &[]);
         assert!(store.list().invalid.is_empty());
         assert_eq!(ids(&store), ["/b", "/a"]);
     }
