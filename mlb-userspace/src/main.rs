@@ -7,8 +7,8 @@ use mlb::{
     dataplane::{
         L4Change, L4Dataplane, L4Error, host,
         userspace_l4::{UserspaceL4, UserspaceL4Config},
-        xdp::{LoadOptions, XdpProgram},
-        xdp_l4::{FlowTimeouts, XdpL4, XdpL4Config},
+        xdp::{LoadOptions, XdpError, XdpProgram},
+        xdp_l4::{ConntrackSweeper, FlowTimeouts, XdpL4, XdpL4Config},
     },
     marathon::{client::MarathonClient, config::MarathonConfig, watch::MarathonWatcher},
     model::ModelOptions,
@@ -380,16 +380,20 @@ fn start_xdp_l4(opts: &RunOptions, program: XdpProgram) -> Result<XdpL4> {
 
 /// Expires idle tracked flows and drained backends every few seconds.
 async fn sweep_conntrack(dataplane: Arc<Mutex<XdpL4>>) {
+    let mut sweeper = match ConntrackSweeper::new(dataplane) {
+        Ok(sweeper) => sweeper,
+        Err(e) => {
+            error!("connection tracking will not be swept: {e}");
+            return;
+        }
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tick.tick().await;
-        let result = match dataplane.lock() {
-            Ok(mut dp) => dp.sweep(),
-            Err(_) => return,
-        };
-        match result {
+        match sweeper.sweep() {
             Ok(0) => {}
             Ok(n) => debug!(entries = n, "expired connection-tracking entries"),
+            Err(XdpError::Poisoned) => return,
             Err(e) => warn!("sweeping connection tracking: {e}"),
         }
     }
