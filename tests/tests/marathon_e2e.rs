@@ -867,7 +867,7 @@ fn stats_csv_body() -> Result<()> {
     // Kill it: MAINT while TASK_KILLING, its open connection counted until it closes.
     std::thread::scope(|s| -> Result<()> {
         let killing = s.spawn(|| rt.block_on(sim.kill_task(&victim)));
-        let mut draining = |sessions: u64| {
+        let draining = |sessions: u64| {
             wait_for(
                 &format!("{victim} MAINT with {sessions} sessions"),
                 Duration::from_secs(1),
