@@ -12,8 +12,16 @@
 //! | `/_mlb/explain[/APP_ID]` | why each app is or is not exposed (JSON; `?format=text`) |
 //! | `/_mlb/status` | sync state, generation, errors (JSON) |
 //! | `/_mlb/state` | the desired state the dataplanes were given (JSON) |
-//! | `/metrics` | Prometheus text |
-use std::{convert::Infallible, fmt::Write as _, net::SocketAddr, sync::Arc};
+//! | `/haproxy?stats;csv` | HAProxy 2.0's stats CSV (what `zdd.py` reads) |
+//! | `/metrics` | Prometheus text: per frontend, backend and server, XDP, control plane |
+use std::{
+    collections::HashSet,
+    convert::Infallible,
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -29,6 +37,7 @@ use crate::{
     marathon::watch::ResyncTrigger,
     model::{DesiredState, explain},
     proxy::HttpProxy,
+    stats::{self, ChangeTracker, Observed, Snapshot, StatsSource},
 };
 
 /// What the admin endpoints read and trigger.
@@ -40,8 +49,34 @@ pub struct AdminContext {
     pub state: Option<StateQueries>,
     /// Requests a full Marathon resync (`None` without Marathon).
     pub resync: Option<ResyncTrigger>,
-    /// The HTTP proxy, for certificate reloads (`None` when not running).
+    /// The HTTP proxy, for certificate reloads and its health checks (`None` when not running).
     pub proxy: Option<Arc<HttpProxy>>,
+    /// The dataplanes whose counters the stats endpoints show.
+    pub stats: Vec<Arc<dyn StatsSource>>,
+    /// When each server's status last changed, across requests.
+    pub changes: Arc<Mutex<ChangeTracker>>,
+}
+
+impl AdminContext {
+    /// The stats of every service now: the desired state joined with the health checks and the
+    /// dataplanes' counters.
+    pub fn snapshot(&self, state: &DesiredState) -> Snapshot {
+        let status = self.status.load();
+        let mut unhealthy: HashSet<_> = status.l4_unhealthy.iter().cloned().collect();
+        if let Some(proxy) = &self.proxy {
+            unhealthy.extend(proxy.unhealthy_backends());
+        }
+        let mut observed = Observed::default();
+        for source in &self.stats {
+            source.observe(&mut observed);
+        }
+        let mut snapshot = stats::build(state, &unhealthy, &observed);
+        self.changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stamp(&mut snapshot, Instant::now());
+        snapshot
+    }
 }
 
 /// Binds the admin listener. Separate from [`serve`] so a bind error stops mlb at start.
@@ -118,7 +153,12 @@ pub async fn handle(ctx: &AdminContext, req: &Request<Incoming>) -> Reply {
 fn needs_state(path: &str) -> bool {
     matches!(
         path,
-        "/_haproxy_getconfig" | "/_haproxy_getvhostmap" | "/_haproxy_getappmap" | "/_mlb/state"
+        "/_haproxy_getconfig"
+            | "/_haproxy_getvhostmap"
+            | "/_haproxy_getappmap"
+            | "/_mlb/state"
+            | "/haproxy"
+            | "/metrics"
     )
 }
 
@@ -142,6 +182,7 @@ pub fn route(
         "/_haproxy_getconfig" => text(StatusCode::OK, render_config(state)),
         "/_haproxy_getvhostmap" => text(StatusCode::OK, vhost_map(state)),
         "/_haproxy_getappmap" => text(StatusCode::OK, app_map(state)),
+        "/haproxy" => haproxy_stats(ctx, state, query),
         "/_mlb_signal/hup" => match &ctx.resync {
             Some(resync) => {
                 resync.request();
@@ -174,7 +215,17 @@ pub fn route(
         },
         "/_mlb/status" => json(&StatusView::of(&status)),
         "/_mlb/state" => json(&StateView::of(state)),
-        "/metrics" => text(StatusCode::OK, metrics(&status)),
+        "/metrics" => {
+            let mut r = text(
+                StatusCode::OK,
+                stats::metrics::render(&ctx.snapshot(state), &status),
+            );
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(stats::metrics::CONTENT_TYPE),
+            );
+            r
+        }
         "/_mlb/explain" | "/_mlb/explain/" => {
             let apps = status.explanations.values().map(|a| &**a);
             if want_text {
@@ -209,6 +260,19 @@ pub fn route(
             }
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// HAProxy's stats URI: `?stats;csv` is the CSV (what `zdd.py` reads).
+fn haproxy_stats(ctx: &AdminContext, state: &DesiredState, query: Option<&str>) -> Reply {
+    match query {
+        Some("stats;csv") | Some("stats;csv;norefresh") => {
+            text(StatusCode::OK, stats::csv::render(&ctx.snapshot(state)))
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found (try /haproxy?stats;csv)\n",
+        ),
     }
 }
 
@@ -270,10 +334,7 @@ impl<'a> StateView<'a> {
 
 /// marathon-lb's backend name: the app id with `/` as `_`, then the service port.
 fn backend_name(app_id: &str, port: u16) -> String {
-    format!(
-        "{}_{port}",
-        app_id.trim_start_matches('/').replace('/', "_")
-    )
+    stats::proxy_name(app_id, port)
 }
 
 fn vhost_map(state: &DesiredState) -> String {
@@ -354,49 +415,6 @@ fn write_servers(out: &mut String, backends: &[crate::model::Backend]) {
     }
 }
 
-fn metrics(s: &Status) -> String {
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-        );
-    };
-    gauge(
-        "mlb_synced",
-        "1 once Marathon was read successfully.",
-        u64::from(s.synced),
-    );
-    gauge(
-        "mlb_generation",
-        "Dataplane updates applied since start.",
-        s.generation,
-    );
-    gauge("mlb_apps", "Marathon apps known.", s.apps as u64);
-    gauge("mlb_l4_services", "TCP/UDP services.", s.l4_services as u64);
-    gauge(
-        "mlb_http_services",
-        "HTTP services.",
-        s.http_services as u64,
-    );
-    gauge(
-        "mlb_rejected",
-        "Apps or ports not exposed because of a problem.",
-        s.rejected as u64,
-    );
-    gauge(
-        "mlb_l4_unhealthy_backends",
-        "L4 backends failing mlb's health checks.",
-        s.l4_unhealthy.len() as u64,
-    );
-    gauge(
-        "mlb_marathon_read_failing",
-        "1 while the last Marathon read failed.",
-        u64::from(s.last_error.is_some()),
-    );
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,6 +442,8 @@ mod tests {
             state: None,
             resync: Some(ResyncTrigger::default()),
             proxy: None,
+            stats: Vec::new(),
+            changes: Arc::default(),
         }
     }
 

@@ -12,6 +12,7 @@
 //!               └─ proxy (hyper + rustls routing table, swapped whole)
 //! health: active checks, used by the proxy and (through the controller) the L4 dataplanes
 //! admin: marathon-lb's endpoints, explain, status, metrics (reads what the controller publishes)
+//! stats: HAProxy-shaped stats (CSV) from the desired state and the dataplanes' counters
 //! ```
 //!
 //! `options` turns the command line into each part's own configuration; `secret` keeps
@@ -30,3 +31,4 @@ pub mod options;
 pub mod proxy;
 pub mod secret;
 pub mod static_config;
+pub mod stats;

@@ -761,3 +761,132 @@ fn xdp_follows_marathon_body() -> Result<()> {
     on(&rt, sim.shutdown())?;
     Ok(())
 }
+
+/// `/haproxy?stats;csv` of a running agent, parsed by zdd.py's rules.
+fn stats_csv(mlb: &Mlb<'_>) -> Result<Vec<mlb::stats::csv::Record>> {
+    let reply = mlb.admin_get("/haproxy?stats;csv")?;
+    ensure!(reply.status == 200, "stats CSV: HTTP {}", reply.status);
+    Ok(mlb::stats::csv::parse(&reply.body)?)
+}
+
+/// The server row of `task` (a simulator task on loopback) in proxy `pxname`.
+fn server_row(
+    rows: &[mlb::stats::csv::Record],
+    pxname: &str,
+    sim: &MarathonSim,
+    app: &str,
+    task: &str,
+) -> Result<mlb::stats::csv::Record> {
+    let info = sim.tasks(app).into_iter().find(|t| t.id == task);
+    let port = info.context("task gone")?.ports[0];
+    let svname = format!("127_0_0_1_{port}");
+    rows.iter()
+        .find(|r| r.get("pxname") == pxname && r.get("svname") == svname)
+        .cloned()
+        .with_context(|| format!("no row {pxname}/{svname}"))
+}
+
+/// The stats CSV under traffic, for the HTTP proxy and the userspace TCP dataplane: marathon-lb's
+/// names, UP / `no check`, sessions, responses by class; a killed task (`TASK_KILLING`) shows
+/// MAINT with its open connection, then MAINT with none once it closes, which is what zdd.py
+/// waits for before killing it.
+#[test]
+fn stats_csv_follows_traffic_and_draining() {
+    run("stats_csv_follows_traffic_and_draining", stats_csv_body);
+}
+
+fn stats_csv_body() -> Result<()> {
+    let (web_port, tcp_port) = (free_port(), free_port());
+    let (web, tcp) = ("/stats/web", "/stats/tcp");
+    let rt = runtime();
+    // A long TASK_KILLING phase: time to look at the draining server.
+    let config = SimConfig {
+        step_delay: Duration::from_millis(1500),
+        ..sim_config(
+            vec![
+                vhost_app(web, web_port, "web.stats.test", 2, true),
+                tcp_app(tcp, tcp_port, 1),
+            ],
+            vec![SimAgent::local(LOCALHOST)],
+        )
+    };
+    let sim = rt.block_on(MarathonSim::start(config))?;
+    let (lb, mlb) = Loopback::start(&sim, &["--health-check"])?;
+    let tcp_addr = SocketAddr::new(LOCALHOST, tcp_port);
+    let (web_loop, tcp_loop) =
+        traffic((&sim, &lb, &mlb), (web, "web.stats.test"), (tcp, tcp_addr))?;
+    tcp_loop.stop();
+    let web_report = web_loop.stop();
+    let mut pinned = EchoConn::open(tcp_addr)?;
+    pinned.echo("held-open")?;
+
+    let rows = stats_csv(&mlb)?;
+    let web_px = format!("stats_web_{web_port}");
+    let mut answered = 0;
+    for task in task_ids(&sim, web) {
+        let row = server_row(&rows, &web_px, &sim, web, &task)?;
+        ensure!(row.get("status") == "UP", "{task}: {row:?}");
+        ensure!(
+            row.get("mode") == "http" && row.get("type") == "2",
+            "{row:?}"
+        );
+        answered += row.int("hrsp_2xx")?;
+    }
+    ensure!(
+        answered as usize >= web_report.total(),
+        "{answered} 2xx counted for {} requests made",
+        web_report.total()
+    );
+    let fe = rows
+        .iter()
+        .find(|r| r.get("pxname") == web_px && r.get("svname") == "FRONTEND");
+    ensure!(fe.is_some_and(|r| r.get("status") == "OPEN"), "{rows:?}");
+    // The same figure in /metrics.
+    let metrics = mlb.admin_get("/metrics")?.body;
+    let series = format!("mlb_backend_http_responses_total{{backend=\"{web_px}\",code=\"2xx\"}} ");
+    let in_metrics: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .with_context(|| format!("no {series} in {metrics}"))?
+        .parse()?;
+    ensure!(
+        in_metrics >= answered,
+        "{series}{in_metrics}, CSV {answered}"
+    );
+
+    let tcp_px = format!("stats_tcp_{tcp_port}");
+    let victim = task_ids(&sim, tcp)[0].clone();
+    let row = server_row(&rows, &tcp_px, &sim, tcp, &victim)?;
+    ensure!(
+        row.get("status") == "no check",
+        "no health check defined: {row:?}"
+    );
+    ensure!(row.int("scur")? == 1 && row.int("stot")? >= 2, "{row:?}");
+    ensure!(row.int("bin")? > 0 && row.int("bout")? > 0, "{row:?}");
+
+    // Kill it: MAINT while TASK_KILLING, its open connection counted until it closes.
+    std::thread::scope(|s| -> Result<()> {
+        let killing = s.spawn(|| rt.block_on(sim.kill_task(&victim)));
+        let draining = |sessions: u64| {
+            wait_for(
+                &format!("{victim} MAINT with {sessions} sessions"),
+                Duration::from_secs(1),
+                || {
+                    let row = server_row(&stats_csv(&mlb)?, &tcp_px, &sim, tcp, &victim)?;
+                    let qcur = row.int("qcur")?;
+                    Ok(
+                        (row.get("status") == "MAINT" && row.int("scur")? == sessions && qcur == 0)
+                            .then_some(()),
+                    )
+                },
+            )
+        };
+        draining(1)?;
+        drop(pinned);
+        draining(0)?;
+        killing.join().expect("kill thread")?;
+        Ok(())
+    })?;
+    mlb.finish();
+    Ok(())
+}

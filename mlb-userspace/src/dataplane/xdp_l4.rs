@@ -21,8 +21,9 @@ use aya::maps::{Array, DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray};
 use mlb_common::{
     consts::{MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, ring_elems, ring_table_base},
     maps::{
-        self, BACKEND_ACTIVE, BACKEND_DEAD, Backend as BpfBackend, Config, FAMILY_V4, FAMILY_V6,
-        FlowKey, FlowStats, NatEntry, RingElem, ServiceKey, ServiceValue,
+        self, BACKEND_ACTIVE, BACKEND_DEAD, Backend as BpfBackend, CT_CLOSING, CT_SYN, Config,
+        DIR_TO_BACKEND, FAMILY_V4, FAMILY_V6, FlowKey, FlowStats, NatEntry, RingElem, ServiceKey,
+        ServiceValue,
     },
     net::{IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -520,6 +521,23 @@ impl XdpL4 {
             out.insert(b.addr, sum);
         }
         Ok(out)
+    }
+
+    /// Flows open now per backend address: tracked client-to-backend entries not closing (the
+    /// sweeper expires idle ones). One pass over the connection table.
+    pub fn backend_open_flows(&self) -> Result<HashMap<SocketAddr, u64>, XdpError> {
+        let ct: BpfHashMap<&MapData, FlowKey, NatEntry> = self.program.map(maps::CONNTRACK)?;
+        let mut by_id: HashMap<u32, u64> = HashMap::new();
+        for (_, entry) in ct.iter().filter_map(Result::ok) {
+            if entry.direction == DIR_TO_BACKEND && entry.state != CT_CLOSING {
+                *by_id.entry(entry.backend).or_default() += 1;
+            }
+        }
+        Ok(self
+            .backends
+            .values()
+            .filter_map(|b| by_id.get(&b.id).map(|n| (b.addr, *n)))
+            .collect())
     }
 
     /// Number of tracked flow directions (two per flow).

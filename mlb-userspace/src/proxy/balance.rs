@@ -6,7 +6,7 @@ use std::{
     net::IpAddr,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -17,12 +17,62 @@ use crate::model::{Backend, BackendId, BackendState, Balance};
 #[derive(Debug, Default)]
 pub struct BackendStats {
     in_flight: AtomicUsize,
+    requests: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    /// Responses by status class: 1xx to 5xx, then anything else.
+    responses: [AtomicU64; 6],
+}
+
+/// A copy of a backend's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendCounters {
+    /// Requests and tunnels open now.
+    pub in_flight: u64,
+    /// Requests sent to it (each redispatch attempt counts).
+    pub requests: u64,
+    /// Request body bytes sent to it (of requests with a `Content-Length`).
+    pub bytes_in: u64,
+    /// Response body bytes it sent back.
+    pub bytes_out: u64,
+    /// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx, other.
+    pub responses: [u64; 6],
 }
 
 impl BackendStats {
     /// Requests and tunnels now open to this backend.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a response of `status` from this backend.
+    pub fn record_response(&self, status: u16) {
+        let class = match status {
+            100..=599 => usize::from(status / 100) - 1,
+            _ => 5,
+        };
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `n` request body bytes sent to this backend.
+    pub fn record_bytes_in(&self, n: u64) {
+        self.bytes_in.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` response body bytes received from this backend.
+    pub fn record_bytes_out(&self, n: u64) {
+        self.bytes_out.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A copy of every counter.
+    pub fn counters(&self) -> BackendCounters {
+        BackendCounters {
+            in_flight: self.in_flight() as u64,
+            requests: self.requests.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            responses: std::array::from_fn(|i| self.responses[i].load(Ordering::Relaxed)),
+        }
     }
 }
 
@@ -35,7 +85,13 @@ impl InFlightGuard {
     /// Counts one more request on `stats` until dropped.
     pub fn new(stats: Arc<BackendStats>) -> Self {
         stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        stats.requests.fetch_add(1, Ordering::Relaxed);
         InFlightGuard(stats)
+    }
+
+    /// The counters it holds up.
+    pub fn stats(&self) -> &BackendStats {
+        &self.0
     }
 }
 
@@ -90,6 +146,14 @@ impl StatsRegistry {
             .retain(|id, stats| keep.contains(id) || stats.in_flight() > 0);
         self.released
             .retain(|id| self.stats.contains_key(id) && !keep.contains(id));
+    }
+
+    /// Every known backend's counters (draining ones included).
+    pub fn counters(&self) -> Vec<(BackendId, BackendCounters)> {
+        self.stats
+            .iter()
+            .map(|(id, s)| (id.clone(), s.counters()))
+            .collect()
     }
 
     /// In-flight count of `id`, if it is known.

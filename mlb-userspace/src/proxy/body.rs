@@ -125,6 +125,11 @@ impl Body for GuardedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(guard)) = (&polled, &self.guard)
+            && let Some(data) = frame.data_ref()
+        {
+            guard.stats().record_bytes_out(data.len() as u64);
+        }
         if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
             self.guard = None;
         }

@@ -230,6 +230,8 @@ async fn backend_rules(
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let version = req.version();
     let (parts, body) = req.into_parts();
+    // Counted as the backend's `bin` (a chunked body's size is not known in advance).
+    let request_body_len = hyper::body::Body::size_hint(&body).exact().unwrap_or(0);
     let mut headers = parts.headers;
 
     // Sticky: a valid cookie names the backend; it is not passed on (HAProxy `indirect`).
@@ -309,6 +311,9 @@ async fn backend_rules(
     };
     let mut response = answer.response;
     let backend = answer.backend;
+    let stats = answer.guard.stats();
+    stats.record_response(response.status().as_u16());
+    stats.record_bytes_in(request_body_len);
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = upgrade else {

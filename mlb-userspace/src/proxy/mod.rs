@@ -290,6 +290,11 @@ impl HttpProxy {
             .in_flight(id)
     }
 
+    /// Every backend's counters (requests, bytes, responses by class), draining ones included.
+    pub fn backend_counters(&self) -> Vec<(BackendId, balance::BackendCounters)> {
+        lock(&self.registry).counters()
+    }
+
     /// Backends the active health checks currently keep out of rotation.
     pub fn unhealthy_backends(&self) -> Vec<BackendId> {
         let set = self.shared.health.borrow().clone();

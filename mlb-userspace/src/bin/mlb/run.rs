@@ -18,6 +18,7 @@ use mlb::{
     options::RunOptions,
     proxy::HttpProxy,
     static_config,
+    stats::StatsSource,
 };
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -76,13 +77,22 @@ impl Agent {
             .with_context(|| format!("admin listener on {} (--admin-addr)", opts.admin_addr))?;
         info!(addr = %admin_listener.local_addr()?, "admin listener ready");
 
+        let mut stats: Vec<Arc<dyn StatsSource>> = Vec::new();
         let (l4, xdp): (L4Dataplane, _) = match xdp_program {
             Some(program) => {
                 let dp = Arc::new(Mutex::new(l4::start_xdp_l4(opts, program)?));
+                stats.push(dp.clone());
                 (Box::new(SharedXdp(dp.clone())), Some(dp))
             }
-            None => (Box::new(l4::start_userspace_l4(opts)?), None),
+            None => {
+                let dp = l4::start_userspace_l4(opts)?;
+                stats.push(Arc::new(dp.stats()));
+                (Box::new(dp), None)
+            }
         };
+        if let Some(proxy) = &proxy {
+            stats.push(proxy.clone());
+        }
         let http = proxy.clone().map(|p| Box::new(p) as HttpDataplane);
         let mut controller = Controller::new(model, l4, http)
             .with_l4_health_checks(tokio::runtime::Handle::current());
@@ -102,6 +112,8 @@ impl Agent {
             state: Some(controller.state_queries()),
             resync: resync.clone(),
             proxy: proxy.clone(),
+            stats,
+            changes: Arc::default(),
         };
         let admin = tokio::spawn(
             admin::serve(admin_listener, admin_context).instrument(info_span!("admin")),
