@@ -14,9 +14,10 @@ use crate::{
     marathon::types::AppList,
     model::{
         BackendId, BackendState, DesiredState, Protocol,
+        backends::TaskRejection,
         build::{ModelOptions, evaluate},
         health::{HealthCache, HealthVerdict},
-        ports::NetworkingMode,
+        ports::{NetworkingMode, PortSource},
     },
 };
 
@@ -56,7 +57,7 @@ pub struct PortExplanation {
     /// After `HAPROXY_{n}_PORT`; `None` when none could be found or assigned.
     pub service_port: Option<u16>,
     /// Where the port came from (`portMappings`, `portDefinitions`, `ports`, auto-assigned).
-    pub source: String,
+    pub source: PortSource,
     pub protocols: Vec<Protocol>,
     pub groups: Vec<String>,
     pub exposed: bool,
@@ -85,7 +86,7 @@ pub struct BackendExplanation {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TaskExclusion {
     pub task_id: String,
-    pub reason: String,
+    pub reason: TaskRejection,
 }
 
 /// Explains every app of `apps` (including the ones that did not parse), in app-id order. Takes

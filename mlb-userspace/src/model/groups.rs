@@ -3,6 +3,7 @@
 //! A service port's groups are `HAPROXY_{n}_GROUP` when set, else the app's `HAPROXY_GROUP`
 //! (both comma lists). It is exposed when the instance's groups include `*` (which also matches
 //! apps without any group) or share a group with it.
+use std::fmt;
 
 /// The groups of one service port: the port-level list replaces the app-level one.
 pub fn port_groups<'a>(
@@ -17,22 +18,47 @@ pub fn group_matches(lb_groups: &[String], service_groups: &[String]) -> bool {
     lb_groups.iter().any(|g| g == "*") || lb_groups.iter().any(|g| service_groups.contains(g))
 }
 
-/// Why a service is not exposed, naming both sides.
-pub fn mismatch_reason(lb_groups: &[String], service_groups: &[String]) -> String {
-    let lb = if lb_groups.is_empty() {
-        "none (mlb runs without --group)".to_owned()
+/// A service this instance does not expose because of its groups; its text names both sides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupMismatch {
+    /// `--group`.
+    pub lb_groups: Vec<String>,
+    /// The service port's groups.
+    pub service_groups: Vec<String>,
+}
+
+/// Whether an instance serving `lb_groups` exposes a service in `service_groups`, and if not,
+/// why.
+pub fn check_groups(lb_groups: &[String], service_groups: &[String]) -> Result<(), GroupMismatch> {
+    if group_matches(lb_groups, service_groups) {
+        Ok(())
     } else {
-        lb_groups.join(",")
-    };
-    if service_groups.is_empty() {
-        format!(
-            "app has no HAPROXY_GROUP; this mlb serves --group {lb} (only --group '*' exposes apps without a group)"
-        )
-    } else {
-        format!(
-            "group mismatch: app is in group(s) {}, this mlb serves --group {lb}",
-            service_groups.join(",")
-        )
+        Err(GroupMismatch {
+            lb_groups: lb_groups.to_vec(),
+            service_groups: service_groups.to_vec(),
+        })
+    }
+}
+
+impl fmt::Display for GroupMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lb = if self.lb_groups.is_empty() {
+            "none (mlb runs without --group)".to_owned()
+        } else {
+            self.lb_groups.join(",")
+        };
+        if self.service_groups.is_empty() {
+            write!(
+                f,
+                "app has no HAPROXY_GROUP; this mlb serves --group {lb} (only --group '*' exposes apps without a group)"
+            )
+        } else {
+            write!(
+                f,
+                "group mismatch: app is in group(s) {}, this mlb serves --group {lb}",
+                self.service_groups.join(",")
+            )
+        }
     }
 }
 
@@ -67,11 +93,16 @@ mod tests {
 
     #[test]
     fn mismatch_names_both_sides() {
-        let r = mismatch_reason(&v(&["external"]), &v(&["internal"]));
+        assert_eq!(check_groups(&v(&["*"]), &[]), Ok(()));
+        let r = check_groups(&v(&["external"]), &v(&["internal"])).unwrap_err();
         assert_eq!(
-            r,
+            r.to_string(),
             "group mismatch: app is in group(s) internal, this mlb serves --group external"
         );
-        assert!(mismatch_reason(&v(&["external"]), &[]).contains("no HAPROXY_GROUP"));
+        let r = check_groups(&[], &[]).unwrap_err();
+        assert_eq!(
+            r.to_string(),
+            "app has no HAPROXY_GROUP; this mlb serves --group none (mlb runs without --group) (only --group '*' exposes apps without a group)"
+        );
     }
 }

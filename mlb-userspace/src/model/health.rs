@@ -164,30 +164,47 @@ pub fn update_cache<'a>(
     next
 }
 
+/// A task state that takes no traffic.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TaskStateError {
+    /// Any Mesos state but `TASK_RUNNING` and `TASK_KILLING` (staging, lost, failed…).
+    #[error("state {0}")]
+    NotRunning(String),
+    #[error("no task state reported")]
+    Missing,
+}
+
 /// Whether the task's state lets it take traffic: `TASK_RUNNING` is active, `TASK_KILLING`
 /// (a kill grace period in progress) keeps its established connections but takes no new ones;
 /// everything else is excluded, with the state as the reason.
-pub fn task_state(task: &Task) -> Result<BackendState, String> {
+pub fn task_state(task: &Task) -> Result<BackendState, TaskStateError> {
     match task.state.as_deref() {
         Some("TASK_RUNNING") => Ok(BackendState::Active),
         Some("TASK_KILLING") => Ok(BackendState::Draining),
-        Some(other) => Err(format!("state {other}")),
-        None => Err("no task state reported".into()),
+        Some(other) => Err(TaskStateError::NotRunning(other.to_owned())),
+        None => Err(TaskStateError::Missing),
     }
+}
+
+/// A task of a deployment in progress whose readiness check does not pass yet.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("readiness check {check} not ready yet (deployment in progress)")]
+pub struct NotReady {
+    /// The readiness check's name (`?` when Marathon gives none).
+    pub check: String,
 }
 
 /// During a deployment (`embed=apps.readiness`), a task whose readiness check says not ready
 /// takes no traffic yet.
-pub fn task_readiness(app: &App, task: &Task) -> Result<(), String> {
+pub fn task_readiness(app: &App, task: &Task) -> Result<(), NotReady> {
     match app
         .readiness_check_results
         .iter()
         .find(|r| r.task_id == task.id && !r.ready)
     {
-        Some(r) => Err(format!(
-            "readiness check {} not ready yet (deployment in progress)",
-            r.name.as_deref().unwrap_or("?")
-        )),
+        Some(r) => Err(NotReady {
+            check: r.name.as_deref().unwrap_or("?").to_owned(),
+        }),
         None => Ok(()),
     }
 }
@@ -304,9 +321,12 @@ mod tests {
             "TASK_UNREACHABLE",
             "TASK_FAILED",
         ] {
-            assert_eq!(state(Some(s)), Err(format!("state {s}")));
+            assert_eq!(
+                state(Some(s)).map_err(|e| e.to_string()),
+                Err(format!("state {s}"))
+            );
         }
-        assert!(state(None).is_err());
+        assert_eq!(state(None), Err(TaskStateError::Missing));
     }
 
     #[test]
@@ -315,10 +335,9 @@ mod tests {
             "readinessCheckResults": [{"name": "ready", "taskId": "t1", "ready": false},
                                       {"name": "ready", "taskId": "t2", "ready": true}]}))
         .unwrap();
-        assert!(
-            task_readiness(&a, &a.tasks[0])
-                .unwrap_err()
-                .contains("readiness check ready")
+        assert_eq!(
+            task_readiness(&a, &a.tasks[0]).unwrap_err().to_string(),
+            "readiness check ready not ready yet (deployment in progress)"
         );
         assert!(task_readiness(&a, &a.tasks[1]).is_ok());
     }

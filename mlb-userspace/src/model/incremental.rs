@@ -23,6 +23,7 @@ use crate::{
         DesiredState, HealthCache, HttpServiceKey, L4ServiceKey, ModelOptions, Protocol,
         build::{Evaluation, evaluate},
         explain::AppExplanation,
+        ports::PortSource,
     },
 };
 
@@ -293,7 +294,7 @@ impl ModelState {
 fn entangled_explanation(e: &AppExplanation) -> bool {
     e.marathon_app_ids.len() != 1
         || e.marathon_app_ids[0] != e.app_id
-        || e.ports.iter().any(|p| p.source.starts_with("auto"))
+        || e.ports.iter().any(|p| p.source == PortSource::AutoAssigned)
 }
 
 #[cfg(test)]
@@ -301,7 +302,6 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::marathon::store::AppStore;
 
     /// Added, changed and removed keys are reported, unchanged ones are not; replaying the
     /// changed keys from `new` onto `old` gives `new`.
@@ -321,6 +321,31 @@ mod tests {
         assert_eq!(replay, new);
         assert!(changed_keys(&new, &new).is_empty());
         assert_eq!(changed_keys(&new, &BTreeMap::new()), [1, 2, 4].into());
+    }
+
+    /// Marathon's apps in API order, updated as a task event updates them: a changed app is
+    /// replaced in place, a new one appended, a removed one dropped.
+    struct Apps(Vec<Value>);
+
+    impl Apps {
+        fn new(apps: Vec<Value>) -> Self {
+            Apps(apps)
+        }
+
+        fn update(&mut self, changed: &[Value], removed: &[String]) {
+            self.0
+                .retain(|a| !removed.iter().any(|id| a["id"] == id.as_str()));
+            for app in changed {
+                match self.0.iter_mut().find(|a| a["id"] == app["id"]) {
+                    Some(slot) => slot.clone_from(app),
+                    None => self.0.push(app.clone()),
+                }
+            }
+        }
+
+        fn list(&self) -> AppList {
+            AppList::from_values(self.0.clone())
+        }
     }
 
     fn tcp(id: &str, port: u16, tasks: usize) -> Value {
@@ -367,19 +392,19 @@ mod tests {
     fn replay(start: Vec<Value>, steps: Vec<(Vec<Value>, Vec<&str>)>) -> u64 {
         let opts = ModelOptions::new(vec!["external".into()]);
         let now = SystemTime::UNIX_EPOCH;
-        let mut store = AppStore::default();
-        store.replace_all(AppList::from_values(start));
+        let mut apps = Apps::new(start);
         let mut inc = ModelState::default();
-        inc.full(store.list(), &opts, now);
+        inc.full(&apps.list(), &opts, now);
         let before = inc.full_passes();
         for (i, (changed, removed)) in steps.into_iter().enumerate() {
             let removed: Vec<String> = removed.into_iter().map(str::to_owned).collect();
             let mut dirty: BTreeSet<String> = removed.iter().cloned().collect();
             dirty.extend(changed.iter().map(|v| v["id"].as_str().unwrap().to_owned()));
-            store.update(AppList::from_rereads(changed), &removed);
-            inc.update(store.list(), &dirty, &opts, now);
+            apps.update(&changed, &removed);
+            let list = apps.list();
+            inc.update(&list, &dirty, &opts, now);
             let mut reference = ModelState::default();
-            reference.full(store.list(), &opts, now);
+            reference.full(&list, &opts, now);
             assert_eq!(inc.state(), reference.state(), "state after step {i}");
             assert_eq!(
                 inc.explanations(),
@@ -444,15 +469,14 @@ mod tests {
     fn the_changed_keys_name_what_moved() {
         let opts = ModelOptions::new(vec!["external".into()]);
         let now = SystemTime::UNIX_EPOCH;
-        let mut store = AppStore::default();
-        store.replace_all(AppList::from_values(vec![
+        let mut apps = Apps::new(vec![
             tcp("/a", 10001, 1),
             web("/w", 10003, "w.example.test", 1),
-        ]));
+        ]);
         let mut m = ModelState::default();
-        assert!(m.full(store.list(), &opts, now).full);
-        store.update(AppList::from_rereads(vec![tcp("/a", 10001, 2)]), &[]);
-        let changed = m.update(store.list(), &["/a".to_owned()].into(), &opts, now);
+        assert!(m.full(&apps.list(), &opts, now).full);
+        apps.update(&[tcp("/a", 10001, 2)], &[]);
+        let changed = m.update(&apps.list(), &["/a".to_owned()].into(), &opts, now);
         assert!(!changed.full);
         assert_eq!(
             changed.l4.iter().map(|k| k.port).collect::<Vec<_>>(),

@@ -152,109 +152,181 @@ pub fn port_labels(
     labels: &BTreeMap<String, String>,
     index: usize,
 ) -> (Result<PortLabels, LabelError>, Vec<String>) {
-    let mut warnings = Vec::new();
-    let result = parse_port_labels(labels, index, &mut warnings);
-    (result, warnings)
+    let mut r = PortLabelReader {
+        labels,
+        n: index,
+        warnings: Vec::new(),
+    };
+    let result = parse_port_labels(&mut r);
+    (result, r.warnings)
 }
 
-fn parse_port_labels(
-    labels: &BTreeMap<String, String>,
+/// The labels of one service port, and the warnings reading them gave.
+struct PortLabelReader<'a> {
+    labels: &'a BTreeMap<String, String>,
     n: usize,
-    warnings: &mut Vec<String>,
-) -> Result<PortLabels, LabelError> {
-    let key = |name: &str| format!("HAPROXY_{n}_{name}");
-    let get = |name: &str| -> Option<(String, &String)> {
-        let k = key(name);
-        labels.get(&k).map(|v| (k, v))
-    };
-    let mut out = PortLabels::default();
+    warnings: Vec<String>,
+}
 
-    if let Some((k, v)) = get("ENABLED") {
-        out.enabled = Some(parse_bool(&k, v, warnings));
+impl<'a> PortLabelReader<'a> {
+    /// `HAPROXY_{n}_<name>`: the full label name and its value.
+    fn get(&self, name: &str) -> Option<(String, &'a str)> {
+        self.get_key(format!("HAPROXY_{}_{name}", self.n))
     }
-    if let Some((_, v)) = get("GROUP") {
-        out.groups = Some(split_list(v));
+
+    /// `MLB_{n}_<name>` (mlb's own labels).
+    fn get_mlb(&self, name: &str) -> Option<(String, &'a str)> {
+        self.get_key(format!("MLB_{}_{name}", self.n))
     }
+
+    fn get_key(&self, key: String) -> Option<(String, &'a str)> {
+        self.labels.get(&key).map(|v| (key, v.as_str()))
+    }
+
+    fn bool(&mut self, label: Option<(String, &str)>) -> Option<bool> {
+        label.map(|(k, v)| parse_bool(&k, v, &mut self.warnings))
+    }
+}
+
+/// The concerns are read in a fixed order, which users see: the first bad label in that order
+/// is the one reported, and only the labels read before it give warnings.
+fn parse_port_labels(r: &mut PortLabelReader<'_>) -> Result<PortLabels, LabelError> {
+    let mut out = PortLabels::default();
+    read_selection(r, &mut out);
+    read_http_flags(r, &mut out);
+    read_routing(r, &mut out)?;
+    read_balance(r, &mut out)?;
+    read_listener(r, &mut out)?;
+    read_access(r, &mut out)?;
+    read_backend_paths(r, &mut out)?;
+    read_backend(r, &mut out)?;
+    out.http_only_labels = HTTP_ONLY
+        .iter()
+        .copied()
+        .filter(|name| r.get(name).is_some())
+        .collect();
+    Ok(out)
+}
+
+/// Whether this instance exposes the port: `ENABLED`, `GROUP`.
+fn read_selection(r: &mut PortLabelReader<'_>, out: &mut PortLabels) {
+    out.enabled = r.bool(r.get("ENABLED"));
+    out.groups = r.get("GROUP").map(|(_, v)| split_list(v));
+}
+
+/// HTTP behaviour switches: `STICKY`, `REDIRECT_TO_HTTPS`, `USE_HSTS`.
+fn read_http_flags(r: &mut PortLabelReader<'_>, out: &mut PortLabels) {
     for (name, field) in [
         ("STICKY", &mut out.sticky),
         ("REDIRECT_TO_HTTPS", &mut out.redirect_to_https),
         ("USE_HSTS", &mut out.use_hsts),
     ] {
-        if let Some((k, v)) = get(name) {
-            *field = parse_bool(&k, v, warnings);
+        if let Some(b) = r.bool(r.get(name)) {
+            *field = b;
         }
     }
-    let passthrough_key = format!("MLB_{n}_TLS_PASSTHROUGH");
-    if let Some(v) = labels.get(&passthrough_key) {
-        out.tls_passthrough = parse_bool(&passthrough_key, v, warnings);
+}
+
+/// How requests reach the port: `MLB_{n}_TLS_PASSTHROUGH`, `VHOST`, `PATH`, `MODE`.
+fn read_routing(r: &mut PortLabelReader<'_>, out: &mut PortLabels) -> Result<(), LabelError> {
+    if let Some(b) = r.bool(r.get_mlb("TLS_PASSTHROUGH")) {
+        out.tls_passthrough = b;
     }
-    if let Some((k, v)) = get("VHOST") {
-        for host in split_list(v) {
-            let host = host.to_ascii_lowercase();
-            let valid = host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '*'));
-            if !valid {
-                return Err(err(
-                    &k,
-                    v,
-                    format!("{host:?} is not a host name (letters, digits, '.', '-', '*')"),
-                ));
-            }
-            out.vhosts.push(host);
-        }
+    if let Some((k, v)) = r.get("VHOST") {
+        out.vhosts = parse_vhosts(&k, v)?;
     }
-    if let Some((k, v)) = get("PATH") {
-        for token in v.split_whitespace() {
-            if token.starts_with('/') {
-                out.paths.push(token.to_owned());
-            } else if token.starts_with('-') {
-                warnings.push(format!(
-                    "label {k}: HAProxy flag {token:?} is ignored (paths match case-sensitively by prefix)"
-                ));
-            } else {
-                return Err(err(
-                    &k,
-                    v,
-                    format!("{token:?} is not a path (must start with '/')"),
-                ));
-            }
-        }
+    if let Some((k, v)) = r.get("PATH") {
+        out.paths = parse_paths(&k, v, &mut r.warnings)?;
     }
-    if let Some((k, v)) = get("MODE") {
+    if let Some((k, v)) = r.get("MODE") {
         out.mode = Some(match v.trim().to_ascii_lowercase().as_str() {
             "tcp" => Mode::Tcp,
             "http" => Mode::Http,
             _ => return Err(err(&k, v, "mode must be tcp or http")),
         });
     }
-    if let Some((k, v)) = get("BALANCE") {
-        let lower = v.trim().to_ascii_lowercase();
-        let algo = lower.split(['(', ' ']).next().unwrap_or_default();
-        out.balance = match algo {
-            "roundrobin" => Balance::RoundRobin,
-            "leastconn" => Balance::LeastConn,
-            "source" => Balance::Source,
-            other if OTHER_HAPROXY_BALANCE.contains(&other) => {
-                warnings.push(format!(
-                    "label {k}={v:?}: not supported by mlb; balancing round-robin"
-                ));
-                Balance::RoundRobin
-            }
-            _ => {
-                return Err(err(
-                    &k,
+    Ok(())
+}
+
+/// `VHOST`: host names, lower-cased.
+fn parse_vhosts(k: &str, v: &str) -> Result<Vec<String>, LabelError> {
+    split_list(v)
+        .into_iter()
+        .map(|host| {
+            let host = host.to_ascii_lowercase();
+            let valid = host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '*'));
+            if valid {
+                Ok(host)
+            } else {
+                Err(err(
+                    k,
                     v,
-                    "unknown balance algorithm (roundrobin, leastconn or source)",
-                ));
+                    format!("{host:?} is not a host name (letters, digits, '.', '-', '*')"),
+                ))
             }
-        };
+        })
+        .collect()
+}
+
+/// `PATH`: prefixes; HAProxy flags (`-i`…) are ignored with a warning.
+fn parse_paths(k: &str, v: &str, warnings: &mut Vec<String>) -> Result<Vec<String>, LabelError> {
+    let mut paths = Vec::new();
+    for token in v.split_whitespace() {
+        if token.starts_with('/') {
+            paths.push(token.to_owned());
+        } else if token.starts_with('-') {
+            warnings.push(format!(
+                "label {k}: HAProxy flag {token:?} is ignored (paths match case-sensitively by prefix)"
+            ));
+        } else {
+            return Err(err(
+                k,
+                v,
+                format!("{token:?} is not a path (must start with '/')"),
+            ));
+        }
     }
-    if let Some((_, v)) = get("SSL_CERT") {
+    Ok(paths)
+}
+
+/// `BALANCE`: HAProxy algorithms mlb does not implement are balanced round-robin, with a
+/// warning; unknown names are errors.
+fn read_balance(r: &mut PortLabelReader<'_>, out: &mut PortLabels) -> Result<(), LabelError> {
+    let Some((k, v)) = r.get("BALANCE") else {
+        return Ok(());
+    };
+    let lower = v.trim().to_ascii_lowercase();
+    let algo = lower.split(['(', ' ']).next().unwrap_or_default();
+    out.balance = match algo {
+        "roundrobin" => Balance::RoundRobin,
+        "leastconn" => Balance::LeastConn,
+        "source" => Balance::Source,
+        other if OTHER_HAPROXY_BALANCE.contains(&other) => {
+            r.warnings.push(format!(
+                "label {k}={v:?}: not supported by mlb; balancing round-robin"
+            ));
+            Balance::RoundRobin
+        }
+        _ => {
+            return Err(err(
+                &k,
+                v,
+                "unknown balance algorithm (roundrobin, leastconn or source)",
+            ));
+        }
+    };
+    Ok(())
+}
+
+/// Where and how the port listens: `SSL_CERT`, `BIND_ADDR`, `BIND_OPTIONS`, `PORT`.
+fn read_listener(r: &mut PortLabelReader<'_>, out: &mut PortLabels) -> Result<(), LabelError> {
+    if let Some((_, v)) = r.get("SSL_CERT") {
         out.ssl_certs
             .extend(split_list(v).into_iter().map(PathBuf::from));
     }
-    if let Some((k, v)) = get("BIND_ADDR") {
+    if let Some((k, v)) = r.get("BIND_ADDR") {
         let t = v.trim();
         if !t.is_empty() && t != "*" {
             out.bind_addr = Some(
@@ -263,10 +335,10 @@ fn parse_port_labels(
             );
         }
     }
-    if let Some((k, v)) = get("BIND_OPTIONS") {
-        parse_bind_options(&k, v, &mut out, warnings)?;
+    if let Some((k, v)) = r.get("BIND_OPTIONS") {
+        parse_bind_options(&k, v, out, &mut r.warnings)?;
     }
-    if let Some((k, v)) = get("PORT") {
+    if let Some((k, v)) = r.get("PORT") {
         out.port = Some(
             v.trim()
                 .parse::<u16>()
@@ -275,7 +347,12 @@ fn parse_port_labels(
                 .ok_or_else(|| err(&k, v, "not a port number"))?,
         );
     }
-    if let Some((k, v)) = get("AUTH") {
+    Ok(())
+}
+
+/// Who may use the port: `AUTH` (basic auth), `BACKEND_NETWORK_ALLOWED_ACL`.
+fn read_access(r: &PortLabelReader<'_>, out: &mut PortLabels) -> Result<(), LabelError> {
+    if let Some((k, v)) = r.get("AUTH") {
         let parts: Vec<&str> = v.split(':').collect();
         match parts.as_slice() {
             [realm, user, hash] if !realm.is_empty() && !user.is_empty() && !hash.is_empty() => {
@@ -288,17 +365,25 @@ fn parse_port_labels(
             _ => return Err(err(&k, v, "expected realm:user:crypt-hash")),
         }
     }
-    if let Some((k, v)) = get("BACKEND_NETWORK_ALLOWED_ACL") {
+    if let Some((k, v)) = r.get("BACKEND_NETWORK_ALLOWED_ACL") {
         for net in v.split_whitespace() {
-            out.allowed_networks
-                .push(net.parse::<IpNet>().map_err(|e| err(&k, v, e))?);
+            out.allowed_networks.push(
+                net.parse::<IpNet>()
+                    .map_err(|e| err(&k, v, e.to_string()))?,
+            );
         }
     }
+    Ok(())
+}
+
+/// Request and response rewriting: `HTTP_BACKEND_PROXYPASS_PATH`, `…_REVPROXY_PATH`,
+/// `…_REDIR`.
+fn read_backend_paths(r: &PortLabelReader<'_>, out: &mut PortLabels) -> Result<(), LabelError> {
     for (name, field) in [
         ("HTTP_BACKEND_PROXYPASS_PATH", &mut out.proxypass_path),
         ("HTTP_BACKEND_REVPROXY_PATH", &mut out.revproxy_path),
     ] {
-        if let Some((k, v)) = get(name) {
+        if let Some((k, v)) = r.get(name) {
             let t = v.trim();
             if !t.starts_with('/') || t.contains(char::is_whitespace) {
                 return Err(err(&k, v, "must be a path starting with '/'"));
@@ -306,14 +391,20 @@ fn parse_port_labels(
             *field = Some(t.to_owned());
         }
     }
-    if let Some((k, v)) = get("HTTP_BACKEND_REDIR") {
+    if let Some((k, v)) = r.get("HTTP_BACKEND_REDIR") {
         let t = v.trim();
         if t.is_empty() || t.contains(char::is_whitespace) {
             return Err(err(&k, v, "must be a path or URL without spaces"));
         }
         out.redirect_root_to = Some(t.to_owned());
     }
-    if let Some((k, v)) = get("BACKEND_WEIGHT") {
+    Ok(())
+}
+
+/// The backend as a whole: `BACKEND_WEIGHT` (a `PATH` turns 0 into 1, as marathon-lb),
+/// `BACKEND_HEALTHCHECK_PORT_INDEX`.
+fn read_backend(r: &PortLabelReader<'_>, out: &mut PortLabels) -> Result<(), LabelError> {
+    if let Some((k, v)) = r.get("BACKEND_WEIGHT") {
         out.weight = v
             .trim()
             .parse::<i32>()
@@ -322,19 +413,14 @@ fn parse_port_labels(
     if !out.paths.is_empty() && out.weight == 0 {
         out.weight = 1;
     }
-    if let Some((k, v)) = get("BACKEND_HEALTHCHECK_PORT_INDEX") {
+    if let Some((k, v)) = r.get("BACKEND_HEALTHCHECK_PORT_INDEX") {
         out.healthcheck_port_index = Some(
             v.trim()
                 .parse::<usize>()
                 .map_err(|_| err(&k, v, "not a port index"))?,
         );
     }
-    for name in HTTP_ONLY {
-        if labels.contains_key(&key(name)) {
-            out.http_only_labels.push(name);
-        }
-    }
-    Ok(out)
+    Ok(())
 }
 
 /// Labels that only mean something for an HTTP service (ignored, with a warning, in tcp mode).
@@ -738,6 +824,32 @@ mod tests {
             warnings[2].contains("ciphers ECDHE, accept-proxy"),
             "{warnings:?}"
         );
+    }
+
+    /// The concerns are read in a fixed order: of two bad labels the one read first is reported,
+    /// with the warnings of the labels read before it.
+    #[test]
+    fn first_bad_label_in_reading_order_wins() {
+        let (res, warnings) = port_labels(
+            &labels(&[
+                ("HAPROXY_0_PORT", "x"),
+                ("HAPROXY_0_MODE", "udp"),
+                ("HAPROXY_0_STICKY", "maybe"),
+                ("HAPROXY_0_BACKEND_WEIGHT", "heavy"),
+            ]),
+            0,
+        );
+        assert_eq!(res.unwrap_err().label, "HAPROXY_0_MODE");
+        assert_eq!(
+            warnings,
+            ["label HAPROXY_0_STICKY=\"maybe\" is not a boolean; treated as false"]
+        );
+        let (res, warnings) = port_labels(
+            &labels(&[("HAPROXY_0_PORT", "x"), ("HAPROXY_0_BALANCE", "uri")]),
+            0,
+        );
+        assert_eq!(res.unwrap_err().label, "HAPROXY_0_PORT");
+        assert_eq!(warnings.len(), 1, "balance is read before the listener");
     }
 
     #[test]

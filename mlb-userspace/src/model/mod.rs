@@ -5,11 +5,14 @@
 //!   endpoints; [`groups`]: `--group` matching; [`health`]: task state, readiness, Marathon
 //!   health with a last-known cache; [`deployment`]: zero-downtime deployment groups;
 //!   [`explain`]: why each app is (not) exposed.
+//! - One service port goes through small steps (`port_steps`): its mode and health check
+//!   (`mode`), its backends ([`backends`]), then its port claim and services.
 //! - Entry points: [`desired_state`] and [`explain::explain`].
 use std::{collections::BTreeSet, net::IpAddr, time::SystemTime};
 
 use crate::marathon::types::{App, AppList};
 
+pub mod backends;
 pub(crate) mod build;
 pub mod deployment;
 pub mod explain;
@@ -17,6 +20,8 @@ pub mod groups;
 pub mod health;
 pub mod incremental;
 pub mod labels;
+mod mode;
+pub(crate) mod port_steps;
 pub mod ports;
 pub mod state;
 

@@ -3,6 +3,7 @@
 //! `container.portMappings`), following marathon-lb's `utils.py` rules.
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    fmt,
     net::IpAddr,
 };
 
@@ -64,6 +65,48 @@ fn port_mappings(app: &App) -> &[PortMapping] {
     }
 }
 
+/// Where a service port came from, for `mlb explain` (and the incremental model: auto-assigned
+/// ports depend on every other app).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortSource {
+    /// `container.portMappings[].servicePort` (or `container.docker.portMappings`).
+    PortMappings,
+    /// `portDefinitions[].port`.
+    PortDefinitions,
+    /// The legacy `ports` list.
+    Ports,
+    /// `--min/max-serv-port-ip-per-task` auto-assignment.
+    AutoAssigned,
+}
+
+impl fmt::Display for PortSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PortSource::PortMappings => "portMappings",
+            PortSource::PortDefinitions => "portDefinitions",
+            PortSource::Ports => "ports",
+            PortSource::AutoAssigned => "auto-assigned (IP-per-task)",
+        })
+    }
+}
+
+/// As its text, so explain's JSON reads the same as the text output.
+impl serde::Serialize for PortSource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A port `protocol` mlb cannot forward.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}.protocol {protocol:?}: mlb forwards tcp and udp only")]
+pub struct ProtocolError {
+    /// The port entry, e.g. `portDefinitions[1]`.
+    pub field: String,
+    /// The whole `protocol` value.
+    pub protocol: String,
+}
+
 /// One entry of the app's service-port list; its position is the `{n}` of `HAPROXY_{n}_*`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServicePortSpec {
@@ -72,9 +115,9 @@ pub struct ServicePortSpec {
     /// `None`: auto-assignment ran out of ports.
     pub port: Option<u16>,
     /// From the port's `protocol` (`tcp`, `udp`, `tcp,udp`), or why it is unusable.
-    pub protocols: Result<Vec<Protocol>, String>,
-    /// Where the port came from, for `mlb explain` (`portMappings`, `portDefinitions`, …).
-    pub source: &'static str,
+    pub protocols: Result<Vec<Protocol>, ProtocolError>,
+    /// Where the port came from.
+    pub source: PortSource,
     /// Position of the port in its source list (`portMappings`, `portDefinitions`, …), which is
     /// also the position of its port in each task's port list and Marathon's `portIndex`. Differs
     /// from `index` when a mapping without a service port was skipped.
@@ -82,7 +125,10 @@ pub struct ServicePortSpec {
 }
 
 /// Parses a Marathon port `protocol` (`tcp`, `udp`, `tcp,udp`; absent = tcp).
-pub fn parse_protocols(field: &str, protocol: Option<&str>) -> Result<Vec<Protocol>, String> {
+pub fn parse_protocols(
+    field: &str,
+    protocol: Option<&str>,
+) -> Result<Vec<Protocol>, ProtocolError> {
     let Some(text) = protocol else {
         return Ok(vec![Protocol::Tcp]);
     };
@@ -92,9 +138,10 @@ pub fn parse_protocols(field: &str, protocol: Option<&str>) -> Result<Vec<Protoc
             "tcp" => Protocol::Tcp,
             "udp" => Protocol::Udp,
             _ => {
-                return Err(format!(
-                    "{field}.protocol {text:?}: mlb forwards tcp and udp only"
-                ));
+                return Err(ProtocolError {
+                    field: field.to_owned(),
+                    protocol: text.to_owned(),
+                });
             }
         };
         if !out.contains(&p) {
@@ -178,7 +225,7 @@ impl ServicePortAssigner {
                         &format!("portMappings[{i}]"),
                         m.protocol.as_deref(),
                     ),
-                    source: "portMappings",
+                    source: PortSource::PortMappings,
                     task_port_index: i,
                 })
                 .collect();
@@ -199,7 +246,7 @@ impl ServicePortAssigner {
                         &format!("portDefinitions[{i}]"),
                         d.protocol.as_deref(),
                     ),
-                    source: "portDefinitions",
+                    source: PortSource::PortDefinitions,
                     task_port_index: i,
                 })
                 .collect(),
@@ -213,7 +260,7 @@ impl ServicePortAssigner {
                     index,
                     port: Some(*p),
                     protocols: Ok(vec![Protocol::Tcp]),
-                    source: "ports",
+                    source: PortSource::Ports,
                     task_port_index: i,
                 })
                 .collect(),
@@ -224,7 +271,7 @@ impl ServicePortAssigner {
         let Some(first_task) = app.tasks.first() else {
             return declared;
         };
-        let protocol_of = |i: usize| -> Result<Vec<Protocol>, String> {
+        let protocol_of = |i: usize| -> Result<Vec<Protocol>, ProtocolError> {
             let discovery = app
                 .ip_address
                 .as_ref()
@@ -250,7 +297,7 @@ impl ServicePortAssigner {
                 index,
                 port: self.assign(&app.id, task_port),
                 protocols: protocol_of(index),
-                source: "auto-assigned (IP-per-task)",
+                source: PortSource::AutoAssigned,
                 task_port_index: index,
             })
             .collect()
@@ -310,6 +357,20 @@ pub fn task_ports(app: &App, task: &Task, mode: NetworkingMode) -> Vec<u16> {
     }
 }
 
+/// Why a task has no address to route to (yet).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TaskAddressError {
+    #[error("no IP address allocated yet (IP-per-task)")]
+    NotAllocated,
+    #[error("ipAddresses[0] {0:?} is not an IP address")]
+    NotAnAddress(String),
+    #[error("no agent host yet")]
+    NoAgentHost,
+    /// The caller did not resolve this host name (see [`super::hosts_to_resolve`]).
+    #[error("agent host {0:?} is not resolved")]
+    Unresolved(String),
+}
+
 /// The address a task is reached at: its first `ipAddresses` entry for container networking,
 /// else its agent `host`, which must be an address or resolved by the caller (`host_addrs`; the
 /// model does no DNS).
@@ -317,21 +378,21 @@ pub fn task_ip(
     task: &Task,
     mode: NetworkingMode,
     host_addrs: &BTreeMap<String, IpAddr>,
-) -> Result<IpAddr, String> {
+) -> Result<IpAddr, TaskAddressError> {
     if mode == NetworkingMode::Container {
         let Some(text) = task
             .ip_addresses
             .first()
             .and_then(|a| a.ip_address.as_deref())
         else {
-            return Err("no IP address allocated yet (IP-per-task)".into());
+            return Err(TaskAddressError::NotAllocated);
         };
         return text
             .parse()
-            .map_err(|_| format!("ipAddresses[0] {text:?} is not an IP address"));
+            .map_err(|_| TaskAddressError::NotAnAddress(text.to_owned()));
     }
     if task.host.is_empty() {
-        return Err("no agent host yet".into());
+        return Err(TaskAddressError::NoAgentHost);
     }
     if let Ok(ip) = task.host.parse() {
         return Ok(ip);
@@ -339,7 +400,7 @@ pub fn task_ip(
     host_addrs
         .get(&task.host)
         .copied()
-        .ok_or_else(|| format!("agent host {:?} is not resolved", task.host))
+        .ok_or_else(|| TaskAddressError::Unresolved(task.host.clone()))
 }
 
 #[cfg(test)]
@@ -437,7 +498,8 @@ mod tests {
         let specs = ServicePortAssigner::new(None).service_ports(&a);
         assert_eq!(ports(&specs), [Some(10000), Some(10001)]);
         assert_eq!(specs[1].protocols, Ok(vec![Protocol::Tcp, Protocol::Udp]));
-        assert_eq!(specs[1].source, "portDefinitions");
+        assert_eq!(specs[1].source, PortSource::PortDefinitions);
+        assert_eq!(specs[1].source.to_string(), "portDefinitions");
     }
 
     #[test]
@@ -468,7 +530,10 @@ mod tests {
             .protocols
             .clone()
             .unwrap_err();
-        assert!(e.contains("portDefinitions[0].protocol \"sctp\""), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "portDefinitions[0].protocol \"sctp\": mlb forwards tcp and udp only"
+        );
     }
 
     fn ippt(id: &str, task_ports: &[u16]) -> App {
@@ -534,9 +599,12 @@ mod tests {
             "198.18.0.7".parse::<IpAddr>().unwrap()
         );
         let e = task_ip(&t("agent2"), NetworkingMode::Host, &resolved).unwrap_err();
-        assert!(e.contains("\"agent2\" is not resolved"), "{e}");
-        assert!(task_ip(&t(""), NetworkingMode::Bridge, &resolved).is_err());
+        assert_eq!(e.to_string(), "agent host \"agent2\" is not resolved");
+        assert_eq!(
+            task_ip(&t(""), NetworkingMode::Bridge, &resolved),
+            Err(TaskAddressError::NoAgentHost)
+        );
         let e = task_ip(&t("agent1"), NetworkingMode::Container, &resolved).unwrap_err();
-        assert!(e.contains("no IP address"), "{e}");
+        assert_eq!(e, TaskAddressError::NotAllocated);
     }
 }

@@ -147,8 +147,17 @@ impl IpNet {
     }
 }
 
+/// An address block that does not parse (the text is the whole block as written).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IpNetError {
+    #[error("{0:?} is not an address")]
+    NotAnAddress(String),
+    #[error("{text:?}: prefix length must be 0..={max}")]
+    PrefixLength { text: String, max: u8 },
+}
+
 impl std::str::FromStr for IpNet {
-    type Err = String;
+    type Err = IpNetError;
     /// `10.0.0.0/8`, `fd00::/8`, or a bare address (a /32 or /128).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (addr, len) = match s.split_once('/') {
@@ -157,14 +166,15 @@ impl std::str::FromStr for IpNet {
         };
         let addr: IpAddr = addr
             .parse()
-            .map_err(|_| format!("{s:?} is not an address"))?;
+            .map_err(|_| IpNetError::NotAnAddress(s.to_owned()))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix_len = match len {
-            Some(l) => l
-                .parse::<u8>()
-                .ok()
-                .filter(|l| *l <= max)
-                .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?,
+            Some(l) => l.parse::<u8>().ok().filter(|l| *l <= max).ok_or_else(|| {
+                IpNetError::PrefixLength {
+                    text: s.to_owned(),
+                    max,
+                }
+            })?,
             None => max,
         };
         Ok(IpNet { addr, prefix_len })

@@ -225,10 +225,9 @@ fn marathon14_host_bridge_and_ip_per_task_shapes() {
     assert_eq!(s2.l4.len() + s2.http.len(), s.l4.len() + s.http.len() - 1);
     let ex = explain(&list, &o, &HealthCache::new(), now());
     let legacy = ex.iter().find(|a| a.app_id == "/legacy").unwrap();
-    assert!(
-        legacy.ports[0].excluded_tasks[0]
-            .reason
-            .contains("\"agent-1.example\" is not resolved")
+    assert_eq!(
+        legacy.ports[0].excluded_tasks[0].reason.to_string(),
+        "agent host \"agent-1.example\" is not resolved"
     );
 }
 
@@ -445,11 +444,19 @@ fn task_states_readiness_and_draining() {
         staging.reason.as_deref(),
         Some("no routable task (see the excluded tasks)")
     );
-    assert_eq!(staging.excluded_tasks[0].reason, "state TASK_STAGING");
+    assert_eq!(
+        staging.excluded_tasks[0].reason.to_string(),
+        "state TASK_STAGING"
+    );
     assert_eq!(port("/notasks").reason.as_deref(), Some("no tasks"));
     let deploying = port("/deploying");
     assert_eq!(deploying.excluded_tasks[0].task_id, "deploying.t2");
-    assert!(deploying.excluded_tasks[0].reason.contains("not ready"));
+    assert!(
+        deploying.excluded_tasks[0]
+            .reason
+            .to_string()
+            .contains("not ready")
+    );
 }
 
 /// `--health-check`: only healthy tasks; after a Marathon leader failover (no results at all)
@@ -487,7 +494,7 @@ fn health_gating_survives_a_failover_snapshot() {
     let reasons: Vec<_> = ex[0].ports[0]
         .excluded_tasks
         .iter()
-        .map(|t| t.reason.as_str())
+        .map(|t| t.reason.to_string())
         .collect();
     assert_eq!(
         reasons,
