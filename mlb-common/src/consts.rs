@@ -28,16 +28,32 @@ pub const MAX_INTERFACES: u32 = 64;
 /// Backend index meaning "none" in Maglev tables.
 pub const NO_BACKEND: u32 = u32::MAX;
 
+/// Maglev tables per service slot: the live one, and the one the agent writes before a flip.
+pub const TABLES_PER_SERVICE: u32 = 2;
+
 /// Ring elements per table for a table of `ring_size` entries.
 pub const fn ring_elems(ring_size: u32) -> u32 {
     ring_size.div_ceil(RING_ENTRIES_PER_ELEM)
 }
 
-/// XDP return codes (`enum xdp_action` of the kernel UAPI), for user space and tests.
+/// Index of the first ring element of table `copy` (0 or 1) of `service_slot`.
+pub const fn ring_table_base(service_slot: u32, copy: u32, ring_size: u32) -> u32 {
+    (service_slot * TABLES_PER_SERVICE + copy) * ring_elems(ring_size)
+}
+
+/// Size of the ring map: every table of every service slot.
+pub const fn ring_map_entries(ring_size: u32) -> u32 {
+    ring_table_base(MAX_SERVICES, 0, ring_size)
+}
+
+/// XDP return codes (`enum xdp_action` of the kernel UAPI) as plain numbers, for user space and
+/// tests comparing `BPF_PROG_TEST_RUN` results. Defined by [`crate::verdict::Verdict`].
 pub mod xdp_action {
-    pub const XDP_ABORTED: u32 = 0;
-    pub const XDP_DROP: u32 = 1;
-    pub const XDP_PASS: u32 = 2;
-    pub const XDP_TX: u32 = 3;
-    pub const XDP_REDIRECT: u32 = 4;
+    use crate::verdict::Verdict;
+
+    pub const XDP_ABORTED: u32 = Verdict::Aborted as u32;
+    pub const XDP_DROP: u32 = Verdict::Drop as u32;
+    pub const XDP_PASS: u32 = Verdict::Pass as u32;
+    pub const XDP_TX: u32 = Verdict::Tx as u32;
+    pub const XDP_REDIRECT: u32 = Verdict::Redirect as u32;
 }

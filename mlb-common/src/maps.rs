@@ -48,7 +48,7 @@ pub struct ServiceKey {
     pub addr: [u32; 4],
     /// Service port, network order.
     pub port: u16,
-    /// IPPROTO_TCP (6) or IPPROTO_UDP (17).
+    /// [`crate::net::IPPROTO_TCP`] or [`crate::net::IPPROTO_UDP`].
     pub proto: u8,
     /// [`FAMILY_V4`] or [`FAMILY_V6`].
     pub family: u8,
@@ -73,7 +73,7 @@ pub struct ServiceValue {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RingElem {
-    pub backends: [u32; 2],
+    pub backends: [u32; crate::consts::RING_ENTRIES_PER_ELEM as usize],
 }
 
 /// `Backend::flags`: the backend is usable.

@@ -49,9 +49,10 @@ pub enum Counter {
     /// Passed: rewritten packet whose next hop has no neighbour entry yet; the kernel forwards
     /// it and resolves ARP/ND (needs ip_forward).
     PassNoNeighbour,
-    /// Passed: no route to the rewritten destination (FIB lookup failed).
+    /// Passed as it arrived: no route to the rewritten destination (FIB lookup failed).
     PassFibFailed,
-    /// Passed: the egress interface is not one the program may redirect to.
+    /// Passed: rewritten packet whose egress interface is not one the program may redirect to;
+    /// the kernel forwards it (needs ip_forward).
     PassRedirectFailed,
     /// Dropped: no free SNAT port for a new flow (exhaustion).
     DropSnatExhausted,

@@ -1,47 +1,45 @@
-//! Connection tracking and new-flow creation: service lookup, Maglev backend choice, SNAT port
-//! allocation. Only the map entries change here; the packet is rewritten by `nat.rs`.
-use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+//! Connection tracking: the entry of a packet's flow direction, found or created.
+//!
+//! A flow has two entries, one per direction, each saying how to rewrite its packets. A new flow
+//! gets its backend from the service's Maglev table and a SNAT port; only map entries change
+//! here, the packet is rewritten last (`rewrite.rs`).
+use aya_ebpf::bindings::BPF_ANY;
 use mlb_common::{
-    consts::{NO_BACKEND, SNAT_PORT_TRIES},
     maps::{
-        BACKEND_ACTIVE, BACKEND_DEAD, CT_CLOSING, CT_ESTABLISHED, CT_SYN, Config, DIR_TO_BACKEND,
-        DIR_TO_CLIENT, FAMILY_V4, FAMILY_V6, FlowKey, NatEntry, ServiceKey,
+        CT_CLOSING, CT_ESTABLISHED, CT_SYN, Config, DIR_TO_BACKEND, DIR_TO_CLIENT, FAMILY_V4,
+        FlowKey, NatEntry,
     },
+    net::{IPPROTO_TCP, tcp},
     stats::Counter,
 };
 
 use crate::{
-    maps::{BACKENDS, CONNTRACK, RINGS, SCRATCH, SERVICES},
-    parse::{Family, IPPROTO_TCP, PacketMeta},
+    exit::Exit,
+    lookup::{backend_dead, lookup_service, pick_backend},
+    maps::{CONNTRACK, Scratch},
+    parse::PacketMeta,
+    snat::reserve_snat_port,
     stats::count,
 };
 
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
-
-/// Why a packet is not forwarded: the XDP action to return (the reason is already counted).
-pub type Verdict = u32;
-
-#[inline(always)]
-pub fn family_code(meta: &PacketMeta) -> u8 {
-    match meta.family {
-        Family::V4 => FAMILY_V4,
-        Family::V6 => FAMILY_V6,
-    }
+/// The tracked flow direction a packet belongs to.
+pub struct Flow {
+    /// How to rewrite the packet (a map value, used in place).
+    pub nat: &'static NatEntry,
+    /// This packet created the flow.
+    pub new: bool,
 }
 
-/// The wire 5-tuple of a packet.
+/// The wire 5-tuple of a packet: the key of its flow direction.
 #[inline(always)]
-pub fn flow_key(meta: &PacketMeta) -> FlowKey {
+fn flow_key(meta: &PacketMeta) -> FlowKey {
     FlowKey {
         src: meta.src,
         dst: meta.dst,
         sport: meta.sport,
         dport: meta.dport,
         proto: meta.proto,
-        family: family_code(meta),
+        family: meta.family.code(),
         _pad: [0; 2],
     }
 }
@@ -60,33 +58,69 @@ fn peer_key(key: &FlowKey, entry: &NatEntry) -> FlowKey {
     }
 }
 
-/// Whether the backend of a tracked flow was declared dead by the agent.
+/// The flow of the packet: its tracked entry, or a new flow when it has none and is addressed to
+/// a service. Leaves the packet's flow key in `scratch.key` (the key lives in the per-CPU
+/// scratch map, not on the 512-byte stack).
 #[inline(always)]
-pub fn backend_dead(backend: u32) -> bool {
-    match BACKENDS.get(backend) {
-        Some(b) => b.flags & BACKEND_DEAD != 0,
-        None => true,
+pub fn track_flow(
+    meta: &PacketMeta,
+    scratch: &mut Scratch,
+    cfg: &Config,
+    now: u64,
+) -> Result<Flow, Exit> {
+    scratch.key = flow_key(meta);
+    if let Some(nat) = lookup_flow(meta, &scratch.key, now) {
+        return Ok(Flow { nat, new: false });
     }
+    create_flow(meta, scratch, cfg, now)?;
+    // SAFETY: a map value, valid for this program run.
+    let nat = unsafe { CONNTRACK.get(&scratch.key) }
+        // Evicted between the insert and this lookup: the table is that full.
+        .ok_or(Exit::Drop(Counter::DropConntrackFull))?;
+    Ok(Flow { nat, new: true })
+}
+
+/// The tracked entry of `key`, touched, or `None` when the packet starts a new flow. A flow whose
+/// backend the agent declared dead is forgotten, so it is re-balanced: the new backend has no
+/// such connection and answers a TCP segment with a RST, and the client learns at once.
+#[inline(always)]
+fn lookup_flow(meta: &PacketMeta, key: &FlowKey, now: u64) -> Option<&'static NatEntry> {
+    let entry = CONNTRACK.get_ptr_mut(key)?;
+    // SAFETY: `entry` comes from the lookup and stays valid for this program run (RCU).
+    let tracked = unsafe { &*entry };
+    let to_backend = tracked.direction == DIR_TO_BACKEND;
+    if to_backend && backend_dead(tracked.backend) {
+        count(Counter::FlowBackendDead);
+        forget_flow(key, tracked);
+        return None;
+    }
+    touch_flow(entry, meta, now);
+    count(if to_backend {
+        Counter::FlowToBackend
+    } else {
+        Counter::FlowToClient
+    });
+    Some(tracked)
 }
 
 /// Forgets both directions of a tracked flow. A subprogram (its own stack frame); takes only
 /// stack and map-value pointers.
 #[inline(never)]
-pub fn forget_flow(key: &FlowKey, entry: &NatEntry) {
+fn forget_flow(key: &FlowKey, entry: &NatEntry) {
     let _ = CONNTRACK.remove(key);
     let _ = CONNTRACK.remove(peer_key(key, entry));
 }
 
 /// Records activity on a tracked flow: last-seen time and TCP state.
 #[inline(always)]
-pub fn touch_flow(entry: *mut NatEntry, meta: &PacketMeta, now: u64) {
+fn touch_flow(entry: *mut NatEntry, meta: &PacketMeta, now: u64) {
     // SAFETY: `entry` comes from a map lookup; fields are plain integers.
     unsafe {
         (*entry).last_seen_ns = now;
         if meta.proto == IPPROTO_TCP {
-            if meta.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            if meta.tcp_flags & (tcp::FIN | tcp::RST) != 0 {
                 (*entry).state = CT_CLOSING;
-            } else if (*entry).state == CT_SYN && meta.tcp_flags & TCP_ACK != 0 {
+            } else if (*entry).state == CT_SYN && meta.tcp_flags & tcp::ACK != 0 {
                 (*entry).state = CT_ESTABLISHED;
             }
         }
@@ -118,71 +152,31 @@ fn hash_flow(key: &FlowKey) -> u32 {
     h ^ (h >> 16)
 }
 
-/// [`create_flow`] made the flow and wrote its entry.
-pub const FLOW_CREATED: u32 = u32::MAX;
-
-/// Creates a flow for a packet addressed to a service: picks the backend from the service's live
-/// Maglev table, reserves a SNAT port (the reply key must be unused), and records both
-/// directions. Returns [`FLOW_CREATED`] (the caller then finds the entry under its key) or
-/// the XDP action for a packet that cannot start a flow (its reason counted).
+/// Creates the flow of a packet addressed to a service: picks the backend from the service's
+/// live Maglev table, reserves a SNAT port (which records the reply direction), then records
+/// the forward direction under `scratch.key`.
 ///
 /// A BPF subprogram of its own (not inlined): its stack frame is not live while the packet is
 /// rewritten and forwarded, which keeps the program under the 512-byte stack limit. It takes
-/// only stack pointers and scalars (no packet or context pointer), as subprograms must.
+/// only stack and map-value pointers (no packet or context pointer), and keeps its large values
+/// in `scratch`.
 #[inline(never)]
-pub fn create_flow(meta: &PacketMeta, key: &FlowKey, cfg: &Config, now: u64) -> Verdict {
-    use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS};
-
-    // Large values live in the per-CPU scratch map and are used through references into maps:
-    // this subprogram's frame adds to the caller's within the 512-byte stack limit.
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        count(Counter::PassNotReady);
-        return XDP_PASS;
-    };
-    // SAFETY: this CPU's scratch element, used by this program run only.
-    let scratch = unsafe { &mut *scratch };
-    scratch.service_key = ServiceKey {
-        addr: meta.dst,
-        port: meta.dport,
-        proto: meta.proto,
-        family: key.family,
-    };
-    // SAFETY: map value, valid for this program run.
-    let Some(svc) = (unsafe { SERVICES.get(&scratch.service_key) }) else {
-        count(Counter::PassNoService);
-        return XDP_PASS;
-    };
-    let ring_size = cfg.ring_size;
-    if svc.backend_count == 0 || ring_size == 0 {
-        count(Counter::PassNoBackend);
-        return XDP_PASS;
-    }
-    let hash = hash_flow(key);
-    let slot = hash % ring_size;
-    let elems = ring_size.div_ceil(2);
-    let index = (svc.slot * 2 + (svc.ring_copy & 1)) * elems + slot / 2;
-    let backend_id = match RINGS.get(index) {
-        Some(elem) if slot & 1 == 0 => elem.backends[0],
-        Some(elem) => elem.backends[1],
-        None => NO_BACKEND,
-    };
-    let backend = match BACKENDS.get(backend_id) {
-        Some(b) if b.flags & BACKEND_ACTIVE != 0 && b.flags & BACKEND_DEAD == 0 => b,
-        _ => {
-            count(Counter::PassNoBackend);
-            return XDP_PASS;
-        }
-    };
-    if backend.family != key.family {
-        count(Counter::PassNoBackend);
-        return XDP_PASS;
-    }
-    let snat = if key.family == FAMILY_V4 {
+fn create_flow(
+    meta: &PacketMeta,
+    scratch: &mut Scratch,
+    cfg: &Config,
+    now: u64,
+) -> Result<(), Exit> {
+    let svc = lookup_service(meta, &mut scratch.service_key)?;
+    let hash = hash_flow(&scratch.key);
+    let family = scratch.key.family;
+    let (backend_id, backend) = pick_backend(svc, cfg.ring_size, hash, family)?;
+    let snat = if family == FAMILY_V4 {
         &cfg.snat_v4
     } else {
         &cfg.snat_v6
     };
-    let state = if meta.proto == IPPROTO_TCP && meta.tcp_flags & TCP_SYN != 0 {
+    let state = if meta.proto == IPPROTO_TCP && meta.tcp_flags & tcp::SYN != 0 {
         CT_SYN
     } else {
         CT_ESTABLISHED
@@ -199,37 +193,16 @@ pub fn create_flow(meta: &PacketMeta, key: &FlowKey, cfg: &Config, now: u64) -> 
         _pad: [0; 2],
         last_seen_ns: now,
     };
-    let min = u32::from(cfg.snat_port_min);
-    let range = u32::from(cfg.snat_port_max).saturating_sub(min) + 1;
-    // A different mix of the hash than the Maglev slot's, stepping by a prime on collision.
-    let start = hash.rotate_left(16);
-    let mut snat_port: u16 = 0;
     scratch.reply_key = FlowKey {
         src: backend.addr,
         dst: *snat,
         sport: backend.port,
         dport: 0,
-        proto: key.proto,
-        family: key.family,
+        proto: meta.proto,
+        family,
         _pad: [0; 2],
     };
-    for attempt in 0..SNAT_PORT_TRIES {
-        let port = (min + start.wrapping_add(attempt.wrapping_mul(7919)) % range) as u16;
-        let port_be = port.to_be();
-        scratch.reply_key.dport = port_be;
-        if CONNTRACK
-            .insert(&scratch.reply_key, &scratch.reply, u64::from(BPF_NOEXIST))
-            .is_ok()
-        {
-            snat_port = port_be;
-            break;
-        }
-        count(Counter::SnatPortCollision);
-    }
-    if snat_port == 0 {
-        count(Counter::DropSnatExhausted);
-        return XDP_DROP;
-    }
+    let snat_port = reserve_snat_port(cfg, hash, &mut scratch.reply_key, &scratch.reply)?;
     scratch.forward = NatEntry {
         new_src: *snat,
         new_dst: backend.addr,
@@ -243,13 +216,12 @@ pub fn create_flow(meta: &PacketMeta, key: &FlowKey, cfg: &Config, now: u64) -> 
         last_seen_ns: now,
     };
     if CONNTRACK
-        .insert(key, &scratch.forward, u64::from(BPF_ANY))
+        .insert(&scratch.key, &scratch.forward, u64::from(BPF_ANY))
         .is_err()
     {
         let _ = CONNTRACK.remove(&scratch.reply_key);
-        count(Counter::DropConntrackFull);
-        return XDP_DROP;
+        return Err(Exit::Drop(Counter::DropConntrackFull));
     }
     count(Counter::FlowNew);
-    FLOW_CREATED
+    Ok(())
 }

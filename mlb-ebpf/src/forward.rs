@@ -1,37 +1,72 @@
-//! Sending a rewritten packet on: `bpf_fib_lookup` gives the egress interface and next-hop MACs;
-//! same interface → `XDP_TX`, another one → `XDP_REDIRECT` through the devmap. Without a
-//! resolved neighbour the rewritten packet goes to the kernel, which forwards it and resolves
-//! ARP/ND (this needs forwarding enabled on the interface).
+//! The forwarding decision for a packet about to be rewritten: `bpf_fib_lookup` on the rewritten
+//! addresses gives the egress interface and next-hop MACs; the same interface means `XDP_TX`,
+//! another one `XDP_REDIRECT` through the devmap. Only reads and lookups happen here: the packet
+//! is untouched until the decision is made, so a failed lookup passes the packet as it arrived.
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
-        xdp_action::{XDP_PASS, XDP_TX},
-    },
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
     helpers::bpf_fib_lookup,
     programs::XdpContext,
 };
-use mlb_common::{maps::NatEntry, stats::Counter};
+use mlb_common::{maps::NatEntry, net::eth, stats::Counter, verdict::Verdict};
 
 use crate::{
-    maps::{SCRATCH, TX_PORTS},
-    parse::{Family, PacketMeta, ptr_at},
+    exit::Exit,
+    maps::TX_PORTS,
+    parse::{Family, PacketMeta},
     stats::count,
 };
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
-/// Forwards the rewritten packet; returns the XDP action. Inlined: `bpf_fib_lookup` needs the
-/// program's context.
+/// Next-hop Ethernet addresses, in header order.
+#[derive(Clone, Copy)]
+pub struct Macs(pub [u8; 2 * eth::ALEN]);
+
+/// Where a rewritten packet goes.
+#[derive(Clone, Copy)]
+pub enum NextHop {
+    /// Back out of the ingress interface.
+    Tx(Macs),
+    /// Out of another interface, already chosen with `bpf_redirect_map`.
+    Redirect(Macs),
+    /// To the kernel, which forwards the rewritten packet itself: it has the route but no
+    /// neighbour entry yet (it resolves ARP/ND), or the egress interface is not in the devmap.
+    /// The MACs stay as they arrived. Needs forwarding enabled on the interface.
+    Kernel,
+}
+
+impl NextHop {
+    #[inline(always)]
+    pub fn verdict(self) -> Verdict {
+        match self {
+            NextHop::Tx(_) => Verdict::Tx,
+            NextHop::Redirect(_) => Verdict::Redirect,
+            NextHop::Kernel => Verdict::Pass,
+        }
+    }
+
+    /// The MACs to write, if the program sends the packet itself.
+    #[inline(always)]
+    pub fn macs(&self) -> Option<&Macs> {
+        match self {
+            NextHop::Tx(m) | NextHop::Redirect(m) => Some(m),
+            NextHop::Kernel => None,
+        }
+    }
+}
+
+/// Decides where the packet goes once rewritten by `nat`. No route: the packet is passed as it
+/// arrived. Inlined: `bpf_fib_lookup` needs the program's context. `params` is scratch space.
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, meta: &PacketMeta, nat: &NatEntry) -> u32 {
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return XDP_PASS;
-    };
-    // SAFETY: this CPU's scratch element, used by this program run only; all-zero is a valid
-    // (empty) request.
-    let params = unsafe { &mut (*scratch).fib };
+pub fn next_hop(
+    ctx: &XdpContext,
+    meta: &PacketMeta,
+    nat: &NatEntry,
+    params: &mut FibParams,
+) -> Result<NextHop, Exit> {
+    // SAFETY: all-zero is a valid (empty) request.
     *params = unsafe { core::mem::zeroed() };
     params.family = match meta.family {
         Family::V4 => AF_INET,
@@ -53,7 +88,7 @@ pub fn forward(ctx: &XdpContext, meta: &PacketMeta, nat: &NatEntry) -> u32 {
             params.__bindgen_anon_4.ipv6_dst = nat.new_dst;
         }
     }
-    // SAFETY: params lives on our stack for the duration of the call; its size is passed.
+    // SAFETY: `params` is valid for the call; its size is passed.
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.as_ptr(),
@@ -64,28 +99,22 @@ pub fn forward(ctx: &XdpContext, meta: &PacketMeta, nat: &NatEntry) -> u32 {
     };
     if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
         count(Counter::PassNoNeighbour);
-        return XDP_PASS;
+        return Ok(NextHop::Kernel);
     }
     if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
-        count(Counter::PassFibFailed);
-        return XDP_PASS;
+        return Err(Exit::Pass(Counter::PassFibFailed));
     }
-    let Some(eth) = ptr_at::<[u8; 12]>(ctx, 0) else {
-        return XDP_PASS;
-    };
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&params.dmac);
-    macs[6..].copy_from_slice(&params.smac);
-    // SAFETY: `ptr_at` checked the 12 bytes are inside the packet.
-    unsafe { core::ptr::write_unaligned(eth, macs) };
+    let mut macs = Macs([0; 2 * eth::ALEN]);
+    macs.0[eth::DST..eth::DST + eth::ALEN].copy_from_slice(&params.dmac);
+    macs.0[eth::SRC..eth::SRC + eth::ALEN].copy_from_slice(&params.smac);
     if params.ifindex == ingress {
-        return XDP_TX;
+        return Ok(NextHop::Tx(macs));
     }
     match TX_PORTS.redirect(params.ifindex, 0) {
-        Ok(action) => action,
+        Ok(_) => Ok(NextHop::Redirect(macs)),
         Err(_) => {
             count(Counter::PassRedirectFailed);
-            XDP_PASS
+            Ok(NextHop::Kernel)
         }
     }
 }

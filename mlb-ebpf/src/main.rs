@@ -1,9 +1,11 @@
 //! mlb's XDP program: a full-NAT TCP/UDP load balancer.
 //!
-//! Per packet: parse once ([`parse::parse_packet`]); a packet of a tracked flow is rewritten
-//! with its connection-tracking entry; a packet to a service starts a flow (Maglev picks the
-//! backend, a SNAT port is reserved); anything else is passed to the kernel untouched, with the
-//! reason counted. Rewritten packets are forwarded with `bpf_fib_lookup`.
+//! Per packet, one small step each: parse once ([`parse::parse_packet`]); find the packet's
+//! tracked flow or start one for a service ([`flow::track_flow`]: Maglev picks the backend, a
+//! SNAT port is reserved); decide where the rewritten packet goes ([`forward::next_hop`],
+//! `bpf_fib_lookup`); and only then rewrite it ([`rewrite::rewrite_packet`]). Every read and
+//! lookup comes before the first write (Katran's rule), so a packet that leaves early reaches the
+//! kernel as it arrived, its reason counted.
 #![no_std]
 #![no_main]
 #![allow(
@@ -13,111 +15,50 @@
 )]
 
 mod csum;
+mod exit;
 mod flow;
 mod forward;
+mod lookup;
 mod maps;
-mod nat;
 mod parse;
+mod rewrite;
+mod snat;
 mod stats;
 
-use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext,
-};
-use mlb_common::{maps::DIR_TO_BACKEND, stats::Counter};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
+use mlb_common::{stats::Counter, verdict::Verdict};
 
-use crate::maps::{CONFIG, CONNTRACK, SCRATCH};
+use crate::exit::Exit;
 
-/// Entry point, attached to every interface mlb serves.
+/// Entry point, attached to every interface mlb serves. Early exits become verdicts here, and
+/// nowhere else.
 #[xdp]
 pub fn mlb_xdp(ctx: XdpContext) -> u32 {
     stats::count(Counter::Total);
-    let action = process_packet(&ctx);
-    stats::count(verdict_counter(action));
-    action
+    let verdict = try_mlb_xdp(&ctx).unwrap_or_else(Exit::into_verdict);
+    stats::count(verdict.counter());
+    verdict as u32
 }
 
 #[inline(always)]
-fn process_packet(ctx: &XdpContext) -> u32 {
-    let meta = match parse::parse_packet(ctx) {
-        Ok(meta) => meta,
-        Err(reason) => {
-            stats::count(reason);
-            return xdp_action::XDP_PASS;
-        }
-    };
+fn try_mlb_xdp(ctx: &XdpContext) -> Result<Verdict, Exit> {
+    let meta = parse::parse_packet(ctx)?;
     stats::count(meta.parsed_counter());
-    let cfg = match CONFIG.get(0) {
-        Some(cfg) if cfg.ready != 0 => cfg,
-        _ => {
-            stats::count(Counter::PassNotReady);
-            return xdp_action::XDP_PASS;
-        }
-    };
+    let cfg = lookup::config()?;
+    let scratch = maps::scratch()?;
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    // The key lives in the per-CPU scratch map, not on the 512-byte stack.
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return xdp_action::XDP_PASS;
-    };
-    // SAFETY: this CPU's scratch element, used by this program run only.
-    let key = unsafe { &mut (*scratch).key };
-    *key = flow::flow_key(&meta);
-
-    // The tracked entry is used in place (a map-value pointer), never copied to the stack.
-    let mut entry = CONNTRACK.get_ptr_mut(&*key);
-    if let Some(e) = entry {
-        // SAFETY: `e` comes from the lookup and stays valid for this program run (RCU).
-        let tracked = unsafe { &*e };
-        if tracked.direction == DIR_TO_BACKEND && flow::backend_dead(tracked.backend) {
-            // Its backend is gone: re-balance. The new backend has no such connection and
-            // answers a TCP segment with a RST, so the client learns at once.
-            stats::count(Counter::FlowBackendDead);
-            flow::forget_flow(key, tracked);
-            entry = None;
-        } else {
-            flow::touch_flow(e, &meta, now);
-            stats::count(if tracked.direction == DIR_TO_BACKEND {
-                Counter::FlowToBackend
-            } else {
-                Counter::FlowToClient
-            });
-        }
-    }
-    let new_flow = entry.is_none();
-    if new_flow {
-        let verdict = flow::create_flow(&meta, key, cfg, now);
-        if verdict != flow::FLOW_CREATED {
-            return verdict;
-        }
-        entry = CONNTRACK.get_ptr_mut(&*key);
-    }
-    let Some(nat) = entry else {
-        stats::count(Counter::DropConntrackFull);
-        return xdp_action::XDP_DROP;
-    };
-    // SAFETY: map-value pointer from the lookup above.
-    let nat = unsafe { &*nat };
-    if nat::rewrite(ctx, &meta, nat) == 0 {
-        return xdp_action::XDP_PASS;
-    }
+    let flow = flow::track_flow(&meta, scratch, cfg, now)?;
+    let hop = forward::next_hop(ctx, &meta, flow.nat, &mut scratch.fib)?;
+    // The decision is made: from here on the packet is written.
+    rewrite::rewrite_packet(ctx, &meta, flow.nat, hop.macs())?;
     stats::count_flow(
-        nat.service_slot,
-        nat.backend,
+        flow.nat.service_slot,
+        flow.nat.backend,
         u64::from(meta.ip_len),
-        new_flow,
+        flow.new,
     );
-    forward::forward(ctx, &meta, nat)
-}
-
-#[inline(always)]
-const fn verdict_counter(action: u32) -> Counter {
-    match action {
-        xdp_action::XDP_PASS => Counter::VerdictPass,
-        xdp_action::XDP_TX => Counter::VerdictTx,
-        xdp_action::XDP_REDIRECT => Counter::VerdictRedirect,
-        xdp_action::XDP_DROP => Counter::VerdictDrop,
-        _ => Counter::VerdictAborted,
-    }
+    Ok(hop.verdict())
 }
 
 #[cfg(not(test))]

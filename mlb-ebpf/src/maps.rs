@@ -8,10 +8,12 @@ use aya_ebpf::{
 use mlb_common::{
     consts::{
         CT_MAX_ENTRIES, DEFAULT_RING_SIZE, MAX_BACKENDS, MAX_INTERFACES, MAX_SERVICES, STATS_SLOTS,
-        ring_elems,
+        ring_map_entries,
     },
     maps::{Backend, Config, FlowKey, FlowStats, NatEntry, RingElem, ServiceKey, ServiceValue},
 };
+
+use crate::exit::Exit;
 
 /// Global counters, one `u64` per [`mlb_common::stats::Counter`], per CPU.
 #[map(name = "MLB_STATS")]
@@ -24,8 +26,7 @@ pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
 
 /// Two Maglev tables per service slot, packed two entries per element.
 #[map(name = "MLB_RINGS")]
-pub static RINGS: Array<RingElem> =
-    Array::with_max_entries(MAX_SERVICES * 2 * ring_elems(DEFAULT_RING_SIZE), 0);
+pub static RINGS: Array<RingElem> = Array::with_max_entries(ring_map_entries(DEFAULT_RING_SIZE), 0);
 
 /// Backend addresses by backend id.
 #[map(name = "MLB_BACKENDS")]
@@ -73,3 +74,12 @@ pub struct Scratch {
 /// One [`Scratch`] per CPU.
 #[map(name = "MLB_SCRATCH")]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's [`Scratch`]. Its lookup cannot fail (one element per CPU); if it did, that is a
+/// bug, and the packet is aborted.
+#[inline(always)]
+pub fn scratch() -> Result<&'static mut Scratch, Exit> {
+    let p = SCRATCH.get_ptr_mut(0).ok_or(Exit::Aborted)?;
+    // SAFETY: this CPU's element of a per-CPU array, used by this program run only.
+    Ok(unsafe { &mut *p })
+}

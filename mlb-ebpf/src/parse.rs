@@ -3,23 +3,22 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
-use mlb_common::stats::Counter;
+use mlb_common::{
+    maps::{FAMILY_V4, FAMILY_V6},
+    net::{
+        ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, eth, ipv4, ipv6,
+        is_ipv6_ext_header, tcp, udp, vlan,
+    },
+    stats::Counter,
+};
 
-pub const ETH_HLEN: usize = 14;
-const VLAN_HLEN: usize = 4;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88A8;
-const IPV4_HLEN_MIN: usize = 20;
-const IPV6_HLEN: usize = 40;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-const TCP_HLEN_MIN: usize = 20;
-const UDP_HLEN: usize = 8;
-/// IPv4 "more fragments" flag and fragment offset mask (host order of the 16-bit field).
-const IP_MF: u16 = 0x2000;
-const IP_OFFSET: u16 = 0x1FFF;
+use crate::exit::Exit;
+
+const TRUNCATED_ETH: Exit = Exit::Pass(Counter::PassTruncatedEth);
+/// An IP header the packet is too short for, or a malformed one.
+pub const BAD_L3: Exit = Exit::Pass(Counter::PassBadL3);
+/// A TCP/UDP header the packet is too short for, or a malformed one.
+pub const BAD_L4: Exit = Exit::Pass(Counter::PassBadL4);
 
 /// Returns a pointer to a `T` at `offset` bytes into the packet, or `None` when the packet is too
 /// short to hold it.
@@ -43,7 +42,7 @@ fn read_be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
 
 /// Reads a `u32` at `offset` as stored (network order kept).
 #[inline(always)]
-pub fn read_raw32(ctx: &XdpContext, offset: usize) -> Option<u32> {
+fn read_raw32(ctx: &XdpContext, offset: usize) -> Option<u32> {
     let p = ptr_at::<u32>(ctx, offset)?;
     // SAFETY: in bounds; packet data is only 2-byte aligned, hence the unaligned read.
     Some(unsafe { core::ptr::read_unaligned(p) })
@@ -62,6 +61,17 @@ fn read_u8(ctx: &XdpContext, offset: usize) -> Option<u8> {
 pub enum Family {
     V4,
     V6,
+}
+
+impl Family {
+    /// The `family` value of map keys.
+    #[inline(always)]
+    pub fn code(self) -> u8 {
+        match self {
+            Family::V4 => FAMILY_V4,
+            Family::V6 => FAMILY_V6,
+        }
+    }
 }
 
 /// Everything later steps need from one packet, parsed once.
@@ -101,65 +111,65 @@ impl PacketMeta {
 
 /// Parses Ethernet (at most one 802.1Q/802.1ad tag), IPv4 or IPv6, and TCP or UDP.
 ///
-/// On anything else it returns the counter that names why the packet is left to the kernel.
+/// Anything else is left to the kernel, with the counter that names why.
 #[inline(always)]
-pub fn parse_packet(ctx: &XdpContext) -> Result<PacketMeta, Counter> {
-    let mut ether_type = read_be16(ctx, 12).ok_or(Counter::PassTruncatedEth)?;
-    let mut l3_off = ETH_HLEN;
+pub fn parse_packet(ctx: &XdpContext) -> Result<PacketMeta, Exit> {
+    let mut ether_type = read_be16(ctx, eth::TYPE).ok_or(TRUNCATED_ETH)?;
+    let mut l3_off = eth::HLEN;
     if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
-        ether_type = read_be16(ctx, 16).ok_or(Counter::PassTruncatedEth)?;
-        l3_off += VLAN_HLEN;
+        ether_type = read_be16(ctx, eth::HLEN + vlan::TYPE).ok_or(TRUNCATED_ETH)?;
+        l3_off += vlan::HLEN;
     }
     let mut meta = match ether_type {
         ETH_P_IP => parse_ipv4(ctx, l3_off)?,
         ETH_P_IPV6 => parse_ipv6(ctx, l3_off)?,
-        _ => return Err(Counter::PassNotIp),
+        _ => return Err(Exit::Pass(Counter::PassNotIp)),
     };
     // One checked pointer per header, every field read through it: the verifier then knows
     // each access is inside the range checked for that pointer.
     let l4_off = meta.l4_off;
     if meta.proto == IPPROTO_TCP {
-        let tcp = ptr_at::<[u8; TCP_HLEN_MIN]>(ctx, l4_off).ok_or(Counter::PassBadL4)?;
+        let p = ptr_at::<[u8; tcp::HLEN_MIN]>(ctx, l4_off).ok_or(BAD_L4)?;
         // SAFETY: `ptr_at` checked the whole fixed TCP header is inside the packet.
-        let hdr = unsafe { core::ptr::read_unaligned(tcp) };
-        // Data offset in 32-bit words, high nibble of byte 12.
-        if usize::from(hdr[12] >> 4) * 4 < TCP_HLEN_MIN {
-            return Err(Counter::PassBadL4);
+        let hdr = unsafe { core::ptr::read_unaligned(p) };
+        // Data offset in 32-bit words, high nibble.
+        if usize::from(hdr[tcp::DOFF] >> 4) * 4 < tcp::HLEN_MIN {
+            return Err(BAD_L4);
         }
-        meta.tcp_flags = hdr[13];
-        meta.sport = u16::from_ne_bytes([hdr[0], hdr[1]]);
-        meta.dport = u16::from_ne_bytes([hdr[2], hdr[3]]);
+        meta.tcp_flags = hdr[tcp::FLAGS];
+        meta.sport = u16::from_ne_bytes([hdr[tcp::SPORT], hdr[tcp::SPORT + 1]]);
+        meta.dport = u16::from_ne_bytes([hdr[tcp::DPORT], hdr[tcp::DPORT + 1]]);
     } else {
-        let udp = ptr_at::<[u8; UDP_HLEN]>(ctx, l4_off).ok_or(Counter::PassBadL4)?;
+        let p = ptr_at::<[u8; udp::HLEN]>(ctx, l4_off).ok_or(BAD_L4)?;
         // SAFETY: `ptr_at` checked the UDP header is inside the packet.
-        let hdr = unsafe { core::ptr::read_unaligned(udp) };
-        meta.sport = u16::from_ne_bytes([hdr[0], hdr[1]]);
-        meta.dport = u16::from_ne_bytes([hdr[2], hdr[3]]);
+        let hdr = unsafe { core::ptr::read_unaligned(p) };
+        meta.sport = u16::from_ne_bytes([hdr[udp::SPORT], hdr[udp::SPORT + 1]]);
+        meta.dport = u16::from_ne_bytes([hdr[udp::DPORT], hdr[udp::DPORT + 1]]);
     }
     Ok(meta)
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<PacketMeta, Counter> {
-    if ptr_at::<[u8; IPV4_HLEN_MIN]>(ctx, l3_off).is_none() {
-        return Err(Counter::PassBadL3);
+fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<PacketMeta, Exit> {
+    if ptr_at::<[u8; ipv4::HLEN_MIN]>(ctx, l3_off).is_none() {
+        return Err(BAD_L3);
     }
-    let vihl = read_u8(ctx, l3_off).ok_or(Counter::PassBadL3)?;
+    let vihl = read_u8(ctx, l3_off + ipv4::VER_IHL).ok_or(BAD_L3)?;
     let ihl = usize::from(vihl & 0x0F) * 4;
-    if vihl >> 4 != 4 || ihl < IPV4_HLEN_MIN {
-        return Err(Counter::PassBadL3);
+    if vihl >> 4 != 4 || ihl < ipv4::HLEN_MIN {
+        return Err(BAD_L3);
     }
-    let frag = read_be16(ctx, l3_off + 6).ok_or(Counter::PassBadL3)?;
-    if frag & (IP_MF | IP_OFFSET) != 0 {
-        return Err(Counter::PassFragment);
+    let frag = read_be16(ctx, l3_off + ipv4::FRAG_OFF).ok_or(BAD_L3)?;
+    if frag & (ipv4::MF | ipv4::OFFSET_MASK) != 0 {
+        return Err(Exit::Pass(Counter::PassFragment));
     }
-    let proto = read_u8(ctx, l3_off + 9).ok_or(Counter::PassBadL3)?;
+    let proto = read_u8(ctx, l3_off + ipv4::PROTO).ok_or(BAD_L3)?;
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
-        return Err(Counter::PassNotTcpUdp);
+        return Err(Exit::Pass(Counter::PassNotTcpUdp));
     }
-    let src = read_raw32(ctx, l3_off + 12).ok_or(Counter::PassBadL3)?;
-    let dst = read_raw32(ctx, l3_off + 16).ok_or(Counter::PassBadL3)?;
-    let ip_len = read_be16(ctx, l3_off + 2).ok_or(Counter::PassBadL3)?;
+    let src = read_raw32(ctx, l3_off + ipv4::SRC).ok_or(BAD_L3)?;
+    let dst = read_raw32(ctx, l3_off + ipv4::DST).ok_or(BAD_L3)?;
+    let ip_len = read_be16(ctx, l3_off + ipv4::TOT_LEN).ok_or(BAD_L3)?;
     Ok(PacketMeta {
         family: Family::V4,
         proto,
@@ -175,37 +185,37 @@ fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<PacketMeta, Counter> {
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, l3_off: usize) -> Result<PacketMeta, Counter> {
-    if ptr_at::<[u8; IPV6_HLEN]>(ctx, l3_off).is_none() {
-        return Err(Counter::PassBadL3);
+fn parse_ipv6(ctx: &XdpContext, l3_off: usize) -> Result<PacketMeta, Exit> {
+    if ptr_at::<[u8; ipv6::HLEN]>(ctx, l3_off).is_none() {
+        return Err(BAD_L3);
     }
-    let version = read_u8(ctx, l3_off).ok_or(Counter::PassBadL3)? >> 4;
+    let version = read_u8(ctx, l3_off + ipv6::VER_TC_FLOW).ok_or(BAD_L3)? >> 4;
     if version != 6 {
-        return Err(Counter::PassBadL3);
+        return Err(BAD_L3);
     }
-    let next = read_u8(ctx, l3_off + 6).ok_or(Counter::PassBadL3)?;
-    match next {
-        IPPROTO_TCP | IPPROTO_UDP => {
-            let addr = |off: usize| -> Result<[u32; 4], Counter> {
-                let w = |i: usize| read_raw32(ctx, l3_off + off + i * 4).ok_or(Counter::PassBadL3);
-                Ok([w(0)?, w(1)?, w(2)?, w(3)?])
-            };
-            let payload_len = read_be16(ctx, l3_off + 4).ok_or(Counter::PassBadL3)?;
-            Ok(PacketMeta {
-                family: Family::V6,
-                proto: next,
-                l3_off,
-                l4_off: l3_off + IPV6_HLEN,
-                src: addr(8)?,
-                dst: addr(24)?,
-                sport: 0,
-                dport: 0,
-                tcp_flags: 0,
-                ip_len: payload_len.wrapping_add(IPV6_HLEN as u16),
-            })
-        }
-        // Hop-by-hop, routing, fragment, AH, destination options, mobility, HIP, shim6.
-        0 | 43 | 44 | 51 | 60 | 135 | 139 | 140 => Err(Counter::PassIpv6ExtHeader),
-        _ => Err(Counter::PassNotTcpUdp),
+    let next = read_u8(ctx, l3_off + ipv6::NEXT_HEADER).ok_or(BAD_L3)?;
+    if next != IPPROTO_TCP && next != IPPROTO_UDP {
+        return Err(Exit::Pass(if is_ipv6_ext_header(next) {
+            Counter::PassIpv6ExtHeader
+        } else {
+            Counter::PassNotTcpUdp
+        }));
     }
+    let addr = |off: usize| -> Result<[u32; 4], Exit> {
+        let w = |i: usize| read_raw32(ctx, l3_off + off + i * 4).ok_or(BAD_L3);
+        Ok([w(0)?, w(1)?, w(2)?, w(3)?])
+    };
+    let payload_len = read_be16(ctx, l3_off + ipv6::PAYLOAD_LEN).ok_or(BAD_L3)?;
+    Ok(PacketMeta {
+        family: Family::V6,
+        proto: next,
+        l3_off,
+        l4_off: l3_off + ipv6::HLEN,
+        src: addr(ipv6::SRC)?,
+        dst: addr(ipv6::DST)?,
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        ip_len: payload_len.wrapping_add(ipv6::HLEN as u16),
+    })
 }

@@ -1,21 +1,25 @@
 //! Hand-built Ethernet frames for BPF_PROG_TEST_RUN fixtures, and from-scratch checksum checks
-//! for the frames the program writes back.
+//! for the frames the program writes back. Every field is written and read at the offset
+//! `mlb_common::net` names, the table the XDP program parses with.
 //!
 //! ```
+//! use mlb_common::net::{eth, ipv4, tcp};
 //! use mlb_tests::packet::{PacketBuilder, TCP_SYN};
 //! let frame = PacketBuilder::new()
 //!     .ipv4("198.18.1.1".parse().unwrap(), "198.18.1.2".parse().unwrap())
 //!     .tcp(40000, 80, TCP_SYN)
 //!     .build();
-//! assert_eq!(frame.len(), 14 + 20 + 20);
+//! assert_eq!(frame.len(), eth::HLEN + ipv4::HLEN_MIN + tcp::HLEN_MIN);
 //! ```
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_PSH: u8 = 0x08;
-pub const TCP_ACK: u8 = 0x10;
+pub use mlb_common::net::tcp::{
+    ACK as TCP_ACK, FIN as TCP_FIN, PSH as TCP_PSH, RST as TCP_RST, SYN as TCP_SYN,
+};
+use mlb_common::net::{
+    ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, eth, ipv4, ipv6, tcp,
+    udp, vlan,
+};
 
 /// Default MACs of fixtures: the client side, and the load balancer's interface.
 pub const MAC_CLIENT: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
@@ -156,7 +160,7 @@ impl PacketBuilder {
     /// IPv4 fragment: more-fragments flag and offset (in 8-byte units).
     pub fn ipv4_fragment(mut self, more_fragments: bool, offset: u16) -> Self {
         if let L3::V4 { frag, .. } = &mut self.l3 {
-            *frag = (if more_fragments { 0x2000 } else { 0 }) | (offset & 0x1FFF);
+            *frag = (if more_fragments { ipv4::MF } else { 0 }) | (offset & ipv4::OFFSET_MASK);
         }
         self
     }
@@ -233,46 +237,48 @@ impl PacketBuilder {
                 seq,
                 ack,
             } => {
-                let mut h = Vec::with_capacity(20);
-                h.extend_from_slice(&sport.to_be_bytes());
-                h.extend_from_slice(&dport.to_be_bytes());
-                h.extend_from_slice(&seq.to_be_bytes());
-                h.extend_from_slice(&ack.to_be_bytes());
-                h.push(5 << 4);
-                h.push(*flags);
-                h.extend_from_slice(&64240u16.to_be_bytes());
-                h.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
-                (6, h)
+                let mut h = vec![0; tcp::HLEN_MIN];
+                put(&mut h, tcp::SPORT, &sport.to_be_bytes());
+                put(&mut h, tcp::DPORT, &dport.to_be_bytes());
+                put(&mut h, tcp::SEQ, &seq.to_be_bytes());
+                put(&mut h, tcp::ACK_SEQ, &ack.to_be_bytes());
+                h[tcp::DOFF] = words(tcp::HLEN_MIN) << 4;
+                h[tcp::FLAGS] = *flags;
+                put(&mut h, tcp::WINDOW, &64240u16.to_be_bytes());
+                (IPPROTO_TCP, h)
             }
             L4::Udp { sport, dport } => {
-                let mut h = Vec::with_capacity(8);
-                h.extend_from_slice(&sport.to_be_bytes());
-                h.extend_from_slice(&dport.to_be_bytes());
-                let len = u16::try_from(8 + self.payload.len()).expect("UDP length");
-                h.extend_from_slice(&len.to_be_bytes());
-                h.extend_from_slice(&[0, 0]);
-                (17, h)
+                let mut h = vec![0; udp::HLEN];
+                put(&mut h, udp::SPORT, &sport.to_be_bytes());
+                put(&mut h, udp::DPORT, &dport.to_be_bytes());
+                let len = u16::try_from(udp::HLEN + self.payload.len()).expect("UDP length");
+                put(&mut h, udp::LEN, &len.to_be_bytes());
+                (IPPROTO_UDP, h)
             }
             L4::Raw { proto } => (*proto, Vec::new()),
         };
         l4.extend_from_slice(&self.payload);
 
-        let mut frame = Vec::with_capacity(64 + l4.len());
-        frame.extend_from_slice(&self.dst_mac);
-        frame.extend_from_slice(&self.src_mac);
+        let mut frame = vec![0; eth::HLEN];
+        put(&mut frame, eth::DST, &self.dst_mac);
+        put(&mut frame, eth::SRC, &self.src_mac);
         let inner_type = self.ether_type.unwrap_or(match self.l3 {
-            L3::V4 { .. } => 0x0800,
-            L3::V6 { .. } => 0x86DD,
-            L3::None => 0x0806,
+            L3::V4 { .. } => ETH_P_IP,
+            L3::V6 { .. } => ETH_P_IPV6,
+            L3::None => ETH_P_ARP,
         });
-        if let Some(vid) = self.vlan {
-            frame.extend_from_slice(&0x8100u16.to_be_bytes());
-            frame.extend_from_slice(&(vid & 0x0FFF).to_be_bytes());
+        match self.vlan {
+            Some(vid) => {
+                put(&mut frame, eth::TYPE, &ETH_P_8021Q.to_be_bytes());
+                let mut tag = [0; vlan::HLEN];
+                put(&mut tag, vlan::TCI, &(vid & 0x0FFF).to_be_bytes());
+                put(&mut tag, vlan::TYPE, &inner_type.to_be_bytes());
+                frame.extend_from_slice(&tag);
+            }
+            None => put(&mut frame, eth::TYPE, &inner_type.to_be_bytes()),
         }
-        frame.extend_from_slice(&inner_type.to_be_bytes());
-
         match &self.l3 {
-            L3::None => frame.extend_from_slice(&l4),
+            L3::None => {}
             L3::V4 {
                 src,
                 dst,
@@ -281,26 +287,22 @@ impl PacketBuilder {
                 ttl,
                 id,
             } => {
-                let ihl = 5 + options.len() / 4;
-                let total = u16::try_from(ihl * 4 + l4.len()).expect("IPv4 length");
-                let mut h = Vec::with_capacity(ihl * 4);
-                h.push(0x40 | u8::try_from(ihl).expect("IHL"));
-                h.push(0);
-                h.extend_from_slice(&total.to_be_bytes());
-                h.extend_from_slice(&id.to_be_bytes());
-                h.extend_from_slice(&frag.to_be_bytes());
-                h.push(*ttl);
-                h.push(proto);
-                h.extend_from_slice(&[0, 0]);
-                h.extend_from_slice(&src.octets());
-                h.extend_from_slice(&dst.octets());
+                let mut h = vec![0; ipv4::HLEN_MIN];
                 h.extend_from_slice(options);
+                let total = u16::try_from(h.len() + l4.len()).expect("IPv4 length");
+                h[ipv4::VER_IHL] = 0x40 | words(h.len());
+                put(&mut h, ipv4::TOT_LEN, &total.to_be_bytes());
+                put(&mut h, ipv4::ID, &id.to_be_bytes());
+                put(&mut h, ipv4::FRAG_OFF, &frag.to_be_bytes());
+                h[ipv4::TTL] = *ttl;
+                h[ipv4::PROTO] = proto;
+                put(&mut h, ipv4::SRC, &src.octets());
+                put(&mut h, ipv4::DST, &dst.octets());
                 let c = checksum(&[&h]);
-                h[10..12].copy_from_slice(&c.to_be_bytes());
+                put(&mut h, ipv4::CSUM, &c.to_be_bytes());
                 let pseudo = pseudo_v4(*src, *dst, proto, l4.len());
                 fill_l4_checksum(&mut l4, proto, &pseudo);
                 frame.extend_from_slice(&h);
-                frame.extend_from_slice(&l4);
             }
             L3::V6 {
                 src,
@@ -308,36 +310,46 @@ impl PacketBuilder {
                 next_header,
                 hop_limit,
             } => {
-                let nh = next_header.unwrap_or(proto);
-                let mut h = Vec::with_capacity(40);
-                h.extend_from_slice(&[0x60, 0, 0, 0]);
-                h.extend_from_slice(&u16::try_from(l4.len()).expect("IPv6 length").to_be_bytes());
-                h.push(nh);
-                h.push(*hop_limit);
-                h.extend_from_slice(&src.octets());
-                h.extend_from_slice(&dst.octets());
+                let mut h = vec![0; ipv6::HLEN];
+                h[ipv6::VER_TC_FLOW] = 0x60;
+                let len = u16::try_from(l4.len()).expect("IPv6 length");
+                put(&mut h, ipv6::PAYLOAD_LEN, &len.to_be_bytes());
+                h[ipv6::NEXT_HEADER] = next_header.unwrap_or(proto);
+                h[ipv6::HOP_LIMIT] = *hop_limit;
+                put(&mut h, ipv6::SRC, &src.octets());
+                put(&mut h, ipv6::DST, &dst.octets());
                 if next_header.is_none() {
                     let pseudo = pseudo_v6(*src, *dst, proto, l4.len());
                     fill_l4_checksum(&mut l4, proto, &pseudo);
                 }
                 frame.extend_from_slice(&h);
-                frame.extend_from_slice(&l4);
             }
         }
+        frame.extend_from_slice(&l4);
         frame
     }
 }
 
+/// Writes `bytes` at `offset` of a header.
+fn put(header: &mut [u8], offset: usize, bytes: &[u8]) {
+    header[offset..offset + bytes.len()].copy_from_slice(bytes);
+}
+
+/// A header length in the 32-bit words IHL and the TCP data offset count in.
+fn words(len: usize) -> u8 {
+    u8::try_from(len / 4).expect("header length in words")
+}
+
 fn fill_l4_checksum(l4: &mut [u8], proto: u8, pseudo: &[u8]) {
     let at = match proto {
-        6 if l4.len() >= 20 => 16,
-        17 if l4.len() >= 8 => 6,
+        IPPROTO_TCP if l4.len() >= tcp::HLEN_MIN => tcp::CSUM,
+        IPPROTO_UDP if l4.len() >= udp::HLEN => udp::CSUM,
         _ => return,
     };
     l4[at] = 0;
     l4[at + 1] = 0;
     let mut c = checksum(&[pseudo, l4]);
-    if proto == 17 && c == 0 {
+    if proto == IPPROTO_UDP && c == 0 {
         c = 0xFFFF; // UDP: a computed 0 is sent as all ones
     }
     l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
@@ -403,41 +415,41 @@ pub struct Parsed {
 /// Parses an untagged Ethernet + IPv4/IPv6 + TCP/UDP frame and verifies its checksums from
 /// scratch (independently of how the program updated them).
 pub fn parse(frame: &[u8]) -> Option<Parsed> {
-    let dst_mac: [u8; 6] = frame.get(0..6)?.try_into().ok()?;
-    let src_mac: [u8; 6] = frame.get(6..12)?.try_into().ok()?;
-    let ether_type = u16::from_be_bytes(frame.get(12..14)?.try_into().ok()?);
-    let ip = frame.get(14..)?;
+    let dst_mac = array_at(frame, eth::DST)?;
+    let src_mac = array_at(frame, eth::SRC)?;
+    let ether_type = u16_at(frame, eth::TYPE)?;
+    let ip = frame.get(eth::HLEN..)?;
     let (src, dst, proto, ttl, l4, ip_ok, pseudo): (IpAddr, IpAddr, u8, u8, &[u8], bool, Vec<u8>) =
         match ether_type {
-            0x0800 => {
-                let ihl = usize::from(ip.first()? & 0x0F) * 4;
-                let total = usize::from(u16::from_be_bytes(ip.get(2..4)?.try_into().ok()?));
-                let src = Ipv4Addr::from(<[u8; 4]>::try_from(ip.get(12..16)?).ok()?);
-                let dst = Ipv4Addr::from(<[u8; 4]>::try_from(ip.get(16..20)?).ok()?);
-                let proto = *ip.get(9)?;
+            ETH_P_IP => {
+                let ihl = usize::from(ip.get(ipv4::VER_IHL)? & 0x0F) * 4;
+                let total = usize::from(u16_at(ip, ipv4::TOT_LEN)?);
+                let src = Ipv4Addr::from(array_at::<4>(ip, ipv4::SRC)?);
+                let dst = Ipv4Addr::from(array_at::<4>(ip, ipv4::DST)?);
+                let proto = *ip.get(ipv4::PROTO)?;
                 let l4 = ip.get(ihl..total)?;
                 let ok = checksum(&[ip.get(..ihl)?]) == 0;
                 (
                     src.into(),
                     dst.into(),
                     proto,
-                    ip[8],
+                    ip[ipv4::TTL],
                     l4,
                     ok,
                     pseudo_v4(src, dst, proto, l4.len()),
                 )
             }
-            0x86DD => {
-                let plen = usize::from(u16::from_be_bytes(ip.get(4..6)?.try_into().ok()?));
-                let src = Ipv6Addr::from(<[u8; 16]>::try_from(ip.get(8..24)?).ok()?);
-                let dst = Ipv6Addr::from(<[u8; 16]>::try_from(ip.get(24..40)?).ok()?);
-                let proto = *ip.get(6)?;
-                let l4 = ip.get(40..40 + plen)?;
+            ETH_P_IPV6 => {
+                let plen = usize::from(u16_at(ip, ipv6::PAYLOAD_LEN)?);
+                let src = Ipv6Addr::from(array_at::<16>(ip, ipv6::SRC)?);
+                let dst = Ipv6Addr::from(array_at::<16>(ip, ipv6::DST)?);
+                let proto = *ip.get(ipv6::NEXT_HEADER)?;
+                let l4 = ip.get(ipv6::HLEN..ipv6::HLEN + plen)?;
                 (
                     src.into(),
                     dst.into(),
                     proto,
-                    ip[7],
+                    ip[ipv6::HOP_LIMIT],
                     l4,
                     true,
                     pseudo_v6(src, dst, proto, l4.len()),
@@ -445,12 +457,12 @@ pub fn parse(frame: &[u8]) -> Option<Parsed> {
             }
             _ => return None,
         };
-    let sport = u16::from_be_bytes(l4.get(0..2)?.try_into().ok()?);
-    let dport = u16::from_be_bytes(l4.get(2..4)?.try_into().ok()?);
-    let hlen = if proto == 6 {
-        usize::from(l4.get(12)? >> 4) * 4
+    let sport = u16_at(l4, tcp::SPORT)?;
+    let dport = u16_at(l4, tcp::DPORT)?;
+    let hlen = if proto == IPPROTO_TCP {
+        usize::from(l4.get(tcp::DOFF)? >> 4) * 4
     } else {
-        8
+        udp::HLEN
     };
     let l4_ok = checksum(&[&pseudo, l4]) == 0;
     Some(Parsed {
@@ -465,6 +477,16 @@ pub fn parse(frame: &[u8]) -> Option<Parsed> {
         checksums_ok: ip_ok && l4_ok,
         payload: l4.get(hlen..)?.to_vec(),
     })
+}
+
+/// The `N` bytes at `offset`, if the slice holds them.
+fn array_at<const N: usize>(bytes: &[u8], offset: usize) -> Option<[u8; N]> {
+    bytes.get(offset..offset + N)?.try_into().ok()
+}
+
+/// The big-endian `u16` at `offset`.
+fn u16_at(bytes: &[u8], offset: usize) -> Option<u16> {
+    array_at(bytes, offset).map(u16::from_be_bytes)
 }
 
 #[cfg(test)]

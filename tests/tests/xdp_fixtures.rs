@@ -5,10 +5,12 @@
 //! ([`XdpL4`]). Each fixture feeds one hand-built frame with a given ingress interface and
 //! compares the verdict and the output frame byte for byte with a frame built independently
 //! (its checksums computed from scratch), then checks the counter that names what happened.
-//! Fixtures run in order: later ones use flows earlier ones created.
+//! Fixtures that are the same for IPv4 and IPv6 are tables (Katran's `PacketAttributes`) run
+//! once per [`Family`]. Fixtures run in order: later ones use flows earlier ones created.
 use std::{
     collections::BTreeSet,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -17,11 +19,15 @@ use mlb::{
     dataplane::{
         Dataplane, L4Change,
         xdp::{Counters, XdpProgram},
-        xdp_l4::{FlowTimeouts, XdpL4, XdpL4Config},
+        xdp_l4::{ConntrackSweeper, FlowTimeouts, XdpL4, XdpL4Config},
     },
     model::{Backend, BackendId, BackendState, L4Service, L4ServiceKey, Protocol},
 };
-use mlb_common::{consts::xdp_action::*, stats::Counter};
+use mlb_common::{
+    consts::xdp_action::*,
+    net::{IPPROTO_ICMP, IPPROTO_ICMPV6, eth, ipv4, tcp, udp},
+    stats::Counter,
+};
 use mlb_tests::{
     netns::{Netns, VethEnd, veth},
     packet::{
@@ -35,36 +41,133 @@ const MAC_BE1: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x11];
 const MAC_BE2: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x12];
 const MAC_LOCAL_BE: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x50];
 
-const CLIENT: &str = "198.18.1.1";
-const VIP: &str = "198.18.1.2";
-const SNAT: &str = "198.18.2.1";
-const BE1: &str = "198.18.2.11";
-const BE2: &str = "198.18.2.12";
-const CLIENT6: &str = "fd00:198:18:1::1";
-const VIP6: &str = "fd00:198:18:1::2";
-const SNAT6: &str = "fd00:198:18:2::1";
-const BE1_6: &str = "fd00:198:18:2::11";
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
+/// The lab's addresses of one IP family.
+struct Family {
+    name: &'static str,
+    client: IpAddr,
+    vip: IpAddr,
+    /// An address of the client-side network that is no VIP.
+    not_vip: IpAddr,
+    /// A backend on the client-side network: behind the ingress interface.
+    local_backend: IpAddr,
+    /// The load balancer's address on the backend network, the source of forwarded flows.
+    snat: IpAddr,
+    be1: IpAddr,
+    /// A backend on the backend network without a neighbour entry.
+    unresolved_backend: IpAddr,
+    /// A backend no route leads to.
+    unrouted_backend: IpAddr,
+    /// A TCP service whose backends are all of the other family.
+    other_family_port: u16,
+    /// The ICMP protocol number and an echo request.
+    icmp: (u8, [u8; 8]),
 }
 
-fn service(port: u16, protocol: Protocol, backends: &[&str]) -> L4Service {
+const fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+}
+
+/// `fd00:<a>:<b>:<c>::<host>`
+const fn v6(a: u16, b: u16, c: u16, host: u16) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(0xfd00, a, b, c, 0, 0, 0, host))
+}
+
+const V4: Family = Family {
+    name: "v4",
+    client: v4(198, 18, 1, 1),
+    vip: v4(198, 18, 1, 2),
+    not_vip: v4(198, 18, 1, 3),
+    local_backend: v4(198, 18, 1, 50),
+    snat: v4(198, 18, 2, 1),
+    be1: v4(198, 18, 2, 11),
+    unresolved_backend: v4(198, 18, 2, 13),
+    unrouted_backend: v4(198, 19, 99, 1),
+    other_family_port: SVC_V6_ONLY,
+    icmp: (IPPROTO_ICMP, [8, 0, 0xf7, 0xff, 0, 0, 0, 0]),
+};
+
+const V6: Family = Family {
+    name: "v6",
+    client: v6(0x198, 0x18, 1, 1),
+    vip: v6(0x198, 0x18, 1, 2),
+    not_vip: v6(0x198, 0x18, 1, 3),
+    local_backend: v6(0x198, 0x18, 1, 0x50),
+    snat: v6(0x198, 0x18, 2, 1),
+    be1: v6(0x198, 0x18, 2, 0x11),
+    unresolved_backend: v6(0x198, 0x18, 2, 0x13),
+    unrouted_backend: v6(0x198, 0x19, 0x99, 1),
+    other_family_port: SVC_V4_PAIR,
+    icmp: (IPPROTO_ICMPV6, [128, 0, 0, 0, 0, 0, 0, 0]),
+};
+
+const FAMILIES: [&Family; 2] = [&V4, &V6];
+
+/// The second backend of [`SVC_V4_PAIR`].
+const BE2: IpAddr = v4(198, 18, 2, 12);
+
+/// Service ports; a backend's port is the service port + 8000.
+/// TCP to `be1` (both families).
+const SVC_TCP: u16 = 81;
+/// UDP to `be1` (both families).
+const SVC_UDP: u16 = 53;
+/// TCP to `be1` and [`BE2`] (IPv4 only).
+const SVC_V4_PAIR: u16 = 80;
+/// TCP without backends.
+const SVC_EMPTY: u16 = 82;
+/// TCP to `unresolved_backend`.
+const SVC_UNRESOLVED: u16 = 83;
+/// TCP to `unrouted_backend`.
+const SVC_UNROUTED: u16 = 84;
+/// TCP to `local_backend`.
+const SVC_LOCAL: u16 = 85;
+/// TCP to the IPv6 `be1` only.
+const SVC_V6_ONLY: u16 = 86;
+
+const fn backend_port(service_port: u16) -> u16 {
+    service_port + 8000
+}
+
+fn service(port: u16, protocol: Protocol, backends: &[IpAddr]) -> L4Service {
     L4Service {
         key: L4ServiceKey { port, protocol },
         app_id: format!("/fixture-{port}"),
         bind_addr: None,
         backends: backends
             .iter()
-            .map(|a| Backend {
-                id: BackendId((*a).to_owned()),
-                addr: a.parse::<SocketAddr>().unwrap(),
-                weight: 1,
-                state: BackendState::Active,
+            .map(|ip| {
+                let addr = SocketAddr::new(*ip, backend_port(port));
+                Backend {
+                    id: BackendId(addr.to_string()),
+                    addr,
+                    weight: 1,
+                    state: BackendState::Active,
+                }
             })
             .collect(),
         health_check: None,
     }
+}
+
+/// Every service of the fixtures.
+fn services() -> Vec<L4Change> {
+    let both = |f: fn(&Family) -> IpAddr| [f(&V4), f(&V6)];
+    [
+        service(SVC_TCP, Protocol::Tcp, &both(|f| f.be1)),
+        service(SVC_V4_PAIR, Protocol::Tcp, &[V4.be1, BE2]),
+        service(SVC_UDP, Protocol::Udp, &both(|f| f.be1)),
+        service(SVC_EMPTY, Protocol::Tcp, &[]),
+        service(
+            SVC_UNRESOLVED,
+            Protocol::Tcp,
+            &both(|f| f.unresolved_backend),
+        ),
+        service(SVC_UNROUTED, Protocol::Tcp, &both(|f| f.unrouted_backend)),
+        service(SVC_LOCAL, Protocol::Tcp, &both(|f| f.local_backend)),
+        service(SVC_V6_ONLY, Protocol::Tcp, &[V6.be1]),
+    ]
+    .into_iter()
+    .map(L4Change::Upsert)
+    .collect()
 }
 
 /// The fixture namespace: `lb-cli` (client side) and `lb-sw` (backend side) with addresses,
@@ -79,32 +182,27 @@ struct Lab {
 fn lab() -> Lab {
     let lb = Netns::new("fx").unwrap();
     let peer = Netns::new("fxp").unwrap();
-    veth(
-        &VethEnd {
-            ns: &lb,
-            name: "lb-cli",
-            addrs: &["198.18.1.2/24", "fd00:198:18:1::2/64"],
-        },
-        &VethEnd {
-            ns: &peer,
-            name: "p-cli",
-            addrs: &[],
-        },
-    )
-    .unwrap();
-    veth(
-        &VethEnd {
-            ns: &lb,
-            name: "lb-sw",
-            addrs: &["198.18.2.1/24", "fd00:198:18:2::1/64"],
-        },
-        &VethEnd {
-            ns: &peer,
-            name: "p-sw",
-            addrs: &[],
-        },
-    )
-    .unwrap();
+    let cli_addrs = [format!("{}/24", V4.vip), format!("{}/64", V6.vip)];
+    let sw_addrs = [format!("{}/24", V4.snat), format!("{}/64", V6.snat)];
+    for (name, addrs, peer_name) in [
+        ("lb-cli", &cli_addrs, "p-cli"),
+        ("lb-sw", &sw_addrs, "p-sw"),
+    ] {
+        let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+        veth(
+            &VethEnd {
+                ns: &lb,
+                name,
+                addrs: &addrs,
+            },
+            &VethEnd {
+                ns: &peer,
+                name: peer_name,
+                addrs: &[],
+            },
+        )
+        .unwrap();
+    }
     let mac = |m: [u8; 6]| {
         m.iter()
             .map(|b| format!("{b:02x}"))
@@ -115,19 +213,20 @@ fn lab() -> Lab {
         .unwrap();
     lb.exec(&["ip", "link", "set", "lb-sw", "address", &mac(MAC_LB_SW)])
         .unwrap();
-    for (addr, m, dev) in [
-        (CLIENT, MAC_CLIENT, "lb-cli"),
-        (CLIENT6, MAC_CLIENT, "lb-cli"),
-        ("198.18.1.50", MAC_LOCAL_BE, "lb-cli"),
-        (BE1, MAC_BE1, "lb-sw"),
-        (BE2, MAC_BE2, "lb-sw"),
-        (BE1_6, MAC_BE1, "lb-sw"),
-    ] {
+    let mut neighbours = vec![(BE2, MAC_BE2, "lb-sw")];
+    for f in FAMILIES {
+        neighbours.extend([
+            (f.client, MAC_CLIENT, "lb-cli"),
+            (f.local_backend, MAC_LOCAL_BE, "lb-cli"),
+            (f.be1, MAC_BE1, "lb-sw"),
+        ]);
+    }
+    for (addr, m, dev) in neighbours {
         lb.exec(&[
             "ip",
             "neigh",
             "replace",
-            addr,
+            &addr.to_string(),
             "lladdr",
             &mac(m),
             "dev",
@@ -161,9 +260,15 @@ fn lab() -> Lab {
 
 fn config(snat_ports: (u16, u16)) -> XdpL4Config {
     XdpL4Config {
-        vips: vec![ip(VIP), ip(VIP6)],
-        snat_v4: Some(SNAT.parse().unwrap()),
-        snat_v6: Some(SNAT6.parse().unwrap()),
+        vips: vec![V4.vip, V6.vip],
+        snat_v4: match V4.snat {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        },
+        snat_v6: match V6.snat {
+            IpAddr::V6(a) => Some(a),
+            IpAddr::V4(_) => None,
+        },
         snat_ports,
         ring_size: 65537,
         drain_timeout: Duration::ZERO,
@@ -171,13 +276,33 @@ fn config(snat_ports: (u16, u16)) -> XdpL4Config {
     }
 }
 
+/// Which interface a frame arrives on.
+#[derive(Clone, Copy)]
+enum Side {
+    Client,
+    Backend,
+}
+
+impl Lab {
+    fn ifindex(&self, side: Side) -> u32 {
+        match side {
+            Side::Client => self.cli_ifindex,
+            Side::Backend => self.sw_ifindex,
+        }
+    }
+
+    /// A program configured with every fixture service, allowed to redirect to both interfaces.
+    fn dataplane(&self, config: XdpL4Config, changes: &[L4Change]) -> XdpL4 {
+        let mut dp = XdpL4::new(XdpProgram::load().expect("load"), config).expect("configure");
+        dp.add_tx_port(self.cli_ifindex).unwrap();
+        dp.add_tx_port(self.sw_ifindex).unwrap();
+        dp.apply(changes).expect("apply services");
+        dp
+    }
+}
+
 /// Runs one frame through the program as if received on `ingress`.
 fn run(program: &XdpProgram, ingress: u32, frame: &[u8]) -> (u32, Vec<u8>) {
-    // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
-    let mut ctx = Vec::with_capacity(24);
-    for v in [0u32, u32::try_from(frame.len()).unwrap(), 0, ingress, 0, 0] {
-        ctx.extend_from_slice(&v.to_ne_bytes());
-    }
     let mut out = vec![0u8; frame.len() + 64];
     let r = program
         .program()
@@ -185,12 +310,22 @@ fn run(program: &XdpProgram, ingress: u32, frame: &[u8]) -> (u32, Vec<u8>) {
         .test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
+            ctx_in: Some(&xdp_md(frame, ingress)),
             ..TestRunOptions::default()
         })
         .expect("BPF_PROG_TEST_RUN");
     out.truncate(r.data_size_out as usize);
     (r.return_value, out)
+}
+
+/// `struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }`
+/// for `frame` arriving on `ingress`.
+fn xdp_md(frame: &[u8], ingress: u32) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(24);
+    for v in [0u32, u32::try_from(frame.len()).unwrap(), 0, ingress, 0, 0] {
+        ctx.extend_from_slice(&v.to_ne_bytes());
+    }
+    ctx
 }
 
 /// Fixture bookkeeping: runs, compares, counts.
@@ -211,19 +346,14 @@ impl Fixtures<'_> {
     fn check(
         &mut self,
         name: &str,
-        from_client: bool,
+        from: Side,
         input: &[u8],
         verdict: u32,
         counter: Counter,
         expected: impl FnOnce(&packet::Parsed) -> Vec<u8>,
     ) -> packet::Parsed {
-        let ingress = if from_client {
-            self.lab.cli_ifindex
-        } else {
-            self.lab.sw_ifindex
-        };
         let before = self.counters();
-        let (got, out) = run(self.dp.program(), ingress, input);
+        let (got, out) = run(self.dp.program(), self.lab.ifindex(from), input);
         assert_eq!(got, verdict, "{name}: verdict");
         let delta = self.counters().since(&before);
         assert_eq!(
@@ -245,14 +375,9 @@ impl Fixtures<'_> {
     }
 
     /// Feeds `input` and asserts it is passed to the kernel untouched, counting `counter`.
-    fn passes_untouched(&mut self, name: &str, from_client: bool, input: &[u8], counter: Counter) {
-        let ingress = if from_client {
-            self.lab.cli_ifindex
-        } else {
-            self.lab.sw_ifindex
-        };
+    fn passes_untouched(&mut self, name: &str, from: Side, input: &[u8], counter: Counter) {
         let before = self.counters();
-        let (got, out) = run(self.dp.program(), ingress, input);
+        let (got, out) = run(self.dp.program(), self.lab.ifindex(from), input);
         assert_eq!(got, XDP_PASS, "{name}: verdict");
         assert_eq!(out, input, "{name}: packet modified");
         let delta = self.counters().since(&before);
@@ -262,6 +387,78 @@ impl Fixtures<'_> {
             "{name}: {counter:?} did not move: {delta:?}"
         );
         self.ran += 1;
+    }
+
+    /// Runs the packets of one flow in order (both directions); returns the SNAT port the
+    /// program chose, which every packet of the flow must carry.
+    fn run_flow(&mut self, f: &Family, flow: &Flow, steps: &[Step]) -> u16 {
+        let mut snat_port = None;
+        for step in steps {
+            let name = format!("{} {}", f.name, step.description);
+            let flags = step.tcp_flags;
+            match step.dir {
+                Dir::ToBackend => {
+                    let input = flow
+                        .l4(
+                            PacketBuilder::new().ip(f.client, f.vip).ttl(flow.ttl),
+                            flow.client_port,
+                            flow.service_port,
+                            flags,
+                        )
+                        .payload(step.payload)
+                        .build();
+                    let (verdict, src_mac, dst_mac) = flow.egress;
+                    self.check(&name, Side::Client, &input, verdict, step.counter, |p| {
+                        let port = *snat_port.get_or_insert_with(|| snat_port_ok(p));
+                        flow.l4(
+                            PacketBuilder::new()
+                                .eth(src_mac, dst_mac)
+                                .ip(f.snat, flow.backend)
+                                .ttl(flow.ttl),
+                            port,
+                            backend_port(flow.service_port),
+                            flags,
+                        )
+                        .payload(step.payload)
+                        .build()
+                    });
+                }
+                Dir::ToClient => {
+                    let port = snat_port.expect("a reply follows a packet towards the backend");
+                    let input = flow
+                        .l4(
+                            PacketBuilder::new()
+                                .eth(MAC_BE1, MAC_LB_SW)
+                                .ip(flow.backend, f.snat),
+                            backend_port(flow.service_port),
+                            port,
+                            flags,
+                        )
+                        .payload(step.payload)
+                        .build();
+                    self.check(
+                        &name,
+                        Side::Backend,
+                        &input,
+                        XDP_REDIRECT,
+                        step.counter,
+                        |_| {
+                            flow.l4(
+                                PacketBuilder::new()
+                                    .eth(MAC_LB, MAC_CLIENT)
+                                    .ip(f.vip, f.client),
+                                flow.service_port,
+                                flow.client_port,
+                                flags,
+                            )
+                            .payload(step.payload)
+                            .build()
+                        },
+                    );
+                }
+            }
+        }
+        snat_port.expect("the flow has a packet towards the backend")
     }
 }
 
@@ -274,6 +471,180 @@ fn snat_port_ok(p: &packet::Parsed) -> u16 {
     p.sport
 }
 
+/// A flow to a service: its client port, and the backend and egress the program must choose.
+struct Flow {
+    proto: Protocol,
+    client_port: u16,
+    service_port: u16,
+    backend: IpAddr,
+    /// How packets towards the backend leave: verdict, source and destination MACs.
+    egress: (u32, [u8; 6], [u8; 6]),
+    /// TTL or hop limit of the client's packets, which full NAT keeps (it ends the path to the
+    /// VIP, like a proxy).
+    ttl: u8,
+}
+
+impl Flow {
+    /// A flow redirected out of the backend-side interface, TTL 64.
+    fn new(proto: Protocol, client_port: u16, service_port: u16, backend: IpAddr) -> Flow {
+        Flow {
+            proto,
+            client_port,
+            service_port,
+            backend,
+            egress: (XDP_REDIRECT, MAC_LB_SW, MAC_BE1),
+            ttl: 64,
+        }
+    }
+
+    /// A flow to a service of `be1`.
+    fn to_be1(f: &Family, proto: Protocol, client_port: u16, service_port: u16) -> Flow {
+        Flow::new(proto, client_port, service_port, f.be1)
+    }
+
+    /// The same flow, leaving with another verdict and MACs.
+    fn egress(self, verdict: u32, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Flow {
+        Flow {
+            egress: (verdict, src_mac, dst_mac),
+            ..self
+        }
+    }
+
+    /// `builder` with this flow's L4 header.
+    fn l4(&self, builder: PacketBuilder, sport: u16, dport: u16, flags: u8) -> PacketBuilder {
+        match self.proto {
+            Protocol::Tcp => builder.tcp(sport, dport, flags),
+            Protocol::Udp => builder.udp(sport, dport),
+        }
+    }
+}
+
+/// One packet of a flow (Katran's `PacketAttributes`, the frames built from the family's
+/// addresses and the flow): its direction, TCP flags, payload, and the counter it must move.
+struct Step {
+    description: &'static str,
+    dir: Dir,
+    /// Ignored for UDP.
+    tcp_flags: u8,
+    payload: &'static [u8],
+    counter: Counter,
+}
+
+enum Dir {
+    /// Client → VIP, rewritten towards the backend.
+    ToBackend,
+    /// Backend → SNAT address, rewritten back towards the client.
+    ToClient,
+}
+
+const fn step(
+    description: &'static str,
+    dir: Dir,
+    tcp_flags: u8,
+    payload: &'static [u8],
+    counter: Counter,
+) -> Step {
+    Step {
+        description,
+        dir,
+        tcp_flags,
+        payload,
+        counter,
+    }
+}
+
+/// A whole TCP connection through the load balancer, both directions.
+const TCP_CONNECTION: &[Step] = &[
+    step(
+        "SYN to a service is NATed to its backend",
+        Dir::ToBackend,
+        TCP_SYN,
+        b"",
+        Counter::FlowNew,
+    ),
+    step(
+        "retransmitted SYN keeps its flow and SNAT port",
+        Dir::ToBackend,
+        TCP_SYN,
+        b"",
+        Counter::FlowToBackend,
+    ),
+    step(
+        "backend SYN-ACK is NATed back to the client",
+        Dir::ToClient,
+        TCP_SYN | TCP_ACK,
+        b"",
+        Counter::FlowToClient,
+    ),
+    step(
+        "client ACK",
+        Dir::ToBackend,
+        TCP_ACK,
+        b"",
+        Counter::FlowToBackend,
+    ),
+    step(
+        "client data (odd length payload kept)",
+        Dir::ToBackend,
+        TCP_ACK | TCP_PSH,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        Counter::FlowToBackend,
+    ),
+    step(
+        "backend data back to the client",
+        Dir::ToClient,
+        TCP_ACK | TCP_PSH,
+        b"HTTP/1.1 200 OK\r\n\r\n",
+        Counter::FlowToClient,
+    ),
+    step(
+        "client FIN",
+        Dir::ToBackend,
+        TCP_FIN | TCP_ACK,
+        b"",
+        Counter::FlowToBackend,
+    ),
+    step(
+        "backend FIN back to the client",
+        Dir::ToClient,
+        TCP_FIN | TCP_ACK,
+        b"",
+        Counter::FlowToClient,
+    ),
+    step(
+        "backend RST back to the client",
+        Dir::ToClient,
+        TCP_RST,
+        b"",
+        Counter::FlowToClient,
+    ),
+];
+
+/// A UDP exchange: query, answer, another query.
+const UDP_EXCHANGE: &[Step] = &[
+    step(
+        "UDP to a service",
+        Dir::ToBackend,
+        0,
+        b"query",
+        Counter::FlowNew,
+    ),
+    step(
+        "UDP reply back to the client",
+        Dir::ToClient,
+        0,
+        b"answer!",
+        Counter::FlowToClient,
+    ),
+    step(
+        "UDP second datagram of the flow",
+        Dir::ToBackend,
+        0,
+        b"query",
+        Counter::FlowToBackend,
+    ),
+];
+
 #[test]
 fn packet_fixtures() {
     if !require_netns_and_bpf("packet_fixtures") {
@@ -283,784 +654,467 @@ fn packet_fixtures() {
     let total = lab
         .lb
         .enter(|| {
-            let program = XdpProgram::load().expect("load");
-            // Before the agent writes its configuration, everything passes.
-            let syn = PacketBuilder::new()
-                .ip(ip(CLIENT), ip(VIP))
-                .tcp(40001, 81, TCP_SYN)
-                .build();
-            let before = program.counters().unwrap();
-            let (v, out) = run(&program, lab.cli_ifindex, &syn);
-            assert_eq!((v, &out), (XDP_PASS, &syn), "not ready: untouched pass");
-            assert_eq!(
-                program
-                    .counters()
-                    .unwrap()
-                    .since(&before)
-                    .get(Counter::PassNotReady),
-                1
-            );
-
-            let mut dp = XdpL4::new(program, config((40000, 59999))).expect("configure");
-            dp.add_tx_port(lab.cli_ifindex).unwrap();
-            dp.add_tx_port(lab.sw_ifindex).unwrap();
-            dp.apply(&[
-                L4Change::Upsert(service(
-                    81,
-                    Protocol::Tcp,
-                    &["198.18.2.11:8081", "[fd00:198:18:2::11]:8081"],
-                )),
-                L4Change::Upsert(service(
-                    80,
-                    Protocol::Tcp,
-                    &["198.18.2.11:8080", "198.18.2.12:8080"],
-                )),
-                L4Change::Upsert(service(
-                    53,
-                    Protocol::Udp,
-                    &["198.18.2.11:5353", "[fd00:198:18:2::11]:5353"],
-                )),
-                L4Change::Upsert(service(82, Protocol::Tcp, &[])),
-                L4Change::Upsert(service(83, Protocol::Tcp, &["198.18.2.13:8083"])),
-                L4Change::Upsert(service(84, Protocol::Tcp, &["198.19.99.1:8084"])),
-                L4Change::Upsert(service(85, Protocol::Tcp, &["198.18.1.50:8085"])),
-            ])
-            .expect("apply services");
+            not_ready_passes(&lab);
+            let mut dp = lab.dataplane(config((40000, 59999)), &services());
             let mut fx = Fixtures {
                 dp: &mut dp,
                 lab: &lab,
                 ran: 1,
             };
-            tcp_v4_forward_and_reply(&mut fx);
-            tcp_v4_spread_and_backend_change(&mut fx);
-            udp_fixtures(&mut fx);
-            ipv6_fixtures(&mut fx);
-            header_variants(&mut fx);
-            forwarding_variants(&mut fx);
-            passed_untouched(&mut fx);
+            for f in FAMILIES {
+                flows(&mut fx, f);
+                forwarding(&mut fx, f);
+                for (description, from, frame, counter) in passed_untouched(f) {
+                    fx.passes_untouched(
+                        &format!("{} {description}", f.name),
+                        from,
+                        &frame,
+                        counter,
+                    );
+                }
+            }
+            v4_spread_and_backend_change(&mut fx);
+            v4_only(&mut fx);
+            v6_only(&mut fx);
+            let arp = PacketBuilder::new().payload(&[0; 28]).build();
+            fx.passes_untouched("ARP", Side::Client, &arp, Counter::PassNotIp);
             fx.ran
         })
         .unwrap();
     snat_exhaustion(&lab);
-    assert!(total >= 40, "only {total} fixtures ran");
+    assert!(total >= 60, "only {total} fixtures ran");
     eprintln!("{} packet fixtures passed", total + 2);
 }
 
-/// A TCP connection to a one-backend service, both directions, byte for byte.
-fn tcp_v4_forward_and_reply(fx: &mut Fixtures<'_>) {
-    // The client's packets of this flow, as the backend must receive them.
-    let to_backend = |_client_port: u16, flags: u8, payload: &'static [u8]| {
-        move |p: &packet::Parsed| {
-            PacketBuilder::new()
-                .eth(MAC_LB_SW, MAC_BE1)
-                .ip(ip(SNAT), ip(BE1))
-                .tcp(snat_port_ok(p), 8081, flags)
-                .payload(payload)
-                .build()
-        }
-    };
+/// Before the agent writes its configuration, everything passes.
+fn not_ready_passes(lab: &Lab) {
+    let program = XdpProgram::load().expect("load");
     let syn = PacketBuilder::new()
-        .ip(ip(CLIENT), ip(VIP))
-        .tcp(40001, 81, TCP_SYN)
+        .ip(V4.client, V4.vip)
+        .tcp(40001, SVC_TCP, TCP_SYN)
         .build();
-    let first = fx.check(
-        "v4 SYN to a service is NATed to its backend",
-        true,
-        &syn,
-        XDP_REDIRECT,
-        Counter::FlowNew,
-        to_backend(40001, TCP_SYN, b""),
-    );
-    let snat = first.sport;
+    let before = program.counters().unwrap();
+    let (v, out) = run(&program, lab.cli_ifindex, &syn);
+    assert_eq!((v, &out), (XDP_PASS, &syn), "not ready: untouched pass");
+    let delta = program.counters().unwrap().since(&before);
+    assert_eq!(delta.get(Counter::PassNotReady), 1);
+}
 
-    let again = fx.check(
-        "v4 retransmitted SYN keeps its flow",
-        true,
-        &syn,
-        XDP_REDIRECT,
-        Counter::FlowToBackend,
-        to_backend(40001, TCP_SYN, b""),
+/// A TCP connection and a UDP exchange, byte for byte; a second flow to the same backend gets
+/// another SNAT port.
+fn flows(fx: &mut Fixtures<'_>, f: &Family) {
+    let tcp = Flow::to_be1(f, Protocol::Tcp, 40001, SVC_TCP);
+    let snat = fx.run_flow(f, &tcp, TCP_CONNECTION);
+    let second = Flow {
+        ttl: 3,
+        ..Flow::to_be1(f, Protocol::Tcp, 40002, SVC_TCP)
+    };
+    let second_snat = fx.run_flow(
+        f,
+        &second,
+        &[step(
+            "second flow to the same backend, TTL kept",
+            Dir::ToBackend,
+            TCP_SYN,
+            b"",
+            Counter::FlowNew,
+        )],
     );
-    assert_eq!(again.sport, snat);
-
-    let synack = PacketBuilder::new()
-        .eth(MAC_BE1, MAC_LB_SW)
-        .ip(ip(BE1), ip(SNAT))
-        .tcp(8081, snat, TCP_SYN | TCP_ACK)
-        .build();
-    fx.check(
-        "v4 backend SYN-ACK is NATed back to the client",
-        false,
-        &synack,
-        XDP_REDIRECT,
-        Counter::FlowToClient,
-        |_| {
-            PacketBuilder::new()
-                .eth(MAC_LB, MAC_CLIENT)
-                .ip(ip(VIP), ip(CLIENT))
-                .tcp(81, 40001, TCP_SYN | TCP_ACK)
-                .build()
-        },
+    assert_ne!(
+        second_snat, snat,
+        "{}: two flows to one backend share a SNAT port",
+        f.name
     );
-
-    let ack = PacketBuilder::new()
-        .ip(ip(CLIENT), ip(VIP))
-        .tcp(40001, 81, TCP_ACK)
-        .build();
-    let p = fx.check(
-        "v4 client ACK",
-        true,
-        &ack,
-        XDP_REDIRECT,
-        Counter::FlowToBackend,
-        to_backend(40001, TCP_ACK, b""),
+    fx.run_flow(
+        f,
+        &Flow::to_be1(f, Protocol::Udp, 5000, SVC_UDP),
+        UDP_EXCHANGE,
     );
-    assert_eq!(p.sport, snat);
+}
 
-    let data = PacketBuilder::new()
-        .ip(ip(CLIENT), ip(VIP))
-        .tcp(40001, 81, TCP_ACK | TCP_PSH)
-        .payload(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .build();
-    fx.check(
-        "v4 client data (odd length payload kept)",
-        true,
-        &data,
-        XDP_REDIRECT,
-        Counter::FlowToBackend,
-        to_backend(
-            40001,
-            TCP_ACK | TCP_PSH,
-            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+/// Where rewritten packets go: out of the ingress interface, to the kernel when the neighbour is
+/// unknown; and with no route at all, the packet goes to the kernel as it arrived (the program
+/// decides before it writes).
+fn forwarding(fx: &mut Fixtures<'_>, f: &Family) {
+    let cases = [
+        (
+            "backend behind the ingress interface: XDP_TX",
+            Flow::new(Protocol::Tcp, 44000, SVC_LOCAL, f.local_backend).egress(
+                XDP_TX,
+                MAC_LB,
+                MAC_LOCAL_BE,
+            ),
+            Counter::VerdictTx,
         ),
-    );
+        // The kernel resolves ARP/ND and forwards the rewritten packet; the MACs stay as they
+        // came.
+        (
+            "unresolved neighbour: rewritten packet passed to the kernel",
+            Flow::new(Protocol::Tcp, 44001, SVC_UNRESOLVED, f.unresolved_backend)
+                .egress(XDP_PASS, MAC_CLIENT, MAC_LB),
+            Counter::PassNoNeighbour,
+        ),
+    ];
+    for (description, flow, counter) in cases {
+        let syn = step(description, Dir::ToBackend, TCP_SYN, b"", counter);
+        fx.run_flow(f, &flow, &[syn]);
+    }
+    for (packet, flags) in [("new flow", TCP_SYN), ("tracked flow", TCP_ACK)] {
+        let unrouted = PacketBuilder::new()
+            .ip(f.client, f.vip)
+            .tcp(44002, SVC_UNROUTED, flags)
+            .payload(b"data")
+            .build();
+        fx.passes_untouched(
+            &format!(
+                "{} no route to the backend ({packet}): passed as it arrived",
+                f.name
+            ),
+            Side::Client,
+            &unrouted,
+            Counter::PassFibFailed,
+        );
+    }
+}
 
-    let reply = PacketBuilder::new()
-        .eth(MAC_BE1, MAC_LB_SW)
-        .ip(ip(BE1), ip(SNAT))
-        .tcp(8081, snat, TCP_ACK | TCP_PSH)
-        .payload(b"HTTP/1.1 200 OK\r\n\r\n")
-        .build();
-    fx.check(
-        "v4 backend data back to the client",
-        false,
-        &reply,
-        XDP_REDIRECT,
-        Counter::FlowToClient,
-        |_| {
+/// Frames the program leaves to the kernel untouched, with the counter that says why.
+fn passed_untouched(f: &Family) -> Vec<(&'static str, Side, Vec<u8>, Counter)> {
+    let to = |dst: IpAddr| PacketBuilder::new().ip(f.client, dst);
+    let mut truncated = to(f.vip).tcp(43002, SVC_TCP, TCP_SYN).build();
+    truncated.truncate(truncated.len() - tcp::HLEN_MIN / 2);
+    let (icmp, echo) = f.icmp;
+    vec![
+        (
+            "to the VIP on a port with no service",
+            Side::Client,
+            to(f.vip).tcp(45000, 9999, TCP_SYN).build(),
+            Counter::PassNoService,
+        ),
+        (
+            "to another address on a service port",
+            Side::Client,
+            to(f.not_vip).tcp(45001, SVC_TCP, TCP_SYN).build(),
+            Counter::PassNoService,
+        ),
+        (
+            "UDP to a TCP-only service port",
+            Side::Client,
+            to(f.vip).udp(45002, SVC_TCP).build(),
+            Counter::PassNoService,
+        ),
+        (
+            "to a service without backends",
+            Side::Client,
+            to(f.vip).tcp(45003, SVC_EMPTY, TCP_SYN).build(),
+            Counter::PassNoBackend,
+        ),
+        (
+            "to a TCP service whose backends are all of the other family",
+            Side::Client,
+            to(f.vip).tcp(45004, f.other_family_port, TCP_SYN).build(),
+            Counter::PassNoBackend,
+        ),
+        (
+            "truncated TCP header to a service",
+            Side::Client,
+            truncated,
+            Counter::PassBadL4,
+        ),
+        (
+            "ICMP echo to the VIP goes to the kernel",
+            Side::Client,
+            to(f.vip).l4_proto(icmp).payload(&echo).build(),
+            Counter::PassNotTcpUdp,
+        ),
+        (
+            "packet to the SNAT address without a flow goes to the kernel",
+            Side::Backend,
             PacketBuilder::new()
-                .eth(MAC_LB, MAC_CLIENT)
-                .ip(ip(VIP), ip(CLIENT))
-                .tcp(81, 40001, TCP_ACK | TCP_PSH)
-                .payload(b"HTTP/1.1 200 OK\r\n\r\n")
-                .build()
-        },
-    );
-
-    let fin = PacketBuilder::new()
-        .ip(ip(CLIENT), ip(VIP))
-        .tcp(40001, 81, TCP_FIN | TCP_ACK)
-        .build();
-    fx.check(
-        "v4 client FIN",
-        true,
-        &fin,
-        XDP_REDIRECT,
-        Counter::FlowToBackend,
-        to_backend(40001, TCP_FIN | TCP_ACK, b""),
-    );
-
-    let rst = PacketBuilder::new()
-        .eth(MAC_BE1, MAC_LB_SW)
-        .ip(ip(BE1), ip(SNAT))
-        .tcp(8081, snat, TCP_RST)
-        .build();
-    fx.check(
-        "v4 backend RST back to the client",
-        false,
-        &rst,
-        XDP_REDIRECT,
-        Counter::FlowToClient,
-        |_| {
-            PacketBuilder::new()
-                .eth(MAC_LB, MAC_CLIENT)
-                .ip(ip(VIP), ip(CLIENT))
-                .tcp(81, 40001, TCP_RST)
-                .build()
-        },
-    );
-
-    let ttl = PacketBuilder::new()
-        .ip(ip(CLIENT), ip(VIP))
-        .ttl(3)
-        .tcp(40002, 81, TCP_SYN)
-        .build();
-    let p = fx.check(
-        "v4 TTL is kept (full NAT terminates the path, like a proxy)",
-        true,
-        &ttl,
-        XDP_REDIRECT,
-        Counter::FlowNew,
-        |p| {
-            PacketBuilder::new()
-                .eth(MAC_LB_SW, MAC_BE1)
-                .ip(ip(SNAT), ip(BE1))
-                .ttl(3)
-                .tcp(p.sport, 8081, TCP_SYN)
-                .build()
-        },
-    );
-    assert_ne!(p.sport, snat, "two flows to one backend share a SNAT port");
-
-    let stray = PacketBuilder::new()
-        .eth(MAC_BE1, MAC_LB_SW)
-        .ip(ip(BE1), ip(SNAT))
-        .tcp(8081, 39999, TCP_ACK)
-        .build();
-    fx.passes_untouched(
-        "v4 packet to the SNAT address without a flow goes to the kernel",
-        false,
-        &stray,
-        Counter::PassNoService,
-    );
+                .eth(MAC_BE1, MAC_LB_SW)
+                .ip(f.be1, f.snat)
+                .tcp(backend_port(SVC_TCP), 39999, TCP_ACK)
+                .build(),
+            Counter::PassNoService,
+        ),
+    ]
 }
 
 /// Maglev spreads flows; an established flow keeps its backend when the set changes; a dead
 /// backend's flows are re-balanced.
-fn tcp_v4_spread_and_backend_change(fx: &mut Fixtures<'_>) {
-    let mut seen = BTreeSet::new();
-    let mut first_flow_backend = None;
-    for i in 0..24u16 {
-        let syn = PacketBuilder::new()
-            .ip(ip(CLIENT), ip(VIP))
-            .tcp(41000 + i, 80, TCP_SYN)
+fn v4_spread_and_backend_change(fx: &mut Fixtures<'_>) {
+    let port = backend_port(SVC_V4_PAIR);
+    let mac_of = |ip: IpAddr| if ip == V4.be1 { MAC_BE1 } else { MAC_BE2 };
+    // A packet of the client port's flow reaches one of the pair, as the pair's MAC.
+    let send = |fx: &mut Fixtures<'_>, name: &str, client_port: u16, flags: u8, counter| {
+        let input = PacketBuilder::new()
+            .ip(V4.client, V4.vip)
+            .tcp(client_port, SVC_V4_PAIR, flags)
             .build();
-        let p = fx.check(
+        let p = fx.check(name, Side::Client, &input, XDP_REDIRECT, counter, |p| {
+            PacketBuilder::new()
+                .eth(MAC_LB_SW, mac_of(p.dst))
+                .ip(V4.snat, p.dst)
+                .tcp(snat_port_ok(p), port, flags)
+                .build()
+        });
+        p.dst
+    };
+    let mut seen = BTreeSet::new();
+    for i in 0..24u16 {
+        seen.insert(send(
+            fx,
             "v4 SYN to a two-backend service",
-            true,
-            &syn,
-            XDP_REDIRECT,
+            41000 + i,
+            TCP_SYN,
             Counter::FlowNew,
-            |p| {
-                let mac = if p.dst == ip(BE1) { MAC_BE1 } else { MAC_BE2 };
-                PacketBuilder::new()
-                    .eth(MAC_LB_SW, mac)
-                    .ip(ip(SNAT), p.dst)
-                    .tcp(p.sport, 8080, TCP_SYN)
-                    .build()
-            },
-        );
-        seen.insert(p.dst);
-        first_flow_backend.get_or_insert(p.dst);
+        ));
     }
     assert_eq!(seen.len(), 2, "24 flows all went to {seen:?}");
-    let kept = first_flow_backend.unwrap();
-    let other = if kept == ip(BE1) { BE2 } else { BE1 };
+    let kept = send(
+        fx,
+        "v4 first flow, established",
+        41000,
+        TCP_ACK,
+        Counter::FlowToBackend,
+    );
+    let other = if kept == V4.be1 { BE2 } else { V4.be1 };
 
     // Remove the first flow's backend: it drains (established flows stay), new flows avoid it.
     fx.dp
         .apply(&[L4Change::Upsert(service(
-            80,
+            SVC_V4_PAIR,
             Protocol::Tcp,
-            &[&format!("{other}:8080")],
+            &[other],
         ))])
         .unwrap();
-    let ack = PacketBuilder::new()
-        .ip(ip(CLIENT), ip(VIP))
-        .tcp(41000, 80, TCP_ACK)
-        .build();
-    let p = fx.check(
+    let draining = send(
+        fx,
         "established flow keeps its removed (draining) backend",
-        true,
-        &ack,
-        XDP_REDIRECT,
+        41000,
+        TCP_ACK,
         Counter::FlowToBackend,
-        |p| {
-            let mac = if p.dst == ip(BE1) { MAC_BE1 } else { MAC_BE2 };
-            PacketBuilder::new()
-                .eth(MAC_LB_SW, mac)
-                .ip(ip(SNAT), p.dst)
-                .tcp(p.sport, 8080, TCP_ACK)
-                .build()
-        },
     );
-    assert_eq!(p.dst, kept);
+    assert_eq!(draining, kept);
     for i in 0..8u16 {
-        let syn = PacketBuilder::new()
-            .ip(ip(CLIENT), ip(VIP))
-            .tcp(42000 + i, 80, TCP_SYN)
-            .build();
-        let p = fx.check(
+        let to = send(
+            fx,
             "new flow after the change uses the new set only",
-            true,
-            &syn,
-            XDP_REDIRECT,
+            42000 + i,
+            TCP_SYN,
             Counter::FlowNew,
-            |p| {
-                let mac = if p.dst == ip(BE1) { MAC_BE1 } else { MAC_BE2 };
-                PacketBuilder::new()
-                    .eth(MAC_LB_SW, mac)
-                    .ip(ip(SNAT), p.dst)
-                    .tcp(p.sport, 8080, TCP_SYN)
-                    .build()
-            },
         );
-        assert_eq!(p.dst, ip(other));
+        assert_eq!(to, other);
     }
 
     // Drain timeout (0 here) over: the backend is dead; its flow is re-balanced to the live one,
     // which answers the stray segment with a RST.
     fx.dp.expire_drained_backends().unwrap();
-    let p = fx.check(
+    let rebalanced = send(
+        fx,
         "flow of a dead backend is re-balanced",
-        true,
-        &ack,
-        XDP_REDIRECT,
+        41000,
+        TCP_ACK,
         Counter::FlowBackendDead,
-        |p| {
-            PacketBuilder::new()
-                .eth(MAC_LB_SW, if other == BE1 { MAC_BE1 } else { MAC_BE2 })
-                .ip(ip(SNAT), ip(other))
-                .tcp(p.sport, 8080, TCP_ACK)
-                .build()
-        },
     );
-    assert_eq!(p.dst, ip(other));
+    assert_eq!(rebalanced, other);
 }
 
-fn udp_fixtures(fx: &mut Fixtures<'_>) {
-    let q = PacketBuilder::new()
-        .ip(ip(CLIENT), ip(VIP))
-        .udp(5000, 53)
-        .payload(b"query")
-        .build();
-    let p = fx.check(
-        "v4 UDP to a service",
-        true,
-        &q,
-        XDP_REDIRECT,
-        Counter::FlowNew,
-        |p| {
-            PacketBuilder::new()
-                .eth(MAC_LB_SW, MAC_BE1)
-                .ip(ip(SNAT), ip(BE1))
-                .udp(snat_port_ok(p), 5353)
-                .payload(b"query")
-                .build()
-        },
-    );
-    let r = PacketBuilder::new()
-        .eth(MAC_BE1, MAC_LB_SW)
-        .ip(ip(BE1), ip(SNAT))
-        .udp(5353, p.sport)
-        .payload(b"answer!")
-        .build();
-    fx.check(
-        "v4 UDP reply back to the client",
-        false,
-        &r,
-        XDP_REDIRECT,
-        Counter::FlowToClient,
-        |_| {
-            PacketBuilder::new()
-                .eth(MAC_LB, MAC_CLIENT)
-                .ip(ip(VIP), ip(CLIENT))
-                .udp(53, 5000)
-                .payload(b"answer!")
-                .build()
-        },
-    );
-    fx.check(
-        "v4 UDP second datagram of the flow",
-        true,
-        &q,
-        XDP_REDIRECT,
-        Counter::FlowToBackend,
-        |_| {
-            PacketBuilder::new()
-                .eth(MAC_LB_SW, MAC_BE1)
-                .ip(ip(SNAT), ip(BE1))
-                .udp(p.sport, 5353)
-                .payload(b"query")
-                .build()
-        },
-    );
-    // A zero UDP checksum means "none" in IPv4 and must stay zero.
-    let mut zero = PacketBuilder::new()
-        .ip(ip(CLIENT), ip(VIP))
-        .udp(5001, 53)
-        .payload(b"q0")
-        .build();
-    zero[14 + 20 + 6] = 0;
-    zero[14 + 20 + 7] = 0;
-    let before = fx.counters();
-    let (v, out) = run(fx.dp.program(), fx.lab.cli_ifindex, &zero);
-    assert_eq!(v, XDP_REDIRECT);
-    assert_eq!(fx.counters().since(&before).get(Counter::FlowNew), 1);
-    assert_eq!(
-        &out[14 + 20 + 6..14 + 20 + 8],
-        &[0, 0],
-        "zero UDP checksum rewritten"
-    );
-    let p = packet::parse(&out).unwrap();
-    let mut want = PacketBuilder::new()
-        .eth(MAC_LB_SW, MAC_BE1)
-        .ip(ip(SNAT), ip(BE1))
-        .udp(p.sport, 5353)
-        .payload(b"q0")
-        .build();
-    want[14 + 20 + 6] = 0;
-    want[14 + 20 + 7] = 0;
-    assert_eq!(out, want, "v4 UDP without checksum");
-    fx.ran += 1;
-}
-
-fn ipv6_fixtures(fx: &mut Fixtures<'_>) {
+/// IPv4 header variants: options, fragments, and a UDP datagram without a checksum.
+fn v4_only(fx: &mut Fixtures<'_>) {
+    let opts = [0x94, 0x04, 0, 0, 0x01, 0x01, 0x01, 0x00];
     let syn = PacketBuilder::new()
-        .ip(ip(CLIENT6), ip(VIP6))
-        .tcp(40001, 81, TCP_SYN)
+        .ip(V4.client, V4.vip)
+        .ipv4_options(&opts)
+        .tcp(43000, SVC_TCP, TCP_SYN)
         .build();
-    let p = fx.check(
-        "v6 SYN to a service is NATed to its v6 backend",
-        true,
+    fx.check(
+        "v4 with IP options: the TCP header is found after them",
+        Side::Client,
         &syn,
         XDP_REDIRECT,
         Counter::FlowNew,
         |p| {
             PacketBuilder::new()
                 .eth(MAC_LB_SW, MAC_BE1)
-                .ip(ip(SNAT6), ip(BE1_6))
-                .tcp(snat_port_ok(p), 8081, TCP_SYN)
+                .ip(V4.snat, V4.be1)
+                .ipv4_options(&opts)
+                .tcp(snat_port_ok(p), backend_port(SVC_TCP), TCP_SYN)
                 .build()
         },
     );
-    let synack = PacketBuilder::new()
-        .eth(MAC_BE1, MAC_LB_SW)
-        .ip(ip(BE1_6), ip(SNAT6))
-        .tcp(8081, p.sport, TCP_SYN | TCP_ACK)
+    let frag = PacketBuilder::new()
+        .ip(V4.client, V4.vip)
+        .ipv4_fragment(true, 0)
+        .tcp(43001, SVC_TCP, TCP_SYN)
         .build();
-    fx.check(
-        "v6 SYN-ACK back to the client",
-        false,
-        &synack,
-        XDP_REDIRECT,
-        Counter::FlowToClient,
-        |_| {
-            PacketBuilder::new()
-                .eth(MAC_LB, MAC_CLIENT)
-                .ip(ip(VIP6), ip(CLIENT6))
-                .tcp(81, 40001, TCP_SYN | TCP_ACK)
-                .build()
-        },
+    fx.passes_untouched(
+        "v4 fragment to a service",
+        Side::Client,
+        &frag,
+        Counter::PassFragment,
     );
-    let data = PacketBuilder::new()
-        .ip(ip(CLIENT6), ip(VIP6))
-        .tcp(40001, 81, TCP_ACK | TCP_PSH)
-        .payload(b"ping")
-        .build();
-    fx.check(
-        "v6 client data",
-        true,
-        &data,
-        XDP_REDIRECT,
-        Counter::FlowToBackend,
-        |_| {
-            PacketBuilder::new()
-                .eth(MAC_LB_SW, MAC_BE1)
-                .ip(ip(SNAT6), ip(BE1_6))
-                .tcp(p.sport, 8081, TCP_ACK | TCP_PSH)
-                .payload(b"ping")
-                .build()
-        },
+
+    // A zero UDP checksum means "none" in IPv4 and must stay zero.
+    let csum = eth::HLEN + ipv4::HLEN_MIN + udp::CSUM;
+    let without_checksum = |mut frame: Vec<u8>| {
+        frame[csum..csum + 2].fill(0);
+        frame
+    };
+    let zero = without_checksum(
+        PacketBuilder::new()
+            .ip(V4.client, V4.vip)
+            .udp(5001, SVC_UDP)
+            .payload(b"q0")
+            .build(),
     );
-    let fin = PacketBuilder::new()
-        .eth(MAC_BE1, MAC_LB_SW)
-        .ip(ip(BE1_6), ip(SNAT6))
-        .tcp(8081, p.sport, TCP_FIN | TCP_ACK)
-        .build();
-    fx.check(
-        "v6 backend FIN back to the client",
-        false,
-        &fin,
-        XDP_REDIRECT,
-        Counter::FlowToClient,
-        |_| {
-            PacketBuilder::new()
-                .eth(MAC_LB, MAC_CLIENT)
-                .ip(ip(VIP6), ip(CLIENT6))
-                .tcp(81, 40001, TCP_FIN | TCP_ACK)
-                .build()
-        },
+    let before = fx.counters();
+    let (v, out) = run(fx.dp.program(), fx.lab.cli_ifindex, &zero);
+    assert_eq!(v, XDP_REDIRECT);
+    assert_eq!(fx.counters().since(&before).get(Counter::FlowNew), 1);
+    let p = packet::parse(&out).unwrap();
+    let want = without_checksum(
+        PacketBuilder::new()
+            .eth(MAC_LB_SW, MAC_BE1)
+            .ip(V4.snat, V4.be1)
+            .udp(p.sport, backend_port(SVC_UDP))
+            .payload(b"q0")
+            .build(),
     );
-    let q = PacketBuilder::new()
-        .ip(ip(CLIENT6), ip(VIP6))
-        .udp(6000, 53)
-        .payload(b"q6")
-        .build();
-    let u = fx.check(
-        "v6 UDP to a service",
-        true,
-        &q,
-        XDP_REDIRECT,
-        Counter::FlowNew,
-        |p| {
-            PacketBuilder::new()
-                .eth(MAC_LB_SW, MAC_BE1)
-                .ip(ip(SNAT6), ip(BE1_6))
-                .udp(snat_port_ok(p), 5353)
-                .payload(b"q6")
-                .build()
-        },
-    );
-    let r = PacketBuilder::new()
-        .eth(MAC_BE1, MAC_LB_SW)
-        .ip(ip(BE1_6), ip(SNAT6))
-        .udp(5353, u.sport)
-        .payload(b"a6")
-        .build();
-    fx.check(
-        "v6 UDP reply",
-        false,
-        &r,
-        XDP_REDIRECT,
-        Counter::FlowToClient,
-        |_| {
-            PacketBuilder::new()
-                .eth(MAC_LB, MAC_CLIENT)
-                .ip(ip(VIP6), ip(CLIENT6))
-                .udp(53, 6000)
-                .payload(b"a6")
-                .build()
-        },
-    );
+    assert_eq!(out, want, "v4 UDP without checksum");
+    fx.ran += 1;
+}
+
+fn v6_only(fx: &mut Fixtures<'_>) {
     let ext = PacketBuilder::new()
-        .ip(ip(CLIENT6), ip(VIP6))
+        .ip(V6.client, V6.vip)
         .ipv6_next_header(60)
         .payload(&[6, 0, 0, 0, 0, 0, 0, 0])
         .build();
     fx.passes_untouched(
         "v6 with an extension header is left to the kernel",
-        true,
+        Side::Client,
         &ext,
         Counter::PassIpv6ExtHeader,
     );
-    let nosvc = PacketBuilder::new()
-        .ip(ip(CLIENT6), ip(VIP6))
-        .tcp(40001, 9999, TCP_SYN)
-        .build();
-    fx.passes_untouched(
-        "v6 to a port with no service",
-        true,
-        &nosvc,
-        Counter::PassNoService,
-    );
-}
-
-fn header_variants(fx: &mut Fixtures<'_>) {
-    let opts = [0x94, 0x04, 0, 0, 0x01, 0x01, 0x01, 0x00];
-    let syn = PacketBuilder::new()
-        .ip(ip(CLIENT), ip(VIP))
-        .ipv4_options(&opts)
-        .tcp(43000, 81, TCP_SYN)
-        .build();
-    fx.check(
-        "v4 with IP options: the TCP header is found after them",
-        true,
-        &syn,
-        XDP_REDIRECT,
-        Counter::FlowNew,
-        |p| {
-            PacketBuilder::new()
-                .eth(MAC_LB_SW, MAC_BE1)
-                .ip(ip(SNAT), ip(BE1))
-                .ipv4_options(&opts)
-                .tcp(snat_port_ok(p), 8081, TCP_SYN)
-                .build()
-        },
-    );
-    let frag = PacketBuilder::new()
-        .ip(ip(CLIENT), ip(VIP))
-        .ipv4_fragment(true, 0)
-        .tcp(43001, 81, TCP_SYN)
-        .build();
-    fx.passes_untouched(
-        "v4 fragment to a service",
-        true,
-        &frag,
-        Counter::PassFragment,
-    );
-    let mut short = PacketBuilder::new()
-        .ip(ip(CLIENT), ip(VIP))
-        .tcp(43002, 81, TCP_SYN)
-        .build();
-    short.truncate(14 + 20 + 10);
-    fx.passes_untouched(
-        "v4 truncated TCP header to a service",
-        true,
-        &short,
-        Counter::PassBadL4,
-    );
-    let icmp = PacketBuilder::new()
-        .ip(ip(CLIENT), ip(VIP))
-        .l4_proto(1)
-        .payload(&[8, 0, 0xf7, 0xff, 0, 0, 0, 0])
-        .build();
-    fx.passes_untouched(
-        "ICMP echo to the VIP goes to the kernel",
-        true,
-        &icmp,
-        Counter::PassNotTcpUdp,
-    );
-    let arp = PacketBuilder::new().payload(&[0; 28]).build();
-    fx.passes_untouched("ARP", true, &arp, Counter::PassNotIp);
-}
-
-fn forwarding_variants(fx: &mut Fixtures<'_>) {
-    let syn = PacketBuilder::new()
-        .ip(ip(CLIENT), ip(VIP))
-        .tcp(44000, 85, TCP_SYN)
-        .build();
-    fx.check(
-        "backend behind the ingress interface: XDP_TX",
-        true,
-        &syn,
-        XDP_TX,
-        Counter::VerdictTx,
-        |p| {
-            PacketBuilder::new()
-                .eth(MAC_LB, MAC_LOCAL_BE)
-                .ip(ip(SNAT), ip("198.18.1.50"))
-                .tcp(snat_port_ok(p), 8085, TCP_SYN)
-                .build()
-        },
-    );
-    // No neighbour entry for 198.18.2.13: the rewritten packet goes to the kernel (which
-    // resolves ARP and forwards it); MACs are not touched.
-    let syn = PacketBuilder::new()
-        .ip(ip(CLIENT), ip(VIP))
-        .tcp(44001, 83, TCP_SYN)
-        .build();
-    fx.check(
-        "unresolved neighbour: rewritten packet passed to the kernel",
-        true,
-        &syn,
-        XDP_PASS,
-        Counter::PassNoNeighbour,
-        |p| {
-            PacketBuilder::new()
-                .ip(ip(SNAT), ip("198.18.2.13"))
-                .tcp(snat_port_ok(p), 8083, TCP_SYN)
-                .build()
-        },
-    );
-    let syn = PacketBuilder::new()
-        .ip(ip(CLIENT), ip(VIP))
-        .tcp(44002, 84, TCP_SYN)
-        .build();
-    fx.check(
-        "no route to the backend: rewritten packet passed to the kernel",
-        true,
-        &syn,
-        XDP_PASS,
-        Counter::PassFibFailed,
-        |p| {
-            PacketBuilder::new()
-                .ip(ip(SNAT), ip("198.19.99.1"))
-                .tcp(snat_port_ok(p), 8084, TCP_SYN)
-                .build()
-        },
-    );
-}
-
-fn passed_untouched(fx: &mut Fixtures<'_>) {
-    let cases: [(&str, Vec<u8>, Counter); 5] = [
-        (
-            "v4 to the VIP on a port with no service",
-            PacketBuilder::new()
-                .ip(ip(CLIENT), ip(VIP))
-                .tcp(45000, 9999, TCP_SYN)
-                .build(),
-            Counter::PassNoService,
-        ),
-        (
-            "v4 to another address on the same port",
-            PacketBuilder::new()
-                .ip(ip(CLIENT), ip("198.18.1.3"))
-                .tcp(45001, 81, TCP_SYN)
-                .build(),
-            Counter::PassNoService,
-        ),
-        (
-            "v4 UDP to a TCP-only service port",
-            PacketBuilder::new()
-                .ip(ip(CLIENT), ip(VIP))
-                .udp(45002, 81)
-                .build(),
-            Counter::PassNoService,
-        ),
-        (
-            "v4 to a service without backends",
-            PacketBuilder::new()
-                .ip(ip(CLIENT), ip(VIP))
-                .tcp(45003, 82, TCP_SYN)
-                .build(),
-            Counter::PassNoBackend,
-        ),
-        (
-            "v6 to a TCP service whose only backends are v4",
-            PacketBuilder::new()
-                .ip(ip(CLIENT6), ip(VIP6))
-                .tcp(45004, 80, TCP_SYN)
-                .build(),
-            Counter::PassNoBackend,
-        ),
-    ];
-    for (name, frame, counter) in cases {
-        fx.passes_untouched(name, true, &frame, counter);
-    }
 }
 
 /// With one SNAT port, a second flow to the same backend has nowhere to go: dropped, counted.
 fn snat_exhaustion(lab: &Lab) {
     lab.lb
         .enter(|| {
-            let program = XdpProgram::load().expect("load");
-            let mut dp = XdpL4::new(program, config((40000, 40000))).unwrap();
-            dp.add_tx_port(lab.cli_ifindex).unwrap();
-            dp.add_tx_port(lab.sw_ifindex).unwrap();
-            dp.apply(&[L4Change::Upsert(service(
-                81,
-                Protocol::Tcp,
-                &["198.18.2.11:8081"],
-            ))])
-            .unwrap();
-            let a = PacketBuilder::new()
-                .ip(ip(CLIENT), ip(VIP))
-                .tcp(46000, 81, TCP_SYN)
-                .build();
-            let (v, out) = run(dp.program(), lab.cli_ifindex, &a);
+            let dp = lab.dataplane(
+                config((40000, 40000)),
+                &[L4Change::Upsert(service(SVC_TCP, Protocol::Tcp, &[V4.be1]))],
+            );
+            let syn = |client_port| {
+                PacketBuilder::new()
+                    .ip(V4.client, V4.vip)
+                    .tcp(client_port, SVC_TCP, TCP_SYN)
+                    .build()
+            };
+            let (v, out) = run(dp.program(), lab.cli_ifindex, &syn(46000));
             assert_eq!(v, XDP_REDIRECT);
             assert_eq!(packet::parse(&out).unwrap().sport, 40000);
             let before = dp.program().counters().unwrap();
-            let b = PacketBuilder::new()
-                .ip(ip(CLIENT), ip(VIP))
-                .tcp(46001, 81, TCP_SYN)
-                .build();
-            let (v, _) = run(dp.program(), lab.cli_ifindex, &b);
+            let (v, _) = run(dp.program(), lab.cli_ifindex, &syn(46001));
             assert_eq!(v, XDP_DROP, "second flow with an exhausted SNAT range");
             let d = dp.program().counters().unwrap().since(&before);
             assert_eq!(d.get(Counter::DropSnatExhausted), 1);
             assert_eq!(d.get(Counter::SnatPortCollision), 8, "every try collided");
             // The first flow still works.
-            let (v, _) = run(
-                dp.program(),
-                lab.cli_ifindex,
-                &PacketBuilder::new()
-                    .ip(ip(CLIENT), ip(VIP))
-                    .tcp(46000, 81, TCP_ACK)
-                    .build(),
-            );
+            let ack = PacketBuilder::new()
+                .ip(V4.client, V4.vip)
+                .tcp(46000, SVC_TCP, TCP_ACK)
+                .build();
+            let (v, _) = run(dp.program(), lab.cli_ifindex, &ack);
             assert_eq!(v, XDP_REDIRECT);
+        })
+        .unwrap();
+}
+
+/// The sweeper forgets idle flows and the flows of dead backends, and frees the ids of dead
+/// backends; the program then treats their packets as new.
+#[test]
+fn conntrack_sweeper() {
+    if !require_netns_and_bpf("conntrack_sweeper") {
+        return;
+    }
+    let lab = lab();
+    lab.lb
+        .enter(|| {
+            let config = XdpL4Config {
+                timeouts: FlowTimeouts {
+                    udp: Duration::ZERO,
+                    ..FlowTimeouts::default()
+                },
+                ..config((40000, 59999))
+            };
+            let tcp_service = service(SVC_TCP, Protocol::Tcp, &[V4.be1]);
+            let udp_service = service(SVC_UDP, Protocol::Udp, &[V4.be1]);
+            let dp = lab.dataplane(
+                config,
+                &[
+                    L4Change::Upsert(tcp_service.clone()),
+                    L4Change::Upsert(udp_service),
+                ],
+            );
+            let shared = Arc::new(Mutex::new(dp));
+            let mut sweeper = ConntrackSweeper::new(shared.clone()).unwrap();
+            let send = |frame: &[u8]| {
+                let dp = shared.lock().unwrap();
+                let before = dp.program().counters().unwrap();
+                let (verdict, _) = run(dp.program(), lab.cli_ifindex, frame);
+                (verdict, dp.program().counters().unwrap().since(&before))
+            };
+            let entries = || shared.lock().unwrap().conntrack_entries().unwrap();
+            let tcp = |flags| {
+                PacketBuilder::new()
+                    .ip(V4.client, V4.vip)
+                    .tcp(40001, SVC_TCP, flags)
+                    .build()
+            };
+            let udp = PacketBuilder::new()
+                .ip(V4.client, V4.vip)
+                .udp(5000, SVC_UDP)
+                .build();
+            assert_eq!(send(&tcp(TCP_SYN)).1.get(Counter::FlowNew), 1);
+            assert_eq!(send(&udp).1.get(Counter::FlowNew), 1);
+            assert_eq!(entries(), 4, "two flows, two directions each");
+
+            // UDP flows time out at once here; the TCP flow is far from its timeout.
+            assert_eq!(sweeper.sweep().unwrap(), 2);
+            assert_eq!(entries(), 2);
+            assert_eq!(send(&udp).1.get(Counter::FlowNew), 1, "UDP flow forgotten");
+            assert_eq!(send(&tcp(TCP_ACK)).1.get(Counter::FlowToBackend), 1);
+
+            // The TCP backend leaves; the drain timeout is 0: the next sweep declares it dead,
+            // forgets its flow, and frees its id (the UDP service still uses the address's
+            // other port).
+            let backend = SocketAddr::new(V4.be1, backend_port(SVC_TCP));
+            shared
+                .lock()
+                .unwrap()
+                .apply(&[L4Change::Upsert(L4Service {
+                    backends: Vec::new(),
+                    ..tcp_service
+                })])
+                .unwrap();
+            assert_eq!(
+                sweeper.sweep().unwrap(),
+                4,
+                "the TCP flow and the new UDP flow"
+            );
+            assert_eq!(entries(), 0);
+            let stats = shared.lock().unwrap().backend_stats().unwrap();
+            assert!(
+                !stats.contains_key(&backend),
+                "dead backend still holds an id"
+            );
+            assert!(stats.contains_key(&SocketAddr::new(V4.be1, backend_port(SVC_UDP))));
+            let (verdict, delta) = send(&tcp(TCP_ACK));
+            assert_eq!(verdict, XDP_PASS);
+            assert_eq!(delta.get(Counter::PassNoBackend), 1, "flow forgotten");
+            assert_eq!(delta.get(Counter::FlowBackendDead), 0);
         })
         .unwrap();
 }
@@ -1079,19 +1133,14 @@ fn program_cost_per_packet() {
     let rows = lab
         .lb
         .enter(|| {
-            let mut dp = XdpL4::new(XdpProgram::load().unwrap(), config((40000, 59999))).unwrap();
-            dp.add_tx_port(lab.cli_ifindex).unwrap();
-            dp.add_tx_port(lab.sw_ifindex).unwrap();
-            dp.apply(&[L4Change::Upsert(service(
-                81,
-                Protocol::Tcp,
-                &["198.18.2.11:8081"],
-            ))])
-            .unwrap();
+            let dp = lab.dataplane(
+                config((40000, 59999)),
+                &[L4Change::Upsert(service(SVC_TCP, Protocol::Tcp, &[V4.be1]))],
+            );
             // Create the flow once so the timed runs measure the established path.
             let syn = PacketBuilder::new()
-                .ip(ip(CLIENT), ip(VIP))
-                .tcp(47000, 81, TCP_SYN)
+                .ip(V4.client, V4.vip)
+                .tcp(47000, SVC_TCP, TCP_SYN)
                 .build();
             let (_, out) = run(dp.program(), lab.cli_ifindex, &syn);
             let snat = packet::parse(&out).unwrap().sport;
@@ -1105,7 +1154,7 @@ fn program_cost_per_packet() {
                     "TCP to a port with no service (lookup, pass)",
                     lab.cli_ifindex,
                     PacketBuilder::new()
-                        .ip(ip(CLIENT), ip(VIP))
+                        .ip(V4.client, V4.vip)
                         .tcp(47001, 9999, TCP_ACK)
                         .build(),
                 ),
@@ -1113,8 +1162,8 @@ fn program_cost_per_packet() {
                     "established TCP client -> backend (conntrack hit, NAT, FIB, redirect)",
                     lab.cli_ifindex,
                     PacketBuilder::new()
-                        .ip(ip(CLIENT), ip(VIP))
-                        .tcp(47000, 81, TCP_ACK)
+                        .ip(V4.client, V4.vip)
+                        .tcp(47000, SVC_TCP, TCP_ACK)
                         .payload(&[0; 64])
                         .build(),
                 ),
@@ -1123,18 +1172,15 @@ fn program_cost_per_packet() {
                     lab.sw_ifindex,
                     PacketBuilder::new()
                         .eth(MAC_BE1, MAC_LB_SW)
-                        .ip(ip(BE1), ip(SNAT))
-                        .tcp(8081, snat, TCP_ACK)
+                        .ip(V4.be1, V4.snat)
+                        .tcp(backend_port(SVC_TCP), snat, TCP_ACK)
                         .payload(&[0; 64])
                         .build(),
                 ),
             ];
             let mut rows = Vec::new();
             for (name, ingress, frame) in cases {
-                let mut ctx = Vec::with_capacity(24);
-                for v in [0u32, u32::try_from(frame.len()).unwrap(), 0, ingress, 0, 0] {
-                    ctx.extend_from_slice(&v.to_ne_bytes());
-                }
+                let ctx = xdp_md(&frame, ingress);
                 let mut out = vec![0u8; frame.len() + 64];
                 let r = dp
                     .program()

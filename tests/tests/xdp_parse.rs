@@ -2,8 +2,13 @@
 //! the per-CPU counter that names why. No interface is involved.
 use aya::programs::{TestRun, TestRunOptions};
 use mlb::dataplane::xdp::XdpProgram;
-use mlb_common::consts::xdp_action;
-use mlb_common::stats::Counter;
+use mlb_common::{
+    consts::xdp_action,
+    net::{
+        IPPROTO_HOPOPTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, eth, ipv4, ipv6, tcp, udp, vlan,
+    },
+    stats::Counter,
+};
 use mlb_tests::{
     packet::{PacketBuilder, TCP_ACK, TCP_SYN},
     privileges::require_netns_and_bpf,
@@ -94,25 +99,28 @@ fn cases() -> Vec<Case> {
         // shortest truncation that reaches the program.
         Case {
             name: "vlan tag cut short",
-            frame: truncate(v4().vlan(7).tcp(1, 2, TCP_SYN).build(), 16),
+            frame: truncate(
+                v4().vlan(7).tcp(1, 2, TCP_SYN).build(),
+                eth::HLEN + vlan::TYPE,
+            ),
             verdict: xdp_action::XDP_PASS,
             counter: Counter::PassTruncatedEth,
         },
         Case {
             name: "truncated ipv4 header",
-            frame: truncate(syn.clone(), 14 + 19),
+            frame: truncate(syn.clone(), eth::HLEN + ipv4::HLEN_MIN - 1),
             verdict: xdp_action::XDP_PASS,
             counter: Counter::PassBadL3,
         },
         Case {
             name: "truncated tcp header",
-            frame: truncate(syn.clone(), 14 + 20 + 19),
+            frame: truncate(syn.clone(), eth::HLEN + ipv4::HLEN_MIN + tcp::HLEN_MIN - 1),
             verdict: xdp_action::XDP_PASS,
             counter: Counter::PassBadL4,
         },
         Case {
             name: "truncated ipv6 header",
-            frame: truncate(v6().tcp(1, 2, TCP_SYN).build(), 14 + 39),
+            frame: truncate(v6().tcp(1, 2, TCP_SYN).build(), eth::HLEN + ipv6::HLEN - 1),
             verdict: xdp_action::XDP_PASS,
             counter: Counter::PassBadL3,
         },
@@ -120,7 +128,7 @@ fn cases() -> Vec<Case> {
             name: "ipv4 IHL below 5",
             frame: {
                 let mut f = syn.clone();
-                f[14] = 0x44;
+                f[eth::HLEN + ipv4::VER_IHL] = 0x44;
                 f
             },
             verdict: xdp_action::XDP_PASS,
@@ -130,7 +138,7 @@ fn cases() -> Vec<Case> {
             name: "ipv4 IHL beyond the packet",
             frame: {
                 let mut f = v4().udp(1, 2).build();
-                f[14] = 0x4F;
+                f[eth::HLEN + ipv4::VER_IHL] = 0x4F;
                 f
             },
             verdict: xdp_action::XDP_PASS,
@@ -140,7 +148,7 @@ fn cases() -> Vec<Case> {
             name: "version 5 in an ipv4 ethertype",
             frame: {
                 let mut f = syn.clone();
-                f[14] = 0x55;
+                f[eth::HLEN + ipv4::VER_IHL] = 0x55;
                 f
             },
             verdict: xdp_action::XDP_PASS,
@@ -150,7 +158,7 @@ fn cases() -> Vec<Case> {
             name: "tcp data offset below 5",
             frame: {
                 let mut f = syn.clone();
-                f[14 + 20 + 12] = 0x40;
+                f[eth::HLEN + ipv4::HLEN_MIN + tcp::DOFF] = 0x40;
                 f
             },
             verdict: xdp_action::XDP_PASS,
@@ -166,7 +174,7 @@ fn cases() -> Vec<Case> {
             name: "ipv4 later fragment",
             frame: v4()
                 .ipv4_fragment(false, 185)
-                .l4_proto(17)
+                .l4_proto(IPPROTO_UDP)
                 .payload(&[0; 16])
                 .build(),
             verdict: xdp_action::XDP_PASS,
@@ -174,14 +182,17 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "icmp",
-            frame: v4().l4_proto(1).payload(&[8, 0, 0, 0, 0, 0, 0, 0]).build(),
+            frame: v4()
+                .l4_proto(IPPROTO_ICMP)
+                .payload(&[8, 0, 0, 0, 0, 0, 0, 0])
+                .build(),
             verdict: xdp_action::XDP_PASS,
             counter: Counter::PassNotTcpUdp,
         },
         Case {
             name: "ipv6 hop-by-hop extension header",
             frame: v6()
-                .ipv6_next_header(0)
+                .ipv6_next_header(IPPROTO_HOPOPTS)
                 .payload(&[6, 0, 0, 0, 0, 0, 0, 0])
                 .build(),
             verdict: xdp_action::XDP_PASS,
@@ -189,13 +200,19 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "ipv6 icmpv6",
-            frame: v6().l4_proto(58).payload(&[128, 0, 0, 0]).build(),
+            frame: v6()
+                .l4_proto(IPPROTO_ICMPV6)
+                .payload(&[128, 0, 0, 0])
+                .build(),
             verdict: xdp_action::XDP_PASS,
             counter: Counter::PassNotTcpUdp,
         },
         Case {
             name: "truncated udp header",
-            frame: truncate(v4().udp(1, 2).build(), 14 + 20 + 7),
+            frame: truncate(
+                v4().udp(1, 2).build(),
+                eth::HLEN + ipv4::HLEN_MIN + udp::HLEN - 1,
+            ),
             verdict: xdp_action::XDP_PASS,
             counter: Counter::PassBadL4,
         },
@@ -240,7 +257,7 @@ fn verdicts_and_reasons_for_hand_built_frames() {
             delta
         );
         let bumped: u64 = delta.0.iter().sum();
-        // Total + verdict + reason (+ PassNoService for a parsed packet, no services yet).
+        // Total + verdict + reason (+ PassNotReady for a parsed packet: nothing is configured).
         let parsed = matches!(
             case.counter,
             Counter::ParsedTcp4 | Counter::ParsedUdp4 | Counter::ParsedTcp6 | Counter::ParsedUdp6

@@ -3,12 +3,18 @@
 //! The object is built from `mlb-ebpf` by `build.rs` and embedded in the binary, so the agent and
 //! its program always match. Links are owned by [`XdpProgram`]: dropping it detaches the program
 //! from every interface, so an agent that exits never leaves a program attached by accident.
+use std::os::fd::AsFd as _;
+
 use aya::{
-    Ebpf,
-    maps::PerCpuArray,
+    Ebpf, Pod,
+    maps::{HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray},
     programs::{Xdp, XdpMode, xdp::XdpLinkId},
 };
-use mlb_common::stats::Counter;
+use mlb_common::{
+    consts::{CT_MAX_ENTRIES, DEFAULT_RING_SIZE, ring_map_entries},
+    maps,
+    stats::Counter,
+};
 
 /// How the program is attached to an interface.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -46,7 +52,15 @@ pub enum XdpError {
         hint: &'static str,
     },
     #[error("XDP map: {0}")]
-    Map(#[from] aya::maps::MapError),
+    Map(#[from] MapError),
+    #[error("duplicating the descriptor of XDP map {map}: {source}")]
+    MapHandle {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the XDP dataplane lock is poisoned (a thread panicked while holding it)")]
+    Poisoned,
     #[error("XDP configuration: {0}")]
     Config(String),
 }
@@ -69,8 +83,8 @@ pub struct LoadOptions {
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
-            ring_size: mlb_common::consts::DEFAULT_RING_SIZE,
-            conntrack_size: mlb_common::consts::CT_MAX_ENTRIES,
+            ring_size: DEFAULT_RING_SIZE,
+            conntrack_size: CT_MAX_ENTRIES,
         }
     }
 }
@@ -84,15 +98,11 @@ impl XdpProgram {
 
     /// Loads the embedded object with the given map sizes.
     pub fn load_with(opts: LoadOptions) -> Result<Self, XdpError> {
-        use mlb_common::consts::{MAX_SERVICES, ring_elems};
         let mut ebpf = aya::EbpfLoader::new()
-            .map_max_entries(
-                mlb_common::maps::RINGS,
-                MAX_SERVICES * 2 * ring_elems(opts.ring_size),
-            )
-            .map_max_entries(mlb_common::maps::CONNTRACK, opts.conntrack_size)
+            .map_max_entries(maps::RINGS, ring_map_entries(opts.ring_size))
+            .map_max_entries(maps::CONNTRACK, opts.conntrack_size)
             .load(OBJECT)?;
-        for name in mlb_common::maps::ALL {
+        for name in maps::ALL {
             if ebpf.map(name).is_none() {
                 return Err(XdpError::MissingMap(name));
             }
@@ -138,14 +148,39 @@ impl XdpProgram {
         Ok(())
     }
 
-    /// The loaded object, for the map programming in [`super::xdp_l4`].
-    pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
+    /// Map `name` as the typed view `M` (`Array<&MapData, V>`, `HashMap<&MapData, K, V>`, ...).
+    pub(crate) fn map<'a, M>(&'a self, name: &'static str) -> Result<M, XdpError>
+    where
+        M: TryFrom<&'a Map, Error = MapError>,
+    {
+        let map = self.ebpf.map(name).ok_or(XdpError::MissingMap(name))?;
+        Ok(M::try_from(map)?)
     }
 
-    /// The loaded object, read-only (statistics).
-    pub(crate) fn ebpf(&self) -> &Ebpf {
-        &self.ebpf
+    /// Map `name` as the writable typed view `M` (`Array<&mut MapData, V>`, ...).
+    pub(crate) fn map_mut<'a, M>(&'a mut self, name: &'static str) -> Result<M, XdpError>
+    where
+        M: TryFrom<&'a mut Map, Error = MapError>,
+    {
+        let map = self.ebpf.map_mut(name).ok_or(XdpError::MissingMap(name))?;
+        Ok(M::try_from(map)?)
+    }
+
+    /// A hash map of the program through a handle of its own (a duplicated descriptor): whoever
+    /// holds it uses the map without borrowing the program, or any lock around it.
+    pub(crate) fn hash_map_handle<K: Pod, V: Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<HashMap<MapData, K, V>, XdpError> {
+        let view: HashMap<&MapData, K, V> = self.map(name)?;
+        let fd = view
+            .map()
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| XdpError::MapHandle { map: name, source })?;
+        let owned = Map::from_map_data(MapData::from_fd(fd)?)?;
+        Ok(HashMap::try_from(owned)?)
     }
 
     /// Interfaces the program is attached to.
@@ -164,11 +199,7 @@ impl XdpProgram {
 
     /// The global counters, summed over all CPUs, in [`Counter`] order.
     pub fn counters(&self) -> Result<Counters, XdpError> {
-        let map = self
-            .ebpf
-            .map(mlb_common::maps::STATS)
-            .ok_or(XdpError::MissingMap(mlb_common::maps::STATS))?;
-        let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        let stats: PerCpuArray<&MapData, u64> = self.map(maps::STATS)?;
         let mut values = [0u64; Counter::COUNT];
         for (i, value) in values.iter_mut().enumerate() {
             let index = u32::try_from(i).expect("counter index fits u32");
@@ -221,7 +252,7 @@ mod tests {
     #[test]
     fn object_has_every_map_and_the_program() {
         let obj = Object::parse(OBJECT).expect("embedded object parses");
-        for name in mlb_common::maps::ALL {
+        for name in maps::ALL {
             assert!(
                 obj.maps.contains_key(*name),
                 "map {name} missing from the object"

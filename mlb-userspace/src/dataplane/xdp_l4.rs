@@ -7,8 +7,8 @@
 //! - Backends live in one array shared by all services, keyed by address. A backend no service
 //!   uses any more is *draining*: its established flows go on for `drain_timeout`, then it is
 //!   marked dead and those flows are re-balanced (the new backend answers TCP with a RST).
-//! - [`XdpL4::sweep`] expires idle connection-tracking entries (the kernel LRU only evicts when
-//!   full) and those of dead backends, and frees backend ids nothing refers to any more.
+//! - [`ConntrackSweeper`] expires idle connection-tracking entries (the kernel LRU only evicts
+//!   when full) and those of dead backends, and frees backend ids nothing refers to any more.
 //!
 //! Nothing is ever wiped and rebuilt: every change touches only the entries it concerns.
 use std::{
@@ -19,11 +19,12 @@ use std::{
 
 use aya::maps::{Array, DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray};
 use mlb_common::{
-    consts::{MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, ring_elems},
+    consts::{MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, ring_elems, ring_table_base},
     maps::{
-        BACKEND_ACTIVE, BACKEND_DEAD, Backend as BpfBackend, CT_CLOSING, CT_SYN, Config, FAMILY_V4,
-        FAMILY_V6, FlowKey, FlowStats, NatEntry, RingElem, ServiceKey, ServiceValue,
+        self, BACKEND_ACTIVE, BACKEND_DEAD, Backend as BpfBackend, Config, FAMILY_V4, FAMILY_V6,
+        FlowKey, FlowStats, NatEntry, RingElem, ServiceKey, ServiceValue,
     },
+    net::{IPPROTO_TCP, IPPROTO_UDP},
 };
 use tracing::{debug, info};
 
@@ -33,6 +34,10 @@ use super::{
     xdp::{XdpError, XdpProgram},
 };
 use crate::model::{BackendState, L4Service, L4ServiceKey, Protocol};
+
+mod sweep;
+
+pub use sweep::ConntrackSweeper;
 
 /// Settings of the XDP dataplane.
 #[derive(Clone, Debug)]
@@ -109,8 +114,8 @@ fn family_of(ip: IpAddr) -> u8 {
 
 fn proto_number(p: Protocol) -> u8 {
     match p {
-        Protocol::Tcp => 6,
-        Protocol::Udp => 17,
+        Protocol::Tcp => IPPROTO_TCP,
+        Protocol::Udp => IPPROTO_UDP,
     }
 }
 
@@ -179,12 +184,7 @@ impl XdpL4 {
             ready: 1,
             _pad: 0,
         };
-        let mut map: Array<&mut MapData, Config> = Array::try_from(
-            program
-                .ebpf_mut()
-                .map_mut(mlb_common::maps::CONFIG)
-                .ok_or(XdpError::MissingMap(mlb_common::maps::CONFIG))?,
-        )?;
+        let mut map: Array<&mut MapData, Config> = program.map_mut(maps::CONFIG)?;
         map.set(0, cfg, 0)?;
         Ok(XdpL4 {
             program,
@@ -200,12 +200,7 @@ impl XdpL4 {
     /// Lets the program redirect packets out of `iface` (every interface it is attached to,
     /// and any other egress interface towards clients or backends).
     pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), XdpError> {
-        let mut ports: DevMapHash<&mut MapData> = DevMapHash::try_from(
-            self.program
-                .ebpf_mut()
-                .map_mut(mlb_common::maps::TX_PORTS)
-                .ok_or(XdpError::MissingMap(mlb_common::maps::TX_PORTS))?,
-        )?;
+        let mut ports: DevMapHash<&mut MapData> = self.program.map_mut(maps::TX_PORTS)?;
         ports
             .insert(ifindex, ifindex, None, 0)
             .map_err(|e| XdpError::Config(format!("devmap insert of ifindex {ifindex}: {e}")))
@@ -357,13 +352,8 @@ impl XdpL4 {
         table: &[u32],
     ) -> Result<(), XdpError> {
         let elems = ring_elems(self.config.ring_size);
-        let base = (slot * 2 + copy) * elems;
-        let mut rings: Array<&mut MapData, RingElem> = Array::try_from(
-            self.program
-                .ebpf_mut()
-                .map_mut(mlb_common::maps::RINGS)
-                .ok_or(XdpError::MissingMap(mlb_common::maps::RINGS))?,
-        )?;
+        let base = ring_table_base(slot, copy, self.config.ring_size);
+        let mut rings: Array<&mut MapData, RingElem> = self.program.map_mut(maps::RINGS)?;
         let at = |t: &[u32], i: usize| t.get(i).copied().unwrap_or(NO_BACKEND);
         let mut written = 0usize;
         for e in 0..elems as usize {
@@ -385,21 +375,11 @@ impl XdpL4 {
     fn services_map(
         &mut self,
     ) -> Result<BpfHashMap<&mut MapData, ServiceKey, ServiceValue>, XdpError> {
-        Ok(BpfHashMap::try_from(
-            self.program
-                .ebpf_mut()
-                .map_mut(mlb_common::maps::SERVICES)
-                .ok_or(XdpError::MissingMap(mlb_common::maps::SERVICES))?,
-        )?)
+        self.program.map_mut(maps::SERVICES)
     }
 
     fn backends_map(&mut self) -> Result<Array<&mut MapData, BpfBackend>, XdpError> {
-        Ok(Array::try_from(
-            self.program
-                .ebpf_mut()
-                .map_mut(mlb_common::maps::BACKENDS)
-                .ok_or(XdpError::MissingMap(mlb_common::maps::BACKENDS))?,
-        )?)
+        self.program.map_mut(maps::BACKENDS)
     }
 
     /// The backend id of `addr`, allocating and writing one if needed (and reviving a draining
@@ -499,57 +479,18 @@ impl XdpL4 {
         Ok(expired.into_iter().map(|(a, _)| a).collect())
     }
 
-    /// Expires idle connection-tracking entries and those of dead backends (both directions),
-    /// and frees the ids of dead backends no entry refers to. Returns how many entries it
-    /// deleted.
-    pub fn sweep(&mut self) -> Result<usize, XdpError> {
-        self.expire_drained_backends()?;
-        let now = monotonic_ns();
-        let t = self.config.timeouts;
-        let dead: HashSet<u32> = self
-            .backends
+    /// Ids of the backends declared dead.
+    fn dead_backend_ids(&self) -> HashSet<u32> {
+        self.backends
             .values()
             .filter(|b| b.dead)
             .map(|b| b.id)
-            .collect();
-        let mut referenced: HashSet<u32> = HashSet::new();
-        let mut doomed: Vec<FlowKey> = Vec::new();
-        {
-            let ct: BpfHashMap<&MapData, FlowKey, NatEntry> = BpfHashMap::try_from(
-                self.program
-                    .ebpf()
-                    .map(mlb_common::maps::CONNTRACK)
-                    .ok_or(XdpError::MissingMap(mlb_common::maps::CONNTRACK))?,
-            )?;
-            for item in ct.iter() {
-                let Ok((key, entry)) = item else { continue };
-                let timeout = match (key.proto, entry.state) {
-                    (17, _) => t.udp,
-                    (_, CT_SYN) => t.tcp_syn,
-                    (_, CT_CLOSING) => t.tcp_closing,
-                    _ => t.tcp_established,
-                };
-                let idle = Duration::from_nanos(now.saturating_sub(entry.last_seen_ns));
-                if idle >= timeout || dead.contains(&entry.backend) {
-                    doomed.push(key);
-                } else {
-                    referenced.insert(entry.backend);
-                }
-            }
-        }
-        let mut ct: BpfHashMap<&mut MapData, FlowKey, NatEntry> = BpfHashMap::try_from(
-            self.program
-                .ebpf_mut()
-                .map_mut(mlb_common::maps::CONNTRACK)
-                .ok_or(XdpError::MissingMap(mlb_common::maps::CONNTRACK))?,
-        )?;
-        let mut deleted = 0;
-        for key in &doomed {
-            if ct.remove(key).is_ok() {
-                deleted += 1;
-            }
-        }
-        // Dead and unreferenced: the id can serve another backend.
+            .collect()
+    }
+
+    /// Frees the ids of dead backends that no service uses and no live flow refers to: they can
+    /// serve other backends.
+    fn free_unreferenced_backends(&mut self, referenced: &HashSet<u32>) -> Result<(), XdpError> {
         let freeable: Vec<SocketAddr> = self
             .backends
             .values()
@@ -562,17 +503,12 @@ impl XdpL4 {
                 self.free_backend_ids.push(b.id);
             }
         }
-        Ok(deleted)
+        Ok(())
     }
 
     /// Packets, bytes and new flows per backend address, summed over CPUs.
     pub fn backend_stats(&self) -> Result<BTreeMap<SocketAddr, XdpFlowStats>, XdpError> {
-        let map: PerCpuArray<&MapData, FlowStats> = PerCpuArray::try_from(
-            self.program
-                .ebpf()
-                .map(mlb_common::maps::BACKEND_STATS)
-                .ok_or(XdpError::MissingMap(mlb_common::maps::BACKEND_STATS))?,
-        )?;
+        let map: PerCpuArray<&MapData, FlowStats> = self.program.map(maps::BACKEND_STATS)?;
         let mut out = BTreeMap::new();
         for b in self.backends.values() {
             let mut sum = XdpFlowStats::default();
@@ -588,12 +524,7 @@ impl XdpL4 {
 
     /// Number of tracked flow directions (two per flow).
     pub fn conntrack_entries(&self) -> Result<usize, XdpError> {
-        let ct: BpfHashMap<&MapData, FlowKey, NatEntry> = BpfHashMap::try_from(
-            self.program
-                .ebpf()
-                .map(mlb_common::maps::CONNTRACK)
-                .ok_or(XdpError::MissingMap(mlb_common::maps::CONNTRACK))?,
-        )?;
+        let ct: BpfHashMap<&MapData, FlowKey, NatEntry> = self.program.map(maps::CONNTRACK)?;
         Ok(ct.keys().filter(Result::is_ok).count())
     }
 }

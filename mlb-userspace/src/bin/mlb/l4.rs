@@ -11,12 +11,12 @@ use mlb::{
     dataplane::{
         Dataplane, DataplaneError, L4Change, host,
         userspace_l4::{UserspaceL4, UserspaceL4Config},
-        xdp::{LoadOptions, XdpProgram},
-        xdp_l4::{FlowTimeouts, XdpL4, XdpL4Config},
+        xdp::{LoadOptions, XdpError, XdpProgram},
+        xdp_l4::{ConntrackSweeper, FlowTimeouts, XdpL4, XdpL4Config},
     },
     options::{DataplaneKind, RunOptions},
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// The XDP program, when `--dataplane` and `--xdp-iface` ask for it and it could be attached.
 /// `auto` without interfaces is the userspace dataplane; `xdp` without them is an error, and so
@@ -133,18 +133,23 @@ impl Dataplane for SharedXdp {
     }
 }
 
-/// Expires idle tracked flows and drained backends every few seconds.
+/// Expires idle tracked flows and drained backends every few seconds (the sweeper walks the
+/// conntrack map without holding the dataplane's lock).
 pub async fn sweep_conntrack(dataplane: Arc<Mutex<XdpL4>>) {
+    let mut sweeper = match ConntrackSweeper::new(dataplane) {
+        Ok(sweeper) => sweeper,
+        Err(e) => {
+            error!("connection tracking will not be swept: {e}");
+            return;
+        }
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tick.tick().await;
-        let result = match dataplane.lock() {
-            Ok(mut dp) => dp.sweep(),
-            Err(_) => return,
-        };
-        match result {
+        match sweeper.sweep() {
             Ok(0) => {}
             Ok(n) => debug!(entries = n, "expired connection-tracking entries"),
+            Err(XdpError::Poisoned) => return,
             Err(e) => warn!("sweeping connection tracking: {e}"),
         }
     }

@@ -1,0 +1,116 @@
+//! The last step: rewriting a packet for its next hop. Addresses and ports become those of the
+//! flow's NAT entry, with incremental IPv4 header and TCP/UDP checksum updates (addresses are
+//! part of the L4 pseudo-header), and the MACs those of the next hop when the program sends the
+//! packet itself. The only module that writes packet memory.
+use aya_ebpf::programs::XdpContext;
+use mlb_common::{
+    maps::NatEntry,
+    net::{IPPROTO_TCP, eth, ipv4, ipv6, tcp, udp},
+    stats::Counter,
+};
+
+use crate::{
+    csum,
+    exit::Exit,
+    forward::Macs,
+    parse::{BAD_L3, BAD_L4, Family, PacketMeta, ptr_at},
+};
+
+/// Reads the raw (network-order) `u16` at `base + off`.
+///
+/// # Safety
+/// `base + off .. base + off + 2` must be inside a range checked against the packet end.
+#[inline(always)]
+unsafe fn get16(base: *mut u8, off: usize) -> u16 {
+    unsafe { core::ptr::read_unaligned(base.add(off).cast::<u16>()) }
+}
+
+/// Writes a raw `u16`; same contract as [`get16`].
+#[inline(always)]
+unsafe fn put16(base: *mut u8, off: usize, v: u16) {
+    unsafe { core::ptr::write_unaligned(base.add(off).cast::<u16>(), v) }
+}
+
+/// Writes a raw `u32`; same contract as [`get16`].
+#[inline(always)]
+unsafe fn put32(base: *mut u8, off: usize, v: u32) {
+    unsafe { core::ptr::write_unaligned(base.add(off).cast::<u32>(), v) }
+}
+
+/// Rewrites the packet as `nat` says, and its MACs to `macs` when given.
+///
+/// Every header pointer is checked before the first byte is written, so an error (which cannot
+/// happen after a successful parse) leaves the packet as it arrived. Each header is accessed
+/// through one pointer checked for the header's whole length. Inlined: a subprogram would receive
+/// packet pointers, which the verifier cannot follow.
+#[inline(always)]
+pub fn rewrite_packet(
+    ctx: &XdpContext,
+    meta: &PacketMeta,
+    nat: &NatEntry,
+    macs: Option<&Macs>,
+) -> Result<(), Exit> {
+    let eth_hdr = ptr_at::<Macs>(ctx, eth::DST).ok_or(Exit::Pass(Counter::PassTruncatedEth))?;
+    let (l4, csum_at) = if meta.proto == IPPROTO_TCP {
+        let p = ptr_at::<[u8; tcp::HLEN_MIN]>(ctx, meta.l4_off).ok_or(BAD_L4)?;
+        (p.cast::<u8>(), tcp::CSUM)
+    } else {
+        let p = ptr_at::<[u8; udp::HLEN]>(ctx, meta.l4_off).ok_or(BAD_L4)?;
+        (p.cast::<u8>(), udp::CSUM)
+    };
+    // SAFETY: `l4` was checked for the whole fixed TCP or UDP header.
+    let mut l4_csum = unsafe { get16(l4, csum_at) };
+    // An IPv4 UDP checksum of 0 means "none": keep it so.
+    let l4_csum_used = meta.proto == IPPROTO_TCP || meta.family == Family::V6 || l4_csum != 0;
+
+    match meta.family {
+        Family::V4 => {
+            let ip = ptr_at::<[u8; ipv4::HLEN_MIN]>(ctx, meta.l3_off).ok_or(BAD_L3)?;
+            let ip = ip.cast::<u8>();
+            // SAFETY: `ip` was checked for the fixed IPv4 header.
+            unsafe {
+                let mut ip_csum = get16(ip, ipv4::CSUM);
+                ip_csum = csum::replace4(ip_csum, meta.src[0], nat.new_src[0]);
+                ip_csum = csum::replace4(ip_csum, meta.dst[0], nat.new_dst[0]);
+                put32(ip, ipv4::SRC, nat.new_src[0]);
+                put32(ip, ipv4::DST, nat.new_dst[0]);
+                put16(ip, ipv4::CSUM, ip_csum);
+            }
+            l4_csum = csum::replace4(l4_csum, meta.src[0], nat.new_src[0]);
+            l4_csum = csum::replace4(l4_csum, meta.dst[0], nat.new_dst[0]);
+        }
+        Family::V6 => {
+            let ip = ptr_at::<[u8; ipv6::HLEN]>(ctx, meta.l3_off).ok_or(BAD_L3)?;
+            let ip = ip.cast::<u8>();
+            for i in 0..4 {
+                l4_csum = csum::replace4(l4_csum, meta.src[i], nat.new_src[i]);
+                l4_csum = csum::replace4(l4_csum, meta.dst[i], nat.new_dst[i]);
+                // SAFETY: `ip` was checked for the 40-byte IPv6 header; DST + 12 + 4 <= 40.
+                unsafe {
+                    put32(ip, ipv6::SRC + i * 4, nat.new_src[i]);
+                    put32(ip, ipv6::DST + i * 4, nat.new_dst[i]);
+                }
+            }
+        }
+    }
+    l4_csum = csum::replace2(l4_csum, meta.sport, nat.new_sport);
+    l4_csum = csum::replace2(l4_csum, meta.dport, nat.new_dport);
+    // SAFETY: the ports and the checksum are inside the checked L4 header (the ports are at the
+    // same offsets in TCP and UDP).
+    unsafe {
+        put16(l4, tcp::SPORT, nat.new_sport);
+        put16(l4, tcp::DPORT, nat.new_dport);
+        if l4_csum_used {
+            if meta.proto != IPPROTO_TCP && l4_csum == 0 {
+                // UDP sends a computed zero as all ones.
+                l4_csum = 0xFFFF;
+            }
+            put16(l4, csum_at, l4_csum);
+        }
+    }
+    if let Some(macs) = macs {
+        // SAFETY: `ptr_at` checked both MAC addresses are inside the packet.
+        unsafe { core::ptr::write_unaligned(eth_hdr, *macs) };
+    }
+    Ok(())
+}

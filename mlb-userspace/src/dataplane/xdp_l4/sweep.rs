@@ -1,0 +1,119 @@
+//! The connection-tracking sweeper: forgets idle flows (the kernel's LRU only evicts when the
+//! table is full) and the flows of dead backends, and frees the ids of dead backends nothing
+//! refers to any more.
+//!
+//! Walking the whole table takes one syscall per entry, and the controller must be able to apply
+//! changes meanwhile. So the sweeper walks and deletes through its own handle to the map, and
+//! takes the dataplane lock only twice, briefly: first to declare drained backends dead and note
+//! which backends are dead, last to forget the flows of backends still dead (the controller may
+//! have revived one during the walk) and free their ids.
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use mlb_common::{
+    maps::{self, CT_CLOSING, CT_SYN, FlowKey, NatEntry},
+    net::IPPROTO_UDP,
+};
+
+use super::{FlowTimeouts, XdpL4, monotonic_ns};
+use crate::dataplane::xdp::XdpError;
+
+type Conntrack = BpfHashMap<MapData, FlowKey, NatEntry>;
+
+/// Sweeps the connection-tracking table of a shared [`XdpL4`].
+pub struct ConntrackSweeper {
+    dataplane: Arc<Mutex<XdpL4>>,
+    /// The sweeper's own handle to the table, used without the lock.
+    conntrack: Conntrack,
+    timeouts: FlowTimeouts,
+}
+
+/// What one walk over the table found.
+#[derive(Default)]
+struct Scan {
+    /// Entries idle for longer than their timeout.
+    idle: Vec<FlowKey>,
+    /// Entries of backends that were dead when the sweep began, with that backend.
+    of_dead: Vec<(FlowKey, u32)>,
+    /// Backend ids that the entries that stay refer to.
+    referenced: HashSet<u32>,
+}
+
+impl ConntrackSweeper {
+    pub fn new(dataplane: Arc<Mutex<XdpL4>>) -> Result<Self, XdpError> {
+        let (conntrack, timeouts) = {
+            let dp = lock(&dataplane)?;
+            let conntrack = dp.program.hash_map_handle(maps::CONNTRACK)?;
+            (conntrack, dp.config.timeouts)
+        };
+        Ok(ConntrackSweeper {
+            dataplane,
+            conntrack,
+            timeouts,
+        })
+    }
+
+    /// One sweep. Returns how many entries (flow directions) it deleted.
+    pub fn sweep(&mut self) -> Result<usize, XdpError> {
+        let dead = {
+            let mut dp = lock(&self.dataplane)?;
+            dp.expire_drained_backends()?;
+            dp.dead_backend_ids()
+        };
+        let scan = self.scan(&dead, monotonic_ns());
+        let mut deleted = delete(&mut self.conntrack, scan.idle.iter());
+        let mut dp = lock(&self.dataplane)?;
+        let still_dead = dp.dead_backend_ids();
+        deleted += delete(
+            &mut self.conntrack,
+            scan.of_dead
+                .iter()
+                .filter(|(_, backend)| still_dead.contains(backend))
+                .map(|(key, _)| key),
+        );
+        dp.free_unreferenced_backends(&scan.referenced)?;
+        Ok(deleted)
+    }
+
+    fn scan(&self, dead: &HashSet<u32>, now_ns: u64) -> Scan {
+        let mut scan = Scan::default();
+        for item in self.conntrack.iter() {
+            // An entry deleted while the walk passes it: nothing to do.
+            let Ok((key, entry)) = item else { continue };
+            let idle = Duration::from_nanos(now_ns.saturating_sub(entry.last_seen_ns));
+            if idle >= self.timeouts.of(&key, &entry) {
+                scan.idle.push(key);
+            } else if dead.contains(&entry.backend) {
+                scan.of_dead.push((key, entry.backend));
+            } else {
+                scan.referenced.insert(entry.backend);
+            }
+        }
+        scan
+    }
+}
+
+/// Deletes `keys`; returns how many were still there.
+fn delete<'a>(conntrack: &mut Conntrack, keys: impl Iterator<Item = &'a FlowKey>) -> usize {
+    keys.filter(|key| conntrack.remove(key).is_ok()).count()
+}
+
+impl FlowTimeouts {
+    /// The idle timeout of a tracked flow direction, by protocol and TCP state.
+    fn of(&self, key: &FlowKey, entry: &NatEntry) -> Duration {
+        match (key.proto, entry.state) {
+            (IPPROTO_UDP, _) => self.udp,
+            (_, CT_SYN) => self.tcp_syn,
+            (_, CT_CLOSING) => self.tcp_closing,
+            _ => self.tcp_established,
+        }
+    }
+}
+
+fn lock(dataplane: &Mutex<XdpL4>) -> Result<MutexGuard<'_, XdpL4>, XdpError> {
+    dataplane.lock().map_err(|_| XdpError::Poisoned)
+}
