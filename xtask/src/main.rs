@@ -4,6 +4,7 @@
 //! stable and nightly toolchains (and root for the packages and the namespace tests).
 mod bench;
 mod bench_http;
+mod lint;
 mod setup;
 
 use std::{os::unix::process::CommandExt as _, process::Command};
@@ -69,44 +70,7 @@ fn main() -> Result<()> {
             }
             cargo(&test)
         }
-        Cmd::Lint => {
-            setup::run(&[])?;
-            cargo(&["fmt", "--all", "--check"])?;
-            cargo(&[
-                "clippy",
-                "--workspace",
-                "--exclude",
-                "mlb-ebpf",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ])?;
-            // The eBPF crate is linted for its own target: with the host crates, feature
-            // unification would pull aya (std) into it.
-            let status = Command::new("cargo")
-                .args([
-                    "+nightly",
-                    "clippy",
-                    "--package",
-                    "mlb-ebpf",
-                    "--target",
-                    "bpfel-unknown-none",
-                    "-Z",
-                    "build-std=core",
-                    "--",
-                    "-D",
-                    "warnings",
-                ])
-                .current_dir("mlb-ebpf")
-                // No unwinding without std: the eBPF crate is always built with panic=abort.
-                .env("RUSTFLAGS", "-C panic=abort -Zpanic_abort_tests")
-                .status()?;
-            if !status.success() {
-                bail!("clippy on mlb-ebpf failed");
-            }
-            Ok(())
-        }
+        Cmd::Lint => lint::run(),
         Cmd::Bench(cmd) => bench::run(cmd),
         Cmd::Demo { args } => {
             setup::run(setup::DEMO_PACKAGES)?;
@@ -136,7 +100,7 @@ fn main() -> Result<()> {
 }
 
 /// Runs cargo (the same toolchain that runs xtask) and fails if it does.
-fn cargo(args: &[&str]) -> Result<()> {
+pub(crate) fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
         .args(args)
