@@ -73,7 +73,7 @@ impl AdminContext {
         let mut snapshot = stats::build(state, &unhealthy, &observed);
         self.changes
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .stamp(&mut snapshot, Instant::now());
         snapshot
     }
@@ -266,7 +266,7 @@ pub fn route(
 /// HAProxy's stats URI: `?stats;csv` is the CSV (what `zdd.py` reads).
 fn haproxy_stats(ctx: &AdminContext, state: &DesiredState, query: Option<&str>) -> Reply {
     match query {
-        Some("stats;csv") | Some("stats;csv;norefresh") => {
+        Some("stats;csv" | "stats;csv;norefresh") => {
             text(StatusCode::OK, stats::csv::render(&ctx.snapshot(state)))
         }
         _ => text(

@@ -58,7 +58,7 @@ async fn wait_deployed(base: &str, id: &str) -> Value {
         if resp.status() == StatusCode::OK {
             let app: Value = resp.json().await.expect("JSON");
             let app = app["app"].clone();
-            if app["deployments"].as_array().is_some_and(|d| d.is_empty())
+            if app["deployments"].as_array().is_some_and(std::vec::Vec::is_empty)
                 && app["tasksRunning"] == app["instances"]
                 && app["tasksStaged"] == 0
                 && app["tasks"].as_array().map(Vec::len)
@@ -133,7 +133,7 @@ impl EventReader {
     async fn fill(&mut self, within: Duration) -> Result<bool, ()> {
         match timeout(within, self.stream.next()).await {
             Err(_) => Err(()),
-            Ok(None) | Ok(Some(Err(_))) => Ok(false),
+            Ok(None | Some(Err(_))) => Ok(false),
             Ok(Some(Ok(bytes))) => {
                 self.buf
                     .push_str(std::str::from_utf8(&bytes).expect("UTF-8 stream"));

@@ -35,7 +35,7 @@ pub const TEST_PACKAGES: &[&str] = &[
 pub const DEMO_PACKAGES: &[&str] = &["iproute2", "ethtool", "curl", "netcat-openbsd"];
 /// Extra packages for `cargo xtask bench`: the reference load balancer and the load generators
 /// (`h2load` from nghttp2-client for the HTTP/2 case of `bench http`).
-#[allow(dead_code, reason = "used by `cargo xtask bench`")]
+#[expect(dead_code, reason = "used by `cargo xtask bench`")]
 pub const BENCH_PACKAGES: &[&str] = &[
     "haproxy",
     "wrk",
@@ -80,24 +80,21 @@ fn output(cmd: &mut Command) -> Result<String> {
 }
 
 fn ensure_nightly_rust_src() -> Result<Nightly> {
-    let version_text = match output(Command::new("rustc").args(["+nightly", "-vV"])) {
-        Ok(v) => v,
-        Err(_) => {
-            eprintln!(
-                "xtask setup: installing the nightly toolchain (rustup toolchain install nightly)"
+    let version_text = if let Ok(v) = output(Command::new("rustc").args(["+nightly", "-vV"])) { v } else {
+        eprintln!(
+            "xtask setup: installing the nightly toolchain (rustup toolchain install nightly)"
+        );
+        let ok = Command::new("rustup")
+            .args(["toolchain", "install", "nightly", "--profile", "minimal"])
+            .status()
+            .context("running rustup: is rustup installed? See https://rustup.rs")?
+            .success();
+        if !ok {
+            bail!(
+                "could not install the nightly toolchain; run `rustup toolchain install nightly` by hand"
             );
-            let ok = Command::new("rustup")
-                .args(["toolchain", "install", "nightly", "--profile", "minimal"])
-                .status()
-                .context("running rustup: is rustup installed? See https://rustup.rs")?
-                .success();
-            if !ok {
-                bail!(
-                    "could not install the nightly toolchain; run `rustup toolchain install nightly` by hand"
-                );
-            }
-            output(Command::new("rustc").args(["+nightly", "-vV"]))?
         }
+        output(Command::new("rustc").args(["+nightly", "-vV"]))?
     };
     let llvm_major = version_text
         .lines()

@@ -156,11 +156,11 @@ pub struct L4Stats {
 impl L4Stats {
     /// Current counters of every service.
     pub fn snapshot(&self) -> BTreeMap<L4ServiceKey, ServiceStats> {
-        let services = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        let services = self.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         services
             .iter()
             .map(|(key, svc)| {
-                let backends = svc.backends.lock().unwrap_or_else(|e| e.into_inner());
+                let backends = svc.backends.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let backends = backends
                     .iter()
                     .map(|(id, c)| {
@@ -184,12 +184,12 @@ impl L4Stats {
     }
 
     fn service(&self, key: L4ServiceKey) -> Arc<ServiceCounters> {
-        let mut services = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        let mut services = self.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         services.entry(key).or_default().clone()
     }
 
     fn remove(&self, key: L4ServiceKey) {
-        let mut services = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        let mut services = self.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         services.remove(&key);
     }
 }
@@ -220,7 +220,7 @@ impl Routes {
     ) -> Result<Self, MaglevError> {
         // Counters follow the backend id across changes (draining backends included).
         let by_id = {
-            let current = counters.backends.lock().unwrap_or_else(|e| e.into_inner());
+            let current = counters.backends.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             service
                 .backends
                 .iter()
@@ -269,7 +269,7 @@ impl Routes {
             .counters
             .backends
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         *current = self.by_id.clone();
     }
 
@@ -456,25 +456,22 @@ impl UserspaceL4 {
             }
         }
         routes.publish_counters();
-        match self.services.get_mut(&key) {
-            Some(rt) => {
-                rt.routes.store(routes);
-                rt.listeners.retain(|addr, _| wanted.contains(addr));
-                rt.listeners.extend(opened);
-                rt.spec = service.clone();
-                debug!(service = %key, "L4 service updated");
-            }
-            None => {
-                info!(service = %key, app = %service.app_id, addrs = ?wanted, "L4 service listening");
-                self.services.insert(
-                    key,
-                    ServiceRuntime {
-                        spec: service.clone(),
-                        routes: shared,
-                        listeners: opened,
-                    },
-                );
-            }
+        if let Some(rt) = self.services.get_mut(&key) {
+            rt.routes.store(routes);
+            rt.listeners.retain(|addr, _| wanted.contains(addr));
+            rt.listeners.extend(opened);
+            rt.spec = service.clone();
+            debug!(service = %key, "L4 service updated");
+        } else {
+            info!(service = %key, app = %service.app_id, addrs = ?wanted, "L4 service listening");
+            self.services.insert(
+                key,
+                ServiceRuntime {
+                    spec: service.clone(),
+                    routes: shared,
+                    listeners: opened,
+                },
+            );
         }
         Ok(())
     }

@@ -21,7 +21,7 @@ use aya::maps::{Array, DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray};
 use mlb_common::{
     consts::{MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, ring_elems, ring_table_base},
     maps::{
-        self, BACKEND_ACTIVE, BACKEND_DEAD, Backend as BpfBackend, CT_CLOSING, CT_SYN, Config,
+        self, BACKEND_ACTIVE, BACKEND_DEAD, Backend as BpfBackend, CT_CLOSING, Config,
         DIR_TO_BACKEND, FAMILY_V4, FAMILY_V6, FlowKey, FlowStats, NatEntry, RingElem, ServiceKey,
         ServiceValue,
     },
@@ -297,14 +297,11 @@ impl XdpL4 {
             .collect();
         let new_users: HashSet<u32> = ids.iter().copied().collect();
 
-        let (slot, copy, old_users) = match self.services.get(key) {
-            Some(p) => (p.slot, 1 - p.copy, p.backends.clone()),
-            None => {
-                let slot = self.free_slots.pop().ok_or_else(|| {
-                    XdpError::Config(format!("all {MAX_SERVICES} XDP service slots are in use"))
-                })?;
-                (slot, 0, HashSet::new())
-            }
+        let (slot, copy, old_users) = if let Some(p) = self.services.get(key) { (p.slot, 1 - p.copy, p.backends.clone()) } else {
+            let slot = self.free_slots.pop().ok_or_else(|| {
+                XdpError::Config(format!("all {MAX_SERVICES} XDP service slots are in use"))
+            })?;
+            (slot, 0, HashSet::new())
         };
         let previous = self
             .services

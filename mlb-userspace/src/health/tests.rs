@@ -99,5 +99,5 @@ async fn tcp_check_fails_on_a_closed_port_and_removal_clears_it() {
     }]);
     wait_for(&mut rx, |s| s.contains(&id)).await;
     checker.set_targets([]);
-    wait_for(&mut rx, |s| s.is_empty()).await;
+    wait_for(&mut rx, std::collections::HashSet::is_empty).await;
 }

@@ -671,7 +671,7 @@ async fn invalid_event_json_is_skipped_and_the_stream_continues() {
     m.push("status_update_event", &status_update("/a"));
     match w.next().await {
         MarathonUpdate::Apps { changed, .. } => {
-            assert_eq!(changed.ids().collect::<Vec<_>>(), ["/a"])
+            assert_eq!(changed.ids().collect::<Vec<_>>(), ["/a"]);
         }
         other => panic!("{other:?}"),
     }

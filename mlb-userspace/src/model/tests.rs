@@ -275,7 +275,7 @@ fn exposed_ports(s: &DesiredState) -> Vec<u16> {
             .map(|k| k.port)
             .chain(s.http.values().map(|h| h.service_port))
             .collect();
-    v.sort();
+    v.sort_unstable();
     v.dedup();
     v
 }

@@ -53,7 +53,7 @@ impl RetryBody {
         let untouched = self
             .slot
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .is_some();
         untouched.then(|| RetryBody {
             slot: self.slot.clone(),
@@ -73,7 +73,7 @@ impl Body for RetryBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.taken.is_none() {
-            let body = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let body = self.slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
             match body {
                 Some(b) => self.taken = Some(b),
                 None => return Poll::Ready(None),
@@ -130,7 +130,7 @@ impl Body for GuardedBody {
         {
             guard.stats().record_bytes_out(data.len() as u64);
         }
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
             self.guard = None;
         }
         polled.map_err(Into::into)

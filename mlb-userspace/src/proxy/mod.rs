@@ -171,7 +171,7 @@ pub struct HttpProxy {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl HttpProxy {
@@ -269,7 +269,7 @@ impl HttpProxy {
         };
         self.listeners
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .fixed_addr(frontend)
     }
 
@@ -277,7 +277,7 @@ impl HttpProxy {
     pub fn service_listeners(&self) -> Vec<SocketAddr> {
         self.listeners
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .service_addrs()
     }
 
@@ -286,7 +286,7 @@ impl HttpProxy {
     pub fn backend_in_flight(&self, id: &BackendId) -> Option<usize> {
         self.registry
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .in_flight(id)
     }
 

@@ -472,8 +472,8 @@ pub(crate) mod tests {
         weight: i32,
     ) -> HttpService {
         HttpService {
-            vhosts: vhosts.iter().map(|s| s.to_string()).collect(),
-            paths: paths.iter().map(|s| s.to_string()).collect(),
+            vhosts: vhosts.iter().map(std::string::ToString::to_string).collect(),
+            paths: paths.iter().map(std::string::ToString::to_string).collect(),
             backends: vec![Backend {
                 id: BackendId(format!("{app}.task:0")),
                 addr: "127.0.0.1:1".parse().unwrap(),

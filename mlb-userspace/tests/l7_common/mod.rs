@@ -379,7 +379,7 @@ impl TestCa {
     pub fn leaf(&self, file: &str, names: &[&str]) -> (PathBuf, Vec<u8>) {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params =
-            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            rcgen::CertificateParams::new(names.iter().map(std::string::ToString::to_string).collect::<Vec<_>>())
                 .unwrap();
         params
             .distinguished_name

@@ -173,9 +173,7 @@ async fn handle(
     let path = req.uri().path().to_string();
     let path_and_query = req
         .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| path.clone());
+        .path_and_query().map_or_else(|| path.clone(), |p| p.as_str().to_string());
     let query = parse_query(req.uri().query());
     let method = req.method().clone();
     if path.starts_with("/_sim/") {
@@ -230,10 +228,9 @@ async fn handle(
                     let body = w
                         .apps
                         .get(&id)
-                        .map(|a| {
+                        .map_or(Value::Null, |a| {
                             w.app_json(a, Embed::parse(["app.tasks"].into_iter(), "app.", true))
-                        })
-                        .unwrap_or(Value::Null);
+                        });
                     let mut resp = json_response(StatusCode::CREATED, &body);
                     if let Ok(loc) = format!("/v2/apps{id}").parse() {
                         resp.headers_mut().insert(header::LOCATION, loc);
@@ -269,7 +266,7 @@ async fn handle(
         },
         (&Method::GET, "/v2/deployments") => {
             let w = sim.lock();
-            let deps: Vec<Value> = w.deployments.values().map(|d| d.to_json()).collect();
+            let deps: Vec<Value> = w.deployments.values().map(super::model::Deployment::to_json).collect();
             json_response(StatusCode::OK, &Value::Array(deps))
         }
         (&Method::GET, "/v2/events") => event_stream(&sim, peer, &query, &req),
@@ -418,7 +415,7 @@ fn list_apps(sim: &Sim, query: &[(String, String)]) -> Response<Body> {
 fn list_tasks(sim: &Sim, query: &[(String, String)], req: &Request<Incoming>) -> Response<Body> {
     let wanted: BTreeSet<String> = values(query, "status")
         .chain(values(query, "status[]"))
-        .map(|s| s.to_ascii_lowercase())
+        .map(str::to_ascii_lowercase)
         .collect();
     let state_ok = |s: TaskState| {
         wanted.is_empty()

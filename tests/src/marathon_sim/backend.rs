@@ -139,33 +139,30 @@ fn bind_all(
 ) -> Result<Vec<BoundPort>, SimError> {
     let mut bound: Vec<BoundPort> = Vec::with_capacity(specs.len());
     for spec in specs {
-        let port = match spec.fixed_port {
-            Some(port) => bind_one(address, port, spec).map_err(|source| SimError::Bind {
-                addr: SocketAddr::new(address, port),
-                source,
-            })?,
-            None => {
-                let mut last_err = None;
-                let mut found = None;
-                for _ in 0..alloc.len {
-                    let candidate = alloc.next();
-                    if bound.iter().any(|b| b.port == candidate) {
-                        continue;
-                    }
-                    match bind_one(address, candidate, spec) {
-                        Ok(b) => {
-                            found = Some(b);
-                            break;
-                        }
-                        Err(e) => last_err = Some(e),
-                    }
+        let port = if let Some(port) = spec.fixed_port { bind_one(address, port, spec).map_err(|source| SimError::Bind {
+            addr: SocketAddr::new(address, port),
+            source,
+        })? } else {
+            let mut last_err = None;
+            let mut found = None;
+            for _ in 0..alloc.len {
+                let candidate = alloc.next();
+                if bound.iter().any(|b| b.port == candidate) {
+                    continue;
                 }
-                found.ok_or_else(|| SimError::Bind {
-                    addr: SocketAddr::new(address, 0),
-                    source: last_err
-                        .unwrap_or_else(|| io::Error::other("the task port range is exhausted")),
-                })?
+                match bind_one(address, candidate, spec) {
+                    Ok(b) => {
+                        found = Some(b);
+                        break;
+                    }
+                    Err(e) => last_err = Some(e),
+                }
             }
+            found.ok_or_else(|| SimError::Bind {
+                addr: SocketAddr::new(address, 0),
+                source: last_err
+                    .unwrap_or_else(|| io::Error::other("the task port range is exhausted")),
+            })?
         };
         bound.push(port);
     }
@@ -345,9 +342,7 @@ async fn answer_http(
     let forwarded_proto = seen("x-forwarded-proto");
     let path = req
         .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+        .path_and_query().map_or_else(|| "/".into(), |p| p.as_str().to_string());
     // Drain the request body so keep-alive connections stay in sync.
     let _ = req.into_body().collect().await;
     let status = if ctx.healthy.load(Ordering::Relaxed) {

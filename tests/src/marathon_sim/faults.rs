@@ -97,7 +97,7 @@ impl FaultState {
             Fault::AppsGarbage { enabled } => s.apps_garbage = enabled,
             Fault::Delay { millis } => s.delay_millis = millis,
             Fault::NotLeader { leader_url } => {
-                s.leader_url = leader_url.map(|u| u.trim_end_matches('/').to_string())
+                s.leader_url = leader_url.map(|u| u.trim_end_matches('/').to_string());
             }
             Fault::FailDeployments { enabled } => s.fail_deployments = enabled,
         }

@@ -410,9 +410,7 @@ impl Deployment {
     /// The step at `index` (0-based) in events.
     pub(crate) fn current_step_json(&self, index: usize) -> Value {
         self.steps
-            .get(index)
-            .map(|s| Self::step_json(s))
-            .unwrap_or_else(|| json!({"actions": []}))
+            .get(index).map_or_else(|| json!({"actions": []}), |s| Self::step_json(s))
     }
 
     /// The deployment as `GET /v2/deployments` lists it.

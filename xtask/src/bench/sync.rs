@@ -201,7 +201,7 @@ fn measure(
         &args.step_delay_ms.to_string(),
     ]
     .iter()
-    .map(|s| s.to_string())
+    .map(std::string::ToString::to_string)
     .collect();
     for a in 1..=AGENTS {
         sim_args.extend(["--backend-addr".into(), format!("127.0.89.{a}")]);
@@ -249,7 +249,7 @@ fn measure(
         &admin_addr.to_string(),
     ]
     .iter()
-    .map(|s| s.to_string())
+    .map(std::string::ToString::to_string)
     .collect();
     mlb_args.extend(args.mlb_arg.iter().cloned());
     eprintln!("bench sync: starting mlb");
@@ -284,7 +284,7 @@ fn measure(
     for key in ["l4_errors", "http_errors"] {
         let n = status[key]
             .as_object()
-            .map(|o| o.len())
+            .map(serde_json::Map::len)
             .or(status[key].as_array().map(Vec::len))
             .unwrap_or(0);
         if n > 0 {

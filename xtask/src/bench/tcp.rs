@@ -517,7 +517,7 @@ fn iperf(lab: &mut Lab, target: &str, secs: u32) -> Result<f64> {
             bail!("{e}");
         }
         json.pointer("/end/sum_received/bits_per_second")
-            .and_then(|v| v.as_f64())
+            .and_then(serde_json::Value::as_f64)
             .map(|bps| bps / 1e9)
             .ok_or_else(|| anyhow!("no end.sum_received in the iperf3 output"))
     });
@@ -663,9 +663,7 @@ pub(super) fn workspace_root() -> PathBuf {
 }
 
 pub(super) fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from)
 }
 
 #[cfg(test)]

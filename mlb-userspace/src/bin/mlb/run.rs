@@ -78,17 +78,14 @@ impl Agent {
         info!(addr = %admin_listener.local_addr()?, "admin listener ready");
 
         let mut stats: Vec<Arc<dyn StatsSource>> = Vec::new();
-        let (l4, xdp): (L4Dataplane, _) = match xdp_program {
-            Some(program) => {
-                let dp = Arc::new(Mutex::new(l4::start_xdp_l4(opts, program)?));
-                stats.push(dp.clone());
-                (Box::new(SharedXdp(dp.clone())), Some(dp))
-            }
-            None => {
-                let dp = l4::start_userspace_l4(opts)?;
-                stats.push(Arc::new(dp.stats()));
-                (Box::new(dp), None)
-            }
+        let (l4, xdp): (L4Dataplane, _) = if let Some(program) = xdp_program {
+            let dp = Arc::new(Mutex::new(l4::start_xdp_l4(opts, program)?));
+            stats.push(dp.clone());
+            (Box::new(SharedXdp(dp.clone())), Some(dp))
+        } else {
+            let dp = l4::start_userspace_l4(opts)?;
+            stats.push(Arc::new(dp.stats()));
+            (Box::new(dp), None)
         };
         if let Some(proxy) = &proxy {
             stats.push(proxy.clone());
