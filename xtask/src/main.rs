@@ -3,7 +3,6 @@
 //! Every command that builds mlb runs `setup` first, so a fresh machine needs nothing but rustup's
 //! stable and nightly toolchains (and root for the packages and the namespace tests).
 mod bench;
-mod bench_http;
 mod lint;
 mod setup;
 
@@ -31,7 +30,7 @@ enum Cmd {
     },
     /// `cargo fmt --check` and `cargo clippy -D warnings` on the host crates and the eBPF crate.
     Lint,
-    /// Benchmarks in network namespaces (see bench-results/ and benchmark-method.md).
+    /// Benchmarks in network namespaces; each prints its table and writes it to bench-results/.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
     /// Run the demo: the Marathon simulator's sample apps routed by mlb (XDP in namespaces when
@@ -43,7 +42,6 @@ enum Cmd {
     },
 }
 
-/// Which benchmark `cargo xtask bench` runs.
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::run(setup::TEST_PACKAGES),

@@ -1,8 +1,10 @@
 //! The benchmark lab: network namespaces and the processes started in them, owned by one guard
-//! ([`Lab`]) that kills every process by PID and deletes every namespace when dropped, on
-//! success, error or panic.
+//! ([`Lab`]) that stops every process by PID ([`ChildGuard`]) and deletes every namespace when
+//! dropped, on success, error or panic.
 //!
-//! Topology (`benchmark-method.md`):
+//! Topology: the load balancer's host (lb) has one plain veth towards the client and one towards
+//! a bridge with the backends, so an XDP program has exactly two attach points and one redirect
+//! target per direction:
 //! ```text
 //!  ns cli          ns lb (the LB host)              ns sw (bridge)         ns be1, be2
 //!  cli-lb ==== lb-cli        lb-sw ============== sw-lb ─┐
@@ -13,6 +15,7 @@
 //! 198.18.1.0/24 via lb, which forwards only in the "direct" case. IPv4 only.
 use std::{
     fs,
+    ops::{Deref, DerefMut},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -37,12 +40,12 @@ pub const BACKEND_IPS: [&str; 2] = ["198.18.2.11", "198.18.2.12"];
 const WORK_DIR: &str = "/tmp/mlb-bench";
 const PID_FILE: &str = "/tmp/mlb-bench.pids";
 /// Only processes with one of these names are ever killed from a stale PID file.
-const OUR_PROGRAMS: &[&str] = &["nginx", "haproxy", "mlb", "iperf3", "wrk"];
+const OUR_PROGRAMS: &[&str] = &["nginx", "haproxy", "mlb", "l7_bench_proxy", "iperf3", "wrk"];
 
 /// A process started in the lab.
 struct Proc {
     name: String,
-    child: Child,
+    child: ChildGuard,
 }
 
 /// The namespaces and processes of one benchmark run.
@@ -192,7 +195,7 @@ impl Lab {
         let pid = child.id();
         self.procs.push(Proc {
             name: name.to_owned(),
-            child,
+            child: ChildGuard(child),
         });
         self.write_pid_file();
         Ok(pid)
@@ -227,8 +230,7 @@ impl Lab {
     /// SIGTERM, up to 3 s of grace, then SIGKILL; by PID.
     pub fn stop(&mut self, pid: u32) {
         if let Some(i) = self.procs.iter().position(|p| p.child.id() == pid) {
-            let mut p = self.procs.remove(i);
-            stop_child(&mut p.child);
+            drop(self.procs.remove(i));
             self.write_pid_file();
         }
     }
@@ -250,9 +252,8 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for mut p in self.procs.drain(..) {
-            stop_child(&mut p.child);
-        }
+        // Processes first: a namespace is only gone once nothing runs in it.
+        self.procs.clear();
         let _ = fs::remove_file(PID_FILE);
         for ns in self.namespaces.drain(..).rev() {
             let _ = Command::new("ip")
@@ -281,8 +282,37 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
-/// Stops a child by its PID: SIGTERM, then SIGKILL after 3 s.
-pub(super) fn stop_child(child: &mut Child) {
+/// A child process, stopped by PID when the guard is dropped: SIGTERM, up to 3 s of grace,
+/// then SIGKILL.
+pub struct ChildGuard(Child);
+
+impl ChildGuard {
+    pub fn new(child: Child) -> ChildGuard {
+        ChildGuard(child)
+    }
+}
+
+impl Deref for ChildGuard {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        stop_child(&mut self.0);
+    }
+}
+
+fn stop_child(child: &mut Child) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
     }
@@ -397,10 +427,50 @@ fn sysctl(ns: &str, key: &str, value: &str) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// Whether `pid` is a running process (a reaped one is gone from `/proc`).
+    fn running(pid: u32) -> bool {
+        Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    #[test]
+    fn dropping_the_guard_stops_the_child() {
+        let child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        let start = Instant::now();
+        drop(ChildGuard::new(child));
+        assert!(!running(pid));
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "SIGTERM was enough"
+        );
+    }
+
+    #[test]
+    fn a_child_ignoring_sigterm_is_killed_after_the_grace_time() {
+        // An ignored signal stays ignored across exec.
+        let child = Command::new("sh")
+            .args(["-c", "trap '' TERM; exec sleep 30"])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // Once it is `sleep`, the trap is set.
+        let comm = || fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while comm().trim() != "sleep" && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        let start = Instant::now();
+        drop(ChildGuard::new(child));
+        assert!(!running(pid));
+        assert!(start.elapsed() >= Duration::from_secs(3));
+    }
+
     #[test]
     fn strips_colours() {
         assert_eq!(
-            super::strip_ansi("\u{1b}[2mtime\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m x"),
+            strip_ansi("\u{1b}[2mtime\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m x"),
             "time  WARN x"
         );
     }

@@ -1,11 +1,33 @@
-//! `cargo xtask bench`: load balancer benchmarks in network namespaces, following
-//! `/work/shared/reference/benchmark-method.md` (topology, CPU placement, interleaved rounds,
-//! medians, ratios to the "direct" routing reference).
+//! `cargo xtask bench`: load balancer benchmarks.
+//!
+//! `tcp` and `http` share one method and one harness ([`lab`]: network namespaces, processes;
+//! [`wrk`]; [`stats`]): the client and the backends share cpu0 and the load balancer has cpu1
+//! to itself (with its host's receive path), so that "direct", kernel routing through the LB
+//! host with no load balancer, is the physical reference; every round runs each case once
+//! (interleaved), starting its load balancer afresh; the tables show the medians of the rounds
+//! and their ratios to a reference case of the same run. `sync` measures mlb alone against the
+//! Marathon simulator on loopback.
+mod cpu;
+mod http;
 mod lab;
+mod nginx;
+mod probe;
+mod stats;
 mod sync;
 mod tcp;
+mod tls_client;
+mod wrk;
 
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
+
+/// Concurrent connections of every load generator.
+const CONNECTIONS: u32 = 32;
 
 /// Which benchmark to run.
 #[derive(Subcommand)]
@@ -17,7 +39,7 @@ pub enum BenchCmd {
     Http(HttpArgs),
     /// Internal: the TLS handshake load generator `bench http` runs in the client namespace.
     #[command(hide = true)]
-    TlsClient(crate::bench_http::TlsClientArgs),
+    TlsClient(tls_client::TlsClientArgs),
     /// Marathon sync at scale: full sync time and RSS, event → dataplane latency, a burst.
     Sync(SyncArgs),
 }
@@ -105,57 +127,76 @@ impl Case {
 }
 
 /// Runs a benchmark.
-pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
+pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Tcp(args) => tcp::run(&args),
+        BenchCmd::Http(args) => http::run(&args),
         BenchCmd::Sync(args) => sync::run(&args),
-        BenchCmd::TlsClient(args) => crate::bench_http::tls_client(&args),
-        BenchCmd::Http(args) => {
-            crate::setup::run(crate::setup::BENCH_PACKAGES)?;
-            crate::cargo(&[
-                "build",
-                "--release",
-                "--package",
-                "mlb-userspace",
-                "--example",
-                "l7_bench_proxy",
-            ])?;
-            // The TLS handshake client runs from the release build (rustls and ring's C at -O0
-            // would make the client, not the load balancer, the limit).
-            crate::cargo(&["build", "--release", "--package", "xtask"])?;
-            let release = tcp::target_dir().join("release");
-            crate::bench_http::run(
-                &release.join("examples/l7_bench_proxy"),
-                &release.join("xtask"),
-                &args,
-            )
-        }
+        BenchCmd::TlsClient(args) => tls_client::run(&args),
     }
 }
 
-/// Median of the values (mean of the middle two for an even count).
-fn median(values: &[f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
+/// What a namespace benchmark needs before it starts: root, the bench packages, and `tools`
+/// on the PATH.
+fn prepare(bench: &str, tools: &[&str]) -> Result<()> {
+    if !crate::setup::is_root() {
+        bail!("{bench} needs root (network namespaces)");
     }
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    Some(if v.len().is_multiple_of(2) {
-        (v[mid - 1] + v[mid]) / 2.0
-    } else {
-        v[mid]
+    crate::setup::run(crate::setup::BENCH_PACKAGES)?;
+    for tool in tools {
+        if which(tool).is_none() {
+            bail!("{tool} is not installed (cargo xtask setup installs the bench packages)");
+        }
+    }
+    Ok(())
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(tool))
+            .find(|p| p.is_file())
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// What [`build_release`] builds.
+#[derive(Clone, Copy)]
+enum Artifact {
+    Bin,
+    Example,
+}
 
-    #[test]
-    fn medians() {
-        assert_eq!(median(&[]), None);
-        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
-    }
+/// Builds a binary or an example of `package` with the release profile (the benchmarks measure
+/// optimized code); its path.
+fn build_release(package: &str, artifact: Artifact, name: &str) -> Result<PathBuf> {
+    let (flag, dir) = match artifact {
+        Artifact::Bin => ("--bin", "release"),
+        Artifact::Example => ("--example", "release/examples"),
+    };
+    crate::cargo(&["build", "--release", "--package", package, flag, name])?;
+    Ok(target_dir().join(dir).join(name))
+}
+
+/// Writes a report to `bench-results/<bench>-<UTC time>.md` and says where.
+fn write_report(bench: &str, report: &str) -> Result<PathBuf> {
+    let dir = workspace_root().join("bench-results");
+    fs::create_dir_all(&dir)?;
+    let stamp = lab::run(&["date", "-u", "+%Y%m%d-%H%M%S"])?;
+    let path = dir.join(format!("{bench}-{}.md", stamp.trim()));
+    fs::write(&path, report)?;
+    eprintln!("bench {bench}: written to {}", path.display());
+    Ok(path)
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_owned)
+}
+
+/// Where cargo puts what it builds (the release binaries the benchmarks run).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }

@@ -36,7 +36,7 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::mpsc,
     thread,
     time::{Duration, Instant, SystemTime},
@@ -45,7 +45,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::{Value, json};
 
-use super::{SyncArgs, lab};
+use super::{SyncArgs, cpu, lab::ChildGuard, stats::percentile};
 
 /// The VIP mlb's services listen on (loopback; no other test uses it).
 const VIP: &str = "127.0.88.1";
@@ -75,19 +75,14 @@ pub fn run(args: &SyncArgs) -> Result<()> {
     for (package, bin) in [("mlb-userspace", "mlb"), ("tests", "marathon-sim")] {
         crate::cargo(&["build", "--release", "--package", package, "--bin", bin])?;
     }
-    let release = super::tcp::target_dir().join("release");
+    let release = super::target_dir().join("release");
     let dir = std::env::temp_dir().join(format!("mlb-bench-sync-{}", std::process::id()));
     fs::create_dir_all(&dir)?;
     let result = measure(args, apps, events, burst, &release, &dir);
     match &result {
         Ok(report) => {
             println!("{report}");
-            let out = super::tcp::workspace_root().join("bench-results");
-            fs::create_dir_all(&out)?;
-            let stamp = lab::run(&["date", "-u", "+%Y%m%d-%H%M%S"])?;
-            let path = out.join(format!("sync-{}.md", stamp.trim()));
-            fs::write(&path, report)?;
-            eprintln!("bench sync: written to {}", path.display());
+            super::write_report("sync", report)?;
             let _ = fs::remove_dir_all(&dir);
         }
         Err(_) => eprintln!("bench sync: logs kept in {}", dir.display()),
@@ -274,7 +269,7 @@ fn measure(
         thread::sleep(Duration::from_millis(2));
     };
     r.sync = spawned.elapsed();
-    r.sync_cpu = cpu_seconds(mlb.pid());
+    r.sync_cpu = cpu::process_secs(mlb.pid()).unwrap_or(f64::NAN);
     r.rss_after_sync = rss(mlb.pid())?;
     r.services = (
         status["l4_services"].as_u64().unwrap_or(0),
@@ -813,7 +808,7 @@ fn free_ports() -> Result<[u16; 4]> {
 /// A child process, stopped by PID when dropped.
 struct Proc {
     name: &'static str,
-    child: Child,
+    child: ChildGuard,
     stderr_path: PathBuf,
 }
 
@@ -835,7 +830,7 @@ impl Proc {
             .with_context(|| format!("starting {}", bin.display()))?;
         Ok(Proc {
             name,
-            child,
+            child: ChildGuard::new(child),
             stderr_path,
         })
     }
@@ -887,12 +882,6 @@ impl Proc {
     }
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        lab::stop_child(&mut self.child);
-    }
-}
-
 fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(5)..].join("\n")
@@ -913,25 +902,6 @@ fn rss(pid: u32) -> Result<Rss> {
         hwm_mb: kb("VmHWM:") / 1024.0,
         rss_mb: kb("VmRSS:") / 1024.0,
     })
-}
-
-/// User + system CPU seconds of a process so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return f64::NAN;
-    };
-    // Fields after the command (which may hold spaces) start at field 3.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return f64::NAN;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        f.get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
-    // utime and stime are fields 14 and 15, i.e. 11 and 12 after the state field.
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Seconds after `since` of the first JSON log line whose message is `message`.
@@ -957,17 +927,6 @@ fn utc_seconds_of_day(ts: &str) -> Option<f64> {
     let m: f64 = parts.next()?.parse().ok()?;
     let s: f64 = parts.next()?.parse().ok()?;
     Some(h * 3600.0 + m * 60.0 + s)
-}
-
-/// The `p`th percentile (nearest rank).
-fn percentile(values: &[f64], p: f64) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
-    Some(v[rank.clamp(1, v.len()) - 1])
 }
 
 /// One row of the results table.
@@ -1136,15 +1095,6 @@ fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percentiles_use_nearest_rank() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 50.0), Some(50.0));
-        assert_eq!(percentile(&v, 99.0), Some(99.0));
-        assert_eq!(percentile(&v, 100.0), Some(100.0));
-        assert_eq!(percentile(&[], 50.0), None);
-    }
 
     #[test]
     fn parses_chunks_and_log_times() {

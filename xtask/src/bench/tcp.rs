@@ -16,20 +16,23 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::Command,
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
 use super::{
-    Case, TcpArgs,
+    Artifact, CONNECTIONS, Case, TcpArgs, build_release, cpu,
     lab::{self, BACKEND_IPS, LB_BACKEND_SIDE_IP, Lab, NS_BE, NS_CLI, NS_LB, VIP},
-    median,
+    nginx, probe,
+    stats::median,
+    wrk::{WrkLoad, wrk},
 };
 
 /// Port of the HTTP service (on the VIP and on the backends).
-const HTTP_PORT: u16 = 80;
+const HTTP_PORT: u16 = nginx::PORT;
+/// The page the backends serve (512 bytes).
+const PAGE: &str = "small.html";
 /// Port of the iperf3 service (on the VIP and on be1).
 const IPERF_PORT: u16 = 5201;
 
@@ -37,6 +40,18 @@ const IPERF_PORT: u16 = 5201;
 struct Durations {
     wrk_secs: u32,
     iperf_secs: u32,
+}
+
+impl Durations {
+    /// `--quick`: a smoke test of the harness.
+    const QUICK: Durations = Durations {
+        wrk_secs: 3,
+        iperf_secs: 3,
+    };
+    const FULL: Durations = Durations {
+        wrk_secs: 10,
+        iperf_secs: 5,
+    };
 }
 
 /// One round of one case.
@@ -59,63 +74,64 @@ struct CaseResults {
 }
 
 pub fn run(args: &TcpArgs) -> Result<()> {
-    if !crate::setup::is_root() {
-        bail!("bench tcp needs root (network namespaces, XDP)");
-    }
-    crate::setup::run(crate::setup::BENCH_PACKAGES)?;
-    for tool in [
+    let tools = [
         "wrk", "iperf3", "haproxy", "nginx", "taskset", "ethtool", "curl",
-    ] {
-        if which(tool).is_none() {
-            bail!("{tool} is not installed (cargo xtask setup installs the bench packages)");
-        }
-    }
+    ];
+    super::prepare("bench tcp", &tools)?;
     let mut cases = args.cases.clone();
     cases.sort();
     cases.dedup();
-    let mlb = if cases
+    let mlb = build_mlb(&cases)?;
+    let (rounds, durations) = if args.quick {
+        (1, Durations::QUICK)
+    } else {
+        (args.rounds.max(1), Durations::FULL)
+    };
+    let mut lab = Lab::create()?;
+    let files = write_configs(&lab, args.single_backend)?;
+    nginx::start(&mut lab, &files.www, PAGE)?;
+    let setup = Setup {
+        mlb: mlb.as_deref(),
+        files: &files,
+        durations: &durations,
+    };
+    let results = run_rounds(&mut lab, &cases, rounds, &setup);
+    drop(lab);
+    let report = report(&cases, &results, rounds, &durations, args);
+    println!("{report}");
+    super::write_report("tcp", &report).map(drop)
+}
+
+/// The release build of mlb, when a case runs it.
+fn build_mlb(cases: &[Case]) -> Result<Option<PathBuf>> {
+    if !cases
         .iter()
         .any(|c| matches!(c, Case::Xdp | Case::Userspace))
     {
-        crate::cargo(&[
-            "build",
-            "--release",
-            "--package",
-            "mlb-userspace",
-            "--bin",
-            "mlb",
-        ])?;
-        Some(target_dir().join("release/mlb"))
-    } else {
-        None
-    };
-    let (rounds, durations) = if args.quick {
-        (
-            1,
-            Durations {
-                wrk_secs: 3,
-                iperf_secs: 3,
-            },
-        )
-    } else {
-        (
-            args.rounds.max(1),
-            Durations {
-                wrk_secs: 10,
-                iperf_secs: 5,
-            },
-        )
-    };
+        return Ok(None);
+    }
+    build_release("mlb-userspace", Artifact::Bin, "mlb").map(Some)
+}
 
-    let mut lab = Lab::create()?;
-    let files = write_configs(&lab, args.single_backend)?;
-    start_backends(&mut lab, &files)?;
+/// What every case's measurement needs.
+struct Setup<'a> {
+    mlb: Option<&'a Path>,
+    files: &'a Files,
+    durations: &'a Durations,
+}
 
+/// Every round runs every case once; a case that fails is recorded and the others go on.
+fn run_rounds(
+    lab: &mut Lab,
+    cases: &[Case],
+    rounds: u32,
+    setup: &Setup,
+) -> BTreeMap<Case, CaseResults> {
     let mut results: BTreeMap<Case, CaseResults> = BTreeMap::new();
     for round in 1..=rounds {
-        for &case in &cases {
+        for &case in cases {
             eprintln!("bench tcp: round {round}/{rounds}: {}", case.label());
-            let outcome = run_case(&mut lab, case, mlb.as_deref(), &files, &durations);
+            let outcome = run_case(lab, case, setup);
             let entry = results.entry(case).or_default();
             match outcome {
                 Ok(m) => {
@@ -131,22 +147,13 @@ pub fn run(args: &TcpArgs) -> Result<()> {
             }
         }
     }
-    drop(lab);
-
-    let report = report(&cases, &results, rounds, &durations, args);
-    println!("{report}");
-    let dir = workspace_root().join("bench-results");
-    fs::create_dir_all(&dir)?;
-    let stamp = lab::run(&["date", "-u", "+%Y%m%d-%H%M%S"])?;
-    let path = dir.join(format!("tcp-{}.md", stamp.trim()));
-    fs::write(&path, &report)?;
-    eprintln!("bench tcp: written to {}", path.display());
-    Ok(())
+    results
 }
 
 /// Config files of one run.
 struct Files {
-    nginx: [PathBuf; 2],
+    /// What the backends serve.
+    www: PathBuf,
     haproxy: PathBuf,
     mlb: PathBuf,
 }
@@ -160,252 +167,162 @@ fn write_configs(lab: &Lab, single_backend: bool) -> Result<Files> {
     let www = lab.path("www");
     fs::create_dir_all(&www)?;
     // A small static file (512 bytes): per-request cost dominates, as for API traffic.
-    fs::write(www.join("small.html"), "x".repeat(511) + "\n")?;
-    let nginx = [0, 1].map(|i| lab.path(&format!("nginx-be{}.conf", i + 1)));
-    for (i, path) in nginx.iter().enumerate() {
-        let tmp = lab.path(&format!("nginx-be{}-tmp", i + 1));
-        fs::create_dir_all(&tmp)?;
-        let tmp = tmp.display();
-        let conf = format!(
-            "# One process (no master) so the harness can stop it by PID.\n\
-             master_process off;\ndaemon off;\nworker_processes 1;\n\
-             pid {dir}/nginx-be{n}.pid;\nerror_log {dir}/nginx-be{n}-error.log warn;\n\
-             events {{ worker_connections 16384; }}\n\
-             http {{\n  access_log off;\n  keepalive_requests 100000000;\n\
-             client_body_temp_path {tmp}/body;\n  proxy_temp_path {tmp}/proxy;\n\
-             fastcgi_temp_path {tmp}/fastcgi;\n  uwsgi_temp_path {tmp}/uwsgi;\n\
-             scgi_temp_path {tmp}/scgi;\n\
-             server {{\n    listen {ip}:{HTTP_PORT} backlog=4096;\n    root {www};\n  }}\n}}\n",
-            dir = lab.dir.display(),
-            n = i + 1,
-            ip = BACKEND_IPS[i],
-            www = www.display(),
-        );
-        fs::write(path, conf)?;
-    }
+    fs::write(www.join(PAGE), "x".repeat(511) + "\n")?;
     let haproxy = lab.path("haproxy.cfg");
-    fs::write(
-        &haproxy,
-        format!(
-            "global\n  nbthread 1\n  maxconn 8000\n\
-             defaults\n  mode tcp\n  timeout connect 3s\n  timeout client 60s\n  timeout server 60s\n\
-             listen http\n  bind {VIP}:{HTTP_PORT}\n  balance roundrobin\n{servers}\
-             listen iperf\n  bind {VIP}:{IPERF_PORT}\n  server be1 {b1}:{IPERF_PORT}\n",
-            servers = http_backends
-                .iter()
-                .enumerate()
-                .map(|(i, ip)| format!("  server be{} {ip}:{HTTP_PORT}\n", i + 1))
-                .collect::<String>(),
-            b1 = BACKEND_IPS[0],
-        ),
-    )?;
+    fs::write(&haproxy, haproxy_config(http_backends))?;
     let mlb = lab.path("mlb.toml");
-    fs::write(
-        &mlb,
-        format!(
-            "[[service]]\nname = \"bench-http\"\nport = {HTTP_PORT}\n\
-             backends = [{http}]\n\n\
-             [[service]]\nname = \"bench-iperf\"\nport = {IPERF_PORT}\n\
-             backends = [\"{b1}:{IPERF_PORT}\"]\n",
-            http = http_backends
-                .iter()
-                .map(|ip| format!("\"{ip}:{HTTP_PORT}\""))
-                .collect::<Vec<_>>()
-                .join(", "),
-            b1 = BACKEND_IPS[0],
-        ),
-    )?;
-    Ok(Files {
-        nginx,
-        haproxy,
-        mlb,
-    })
+    fs::write(&mlb, mlb_config(http_backends))?;
+    Ok(Files { www, haproxy, mlb })
 }
 
-fn start_backends(lab: &mut Lab, files: &Files) -> Result<()> {
-    for (i, conf) in files.nginx.iter().enumerate() {
-        let conf = conf.display().to_string();
-        let name = format!("nginx-be{}", i + 1);
-        let pid = lab.spawn(&name, NS_BE[i], 0, &["nginx", "-c", &conf])?;
-        let url = format!("http://{}:{HTTP_PORT}/small.html", BACKEND_IPS[i]);
-        // Checked from lb, which has an address on the backend subnet.
-        wait_until(Duration::from_secs(10), || {
-            lab.check_alive(pid).map_err(|e| anyhow!(e))?;
-            Ok(http_ok(NS_LB, &url))
-        })
-        .with_context(|| format!("{name} does not serve {url}"))?;
-    }
-    Ok(())
-}
-
-/// Polls `ready` (which may fail fast) every 100 ms until it says yes or `limit` passes.
-fn wait_until(limit: Duration, mut ready: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if ready()? {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("not ready within {} s", limit.as_secs());
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn http_ok(ns: &str, url: &str) -> bool {
-    lab::ns_run(
-        ns,
-        &[
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-m",
-            "1",
-            "-w",
-            "%{http_code}",
-            url,
-        ],
+/// HAProxy `mode tcp` with the HTTP and the iperf3 service.
+fn haproxy_config(http_backends: &[&str]) -> String {
+    format!(
+        "global\n  nbthread 1\n  maxconn 8000\n\
+         defaults\n  mode tcp\n  timeout connect 3s\n  timeout client 60s\n  timeout server 60s\n\
+         listen http\n  bind {VIP}:{HTTP_PORT}\n  balance roundrobin\n{servers}\
+         listen iperf\n  bind {VIP}:{IPERF_PORT}\n  server be1 {b1}:{IPERF_PORT}\n",
+        servers = http_backends
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| format!("  server be{} {ip}:{HTTP_PORT}\n", i + 1))
+            .collect::<String>(),
+        b1 = BACKEND_IPS[0],
     )
-    .is_ok_and(|code| code.trim() == "200")
 }
 
-fn run_case(
-    lab: &mut Lab,
-    case: Case,
-    mlb: Option<&Path>,
-    files: &Files,
-    durations: &Durations,
-) -> Result<Measurement> {
+/// mlb's static config with the same two services.
+fn mlb_config(http_backends: &[&str]) -> String {
+    format!(
+        "[[service]]\nname = \"bench-http\"\nport = {HTTP_PORT}\n\
+         backends = [{http}]\n\n\
+         [[service]]\nname = \"bench-iperf\"\nport = {IPERF_PORT}\n\
+         backends = [\"{b1}:{IPERF_PORT}\"]\n",
+        http = http_backends
+            .iter()
+            .map(|ip| format!("\"{ip}:{HTTP_PORT}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+        b1 = BACKEND_IPS[0],
+    )
+}
+
+fn run_case(lab: &mut Lab, case: Case, setup: &Setup) -> Result<Measurement> {
     // Direct routes in the kernel. XDP needs forwarding on its ingress interfaces too: the
     // kernel's FIB lookup answers only for forwarding interfaces (it forwards nothing itself:
     // every packet sent here is service traffic the program handles).
     lab.set_forwarding(matches!(case, Case::Direct | Case::Xdp))?;
-    let started = start_lb(lab, case, mlb, files);
-    let started_pid = started.as_ref().ok().and_then(|(pid, _)| *pid);
-    let result = started.and_then(|(pid, target)| {
-        let ready = wait_until(Duration::from_secs(10), || {
-            if let Some(pid) = pid {
-                lab.check_alive(pid).map_err(|e| anyhow!(e))?;
-            }
-            Ok(http_ok(
-                NS_CLI,
-                &format!("http://{target}:{HTTP_PORT}/small.html"),
-            ))
-        });
-        if let Err(e) = ready {
-            // An exited LB's error already carries its log; a running one's is added.
-            let log = match pid {
-                Some(p) if lab.check_alive(p).is_ok() => format!("; log: {}", lab.log_tail(p)),
-                _ => String::new(),
-            };
-            bail!("no HTTP answer through {target}:{HTTP_PORT}: {e}{log}");
+    let outcome = start_lb(lab, case, setup).and_then(|(pid, target)| {
+        let measured = measure_started(lab, pid, target, setup.durations);
+        // Also when it does not answer, so that the next case can bind its ports.
+        if let Some(pid) = pid {
+            lab.stop(pid);
         }
-        // Attaching XDP can re-create the NAPI threads: pin them to cpu1 again.
-        lab::pin_napi_threads();
-        let m = measure(lab, target, durations);
-        Ok((pid, m))
+        measured
     });
-    let outcome = match result {
-        Ok((pid, m)) => {
-            if let Some(pid) = pid {
-                lab.stop(pid);
-            }
-            m
-        }
-        Err(e) => {
-            // Stop a LB that started but does not answer, so the next case can bind its ports.
-            if let Some(pid) = started_pid {
-                lab.stop(pid);
-            }
-            lab.set_forwarding(false)?;
-            return Err(e);
-        }
-    };
     lab.set_forwarding(false)?;
-    if outcome.keepalive_rps.is_none()
-        && outcome.close_rps.is_none()
-        && outcome.iperf_gbps.is_none()
-    {
-        bail!("every metric failed: {}", outcome.problems.join("; "));
+    let m = outcome?;
+    if m.keepalive_rps.is_none() && m.close_rps.is_none() && m.iperf_gbps.is_none() {
+        bail!("every metric failed: {}", m.problems.join("; "));
     }
-    Ok(outcome)
+    Ok(m)
 }
 
-/// Starts the case's load balancer; returns its PID (none for direct) and the address clients
-/// use.
-fn start_lb(
+/// Waits until the started case answers, then measures through it.
+fn measure_started(
     lab: &mut Lab,
-    case: Case,
-    mlb: Option<&Path>,
-    files: &Files,
-) -> Result<(Option<u32>, &'static str)> {
-    let mlb_args = |dataplane: &'static str| -> Result<Vec<String>> {
-        let mlb = mlb.ok_or_else(|| anyhow!("mlb was not built"))?;
-        let mut args: Vec<String> = [
-            mlb.to_str().unwrap_or_default(),
-            "run",
-            "--static-config",
-            files.mlb.to_str().unwrap_or_default(),
-            "--dataplane",
-            dataplane,
-            "--vip",
-            VIP,
-            "--admin-addr",
-            "127.0.0.1:19090",
-        ]
-        .map(str::to_owned)
-        .into();
-        if dataplane == "xdp" {
-            args.extend(
-                [
-                    "--xdp-iface",
-                    "lb-cli",
-                    "--xdp-iface",
-                    "lb-sw",
-                    "--snat-addr",
-                    LB_BACKEND_SIDE_IP,
-                ]
-                .map(str::to_owned),
-            );
-        }
-        Ok(args)
-    };
-    let spawn = |lab: &mut Lab, name: &str, args: Vec<String>| -> Result<u32> {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        lab.spawn(name, NS_LB, 1, &args)
-    };
-    match case {
-        Case::Direct => Ok((None, BACKEND_IPS[0])),
-        Case::Xdp => Ok((Some(spawn(lab, "mlb-xdp", mlb_args("xdp")?)?), VIP)),
-        Case::Userspace => Ok((
-            Some(spawn(lab, "mlb-userspace", mlb_args("userspace")?)?),
-            VIP,
-        )),
-        Case::Haproxy => {
-            let cfg = files.haproxy.display().to_string();
-            let args = ["haproxy", "-db", "-f", &cfg].map(str::to_owned).into();
-            Ok((Some(spawn(lab, "haproxy", args)?), VIP))
-        }
+    pid: Option<u32>,
+    target: &str,
+    durations: &Durations,
+) -> Result<Measurement> {
+    let url = format!("http://{target}:{HTTP_PORT}/{PAGE}");
+    if let Err(e) = probe::wait_for_200(lab, pid, NS_CLI, &[&url]) {
+        // An exited LB's error already carries its log; a running one's is added.
+        let log = match pid {
+            Some(p) if lab.check_alive(p).is_ok() => format!("; log: {}", lab.log_tail(p)),
+            _ => String::new(),
+        };
+        bail!("no HTTP answer through {target}:{HTTP_PORT}: {e}{log}");
     }
+    // Attaching XDP can re-create the NAPI threads: pin them to cpu1 again.
+    lab::pin_napi_threads();
+    Ok(measure(lab, target, durations))
 }
 
+/// Starts the case's load balancer in lb on cpu1; returns its PID (none for direct) and the
+/// address clients use.
+fn start_lb(lab: &mut Lab, case: Case, setup: &Setup) -> Result<(Option<u32>, &'static str)> {
+    let haproxy_cfg = setup.files.haproxy.display().to_string();
+    let (name, args) = match case {
+        Case::Direct => return Ok((None, BACKEND_IPS[0])),
+        Case::Xdp => ("mlb-xdp", mlb_args(setup, "xdp")?),
+        Case::Userspace => ("mlb-userspace", mlb_args(setup, "userspace")?),
+        Case::Haproxy => (
+            "haproxy",
+            ["haproxy", "-db", "-f", &haproxy_cfg]
+                .map(str::to_owned)
+                .into(),
+        ),
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Ok((Some(lab.spawn(name, NS_LB, 1, &args)?), VIP))
+}
+
+/// `mlb run` with the bench's static config and `dataplane`.
+fn mlb_args(setup: &Setup, dataplane: &str) -> Result<Vec<String>> {
+    let mlb = setup.mlb.ok_or_else(|| anyhow!("mlb was not built"))?;
+    let mut args: Vec<String> = [
+        mlb.to_str().unwrap_or_default(),
+        "run",
+        "--static-config",
+        setup.files.mlb.to_str().unwrap_or_default(),
+        "--dataplane",
+        dataplane,
+        "--vip",
+        VIP,
+        "--admin-addr",
+        "127.0.0.1:19090",
+    ]
+    .map(str::to_owned)
+    .into();
+    if dataplane == "xdp" {
+        let xdp = [
+            "--xdp-iface",
+            "lb-cli",
+            "--xdp-iface",
+            "lb-sw",
+            "--snat-addr",
+            LB_BACKEND_SIDE_IP,
+        ];
+        args.extend(xdp.map(str::to_owned));
+    }
+    Ok(args)
+}
+
+/// Every metric of one round; a metric that fails is noted in `problems`.
 fn measure(lab: &mut Lab, target: &str, d: &Durations) -> Measurement {
     let mut m = Measurement::default();
-    let url = format!("http://{target}:{HTTP_PORT}/small.html");
-    let cpu_before = cpu_times(1);
-    match wrk(&url, d.wrk_secs, false) {
+    let url = format!("http://{target}:{HTTP_PORT}/{PAGE}");
+    let load = |close| WrkLoad {
+        url: &url,
+        secs: d.wrk_secs,
+        close,
+        host: None,
+        strict: false,
+    };
+    let cpu_before = cpu::cpu_jiffies(1);
+    match wrk(&load(false)) {
         Ok(r) => {
             m.keepalive_rps = Some(r.rps);
             m.keepalive_p99_ms = r.p99_ms;
         }
         Err(e) => m.problems.push(format!("wrk keep-alive: {e:#}")),
     }
-    match wrk(&url, d.wrk_secs, true) {
+    match wrk(&load(true)) {
         Ok(r) => m.close_rps = Some(r.rps),
         Err(e) => m.problems.push(format!("wrk Connection: close: {e:#}")),
     }
-    if let (Some(a), Some(b)) = (cpu_before, cpu_times(1)) {
+    if let (Some(a), Some(b)) = (cpu_before, cpu::cpu_jiffies(1)) {
         let total = b.0.saturating_sub(a.0);
         if total > 0 {
             m.cpu1_busy_pct = Some(100.0 * b.1.saturating_sub(a.1) as f64 / total as f64);
@@ -418,76 +335,6 @@ fn measure(lab: &mut Lab, target: &str, d: &Durations) -> Measurement {
     m
 }
 
-struct WrkResult {
-    rps: f64,
-    p99_ms: Option<f64>,
-}
-
-fn wrk(url: &str, secs: u32, close: bool) -> Result<WrkResult> {
-    let limit = (secs + 20).to_string();
-    let duration = format!("{secs}s");
-    let mut args = vec![
-        "timeout",
-        &limit,
-        "taskset",
-        "-c",
-        "0",
-        "wrk",
-        "-t1",
-        "-c32",
-        "-d",
-        &duration,
-        "--latency",
-    ];
-    if close {
-        args.extend(["-H", "Connection: close"]);
-    }
-    args.push(url);
-    let out = lab::ns_run(NS_CLI, &args)?;
-    parse_wrk(&out)
-}
-
-fn parse_wrk(out: &str) -> Result<WrkResult> {
-    let mut rps = None;
-    let mut p99_ms = None;
-    let mut requests = None;
-    let mut bad_responses = 0u64;
-    for line in out.lines().map(str::trim) {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["Requests/sec:", v] => rps = v.parse::<f64>().ok(),
-            ["99%", v] => p99_ms = parse_duration_ms(v),
-            [n, "requests", "in", ..] => requests = n.parse::<u64>().ok(),
-            ["Non-2xx", "or", "3xx", "responses:", n] => bad_responses = n.parse().unwrap_or(0),
-            _ => {}
-        }
-    }
-    let (Some(rps), Some(requests)) = (rps, requests) else {
-        bail!("unexpected wrk output: {}", out.trim());
-    };
-    if requests == 0 {
-        bail!("no request completed");
-    }
-    if bad_responses * 100 > requests {
-        bail!("{bad_responses} of {requests} responses were not 2xx/3xx");
-    }
-    Ok(WrkResult { rps, p99_ms })
-}
-
-/// `123.45us`, `1.23ms`, `2.00s` → milliseconds.
-fn parse_duration_ms(v: &str) -> Option<f64> {
-    let split = v.find(|c: char| c.is_ascii_alphabetic())?;
-    let (n, unit) = v.split_at(split);
-    let n: f64 = n.parse().ok()?;
-    Some(match unit {
-        "us" => n / 1000.0,
-        "ms" => n,
-        "s" => n * 1000.0,
-        "m" => n * 60_000.0,
-        _ => return None,
-    })
-}
-
 /// One iperf3 run through `target`; a one-off server on be1 for each run, so a failed run
 /// never leaves a busy server behind.
 fn iperf(lab: &mut Lab, target: &str, secs: u32) -> Result<f64> {
@@ -498,7 +345,7 @@ fn iperf(lab: &mut Lab, target: &str, secs: u32) -> Result<f64> {
         0,
         &["iperf3", "-s", "-1", "-B", BACKEND_IPS[0], "-p", &port],
     )?;
-    let listening = wait_until(Duration::from_secs(5), || {
+    let listening = probe::wait_until(Duration::from_secs(5), || {
         lab.check_alive(server).map_err(|e| anyhow!(e))?;
         let ss = lab::ns_run(NS_BE[0], &["ss", "-ltnH", &format!("sport = :{port}")])?;
         Ok(!ss.trim().is_empty())
@@ -525,24 +372,7 @@ fn iperf(lab: &mut Lab, target: &str, secs: u32) -> Result<f64> {
     result
 }
 
-/// (total, busy) jiffies of one CPU from /proc/stat.
-fn cpu_times(cpu: u32) -> Option<(u64, u64)> {
-    let stat = fs::read_to_string("/proc/stat").ok()?;
-    let name = format!("cpu{cpu}");
-    let line = stat
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(&name))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal …
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
-    Some((total, total - idle))
-}
-
+/// The report: how it was measured, the table of medians, what failed.
 fn report(
     cases: &[Case],
     results: &BTreeMap<Case, CaseResults>,
@@ -550,18 +380,34 @@ fn report(
     d: &Durations,
     args: &TcpArgs,
 ) -> String {
-    let kernel = lab::run(&["uname", "-r"]).unwrap_or_default();
-    let mut s = String::new();
+    let mut s = method(rounds, d, args);
     let _ = writeln!(
         s,
+        "| case | keep-alive req/s (× direct) | p99 ms (× direct) | new conn/s (× direct) | iperf3 Gbit/s (× direct) | cpu1 busy % |\n\
+         |---|---|---|---|---|---|"
+    );
+    for &case in cases {
+        let _ = writeln!(s, "{}", row(case, results));
+    }
+    let notes = problems(cases, results);
+    if !notes.is_empty() {
+        let _ = writeln!(s, "\nProblems:\n{}", notes.join("\n"));
+    }
+    s
+}
+
+/// The title and how the figures were measured.
+fn method(rounds: u32, d: &Durations, args: &TcpArgs) -> String {
+    let kernel = lab::run(&["uname", "-r"]).unwrap_or_default();
+    format!(
         "# mlb bench tcp{}\n\n\
-         Kernel {}; {rounds} round(s), cases interleaved; medians. wrk -t1 -c32 -d{}s --latency \
+         Kernel {}; {rounds} round(s), cases interleaved; medians. wrk -t1 -c{CONNECTIONS} -d{}s --latency \
          (keep-alive, then `Connection: close`), iperf3 -t {} on port {IPERF_PORT}. Client and \
          nginx backends (one process each, 512-byte file) on cpu0, the load balancer and lb's \
          receive path on cpu1. \"direct\" is kernel routing in lb to be1 only (no LB); the load \
          balancers spread the HTTP service over {}. Ratios are \
          to direct in the same run; compare ratios, not absolute numbers across runs. cpu1 busy % is \
-         the whole CPU during the wrk runs (anything else running on it included).\n",
+         the whole CPU during the wrk runs (anything else running on it included).\n\n",
         if args.quick {
             " (--quick: smoke test, not a measurement)"
         } else {
@@ -576,54 +422,58 @@ fn report(
             "be1 and be2 (two nginx processes: on a loaded machine they may get more CPU than \
              direct's one; --single-backend compares like with like)"
         },
-    );
-    let _ = writeln!(
-        s,
-        "| case | keep-alive req/s (× direct) | p99 ms (× direct) | new conn/s (× direct) | iperf3 Gbit/s (× direct) | cpu1 busy % |\n\
-         |---|---|---|---|---|---|"
-    );
-    let med = |case: Case, f: &dyn Fn(&Measurement) -> Option<f64>| -> Option<f64> {
-        let values: Vec<f64> = results.get(&case)?.rounds.iter().filter_map(f).collect();
+    )
+}
+
+/// A case's row: the medians of its successful rounds with their ratios to direct, or why it
+/// has none.
+fn row(case: Case, results: &BTreeMap<Case, CaseResults>) -> String {
+    let r = results.get(&case);
+    if r.is_none_or(|r| r.rounds.is_empty()) {
+        let why = r
+            .and_then(|r| r.failures.first())
+            .map_or("not run".to_owned(), |f| {
+                let f = f.replace('|', "/");
+                match f.char_indices().nth(160) {
+                    Some((cut, _)) => format!("{}… (see Problems)", &f[..cut]),
+                    None => f,
+                }
+            });
+        return format!("| {} | failed: {why} | | | | |", case.label());
+    }
+    let med = |case: Case, metric: Metric| -> Option<f64> {
+        let values: Vec<f64> = results
+            .get(&case)?
+            .rounds
+            .iter()
+            .filter_map(metric)
+            .collect();
         median(&values)
     };
-    type Metric = fn(&Measurement) -> Option<f64>;
     let metrics: [(Metric, usize); 4] = [
         (|m| m.keepalive_rps, 0),
         (|m| m.keepalive_p99_ms, 2),
         (|m| m.close_rps, 0),
         (|m| m.iperf_gbps, 2),
     ];
-    for &case in cases {
-        let r = results.get(&case);
-        if r.is_none_or(|r| r.rounds.is_empty()) {
-            let why = r
-                .and_then(|r| r.failures.first())
-                .map_or("not run".to_owned(), |f| {
-                    let f = f.replace('|', "/");
-                    match f.char_indices().nth(160) {
-                        Some((cut, _)) => format!("{}… (see Problems)", &f[..cut]),
-                        None => f,
-                    }
-                });
-            let _ = writeln!(s, "| {} | failed: {why} | | | | |", case.label());
-            continue;
-        }
-        let mut row = format!("| {} |", case.label());
-        for (metric, decimals) in metrics {
-            let value = med(case, &metric);
-            let direct = med(Case::Direct, &metric);
-            let cell = match (value, direct) {
-                (Some(v), Some(dv)) if dv > 0.0 => {
-                    format!(" {v:.decimals$} ({:.2}) |", v / dv)
-                }
-                (Some(v), _) => format!(" {v:.decimals$} |"),
-                (None, _) => " failed |".to_owned(),
-            };
-            row.push_str(&cell);
-        }
-        let cpu = med(case, &|m| m.cpu1_busy_pct).map_or("—".to_owned(), |c| format!("{c:.0}"));
-        let _ = writeln!(s, "{row} {cpu} |");
+    let mut row = format!("| {} |", case.label());
+    for (metric, decimals) in metrics {
+        let cell = match (med(case, metric), med(Case::Direct, metric)) {
+            (Some(v), Some(dv)) if dv > 0.0 => format!(" {v:.decimals$} ({:.2}) |", v / dv),
+            (Some(v), _) => format!(" {v:.decimals$} |"),
+            (None, _) => " failed |".to_owned(),
+        };
+        row.push_str(&cell);
     }
+    let cpu = med(case, |m| m.cpu1_busy_pct).map_or("—".to_owned(), |c| format!("{c:.0}"));
+    format!("{row} {cpu} |")
+}
+
+/// One metric of a round.
+type Metric = fn(&Measurement) -> Option<f64>;
+
+/// Failed rounds and failed metrics of successful rounds, one line each.
+fn problems(cases: &[Case], results: &BTreeMap<Case, CaseResults>) -> Vec<String> {
     let mut notes = Vec::new();
     for &case in cases {
         let Some(r) = results.get(&case) else {
@@ -634,56 +484,10 @@ fn report(
         }
         for (i, m) in r.rounds.iter().enumerate() {
             for p in &m.problems {
-                notes.push(format!(
-                    "- {} (a successful round {}): {p}",
-                    case.label(),
-                    i + 1
-                ));
+                let label = case.label();
+                notes.push(format!("- {label} (a successful round {}): {p}", i + 1));
             }
         }
     }
-    if !notes.is_empty() {
-        let _ = writeln!(s, "\nProblems:\n{}", notes.join("\n"));
-    }
-    s
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(tool))
-            .find(|p| p.is_file())
-    })
-}
-
-pub(super) fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_owned)
-}
-
-pub(super) fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_wrk_output() {
-        let out = "Running 3s test @ http://198.18.1.2:80/small.html\n\
-          1 threads and 32 connections\n\
-          Latency Distribution\n     50%  312.00us\n     75%  400.00us\n     90%    1.10ms\n     99%    2.50ms\n\
-          30000 requests in 3.00s, 20.00MB read\n\
-        Requests/sec:  10000.50\nTransfer/sec:      6.67MB\n";
-        let r = parse_wrk(out).unwrap();
-        assert_eq!(r.rps, 10000.5);
-        assert_eq!(r.p99_ms, Some(2.5));
-        let bad = format!("{out}  Non-2xx or 3xx responses: 30000\n");
-        assert!(parse_wrk(&bad).is_err());
-        assert!(parse_wrk("unable to connect").is_err());
-        assert_eq!(parse_duration_ms("500.00us"), Some(0.5));
-        assert_eq!(parse_duration_ms("1.50s"), Some(1500.0));
-    }
+    notes
 }

@@ -1,0 +1,559 @@
+//! `cargo xtask bench http`: the L7 proxy against HAProxy `mode http` (marathon-lb's vhost
+//! frontend shape) and against no load balancer at all, in the lab of every namespace bench
+//! ([`super::lab`]: the topology and CPU placement; cases interleaved per round, each load
+//! balancer started afresh every round; medians of the rounds):
+//!
+//! - HTTP/1.1 ([`super::wrk`]): keep-alive req/s with p50/p99, new connections/s
+//!   (`Connection: close`), LB CPU busy %; ratios to "direct" (kernel routing through lb);
+//! - for HAProxy and mlb (direct has no TLS), on `:443` with an ECDSA P-256 certificate made
+//!   here with rcgen (chain + key in one PEM: HAProxy's `crt`, mlb's `--ssl-certs`), ratios to
+//!   HAProxy:
+//!   - new TLS handshakes/s: [`super::tls_client`] (the release build of xtask), 32 blocking
+//!     connections on cpu0, every one a full handshake and one `GET` with `Connection: close`.
+//!     HAProxy's stats socket confirms it: its session reuse % is in the report;
+//!   - HTTP/2 req/s and p99: `h2load -c32 -m10 -D<secs>` (ALPN h2; p99 from its request log).
+//!
+//! Any failed measurement fails the run. No bulk (iperf3) case: it says nothing about an HTTP
+//! proxy.
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{Read as _, Write as _},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{
+    Artifact, CONNECTIONS, HttpArgs, build_release, cpu,
+    lab::{self, BACKEND_IPS, Lab, NS_CLI, NS_LB, VIP},
+    nginx, probe,
+    stats::{median, percentile},
+    wrk::{WrkLoad, wrk},
+};
+
+/// The virtual host both load balancers route (`Host` header and SNI).
+pub const VHOST: &str = "app.example.com";
+/// The load balancers' HTTPS port on the VIP (HTTP is on the backends' port).
+const TLS_PORT: u16 = 443;
+/// HTTP/2 streams in flight per connection (`h2load -m`).
+const H2_STREAMS: u32 = 10;
+
+/// Runs the benchmark, prints the table and writes it to `bench-results/http-<time>.md`.
+pub fn run(args: &HttpArgs) -> Result<()> {
+    let tools = [
+        "wrk", "h2load", "haproxy", "nginx", "curl", "taskset", "ethtool",
+    ];
+    super::prepare("bench http", &tools)?;
+    let bins = Binaries::build()?;
+    let (rounds, secs) = if args.quick {
+        (1, 3)
+    } else {
+        (args.rounds.max(1) as usize, 10)
+    };
+    let mut lab = Lab::create()?;
+    let setup = Setup::write(&lab, bins, secs)?;
+    let www = lab.path("www");
+    fs::create_dir_all(&www)?;
+    fs::write(www.join("index.html"), "hello from the bench backend\n")?;
+    nginx::start(&mut lab, &www, "")?;
+    let results = run_rounds(&mut lab, &setup, rounds)?;
+    drop(lab);
+    let report = report(&results, rounds, secs)?;
+    println!("{report}");
+    super::write_report("http", &report).map(drop)
+}
+
+/// The release binaries the benchmark runs.
+struct Binaries {
+    /// The HTTP proxy alone (the `l7_bench_proxy` example).
+    proxy: PathBuf,
+    /// This program, for the TLS handshake client.
+    xtask: PathBuf,
+}
+
+impl Binaries {
+    fn build() -> Result<Binaries> {
+        Ok(Binaries {
+            proxy: build_release("mlb-userspace", Artifact::Example, "l7_bench_proxy")?,
+            // The TLS handshake client runs from the release build (rustls and ring's C at
+            // -O0 would make the client, not the load balancer, the limit).
+            xtask: build_release("xtask", Artifact::Bin, "xtask")?,
+        })
+    }
+}
+
+/// What every case's measurement needs.
+struct Setup {
+    bins: Binaries,
+    /// Chain and key in one PEM.
+    cert: PathBuf,
+    haproxy_cfg: PathBuf,
+    /// The lab's work directory (HAProxy's stats socket, h2load's request log).
+    dir: PathBuf,
+    secs: u32,
+}
+
+impl Setup {
+    fn write(lab: &Lab, bins: Binaries, secs: u32) -> Result<Setup> {
+        let cert = write_cert(&lab.dir)?;
+        let haproxy_cfg = write_haproxy_config(&lab.dir, &cert)?;
+        Ok(Setup {
+            bins,
+            cert,
+            haproxy_cfg,
+            dir: lab.dir.clone(),
+            secs,
+        })
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Case {
+    Direct,
+    Haproxy,
+    Mlb,
+}
+
+/// The cases in the order they run in every round and appear in the table.
+const CASES: [Case; 3] = [Case::Direct, Case::Haproxy, Case::Mlb];
+
+impl Case {
+    fn name(self) -> &'static str {
+        match self {
+            Case::Direct => "direct (routing only)",
+            Case::Haproxy => "HAProxy mode http + Host",
+            Case::Mlb => "mlb L7 proxy",
+        }
+    }
+}
+
+/// One round of one case.
+#[derive(Clone, Default)]
+struct Sample {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    conn_rps: f64,
+    cpu_pct: f64,
+    /// The TLS cases (`None` for direct).
+    tls_hs_rps: Option<f64>,
+    tls_cpu_pct: Option<f64>,
+    tls_suite: Option<String>,
+    h2_rps: Option<f64>,
+    h2_p99_ms: Option<f64>,
+    haproxy_reuse_pct: Option<f64>,
+}
+
+impl Sample {
+    /// The median of every metric over the rounds (`None` for no rounds); a TLS metric only
+    /// when every round has it.
+    fn median_of(samples: &[Sample]) -> Option<Sample> {
+        let of =
+            |metric: fn(&Sample) -> f64| median(&samples.iter().map(metric).collect::<Vec<_>>());
+        let of_tls = |metric: fn(&Sample) -> Option<f64>| {
+            let values: Option<Vec<f64>> = samples.iter().map(metric).collect();
+            median(&values?)
+        };
+        Some(Sample {
+            rps: of(|s| s.rps)?,
+            p50_ms: of(|s| s.p50_ms)?,
+            p99_ms: of(|s| s.p99_ms)?,
+            conn_rps: of(|s| s.conn_rps)?,
+            cpu_pct: of(|s| s.cpu_pct)?,
+            tls_hs_rps: of_tls(|s| s.tls_hs_rps),
+            tls_cpu_pct: of_tls(|s| s.tls_cpu_pct),
+            tls_suite: None,
+            h2_rps: of_tls(|s| s.h2_rps),
+            h2_p99_ms: of_tls(|s| s.h2_p99_ms),
+            haproxy_reuse_pct: None,
+        })
+    }
+}
+
+/// Every round runs every case once; the samples of each case, in [`CASES`] order.
+fn run_rounds(lab: &mut Lab, setup: &Setup, rounds: usize) -> Result<Vec<Vec<Sample>>> {
+    let mut results = vec![Vec::new(); CASES.len()];
+    for round in 1..=rounds {
+        for (case, samples) in CASES.iter().zip(&mut results) {
+            eprintln!("bench http: round {round}/{rounds}: {}", case.name());
+            samples.push(measure(lab, *case, setup)?);
+        }
+    }
+    Ok(results)
+}
+
+/// Starts the case's load balancer, measures through it and stops it.
+fn measure(lab: &mut Lab, case: Case, setup: &Setup) -> Result<Sample> {
+    lab.set_forwarding(case == Case::Direct)?;
+    let lb = start_lb(lab, case, setup)?;
+    let sample = measure_started(lab, case, lb, setup);
+    if let Some(pid) = lb {
+        lab.stop(pid);
+    }
+    sample
+}
+
+/// Starts the case's load balancer in lb on cpu1; its PID (none for direct).
+fn start_lb(lab: &mut Lab, case: Case, setup: &Setup) -> Result<Option<u32>> {
+    let haproxy_cfg = setup.haproxy_cfg.to_string_lossy();
+    let proxy = setup.bins.proxy.to_string_lossy();
+    let cert = setup.cert.to_string_lossy();
+    let listen = format!("{VIP}:{}", nginx::PORT);
+    let [be1, be2] = BACKEND_IPS.map(|ip| format!("{ip}:{}", nginx::PORT));
+    let (name, args) = match case {
+        Case::Direct => return Ok(None),
+        Case::Haproxy => ("haproxy", vec!["haproxy", "-db", "-f", &haproxy_cfg]),
+        Case::Mlb => (
+            "mlb-l7",
+            // One proxy thread, as HAProxy's `nbthread 1`.
+            vec![
+                &proxy,
+                "--ssl-certs",
+                &cert,
+                &listen,
+                VHOST,
+                "1",
+                &be1,
+                &be2,
+            ],
+        ),
+    };
+    lab.spawn(name, NS_LB, 1, &args).map(Some)
+}
+
+/// Measures a started case: HTTP/1.1, then TLS and h2 when there is a load balancer.
+fn measure_started(lab: &mut Lab, case: Case, lb: Option<u32>, setup: &Setup) -> Result<Sample> {
+    let host = if lb.is_some() { VIP } else { BACKEND_IPS[0] };
+    let url = format!("http://{host}:{}/", nginx::PORT);
+    let host_header = format!("Host: {VHOST}");
+    probe::wait_for_200(lab, lb, NS_CLI, &["-H", &host_header, &url])
+        .with_context(|| format!("{}: no answer from {url}", case.name()))?;
+    let mut sample = measure_http1(&url, lb, setup.secs)?;
+    if let Some(pid) = lb {
+        measure_tls(lab, case, pid, setup, &mut sample)?;
+    }
+    Ok(sample)
+}
+
+/// wrk keep-alive and `Connection: close`, with the LB's CPU during the keep-alive run.
+fn measure_http1(url: &str, lb: Option<u32>, secs: u32) -> Result<Sample> {
+    let load = |close| WrkLoad {
+        url,
+        secs,
+        close,
+        host: Some(VHOST),
+        strict: true,
+    };
+    let cpu_before = lb.map(cpu::process_secs).transpose()?;
+    let keep_alive = wrk(&load(false))?;
+    let cpu_after = lb.map(cpu::process_secs).transpose()?;
+    let close = wrk(&load(true))?;
+    let cpu_pct = match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) => busy_pct(before, after, f64::from(secs)),
+        _ => 0.0,
+    };
+    Ok(Sample {
+        rps: keep_alive.rps,
+        p50_ms: keep_alive
+            .p50_ms
+            .context("no 50% latency in wrk's output")?,
+        p99_ms: keep_alive
+            .p99_ms
+            .context("no 99% latency in wrk's output")?,
+        conn_rps: close.rps,
+        cpu_pct,
+        ..Sample::default()
+    })
+}
+
+/// New TLS handshakes/s with the LB's CPU (and HAProxy's session reuse), then h2 over TLS.
+fn measure_tls(
+    lab: &mut Lab,
+    case: Case,
+    pid: u32,
+    setup: &Setup,
+    sample: &mut Sample,
+) -> Result<()> {
+    let target = format!("{VIP}:{TLS_PORT}");
+    let connect_to = format!("{VHOST}:{TLS_PORT}:{target}");
+    let url = format!("https://{VHOST}/");
+    probe::wait_for_200(
+        lab,
+        Some(pid),
+        NS_CLI,
+        &["-k", "--connect-to", &connect_to, &url],
+    )
+    .with_context(|| format!("{}: no HTTPS answer from {target}", case.name()))?;
+    let before = cpu::process_secs(pid)?;
+    let start = Instant::now();
+    let (hs_rps, suite) = tls_handshakes(&setup.bins.xtask, &target, setup.secs)?;
+    let after = cpu::process_secs(pid)?;
+    sample.tls_cpu_pct = Some(busy_pct(before, after, start.elapsed().as_secs_f64()));
+    sample.tls_hs_rps = Some(hs_rps);
+    sample.tls_suite = Some(suite);
+    if case == Case::Haproxy {
+        sample.haproxy_reuse_pct = Some(haproxy_reuse_pct(&setup.dir)?);
+    }
+    let (h2_rps, h2_p99) = h2load(&target, setup.secs, &setup.dir)?;
+    sample.h2_rps = Some(h2_rps);
+    sample.h2_p99_ms = Some(h2_p99);
+    Ok(())
+}
+
+/// A process's CPU busy % from its CPU seconds before and after `secs` of wall time.
+fn busy_pct(before: f64, after: f64, secs: f64) -> f64 {
+    100.0 * (after - before) / secs
+}
+
+/// `(handshakes/s, negotiated suite)` from [`super::tls_client`] run in cli on cpu0.
+fn tls_handshakes(xtask: &Path, target: &str, secs: u32) -> Result<(f64, String)> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", NS_CLI, "taskset", "-c", "0"])
+        .args(["timeout", &(secs + 20).to_string()])
+        .arg(xtask)
+        .args(["bench", "tls-client", "--addr", target, "--secs"])
+        .arg(secs.to_string())
+        .args(["--conns", &CONNECTIONS.to_string()])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "the TLS client against {target} failed:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let field = |name: &str| {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .with_context(|| format!("no {name} in the TLS client's output: {text}"))
+    };
+    Ok((field("rate=")?.parse()?, field("suite=")?.to_owned()))
+}
+
+/// `(req/s, p99 ms)` of `h2load -c32 -m10 -D<secs>` over TLS (ALPN h2), in cli on cpu0.
+fn h2load(target: &str, secs: u32, dir: &Path) -> Result<(f64, f64)> {
+    let log = dir.join("h2load.log");
+    let _ = fs::remove_file(&log);
+    let out = Command::new("ip")
+        .args(["netns", "exec", NS_CLI, "taskset", "-c", "0"])
+        .args(["timeout", &(secs + 20).to_string(), "h2load"])
+        .args([
+            "-t1",
+            &format!("-c{CONNECTIONS}"),
+            &format!("-m{H2_STREAMS}"),
+        ])
+        .args(["-D", &secs.to_string(), "--connect-to", target])
+        .arg("--log-file")
+        .arg(&log)
+        .arg(format!("https://{VHOST}/"))
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let status_ok = text
+        .lines()
+        .find(|l| l.starts_with("status codes:"))
+        .is_some_and(|l| l.contains(" 0 3xx, 0 4xx, 0 5xx"));
+    if !out.status.success() || !text.contains("Application protocol: h2") || !status_ok {
+        bail!("h2load against {target} failed or saw errors:\n{text}");
+    }
+    Ok((h2load_rps(&text)?, h2load_p99_ms(&log)?))
+}
+
+/// req/s from h2load's `finished in 10.00s, 12345.67 req/s, ...`.
+fn h2load_rps(text: &str) -> Result<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("finished in "))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|v| v.strip_suffix(" req/s"))
+        .context("no req/s in h2load output")?
+        .parse()
+        .context("h2load's req/s")
+}
+
+/// p99 of h2load's request log: one line per request, start (µs since the epoch), status,
+/// duration (µs).
+fn h2load_p99_ms(log: &Path) -> Result<f64> {
+    let durations: Vec<f64> = fs::read_to_string(log)?
+        .lines()
+        .filter_map(|l| l.split('\t').nth(2)?.trim().parse::<f64>().ok())
+        .collect();
+    let p99_us = percentile(&durations, 99.0).context("h2load wrote no request log")?;
+    Ok(p99_us / 1000.0)
+}
+
+/// HAProxy's `SslFrontendSessionReuse_pct` from its stats socket.
+fn haproxy_reuse_pct(dir: &Path) -> Result<f64> {
+    let mut sock = UnixStream::connect(dir.join("haproxy.sock"))?;
+    sock.write_all(b"show info\n")?;
+    let mut info = String::new();
+    sock.read_to_string(&mut info)?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("SslFrontendSessionReuse_pct:"))
+        .context("no SslFrontendSessionReuse_pct in HAProxy's show info")?
+        .trim()
+        .parse()
+        .context("SslFrontendSessionReuse_pct")
+}
+
+/// An ECDSA P-256 self-signed certificate for the vhost, chain + key in one PEM.
+fn write_cert(dir: &Path) -> Result<PathBuf> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let cert = rcgen::CertificateParams::new(vec![VHOST.to_owned()])?.self_signed(&key)?;
+    let path = dir.join("cert.pem");
+    fs::write(&path, format!("{}{}", cert.pem(), key.serialize_pem()))?;
+    Ok(path)
+}
+
+/// HAProxy as marathon-lb configures it for one vhost app: `marathon_http_in` with a Host ACL,
+/// `marathon_https_in` with an SNI ACL.
+fn write_haproxy_config(dir: &Path, cert: &Path) -> Result<PathBuf> {
+    let path = dir.join("haproxy.cfg");
+    let port = nginx::PORT;
+    let servers: String = BACKEND_IPS
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("  server be{i} {b}:{port}\n"))
+        .collect();
+    fs::write(
+        &path,
+        format!(
+            "global\n  nbthread 1\n  maxconn 4096\n  stats socket {sock} level admin\n\
+             defaults\n  mode http\n  timeout connect 3s\n  timeout client 30s\n  timeout server 30s\n\
+             frontend marathon_http_in\n  bind {VIP}:{port}\n  acl host_app hdr(host) -i {VHOST}\n  use_backend app_10000 if host_app\n\
+             frontend marathon_https_in\n  bind {VIP}:{TLS_PORT} ssl crt {cert} alpn h2,http/1.1\n  mode http\n\
+             \x20 use_backend app_10000 if {{ ssl_fc_sni {VHOST} }}\n\
+             backend app_10000\n  balance roundrobin\n{servers}",
+            sock = dir.join("haproxy.sock").display(),
+            cert = cert.display(),
+        ),
+    )?;
+    Ok(path)
+}
+
+/// The report: how it was measured, the table of medians, HAProxy's session reuse.
+fn report(results: &[Vec<Sample>], rounds: usize, secs: u32) -> Result<String> {
+    let medians = results
+        .iter()
+        .map(|samples| Sample::median_of(samples).context("a case without a round"))
+        .collect::<Result<Vec<_>>>()?;
+    let mut o = String::new();
+    writeln!(o, "# mlb bench http\n")?;
+    writeln!(o, "{}", method(rounds, secs)?)?;
+    writeln!(
+        o,
+        "| case | keep-alive req/s (× direct) | p50 ms | p99 ms (× direct) | new conn/s (× direct) \
+         | LB CPU % keep-alive | new TLS handshakes/s (× HAProxy) | LB CPU % TLS | TLS suite \
+         | h2 req/s (× HAProxy) | h2 p99 ms (× HAProxy) |"
+    )?;
+    writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|")?;
+    let (direct, haproxy) = (&medians[slot(Case::Direct)], &medians[slot(Case::Haproxy)]);
+    for (i, case) in CASES.iter().enumerate() {
+        let suite = results[i].last().and_then(|s| s.tls_suite.as_deref());
+        writeln!(o, "{}", row(*case, &medians[i], direct, haproxy, suite))?;
+    }
+    let reuse: Vec<String> = results[slot(Case::Haproxy)]
+        .iter()
+        .filter_map(|s| s.haproxy_reuse_pct.map(|p| format!("{p:.0} %")))
+        .collect();
+    writeln!(
+        o,
+        "\nHAProxy's TLS session reuse during the handshake runs (stats socket \
+         `SslFrontendSessionReuse_pct`, per round): {} (0 %: every handshake was full).",
+        reuse.join(", ")
+    )?;
+    Ok(o)
+}
+
+/// Where a case's samples are in the results.
+fn slot(case: Case) -> usize {
+    CASES
+        .iter()
+        .position(|&c| c == case)
+        .expect("CASES holds every case")
+}
+
+/// How the figures were measured.
+fn method(rounds: usize, secs: u32) -> Result<String> {
+    let kernel = lab::run(&["uname", "-r"])?;
+    Ok(format!(
+        "Kernel {}; {rounds} round(s), cases interleaved, each load balancer started afresh \
+         per round; medians. Client tools and nginx backends (one process each) on cpu0, the \
+         load balancer (one thread) and lb's receive path on cpu1. HTTP/1.1: `wrk -t1 -c{CONNECTIONS} \
+         -d{secs}s --latency` keep-alive, then with `Connection: close` (new TCP connections/s). \
+         TLS (`:443`, ECDSA P-256 certificate, TLS 1.2/1.3 defaults of each side, ALPN \
+         h2,http/1.1): new TLS handshakes/s = {CONNECTIONS} client connections for {secs} s, each a \
+         fresh rustls client with session resumption disabled (a full handshake every time; the \
+         client does not check the server's signature, to stay cheaper than the server), one `GET` + `Connection: close` per connection; h2 = `h2load -c{CONNECTIONS} -m{H2_STREAMS} \
+         -D{secs}` (p99 from h2load's request log). HAProxy: `nbthread 1`, `mode http`, `:80` \
+         Host ACL and `:443` `ssl_fc_sni` ACL (marathon-lb's `marathon_http_in` / \
+         `marathon_https_in`), `alpn h2,http/1.1`. \"direct\" is kernel routing to be1 (no \
+         LB, no TLS: n/a). LB CPU % = the LB process's CPU time over the run. Compare ratios \
+         from the same run, not absolute numbers across runs.\n",
+        kernel.trim()
+    ))
+}
+
+/// One row of the table: HTTP/1.1 against direct, TLS and h2 against HAProxy.
+fn row(case: Case, m: &Sample, direct: &Sample, haproxy: &Sample, suite: Option<&str>) -> String {
+    let vs_haproxy =
+        |metric: fn(&Sample) -> Option<f64>, digits: usize| match (metric(m), metric(haproxy)) {
+            (Some(v), Some(h)) => format!("{v:.digits$} ({:.2})", v / h),
+            (Some(v), None) => format!("{v:.digits$}"),
+            (None, _) => "n/a".to_owned(),
+        };
+    format!(
+        "| {} | {:.0} ({:.2}) | {:.3} | {:.3} ({:.2}) | {:.0} ({:.2}) | {:.0} | {} | {} | {} | {} | {} |",
+        case.name(),
+        m.rps,
+        m.rps / direct.rps,
+        m.p50_ms,
+        m.p99_ms,
+        m.p99_ms / direct.p99_ms,
+        m.conn_rps,
+        m.conn_rps / direct.conn_rps,
+        m.cpu_pct,
+        vs_haproxy(|s| s.tls_hs_rps, 0),
+        m.tls_cpu_pct
+            .map_or("n/a".to_owned(), |v| format!("{v:.0}")),
+        suite.unwrap_or("n/a"),
+        vs_haproxy(|s| s.h2_rps, 0),
+        vs_haproxy(|s| s.h2_p99_ms, 3),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(rps: f64, tls_hs_rps: Option<f64>) -> Sample {
+        Sample {
+            rps,
+            tls_hs_rps,
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn medians_of_rounds() {
+        let two = [sample(100.0, Some(10.0)), sample(200.0, Some(30.0))];
+        let m = Sample::median_of(&two).unwrap();
+        assert_eq!(m.rps, 150.0);
+        assert_eq!(m.tls_hs_rps, Some(20.0));
+        let one_without_tls = [sample(100.0, Some(10.0)), sample(300.0, None)];
+        assert_eq!(
+            Sample::median_of(&one_without_tls).unwrap().tls_hs_rps,
+            None
+        );
+        assert!(Sample::median_of(&[]).is_none());
+    }
+
+    #[test]
+    fn reads_h2load_rate() {
+        let out = "finished in 3.00s, 12345.67 req/s, 1.23MB/s\nrequests: 37037 total";
+        assert_eq!(h2load_rps(out).unwrap(), 12345.67);
+        assert!(h2load_rps("finished in 3.00s").is_err());
+    }
+}
