@@ -110,11 +110,10 @@ pub fn next_hop(
     if params.ifindex == ingress {
         return Ok(NextHop::Tx(macs));
     }
-    match TX_PORTS.redirect(params.ifindex, 0) {
-        Ok(_) => Ok(NextHop::Redirect(macs)),
-        Err(_) => {
-            count(Counter::PassRedirectFailed);
-            Ok(NextHop::Kernel)
-        }
+    if TX_PORTS.redirect(params.ifindex, 0).is_ok() {
+        Ok(NextHop::Redirect(macs))
+    } else {
+        count(Counter::PassRedirectFailed);
+        Ok(NextHop::Kernel)
     }
 }

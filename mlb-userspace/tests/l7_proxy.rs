@@ -1,6 +1,10 @@
 //! The HTTP proxy as marathon-lb users see it: vhost and path routing, redirects, auth,
 //! allow-lists, rewrites, sticky sessions, balancing, redispatch, draining. Real backends, a real
 //! proxy and real clients on 127.0.0.1.
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers outside #[test] functions fail the test loudly"
+)]
 mod l7_common;
 
 use std::{

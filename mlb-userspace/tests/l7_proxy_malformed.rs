@@ -1,5 +1,9 @@
 //! Malformed and hostile requests get a 4xx or a timeout, never a crash, and never reach a
 //! backend; the proxy keeps serving good requests afterwards.
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers outside #[test] functions fail the test loudly"
+)]
 mod l7_common;
 
 use std::{net::SocketAddr, time::Duration};

@@ -1,6 +1,10 @@
 //! 100 MB bodies in both directions go through the proxy streamed: the process's peak resident
 //! memory grows by far less than the body. A test binary of its own, so no other test shares
 //! the process whose memory is measured.
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers outside #[test] functions fail the test loudly"
+)]
 mod l7_common;
 
 use std::{convert::Infallible, time::Duration};

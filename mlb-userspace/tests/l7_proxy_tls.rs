@@ -2,6 +2,10 @@
 //! trust only a CA generated in the test, certificate rotation under open connections, 421 on
 //! Host/SNI mismatch, passthrough, per-service certificates, HTTP/2 (ALPN and h2c), gRPC
 //! trailers, WebSocket tunnels, and curl/h2load as outside clients.
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers outside #[test] functions fail the test loudly"
+)]
 mod l7_common;
 
 use std::{net::SocketAddr, process::Command, sync::Arc, time::Duration};

@@ -1,5 +1,9 @@
 //! The proxy with many services: a change to one of them is applied without rebuilding the
 //! others, and routing is right for both afterwards.
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers outside #[test] functions fail the test loudly"
+)]
 mod l7_common;
 
 use std::{collections::BTreeMap, time::Instant};

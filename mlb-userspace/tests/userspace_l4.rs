@@ -1,6 +1,10 @@
 //! The userspace TCP/UDP dataplane with real sockets on loopback: clients connect to a VIP
 //! (127.0.3.x), backends are echo servers on ephemeral ports of 127.0.0.1 that greet with their
 //! name, so every test sees which backend served each connection.
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers outside #[test] functions fail the test loudly"
+)]
 use std::{
     collections::BTreeMap,
     future::Future,

@@ -111,14 +111,13 @@ impl<'ns> Mlb<'ns> {
                 .stdout(Stdio::null())
                 .stderr(log);
         };
-        let child = match ns {
-            // `ip netns exec` execs mlb: the PID is mlb's.
-            Some(ns) => ns.spawn_command(bin, configure)?,
-            None => {
-                let mut cmd = Command::new(bin);
-                configure(&mut cmd);
-                Child(cmd.spawn().with_context(|| format!("spawning {bin}"))?)
-            }
+        // `ip netns exec` execs mlb: the PID is mlb's.
+        let child = if let Some(ns) = ns {
+            ns.spawn_command(bin, configure)?
+        } else {
+            let mut cmd = Command::new(bin);
+            configure(&mut cmd);
+            Child(cmd.spawn().with_context(|| format!("spawning {bin}"))?)
         };
         let mut mlb = Mlb {
             child,

@@ -1,5 +1,9 @@
 //! The `mlb` agent attaches its XDP program where told, detaches it on SIGTERM, and refuses an
 //! interface that another XDP program already owns.
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers outside #[test] functions fail the test loudly"
+)]
 use std::{process::Stdio, time::Duration};
 
 use mlb_tests::{

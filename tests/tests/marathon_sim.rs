@@ -2,6 +2,10 @@
 //! bus, real task backends, faults, and the Rust API. Everything runs on 127.0.0.0/8 (each test
 //! places its tasks on its own loopback address so that port checks cannot see another test's
 //! tasks); one test binds inside a network namespace it creates on 198.18.0.0/15.
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers outside #[test] functions fail the test loudly"
+)]
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     pin::Pin,
@@ -58,7 +62,9 @@ async fn wait_deployed(base: &str, id: &str) -> Value {
         if resp.status() == StatusCode::OK {
             let app: Value = resp.json().await.expect("JSON");
             let app = app["app"].clone();
-            if app["deployments"].as_array().is_some_and(std::vec::Vec::is_empty)
+            if app["deployments"]
+                .as_array()
+                .is_some_and(std::vec::Vec::is_empty)
                 && app["tasksRunning"] == app["instances"]
                 && app["tasksStaged"] == 0
                 && app["tasks"].as_array().map(Vec::len)

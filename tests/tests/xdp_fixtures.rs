@@ -7,6 +7,10 @@
 //! (its checksums computed from scratch), then checks the counter that names what happened.
 //! Fixtures that are the same for IPv4 and IPv6 are tables (Katran's `PacketAttributes`) run
 //! once per [`Family`]. Fixtures run in order: later ones use flows earlier ones created.
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers outside #[test] functions fail the test loudly"
+)]
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},

@@ -1,5 +1,9 @@
 //! BPF_PROG_TEST_RUN: hand-built frames through the real XDP program, asserting the verdict and
 //! the per-CPU counter that names why. No interface is involved.
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers outside #[test] functions fail the test loudly"
+)]
 use aya::programs::{TestRun, TestRunOptions};
 use mlb::dataplane::xdp::XdpProgram;
 use mlb_common::{

@@ -1,5 +1,9 @@
 //! The XDP program attached in native mode to a veth inside a network namespace sees real TCP
 //! connections made by the kernel of another namespace, and counts them.
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers outside #[test] functions fail the test loudly"
+)]
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},

@@ -35,7 +35,6 @@ pub const TEST_PACKAGES: &[&str] = &[
 pub const DEMO_PACKAGES: &[&str] = &["iproute2", "ethtool", "curl", "netcat-openbsd"];
 /// Extra packages for `cargo xtask bench`: the reference load balancer and the load generators
 /// (`h2load` from nghttp2-client for the HTTP/2 case of `bench http`).
-#[expect(dead_code, reason = "used by `cargo xtask bench`")]
 pub const BENCH_PACKAGES: &[&str] = &[
     "haproxy",
     "wrk",
@@ -80,7 +79,9 @@ fn output(cmd: &mut Command) -> Result<String> {
 }
 
 fn ensure_nightly_rust_src() -> Result<Nightly> {
-    let version_text = if let Ok(v) = output(Command::new("rustc").args(["+nightly", "-vV"])) { v } else {
+    let version_text = if let Ok(v) = output(Command::new("rustc").args(["+nightly", "-vV"])) {
+        v
+    } else {
         eprintln!(
             "xtask setup: installing the nightly toolchain (rustup toolchain install nightly)"
         );

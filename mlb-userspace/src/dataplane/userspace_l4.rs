@@ -156,11 +156,17 @@ pub struct L4Stats {
 impl L4Stats {
     /// Current counters of every service.
     pub fn snapshot(&self) -> BTreeMap<L4ServiceKey, ServiceStats> {
-        let services = self.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let services = self
+            .services
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         services
             .iter()
             .map(|(key, svc)| {
-                let backends = svc.backends.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let backends = svc
+                    .backends
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let backends = backends
                     .iter()
                     .map(|(id, c)| {
@@ -184,12 +190,18 @@ impl L4Stats {
     }
 
     fn service(&self, key: L4ServiceKey) -> Arc<ServiceCounters> {
-        let mut services = self.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut services = self
+            .services
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         services.entry(key).or_default().clone()
     }
 
     fn remove(&self, key: L4ServiceKey) {
-        let mut services = self.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut services = self
+            .services
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         services.remove(&key);
     }
 }
@@ -220,7 +232,10 @@ impl Routes {
     ) -> Result<Self, MaglevError> {
         // Counters follow the backend id across changes (draining backends included).
         let by_id = {
-            let current = counters.backends.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let current = counters
+                .backends
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             service
                 .backends
                 .iter()

@@ -297,7 +297,9 @@ impl XdpL4 {
             .collect();
         let new_users: HashSet<u32> = ids.iter().copied().collect();
 
-        let (slot, copy, old_users) = if let Some(p) = self.services.get(key) { (p.slot, 1 - p.copy, p.backends.clone()) } else {
+        let (slot, copy, old_users) = if let Some(p) = self.services.get(key) {
+            (p.slot, 1 - p.copy, p.backends.clone())
+        } else {
             let slot = self.free_slots.pop().ok_or_else(|| {
                 XdpError::Config(format!("all {MAX_SERVICES} XDP service slots are in use"))
             })?;

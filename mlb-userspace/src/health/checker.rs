@@ -95,7 +95,10 @@ impl HealthChecker {
             }
         }
         if !forget.is_empty() {
-            let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut state = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let before = state.len();
             for id in &forget {
                 state.remove(id);
@@ -166,7 +169,9 @@ async fn check_loop(
             if !now_down {
                 info!(backend = %target.id, "backend passes its health check again; back in rotation");
             }
-            let mut set = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut set = state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if now_down {
                 set.insert(target.id.clone());
             } else {

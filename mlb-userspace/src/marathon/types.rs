@@ -312,12 +312,13 @@ pub(crate) fn parse_app_at(v: &Value, index: Option<usize>) -> Result<App, AppPa
 
 /// [`parse_app_at`] on an owned value (no copy).
 fn parse_app_owned(mut v: Value, index: Option<usize>) -> Result<App, AppParseError> {
-    let app_id = v
-        .get("id")
-        .and_then(Value::as_str).map_or_else(|| match index {
+    let app_id = v.get("id").and_then(Value::as_str).map_or_else(
+        || match index {
             Some(i) => format!("<app #{i}>"),
             None => "<app>".to_owned(),
-        }, str::to_owned);
+        },
+        str::to_owned,
+    );
     let err = |field: String, reason: String| AppParseError {
         app_id: app_id.clone(),
         field,

@@ -114,7 +114,9 @@ impl Authenticator {
     }
 
     fn remembered(&self) -> std::sync::MutexGuard<'_, HashSet<[u8; 32]>> {
-        self.remembered.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.remembered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -73,7 +73,11 @@ impl Body for RetryBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.taken.is_none() {
-            let body = self.slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+            let body = self
+                .slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
             match body {
                 Some(b) => self.taken = Some(b),
                 None => return Poll::Ready(None),

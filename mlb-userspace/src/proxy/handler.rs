@@ -273,12 +273,11 @@ async fn backend_rules(
 
     let unhealthy = shared.health.borrow().clone();
     let is_unhealthy = |id: &BackendId| unhealthy.contains(id);
-    let first = match sticky_choice
+    let Some(first) = sticky_choice
         .clone()
         .or_else(|| svc.selector.pick(client_ip, &is_unhealthy, &[]).cloned())
-    {
-        Some(b) => b,
-        None => return no_route(),
+    else {
+        return no_route();
     };
     let out = Outgoing {
         method: parts.method,

@@ -472,7 +472,10 @@ pub(crate) mod tests {
         weight: i32,
     ) -> HttpService {
         HttpService {
-            vhosts: vhosts.iter().map(std::string::ToString::to_string).collect(),
+            vhosts: vhosts
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect(),
             paths: paths.iter().map(std::string::ToString::to_string).collect(),
             backends: vec![Backend {
                 id: BackendId(format!("{app}.task:0")),

@@ -160,7 +160,10 @@ impl CertManager {
         if !self.snapshots.load().ports.contains_key(&port) {
             return None;
         }
-        let mut configs = self.port_configs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut configs = self
+            .port_configs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let config = configs.entry(port).or_insert_with(|| {
             server_config(Arc::new(SniResolver {
                 snapshots: self.snapshots.clone(),
@@ -176,7 +179,10 @@ impl CertManager {
     /// that port refuse handshakes rather than serve without the client check it asked for.
     pub fn set_port_options(&self, by_port: HashMap<u16, TlsOptions>) -> Vec<ProxyError> {
         let gone: Vec<u16> = {
-            let options = self.port_options.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let options = self
+                .port_options
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             options
                 .keys()
                 .filter(|p| !by_port.contains_key(p))
@@ -197,8 +203,14 @@ impl CertManager {
         changes: impl IntoIterator<Item = (u16, Option<TlsOptions>)>,
     ) -> Vec<ProxyError> {
         let mut errors = Vec::new();
-        let mut options = self.port_options.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut configs = self.port_configs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut options = self
+            .port_options
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut configs = self
+            .port_configs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (port, opts) in changes {
             let Some(opts) = opts else {
                 if options.remove(&port).is_some() {
@@ -244,7 +256,10 @@ impl CertManager {
     /// rebuilds the snapshots.
     pub fn set_service_certs(&self, by_port: HashMap<u16, Vec<PathBuf>>) -> Vec<ProxyError> {
         {
-            let mut paths = self.service_paths.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut paths = self
+                .service_paths
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if *paths == by_port {
                 return Vec::new();
             }
@@ -262,7 +277,10 @@ impl CertManager {
     ) -> Vec<ProxyError> {
         let mut changed = false;
         {
-            let mut paths = self.service_paths.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut paths = self
+                .service_paths
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             for (port, files) in changes {
                 changed |= match files {
                     Some(files) if paths.get(&port) == Some(&files) => false,
@@ -288,7 +306,10 @@ impl CertManager {
 
     /// Every certificate file now configured, directories expanded.
     fn all_files(&self) -> Vec<PathBuf> {
-        let service_paths = self.service_paths.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let service_paths = self
+            .service_paths
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut ports: Vec<&u16> = service_paths.keys().collect();
         ports.sort();
         let mut files = expand(&self.global_paths);
@@ -300,7 +321,10 @@ impl CertManager {
 
     /// Whether any certificate file changed since it was loaded.
     fn changed_on_disk(&self) -> bool {
-        let seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.all_files()
             .iter()
             .any(|path| seen.get(path) != Some(&stamp(path)))
@@ -308,8 +332,14 @@ impl CertManager {
 
     fn rebuild(&self, reread: bool) -> Vec<ProxyError> {
         let mut errors = Vec::new();
-        let mut files = self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut files = self
+            .files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut load = |path: &Path, errors: &mut Vec<ProxyError>| -> Option<LoadedCert> {
             let current = stamp(path);
             seen.insert(path.to_owned(), current.clone());
@@ -591,7 +621,10 @@ mod tests {
 
     fn pem_for(names: &[&str]) -> Vec<u8> {
         let c = rcgen::generate_simple_self_signed(
-            names.iter().map(std::string::ToString::to_string).collect::<Vec<_>>(),
+            names
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect::<Vec<_>>(),
         )
         .unwrap();
         format!("{}{}", c.cert.pem(), c.key_pair.serialize_pem()).into_bytes()

@@ -26,7 +26,9 @@ impl StatsSource for L4Stats {
 /// of both directions (the program counts them together) as `bin`.
 impl StatsSource for Mutex<XdpL4> {
     fn observe(&self, into: &mut Observed) {
-        let dp = self.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let dp = self
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let stats = match dp.backend_stats() {
             Ok(s) => s,
             Err(e) => {

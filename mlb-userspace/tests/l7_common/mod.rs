@@ -1,6 +1,10 @@
 //! Shared pieces of the L7 proxy tests: real backends (hyper servers on 127.0.0.1), a real
 //! proxy on ephemeral ports, real clients, and certificates from a CA generated per test.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers outside #[test] functions fail the test loudly"
+)]
 
 use std::{
     convert::Infallible,
@@ -378,9 +382,13 @@ impl TestCa {
     /// path and the leaf's DER.
     pub fn leaf(&self, file: &str, names: &[&str]) -> (PathBuf, Vec<u8>) {
         let key = rcgen::KeyPair::generate().unwrap();
-        let mut params =
-            rcgen::CertificateParams::new(names.iter().map(std::string::ToString::to_string).collect::<Vec<_>>())
-                .unwrap();
+        let mut params = rcgen::CertificateParams::new(
+            names
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, names[0]);

@@ -453,7 +453,9 @@ impl Mlb {
                 .process_group(0);
         };
         let bin_str = bin.to_str().context("mlb path is not UTF-8")?;
-        let child = if let Some(ns) = &layout.ns { ns.lb.spawn_command(bin_str, configure)? } else {
+        let child = if let Some(ns) = &layout.ns {
+            ns.lb.spawn_command(bin_str, configure)?
+        } else {
             let mut cmd = Command::new(bin);
             configure(&mut cmd);
             Child(
@@ -879,7 +881,8 @@ impl Demo<'_> {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             };
-            let generation = admin_json(self.layout, "/_mlb/status").map_or_else(|_| "?".into(), |s| s["generation"].to_string());
+            let generation = admin_json(self.layout, "/_mlb/status")
+                .map_or_else(|_| "?".into(), |s| s["generation"].to_string());
             let active: Vec<_> = backends.iter().filter(|b| b.2 == "active").collect();
             let others = backends.len() - active.len();
             println!(

@@ -173,7 +173,8 @@ async fn handle(
     let path = req.uri().path().to_string();
     let path_and_query = req
         .uri()
-        .path_and_query().map_or_else(|| path.clone(), |p| p.as_str().to_string());
+        .path_and_query()
+        .map_or_else(|| path.clone(), |p| p.as_str().to_string());
     let query = parse_query(req.uri().query());
     let method = req.method().clone();
     if path.starts_with("/_sim/") {
@@ -225,12 +226,9 @@ async fn handle(
                 Err(e) => error_response(&e),
                 Ok((id, _ticket)) => {
                     let w = sim.lock();
-                    let body = w
-                        .apps
-                        .get(&id)
-                        .map_or(Value::Null, |a| {
-                            w.app_json(a, Embed::parse(["app.tasks"].into_iter(), "app.", true))
-                        });
+                    let body = w.apps.get(&id).map_or(Value::Null, |a| {
+                        w.app_json(a, Embed::parse(["app.tasks"].into_iter(), "app.", true))
+                    });
                     let mut resp = json_response(StatusCode::CREATED, &body);
                     if let Ok(loc) = format!("/v2/apps{id}").parse() {
                         resp.headers_mut().insert(header::LOCATION, loc);
@@ -266,7 +264,11 @@ async fn handle(
         },
         (&Method::GET, "/v2/deployments") => {
             let w = sim.lock();
-            let deps: Vec<Value> = w.deployments.values().map(super::model::Deployment::to_json).collect();
+            let deps: Vec<Value> = w
+                .deployments
+                .values()
+                .map(super::model::Deployment::to_json)
+                .collect();
             json_response(StatusCode::OK, &Value::Array(deps))
         }
         (&Method::GET, "/v2/events") => event_stream(&sim, peer, &query, &req),

@@ -139,10 +139,12 @@ fn bind_all(
 ) -> Result<Vec<BoundPort>, SimError> {
     let mut bound: Vec<BoundPort> = Vec::with_capacity(specs.len());
     for spec in specs {
-        let port = if let Some(port) = spec.fixed_port { bind_one(address, port, spec).map_err(|source| SimError::Bind {
-            addr: SocketAddr::new(address, port),
-            source,
-        })? } else {
+        let port = if let Some(port) = spec.fixed_port {
+            bind_one(address, port, spec).map_err(|source| SimError::Bind {
+                addr: SocketAddr::new(address, port),
+                source,
+            })?
+        } else {
             let mut last_err = None;
             let mut found = None;
             for _ in 0..alloc.len {
@@ -342,7 +344,8 @@ async fn answer_http(
     let forwarded_proto = seen("x-forwarded-proto");
     let path = req
         .uri()
-        .path_and_query().map_or_else(|| "/".into(), |p| p.as_str().to_string());
+        .path_and_query()
+        .map_or_else(|| "/".into(), |p| p.as_str().to_string());
     // Drain the request body so keep-alive connections stay in sync.
     let _ = req.into_body().collect().await;
     let status = if ctx.healthy.load(Ordering::Relaxed) {

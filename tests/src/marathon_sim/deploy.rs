@@ -88,14 +88,14 @@ impl Sim {
         let original = w.root_group(&version);
         let app = w.apps.get_mut(&id).expect("checked above");
         let action = if model::config_changed(&app.definition, &def) {
-            app.last_config_change_at = version.clone();
+            app.last_config_change_at.clone_from(&version);
             Action::Restart
         } else {
-            app.last_scaling_at = version.clone();
+            app.last_scaling_at.clone_from(&version);
             Action::Scale
         };
         app.definition = def;
-        app.version = version.clone();
+        app.version.clone_from(&version);
         self.publish_api_post(&w, &id, client_ip, &uri);
         let ticket = self.submit(&mut w, version, vec![vec![(action, id)]], original);
         Ok((false, ticket))
@@ -118,7 +118,7 @@ impl Sim {
         self.publish_api_post(&w, &id, client_ip, &format!("/v2/apps{id}"));
         let app = w.apps.get_mut(&id).expect("checked above");
         app.deleting = true;
-        app.version = version.clone();
+        app.version.clone_from(&version);
         Ok(self.submit(&mut w, version, vec![vec![(Action::Stop, id)]], original))
     }
 
@@ -156,8 +156,8 @@ impl Sim {
                 let app = w.apps.get_mut(app_id).expect("collected above");
                 let n = app.instances().saturating_sub(ids.len());
                 app.definition["instances"] = json!(n);
-                app.version = version.clone();
-                app.last_scaling_at = version.clone();
+                app.version.clone_from(&version);
+                app.last_scaling_at.clone_from(&version);
             }
             let step = per_app
                 .into_iter()

@@ -410,7 +410,8 @@ impl Deployment {
     /// The step at `index` (0-based) in events.
     pub(crate) fn current_step_json(&self, index: usize) -> Value {
         self.steps
-            .get(index).map_or_else(|| json!({"actions": []}), |s| Self::step_json(s))
+            .get(index)
+            .map_or_else(|| json!({"actions": []}), |s| Self::step_json(s))
     }
 
     /// The deployment as `GET /v2/deployments` lists it.

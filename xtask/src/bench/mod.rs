@@ -197,6 +197,5 @@ fn workspace_root() -> PathBuf {
 /// Where cargo puts what it builds (the release binaries the benchmarks run).
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
 }
