@@ -1,9 +1,10 @@
-//! Developer commands for mlb: `cargo xtask <setup|test|lint|demo|bench>`.
+//! Developer commands for mlb: `cargo xtask <setup|test|lint|demo|bench|image>`.
 //!
 //! Every command that builds mlb runs `setup` first, so a fresh machine needs nothing but rustup's
 //! stable and nightly toolchains (and root for the packages and the namespace tests).
 mod bench;
 mod bench_http;
+mod image;
 mod setup;
 
 use std::{os::unix::process::CommandExt as _, process::Command};
@@ -39,6 +40,17 @@ enum Cmd {
         /// Arguments passed to mlb-demo (`--duration SECS`, `--dataplane`, `--scale-every SECS`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Build the container image `mlb:<version>` with podman, offline (`FROM scratch` and a root
+    /// file system made here; no base image is pulled).
+    Image {
+        /// Use the debug build (quicker to build; the image is larger and slower).
+        #[arg(long)]
+        dev: bool,
+        /// Then run the image test: the image, host networking in a test namespace, only the
+        /// documented capabilities, routing the simulator's apps (root).
+        #[arg(long)]
+        test: bool,
     },
 }
 
@@ -108,6 +120,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Bench(cmd) => bench::run(cmd),
+        Cmd::Image { dev, test } => image::run(dev, test),
         Cmd::Demo { args } => {
             setup::run(setup::DEMO_PACKAGES)?;
             // Debug builds: `cargo xtask test` builds the same ones (a warm target dir), a release
