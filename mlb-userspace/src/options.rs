@@ -190,7 +190,8 @@ pub struct RunOptions {
     /// Only expose apps in these HAPROXY_GROUPs; `*` for all (repeatable).
     #[arg(long = "group", env = "MLB_GROUP", value_delimiter = ',', help_heading = ROUTING)]
     pub group: Vec<String>,
-    /// Only expose service ports labelled `HAPROXY_{n}_ENABLED=true`.
+    /// Only expose service ports labelled `HAPROXY_<n>_ENABLED=true` (`<n>`: the port's index).
+    // Not `{n}`: clap's help renders `{n}` as a line break.
     #[arg(long, env = "MLB_STRICT_MODE", help_heading = ROUTING)]
     pub strict_mode: bool,
     /// Only route to tasks whose Marathon health checks pass.
@@ -502,6 +503,34 @@ mod tests {
             Command::Run(opts) => Ok(opts),
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn options_run_help_is_grouped_and_whole() {
+        use clap::CommandFactory as _;
+        let mut cli = Cli::command();
+        // Propagates the global (logging) flags into the subcommands, as parsing does.
+        cli.build();
+        let run = cli.find_subcommand_mut("run").unwrap();
+        let help = run.render_long_help().to_string();
+        let mut at = 0;
+        for heading in [MARATHON, ROUTING, TLS, L4, ADMIN, HAPROXY_ONLY, LOGGING] {
+            let found = help[at..].find(&format!("{heading}:"));
+            assert!(
+                found.is_some(),
+                "heading {heading:?} missing or out of order:\n{help}"
+            );
+            at += found.unwrap_or_default();
+        }
+        let strict = help
+            .lines()
+            .skip_while(|l| !l.contains("--strict-mode"))
+            .nth(1)
+            .unwrap();
+        assert!(
+            strict.contains("`HAPROXY_<n>_ENABLED=true`"),
+            "the label is named whole: {strict:?}"
+        );
     }
 
     #[test]
