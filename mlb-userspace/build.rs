@@ -3,9 +3,75 @@
 //!
 //! `cargo xtask setup` installs what this needs (nightly `rust-src`, `bpf-linker` built against
 //! nightly's LLVM); the error below says so when something is missing.
+//!
+//! The eBPF build's own output (aya-build relays every compiler line as a cargo warning) is shown
+//! only when it fails or with `MLB_BUILD_VERBOSE=1`: this script runs itself as a child to build
+//! and keeps the child's warnings. It also records the git commit for `mlb version`.
+use std::process::Command;
+
 use anyhow::{Context as _, anyhow};
 
+/// Set in the child run of this script that does the eBPF build.
+const CHILD: &str = "MLB_EBPF_BUILD_CHILD";
+const VERBOSE: &str = "MLB_BUILD_VERBOSE";
+
 fn main() -> anyhow::Result<()> {
+    if std::env::var_os(CHILD).is_some() {
+        return build_ebpf();
+    }
+    git_commit();
+    println!("cargo:rerun-if-env-changed={VERBOSE}");
+    let out = Command::new(std::env::current_exe()?)
+        .env(CHILD, "1")
+        .output()
+        .context("running the eBPF build")?;
+    let verbose = std::env::var_os(VERBOSE).is_some_and(|v| v != "0");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in stdout.lines() {
+        // On failure cargo shows this script's whole output: keep every line then.
+        if verbose || !out.status.success() || !line.starts_with("cargo:warning=") {
+            println!("{line}");
+        }
+    }
+    if !out.status.success() {
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        return Err(anyhow!(
+            "the eBPF build failed ({}); its output is above",
+            out.status
+        ));
+    }
+    Ok(())
+}
+
+/// `MLB_GIT_COMMIT` for `mlb version`: the environment's (image builds without `.git`), else
+/// `git rev-parse HEAD`, else `unknown`.
+fn git_commit() {
+    println!("cargo:rerun-if-env-changed=MLB_GIT_COMMIT");
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let commit = std::env::var("MLB_GIT_COMMIT")
+        .ok()
+        .or_else(|| git(&["rev-parse", "HEAD"]))
+        .unwrap_or_else(|| "unknown".to_owned());
+    println!("cargo:rustc-env=MLB_GIT_COMMIT={commit}");
+    // Re-run when HEAD moves: HEAD itself and the branch it points to.
+    for path in [git(&["rev-parse", "--git-path", "HEAD"]), {
+        git(&["symbolic-ref", "-q", "HEAD"]).and_then(|r| git(&["rev-parse", "--git-path", &r]))
+    }]
+    .into_iter()
+    .flatten()
+    {
+        println!("cargo:rerun-if-changed={path}");
+    }
+}
+
+fn build_ebpf() -> anyhow::Result<()> {
     if std::env::var_os("AYA_BUILD_SKIP").is_some() {
         // Lint/doc builds that never run the program: embed an empty object.
         let out = std::env::var("OUT_DIR")?;

@@ -3,7 +3,7 @@
 //!
 //! | path | answer |
 //! |---|---|
-//! | `/_haproxy_health_check` | 200 while mlb runs (load balancers in front health-check this) |
+//! | `/_haproxy_health_check` | 200 while mlb runs, 503 once it is stopping (load balancers in front health-check this) |
 //! | `/_haproxy_getpids` | mlb's PID: always one process, so zdd never sees a reload in progress |
 //! | `/_haproxy_getconfig` | the routing state mlb serves, as text (there is no HAProxy config) |
 //! | `/_haproxy_getvhostmap`, `/_haproxy_getappmap` | `vhost backend` / `app-id backend` lines |
@@ -19,7 +19,10 @@ use std::{
     convert::Infallible,
     fmt::Write as _,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Instant,
 };
 
@@ -51,6 +54,8 @@ pub struct AdminContext {
     pub resync: Option<ResyncTrigger>,
     /// The HTTP proxy, for certificate reloads and its health checks (`None` when not running).
     pub proxy: Option<Arc<HttpProxy>>,
+    /// Set on SIGTERM: the health check answers 503 so load balancers in front stop sending.
+    pub stopping: Arc<AtomicBool>,
     /// The dataplanes whose counters the stats endpoints show.
     pub stats: Vec<Arc<dyn StatsSource>>,
     /// When each server's status last changed, across requests.
@@ -177,6 +182,9 @@ pub fn route(
     let status = ctx.status.load_full();
     let want_text = query.is_some_and(|q| q.split('&').any(|kv| kv == "format=text"));
     match path {
+        "/_haproxy_health_check" if ctx.stopping.load(Ordering::Relaxed) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "stopping\n")
+        }
         "/_haproxy_health_check" => text(StatusCode::OK, "OK\n"),
         "/_haproxy_getpids" => text(StatusCode::OK, std::process::id().to_string()),
         "/_haproxy_getconfig" => text(StatusCode::OK, render_config(state)),
@@ -444,6 +452,7 @@ mod tests {
             proxy: None,
             stats: Vec::new(),
             changes: Arc::default(),
+            stopping: Arc::default(),
         }
     }
 
@@ -464,6 +473,10 @@ mod tests {
         let route = |c: &AdminContext, m: &Method, p: &str, q: Option<&str>| route(c, &st, m, p, q);
         let (s, b) = body(route(&c, &Method::GET, "/_haproxy_health_check", None));
         assert_eq!((s, b.as_str()), (StatusCode::OK, "OK\n"));
+        c.stopping.store(true, Ordering::Relaxed);
+        let (s, _) = body(route(&c, &Method::GET, "/_haproxy_health_check", None));
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "503 once stopping");
+        c.stopping.store(false, Ordering::Relaxed);
         let (s, b) = body(route(&c, &Method::GET, "/_haproxy_getpids", None));
         assert_eq!(s, StatusCode::OK);
         assert_eq!(

@@ -21,6 +21,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod compat;
 pub mod controller;
 pub mod dataplane;
 pub mod health;

@@ -11,6 +11,7 @@ use std::{
 };
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing::Level;
 
 use crate::{
     dataplane::xdp::AttachMode,
@@ -22,14 +23,44 @@ use crate::{
 };
 
 /// mlb: load balancer for Marathon apps (XDP for TCP/UDP, hyper + rustls for HTTP/TLS).
+///
+/// marathon-lb's command line works too: `mlb sse -m URL --group external ...` (its Docker
+/// image's form) or `mlb --marathon URL --group external --sse` (its script's form).
 #[derive(Debug, Parser)]
 #[command(name = "mlb", version, about)]
 pub struct Cli {
-    /// Log format.
-    #[arg(long, global = true, env = "MLB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// Log format: `text`, `json`, or a Python logging format string (marathon-lb's; mlb then
+    /// logs text, with a notice).
+    #[arg(long, global = true, env = "MLB_LOG_FORMAT", default_value = "text", value_parser = parse_log_format, help_heading = LOGGING)]
+    pub log_format: LogFormatArg,
+    /// Log level: error, warn, info, debug, trace, or marathon-lb's CRITICAL, WARNING, NOTSET
+    /// (any case). Wins over `RUST_LOG`; default `info` (none for `mlb explain`).
+    #[arg(long, global = true, env = "MLB_LOG_LEVEL", value_parser = parse_log_level, help_heading = LOGGING)]
+    pub log_level: Option<Level>,
+    /// Also send logs to syslog through this unix datagram socket (e.g. `/dev/log`);
+    /// `/dev/null` (the marathon-lb image's default) disables it.
+    #[arg(long, global = true, env = "MLB_SYSLOG_SOCKET", value_name = "PATH", help_heading = LOGGING)]
+    pub syslog_socket: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Help headings of `mlb run --help`.
+const MARATHON: &str = "Marathon";
+const ROUTING: &str = "Routing";
+const TLS: &str = "TLS";
+const L4: &str = "TCP/UDP dataplane (XDP)";
+const ADMIN: &str = "Admin and shutdown";
+const LOGGING: &str = "Logging";
+const HAPROXY_ONLY: &str = "marathon-lb flags without effect in mlb (accepted, logged once)";
+
+/// A `--log-format` value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogFormatArg {
+    /// How mlb logs.
+    pub format: LogFormat,
+    /// The Python format string given instead of `text`/`json`, if any.
+    pub python: Option<String>,
 }
 
 /// What to do.
@@ -37,11 +68,18 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent: watch Marathon (or a static config) and route its apps.
     Run(Box<RunOptions>),
-    /// Say, for every app and service port, what is exposed where, or exactly why not. With
-    /// `--marathon`, reads Marathon once and evaluates it with the given flags (`--group`,
-    /// `--strict-mode`, `--health-check` ...); without, asks the mlb running at `--admin-addr`.
+    /// marathon-lb's `sse` mode: `mlb run` following Marathon's event stream, reading the
+    /// marathon-lb image's environment (HAPROXY_SSL_CERT*, MARATHON_USER/PASSWORD, ...).
+    Sse(Box<RunOptions>),
+    /// marathon-lb's `poll` mode: `mlb run` re-reading Marathon every `POLL_INTERVAL` seconds
+    /// (default 60), reading the marathon-lb image's environment.
+    Poll(Box<RunOptions>),
+    /// Say, for every app, what is exposed where, or exactly why not: one line per app, the
+    /// ports, backends and excluded tasks with `-v`. With `--marathon`, reads Marathon once
+    /// and evaluates it with the given flags (`--group`, `--strict-mode`, `--health-check`
+    /// ...); without, asks the mlb running at `--admin-addr`.
     Explain(Box<ExplainOptions>),
-    /// Print the version.
+    /// Print the version, git commit, the embedded XDP program's SHA-256 and the features.
     Version,
 }
 
@@ -53,6 +91,9 @@ pub struct ExplainOptions {
     /// Print JSON (the admin API's `/_mlb/explain` document) instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Details: every port, backend and excluded task, and the warnings.
+    #[arg(short, long)]
+    pub verbose: bool,
     #[command(flatten)]
     pub run: RunOptions,
 }
@@ -82,87 +123,33 @@ pub enum XdpAttachMode {
 /// Flags of `mlb run`.
 #[derive(Debug, Args)]
 pub struct RunOptions {
-    /// Marathon URL(s); several for failover (marathon-lb's `--marathon`).
+    /// Marathon URL(s), tried in order (`-m a b`, `-m a -m b` or `-m a,b`).
     #[arg(
         short = 'm',
         long = "marathon",
         env = "MLB_MARATHON",
-        value_delimiter = ','
+        value_delimiter = ',',
+        num_args = 1..,
+        help_heading = MARATHON
     )]
     pub marathon: Vec<String>,
-    /// Only expose apps in these HAPROXY_GROUPs; `*` for all (repeatable).
-    #[arg(long = "group", env = "MLB_GROUP", value_delimiter = ',')]
-    pub group: Vec<String>,
-    /// TLS certificate files or directories (PEM chain + key in one file).
-    #[arg(long = "ssl-certs", env = "MLB_SSL_CERTS", value_delimiter = ',')]
-    pub ssl_certs: Vec<PathBuf>,
-    /// Only expose apps whose HAPROXY_{n}_ENABLED label is true.
-    #[arg(long, env = "MLB_STRICT_MODE")]
-    pub strict_mode: bool,
-    /// Only route to tasks whose Marathon health checks pass.
-    #[arg(long, env = "MLB_HEALTH_CHECK")]
-    pub health_check: bool,
-    /// Static services instead of (or before) Marathon: a JSON or TOML file.
-    #[arg(long, env = "MLB_STATIC_CONFIG")]
-    pub static_config: Option<PathBuf>,
-    /// Dataplane for TCP/UDP services.
-    #[arg(long, env = "MLB_DATAPLANE", value_enum, default_value_t = DataplaneKind::Auto)]
-    pub dataplane: DataplaneKind,
-    /// Interface(s) to attach the XDP program to (repeatable).
-    #[arg(long = "xdp-iface", env = "MLB_XDP_IFACE", value_delimiter = ',')]
-    pub xdp_iface: Vec<String>,
-    /// XDP attach mode.
-    #[arg(long, env = "MLB_XDP_MODE", value_enum, default_value_t = XdpAttachMode::Native)]
-    pub xdp_mode: XdpAttachMode,
-    /// Port of the HTTP vhost frontend (marathon-lb's `:80`).
-    #[arg(long, env = "MLB_HTTP_PORT", default_value_t = 80)]
-    pub http_port: u16,
-    /// Port of the HTTPS vhost frontend (marathon-lb's `:443`).
-    #[arg(long, env = "MLB_HTTPS_PORT", default_value_t = 443)]
-    pub https_port: u16,
-    /// Port of the frontend that routes on the `X-Marathon-App-Id` header (marathon-lb's `:9091`).
-    #[arg(long, env = "MLB_APPID_PORT", default_value_t = 9091)]
-    pub appid_port: u16,
-    /// Do not bind the HTTP and HTTPS vhost frontends (service ports and the app-id frontend
-    /// are still served).
-    #[arg(long, env = "MLB_DONT_BIND_HTTP_HTTPS")]
-    pub dont_bind_http_https: bool,
-    /// Admin listener: health check, explain JSON, stats.
-    #[arg(long, env = "MLB_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
-    pub admin_addr: SocketAddr,
-    /// Service address(es) (VIPs) TCP/UDP services are exposed on (repeatable). None: every
-    /// IPv4 address of the host (userspace dataplane only).
-    #[arg(long = "vip", env = "MLB_VIP", value_delimiter = ',')]
-    pub vip: Vec<IpAddr>,
-    /// Source address(es) the XDP dataplane uses towards backends (full NAT), one per family.
-    #[arg(long = "snat-addr", env = "MLB_SNAT_ADDR", value_delimiter = ',')]
-    pub snat_addr: Vec<IpAddr>,
-    /// Source ports the XDP dataplane allocates for SNAT (`FIRST-LAST`).
-    #[arg(long, env = "MLB_SNAT_PORTS", default_value = "40000-59999")]
-    pub snat_ports: PortRange,
-    /// Slots of each service's Maglev table (a prime; > 100 × the largest backend count keeps
-    /// shares within 1%).
-    #[arg(long, env = "MLB_MAGLEV_TABLE_SIZE", default_value_t = crate::dataplane::maglev::DEFAULT_TABLE_SIZE, value_parser = parse_table_size)]
-    pub maglev_table_size: u32,
-    /// Seconds a backend removed from a TCP/UDP service keeps its established XDP flows before
-    /// it is declared dead and they are re-balanced (the new backend resets TCP ones).
-    #[arg(long, env = "MLB_DRAIN_TIMEOUT", default_value_t = 300)]
-    pub drain_timeout: u64,
-    /// Connection-tracking entries of the XDP dataplane (two per flow; LRU when full).
-    #[arg(long, env = "MLB_CONNTRACK_SIZE", default_value_t = mlb_common::consts::CT_MAX_ENTRIES)]
-    pub conntrack_size: u32,
+    /// Follow Marathon's event stream (mlb's default; wins over `--poll-interval` and
+    /// `POLL_INTERVAL`).
+    #[arg(short = 's', long, env = "MLB_SSE", help_heading = MARATHON)]
+    pub sse: bool,
     /// Marathon basic auth as `user:password` (a `:` in the password is fine). Prefer
     /// `--marathon-auth-credential-file` or the environment: arguments are visible in `ps`.
     #[arg(
         long,
         env = "MLB_AUTH_CREDENTIALS",
         hide_env_values = true,
-        value_name = "USER:PASS"
+        value_name = "USER:PASS",
+        help_heading = MARATHON
     )]
     pub auth_credentials: Option<Secret>,
     /// File whose first line is `user:password` for Marathon basic auth (wins over
     /// `--auth-credentials`, as in marathon-lb).
-    #[arg(long, env = "MLB_MARATHON_AUTH_CREDENTIAL_FILE", value_name = "PATH")]
+    #[arg(long, env = "MLB_MARATHON_AUTH_CREDENTIAL_FILE", value_name = "PATH", help_heading = MARATHON)]
     pub marathon_auth_credential_file: Option<PathBuf>,
     /// DC/OS service-account JSON `{"uid","private_key","login_endpoint"}`, or the path of a
     /// file holding it. Falls back to `DCOS_SERVICE_ACCOUNT_CREDENTIAL` like marathon-lb; used
@@ -171,52 +158,157 @@ pub struct RunOptions {
         long,
         env = "MLB_DCOS_AUTH_CREDENTIALS",
         hide_env_values = true,
-        value_name = "JSON|PATH"
+        value_name = "JSON|PATH",
+        help_heading = MARATHON
     )]
     pub dcos_auth_credentials: Option<Secret>,
     /// CA bundle (PEM) that Marathon's certificate must chain to. Without it the system roots
     /// are used: unlike marathon-lb, verification is always on unless `--marathon-insecure`.
-    #[arg(long, env = "MLB_MARATHON_CA_CERT", value_name = "PATH")]
+    #[arg(long, env = "MLB_MARATHON_CA_CERT", value_name = "PATH", help_heading = MARATHON)]
     pub marathon_ca_cert: Option<PathBuf>,
     /// Do not verify Marathon's TLS certificate (explicit opt-out).
-    #[arg(long, env = "MLB_MARATHON_INSECURE")]
+    #[arg(long, env = "MLB_MARATHON_INSECURE", help_heading = MARATHON)]
     pub marathon_insecure: bool,
     /// Reconnect the event stream when no byte (keep-alives included) arrives for this many
     /// seconds (marathon-lb's curl low-speed limit: 300).
-    #[arg(
-        long,
-        env = "MLB_SSE_STALL_TIMEOUT",
-        default_value_t = 300,
-        value_name = "SECS"
-    )]
+    #[arg(long, env = "MLB_SSE_STALL_TIMEOUT", default_value_t = 300, value_name = "SECS", help_heading = MARATHON)]
     pub sse_stall_timeout: u64,
     /// Cap, in seconds, of the jittered exponential backoff between reconnects (marathon-lb).
-    #[arg(
-        long,
-        env = "MLB_MAX_BACKOFF",
-        default_value_t = 300,
-        value_name = "SECS"
-    )]
+    #[arg(long, env = "MLB_MAX_BACKOFF", default_value_t = 300, value_name = "SECS", help_heading = MARATHON)]
     pub max_backoff: u64,
     /// Full resync from `/v2/apps` every this many seconds, besides the one after each
     /// (re)connect (marathon-lb's implicit 300 s).
-    #[arg(
-        long,
-        env = "MLB_RESYNC_INTERVAL",
-        default_value_t = 300,
-        value_name = "SECS"
-    )]
+    #[arg(long, env = "MLB_RESYNC_INTERVAL", default_value_t = 300, value_name = "SECS", help_heading = MARATHON)]
     pub resync_interval: u64,
     /// Poll `/v2/apps` every this many seconds instead of following the event stream.
-    #[arg(long, env = "MLB_POLL_INTERVAL", value_name = "SECS")]
+    #[arg(long, env = "MLB_POLL_INTERVAL", value_name = "SECS", help_heading = MARATHON)]
     pub poll_interval: Option<u64>,
+    /// Static services instead of (or before) Marathon: a JSON or TOML file.
+    #[arg(long, env = "MLB_STATIC_CONFIG", help_heading = MARATHON)]
+    pub static_config: Option<PathBuf>,
+
+    /// Only expose apps in these HAPROXY_GROUPs; `*` for all (repeatable).
+    #[arg(long = "group", env = "MLB_GROUP", value_delimiter = ',', help_heading = ROUTING)]
+    pub group: Vec<String>,
+    /// Only expose service ports labelled `HAPROXY_<n>_ENABLED=true` (`<n>`: the port's index).
+    // Not `{n}`: clap's help renders `{n}` as a line break.
+    #[arg(long, env = "MLB_STRICT_MODE", help_heading = ROUTING)]
+    pub strict_mode: bool,
+    /// Only route to tasks whose Marathon health checks pass.
+    #[arg(short = 'H', long, env = "MLB_HEALTH_CHECK", help_heading = ROUTING)]
+    pub health_check: bool,
+    /// Most tasks whose health verdict is remembered (marathon-lb's health-result cache).
+    #[arg(long, env = "MLB_LRU_CACHE_CAPACITY", default_value_t = 1000, help_heading = ROUTING)]
+    pub lru_cache_capacity: usize,
+    /// Port of the HTTP vhost frontend (marathon-lb's `:80`).
+    #[arg(long, env = "MLB_HTTP_PORT", default_value_t = 80, help_heading = ROUTING)]
+    pub http_port: u16,
+    /// Port of the HTTPS vhost frontend (marathon-lb's `:443`).
+    #[arg(long, env = "MLB_HTTPS_PORT", default_value_t = 443, help_heading = ROUTING)]
+    pub https_port: u16,
+    /// Port of the frontend that routes on the `X-Marathon-App-Id` header (marathon-lb's `:9091`).
+    #[arg(long, env = "MLB_APPID_PORT", default_value_t = 9091, help_heading = ROUTING)]
+    pub appid_port: u16,
+    /// Do not bind the HTTP and HTTPS vhost frontends (service ports and the app-id frontend
+    /// are still served).
+    #[arg(long, env = "MLB_DONT_BIND_HTTP_HTTPS", help_heading = ROUTING)]
+    pub dont_bind_http_https: bool,
     /// Lowest service port auto-assigned to IP-per-task apps that declare none (0 with
     /// `--max-serv-port-ip-per-task 0`: no auto-assignment), as marathon-lb.
-    #[arg(long, env = "MLB_MIN_SERV_PORT_IP_PER_TASK", default_value_t = 10050)]
+    #[arg(long, env = "MLB_MIN_SERV_PORT_IP_PER_TASK", default_value_t = 10050, help_heading = ROUTING)]
     pub min_serv_port_ip_per_task: u16,
     /// Highest auto-assigned service port for IP-per-task apps.
-    #[arg(long, env = "MLB_MAX_SERV_PORT_IP_PER_TASK", default_value_t = 10100)]
+    #[arg(long, env = "MLB_MAX_SERV_PORT_IP_PER_TASK", default_value_t = 10100, help_heading = ROUTING)]
     pub max_serv_port_ip_per_task: u16,
+
+    /// TLS certificate files or directories (PEM chain + key in one file).
+    #[arg(long = "ssl-certs", env = "MLB_SSL_CERTS", value_delimiter = ',', help_heading = TLS)]
+    pub ssl_certs: Vec<PathBuf>,
+    /// Accepted for marathon-lb: mlb always picks each vhost's certificate and TLS options by
+    /// SNI on the HTTPS frontend, which is what this flag enabled there.
+    #[arg(long, env = "MLB_GROUP_HTTPS_BY_VHOST", help_heading = TLS)]
+    pub group_https_by_vhost: bool,
+
+    /// Dataplane for TCP/UDP services.
+    #[arg(long, env = "MLB_DATAPLANE", value_enum, default_value_t = DataplaneKind::Auto, help_heading = L4)]
+    pub dataplane: DataplaneKind,
+    /// Interface(s) to attach the XDP program to (repeatable).
+    #[arg(long = "xdp-iface", env = "MLB_XDP_IFACE", value_delimiter = ',', help_heading = L4)]
+    pub xdp_iface: Vec<String>,
+    /// XDP attach mode.
+    #[arg(long, env = "MLB_XDP_MODE", value_enum, default_value_t = XdpAttachMode::Native, help_heading = L4)]
+    pub xdp_mode: XdpAttachMode,
+    /// Service address(es) (VIPs) TCP/UDP services are exposed on (repeatable). None: every
+    /// IPv4 address of the host (userspace dataplane only).
+    #[arg(long = "vip", env = "MLB_VIP", value_delimiter = ',', help_heading = L4)]
+    pub vip: Vec<IpAddr>,
+    /// Source address(es) the XDP dataplane uses towards backends (full NAT), one per family.
+    #[arg(long = "snat-addr", env = "MLB_SNAT_ADDR", value_delimiter = ',', help_heading = L4)]
+    pub snat_addr: Vec<IpAddr>,
+    /// Source ports the XDP dataplane allocates for SNAT (`FIRST-LAST`).
+    #[arg(long, env = "MLB_SNAT_PORTS", default_value = "40000-59999", help_heading = L4)]
+    pub snat_ports: PortRange,
+    /// Slots of each service's Maglev table (a prime; > 100 × the largest backend count keeps
+    /// shares within 1%).
+    #[arg(long, env = "MLB_MAGLEV_TABLE_SIZE", default_value_t = crate::dataplane::maglev::DEFAULT_TABLE_SIZE, value_parser = parse_table_size, help_heading = L4)]
+    pub maglev_table_size: u32,
+    /// Seconds a backend removed from a TCP/UDP service keeps its established XDP flows before
+    /// it is declared dead and they are re-balanced (the new backend resets TCP ones).
+    #[arg(long, env = "MLB_DRAIN_TIMEOUT", default_value_t = 300, help_heading = L4)]
+    pub drain_timeout: u64,
+    /// Connection-tracking entries of the XDP dataplane (two per flow; LRU when full).
+    #[arg(long, env = "MLB_CONNTRACK_SIZE", default_value_t = mlb_common::consts::CT_MAX_ENTRIES, help_heading = L4)]
+    pub conntrack_size: u32,
+
+    /// Admin listener: health check, explain JSON, stats.
+    #[arg(long, env = "MLB_ADMIN_ADDR", default_value = "0.0.0.0:9090", help_heading = ADMIN)]
+    pub admin_addr: SocketAddr,
+    /// On SIGTERM, `/_haproxy_health_check` answers 503 at once; the listeners keep accepting
+    /// for this many seconds (time for a load balancer in front to notice), then close.
+    #[arg(long, env = "MLB_DRAIN_DELAY", default_value_t = 5, value_name = "SECS", help_heading = ADMIN)]
+    pub drain_delay: u64,
+    /// After the listeners close, requests in flight get this many seconds to finish.
+    #[arg(long, env = "MLB_SHUTDOWN_TIMEOUT", default_value_t = 30, value_name = "SECS", help_heading = ADMIN)]
+    pub shutdown_timeout: u64,
+    /// Print the help with every flag's details and exit (marathon-lb's `--longhelp`).
+    #[arg(long, help_heading = ADMIN)]
+    pub longhelp: bool,
+
+    #[command(flatten)]
+    pub haproxy_only: HaproxyOnlyFlags,
+}
+
+/// marathon-lb flags that only steer HAProxy (its config file, reloads, validation): accepted so
+/// an existing command line starts mlb, and named in one start-up line.
+#[derive(Debug, Default, Args)]
+pub struct HaproxyOnlyFlags {
+    /// Where marathon-lb wrote haproxy.cfg.
+    #[arg(long, value_name = "PATH", help_heading = HAPROXY_ONLY)]
+    pub haproxy_config: Option<PathBuf>,
+    /// HAProxy reload command.
+    #[arg(short = 'c', long, value_name = "CMD", help_heading = HAPROXY_ONLY)]
+    pub command: Option<String>,
+    /// Re-runs of the reload command while no new HAProxy PID shows.
+    #[arg(long, allow_negative_numbers = true, value_name = "N", help_heading = HAPROXY_ONLY)]
+    pub max_reload_retries: Option<i64>,
+    /// Period of that retry loop.
+    #[arg(long, value_name = "SECS", help_heading = HAPROXY_ONLY)]
+    pub reload_interval: Option<u64>,
+    /// Copies of past configs kept in /tmp.
+    #[arg(long, value_name = "N", help_heading = HAPROXY_ONLY)]
+    pub archive_versions: Option<u32>,
+    /// HAProxy map files for vhost and app-id lookups.
+    #[arg(long, help_heading = HAPROXY_ONLY)]
+    pub haproxy_map: bool,
+    /// Skip `haproxy -c` on a new config.
+    #[arg(long, help_heading = HAPROXY_ONLY)]
+    pub skip_validation: bool,
+    /// Keep a config that fails validation instead of rebuilding it app by app.
+    #[arg(long, help_heading = HAPROXY_ONLY)]
+    pub skip_config_cleanup: bool,
+    /// Print the config instead of writing it.
+    #[arg(short = 'd', long, help_heading = HAPROXY_ONLY)]
+    pub dry: bool,
 }
 
 impl XdpAttachMode {
@@ -241,6 +333,7 @@ impl RunOptions {
             strict_mode: self.strict_mode,
             health_check: self.health_check,
             framework_name,
+            health_cache_capacity: self.lru_cache_capacity,
             ..ModelOptions::new(self.group.clone())
         }
         .with_ip_per_task_port_range(
@@ -282,8 +375,66 @@ impl RunOptions {
             sse_stall_timeout: self.sse_stall_timeout,
             max_backoff: self.max_backoff,
             resync_interval: self.resync_interval,
-            poll_interval: self.poll_interval,
+            // `--sse` (marathon-lb's) wins over a poll interval from the environment.
+            poll_interval: self.poll_interval.filter(|_| !self.sse),
         }
+    }
+}
+
+impl HaproxyOnlyFlags {
+    /// The flags given, as typed on the command line.
+    pub fn given(&self) -> Vec<&'static str> {
+        let mut given = Vec::new();
+        let mut add = |set: bool, name| {
+            if set {
+                given.push(name);
+            }
+        };
+        add(self.haproxy_config.is_some(), "--haproxy-config");
+        add(self.command.is_some(), "--command");
+        add(self.max_reload_retries.is_some(), "--max-reload-retries");
+        add(self.reload_interval.is_some(), "--reload-interval");
+        add(self.archive_versions.is_some(), "--archive-versions");
+        add(self.haproxy_map, "--haproxy-map");
+        add(self.skip_validation, "--skip-validation");
+        add(self.skip_config_cleanup, "--skip-config-cleanup");
+        add(self.dry, "--dry");
+        given
+    }
+}
+
+/// `text`, `json`, or anything with a `%(...)` Python logging placeholder.
+fn parse_log_format(s: &str) -> Result<LogFormatArg, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "text" => Ok(LogFormatArg {
+            format: LogFormat::Text,
+            python: None,
+        }),
+        "json" => Ok(LogFormatArg {
+            format: LogFormat::Json,
+            python: None,
+        }),
+        _ if s.contains("%(") => Ok(LogFormatArg {
+            format: LogFormat::Text,
+            python: Some(s.to_owned()),
+        }),
+        _ => Err(format!(
+            "{s:?}: expected text, json or a Python logging format such as \"%(asctime)s %(message)s\""
+        )),
+    }
+}
+
+/// mlb's level names and Python logging's (marathon-lb's `--log-level`), any case.
+fn parse_log_level(s: &str) -> Result<Level, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "critical" | "error" => Ok(Level::ERROR),
+        "warning" | "warn" => Ok(Level::WARN),
+        "info" => Ok(Level::INFO),
+        "debug" => Ok(Level::DEBUG),
+        "notset" | "trace" => Ok(Level::TRACE),
+        _ => Err(format!(
+            "Invalid log level: {s} (CRITICAL, ERROR, WARNING, INFO, DEBUG, NOTSET or trace)"
+        )),
     }
 }
 
@@ -352,6 +503,34 @@ mod tests {
             Command::Run(opts) => Ok(opts),
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn options_run_help_is_grouped_and_whole() {
+        use clap::CommandFactory as _;
+        let mut cli = Cli::command();
+        // Propagates the global (logging) flags into the subcommands, as parsing does.
+        cli.build();
+        let run = cli.find_subcommand_mut("run").unwrap();
+        let help = run.render_long_help().to_string();
+        let mut at = 0;
+        for heading in [MARATHON, ROUTING, TLS, L4, ADMIN, HAPROXY_ONLY, LOGGING] {
+            let found = help[at..].find(&format!("{heading}:"));
+            assert!(
+                found.is_some(),
+                "heading {heading:?} missing or out of order:\n{help}"
+            );
+            at += found.unwrap_or_default();
+        }
+        let strict = help
+            .lines()
+            .skip_while(|l| !l.contains("--strict-mode"))
+            .nth(1)
+            .unwrap();
+        assert!(
+            strict.contains("`HAPROXY_<n>_ENABLED=true`"),
+            "the label is named whole: {strict:?}"
+        );
     }
 
     #[test]

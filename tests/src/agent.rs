@@ -92,6 +92,30 @@ impl<'ns> Mlb<'ns> {
     /// Starts `mlb run --admin-addr <admin> <args>` (in `ns` when given), logging to a file of
     /// its own, and waits (up to 20 s) until it reports a first successful sync from Marathon.
     pub fn start(ns: Option<&'ns Netns>, admin: SocketAddr, args: &[String]) -> Result<Self> {
+        let mut argv: Vec<String> = vec!["run".into(), "--admin-addr".into(), admin.to_string()];
+        argv.extend(args.iter().cloned());
+        Self::start_argv(ns, admin, &argv, &[])
+    }
+
+    /// Starts `mlb <argv>` (the whole command line: `admin` must be where it puts its admin
+    /// API) with `env` added to its environment, and waits until it reports a first sync.
+    pub fn start_argv(
+        ns: Option<&'ns Netns>,
+        admin: SocketAddr,
+        argv: &[String],
+        env: &[(String, String)],
+    ) -> Result<Self> {
+        Self::start_program(ns, admin, &mlb_bin(), argv, env)
+    }
+
+    /// Like [`Mlb::start_argv`] with another program that runs mlb (`podman run ... IMAGE`).
+    pub fn start_program(
+        ns: Option<&'ns Netns>,
+        admin: SocketAddr,
+        program: &std::path::Path,
+        argv: &[String],
+        env: &[(String, String)],
+    ) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "mlbt-e2e-{}-{}",
             std::process::id(),
@@ -99,12 +123,10 @@ impl<'ns> Mlb<'ns> {
         ));
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let log = fs::File::create(dir.join("mlb.log"))?;
-        let bin = mlb_bin();
-        let bin = bin.to_str().context("mlb path")?;
-        let mut argv: Vec<String> = vec!["run".into(), "--admin-addr".into(), admin.to_string()];
-        argv.extend(args.iter().cloned());
+        let bin = program.to_str().context("program path")?;
         let configure = |c: &mut Command| {
-            c.args(&argv)
+            c.args(argv)
+                .envs(env.iter().map(|(k, v)| (k, v)))
                 .env("NO_COLOR", "1")
                 .env("RUST_LOG", "info")
                 .stdin(Stdio::null())
@@ -133,6 +155,11 @@ impl<'ns> Mlb<'ns> {
     /// The agent's PID.
     pub fn pid(&self) -> u32 {
         self.child.pid()
+    }
+
+    /// Sends SIGTERM and waits (up to `timeout`) for the agent to exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        self.child.terminate(timeout)
     }
 
     /// Its log so far.
@@ -206,7 +233,7 @@ impl<'ns> Mlb<'ns> {
         let admin = self.admin.to_string();
         let out = self.here(|| {
             Command::new(&bin)
-                .args(["explain", app_id, "--admin-addr", &admin])
+                .args(["explain", "-v", app_id, "--admin-addr", &admin])
                 .env("NO_COLOR", "1")
                 .output()
         })??;

@@ -40,9 +40,38 @@ async fn explain_from_marathon_names_apps_ports_and_reasons() {
     })
     .await
     .unwrap();
+    // Default: the answer only, one line per app, no log lines, no colours off a terminal.
+    let url = sim.url();
+    let (ok, summary, err) =
+        tokio::task::spawn_blocking(move || explain(&["-m", &url, "--group", "external"]))
+            .await
+            .unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(err, "", "nothing but the answer");
+    assert!(!summary.contains('\x1b'), "no ANSI codes: {summary:?}");
+    let lines: Vec<&str> = summary.lines().collect();
+    assert_eq!(lines.len(), 3, "one line per app:\n{summary}");
+    assert!(
+        lines[0].starts_with("/shop/bad: NOT EXPOSED")
+            && lines[0].contains("HAPROXY_0_PORT")
+            && lines[0].contains("abc"),
+        "{summary}"
+    );
+    assert!(
+        lines[1].starts_with("/shop/db: NOT EXPOSED") && lines[1].contains("internal"),
+        "{summary}"
+    );
+    assert!(
+        lines[2].starts_with("/shop/web: exposed: 10101/tcp")
+            && lines[2].contains("vhosts shop.example.test")
+            && lines[2].contains("2 backend(s)"),
+        "{summary}"
+    );
+
+    // -v: every port, backend and excluded task.
     let url = sim.url();
     let (ok, text, err) =
-        tokio::task::spawn_blocking(move || explain(&["-m", &url, "--group", "external"]))
+        tokio::task::spawn_blocking(move || explain(&["-v", "-m", &url, "--group", "external"]))
             .await
             .unwrap();
     assert!(ok, "{err}");

@@ -1,8 +1,9 @@
-//! Developer commands for mlb: `cargo xtask <setup|test|lint|demo|bench>`.
+//! Developer commands for mlb: `cargo xtask <setup|test|lint|demo|bench|image>`.
 //!
 //! Every command that builds mlb runs `setup` first, so a fresh machine needs nothing but rustup's
 //! stable and nightly toolchains (and root for the packages and the namespace tests).
 mod bench;
+mod image;
 mod lint;
 mod setup;
 
@@ -40,6 +41,17 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the container image `mlb:<version>` with podman, offline (`FROM scratch` and a root
+    /// file system made here; no base image is pulled).
+    Image {
+        /// Use the debug build (quicker to build; the image is larger and slower).
+        #[arg(long)]
+        dev: bool,
+        /// Then run the image test: the image, host networking in a test namespace, only the
+        /// documented capabilities, routing the simulator's apps (root).
+        #[arg(long)]
+        test: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -70,6 +82,7 @@ fn main() -> Result<()> {
         }
         Cmd::Lint => lint::run(),
         Cmd::Bench(cmd) => bench::run(cmd),
+        Cmd::Image { dev, test } => image::run(dev, test),
         Cmd::Demo { args } => {
             setup::run(setup::DEMO_PACKAGES)?;
             // Debug builds: `cargo xtask test` builds the same ones (a warm target dir), a release

@@ -29,6 +29,11 @@ pub enum AttachMode {
 /// The XDP object, built from `mlb-ebpf` for this binary.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mlb-ebpf"));
 
+/// The embedded XDP object (`mlb version` prints its hash; empty in `AYA_BUILD_SKIP` builds).
+pub fn embedded_object() -> &'static [u8] {
+    OBJECT
+}
+
 /// Name of the XDP entry point in the object.
 pub const PROGRAM_NAME: &str = "mlb_xdp";
 

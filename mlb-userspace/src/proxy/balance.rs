@@ -156,6 +156,11 @@ impl StatsRegistry {
             .collect()
     }
 
+    /// Requests and tunnels in flight to every backend.
+    pub fn total_in_flight(&self) -> usize {
+        self.stats.values().map(|s| s.in_flight()).sum()
+    }
+
     /// In-flight count of `id`, if it is known.
     pub fn in_flight(&self, id: &BackendId) -> Option<usize> {
         self.stats.get(id).map(|s| s.in_flight())

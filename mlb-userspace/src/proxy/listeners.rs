@@ -70,6 +70,8 @@ pub(crate) struct ListenerSet {
     services: HashMap<SocketAddr, JoinHandle<()>>,
     /// Service-port addresses wanted but not bound, with the app wanting each.
     failed: BTreeMap<SocketAddr, String>,
+    /// Set by [`ListenerSet::close_all`]: nothing is opened any more.
+    closed: bool,
 }
 
 impl ListenerSet {
@@ -153,6 +155,9 @@ impl ListenerSet {
         app_id: &str,
     ) -> Result<(), ProxyError> {
         let frontend = Frontend::ServicePort(addr.port());
+        if self.closed {
+            return Ok(());
+        }
         match bind(addr) {
             Ok(listener) => {
                 info!(%frontend, %addr, "listening");
@@ -173,14 +178,23 @@ impl ListenerSet {
     }
 }
 
+impl ListenerSet {
+    /// Closes every listener and opens none afterwards (mlb is stopping).
+    pub(crate) fn close_all(&mut self) {
+        self.closed = true;
+        self.failed.clear();
+        for (_, (_, task)) in self.fixed.drain() {
+            task.abort();
+        }
+        for (_, task) in self.services.drain() {
+            task.abort();
+        }
+    }
+}
+
 impl Drop for ListenerSet {
     fn drop(&mut self) {
-        for (_, task) in self.fixed.values() {
-            task.abort();
-        }
-        for task in self.services.values() {
-            task.abort();
-        }
+        self.close_all();
     }
 }
 

@@ -295,6 +295,17 @@ impl HttpProxy {
         lock(&self.registry).counters()
     }
 
+    /// Requests (and tunnels) in flight to any backend.
+    pub fn in_flight(&self) -> usize {
+        lock(&self.registry).total_in_flight()
+    }
+
+    /// Closes every listener for good (graceful stop): no new connection is accepted, later
+    /// changes open none; connections already accepted keep being served.
+    pub fn close_listeners(&self) {
+        lock(&self.listeners).close_all();
+    }
+
     /// Backends the active health checks currently keep out of rotation.
     pub fn unhealthy_backends(&self) -> Vec<BackendId> {
         let set = self.shared.health.borrow().clone();

@@ -1,7 +1,8 @@
 //! Real task backends: the sockets a simulated task listens on.
 //!
 //! Each TCP port answers HTTP/1.1 (`200`, body = task id + `"\n"`, header `X-Task-Id`; `503`
-//! while the task is unhealthy) or, when the first bytes are not an HTTP request line, echoes.
+//! while the task is unhealthy; after `?delay_ms=N` milliseconds if asked) or, when the first
+//! bytes are not an HTTP request line, echoes.
 //! Each UDP port answers every datagram with the task id. Sockets may be created inside a
 //! network namespace: a socket keeps the namespace it was created in, so a short-lived thread
 //! enters the namespace, binds, and hands the sockets to tokio.
@@ -348,6 +349,10 @@ async fn answer_http(
         .map_or_else(|| "/".into(), |p| p.as_str().to_string());
     // Drain the request body so keep-alive connections stay in sync.
     let _ = req.into_body().collect().await;
+    // `?delay_ms=N`: a slow answer (at most 10 s), for requests in flight during a stop.
+    if let Some(ms) = query_delay_ms(&path) {
+        tokio::time::sleep(Duration::from_millis(ms.min(10_000))).await;
+    }
     let status = if ctx.healthy.load(Ordering::Relaxed) {
         StatusCode::OK
     } else {
@@ -373,6 +378,14 @@ async fn answer_http(
     Ok(resp
         .body(body)
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
+}
+
+fn query_delay_ms(path: &str) -> Option<u64> {
+    let (_, query) = path.split_once('?')?;
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("delay_ms="))
+        .and_then(|v| v.parse().ok())
 }
 
 async fn serve_udp(socket: tokio::net::UdpSocket, ctx: Arc<TaskCtx>) {

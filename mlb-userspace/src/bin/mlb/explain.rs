@@ -1,4 +1,7 @@
-//! `mlb explain`: from Marathon directly with `--marathon`, else from the running mlb.
+//! `mlb explain`: from Marathon directly with `--marathon`, else from the running mlb. Prints
+//! only the answer on stdout: one line per app, the details with `-v`, JSON with `--json`.
+use std::fmt::Write as _;
+
 use anyhow::{Context as _, Result, bail};
 use mlb::{
     controller::{self, Controller},
@@ -31,7 +34,11 @@ async fn from_admin(opts: &ExplainOptions) -> Result<String> {
         Some(id) => format!("/_mlb/explain/{}", id.trim_start_matches('/')),
         None => "/_mlb/explain".to_owned(),
     };
-    let query = if opts.json { "" } else { "?format=text" };
+    let query = if opts.verbose && !opts.json {
+        "?format=text"
+    } else {
+        ""
+    };
     let url = format!("http://{addr}{path}{query}");
     let resp = reqwest::get(&url).await.with_context(|| {
         format!("asking the mlb admin API at {addr} (is `mlb run` running? --admin-addr, or --marathon to read Marathon directly)")
@@ -44,7 +51,12 @@ async fn from_admin(opts: &ExplainOptions) -> Result<String> {
     if !status.is_success() {
         bail!("{url}: HTTP {status}: {}", body.trim());
     }
-    Ok(body)
+    if opts.json || opts.verbose {
+        return Ok(body);
+    }
+    let apps: serde_json::Value =
+        serde_json::from_str(&body).with_context(|| format!("{url}: not JSON"))?;
+    Ok(summary(&apps))
 }
 
 /// Reads Marathon once and evaluates it with the model, serving nothing.
@@ -78,9 +90,67 @@ async fn from_marathon(opts: &ExplainOptions) -> Result<String> {
     }
     if opts.json {
         Ok(serde_json::to_string_pretty(&apps)? + "\n")
-    } else {
+    } else if opts.verbose {
         Ok(render_text(&apps))
+    } else {
+        Ok(summary(&serde_json::to_value(&apps)?))
     }
+}
+
+/// One line per app of an explain document (`/_mlb/explain`'s JSON): where it is exposed, or
+/// why not (the reasons name the label or field).
+fn summary(apps: &serde_json::Value) -> String {
+    let mut out = String::new();
+    for app in apps.as_array().into_iter().flatten() {
+        let id = app["app_id"].as_str().unwrap_or("?");
+        let ports = app["ports"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let (exposed, refused): (Vec<_>, Vec<_>) = ports.iter().partition(|p| p["exposed"] == true);
+        let mut line = match app["problem"].as_str() {
+            Some(problem) => format!("{id}: NOT EXPOSED: {problem}"),
+            None if exposed.is_empty() => format!("{id}: NOT EXPOSED"),
+            None => {
+                let list: Vec<String> = exposed.iter().map(|p| exposed_port(p)).collect();
+                format!("{id}: exposed: {}", list.join("; "))
+            }
+        };
+        for p in refused {
+            let reason = p["reason"].as_str().unwrap_or("not exposed");
+            let _ = write!(line, "; port {}: {reason}", p["index"]);
+        }
+        let warnings = app["warnings"].as_array().map_or(0, Vec::len);
+        if warnings > 0 {
+            let _ = write!(line, " ({warnings} warning(s): -v)");
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    out
+}
+
+/// `10101/tcp http vhosts a.example,b.example, 2 backends`.
+fn exposed_port(p: &serde_json::Value) -> String {
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        let items = v.as_array().map(Vec::as_slice).unwrap_or_default();
+        items
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect()
+    };
+    let mut s = format!(
+        "{}/{} {}",
+        p["service_port"],
+        strings(&p["protocols"]).join(","),
+        p["dataplane"].as_str().unwrap_or("?")
+    );
+    let vhosts = strings(&p["vhosts"]);
+    if !vhosts.is_empty() {
+        let _ = write!(s, " vhosts {}", vhosts.join(","));
+    }
+    let backends = p["backends"].as_array().map_or(0, Vec::len);
+    let _ = write!(s, ", {backends} backend(s)");
+    s
 }
 
 /// `mlb explain` evaluates without serving anything.

@@ -1,21 +1,50 @@
-//! The `mlb` binary: parse flags, set up logging, run the chosen command.
+//! The `mlb` binary: parse flags (marathon-lb's forms too), set up logging, run the command.
 mod explain;
 mod l4;
 mod run;
+mod version;
 
 use anyhow::Result;
 use clap::Parser as _;
-use mlb::options::{Cli, Command};
+use mlb::{
+    compat::{self, Mode},
+    logging::{self, LogSettings},
+    options::{Cli, Command},
+};
+use tracing::{Level, info, warn};
 
 fn main() -> Result<()> {
-    let cli = Cli::parse();
-    mlb::logging::init(cli.log_format);
+    let cli = Cli::parse_from(compat::normalize_args(std::env::args_os().collect()));
+    let env = |k: &str| std::env::var(k).ok();
+    let marathon_lb_mode = matches!(cli.command, Command::Sse(_) | Command::Poll(_));
+    let settings = LogSettings {
+        format: cli.log_format.format,
+        level: cli.log_level,
+        // `mlb explain` prints its answer and nothing else.
+        default_level: match cli.command {
+            Command::Explain(_) => None,
+            _ => Some(Level::INFO),
+        },
+        syslog_socket: if marathon_lb_mode {
+            compat::syslog_socket_from_env(cli.syslog_socket.clone(), &env)
+        } else {
+            cli.syslog_socket.clone()
+        },
+    };
+    if let Some(w) = logging::init(&settings) {
+        warn!("{w}");
+    }
+    if let Some(python) = &cli.log_format.python {
+        info!("{}", compat::log_format_notice(python));
+    }
     match cli.command {
         Command::Version => {
-            println!("mlb {}", env!("CARGO_PKG_VERSION"));
+            print!("{}", version::text());
             Ok(())
         }
-        Command::Run(opts) => run::run(&opts),
+        Command::Run(opts) => run::run(opts, None),
+        Command::Sse(opts) => run::run(opts, Some(Mode::Sse)),
+        Command::Poll(opts) => run::run(opts, Some(Mode::Poll)),
         Command::Explain(opts) => explain::explain(&opts),
     }
 }

@@ -2,12 +2,18 @@
 //! handle signals; shut down in order.
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
+use clap::CommandFactory as _;
 use mlb::{
     admin::{self, AdminContext},
+    compat::{self, Mode},
     controller::{Control, Controller, HttpDataplane, Inputs, L4Dataplane},
     dataplane::xdp_l4::XdpL4,
     marathon::{
@@ -15,7 +21,7 @@ use mlb::{
         watch::{MarathonWatcher, ResyncTrigger},
     },
     model::{L4Service, L4ServiceKey},
-    options::RunOptions,
+    options::{Cli, RunOptions},
     proxy::HttpProxy,
     static_config,
     stats::StatsSource,
@@ -29,13 +35,45 @@ use tracing::{Instrument as _, error, info, info_span, warn};
 
 use crate::l4::{self, SharedXdp};
 
-pub fn run(opts: &RunOptions) -> Result<()> {
+/// Runs the agent; `marathon_lb` is set for `mlb sse`/`mlb poll`, which also read the
+/// marathon-lb image's environment.
+pub fn run(mut opts: Box<RunOptions>, marathon_lb: Option<Mode>) -> Result<()> {
+    if opts.longhelp {
+        let mut cli = Cli::command();
+        if let Some(run) = cli.find_subcommand_mut("run") {
+            run.print_long_help()?;
+        }
+        return Ok(());
+    }
+    // Kept until exit: certificates from the environment live there.
+    let mut _cert_dir = None;
+    if let Some(mode) = marathon_lb {
+        let name = match mode {
+            Mode::Sse => "sse",
+            Mode::Poll => "poll",
+        };
+        info!("marathon-lb {name} mode: `mlb run` with marathon-lb's flags and image environment");
+        let env = |k: &str| std::env::var(k).ok();
+        let wrapper = compat::apply_wrapper_env(&mut opts, mode, &env, &std::env::temp_dir())
+            .context("marathon-lb image environment")?;
+        for notice in &wrapper.notices {
+            info!("{notice}");
+        }
+        _cert_dir = wrapper.cert_dir;
+    }
+    if let Some(notice) = compat::haproxy_only_notice(&opts) {
+        info!("{notice}");
+    }
+    let opts = &*opts;
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
         let agent = Agent::start(opts).await?;
         let result = agent.handle_signals(opts).await;
+        if let Ok(Stop::Graceful) = result {
+            agent.drain(opts).await;
+        }
         agent.stop().await?;
-        result
+        result.map(drop)
     })
 }
 
@@ -50,6 +88,16 @@ struct Agent {
     controller: JoinHandle<()>,
     admin: JoinHandle<()>,
     sweeper: Option<JoinHandle<()>>,
+    /// Read by the admin health check: 503 once set.
+    stopping: Arc<AtomicBool>,
+}
+
+/// How the agent was asked to stop.
+enum Stop {
+    /// SIGTERM (an orchestrator): drain first.
+    Graceful,
+    /// Ctrl-C (a person at a terminal): at once.
+    Now,
 }
 
 impl Agent {
@@ -104,6 +152,7 @@ impl Agent {
             tokio::spawn(watching.instrument(info_span!("marathon")));
             rx
         });
+        let stopping = Arc::new(AtomicBool::new(false));
         let admin_context = AdminContext {
             status: controller.status(),
             state: Some(controller.state_queries()),
@@ -111,6 +160,7 @@ impl Agent {
             proxy: proxy.clone(),
             stats,
             changes: Arc::default(),
+            stopping: stopping.clone(),
         };
         let admin = tokio::spawn(
             admin::serve(admin_listener, admin_context).instrument(info_span!("admin")),
@@ -133,26 +183,61 @@ impl Agent {
             controller,
             admin,
             sweeper,
+            stopping,
         })
     }
 
     /// Until SIGTERM or Ctrl-C. SIGHUP: re-read `--static-config` (a bad file keeps the last
     /// good services) and resync Marathon, as marathon-lb's SIGHUP regenerates everything.
     /// SIGUSR1: reload certificates.
-    async fn handle_signals(&self, opts: &RunOptions) -> Result<()> {
+    async fn handle_signals(&self, opts: &RunOptions) -> Result<Stop> {
         let mut hup = signal(SignalKind::hangup())?;
         let mut usr1 = signal(SignalKind::user_defined1())?;
         let mut term = signal(SignalKind::terminate())?;
         loop {
             tokio::select! {
-                r = tokio::signal::ctrl_c() => { r?; break; }
-                _ = term.recv() => break,
+                r = tokio::signal::ctrl_c() => { r?; info!("Ctrl-C: stopping"); return Ok(Stop::Now); }
+                _ = term.recv() => return Ok(Stop::Graceful),
                 _ = hup.recv() => self.on_hup(opts).await,
                 _ = usr1.recv() => self.on_usr1(),
             }
         }
-        info!("shutting down");
-        Ok(())
+    }
+
+    /// Graceful stop: the health check answers 503 at once, so load balancers in front stop
+    /// sending; after `--drain-delay` the HTTP listeners close, and requests in flight get
+    /// `--shutdown-timeout` to finish. Ctrl-C cuts the delay short. Routes keep following
+    /// Marathon meanwhile.
+    async fn drain(&self, opts: &RunOptions) {
+        self.stopping.store(true, Ordering::Relaxed);
+        info!(
+            drain_delay_s = opts.drain_delay,
+            "SIGTERM: health check answers 503; listeners close after --drain-delay"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(opts.drain_delay)) => {}
+            _ = tokio::signal::ctrl_c() => info!("Ctrl-C: not waiting for --drain-delay"),
+        }
+        let Some(proxy) = &self.proxy else {
+            return;
+        };
+        proxy.close_listeners();
+        let deadline = Instant::now() + Duration::from_secs(opts.shutdown_timeout);
+        loop {
+            let in_flight = proxy.in_flight();
+            if in_flight == 0 {
+                info!("listeners closed; no request in flight");
+                return;
+            }
+            if Instant::now() >= deadline {
+                warn!(
+                    in_flight,
+                    "requests still in flight after --shutdown-timeout; stopping"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn on_hup(&self, opts: &RunOptions) {
