@@ -145,7 +145,10 @@ impl L4Lab {
             .arg(lab.bpffs_dir())
             .status()
             .context("running mount")?;
-        ensure!(mounted.success(), "mounting the lab's bpf filesystem: {mounted}");
+        ensure!(
+            mounted.success(),
+            "mounting the lab's bpf filesystem: {mounted}"
+        );
         Ok(lab)
     }
 
@@ -363,9 +366,10 @@ impl L4Lab {
         env: &[(&str, &str)],
     ) -> Result<Agent> {
         self.write_config(toml)?;
-        let log = self
-            .dir
-            .join(format!("mlb-{}.log", NEXT_DIR.fetch_add(1, Ordering::Relaxed)));
+        let log = self.dir.join(format!(
+            "mlb-{}.log",
+            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+        ));
         let config = self.config_path();
         let mut args: Vec<String> = vec![
             "run".into(),
@@ -382,7 +386,8 @@ impl L4Lab {
             Dataplane::Xdp => {
                 args.extend(XDP_ARGS.map(String::from));
                 args.push("--bpffs-dir".into());
-                args.push(self.bpffs_dir().display().to_string());
+                // A directory inside the mount: `mlb stop --detach` removes it whole.
+                args.push(self.bpffs_dir().join("mlb").display().to_string());
             }
             Dataplane::Userspace => args.extend(["--dataplane", "userspace"].map(String::from)),
         }

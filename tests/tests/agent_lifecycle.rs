@@ -123,8 +123,7 @@ fn mlb_in(lb: &Netns, args: &[String]) -> Output {
 
 #[test]
 fn agent_leaves_xdp_forwarding_on_sigterm_and_stop_detach_removes_it() {
-    if !require_netns_and_bpf("agent_leaves_xdp_forwarding_on_sigterm_and_stop_detach_removes_it")
-    {
+    if !require_netns_and_bpf("agent_leaves_xdp_forwarding_on_sigterm_and_stop_detach_removes_it") {
         return;
     }
     let (_cli, lb) = lab();
@@ -134,7 +133,10 @@ fn agent_leaves_xdp_forwarding_on_sigterm_and_stop_detach_removes_it() {
 
     // A second agent on the same pin directory must refuse: the first one holds it.
     let second = mlb_in(&lb, &run_args(&pins, &[]));
-    assert!(!second.status.success(), "a second mlb took a held pin directory");
+    assert!(
+        !second.status.success(),
+        "a second mlb took a held pin directory"
+    );
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(err.contains("in use by another running mlb"), "{err}");
 
@@ -145,7 +147,10 @@ fn agent_leaves_xdp_forwarding_on_sigterm_and_stop_detach_removes_it() {
         "a second mlb attached to an owned interface"
     );
     let err = String::from_utf8_lossy(&third.stderr);
-    assert!(err.contains("lb-cli"), "the refusal names the interface: {err}");
+    assert!(
+        err.contains("lb-cli"),
+        "the refusal names the interface: {err}"
+    );
 
     let status = agent.terminate(Duration::from_secs(10)).unwrap();
     assert!(status.success(), "mlb exited with {status}");
@@ -155,7 +160,10 @@ fn agent_leaves_xdp_forwarding_on_sigterm_and_stop_detach_removes_it() {
     );
 
     let plain = mlb_in(&lb, &["stop".into()]);
-    assert!(!plain.status.success(), "`mlb stop` without --detach did something");
+    assert!(
+        !plain.status.success(),
+        "`mlb stop` without --detach did something"
+    );
     assert!(String::from_utf8_lossy(&plain.stderr).contains("--detach"));
     let mut stop: Vec<String> = ["stop", "--detach", "--bpffs-dir"].map(String::from).into();
     stop.push(pins.display().to_string());

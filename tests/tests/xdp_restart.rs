@@ -57,7 +57,10 @@ impl Traffic {
             if self.stop.load(Ordering::Relaxed) || Instant::now() > end {
                 return;
             }
-            for (i, conn) in conns.iter_mut().enumerate().filter(|(i, _)| live[*i]) {
+            for (i, conn) in conns.iter_mut().enumerate() {
+                if !live[i] {
+                    continue;
+                }
                 if let Err(e) = conn.echo(&format!("round {round} conn {i}")) {
                     live[i] = false;
                     self.broken.fetch_add(1, Ordering::Relaxed);
@@ -127,7 +130,10 @@ fn restart(lab: &L4Lab, agent: Agent, how: Restart, toml: &str) -> Result<Agent>
         agent.log()
     );
     if let Restart::Upgrade = how {
-        ensure!(agent.log().contains("9.9.9-upgrade"), "the upgrade reports its version");
+        ensure!(
+            agent.log().contains("9.9.9-upgrade"),
+            "the upgrade reports its version"
+        );
     }
     let after = (prog_id(lab, "lb-cli")?, prog_id(lab, "lb-sw")?);
     ensure!(
@@ -182,8 +188,14 @@ fn body() -> Result<()> {
         traffic.new_ok.load(Ordering::Relaxed),
     );
     let first = traffic.first_error.lock().expect("error slot").clone();
-    ensure!(broken == 0, "{broken} long-lived connections broke; first: {first:?}");
-    ensure!(failed == 0, "{failed} new connections failed; first: {first:?}");
+    ensure!(
+        broken == 0,
+        "{broken} long-lived connections broke; first: {first:?}"
+    );
+    ensure!(
+        failed == 0,
+        "{failed} new connections failed; first: {first:?}"
+    );
     agent.context("no agent")?.stop(&lab)
 }
 

@@ -199,12 +199,16 @@ impl XdpProgram {
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<(), XdpError> {
         let Some(pins) = &self.pins else {
             let link = self.attach_link(iface, mode)?;
-            self.attached.push((iface.to_owned(), Attachment::Owned(link)));
+            self.attached
+                .push((iface.to_owned(), Attachment::Owned(link)));
             return Ok(());
         };
         let path = pins.link_path(iface);
         let current = if pins.adopting() && path.exists() {
-            info!(iface, "adopted the pinned XDP link: the running program keeps forwarding");
+            info!(
+                iface,
+                "adopted the pinned XDP link: the running program keeps forwarding"
+            );
             false
         } else {
             remove_pin(&path)?;
@@ -260,7 +264,10 @@ impl XdpProgram {
             .collect();
         for (iface, mode, path) in &adopted {
             if let Err(e) = self.update_link(path) {
-                warn!(iface, "the adopted XDP link could not be updated ({e}); attaching anew");
+                warn!(
+                    iface,
+                    "the adopted XDP link could not be updated ({e}); attaching anew"
+                );
                 remove_pin(path)?;
                 self.attach_pinned(iface, *mode, path.clone())?;
             }

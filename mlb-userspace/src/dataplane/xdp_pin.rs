@@ -26,7 +26,9 @@ use std::{
 use aya::maps::MapInfo;
 use mlb_common::{
     consts::ABI_VERSION,
-    maps::{self, Backend, Config, FlowKey, FlowStats, NatEntry, RingElem, ServiceKey, ServiceValue},
+    maps::{
+        self, Backend, Config, FlowKey, FlowStats, NatEntry, RingElem, ServiceKey, ServiceValue,
+    },
 };
 use tracing::info;
 
@@ -106,7 +108,9 @@ impl PinDir {
         let abi_name = format!("abi-{ABI_VERSION}");
         let others = entries(root)?
             .into_iter()
-            .filter(|e| *e != abi_name)
+            // Only layout markers: other names may be the kernel's (a bpffs root has
+            // `maps.debug` and `progs.debug`).
+            .filter(|e| e.starts_with("abi-") && *e != abi_name)
             .collect::<Vec<_>>();
         if !others.is_empty() {
             return Err(PinError::AbiMismatch {
@@ -327,10 +331,7 @@ fn mount_bpffs(target: &Path) -> Result<(), PinError> {
     if rc != 0 {
         return Err(PinError::Bpffs {
             dir: target.to_owned(),
-            reason: format!(
-                "mounting a bpf filesystem: {}",
-                io::Error::last_os_error()
-            ),
+            reason: format!("mounting a bpf filesystem: {}", io::Error::last_os_error()),
         });
     }
     Ok(())

@@ -69,7 +69,10 @@ fn attach_xdp(opts: &RunOptions) -> Result<XdpProgram> {
     }
     for iface in dropped {
         program.unpin_link(&iface)?;
-        info!(iface, "XDP program detached (no --xdp-iface names it any more)");
+        info!(
+            iface,
+            "XDP program detached (no --xdp-iface names it any more)"
+        );
     }
     Ok(program)
 }
@@ -156,10 +159,7 @@ impl Dataplane for SharedXdp {
 /// Once the agent has resynced (`synced`), removes the adopted services it was not told about
 /// and switches the adopted links to this agent's program. Until then the previous agent's
 /// program keeps forwarding with the tables it left.
-pub async fn finish_adoption(
-    dataplane: Arc<Mutex<XdpL4>>,
-    mut synced: impl FnMut() -> bool,
-) {
+pub async fn finish_adoption(dataplane: Arc<Mutex<XdpL4>>, mut synced: impl FnMut() -> bool) {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     while !synced() {
         tick.tick().await;

@@ -63,7 +63,10 @@ impl XdpL4 {
         let mut used_slots = HashSet::new();
         for (key, value) in services {
             let copy = value.ring_copy & 1;
-            let tables = [self.read_table(value.slot, 0)?, self.read_table(value.slot, 1)?];
+            let tables = [
+                self.read_table(value.slot, 0)?,
+                self.read_table(value.slot, 1)?,
+            ];
             let backends = tables[copy as usize]
                 .iter()
                 .copied()
