@@ -109,6 +109,17 @@ fn spawn_agent(lb: &Netns, pins: &Path, extra: &[&str]) -> Child {
         wait_until(|| xdp_attached(lb, "lb-cli")),
         "mlb did not attach XDP to lb-cli"
     );
+    // A SIGTERM before the agent handles it would kill it outright.
+    let status = format!("/proc/{}/status", agent.pid());
+    let handles_term = || {
+        std::fs::read_to_string(&status)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .is_some_and(|caught| caught & (1 << (libc::SIGTERM - 1)) != 0)
+    };
+    assert!(wait_until(handles_term), "mlb does not handle SIGTERM");
     agent
 }
 
