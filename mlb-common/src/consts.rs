@@ -1,6 +1,12 @@
 //! Sizes and limits shared by the XDP program and the agent. Map sizes are defaults: the agent
 //! may resize maps at load time (`EbpfLoader::set_max_entries`).
 
+/// Version of the map layout the XDP program and the agent share: map names, key and value
+/// types, and what their fields mean. Bump it with any such change: an agent pins its maps
+/// under `abi-<ABI_VERSION>` and refuses to adopt a datapath pinned with another version (the
+/// operator replaces it with `mlb stop --detach`), so it never reads a map with the wrong types.
+pub const ABI_VERSION: u32 = 1;
+
 /// Number of per-CPU counter slots in the global statistics array (see [`crate::stats::Counter`]).
 pub const STATS_SLOTS: u32 = crate::stats::Counter::COUNT as u32;
 

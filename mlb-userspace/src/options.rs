@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing::Level;
 
 use crate::{
-    dataplane::xdp::AttachMode,
+    dataplane::{xdp::AttachMode, xdp_pin::DEFAULT_BPFFS_DIR},
     logging::LogFormat,
     marathon::config::MarathonFlags,
     model::{ModelError, ModelOptions},
@@ -79,6 +79,9 @@ pub enum Command {
     /// and evaluates it with the given flags (`--group`, `--strict-mode`, `--health-check`
     /// ...); without, asks the mlb running at `--admin-addr`.
     Explain(Box<ExplainOptions>),
+    /// Remove the pinned XDP datapath (`--detach`): detach the program from every interface and
+    /// delete its maps. An agent stopped with SIGTERM leaves it forwarding for the next one.
+    Stop(StopOptions),
     /// Print the version, git commit, the embedded XDP program's SHA-256 and the features.
     Version,
 }
@@ -96,6 +99,19 @@ pub struct ExplainOptions {
     pub verbose: bool,
     #[command(flatten)]
     pub run: RunOptions,
+}
+
+/// Flags of `mlb stop`.
+#[derive(Debug, Args)]
+pub struct StopOptions {
+    /// Detach the XDP program from every interface and remove its pins (conntrack, services,
+    /// Maglev tables): TCP/UDP traffic through mlb stops. Required: without it there is nothing
+    /// to do, as stopping the agent itself (SIGTERM) leaves the datapath forwarding.
+    #[arg(long)]
+    pub detach: bool,
+    /// Where the XDP datapath is pinned (as given to `mlb run`).
+    #[arg(long, env = "MLB_BPFFS_DIR", default_value = DEFAULT_BPFFS_DIR)]
+    pub bpffs_dir: PathBuf,
 }
 
 /// Which dataplane forwards plain TCP/UDP services.
@@ -238,6 +254,15 @@ pub struct RunOptions {
     /// XDP attach mode.
     #[arg(long, env = "MLB_XDP_MODE", value_enum, default_value_t = XdpAttachMode::Native, help_heading = L4)]
     pub xdp_mode: XdpAttachMode,
+    /// bpffs directory where the XDP program, its links and maps are pinned, so that they
+    /// outlive the agent: a restarted or upgraded mlb adopts them without breaking a flow. One
+    /// directory per agent (it is locked while the agent runs).
+    #[arg(long, env = "MLB_BPFFS_DIR", default_value = DEFAULT_BPFFS_DIR, help_heading = L4)]
+    pub bpffs_dir: PathBuf,
+    /// On exit, detach the XDP program and remove its pins (as `mlb stop --detach`) instead of
+    /// leaving the datapath forwarding for the next agent.
+    #[arg(long, env = "MLB_DETACH_ON_EXIT", help_heading = L4)]
+    pub detach_on_exit: bool,
     /// Service address(es) (VIPs) TCP/UDP services are exposed on (repeatable). None: every
     /// IPv4 address of the host (userspace dataplane only).
     #[arg(long = "vip", env = "MLB_VIP", value_delimiter = ',', help_heading = L4)]
@@ -567,5 +592,23 @@ mod tests {
         assert!(e.contains("not a prime"), "{e}");
         assert!(run(&["--snat-ports", "5000-4000"]).is_err());
         assert!(run(&["--snat-ports", "0-10"]).is_err());
+    }
+
+    #[test]
+    fn options_pinning_flags() {
+        let d = run(&[]).unwrap();
+        assert_eq!(d.bpffs_dir, PathBuf::from("/sys/fs/bpf/mlb"));
+        assert!(!d.detach_on_exit);
+        let o = run(&["--bpffs-dir", "/run/mlb-bpf", "--detach-on-exit"]).unwrap();
+        assert_eq!(o.bpffs_dir, PathBuf::from("/run/mlb-bpf"));
+        assert!(o.detach_on_exit);
+        let Command::Stop(stop) = Cli::try_parse_from(["mlb", "stop", "--detach"])
+            .unwrap()
+            .command
+        else {
+            panic!("not a stop command");
+        };
+        assert!(stop.detach);
+        assert_eq!(stop.bpffs_dir, PathBuf::from("/sys/fs/bpf/mlb"));
     }
 }

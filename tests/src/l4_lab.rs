@@ -16,8 +16,12 @@
 //! GRO is on on every veth end: an `XDP_REDIRECT` into a veth is only delivered when its peer has
 //! GRO or an XDP program.
 //!
+//! The XDP agent pins its datapath in a bpf filesystem the lab mounts in its work directory (in
+//! the test's mount namespace, so it outlives each agent and a restarted agent adopts it).
+//!
 //! Everything is cleaned up on drop, also on panic: the agent is killed by PID, the backend
-//! servers stop with their runtime, the namespaces are deleted, the work directory removed.
+//! servers stop with their runtime, the bpf filesystem is unmounted (which detaches whatever
+//! program is still pinned there), the namespaces are deleted, the work directory removed.
 use std::{
     fs,
     io::{BufRead as _, BufReader, Write as _},
@@ -133,7 +137,24 @@ impl L4Lab {
             servers,
         };
         lab.build().context("building the L4 lab topology")?;
+        fs::create_dir_all(lab.bpffs_dir())?;
+        // Here, not in a namespace: `ip netns exec` gives each command a mount namespace of
+        // its own, and the pins must outlive the agent.
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(lab.bpffs_dir())
+            .status()
+            .context("running mount")?;
+        ensure!(
+            mounted.success(),
+            "mounting the lab's bpf filesystem: {mounted}"
+        );
         Ok(lab)
+    }
+
+    /// The bpf filesystem the agents pin their XDP datapath in (`--bpffs-dir`).
+    pub fn bpffs_dir(&self) -> PathBuf {
+        self.dir.join("bpf")
     }
 
     fn build(&self) -> Result<()> {
@@ -333,8 +354,22 @@ impl L4Lab {
     /// Starts `mlb run` in lb with the static config `toml`, VIPs and SNAT addresses of both
     /// families, plus `extra` arguments; returns once its services are applied.
     pub fn start_agent(&self, dataplane: Dataplane, toml: &str, extra: &[&str]) -> Result<Agent> {
+        self.start_agent_env(dataplane, toml, extra, &[])
+    }
+
+    /// [`L4Lab::start_agent`] with extra environment variables.
+    pub fn start_agent_env(
+        &self,
+        dataplane: Dataplane,
+        toml: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Agent> {
         self.write_config(toml)?;
-        let log = self.dir.join("mlb.log");
+        let log = self.dir.join(format!(
+            "mlb-{}.log",
+            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+        ));
         let config = self.config_path();
         let mut args: Vec<String> = vec![
             "run".into(),
@@ -348,7 +383,12 @@ impl L4Lab {
             VIP_V6.into(),
         ];
         match dataplane {
-            Dataplane::Xdp => args.extend(XDP_ARGS.map(String::from)),
+            Dataplane::Xdp => {
+                args.extend(XDP_ARGS.map(String::from));
+                args.push("--bpffs-dir".into());
+                // A directory inside the mount: `mlb stop --detach` removes it whole.
+                args.push(self.bpffs_dir().join("mlb").display().to_string());
+            }
             Dataplane::Userspace => args.extend(["--dataplane", "userspace"].map(String::from)),
         }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
@@ -358,6 +398,7 @@ impl L4Lab {
             .lb
             .spawn_command(bin.to_str().context("mlb path")?, |c| {
                 c.args(&args)
+                    .envs(env.iter().copied())
                     .env("NO_COLOR", "1")
                     .env("RUST_LOG", "info")
                     .stdout(Stdio::null())
@@ -461,6 +502,10 @@ impl L4Lab {
 
 impl Drop for L4Lab {
     fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.bpffs_dir())
+            .status();
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
@@ -671,7 +716,8 @@ impl Agent {
         self.wait_for_log(APPLIED, before + 1)
     }
 
-    /// SIGTERM, then checks the agent exits 0 within 10 s and (XDP) left no program attached.
+    /// SIGTERM, then checks the agent exits 0 within 10 s and (XDP) left its program attached,
+    /// forwarding for the next agent.
     pub fn stop(mut self, lab: &L4Lab) -> Result<()> {
         let status = self.child.terminate(Duration::from_secs(10))?;
         ensure!(
@@ -682,11 +728,18 @@ impl Agent {
         if self.dataplane == Dataplane::Xdp {
             for iface in ["lb-cli", "lb-sw"] {
                 ensure!(
-                    !lab.xdp_attached(iface)?,
-                    "XDP program left attached to {iface}"
+                    lab.xdp_attached(iface)?,
+                    "XDP program detached from {iface} by SIGTERM"
                 );
             }
         }
+        Ok(())
+    }
+
+    /// SIGKILL (by PID), and waits until the agent is gone.
+    pub fn kill(mut self) -> Result<()> {
+        self.child.0.kill()?;
+        self.child.0.wait()?;
         Ok(())
     }
 }

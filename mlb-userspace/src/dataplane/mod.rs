@@ -7,7 +7,8 @@
 //! dataplanes with the same requests the controller sends.
 //!
 //! - [`xdp`]: loads and attaches the XDP program; [`xdp_l4`] programs its maps (plain TCP/UDP
-//!   services, forwarded in the kernel).
+//!   services, forwarded in the kernel); [`xdp_pin`] keeps program, links and maps pinned in
+//!   bpffs so that they outlive the agent and the next one adopts them.
 //! - [`userspace_l4`]: the same services proxied by tokio, when XDP is not available or not
 //!   wanted (`--dataplane userspace`).
 //! - [`maglev`]: the consistent-hashing table both use to pick a backend for a new flow.
@@ -21,6 +22,7 @@ pub mod maglev;
 pub mod userspace_l4;
 pub mod xdp;
 pub mod xdp_l4;
+pub mod xdp_pin;
 
 /// One change to the set of L4 (TCP/UDP) services.
 #[derive(Clone, Debug, PartialEq, Eq)]

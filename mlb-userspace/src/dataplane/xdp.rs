@@ -1,20 +1,34 @@
 //! Loading, attaching and reading the XDP program.
 //!
 //! The object is built from `mlb-ebpf` by `build.rs` and embedded in the binary, so the agent and
-//! its program always match. Links are owned by [`XdpProgram`]: dropping it detaches the program
-//! from every interface, so an agent that exits never leaves a program attached by accident.
-use std::os::fd::AsFd as _;
+//! its program always match.
+//!
+//! Two ways to hold the program:
+//! - [`XdpProgram::load`]: maps and links owned by this process; dropping it detaches the program
+//!   from every interface (tests, tools).
+//! - [`XdpProgram::load_pinned`] (`mlb run`): maps, links and program pinned in a [`PinDir`], so
+//!   they outlive the agent and traffic keeps flowing while it restarts. The next agent loads
+//!   its program over the same maps and adopts the pinned links, which keep running the previous
+//!   program until [`XdpProgram::replace_adopted`] switches them atomically (`bpf_link_update`).
+use std::{fs, os::fd::AsFd as _, path::PathBuf};
 
 use aya::{
     Ebpf, Pod,
     maps::{HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray},
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use mlb_common::{
     consts::{CT_MAX_ENTRIES, DEFAULT_RING_SIZE, ring_map_entries},
     maps,
     stats::Counter,
 };
+use tracing::{info, warn};
+
+use super::xdp_pin::{PinDir, PinError};
 
 /// How the program is attached to an interface.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -68,12 +82,32 @@ pub enum XdpError {
     Poisoned,
     #[error("XDP configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    #[error("pinning the XDP link of {iface} at {path}: {reason}")]
+    PinLink {
+        iface: String,
+        path: PathBuf,
+        reason: String,
+    },
 }
 
 /// The loaded program and the interfaces it is attached to.
 pub struct XdpProgram {
     ebpf: Ebpf,
-    attached: Vec<(String, XdpLinkId)>,
+    attached: Vec<(String, Attachment)>,
+    /// Where maps, links and program are pinned (`load_pinned`).
+    pins: Option<PinDir>,
+}
+
+/// How the program is attached to one interface.
+enum Attachment {
+    /// By a link this process owns: detached when the program is dropped.
+    Owned(XdpLinkId),
+    /// By a link pinned in bpffs, which outlives the process. `current` is false for a link
+    /// adopted from a previous agent: it runs that agent's program until
+    /// [`XdpProgram::replace_adopted`].
+    Pinned { mode: AttachMode, current: bool },
 }
 
 /// Map sizes chosen at load time.
@@ -103,10 +137,31 @@ impl XdpProgram {
 
     /// Loads the embedded object with the given map sizes.
     pub fn load_with(opts: LoadOptions) -> Result<Self, XdpError> {
-        let mut ebpf = aya::EbpfLoader::new()
+        Self::load_object(opts, None)
+    }
+
+    /// Loads the embedded object over the maps pinned in `pins` (creating and pinning those
+    /// that are not there yet): conntrack, services, backends and Maglev tables of a previous
+    /// agent are kept as they are. A pinned map keeps the size it was created with.
+    pub fn load_pinned(opts: LoadOptions, pins: PinDir) -> Result<Self, XdpError> {
+        let mut program = Self::load_object(opts, Some(pins))?;
+        if program.pins.as_ref().is_some_and(|p| !p.adopting()) {
+            program.pin_program()?;
+        }
+        Ok(program)
+    }
+
+    fn load_object(opts: LoadOptions, pins: Option<PinDir>) -> Result<Self, XdpError> {
+        let mut loader = aya::EbpfLoader::new();
+        loader
             .map_max_entries(maps::RINGS, ring_map_entries(opts.ring_size))
-            .map_max_entries(maps::CONNTRACK, opts.conntrack_size)
-            .load(OBJECT)?;
+            .map_max_entries(maps::CONNTRACK, opts.conntrack_size);
+        if let Some(pins) = &pins {
+            for name in maps::ALL {
+                loader.map_pin_path(name, pins.map_path(name));
+            }
+        }
+        let mut ebpf = loader.load(OBJECT)?;
         for name in maps::ALL {
             if ebpf.map(name).is_none() {
                 return Err(XdpError::MissingMap(name));
@@ -116,12 +171,162 @@ impl XdpProgram {
         Ok(Self {
             ebpf,
             attached: Vec::new(),
+            pins,
         })
+    }
+
+    /// The pin directory, when the program is pinned.
+    pub fn pins(&self) -> Option<&PinDir> {
+        self.pins.as_ref()
+    }
+
+    /// Pins this process's program (replacing a previous agent's pin).
+    fn pin_program(&mut self) -> Result<(), XdpError> {
+        let Some(path) = self.pins.as_ref().map(PinDir::program_path) else {
+            return Ok(());
+        };
+        remove_pin(&path)?;
+        program_mut(&mut self.ebpf)?
+            .pin(&path)
+            .map_err(|e| XdpError::PinLink {
+                iface: "(program)".into(),
+                path,
+                reason: e.to_string(),
+            })
     }
 
     /// Attaches the program to `iface`. Native mode is the fast path; skb (generic) mode works
     /// on any device.
+    ///
+    /// Pinned, a link a previous agent pinned for `iface` is adopted as it is (still running
+    /// that agent's program, see [`XdpProgram::replace_adopted`]); otherwise a new link is
+    /// created and pinned.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<(), XdpError> {
+        let Some(pins) = &self.pins else {
+            let link = self.attach_link(iface, mode)?;
+            self.attached
+                .push((iface.to_owned(), Attachment::Owned(link)));
+            return Ok(());
+        };
+        let path = pins.link_path(iface);
+        let current = if pins.adopting() && path.exists() {
+            info!(
+                iface,
+                "adopted the pinned XDP link: the running program keeps forwarding"
+            );
+            false
+        } else {
+            remove_pin(&path)?;
+            self.attach_pinned(iface, mode, path)?;
+            true
+        };
+        self.attached
+            .push((iface.to_owned(), Attachment::Pinned { mode, current }));
+        Ok(())
+    }
+
+    /// A new link of this program on `iface`, pinned at `path`.
+    fn attach_pinned(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+        path: PathBuf,
+    ) -> Result<(), XdpError> {
+        let id = self.attach_link(iface, mode)?;
+        let link = program_mut(&mut self.ebpf)?.take_link(id)?;
+        let pin_error = |reason: String| XdpError::PinLink {
+            iface: iface.to_owned(),
+            path: path.clone(),
+            reason,
+        };
+        let fd = FdLink::try_from(link).map_err(|e| {
+            pin_error(format!(
+                "the kernel attached XDP without a bpf link (Linux >= 5.9 needed): {e}"
+            ))
+        })?;
+        let _pinned: PinnedLink = fd.pin(&path).map_err(|e| pin_error(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Switches every adopted link to this process's program, each in one atomic
+    /// `bpf_link_update` (no packet meets an interface without a program), then pins this
+    /// program. A link that no longer works (its interface was recreated meanwhile) is replaced
+    /// by a new one. Returns the interfaces switched.
+    pub fn replace_adopted(&mut self) -> Result<Vec<String>, XdpError> {
+        let Some(pins) = &self.pins else {
+            return Ok(Vec::new());
+        };
+        let adopted: Vec<(String, AttachMode, PathBuf)> = self
+            .attached
+            .iter()
+            .filter_map(|(iface, a)| match a {
+                Attachment::Pinned {
+                    mode,
+                    current: false,
+                } => Some((iface.clone(), *mode, pins.link_path(iface))),
+                _ => None,
+            })
+            .collect();
+        for (iface, mode, path) in &adopted {
+            if let Err(e) = self.update_link(path) {
+                warn!(
+                    iface,
+                    "the adopted XDP link could not be updated ({e}); attaching anew"
+                );
+                remove_pin(path)?;
+                self.attach_pinned(iface, *mode, path.clone())?;
+            }
+            for (i, a) in &mut self.attached {
+                if i == iface {
+                    *a = Attachment::Pinned {
+                        mode: *mode,
+                        current: true,
+                    };
+                }
+            }
+        }
+        self.pin_program()?;
+        Ok(adopted.into_iter().map(|(iface, _, _)| iface).collect())
+    }
+
+    /// Points the link pinned at `path` to this program (`bpf_link_update`).
+    fn update_link(&mut self, path: &PathBuf) -> Result<(), XdpError> {
+        let fd: FdLink = PinnedLink::from_pin(path)
+            .map_err(|e| XdpError::Config(e.to_string()))?
+            .into();
+        let link = XdpLink::try_from(fd).map_err(|e: LinkError| XdpError::Config(e.to_string()))?;
+        let program = program_mut(&mut self.ebpf)?;
+        let id = program.attach_to_link(link)?;
+        // The link stays pinned; this process's descriptor of it is not needed any more.
+        drop(program.take_link(id)?);
+        Ok(())
+    }
+
+    /// Removes the pinned link of `iface`, which a previous agent attached and this one does not
+    /// want: the kernel detaches it when its last reference goes.
+    pub fn unpin_link(&self, iface: &str) -> Result<(), XdpError> {
+        match &self.pins {
+            Some(pins) => remove_pin(&pins.link_path(iface)),
+            None => Ok(()),
+        }
+    }
+
+    /// Detaches the program from every interface and removes every pin (`--detach-on-exit`).
+    /// Returns the interfaces it was attached to.
+    pub fn detach_all(mut self) -> Result<Vec<String>, XdpError> {
+        let ifaces: Vec<String> = self.interfaces().map(str::to_owned).collect();
+        for iface in &ifaces {
+            self.detach(iface)?;
+        }
+        let pins = self.pins.take();
+        drop(self);
+        if let Some(pins) = pins {
+            pins.remove()?;
+        }
+        Ok(ifaces)
+    }
+
+    fn attach_link(&mut self, iface: &str, mode: AttachMode) -> Result<XdpLinkId, XdpError> {
         let xdp_mode = match mode {
             AttachMode::Native => XdpMode::Driver,
             AttachMode::Skb => XdpMode::Skb,
@@ -140,15 +345,21 @@ impl XdpProgram {
                 },
                 source,
             })?;
-        self.attached.push((iface.to_owned(), link));
-        Ok(())
+        Ok(link)
     }
 
-    /// Detaches the program from `iface` (no-op if it is not attached there).
+    /// Detaches the program from `iface` (no-op if it is not attached there). A pinned link is
+    /// unpinned: the kernel detaches it when its last reference goes.
     pub fn detach(&mut self, iface: &str) -> Result<(), XdpError> {
         if let Some(pos) = self.attached.iter().position(|(i, _)| i == iface) {
-            let (_, link) = self.attached.remove(pos);
-            program_mut(&mut self.ebpf)?.detach(link)?;
+            match self.attached.remove(pos).1 {
+                Attachment::Owned(link) => program_mut(&mut self.ebpf)?.detach(link)?,
+                Attachment::Pinned { .. } => {
+                    if let Some(pins) = &self.pins {
+                        remove_pin(&pins.link_path(iface))?;
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -211,6 +422,18 @@ impl XdpProgram {
             *value = stats.get(&index, 0)?.iter().sum();
         }
         Ok(Counters(values))
+    }
+}
+
+/// Removes the pin at `path`, if there is one.
+fn remove_pin(path: &PathBuf) -> Result<(), XdpError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(PinError::Io {
+            path: path.clone(),
+            source: e,
+        }
+        .into()),
+        _ => Ok(()),
     }
 }
 

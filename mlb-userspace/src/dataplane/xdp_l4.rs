@@ -12,7 +12,7 @@
 //!
 //! Nothing is ever wiped and rebuilt: every change touches only the entries it concerns.
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::{Duration, Instant},
 };
@@ -36,6 +36,7 @@ use super::{
 };
 use crate::model::{BackendState, L4Service, L4ServiceKey, Protocol};
 
+mod adopt;
 mod sweep;
 
 pub use sweep::ConntrackSweeper;
@@ -162,6 +163,8 @@ pub struct XdpL4 {
     free_slots: Vec<u32>,
     backends: HashMap<SocketAddr, BackendSlot>,
     free_backend_ids: Vec<u32>,
+    /// Services adopted from a previous agent's maps that no change has named yet.
+    unconfirmed: BTreeSet<L4ServiceKey>,
 }
 
 impl XdpL4 {
@@ -195,6 +198,7 @@ impl XdpL4 {
             free_slots: (0..MAX_SERVICES).rev().collect(),
             backends: HashMap::new(),
             free_backend_ids: (0..MAX_BACKENDS).rev().collect(),
+            unconfirmed: BTreeSet::new(),
         })
     }
 
@@ -296,6 +300,13 @@ impl XdpL4 {
             })
             .collect();
         let new_users: HashSet<u32> = ids.iter().copied().collect();
+        if let Some(p) = self.services.get(key)
+            && p.tables[p.copy as usize] == table
+            && p.backends == new_users
+        {
+            // Already live as wanted (e.g. adopted from the previous agent): no write, no flip.
+            return Ok(());
+        }
 
         let (slot, copy, old_users) = if let Some(p) = self.services.get(key) {
             (p.slot, 1 - p.copy, p.backends.clone())
@@ -550,7 +561,16 @@ impl Dataplane for XdpL4 {
     type Change = L4Change;
 
     fn apply(&mut self, changes: &[L4Change]) -> Result<(), Vec<DataplaneError>> {
-        apply_each(changes, |change| match change {
+        apply_each(changes, |change| {
+            self.unconfirmed.remove(&change.key());
+            self.apply_one(change)
+        })
+    }
+}
+
+impl XdpL4 {
+    fn apply_one(&mut self, change: &L4Change) -> Result<(), DataplaneError> {
+        match change {
             L4Change::Upsert(svc) => self
                 .upsert(svc)
                 .map_err(|reason| DataplaneError::l4(svc.key, reason)),
@@ -560,7 +580,7 @@ impl Dataplane for XdpL4 {
                     .try_for_each(|k| self.remove_vip(k))
                     .map_err(|e| DataplaneError::l4(*key, e))
             }
-        })
+        }
     }
 }
 

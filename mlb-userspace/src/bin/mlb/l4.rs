@@ -13,6 +13,7 @@ use mlb::{
         userspace_l4::{UserspaceL4, UserspaceL4Config},
         xdp::{LoadOptions, XdpError, XdpProgram},
         xdp_l4::{ConntrackSweeper, FlowTimeouts, XdpL4, XdpL4Config},
+        xdp_pin::PinDir,
     },
     options::{DataplaneKind, RunOptions},
 };
@@ -44,17 +45,34 @@ fn attach_xdp(opts: &RunOptions) -> Result<XdpProgram> {
     if opts.xdp_iface.is_empty() {
         bail!("--dataplane xdp needs at least one --xdp-iface");
     }
-    let mut program = XdpProgram::load_with(LoadOptions {
+    let pins = PinDir::open(&opts.bpffs_dir)?;
+    if pins.adopting() {
+        info!(dir = %opts.bpffs_dir.display(), "adopting the XDP datapath a previous agent left forwarding");
+    }
+    // Interfaces the previous agent served and this one is not told to.
+    let dropped: Vec<String> = pins
+        .pinned_links()?
+        .into_iter()
+        .filter(|i| !opts.xdp_iface.contains(i))
+        .collect();
+    let options = LoadOptions {
         ring_size: opts.maglev_table_size,
         conntrack_size: opts.conntrack_size,
-    })
-    .context("loading the XDP program")?;
+    };
+    let mut program = XdpProgram::load_pinned(options, pins).context("loading the XDP program")?;
     let mode = opts.xdp_mode.attach_mode();
     for iface in &opts.xdp_iface {
         program
             .attach(iface, mode)
             .with_context(|| format!("attaching XDP to {iface}"))?;
         info!(iface, ?mode, "XDP program attached");
+    }
+    for iface in dropped {
+        program.unpin_link(&iface)?;
+        info!(
+            iface,
+            "XDP program detached (no --xdp-iface names it any more)"
+        );
     }
     Ok(program)
 }
@@ -109,7 +127,12 @@ pub fn start_xdp_l4(opts: &RunOptions, program: XdpProgram) -> Result<XdpL4> {
         timeouts: FlowTimeouts::default(),
     };
     info!(?config, "XDP TCP/UDP dataplane configured");
-    let mut dataplane = XdpL4::new(program, config)?;
+    let adopting = program.pins().is_some_and(PinDir::adopting);
+    let mut dataplane = if adopting {
+        XdpL4::adopt(program, config)?
+    } else {
+        XdpL4::new(program, config)?
+    };
     for iface in &opts.xdp_iface {
         dataplane.add_tx_port(host::ifindex(iface)?)?;
     }
@@ -130,6 +153,30 @@ impl Dataplane for SharedXdp {
                 .map(|c| DataplaneError::l4(c.key(), "XDP dataplane lock poisoned"))
                 .collect()),
         }
+    }
+}
+
+/// Once the agent has resynced (`synced`), removes the adopted services it was not told about
+/// and switches the adopted links to this agent's program. Until then the previous agent's
+/// program keeps forwarding with the tables it left.
+pub async fn finish_adoption(dataplane: Arc<Mutex<XdpL4>>, mut synced: impl FnMut() -> bool) {
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    while !synced() {
+        tick.tick().await;
+    }
+    let Ok(mut dp) = dataplane.lock() else {
+        return;
+    };
+    match dp.finish_adoption() {
+        Ok(stale) if stale.is_empty() => {}
+        Ok(stale) => info!(services = ?stale, "adopted services no longer wanted: removed"),
+        Err(e) => warn!("removing adopted services no longer wanted: {e}"),
+    }
+    match dp.program_mut().replace_adopted() {
+        Ok(ifaces) => {
+            info!(interfaces = ?ifaces, "resynced: the adopted XDP links now run this agent's program");
+        }
+        Err(e) => error!("switching the adopted XDP links to this agent's program: {e}"),
     }
 }
 

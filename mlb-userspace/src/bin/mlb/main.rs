@@ -2,6 +2,7 @@
 mod explain;
 mod l4;
 mod run;
+mod stop;
 mod version;
 
 use anyhow::Result;
@@ -46,5 +47,6 @@ fn main() -> Result<()> {
         Command::Sse(opts) => run::run(opts, Some(Mode::Sse)),
         Command::Poll(opts) => run::run(opts, Some(Mode::Poll)),
         Command::Explain(opts) => explain::explain(&opts),
+        Command::Stop(opts) => stop::stop(&opts),
     }
 }

@@ -66,19 +66,21 @@ pub fn run(mut opts: Box<RunOptions>, marathon_lb: Option<Mode>) -> Result<()> {
     }
     let opts = &*opts;
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    info!(version = %crate::version::version(), "mlb starting");
     runtime.block_on(async {
         let agent = Agent::start(opts).await?;
         let result = agent.handle_signals(opts).await;
         if let Ok(Stop::Graceful) = result {
             agent.drain(opts).await;
         }
-        agent.stop().await?;
+        agent.stop(opts.detach_on_exit).await?;
         result.map(drop)
     })
 }
 
 /// The running agent: its tasks and what they share, kept until shutdown (dropping the
-/// userspace dataplane closes its listeners, dropping the XDP one detaches the program).
+/// userspace dataplane closes its listeners; the XDP datapath stays pinned and forwarding unless
+/// `--detach-on-exit`).
 struct Agent {
     proxy: Option<Arc<HttpProxy>>,
     xdp: Option<Arc<Mutex<XdpL4>>>,
@@ -88,6 +90,8 @@ struct Agent {
     controller: JoinHandle<()>,
     admin: JoinHandle<()>,
     sweeper: Option<JoinHandle<()>>,
+    /// Finishes adopting a previous agent's XDP datapath once resynced.
+    adoption: Option<JoinHandle<()>>,
     /// Read by the admin health check: 503 once set.
     stopping: Arc<AtomicBool>,
 }
@@ -170,6 +174,18 @@ impl Agent {
             control: control_rx,
             shutdown: shutdown_rx,
         };
+        let adoption = xdp.as_ref().map(|dp| {
+            // Resynced: the controller has applied a full pass of Marathon's answer (or of the
+            // static config alone).
+            let status = controller.status();
+            let marathon = resync.is_some();
+            let synced = move || {
+                let s = status.load();
+                s.full_passes > 0 && (s.synced || !marathon)
+            };
+            let finishing = l4::finish_adoption(dp.clone(), synced);
+            tokio::spawn(finishing.instrument(info_span!("xdp")))
+        });
         let controller = tokio::spawn(controller.run(inputs).instrument(info_span!("controller")));
         let sweeper = xdp
             .as_ref()
@@ -184,6 +200,7 @@ impl Agent {
             admin,
             sweeper,
             stopping,
+            adoption,
         })
     }
 
@@ -266,17 +283,18 @@ impl Agent {
         }
     }
 
-    /// Stops the controller (it owns the dataplanes), the admin API and the sweeper, then
-    /// detaches the XDP program.
-    async fn stop(self) -> Result<()> {
+    /// Stops the controller (it owns the dataplanes), the admin API and the sweeper. The XDP
+    /// datapath stays pinned and forwarding for the next agent, unless `detach` says to remove
+    /// it.
+    async fn stop(self, detach: bool) -> Result<()> {
         let _ = self.shutdown.send(true);
         let _ = self.controller.await;
         self.admin.abort();
         let _ = self.admin.await;
-        if let Some(s) = self.sweeper {
-            s.abort();
+        for task in [self.sweeper, self.adoption].into_iter().flatten() {
+            task.abort();
             // Wait until the task is gone: it holds a reference to the XDP dataplane.
-            let _ = s.await;
+            let _ = task.await;
         }
         if let Some(dp) = self.xdp {
             let dp = Arc::try_unwrap(dp)
@@ -284,9 +302,14 @@ impl Agent {
                 .into_inner()
                 .map_err(|_| anyhow::anyhow!("XDP dataplane lock poisoned"))?;
             let program = dp.into_program();
-            let ifaces: Vec<_> = program.interfaces().map(str::to_owned).collect();
-            drop(program);
-            info!(interfaces = ?ifaces, "XDP program detached");
+            if detach {
+                let ifaces = program.detach_all()?;
+                info!(interfaces = ?ifaces, "XDP program detached, pins removed (--detach-on-exit)");
+            } else {
+                let ifaces: Vec<_> = program.interfaces().map(str::to_owned).collect();
+                let dir = program.pins().map(|p| p.root().display().to_string());
+                info!(interfaces = ?ifaces, pinned_in = ?dir, "XDP datapath left forwarding for the next agent (`mlb stop --detach` removes it)");
+            }
         }
         Ok(())
     }

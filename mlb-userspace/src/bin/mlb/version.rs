@@ -13,12 +13,18 @@ pub fn text() -> String {
     };
     format!(
         "mlb {}\ngit commit: {}\n{xdp}\ntarget: {}-{}\nfeatures: {}\n",
-        env!("CARGO_PKG_VERSION"),
+        version(),
         env!("MLB_GIT_COMMIT"),
         std::env::consts::ARCH,
         std::env::consts::OS,
         FEATURES.join(", ")
     )
+}
+
+/// The version this binary reports: the crate's, or `MLB_VERSION_OVERRIDE`, read for this
+/// string only (the restart test "upgrades" to a binary that reports another version).
+pub fn version() -> String {
+    std::env::var("MLB_VERSION_OVERRIDE").unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_owned())
 }
 
 /// What this build does (mlb has no optional cargo features: every build has all of these).
