@@ -30,6 +30,7 @@ use crate::{
     dataplane::{Dataplane, DataplaneError, HttpChange},
     health::{self, HealthChecker},
     model::BackendId,
+    overload::{ConnGate, ConnLimits},
 };
 
 mod apply;
@@ -97,6 +98,9 @@ pub struct ProxyConfig {
     pub cert_poll_interval: Duration,
     /// Largest request head (request line + headers) accepted; larger gets 431.
     pub max_header_bytes: usize,
+    /// The connection budget the listeners take from (shared with the userspace TCP/UDP
+    /// dataplane), and the request, idle and send timeouts.
+    pub conn_gate: Arc<ConnGate>,
 }
 
 impl Default for ProxyConfig {
@@ -111,6 +115,7 @@ impl Default for ProxyConfig {
             timeouts: Timeouts::default(),
             cert_poll_interval: Duration::from_secs(5),
             max_header_bytes: 64 * 1024,
+            conn_gate: ConnGate::new(ConnLimits::default()),
         }
     }
 }
@@ -338,7 +343,7 @@ mod tests {
         let Command::Run(opts) = cli.command else {
             panic!("not run")
         };
-        opts.proxy_config()
+        opts.proxy_config(ConnGate::new(ConnLimits::default()))
     }
 
     fn numbered(i: usize) -> HttpService {
