@@ -92,6 +92,17 @@ impl<'ns> Mlb<'ns> {
     /// Starts `mlb run --admin-addr <admin> <args>` (in `ns` when given), logging to a file of
     /// its own, and waits (up to 20 s) until it reports a first successful sync from Marathon.
     pub fn start(ns: Option<&'ns Netns>, admin: SocketAddr, args: &[String]) -> Result<Self> {
+        Self::start_limited(ns, admin, args, None)
+    }
+
+    /// [`Mlb::start`], with the open-files limit (soft and hard) set to `nofile` when given, as
+    /// on hosts with the common 1,024 (through `prlimit`, which execs mlb: the PID is mlb's).
+    pub fn start_limited(
+        ns: Option<&'ns Netns>,
+        admin: SocketAddr,
+        args: &[String],
+        nofile: Option<u64>,
+    ) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "mlbt-e2e-{}-{}",
             std::process::id(),
@@ -101,7 +112,15 @@ impl<'ns> Mlb<'ns> {
         let log = fs::File::create(dir.join("mlb.log"))?;
         let bin = mlb_bin();
         let bin = bin.to_str().context("mlb path")?;
-        let mut argv: Vec<String> = vec!["run".into(), "--admin-addr".into(), admin.to_string()];
+        let mut argv: Vec<String> = Vec::new();
+        let bin = match nofile {
+            Some(n) => {
+                argv.extend([format!("--nofile={n}:{n}"), "--".into(), bin.to_owned()]);
+                "prlimit"
+            }
+            None => bin,
+        };
+        argv.extend(["run".into(), "--admin-addr".into(), admin.to_string()]);
         argv.extend(args.iter().cloned());
         let configure = |c: &mut Command| {
             c.args(&argv)
