@@ -262,3 +262,65 @@ fn admin_signals_need_post_and_silent_admin_connections_close() {
         },
     );
 }
+
+/// Certificate labels naming a FIFO nobody writes to (before: the whole process froze) and
+/// `/dev/zero` (before: 537 MB, then "out of memory"): each is a clear error naming the app and
+/// label, and everything else keeps being served.
+#[test]
+fn certificate_labels_naming_a_fifo_or_a_device_cannot_block_mlb() {
+    run(
+        "certificate_labels_naming_a_fifo_or_a_device_cannot_block_mlb",
+        || {
+            let rt = runtime();
+            let dir = std::env::temp_dir().join(format!("mlbt-fifo-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let fifo = dir.join("cert.pem");
+            let _ = std::fs::remove_file(&fifo);
+            let made = std::process::Command::new("mkfifo").arg(&fifo).status()?;
+            ensure!(made.success(), "mkfifo");
+            let tls = |cert: &str| {
+                json!({"HAPROXY_GROUP": "external", "HAPROXY_0_MODE": "http",
+                    "HAPROXY_0_SSL_CERT": cert})
+            };
+            let web = json!({"HAPROXY_GROUP": "external", "HAPROXY_0_MODE": "http",
+                "HAPROXY_0_VHOST": "web.example.com"});
+            let apps = vec![
+                app(
+                    "/fifo",
+                    free_port(),
+                    "tcp",
+                    tls(fifo.to_str().context("path")?),
+                ),
+                app("/zero", free_port(), "tcp", tls("/dev/zero")),
+                app("/web", free_port(), "tcp", web),
+            ];
+            let sim = rt.block_on(MarathonSim::start(SimConfig {
+                apps,
+                ..SimConfig::default()
+            }))?;
+            let http_port = free_port();
+            let mlb = start_mlb(&sim, http_port, &[])?;
+            let http = SocketAddr::new(LOCALHOST, http_port);
+            wait_for("the vhost routed", Duration::from_secs(10), || {
+                Ok(http_get(http, "web.example.com", "/")
+                    .is_ok_and(|r| r.status == 200)
+                    .then_some(()))
+            })?;
+            still_served(&mlb, http, Duration::from_secs(2))?;
+            let errors = mlb.status()?["http_errors"].to_string();
+            for app in ["/fifo", "/zero"] {
+                ensure!(
+                    errors.contains(&format!("app {app}: HAPROXY_0_SSL_CERT"))
+                        && errors.contains("not a regular file"),
+                    "{app} not reported: {errors}"
+                );
+            }
+            let rss = rss_kib(mlb.pid())?;
+            ensure!(rss < 100 * 1024, "{rss} KiB resident");
+            mlb.finish();
+            rt.block_on(sim.shutdown());
+            let _ = std::fs::remove_dir_all(&dir);
+            Ok(())
+        },
+    );
+}

@@ -141,6 +141,18 @@ pub enum ProxyError {
         /// Why it cannot be used.
         reason: String,
     },
+    /// A certificate file named by an app's `HAPROXY_{n}_SSL_CERT` could not be used.
+    #[error("app {app_id}: HAPROXY_{port_index}_SSL_CERT {path}: {reason}")]
+    LabelCert {
+        /// The app.
+        app_id: String,
+        /// Its service-port index.
+        port_index: usize,
+        /// The file.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
     /// An app's `HAPROXY_{n}_AUTH` is not `realm:user:hash` with a supported hash.
     #[error("app {app_id} port index {port_index}: HAPROXY_{port_index}_AUTH: {reason}")]
     Auth {

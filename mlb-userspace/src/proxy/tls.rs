@@ -435,8 +435,8 @@ fn server_config_with(
         Some(auth) => {
             let path = &auth.ca_file;
             let mut roots = rustls::RootCertStore::empty();
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| bad(path, format!("ca-file: {e}")))?;
+            let pem = read_pem_file(path).map_err(|e| bad(path, format!("ca-file: {e}")))?;
+            let certs = CertificateDer::pem_slice_iter(&pem);
             for cert in certs {
                 let cert = cert.map_err(|e| bad(path, format!("ca-file: {e}")))?;
                 roots
@@ -501,9 +501,44 @@ fn expand(paths: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
+/// Largest certificate or CA file read: a chain and key, or a CA bundle, is a few hundred KiB
+/// at most.
+const MAX_PEM_FILE: u64 = 4 << 20;
+
+/// Reads a PEM file named by a flag or a label without ever blocking on it or reading without
+/// bound: opened non-blocking (a FIFO with no writer does not hang the open), then only a
+/// regular file of at most [`MAX_PEM_FILE`] bytes is read (not a FIFO, device or socket such as
+/// `/dev/zero`).
+fn read_pem_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file (a FIFO, device or directory is never read)".into());
+    }
+    if meta.len() > MAX_PEM_FILE {
+        return Err(format!(
+            "{} bytes: larger than the {MAX_PEM_FILE}-byte limit",
+            meta.len()
+        ));
+    }
+    let mut pem = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_PEM_FILE + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| e.to_string())?;
+    if pem.len() as u64 > MAX_PEM_FILE {
+        return Err(format!("larger than the {MAX_PEM_FILE}-byte limit"));
+    }
+    Ok(pem)
+}
+
 fn load_file(path: &Path) -> Result<LoadedCert, String> {
     let before = stamp(path).ok_or("cannot be read")?;
-    let pem = std::fs::read(path).map_err(|e| e.to_string())?;
+    let pem = read_pem_file(path)?;
     let (key, names) = parse_pem(&pem)?;
     Ok(LoadedCert {
         key,
@@ -658,6 +693,37 @@ mod tests {
         assert!(manager.changed_on_disk());
         assert!(manager.reload().is_empty());
         assert!(!manager.changed_on_disk());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A label naming a FIFO (nobody writing: `open` would block forever) or `/dev/zero` (never
+    /// ends) is an error at once, and a too-large file is refused without reading it all.
+    #[test]
+    fn fifos_devices_and_huge_files_are_refused_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("mlb-pem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("cert.fifo");
+        let _ = std::fs::remove_file(&fifo);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let start = std::time::Instant::now();
+        let e = read_pem_file(&fifo).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        let Err(e) = load_file(Path::new("/dev/zero")) else {
+            panic!("/dev/zero loaded")
+        };
+        assert!(e.contains("not a regular file"), "{e}");
+        let big = dir.join("big.pem");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_PEM_FILE + 1)
+            .unwrap();
+        let e = read_pem_file(&big).unwrap_err();
+        assert!(e.contains("limit"), "{e}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
