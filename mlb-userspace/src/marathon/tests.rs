@@ -406,8 +406,7 @@ async fn event_stream_without_response_headers_times_out() {
     let e = timeout(Duration::from_secs(5), c.open_events())
         .await
         .expect("open_events hung")
-        .err()
-        .expect("no stream from a silent Marathon")
+        .expect_err("no stream from a silent Marathon")
         .to_string();
     assert!(e.contains("no response headers"), "{e}");
     assert!(start.elapsed() < Duration::from_secs(2));
