@@ -100,6 +100,14 @@ pub struct RunOptions {
     /// TLS certificate files or directories (PEM chain + key in one file).
     #[arg(long = "ssl-certs", env = "MLB_SSL_CERTS", value_delimiter = ',')]
     pub ssl_certs: Vec<PathBuf>,
+    /// Directories `HAPROXY_{n}_SSL_CERT` files must be in (repeatable). Default: anywhere mlb
+    /// can read, as marathon-lb; set it so a label cannot read arbitrary host files.
+    #[arg(
+        long = "ssl-certs-dir",
+        env = "MLB_SSL_CERTS_DIR",
+        value_delimiter = ','
+    )]
+    pub ssl_certs_dir: Vec<PathBuf>,
     /// Only expose apps whose HAPROXY_{n}_ENABLED label is true.
     #[arg(long, env = "MLB_STRICT_MODE")]
     pub strict_mode: bool,
@@ -360,6 +368,7 @@ impl RunOptions {
             https_addr: bind_vhost.then(|| self.https_bind()),
             appid_addr: Some(self.appid_bind()),
             ssl_certs: self.ssl_certs.clone(),
+            ssl_certs_dirs: self.ssl_certs_dir.clone(),
             conn_gate,
             ..ProxyConfig::default()
         }

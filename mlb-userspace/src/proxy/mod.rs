@@ -92,6 +92,8 @@ pub struct ProxyConfig {
     /// `--ssl-certs`: PEM files (chain + key) or directories of them, served on `:443`. Empty: a
     /// self-signed certificate is generated at start.
     pub ssl_certs: Vec<PathBuf>,
+    /// `--ssl-certs-dir`: when not empty, `HAPROXY_{n}_SSL_CERT` files must be inside these.
+    pub ssl_certs_dirs: Vec<PathBuf>,
     /// Timeouts (marathon-lb defaults).
     pub timeouts: Timeouts,
     /// How often certificate files are checked for changes.
@@ -112,6 +114,7 @@ impl Default for ProxyConfig {
             appid_addr: Some(SocketAddr::new(any, 9091)),
             service_bind_ip: any,
             ssl_certs: Vec::new(),
+            ssl_certs_dirs: Vec::new(),
             timeouts: Timeouts::default(),
             cert_poll_interval: Duration::from_secs(5),
             max_header_bytes: 64 * 1024,
@@ -197,7 +200,7 @@ impl HttpProxy {
     /// Tasks are spawned on `handle`. Fails only when a fixed listener cannot be bound.
     pub fn start(config: ProxyConfig, handle: Handle) -> Result<HttpProxy, ProxyError> {
         let _guard = handle.enter();
-        let certs = CertManager::new(&config.ssl_certs);
+        let certs = CertManager::new(&config.ssl_certs, &config.ssl_certs_dirs);
         for e in certs.reload() {
             warn!(error = %e, "certificate not loaded");
         }
