@@ -7,13 +7,19 @@
 //! | `/_haproxy_getpids` | mlb's PID: always one process, so zdd never sees a reload in progress |
 //! | `/_haproxy_getconfig` | the routing state mlb serves, as text (there is no HAProxy config) |
 //! | `/_haproxy_getvhostmap`, `/_haproxy_getappmap` | `vhost backend` / `app-id backend` lines |
-//! | `/_mlb_signal/hup` | full resync from Marathon |
-//! | `/_mlb_signal/usr1` | re-read every certificate file |
+//! | `/_mlb_signal/hup` | full resync from Marathon (POST; see below) |
+//! | `/_mlb_signal/usr1` | re-read every certificate file (POST; see below) |
 //! | `/_mlb/explain[/APP_ID]` | why each app is or is not exposed (JSON; `?format=text`) |
 //! | `/_mlb/status` | sync state, generation, errors (JSON) |
 //! | `/_mlb/state` | the desired state the dataplanes were given (JSON) |
 //! | `/haproxy?stats;csv` | HAProxy 2.0's stats CSV (what `zdd.py` reads) |
 //! | `/metrics` | Prometheus text: per frontend, backend and server, XDP, control plane |
+//!
+//! The signals change what mlb does, so unlike marathon-lb they answer only `POST` (a cross-site
+//! `GET` cannot trigger them) and only clients on loopback, unless `--admin-token` is set: then
+//! any client with `Authorization: Bearer <token>`. Read endpoints never show credentials (auth
+//! hashes are redacted). Every admin connection has the request and idle timeouts and a cap of
+//! its own, so a flood on the proxy cannot starve the health check.
 use std::{
     collections::HashSet,
     convert::Infallible,
@@ -30,17 +36,19 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::{
     controller::{StateQueries, Status},
     marathon::watch::ResyncTrigger,
     model::{DesiredState, explain},
+    overload::{AcceptErrors, ConnGate, Guarded, supervise},
     proxy::HttpProxy,
     stats::{self, ChangeTracker, Observed, Snapshot, StatsSource},
+    secret::Secret,
 };
 
 /// What the admin endpoints read and trigger.
@@ -54,6 +62,9 @@ pub struct AdminContext {
     pub resync: Option<ResyncTrigger>,
     /// The HTTP proxy, for certificate reloads and its health checks (`None` when not running).
     pub proxy: Option<Arc<HttpProxy>>,
+    /// `--admin-token`: clients presenting it as a bearer token may signal from anywhere;
+    /// without it only loopback clients may.
+    pub token: Option<Secret>,
     /// Set on SIGTERM: the health check answers 503 so load balancers in front stop sending.
     pub stopping: Arc<AtomicBool>,
     /// The dataplanes whose counters the stats endpoints show.
@@ -89,30 +100,56 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves admin requests on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, ctx: AdminContext) {
+/// Serves admin requests on `listener` until the task is dropped; connections are admitted and
+/// supervised by `gate` (the admin API's own, apart from the proxy's).
+pub async fn serve(listener: TcpListener, ctx: AdminContext, gate: Arc<ConnGate>) {
     let ctx = Arc::new(ctx);
+    let mut gate = gate.listener();
+    let mut errors = AcceptErrors::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
-                warn!("admin listener: accept failed: {e}");
+                errors.report(&"admin", &e);
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
+        let Some(slot) = gate.reserve().await else {
+            debug!(%peer, "admin connection limit reached; refused");
+            continue;
+        };
+        let admission = slot.admit(true);
+        let conn = admission.state();
+        let limits = gate.limits().clone();
         let ctx = ctx.clone();
         tokio::spawn(async move {
+            let busy_conn = conn.clone();
             let service = service_fn(move |req| {
                 let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handle(&ctx, &req).await) }
+                let busy = busy_conn.request();
+                async move {
+                    let reply = handle(&ctx, peer, &req).await;
+                    drop(busy);
+                    Ok::<_, Infallible>(reply)
+                }
             });
-            let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(e) = conn {
-                debug!(%peer, "admin connection ended: {e}");
-            }
+            let request_timeout = limits.request_timeout;
+            let serving = async move {
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(request_timeout);
+                let served = builder
+                    .serve_connection(TokioIo::new(Guarded::new(stream, admission)), service)
+                    .await;
+                if let Err(e) = served {
+                    debug!(%peer, "admin connection ended: {e}");
+                }
+            };
+            supervise(conn, &limits, serving).await;
         });
     }
 }
@@ -143,15 +180,75 @@ fn json(value: &impl Serialize) -> Reply {
     }
 }
 
-/// Answers one admin request.
-pub async fn handle(ctx: &AdminContext, req: &Request<Incoming>) -> Reply {
+/// Answers one admin request from `peer`.
+pub async fn handle(ctx: &AdminContext, peer: SocketAddr, req: &Request<Incoming>) -> Reply {
     let path = req.uri().path();
+    if path.starts_with("/_mlb_signal/")
+        && let Err(refusal) = may_signal(ctx, peer, req.method(), req.headers())
+    {
+        return *refusal;
+    }
     let state = match (&ctx.state, needs_state(path)) {
         (Some(queries), true) => queries.get().await,
         _ => None,
     };
     let state = state.unwrap_or_default();
     route(ctx, &state, req.method(), path, req.uri().query())
+}
+
+/// Whether `peer` may use a signal endpoint: `POST` only; with `--admin-token`, the right bearer
+/// token; without, loopback clients only.
+fn may_signal(
+    ctx: &AdminContext,
+    peer: SocketAddr,
+    method: &Method,
+    headers: &hyper::HeaderMap,
+) -> Result<(), Box<Reply>> {
+    if method != Method::POST {
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "signals are sent with POST\n",
+        );
+        r.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("POST"),
+        );
+        return Err(Box::new(r));
+    }
+    match &ctx.token {
+        Some(token) => {
+            let presented = headers
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if !same_secret(presented, token.expose()) {
+                let mut r = text(
+                    StatusCode::UNAUTHORIZED,
+                    "a valid admin token is required\n",
+                );
+                r.headers_mut().insert(
+                    hyper::header::WWW_AUTHENTICATE,
+                    hyper::header::HeaderValue::from_static("Bearer"),
+                );
+                return Err(Box::new(r));
+            }
+        }
+        None if !peer.ip().to_canonical().is_loopback() => {
+            return Err(Box::new(text(
+                StatusCode::FORBIDDEN,
+                "signals are accepted from loopback only (set --admin-token to allow others)\n",
+            )));
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// Compares digests, not the strings: the time taken says nothing about the token.
+fn same_secret(a: &str, b: &str) -> bool {
+    let digest = |s: &str| ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
+    digest(a).as_ref() == digest(b).as_ref()
 }
 
 /// The endpoints that show the whole desired state (copied from the controller on demand).
@@ -453,6 +550,7 @@ mod tests {
             stats: Vec::new(),
             changes: Arc::default(),
             stopping: Arc::default(),
+            token: None,
         }
     }
 
@@ -506,5 +604,83 @@ mod tests {
         let (s, b) = body(route(&c, &Method::GET, "/metrics", None));
         assert_eq!(s, StatusCode::OK);
         assert!(b.contains("mlb_synced 0"), "{b}");
+    }
+
+    /// Signals change what mlb does: POST only, from loopback only unless a token is set, then
+    /// with that token only (a cross-site GET, or anyone who can reach `:9090`, cannot).
+    #[test]
+    fn signals_need_post_and_loopback_or_the_token() {
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let remote: SocketAddr = "198.18.0.9:5000".parse().unwrap();
+        let headers = |auth: Option<&str>| {
+            let mut h = hyper::HeaderMap::new();
+            if let Some(a) = auth {
+                h.insert(hyper::header::AUTHORIZATION, a.parse().unwrap());
+            }
+            h
+        };
+        let status = |c: &AdminContext, peer, m: Method, auth: Option<&str>| {
+            may_signal(c, peer, &m, &headers(auth))
+                .err()
+                .map(|r| r.status())
+        };
+        let open = ctx();
+        for m in [Method::GET, Method::HEAD] {
+            assert_eq!(
+                status(&open, local, m, None),
+                Some(StatusCode::METHOD_NOT_ALLOWED)
+            );
+        }
+        assert_eq!(status(&open, local, Method::POST, None), None);
+        let v6_local: SocketAddr = "[::1]:5000".parse().unwrap();
+        assert_eq!(status(&open, v6_local, Method::POST, None), None);
+        assert_eq!(
+            status(&open, remote, Method::POST, None),
+            Some(StatusCode::FORBIDDEN)
+        );
+        let guarded = AdminContext {
+            token: Some(Secret::new("t0ken")),
+            ..ctx()
+        };
+        assert_eq!(
+            status(&guarded, remote, Method::POST, Some("Bearer t0ken")),
+            None
+        );
+        for wrong in [
+            None,
+            Some("Bearer t0ke"),
+            Some("Basic t0ken"),
+            Some("Bearer t0ken2"),
+        ] {
+            assert_eq!(
+                status(&guarded, remote, Method::POST, wrong),
+                Some(StatusCode::UNAUTHORIZED),
+                "{wrong:?}"
+            );
+        }
+        assert_eq!(
+            status(&guarded, local, Method::POST, None),
+            Some(StatusCode::UNAUTHORIZED),
+            "with a token, loopback needs it too"
+        );
+    }
+
+    /// `/_mlb/state` shows that an app has auth, never its hash.
+    #[test]
+    fn state_never_shows_password_hashes() {
+        let hash = "$6$saltsalt$9Yh5Lf1QXrxFGAmRgGm7ZBMwGzcRT5uXW0sI8ObVxHbQzfz";
+        let mut svc = crate::model::HttpService::new("/private", 0, 10002);
+        svc.auth = Some(crate::model::BasicAuth {
+            realm: "realm".into(),
+            user: "admin".into(),
+            password_hash: hash.into(),
+        });
+        let mut st = state();
+        st.http.insert(svc.key.clone(), svc.clone());
+        let (s, b) = body(route(&ctx(), &st, &Method::GET, "/_mlb/state", None));
+        assert_eq!(s, StatusCode::OK);
+        assert!(b.contains("\"user\": \"admin\""), "{b}");
+        assert!(!b.contains("saltsalt") && b.contains("<redacted>"), "{b}");
+        assert!(!format!("{svc:?}").contains("saltsalt"), "Debug (logs) too");
     }
 }

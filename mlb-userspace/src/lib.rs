@@ -29,6 +29,7 @@ pub mod logging;
 pub mod marathon;
 pub mod model;
 pub mod options;
+pub mod overload;
 pub mod proxy;
 pub mod secret;
 pub mod static_config;

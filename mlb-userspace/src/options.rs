@@ -2,22 +2,26 @@
 //! marathon-lb had a flag for the same thing, mlb keeps its name.
 //!
 //! The flags are turned here into each part's own configuration type ([`ModelOptions`],
-//! [`ProxyConfig`], [`MarathonFlags`], [`AttachMode`]): no other module reads the command line.
+//! [`ProxyConfig`], [`UserspaceL4Config`], [`ConnLimits`], [`MarathonFlags`], [`AttachMode`]):
+//! no other module reads the command line.
 use std::{
     fmt,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     str::FromStr,
+    sync::Arc,
+    time::Duration,
 };
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing::Level;
 
 use crate::{
-    dataplane::{xdp::AttachMode, xdp_pin::DEFAULT_BPFFS_DIR},
+    dataplane::{userspace_l4::UserspaceL4Config, xdp::AttachMode, xdp_pin::DEFAULT_BPFFS_DIR},
     logging::LogFormat,
     marathon::config::MarathonFlags,
     model::{ModelError, ModelOptions},
+    overload::{self, ConnGate, ConnLimits},
     proxy::ProxyConfig,
     secret::Secret,
 };
@@ -51,6 +55,7 @@ const ROUTING: &str = "Routing";
 const TLS: &str = "TLS";
 const L4: &str = "TCP/UDP dataplane (XDP)";
 const ADMIN: &str = "Admin and shutdown";
+const LIMITS: &str = "Connection limits and timeouts";
 const LOGGING: &str = "Logging";
 const HAPROXY_ONLY: &str = "marathon-lb flags without effect in mlb (accepted, logged once)";
 
@@ -229,6 +234,45 @@ pub struct RunOptions {
     /// are still served).
     #[arg(long, env = "MLB_DONT_BIND_HTTP_HTTPS", help_heading = ROUTING)]
     pub dont_bind_http_https: bool,
+    /// Address of the HTTP vhost frontend: an IP (with `--http-port`) or IP:port. Default: every
+    /// IPv4 address.
+    #[arg(long, env = "MLB_HTTP_ADDR", value_parser = parse_bind, help_heading = ROUTING)]
+    pub http_addr: Option<BindAddr>,
+    /// Address of the HTTPS vhost frontend: an IP (with `--https-port`) or IP:port.
+    #[arg(long, env = "MLB_HTTPS_ADDR", value_parser = parse_bind, help_heading = ROUTING)]
+    pub https_addr: Option<BindAddr>,
+    /// Address of the `X-Marathon-App-Id` frontend: an IP (with `--appid-port`) or IP:port.
+    #[arg(long, env = "MLB_APPID_ADDR", value_parser = parse_bind, help_heading = ROUTING)]
+    pub appid_addr: Option<BindAddr>,
+    /// Connections open at once over every HTTP, TLS and TCP listener, plus UDP sessions
+    /// (HAProxy's global `maxconn`). Default: what the open-files limit allows (two descriptors
+    /// a connection), at most 50,000 as marathon-lb.
+    #[arg(long, env = "MLB_MAX_CONNECTIONS", help_heading = LIMITS)]
+    pub max_connections: Option<usize>,
+    /// Connections open at once on one listener (marathon-lb's `maxconn 10000`).
+    #[arg(long, env = "MLB_MAX_CONNECTIONS_PER_LISTENER", default_value_t = 10_000, help_heading = LIMITS)]
+    pub max_connections_per_listener: usize,
+    /// At a connection limit, how long a new connection waits for a slot before it is refused
+    /// (the oldest connection that has sent no request is closed to make room first).
+    #[arg(long, env = "MLB_QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_duration, help_heading = LIMITS)]
+    pub queue_timeout: Duration,
+    /// From accept to the first complete request head, TLS handshake included (HAProxy's
+    /// `timeout http-request`).
+    #[arg(long, env = "MLB_REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration, help_heading = LIMITS)]
+    pub request_timeout: Duration,
+    /// An HTTP connection with no request in flight and no byte either way for this long is
+    /// closed.
+    #[arg(long, env = "MLB_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration, help_heading = LIMITS)]
+    pub idle_timeout: Duration,
+    /// A write to a client that makes no progress for this long fails (slow readers).
+    #[arg(long, env = "MLB_SEND_TIMEOUT", default_value = "30s", value_parser = parse_duration, help_heading = LIMITS)]
+    pub send_timeout: Duration,
+    /// A userspace-dataplane TCP connection with no byte either way for this long is closed.
+    #[arg(long, env = "MLB_TCP_IDLE_TIMEOUT", default_value = "300s", value_parser = parse_duration, help_heading = LIMITS)]
+    pub tcp_idle_timeout: Duration,
+    /// UDP sessions per userspace-dataplane service; beyond it the least recently used closes.
+    #[arg(long, env = "MLB_UDP_MAX_SESSIONS", default_value_t = 4_096, help_heading = LIMITS)]
+    pub udp_max_sessions: usize,
     /// Lowest service port auto-assigned to IP-per-task apps that declare none (0 with
     /// `--max-serv-port-ip-per-task 0`: no auto-assignment), as marathon-lb.
     #[arg(long, env = "MLB_MIN_SERV_PORT_IP_PER_TASK", default_value_t = 10050, help_heading = ROUTING)]
@@ -240,6 +284,10 @@ pub struct RunOptions {
     /// TLS certificate files or directories (PEM chain + key in one file).
     #[arg(long = "ssl-certs", env = "MLB_SSL_CERTS", value_delimiter = ',', help_heading = TLS)]
     pub ssl_certs: Vec<PathBuf>,
+    /// Directories `HAPROXY_{n}_SSL_CERT` files must be in (repeatable). Default: anywhere mlb
+    /// can read, as marathon-lb; set it so a label cannot read arbitrary host files.
+    #[arg(long = "ssl-certs-dir", env = "MLB_SSL_CERTS_DIR", value_delimiter = ',', help_heading = TLS)]
+    pub ssl_certs_dir: Vec<PathBuf>,
     /// Accepted for marathon-lb: mlb always picks each vhost's certificate and TLS options by
     /// SNI on the HTTPS frontend, which is what this flag enabled there.
     #[arg(long, env = "MLB_GROUP_HTTPS_BY_VHOST", help_heading = TLS)]
@@ -285,9 +333,14 @@ pub struct RunOptions {
     #[arg(long, env = "MLB_CONNTRACK_SIZE", default_value_t = mlb_common::consts::CT_MAX_ENTRIES, help_heading = L4)]
     pub conntrack_size: u32,
 
-    /// Admin listener: health check, explain JSON, stats.
+    /// Admin listener: health check, explain JSON, stats, signals. Its signal endpoints answer
+    /// only POSTs from loopback unless `--admin-token` is set.
     #[arg(long, env = "MLB_ADMIN_ADDR", default_value = "0.0.0.0:9090", help_heading = ADMIN)]
     pub admin_addr: SocketAddr,
+    /// Bearer token that allows `POST /_mlb_signal/*` from any address (`Authorization: Bearer
+    /// <token>`). Without it, only loopback clients may signal.
+    #[arg(long, env = "MLB_ADMIN_TOKEN", hide_env_values = true, value_name = "TOKEN", help_heading = ADMIN)]
+    pub admin_token: Option<Secret>,
     /// On SIGTERM, `/_haproxy_health_check` answers 503 at once; the listeners keep accepting
     /// for this many seconds (time for a load balancer in front to notice), then close.
     #[arg(long, env = "MLB_DRAIN_DELAY", default_value_t = 5, value_name = "SECS", help_heading = ADMIN)]
@@ -366,25 +419,75 @@ impl RunOptions {
             self.max_serv_port_ip_per_task,
         )?;
         model.reserved_ports.insert(self.admin_addr.port());
-        model.reserved_ports.insert(self.appid_port);
+        model.reserved_ports.insert(self.appid_bind().port());
         if !self.dont_bind_http_https {
-            model.reserved_ports.insert(self.http_port);
-            model.reserved_ports.insert(self.https_port);
+            model.reserved_ports.insert(self.http_bind().port());
+            model.reserved_ports.insert(self.https_bind().port());
         }
         model.reserved_ports.remove(&0);
         Ok(model)
     }
 
-    /// The proxy's configuration: frontends on every address, certificates, default timeouts.
-    pub fn proxy_config(&self) -> ProxyConfig {
-        let any = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+    fn http_bind(&self) -> SocketAddr {
+        BindAddr::resolve(self.http_addr, self.http_port)
+    }
+
+    fn https_bind(&self) -> SocketAddr {
+        BindAddr::resolve(self.https_addr, self.https_port)
+    }
+
+    fn appid_bind(&self) -> SocketAddr {
+        BindAddr::resolve(self.appid_addr, self.appid_port)
+    }
+
+    /// The connection limits and timeouts of the proxy and the userspace dataplane, for a
+    /// process allowed `nofile` open files.
+    pub fn conn_limits(&self, nofile: u64) -> ConnLimits {
+        ConnLimits {
+            max_connections: self
+                .max_connections
+                .unwrap_or_else(|| overload::connections_for_fd_limit(nofile).min(50_000)),
+            max_per_listener: self.max_connections_per_listener,
+            queue_timeout: self.queue_timeout,
+            request_timeout: self.request_timeout,
+            idle_timeout: self.idle_timeout,
+            send_timeout: self.send_timeout,
+        }
+    }
+
+    /// The admin API's limits: a budget of its own (so a flood on the proxy cannot starve the
+    /// health check), small, with the same timeouts.
+    pub fn admin_conn_limits(&self) -> ConnLimits {
+        ConnLimits {
+            max_connections: 64,
+            max_per_listener: 64,
+            ..self.conn_limits(u64::MAX)
+        }
+    }
+
+    /// The proxy's configuration: frontends on `--http-addr` & co (every IPv4 address by
+    /// default), certificates, default timeouts, connections taken from `conn_gate`.
+    pub fn proxy_config(&self, conn_gate: Arc<ConnGate>) -> ProxyConfig {
         let bind_vhost = !self.dont_bind_http_https;
         ProxyConfig {
-            http_addr: bind_vhost.then(|| SocketAddr::new(any, self.http_port)),
-            https_addr: bind_vhost.then(|| SocketAddr::new(any, self.https_port)),
-            appid_addr: Some(SocketAddr::new(any, self.appid_port)),
+            http_addr: bind_vhost.then(|| self.http_bind()),
+            https_addr: bind_vhost.then(|| self.https_bind()),
+            appid_addr: Some(self.appid_bind()),
             ssl_certs: self.ssl_certs.clone(),
+            ssl_certs_dirs: self.ssl_certs_dir.clone(),
+            conn_gate,
             ..ProxyConfig::default()
+        }
+    }
+
+    /// The userspace TCP/UDP dataplane's configuration, connections taken from `conn_gate`.
+    pub fn userspace_l4_config(&self, conn_gate: Arc<ConnGate>) -> UserspaceL4Config {
+        UserspaceL4Config {
+            maglev_table_size: self.maglev_table_size,
+            max_udp_sessions: self.udp_max_sessions,
+            tcp_idle_timeout: self.tcp_idle_timeout,
+            conn_gate,
+            ..UserspaceL4Config::new(self.vip.clone())
         }
     }
 
@@ -460,6 +563,50 @@ fn parse_log_level(s: &str) -> Result<Level, String> {
         _ => Err(format!(
             "Invalid log level: {s} (CRITICAL, ERROR, WARNING, INFO, DEBUG, NOTSET or trace)"
         )),
+    }
+}
+
+/// A listener address: an IP (the port comes from the matching `--*-port` flag) or IP:port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindAddr {
+    Ip(IpAddr),
+    Socket(SocketAddr),
+}
+
+impl BindAddr {
+    fn resolve(bind: Option<BindAddr>, port: u16) -> SocketAddr {
+        match bind {
+            None => SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port),
+            Some(BindAddr::Ip(ip)) => SocketAddr::new(ip, port),
+            Some(BindAddr::Socket(addr)) => addr,
+        }
+    }
+}
+
+fn parse_bind(s: &str) -> Result<BindAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(BindAddr::Socket(addr));
+    }
+    s.trim_matches(|c| c == '[' || c == ']')
+        .parse::<IpAddr>()
+        .map(BindAddr::Ip)
+        .map_err(|_| format!("{s:?}: expected an IP address or IP:port"))
+}
+
+/// A duration: seconds, or a number with `ms`, `s` or `m`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration such as 500ms, 15s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: unit must be ms, s or m")),
     }
 }
 
@@ -610,5 +757,50 @@ mod tests {
         };
         assert!(stop.detach);
         assert_eq!(stop.bpffs_dir, PathBuf::from("/sys/fs/bpf/mlb"));
+    }
+
+    /// Frontends bind where `--http-addr` & co say (an IP takes the `--*-port`), so nothing is
+    /// forced onto 0.0.0.0; connection limits and timeouts come from their flags.
+    #[test]
+    fn bind_and_limit_flags() {
+        let o = run(&[
+            "--http-addr",
+            "127.0.0.1",
+            "--http-port",
+            "8080",
+            "--https-addr",
+            "[::1]:8443",
+            "--appid-addr",
+            "198.18.0.1:9999",
+            "--request-timeout",
+            "500ms",
+            "--max-connections",
+            "100",
+        ])
+        .unwrap();
+        let c = o.proxy_config(ConnGate::new(o.conn_limits(1024)));
+        assert_eq!(c.http_addr, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(c.https_addr, Some("[::1]:8443".parse().unwrap()));
+        assert_eq!(c.appid_addr, Some("198.18.0.1:9999".parse().unwrap()));
+        let limits = o.conn_limits(1024);
+        assert_eq!(limits.max_connections, 100);
+        assert_eq!(limits.request_timeout, Duration::from_millis(500));
+        let reserved = o.model_options(None).unwrap().reserved_ports;
+        assert!([8080, 8443, 9999].iter().all(|p| reserved.contains(p)));
+
+        let d = run(&[]).unwrap();
+        let limits = d.conn_limits(1024);
+        assert_eq!(
+            limits.max_connections, 384,
+            "(1024 - 256) / 2 from the descriptor limit"
+        );
+        assert_eq!(
+            d.conn_limits(1 << 20).max_connections,
+            50_000,
+            "marathon-lb's maxconn"
+        );
+        assert_eq!(limits.request_timeout, Duration::from_secs(15));
+        assert!(run(&["--http-addr", "nowhere"]).is_err());
+        assert!(run(&["--idle-timeout", "5h"]).is_err());
     }
 }

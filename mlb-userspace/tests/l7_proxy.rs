@@ -245,9 +245,78 @@ async fn basic_auth_with_each_crypt_hash_kind() {
         assert_eq!(got.status, 200, "{kind}");
         assert_eq!(got.backend(), Some("a"));
     }
-    // marathon-lb applies auth on :80/:443 only; the service port bypasses it.
-    let port = proxy.service_listeners()[0];
-    assert_eq!(get(&c, port, "x", "/", &[]).await.status, 200);
+    // marathon-lb applied auth on :80/:443 only, so its service port and :9091 opened a
+    // protected app to anyone: mlb asks for the credentials on every path to the app.
+    let right = basic("alice", "open sesame");
+    for port in proxy.service_listeners() {
+        assert_eq!(get(&c, port, "x", "/", &[]).await.status, 401, "{port}");
+        let got = get(&c, port, "x", "/", &[("authorization", &right)]).await;
+        assert_eq!(got.status, 200, "{port}");
+    }
+    let appid = addr(&proxy, "appid");
+    for (kind, _) in &hashes {
+        let app = [("x-marathon-app-id", format!("/{kind}"))];
+        let app: Vec<(&str, &str)> = app.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(get(&c, appid, "x", "/", &app).await.status, 401, "{kind}");
+        let mut with = app.clone();
+        with.push(("authorization", &right));
+        assert_eq!(get(&c, appid, "x", "/", &with).await.status, 200, "{kind}");
+    }
+}
+
+/// Two apps on one vhost, one with auth: as with marathon-lb, the auth applies to every request
+/// for that host, also those the open app serves (a protected vhost stays protected after
+/// migration); an auth limited to a path applies to that path only.
+#[tokio::test]
+async fn auth_on_a_shared_vhost_covers_every_app_on_it() {
+    let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
+    let proxy = start_proxy(vec![], |_| {});
+    let hash = bcrypt::hash("pw", 4).unwrap();
+    let auth = |realm: &str| BasicAuth {
+        realm: realm.into(),
+        user: "u".into(),
+        password_hash: hash.clone(),
+    };
+    let mut open = service("/open", &[&a]);
+    open.vhosts = vec!["shared.example.com".into()];
+    let mut closed = service("/closed", &[&b]);
+    closed.vhosts = vec!["shared.example.com".into()];
+    closed.weight = -1; // matched after /open: /open serves the host
+    closed.auth = Some(auth("host"));
+    let mut api_open = service("/api-open", &[&a]);
+    api_open.vhosts = vec!["paths.example.com".into()];
+    let mut admin = service("/admin", &[&b]);
+    admin.vhosts = vec!["paths.example.com".into()];
+    admin.paths = vec!["/admin".into()];
+    admin.auth = Some(auth("admin"));
+    apply(&proxy, vec![open, closed, api_open, admin]);
+    let c = http_client();
+    let http = addr(&proxy, "http");
+    let right = basic("u", "pw");
+    let got = get(&c, http, "shared.example.com", "/", &[]).await;
+    assert_eq!(
+        got.status, 401,
+        "the open app's requests are challenged too"
+    );
+    let got = get(
+        &c,
+        http,
+        "shared.example.com",
+        "/",
+        &[("authorization", &right)],
+    )
+    .await;
+    assert_eq!((got.status.as_u16(), got.backend()), (200, Some("a")));
+    assert_eq!(
+        get(&c, http, "paths.example.com", "/", &[]).await.status,
+        200
+    );
+    assert_eq!(
+        get(&c, http, "paths.example.com", "/admin/x", &[])
+            .await
+            .status,
+        401
+    );
 }
 
 #[tokio::test]

@@ -151,3 +151,41 @@ async fn slow_clients_are_timed_out() {
     let c = http_client();
     assert_eq!(get(&c, http, "a.example.com", "/", &[]).await.status, 200);
 }
+
+/// Only WebSocket upgrades are tunneled: `Upgrade: h2c` is not passed on, and a backend that
+/// switches protocols anyway gets a 502 instead of a tunnel whose bytes bypass routing.
+#[tokio::test]
+async fn only_websocket_upgrades_are_tunneled() {
+    let a = TestBackend::start("a").await;
+    let proxy = start_proxy(vec![], |_| {});
+    let mut s = service("/a", &[&a]);
+    s.vhosts = vec!["a.example.com".into()];
+    apply(&proxy, vec![s]);
+    let http = proxy.local_addr("http").unwrap();
+    // The test backend's /ws answers 101 whatever it is asked.
+    let h2c = b"GET /ws HTTP/1.1\r\nHost: a.example.com\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n";
+    assert_eq!(status_of(&raw_exchange(http, h2c).await), Some(502));
+    let ws = b"GET /ws HTTP/1.1\r\nHost: a.example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    assert_eq!(status_of(&raw_exchange(http, ws).await), Some(101));
+}
+
+/// An absolute-form request is routed on its URI's host: the backend sees that host as Host,
+/// never a different Host header the client added (which a backend could route on).
+#[tokio::test]
+async fn forwarded_host_is_the_routed_authority() {
+    let a = TestBackend::start("a").await;
+    let proxy = start_proxy(vec![], |_| {});
+    let mut s = service("/a", &[&a]);
+    s.vhosts = vec!["a.example.com".into()];
+    apply(&proxy, vec![s]);
+    let http = proxy.local_addr("http").unwrap();
+    let req = b"GET http://a.example.com/x HTTP/1.1\r\nHost: internal.example.com\r\nConnection: close\r\n\r\n";
+    let answer = raw_exchange(http, req).await;
+    assert_eq!(status_of(&answer), Some(200), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("x-seen-host: a.example.com\r\n"),
+        "{answer}"
+    );
+}

@@ -108,6 +108,25 @@ impl<'ns> Mlb<'ns> {
         Self::start_program(ns, admin, &mlb_bin(), argv, env)
     }
 
+    /// [`Mlb::start`], with the open-files limit (soft and hard) set to `nofile` when given, as
+    /// on hosts with the common 1,024 (through `prlimit`, which execs mlb: the PID is mlb's).
+    pub fn start_limited(
+        ns: Option<&'ns Netns>,
+        admin: SocketAddr,
+        args: &[String],
+        nofile: Option<u64>,
+    ) -> Result<Self> {
+        let Some(n) = nofile else {
+            return Self::start(ns, admin, args);
+        };
+        let bin = mlb_bin();
+        let bin = bin.to_str().context("mlb path")?.to_owned();
+        let mut argv = vec![format!("--nofile={n}:{n}"), "--".into(), bin, "run".into()];
+        argv.extend(["--admin-addr".into(), admin.to_string()]);
+        argv.extend(args.iter().cloned());
+        Self::start_program(ns, admin, std::path::Path::new("prlimit"), &argv, &[])
+    }
+
     /// Like [`Mlb::start_argv`] with another program that runs mlb (`podman run ... IMAGE`).
     pub fn start_program(
         ns: Option<&'ns Netns>,

@@ -20,7 +20,7 @@ use anyhow::{Context as _, Result, bail};
 
 /// Debian packages the test suite needs: `ip` (namespaces, veth), `ethtool` (offloads), `curl`
 /// and `h2load` (real HTTP/1.1 and HTTP/2 clients in the proxy tests), `bpftool` (the XDP tests
-/// read the program's counters with it).
+/// read the program's counters with it), `prlimit` (util-linux: mlb under a 1,024 open-files limit).
 pub const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -29,6 +29,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "bpftool",
     // promtool, which checks the `/metrics` exposition in the tests.
     "prometheus",
+    "util-linux",
 ];
 /// Packages `cargo xtask demo` needs: namespaces and offloads, and the `curl` and `nc` it tells
 /// the user to try.

@@ -19,7 +19,13 @@
 //!   direction keeps flowing).
 //! - UDP: one session per client address, with its own upstream socket connected to the chosen
 //!   backend; replies go back to the client from the service socket; a session idle for
-//!   [`UserspaceL4Config::udp_idle_timeout`] is closed.
+//!   [`UserspaceL4Config::udp_idle_timeout`] is closed. Sessions are capped per service and take
+//!   a slot of the process's connection budget each: when either is full, the least recently
+//!   used session of the service makes room, so a flood of source ports cannot exhaust the
+//!   descriptors (HTTP and the admin API keep theirs).
+//! - TCP connections take a slot of the same budget ([`ConnGate`]: queued briefly, then refused
+//!   at the cap), are closed after [`UserspaceL4Config::tcp_idle_timeout`] without a byte either
+//!   way, and a client that does not read stalls its copy for at most the send timeout.
 //! - Counters per service and backend ([`L4Stats`]) for the admin API.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -48,7 +54,12 @@ use super::{
     Dataplane, DataplaneError, L4Change, apply_each,
     maglev::{self, MaglevBackend, MaglevError, TableEntry},
 };
-use crate::model::{BackendId, BackendState, L4Service, L4ServiceKey, Protocol};
+use crate::{
+    model::{BackendId, BackendState, L4Service, L4ServiceKey, Protocol},
+    overload::{
+        AcceptErrors, Admission, ConnGate, ConnLimits, Guarded, ListenerGate, Slot, supervise,
+    },
+};
 
 /// Why a service could not be set up (the controller retries it at the next full pass).
 #[derive(Debug, thiserror::Error)]
@@ -71,8 +82,9 @@ enum ServiceError {
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 /// Listen backlog of the TCP listeners.
 const LISTEN_BACKLOG: i32 = 1024;
-/// Buffer per direction of a proxied TCP connection.
-const COPY_BUFFER: usize = 64 * 1024;
+/// Buffer per direction of a proxied TCP connection: 32 KiB of memory per connection however
+/// much the peers send (the kernel's socket buffers hold the rest).
+const COPY_BUFFER: usize = 16 * 1024;
 /// Largest UDP datagram relayed.
 const UDP_BUFFER: usize = 65_536;
 
@@ -87,8 +99,13 @@ pub struct UserspaceL4Config {
     pub connect_timeout: Duration,
     /// A UDP session with no datagram either way for this long is closed.
     pub udp_idle_timeout: Duration,
-    /// Most UDP sessions per service socket; datagrams from new clients beyond it are dropped.
+    /// Most UDP sessions per service socket; beyond it the least recently used one is closed.
     pub max_udp_sessions: usize,
+    /// A TCP connection with no byte either way for this long is closed.
+    pub tcp_idle_timeout: Duration,
+    /// The connection budget TCP connections and UDP sessions take from (shared with the HTTP
+    /// proxy), with its queue and send timeouts.
+    pub conn_gate: Arc<ConnGate>,
 }
 
 impl UserspaceL4Config {
@@ -100,7 +117,9 @@ impl UserspaceL4Config {
             maglev_table_size: maglev::DEFAULT_TABLE_SIZE,
             connect_timeout: Duration::from_secs(3),
             udp_idle_timeout: Duration::from_secs(30),
-            max_udp_sessions: 65_536,
+            max_udp_sessions: 4_096,
+            tcp_idle_timeout: Duration::from_secs(300),
+            conn_gate: ConnGate::new(ConnLimits::default()),
         }
     }
 }
@@ -521,10 +540,9 @@ impl UserspaceL4 {
                 let std_listener: std::net::TcpListener = socket.into();
                 let shutdown_handle = std_listener.try_clone()?;
                 let listener = TcpListener::from_std(std_listener)?;
-                let timeout = self.config.connect_timeout;
-                let task = self
-                    .handle
-                    .spawn(tcp_accept_loop(listener, addr, routes, timeout));
+                let task =
+                    self.handle
+                        .spawn(tcp_accept_loop(listener, addr, routes, self.config.clone()));
                 Ok(Listener {
                     shutdown_handle: Some(shutdown_handle),
                     task,
@@ -569,13 +587,32 @@ async fn tcp_accept_loop(
     listener: TcpListener,
     addr: SocketAddr,
     routes: Arc<ArcSwap<Routes>>,
-    connect_timeout: Duration,
+    config: UserspaceL4Config,
 ) {
+    let mut gate = config.conn_gate.listener();
+    let limits = ConnLimits {
+        idle_timeout: config.tcp_idle_timeout,
+        ..gate.limits().clone()
+    };
+    let mut errors = AcceptErrors::default();
     loop {
         match listener.accept().await {
             Ok((client, peer)) => {
+                let slot = gate.reserve().await;
+                // Over the limit: closed at once (a TCP service has no overload answer).
+                let Some(slot) = slot else {
+                    debug!(%addr, %peer, "connection limit reached; refused");
+                    continue;
+                };
+                // Not sheddable: with server-first protocols a silent client is normal.
+                let client = Guarded::new(client, slot.admit(false));
                 let routes = routes.load_full();
-                tokio::spawn(proxy_tcp(client, peer, routes, connect_timeout));
+                let state = client.state();
+                let timeout = config.connect_timeout;
+                let limits = limits.clone();
+                tokio::spawn(async move {
+                    supervise(state, &limits, proxy_tcp(client, peer, routes, timeout)).await;
+                });
             }
             // The listener was shut down (service removed).
             Err(e) if e.kind() == io::ErrorKind::InvalidInput => return,
@@ -587,7 +624,7 @@ async fn tcp_accept_loop(
                 ) => {}
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                warn!(%addr, "accept: {e}");
+                errors.report(&addr, &e);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -613,7 +650,7 @@ impl Drop for ActiveGuard {
 }
 
 async fn proxy_tcp(
-    client: TcpStream,
+    client: Guarded<TcpStream>,
     peer: SocketAddr,
     routes: Arc<Routes>,
     connect_timeout: Duration,
@@ -649,7 +686,7 @@ async fn proxy_tcp(
     let id = backend.id.clone();
     drop(routes);
     let _active = ActiveGuard::new(&counters);
-    let _ = client.set_nodelay(true);
+    let _ = client.get_ref().set_nodelay(true);
     let _ = stream.set_nodelay(true);
     let mut client = Counted {
         inner: client,
@@ -661,7 +698,7 @@ async fn proxy_tcp(
         counters,
         from_client: false,
     };
-    // 64 KiB per direction (tokio's default is 8 KiB): fewer syscalls for bulk transfers.
+    // 16 KiB per direction (tokio's default is 8 KiB): fewer syscalls for bulk transfers.
     let copied = tokio::io::copy_bidirectional_with_sizes(
         &mut client,
         &mut stream,
@@ -675,14 +712,14 @@ async fn proxy_tcp(
 }
 
 /// A TCP stream that counts the bytes read from it into its backend's counters.
-struct Counted {
-    inner: TcpStream,
+struct Counted<S> {
+    inner: S,
     counters: Arc<BackendCounters>,
     /// Reads from the client count as "to backend", reads from the backend as "from backend".
     from_client: bool,
 }
 
-impl AsyncRead for Counted {
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -703,7 +740,7 @@ impl AsyncRead for Counted {
     }
 }
 
-impl AsyncWrite for Counted {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -741,12 +778,13 @@ impl SessionClock {
     }
 }
 
-/// One client's UDP session. Dropping it stops its reply relay.
+/// One client's UDP session. Dropping it stops its reply relay and frees its slot.
 struct UdpSession {
     upstream: Arc<UdpSocket>,
     clock: Arc<SessionClock>,
     counters: Arc<BackendCounters>,
     relay: JoinHandle<()>,
+    _slot: Admission,
 }
 
 impl Drop for UdpSession {
@@ -760,6 +798,7 @@ async fn udp_service_loop(
     routes: Arc<ArcSwap<Routes>>,
     config: UserspaceL4Config,
 ) {
+    let gate = config.conn_gate.listener();
     let mut sessions: HashMap<SocketAddr, UdpSession> = HashMap::new();
     let mut buf = vec![0u8; UDP_BUFFER];
     let sweep_every = (config.udp_idle_timeout / 2).max(Duration::from_millis(100));
@@ -776,14 +815,11 @@ async fn udp_service_loop(
                 };
                 let live = sessions.get(&client).is_some_and(|s| !s.clock.closed.load(Relaxed));
                 if !live {
-                    if sessions.len() >= config.max_udp_sessions {
-                        sessions.retain(|_, s| !s.clock.closed.load(Relaxed));
-                        if sessions.len() >= config.max_udp_sessions {
-                            debug!(%client, "UDP session table full; datagram dropped");
-                            continue;
-                        }
-                    }
-                    match open_udp_session(&socket, client, &routes.load(), &config).await {
+                    let Some(slot) = make_room(&mut sessions, &gate, config.max_udp_sessions) else {
+                        debug!(%client, "no room for a UDP session; datagram dropped");
+                        continue;
+                    };
+                    match open_udp_session(&socket, client, &routes.load(), &config, slot.admit(false)).await {
                         Some(s) => {
                             sessions.insert(client, s);
                         }
@@ -804,11 +840,42 @@ async fn udp_service_loop(
     }
 }
 
+/// A slot for a new session. At the service's session cap, or when the process's connection
+/// budget is spent, the least recently used session of this service is closed to make room
+/// (once: if the budget is still spent by other listeners, the datagram is dropped).
+fn make_room(
+    sessions: &mut HashMap<SocketAddr, UdpSession>,
+    gate: &ListenerGate,
+    max_sessions: usize,
+) -> Option<Slot> {
+    for _ in 0..2 {
+        if sessions.len() < max_sessions
+            && let Some(slot) = gate.try_reserve()
+        {
+            return Some(slot);
+        }
+        sessions.retain(|_, s| !s.clock.closed.load(Relaxed));
+        if sessions.len() < max_sessions
+            && let Some(slot) = gate.try_reserve()
+        {
+            return Some(slot);
+        }
+        let lru = sessions
+            .iter()
+            .max_by_key(|(_, s)| s.clock.idle_for())
+            .map(|(client, _)| *client)?;
+        debug!(client = %lru, "UDP session table full; least recently used session closed");
+        sessions.remove(&lru);
+    }
+    None
+}
+
 async fn open_udp_session(
     service: &Arc<UdpSocket>,
     client: SocketAddr,
     routes: &Routes,
     config: &UserspaceL4Config,
+    slot: Admission,
 ) -> Option<UdpSession> {
     let Some(index) = routes.pick(client) else {
         routes.counters.no_backend.fetch_add(1, Relaxed);
@@ -852,7 +919,14 @@ async fn open_udp_session(
         clock,
         counters: backend.counters.clone(),
         relay,
+        _slot: slot,
     })
+}
+
+thread_local! {
+    /// The receive buffer of the reply relays on this thread: used only between two awaits, so
+    /// a session costs no buffer of its own.
+    static RELAY_BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; UDP_BUFFER]);
 }
 
 /// Relays a session's replies to its client until the session has been idle long enough.
@@ -864,28 +938,49 @@ async fn udp_reply_relay(
     idle_timeout: Duration,
     active: ActiveGuard,
 ) {
-    let mut buf = vec![0u8; UDP_BUFFER];
     loop {
         let left = idle_timeout.saturating_sub(clock.idle_for());
         if left.is_zero() {
             break;
         }
-        match tokio::time::timeout(left, upstream.recv(&mut buf)).await {
+        match tokio::time::timeout(left, upstream.readable()).await {
             // Re-check: the client may have sent something meanwhile.
             Err(_) => continue,
-            Ok(Ok(n)) => {
-                clock.touch();
-                match service.send_to(&buf[..n], client).await {
-                    Ok(sent) => {
-                        active.0.bytes_from_backend.fetch_add(sent as u64, Relaxed);
-                    }
-                    Err(e) => debug!(%client, "UDP send to client: {e}"),
-                }
-            }
-            // ICMP port unreachable from the backend surfaces here, once per datagram sent.
-            Ok(Err(e)) => debug!(%client, "UDP receive from backend: {e}"),
+            Ok(Ok(())) => relay_ready(&upstream, &service, client, &clock, &active),
+            Ok(Err(e)) => debug!(%client, "UDP backend socket: {e}"),
         }
     }
     clock.closed.store(true, Relaxed);
     debug!(%client, "UDP session idle; closed");
+}
+
+/// Forwards the replies waiting on `upstream` (at most 64, then yields) to the client. A reply
+/// the service socket cannot take at once is dropped, as a full network would.
+fn relay_ready(
+    upstream: &UdpSocket,
+    service: &UdpSocket,
+    client: SocketAddr,
+    clock: &SessionClock,
+    active: &ActiveGuard,
+) {
+    RELAY_BUFFER.with_borrow_mut(|buf| {
+        for _ in 0..64 {
+            let n = match upstream.try_recv(buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // ICMP port unreachable from the backend surfaces here, once per datagram sent.
+                Err(e) => {
+                    debug!(%client, "UDP receive from backend: {e}");
+                    return;
+                }
+            };
+            clock.touch();
+            match service.try_send_to(&buf[..n], client) {
+                Ok(sent) => {
+                    active.0.bytes_from_backend.fetch_add(sent as u64, Relaxed);
+                }
+                Err(e) => debug!(%client, "UDP send to client: {e}"),
+            }
+        }
+    });
 }

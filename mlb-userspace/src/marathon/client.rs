@@ -28,6 +28,9 @@ const MAX_REDIRECTS: usize = 3;
 const USER_AGENT: &str = concat!("mlb/", env!("CARGO_PKG_VERSION"));
 /// At most this much is reserved up front for a body from its Content-Length (it grows past).
 const MAX_BODY_RESERVE: u64 = 256 << 20;
+/// Largest response body read (`/v2/apps` of 10,000 apps is about 50 MB): a Marathon, or
+/// something posing as one, cannot exhaust memory.
+const MAX_BODY: usize = 512 << 20;
 
 enum Auth {
     None,
@@ -301,12 +304,32 @@ impl MarathonClient {
             if with_timeout {
                 req = req.timeout(self.inner.request_timeout);
             }
-            req = self.authorize(req).await?;
-            let resp = req.send().await.map_err(|e| MarathonError::Transport {
+            // Credentials go to the Marathon hosts configured, never to another host a
+            // redirect names (as python-requests, marathon-lb's client, strips them).
+            if self.is_configured_origin(&url) {
+                req = self.authorize(req).await?;
+            }
+            // The event stream has no whole-request timeout, but its response headers must come
+            // as fast as any answer's: a Marathon that accepts and says nothing would hang the
+            // watcher (and the resyncs it owes) forever.
+            let sent = tokio::time::timeout(self.inner.request_timeout, req.send()).await;
+            let transport = |source: reqwest::Error| MarathonError::Transport {
                 method: "GET",
                 url: without_query(url.clone()).to_string(),
-                source: e.without_url(),
-            })?;
+                source: source.without_url(),
+            };
+            let resp = match sent {
+                Ok(r) => r.map_err(transport)?,
+                Err(_) => {
+                    return Err(MarathonError::InvalidResponse {
+                        url: without_query(url.clone()).to_string(),
+                        reason: format!(
+                            "no response headers within {:?}",
+                            self.inner.request_timeout
+                        ),
+                    });
+                }
+            };
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED
                 && let Auth::Dcos(d) = &self.inner.auth
@@ -342,6 +365,10 @@ impl MarathonClient {
             }
             return Ok(resp);
         }
+    }
+
+    fn is_configured_origin(&self, url: &Url) -> bool {
+        self.inner.hosts.iter().any(|h| h.origin() == url.origin())
     }
 
     async fn authorize(&self, req: RequestBuilder) -> Result<RequestBuilder, MarathonError> {
@@ -420,6 +447,12 @@ async fn read_body(mut resp: Response, url: &Url) -> Result<Vec<u8>, MarathonErr
     let hint = resp.content_length().unwrap_or(0).min(MAX_BODY_RESERVE);
     let mut body = Vec::with_capacity(usize::try_from(hint).unwrap_or(0));
     while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(MarathonError::InvalidResponse {
+                url: without_query(url.clone()).to_string(),
+                reason: format!("body larger than {MAX_BODY} bytes"),
+            });
+        }
         body.extend_from_slice(&chunk);
     }
     Ok(body)

@@ -44,6 +44,8 @@ struct State {
     apps_body: Option<String>,
     /// Answer `/v2/events` with a 307 to this base URL (a non-leader).
     events_redirect: Option<String>,
+    /// Answer `/v2/events` with this status instead.
+    events_status: Option<u16>,
     /// Expected `Authorization` header; anything else gets 401.
     require_auth: Option<String>,
     /// DC/OS login: the uid to accept, the public key to verify with, the tokens issued.
@@ -167,6 +169,9 @@ impl Fake {
         if path == "/v2/events" {
             s.event_connects += 1;
             s.event_queries.push(query.clone());
+            if let Some(status) = s.events_status {
+                return full(status, "");
+            }
             if let Some(leader) = &s.events_redirect {
                 return Response::builder()
                     .status(307)
@@ -381,6 +386,33 @@ async fn get_app_reads_one_app_and_404_means_gone() {
     assert_eq!(m.with(|s| s.app_hits.get("/group/app").copied()), Some(1));
 }
 
+/// A Marathon that accepts `/v2/events` but never sends response headers: before, the watcher
+/// hung there (no request to Marathon, SIGHUP ignored); now it is an error after the request
+/// timeout, and the watcher retries.
+#[tokio::test]
+async fn event_stream_without_response_headers_times_out() {
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    let mut cfg = config(&[url]);
+    cfg.request_timeout = Duration::from_millis(300);
+    let c = MarathonClient::new(&cfg).unwrap();
+    let start = std::time::Instant::now();
+    let e = timeout(Duration::from_secs(5), c.open_events())
+        .await
+        .expect("open_events hung")
+        .expect_err("no stream from a silent Marathon")
+        .to_string();
+    assert!(e.contains("no response headers"), "{e}");
+    assert!(start.elapsed() < Duration::from_secs(2));
+    held.abort();
+}
+
 #[tokio::test]
 async fn event_stream_follows_the_leader_redirect_with_credentials() {
     let follower = Fake::start().await;
@@ -390,11 +422,23 @@ async fn event_stream_follows_the_leader_redirect_with_credentials() {
         m.with(|s| s.require_auth = Some(auth.into()));
     }
     follower.with(|s| s.events_redirect = Some(leader.url()));
-    let mut cfg = config(&[follower.url()]);
-    cfg.credentials = Credentials::Basic {
+    let credentials = Credentials::Basic {
         user: "user".into(),
         password: Secret::new("pass"),
     };
+    // A redirect to a host not configured gets no credentials (the leader refuses).
+    let mut cfg = config(&[follower.url()]);
+    cfg.credentials = credentials.clone();
+    let e = MarathonClient::new(&cfg)
+        .unwrap()
+        .open_events()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("401"), "{e}");
+    // To a configured Marathon, they go.
+    let mut cfg = config(&[follower.url(), leader.url()]);
+    cfg.credentials = credentials;
     let c = MarathonClient::new(&cfg).unwrap();
     let mut stream = c.open_events().await.unwrap();
     assert_eq!(
@@ -536,6 +580,7 @@ struct Watching {
     rx: mpsc::Receiver<MarathonUpdate>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    resync: super::watch::ResyncTrigger,
 }
 
 impl Watching {
@@ -543,8 +588,14 @@ impl Watching {
         let (tx, rx) = mpsc::channel(16);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let w = MarathonWatcher::new(cfg).unwrap();
+        let resync = w.resync_trigger();
         let task = tokio::spawn(w.run(tx, shutdown_rx));
-        Watching { rx, shutdown, task }
+        Watching {
+            rx,
+            shutdown,
+            task,
+            resync,
+        }
     }
 
     /// The next update; the virtual clock moves on while waiting, so this also lets timers fire.
@@ -676,6 +727,35 @@ async fn invalid_event_json_is_skipped_and_the_stream_continues() {
         other => panic!("{other:?}"),
     }
     assert_eq!(m.with(|s| s.event_connects), 1, "no reconnect");
+    w.stop().await;
+}
+
+/// The event stream keeps failing, so reconnects back off up to the cap; meanwhile a requested
+/// resync reads `/v2/apps` at once (before, it waited for the next reconnect).
+#[tokio::test(start_paused = true)]
+async fn resync_requests_are_served_while_the_stream_backs_off() {
+    let m = Fake::start().await;
+    m.set_app("/a", 1);
+    m.with(|s| s.events_status = Some(503));
+    let mut cfg = config(&[m.url()]);
+    cfg.max_backoff = Duration::from_secs(300);
+    let mut w = Watching::start(cfg);
+    // Let the backoff grow: each failed open sends a SyncFailed.
+    for _ in 0..6 {
+        assert!(matches!(w.next().await, MarathonUpdate::SyncFailed { .. }));
+    }
+    let connects = m.with(|s| s.event_connects);
+    m.set_app("/b", 1);
+    w.resync.request();
+    let list = timeout(Duration::from_secs(1), w.snapshot())
+        .await
+        .expect("the resync waited for the backoff");
+    assert_eq!(list_ids(&list), ["/a", "/b"]);
+    assert_eq!(
+        m.with(|s| s.event_connects),
+        connects,
+        "a resync, not a reconnect"
+    );
     w.stop().await;
 }
 

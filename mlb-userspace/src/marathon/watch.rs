@@ -315,11 +315,35 @@ impl Running {
                     wait
                 }
             };
+            if !self.wait_to_reconnect(wait, shutdown).await {
+                return;
+            }
+        }
+    }
+
+    /// Waits `wait` before reconnecting the stream; meanwhile a requested resync (SIGHUP,
+    /// `/_mlb_signal/hup`), or the periodic one falling due, reads `/v2/apps` at once rather
+    /// than after the backoff. False on shutdown.
+    async fn wait_to_reconnect(
+        &self,
+        wait: Duration,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let reconnect_at = Instant::now() + wait;
+        let mut resync_at = Instant::now() + self.cfg.resync_interval;
+        loop {
             tokio::select! {
                 biased;
-                () = shutdown_requested(shutdown) => return,
-                () = sleep(wait) => {}
+                () = shutdown_requested(shutdown) => return false,
+                () = sleep_until(reconnect_at) => return true,
+                () = self.resync.0.notified() => {}
+                () = sleep_until(resync_at) => {}
             }
+            info!("resync while the event stream is down");
+            if !self.full_sync(shutdown).await.1 {
+                return false;
+            }
+            resync_at = Instant::now() + self.cfg.resync_interval;
         }
     }
 

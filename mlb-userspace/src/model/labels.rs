@@ -107,6 +107,20 @@ fn err(label: &str, value: &str, reason: impl Into<String>) -> LabelError {
     }
 }
 
+/// The crypt(3) schemes the proxy verifies: SHA-512, SHA-256, bcrypt. Others (MD5 `$1$`, DES,
+/// a plain password) are refused here, so `mlb explain` says so and the proxy never gets them.
+/// The reason never quotes the hash.
+fn check_hash_scheme(hash: &str) -> Result<(), &'static str> {
+    const SUPPORTED: [&str; 6] = ["$6$", "$5$", "$2a$", "$2b$", "$2x$", "$2y$"];
+    if SUPPORTED.iter().any(|p| hash.starts_with(p)) {
+        Ok(())
+    } else {
+        Err(
+            "unsupported password hash: use a crypt(3) SHA-512 ($6$), SHA-256 ($5$) or bcrypt ($2y$) hash (MD5 $1$, DES and plain passwords are not accepted)",
+        )
+    }
+}
+
 /// Comma list, trimmed, empties dropped. (marathon-lb does not trim: `"a, b"` gave the group
 /// `" b"`. mlb trims; see docs/compatibility.md.)
 fn split_list(v: &str) -> Vec<String> {
@@ -356,13 +370,14 @@ fn read_access(r: &PortLabelReader<'_>, out: &mut PortLabels) -> Result<(), Labe
         let parts: Vec<&str> = v.split(':').collect();
         match parts.as_slice() {
             [realm, user, hash] if !realm.is_empty() && !user.is_empty() && !hash.is_empty() => {
+                check_hash_scheme(hash).map_err(|reason| err(&k, "<redacted>", reason))?;
                 out.auth = Some(BasicAuth {
                     realm: (*realm).to_owned(),
                     user: (*user).to_owned(),
                     password_hash: (*hash).to_owned(),
                 });
             }
-            _ => return Err(err(&k, v, "expected realm:user:crypt-hash")),
+            _ => return Err(err(&k, "<redacted>", "expected realm:user:crypt-hash")),
         }
     }
     if let Some((k, v)) = r.get("BACKEND_NETWORK_ALLOWED_ACL") {
@@ -762,10 +777,6 @@ mod tests {
             (("HAPROXY_0_PORT", "70000"), "not a port number"),
             (("HAPROXY_0_MODE", "udp"), "mode must be tcp or http"),
             (
-                ("HAPROXY_0_AUTH", "realm:user"),
-                "expected realm:user:crypt-hash",
-            ),
-            (
                 ("HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL", "10.0.0.0/33"),
                 "prefix length",
             ),
@@ -800,6 +811,32 @@ mod tests {
             assert_eq!(e.value, v);
             assert!(e.to_string().contains(want), "{k}={v}: {e}");
         }
+    }
+
+    /// Auth labels the proxy cannot check are refused here, so explain and the proxy agree, and
+    /// the error never quotes the secret.
+    #[test]
+    fn auth_labels_with_unusable_hashes_are_refused_without_quoting_them() {
+        for (v, want) in [
+            ("realm:user", "expected realm:user:crypt-hash"),
+            (
+                "realm:user:$1$saltsalt$md5md5md5",
+                "unsupported password hash",
+            ),
+            ("realm:user:plainsecret", "unsupported password hash"),
+        ] {
+            let e = parse(&[("HAPROXY_0_AUTH", v)]).unwrap_err();
+            let shown = e.to_string();
+            assert!(
+                shown.contains(want) && shown.contains("HAPROXY_0_AUTH"),
+                "{shown}"
+            );
+            assert!(
+                !shown.contains("saltsalt") && !shown.contains("plainsecret"),
+                "{shown}"
+            );
+        }
+        assert!(parse(&[("HAPROXY_0_AUTH", "r:u:$2y$05$abcdefghijklmnopqrstuv")]).is_ok());
     }
 
     #[test]

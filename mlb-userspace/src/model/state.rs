@@ -105,12 +105,28 @@ pub enum Balance {
 }
 
 /// HTTP basic auth from `HAPROXY_{n}_AUTH=realm:user:hash` (crypt(3) hash).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BasicAuth {
     pub realm: String,
     pub user: String,
-    /// crypt(3) hash as HAProxy userlists take it (`$6$…`, `$5$…`, `$2y$…`).
+    /// crypt(3) hash as HAProxy userlists take it (`$6$…`, `$5$…`, `$2y$…`). A hash can be
+    /// cracked offline: it is never shown, neither serialized (admin API) nor in `Debug` (logs).
+    #[serde(serialize_with = "redacted")]
     pub password_hash: String,
+}
+
+impl fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BasicAuth")
+            .field("realm", &self.realm)
+            .field("user", &self.user)
+            .field("password_hash", &"<redacted>")
+            .finish()
+    }
+}
+
+fn redacted<S: serde::Serializer>(_: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("<redacted>")
 }
 
 /// An address block for `HAPROXY_{n}_BACKEND_NETWORK_ALLOWED_ACL`.

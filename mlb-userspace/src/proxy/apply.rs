@@ -202,6 +202,9 @@ impl HttpProxy {
             ),
         );
         errors
+            .into_iter()
+            .map(|e| name_the_label(e, &services))
+            .collect()
     }
 
     /// Opens, moves and closes the listeners of the service ports whose service changed, and
@@ -227,5 +230,29 @@ impl HttpProxy {
         }
         errors.extend(listeners.retry_failed(&self.shared, dirty_ports));
         errors
+    }
+}
+
+/// A certificate error of a file an app's `HAPROXY_{n}_SSL_CERT` names, said as such (the
+/// operator must know which app and label to fix).
+fn name_the_label(
+    error: ProxyError,
+    services: &[(u16, Option<std::sync::Arc<super::router::Service>>)],
+) -> ProxyError {
+    let ProxyError::Cert { path, reason } = error else {
+        return error;
+    };
+    let owner = services
+        .iter()
+        .filter_map(|(_, s)| s.as_ref())
+        .find(|s| s.spec.ssl_certs.iter().any(|c| path.starts_with(c)));
+    match owner {
+        Some(s) => ProxyError::LabelCert {
+            app_id: s.spec.key.app_id.clone(),
+            port_index: s.spec.key.port_index,
+            path,
+            reason,
+        },
+        None => ProxyError::Cert { path, reason },
     }
 }

@@ -61,17 +61,10 @@ async fn route(
                 // Its backends speak TLS; only the redirect above applies to plain requests.
                 return no_route();
             }
-            if let Some(auth) = &svc.auth {
-                let given = req
-                    .headers()
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok());
-                if !auth.check(given).await {
-                    let mut r = error_page(StatusCode::UNAUTHORIZED, "authentication required");
-                    if let Ok(v) = HeaderValue::from_str(&auth.challenge()) {
-                        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-                    }
-                    return r;
+            // Every auth rule of the host (and path) applies, not only the routed app's.
+            for auth in table.vhost_auth(host, req.uri().path()) {
+                if let Some(challenge) = challenge(auth, &req).await {
+                    return challenge;
                 }
             }
             svc.clone()
@@ -87,6 +80,11 @@ async fn route(
             else {
                 return no_route();
             };
+            if let Some(auth) = &svc.auth
+                && let Some(challenge) = challenge(auth, &req).await
+            {
+                return challenge;
+            }
             svc.clone()
         }
         Frontend::ServicePort(port) => {
@@ -98,6 +96,11 @@ async fn route(
             let Some(svc) = table.lookup_port(port) else {
                 return no_route();
             };
+            if let Some(auth) = &svc.auth
+                && let Some(challenge) = challenge(auth, &req).await
+            {
+                return challenge;
+            }
             svc.clone()
         }
     };
@@ -109,6 +112,25 @@ async fn route(
         );
     }
     response
+}
+
+/// `None` when the request carries `auth`'s user and password; else the 401 to answer.
+async fn challenge(
+    auth: &Arc<crate::proxy::auth::Authenticator>,
+    req: &Request<Incoming>,
+) -> Option<Response<ProxyBody>> {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if auth.check(given).await {
+        return None;
+    }
+    let mut r = error_page(StatusCode::UNAUTHORIZED, "authentication required");
+    if let Ok(v) = HeaderValue::from_str(&auth.challenge()) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    Some(r)
 }
 
 /// The normalised host of a request (`:authority` or Host), `None` without one (HTTP/1.0).
@@ -247,8 +269,9 @@ async fn backend_rules(
         None
     };
 
-    if !headers.contains_key(header::HOST)
-        && let Some(authority) = parts.uri.authority()
+    // The request was routed on the URI's authority when it has one (absolute form, h2
+    // `:authority`): the backend must see that host, not another a Host header claimed.
+    if let Some(authority) = parts.uri.authority()
         && let Ok(v) = HeaderValue::from_str(authority.as_str())
     {
         headers.insert(header::HOST, v);
@@ -352,9 +375,18 @@ async fn backend_rules(
     Response::from_parts(parts, body.boxed())
 }
 
+/// A WebSocket upgrade: the only protocol switch tunneled. Others (`h2c` above all) would
+/// leave later bytes unrouted: their `Upgrade` header is dropped like any hop-by-hop header.
 fn is_upgrade(req: &Request<Incoming>) -> bool {
+    let websocket = req
+        .headers()
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("websocket"));
     req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
+        && websocket
         && req
             .headers()
             .get_all(header::CONNECTION)

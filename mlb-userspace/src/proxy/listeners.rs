@@ -14,11 +14,13 @@ use hyper_util::{
     server::conn::auto,
 };
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
     net::{TcpListener, TcpSocket, TcpStream},
     task::JoinHandle,
 };
-use tracing::{Instrument as _, debug, debug_span, info, warn};
+use tracing::{Instrument as _, debug, debug_span, info};
+
+use crate::overload::{AcceptErrors, ConnState, Guarded, supervise};
 
 use super::{
     ProxyError, Shared,
@@ -61,6 +63,8 @@ pub(crate) struct ConnInfo {
     pub(crate) tls: bool,
     /// SNI of the TLS handshake (lowercase).
     pub(crate) sni: Option<String>,
+    /// Activity of the connection (requests in flight), for its supervisor.
+    pub(crate) conn: Arc<ConnState>,
 }
 
 /// The open listeners; each is an accept task, aborted to close it.
@@ -210,15 +214,22 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, frontend: Frontend) {
+    let mut gate = shared.config.conn_gate.listener();
+    let mut errors = AcceptErrors::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 // Out of file descriptors and the like: wait a little rather than spin.
-                warn!(%frontend, error = %e, "accept failed");
+                errors.report(&frontend, &e);
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        let Some(slot) = gate.reserve().await else {
+            debug!(%frontend, client.addr = %peer, "connection limit reached; refused");
+            tokio::spawn(refuse(stream, frontend));
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or_else(|_| {
@@ -226,25 +237,48 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, frontend: Front
                 .local_addr()
                 .expect("a bound listener has an address")
         });
+        let admission = slot.admit(true);
+        let conn = admission.state();
+        let stream = Guarded::new(stream, admission);
         let span = debug_span!("conn", client.addr = %peer, %frontend);
+        let shared = shared.clone();
         tokio::spawn(
-            serve_connection(
-                shared.clone(),
-                stream,
-                ConnInfo {
+            async move {
+                let info = ConnInfo {
                     frontend,
                     peer,
                     local,
                     tls: false,
                     sni: None,
-                },
-            )
+                    conn: conn.clone(),
+                };
+                let limits = shared.config.conn_gate.limits().clone();
+                supervise(conn, &limits, serve_connection(shared, stream, info)).await;
+            }
             .instrument(span),
         );
     }
 }
 
-async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, mut info: ConnInfo) {
+/// The overload answer: a 503 on the plain HTTP frontends, a bare close elsewhere (a TLS
+/// client would not understand a plain-text answer). The request is drained for a moment
+/// after the answer: closing with unread bytes would reset the connection and lose the 503.
+async fn refuse(mut stream: TcpStream, frontend: Frontend) {
+    if !matches!(frontend, Frontend::Http | Frontend::AppId) {
+        return;
+    }
+    let answer = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\nretry-after: 1\r\n\r\n";
+    let exchange = async {
+        stream.write_all(answer).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), exchange).await;
+}
+
+async fn serve_connection(shared: Arc<Shared>, mut stream: Guarded<TcpStream>, mut info: ConnInfo) {
     if let Frontend::ServicePort(port) = info.frontend {
         let table = shared.table.load_full();
         if let Some(svc) = table.lookup_port(port).filter(|s| s.spec.tls_passthrough) {
@@ -302,11 +336,14 @@ async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, mut info: 
 async fn passthrough(
     shared: &Arc<Shared>,
     svc: &Arc<super::router::Service>,
-    client: TcpStream,
+    client: Guarded<TcpStream>,
     hello: Vec<u8>,
     info: &ConnInfo,
     sni: &str,
 ) {
+    // Dispatched: no longer sheddable, and never idle for the supervisor (the tunnel has its
+    // own idle timeout).
+    let _busy = info.conn.request();
     let unhealthy = shared.health.borrow().clone();
     let is_unhealthy = |id: &crate::model::BackendId| unhealthy.contains(id);
     let mut tried = Vec::new();
@@ -352,7 +389,15 @@ where
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(shared.config.timeouts.client))
         .keep_alive_timeout(std::time::Duration::from_secs(20));
-    let service = service_fn(move |req| handler::handle(shared.clone(), info.clone(), req));
+    let service = service_fn(move |req| {
+        let busy = info.conn.request();
+        let response = handler::handle(shared.clone(), info.clone(), req);
+        async move {
+            let response = response.await;
+            drop(busy);
+            response
+        }
+    });
     if let Err(e) = builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .await

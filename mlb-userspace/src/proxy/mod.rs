@@ -30,6 +30,7 @@ use crate::{
     dataplane::{Dataplane, DataplaneError, HttpChange},
     health::{self, HealthChecker},
     model::BackendId,
+    overload::{ConnGate, ConnLimits},
 };
 
 mod apply;
@@ -91,12 +92,17 @@ pub struct ProxyConfig {
     /// `--ssl-certs`: PEM files (chain + key) or directories of them, served on `:443`. Empty: a
     /// self-signed certificate is generated at start.
     pub ssl_certs: Vec<PathBuf>,
+    /// `--ssl-certs-dir`: when not empty, `HAPROXY_{n}_SSL_CERT` files must be inside these.
+    pub ssl_certs_dirs: Vec<PathBuf>,
     /// Timeouts (marathon-lb defaults).
     pub timeouts: Timeouts,
     /// How often certificate files are checked for changes.
     pub cert_poll_interval: Duration,
     /// Largest request head (request line + headers) accepted; larger gets 431.
     pub max_header_bytes: usize,
+    /// The connection budget the listeners take from (shared with the userspace TCP/UDP
+    /// dataplane), and the request, idle and send timeouts.
+    pub conn_gate: Arc<ConnGate>,
 }
 
 impl Default for ProxyConfig {
@@ -108,9 +114,11 @@ impl Default for ProxyConfig {
             appid_addr: Some(SocketAddr::new(any, 9091)),
             service_bind_ip: any,
             ssl_certs: Vec::new(),
+            ssl_certs_dirs: Vec::new(),
             timeouts: Timeouts::default(),
             cert_poll_interval: Duration::from_secs(5),
             max_header_bytes: 64 * 1024,
+            conn_gate: ConnGate::new(ConnLimits::default()),
         }
     }
 }
@@ -131,6 +139,18 @@ pub enum ProxyError {
     /// A certificate file could not be used (the previous version of it, if any, stays in use).
     #[error("certificate {path}: {reason}")]
     Cert {
+        /// The file.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// A certificate file named by an app's `HAPROXY_{n}_SSL_CERT` could not be used.
+    #[error("app {app_id}: HAPROXY_{port_index}_SSL_CERT {path}: {reason}")]
+    LabelCert {
+        /// The app.
+        app_id: String,
+        /// Its service-port index.
+        port_index: usize,
         /// The file.
         path: PathBuf,
         /// Why it cannot be used.
@@ -180,7 +200,7 @@ impl HttpProxy {
     /// Tasks are spawned on `handle`. Fails only when a fixed listener cannot be bound.
     pub fn start(config: ProxyConfig, handle: Handle) -> Result<HttpProxy, ProxyError> {
         let _guard = handle.enter();
-        let certs = CertManager::new(&config.ssl_certs);
+        let certs = CertManager::new(&config.ssl_certs, &config.ssl_certs_dirs);
         for e in certs.reload() {
             warn!(error = %e, "certificate not loaded");
         }
@@ -354,7 +374,7 @@ mod tests {
         let Command::Run(opts) = cli.command else {
             panic!("not run")
         };
-        opts.proxy_config()
+        opts.proxy_config(ConnGate::new(ConnLimits::default()))
     }
 
     fn numbered(i: usize) -> HttpService {

@@ -262,6 +262,23 @@ impl RouteTable {
             .find(|svc| svc.matches_path(path))
     }
 
+    /// The basic-auth rules a request for `host` and `path` must pass, whichever service it is
+    /// routed to: as marathon-lb's `http-request auth ... if host_X [path_X] !auth_X` lines,
+    /// an app's auth applies to every request for its vhost (and its paths, if it has any),
+    /// also those another app on the same vhost serves.
+    pub fn vhost_auth<'a>(
+        &'a self,
+        host: &str,
+        path: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<Authenticator>> + 'a {
+        self.by_host
+            .get(host)
+            .into_iter()
+            .flat_map(|list| list.iter())
+            .filter(move |svc| svc.matches_path(path))
+            .filter_map(|svc| svc.auth.as_ref())
+    }
+
     /// Whether some service has `host` as a vhost (whatever the path).
     pub fn has_host(&self, host: &str) -> bool {
         self.by_host.contains_key(host)

@@ -113,6 +113,8 @@ fn stamp(path: &Path) -> Option<FileStamp> {
 /// Loads, indexes and reloads the certificates; hands out the rustls server configs.
 pub struct CertManager {
     global_paths: Vec<PathBuf>,
+    /// `--ssl-certs-dir`: where label-named files must be (canonical); empty: anywhere.
+    label_dirs: Vec<PathBuf>,
     service_paths: Mutex<HashMap<u16, Vec<PathBuf>>>,
     /// Last good version of each file (kept when a new version fails to load).
     files: Mutex<HashMap<PathBuf, LoadedCert>>,
@@ -130,7 +132,9 @@ pub struct CertManager {
 impl CertManager {
     /// A manager for `--ssl-certs` paths (files or directories). Nothing is read until
     /// [`CertManager::reload`].
-    pub fn new(global_paths: &[PathBuf]) -> CertManager {
+    /// `label_dirs` (`--ssl-certs-dir`), when not empty, are the only directories whose files
+    /// labels may name.
+    pub fn new(global_paths: &[PathBuf], label_dirs: &[PathBuf]) -> CertManager {
         let snapshots = Arc::new(ArcSwap::from_pointee(Snapshots::default()));
         let vhost_config = server_config(Arc::new(SniResolver {
             snapshots: snapshots.clone(),
@@ -138,6 +142,10 @@ impl CertManager {
         }));
         CertManager {
             global_paths: global_paths.to_vec(),
+            label_dirs: label_dirs
+                .iter()
+                .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()))
+                .collect(),
             service_paths: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
@@ -299,6 +307,16 @@ impl CertManager {
         }
     }
 
+    /// Whether a label may name `path`: inside a `--ssl-certs-dir` once symlinks and `..` are
+    /// resolved (a label must not read arbitrary host files), or anywhere without the flag.
+    fn label_path_allowed(&self, path: &Path) -> bool {
+        if self.label_dirs.is_empty() {
+            return true;
+        }
+        std::fs::canonicalize(path)
+            .is_ok_and(|real| self.label_dirs.iter().any(|dir| real.starts_with(dir)))
+    }
+
     /// Re-reads every certificate file and swaps in the new snapshots.
     pub fn reload(&self) -> Vec<ProxyError> {
         self.rebuild(true)
@@ -380,7 +398,21 @@ impl CertManager {
         let mut ports = HashMap::new();
         for (port, paths) in ports_sorted {
             let mut snap = CertSnapshot::default();
-            for path in expand(paths) {
+            let (allowed, refused): (Vec<PathBuf>, Vec<PathBuf>) = paths
+                .iter()
+                .cloned()
+                .partition(|p| self.label_path_allowed(p));
+            let expanded = expand(&allowed);
+            let (expanded, escaped): (Vec<PathBuf>, Vec<PathBuf>) = expanded
+                .into_iter()
+                .partition(|p| self.label_path_allowed(p));
+            for path in refused.into_iter().chain(escaped) {
+                errors.push(ProxyError::Cert {
+                    path,
+                    reason: "outside the --ssl-certs-dir directories".into(),
+                });
+            }
+            for path in expanded {
                 if let Some(cert) = load(&path, &mut errors) {
                     snap.add(&cert);
                     vhost.add(&cert);
@@ -465,8 +497,8 @@ fn server_config_with(
         Some(auth) => {
             let path = &auth.ca_file;
             let mut roots = rustls::RootCertStore::empty();
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| bad(path, format!("ca-file: {e}")))?;
+            let pem = read_pem_file(path).map_err(|e| bad(path, format!("ca-file: {e}")))?;
+            let certs = CertificateDer::pem_slice_iter(&pem);
             for cert in certs {
                 let cert = cert.map_err(|e| bad(path, format!("ca-file: {e}")))?;
                 roots
@@ -531,9 +563,44 @@ fn expand(paths: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
+/// Largest certificate or CA file read: a chain and key, or a CA bundle, is a few hundred KiB
+/// at most.
+const MAX_PEM_FILE: u64 = 4 << 20;
+
+/// Reads a PEM file named by a flag or a label without ever blocking on it or reading without
+/// bound: opened non-blocking (a FIFO with no writer does not hang the open), then only a
+/// regular file of at most [`MAX_PEM_FILE`] bytes is read (not a FIFO, device or socket such as
+/// `/dev/zero`).
+fn read_pem_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file (a FIFO, device or directory is never read)".into());
+    }
+    if meta.len() > MAX_PEM_FILE {
+        return Err(format!(
+            "{} bytes: larger than the {MAX_PEM_FILE}-byte limit",
+            meta.len()
+        ));
+    }
+    let mut pem = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_PEM_FILE + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| e.to_string())?;
+    if pem.len() as u64 > MAX_PEM_FILE {
+        return Err(format!("larger than the {MAX_PEM_FILE}-byte limit"));
+    }
+    Ok(pem)
+}
+
 fn load_file(path: &Path) -> Result<LoadedCert, String> {
     let before = stamp(path).ok_or("cannot be read")?;
-    let pem = std::fs::read(path).map_err(|e| e.to_string())?;
+    let pem = read_pem_file(path)?;
     let (key, names) = parse_pem(&pem)?;
     Ok(LoadedCert {
         key,
@@ -681,7 +748,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("site.pem");
         std::fs::write(&path, b"not a certificate").unwrap();
-        let manager = CertManager::new(std::slice::from_ref(&path));
+        let manager = CertManager::new(std::slice::from_ref(&path), &[]);
         assert_eq!(manager.reload().len(), 1);
         assert!(
             !manager.changed_on_disk(),
@@ -692,5 +759,71 @@ mod tests {
         assert!(manager.reload().is_empty());
         assert!(!manager.changed_on_disk());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A label naming a FIFO (nobody writing: `open` would block forever) or `/dev/zero` (never
+    /// ends) is an error at once, and a too-large file is refused without reading it all.
+    #[test]
+    fn fifos_devices_and_huge_files_are_refused_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("mlb-pem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("cert.fifo");
+        let _ = std::fs::remove_file(&fifo);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let start = std::time::Instant::now();
+        let e = read_pem_file(&fifo).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        let Err(e) = load_file(Path::new("/dev/zero")) else {
+            panic!("/dev/zero loaded")
+        };
+        assert!(e.contains("not a regular file"), "{e}");
+        let big = dir.join("big.pem");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_PEM_FILE + 1)
+            .unwrap();
+        let e = read_pem_file(&big).unwrap_err();
+        assert!(e.contains("limit"), "{e}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// With `--ssl-certs-dir`, a label naming a file elsewhere (directly, through `..` or a
+    /// symlink) is refused without being read; one inside is loaded.
+    #[test]
+    fn label_certificates_must_be_inside_the_allowed_directories() {
+        let root = std::env::temp_dir().join(format!("mlb-certs-dir-{}", std::process::id()));
+        let (inside, outside) = (root.join("allowed"), root.join("other"));
+        std::fs::create_dir_all(&inside).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(inside.join("ok.pem"), pem_for(&["ok.test"])).unwrap();
+        std::fs::write(outside.join("secret.pem"), pem_for(&["secret.test"])).unwrap();
+        let link = inside.join("link.pem");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(outside.join("secret.pem"), &link).unwrap();
+        let manager = CertManager::new(&[], std::slice::from_ref(&inside));
+        let dotdot = inside.join("../other/secret.pem");
+        let errors = manager.set_service_certs(HashMap::from([
+            (1001, vec![inside.join("ok.pem")]),
+            (1002, vec![outside.join("secret.pem"), dotdot, link]),
+        ]));
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            errors
+                .iter()
+                .all(|e| e.to_string().contains("--ssl-certs-dir"))
+        );
+        let read = manager.files.lock().unwrap();
+        assert!(
+            read.contains_key(&inside.join("ok.pem")),
+            "the allowed file is loaded"
+        );
+        assert_eq!(read.len(), 1, "nothing outside was read: {:?}", read.keys());
+        drop(read);
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

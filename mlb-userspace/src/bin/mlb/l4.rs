@@ -10,12 +10,13 @@ use anyhow::{Context as _, Result, bail};
 use mlb::{
     dataplane::{
         Dataplane, DataplaneError, L4Change, host,
-        userspace_l4::{UserspaceL4, UserspaceL4Config},
+        userspace_l4::UserspaceL4,
         xdp::{LoadOptions, XdpError, XdpProgram},
         xdp_l4::{ConntrackSweeper, FlowTimeouts, XdpL4, XdpL4Config},
         xdp_pin::PinDir,
     },
     options::{DataplaneKind, RunOptions},
+    overload::ConnGate,
 };
 use tracing::{debug, error, info, warn};
 
@@ -78,9 +79,8 @@ fn attach_xdp(opts: &RunOptions) -> Result<XdpProgram> {
 }
 
 /// Starts the userspace TCP/UDP dataplane (on the current runtime).
-pub fn start_userspace_l4(opts: &RunOptions) -> Result<UserspaceL4> {
-    let mut settings = UserspaceL4Config::new(opts.vip.clone());
-    settings.maglev_table_size = opts.maglev_table_size;
+pub fn start_userspace_l4(opts: &RunOptions, conn_gate: Arc<ConnGate>) -> Result<UserspaceL4> {
+    let settings = opts.userspace_l4_config(conn_gate);
     let dataplane = UserspaceL4::new(tokio::runtime::Handle::current(), settings)?;
     info!(vips = ?opts.vip, "userspace TCP/UDP dataplane running");
     Ok(dataplane)

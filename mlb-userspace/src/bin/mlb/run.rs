@@ -22,6 +22,7 @@ use mlb::{
     },
     model::{L4Service, L4ServiceKey},
     options::{Cli, RunOptions},
+    overload::{self, ConnGate},
     proxy::HttpProxy,
     static_config,
     stats::StatsSource,
@@ -107,6 +108,11 @@ enum Stop {
 impl Agent {
     async fn start(opts: &RunOptions) -> Result<Agent> {
         let model = opts.model_options(std::env::var("FRAMEWORK_NAME").ok())?;
+        let conn_gate = ConnGate::new(opts.conn_limits(open_files_limit()));
+        info!(
+            max_connections = conn_gate.limits().max_connections,
+            "connection limit (--max-connections)"
+        );
         let xdp_program = l4::xdp_if_wanted(opts)?;
         if opts.marathon.is_empty() && opts.static_config.is_none() {
             warn!("no --marathon and no --static-config: nothing to route; waiting for Ctrl-C");
@@ -121,7 +127,7 @@ impl Agent {
         };
         // The HTTP proxy serves Marathon's http-mode apps; a static config has none.
         let proxy = match watcher {
-            Some(_) => Some(start_proxy(opts)?),
+            Some(_) => Some(start_proxy(opts, conn_gate.clone())?),
             None => None,
         };
         let admin_listener = admin::bind(opts.admin_addr)
@@ -135,7 +141,7 @@ impl Agent {
             stats.push(dp.clone());
             (Box::new(SharedXdp(dp.clone())), Some(dp))
         } else {
-            let dp = l4::start_userspace_l4(opts)?;
+            let dp = l4::start_userspace_l4(opts, conn_gate.clone())?;
             stats.push(Arc::new(dp.stats()));
             (Box::new(dp), None)
         };
@@ -165,9 +171,11 @@ impl Agent {
             stats,
             changes: Arc::default(),
             stopping: stopping.clone(),
+            token: opts.admin_token.clone(),
         };
+        let admin_gate = ConnGate::new(opts.admin_conn_limits());
         let admin = tokio::spawn(
-            admin::serve(admin_listener, admin_context).instrument(info_span!("admin")),
+            admin::serve(admin_listener, admin_context, admin_gate).instrument(info_span!("admin")),
         );
         let inputs = Inputs {
             marathon: marathon_rx,
@@ -324,9 +332,24 @@ fn load_static_l4(opts: &RunOptions) -> Result<BTreeMap<L4ServiceKey, L4Service>
     Ok(config.l4)
 }
 
-fn start_proxy(opts: &RunOptions) -> Result<Arc<HttpProxy>> {
+/// Raises the open-files limit to its hard limit (connections are capped by it) and returns it.
+fn open_files_limit() -> u64 {
+    match overload::raise_fd_limit() {
+        Ok(limit) => {
+            info!(limit, "open-files limit raised to the hard limit");
+            limit
+        }
+        Err(e) => {
+            warn!("cannot raise the open-files limit: {e}; assuming 1024");
+            1024
+        }
+    }
+}
+
+fn start_proxy(opts: &RunOptions, conn_gate: Arc<ConnGate>) -> Result<Arc<HttpProxy>> {
     let handle = tokio::runtime::Handle::current();
-    let proxy = HttpProxy::start(opts.proxy_config(), handle).context("starting the HTTP proxy")?;
+    let proxy = HttpProxy::start(opts.proxy_config(conn_gate), handle)
+        .context("starting the HTTP proxy")?;
     info!(
         http = ?proxy.local_addr("http"),
         https = ?proxy.local_addr("https"),
