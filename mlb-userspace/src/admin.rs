@@ -47,8 +47,8 @@ use crate::{
     model::{DesiredState, explain},
     overload::{AcceptErrors, ConnGate, Guarded, supervise},
     proxy::HttpProxy,
-    stats::{self, ChangeTracker, Observed, Snapshot, StatsSource},
     secret::Secret,
+    stats::{self, ChangeTracker, Observed, Snapshot, StatsSource},
 };
 
 /// What the admin endpoints read and trigger.

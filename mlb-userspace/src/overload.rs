@@ -171,7 +171,10 @@ impl ConnGate {
 
     /// Asks the oldest sheddable connection (of `listener`, or of any listener) to close.
     fn shed_oldest(&self, listener: Option<u64>) -> bool {
-        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let mut waiting = self
+            .waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         waiting.retain(|_, c| !c.requested.load(Relaxed));
         let oldest = waiting
             .iter()
@@ -271,7 +274,11 @@ impl Slot {
         let state = Arc::new(ConnState::new(self.listener));
         let key = self.gate.next_id.fetch_add(1, Relaxed);
         if sheddable {
-            let mut waiting = self.gate.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            let mut waiting = self
+                .gate
+                .waiting
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             waiting.insert(key, state.clone());
         } else {
             state.requested.store(true, Relaxed);
@@ -304,7 +311,11 @@ impl Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         if !self.state.requested.load(Relaxed) {
-            let mut waiting = self.gate.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            let mut waiting = self
+                .gate
+                .waiting
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             waiting.remove(&self.key);
         }
     }
