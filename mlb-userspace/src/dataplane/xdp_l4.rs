@@ -21,7 +21,7 @@ use aya::maps::{Array, DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray};
 use mlb_common::{
     consts::{MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, ring_elems, ring_table_base},
     maps::{
-        self, BACKEND_ACTIVE, BACKEND_DEAD, Backend as BpfBackend, CT_CLOSING, CT_SYN, Config,
+        self, BACKEND_ACTIVE, BACKEND_DEAD, Backend as BpfBackend, CT_CLOSING, Config,
         DIR_TO_BACKEND, FAMILY_V4, FAMILY_V6, FlowKey, FlowStats, NatEntry, RingElem, ServiceKey,
         ServiceValue,
     },

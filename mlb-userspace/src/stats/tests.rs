@@ -358,3 +358,82 @@ fn metrics_parse_with_promtool_and_carry_the_snapshot() {
         assert!(text.lines().any(|l| l == line), "no line {line} in\n{text}");
     }
 }
+
+#[test]
+fn rate_is_new_sessions_per_second_over_at_least_a_second() {
+    let t0 = Instant::now();
+    let mut tracker = ChangeTracker::default();
+    let with_stot = |stot: u64| {
+        let mut o = observed();
+        let key = L4ServiceKey {
+            port: 10053,
+            protocol: Protocol::Tcp,
+        };
+        o.l4.get_mut(&(key, BackendId("dns.1:0".into())))
+            .expect("dns counters")
+            .stot = stot;
+        build(&state(), &HashSet::new(), &o)
+    };
+    let rate = |s: &Snapshot| s.proxies[0].servers[0].rate;
+    let mut s = with_stot(100);
+    tracker.stamp(&mut s, t0);
+    assert_eq!(rate(&s), None, "one sample: no rate yet");
+    let mut s = with_stot(150);
+    tracker.stamp(&mut s, t0 + Duration::from_millis(200));
+    assert_eq!(rate(&s), None, "too soon to measure");
+    let mut s = with_stot(300);
+    tracker.stamp(&mut s, t0 + Duration::from_secs(2));
+    assert_eq!(rate(&s), Some(100), "200 sessions in 2 s");
+    let rows = rows_of(&csv::render(&s));
+    assert_eq!(
+        row(&rows, "infra_dns_10053", "10_0_7_1_53").get("rate"),
+        "100"
+    );
+    assert_eq!(row(&rows, "infra_dns_10053", "FRONTEND").get("rate"), "100");
+    let mut s = with_stot(300);
+    tracker.stamp(&mut s, t0 + Duration::from_millis(2500));
+    assert_eq!(rate(&s), Some(100), "kept until the next full interval");
+    let mut s = with_stot(300);
+    tracker.stamp(&mut s, t0 + Duration::from_secs(4));
+    assert_eq!(rate(&s), Some(0), "idle");
+}
+
+/// The `<tr>` of `name` in proxy `px` of a stats page.
+fn page_row<'a>(page: &'a str, px: &str, name: &str) -> &'a str {
+    let attrs = format!("data-proxy=\"{px}\" data-name=\"{name}\"");
+    let at = page
+        .find(&attrs)
+        .unwrap_or_else(|| panic!("no row {px}/{name} in {page}"));
+    let start = page[..at].rfind("<tr").expect("row start");
+    let end = at + page[at..].find("</tr>").expect("row end");
+    &page[start..end]
+}
+
+#[test]
+fn the_page_shows_every_row_with_its_state_and_figures() {
+    let page = html::render(&build(&state(), &HashSet::new(), &observed()), true);
+    assert!(page.contains("<meta http-equiv=\"refresh\" content=\"5\">"));
+    assert!(
+        !page.contains("src=") && !page.contains("<link"),
+        "no external asset"
+    );
+    let draining = page_row(&page, "nginx_10000", "10_0_6_26_31185");
+    assert!(draining.contains("class=\"srv st-maint\"") && draining.contains(">MAINT<"));
+    assert!(
+        draining.contains("<td>2</td>"),
+        "2 sessions open: {draining}"
+    );
+    let up = page_row(&page, "nginx_10000", "10_0_6_27_31186");
+    assert!(up.contains("data-status=\"UP\"") && up.contains("Health check passed"));
+    let be = page_row(&page, "nginx_10000", "Backend");
+    assert!(be.contains("class=\"be st-up\""), "{be}");
+    let dns = page_row(&page, "infra_dns_10053", "10_0_7_1_53");
+    assert!(dns.contains("data-status=\"no check\""), "{dns}");
+    assert!(page_row(&page, "infra_dns_10053_udp", "Frontend").contains(">OPEN<"));
+
+    let sick: HashSet<BackendId> = [BackendId("blue.2:0".into())].into();
+    let page = html::render(&build(&state(), &sick, &observed()), false);
+    assert!(!page.contains("http-equiv=\"refresh\""));
+    let down = page_row(&page, "nginx_10000", "10_0_6_28_31187");
+    assert!(down.contains("st-down") && down.contains("Health check failed"));
+}

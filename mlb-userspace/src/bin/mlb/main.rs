@@ -2,6 +2,7 @@
 mod explain;
 mod l4;
 mod run;
+mod zdd;
 
 use anyhow::Result;
 use clap::Parser as _;
@@ -17,5 +18,6 @@ fn main() -> Result<()> {
         }
         Command::Run(opts) => run::run(&opts),
         Command::Explain(opts) => explain::explain(&opts),
+        Command::Zdd(opts) => zdd::zdd(&opts),
     }
 }
