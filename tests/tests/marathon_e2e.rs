@@ -853,6 +853,22 @@ fn stats_csv_body() -> Result<()> {
         in_metrics >= answered,
         "{series}{in_metrics}, CSV {answered}"
     );
+    // Every answered request timed.
+    let value = |metrics: &str, series: &str| -> Result<f64> {
+        let v = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .with_context(|| format!("no {series} in {metrics}"))?;
+        Ok(v.parse()?)
+    };
+    let timed = value(
+        &metrics,
+        &format!("mlb_http_request_duration_seconds_count{{backend=\"{web_px}\"}}"),
+    )?;
+    ensure!(
+        timed >= answered as f64,
+        "{timed} timed, {answered} answered"
+    );
 
     let tcp_px = format!("stats_tcp_{tcp_port}");
     let victim = task_ids(&sim, tcp)[0].clone();
@@ -887,6 +903,10 @@ fn stats_csv_body() -> Result<()> {
         killing.join().expect("kill thread")?;
         Ok(())
     })?;
+    // The kill and the replacement came as Marathon events, each applied.
+    let metrics = mlb.admin_get("/metrics")?.body;
+    ensure!(value(&metrics, "mlb_marathon_events_total")? >= 1.0);
+    ensure!(value(&metrics, "mlb_event_to_dataplane_seconds_count")? >= 1.0);
     mlb.finish();
     Ok(())
 }

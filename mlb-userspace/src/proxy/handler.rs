@@ -18,7 +18,10 @@ use super::{
     tunnel,
     upstream::{Outgoing, UpstreamError, add_forwarded, strip_hop_by_hop, wants_h2},
 };
-use crate::model::BackendId;
+use crate::{
+    model::BackendId,
+    stats::live::{ErrorKind, live},
+};
 
 /// HSTS header value marathon-lb added with `HAPROXY_{n}_USE_HSTS`.
 const HSTS: &str = "max-age=15768000";
@@ -286,6 +289,7 @@ async fn backend_rules(
         headers,
         h2,
     };
+    let started = std::time::Instant::now();
     let answer = shared
         .upstream
         .send(
@@ -298,10 +302,12 @@ async fn backend_rules(
     let answer = match answer {
         Ok(a) => a,
         Err(UpstreamError::Failed(why)) => {
+            live().error(ErrorKind::BackendFailed);
             warn!(app = %svc.spec.key.app_id, %why, "backend request failed");
             return error_page(StatusCode::BAD_GATEWAY, "The backend failed to answer.");
         }
         Err(UpstreamError::Timeout) => {
+            live().error(ErrorKind::BackendTimeout);
             warn!(app = %svc.spec.key.app_id, "backend timed out");
             return error_page(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -313,6 +319,10 @@ async fn backend_rules(
     let backend = answer.backend;
     let stats = answer.guard.stats();
     stats.record_response(response.status().as_u16());
+    live().request_done(
+        crate::stats::proxy_name(&svc.spec.key.app_id, svc.spec.service_port),
+        started.elapsed(),
+    );
     stats.record_bytes_in(request_body_len);
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -437,3 +437,52 @@ fn the_page_shows_every_row_with_its_state_and_figures() {
     let down = page_row(&page, "nginx_10000", "10_0_6_28_31187");
     assert!(down.contains("st-down") && down.contains("Health check failed"));
 }
+
+/// The value of the sample `series` (name and labels) in an exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn live_metrics_are_exposed_and_parse_with_promtool() {
+    let live = live::live();
+    // The live metrics are process-wide: this test's own backend and server names, and
+    // counts compared before and after.
+    let status = crate::controller::Status::default();
+    let before = metrics::render(&Snapshot::default(), &status);
+    live.request_done("live_test_10999".into(), Duration::from_millis(20));
+    live.request_done("live_test_10999".into(), Duration::from_millis(3));
+    live.health_check_failed("live_test_server_1".into());
+    let t0 = Instant::now();
+    live.event_received(t0, true);
+    live.event_received(t0 + Duration::from_millis(5), false);
+    live.dataplane_caught_up(t0 + Duration::from_millis(40));
+    live.error(live::ErrorKind::BackendTimeout);
+    let text = metrics::render(&Snapshot::default(), &status);
+    promtool_check(&text).unwrap_or_else(|e| panic!("promtool: {e}\n{text}"));
+    let grew = |series: &str| {
+        sample(&text, series).unwrap_or_else(|| panic!("no {series} in {text}"))
+            - sample(&before, series).unwrap_or(0.0)
+    };
+    let backend = "{backend=\"live_test_10999\"}";
+    assert_eq!(
+        grew(&format!("mlb_http_request_duration_seconds_count{backend}")),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "mlb_http_request_duration_seconds_bucket{le=\"0.004\",backend=\"live_test_10999\"}"
+        ),
+        Some(1.0),
+        "3 ms is in the 4 ms bucket, 20 ms not: {text}"
+    );
+    assert_eq!(
+        grew("mlb_health_check_failures_total{server=\"live_test_server_1\"}"),
+        1.0
+    );
+    assert!(grew("mlb_marathon_events_total") >= 2.0);
+    assert!(grew("mlb_event_to_dataplane_seconds_count") >= 1.0);
+    assert!(grew("mlb_errors_total{kind=\"backend_timeout\"}") >= 1.0);
+}
