@@ -33,4 +33,5 @@ pub mod proxy;
 pub mod secret;
 pub mod static_config;
 pub mod stats;
+pub mod timefmt;
 pub mod zdd;

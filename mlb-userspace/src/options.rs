@@ -17,7 +17,10 @@ use crate::{
     logging::LogFormat,
     marathon::config::MarathonFlags,
     model::{ModelError, ModelOptions},
-    proxy::ProxyConfig,
+    proxy::{
+        ProxyConfig,
+        access_log::{AccessLogConfig, AccessLogFormat, AccessLogTarget},
+    },
     secret::Secret,
 };
 
@@ -186,6 +189,16 @@ pub struct RunOptions {
     /// TLS certificate files or directories (PEM chain + key in one file).
     #[arg(long = "ssl-certs", env = "MLB_SSL_CERTS", value_delimiter = ',')]
     pub ssl_certs: Vec<PathBuf>,
+    /// Access log of the HTTP proxy, one line per request: `stdout`, `file:PATH` or `syslog`
+    /// (`/dev/log`). Off by default.
+    #[arg(long, env = "MLB_ACCESS_LOG")]
+    pub access_log: Option<AccessLogTarget>,
+    /// Access log lines as HAProxy's httplog fields (`text`) or JSON objects (`json`).
+    #[arg(long, env = "MLB_ACCESS_LOG_FORMAT", value_enum, default_value_t = AccessLogFormat::Text)]
+    pub access_log_format: AccessLogFormat,
+    /// Log one request in N (for high rates).
+    #[arg(long, env = "MLB_ACCESS_LOG_SAMPLE", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub access_log_sample: u64,
     /// Only expose apps whose HAPROXY_{n}_ENABLED label is true.
     #[arg(long, env = "MLB_STRICT_MODE")]
     pub strict_mode: bool,
@@ -356,6 +369,11 @@ impl RunOptions {
             https_addr: bind_vhost.then(|| SocketAddr::new(any, self.https_port)),
             appid_addr: Some(SocketAddr::new(any, self.appid_port)),
             ssl_certs: self.ssl_certs.clone(),
+            access_log: AccessLogConfig {
+                target: self.access_log.clone(),
+                format: self.access_log_format,
+                sample: self.access_log_sample,
+            },
             ..ProxyConfig::default()
         }
     }

@@ -1116,3 +1116,65 @@ fn zdd_body() -> Result<()> {
     mlb.finish();
     Ok(())
 }
+
+/// `--access-log file:PATH --access-log-format json`: one line per request through a running
+/// mlb, naming the backend and the task that answered; a host nobody serves is logged too.
+#[test]
+fn access_log_has_one_json_line_per_request() {
+    run("access_log_has_one_json_line_per_request", access_log_body);
+}
+
+fn access_log_body() -> Result<()> {
+    let port = free_port();
+    let app = "/logged/web";
+    let rt = runtime();
+    let sim = rt.block_on(MarathonSim::start(sim_config(
+        vec![vhost_app(app, port, "logged.example.test", 2, false)],
+        vec![SimAgent::local(LOCALHOST)],
+    )))?;
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("access-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let target = format!("file:{}", path.display());
+    let (lb, mlb) = Loopback::start(
+        &sim,
+        &["--access-log", &target, "--access-log-format", "json"],
+    )?;
+    let tasks = task_ids(&sim, app);
+    mlb.wait_routed(app, 0, &tasks)?;
+    for _ in 0..10 {
+        http_get(lb.http, "logged.example.test", "/x?n=1")?.task_id()?;
+    }
+    ensure!(http_get(lb.http, "nobody.example.test", "/")?.status == 503);
+    let lines = wait_for("11 access log lines", Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        Ok((lines.len() >= 11).then_some(lines))
+    })?;
+    ensure!(lines.len() == 11, "{lines:?}");
+    let backend = format!("logged_web_{port}");
+    for line in &lines[..10] {
+        ensure!(
+            line["backend"] == backend.as_str() && line["status"] == 200,
+            "{line}"
+        );
+        ensure!(line["method"] == "GET" && line["uri"] == "/x?n=1", "{line}");
+        ensure!(
+            line["server"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("127_0_0_1_")),
+            "{line}"
+        );
+    }
+    ensure!(
+        lines[10]["backend"] == "<NOSRV>" && lines[10]["status"] == 503,
+        "{}",
+        lines[10]
+    );
+    let _ = std::fs::remove_file(&path);
+    mlb.finish();
+    Ok(())
+}

@@ -75,6 +75,7 @@ pub struct Live {
     events_received: Counter,
     event_to_dataplane: Histogram,
     errors: Family<KindLabel, Counter>,
+    access_log_dropped: Counter,
     /// The oldest Marathon event not yet reflected in the dataplanes.
     pending_event: Mutex<Option<Instant>>,
 }
@@ -86,6 +87,7 @@ static LIVE: LazyLock<Live> = LazyLock::new(|| Live {
     // 5 ms to about 40 s.
     event_to_dataplane: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
     errors: Family::default(),
+    access_log_dropped: Counter::default(),
     pending_event: Mutex::new(None),
 });
 
@@ -141,6 +143,15 @@ impl Live {
             .inc();
     }
 
+    /// An access log line was dropped (the writer is behind, or the sink failed).
+    pub fn access_log_dropped(&self) {
+        self.access_log_dropped.inc();
+    }
+
+    pub fn access_log_dropped_count(&self) -> u64 {
+        self.access_log_dropped.get()
+    }
+
     /// Adds every live family to `registry` (they share their values with this one).
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
@@ -164,5 +175,10 @@ impl Live {
             self.event_to_dataplane.clone(),
         );
         registry.register("mlb_errors", "Errors by kind", self.errors.clone());
+        registry.register(
+            "mlb_access_log_dropped",
+            "Access log lines dropped because the writer was behind or the sink failed",
+            self.access_log_dropped.clone(),
+        );
     }
 }

@@ -304,32 +304,7 @@ async fn confirm(cfg: &ZddConfig, question: &str) -> Result<(), ZddError> {
 /// Now as a naive ISO-8601 timestamp in UTC (`2026-12-06T08:30:00.123456`): zdd compares these
 /// as strings, so they must all have the same shape.
 pub fn now_iso() -> String {
-    let since = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    iso_from_unix(since)
-}
-
-fn iso_from_unix(since: Duration) -> String {
-    let secs = since.as_secs();
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Days to a civil date (proleptic Gregorian), after Howard Hinnant's algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        since.subsec_micros()
-    )
+    crate::timefmt::Civil::of(SystemTime::now()).iso()
 }
 
 /// The Marathon calls zdd makes.
@@ -417,23 +392,5 @@ impl Marathon {
             .await
             .map(drop)
             .map_err(ZddError::AppScale)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_sort_as_time_does() {
-        assert_eq!(iso_from_unix(Duration::ZERO), "1970-01-01T00:00:00.000000");
-        assert_eq!(
-            iso_from_unix(Duration::from_micros(1_796_545_805_123_456)),
-            "2026-12-06T08:30:05.123456"
-        );
-        assert_eq!(
-            iso_from_unix(Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00.000000"
-        );
     }
 }
