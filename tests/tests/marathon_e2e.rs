@@ -954,6 +954,8 @@ fn stats_page_body() -> Result<()> {
         (web, "shop.example.test"),
         (tcp, tcp_addr),
     )?;
+    // The TCP loop's short connections would blur which task holds the pinned one.
+    tcp_loop.stop();
     let mut pinned = EchoConn::open(tcp_addr)?;
     pinned.echo("held-open")?;
     let (web_px, tcp_px) = (
@@ -962,14 +964,21 @@ fn stats_page_body() -> Result<()> {
     );
     let tcp_tasks = task_ids(&sim, tcp);
     // The pinned connection's task: the one with an open session.
-    let victim = tcp_tasks
-        .iter()
-        .find(|t| {
-            server_row(&stats_csv(&mlb).unwrap_or_default(), &tcp_px, &sim, tcp, t)
-                .is_ok_and(|r| r.int("scur") == Ok(1))
-        })
-        .context("no TCP task with the pinned connection")?
-        .clone();
+    let victim = wait_for(
+        "the pinned connection counted",
+        Duration::from_secs(5),
+        || {
+            // Once the loop's last connections closed: one session in all, the pinned one.
+            let rows = stats_csv(&mlb)?;
+            let mut open = Vec::new();
+            for t in &tcp_tasks {
+                let scur = server_row(&rows, &tcp_px, &sim, tcp, t)?.int("scur")?;
+                open.extend(std::iter::repeat_n(t, scur as usize));
+            }
+            Ok((open.len() == 1).then(|| open[0]))
+        },
+    )?
+    .clone();
     let svname = |app: &str, task: &str| -> Result<String> {
         let port = sim
             .tasks(app)
@@ -1027,7 +1036,6 @@ fn stats_page_body() -> Result<()> {
         killing.join().expect("kill thread")?;
         Ok(())
     })?;
-    tcp_loop.stop();
     web_loop.stop();
     mlb.finish();
     Ok(())
