@@ -1041,8 +1041,14 @@ fn stats_page_body() -> Result<()> {
     Ok(())
 }
 
-/// `mlb zdd` with the flags of these tests: never prompts, polls fast, bounded in time.
-fn mlb_zdd(sim: &MarathonSim, mlb: &Mlb<'_>, app_file: &std::path::Path) -> Result<()> {
+/// `mlb zdd` with the flags of these tests (never prompts, polls fast, bounded in time) and
+/// `extra`.
+fn mlb_zdd(
+    sim: &MarathonSim,
+    mlb: &Mlb<'_>,
+    app_file: &std::path::Path,
+    extra: &[&str],
+) -> Result<()> {
     let out = std::process::Command::new("timeout")
         .arg("120")
         .arg(mlb_tests::mlb_bin::mlb_bin())
@@ -1057,6 +1063,7 @@ fn mlb_zdd(sim: &MarathonSim, mlb: &Mlb<'_>, app_file: &std::path::Path) -> Resu
         ])
         .arg(app_file)
         .args(["-m", &sim.url(), "-l", &format!("http://{}", mlb.admin)])
+        .args(extra)
         .output()?;
     // Shown when the test fails: what zdd decided, step by step.
     eprintln!("--- mlb zdd ---\n{}", String::from_utf8_lossy(&out.stderr));
@@ -1064,10 +1071,22 @@ fn mlb_zdd(sim: &MarathonSim, mlb: &Mlb<'_>, app_file: &std::path::Path) -> Resu
     Ok(())
 }
 
+/// Waits until `app` is gone from Marathon and no deployment holds its name.
+fn wait_deleted(sim: &MarathonSim, app: &str) -> Result<()> {
+    wait_for(&format!("{app} deleted"), Duration::from_secs(5), || {
+        let deployments = http_get(sim.addr(), "marathon", "/v2/deployments")?.body;
+        let idle = serde_json::from_str::<Value>(&deployments)?
+            .as_array()
+            .is_some_and(Vec::is_empty);
+        Ok((idle && !sim.app_ids().iter().any(|a| a == app)).then_some(()))
+    })
+}
+
 /// A blue/green deployment of a vhost app with `mlb zdd` under constant load: blue is deployed,
 /// then green replaces it step by step (mlb drains blue tasks as green ones turn healthy, zdd
-/// kills what every mlb shows drained), without a single failed request; the app file declares
-/// only `portDefinitions` (zdd.py crashes on those).
+/// kills what every mlb shows drained); then a hybrid deployment (`--new-instances 1`: both
+/// colours serve) completed with `--complete-cur`; all without a single failed request. The app
+/// file declares only `portDefinitions` (zdd.py crashes on those).
 #[test]
 fn zdd_blue_green_under_load_without_a_failed_request() {
     run(
@@ -1094,7 +1113,7 @@ fn zdd_body() -> Result<()> {
     std::fs::write(&app_file, app.to_string())?;
     let (blue, green) = ("/zdd/web-blue", "/zdd/web-green");
 
-    mlb_zdd(&sim, &mlb, &app_file)?;
+    mlb_zdd(&sim, &mlb, &app_file, &[])?;
     wait_for("blue running", Duration::from_secs(10), || {
         Ok((task_ids(&sim, blue).len() == 3).then_some(()))
     })?;
@@ -1102,15 +1121,29 @@ fn zdd_body() -> Result<()> {
     let load = lb.vhost_loop("zdd.example.test");
     load.wait_answered_by(&task_ids(&sim, blue), 0)?;
 
-    mlb_zdd(&sim, &mlb, &app_file)?;
+    mlb_zdd(&sim, &mlb, &app_file, &[])?;
     // Blue was deleted at the end: its last tasks are TASK_KILLING for a moment.
-    wait_for("blue gone", Duration::from_secs(5), || {
-        Ok(task_ids(&sim, blue).is_empty().then_some(()))
-    })?;
+    // (and its app, so that the next deployment may take its name again).
+    wait_deleted(&sim, blue)?;
     let green_tasks = task_ids(&sim, green);
     ensure!(green_tasks.len() == 3, "green: {green_tasks:?}");
     mlb.wait_routed("/zdd-web", 0, &green_tasks)?;
     load.wait_answered_by(&green_tasks, 0)?;
+
+    // Hybrid: one blue task next to green's, both colours serving; then completed to blue.
+    mlb_zdd(&sim, &mlb, &app_file, &["--new-instances", "1"])?;
+    let (blue_tasks, green_tasks) = (task_ids(&sim, blue), task_ids(&sim, green));
+    ensure!(
+        blue_tasks.len() == 1 && green_tasks.len() == 2,
+        "hybrid: blue {blue_tasks:?}, green {green_tasks:?}"
+    );
+    let both: Vec<String> = blue_tasks.iter().chain(&green_tasks).cloned().collect();
+    load.wait_answered_by(&both, load.snapshot().sequence.len())?;
+    mlb_zdd(&sim, &mlb, &app_file, &["--complete-cur"])?;
+    wait_deleted(&sim, green)?;
+    let blue_tasks = task_ids(&sim, blue);
+    ensure!(blue_tasks.len() == 3, "completed: blue {blue_tasks:?}");
+    load.wait_answered_by(&blue_tasks, load.snapshot().sequence.len())?;
     let report = load.stop();
     eprintln!("{} requests during the deployment", report.total());
     ensure!(

@@ -263,6 +263,15 @@ pub fn drained(input: &DrainInput<'_>, timed_out: bool) -> Drain {
     Drain::Drained(ready.into_iter().collect())
 }
 
+/// Whether the load balancers can have drained an old task: they drain at most
+/// `healthy new + old − target` of them (marathon-lb's rule, which mlb follows), so none while
+/// both colours together are at most the target (completing a hybrid deployment starts there:
+/// the new app must grow first).
+pub fn may_drain(old: &Value, new: &Value) -> Result<bool, ZddError> {
+    let target = label_num(new, TARGET)?;
+    Ok(instances(old) > 0 && instances(old) + instances(new) > target)
+}
+
 /// How far to scale the new app next: +`linear` per step, else about ×1.5, straight to `goal`
 /// once it reaches the old app's size; never beyond `goal`.
 pub fn next_instances(current: u64, old_instances: u64, goal: u64, linear: u64) -> u64 {

@@ -97,13 +97,22 @@ impl<'a> Swap<'a> {
         let (old_id, new_id) = (plan::id(&old).to_owned(), plan::id(&new).to_owned());
         loop {
             let old = self.marathon.app(&old_id).await?;
-            let new = self.marathon.app(&new_id).await?;
+            let mut new = self.marathon.app(&new_id).await?;
+            if self.cfg.complete {
+                // Completing a hybrid deployment: all the way to the target.
+                new["labels"][plan::NEW_INSTANCES] = json!("0");
+            }
             if new["deployments"].as_array().is_some_and(|d| !d.is_empty()) {
                 info!("{new_id}: waiting for its deployment to finish");
                 tokio::time::sleep(self.cfg.step_delay).await;
                 continue;
             }
-            let drained = if plan::instances(&old) == 0 {
+            // A hybrid split reached needs no drained task: both colours stay.
+            if plan::finish(&old, &new, 0)? == Finish::Hybrid {
+                info!("hybrid split reached: {old_id} and {new_id} both serve");
+                return Ok(());
+            }
+            let drained = if !plan::may_drain(&old, &new)? {
                 Vec::new()
             } else {
                 self.tasks_to_kill(&old, &new).await?
@@ -113,11 +122,7 @@ impl<'a> Swap<'a> {
                     confirm(self.cfg, &format!("Delete {old_id}?")).await?;
                     return self.marathon.delete(&old_id).await;
                 }
-                Finish::Hybrid => {
-                    info!("hybrid split reached: {old_id} and {new_id} both serve");
-                    return Ok(());
-                }
-                Finish::No => {}
+                Finish::Hybrid | Finish::No => {}
             }
             if !drained.is_empty() {
                 self.kill(&old, &new, &drained).await?;

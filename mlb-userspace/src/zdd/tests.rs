@@ -226,3 +226,19 @@ fn a_task_is_found_under_mlbs_name_and_haproxys() {
         "{names:?}"
     );
 }
+
+#[test]
+fn nothing_is_drained_while_both_colours_fit_the_target() {
+    let blue = plan::prepare(&app_file(), None, SIZING, "t1").unwrap();
+    let mut green = plan::prepare(&app_file(), Some(&blue), SIZING, "t2").unwrap();
+    let mut old = blue.clone();
+    (old["instances"], green["instances"]) = (json!(2), json!(1));
+    assert!(
+        !plan::may_drain(&old, &green).unwrap(),
+        "2 + 1 <= target 3: grow first"
+    );
+    green["instances"] = json!(2);
+    assert!(plan::may_drain(&old, &green).unwrap());
+    old["instances"] = json!(0);
+    assert!(!plan::may_drain(&old, &green).unwrap(), "no old task left");
+}
