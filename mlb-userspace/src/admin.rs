@@ -12,6 +12,7 @@
 //! | `/_mlb/explain[/APP_ID]` | why each app is or is not exposed (JSON; `?format=text`) |
 //! | `/_mlb/status` | sync state, generation, errors (JSON) |
 //! | `/_mlb/state` | the desired state the dataplanes were given (JSON) |
+//! | `/haproxy?stats` | the live stats page (HTML, reloads itself; `?stats;norefresh` not) |
 //! | `/haproxy?stats;csv` | HAProxy 2.0's stats CSV (what `zdd.py` reads) |
 //! | `/metrics` | Prometheus text: per frontend, backend and server, XDP, control plane |
 //!
@@ -157,11 +158,15 @@ pub async fn serve(listener: TcpListener, ctx: AdminContext, gate: Arc<ConnGate>
 type Reply = Response<Full<Bytes>>;
 
 fn text(status: StatusCode, body: impl Into<String>) -> Reply {
+    typed(status, "text/plain; charset=utf-8", body)
+}
+
+fn typed(status: StatusCode, content_type: &'static str, body: impl Into<String>) -> Reply {
     let mut r = Response::new(Full::new(Bytes::from(body.into())));
     *r.status_mut() = status;
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        hyper::header::HeaderValue::from_static(content_type),
     );
     r
 }
@@ -320,17 +325,11 @@ pub fn route(
         },
         "/_mlb/status" => json(&StatusView::of(&status)),
         "/_mlb/state" => json(&StateView::of(state)),
-        "/metrics" => {
-            let mut r = text(
-                StatusCode::OK,
-                stats::metrics::render(&ctx.snapshot(state), &status),
-            );
-            r.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static(stats::metrics::CONTENT_TYPE),
-            );
-            r
-        }
+        "/metrics" => typed(
+            StatusCode::OK,
+            stats::metrics::CONTENT_TYPE,
+            stats::metrics::render(&ctx.snapshot(state), &status),
+        ),
         "/_mlb/explain" | "/_mlb/explain/" => {
             let apps = status.explanations.values().map(|a| &**a);
             if want_text {
@@ -368,15 +367,20 @@ pub fn route(
     }
 }
 
-/// HAProxy's stats URI: `?stats;csv` is the CSV (what `zdd.py` reads).
+/// HAProxy's stats URI: `?stats` is the page, `?stats;csv` the CSV (what `zdd.py` reads).
 fn haproxy_stats(ctx: &AdminContext, state: &DesiredState, query: Option<&str>) -> Reply {
     match query {
         Some("stats;csv" | "stats;csv;norefresh") => {
             text(StatusCode::OK, stats::csv::render(&ctx.snapshot(state)))
         }
+        Some(q @ ("stats" | "stats;norefresh")) => typed(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            stats::html::render(&ctx.snapshot(state), q == "stats"),
+        ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found (try /haproxy?stats;csv)\n",
+            "not found (try /haproxy?stats or /haproxy?stats;csv)\n",
         ),
     }
 }

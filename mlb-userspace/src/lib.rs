@@ -12,7 +12,8 @@
 //!               └─ proxy (hyper + rustls routing table, swapped whole)
 //! health: active checks, used by the proxy and (through the controller) the L4 dataplanes
 //! admin: marathon-lb's endpoints, explain, status, metrics (reads what the controller publishes)
-//! stats: HAProxy-shaped stats (CSV) from the desired state and the dataplanes' counters
+//! stats: HAProxy-shaped stats (CSV, HTML page) from the desired state and the dataplanes' counters
+//! zdd: `mlb zdd`, marathon-lb's blue/green deployment driven by those stats
 //! ```
 //!
 //! `options` turns the command line into each part's own configuration; `secret` keeps
@@ -34,3 +35,5 @@ pub mod proxy;
 pub mod secret;
 pub mod static_config;
 pub mod stats;
+pub mod timefmt;
+pub mod zdd;

@@ -22,7 +22,10 @@ use crate::{
     marathon::config::MarathonFlags,
     model::{ModelError, ModelOptions},
     overload::{self, ConnGate, ConnLimits},
-    proxy::ProxyConfig,
+    proxy::{
+        ProxyConfig,
+        access_log::{AccessLogConfig, AccessLogFormat, AccessLogTarget},
+    },
     secret::Secret,
 };
 
@@ -84,6 +87,9 @@ pub enum Command {
     /// and evaluates it with the given flags (`--group`, `--strict-mode`, `--health-check`
     /// ...); without, asks the mlb running at `--admin-addr`.
     Explain(Box<ExplainOptions>),
+    /// Blue/green deployment of one app, as marathon-lb's `zdd.py` does it (same flags and exit
+    /// codes), reading the stats of every mlb listed.
+    Zdd(Box<ZddOptions>),
     /// Remove the pinned XDP datapath (`--detach`): detach the program from every interface and
     /// delete its maps. An agent stopped with SIGTERM leaves it forwarding for the next one.
     Stop(StopOptions),
@@ -117,6 +123,93 @@ pub struct StopOptions {
     /// Where the XDP datapath is pinned (as given to `mlb run`).
     #[arg(long, env = "MLB_BPFFS_DIR", default_value = DEFAULT_BPFFS_DIR)]
     pub bpffs_dir: PathBuf,
+}
+
+/// Flags of `mlb zdd`: zdd.py's.
+#[derive(Debug, Args)]
+pub struct ZddOptions {
+    /// The app definition (JSON) to deploy; it needs the labels HAPROXY_DEPLOYMENT_GROUP and
+    /// HAPROXY_DEPLOYMENT_ALT_PORT.
+    #[arg(long, short = 'j')]
+    pub json: PathBuf,
+    /// Marathon's URL.
+    #[arg(long, short = 'm', env = "MLB_ZDD_MARATHON")]
+    pub marathon: reqwest::Url,
+    /// An mlb admin URL (e.g. `http://mlb.example:9090`); repeat for several, and a name stands
+    /// for every address it resolves to.
+    #[arg(long = "marathon-lb", short = 'l', required = true)]
+    pub marathon_lb: Vec<reqwest::Url>,
+    /// Print the new app's definition and stop.
+    #[arg(long, short = 'd')]
+    pub dry_run: bool,
+    /// Never ask for confirmation.
+    #[arg(long, short = 'f')]
+    pub force: bool,
+    /// Seconds between polling steps.
+    #[arg(long, short = 's', default_value_t = 5.0)]
+    pub step_delay: f64,
+    /// Instances of the new colour at first launch (at most the old app's).
+    #[arg(long, short = 'i', default_value_t = 1)]
+    pub initial_instances: u64,
+    /// Grow the new app by this many per step instead of by half.
+    #[arg(long, default_value_t = 0)]
+    pub linear_increase: u64,
+    /// Resume a deployment left in progress (two apps of the group live).
+    #[arg(long, short = 'r')]
+    pub resume: bool,
+    /// Seconds to wait for old tasks to drain in each step before killing them anyway.
+    #[arg(long, short = 'w', default_value_t = 300.0)]
+    pub max_wait: f64,
+    /// Hybrid deployment: keep this many new instances next to the old ones.
+    #[arg(long, short = 'n', default_value_t = 0)]
+    pub new_instances: u64,
+    /// Finish a hybrid deployment towards the newest colour.
+    #[arg(long, short = 'c', conflicts_with = "complete_prev")]
+    pub complete_cur: bool,
+    /// Finish a hybrid deployment towards the previous colour (roll back).
+    #[arg(long, short = 'p')]
+    pub complete_prev: bool,
+    /// Run before each kill as `HOOK '<old app>' '<task ids>' '<new app>'`; failing stops zdd.
+    #[arg(long)]
+    pub pre_kill_hook: Option<PathBuf>,
+    /// Load balancers that must answer before tasks are killed (default: every one listed).
+    #[arg(long)]
+    pub listening_instances: Option<usize>,
+}
+
+impl ZddOptions {
+    /// The driver's configuration.
+    pub fn config(&self) -> Result<crate::zdd::run::ZddConfig, crate::zdd::ZddError> {
+        use crate::zdd::plan::{Resume, Sizing};
+        let seconds = |flag: &str, v: f64| {
+            std::time::Duration::try_from_secs_f64(v).map_err(|_| {
+                crate::zdd::ZddError::InvalidArg(format!("{flag} {v}: not a duration"))
+            })
+        };
+        let resume = match (self.resume || self.complete_cur, self.complete_prev) {
+            (_, true) => Resume::Previous,
+            (true, false) => Resume::Current,
+            (false, false) => Resume::No,
+        };
+        Ok(crate::zdd::run::ZddConfig {
+            json: self.json.clone(),
+            marathon: self.marathon.clone(),
+            marathon_lb: self.marathon_lb.clone(),
+            dry_run: self.dry_run,
+            force: self.force,
+            step_delay: seconds("--step-delay", self.step_delay)?,
+            sizing: Sizing {
+                initial_instances: self.initial_instances,
+                new_instances: self.new_instances,
+            },
+            linear_increase: self.linear_increase,
+            resume,
+            complete: self.complete_cur || self.complete_prev,
+            max_wait: seconds("--max-wait", self.max_wait)?,
+            pre_kill_hook: self.pre_kill_hook.clone(),
+            listening_instances: self.listening_instances,
+        })
+    }
 }
 
 /// Which dataplane forwards plain TCP/UDP services.
@@ -352,6 +445,17 @@ pub struct RunOptions {
     #[arg(long, help_heading = ADMIN)]
     pub longhelp: bool,
 
+    /// Access log of the HTTP proxy, one line per request: `stdout`, `file:PATH` or `syslog`
+    /// (`/dev/log`). Off by default.
+    #[arg(long, env = "MLB_ACCESS_LOG", help_heading = LOGGING)]
+    pub access_log: Option<AccessLogTarget>,
+    /// Access log lines as HAProxy's httplog fields (`text`) or JSON objects (`json`).
+    #[arg(long, env = "MLB_ACCESS_LOG_FORMAT", value_enum, default_value_t = AccessLogFormat::Text, help_heading = LOGGING)]
+    pub access_log_format: AccessLogFormat,
+    /// Log one request in N (for high rates).
+    #[arg(long, env = "MLB_ACCESS_LOG_SAMPLE", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..), help_heading = LOGGING)]
+    pub access_log_sample: u64,
+
     #[command(flatten)]
     pub haproxy_only: HaproxyOnlyFlags,
 }
@@ -476,6 +580,11 @@ impl RunOptions {
             ssl_certs: self.ssl_certs.clone(),
             ssl_certs_dirs: self.ssl_certs_dir.clone(),
             conn_gate,
+            access_log: AccessLogConfig {
+                target: self.access_log.clone(),
+                format: self.access_log_format,
+                sample: self.access_log_sample,
+            },
             ..ProxyConfig::default()
         }
     }

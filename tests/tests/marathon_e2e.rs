@@ -853,6 +853,22 @@ fn stats_csv_body() -> Result<()> {
         in_metrics >= answered,
         "{series}{in_metrics}, CSV {answered}"
     );
+    // Every answered request timed.
+    let value = |metrics: &str, series: &str| -> Result<f64> {
+        let v = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .with_context(|| format!("no {series} in {metrics}"))?;
+        Ok(v.parse()?)
+    };
+    let timed = value(
+        &metrics,
+        &format!("mlb_http_request_duration_seconds_count{{backend=\"{web_px}\"}}"),
+    )?;
+    ensure!(
+        timed >= answered as f64,
+        "{timed} timed, {answered} answered"
+    );
 
     let tcp_px = format!("stats_tcp_{tcp_port}");
     let victim = task_ids(&sim, tcp)[0].clone();
@@ -887,6 +903,319 @@ fn stats_csv_body() -> Result<()> {
         killing.join().expect("kill thread")?;
         Ok(())
     })?;
+    // The kill and the replacement came as Marathon events, each applied.
+    let metrics = mlb.admin_get("/metrics")?.body;
+    ensure!(value(&metrics, "mlb_marathon_events_total")? >= 1.0);
+    ensure!(value(&metrics, "mlb_event_to_dataplane_seconds_count")? >= 1.0);
+    mlb.finish();
+    Ok(())
+}
+
+/// The `<tr>` of `name` in proxy `px` of a page's DOM.
+fn dom_row<'a>(dom: &'a str, px: &str, name: &str) -> Result<&'a str> {
+    let attrs = format!("data-proxy=\"{px}\" data-name=\"{name}\"");
+    let at = dom
+        .find(&attrs)
+        .with_context(|| format!("no row {px}/{name} in the DOM:\n{dom}"))?;
+    let start = dom[..at].rfind("<tr").context("row start")?;
+    let end = at + dom[at..].find("</tr>").context("row end")?;
+    Ok(&dom[start..end])
+}
+
+/// `/haproxy?stats` as headless Chromium loads it, with an HTTP app (health-checked: UP) and a
+/// TCP app (no check) under traffic, one TCP task being killed with a connection still open
+/// (MAINT): every row with its state, the page reloading itself, and a screenshot in the test's
+/// output directory (`docs/stats-page.png` too with `MLB_UPDATE_SCREENSHOT=1`).
+#[test]
+fn stats_page_in_headless_chromium() {
+    run("stats_page_in_headless_chromium", stats_page_body);
+}
+
+fn stats_page_body() -> Result<()> {
+    let (web_port, tcp_port) = (free_port(), free_port());
+    let (web, tcp) = ("/shop/web", "/shop/db");
+    let rt = runtime();
+    // The killed task stays TASK_KILLING (MAINT) long enough for two Chromium runs.
+    let config = SimConfig {
+        step_delay: Duration::from_secs(6),
+        ..sim_config(
+            vec![
+                vhost_app(web, web_port, "shop.example.test", 2, true),
+                tcp_app(tcp, tcp_port, 2),
+            ],
+            vec![SimAgent::local(LOCALHOST)],
+        )
+    };
+    let sim = rt.block_on(MarathonSim::start(config))?;
+    let (lb, mlb) = Loopback::start(&sim, &["--health-check"])?;
+    let tcp_addr = SocketAddr::new(LOCALHOST, tcp_port);
+    let (web_loop, tcp_loop) = traffic(
+        (&sim, &lb, &mlb),
+        (web, "shop.example.test"),
+        (tcp, tcp_addr),
+    )?;
+    // The TCP loop's short connections would blur which task holds the pinned one.
+    tcp_loop.stop();
+    let mut pinned = EchoConn::open(tcp_addr)?;
+    pinned.echo("held-open")?;
+    let (web_px, tcp_px) = (
+        format!("shop_web_{web_port}"),
+        format!("shop_db_{tcp_port}"),
+    );
+    let tcp_tasks = task_ids(&sim, tcp);
+    // The pinned connection's task: the one with an open session.
+    let victim = wait_for(
+        "the pinned connection counted",
+        Duration::from_secs(5),
+        || {
+            // Once the loop's last connections closed: one session in all, the pinned one.
+            let rows = stats_csv(&mlb)?;
+            let mut open = Vec::new();
+            for t in &tcp_tasks {
+                let scur = server_row(&rows, &tcp_px, &sim, tcp, t)?.int("scur")?;
+                open.extend(std::iter::repeat_n(t, scur as usize));
+            }
+            Ok((open.len() == 1).then(|| open[0]))
+        },
+    )?
+    .clone();
+    let svname = |app: &str, task: &str| -> Result<String> {
+        let port = sim
+            .tasks(app)
+            .into_iter()
+            .find(|t| t.id == task)
+            .context("task gone")?
+            .ports[0];
+        Ok(format!("127_0_0_1_{port}"))
+    };
+    let victim_name = svname(tcp, &victim)?;
+    let out_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("stats-page");
+    std::fs::create_dir_all(&out_dir)?;
+    let url = format!("http://{}/haproxy?stats", mlb.admin);
+
+    std::thread::scope(|s| -> Result<()> {
+        let killing = s.spawn(|| rt.block_on(sim.kill_task(&victim)));
+        wait_for("the killed task MAINT", Duration::from_secs(5), || {
+            let row = server_row(&stats_csv(&mlb)?, &tcp_px, &sim, tcp, &victim)?;
+            Ok((row.get("status") == "MAINT").then_some(()))
+        })?;
+        // A second apart, so the page has session rates to show.
+        std::thread::sleep(Duration::from_millis(1100));
+        let dom = mlb_tests::chromium::dump_dom(&out_dir.join("profile"), &url)?;
+        ensure!(
+            dom.contains("http-equiv=\"refresh\""),
+            "no auto-refresh:\n{dom}"
+        );
+        for task in task_ids(&sim, web) {
+            let row = dom_row(&dom, &web_px, &svname(web, &task)?)?;
+            ensure!(
+                row.contains("data-status=\"UP\"") && row.contains("st-up"),
+                "{row}"
+            );
+        }
+        let row = dom_row(&dom, &tcp_px, &victim_name)?;
+        ensure!(
+            row.contains("data-status=\"MAINT\"") && row.contains("st-maint"),
+            "{row}"
+        );
+        for task in tcp_tasks.iter().filter(|t| **t != victim) {
+            let row = dom_row(&dom, &tcp_px, &svname(tcp, task)?)?;
+            ensure!(row.contains("data-status=\"no check\""), "{row}");
+        }
+        for px in [&web_px, &tcp_px] {
+            ensure!(dom_row(&dom, px, "Frontend")?.contains(">OPEN<"));
+            ensure!(dom_row(&dom, px, "Backend")?.contains("data-status=\"UP\""));
+        }
+        let shot = out_dir.join("stats-page.png");
+        mlb_tests::chromium::screenshot(&out_dir.join("profile"), &url, &shot, (1280, 900))?;
+        if std::env::var_os("MLB_UPDATE_SCREENSHOT").is_some_and(|v| v == "1") {
+            let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+            std::fs::copy(&shot, docs.join("stats-page.png"))?;
+        }
+        drop(pinned);
+        killing.join().expect("kill thread")?;
+        Ok(())
+    })?;
+    web_loop.stop();
+    mlb.finish();
+    Ok(())
+}
+
+/// `mlb zdd` with the flags of these tests (never prompts, polls fast, bounded in time) and
+/// `extra`.
+fn mlb_zdd(
+    sim: &MarathonSim,
+    mlb: &Mlb<'_>,
+    app_file: &std::path::Path,
+    extra: &[&str],
+) -> Result<()> {
+    let out = std::process::Command::new("timeout")
+        .arg("120")
+        .arg(mlb_tests::mlb_bin::mlb_bin())
+        .args([
+            "zdd",
+            "--force",
+            "--step-delay",
+            "0.2",
+            "--max-wait",
+            "30",
+            "-j",
+        ])
+        .arg(app_file)
+        .args(["-m", &sim.url(), "-l", &format!("http://{}", mlb.admin)])
+        .args(extra)
+        .output()?;
+    // Shown when the test fails: what zdd decided, step by step.
+    eprintln!("--- mlb zdd ---\n{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(out.status.success(), "mlb zdd: {}", out.status);
+    Ok(())
+}
+
+/// Waits until `app` is gone from Marathon and no deployment holds its name.
+fn wait_deleted(sim: &MarathonSim, app: &str) -> Result<()> {
+    wait_for(&format!("{app} deleted"), Duration::from_secs(5), || {
+        let deployments = http_get(sim.addr(), "marathon", "/v2/deployments")?.body;
+        let idle = serde_json::from_str::<Value>(&deployments)?
+            .as_array()
+            .is_some_and(Vec::is_empty);
+        Ok((idle && !sim.app_ids().iter().any(|a| a == app)).then_some(()))
+    })
+}
+
+/// A blue/green deployment of a vhost app with `mlb zdd` under constant load: blue is deployed,
+/// then green replaces it step by step (mlb drains blue tasks as green ones turn healthy, zdd
+/// kills what every mlb shows drained); then a hybrid deployment (`--new-instances 1`: both
+/// colours serve) completed with `--complete-cur`; all without a single failed request. The app
+/// file declares only `portDefinitions` (zdd.py crashes on those).
+#[test]
+fn zdd_blue_green_under_load_without_a_failed_request() {
+    run(
+        "zdd_blue_green_under_load_without_a_failed_request",
+        zdd_body,
+    );
+}
+
+fn zdd_body() -> Result<()> {
+    let (port, alt_port) = (free_port(), free_port());
+    let rt = runtime();
+    let sim = rt.block_on(MarathonSim::start(sim_config(
+        Vec::new(),
+        vec![SimAgent::local(LOCALHOST)],
+    )))?;
+    let (lb, mlb) = Loopback::start(&sim, &["--health-check"])?;
+    let mut app = vhost_app("/zdd/web", port, "zdd.example.test", 3, true);
+    app["labels"]["HAPROXY_DEPLOYMENT_GROUP"] = json!("zdd-web");
+    app["labels"]["HAPROXY_DEPLOYMENT_ALT_PORT"] = json!(alt_port.to_string());
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("zdd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let app_file = dir.join("web.json");
+    std::fs::write(&app_file, app.to_string())?;
+    let (blue, green) = ("/zdd/web-blue", "/zdd/web-green");
+
+    mlb_zdd(&sim, &mlb, &app_file, &[])?;
+    wait_for("blue running", Duration::from_secs(10), || {
+        Ok((task_ids(&sim, blue).len() == 3).then_some(()))
+    })?;
+    mlb.wait_routed("/zdd-web", 0, &task_ids(&sim, blue))?;
+    let load = lb.vhost_loop("zdd.example.test");
+    load.wait_answered_by(&task_ids(&sim, blue), 0)?;
+
+    mlb_zdd(&sim, &mlb, &app_file, &[])?;
+    // Blue was deleted at the end: its last tasks are TASK_KILLING for a moment.
+    // (and its app, so that the next deployment may take its name again).
+    wait_deleted(&sim, blue)?;
+    let green_tasks = task_ids(&sim, green);
+    ensure!(green_tasks.len() == 3, "green: {green_tasks:?}");
+    mlb.wait_routed("/zdd-web", 0, &green_tasks)?;
+    load.wait_answered_by(&green_tasks, 0)?;
+
+    // Hybrid: one blue task next to green's, both colours serving; then completed to blue.
+    mlb_zdd(&sim, &mlb, &app_file, &["--new-instances", "1"])?;
+    let (blue_tasks, green_tasks) = (task_ids(&sim, blue), task_ids(&sim, green));
+    ensure!(
+        blue_tasks.len() == 1 && green_tasks.len() == 2,
+        "hybrid: blue {blue_tasks:?}, green {green_tasks:?}"
+    );
+    let both: Vec<String> = blue_tasks.iter().chain(&green_tasks).cloned().collect();
+    load.wait_answered_by(&both, load.snapshot().sequence.len())?;
+    mlb_zdd(&sim, &mlb, &app_file, &["--complete-cur"])?;
+    wait_deleted(&sim, green)?;
+    let blue_tasks = task_ids(&sim, blue);
+    ensure!(blue_tasks.len() == 3, "completed: blue {blue_tasks:?}");
+    load.wait_answered_by(&blue_tasks, load.snapshot().sequence.len())?;
+    let report = load.stop();
+    eprintln!("{} requests during the deployment", report.total());
+    ensure!(
+        report.failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        report.failures.len(),
+        report.total(),
+        report.failures
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    mlb.finish();
+    Ok(())
+}
+
+/// `--access-log file:PATH --access-log-format json`: one line per request through a running
+/// mlb, naming the backend and the task that answered; a host nobody serves is logged too.
+#[test]
+fn access_log_has_one_json_line_per_request() {
+    run("access_log_has_one_json_line_per_request", access_log_body);
+}
+
+fn access_log_body() -> Result<()> {
+    let port = free_port();
+    let app = "/logged/web";
+    let rt = runtime();
+    let sim = rt.block_on(MarathonSim::start(sim_config(
+        vec![vhost_app(app, port, "logged.example.test", 2, false)],
+        vec![SimAgent::local(LOCALHOST)],
+    )))?;
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("access-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let target = format!("file:{}", path.display());
+    let (lb, mlb) = Loopback::start(
+        &sim,
+        &["--access-log", &target, "--access-log-format", "json"],
+    )?;
+    let tasks = task_ids(&sim, app);
+    mlb.wait_routed(app, 0, &tasks)?;
+    for _ in 0..10 {
+        http_get(lb.http, "logged.example.test", "/x?n=1")?.task_id()?;
+    }
+    ensure!(http_get(lb.http, "nobody.example.test", "/")?.status == 503);
+    let lines = wait_for("11 access log lines", Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        Ok((lines.len() >= 11).then_some(lines))
+    })?;
+    ensure!(lines.len() == 11, "{lines:?}");
+    let backend = format!("logged_web_{port}");
+    for line in &lines[..10] {
+        ensure!(
+            line["backend"] == backend.as_str() && line["status"] == 200,
+            "{line}"
+        );
+        ensure!(line["method"] == "GET" && line["uri"] == "/x?n=1", "{line}");
+        ensure!(
+            line["server"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("127_0_0_1_")),
+            "{line}"
+        );
+    }
+    ensure!(
+        lines[10]["backend"] == "<NOSRV>" && lines[10]["status"] == 503,
+        "{}",
+        lines[10]
+    );
+    let _ = std::fs::remove_file(&path);
     mlb.finish();
     Ok(())
 }

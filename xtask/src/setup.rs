@@ -30,6 +30,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     // promtool, which checks the `/metrics` exposition in the tests.
     "prometheus",
     "util-linux",
+    // Headless Chromium loads the stats page in the tests (DOM and screenshot).
+    "chromium",
 ];
 /// Packages `cargo xtask demo` needs: namespaces and offloads, and the `curl` and `nc` it tells
 /// the user to try.

@@ -13,13 +13,14 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     sync::Arc,
-    time::SystemTime,
+    time::{Instant, SystemTime},
 };
 
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, info_span, warn};
 
+use crate::stats::live::{ErrorKind, live};
 use crate::{
     dataplane::{Dataplane, DataplaneError, HttpChange, L4Change},
     health::{HealthChecker, UnhealthySet, targets_of_l4},
@@ -210,6 +211,7 @@ impl Controller {
                 true
             }
             MarathonUpdate::SyncFailed { error } => {
+                live().error(ErrorKind::MarathonRead);
                 warn!(%error, "Marathon read failed; keeping the last good state");
                 self.status.last_error = Some(error);
                 self.publish();
@@ -321,6 +323,9 @@ impl Controller {
             && !http_changes.is_empty()
         {
             let problems = http.apply(&http_changes).err().unwrap_or_default();
+            if !problems.is_empty() {
+                live().error(ErrorKind::HttpDataplane);
+            }
             self.status.http_errors = problems.iter().map(ToString::to_string).collect();
         }
         info!(
@@ -400,6 +405,7 @@ impl Controller {
         for change in changes {
             let key = change.key();
             if let Some(e) = refused.get(&key) {
+                live().error(ErrorKind::L4Dataplane);
                 error!("{e}");
                 let reason = e.cause().to_string();
                 self.status.l4_errors.insert(key.to_string(), reason);
@@ -456,6 +462,7 @@ impl Controller {
             self.dns.start(self.unresolved_hosts());
             self.recompute(SystemTime::now());
         }
+        live().dataplane_caught_up(Instant::now());
     }
 
     /// DNS answers arrived: a pass with the new addresses when there are any.

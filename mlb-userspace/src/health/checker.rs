@@ -157,6 +157,8 @@ async fn check_loop(
                 down.then_some(false)
             }
             Err(why) => {
+                crate::stats::live::live()
+                    .health_check_failed(crate::stats::server_name(target.addr));
                 failures = failures.saturating_add(1);
                 (!down && failures >= fall).then(|| {
                     warn!(backend = %target.id, addr = %target.addr, %why, failures, "backend failed its health check; out of rotation");

@@ -438,6 +438,8 @@ impl Running {
                                     // id and type → app, then the re-read, the controller's
                                     // recompute and the dataplanes' generation.
                                     debug!(event.id = ?ev.id, event.kind = %ev.event, ?action, "Marathon event");
+                                    let relevant = !matches!(action, EventAction::Ignore);
+                                    crate::stats::live::live().event_received(now.into_std(), relevant);
                                     dirty.add(action, now, &self.cfg);
                                 }
                             }

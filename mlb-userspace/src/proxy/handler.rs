@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
+use super::access_log::Entry;
 use super::{
     Shared,
     balance::{BackendSlot, STICKY_COOKIE},
@@ -18,7 +19,10 @@ use super::{
     tunnel,
     upstream::{Outgoing, UpstreamError, add_forwarded, strip_hop_by_hop, wants_h2},
 };
-use crate::model::BackendId;
+use crate::{
+    model::BackendId,
+    stats::live::{ErrorKind, live},
+};
 
 /// HSTS header value marathon-lb added with `HAPROXY_{n}_USE_HSTS`.
 const HSTS: &str = "max-age=15768000";
@@ -29,8 +33,40 @@ pub(crate) async fn handle(
     info: ConnInfo,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let Some(log) = &shared.access_log else {
+        return Ok(route(&shared, &info, req).await);
+    };
+    let accepted = std::time::SystemTime::now();
+    let started = std::time::Instant::now();
+    let (method, uri, version) = (
+        req.method().clone(),
+        req.uri().to_string(),
+        format!("{:?}", req.version()),
+    );
     let response = route(&shared, &info, req).await;
+    let served = response.extensions().get::<ServedBy>();
+    let frontend = info.frontend.to_string();
+    log.record(&Entry {
+        client: info.peer,
+        accepted,
+        frontend: &frontend,
+        backend: served.map_or("<NOSRV>", |s| &s.backend),
+        server: served.map_or("<NOSRV>", |s| &s.server),
+        elapsed: started.elapsed(),
+        status: response.status().as_u16(),
+        bytes: hyper::body::Body::size_hint(response.body()).exact(),
+        method: method.as_str(),
+        uri: &uri,
+        version: &version,
+    });
     Ok(response)
+}
+
+/// Which backend and server answered a request (a response extension, for the access log).
+#[derive(Clone, Debug)]
+struct ServedBy {
+    backend: String,
+    server: String,
 }
 
 async fn route(
@@ -308,6 +344,7 @@ async fn backend_rules(
         headers,
         h2,
     };
+    let started = std::time::Instant::now();
     let answer = shared
         .upstream
         .send(
@@ -320,10 +357,12 @@ async fn backend_rules(
     let answer = match answer {
         Ok(a) => a,
         Err(UpstreamError::Failed(why)) => {
+            live().error(ErrorKind::BackendFailed);
             warn!(app = %svc.spec.key.app_id, %why, "backend request failed");
             return error_page(StatusCode::BAD_GATEWAY, "The backend failed to answer.");
         }
         Err(UpstreamError::Timeout) => {
+            live().error(ErrorKind::BackendTimeout);
             warn!(app = %svc.spec.key.app_id, "backend timed out");
             return error_page(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -335,6 +374,14 @@ async fn backend_rules(
     let backend = answer.backend;
     let stats = answer.guard.stats();
     stats.record_response(response.status().as_u16());
+    let backend_name = crate::stats::proxy_name(&svc.spec.key.app_id, svc.spec.service_port);
+    if shared.access_log.is_some() {
+        response.extensions_mut().insert(ServedBy {
+            backend: backend_name.clone(),
+            server: crate::stats::server_name(backend.backend.addr),
+        });
+    }
+    live().request_done(backend_name, started.elapsed());
     stats.record_bytes_in(request_body_len);
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {

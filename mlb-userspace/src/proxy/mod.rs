@@ -33,6 +33,7 @@ use crate::{
     overload::{ConnGate, ConnLimits},
 };
 
+pub mod access_log;
 mod apply;
 pub mod auth;
 pub mod balance;
@@ -103,6 +104,8 @@ pub struct ProxyConfig {
     /// The connection budget the listeners take from (shared with the userspace TCP/UDP
     /// dataplane), and the request, idle and send timeouts.
     pub conn_gate: Arc<ConnGate>,
+    /// `--access-log*` (off by default).
+    pub access_log: access_log::AccessLogConfig,
 }
 
 impl Default for ProxyConfig {
@@ -119,6 +122,7 @@ impl Default for ProxyConfig {
             cert_poll_interval: Duration::from_secs(5),
             max_header_bytes: 64 * 1024,
             conn_gate: ConnGate::new(ConnLimits::default()),
+            access_log: access_log::AccessLogConfig::default(),
         }
     }
 }
@@ -126,6 +130,9 @@ impl Default for ProxyConfig {
 /// What went wrong in the proxy; each names the listener, file or app concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    /// The access log's sink could not be opened.
+    #[error(transparent)]
+    AccessLog(#[from] access_log::AccessLogError),
     /// A listener could not be opened.
     #[error("{frontend} listener on {addr}: {source}")]
     Bind {
@@ -177,6 +184,8 @@ pub(crate) struct Shared {
     pub(crate) health: tokio::sync::watch::Receiver<Arc<health::UnhealthySet>>,
     /// Port the `:443` frontend actually listens on (for redirects; known once bound).
     pub(crate) https_port: std::sync::OnceLock<u16>,
+    /// `None`: access logging is off.
+    pub(crate) access_log: Option<access_log::AccessLog>,
 }
 
 /// The running HTTP/TLS proxy. Dropping it closes every listener (open connections finish).
@@ -205,7 +214,9 @@ impl HttpProxy {
             warn!(error = %e, "certificate not loaded");
         }
         let (health, health_rx) = HealthChecker::new(handle.clone());
+        let access_log = access_log::AccessLog::start(&config.access_log, &handle)?;
         let shared = Arc::new(Shared {
+            access_log,
             upstream: upstream::Upstream::new(&config.timeouts),
             table: ArcSwap::from_pointee(RouteTable::default()),
             certs,

@@ -157,6 +157,13 @@ impl Row {
         }
     }
 
+    /// New sessions per second, when measured.
+    fn rate(&mut self, rate: Option<u64>) {
+        if let Some(r) = rate {
+            self.set("rate", r);
+        }
+    }
+
     fn write(&self, out: &mut String) {
         for v in &self.0 {
             out.push_str(v);
@@ -190,8 +197,10 @@ pub fn render(snapshot: &Snapshot) -> String {
 fn write_proxy(out: &mut String, proxy: &Proxy, iid: usize) {
     let totals = proxy.totals();
     let mode = proxy.mode.as_str();
+    let rate = proxy.rate();
     let mut fe = Row::new(&proxy.name, "FRONTEND", TYPE_FRONTEND);
     fe.traffic(&totals);
+    fe.rate(rate);
     fe.set("status", "OPEN");
     fe.set("iid", iid);
     fe.set("sid", 0);
@@ -202,6 +211,7 @@ fn write_proxy(out: &mut String, proxy: &Proxy, iid: usize) {
     }
     let mut be = Row::new(&proxy.name, "BACKEND", TYPE_BACKEND);
     be.traffic(&totals);
+    be.rate(rate);
     be.set("status", if proxy.backend_up() { "UP" } else { "DOWN" });
     let active = proxy.servers.iter().filter(|s| s.status.in_rotation());
     be.set(
@@ -221,6 +231,7 @@ fn write_proxy(out: &mut String, proxy: &Proxy, iid: usize) {
 fn server_row(proxy: &Proxy, server: &Server, iid: usize, sid: usize) -> Row {
     let mut row = Row::new(&proxy.name, &server.name, TYPE_SERVER);
     row.traffic(&server.counters);
+    row.rate(server.rate);
     row.set("qcur", 0);
     row.set("qmax", 0);
     row.set("status", server.status.as_str());
@@ -233,11 +244,7 @@ fn server_row(proxy: &Proxy, server: &Server, iid: usize, sid: usize) -> Row {
     row.set("iid", iid);
     row.set("sid", sid);
     row.set("lbtot", server.counters.stot);
-    if proxy.checked {
-        let (status, desc) = match server.status {
-            super::ServerStatus::Down => ("L4CON", "Health check failed"),
-            _ => ("L4OK", "Health check passed"),
-        };
+    if let Some((status, desc)) = server.check(proxy.checked) {
         row.set("check_status", status);
         row.set("check_desc", desc);
     }

@@ -98,6 +98,7 @@ pub fn render(snapshot: &Snapshot, status: &Status) -> String {
     let mut registry = Registry::default();
     control_plane(&mut registry, status);
     proxies(&mut registry, &snapshot.proxies);
+    super::live::live().register(&mut registry);
     if let Some(xdp) = &snapshot.xdp {
         let packets = Family::<CounterLabels, Counter>::default();
         registry.register(

@@ -16,6 +16,8 @@ use std::{
 use crate::model::{Backend, BackendId, BackendState, DesiredState, L4ServiceKey, Protocol};
 
 pub mod csv;
+pub mod html;
+pub mod live;
 pub mod metrics;
 mod sources;
 
@@ -117,7 +119,19 @@ pub struct Server {
     pub status: ServerStatus,
     /// Time since the status last changed (`lastchg`), when known.
     pub last_change: Option<Duration>,
+    /// New sessions per second over the last sampling interval (`rate`), when known.
+    pub rate: Option<u64>,
     pub counters: Counters,
+}
+
+impl Server {
+    /// HAProxy's `check_status` and `check_desc` when its proxy (`checked`) has a health check.
+    pub fn check(&self, checked: bool) -> Option<(&'static str, &'static str)> {
+        checked.then_some(match self.status {
+            ServerStatus::Down => ("L4CON", "Health check failed"),
+            _ => ("L4OK", "Health check passed"),
+        })
+    }
 }
 
 /// One service: a frontend and a backend of the same name, as marathon-lb configured them.
@@ -135,6 +149,14 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// New sessions per second over all servers (`None` before a second sample).
+    pub fn rate(&self) -> Option<u64> {
+        self.servers
+            .iter()
+            .filter_map(|s| s.rate)
+            .reduce(|a, b| a + b)
+    }
+
     /// The frontend's and the backend's counters: the sum of the servers'.
     pub fn totals(&self) -> Counters {
         let mut sum = Counters {
@@ -237,6 +259,7 @@ pub fn build(
         weight: b.weight,
         status: status(b, checked),
         last_change: None,
+        rate: None,
         counters,
     };
     let mut proxies = Vec::with_capacity(state.l4.len() + state.http.len());
@@ -295,29 +318,74 @@ pub fn build(
     }
 }
 
-/// Remembers when each server's status last changed, across snapshots (HAProxy's `lastchg`).
+/// Session rates are measured over at least this long, so that two clients polling the page a
+/// few milliseconds apart do not see a rate made of one or two sessions.
+const RATE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the tracker remembers of one server between snapshots.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    status: ServerStatus,
+    since: Instant,
+    /// `stot` and the instant of the sample the current rate started from.
+    sample: (u64, Instant),
+    rate: Option<u64>,
+}
+
+/// Remembers, across snapshots, when each server's status last changed (HAProxy's `lastchg`)
+/// and how fast its session count grows (`rate`).
 #[derive(Debug, Default)]
 pub struct ChangeTracker {
-    seen: HashMap<(String, BackendId), (ServerStatus, Instant)>,
+    seen: HashMap<(String, BackendId), Seen>,
 }
 
 impl ChangeTracker {
-    /// Fills in `last_change` for every server of `snapshot` as of `now`, and forgets servers
-    /// no longer in it. A server seen for the first time changed now.
+    /// Fills in `last_change` and `rate` for every server of `snapshot` as of `now`, and forgets
+    /// servers no longer in it. A server seen for the first time changed now.
     pub fn stamp(&mut self, snapshot: &mut Snapshot, now: Instant) {
         let mut seen = HashMap::with_capacity(self.seen.len());
         for proxy in &mut snapshot.proxies {
             for s in &mut proxy.servers {
                 let key = (proxy.name.clone(), s.id.clone());
-                let since = match self.seen.remove(&key) {
-                    Some((status, since)) if status == s.status => since,
-                    _ => now,
-                };
-                s.last_change = Some(now.saturating_duration_since(since));
-                seen.insert(key, (s.status, since));
+                let next = Self::next(self.seen.remove(&key), s, now);
+                s.last_change = Some(now.saturating_duration_since(next.since));
+                s.rate = next.rate;
+                seen.insert(key, next);
             }
         }
         self.seen = seen;
+    }
+
+    /// What to remember of `server` now, given what was remembered before.
+    fn next(before: Option<Seen>, server: &Server, now: Instant) -> Seen {
+        let stot = server.counters.stot;
+        let Some(before) = before else {
+            return Seen {
+                status: server.status,
+                since: now,
+                sample: (stot, now),
+                rate: None,
+            };
+        };
+        let since = if before.status == server.status {
+            before.since
+        } else {
+            now
+        };
+        let (then_stot, then) = before.sample;
+        let elapsed = now.saturating_duration_since(then);
+        let (sample, rate) = if elapsed >= RATE_INTERVAL {
+            let per_sec = stot.saturating_sub(then_stot) as f64 / elapsed.as_secs_f64();
+            ((stot, now), Some(per_sec.round() as u64))
+        } else {
+            (before.sample, before.rate)
+        };
+        Seen {
+            status: server.status,
+            since,
+            sample,
+            rate,
+        }
     }
 }
 

@@ -358,3 +358,131 @@ fn metrics_parse_with_promtool_and_carry_the_snapshot() {
         assert!(text.lines().any(|l| l == line), "no line {line} in\n{text}");
     }
 }
+
+#[test]
+fn rate_is_new_sessions_per_second_over_at_least_a_second() {
+    let t0 = Instant::now();
+    let mut tracker = ChangeTracker::default();
+    let with_stot = |stot: u64| {
+        let mut o = observed();
+        let key = L4ServiceKey {
+            port: 10053,
+            protocol: Protocol::Tcp,
+        };
+        o.l4.get_mut(&(key, BackendId("dns.1:0".into())))
+            .expect("dns counters")
+            .stot = stot;
+        build(&state(), &HashSet::new(), &o)
+    };
+    let rate = |s: &Snapshot| s.proxies[0].servers[0].rate;
+    let mut s = with_stot(100);
+    tracker.stamp(&mut s, t0);
+    assert_eq!(rate(&s), None, "one sample: no rate yet");
+    let mut s = with_stot(150);
+    tracker.stamp(&mut s, t0 + Duration::from_millis(200));
+    assert_eq!(rate(&s), None, "too soon to measure");
+    let mut s = with_stot(300);
+    tracker.stamp(&mut s, t0 + Duration::from_secs(2));
+    assert_eq!(rate(&s), Some(100), "200 sessions in 2 s");
+    let rows = rows_of(&csv::render(&s));
+    assert_eq!(
+        row(&rows, "infra_dns_10053", "10_0_7_1_53").get("rate"),
+        "100"
+    );
+    assert_eq!(row(&rows, "infra_dns_10053", "FRONTEND").get("rate"), "100");
+    let mut s = with_stot(300);
+    tracker.stamp(&mut s, t0 + Duration::from_millis(2500));
+    assert_eq!(rate(&s), Some(100), "kept until the next full interval");
+    let mut s = with_stot(300);
+    tracker.stamp(&mut s, t0 + Duration::from_secs(4));
+    assert_eq!(rate(&s), Some(0), "idle");
+}
+
+/// The `<tr>` of `name` in proxy `px` of a stats page.
+fn page_row<'a>(page: &'a str, px: &str, name: &str) -> &'a str {
+    let attrs = format!("data-proxy=\"{px}\" data-name=\"{name}\"");
+    let at = page
+        .find(&attrs)
+        .unwrap_or_else(|| panic!("no row {px}/{name} in {page}"));
+    let start = page[..at].rfind("<tr").expect("row start");
+    let end = at + page[at..].find("</tr>").expect("row end");
+    &page[start..end]
+}
+
+#[test]
+fn the_page_shows_every_row_with_its_state_and_figures() {
+    let page = html::render(&build(&state(), &HashSet::new(), &observed()), true);
+    assert!(page.contains("<meta http-equiv=\"refresh\" content=\"5\">"));
+    assert!(
+        !page.contains("src=") && !page.contains("<link"),
+        "no external asset"
+    );
+    let draining = page_row(&page, "nginx_10000", "10_0_6_26_31185");
+    assert!(draining.contains("class=\"srv st-maint\"") && draining.contains(">MAINT<"));
+    assert!(
+        draining.contains("<td>2</td>"),
+        "2 sessions open: {draining}"
+    );
+    let up = page_row(&page, "nginx_10000", "10_0_6_27_31186");
+    assert!(up.contains("data-status=\"UP\"") && up.contains("Health check passed"));
+    let be = page_row(&page, "nginx_10000", "Backend");
+    assert!(be.contains("class=\"be st-up\""), "{be}");
+    let dns = page_row(&page, "infra_dns_10053", "10_0_7_1_53");
+    assert!(dns.contains("data-status=\"no check\""), "{dns}");
+    assert!(page_row(&page, "infra_dns_10053_udp", "Frontend").contains(">OPEN<"));
+
+    let sick: HashSet<BackendId> = [BackendId("blue.2:0".into())].into();
+    let page = html::render(&build(&state(), &sick, &observed()), false);
+    assert!(!page.contains("http-equiv=\"refresh\""));
+    let down = page_row(&page, "nginx_10000", "10_0_6_28_31187");
+    assert!(down.contains("st-down") && down.contains("Health check failed"));
+}
+
+/// The value of the sample `series` (name and labels) in an exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn live_metrics_are_exposed_and_parse_with_promtool() {
+    let live = live::live();
+    // The live metrics are process-wide: this test's own backend and server names, and
+    // counts compared before and after.
+    let status = crate::controller::Status::default();
+    let before = metrics::render(&Snapshot::default(), &status);
+    live.request_done("live_test_10999".into(), Duration::from_millis(20));
+    live.request_done("live_test_10999".into(), Duration::from_millis(3));
+    live.health_check_failed("live_test_server_1".into());
+    let t0 = Instant::now();
+    live.event_received(t0, true);
+    live.event_received(t0 + Duration::from_millis(5), false);
+    live.dataplane_caught_up(t0 + Duration::from_millis(40));
+    live.error(live::ErrorKind::BackendTimeout);
+    let text = metrics::render(&Snapshot::default(), &status);
+    promtool_check(&text).unwrap_or_else(|e| panic!("promtool: {e}\n{text}"));
+    let grew = |series: &str| {
+        sample(&text, series).unwrap_or_else(|| panic!("no {series} in {text}"))
+            - sample(&before, series).unwrap_or(0.0)
+    };
+    let backend = "{backend=\"live_test_10999\"}";
+    assert_eq!(
+        grew(&format!("mlb_http_request_duration_seconds_count{backend}")),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "mlb_http_request_duration_seconds_bucket{le=\"0.004\",backend=\"live_test_10999\"}"
+        ),
+        Some(1.0),
+        "3 ms is in the 4 ms bucket, 20 ms not: {text}"
+    );
+    assert_eq!(
+        grew("mlb_health_check_failures_total{server=\"live_test_server_1\"}"),
+        1.0
+    );
+    assert!(grew("mlb_marathon_events_total") >= 2.0);
+    assert!(grew("mlb_event_to_dataplane_seconds_count") >= 1.0);
+    assert!(grew("mlb_errors_total{kind=\"backend_timeout\"}") >= 1.0);
+}

@@ -4,6 +4,7 @@ mod l4;
 mod run;
 mod stop;
 mod version;
+mod zdd;
 
 use anyhow::Result;
 use clap::Parser as _;
@@ -48,5 +49,6 @@ fn main() -> Result<()> {
         Command::Poll(opts) => run::run(opts, Some(Mode::Poll)),
         Command::Explain(opts) => explain::explain(&opts),
         Command::Stop(opts) => stop::stop(&opts),
+        Command::Zdd(opts) => zdd::zdd(&opts),
     }
 }
