@@ -12,8 +12,14 @@
 //! | `/_mlb/explain[/APP_ID]` | why each app is or is not exposed (JSON; `?format=text`) |
 //! | `/_mlb/status` | sync state, generation, errors (JSON) |
 //! | `/_mlb/state` | the desired state the dataplanes were given (JSON) |
+//! | `/_mlb/xdp` | the XDP datapath: counters, flows by TCP state, per-backend stats (JSON) |
 //! | `/metrics` | Prometheus text |
-use std::{convert::Infallible, fmt::Write as _, net::SocketAddr, sync::Arc};
+use std::{
+    convert::Infallible,
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -26,6 +32,7 @@ use tracing::{debug, warn};
 
 use crate::{
     controller::{StateQueries, Status},
+    dataplane::xdp_l4::XdpL4,
     marathon::watch::ResyncTrigger,
     model::{DesiredState, explain},
     proxy::HttpProxy,
@@ -42,6 +49,8 @@ pub struct AdminContext {
     pub resync: Option<ResyncTrigger>,
     /// The HTTP proxy, for certificate reloads (`None` when not running).
     pub proxy: Option<Arc<HttpProxy>>,
+    /// The XDP dataplane, for its counters (`None` when not running).
+    pub xdp: Option<Arc<Mutex<XdpL4>>>,
 }
 
 /// Binds the admin listener. Separate from [`serve`] so a bind error stops mlb at start.
@@ -174,6 +183,7 @@ pub fn route(
         },
         "/_mlb/status" => json(&StatusView::of(&status)),
         "/_mlb/state" => json(&StateView::of(state)),
+        "/_mlb/xdp" => xdp_view(ctx.xdp.as_deref()),
         "/metrics" => text(StatusCode::OK, metrics(&status)),
         "/_mlb/explain" | "/_mlb/explain/" => {
             let apps = status.explanations.values().map(|a| &**a);
@@ -209,6 +219,32 @@ pub fn route(
             }
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// `/_mlb/xdp`: the datapath's counters, or why there are none.
+fn xdp_view(xdp: Option<&Mutex<XdpL4>>) -> Reply {
+    let Some(xdp) = xdp else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "the XDP dataplane is not running (--dataplane xdp)\n",
+        );
+    };
+    let snapshot = match xdp.lock() {
+        Ok(dp) => dp.snapshot(),
+        Err(_) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "XDP dataplane lock poisoned\n",
+            );
+        }
+    };
+    match snapshot {
+        Ok(s) => json(&s),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading the XDP counters: {e}\n"),
+        ),
     }
 }
 
@@ -424,6 +460,7 @@ mod tests {
             state: None,
             resync: Some(ResyncTrigger::default()),
             proxy: None,
+            xdp: None,
         }
     }
 
@@ -435,6 +472,14 @@ mod tests {
             .unwrap()
             .to_bytes();
         (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn xdp_endpoint_without_the_xdp_dataplane_says_so() {
+        let state = DesiredState::default();
+        let (status, body) = body(route(&ctx(), &state, &Method::GET, "/_mlb/xdp", None));
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("--dataplane xdp"), "{body}");
     }
 
     #[test]

@@ -1100,6 +1100,15 @@ fn conntrack_sweeper() {
             // UDP flows time out at once here; the TCP flow is far from its timeout.
             assert_eq!(sweeper.sweep().unwrap(), 2);
             assert_eq!(entries(), 2);
+            // What the admin API shows: flows by state as the sweep found them, counters.
+            let snapshot = shared.lock().unwrap().snapshot().unwrap();
+            assert_eq!(snapshot.conntrack.syn_sent, 1, "{:?}", snapshot.conntrack);
+            assert_eq!(snapshot.conntrack.total(), 1);
+            assert_eq!(snapshot.counters["flow_new"], 2);
+            assert_eq!(
+                snapshot.backends[&SocketAddr::new(V4.be1, backend_port(SVC_TCP))].new_flows,
+                1
+            );
             assert_eq!(send(&udp).1.get(Counter::FlowNew), 1, "UDP flow forgotten");
             assert_eq!(send(&tcp(TCP_ACK)).1.get(Counter::FlowToBackend), 1);
 

@@ -197,6 +197,15 @@ impl XdpFlowStats {
     }
 }
 
+/// What `/_mlb/xdp` shows: see [`XdpL4::snapshot`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct XdpSnapshot {
+    /// Every program counter (summed over CPUs) by its name.
+    pub counters: BTreeMap<&'static str, u64>,
+    pub conntrack: CtStateCounts,
+    pub backends: BTreeMap<SocketAddr, XdpFlowStats>,
+}
+
 /// Tracked flows by state, as the sweeper's last walk found them (flows, not entries: each
 /// flow is counted once, by its client → backend half).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -635,6 +644,17 @@ impl XdpL4 {
             out.insert(b.addr, sum);
         }
         Ok(out)
+    }
+
+    /// Everything that explains the datapath without bpftool: the program's counters by name,
+    /// tracked flows by state, per-backend traffic and SNAT-exhaustion drops.
+    pub fn snapshot(&self) -> Result<XdpSnapshot, XdpError> {
+        let counters = self.program.counters()?;
+        Ok(XdpSnapshot {
+            counters: counters.named().collect(),
+            conntrack: self.ct_states,
+            backends: self.backend_stats()?,
+        })
     }
 
     /// Tracked flows by state, as the conntrack sweeper last counted them.

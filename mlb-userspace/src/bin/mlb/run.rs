@@ -102,6 +102,7 @@ impl Agent {
             state: Some(controller.state_queries()),
             resync: resync.clone(),
             proxy: proxy.clone(),
+            xdp: xdp.clone(),
         };
         let admin = tokio::spawn(
             admin::serve(admin_listener, admin_context).instrument(info_span!("admin")),
