@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: load balancer benchmarks in network namespaces, following
 //! `/work/shared/reference/benchmark-method.md` (topology, CPU placement, interleaved rounds,
 //! medians, ratios to the "direct" routing reference).
+mod churn;
 mod lab;
 mod sync;
 mod tcp;
@@ -75,6 +76,11 @@ pub struct TcpArgs {
     /// and be2.
     #[arg(long)]
     pub single_backend: bool,
+    /// Sustained churn instead of the standard metrics: this many 10-s windows of
+    /// `Connection: close` per load shape (32 and 1,000 connections), one round, client ports
+    /// widened; per window new conn/s, LB CPU and the XDP counters.
+    #[arg(long, value_name = "WINDOWS")]
+    pub churn: Option<u32>,
     /// Cases to run (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Case::Direct, Case::Xdp, Case::Userspace, Case::Haproxy])]
     pub cases: Vec<Case>,

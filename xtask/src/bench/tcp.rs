@@ -37,6 +37,8 @@ const IPERF_PORT: u16 = 5201;
 struct Durations {
     wrk_secs: u32,
     iperf_secs: u32,
+    /// Windows of the sustained churn case instead of the standard metrics (`--churn`).
+    churn_windows: Option<u32>,
 }
 
 /// One round of one case.
@@ -47,6 +49,8 @@ struct Measurement {
     close_rps: Option<f64>,
     iperf_gbps: Option<f64>,
     cpu1_busy_pct: Option<f64>,
+    /// The sustained churn case's windows (`--churn` only).
+    churn: Vec<super::churn::Window>,
     /// Metrics that failed, with why.
     problems: Vec<String>,
 }
@@ -95,14 +99,20 @@ pub fn run(args: &TcpArgs) -> Result<()> {
             Durations {
                 wrk_secs: 3,
                 iperf_secs: 3,
+                churn_windows: args.churn,
             },
         )
     } else {
         (
-            args.rounds.max(1),
+            if args.churn.is_some() {
+                1
+            } else {
+                args.rounds.max(1)
+            },
             Durations {
                 wrk_secs: 10,
                 iperf_secs: 5,
+                churn_windows: args.churn,
             },
         )
     };
@@ -110,6 +120,9 @@ pub fn run(args: &TcpArgs) -> Result<()> {
     let mut lab = Lab::create()?;
     let files = write_configs(&lab, args.single_backend)?;
     start_backends(&mut lab, &files)?;
+    if args.churn.is_some() {
+        super::churn::widen_client_ports()?;
+    }
 
     let mut results: BTreeMap<Case, CaseResults> = BTreeMap::new();
     for round in 1..=rounds {
@@ -133,7 +146,22 @@ pub fn run(args: &TcpArgs) -> Result<()> {
     }
     drop(lab);
 
-    let report = report(&cases, &results, rounds, &durations, args);
+    let report = if args.churn.is_some() {
+        let windows: Vec<_> = cases
+            .iter()
+            .map(|c| {
+                let rounds = results.remove(c).map(|r| r.rounds).unwrap_or_default();
+                (*c, rounds.into_iter().flat_map(|m| m.churn).collect())
+            })
+            .collect();
+        format!(
+            "# mlb bench tcp --churn\n\nKernel {}.{}",
+            lab::run(&["uname", "-r"]).unwrap_or_default().trim(),
+            super::churn::report(&windows)
+        )
+    } else {
+        report(&cases, &results, rounds, &durations, args)
+    };
     println!("{report}");
     let dir = workspace_root().join("bench-results");
     fs::create_dir_all(&dir)?;
@@ -303,7 +331,15 @@ fn run_case(
         }
         // Attaching XDP can re-create the NAPI threads: pin them to cpu1 again.
         lab::pin_napi_threads();
-        let m = measure(lab, target, durations);
+        let m = match durations.churn_windows {
+            Some(windows) => {
+                let mut m = Measurement::default();
+                let url = format!("http://{target}:{HTTP_PORT}/small.html");
+                m.churn = super::churn::measure(&url, windows, &mut m.problems);
+                m
+            }
+            None => measure(lab, target, durations),
+        };
         Ok((pid, m))
     });
     let outcome = match result {
@@ -326,6 +362,7 @@ fn run_case(
     if outcome.keepalive_rps.is_none()
         && outcome.close_rps.is_none()
         && outcome.iperf_gbps.is_none()
+        && outcome.churn.iter().all(|w| w.conn_per_s().is_none())
     {
         bail!("every metric failed: {}", outcome.problems.join("; "));
     }
@@ -418,8 +455,8 @@ fn measure(lab: &mut Lab, target: &str, d: &Durations) -> Measurement {
     m
 }
 
-struct WrkResult {
-    rps: f64,
+pub(super) struct WrkResult {
+    pub(super) rps: f64,
     p99_ms: Option<f64>,
 }
 
@@ -447,7 +484,7 @@ fn wrk(url: &str, secs: u32, close: bool) -> Result<WrkResult> {
     parse_wrk(&out)
 }
 
-fn parse_wrk(out: &str) -> Result<WrkResult> {
+pub(super) fn parse_wrk(out: &str) -> Result<WrkResult> {
     let mut rps = None;
     let mut p99_ms = None;
     let mut requests = None;
@@ -526,7 +563,7 @@ fn iperf(lab: &mut Lab, target: &str, secs: u32) -> Result<f64> {
 }
 
 /// (total, busy) jiffies of one CPU from /proc/stat.
-fn cpu_times(cpu: u32) -> Option<(u64, u64)> {
+pub(super) fn cpu_times(cpu: u32) -> Option<(u64, u64)> {
     let stat = fs::read_to_string("/proc/stat").ok()?;
     let name = format!("cpu{cpu}");
     let line = stat
