@@ -1,11 +1,15 @@
 //! Sizes and limits shared by the XDP program and the agent. Map sizes are defaults: the agent
 //! may resize maps at load time (`EbpfLoader::set_max_entries`).
 
-/// Version of the map layout the XDP program and the agent share: map names, key and value
-/// types, and what their fields mean. Bump it with any such change: an agent pins its maps
-/// under `abi-<ABI_VERSION>` and refuses to adopt a datapath pinned with another version (the
-/// operator replaces it with `mlb stop --detach`), so it never reads a map with the wrong types.
-pub const ABI_VERSION: u32 = 1;
+/// Version of the kernel ↔ user-space layout: map names, key and value layouts, counter indices,
+/// state numbers. Bump it with any such change: an agent pins its maps under
+/// `abi-<ABI_VERSION>` and refuses to adopt a datapath pinned with another version (the operator
+/// replaces it with `mlb stop --detach`), so it never reads a map with the wrong types.
+///
+/// 1: the layout before this constant. 2: TCP state machine (`ct` states), several SNAT
+/// addresses, hash secret and timeouts in `Config`, `FlowStats::snat_exhausted`, SNAT cursors,
+/// churn counters.
+pub const ABI_VERSION: u32 = 2;
 
 /// Number of per-CPU counter slots in the global statistics array (see [`crate::stats::Counter`]).
 pub const STATS_SLOTS: u32 = crate::stats::Counter::COUNT as u32;
@@ -25,8 +29,19 @@ pub const RING_ENTRIES_PER_ELEM: u32 = 2;
 /// Connection-tracking entries (two per flow: one per direction).
 pub const CT_MAX_ENTRIES: u32 = 262_144;
 
-/// Tries to find a free SNAT port for a new flow before giving up (counted as exhaustion).
-pub const SNAT_PORT_TRIES: u32 = 8;
+/// Ports a new flow's SNAT search tries, from its backend's cursor on, before giving up
+/// (counted as exhaustion). The cursor walks the space in order, so the ports it tries next are
+/// the ones handed out longest ago: under churn they are closed; only a space full of live flows
+/// makes all of them busy. (The program probes under `bpf_loop`, so this costs the verifier
+/// nothing; a probe of a busy port is one hash lookup.)
+pub const SNAT_PORT_TRIES: u32 = 128;
+
+/// SNAT addresses per family (`--snat-addr`, repeatable); each adds a whole port range.
+pub const MAX_SNAT_ADDRS: usize = 8;
+
+/// A flow's last-seen time is written at most this often (and at each state change): the two
+/// halves are touched by different CPUs, and a write per packet would bounce their cache lines.
+pub const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
 
 /// Devmap slots: interfaces the program may redirect to.
 pub const MAX_INTERFACES: u32 = 64;

@@ -7,6 +7,8 @@
 #![no_std]
 
 pub mod consts;
+pub mod ct;
+pub mod hash;
 pub mod maps;
 pub mod net;
 pub mod stats;

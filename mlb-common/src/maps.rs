@@ -22,6 +22,9 @@ pub const TX_PORTS: &str = "MLB_TX_PORTS";
 pub const SERVICE_STATS: &str = "MLB_SERVICE_STATS";
 /// Per-CPU array of [`FlowStats`], indexed by backend id.
 pub const BACKEND_STATS: &str = "MLB_BACKEND_STATS";
+/// Array of `u32`, indexed by backend id: where the next SNAT port search for that backend
+/// starts (an index into its SNAT addresses × ports).
+pub const SNAT_CURSORS: &str = "MLB_SNAT_CURSORS";
 
 /// Every map the agent expects to find in the object (checked by a unit test).
 pub const ALL: &[&str] = &[
@@ -34,6 +37,7 @@ pub const ALL: &[&str] = &[
     TX_PORTS,
     SERVICE_STATS,
     BACKEND_STATS,
+    SNAT_CURSORS,
 ];
 
 /// `family` values.
@@ -116,11 +120,6 @@ pub const DIR_TO_BACKEND: u8 = 0;
 /// `NatEntry::direction`: backend → SNAT address, rewritten back towards the client.
 pub const DIR_TO_CLIENT: u8 = 1;
 
-/// TCP tracking states (`NatEntry::state`); UDP flows stay [`CT_ESTABLISHED`].
-pub const CT_SYN: u8 = 1;
-pub const CT_ESTABLISHED: u8 = 2;
-pub const CT_CLOSING: u8 = 3;
-
 /// How to rewrite one direction of a tracked flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -137,10 +136,11 @@ pub struct NatEntry {
     pub backend: u32,
     /// [`DIR_TO_BACKEND`] or [`DIR_TO_CLIENT`].
     pub direction: u8,
-    /// `CT_*` state.
+    /// `crate::ct::CT_*` state, the same in both halves of a flow.
     pub state: u8,
     pub _pad: [u8; 2],
-    /// `bpf_ktime_get_ns()` of the last packet; the agent expires idle entries.
+    /// `bpf_ktime_get_ns()` of the last packet of either direction (refreshed at most every
+    /// [`crate::consts::TOUCH_INTERVAL_NS`]) or of the last state change; both halves carry it.
     pub last_seen_ns: u64,
 }
 
@@ -148,9 +148,12 @@ pub struct NatEntry {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Config {
-    /// SNAT source for IPv4 flows (network order, word 0) and IPv6 flows.
-    pub snat_v4: [u32; 4],
-    pub snat_v6: [u32; 4],
+    /// SNAT sources of IPv4 flows (network order, word 0) and of IPv6 flows; the first
+    /// `snat_v4_count` / `snat_v6_count` are used. Each address adds a whole port range.
+    pub snat_v4: [[u32; 4]; crate::consts::MAX_SNAT_ADDRS],
+    pub snat_v6: [[u32; 4]; crate::consts::MAX_SNAT_ADDRS],
+    pub snat_v4_count: u32,
+    pub snat_v6_count: u32,
     /// SNAT port range, host order, inclusive.
     pub snat_port_min: u16,
     pub snat_port_max: u16,
@@ -158,7 +161,10 @@ pub struct Config {
     pub ring_size: u32,
     /// Non-zero once the agent has written this config; until then every packet passes.
     pub ready: u32,
-    pub _pad: u32,
+    /// Key of the flow hash ([`crate::hash::flow_hash`]).
+    pub hash_secret: [u32; 2],
+    /// Idle timeouts by protocol and TCP state.
+    pub timeouts: crate::ct::CtTimeouts,
 }
 
 /// Packets, bytes and new flows of a service or backend (per CPU).
@@ -168,6 +174,8 @@ pub struct FlowStats {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// New flows dropped because no SNAT port towards this backend was free.
+    pub snat_exhausted: u64,
 }
 
 #[cfg(feature = "user")]

@@ -68,11 +68,31 @@ pub enum Counter {
     FlowBackendDead,
     /// SNAT port collisions retried while creating flows.
     SnatPortCollision,
+    /// Passed: a TCP segment to a service without SYN (or with ACK/RST) that matches no tracked
+    /// flow: only a SYN opens a flow; the kernel answers with a RST.
+    PassTcpNotSyn,
+    /// Tracked entries whose other half was gone (LRU eviction) or belonged to another flow:
+    /// forgotten, so a half can never outlive its partner.
+    FlowOrphan,
+    /// Tracked entries found idle past their state's timeout by a packet (before the sweeper):
+    /// forgotten.
+    FlowExpired,
+    /// A SYN matched a flow in TIME_WAIT or CLOSED: the old flow was replaced by a new one.
+    FlowReopened,
+    /// A SNAT search found a port held by a dead flow (expired or orphaned) and took it.
+    SnatPortReclaimed,
+    /// TCP state transitions, by the state entered.
+    CtSynRecv,
+    CtEstablished,
+    CtFinWait,
+    CtCloseWait,
+    CtTimeWait,
+    CtClosed,
 }
 
 impl Counter {
     /// Number of counters (the size of the stats array).
-    pub const COUNT: usize = Counter::SnatPortCollision as usize + 1;
+    pub const COUNT: usize = Counter::CtClosed as usize + 1;
 
     /// Every counter, in index order, with the name user space reports it under.
     pub const ALL: [(Counter, &'static str); Counter::COUNT] = [
@@ -106,5 +126,31 @@ impl Counter {
         (Counter::FlowToClient, "flow_to_client"),
         (Counter::FlowBackendDead, "flow_backend_dead"),
         (Counter::SnatPortCollision, "snat_port_collision"),
+        (Counter::PassTcpNotSyn, "pass_tcp_not_syn"),
+        (Counter::FlowOrphan, "flow_orphan"),
+        (Counter::FlowExpired, "flow_expired"),
+        (Counter::FlowReopened, "flow_reopened"),
+        (Counter::SnatPortReclaimed, "snat_port_reclaimed"),
+        (Counter::CtSynRecv, "ct_syn_recv"),
+        (Counter::CtEstablished, "ct_established"),
+        (Counter::CtFinWait, "ct_fin_wait"),
+        (Counter::CtCloseWait, "ct_close_wait"),
+        (Counter::CtTimeWait, "ct_time_wait"),
+        (Counter::CtClosed, "ct_closed"),
     ];
+
+    /// The counter of a transition into `state` (a `ct::CT_*`), if it has one.
+    #[inline(always)]
+    pub const fn entering(state: u8) -> Option<Counter> {
+        use crate::ct::*;
+        match state {
+            CT_SYN_RECV => Some(Counter::CtSynRecv),
+            CT_ESTABLISHED => Some(Counter::CtEstablished),
+            CT_FIN_WAIT => Some(Counter::CtFinWait),
+            CT_CLOSE_WAIT => Some(Counter::CtCloseWait),
+            CT_TIME_WAIT => Some(Counter::CtTimeWait),
+            CT_CLOSED => Some(Counter::CtClosed),
+            _ => None,
+        }
+    }
 }

@@ -1,15 +1,20 @@
 //! Connection tracking: the entry of a packet's flow direction, found or created.
 //!
-//! A flow has two entries, one per direction, each saying how to rewrite its packets. A new flow
-//! gets its backend from the service's Maglev table and a SNAT port; only map entries change
-//! here, the packet is rewritten last (`rewrite.rs`).
+//! A flow has two entries, one per direction, each saying how to rewrite its packets. They live
+//! and die together: every packet checks that its entry's partner is still there and points
+//! back (an LRU eviction of one half makes the other unusable), and both carry the flow's TCP
+//! state and last-seen time. A flow idle past its state's timeout is dead here at once, not only
+//! when the agent's sweeper comes by. Only a SYN opens a TCP flow; a SYN on a closed flow
+//! (TIME_WAIT or CLOSED) replaces it. A new flow gets its backend from the service's Maglev
+//! table (keyed flow hash) and a SNAT address and port; only map entries change here, the packet
+//! is rewritten last (`rewrite.rs`).
 use aya_ebpf::bindings::BPF_ANY;
 use mlb_common::{
-    maps::{
-        CT_CLOSING, CT_ESTABLISHED, CT_SYN, Config, DIR_TO_BACKEND, DIR_TO_CLIENT, FAMILY_V4,
-        FlowKey, NatEntry,
-    },
-    net::{IPPROTO_TCP, tcp},
+    consts::TOUCH_INTERVAL_NS,
+    ct::{CT_ESTABLISHED, CT_SYN_SENT, is_closed, is_opening_syn, next_tcp_state},
+    hash::flow_hash,
+    maps::{Config, DIR_TO_BACKEND, DIR_TO_CLIENT, FlowKey, NatEntry},
+    net::IPPROTO_TCP,
     stats::Counter,
 };
 
@@ -19,7 +24,7 @@ use crate::{
     maps::{CONNTRACK, Scratch},
     parse::PacketMeta,
     snat::reserve_snat_port,
-    stats::count,
+    stats::{count, count_snat_exhausted},
 };
 
 /// The tracked flow direction a packet belongs to.
@@ -44,23 +49,33 @@ fn flow_key(meta: &PacketMeta) -> FlowKey {
     }
 }
 
-/// The key of the other direction of the flow an entry rewrites into.
+/// Writes into `out` the key of the other direction of the flow `entry` (under `key`)
+/// rewrites into. In place: a returned key would be one more 40-byte copy on the stack.
 #[inline(always)]
-fn peer_key(key: &FlowKey, entry: &NatEntry) -> FlowKey {
-    FlowKey {
-        src: entry.new_dst,
-        dst: entry.new_src,
-        sport: entry.new_dport,
-        dport: entry.new_sport,
-        proto: key.proto,
-        family: key.family,
-        _pad: [0; 2],
-    }
+pub fn set_peer_key(out: &mut FlowKey, key: &FlowKey, entry: &NatEntry) {
+    out.src = entry.new_dst;
+    out.dst = entry.new_src;
+    out.sport = entry.new_dport;
+    out.dport = entry.new_sport;
+    out.proto = key.proto;
+    out.family = key.family;
+    out._pad = [0; 2];
 }
 
-/// The flow of the packet: its tracked entry, or a new flow when it has none and is addressed to
-/// a service. Leaves the packet's flow key in `scratch.key` (the key lives in the per-CPU
-/// scratch map, not on the 512-byte stack).
+/// Whether `peer` (the entry found under the peer key of `key`'s entry) is the other half of
+/// `key`'s flow: it rewrites into `key`. Otherwise `key`'s own partner was evicted and its SNAT
+/// port went to another flow.
+#[inline(always)]
+pub fn is_partner(key: &FlowKey, peer: &NatEntry) -> bool {
+    peer.new_dst == key.src
+        && peer.new_src == key.dst
+        && peer.new_dport == key.sport
+        && peer.new_sport == key.dport
+}
+
+/// The flow of the packet: its tracked entry, or a new flow when it has none, is addressed to a
+/// service and may open one. Leaves the packet's flow key in `scratch.key` (keys live in the
+/// per-CPU scratch map, not on the 512-byte stack).
 #[inline(always)]
 pub fn track_flow(
     meta: &PacketMeta,
@@ -69,10 +84,11 @@ pub fn track_flow(
     now: u64,
 ) -> Result<Flow, Exit> {
     scratch.key = flow_key(meta);
-    if let Some(nat) = lookup_flow(meta, &scratch.key, now) {
+    if let Some(nat) = lookup_flow(meta, scratch, cfg, now) {
         return Ok(Flow { nat, new: false });
     }
-    create_flow(meta, scratch, cfg, now)?;
+    prepare_flow(meta, scratch, cfg, now)?;
+    open_flow(scratch)?;
     // SAFETY: a map value, valid for this program run.
     let nat = unsafe { CONNTRACK.get(&scratch.key) }
         // Evicted between the insert and this lookup: the table is that full.
@@ -80,22 +96,37 @@ pub fn track_flow(
     Ok(Flow { nat, new: true })
 }
 
-/// The tracked entry of `key`, touched, or `None` when the packet starts a new flow. A flow whose
-/// backend the agent declared dead is forgotten, so it is re-balanced: the new backend has no
-/// such connection and answers a TCP segment with a RST, and the client learns at once.
+/// The live tracked entry of `scratch.key`, its state and last-seen time updated, or `None` when
+/// the packet has no live flow. Forgets a flow whose partner is gone, that is idle past its
+/// timeout, whose backend the agent declared dead (re-balanced: a new backend, or the kernel,
+/// answers a stray TCP segment with a RST), or that is closed and sees a new SYN.
 #[inline(always)]
-fn lookup_flow(meta: &PacketMeta, key: &FlowKey, now: u64) -> Option<&'static NatEntry> {
-    let entry = CONNTRACK.get_ptr_mut(key)?;
+fn lookup_flow(
+    meta: &PacketMeta,
+    scratch: &mut Scratch,
+    cfg: &Config,
+    now: u64,
+) -> Option<&'static NatEntry> {
+    let entry = CONNTRACK.get_ptr_mut(&scratch.key)?;
     // SAFETY: `entry` comes from the lookup and stays valid for this program run (RCU).
     let tracked = unsafe { &*entry };
-    let to_backend = tracked.direction == DIR_TO_BACKEND;
-    if to_backend && backend_dead(tracked.backend) {
-        count(Counter::FlowBackendDead);
-        forget_flow(key, tracked);
+    set_peer_key(&mut scratch.peer_key, &scratch.key, tracked);
+    let peer = match CONNTRACK.get_ptr_mut(&scratch.peer_key) {
+        // SAFETY: as above.
+        Some(p) if is_partner(&scratch.key, unsafe { &*p }) => p,
+        _ => {
+            count(Counter::FlowOrphan);
+            let _ = CONNTRACK.remove(&scratch.key);
+            return None;
+        }
+    };
+    if let Some(reason) = end_of_flow(meta, tracked, cfg, now) {
+        count(reason);
+        forget_flow(&scratch.key, &scratch.peer_key);
         return None;
     }
-    touch_flow(entry, meta, now);
-    count(if to_backend {
+    update_flow(entry, peer, meta, now);
+    count(if tracked.direction == DIR_TO_BACKEND {
         Counter::FlowToBackend
     } else {
         Counter::FlowToClient
@@ -103,118 +134,125 @@ fn lookup_flow(meta: &PacketMeta, key: &FlowKey, now: u64) -> Option<&'static Na
     Some(tracked)
 }
 
-/// Forgets both directions of a tracked flow. A subprogram (its own stack frame); takes only
-/// stack and map-value pointers.
+/// Why a tracked flow ends at this packet (the counter), if it does.
+#[inline(always)]
+fn end_of_flow(meta: &PacketMeta, tracked: &NatEntry, cfg: &Config, now: u64) -> Option<Counter> {
+    let to_backend = tracked.direction == DIR_TO_BACKEND;
+    if cfg
+        .timeouts
+        .expired(meta.proto, tracked.state, tracked.last_seen_ns, now)
+    {
+        Some(Counter::FlowExpired)
+    } else if to_backend && backend_dead(tracked.backend) {
+        Some(Counter::FlowBackendDead)
+    } else if to_backend
+        && meta.proto == IPPROTO_TCP
+        && is_opening_syn(meta.tcp_flags)
+        && is_closed(tracked.state)
+    {
+        Some(Counter::FlowReopened)
+    } else {
+        None
+    }
+}
+
+/// Forgets both halves of a flow. A subprogram (its own stack frame); takes only stack and
+/// map-value pointers.
 #[inline(never)]
-fn forget_flow(key: &FlowKey, entry: &NatEntry) {
+pub fn forget_flow(key: &FlowKey, peer: &FlowKey) {
     let _ = CONNTRACK.remove(key);
-    let _ = CONNTRACK.remove(peer_key(key, entry));
+    let _ = CONNTRACK.remove(peer);
 }
 
-/// Records activity on a tracked flow: last-seen time and TCP state.
+/// Moves the flow's TCP state on (in both halves, counted) and refreshes both halves' last-seen
+/// time, at most once per [`TOUCH_INTERVAL_NS`] unless the state changed.
 #[inline(always)]
-fn touch_flow(entry: *mut NatEntry, meta: &PacketMeta, now: u64) {
-    // SAFETY: `entry` comes from a map lookup; fields are plain integers.
+fn update_flow(entry: *mut NatEntry, peer: *mut NatEntry, meta: &PacketMeta, now: u64) {
+    // SAFETY: both pointers come from map lookups; fields are plain integers. Another CPU may
+    // write the same fields at once: the worst outcome is one stale state or timestamp.
     unsafe {
-        (*entry).last_seen_ns = now;
-        if meta.proto == IPPROTO_TCP {
-            if meta.tcp_flags & (tcp::FIN | tcp::RST) != 0 {
-                (*entry).state = CT_CLOSING;
-            } else if (*entry).state == CT_SYN && meta.tcp_flags & tcp::ACK != 0 {
-                (*entry).state = CT_ESTABLISHED;
+        let state = (*entry).state;
+        let next = if meta.proto == IPPROTO_TCP {
+            next_tcp_state(state, (*entry).direction, meta.tcp_flags)
+        } else {
+            state
+        };
+        if next != state {
+            (*entry).state = next;
+            (*peer).state = next;
+            if let Some(c) = Counter::entering(next) {
+                count(c);
             }
+        } else if now.saturating_sub((*entry).last_seen_ns) < TOUCH_INTERVAL_NS {
+            return;
         }
+        (*entry).last_seen_ns = now;
+        (*peer).last_seen_ns = now;
     }
 }
 
-#[inline(always)]
-fn mix(h: u32, w: u32) -> u32 {
-    (h ^ w)
-        .wrapping_mul(0xCC9E_2D51)
-        .rotate_left(15)
-        .wrapping_mul(0x1B87_3593)
-}
-
-/// Mixes the 5-tuple into 32 bits (murmur3's finaliser over the words). Both the Maglev slot and
-/// the SNAT port come from it, so the same flow always maps the same way.
-#[inline(always)]
-fn hash_flow(key: &FlowKey) -> u32 {
-    let mut h: u32 = 0x9E37_79B9 ^ u32::from(key.proto);
-    for i in 0..4 {
-        h = mix(h, key.src[i]);
-        h = mix(h, key.dst[i]);
-    }
-    h = mix(h, (u32::from(key.sport) << 16) | u32::from(key.dport));
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85EB_CA6B);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xC2B2_AE35);
-    h ^ (h >> 16)
-}
-
-/// Creates the flow of a packet addressed to a service: picks the backend from the service's
-/// live Maglev table, reserves a SNAT port (which records the reply direction), then records
-/// the forward direction under `scratch.key`.
+/// Prepares the flow of a packet addressed to a service: picks the backend from the service's
+/// live Maglev table (keyed flow hash) and writes the reply entry and what is known of its key
+/// into `scratch`. A TCP segment other than a bare SYN opens nothing.
 ///
-/// A BPF subprogram of its own (not inlined): its stack frame is not live while the packet is
-/// rewritten and forwarded, which keeps the program under the 512-byte stack limit. It takes
-/// only stack and map-value pointers (no packet or context pointer), and keeps its large values
-/// in `scratch`.
+/// BPF subprograms of their own (not inlined), this one and [`open_flow`]: their stack frames
+/// are not live while the packet is rewritten and forwarded, nor at the same time as each other,
+/// which keeps the program under the 512-byte stack limit. They take only stack and map-value
+/// pointers (no packet or context pointer), and keep their large values in `scratch`, written
+/// field by field (values built whole would be copied through the stack).
 #[inline(never)]
-fn create_flow(
+fn prepare_flow(
     meta: &PacketMeta,
     scratch: &mut Scratch,
     cfg: &Config,
     now: u64,
 ) -> Result<(), Exit> {
     let svc = lookup_service(meta, &mut scratch.service_key)?;
-    let hash = hash_flow(&scratch.key);
+    let tcp = meta.proto == IPPROTO_TCP;
+    if tcp && !is_opening_syn(meta.tcp_flags) {
+        return Err(Exit::Pass(Counter::PassTcpNotSyn));
+    }
+    let hash = flow_hash(&scratch.key, &cfg.hash_secret);
     let family = scratch.key.family;
     let (backend_id, backend) = pick_backend(svc, cfg.ring_size, hash, family)?;
-    let snat = if family == FAMILY_V4 {
-        &cfg.snat_v4
-    } else {
-        &cfg.snat_v6
-    };
-    let state = if meta.proto == IPPROTO_TCP && meta.tcp_flags & tcp::SYN != 0 {
-        CT_SYN
-    } else {
-        CT_ESTABLISHED
-    };
-    scratch.reply = NatEntry {
-        new_src: meta.dst,
-        new_dst: meta.src,
-        new_sport: meta.dport,
-        new_dport: meta.sport,
-        service_slot: svc.slot,
-        backend: backend_id,
-        direction: DIR_TO_CLIENT,
-        state,
-        _pad: [0; 2],
-        last_seen_ns: now,
-    };
-    scratch.reply_key = FlowKey {
-        src: backend.addr,
-        dst: *snat,
-        sport: backend.port,
-        dport: 0,
-        proto: meta.proto,
-        family,
-        _pad: [0; 2],
-    };
-    let snat_port = reserve_snat_port(cfg, hash, &mut scratch.reply_key, &scratch.reply)?;
-    scratch.forward = NatEntry {
-        new_src: *snat,
-        new_dst: backend.addr,
-        new_sport: snat_port,
-        new_dport: backend.port,
-        service_slot: svc.slot,
-        backend: backend_id,
-        direction: DIR_TO_BACKEND,
-        state,
-        _pad: [0; 2],
-        last_seen_ns: now,
-    };
+    let reply = &mut scratch.reply;
+    reply.new_src = meta.dst;
+    reply.new_dst = meta.src;
+    reply.new_sport = meta.dport;
+    reply.new_dport = meta.sport;
+    reply.service_slot = svc.slot;
+    reply.backend = backend_id;
+    reply.direction = DIR_TO_CLIENT;
+    reply.state = if tcp { CT_SYN_SENT } else { CT_ESTABLISHED };
+    reply._pad = [0; 2];
+    reply.last_seen_ns = now;
+    let reply_key = &mut scratch.reply_key;
+    reply_key.src = backend.addr;
+    reply_key.sport = backend.port;
+    reply_key.proto = meta.proto;
+    reply_key.family = family;
+    reply_key._pad = [0; 2];
+    Ok(())
+}
+
+/// Opens the flow [`prepare_flow`] prepared: reserves a SNAT address and port (which records
+/// the reply direction), then records the forward direction under `scratch.key`.
+#[inline(never)]
+fn open_flow(scratch: &mut Scratch) -> Result<(), Exit> {
+    let (service_slot, backend_id) = (scratch.reply.service_slot, scratch.reply.backend);
+    let snat_port = reserve_snat_port(scratch, backend_id)
+        .inspect_err(|_| count_snat_exhausted(service_slot, backend_id))?;
+    let (reply, reply_key, forward) = (&scratch.reply, &scratch.reply_key, &mut scratch.forward);
+    forward.new_src = reply_key.dst;
+    forward.new_dst = reply_key.src;
+    forward.new_sport = snat_port;
+    forward.new_dport = reply_key.sport;
+    forward.service_slot = service_slot;
+    forward.backend = backend_id;
+    forward.direction = DIR_TO_BACKEND;
+    forward.state = reply.state;
+    forward._pad = [0; 2];
+    forward.last_seen_ns = reply.last_seen_ns;
     if CONNTRACK
         .insert(&scratch.key, &scratch.forward, u64::from(BPF_ANY))
         .is_err()

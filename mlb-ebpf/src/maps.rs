@@ -54,12 +54,20 @@ pub static SERVICE_STATS: PerCpuArray<FlowStats> = PerCpuArray::with_max_entries
 #[map(name = "MLB_BACKEND_STATS")]
 pub static BACKEND_STATS: PerCpuArray<FlowStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
+/// Per backend id, where its next SNAT port search starts. Shared by all CPUs and written
+/// without atomics: two CPUs that race start at the same port, one of them collides and moves
+/// on (the insert, not the cursor, is the reservation).
+#[map(name = "MLB_SNAT_CURSORS")]
+pub static SNAT_CURSORS: Array<u32> = Array::with_max_entries(MAX_BACKENDS, 0);
+
 /// Per-CPU scratch space for values too large for the 512-byte BPF stack (Katran keeps its
 /// packet description in such a map too). Only ever used within one program run.
 #[repr(C)]
 pub struct Scratch {
     /// The wire 5-tuple of the packet being processed (the conntrack key).
     pub key: FlowKey,
+    /// The key of the other half of a flow being looked at.
+    pub peer_key: FlowKey,
     /// The service a new flow is addressed to.
     pub service_key: ServiceKey,
     /// The `bpf_fib_lookup` request and answer.
@@ -69,6 +77,10 @@ pub struct Scratch {
     pub reply_key: FlowKey,
     /// The forward-direction entry of a flow being created.
     pub forward: NatEntry,
+    /// SNAT search of a flow being created: its first slot, and the slot found (`u32::MAX`
+    /// while none is).
+    pub snat_start: u32,
+    pub snat_slot: u32,
 }
 
 /// One [`Scratch`] per CPU.

@@ -1,44 +1,172 @@
-//! SNAT source ports for new flows.
+//! SNAT source addresses and ports for new flows.
 //!
 //! A port is taken by inserting the reply direction's entry under the key the backend's answers
 //! will carry, with `BPF_NOEXIST`: the insert is the reservation, so two CPUs can never hand out
-//! the same (backend, SNAT address, port).
-use aya_ebpf::bindings::BPF_NOEXIST;
+//! the same (backend, SNAT address, port). The search space of a backend is every SNAT address of
+//! the family times the port range, walked in order from the backend's cursor: the next ports
+//! tried are those handed out longest ago, which under churn belong to closed flows. A port held
+//! by a dead flow (idle past its timeout, or half of one) is reclaimed on the spot.
+//!
+//! The search runs under `bpf_loop`: the verifier checks one probe once, whatever the number of
+//! probes (an unrolled loop of them exceeds its budget).
+use core::ffi::c_void;
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_loop};
 use mlb_common::{
-    consts::SNAT_PORT_TRIES,
-    maps::{Config, FlowKey, NatEntry},
+    consts::{MAX_SNAT_ADDRS, SNAT_PORT_TRIES},
+    ct::CtTimeouts,
+    maps::{Config, FAMILY_V4, FlowKey, NatEntry},
     stats::Counter,
 };
 
-use crate::{exit::Exit, maps::CONNTRACK, stats::count};
+use crate::{
+    exit::Exit,
+    flow::{forget_flow, is_partner, set_peer_key},
+    lookup,
+    maps::{self, CONNTRACK, SNAT_CURSORS, Scratch},
+    stats::count,
+};
 
-/// Step between tries: a prime, so collisions do not retry neighbouring ports of one flow.
-const PORT_STEP: u32 = 7919;
+const EXHAUSTED: Exit = Exit::Drop(Counter::DropSnatExhausted);
 
-/// Reserves a SNAT port: tries up to [`SNAT_PORT_TRIES`] ports of the configured range, starting
-/// at one derived from the flow hash, and records `reply` under `reply_key` with the first free
-/// one (written into `reply_key.dport`). Returns the port, network order.
+/// `Scratch::snat_slot` while no port is found.
+const NOT_FOUND: u32 = u32::MAX;
+
+/// Reserves a SNAT address and port towards `backend_id` for the flow whose reply entry is
+/// `scratch.reply`: records it under `scratch.reply_key` (its `dst` and `dport` become the
+/// chosen address and port, network order; its other fields must be set). Returns the port.
 #[inline(always)]
-pub fn reserve_snat_port(
-    cfg: &Config,
-    hash: u32,
-    reply_key: &mut FlowKey,
-    reply: &NatEntry,
-) -> Result<u16, Exit> {
+pub fn reserve_snat_port(scratch: &mut Scratch, backend_id: u32) -> Result<u16, Exit> {
+    let cursor = SNAT_CURSORS.get_ptr_mut(backend_id).ok_or(Exit::Aborted)?;
+    // SAFETY: an array element from the lookup; a racing writer only costs a collision.
+    scratch.snat_start = unsafe { *cursor };
+    scratch.snat_slot = NOT_FOUND;
+    // SAFETY: `probe` has the callback signature bpf_loop expects; it finds its state in this
+    // CPU's scratch map, so the context pointer is null.
+    unsafe {
+        bpf_loop(
+            SNAT_PORT_TRIES,
+            probe as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    // The probes wrote their results through their own pointer to this CPU's scratch; to the
+    // compiler `scratch` is an exclusive reference that nothing was given, so without volatile
+    // reads it would reuse the values from before the loop.
+    // (`reply_key.dst`, which the caller reads next, was not written before the loop: nothing
+    // stale to reuse.)
+    // SAFETY: plain reads of fields of a valid reference.
+    let (slot, port) = unsafe {
+        (
+            core::ptr::read_volatile(&scratch.snat_slot),
+            core::ptr::read_volatile(&scratch.reply_key.dport),
+        )
+    };
+    if slot == NOT_FOUND {
+        return Err(EXHAUSTED);
+    }
+    // SAFETY: as above.
+    unsafe { *cursor = slot.wrapping_add(1) };
+    Ok(port)
+}
+
+/// One probe of the search: 0 to go on, 1 to stop (found, or nothing can be found).
+extern "C" fn probe(attempt: u64, _ctx: *mut c_void) -> i64 {
+    let (Ok(scratch), Ok(cfg)) = (maps::scratch(), lookup::config()) else {
+        return 1;
+    };
+    match try_slot(scratch, cfg, attempt as u32) {
+        Ok(true) => 1,
+        Ok(false) => {
+            count(Counter::SnatPortCollision);
+            0
+        }
+        Err(_) => 1,
+    }
+}
+
+/// Tries slot `start + attempt` of the backend's search space (SNAT address × port).
+#[inline(always)]
+fn try_slot(scratch: &mut Scratch, cfg: &Config, attempt: u32) -> Result<bool, Exit> {
+    let (addrs, addr_count) = if scratch.reply_key.family == FAMILY_V4 {
+        (&cfg.snat_v4, cfg.snat_v4_count)
+    } else {
+        (&cfg.snat_v6, cfg.snat_v6_count)
+    };
     let min = u32::from(cfg.snat_port_min);
     let range = u32::from(cfg.snat_port_max).saturating_sub(min) + 1;
-    // A different mix of the hash than the Maglev slot's.
-    let start = hash.rotate_left(16);
-    for attempt in 0..SNAT_PORT_TRIES {
-        let port = (min + start.wrapping_add(attempt.wrapping_mul(PORT_STEP)) % range) as u16;
-        reply_key.dport = port.to_be();
-        if CONNTRACK
-            .insert(&*reply_key, reply, u64::from(BPF_NOEXIST))
-            .is_ok()
-        {
-            return Ok(reply_key.dport);
-        }
-        count(Counter::SnatPortCollision);
+    let space = range * addr_count.clamp(1, MAX_SNAT_ADDRS as u32);
+    if attempt >= space {
+        // Every slot of a small space tried.
+        return Err(EXHAUSTED);
     }
-    Err(Exit::Drop(Counter::DropSnatExhausted))
+    // Checked: a division the compiler cannot prove safe leaves a panic path, which the
+    // verifier rejects.
+    let slot = scratch
+        .snat_start
+        .wrapping_add(attempt)
+        .checked_rem(space)
+        .ok_or(EXHAUSTED)?;
+    let index = slot.checked_div(range).ok_or(EXHAUSTED)?;
+    let addr = addrs.get(index as usize).ok_or(EXHAUSTED)?;
+    for (word, value) in scratch.reply_key.dst.iter_mut().zip(addr) {
+        *word = *value;
+    }
+    scratch.reply_key.dport = ((min + slot - index * range) as u16).to_be();
+    let now = scratch.reply.last_seen_ns;
+    let free = if CONNTRACK.get_ptr(&scratch.reply_key).is_none() {
+        take(&scratch.reply_key, &scratch.reply)
+    } else {
+        reclaim(
+            &scratch.reply_key,
+            &scratch.reply,
+            &mut scratch.peer_key,
+            &cfg.timeouts,
+            now,
+        )
+    };
+    if free {
+        scratch.snat_slot = slot;
+    }
+    Ok(free)
+}
+
+/// Inserts `reply` under `key` if the key is free. (Looked up first: an LRU insert takes a free
+/// node, evicting some entry if needed, before it finds the key taken.)
+#[inline(always)]
+fn take(key: &FlowKey, reply: &NatEntry) -> bool {
+    CONNTRACK.insert(key, reply, u64::from(BPF_NOEXIST)).is_ok()
+}
+
+/// Takes `key` over for `reply` from the flow holding it if that flow is dead at `now`: idle
+/// past its state's timeout, or a half whose partner is gone. Both halves of a dead flow go.
+/// `peer` is scratch space.
+#[inline(always)]
+fn reclaim(
+    key: &FlowKey,
+    reply: &NatEntry,
+    peer: &mut FlowKey,
+    timeouts: &CtTimeouts,
+    now: u64,
+) -> bool {
+    // SAFETY: a map value, valid for this program run.
+    let Some(held) = (unsafe { CONNTRACK.get(key) }) else {
+        // Freed since the lookup.
+        return take(key, reply);
+    };
+    set_peer_key(peer, key, held);
+    // SAFETY: as above.
+    let partner = unsafe { CONNTRACK.get(&*peer) }.is_some_and(|p| is_partner(key, p));
+    if partner && !timeouts.expired(key.proto, held.state, held.last_seen_ns, now) {
+        return false;
+    }
+    if partner {
+        forget_flow(key, peer);
+    } else {
+        let _ = CONNTRACK.remove(key);
+    }
+    count(Counter::SnatPortReclaimed);
+    // NOEXIST again: another CPU may have taken the port meanwhile.
+    take(key, reply)
 }

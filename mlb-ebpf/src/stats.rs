@@ -33,3 +33,17 @@ pub fn count_flow(service_slot: u32, backend: u32, bytes: u64, new_flow: bool) {
         }
     }
 }
+
+/// Accounts a new flow dropped for want of a SNAT port to its service slot and backend, so the
+/// agent can name them.
+#[inline(always)]
+pub fn count_snat_exhausted(service_slot: u32, backend: u32) {
+    if let Some(s) = SERVICE_STATS.get_ptr_mut(service_slot) {
+        // SAFETY: per-CPU element from the map lookup.
+        unsafe { (*s).snat_exhausted += 1 };
+    }
+    if let Some(b) = BACKEND_STATS.get_ptr_mut(backend) {
+        // SAFETY: per-CPU element from the map lookup.
+        unsafe { (*b).snat_exhausted += 1 };
+    }
+}

@@ -12,6 +12,7 @@
 //! | `/_mlb/explain[/APP_ID]` | why each app is or is not exposed (JSON; `?format=text`) |
 //! | `/_mlb/status` | sync state, generation, errors (JSON) |
 //! | `/_mlb/state` | the desired state the dataplanes were given (JSON) |
+//! | `/_mlb/xdp` | the XDP datapath: counters, flows by TCP state, per-backend stats (JSON) |
 //! | `/haproxy?stats` | the live stats page (HTML, reloads itself; `?stats;norefresh` not) |
 //! | `/haproxy?stats;csv` | HAProxy 2.0's stats CSV (what `zdd.py` reads) |
 //! | `/metrics` | Prometheus text: per frontend, backend and server, XDP, control plane |
@@ -44,6 +45,7 @@ use tracing::debug;
 
 use crate::{
     controller::{StateQueries, Status},
+    dataplane::xdp_l4::XdpL4,
     marathon::watch::ResyncTrigger,
     model::{DesiredState, explain},
     overload::{AcceptErrors, ConnGate, Guarded, supervise},
@@ -68,6 +70,8 @@ pub struct AdminContext {
     pub token: Option<Secret>,
     /// Set on SIGTERM: the health check answers 503 so load balancers in front stop sending.
     pub stopping: Arc<AtomicBool>,
+    /// The XDP dataplane, for its counters (`None` when not running).
+    pub xdp: Option<Arc<Mutex<XdpL4>>>,
     /// The dataplanes whose counters the stats endpoints show.
     pub stats: Vec<Arc<dyn StatsSource>>,
     /// When each server's status last changed, across requests.
@@ -325,6 +329,7 @@ pub fn route(
         },
         "/_mlb/status" => json(&StatusView::of(&status)),
         "/_mlb/state" => json(&StateView::of(state)),
+        "/_mlb/xdp" => xdp_view(ctx.xdp.as_deref()),
         "/metrics" => typed(
             StatusCode::OK,
             stats::metrics::CONTENT_TYPE,
@@ -364,6 +369,32 @@ pub fn route(
             }
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// `/_mlb/xdp`: the datapath's counters, or why there are none.
+fn xdp_view(xdp: Option<&Mutex<XdpL4>>) -> Reply {
+    let Some(xdp) = xdp else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "the XDP dataplane is not running (--dataplane xdp)\n",
+        );
+    };
+    let snapshot = match xdp.lock() {
+        Ok(dp) => dp.snapshot(),
+        Err(_) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "XDP dataplane lock poisoned\n",
+            );
+        }
+    };
+    match snapshot {
+        Ok(s) => json(&s),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading the XDP counters: {e}\n"),
+        ),
     }
 }
 
@@ -555,6 +586,7 @@ mod tests {
             changes: Arc::default(),
             stopping: Arc::default(),
             token: None,
+            xdp: None,
         }
     }
 
@@ -566,6 +598,14 @@ mod tests {
             .unwrap()
             .to_bytes();
         (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn xdp_endpoint_without_the_xdp_dataplane_says_so() {
+        let state = DesiredState::default();
+        let (status, body) = body(route(&ctx(), &state, &Method::GET, "/_mlb/xdp", None));
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("--dataplane xdp"), "{body}");
     }
 
     #[test]

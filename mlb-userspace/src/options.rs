@@ -17,7 +17,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing::Level;
 
 use crate::{
-    dataplane::{userspace_l4::UserspaceL4Config, xdp::AttachMode, xdp_pin::DEFAULT_BPFFS_DIR},
+    dataplane::{
+        userspace_l4::UserspaceL4Config,
+        xdp::AttachMode,
+        xdp_l4::{FlowTimeouts, HashSecret},
+        xdp_pin::DEFAULT_BPFFS_DIR,
+    },
     logging::LogFormat,
     marathon::config::MarathonFlags,
     model::{ModelError, ModelOptions},
@@ -408,9 +413,32 @@ pub struct RunOptions {
     /// IPv4 address of the host (userspace dataplane only).
     #[arg(long = "vip", env = "MLB_VIP", value_delimiter = ',', help_heading = L4)]
     pub vip: Vec<IpAddr>,
-    /// Source address(es) the XDP dataplane uses towards backends (full NAT), one per family.
+    /// Source address(es) the XDP dataplane uses towards backends (full NAT; repeatable, up to
+    /// 8 per family: each adds a whole `--snat-ports` range towards every backend). Default: the
+    /// VIPs.
     #[arg(long = "snat-addr", env = "MLB_SNAT_ADDR", value_delimiter = ',', help_heading = L4)]
     pub snat_addr: Vec<IpAddr>,
+    /// Key of the XDP flow hash, 16 hex digits (e.g. `openssl rand -hex 8`). Give every load
+    /// balancer of a fleet the same one so they agree on backends; default: random at start.
+    #[arg(long, env = "MLB_HASH_SECRET", hide_env_values = true, value_name = "HEX16", help_heading = L4)]
+    pub hash_secret: Option<HashSecret>,
+    /// XDP connection tracking: idle seconds of a TCP flow whose handshake is not complete
+    /// (bounds how long a SYN flood holds SNAT ports).
+    #[arg(long, env = "MLB_CT_TCP_SYN_TIMEOUT", default_value_t = 10, value_name = "SECS", help_heading = L4)]
+    pub ct_tcp_syn_timeout: u64,
+    /// XDP connection tracking: idle seconds of an established TCP flow.
+    #[arg(long, env = "MLB_CT_TCP_TIMEOUT", default_value_t = 3600, value_name = "SECS", help_heading = L4)]
+    pub ct_tcp_timeout: u64,
+    /// XDP connection tracking: idle seconds of a TCP flow after the first FIN.
+    #[arg(long, env = "MLB_CT_TCP_FIN_TIMEOUT", default_value_t = 60, value_name = "SECS", help_heading = L4)]
+    pub ct_tcp_fin_timeout: u64,
+    /// XDP connection tracking: seconds a TCP flow closed by FINs from both sides (TIME_WAIT) or
+    /// by a RST keeps its SNAT port.
+    #[arg(long, env = "MLB_CT_TCP_CLOSE_TIMEOUT", default_value_t = 2, value_name = "SECS", help_heading = L4)]
+    pub ct_tcp_close_timeout: u64,
+    /// XDP connection tracking: idle seconds of a UDP flow.
+    #[arg(long, env = "MLB_CT_UDP_TIMEOUT", default_value_t = 60, value_name = "SECS", help_heading = L4)]
+    pub ct_udp_timeout: u64,
     /// Source ports the XDP dataplane allocates for SNAT (`FIRST-LAST`).
     #[arg(long, env = "MLB_SNAT_PORTS", default_value = "40000-59999", help_heading = L4)]
     pub snat_ports: PortRange,
@@ -597,6 +625,19 @@ impl RunOptions {
             tcp_idle_timeout: self.tcp_idle_timeout,
             conn_gate,
             ..UserspaceL4Config::new(self.vip.clone())
+        }
+    }
+
+    /// The XDP dataplane's connection-tracking timeouts.
+    pub fn flow_timeouts(&self) -> FlowTimeouts {
+        let secs = Duration::from_secs;
+        FlowTimeouts {
+            tcp_syn: secs(self.ct_tcp_syn_timeout),
+            tcp_established: secs(self.ct_tcp_timeout),
+            tcp_half_closed: secs(self.ct_tcp_fin_timeout),
+            tcp_time_wait: secs(self.ct_tcp_close_timeout),
+            tcp_closed: secs(self.ct_tcp_close_timeout),
+            udp: secs(self.ct_udp_timeout),
         }
     }
 
@@ -847,6 +888,19 @@ mod tests {
             .to_string();
         assert!(e.contains("not a prime"), "{e}");
         assert!(run(&["--snat-ports", "5000-4000"]).is_err());
+        assert!(run(&["--hash-secret", "xyz"]).is_err());
+        let t = run(&[
+            "--ct-tcp-close-timeout",
+            "5",
+            "--snat-addr",
+            "198.18.2.1,198.18.2.2",
+        ])
+        .unwrap();
+        assert_eq!(t.snat_addr.len(), 2);
+        let timeouts = t.flow_timeouts();
+        assert_eq!(timeouts.tcp_time_wait, Duration::from_secs(5));
+        assert_eq!(timeouts.tcp_closed, Duration::from_secs(5));
+        assert_eq!(d.flow_timeouts().tcp_syn, Duration::from_secs(10));
         assert!(run(&["--snat-ports", "0-10"]).is_err());
     }
 

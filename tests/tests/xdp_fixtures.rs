@@ -266,17 +266,18 @@ fn config(snat_ports: (u16, u16)) -> XdpL4Config {
     XdpL4Config {
         vips: vec![V4.vip, V6.vip],
         snat_v4: match V4.snat {
-            IpAddr::V4(a) => Some(a),
-            IpAddr::V6(_) => None,
+            IpAddr::V4(a) => vec![a],
+            IpAddr::V6(_) => vec![],
         },
         snat_v6: match V6.snat {
-            IpAddr::V6(a) => Some(a),
-            IpAddr::V4(_) => None,
+            IpAddr::V6(a) => vec![a],
+            IpAddr::V4(_) => vec![],
         },
         snat_ports,
         ring_size: 65537,
         drain_timeout: Duration::ZERO,
         timeouts: FlowTimeouts::default(),
+        hash_secret: "0123456789abcdef".parse().unwrap(),
     }
 }
 
@@ -358,8 +359,8 @@ impl Fixtures<'_> {
     ) -> packet::Parsed {
         let before = self.counters();
         let (got, out) = run(self.dp.program(), self.lab.ifindex(from), input);
-        assert_eq!(got, verdict, "{name}: verdict");
         let delta = self.counters().since(&before);
+        assert_eq!(got, verdict, "{name}: verdict ({delta:?})");
         assert_eq!(
             delta.get(counter),
             1,
@@ -910,15 +911,26 @@ fn v4_spread_and_backend_change(fx: &mut Fixtures<'_>) {
         assert_eq!(to, other);
     }
 
-    // Drain timeout (0 here) over: the backend is dead; its flow is re-balanced to the live one,
-    // which answers the stray segment with a RST.
+    // Drain timeout (0 here) over: the backend is dead; its flow is forgotten. A stray segment
+    // of it opens nothing (only a SYN does): the kernel answers it with a RST; the client's
+    // next SYN on that port goes to the live backend.
     fx.dp.expire_drained_backends().unwrap();
+    let ack = PacketBuilder::new()
+        .ip(V4.client, V4.vip)
+        .tcp(41000, SVC_V4_PAIR, TCP_ACK)
+        .build();
+    fx.passes_untouched(
+        "segment of a dead backend's flow: forgotten, left to the kernel",
+        Side::Client,
+        &ack,
+        Counter::FlowBackendDead,
+    );
     let rebalanced = send(
         fx,
-        "flow of a dead backend is re-balanced",
+        "new SYN on a dead backend's flow goes to a live backend",
         41000,
-        TCP_ACK,
-        Counter::FlowBackendDead,
+        TCP_SYN,
+        Counter::FlowNew,
     );
     assert_eq!(rebalanced, other);
 }
@@ -1024,7 +1036,11 @@ fn snat_exhaustion(lab: &Lab) {
             assert_eq!(v, XDP_DROP, "second flow with an exhausted SNAT range");
             let d = dp.program().counters().unwrap().since(&before);
             assert_eq!(d.get(Counter::DropSnatExhausted), 1);
-            assert_eq!(d.get(Counter::SnatPortCollision), 8, "every try collided");
+            assert_eq!(
+                d.get(Counter::SnatPortCollision),
+                1,
+                "the one port was tried once"
+            );
             // The first flow still works.
             let ack = PacketBuilder::new()
                 .ip(V4.client, V4.vip)
@@ -1088,6 +1104,15 @@ fn conntrack_sweeper() {
             // UDP flows time out at once here; the TCP flow is far from its timeout.
             assert_eq!(sweeper.sweep().unwrap(), 2);
             assert_eq!(entries(), 2);
+            // What the admin API shows: flows by state as the sweep found them, counters.
+            let snapshot = shared.lock().unwrap().snapshot().unwrap();
+            assert_eq!(snapshot.conntrack.syn_sent, 1, "{:?}", snapshot.conntrack);
+            assert_eq!(snapshot.conntrack.total(), 1);
+            assert_eq!(snapshot.counters["flow_new"], 2);
+            assert_eq!(
+                snapshot.backends[&SocketAddr::new(V4.be1, backend_port(SVC_TCP))].new_flows,
+                1
+            );
             assert_eq!(send(&udp).1.get(Counter::FlowNew), 1, "UDP flow forgotten");
             assert_eq!(send(&tcp(TCP_ACK)).1.get(Counter::FlowToBackend), 1);
 
@@ -1117,7 +1142,7 @@ fn conntrack_sweeper() {
             assert!(stats.contains_key(&SocketAddr::new(V4.be1, backend_port(SVC_UDP))));
             let (verdict, delta) = send(&tcp(TCP_ACK));
             assert_eq!(verdict, XDP_PASS);
-            assert_eq!(delta.get(Counter::PassNoBackend), 1, "flow forgotten");
+            assert_eq!(delta.get(Counter::PassTcpNotSyn), 1, "flow forgotten");
             assert_eq!(delta.get(Counter::FlowBackendDead), 0);
         })
         .unwrap();
@@ -1208,4 +1233,183 @@ fn program_cost_per_packet() {
     for (name, ns) in rows {
         println!("| {name} | {ns} |");
     }
+}
+
+/// One frame through a dataplane: verdict, output, counter deltas.
+fn send(dp: &XdpL4, lab: &Lab, from: Side, frame: &[u8]) -> (u32, Vec<u8>, Counters) {
+    let before = dp.program().counters().unwrap();
+    let (verdict, out) = run(dp.program(), lab.ifindex(from), frame);
+    (
+        verdict,
+        out,
+        dp.program().counters().unwrap().since(&before),
+    )
+}
+
+/// Connection churn: the TCP state machine, a closed flow's SNAT port serving the next flow at
+/// once, a SYN reopening a closed 5-tuple, half flows never used, only SYNs opening flows,
+/// several SNAT addresses multiplying the port space, exhaustion counted per backend.
+#[test]
+fn churn() {
+    if !require_netns_and_bpf("churn") {
+        return;
+    }
+    let lab = lab();
+    lab.lb
+        .enter(|| {
+            let snat2 = Ipv4Addr::new(198, 18, 2, 2);
+            let mut config = config((40000, 40000));
+            // TIME_WAIT over at once; CLOSED (after a RST) lasts its default 2 s.
+            config.timeouts.tcp_time_wait = Duration::ZERO;
+            config.snat_v4.push(snat2);
+            let dp = lab.dataplane(
+                config,
+                &[L4Change::Upsert(service(SVC_TCP, Protocol::Tcp, &[V4.be1]))],
+            );
+            let client = |port: u16, flags: u8| {
+                PacketBuilder::new()
+                    .ip(V4.client, V4.vip)
+                    .tcp(port, SVC_TCP, flags)
+                    .build()
+            };
+            let backend = |snat: IpAddr, port: u16, flags: u8| {
+                PacketBuilder::new()
+                    .eth(MAC_BE1, MAC_LB_SW)
+                    .ip(V4.be1, snat)
+                    .tcp(backend_port(SVC_TCP), port, flags)
+                    .build()
+            };
+            let send = |from, frame: &[u8]| send(&dp, &lab, from, frame);
+
+            // Only a SYN opens a flow.
+            let (v, out, d) = send(Side::Client, &client(46000, TCP_ACK));
+            assert_eq!((v, d.get(Counter::PassTcpNotSyn)), (XDP_PASS, 1));
+            assert_eq!(out, client(46000, TCP_ACK), "passed untouched");
+
+            // Two SNAT addresses with one port each: two flows, the third is dropped.
+            let mut sources = Vec::new();
+            for port in [46001, 46002] {
+                let (v, out, d) = send(Side::Client, &client(port, TCP_SYN));
+                assert_eq!((v, d.get(Counter::FlowNew)), (XDP_REDIRECT, 1), "{port}");
+                let p = packet::parse(&out).unwrap();
+                assert!(p.checksums_ok);
+                sources.push((p.src, p.sport));
+            }
+            sources.sort();
+            assert_eq!(sources, [(V4.snat, 40000), (IpAddr::V4(snat2), 40000)]);
+            let (v, _, d) = send(Side::Client, &client(46003, TCP_SYN));
+            assert_eq!((v, d.get(Counter::DropSnatExhausted)), (XDP_DROP, 1));
+            let stats = dp.backend_stats().unwrap();
+            let be = SocketAddr::new(V4.be1, backend_port(SVC_TCP));
+            assert_eq!(stats[&be].snat_exhausted, 1, "exhaustion named per backend");
+
+            // The first flow goes through its states and closes with FINs from both sides.
+            let (snat, port) = sources[0];
+            // (The last ACK is translated while TIME_WAIT lasts: zero here, see TCP_CONNECTION.)
+            let steps: [(Side, Vec<u8>, Counter); 4] = [
+                (
+                    Side::Backend,
+                    backend(snat, port, TCP_SYN | TCP_ACK),
+                    Counter::CtSynRecv,
+                ),
+                (Side::Client, client(46001, TCP_ACK), Counter::CtEstablished),
+                (
+                    Side::Backend,
+                    backend(snat, port, TCP_FIN | TCP_ACK),
+                    Counter::CtCloseWait,
+                ),
+                (
+                    Side::Client,
+                    client(46001, TCP_FIN | TCP_ACK),
+                    Counter::CtTimeWait,
+                ),
+            ];
+            // Which client port got the first source depends on the cursor; find it.
+            let (v, out, _) = send(Side::Backend, &steps[0].1);
+            assert_eq!(v, XDP_REDIRECT);
+            let owner = packet::parse(&out).unwrap().dport;
+            let mut steps = steps;
+            if owner != 46001 {
+                for step in &mut steps {
+                    if matches!(step.0, Side::Client) {
+                        let flags = step.1[eth::HLEN + ipv4::HLEN_MIN + tcp::FLAGS];
+                        step.1 = client(owner, flags);
+                    }
+                }
+            }
+            for (i, (from, frame, counter)) in steps.iter().enumerate().skip(1) {
+                let (v, out, d) = send(*from, frame);
+                assert_ne!(v, XDP_DROP, "step {i}");
+                assert_ne!(v, XDP_PASS, "step {i}");
+                assert!(packet::parse(&out).unwrap().checksums_ok, "step {i}");
+                assert_eq!(d.get(*counter), 1, "step {i}: {counter:?}: {d:?}");
+            }
+
+            // TIME_WAIT is over at once here: a new client takes the closed flow's port...
+            let (v, out, d) = send(Side::Client, &client(46004, TCP_SYN));
+            assert_eq!(v, XDP_REDIRECT, "{d:?}");
+            assert_eq!(d.get(Counter::SnatPortReclaimed), 1);
+            let p = packet::parse(&out).unwrap();
+            assert_eq!((p.src, p.sport), (snat, port), "the closed flow's port");
+            // ...and the old flow went whole: its client half opens nothing any more.
+            let (v, _, d) = send(Side::Client, &client(owner, TCP_ACK));
+            assert_eq!(v, XDP_PASS);
+            assert_eq!(d.get(Counter::PassTcpNotSyn), 1, "{d:?}");
+            // Replies on that port now reach the new client only.
+            let (v, out, _) = send(Side::Backend, &backend(snat, port, TCP_SYN | TCP_ACK));
+            assert_eq!(v, XDP_REDIRECT);
+            assert_eq!(packet::parse(&out).unwrap().dport, 46004);
+
+            // A RST closes; a new SYN on the same 5-tuple replaces the closed flow.
+            let (_, _, d) = send(Side::Client, &client(46004, TCP_RST));
+            assert_eq!(d.get(Counter::CtClosed), 1);
+            let (v, _, d) = send(Side::Client, &client(46004, TCP_SYN));
+            assert_eq!(v, XDP_REDIRECT);
+            assert_eq!(
+                (d.get(Counter::FlowReopened), d.get(Counter::FlowNew)),
+                (1, 1),
+                "{d:?}"
+            );
+        })
+        .unwrap();
+}
+
+/// The flow hash is keyed: the same flows land on the same backends under one secret, on
+/// others under another.
+#[test]
+fn hash_secret_decides_backends() {
+    if !require_netns_and_bpf("hash_secret_decides_backends") {
+        return;
+    }
+    let lab = lab();
+    lab.lb
+        .enter(|| {
+            let backends_under = |secret: &str| -> Vec<IpAddr> {
+                let mut config = config((40000, 59999));
+                config.hash_secret = secret.parse().unwrap();
+                let dp = lab.dataplane(
+                    config,
+                    &[L4Change::Upsert(service(
+                        SVC_V4_PAIR,
+                        Protocol::Tcp,
+                        &[V4.be1, BE2],
+                    ))],
+                );
+                (0..32u16)
+                    .map(|i| {
+                        let syn = PacketBuilder::new()
+                            .ip(V4.client, V4.vip)
+                            .tcp(47000 + i, SVC_V4_PAIR, TCP_SYN)
+                            .build();
+                        let (v, out, _) = send(&dp, &lab, Side::Client, &syn);
+                        assert_eq!(v, XDP_REDIRECT);
+                        packet::parse(&out).unwrap().dst
+                    })
+                    .collect()
+            };
+            let a = backends_under("0123456789abcdef");
+            assert_eq!(a, backends_under("0123456789abcdef"), "same secret");
+            assert_ne!(a, backends_under("fedcba9876543210"), "another secret");
+        })
+        .unwrap();
 }

@@ -445,8 +445,14 @@ fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
 }
 
 /// A snapshot of the global counters, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Counters(pub [u64; Counter::COUNT]);
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters([0; Counter::COUNT])
+    }
+}
 
 impl Counters {
     /// The value of one counter.

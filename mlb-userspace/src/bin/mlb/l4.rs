@@ -12,7 +12,7 @@ use mlb::{
         Dataplane, DataplaneError, L4Change, host,
         userspace_l4::UserspaceL4,
         xdp::{LoadOptions, XdpError, XdpProgram},
-        xdp_l4::{ConntrackSweeper, FlowTimeouts, XdpL4, XdpL4Config},
+        xdp_l4::{ConntrackSweeper, FlowTimeouts, HashSecret, XdpL4, XdpL4Config},
         xdp_pin::PinDir,
     },
     options::{DataplaneKind, RunOptions},
@@ -104,17 +104,23 @@ pub fn start_xdp_l4(opts: &RunOptions, program: XdpProgram) -> Result<XdpL4> {
     } else {
         &opts.snat_addr
     };
-    let snat_v4 = snat_from.iter().find_map(|a| match a {
-        IpAddr::V4(v4) => Some(*v4),
-        IpAddr::V6(_) => None,
-    });
-    let snat_v6 = snat_from.iter().find_map(|a| match a {
-        IpAddr::V6(v6) => Some(*v6),
-        IpAddr::V4(_) => None,
-    });
+    let snat_v4: Vec<_> = snat_from
+        .iter()
+        .filter_map(|a| match a {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    let snat_v6: Vec<_> = snat_from
+        .iter()
+        .filter_map(|a| match a {
+            IpAddr::V6(v6) => Some(*v6),
+            IpAddr::V4(_) => None,
+        })
+        .collect();
     host::reserve_ports(opts.snat_ports.first, opts.snat_ports.last)
         .context("reserving the SNAT ports (ip_local_reserved_ports)")?;
-    host::check_forwarding(&opts.xdp_iface, snat_v4.is_some(), snat_v6.is_some());
+    host::check_forwarding(&opts.xdp_iface, !snat_v4.is_empty(), !snat_v6.is_empty());
     host::accept_local_sources(&opts.xdp_iface)
         .context("allowing local source addresses on the XDP interfaces (accept_local)")?;
     let config = XdpL4Config {
@@ -124,7 +130,8 @@ pub fn start_xdp_l4(opts: &RunOptions, program: XdpProgram) -> Result<XdpL4> {
         snat_ports: (opts.snat_ports.first, opts.snat_ports.last),
         ring_size: opts.maglev_table_size,
         drain_timeout: Duration::from_secs(opts.drain_timeout),
-        timeouts: FlowTimeouts::default(),
+        timeouts: opts.flow_timeouts(),
+        hash_secret: opts.hash_secret.unwrap_or_else(HashSecret::random),
     };
     info!(?config, "XDP TCP/UDP dataplane configured");
     let adopting = program.pins().is_some_and(PinDir::adopting);

@@ -172,6 +172,7 @@ impl Agent {
             changes: Arc::default(),
             stopping: stopping.clone(),
             token: opts.admin_token.clone(),
+            xdp: xdp.clone(),
         };
         let admin_gate = ConnGate::new(opts.admin_conn_limits());
         let admin = tokio::spawn(

@@ -10,16 +10,15 @@
 use std::{
     collections::HashSet,
     sync::{Arc, Mutex, MutexGuard},
-    time::Duration,
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use mlb_common::{
-    maps::{self, CT_CLOSING, CT_SYN, FlowKey, NatEntry},
-    net::IPPROTO_UDP,
+    ct::CtTimeouts,
+    maps::{self, FlowKey, NatEntry},
 };
 
-use super::{FlowTimeouts, XdpL4, monotonic_ns};
+use super::{CtStateCounts, XdpL4, monotonic_ns};
 use crate::dataplane::xdp::XdpError;
 
 type Conntrack = BpfHashMap<MapData, FlowKey, NatEntry>;
@@ -29,7 +28,9 @@ pub struct ConntrackSweeper {
     dataplane: Arc<Mutex<XdpL4>>,
     /// The sweeper's own handle to the table, used without the lock.
     conntrack: Conntrack,
-    timeouts: FlowTimeouts,
+    /// The program's own timeouts: the sweeper deletes exactly what the program already
+    /// treats as dead.
+    timeouts: CtTimeouts,
 }
 
 /// What one walk over the table found.
@@ -41,6 +42,8 @@ struct Scan {
     of_dead: Vec<(FlowKey, u32)>,
     /// Backend ids that the entries that stay refer to.
     referenced: HashSet<u32>,
+    /// Entries that stay, by TCP state.
+    states: CtStateCounts,
 }
 
 impl ConntrackSweeper {
@@ -48,7 +51,7 @@ impl ConntrackSweeper {
         let (conntrack, timeouts) = {
             let dp = lock(&dataplane)?;
             let conntrack = dp.program.hash_map_handle(maps::CONNTRACK)?;
-            (conntrack, dp.config.timeouts)
+            (conntrack, dp.config.timeouts.to_ct())
         };
         Ok(ConntrackSweeper {
             dataplane,
@@ -76,6 +79,8 @@ impl ConntrackSweeper {
                 .map(|(key, _)| key),
         );
         dp.free_unreferenced_backends(&scan.referenced)?;
+        dp.ct_states = scan.states;
+        dp.report_snat_exhaustion()?;
         Ok(deleted)
     }
 
@@ -84,13 +89,16 @@ impl ConntrackSweeper {
         for item in self.conntrack.iter() {
             // An entry deleted while the walk passes it: nothing to do.
             let Ok((key, entry)) = item else { continue };
-            let idle = Duration::from_nanos(now_ns.saturating_sub(entry.last_seen_ns));
-            if idle >= self.timeouts.of(&key, &entry) {
+            let expired = self
+                .timeouts
+                .expired(key.proto, entry.state, entry.last_seen_ns, now_ns);
+            if expired {
                 scan.idle.push(key);
             } else if dead.contains(&entry.backend) {
                 scan.of_dead.push((key, entry.backend));
             } else {
                 scan.referenced.insert(entry.backend);
+                scan.states.add(key.proto, &entry);
             }
         }
         scan
@@ -100,18 +108,6 @@ impl ConntrackSweeper {
 /// Deletes `keys`; returns how many were still there.
 fn delete<'a>(conntrack: &mut Conntrack, keys: impl Iterator<Item = &'a FlowKey>) -> usize {
     keys.filter(|key| conntrack.remove(key).is_ok()).count()
-}
-
-impl FlowTimeouts {
-    /// The idle timeout of a tracked flow direction, by protocol and TCP state.
-    fn of(&self, key: &FlowKey, entry: &NatEntry) -> Duration {
-        match (key.proto, entry.state) {
-            (IPPROTO_UDP, _) => self.udp,
-            (_, CT_SYN) => self.tcp_syn,
-            (_, CT_CLOSING) => self.tcp_closing,
-            _ => self.tcp_established,
-        }
-    }
 }
 
 fn lock(dataplane: &Mutex<XdpL4>) -> Result<MutexGuard<'_, XdpL4>, XdpError> {
