@@ -117,7 +117,10 @@ impl Live {
     pub fn event_received(&self, now: Instant, relevant: bool) {
         self.events_received.inc();
         if relevant {
-            let mut pending = self.pending_event.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pending = self
+                .pending_event
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             pending.get_or_insert(now);
         }
     }
@@ -127,7 +130,7 @@ impl Live {
         let since = self
             .pending_event
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         if let Some(since) = since {
             self.event_to_dataplane

@@ -220,7 +220,7 @@ impl<'a> Swap<'a> {
             async {
                 let resp = self.marathon.http.get(url?).send().await;
                 let resp = resp
-                    .and_then(|r| r.error_for_status())
+                    .and_then(reqwest::Response::error_for_status)
                     .map_err(|e| err(e.to_string()))?;
                 resp.text().await.map_err(|e| err(e.to_string()))
             }

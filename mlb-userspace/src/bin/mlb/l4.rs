@@ -12,7 +12,7 @@ use mlb::{
         Dataplane, DataplaneError, L4Change, host,
         userspace_l4::UserspaceL4,
         xdp::{LoadOptions, XdpError, XdpProgram},
-        xdp_l4::{ConntrackSweeper, FlowTimeouts, HashSecret, XdpL4, XdpL4Config},
+        xdp_l4::{ConntrackSweeper, HashSecret, XdpL4, XdpL4Config},
         xdp_pin::PinDir,
     },
     options::{DataplaneKind, RunOptions},

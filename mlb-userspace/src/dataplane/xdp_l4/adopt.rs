@@ -76,6 +76,8 @@ impl XdpL4 {
             self.services.insert(
                 key,
                 ProgrammedService {
+                    // Not in the maps: known again at the first upsert after the resync.
+                    app_id: "(adopted)".to_owned(),
                     slot: value.slot,
                     copy,
                     tables,
