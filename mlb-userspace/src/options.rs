@@ -473,6 +473,9 @@ pub struct RunOptions {
     #[arg(long, help_heading = ADMIN)]
     pub longhelp: bool,
 
+    #[command(flatten)]
+    pub haproxy_only: HaproxyOnlyFlags,
+
     /// Access log of the HTTP proxy, one line per request: `stdout`, `file:PATH` or `syslog`
     /// (`/dev/log`). Off by default.
     #[arg(long, env = "MLB_ACCESS_LOG", help_heading = LOGGING)]
@@ -483,9 +486,6 @@ pub struct RunOptions {
     /// Log one request in N (for high rates).
     #[arg(long, env = "MLB_ACCESS_LOG_SAMPLE", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..), help_heading = LOGGING)]
     pub access_log_sample: u64,
-
-    #[command(flatten)]
-    pub haproxy_only: HaproxyOnlyFlags,
 }
 
 /// marathon-lb flags that only steer HAProxy (its config file, reloads, validation): accepted so
