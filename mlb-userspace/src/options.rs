@@ -8,6 +8,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     str::FromStr,
+    time::Duration,
 };
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -18,7 +19,7 @@ use crate::{
     logging::LogFormat,
     marathon::config::MarathonFlags,
     model::{ModelError, ModelOptions},
-    proxy::ProxyConfig,
+    proxy::{ProxyConfig, Timeouts},
     secret::Secret,
 };
 
@@ -229,6 +230,19 @@ pub struct RunOptions {
     /// are still served).
     #[arg(long, env = "MLB_DONT_BIND_HTTP_HTTPS", help_heading = ROUTING)]
     pub dont_bind_http_https: bool,
+    /// Default `timeout client` of HTTP services (HAProxy units: 500ms, 30s, 5m); an app's
+    /// `MLB_{n}_TIMEOUT_CLIENT` or template label overrides it.
+    #[arg(long, env = "MLB_TIMEOUT_CLIENT", default_value = "30s", value_parser = parse_haproxy_duration, help_heading = ROUTING)]
+    pub timeout_client: Duration,
+    /// Default `timeout server`: how long a backend may take to answer (then 504).
+    #[arg(long, env = "MLB_TIMEOUT_SERVER", default_value = "30s", value_parser = parse_haproxy_duration, help_heading = ROUTING)]
+    pub timeout_server: Duration,
+    /// Default `timeout connect` to a backend (then the next backend is tried).
+    #[arg(long, env = "MLB_TIMEOUT_CONNECT", default_value = "3s", value_parser = parse_haproxy_duration, help_heading = ROUTING)]
+    pub timeout_connect: Duration,
+    /// Default `timeout tunnel`: idle WebSocket and TLS-passthrough connections are closed.
+    #[arg(long, env = "MLB_TIMEOUT_TUNNEL", default_value = "1h", value_parser = parse_haproxy_duration, help_heading = ROUTING)]
+    pub timeout_tunnel: Duration,
     /// Lowest service port auto-assigned to IP-per-task apps that declare none (0 with
     /// `--max-serv-port-ip-per-task 0`: no auto-assignment), as marathon-lb.
     #[arg(long, env = "MLB_MIN_SERV_PORT_IP_PER_TASK", default_value_t = 10050, help_heading = ROUTING)]
@@ -384,6 +398,12 @@ impl RunOptions {
             https_addr: bind_vhost.then(|| SocketAddr::new(any, self.https_port)),
             appid_addr: Some(SocketAddr::new(any, self.appid_port)),
             ssl_certs: self.ssl_certs.clone(),
+            timeouts: Timeouts {
+                connect: self.timeout_connect,
+                client: self.timeout_client,
+                server: self.timeout_server,
+                tunnel: self.timeout_tunnel,
+            },
             ..ProxyConfig::default()
         }
     }
@@ -461,6 +481,11 @@ fn parse_log_level(s: &str) -> Result<Level, String> {
             "Invalid log level: {s} (CRITICAL, ERROR, WARNING, INFO, DEBUG, NOTSET or trace)"
         )),
     }
+}
+
+fn parse_haproxy_duration(s: &str) -> Result<Duration, String> {
+    crate::model::tuning::parse_duration(s)
+        .ok_or_else(|| format!("{s:?}: expected a duration such as 500ms, 30s, 5m or 1h"))
 }
 
 fn parse_table_size(s: &str) -> Result<u32, String> {
