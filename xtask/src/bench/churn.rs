@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 use super::{
     Case,
     lab::{self, NS_CLI, NS_LB},
-    tcp::{cpu_times, parse_wrk},
+    tcp::{cpu_times, wrk},
 };
 
 /// Seconds per window.
@@ -59,8 +59,8 @@ pub fn measure(url: &str, windows: u32, problems: &mut Vec<String>) -> Vec<Windo
         for index in 1..=windows {
             let cpu = cpu_times(1);
             let before = xdp_counters();
-            let conn_per_s = match wrk_close(url, conns) {
-                Ok(rps) => Some(rps),
+            let conn_per_s = match wrk(url, WINDOW_SECS, conns, true) {
+                Ok(r) => Some(r.rps),
                 Err(e) => {
                     problems.push(format!("churn c{conns} window {index}: {e:#}"));
                     None
@@ -93,28 +93,6 @@ pub fn measure(url: &str, windows: u32, problems: &mut Vec<String>) -> Vec<Windo
         }
     }
     out
-}
-
-fn wrk_close(url: &str, conns: u32) -> Result<f64> {
-    let limit = (WINDOW_SECS + 20).to_string();
-    let duration = format!("{WINDOW_SECS}s");
-    let conns = format!("-c{conns}");
-    let args = [
-        "timeout",
-        &limit,
-        "taskset",
-        "-c",
-        "0",
-        "wrk",
-        "-t1",
-        &conns,
-        "-d",
-        &duration,
-        "-H",
-        "Connection: close",
-        url,
-    ];
-    Ok(parse_wrk(&lab::ns_run(NS_CLI, &args)?)?.rps)
 }
 
 /// The XDP program's counters from mlb's admin API (`None`: no mlb XDP answering).

@@ -431,14 +431,14 @@ fn measure(lab: &mut Lab, target: &str, d: &Durations) -> Measurement {
     let mut m = Measurement::default();
     let url = format!("http://{target}:{HTTP_PORT}/small.html");
     let cpu_before = cpu_times(1);
-    match wrk(&url, d.wrk_secs, false) {
+    match wrk(&url, d.wrk_secs, 32, false) {
         Ok(r) => {
             m.keepalive_rps = Some(r.rps);
             m.keepalive_p99_ms = r.p99_ms;
         }
         Err(e) => m.problems.push(format!("wrk keep-alive: {e:#}")),
     }
-    match wrk(&url, d.wrk_secs, true) {
+    match wrk(&url, d.wrk_secs, 32, true) {
         Ok(r) => m.close_rps = Some(r.rps),
         Err(e) => m.problems.push(format!("wrk Connection: close: {e:#}")),
     }
@@ -460,9 +460,11 @@ pub(super) struct WrkResult {
     p99_ms: Option<f64>,
 }
 
-fn wrk(url: &str, secs: u32, close: bool) -> Result<WrkResult> {
+/// `wrk -t1` with `conns` connections for `secs`, `Connection: close` when `close`.
+pub(super) fn wrk(url: &str, secs: u32, conns: u32, close: bool) -> Result<WrkResult> {
     let limit = (secs + 20).to_string();
     let duration = format!("{secs}s");
+    let conns = format!("-c{conns}");
     let mut args = vec![
         "timeout",
         &limit,
@@ -471,7 +473,7 @@ fn wrk(url: &str, secs: u32, close: bool) -> Result<WrkResult> {
         "0",
         "wrk",
         "-t1",
-        "-c32",
+        &conns,
         "-d",
         &duration,
         "--latency",
