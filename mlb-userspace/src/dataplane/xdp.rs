@@ -80,8 +80,34 @@ pub enum XdpError {
     },
     #[error("the XDP dataplane lock is poisoned (a thread panicked while holding it)")]
     Poisoned,
+    #[error("XDP configuration: at most {max} --snat-addr per address family")]
+    TooManySnatAddrs { max: usize },
+    #[error("XDP configuration: --snat-ports {first}-{last}: need 1 <= first <= last")]
+    SnatPorts { first: u16, last: u16 },
     #[error("XDP configuration: {0}")]
-    Config(String),
+    TableSize(#[from] crate::dataplane::maglev::MaglevError),
+    #[error("XDP redirect map: inserting ifindex {ifindex}: {source}")]
+    TxPort {
+        ifindex: u32,
+        #[source]
+        source: aya::maps::xdp::XdpMapError,
+    },
+    #[error("adopting the pinned XDP link {path}: {source}")]
+    AdoptLink {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("all {max} XDP {kind} slots are in use")]
+    SlotsFull { kind: &'static str, max: u32 },
+    #[error("no VIP to expose it on (give --vip, or a HAPROXY_{{n}}_BIND_ADDR)")]
+    NoVip,
+    #[error(
+        "the pinned Maglev tables have {pinned} slots, --maglev-table-size asks for {wanted}: \
+         start with --maglev-table-size {pinned}, or run `mlb stop --detach` first (TCP/UDP \
+         traffic through mlb stops until the new agent is up)"
+    )]
+    PinnedTableSize { pinned: u32, wanted: u32 },
     #[error(transparent)]
     Pin(#[from] PinError),
     #[error("pinning the XDP link of {iface} at {path}: {reason}")]
@@ -292,9 +318,15 @@ impl XdpProgram {
     /// Points the link pinned at `path` to this program (`bpf_link_update`).
     fn update_link(&mut self, path: &PathBuf) -> Result<(), XdpError> {
         let fd: FdLink = PinnedLink::from_pin(path)
-            .map_err(|e| XdpError::Config(e.to_string()))?
+            .map_err(|source| XdpError::AdoptLink {
+                path: path.clone(),
+                source: Box::new(source),
+            })?
             .into();
-        let link = XdpLink::try_from(fd).map_err(|e: LinkError| XdpError::Config(e.to_string()))?;
+        let link = XdpLink::try_from(fd).map_err(|source: LinkError| XdpError::AdoptLink {
+            path: path.clone(),
+            source: Box::new(source),
+        })?;
         let program = program_mut(&mut self.ebpf)?;
         let id = program.attach_to_link(link)?;
         // The link stays pinned; this process's descriptor of it is not needed any more.

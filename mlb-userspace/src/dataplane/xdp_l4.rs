@@ -273,9 +273,9 @@ pub struct XdpL4 {
 /// The program's global settings for `config`.
 fn program_config(config: &XdpL4Config) -> Result<Config, XdpError> {
     if config.snat_v4.len() > MAX_SNAT_ADDRS || config.snat_v6.len() > MAX_SNAT_ADDRS {
-        return Err(XdpError::Config(format!(
-            "at most {MAX_SNAT_ADDRS} --snat-addr per address family"
-        )));
+        return Err(XdpError::TooManySnatAddrs {
+            max: MAX_SNAT_ADDRS,
+        });
     }
     let mut cfg = Config {
         snat_v4_count: config.snat_v4.len() as u32,
@@ -301,13 +301,13 @@ impl XdpL4 {
     /// Takes over a loaded (and usually attached) program and writes its configuration. The
     /// program passes every packet until this is done.
     pub fn new(mut program: XdpProgram, config: XdpL4Config) -> Result<Self, XdpError> {
-        maglev::validate_table_size(config.ring_size)
-            .map_err(|e| XdpError::Config(e.to_string()))?;
+        maglev::validate_table_size(config.ring_size)?;
         let (min, max) = config.snat_ports;
         if min == 0 || min > max {
-            return Err(XdpError::Config(format!(
-                "--snat-ports {min}-{max}: need 1 <= first <= last"
-            )));
+            return Err(XdpError::SnatPorts {
+                first: min,
+                last: max,
+            });
         }
         let cfg = program_config(&config)?;
         let mut map: Array<&mut MapData, Config> = program.map_mut(maps::CONFIG)?;
@@ -332,7 +332,7 @@ impl XdpL4 {
         let mut ports: DevMapHash<&mut MapData> = self.program.map_mut(maps::TX_PORTS)?;
         ports
             .insert(ifindex, ifindex, None, 0)
-            .map_err(|e| XdpError::Config(format!("devmap insert of ifindex {ifindex}: {e}")))
+            .map_err(|source| XdpError::TxPort { ifindex, source })
     }
 
     /// The program (counters, attachments).
@@ -366,19 +366,19 @@ impl XdpL4 {
             .collect()
     }
 
-    fn upsert(&mut self, svc: &L4Service) -> Result<(), String> {
+    fn upsert(&mut self, svc: &L4Service) -> Result<(), XdpError> {
         let keys = self.vip_keys(svc);
         if keys.is_empty() {
-            return Err("no VIP to expose it on (give --vip, or a HAPROXY_{n}_BIND_ADDR)".into());
+            return Err(XdpError::NoVip);
         }
         // VIP keys this service no longer uses (its bind address changed).
         if let Some(old) = self.applied.get(&svc.key).cloned() {
             for k in old.iter().filter(|k| !keys.contains(k)) {
-                self.remove_vip(k).map_err(|e| e.to_string())?;
+                self.remove_vip(k)?;
             }
         }
         for key in &keys {
-            self.program_vip(key, svc).map_err(|e| e.to_string())?;
+            self.program_vip(key, svc)?;
         }
         self.applied.insert(svc.key, keys);
         Ok(())
@@ -412,8 +412,7 @@ impl XdpL4 {
                 weight: *weight,
             })
             .collect();
-        let table: Vec<u32> = maglev::build_table(&maglev_input, self.config.ring_size)
-            .map_err(|e| XdpError::Config(e.to_string()))?
+        let table: Vec<u32> = maglev::build_table(&maglev_input, self.config.ring_size)?
             .into_iter()
             .map(|i| {
                 if i == maglev::NO_BACKEND {
@@ -435,8 +434,9 @@ impl XdpL4 {
         let (slot, copy, old_users) = if let Some(p) = self.services.get(key) {
             (p.slot, 1 - p.copy, p.backends.clone())
         } else {
-            let slot = self.free_slots.pop().ok_or_else(|| {
-                XdpError::Config(format!("all {MAX_SERVICES} XDP service slots are in use"))
+            let slot = self.free_slots.pop().ok_or(XdpError::SlotsFull {
+                kind: "service",
+                max: MAX_SERVICES,
             })?;
             (slot, 0, HashSet::new())
         };
@@ -530,8 +530,9 @@ impl XdpL4 {
             }
             return Ok(self.backends[&addr].id);
         }
-        let id = self.free_backend_ids.pop().ok_or_else(|| {
-            XdpError::Config(format!("all {MAX_BACKENDS} XDP backend slots are in use"))
+        let id = self.free_backend_ids.pop().ok_or(XdpError::SlotsFull {
+            kind: "backend",
+            max: MAX_BACKENDS,
         })?;
         self.write_backend(id, addr, BACKEND_ACTIVE)?;
         self.backends.insert(

@@ -36,12 +36,10 @@ impl XdpL4 {
             map.get(&0, 0)?
         };
         if previous.ready != 0 && previous.ring_size != config.ring_size {
-            return Err(XdpError::Config(format!(
-                "the pinned Maglev tables have {} slots, --maglev-table-size asks for {}: start \
-                 with --maglev-table-size {}, or run `mlb stop --detach` first (TCP/UDP traffic \
-                 through mlb stops until the new agent is up)",
-                previous.ring_size, config.ring_size, previous.ring_size
-            )));
+            return Err(XdpError::PinnedTableSize {
+                pinned: previous.ring_size,
+                wanted: config.ring_size,
+            });
         }
         let mut dp = XdpL4::new(program, config)?;
         dp.adopt_services()?;
