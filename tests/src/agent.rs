@@ -54,6 +54,30 @@ pub fn free_port() -> u16 {
     panic!("no free port in {FIRST}-{}", FIRST + LEN - 1);
 }
 
+/// `mlb run` flags for an agent on loopback with the userspace dataplane, reading `marathon`,
+/// its HTTP, HTTPS and app-id frontends on the given ports (the tests' common setup).
+pub fn loopback_args(marathon: &str, http: u16, https: u16, appid: u16) -> Vec<String> {
+    let (http, https, appid) = (http.to_string(), https.to_string(), appid.to_string());
+    [
+        "-m",
+        marathon,
+        "--group",
+        "external",
+        "--dataplane",
+        "userspace",
+        "--vip",
+        "127.0.0.1",
+        "--http-port",
+        &http,
+        "--https-port",
+        &https,
+        "--appid-port",
+        &appid,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// Polls `f` every 20 ms until it returns `Ok(Some(v))`, for at most `timeout`; the error names
 /// `what` and the last error or state seen.
 pub fn wait_for<T>(

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use dropin_common::{LOCALHOST, in_netns_lab, task_ids, vhost_app};
 use mlb_tests::{
-    agent::{IO_TIMEOUT, Mlb, free_port, http_get, wait_for},
+    agent::{IO_TIMEOUT, Mlb, free_port, http_get, loopback_args, wait_for},
     marathon_sim::{Agent as SimAgent, MarathonSim, SimConfig},
     mlb_bin::mlb_bin,
     netns::Netns,
@@ -214,28 +214,8 @@ fn graceful_stop() -> Result<()> {
     let sim = rt.block_on(MarathonSim::start(config))?;
     let (http_port, https_port, appid_port) = (free_port(), free_port(), free_port());
     let http = SocketAddr::new(LOCALHOST, http_port);
-    let args: Vec<String> = [
-        "-m",
-        &sim.url(),
-        "--group",
-        "external",
-        "--dataplane",
-        "userspace",
-        "--vip",
-        "127.0.0.1",
-        "--http-port",
-        &http_port.to_string(),
-        "--https-port",
-        &https_port.to_string(),
-        "--appid-port",
-        &appid_port.to_string(),
-        "--drain-delay",
-        "1",
-        "--shutdown-timeout",
-        "10",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut args = loopback_args(&sim.url(), http_port, https_port, appid_port);
+    args.extend(["--drain-delay", "1", "--shutdown-timeout", "10"].map(String::from));
     let mut mlb = Mlb::start(None, SocketAddr::new(LOCALHOST, free_port()), &args)?;
     let tasks = task_ids(&sim, "/slow");
     mlb.wait_routed("/slow", 0, &tasks)?;

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use mlb_tests::{
-    agent::{Mlb, free_port, http_get, wait_for},
+    agent::{Mlb, free_port, http_get, loopback_args, wait_for},
     marathon_sim::{MarathonSim, SimConfig},
 };
 use serde_json::{Value, json};
@@ -44,24 +44,7 @@ fn app(id: &str, port: u16, protocol: &str, labels: Value) -> Value {
 
 /// mlb on loopback with the userspace dataplane, its HTTP frontend on `http`.
 fn start_mlb(sim: &MarathonSim, http: u16, extra: &[&str]) -> Result<Mlb<'static>> {
-    let mut args: Vec<String> = [
-        "-m",
-        &sim.url(),
-        "--group",
-        "external",
-        "--dataplane",
-        "userspace",
-        "--vip",
-        "127.0.0.1",
-        "--http-port",
-        &http.to_string(),
-        "--https-port",
-        &free_port().to_string(),
-        "--appid-port",
-        &free_port().to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut args = loopback_args(&sim.url(), http, free_port(), free_port());
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     Mlb::start_limited(
         None,

@@ -16,7 +16,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use mlb_tests::{
-    agent::{EchoConn, HttpConn, IO_TIMEOUT, Mlb, RequestLoop, free_port, http_get, wait_for},
+    agent::{
+        EchoConn, HttpConn, IO_TIMEOUT, Mlb, RequestLoop, free_port, http_get, loopback_args,
+        wait_for,
+    },
     l4_lab::{L4Lab, VIP_V4, XDP_ARGS, backend_v4},
     marathon_sim::{Agent as SimAgent, Fault, MarathonSim, SimConfig},
     privileges::require_netns_and_bpf,
@@ -102,24 +105,7 @@ struct Loopback {
 impl Loopback {
     fn start(sim: &MarathonSim, extra: &[&str]) -> Result<(Loopback, Mlb<'static>)> {
         let (http, https, appid) = (free_port(), free_port(), free_port());
-        let mut args: Vec<String> = [
-            "-m",
-            &sim.url(),
-            "--group",
-            "external",
-            "--dataplane",
-            "userspace",
-            "--vip",
-            "127.0.0.1",
-            "--http-port",
-            &http.to_string(),
-            "--https-port",
-            &https.to_string(),
-            "--appid-port",
-            &appid.to_string(),
-        ]
-        .map(String::from)
-        .to_vec();
+        let mut args = loopback_args(&sim.url(), http, https, appid);
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let mlb = Mlb::start(None, SocketAddr::new(LOCALHOST, free_port()), &args)?;
         Ok((
