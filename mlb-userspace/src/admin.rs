@@ -570,6 +570,7 @@ mod tests {
             bind_addr: None,
             backends: vec![],
             health_check: None,
+            tuning: Default::default(),
         };
         let mut state = DesiredState::default();
         state.l4.insert(key, svc);

@@ -28,7 +28,7 @@ use crate::{
     model::{ModelError, ModelOptions},
     overload::{self, ConnGate, ConnLimits},
     proxy::{
-        ProxyConfig,
+        ProxyConfig, Timeouts,
         access_log::{AccessLogConfig, AccessLogFormat, AccessLogTarget},
     },
     secret::Secret,
@@ -371,6 +371,19 @@ pub struct RunOptions {
     /// UDP sessions per userspace-dataplane service; beyond it the least recently used closes.
     #[arg(long, env = "MLB_UDP_MAX_SESSIONS", default_value_t = 4_096, help_heading = LIMITS)]
     pub udp_max_sessions: usize,
+    /// Default `timeout client` of HTTP services (HAProxy units: 500ms, 30s, 5m); an app's
+    /// `MLB_{n}_TIMEOUT_CLIENT` or template label overrides it.
+    #[arg(long, env = "MLB_TIMEOUT_CLIENT", default_value = "30s", value_parser = parse_haproxy_duration, help_heading = ROUTING)]
+    pub timeout_client: Duration,
+    /// Default `timeout server`: how long a backend may take to answer (then 504).
+    #[arg(long, env = "MLB_TIMEOUT_SERVER", default_value = "30s", value_parser = parse_haproxy_duration, help_heading = ROUTING)]
+    pub timeout_server: Duration,
+    /// Default `timeout connect` to a backend (then the next backend is tried).
+    #[arg(long, env = "MLB_TIMEOUT_CONNECT", default_value = "3s", value_parser = parse_haproxy_duration, help_heading = ROUTING)]
+    pub timeout_connect: Duration,
+    /// Default `timeout tunnel`: idle WebSocket and TLS-passthrough connections are closed.
+    #[arg(long, env = "MLB_TIMEOUT_TUNNEL", default_value = "1h", value_parser = parse_haproxy_duration, help_heading = ROUTING)]
+    pub timeout_tunnel: Duration,
     /// Lowest service port auto-assigned to IP-per-task apps that declare none (0 with
     /// `--max-serv-port-ip-per-task 0`: no auto-assignment), as marathon-lb.
     #[arg(long, env = "MLB_MIN_SERV_PORT_IP_PER_TASK", default_value_t = 10050, help_heading = ROUTING)]
@@ -613,6 +626,12 @@ impl RunOptions {
                 format: self.access_log_format,
                 sample: self.access_log_sample,
             },
+            timeouts: Timeouts {
+                connect: self.timeout_connect,
+                client: self.timeout_client,
+                server: self.timeout_server,
+                tunnel: self.timeout_tunnel,
+            },
             ..ProxyConfig::default()
         }
     }
@@ -758,6 +777,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => Ok(Duration::from_secs(n * 60)),
         _ => Err(format!("{s:?}: unit must be ms, s or m")),
     }
+}
+
+fn parse_haproxy_duration(s: &str) -> Result<Duration, String> {
+    crate::model::tuning::parse_duration(s)
+        .ok_or_else(|| format!("{s:?}: expected a duration such as 500ms, 30s, 5m or 1h"))
 }
 
 fn parse_table_size(s: &str) -> Result<u32, String> {

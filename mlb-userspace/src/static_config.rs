@@ -275,6 +275,7 @@ fn parse_service(index: usize, value: &Value) -> Result<L4Service, StaticConfigE
         bind_addr,
         backends,
         health_check: None,
+        tuning: Default::default(),
     })
 }
 

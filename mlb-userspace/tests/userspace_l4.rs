@@ -103,6 +103,7 @@ fn service(port: u16, protocol: Protocol, backends: Vec<Backend>) -> L4Service {
         bind_addr: None,
         backends,
         health_check: None,
+        tuning: Default::default(),
     }
 }
 

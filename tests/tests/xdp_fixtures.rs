@@ -149,6 +149,7 @@ fn service(port: u16, protocol: Protocol, backends: &[IpAddr]) -> L4Service {
             })
             .collect(),
         health_check: None,
+        tuning: Default::default(),
     }
 }
 

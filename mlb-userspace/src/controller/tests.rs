@@ -268,6 +268,7 @@ fn static_services_are_served_and_win_their_port() {
         bind_addr: None,
         backends: vec![],
         health_check: None,
+        tuning: Default::default(),
     };
     c.set_static_l4([(static_svc.key, static_svc.clone())].into());
     feed(

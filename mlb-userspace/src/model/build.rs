@@ -8,9 +8,10 @@ use std::{
 use crate::{
     marathon::types::{App, AppList},
     model::{
-        BackendState, DesiredState, Rejected, Warning,
+        BackendState, DesiredState, Rejected, Tuning, Warning,
         backends::{TaskRouter, no_backend_reason},
         deployment::{EffectiveApp, merge_deployment_groups},
+        directives::Effect,
         explain::{AppExplanation, Dataplane, PortExplanation},
         groups::port_groups,
         health::{HealthCache, task_health, task_state, update_cache},
@@ -21,6 +22,7 @@ use crate::{
             routed_paths, service_port, validate,
         },
         ports::{NetworkingMode, ServicePortAssigner, ServicePortSpec, networking_mode},
+        tuning_labels::{is_read_template, port_tuning},
     },
 };
 
@@ -51,6 +53,9 @@ pub struct ModelOptions {
     pub health_cache_ttl: Duration,
     /// Most tasks the health cache remembers (marathon-lb's `--lru-cache-capacity`, 1000).
     pub health_cache_capacity: usize,
+    /// Tuning from the global flags and `HAPROXY_GLOBAL_DEFAULT_OPTIONS`; each port's labels
+    /// override it.
+    pub tuning: Tuning,
 }
 
 /// Options that cannot work together.
@@ -77,6 +82,7 @@ impl ModelOptions {
             reserved_ports: BTreeSet::new(),
             health_cache_ttl: Duration::from_secs(600),
             health_cache_capacity: 1000,
+            tuning: Tuning::default(),
         }
     }
 
@@ -222,12 +228,14 @@ impl AppContext<'_> {
         claims: &mut Claims,
     ) -> AppExplanation {
         let app = &self.eff.app;
-        let templates = template_labels(&app.labels);
+        let mut templates = template_labels(&app.labels);
+        // The ones mlb reads are explained directive by directive on their port.
+        templates.retain(|t| !is_read_template(t));
         if !templates.is_empty() {
             self.warnings.push((
                 None,
                 format!(
-                    "raw HAProxy template labels have no effect in mlb (it generates no HAProxy config): {}",
+                    "these HAProxy template labels have no effect in mlb (it generates no HAProxy config): {}",
                     templates.join(", ")
                 ),
             ));
@@ -259,6 +267,7 @@ impl AppContext<'_> {
                 vhosts: vec![],
                 paths: vec![],
                 bind_addr: None,
+                directives: vec![],
                 reason: None,
                 backends: vec![],
                 excluded_tasks: vec![],
@@ -297,7 +306,7 @@ impl AppContext<'_> {
     ) -> Result<(), Stop> {
         let eff = self.eff;
         let n = spec.index;
-        let labels = self.read_port_labels(spec, pe)?;
+        let (labels, tuning) = self.read_port_labels(spec, pe)?;
         let port = service_port(pe.service_port, n, self.opts.ip_per_task_port_range)?;
         check_selected(self.opts, &pe.groups, labels.enabled, n)?;
         check_not_reserved(&self.opts.reserved_ports, port)?;
@@ -332,6 +341,7 @@ impl AppContext<'_> {
             paths: &pe.paths,
             backends: selection.backends,
             check: decision.check,
+            tuning,
         };
         claims.claim(&exposed.wanted(), &eff.app.id, n)?;
         exposed.insert_into(state);
@@ -345,7 +355,7 @@ impl AppContext<'_> {
         &mut self,
         spec: &ServicePortSpec,
         pe: &mut PortExplanation,
-    ) -> Result<PortLabels, PortRejection> {
+    ) -> Result<(PortLabels, Tuning), PortRejection> {
         let (labels, warnings) = port_labels(&self.eff.app.labels, spec.index);
         for w in warnings {
             self.warn(spec.index, Some(w));
@@ -356,7 +366,23 @@ impl AppContext<'_> {
         pe.bind_addr = labels.bind_addr;
         pe.protocols = spec.protocols.clone()?;
         pe.service_port = labels.port.or(spec.port);
-        Ok(labels)
+        let (tuning, directives) = port_tuning(&self.eff.app.labels, spec.index)?;
+        let not_applied: Vec<String> = directives
+            .iter()
+            .filter(|d| matches!(d.effect, Effect::NotApplied(_)))
+            .map(|d| format!("{}: {}", d.label, d.directive))
+            .collect();
+        if !not_applied.is_empty() {
+            self.warn(
+                spec.index,
+                Some(format!(
+                    "template directives not applied (see mlb explain -v): {}",
+                    not_applied.join("; ")
+                )),
+            );
+        }
+        pe.directives = directives;
+        Ok((labels, self.opts.tuning.clone().overlay(&tuning)))
     }
 
     fn warn(&mut self, port_index: usize, warning: Option<String>) {

@@ -16,6 +16,7 @@ use crate::{
         BackendId, BackendState, DesiredState, Protocol,
         backends::TaskRejection,
         build::{ModelOptions, evaluate},
+        directives::DirectiveOutcome,
         health::{HealthCache, HealthVerdict},
         ports::{NetworkingMode, PortSource},
     },
@@ -65,6 +66,8 @@ pub struct PortExplanation {
     pub vhosts: Vec<String>,
     pub paths: Vec<String>,
     pub bind_addr: Option<IpAddr>,
+    /// What each HAProxy directive of the port's template labels did.
+    pub directives: Vec<DirectiveOutcome>,
     /// Why the port is not exposed; `None` when it is.
     pub reason: Option<String>,
     /// Tasks routed to (active or draining).
@@ -190,6 +193,9 @@ pub fn render_text<'a>(apps: impl IntoIterator<Item = &'a AppExplanation>) -> St
             }
             for t in &p.excluded_tasks {
                 let _ = writeln!(out, "    excluded task {}: {}", t.task_id, t.reason);
+            }
+            for d in &p.directives {
+                let _ = writeln!(out, "    template {d}");
             }
         }
     }

@@ -4,7 +4,8 @@
 //! - [`labels`]: `HAPROXY_*` labels → typed settings; [`ports`]: service ports and task
 //!   endpoints; [`groups`]: `--group` matching; [`health`]: task state, readiness, Marathon
 //!   health with a last-known cache; [`deployment`]: zero-downtime deployment groups;
-//!   [`explain`]: why each app is (not) exposed.
+//!   [`explain`]: why each app is (not) exposed; [`tuning`]: timeouts, header edits and limits
+//!   from `MLB_{n}_*` labels and the HAProxy directives of template labels ([`directives`]).
 //! - One service port goes through small steps (`port_steps`): its mode and health check
 //!   (`mode`), its backends ([`backends`]), then its port claim and services.
 //! - Entry points: [`desired_state`] and [`explain::explain`].
@@ -15,6 +16,7 @@ use crate::marathon::types::{App, AppList};
 pub mod backends;
 pub(crate) mod build;
 pub mod deployment;
+pub mod directives;
 pub mod explain;
 pub mod groups;
 pub mod health;
@@ -24,6 +26,8 @@ mod mode;
 pub(crate) mod port_steps;
 pub mod ports;
 pub mod state;
+pub mod tuning;
+pub mod tuning_labels;
 
 #[cfg(test)]
 mod tests;
@@ -31,6 +35,7 @@ mod tests;
 pub use build::{ModelError, ModelOptions};
 pub use health::HealthCache;
 pub use state::*;
+pub use tuning::Tuning;
 
 /// Computes what mlb should expose from Marathon's apps. Invalid apps (bad JSON, labels, ports)
 /// become [`Rejected`] entries naming the app and field; they never affect other apps. Returns

@@ -10,7 +10,7 @@ use std::{
 
 use crate::model::{
     Backend, DesiredState, HealthCheck, HttpService, HttpServiceKey, L4Service, L4ServiceKey,
-    ModelOptions, Protocol,
+    ModelOptions, Protocol, Tuning,
     groups::{GroupMismatch, check_groups},
     labels::{LabelError, PortLabels},
     ports::ProtocolError,
@@ -265,6 +265,7 @@ pub(crate) struct ExposedPort<'a> {
     pub paths: &'a [String],
     pub backends: Vec<Backend>,
     pub check: Option<HealthCheck>,
+    pub tuning: Tuning,
 }
 
 impl ExposedPort<'_> {
@@ -306,6 +307,7 @@ impl ExposedPort<'_> {
             backends: self.backends.clone(),
             // A TCP connect or HTTP check says nothing about a UDP service.
             health_check: self.check.clone().filter(|_| key.protocol == Protocol::Tcp),
+            tuning: self.tuning.clone(),
         }
     }
 
@@ -320,7 +322,7 @@ impl ExposedPort<'_> {
             vhosts: l.vhosts.clone(),
             paths: self.paths.to_vec(),
             backends: self.backends,
-            balance: l.balance,
+            balance: self.tuning.balance.unwrap_or(l.balance),
             sticky: l.sticky,
             redirect_to_https: l.redirect_to_https,
             use_hsts: l.use_hsts,
@@ -335,6 +337,7 @@ impl ExposedPort<'_> {
             health_check: self.check,
             tls_passthrough: l.tls_passthrough,
             tls: l.tls.clone(),
+            tuning: self.tuning,
         }
     }
 }
@@ -482,6 +485,7 @@ mod tests {
             paths: &paths,
             backends: vec![backend.clone()],
             check: Some(check.clone()),
+            tuning: Tuning::default(),
         };
         assert_eq!(
             port.wanted(),

@@ -12,6 +12,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::Tuning;
+
 /// Transport protocol of an L4 service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -91,6 +93,9 @@ pub struct L4Service {
     pub backends: Vec<Backend>,
     /// Active health check to run against the backends, if the app defines one.
     pub health_check: Option<HealthCheck>,
+    /// Timeouts, limits, PROXY protocol (`MLB_{n}_*` and template labels over the global flags).
+    #[serde(default)]
+    pub tuning: Tuning,
 }
 
 /// Load-balancing algorithm of an HTTP service (`HAPROXY_{n}_BALANCE`).
@@ -263,6 +268,10 @@ pub struct HttpService {
     /// The TLS-relevant part of `HAPROXY_{n}_BIND_OPTIONS` (ALPN, protocol versions, client
     /// certificates) for this service's TLS listeners.
     pub tls: TlsOptions,
+    /// Timeouts, header edits, limits, backend TLS (`MLB_{n}_*` and template labels over the
+    /// global flags).
+    #[serde(default)]
+    pub tuning: Tuning,
 }
 
 impl HttpService {
@@ -293,6 +302,7 @@ impl HttpService {
             health_check: None,
             tls_passthrough: false,
             tls: TlsOptions::default(),
+            tuning: Tuning::default(),
         }
     }
 }

@@ -359,25 +359,47 @@ fn bad_input_is_rejected_alone_naming_app_and_field() {
     assert_eq!(s.rejected.len(), 4, "{:#?}", s.rejected);
 }
 
-/// Raw HAProxy template labels cannot apply: one warning per app naming all of them; the app
-/// is still exposed.
+/// Template labels: the tuning ones are read directive by directive (applied ones land in the
+/// service, the rest give one warning per port), the others give one warning per app naming
+/// them; the app is still exposed.
 #[test]
-fn raw_template_labels_warn_once_per_app() {
-    let s = run(&fixture("mixed_apps.json"), &opts(&["external"]));
+fn template_labels_are_applied_or_warned_about() {
+    let list = fixture("mixed_apps.json");
+    let s = run(&list, &opts(&["external"]));
     let w: Vec<_> = s
         .warnings
         .iter()
-        .filter(|w| w.app_id == "/templated")
+        .map(|w| (w.app_id.as_str(), w.port_index, w.message.as_str()))
+        .filter(|w| w.0 == "/templated")
         .collect();
-    assert_eq!(w.len(), 1, "{w:?}");
-    for label in [
-        "HAPROXY_0_BACKEND_SERVER_OPTIONS",
-        "HAPROXY_0_FRONTEND_HEAD",
-        "HAPROXY_HEAD",
-    ] {
-        assert!(w[0].message.contains(label), "{}", w[0].message);
-    }
-    assert!(l4(&s, 10507, Protocol::Tcp).is_some());
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[0].2
+            .starts_with("these HAProxy template labels have no effect")
+            && w[0].2.ends_with(": HAPROXY_0_BACKEND_HSTS_OPTIONS"),
+        "{w:?}"
+    );
+    assert_eq!(
+        (w[1].1, w[1].2),
+        (
+            Some(0),
+            "template directives not applied (see mlb explain -v): HAPROXY_HEAD: daemon"
+        )
+    );
+    let svc = l4(&s, 10507, Protocol::Tcp).unwrap();
+    assert_eq!(svc.tuning.maxconn_server, Some(10));
+    let ex = explain(&list, &opts(&["external"]), &HealthCache::new(), now());
+    let text = render_text(&ex);
+    assert!(
+        text.contains("template HAPROXY_0_BACKEND_SERVER_OPTIONS: applied: server {serverName}"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "template HAPROXY_0_FRONTEND_HEAD: template structure, built by mlb: mode tcp"
+        ),
+        "{text}"
+    );
     assert!(
         s.warnings.iter().all(|w| w.app_id == "/templated"),
         "{:?}",

@@ -14,6 +14,7 @@ use super::{
     Shared,
     balance::{BackendSlot, STICKY_COOKIE},
     body::{GuardedBody, IdleTimeout, ProxyBody, RetryBody, full},
+    headers,
     listeners::{ConnInfo, Frontend},
     router::{Service, normalize_host},
     tunnel,
@@ -328,7 +329,15 @@ async fn backend_rules(
     // `Expect: 100-continue` was answered to the client by this hop when its body was read.
     headers.remove(header::EXPECT);
     strip_hop_by_hop(&mut headers, upgrade.is_some());
-    add_forwarded(&mut headers, info.peer, info.tls, info.local.port());
+    let tuning = &svc.spec.tuning;
+    if tuning.forwardfor != Some(false) {
+        add_forwarded(&mut headers, info.peer, info.tls, info.local.port());
+    }
+    headers::apply(&mut headers, &tuning.request_headers, info);
+    let server_timeout = tuning
+        .timeouts
+        .server
+        .unwrap_or(shared.config.timeouts.server);
 
     let unhealthy = shared.health.borrow().clone();
     let is_unhealthy = |id: &BackendId| unhealthy.contains(id);
@@ -343,6 +352,7 @@ async fn backend_rules(
         path_and_query,
         headers,
         h2,
+        server_timeout,
     };
     let started = std::time::Instant::now();
     let answer = shared
@@ -390,7 +400,12 @@ async fn backend_rules(
         };
         let backend_upgrade = hyper::upgrade::on(&mut response);
         let guard = answer.guard;
-        let idle = shared.config.timeouts.tunnel;
+        let idle = svc
+            .spec
+            .tuning
+            .timeouts
+            .tunnel
+            .unwrap_or(shared.config.timeouts.tunnel);
         tokio::spawn(async move {
             let _guard = guard;
             match tokio::try_join!(client_upgrade, backend_upgrade) {
@@ -409,16 +424,20 @@ async fn backend_rules(
 
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
+    headers::apply(&mut parts.headers, &svc.spec.tuning.response_headers, info);
+    if svc.spec.tuning.keep_alive == Some(false) {
+        // `option httpclose`: hyper closes the client connection after this response.
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Some(prefix) = &svc.spec.revproxy_path {
         rewrite_location(&mut parts.headers, prefix, &svc.spec.vhosts);
     }
     if svc.spec.sticky && !sticky_choice.is_some_and(|b| Arc::ptr_eq(&b, &backend)) {
         set_sticky_cookie(&mut parts.headers, &backend);
     }
-    let body = IdleTimeout::new(
-        GuardedBody::new(body, answer.guard),
-        shared.config.timeouts.server,
-    );
+    let body = IdleTimeout::new(GuardedBody::new(body, answer.guard), server_timeout);
     Response::from_parts(parts, body.boxed())
 }
 

@@ -39,6 +39,7 @@ pub mod auth;
 pub mod balance;
 mod body;
 mod handler;
+mod headers;
 mod listeners;
 pub mod router;
 pub mod sni;
@@ -532,5 +533,15 @@ mod tests {
         );
         assert_eq!(c.timeouts.connect, Duration::from_secs(3));
         assert_eq!(c.timeouts.tunnel, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn timeout_flags_take_haproxy_durations() {
+        let c = config_for(&["--timeout-server", "2m", "--timeout-client", "1500"]);
+        assert_eq!(c.timeouts.server, Duration::from_secs(120));
+        assert_eq!(c.timeouts.client, Duration::from_millis(1500));
+        assert_eq!(c.timeouts.connect, Duration::from_secs(3));
+        let err = Cli::try_parse_from(["mlb", "run", "--timeout-server", "2 minutes"]).unwrap_err();
+        assert!(err.to_string().contains("expected a duration"), "{err}");
     }
 }

@@ -31,7 +31,6 @@ pub(crate) struct Upstream {
     h1: Client<HttpConnector, RetryBody>,
     /// HTTP/2 with prior knowledge, for gRPC (which needs HTTP/2 end to end).
     h2: Client<HttpConnector, RetryBody>,
-    server_timeout: std::time::Duration,
 }
 
 /// Why no backend response came back.
@@ -58,6 +57,8 @@ pub(crate) struct Outgoing {
     pub(crate) headers: HeaderMap,
     /// Send over HTTP/2 (gRPC).
     pub(crate) h2: bool,
+    /// The service's `timeout server`: how long to wait for the response headers.
+    pub(crate) server_timeout: std::time::Duration,
 }
 
 impl Upstream {
@@ -75,11 +76,7 @@ impl Upstream {
             .timer(TokioTimer::new())
             .http2_only(true)
             .build(connector);
-        Upstream {
-            h1,
-            h2,
-            server_timeout: timeouts.server,
-        }
+        Upstream { h1, h2 }
     }
 
     /// Sends the request to `first`, and on a connect failure to up to [`RETRIES`] other
@@ -99,7 +96,7 @@ impl Upstream {
             let next_body = body.retry();
             let req = build(out, backend.backend.addr, body)?;
             let client = if out.h2 { &self.h2 } else { &self.h1 };
-            match tokio::time::timeout(self.server_timeout, client.request(req)).await {
+            match tokio::time::timeout(out.server_timeout, client.request(req)).await {
                 Ok(Ok(response)) => {
                     return Ok(Answer {
                         response,

@@ -61,6 +61,7 @@ fn state() -> DesiredState {
             bind_addr: None,
             backends: vec![backend("dns.1:0", [10, 0, 7, 1], 53, BackendState::Active)],
             health_check: None,
+            tuning: Default::default(),
         };
         state.l4.insert(key, svc);
     }
