@@ -322,68 +322,14 @@ const SERVER_WORDS: &[&str] = &[
 /// `server` options: `ssl verify none ca-file … sni …`, `check inter … fall … rise …`,
 /// `maxconn`, `send-proxy[-v2]`. All or nothing: one unknown option leaves the line unapplied.
 fn server_options(words: &[&str], t: &mut Tuning) -> Effect {
-    let mut next = t.clone();
     // `{cookieOptions}{healthCheckOptions}{otherOptions}` are the template's generated parts.
     let words: Vec<String> = words.iter().map(|w| strip_placeholders(w)).collect();
     let mut it = words.iter().map(String::as_str).filter(|w| !w.is_empty());
+    let mut next = t.clone();
     let mut tls: Option<BackendTls> = None;
     while let Some(w) = it.next() {
-        let ok = match w {
-            "ssl" => {
-                tls.get_or_insert_with(default_tls);
-                true
-            }
-            "verify" => match it.next() {
-                Some(v @ ("none" | "required")) => {
-                    tls.get_or_insert_with(default_tls).verify = v == "required";
-                    true
-                }
-                _ => false,
-            },
-            "ca-file" => it.next().is_some_and(|f| {
-                tls.get_or_insert_with(default_tls).ca_file = Some(PathBuf::from(f));
-                true
-            }),
-            "sni" => it.next().is_some_and(|s| set_sni(s, &mut tls)),
-            "check" => true,
-            "inter" => it
-                .next()
-                .and_then(parse_duration)
-                .map(|d| next.check.inter = Some(d))
-                .is_some(),
-            "fall" => it
-                .next()
-                .and_then(|n| n.parse().ok())
-                .map(|n| next.check.fall = Some(n))
-                .is_some(),
-            "rise" => it
-                .next()
-                .and_then(|n| n.parse().ok())
-                .map(|n| next.check.rise = Some(n))
-                .is_some(),
-            "maxconn" => it
-                .next()
-                .and_then(|n| n.parse().ok())
-                .map(|n| next.maxconn_server = Some(n))
-                .is_some(),
-            "send-proxy" => {
-                next.send_proxy = Some(ProxyProtocol::V1);
-                true
-            }
-            "send-proxy-v2" => {
-                next.send_proxy = Some(ProxyProtocol::V2);
-                true
-            }
-            _ => {
-                return Effect::NotApplied(format!(
-                    "server option {w:?} has no mlb equivalent; line not applied"
-                ));
-            }
-        };
-        if !ok {
-            return Effect::NotApplied(format!(
-                "server option {w:?} is missing or has a bad value"
-            ));
+        if let Err(why) = server_option(w, &mut it, &mut next, &mut tls) {
+            return Effect::NotApplied(why);
         }
     }
     if tls.is_some() {
@@ -391,6 +337,50 @@ fn server_options(words: &[&str], t: &mut Tuning) -> Effect {
     }
     *t = next;
     Effect::Applied
+}
+
+/// One `server` option `w` (its value, if any, taken from `it`) into `next` / `tls`.
+fn server_option<'a>(
+    w: &str,
+    it: &mut impl Iterator<Item = &'a str>,
+    next: &mut Tuning,
+    tls: &mut Option<BackendTls>,
+) -> Result<(), String> {
+    let bad = || format!("server option {w:?} is missing or has a bad value");
+    let mut value = || it.next().ok_or_else(bad);
+    let number = |v: &str| v.parse::<u32>().map_err(|_| bad());
+    match w {
+        "ssl" => {
+            tls.get_or_insert_with(default_tls);
+        }
+        // Health checks come from Marathon; `check` alone changes nothing, its timing does.
+        "check" => {}
+        "verify" => {
+            tls.get_or_insert_with(default_tls).verify = match value()? {
+                "none" => false,
+                "required" => true,
+                _ => return Err(bad()),
+            };
+        }
+        "ca-file" => tls.get_or_insert_with(default_tls).ca_file = Some(PathBuf::from(value()?)),
+        "sni" => {
+            if !set_sni(value()?, tls) {
+                return Err(bad());
+            }
+        }
+        "inter" => next.check.inter = Some(parse_duration(value()?).ok_or_else(bad)?),
+        "fall" => next.check.fall = Some(number(value()?)?),
+        "rise" => next.check.rise = Some(number(value()?)?),
+        "maxconn" => next.maxconn_server = Some(number(value()?)?),
+        "send-proxy" => next.send_proxy = Some(ProxyProtocol::V1),
+        "send-proxy-v2" => next.send_proxy = Some(ProxyProtocol::V2),
+        _ => {
+            return Err(format!(
+                "server option {w:?} has no mlb equivalent; line not applied"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn default_tls() -> BackendTls {

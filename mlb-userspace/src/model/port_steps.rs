@@ -307,7 +307,7 @@ impl ExposedPort<'_> {
             backends: self.backends.clone(),
             // A TCP connect or HTTP check says nothing about a UDP service.
             health_check: self.check.clone().filter(|_| key.protocol == Protocol::Tcp),
-            tuning: self.tuning.clone(),
+            tuning: Box::new(self.tuning.clone()),
         }
     }
 

@@ -94,8 +94,9 @@ pub struct L4Service {
     /// Active health check to run against the backends, if the app defines one.
     pub health_check: Option<HealthCheck>,
     /// Timeouts, limits, PROXY protocol (`MLB_{n}_*` and template labels over the global flags).
+    /// Boxed: most services set none, and [`crate::dataplane::L4Change`] stays small.
     #[serde(default)]
-    pub tuning: Tuning,
+    pub tuning: Box<Tuning>,
 }
 
 /// Load-balancing algorithm of an HTTP service (`HAPROXY_{n}_BALANCE`).
