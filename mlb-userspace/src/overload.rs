@@ -78,7 +78,7 @@ pub struct ConnState {
 }
 
 impl ConnState {
-    fn new(listener: u64) -> Self {
+    pub(crate) fn new(listener: u64) -> Self {
         ConnState {
             listener,
             accepted: Instant::now(),

@@ -78,6 +78,7 @@ mod tests {
             local: "198.18.0.1:10001".parse().unwrap(),
             tls: false,
             sni: None,
+            conn: std::sync::Arc::new(crate::overload::ConnState::new(0)),
         };
         let mut h = HeaderMap::new();
         h.insert("host", HeaderValue::from_static("app.example"));
