@@ -570,6 +570,8 @@ mod tests {
             bind_addr: None,
             backends: vec![],
             health_check: None,
+            balance: Default::default(),
+            allowed_networks: Vec::new(),
         };
         let mut state = DesiredState::default();
         state.l4.insert(key, svc);

@@ -149,6 +149,8 @@ fn service(port: u16, protocol: Protocol, backends: &[IpAddr]) -> L4Service {
             })
             .collect(),
         health_check: None,
+        balance: Default::default(),
+        allowed_networks: Vec::new(),
     }
 }
 

@@ -268,6 +268,8 @@ fn static_services_are_served_and_win_their_port() {
         bind_addr: None,
         backends: vec![],
         health_check: None,
+        balance: Default::default(),
+        allowed_networks: Vec::new(),
     };
     c.set_static_l4([(static_svc.key, static_svc.clone())].into());
     feed(

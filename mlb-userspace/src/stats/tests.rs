@@ -61,6 +61,8 @@ fn state() -> DesiredState {
             bind_addr: None,
             backends: vec![backend("dns.1:0", [10, 0, 7, 1], 53, BackendState::Active)],
             health_check: None,
+            balance: Default::default(),
+            allowed_networks: Vec::new(),
         };
         state.l4.insert(key, svc);
     }
