@@ -8,14 +8,18 @@
 ///
 /// 1: the layout before this constant. 2: TCP state machine (`ct` states), several SNAT
 /// addresses, hash secret and timeouts in `Config`, `FlowStats::snat_exhausted`, SNAT cursors,
-/// churn counters.
-pub const ABI_VERSION: u32 = 2;
+/// churn counters. 3: `ServiceValue::flags` (source hash, ACL), the ACL trie, the ACL drop
+/// counter.
+pub const ABI_VERSION: u32 = 3;
 
 /// Number of per-CPU counter slots in the global statistics array (see [`crate::stats::Counter`]).
 pub const STATS_SLOTS: u32 = crate::stats::Counter::COUNT as u32;
 
 /// Service slots (one per VIP × port × protocol). Each slot owns two Maglev tables.
 pub const MAX_SERVICES: u32 = 64;
+
+/// Entries of the ACL trie: address blocks of every service's allow-list, per VIP.
+pub const MAX_ACL_ENTRIES: u32 = 4096;
 
 /// Backend slots, shared by all services (a backend is an address:port).
 pub const MAX_BACKENDS: u32 = 4096;

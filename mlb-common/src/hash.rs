@@ -24,29 +24,51 @@ fn absorb(v: &mut [u32; 4], m: u32) {
     v[0] ^= m;
 }
 
-/// HalfSipHash-1-3 of the words of `key` (addresses and ports as stored, protocol and family)
-/// under `secret`.
 #[inline(always)]
-pub fn flow_hash(key: &FlowKey, secret: &[u32; 2]) -> u32 {
-    let mut v = [
+fn init(secret: &[u32; 2]) -> [u32; 4] {
+    [
         secret[0],
         secret[1],
         0x6c79_6765 ^ secret[0],
         0x7465_6462 ^ secret[1],
-    ];
+    ]
+}
+
+/// The finalization: message length `len` in bytes (SipHash's padding word), three rounds.
+#[inline(always)]
+fn finish(mut v: [u32; 4], len: u32) -> u32 {
+    absorb(&mut v, len << 24);
+    v[2] ^= 0xff;
+    round(&mut v);
+    round(&mut v);
+    round(&mut v);
+    v[1] ^ v[3]
+}
+
+/// HalfSipHash-1-3 of the words of `key` (addresses and ports as stored, protocol and family)
+/// under `secret`.
+#[inline(always)]
+pub fn flow_hash(key: &FlowKey, secret: &[u32; 2]) -> u32 {
+    let mut v = init(secret);
     for i in 0..4 {
         absorb(&mut v, key.src[i]);
         absorb(&mut v, key.dst[i]);
     }
     absorb(&mut v, (u32::from(key.sport) << 16) | u32::from(key.dport));
     absorb(&mut v, (u32::from(key.proto) << 8) | u32::from(key.family));
-    // Message length in bytes, in the top byte (SipHash's padding word).
-    absorb(&mut v, 40 << 24);
-    v[2] ^= 0xff;
-    round(&mut v);
-    round(&mut v);
-    round(&mut v);
-    v[1] ^ v[3]
+    finish(v, 40)
+}
+
+/// HalfSipHash-1-3 of the flow's source address and family only (`BALANCE=source`): every
+/// flow of one client gets the same hash, so the same backend while the table holds.
+#[inline(always)]
+pub fn source_hash(key: &FlowKey, secret: &[u32; 2]) -> u32 {
+    let mut v = init(secret);
+    for i in 0..4 {
+        absorb(&mut v, key.src[i]);
+    }
+    absorb(&mut v, u32::from(key.family));
+    finish(v, 20)
 }
 
 #[cfg(test)]
@@ -76,6 +98,21 @@ mod tests {
             let flipped = (flow_hash(&key(sport), &a) ^ flow_hash(&key(sport), &b)).count_ones();
             assert!((4..=28).contains(&flipped), "{sport}: {flipped} bits");
         }
+    }
+
+    #[test]
+    fn source_hash_ignores_everything_but_the_client_address() {
+        let s = [5, 6];
+        let mut other = key(1000);
+        other.dst = [0x0301_12c6, 0, 0, 0];
+        other.dport = 443;
+        assert_eq!(source_hash(&key(1000), &s), source_hash(&other, &s));
+        other.src = [0x0501_12c6, 0, 0, 0];
+        assert_ne!(source_hash(&key(1000), &s), source_hash(&other, &s));
+        assert_ne!(
+            source_hash(&key(1000), &s),
+            source_hash(&key(1000), &[5, 7])
+        );
     }
 
     #[test]

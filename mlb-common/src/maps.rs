@@ -25,6 +25,9 @@ pub const BACKEND_STATS: &str = "MLB_BACKEND_STATS";
 /// Array of `u32`, indexed by backend id: where the next SNAT port search for that backend
 /// starts (an index into its SNAT addresses × ports).
 pub const SNAT_CURSORS: &str = "MLB_SNAT_CURSORS";
+/// LPM trie: (service slot, client address block) → `u32` 1. The source allow-lists of the
+/// services with [`SVC_F_ACL`], one trie for all of them (see [`AclKey`]).
+pub const ACL: &str = "MLB_ACL";
 
 /// Every map the agent expects to find in the object (checked by a unit test).
 pub const ALL: &[&str] = &[
@@ -38,6 +41,7 @@ pub const ALL: &[&str] = &[
     SERVICE_STATS,
     BACKEND_STATS,
     SNAT_CURSORS,
+    ACL,
 ];
 
 /// `family` values.
@@ -70,7 +74,43 @@ pub struct ServiceValue {
     pub ring_copy: u32,
     /// Number of usable backends; 0 means packets are passed to the kernel (counted).
     pub backend_count: u32,
-    pub _pad: u32,
+    /// `SVC_F_*` bits.
+    pub flags: u32,
+}
+
+/// `ServiceValue::flags`: Maglev picks the backend of a new flow by a hash of the client
+/// address only (`HAPROXY_{n}_BALANCE=source`): a client sticks to one backend.
+pub const SVC_F_SOURCE_HASH: u32 = 1;
+/// `ServiceValue::flags`: only clients whose address matches an [`ACL`] entry of the service's
+/// slot may open flows (`HAPROXY_{n}_BACKEND_NETWORK_ALLOWED_ACL`); the others are dropped.
+pub const SVC_F_ACL: u32 = 2;
+
+/// The data part of an [`ACL`] trie key (the kernel's `bpf_lpm_trie_key` prefix length comes
+/// before it): the service slot, big-endian so it is the first 32 bits matched, then the
+/// client address block as stored everywhere (network order, IPv4 in word 0). An entry's prefix
+/// length is 32 + the block's, so one trie holds every service's list and a lookup never
+/// matches another slot's entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AclKey {
+    pub slot_be: u32,
+    pub addr: [u32; 4],
+}
+const _: () = assert!(core::mem::size_of::<AclKey>() == 20);
+
+impl AclKey {
+    /// Prefix length of an entry for an address block of `block_len` bits.
+    pub const fn prefix_len(block_len: u32) -> u32 {
+        32 + block_len
+    }
+
+    /// The lookup key of a client address for service `slot` (full length).
+    pub const fn new(slot: u32, addr: [u32; 4]) -> Self {
+        AclKey {
+            slot_be: slot.to_be(),
+            addr,
+        }
+    }
 }
 
 /// Two Maglev table entries (backend ids, [`crate::consts::NO_BACKEND`] for none).
@@ -190,4 +230,5 @@ mod pod {
     unsafe impl aya::Pod for NatEntry {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for FlowStats {}
+    unsafe impl aya::Pod for AclKey {}
 }

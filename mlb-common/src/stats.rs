@@ -88,11 +88,14 @@ pub enum Counter {
     CtCloseWait,
     CtTimeWait,
     CtClosed,
+    /// Dropped: the client's address is not in the service's allow-list
+    /// (`HAPROXY_{n}_BACKEND_NETWORK_ALLOWED_ACL`).
+    DropAclDenied,
 }
 
 impl Counter {
     /// Number of counters (the size of the stats array).
-    pub const COUNT: usize = Counter::CtClosed as usize + 1;
+    pub const COUNT: usize = Counter::DropAclDenied as usize + 1;
 
     /// Every counter, in index order, with the name user space reports it under.
     pub const ALL: [(Counter, &'static str); Counter::COUNT] = [
@@ -137,6 +140,7 @@ impl Counter {
         (Counter::CtCloseWait, "ct_close_wait"),
         (Counter::CtTimeWait, "ct_time_wait"),
         (Counter::CtClosed, "ct_closed"),
+        (Counter::DropAclDenied, "drop_acl_denied"),
     ];
 
     /// The counter of a transition into `state` (a `ct::CT_*`), if it has one.

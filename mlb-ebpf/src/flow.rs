@@ -12,13 +12,14 @@ use aya_ebpf::bindings::BPF_ANY;
 use mlb_common::{
     consts::TOUCH_INTERVAL_NS,
     ct::{CT_ESTABLISHED, CT_SYN_SENT, is_closed, is_opening_syn, next_tcp_state},
-    hash::flow_hash,
-    maps::{Config, DIR_TO_BACKEND, DIR_TO_CLIENT, FlowKey, NatEntry},
+    hash::{flow_hash, source_hash},
+    maps::{Config, DIR_TO_BACKEND, DIR_TO_CLIENT, FlowKey, NatEntry, SVC_F_SOURCE_HASH},
     net::IPPROTO_TCP,
     stats::Counter,
 };
 
 use crate::{
+    acl::check_source,
     exit::Exit,
     lookup::{backend_dead, lookup_service, pick_backend},
     maps::{CONNTRACK, Scratch},
@@ -192,8 +193,9 @@ fn update_flow(entry: *mut NatEntry, peer: *mut NatEntry, meta: &PacketMeta, now
 }
 
 /// Prepares the flow of a packet addressed to a service: picks the backend from the service's
-/// live Maglev table (keyed flow hash) and writes the reply entry and what is known of its key
-/// into `scratch`. A TCP segment other than a bare SYN opens nothing.
+/// live Maglev table (keyed flow hash, or client-address hash for `BALANCE=source`) and writes the reply entry and what is known of its key
+/// into `scratch`. A client the service's allow-list refuses is dropped; a TCP segment other
+/// than a bare SYN opens nothing.
 ///
 /// BPF subprograms of their own (not inlined), this one and [`open_flow`]: their stack frames
 /// are not live while the packet is rewritten and forwarded, nor at the same time as each other,
@@ -208,11 +210,17 @@ fn prepare_flow(
     now: u64,
 ) -> Result<(), Exit> {
     let svc = lookup_service(meta, &mut scratch.service_key)?;
+    // Before the SYN check: a denied client's stray segments are dropped too, not answered.
+    check_source(svc, &scratch.key.src, &mut scratch.acl_key)?;
     let tcp = meta.proto == IPPROTO_TCP;
     if tcp && !is_opening_syn(meta.tcp_flags) {
         return Err(Exit::Pass(Counter::PassTcpNotSyn));
     }
-    let hash = flow_hash(&scratch.key, &cfg.hash_secret);
+    let hash = if svc.flags & SVC_F_SOURCE_HASH != 0 {
+        source_hash(&scratch.key, &cfg.hash_secret)
+    } else {
+        flow_hash(&scratch.key, &cfg.hash_secret)
+    };
     let family = scratch.key.family;
     let (backend_id, backend) = pick_backend(svc, cfg.ring_size, hash, family)?;
     let reply = &mut scratch.reply;

@@ -14,6 +14,7 @@
               copied onto the 512-byte BPF stack"
 )]
 
+mod acl;
 mod csum;
 mod exit;
 mod flow;

@@ -3,14 +3,16 @@
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use mlb_common::{
     consts::{
-        CT_MAX_ENTRIES, DEFAULT_RING_SIZE, MAX_BACKENDS, MAX_INTERFACES, MAX_SERVICES, STATS_SLOTS,
-        ring_map_entries,
+        CT_MAX_ENTRIES, DEFAULT_RING_SIZE, MAX_ACL_ENTRIES, MAX_BACKENDS, MAX_INTERFACES,
+        MAX_SERVICES, STATS_SLOTS, ring_map_entries,
     },
-    maps::{Backend, Config, FlowKey, FlowStats, NatEntry, RingElem, ServiceKey, ServiceValue},
+    maps::{
+        AclKey, Backend, Config, FlowKey, FlowStats, NatEntry, RingElem, ServiceKey, ServiceValue,
+    },
 };
 
 use crate::exit::Exit;
@@ -60,6 +62,10 @@ pub static BACKEND_STATS: PerCpuArray<FlowStats> = PerCpuArray::with_max_entries
 #[map(name = "MLB_SNAT_CURSORS")]
 pub static SNAT_CURSORS: Array<u32> = Array::with_max_entries(MAX_BACKENDS, 0);
 
+/// Source allow-lists of the services flagged `SVC_F_ACL`: (slot, client block) → 1.
+#[map(name = "MLB_ACL")]
+pub static ACL: LpmTrie<AclKey, u32> = LpmTrie::with_max_entries(MAX_ACL_ENTRIES, 0);
+
 /// Per-CPU scratch space for values too large for the 512-byte BPF stack (Katran keeps its
 /// packet description in such a map too). Only ever used within one program run.
 #[repr(C)]
@@ -81,6 +87,8 @@ pub struct Scratch {
     /// while none is).
     pub snat_start: u32,
     pub snat_slot: u32,
+    /// The ACL trie key of a new flow's client.
+    pub acl_key: Key<AclKey>,
 }
 
 /// One [`Scratch`] per CPU.

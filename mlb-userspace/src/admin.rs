@@ -571,6 +571,8 @@ mod tests {
             backends: vec![],
             health_check: None,
             tuning: Default::default(),
+            balance: Default::default(),
+            allowed_networks: Vec::new(),
         };
         let mut state = DesiredState::default();
         state.l4.insert(key, svc);

@@ -9,6 +9,8 @@
 //! port = 8080                 # service port, required
 //! protocol = "tcp"            # "tcp" (default) or "udp"
 //! bind_addr = "198.18.1.2"    # optional: listen on this address only instead of every --vip
+//! balance = "source"          # optional: keep each client on one backend (default: per flow)
+//! allowed = ["198.18.1.0/24", "fd00::/8"]  # optional: only these clients (default: everyone)
 //! backends = [
 //!     "198.18.2.11:80",                                  # weight 1, id = the address
 //!     { addr = "198.18.2.12:80", weight = 2 },           # twice the share of the others
@@ -34,7 +36,9 @@ use std::{
 
 use serde_json::{Map, Value};
 
-use crate::model::{Backend, BackendId, BackendState, L4Service, L4ServiceKey, Protocol};
+use crate::model::{
+    Backend, BackendId, BackendState, Balance, IpNet, L4Service, L4ServiceKey, Protocol,
+};
 
 /// What a static config file declares.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -173,6 +177,17 @@ fn label(index: usize, name: Option<&str>, key: Option<L4ServiceKey>) -> String 
     s
 }
 
+/// The fields of a `[[service]]`.
+const FIELDS: &[&str] = &[
+    "name",
+    "port",
+    "protocol",
+    "bind_addr",
+    "balance",
+    "allowed",
+    "backends",
+];
+
 fn parse_service(index: usize, value: &Value) -> Result<L4Service, StaticConfigError> {
     let mut name: Option<String> = None;
     let mut key: Option<L4ServiceKey> = None;
@@ -201,12 +216,12 @@ fn parse_service(index: usize, value: &Value) -> Result<L4Service, StaticConfigE
         }
     }
     for field in obj.keys() {
-        if !["name", "port", "protocol", "bind_addr", "backends"].contains(&field.as_str()) {
+        if !FIELDS.contains(&field.as_str()) {
             return Err(fail(
                 &name,
                 key,
                 field,
-                "unknown field (expected name, port, protocol, bind_addr, backends)".into(),
+                format!("unknown field (expected {})", FIELDS.join(", ")),
             ));
         }
     }
@@ -242,6 +257,19 @@ fn parse_service(index: usize, value: &Value) -> Result<L4Service, StaticConfigE
                 })?,
         ),
     };
+    let balance = match obj.get("balance").map(|v| (v, v.as_str())) {
+        None => Balance::default(),
+        Some((_, Some("source"))) => Balance::Source,
+        Some((_, Some("roundrobin"))) => Balance::RoundRobin,
+        Some((v, _)) => {
+            let reason = format!("{v} is not \"roundrobin\" or \"source\"");
+            return Err(fail(&name, key, "balance", reason));
+        }
+    };
+    let allowed_networks = match obj.get("allowed") {
+        None => Vec::new(),
+        Some(v) => parse_networks(v).map_err(|reason| fail(&name, key, "allowed", reason))?,
+    };
     let list = match obj.get("backends") {
         None => return Err(fail(&name, key, "backends", "missing".into())),
         Some(Value::Array(list)) => list,
@@ -276,7 +304,22 @@ fn parse_service(index: usize, value: &Value) -> Result<L4Service, StaticConfigE
         backends,
         health_check: None,
         tuning: Default::default(),
+        balance,
+        allowed_networks,
     })
+}
+
+/// A list of address blocks (`"198.18.1.0/24"`, `"fd00::1"`).
+fn parse_networks(value: &Value) -> Result<Vec<IpNet>, String> {
+    let Value::Array(list) = value else {
+        return Err("must be a list of addresses or CIDR blocks".into());
+    };
+    list.iter()
+        .map(|v| match v.as_str() {
+            Some(s) => s.parse::<IpNet>().map_err(|e| e.to_string()),
+            None => Err(format!("{v} is not a string")),
+        })
+        .collect()
 }
 
 /// One backend: `"ip:port"` or `{addr, weight?, id?, state?}`. Errors: (sub-field, reason).
@@ -473,6 +516,14 @@ backends = ["198.18.2.11:53"]
             (
                 "[[service]]\nport = 80\nbind_addr = \"here\"\nbackends = []",
                 &["`bind_addr`", "here"],
+            ),
+            (
+                "[[service]]\nport = 80\nbalance = \"leastconn\"\nbackends = []",
+                &["`balance`", "leastconn"],
+            ),
+            (
+                "[[service]]\nport = 80\nallowed = [\"198.18.1.0/33\"]\nbackends = []",
+                &["`allowed`", "198.18.1.0/33"],
             ),
             ("[[service]]\nport = 80", &["`backends`", "missing"]),
             (

@@ -104,6 +104,8 @@ fn service(port: u16, protocol: Protocol, backends: Vec<Backend>) -> L4Service {
         backends,
         health_check: None,
         tuning: Default::default(),
+        balance: Default::default(),
+        allowed_networks: Vec::new(),
     }
 }
 
@@ -587,4 +589,76 @@ async fn userspace_l4_sync_bench() {
         first / u32::from(SERVICES),
         rss1.saturating_sub(rss0),
     );
+}
+
+/// Connects from `from` (a loopback address of the client's choosing) and reads the greeting.
+async fn connect_from(from: IpAddr, to: SocketAddr) -> std::io::Result<Client> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    let stream = socket.connect(to).await?;
+    let mut stream = BufReader::new(stream);
+    let mut line = String::new();
+    stream.read_line(&mut line).await?;
+    if !line.ends_with('\n') {
+        return Err(std::io::Error::other(format!("no greeting (got {line:?})")));
+    }
+    line.pop();
+    Ok(Client {
+        backend: line,
+        stream,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn userspace_l4_balance_source_and_allowed_networks() {
+    bounded(async {
+        let backends = [
+            tcp_backend("a").await,
+            tcp_backend("b").await,
+            tcp_backend("c").await,
+        ];
+        let vip = vip(9);
+        let mut dp = dataplane(vip);
+        let mut svc = tcp_service(
+            23091,
+            &[
+                (&backends[0], BackendState::Active),
+                (&backends[1], BackendState::Active),
+                (&backends[2], BackendState::Active),
+            ],
+        );
+        svc.balance = mlb::model::Balance::Source;
+        svc.allowed_networks = vec!["127.0.4.0/24".parse().unwrap()];
+        dp.apply(&[L4Change::Upsert(svc.clone())]).unwrap();
+        let target = SocketAddr::new(vip, 23091);
+
+        // Each client address sticks to one backend across its connections (new source port
+        // each time); eight addresses do not all land on one backend.
+        let mut chosen = BTreeMap::new();
+        for host in 1..=8u8 {
+            let from = IpAddr::from([127, 0, 4, host]);
+            let mut seen = std::collections::BTreeSet::new();
+            for i in 0..6 {
+                let mut c = connect_from(from, target).await.unwrap();
+                c.echo(&format!("{host}/{i}")).await;
+                seen.insert(c.backend);
+            }
+            assert_eq!(seen.len(), 1, "{from} was spread over {seen:?}");
+            chosen.insert(from, seen.pop_first().unwrap());
+        }
+        let distinct: std::collections::BTreeSet<_> = chosen.values().collect();
+        assert!(
+            distinct.len() >= 2,
+            "every client on one backend: {chosen:?}"
+        );
+
+        // A client outside the allowed network gets no backend, and is counted.
+        let denied = connect_from(IpAddr::from([127, 0, 5, 1]), target).await;
+        assert!(denied.is_err(), "a denied client reached a backend");
+        let stats = &dp.stats().snapshot()[&svc.key];
+        assert_eq!(stats.denied, 1, "{stats:?}");
+        let total: u64 = stats.backends.values().map(|s| s.connections_total).sum();
+        assert_eq!(total, 48, "the denied client never reached a backend");
+    })
+    .await;
 }

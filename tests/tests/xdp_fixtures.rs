@@ -150,6 +150,8 @@ fn service(port: u16, protocol: Protocol, backends: &[IpAddr]) -> L4Service {
             .collect(),
         health_check: None,
         tuning: Default::default(),
+        balance: Default::default(),
+        allowed_networks: Vec::new(),
     }
 }
 

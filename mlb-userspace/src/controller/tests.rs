@@ -269,6 +269,8 @@ fn static_services_are_served_and_win_their_port() {
         backends: vec![],
         health_check: None,
         tuning: Default::default(),
+        balance: Default::default(),
+        allowed_networks: Vec::new(),
     };
     c.set_static_l4([(static_svc.key, static_svc.clone())].into());
     feed(

@@ -55,7 +55,7 @@ use super::{
     maglev::{self, MaglevBackend, MaglevError, TableEntry},
 };
 use crate::{
-    model::{BackendId, BackendState, L4Service, L4ServiceKey, Protocol},
+    model::{BackendId, BackendState, Balance, IpNet, L4Service, L4ServiceKey, Protocol},
     overload::{
         AcceptErrors, Admission, ConnGate, ConnLimits, Guarded, ListenerGate, Slot, supervise,
     },
@@ -138,6 +138,7 @@ struct BackendCounters {
 #[derive(Debug, Default)]
 struct ServiceCounters {
     no_backend: AtomicU64,
+    denied: AtomicU64,
     backends: Mutex<BTreeMap<BackendId, Arc<BackendCounters>>>,
 }
 
@@ -161,6 +162,8 @@ pub struct BackendStats {
 pub struct ServiceStats {
     /// Flows refused because no backend was available (none, all draining, all unreachable).
     pub no_backend: u64,
+    /// Flows refused because the client is not in the service's allow-list.
+    pub denied: u64,
     /// Per backend currently in the service.
     pub backends: BTreeMap<BackendId, BackendStats>,
 }
@@ -201,6 +204,7 @@ impl L4Stats {
                     .collect();
                 let stats = ServiceStats {
                     no_backend: svc.no_backend.load(Relaxed),
+                    denied: svc.denied.load(Relaxed),
                     backends,
                 };
                 (*key, stats)
@@ -241,6 +245,10 @@ struct Routes {
     counters: Arc<ServiceCounters>,
     /// Counters of every backend of the service, draining ones included.
     by_id: BTreeMap<BackendId, Arc<BackendCounters>>,
+    /// `BALANCE=source`: the client's address alone picks the backend.
+    by_source: bool,
+    /// Clients allowed to open flows (`BACKEND_NETWORK_ALLOWED_ACL`); empty: everyone.
+    allowed: Vec<IpNet>,
 }
 
 impl Routes {
@@ -293,7 +301,20 @@ impl Routes {
             table,
             counters,
             by_id,
+            by_source: service.balance == Balance::Source,
+            allowed: service.allowed_networks.clone(),
         })
+    }
+
+    /// Whether `client` may open a flow (the XDP program's ACL step, in user space); a refusal
+    /// is counted.
+    fn admits(&self, client: SocketAddr) -> bool {
+        let ip = client.ip().to_canonical();
+        let ok = self.allowed.is_empty() || self.allowed.iter().any(|n| n.contains(ip));
+        if !ok {
+            self.counters.denied.fetch_add(1, Relaxed);
+        }
+        ok
     }
 
     /// Makes this table's backends the ones the counters report (called once it is in use;
@@ -312,7 +333,10 @@ impl Routes {
         if self.backends.is_empty() {
             return None;
         }
-        self.table.get(flow_hash(client))
+        // Port 0 for every flow of a client: the same hash, the same backend.
+        let port = if self.by_source { 0 } else { client.port() };
+        self.table
+            .get(flow_hash(SocketAddr::new(client.ip().to_canonical(), port)))
     }
 
     /// The backends a TCP connection tries: the chosen one, then the next ones in id order.
@@ -655,6 +679,10 @@ async fn proxy_tcp(
     routes: Arc<Routes>,
     connect_timeout: Duration,
 ) {
+    if !routes.admits(peer) {
+        debug!(%peer, "client not in the service's allowed networks; closed");
+        return;
+    }
     let Some(first) = routes.pick(peer) else {
         routes.counters.no_backend.fetch_add(1, Relaxed);
         debug!(%peer, "no backend available; closing");
@@ -877,6 +905,9 @@ async fn open_udp_session(
     config: &UserspaceL4Config,
     slot: Admission,
 ) -> Option<UdpSession> {
+    if !routes.admits(client) {
+        return None;
+    }
     let Some(index) = routes.pick(client) else {
         routes.counters.no_backend.fetch_add(1, Relaxed);
         return None;

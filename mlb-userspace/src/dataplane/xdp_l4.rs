@@ -36,6 +36,7 @@ use super::{
 };
 use crate::model::{BackendState, L4Service, L4ServiceKey, Protocol};
 
+mod acl;
 mod adopt;
 mod hash_secret;
 mod sweep;
@@ -165,6 +166,10 @@ struct ProgrammedService {
     tables: [Vec<u32>; 2],
     /// Backend ids this service's live table uses.
     backends: HashSet<u32>,
+    /// `SVC_F_*` flags of the live service value.
+    flags: u32,
+    /// The slot's blocks in the ACL trie.
+    acl: BTreeSet<acl::AclBlock>,
 }
 
 /// A backend id and who uses it.
@@ -423,22 +428,26 @@ impl XdpL4 {
             })
             .collect();
         let new_users: HashSet<u32> = ids.iter().copied().collect();
+        let flags = acl::service_flags(svc);
+        let blocks = acl::service_blocks(svc, key.family);
         if let Some(p) = self.services.get(key)
             && p.tables[p.copy as usize] == table
             && p.backends == new_users
+            && p.flags == flags
+            && p.acl == blocks
         {
             // Already live as wanted (e.g. adopted from the previous agent): no write, no flip.
             return Ok(());
         }
 
-        let (slot, copy, old_users) = if let Some(p) = self.services.get(key) {
-            (p.slot, 1 - p.copy, p.backends.clone())
+        let (slot, copy, old_users, old_blocks) = if let Some(p) = self.services.get(key) {
+            (p.slot, 1 - p.copy, p.backends.clone(), p.acl.clone())
         } else {
             let slot = self.free_slots.pop().ok_or(XdpError::SlotsFull {
                 kind: "service",
                 max: MAX_SERVICES,
             })?;
-            (slot, 0, HashSet::new())
+            (slot, 0, HashSet::new(), BTreeSet::new())
         };
         let previous = self
             .services
@@ -446,14 +455,16 @@ impl XdpL4 {
             .map(|p| p.tables[copy as usize].clone())
             .unwrap_or_default();
         self.write_table(slot, copy, &previous, &table)?;
+        self.add_acl_blocks(slot, &old_blocks, &blocks)?;
         let value = ServiceValue {
             slot,
             ring_copy: copy,
             backend_count: u32::try_from(members.len()).unwrap_or(u32::MAX),
-            _pad: 0,
+            flags,
         };
         // The flip: one map update, seen whole by every packet after it.
         self.services_map()?.insert(key, value, 0)?;
+        self.remove_acl_blocks(slot, &old_blocks, &blocks)?;
 
         for id in new_users.difference(&old_users) {
             self.retain_backend(*id);
@@ -470,8 +481,12 @@ impl XdpL4 {
                 copy,
                 tables: [Vec::new(), Vec::new()],
                 backends: HashSet::new(),
+                flags: 0,
+                acl: BTreeSet::new(),
             });
         entry.copy = copy;
+        entry.flags = flags;
+        entry.acl = blocks;
         entry.app_id.clone_from(&svc.app_id);
         entry.tables[copy as usize] = table;
         entry.backends = new_users;
@@ -591,6 +606,8 @@ impl XdpL4 {
         for id in &p.backends {
             self.release_backend(*id);
         }
+        // The slot's next user must not inherit its allow-list.
+        self.remove_acl_blocks(p.slot, &p.acl, &BTreeSet::new())?;
         // Tables of the slot are rewritten in full by its next user.
         self.free_slots.push(p.slot);
         Ok(())

@@ -313,8 +313,9 @@ impl AppContext<'_> {
         let decision = resolve_mode(&eff.app, spec, specs, &labels);
         self.warn(n, decision.warning);
         let http = decision.mode == Mode::Http || labels.tls_passthrough;
-        let warning = validate(n, http, &labels, &pe.protocols)?;
-        self.warn(n, warning);
+        for warning in validate(n, http, &labels, &pe.protocols)? {
+            self.warn(n, Some(warning));
+        }
         pe.dataplane = Some(if http { Dataplane::Http } else { Dataplane::L4 });
         pe.paths = routed_paths(http, &labels);
 

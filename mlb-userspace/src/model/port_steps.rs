@@ -9,8 +9,8 @@ use std::{
 };
 
 use crate::model::{
-    Backend, DesiredState, HealthCheck, HttpService, HttpServiceKey, L4Service, L4ServiceKey,
-    ModelOptions, Protocol, Tuning,
+    Backend, Balance, DesiredState, HealthCheck, HttpService, HttpServiceKey, L4Service,
+    L4ServiceKey, ModelOptions, Protocol, Tuning,
     groups::{GroupMismatch, check_groups},
     labels::{LabelError, PortLabels},
     ports::ProtocolError,
@@ -61,10 +61,6 @@ pub enum PortRejection {
         "label HAPROXY_{index}_SSL_CERT on a tcp-mode port: mlb terminates TLS only for HTTP services (set HAPROXY_{index}_MODE=http) or passes it through by SNI (MLB_{index}_TLS_PASSTHROUGH=true)"
     )]
     CertOnTcp { index: usize },
-    #[error(
-        "label HAPROXY_{index}_BACKEND_NETWORK_ALLOWED_ACL is not supported on tcp-mode ports yet; refusing to expose the port without its access list"
-    )]
-    AclOnTcp { index: usize },
     /// Another app (first in app-id order) has this port and protocol.
     #[error("service port {port}/{protocol} is already used by {owner} port {owner_index}")]
     Taken {
@@ -154,16 +150,18 @@ pub(crate) fn check_not_reserved(reserved: &BTreeSet<u16>, port: u16) -> Result<
     }
 }
 
-/// Refuses what mlb cannot serve in the port's mode; returns a warning about labels that have
-/// no effect in it.
+/// Refuses what mlb cannot serve in the port's mode; returns warnings about labels that have
+/// no effect, or another one, in it.
 pub(crate) fn validate(
     index: usize,
     http: bool,
     labels: &PortLabels,
     protocols: &[Protocol],
-) -> Result<Option<String>, PortRejection> {
+) -> Result<Vec<String>, PortRejection> {
     if http {
-        validate_http(index, labels, protocols)
+        Ok(validate_http(index, labels, protocols)?
+            .into_iter()
+            .collect())
     } else {
         validate_tcp(index, labels)
     }
@@ -186,25 +184,32 @@ fn validate_http(
         .then(|| format!("label HAPROXY_{index}_PATH has no effect without HAPROXY_{index}_VHOST")))
 }
 
-fn validate_tcp(index: usize, labels: &PortLabels) -> Result<Option<String>, PortRejection> {
+fn validate_tcp(index: usize, labels: &PortLabels) -> Result<Vec<String>, PortRejection> {
     if !labels.ssl_certs.is_empty() {
         return Err(PortRejection::CertOnTcp { index });
     }
-    if !labels.allowed_networks.is_empty() {
-        return Err(PortRejection::AclOnTcp { index });
+    let mut warnings = Vec::new();
+    if labels.balance == Balance::LeastConn {
+        // Maglev spreads new flows by hash in the kernel, where no connection count is
+        // affordable per packet; both L4 dataplanes pick backends the same way.
+        warnings.push(format!(
+            "label HAPROXY_{index}_BALANCE=leastconn on a tcp-mode port: mlb balances tcp and \
+             udp ports by consistent hash (Maglev) of the connection, evenly but not by least \
+             connections; use source to keep each client on one backend"
+        ));
     }
-    if labels.http_only_labels.is_empty() {
-        return Ok(None);
+    if !labels.http_only_labels.is_empty() {
+        let names: Vec<String> = labels
+            .http_only_labels
+            .iter()
+            .map(|l| format!("HAPROXY_{index}_{l}"))
+            .collect();
+        warnings.push(format!(
+            "labels {} have no effect in tcp mode",
+            names.join(", ")
+        ));
     }
-    let names: Vec<String> = labels
-        .http_only_labels
-        .iter()
-        .map(|l| format!("HAPROXY_{index}_{l}"))
-        .collect();
-    Ok(Some(format!(
-        "labels {} have no effect in tcp mode",
-        names.join(", ")
-    )))
+    Ok(warnings)
 }
 
 /// The path prefixes an HTTP port routes on: only with a vhost (a path alone routes nothing).
@@ -308,6 +313,8 @@ impl ExposedPort<'_> {
             // A TCP connect or HTTP check says nothing about a UDP service.
             health_check: self.check.clone().filter(|_| key.protocol == Protocol::Tcp),
             tuning: Box::new(self.tuning.clone()),
+            balance: self.labels.balance,
+            allowed_networks: self.labels.allowed_networks.clone(),
         }
     }
 
@@ -404,7 +411,7 @@ mod tests {
     fn validation_refuses_what_the_mode_cannot_serve() {
         let tcp = [Protocol::Tcp];
         let vhost = labels(&[("HAPROXY_0_VHOST", "a.example"), ("HAPROXY_0_PATH", "/x")]);
-        assert_eq!(validate(0, true, &vhost, &tcp), Ok(None));
+        assert_eq!(validate(0, true, &vhost, &tcp), Ok(vec![]));
         assert_eq!(
             validate(0, true, &vhost, &[Protocol::Udp])
                 .unwrap_err()
@@ -418,12 +425,12 @@ mod tests {
         );
         let path = labels(&[("HAPROXY_0_PATH", "/x")]);
         assert_eq!(
-            validate(0, true, &path, &tcp).unwrap().as_deref(),
-            Some("label HAPROXY_0_PATH has no effect without HAPROXY_0_VHOST")
+            validate(0, true, &path, &tcp).unwrap(),
+            ["label HAPROXY_0_PATH has no effect without HAPROXY_0_VHOST"]
         );
         assert_eq!(
-            validate(0, false, &path, &tcp).unwrap().as_deref(),
-            Some("labels HAPROXY_0_PATH have no effect in tcp mode")
+            validate(0, false, &path, &tcp).unwrap(),
+            ["labels HAPROXY_0_PATH have no effect in tcp mode"]
         );
         let cert = labels(&[("HAPROXY_0_SSL_CERT", "/c.pem")]);
         assert_eq!(
@@ -431,11 +438,17 @@ mod tests {
             Err(PortRejection::CertOnTcp { index: 0 })
         );
         let acl = labels(&[("HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL", "10.0.0.0/8")]);
-        assert_eq!(
-            validate(0, false, &acl, &tcp),
-            Err(PortRejection::AclOnTcp { index: 0 })
+        assert_eq!(validate(0, false, &acl, &tcp), Ok(vec![]));
+        let leastconn = labels(&[("HAPROXY_0_BALANCE", "leastconn")]);
+        let warned = validate(0, false, &leastconn, &tcp).unwrap();
+        assert!(
+            warned.len() == 1 && warned[0].contains("HAPROXY_0_BALANCE=leastconn"),
+            "{warned:?}"
         );
-        assert_eq!(validate(0, false, &labels(&[]), &tcp), Ok(None));
+        assert_eq!(validate(0, true, &leastconn, &tcp), Ok(vec![]));
+        let source = labels(&[("HAPROXY_0_BALANCE", "source")]);
+        assert_eq!(validate(0, false, &source, &tcp), Ok(vec![]));
+        assert_eq!(validate(0, false, &labels(&[]), &tcp), Ok(vec![]));
     }
 
     #[test]

@@ -97,9 +97,23 @@ pub struct L4Service {
     /// Boxed: most services set none, and [`crate::dataplane::L4Change`] stays small.
     #[serde(default)]
     pub tuning: Box<Tuning>,
+    /// `HAPROXY_{n}_BALANCE`: [`Balance::Source`] keeps each client on one backend (Maglev on
+    /// the client address); anything else spreads flows by Maglev on the whole 5-tuple.
+    #[serde(default)]
+    pub balance: Balance,
+    /// `HAPROXY_{n}_BACKEND_NETWORK_ALLOWED_ACL`; empty: everyone. Others are dropped.
+    #[serde(default)]
+    pub allowed_networks: Vec<IpNet>,
 }
 
-/// Load-balancing algorithm of an HTTP service (`HAPROXY_{n}_BALANCE`).
+impl L4Service {
+    /// Whether a client at `ip` may use the service (its allow-list is empty or contains it).
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        self.allowed_networks.is_empty() || self.allowed_networks.iter().any(|n| n.contains(ip))
+    }
+}
+
+/// Load-balancing algorithm of a service (`HAPROXY_{n}_BALANCE`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Balance {

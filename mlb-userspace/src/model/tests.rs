@@ -685,3 +685,45 @@ fn explain_matches_state_and_renders() {
     let json = serde_json::to_value(&ex).unwrap();
     assert_eq!(json.as_array().unwrap().len(), ex.len());
 }
+
+/// TCP-mode labels reach the L4 service: `BALANCE=source` and the allow-list on tcp and udp
+/// ports; `leastconn` on a tcp port is served by hash, with a warning `mlb explain` shows.
+#[test]
+fn tcp_mode_balance_and_allowed_networks_reach_the_l4_service() {
+    let list = inline(json!([
+        {"id": "/db", "portDefinitions": [{"port": 10810, "protocol": "tcp,udp"}],
+         "labels": {"HAPROXY_GROUP": "g", "HAPROXY_0_BALANCE": "source",
+                    "HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL": "198.18.1.0/24 fd00::/8"},
+         "tasks": [{"id": "t", "host": "198.18.2.2", "ports": [1000], "state": "TASK_RUNNING"}]},
+        {"id": "/cache", "portDefinitions": [{"port": 10811}],
+         "labels": {"HAPROXY_GROUP": "g", "HAPROXY_0_BALANCE": "leastconn"},
+         "tasks": [{"id": "t", "host": "198.18.2.3", "ports": [1000], "state": "TASK_RUNNING"}]}
+    ]));
+    let o = opts(&["g"]);
+    let s = run(&list, &o);
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        let db = l4(&s, 10810, protocol).expect("an ACL no longer hides the port");
+        assert_eq!(db.balance, Balance::Source);
+        assert!(db.allows("198.18.1.77".parse().unwrap()));
+        assert!(db.allows("fd00::5".parse().unwrap()));
+        assert!(!db.allows("198.18.3.1".parse().unwrap()));
+    }
+    let cache = l4(&s, 10811, Protocol::Tcp).expect("leastconn is served");
+    assert_eq!(cache.balance, Balance::LeastConn);
+    assert!(
+        cache.allows("198.18.3.1".parse().unwrap()),
+        "no list: everyone"
+    );
+    assert!(s.rejected.is_empty(), "{:?}", s.rejected);
+    let warned: Vec<_> = s.warnings.iter().filter(|w| w.app_id == "/cache").collect();
+    assert_eq!(warned.len(), 1, "{:?}", s.warnings);
+    assert!(
+        warned[0].message.contains("BALANCE=leastconn"),
+        "{warned:?}"
+    );
+    let text = render_text(&explain(&list, &o, &HealthCache::new(), now()));
+    assert!(
+        text.contains("HAPROXY_0_BALANCE=leastconn on a tcp-mode port"),
+        "{text}"
+    );
+}

@@ -62,6 +62,8 @@ fn state() -> DesiredState {
             backends: vec![backend("dns.1:0", [10, 0, 7, 1], 53, BackendState::Active)],
             health_check: None,
             tuning: Default::default(),
+            balance: Default::default(),
+            allowed_networks: Vec::new(),
         };
         state.l4.insert(key, svc);
     }

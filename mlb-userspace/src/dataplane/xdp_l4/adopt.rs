@@ -59,6 +59,7 @@ impl XdpL4 {
             map.iter().collect::<Result<_, _>>()?
         };
         let mut used_slots = HashSet::new();
+        let acl_blocks = self.read_acl_blocks()?;
         for (key, value) in services {
             let copy = value.ring_copy & 1;
             let tables = [
@@ -80,6 +81,12 @@ impl XdpL4 {
                     copy,
                     tables,
                     backends,
+                    flags: value.flags,
+                    acl: acl_blocks
+                        .iter()
+                        .filter(|(slot, _)| *slot == value.slot)
+                        .map(|(_, block)| *block)
+                        .collect(),
                 },
             );
             if let Some(l4_key) = l4_key(&key) {
