@@ -242,11 +242,9 @@ fn measure_started(lab: &mut Lab, case: Case, lb: Option<u32>, setup: &Setup) ->
 /// wrk keep-alive and `Connection: close`, with the LB's CPU during the keep-alive run.
 fn measure_http1(url: &str, lb: Option<u32>, secs: u32) -> Result<Sample> {
     let load = |close| WrkLoad {
-        url,
-        secs,
-        close,
         host: Some(VHOST),
         strict: true,
+        ..WrkLoad::standard(url, secs, close)
     };
     let cpu_before = lb.map(cpu::process_secs).transpose()?;
     let keep_alive = wrk(&load(false))?;

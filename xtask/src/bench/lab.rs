@@ -9,8 +9,11 @@
 //!  ns cli          ns lb (the LB host)              ns sw (bridge)         ns be1, be2
 //!  cli-lb ==== lb-cli        lb-sw ============== sw-lb ─┐
 //!  198.18.1.1  198.18.1.2    198.18.2.1                 ├ br0
-//!              (VIP)         (SNAT source)       sw-beN ┘ ==== beN-sw 198.18.2.1N
+//!   │          (VIP)         (SNAT source)       sw-beN ┘ ==== beN-sw 198.18.2.1N
+//!  ns cli2: cli2 (ipvlan on cli-lb) 198.18.1.3
 //! ```
+//! cli2 is a second client address on the same wire (same MAC): its own kernel sockets, so its
+//! own ISNs and TCP timestamp offsets, as a second client host would have.
 //! No default route anywhere; cli reaches 198.18.2.0/24 via lb and the backends reach
 //! 198.18.1.0/24 via lb, which forwards only in the "direct" case. IPv4 only.
 use std::{
@@ -26,14 +29,18 @@ use anyhow::{Context as _, Result, bail};
 
 /// Namespace names (prefixed so they cannot be mistaken for anyone else's).
 pub const NS_CLI: &str = "mlbb-cli";
+pub const NS_CLI2: &str = "mlbb-cli2";
 pub const NS_LB: &str = "mlbb-lb";
 pub const NS_SW: &str = "mlbb-sw";
 pub const NS_BE: [&str; 2] = ["mlbb-be1", "mlbb-be2"];
 
 pub const CLIENT_IP: &str = "198.18.1.1";
+pub const CLIENT2_IP: &str = "198.18.1.3";
 pub const VIP: &str = "198.18.1.2";
 pub const LB_BACKEND_SIDE_IP: &str = "198.18.2.1";
 pub const BACKEND_IPS: [&str; 2] = ["198.18.2.11", "198.18.2.12"];
+
+const ALL_NAMESPACES: [&str; 6] = [NS_CLI, NS_CLI2, NS_LB, NS_SW, NS_BE[0], NS_BE[1]];
 
 /// Where a run keeps its configs and logs, and the PIDs of what it started (so that a run killed
 /// before its guard ran can be cleaned up by the next one).
@@ -73,8 +80,7 @@ impl Lab {
     }
 
     fn build_topology(&mut self) -> Result<()> {
-        let all = [NS_CLI, NS_LB, NS_SW, NS_BE[0], NS_BE[1]];
-        for ns in all {
+        for ns in ALL_NAMESPACES {
             run(&["ip", "netns", "add", ns])?;
             self.namespaces.push(ns.to_owned());
             ip(ns, &["link", "set", "lo", "up"])?;
@@ -135,6 +141,7 @@ impl Lab {
         ip(NS_CLI, &["route", "add", "198.18.2.0/24", "via", VIP])?;
         neigh(NS_CLI, VIP, mac_lb_cli, "cli-lb")?;
         neigh(NS_LB, CLIENT_IP, mac_cli, "lb-cli")?;
+        second_client(mac_cli, mac_lb_cli)?;
         self.set_forwarding(false)?;
 
         // Same offloads for every case: TX checksum offload off on the senders (XDP forwarding
@@ -347,11 +354,31 @@ fn cleanup_stale() {
         }
         let _ = fs::remove_file(PID_FILE);
     }
-    for ns in [NS_CLI, NS_LB, NS_SW, NS_BE[0], NS_BE[1]] {
+    for ns in ALL_NAMESPACES {
         if Path::new("/run/netns").join(ns).exists() {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
+}
+
+/// cli2: an ipvlan (L2 mode) of cli-lb, so the second client address shares cli's wire and MAC
+/// and lb sees one more client host on the same link.
+fn second_client(mac_cli: &str, mac_lb_cli: &str) -> Result<()> {
+    ip(
+        NS_CLI,
+        &[
+            "link", "add", "cli2", "link", "cli-lb", "type", "ipvlan", "mode", "l2",
+        ],
+    )?;
+    ip(NS_CLI, &["link", "set", "cli2", "netns", NS_CLI2])?;
+    ip(
+        NS_CLI2,
+        &["addr", "add", &format!("{CLIENT2_IP}/24"), "dev", "cli2"],
+    )?;
+    ip(NS_CLI2, &["link", "set", "cli2", "up"])?;
+    ip(NS_CLI2, &["route", "add", "198.18.2.0/24", "via", VIP])?;
+    neigh(NS_CLI2, VIP, mac_lb_cli, "cli2")?;
+    neigh(NS_LB, CLIENT2_IP, mac_cli, "lb-cli").map(drop)
 }
 
 /// Pins the threaded-NAPI kthreads of lb's veths to cpu1 (call again after an XDP program is

@@ -7,6 +7,7 @@
 //! (interleaved), starting its load balancer afresh; the tables show the medians of the rounds
 //! and their ratios to a reference case of the same run. `sync` measures mlb alone against the
 //! Marathon simulator on loopback.
+mod churn;
 mod cpu;
 mod http;
 mod lab;
@@ -97,6 +98,12 @@ pub struct TcpArgs {
     /// and be2.
     #[arg(long)]
     pub single_backend: bool,
+    /// Sustained churn instead of the standard metrics: this many 10-s windows of
+    /// `Connection: close` per load shape (32, then 1,000 connections), from two client
+    /// addresses with wide port ranges; per window new conn/s, the LB's CPU, the client's SYN
+    /// retransmissions and the XDP counters (e.g. `--churn 6 --cases direct,xdp,haproxy`).
+    #[arg(long, value_name = "WINDOWS")]
+    pub churn: Option<u32>,
     /// Cases to run (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Case::Direct, Case::Xdp, Case::Userspace, Case::Haproxy])]
     pub cases: Vec<Case>,

@@ -22,7 +22,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 
 use super::{
-    Artifact, CONNECTIONS, Case, TcpArgs, build_release, cpu,
+    Artifact, CONNECTIONS, Case, TcpArgs, build_release, churn, cpu,
     lab::{self, BACKEND_IPS, LB_BACKEND_SIDE_IP, Lab, NS_BE, NS_CLI, NS_LB, VIP},
     nginx, probe,
     stats::median,
@@ -30,14 +30,14 @@ use super::{
 };
 
 /// Port of the HTTP service (on the VIP and on the backends).
-const HTTP_PORT: u16 = nginx::PORT;
+pub(super) const HTTP_PORT: u16 = nginx::PORT;
 /// The page the backends serve (512 bytes).
-const PAGE: &str = "small.html";
+pub(super) const PAGE: &str = "small.html";
 /// Port of the iperf3 service (on the VIP and on be1).
 const IPERF_PORT: u16 = 5201;
 
 /// How long each measurement runs.
-struct Durations {
+pub(super) struct Durations {
     wrk_secs: u32,
     iperf_secs: u32,
 }
@@ -95,6 +95,13 @@ pub fn run(args: &TcpArgs) -> Result<()> {
         files: &files,
         durations: &durations,
     };
+    if let Some(windows) = args.churn {
+        let windows = if args.quick { 1 } else { windows.max(1) };
+        let report = churn::run(&mut lab, &cases, &setup, windows)?;
+        drop(lab);
+        println!("{report}");
+        return super::write_report("tcp-churn", &report).map(drop);
+    }
     let results = run_rounds(&mut lab, &cases, rounds, &setup);
     drop(lab);
     let report = report(&cases, &results, rounds, &durations, args);
@@ -114,7 +121,7 @@ fn build_mlb(cases: &[Case]) -> Result<Option<PathBuf>> {
 }
 
 /// What every case's measurement needs.
-struct Setup<'a> {
+pub(super) struct Setup<'a> {
     mlb: Option<&'a Path>,
     files: &'a Files,
     durations: &'a Durations,
@@ -151,7 +158,7 @@ fn run_rounds(
 }
 
 /// Config files of one run.
-struct Files {
+pub(super) struct Files {
     /// What the backends serve.
     www: PathBuf,
     haproxy: PathBuf,
@@ -208,33 +215,41 @@ fn mlb_config(http_backends: &[&str]) -> String {
 }
 
 fn run_case(lab: &mut Lab, case: Case, setup: &Setup) -> Result<Measurement> {
-    // Direct routes in the kernel. XDP needs forwarding on its ingress interfaces too: the
-    // kernel's FIB lookup answers only for forwarding interfaces (it forwards nothing itself:
-    // every packet sent here is service traffic the program handles).
-    lab.set_forwarding(matches!(case, Case::Direct | Case::Xdp))?;
-    let outcome = start_lb(lab, case, setup).and_then(|(pid, target)| {
-        let measured = measure_started(lab, pid, target, setup.durations);
-        // Also when it does not answer, so that the next case can bind its ports.
-        if let Some(pid) = pid {
-            lab.stop(pid);
-        }
-        measured
-    });
-    lab.set_forwarding(false)?;
-    let m = outcome?;
+    let m = with_case(lab, case, setup, |lab, target| {
+        measure(lab, target, setup.durations)
+    })?;
     if m.keepalive_rps.is_none() && m.close_rps.is_none() && m.iperf_gbps.is_none() {
         bail!("every metric failed: {}", m.problems.join("; "));
     }
     Ok(m)
 }
 
-/// Waits until the started case answers, then measures through it.
-fn measure_started(
+/// Starts `case`, waits until it answers, runs `work` against the address clients use (the
+/// VIP, or be1 for direct), and stops it again.
+pub(super) fn with_case<T>(
     lab: &mut Lab,
-    pid: Option<u32>,
-    target: &str,
-    durations: &Durations,
-) -> Result<Measurement> {
+    case: Case,
+    setup: &Setup,
+    work: impl FnOnce(&mut Lab, &str) -> T,
+) -> Result<T> {
+    // Direct routes in the kernel. XDP needs forwarding on its ingress interfaces too: the
+    // kernel's FIB lookup answers only for forwarding interfaces (it forwards nothing itself:
+    // every packet sent here is service traffic the program handles).
+    lab.set_forwarding(matches!(case, Case::Direct | Case::Xdp))?;
+    let outcome = start_lb(lab, case, setup).and_then(|(pid, target)| {
+        let done = wait_ready(lab, pid, target).map(|()| work(lab, target));
+        // Also when it does not answer, so that the next case can bind its ports.
+        if let Some(pid) = pid {
+            lab.stop(pid);
+        }
+        done
+    });
+    lab.set_forwarding(false)?;
+    outcome
+}
+
+/// Waits until the started case answers.
+fn wait_ready(lab: &mut Lab, pid: Option<u32>, target: &str) -> Result<()> {
     let url = format!("http://{target}:{HTTP_PORT}/{PAGE}");
     if let Err(e) = probe::wait_for_200(lab, pid, NS_CLI, &[&url]) {
         // An exited LB's error already carries its log; a running one's is added.
@@ -246,7 +261,7 @@ fn measure_started(
     }
     // Attaching XDP can re-create the NAPI threads: pin them to cpu1 again.
     lab::pin_napi_threads();
-    Ok(measure(lab, target, durations))
+    Ok(())
 }
 
 /// Starts the case's load balancer in lb on cpu1; returns its PID (none for direct) and the
@@ -303,13 +318,7 @@ fn mlb_args(setup: &Setup, dataplane: &str) -> Result<Vec<String>> {
 fn measure(lab: &mut Lab, target: &str, d: &Durations) -> Measurement {
     let mut m = Measurement::default();
     let url = format!("http://{target}:{HTTP_PORT}/{PAGE}");
-    let load = |close| WrkLoad {
-        url: &url,
-        secs: d.wrk_secs,
-        close,
-        host: None,
-        strict: false,
-    };
+    let load = |close| WrkLoad::standard(&url, d.wrk_secs, close);
     let cpu_before = cpu::cpu_jiffies(1);
     match wrk(&load(false)) {
         Ok(r) => {

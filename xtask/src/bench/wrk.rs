@@ -1,5 +1,5 @@
 //! The HTTP/1.1 load generator of `bench tcp` and `bench http`: `wrk -t1 -c32 --latency` in
-//! the client namespace on cpu0 (the client's CPU), bounded by `timeout`.
+//! a client namespace on cpu0 (the client's CPU), bounded by `timeout`.
 use anyhow::{Result, bail};
 
 use super::{CONNECTIONS, lab};
@@ -8,6 +8,10 @@ use super::{CONNECTIONS, lab};
 pub struct WrkLoad<'a> {
     pub url: &'a str,
     pub secs: u32,
+    /// Concurrent connections (`-c`).
+    pub connections: u32,
+    /// The client namespace wrk runs in (its address is the client's).
+    pub ns: &'a str,
     /// Every request with `Connection: close` (a new TCP connection each), else keep-alive.
     pub close: bool,
     /// A `Host` header (the virtual host an L7 load balancer routes on).
@@ -34,7 +38,7 @@ pub struct WrkResult {
 pub fn wrk(load: &WrkLoad) -> Result<WrkResult> {
     let limit = (load.secs + 20).to_string();
     let duration = format!("{}s", load.secs);
-    let connections = format!("-c{CONNECTIONS}");
+    let connections = format!("-c{}", load.connections);
     let host = load.host.map(|h| format!("Host: {h}"));
     let mut args = vec!["timeout", &limit, "taskset", "-c", "0", "wrk", "-t1"];
     args.extend([connections.as_str(), "-d", &duration, "--latency"]);
@@ -45,10 +49,26 @@ pub fn wrk(load: &WrkLoad) -> Result<WrkResult> {
         args.extend(["-H", "Connection: close"]);
     }
     args.push(load.url);
-    let out = lab::ns_run(lab::NS_CLI, &args)?;
+    let out = lab::ns_run(load.ns, &args)?;
     let result = parse(&out)?;
     result.check_errors(load.strict)?;
     Ok(result)
+}
+
+impl WrkLoad<'_> {
+    /// The standard load: [`CONNECTIONS`] connections from the client namespace, no `Host`,
+    /// errors tolerated.
+    pub fn standard(url: &str, secs: u32, close: bool) -> WrkLoad<'_> {
+        WrkLoad {
+            url,
+            secs,
+            connections: CONNECTIONS,
+            ns: lab::NS_CLI,
+            close,
+            host: None,
+            strict: false,
+        }
+    }
 }
 
 impl WrkResult {
