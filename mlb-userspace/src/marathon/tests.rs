@@ -56,6 +56,8 @@ struct State {
     event_connects: usize,
     event_queries: Vec<String>,
     streams: Vec<mpsc::UnboundedSender<Bytes>>,
+    /// While set, `GET /v2/apps/{id}` (counted first) waits for this to be notified.
+    hold_rereads: Option<Arc<tokio::sync::Notify>>,
 }
 
 #[derive(Clone)]
@@ -160,6 +162,7 @@ impl Fake {
             let body = req.into_body().collect().await.unwrap().to_bytes();
             return self.login(&body);
         }
+        self.hold_reread(&path).await;
         let mut s = self.state.lock().unwrap();
         if let Some(required) = &s.require_auth
             && auth.as_deref() != Some(required.as_str())
@@ -221,6 +224,19 @@ impl Fake {
             };
         }
         full(404, "{}")
+    }
+
+    /// With `hold_rereads` set, a `GET /v2/apps/{id}` waits for it (counted while waiting).
+    async fn hold_reread(&self, path: &str) {
+        let Some(id) = path.strip_prefix("/v2/apps").filter(|id| !id.is_empty()) else {
+            return;
+        };
+        let Some(hold) = self.with(|s| s.hold_rereads.clone()) else {
+            return;
+        };
+        self.with(|s| *s.app_hits.entry(id.to_owned()).or_default() += 1);
+        hold.notified().await;
+        self.with(|s| *s.app_hits.entry(id.to_owned()).or_default() -= 1); // counted again
     }
 
     fn login(&self, body: &[u8]) -> Response<Body> {
@@ -581,6 +597,7 @@ struct Watching {
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     resync: super::watch::ResyncTrigger,
+    counters: Arc<super::watch::WatcherCounters>,
 }
 
 impl Watching {
@@ -589,12 +606,14 @@ impl Watching {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let w = MarathonWatcher::new(cfg).unwrap();
         let resync = w.resync_trigger();
+        let counters = w.counters();
         let task = tokio::spawn(w.run(tx, shutdown_rx));
         Watching {
             rx,
             shutdown,
             task,
             resync,
+            counters,
         }
     }
 
@@ -708,6 +727,59 @@ async fn burst_of_1000_events_costs_a_bounded_number_of_rereads() {
     assert_eq!(m.with(|s| s.app_hits.values().sum::<usize>()), rereads);
     assert_eq!(m.with(|s| s.list_hits), 2);
     w.stop().await;
+}
+
+/// Marathon drops an event subscriber that does not keep up, so the stream must be read while
+/// apps are being re-read: with one re-read hanging, 300 more events are still read at once,
+/// and once it answers the apps they named follow, on the same connection.
+#[tokio::test(start_paused = true)]
+async fn events_are_read_while_a_reread_hangs() {
+    let m = Fake::start().await;
+    for i in 0..4 {
+        m.set_app(&format!("/app{i}"), 1);
+    }
+    let mut w = Watching::start(config(&[m.url()]));
+    w.snapshot().await;
+    let hold = Arc::new(tokio::sync::Notify::new());
+    m.with(|s| s.hold_rereads = Some(hold.clone()));
+    m.push("status_update_event", &status_update("/app0"));
+    let hanging = || m.with(|s| s.app_hits.get("/app0").copied()) == Some(1);
+    wait_until(hanging).await;
+    let before = w.counters.events();
+    m.push_raw(status_update_burst(300, |i| format!("/app{}", 1 + i % 3)));
+    wait_until(|| w.counters.events() == before + 300).await;
+    assert!(hanging(), "the re-read of /app0 still hangs");
+
+    m.set_app("/app1", 7);
+    m.with(|s| s.hold_rereads = None);
+    hold.notify_waiters();
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 4 {
+        match w.next().await {
+            MarathonUpdate::Apps { changed, .. } => {
+                seen.extend(changed.ids().map(str::to_owned));
+                if let Some(a) = changed.apps.iter().find(|a| a.id == "/app1") {
+                    assert_eq!(a.instances, Some(7));
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(w.counters.stream_connects(), 1, "no reconnect");
+    assert_eq!(w.counters.full_syncs(), 1, "no resync");
+    assert_eq!(m.with(|s| (s.event_connects, s.list_hits)), (1, 1));
+    w.stop().await;
+}
+
+/// Polls `done` every 10 ms of virtual time, for at most 20 s (below the request timeout).
+async fn wait_until(done: impl Fn() -> bool) {
+    timeout(Duration::from_secs(20), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the condition within 20 s");
 }
 
 #[tokio::test(start_paused = true)]

@@ -3,10 +3,13 @@
 //!
 //! - After every (re)connect and every `resync_interval`: one full `/v2/apps` read, sent as
 //!   [`MarathonUpdate::Snapshot`]. Marathon has no event replay, so a reconnect must resync.
-//! - Events only mark apps dirty. Dirty apps are re-read once the stream has been quiet for
+//! - The stream is read on a task of its own, always: Marathon drops subscribers that fall
+//!   behind, so a slow `/v2/apps` read must never stop it. Events only mark apps dirty (a set
+//!   bounded by the resync threshold). Dirty apps are re-read once the stream has been quiet for
 //!   `coalesce_idle`, or at the latest `coalesce_max_delay` after the first dirty mark, and sent
-//!   as one [`MarathonUpdate::Apps`]; `resync_threshold` dirty apps or more make one full resync
-//!   instead. A burst of N events thus costs at most one read per app per window.
+//!   as one [`MarathonUpdate::Apps`], while the reader keeps marking the next batch. A quarter
+//!   of the known apps dirty (at least `resync_threshold`) makes one full resync instead. A
+//!   burst of N events thus costs at most one read per app per window.
 //! - No byte for `stall_timeout` (Marathon's event bus has been seen to go silent while keeping
 //!   the connection): reconnect at once. Other failures: reconnect after a jittered exponential
 //!   backoff capped by `max_backoff`.
@@ -24,7 +27,14 @@
 //! tokio::spawn(watcher.run(tx, shutdown_rx).instrument(info_span!("marathon")));
 //! while let Some(update) = rx.recv().await { /* Snapshot | Apps | SyncFailed */ }
 //! ```
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use futures_util::StreamExt as _;
 use rand::Rng as _;
@@ -99,6 +109,7 @@ pub struct MarathonWatcher {
     client: MarathonClient,
     cfg: MarathonConfig,
     resync: ResyncTrigger,
+    counters: Arc<WatcherCounters>,
 }
 
 /// Why a stream session ended.
@@ -146,7 +157,9 @@ struct Dirty {
 }
 
 impl Dirty {
-    fn add(&mut self, action: EventAction, now: Instant, cfg: &MarathonConfig) {
+    /// Marks what `action` names. Beyond `limit` apps the ids are dropped for one full resync:
+    /// the set stays bounded however long a burst lasts.
+    fn add(&mut self, action: EventAction, now: Instant, window: &Window, limit: usize) {
         match action {
             EventAction::Ignore => return,
             EventAction::Refresh(ids) => self.refresh.extend(ids),
@@ -155,12 +168,128 @@ impl Dirty {
             }
             EventAction::Resync => self.resync = true,
         }
+        if self.refresh.len() + self.removed.len() >= limit {
+            self.resync = true;
+        }
+        if self.resync {
+            self.refresh.clear();
+            self.removed.clear();
+        }
         let first = *self.first_at.get_or_insert(now);
-        self.flush_at = Some((now + cfg.coalesce_idle).min(first + cfg.coalesce_max_delay));
+        self.flush_at = Some((now + window.idle).min(first + window.max_delay));
     }
 
     fn take(&mut self) -> Dirty {
         std::mem::take(self)
+    }
+}
+
+/// The coalescing window (see the module documentation).
+#[derive(Clone, Copy)]
+struct Window {
+    idle: Duration,
+    max_delay: Duration,
+}
+
+/// A full resync instead of per-app re-reads once this share of the known apps (at least
+/// `resync_threshold`) is dirty: reading one app costs a request, reading them all one body.
+const RESYNC_FRACTION: usize = 4;
+
+/// Where the stream reader leaves what events marked dirty, for the session to re-read. The
+/// reader never waits for the session, so the stream is read while apps are being re-read.
+struct Inbox {
+    dirty: Mutex<Dirty>,
+    /// Signalled when the first app of a batch is marked.
+    marked: Notify,
+    /// Dirty apps that make one full resync instead (see [`RESYNC_FRACTION`]).
+    limit: AtomicUsize,
+    window: Window,
+}
+
+impl Inbox {
+    fn new(cfg: &MarathonConfig) -> Self {
+        Inbox {
+            dirty: Mutex::default(),
+            marked: Notify::new(),
+            limit: AtomicUsize::new(cfg.resync_threshold.max(1)),
+            window: Window {
+                idle: cfg.coalesce_idle,
+                max_delay: cfg.coalesce_max_delay,
+            },
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Dirty> {
+        // A panic while holding this lock cannot leave a half-updated set that matters: the
+        // worst case is an app re-read once more.
+        self.dirty
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn add_all(&self, actions: Vec<EventAction>, now: Instant) {
+        if actions.is_empty() {
+            return;
+        }
+        let limit = self.limit.load(Ordering::Relaxed);
+        let mut dirty = self.lock();
+        let was_empty = dirty.flush_at.is_none();
+        for action in actions {
+            dirty.add(action, now, &self.window, limit);
+        }
+        if was_empty && dirty.flush_at.is_some() {
+            self.marked.notify_one();
+        }
+    }
+
+    fn flush_at(&self) -> Option<Instant> {
+        self.lock().flush_at
+    }
+
+    fn take(&self) -> Dirty {
+        self.lock().take()
+    }
+
+    /// After a full read of `apps` apps: the share that makes a resync scales with them.
+    fn set_known_apps(&self, apps: usize, threshold: usize) {
+        let limit = threshold.max(apps / RESYNC_FRACTION).max(1);
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+}
+
+/// What the watcher has done so far, for tests, the status page and benchmarks.
+#[derive(Debug, Default)]
+pub struct WatcherCounters {
+    stream_connects: AtomicU64,
+    full_syncs: AtomicU64,
+    apps_reread: AtomicU64,
+    events: AtomicU64,
+}
+
+impl WatcherCounters {
+    /// Event streams opened (the first connection and every reconnect).
+    pub fn stream_connects(&self) -> u64 {
+        self.stream_connects.load(Ordering::Relaxed)
+    }
+
+    /// Full `/v2/apps` reads started (after each connect, periodic, requested, or because too
+    /// many apps changed at once).
+    pub fn full_syncs(&self) -> u64 {
+        self.full_syncs.load(Ordering::Relaxed)
+    }
+
+    /// Single apps re-read because events named them.
+    pub fn apps_reread(&self) -> u64 {
+        self.apps_reread.load(Ordering::Relaxed)
+    }
+
+    /// Events read from the stream (relevant or not).
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+
+    fn bump(counter: &AtomicU64, by: u64) {
+        counter.fetch_add(by, Ordering::Relaxed);
     }
 }
 
@@ -171,7 +300,13 @@ impl MarathonWatcher {
             client: MarathonClient::new(&cfg)?,
             cfg,
             resync: ResyncTrigger::default(),
+            counters: Arc::default(),
         })
+    }
+
+    /// The running watcher's counters (connects, full reads, re-reads, events).
+    pub fn counters(&self) -> Arc<WatcherCounters> {
+        self.counters.clone()
     }
 
     /// A handle that requests a full resync of the running watcher.
@@ -198,6 +333,7 @@ impl MarathonWatcher {
             client: self.client,
             cfg: self.cfg,
             resync: self.resync,
+            counters: self.counters,
             updates,
         };
         match w.cfg.poll_interval {
@@ -212,6 +348,7 @@ struct Running {
     client: MarathonClient,
     cfg: MarathonConfig,
     resync: ResyncTrigger,
+    counters: Arc<WatcherCounters>,
     updates: mpsc::Sender<MarathonUpdate>,
 }
 
@@ -230,15 +367,18 @@ impl Running {
         }
     }
 
-    /// Full read; sends `Snapshot` or `SyncFailed`. Returns (ok, keep running).
-    async fn full_sync(&self, shutdown: &mut watch::Receiver<bool>) -> (bool, bool) {
+    /// Full read; sends `Snapshot` or `SyncFailed`. Returns (how many apps were read when it
+    /// worked, keep running).
+    async fn full_sync(&self, shutdown: &mut watch::Receiver<bool>) -> (Option<usize>, bool) {
+        WatcherCounters::bump(&self.counters.full_syncs, 1);
         let result = tokio::select! {
             biased;
-            () = shutdown_requested(shutdown) => return (false, false),
+            () = shutdown_requested(shutdown) => return (None, false),
             r = self.client.list_apps() => r,
         };
         match result {
             Ok(list) => {
+                let apps = list.apps.len() + list.invalid.len();
                 info!(
                     apps = list.apps.len(),
                     invalid = list.invalid.len(),
@@ -246,7 +386,7 @@ impl Running {
                     "Marathon full sync"
                 );
                 (
-                    true,
+                    Some(apps),
                     self.send(MarathonUpdate::Snapshot(list), shutdown).await,
                 )
             }
@@ -255,7 +395,7 @@ impl Running {
                 let u = MarathonUpdate::SyncFailed {
                     error: e.to_string(),
                 };
-                (false, self.send(u, shutdown).await)
+                (None, self.send(u, shutdown).await)
             }
         }
     }
@@ -286,6 +426,7 @@ impl Running {
             };
             let wait = match opened {
                 Ok(stream) => {
+                    WatcherCounters::bump(&self.counters.stream_connects, 1);
                     info!(url = %stream.url, "Marathon event stream connected");
                     let started = Instant::now();
                     let end = self.session(stream, shutdown).await;
@@ -347,57 +488,67 @@ impl Running {
         }
     }
 
-    /// One connected stream: resync now and periodically, coalesce events, detect stalls.
+    /// One connected stream: its reader runs on a task of its own (events only mark apps
+    /// dirty, see [`Inbox`]) while this loop resyncs now and periodically and re-reads the
+    /// dirty apps, so a slow read of Marathon never leaves the stream unread.
     async fn session(
         &mut self,
-        mut stream: EventStream,
+        stream: EventStream,
         shutdown: &mut watch::Receiver<bool>,
     ) -> SessionEnd {
-        let mut parser = SseParser::default();
-        let mut dirty = Dirty::default();
+        let inbox = Arc::new(Inbox::new(&self.cfg));
+        let reader = tokio::spawn(read_stream(
+            stream,
+            inbox.clone(),
+            self.counters.clone(),
+            self.cfg.stall_timeout,
+        ));
+        let _stop_reader = AbortOnDrop(reader.abort_handle());
+        let mut reader = reader;
         // Per-app updates only make sense on top of a snapshot taken on this connection.
         let mut synced = false;
         let mut next_resync = Instant::now();
         let mut sync_retry = Backoff::new(self.cfg.max_backoff.min(self.cfg.resync_interval));
         sync_retry.next = SYNC_RETRY.min(sync_retry.max);
-        let mut stall_deadline = Instant::now() + self.cfg.stall_timeout;
         loop {
-            let flush_at = dirty.flush_at;
+            let flush_at = inbox.flush_at();
             tokio::select! {
                 biased;
                 () = shutdown_requested(shutdown) => return SessionEnd::Shutdown,
+                end = &mut reader => return reader_end(end),
                 () = self.resync.0.notified() => next_resync = Instant::now(),
                 () = sleep_until(next_resync) => {
-                    let started = Instant::now();
-                    let (ok, keep_running) = self.full_sync(shutdown).await;
-                    // The stall timer counts time spent waiting for bytes, not reading Marathon.
-                    stall_deadline += started.elapsed();
+                    // Whatever is marked from now on comes after the read: it is re-read then.
+                    drop(inbox.take());
+                    let (read, keep_running) = self.full_sync(shutdown).await;
                     if !keep_running {
                         return SessionEnd::Shutdown;
                     }
-                    if ok {
+                    if let Some(apps) = read {
                         synced = true;
+                        inbox.set_known_apps(apps, self.cfg.resync_threshold);
                         sync_retry.next = SYNC_RETRY.min(sync_retry.max);
-                        dirty = Dirty::default();
                         next_resync = Instant::now() + self.cfg.resync_interval;
                     } else {
                         next_resync = Instant::now() + sync_retry.next_wait();
                     }
                 }
+                () = inbox.marked.notified(), if flush_at.is_none() => {}
                 () = sleep_until(flush_at.unwrap_or(next_resync)), if flush_at.is_some() => {
-                    let batch = dirty.take();
+                    // More events may have pushed the flush later since this sleep began.
+                    if inbox.flush_at().is_some_and(|at| at > Instant::now()) {
+                        continue;
+                    }
+                    let batch = inbox.take();
                     if !synced {
                         continue; // the pending full resync covers these apps
                     }
-                    if batch.resync || batch.refresh.len() >= self.cfg.resync_threshold {
-                        debug!(apps = batch.refresh.len(), resync = batch.resync, "coalesced events ask for a full resync");
+                    if batch.resync {
+                        debug!("coalesced events ask for a full resync");
                         next_resync = Instant::now();
                         continue;
                     }
-                    let started = Instant::now();
-                    let reread = self.reread(batch, shutdown).await;
-                    stall_deadline += started.elapsed();
-                    match reread {
+                    match self.reread(batch, shutdown).await {
                         Ok(true) => {}
                         Ok(false) => return SessionEnd::Shutdown,
                         Err(e) => {
@@ -407,42 +558,6 @@ impl Running {
                                 return SessionEnd::Shutdown;
                             }
                             next_resync = next_resync.min(Instant::now() + sync_retry.next_wait());
-                        }
-                    }
-                }
-                r = timeout(stall_deadline.saturating_duration_since(Instant::now()), stream.chunk()) => {
-                    match r {
-                        Err(_) => return SessionEnd::Stalled,
-                        Ok(Err(e)) => return SessionEnd::Failed(e),
-                        Ok(Ok(None)) => {
-                            return SessionEnd::Failed(MarathonError::Stream {
-                                url: stream.url.to_string(),
-                                reason: "closed by the server".into(),
-                            });
-                        }
-                        Ok(Ok(Some(bytes))) => {
-                            stall_deadline = Instant::now() + self.cfg.stall_timeout;
-                            let events = match parser.feed(&bytes) {
-                                Ok(ev) => ev,
-                                Err(e) => {
-                                    return SessionEnd::Failed(MarathonError::Stream {
-                                        url: stream.url.to_string(),
-                                        reason: e.to_string(),
-                                    });
-                                }
-                            };
-                            let now = Instant::now();
-                            for ev in &events {
-                                for action in actions_for_logged(ev) {
-                                    // The first link of an update's trail in the logs: event
-                                    // id and type → app, then the re-read, the controller's
-                                    // recompute and the dataplanes' generation.
-                                    debug!(event.id = ?ev.id, event.kind = %ev.event, ?action, "Marathon event");
-                                    let relevant = !matches!(action, EventAction::Ignore);
-                                    crate::stats::live::live().event_received(now.into_std(), relevant);
-                                    dirty.add(action, now, &self.cfg);
-                                }
-                            }
                         }
                     }
                 }
@@ -459,6 +574,7 @@ impl Running {
     ) -> Result<bool, MarathonError> {
         // Owned ids and client clones: borrowed ones make this future not provably `Send`
         // (rust-lang/rust#102211).
+        WatcherCounters::bump(&self.counters.apps_reread, batch.refresh.len() as u64);
         let reads = futures_util::stream::iter(batch.refresh.iter().cloned())
             .map(|id| {
                 let client = self.client.clone();
@@ -500,5 +616,73 @@ impl Running {
         Ok(self
             .send(MarathonUpdate::Apps { changed, removed }, shutdown)
             .await)
+    }
+}
+
+/// Aborts the stream reader when its session ends, however it ends.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn reader_end(end: Result<SessionEnd, tokio::task::JoinError>) -> SessionEnd {
+    match end {
+        Ok(end) => end,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => SessionEnd::Failed(MarathonError::Stream {
+            url: String::new(),
+            reason: format!("event reader stopped: {e}"),
+        }),
+    }
+}
+
+/// Reads the event stream until it fails or stalls (no byte, keep-alives included, for
+/// `stall_timeout`), marking in `inbox` the apps its events name. It never waits on anything
+/// but the stream, so Marathon never sees a slow consumer.
+async fn read_stream(
+    mut stream: EventStream,
+    inbox: Arc<Inbox>,
+    counters: Arc<WatcherCounters>,
+    stall_timeout: Duration,
+) -> SessionEnd {
+    let mut parser = SseParser::default();
+    loop {
+        let bytes = match timeout(stall_timeout, stream.chunk()).await {
+            Err(_) => return SessionEnd::Stalled,
+            Ok(Err(e)) => return SessionEnd::Failed(e),
+            Ok(Ok(None)) => {
+                return SessionEnd::Failed(MarathonError::Stream {
+                    url: stream.url.to_string(),
+                    reason: "closed by the server".into(),
+                });
+            }
+            Ok(Ok(Some(bytes))) => bytes,
+        };
+        let events = match parser.feed(&bytes) {
+            Ok(ev) => ev,
+            Err(e) => {
+                return SessionEnd::Failed(MarathonError::Stream {
+                    url: stream.url.to_string(),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let now = Instant::now();
+        WatcherCounters::bump(&counters.events, events.len() as u64);
+        let mut actions = Vec::new();
+        for ev in &events {
+            for action in actions_for_logged(ev) {
+                // The first link of an update's trail in the logs: event id and type → app,
+                // then the re-read, the controller's recompute and the dataplanes' generation.
+                debug!(event.id = ?ev.id, event.kind = %ev.event, ?action, "Marathon event");
+                let relevant = !matches!(action, EventAction::Ignore);
+                crate::stats::live::live().event_received(now.into_std(), relevant);
+                actions.push(action);
+            }
+        }
+        inbox.add_all(actions, now);
     }
 }
