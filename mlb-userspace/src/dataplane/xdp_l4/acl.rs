@@ -140,6 +140,7 @@ mod tests {
             bind_addr: None,
             backends: vec![],
             health_check: None,
+            tuning: Box::default(),
             balance: Balance::Source,
             allowed_networks: vec![net("198.18.1.77/24"), net("fd00::1/8"), net("0.0.0.0/0")],
         };
