@@ -40,6 +40,8 @@ use mlb_tests::{
     privileges::require_netns_and_bpf,
 };
 
+#[path = "xdp_fixtures/fuzz.rs"]
+mod fuzz;
 #[path = "xdp_fixtures/labels.rs"]
 mod labels;
 

@@ -5,11 +5,11 @@ use super::*;
 use mlb::model::{Balance, IpNet};
 
 /// TCP to `be1` (both families), only from the family's client address or its /24 (/64).
-const SVC_ACL: u16 = 87;
+pub(super) const SVC_ACL: u16 = 87;
 /// TCP to `be1` and [`BE2`] (IPv4), balanced by client address.
 const SVC_SOURCE: u16 = 88;
 
-fn acl_service(allowed: &[&str]) -> L4Change {
+pub(super) fn acl_service(allowed: &[&str]) -> L4Change {
     let mut svc = service(SVC_ACL, Protocol::Tcp, &[V4.be1, V6.be1]);
     svc.allowed_networks = allowed
         .iter()
