@@ -569,7 +569,31 @@ pub struct Conn {
 impl Conn {
     /// Connects (from the current thread's namespace) and reads the backend's greeting.
     pub fn open(target: SocketAddr) -> Result<Conn> {
-        let stream = TcpStream::connect_timeout(&target, IO_TIMEOUT)?;
+        Conn::greeted(TcpStream::connect_timeout(&target, IO_TIMEOUT)?)
+    }
+
+    /// Connects from the local address `from` (one of the namespace's), giving up after
+    /// `timeout`, and reads the backend's greeting.
+    pub fn open_from(from: IpAddr, target: SocketAddr, timeout: Duration) -> Result<Conn> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let stream = rt.block_on(async {
+            let socket = match target {
+                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            socket.bind(SocketAddr::new(from, 0))?;
+            let stream = tokio::time::timeout(timeout, socket.connect(target))
+                .await
+                .with_context(|| format!("connecting from {from} to {target}: timed out"))??;
+            anyhow::Ok(stream.into_std()?)
+        })?;
+        stream.set_nonblocking(false)?;
+        Conn::greeted(stream)
+    }
+
+    fn greeted(stream: TcpStream) -> Result<Conn> {
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
         let mut reader = BufReader::new(stream);

@@ -14,8 +14,8 @@ use anyhow::{Context as _, Result, bail, ensure};
 use mlb_common::stats::Counter;
 use mlb_tests::{
     l4_lab::{
-        Agent, Conn, Dataplane, L4Lab, RELOAD_REFUSED, SNAT_PORTS, SNAT_V4, SNAT_V6, VIP_V4,
-        VIP_V6, backend_v4, backend_v6,
+        Agent, Conn, Dataplane, IO_TIMEOUT, L4Lab, RELOAD_REFUSED, SNAT_PORTS, SNAT_V4, SNAT_V6,
+        VIP_V4, VIP_V6, backend_v4, backend_v6,
     },
     privileges::require_netns_and_bpf,
 };
@@ -58,6 +58,7 @@ on_both_dataplanes!(
     udp_requests_answered_from_the_vip,
     bad_reload_keeps_last_good_services,
     first_packets_get_through_without_neighbour_entries,
+    balance_source_and_allowed_networks,
 );
 
 /// A `[[service]]` of the static config.
@@ -457,4 +458,75 @@ fn first_packets_get_through_without_neighbour_entries(dataplane: Dataplane) -> 
         );
     }
     agent.stop(&lab)
+}
+
+/// `balance = "source"` (the static config's `HAPROXY_{n}_BALANCE=source`): every connection
+/// of one client address goes to one backend, and eight client addresses do not all share one;
+/// `allowed` (`BACKEND_NETWORK_ALLOWED_ACL`): a client outside the list never reaches a backend
+/// (XDP: its SYNs are dropped and counted), the allowed client still does.
+fn balance_source_and_allowed_networks(dataplane: Dataplane) -> Result<()> {
+    let lab = L4Lab::new()?;
+    lab.tcp_backend(1, 8080)?;
+    lab.tcp_backend(2, 8080)?;
+    let clients: Vec<IpAddr> = (10..18)
+        .map(|h| format!("198.18.1.{h}").parse())
+        .collect::<Result<_, _>>()?;
+    let denied: IpAddr = "198.18.1.20".parse()?;
+    for ip in clients.iter().chain([&denied]) {
+        lab.cli
+            .exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "cli-lb"])?;
+    }
+    let backends = [v4(1, 8080), v4(2, 8080)];
+    let toml = format!(
+        "{}{}",
+        with_field(
+            &service("sticky", 8081, "tcp", &backends),
+            "balance = \"source\""
+        ),
+        with_field(
+            &service("guarded", 8082, "tcp", &backends),
+            "allowed = [\"198.18.1.0/28\"]"
+        ),
+    );
+    let _agent = lab.start_agent(dataplane, &toml, &[])?;
+
+    let sticky = vip(VIP_V4, 8081);
+    let mut chosen = BTreeMap::new();
+    for client in &clients {
+        let client = *client;
+        let seen: Vec<String> = lab.cli.enter(move || {
+            (0..4)
+                .map(|_| Ok(Conn::open_from(client, sticky, IO_TIMEOUT)?.backend))
+                .collect::<Result<Vec<_>>>()
+        })??;
+        ensure!(
+            seen.iter().all(|b| *b == seen[0]),
+            "{client} spread over {seen:?}"
+        );
+        chosen.insert(client, seen[0].clone());
+    }
+    let distinct: std::collections::BTreeSet<&String> = chosen.values().collect();
+    ensure!(
+        distinct.len() == 2,
+        "eight clients, one backend: {chosen:?}"
+    );
+
+    let guarded = vip(VIP_V4, 8082);
+    let allowed = clients[0];
+    lab.cli
+        .enter(move || Conn::open_from(allowed, guarded, IO_TIMEOUT))??;
+    let refused = lab.cli.enter(move || {
+        Conn::open_from(denied, guarded, Duration::from_millis(1500)).map(|c| c.backend)
+    })?;
+    ensure!(refused.is_err(), "{denied} reached {refused:?}");
+    if dataplane == Dataplane::Xdp {
+        let dropped = lab.xdp_counter(Counter::DropAclDenied)?;
+        ensure!(dropped >= 1, "drop_acl_denied = {dropped}");
+    }
+    Ok(())
+}
+
+/// A `[[service]]` with one more field (before its backends).
+fn with_field(service: &str, field: &str) -> String {
+    service.replacen("backends =", &format!("{field}\nbackends ="), 1)
 }

@@ -40,6 +40,11 @@ use mlb_tests::{
     privileges::require_netns_and_bpf,
 };
 
+#[path = "xdp_fixtures/fuzz.rs"]
+mod fuzz;
+#[path = "xdp_fixtures/labels.rs"]
+mod labels;
+
 const MAC_LB_SW: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x01];
 const MAC_BE1: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x11];
 const MAC_BE2: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x12];

@@ -745,6 +745,16 @@ impl XdpL4 {
         Ok(())
     }
 
+    /// The tracked flow direction of wire 5-tuple `key`, if any (how its packets are rewritten).
+    pub fn conntrack_entry(&self, key: &FlowKey) -> Result<Option<NatEntry>, XdpError> {
+        let ct: BpfHashMap<&MapData, FlowKey, NatEntry> = self.program.map(maps::CONNTRACK)?;
+        match ct.get(key, 0) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Number of tracked flow directions (two per flow).
     pub fn conntrack_entries(&self) -> Result<usize, XdpError> {
         let ct: BpfHashMap<&MapData, FlowKey, NatEntry> = self.program.map(maps::CONNTRACK)?;
