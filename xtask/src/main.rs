@@ -1,8 +1,9 @@
-//! Developer commands for mlb: `cargo xtask <setup|test|lint|demo|bench|image>`.
+//! Developer commands for mlb: `cargo xtask <setup|test|lint|demo|bench|image|fuzz>`.
 //!
 //! Every command that builds mlb runs `setup` first, so a fresh machine needs nothing but rustup's
 //! stable and nightly toolchains (and root for the packages and the namespace tests).
 mod bench;
+mod fuzz;
 mod image;
 mod lint;
 mod setup;
@@ -40,6 +41,15 @@ enum Cmd {
         /// Arguments passed to mlb-demo (`--duration SECS`, `--dataplane`, `--scale-every SECS`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Coverage-guided fuzzing under libFuzzer: each target (all when none is named) for
+    /// `--seconds`; crashes are kept as regression inputs that `cargo test` replays.
+    Fuzz {
+        /// Targets to run: sse, apps, labels, http.
+        targets: Vec<String>,
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
     },
     /// Build the container image `mlb:<version>` with podman, offline (`FROM scratch` and a root
     /// file system made here; no base image is pulled).
@@ -83,6 +93,7 @@ fn main() -> Result<()> {
         Cmd::Lint => lint::run(),
         Cmd::Bench(cmd) => bench::run(cmd),
         Cmd::Image { dev, test } => image::run(dev, test),
+        Cmd::Fuzz { targets, seconds } => fuzz::run(&targets, seconds),
         Cmd::Demo { args } => {
             setup::run(setup::DEMO_PACKAGES)?;
             // Debug builds: `cargo xtask test` builds the same ones (a warm target dir), a release

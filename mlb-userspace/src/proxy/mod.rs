@@ -38,6 +38,7 @@ mod apply;
 pub mod auth;
 pub mod balance;
 mod body;
+mod cert_files;
 mod handler;
 mod headers;
 mod listeners;

@@ -8,8 +8,10 @@ use std::{
     collections::HashMap,
     fmt,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, Weak},
-    time::SystemTime,
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use arc_swap::ArcSwap;
@@ -21,7 +23,12 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 use tracing::{info, warn};
 
-use super::{ProxyError, Shared};
+use super::{
+    ProxyError, Shared,
+    cert_files::{
+        FileRead, FileStamp, READ_BUDGET, Reader, off_runtime, read_by, read_if_changed, stamp,
+    },
+};
 use crate::model::{TlsOptions, TlsVersion};
 
 /// Certificates for one frontend, indexed by the names they are valid for.
@@ -95,21 +102,6 @@ struct LoadedCert {
     stamp: FileStamp,
 }
 
-/// What a file looked like when read: reloaded when it changes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-}
-
-fn stamp(path: &Path) -> Option<FileStamp> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some(FileStamp {
-        modified: meta.modified().ok(),
-        len: meta.len(),
-    })
-}
-
 /// Loads, indexes and reloads the certificates; hands out the rustls server configs.
 pub struct CertManager {
     global_paths: Vec<PathBuf>,
@@ -127,6 +119,13 @@ pub struct CertManager {
     port_configs: Mutex<HashMap<u16, Arc<ServerConfig>>>,
     /// `HAPROXY_{n}_BIND_OPTIONS` TLS settings of each TLS service port.
     port_options: Mutex<HashMap<u16, TlsOptions>>,
+    /// Bumped at each change of `service_paths`, under its lock.
+    generation: AtomicU64,
+    /// Held only to store a snapshot (never across I/O).
+    storing: Mutex<()>,
+    /// How files are read (a stand-in that hangs in tests), and how long one reload waits.
+    reader: Reader,
+    read_budget: std::time::Duration,
 }
 
 impl CertManager {
@@ -154,6 +153,10 @@ impl CertManager {
             vhost_config,
             port_configs: Mutex::new(HashMap::new()),
             port_options: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            storing: Mutex::new(()),
+            reader: read_if_changed,
+            read_budget: READ_BUDGET,
         }
     }
 
@@ -205,45 +208,76 @@ impl CertManager {
     }
 
     /// The targeted form of [`CertManager::set_port_options`]: sets (`Some`) or clears (`None`)
-    /// the TLS options of the ports named; the others are untouched.
+    /// the TLS options of the ports named; the others are untouched. CA files are read first,
+    /// off the runtime and with no lock held (handshakes look the port configs up).
     pub fn update_port_options(
         &self,
         changes: impl IntoIterator<Item = (u16, Option<TlsOptions>)>,
     ) -> Vec<ProxyError> {
+        let changes: Vec<(u16, Option<TlsOptions>)> = {
+            let options = lock(&self.port_options);
+            changes
+                .into_iter()
+                .filter(|(port, opts)| match opts {
+                    Some(opts) => options.get(port) != Some(opts),
+                    None => options.contains_key(port),
+                })
+                .collect()
+        };
+        let deadline = std::time::Instant::now() + self.read_budget;
         let mut errors = Vec::new();
-        let mut options = self
-            .port_options
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut configs = self
-            .port_configs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (port, opts) in changes {
-            let Some(opts) = opts else {
-                if options.remove(&port).is_some() {
-                    configs.remove(&port);
-                }
-                continue;
-            };
-            if options.get(&port) == Some(&opts) {
-                continue;
+        // Each port's new options and config; `None`: cleared.
+        type Built = (u16, Option<(TlsOptions, Arc<ServerConfig>)>);
+        let built: Vec<Built> = off_runtime(|| {
+            changes
+                .into_iter()
+                .map(|(port, opts)| {
+                    let built = opts.map(|opts| {
+                        let config = self.port_config_with(port, &opts, deadline);
+                        let config = config.unwrap_or_else(|e| {
+                            errors.push(e);
+                            server_config(Arc::new(RefuseAll))
+                        });
+                        (opts, config)
+                    });
+                    (port, built)
+                })
+                .collect()
+        });
+        let mut options = lock(&self.port_options);
+        let mut configs = lock(&self.port_configs);
+        for (port, built) in built {
+            if let Some((opts, config)) = built {
+                configs.insert(port, config);
+                options.insert(port, opts);
+            } else {
+                configs.remove(&port);
+                options.remove(&port);
             }
-            let resolver = Arc::new(SniResolver {
-                snapshots: self.snapshots.clone(),
-                port: Some(port),
-            });
-            let config = match server_config_with(resolver, &opts) {
-                Ok(config) => config,
-                Err(e) => {
-                    errors.push(e);
-                    server_config(Arc::new(RefuseAll))
-                }
-            };
-            configs.insert(port, config);
-            options.insert(port, opts);
         }
         errors
+    }
+
+    /// The `ServerConfig` of a TLS service port with `opts`, its CA file (if any) read by a
+    /// reader thread until `deadline`.
+    fn port_config_with(
+        &self,
+        port: u16,
+        opts: &TlsOptions,
+        deadline: std::time::Instant,
+    ) -> Result<Arc<ServerConfig>, ProxyError> {
+        let ca_pem = opts.client_auth.as_ref().map(|auth| {
+            match read_by(self.reader, &auth.ca_file, None, deadline) {
+                Ok(FileRead { pem: Some(pem), .. }) => pem,
+                Ok(FileRead { pem: None, .. }) => Err("cannot be read".into()),
+                Err(e) => Err(e),
+            }
+        });
+        let resolver = Arc::new(SniResolver {
+            snapshots: self.snapshots.clone(),
+            port: Some(port),
+        });
+        server_config_with(resolver, opts, ca_pem)
     }
 
     /// Whether names `a` and `b` get the same certificate on a frontend (`port`: a service
@@ -272,6 +306,7 @@ impl CertManager {
                 return Vec::new();
             }
             *paths = by_port;
+            self.generation.fetch_add(1, Ordering::SeqCst);
         }
         self.rebuild(false)
     }
@@ -298,6 +333,9 @@ impl CertManager {
                     }
                     None => paths.remove(&port).is_some(),
                 };
+            }
+            if changed {
+                self.generation.fetch_add(1, Ordering::SeqCst);
             }
         }
         if changed {
@@ -337,102 +375,168 @@ impl CertManager {
         files
     }
 
-    /// Whether any certificate file changed since it was loaded.
+    /// Whether any certificate file changed since it was loaded. Stats files: the watcher calls
+    /// it off the runtime, and no lock is held meanwhile.
     fn changed_on_disk(&self) -> bool {
-        let seen = self
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let seen = lock(&self.seen).clone();
         self.all_files()
             .iter()
             .any(|path| seen.get(path) != Some(&stamp(path)))
     }
 
+    /// Reads what changed (or, with `reread`, what changed on disk) and swaps in new snapshots.
+    /// Files are read off the runtime, each on a reader thread within one [`READ_BUDGET`] for
+    /// them all, and no lock is held while reading: handshakes and other applies go on.
     fn rebuild(&self, reread: bool) -> Vec<ProxyError> {
+        off_runtime(|| {
+            loop {
+                let (service_paths, generation) = {
+                    let paths = lock(&self.service_paths);
+                    (paths.clone(), self.generation.load(Ordering::SeqCst))
+                };
+                let (snapshots, errors) = self.read_snapshots(&service_paths, reread);
+                let _storing = lock(&self.storing);
+                // Labels changed while this one read: the other apply's snapshot must not be
+                // replaced by this older one. Again with the new labels (what was read is
+                // cached, and a file still hanging fails at once).
+                if self.generation.load(Ordering::SeqCst) == generation {
+                    self.snapshots.store(Arc::new(snapshots));
+                    return errors;
+                }
+            }
+        })
+    }
+
+    /// Reads the files of `service_paths` (and `--ssl-certs`) and makes the snapshots.
+    fn read_snapshots(
+        &self,
+        service_paths: &HashMap<u16, Vec<PathBuf>>,
+        reread: bool,
+    ) -> (Snapshots, Vec<ProxyError>) {
         let mut errors = Vec::new();
-        let mut files = self
-            .files
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut seen = self
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut load = |path: &Path, errors: &mut Vec<ProxyError>| -> Option<LoadedCert> {
-            let current = stamp(path);
-            seen.insert(path.to_owned(), current.clone());
-            if let Some(cached) = files.get(path)
-                && (!reread || Some(&cached.stamp) == current.as_ref())
-            {
-                return Some(cached.clone());
-            }
-            match load_file(path) {
-                Ok(cert) => {
-                    info!(path = %path.display(), names = ?cert.names, "certificate loaded");
-                    files.insert(path.to_owned(), cert.clone());
-                    Some(cert)
-                }
-                Err(reason) => {
-                    errors.push(ProxyError::Cert {
-                        path: path.to_owned(),
-                        reason,
-                    });
-                    // Keep serving the last good version of this file, if there is one.
-                    files.get(path).cloned()
-                }
-            }
-        };
-        let service_paths = self
-            .service_paths
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let mut vhost = CertSnapshot::default();
-        for path in expand(&self.global_paths) {
-            if let Some(cert) = load(&path, &mut errors) {
-                vhost.add(&cert);
-            }
-        }
+        let global = expand(&self.global_paths);
         let mut ports_sorted: Vec<(&u16, &Vec<PathBuf>)> = service_paths.iter().collect();
         ports_sorted.sort();
-        let mut ports = HashMap::new();
-        for (port, paths) in ports_sorted {
-            let mut snap = CertSnapshot::default();
-            let (allowed, refused): (Vec<PathBuf>, Vec<PathBuf>) = paths
-                .iter()
-                .cloned()
-                .partition(|p| self.label_path_allowed(p));
-            let expanded = expand(&allowed);
-            let (expanded, escaped): (Vec<PathBuf>, Vec<PathBuf>) = expanded
-                .into_iter()
-                .partition(|p| self.label_path_allowed(p));
-            for path in refused.into_iter().chain(escaped) {
-                errors.push(ProxyError::Cert {
-                    path,
-                    reason: "outside the --ssl-certs-dir directories".into(),
-                });
+        let ports: Vec<(u16, Vec<PathBuf>)> = ports_sorted
+            .into_iter()
+            .map(|(port, paths)| (*port, self.label_files(paths, &mut errors)))
+            .collect();
+        let deadline = std::time::Instant::now() + self.read_budget;
+        let mut loaded = HashMap::new();
+        for path in global.iter().chain(ports.iter().flat_map(|(_, p)| p)) {
+            if !loaded.contains_key(path)
+                && let Some(cert) = self.load(path, reread, deadline, &mut errors)
+            {
+                loaded.insert(path.clone(), cert);
             }
-            for path in expanded {
-                if let Some(cert) = load(&path, &mut errors) {
-                    snap.add(&cert);
-                    vhost.add(&cert);
+        }
+        (self.snapshots_of(&global, &ports, &loaded), errors)
+    }
+
+    /// The files of a service's `SSL_CERT` labels that it may read (directories expanded); the
+    /// others are errors.
+    fn label_files(&self, paths: &[PathBuf], errors: &mut Vec<ProxyError>) -> Vec<PathBuf> {
+        let (allowed, refused): (Vec<PathBuf>, Vec<PathBuf>) = paths
+            .iter()
+            .cloned()
+            .partition(|p| self.label_path_allowed(p));
+        let (expanded, escaped): (Vec<PathBuf>, Vec<PathBuf>) = expand(&allowed)
+            .into_iter()
+            .partition(|p| self.label_path_allowed(p));
+        for path in refused.into_iter().chain(escaped) {
+            errors.push(ProxyError::Cert {
+                path,
+                reason: "outside the --ssl-certs-dir directories".into(),
+            });
+        }
+        expanded
+    }
+
+    /// The certificate of `path`: the cached one unless `reread` finds the file changed, else
+    /// read now (the cache lock is taken only around lookups and stores, never across the read).
+    /// A file that fails keeps its last good version.
+    fn load(
+        &self,
+        path: &Path,
+        reread: bool,
+        deadline: std::time::Instant,
+        errors: &mut Vec<ProxyError>,
+    ) -> Option<LoadedCert> {
+        let cached = lock(&self.files).get(path).cloned();
+        if let Some(cert) = &cached
+            && !reread
+        {
+            return Some(cert.clone());
+        }
+        let known = cached.as_ref().map(|c| c.stamp.clone());
+        let read = read_by(self.reader, path, known, deadline);
+        if let Ok(read) = &read {
+            lock(&self.seen).insert(path.to_owned(), read.stamp.clone());
+        }
+        let fail = |reason: String, errors: &mut Vec<ProxyError>| {
+            errors.push(ProxyError::Cert {
+                path: path.to_owned(),
+                reason,
+            });
+            cached.clone()
+        };
+        match read {
+            Err(reason) => fail(reason, errors),
+            Ok(FileRead { pem: None, .. }) => cached.clone(),
+            Ok(FileRead {
+                pem: Some(Err(reason)),
+                ..
+            }) => fail(reason, errors),
+            Ok(FileRead {
+                stamp,
+                pem: Some(Ok(pem)),
+            }) => match parse_cert(&pem, stamp) {
+                Ok(cert) => {
+                    info!(path = %path.display(), names = ?cert.names, "certificate loaded");
+                    lock(&self.files).insert(path.to_owned(), cert.clone());
+                    Some(cert)
                 }
+                Err(reason) => fail(reason, errors),
+            },
+        }
+    }
+
+    /// The snapshots of `:443` and of each TLS service port from the certificates loaded.
+    fn snapshots_of(
+        &self,
+        global: &[PathBuf],
+        ports: &[(u16, Vec<PathBuf>)],
+        loaded: &HashMap<PathBuf, LoadedCert>,
+    ) -> Snapshots {
+        let mut vhost = CertSnapshot::default();
+        for cert in global.iter().filter_map(|p| loaded.get(p)) {
+            vhost.add(cert);
+        }
+        let mut by_port = HashMap::new();
+        for (port, paths) in ports {
+            let mut snap = CertSnapshot::default();
+            for cert in paths.iter().filter_map(|p| loaded.get(p)) {
+                snap.add(cert);
+                vhost.add(cert);
             }
             if snap.is_empty() {
                 // Serve TLS anyway (with the :443 certificates) rather than plain HTTP.
                 snap.add(&self.self_signed);
             }
-            ports.insert(*port, Arc::new(snap));
+            by_port.insert(*port, Arc::new(snap));
         }
         if vhost.is_empty() {
             vhost.add(&self.self_signed);
         }
-        self.snapshots.store(Arc::new(Snapshots {
+        Snapshots {
             vhost: Arc::new(vhost),
-            ports,
-        }));
-        errors
+            ports: by_port,
+        }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Resolves the certificate of each handshake from the current snapshot.
@@ -469,6 +573,7 @@ impl ResolvesServerCert for RefuseAll {
 fn server_config_with(
     resolver: Arc<dyn ResolvesServerCert>,
     opts: &TlsOptions,
+    ca_pem: Option<Result<Vec<u8>, String>>,
 ) -> Result<Arc<ServerConfig>, ProxyError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let min = opts.min_version.unwrap_or(TlsVersion::Tls12);
@@ -492,12 +597,14 @@ fn server_config_with(
                 format!("ssl-min-ver/ssl-max-ver: {e}"),
             )
         })?;
-    let builder = match &opts.client_auth {
-        None => builder.with_no_client_auth(),
-        Some(auth) => {
+    let builder = match (&opts.client_auth, ca_pem) {
+        (None, _) => builder.with_no_client_auth(),
+        (Some(auth), ca_pem) => {
             let path = &auth.ca_file;
             let mut roots = rustls::RootCertStore::empty();
-            let pem = read_pem_file(path).map_err(|e| bad(path, format!("ca-file: {e}")))?;
+            let pem = ca_pem
+                .unwrap_or_else(|| Err("not read".into()))
+                .map_err(|e| bad(path, format!("ca-file: {e}")))?;
             let certs = CertificateDer::pem_slice_iter(&pem);
             for cert in certs {
                 let cert = cert.map_err(|e| bad(path, format!("ca-file: {e}")))?;
@@ -563,50 +670,10 @@ fn expand(paths: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
-/// Largest certificate or CA file read: a chain and key, or a CA bundle, is a few hundred KiB
-/// at most.
-const MAX_PEM_FILE: u64 = 4 << 20;
-
-/// Reads a PEM file named by a flag or a label without ever blocking on it or reading without
-/// bound: opened non-blocking (a FIFO with no writer does not hang the open), then only a
-/// regular file of at most [`MAX_PEM_FILE`] bytes is read (not a FIFO, device or socket such as
-/// `/dev/zero`).
-fn read_pem_file(path: &Path) -> Result<Vec<u8>, String> {
-    use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| e.to_string())?;
-    let meta = file.metadata().map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err("not a regular file (a FIFO, device or directory is never read)".into());
-    }
-    if meta.len() > MAX_PEM_FILE {
-        return Err(format!(
-            "{} bytes: larger than the {MAX_PEM_FILE}-byte limit",
-            meta.len()
-        ));
-    }
-    let mut pem = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_PEM_FILE + 1)
-        .read_to_end(&mut pem)
-        .map_err(|e| e.to_string())?;
-    if pem.len() as u64 > MAX_PEM_FILE {
-        return Err(format!("larger than the {MAX_PEM_FILE}-byte limit"));
-    }
-    Ok(pem)
-}
-
-fn load_file(path: &Path) -> Result<LoadedCert, String> {
-    let before = stamp(path).ok_or("cannot be read")?;
-    let pem = read_pem_file(path)?;
-    let (key, names) = parse_pem(&pem)?;
-    Ok(LoadedCert {
-        key,
-        names,
-        stamp: before,
-    })
+fn parse_cert(pem: &[u8], stamp: Option<FileStamp>) -> Result<LoadedCert, String> {
+    let stamp = stamp.ok_or("cannot be read")?;
+    let (key, names) = parse_pem(pem)?;
+    Ok(LoadedCert { key, names, stamp })
 }
 
 /// A certified key and its DNS names from a PEM holding the chain (leaf first) and the key.
@@ -673,17 +740,23 @@ pub(crate) async fn watch_certs(shared: Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        if shared.certs.changed_on_disk() {
-            info!("certificate files changed; reloading");
-            for e in shared.certs.reload() {
-                warn!(error = %e, "certificate not reloaded");
+        // Stats and reads on the blocking pool: a file on a hung mount stalls this watcher,
+        // never a runtime worker.
+        let check = tokio::task::spawn_blocking(move || {
+            if shared.certs.changed_on_disk() {
+                info!("certificate files changed; reloading");
+                for e in shared.certs.reload() {
+                    warn!(error = %e, "certificate not reloaded");
+                }
             }
-        }
+        });
+        let _ = check.await;
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::cert_files::{MAX_PEM_FILE, read_pem_file};
     use super::*;
 
     fn pem_for(names: &[&str]) -> Vec<u8> {
@@ -777,7 +850,7 @@ mod tests {
         let start = std::time::Instant::now();
         let e = read_pem_file(&fifo).unwrap_err();
         assert!(e.contains("not a regular file"), "{e}");
-        let Err(e) = load_file(Path::new("/dev/zero")) else {
+        let Err(e) = read_pem_file(Path::new("/dev/zero")) else {
             panic!("/dev/zero loaded")
         };
         assert!(e.contains("not a regular file"), "{e}");
@@ -825,5 +898,64 @@ mod tests {
         assert_eq!(read.len(), 1, "nothing outside was read: {:?}", read.keys());
         drop(read);
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// A certificate label whose read hangs (a file on a hung mount) costs an apply at most the
+    /// read budget and is reported naming the file; while it hangs, handshakes' config lookups,
+    /// other ports' TLS options and other services' certificates go on at once, and the file is
+    /// not read again (each apply would wait for it).
+    #[test]
+    fn a_hung_certificate_read_blocks_nothing() {
+        fn reader(path: &Path, known: Option<FileStamp>) -> FileRead {
+            if path.ends_with("hung.pem") {
+                std::thread::sleep(std::time::Duration::from_secs(30));
+            }
+            read_if_changed(path, known)
+        }
+        let dir = std::env::temp_dir().join(format!("mlb-hung-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (ok, hung) = (dir.join("ok.pem"), dir.join("hung.pem"));
+        std::fs::write(&ok, pem_for(&["ok.test"])).unwrap();
+        let mut manager = CertManager::new(&[], &[]);
+        manager.reader = reader;
+        manager.read_budget = std::time::Duration::from_millis(500);
+        let manager = Arc::new(manager);
+        assert!(
+            manager
+                .update_service_certs([(1002, Some(vec![ok.clone()]))])
+                .is_empty()
+        );
+        let start = std::time::Instant::now();
+        let applying = {
+            let manager = manager.clone();
+            std::thread::spawn(move || manager.update_service_certs([(1001, Some(vec![hung]))]))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let meanwhile = std::time::Instant::now();
+        assert!(manager.port_config(1002).is_some());
+        assert!(manager.same_certificate(Some(1002), "ok.test", "ok.test"));
+        assert!(
+            manager
+                .update_port_options([(1002, Some(TlsOptions::default()))])
+                .is_empty()
+        );
+        let again = manager.update_service_certs([(1003, Some(vec![ok.clone()]))]);
+        assert!(
+            meanwhile.elapsed() < std::time::Duration::from_millis(200),
+            "{:?}",
+            meanwhile.elapsed()
+        );
+        assert!(again[0].to_string().contains("still hangs"), "{again:?}");
+        let errors = applying.join().unwrap();
+        assert!(start.elapsed() < std::time::Duration::from_millis(1500));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let e = errors[0].to_string();
+        // "Not read in time", or, when the other apply changed the labels meanwhile and this
+        // one made its snapshot again, "still hangs".
+        assert!(e.contains("hung.pem") && e.contains("not read"), "{e}");
+        let snaps = manager.snapshots.load();
+        assert!(snaps.ports[&1002].exact.contains_key("ok.test"));
+        assert!(snaps.ports[&1003].exact.contains_key("ok.test"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
