@@ -21,6 +21,7 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 use tracing::{info, warn};
 
+use super::tls_policy::TlsPolicy;
 use super::{ProxyError, Shared};
 use crate::model::{TlsOptions, TlsVersion};
 
@@ -127,6 +128,8 @@ pub struct CertManager {
     port_configs: Mutex<HashMap<u16, Arc<ServerConfig>>>,
     /// `HAPROXY_{n}_BIND_OPTIONS` TLS settings of each TLS service port.
     port_options: Mutex<HashMap<u16, TlsOptions>>,
+    /// Versions, suites and groups every frontend offers.
+    policy: TlsPolicy,
 }
 
 impl CertManager {
@@ -135,11 +138,21 @@ impl CertManager {
     /// `label_dirs` (`--ssl-certs-dir`), when not empty, are the only directories whose files
     /// labels may name.
     pub fn new(global_paths: &[PathBuf], label_dirs: &[PathBuf]) -> CertManager {
+        Self::with_policy(global_paths, label_dirs, TlsPolicy::default())
+    }
+
+    /// [`CertManager::new`] with a TLS policy other than rustls's defaults.
+    pub fn with_policy(
+        global_paths: &[PathBuf],
+        label_dirs: &[PathBuf],
+        policy: TlsPolicy,
+    ) -> CertManager {
         let snapshots = Arc::new(ArcSwap::from_pointee(Snapshots::default()));
-        let vhost_config = server_config(Arc::new(SniResolver {
+        let resolver = Arc::new(SniResolver {
             snapshots: snapshots.clone(),
             port: None,
-        }));
+        });
+        let vhost_config = server_config(resolver, &policy);
         CertManager {
             global_paths: global_paths.to_vec(),
             label_dirs: label_dirs
@@ -154,6 +167,7 @@ impl CertManager {
             vhost_config,
             port_configs: Mutex::new(HashMap::new()),
             port_options: Mutex::new(HashMap::new()),
+            policy,
         }
     }
 
@@ -173,10 +187,11 @@ impl CertManager {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let config = configs.entry(port).or_insert_with(|| {
-            server_config(Arc::new(SniResolver {
+            let resolver = Arc::new(SniResolver {
                 snapshots: self.snapshots.clone(),
                 port: Some(port),
-            }))
+            });
+            server_config(resolver, &self.policy)
         });
         Some(config.clone())
     }
@@ -233,11 +248,11 @@ impl CertManager {
                 snapshots: self.snapshots.clone(),
                 port: Some(port),
             });
-            let config = match server_config_with(resolver, &opts) {
+            let config = match server_config_with(resolver, &opts, &self.policy) {
                 Ok(config) => config,
                 Err(e) => {
                     errors.push(e);
-                    server_config(Arc::new(RefuseAll))
+                    server_config(Arc::new(RefuseAll), &self.policy)
                 }
             };
             configs.insert(port, config);
@@ -469,9 +484,13 @@ impl ResolvesServerCert for RefuseAll {
 fn server_config_with(
     resolver: Arc<dyn ResolvesServerCert>,
     opts: &TlsOptions,
+    policy: &TlsPolicy,
 ) -> Result<Arc<ServerConfig>, ProxyError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let min = opts.min_version.unwrap_or(TlsVersion::Tls12);
+    let provider = Arc::new(policy.provider());
+    let min = opts
+        .min_version
+        .unwrap_or(TlsVersion::Tls12)
+        .max(policy.min_version);
     let max = opts.max_version.unwrap_or(TlsVersion::Tls13);
     let mut versions: Vec<&'static rustls::SupportedProtocolVersion> = Vec::new();
     if (min..=max).contains(&TlsVersion::Tls13) {
@@ -527,13 +546,16 @@ fn server_config_with(
     Ok(Arc::new(config))
 }
 
-fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Arc<ServerConfig> {
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .expect("ring supports TLS 1.2 and 1.3")
-            .with_no_client_auth()
-            .with_cert_resolver(resolver);
+fn server_config(resolver: Arc<dyn ResolvesServerCert>, policy: &TlsPolicy) -> Arc<ServerConfig> {
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match policy.min_version {
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+    };
+    let mut config = ServerConfig::builder_with_provider(Arc::new(policy.provider()))
+        .with_protocol_versions(versions)
+        .expect("the policy was checked when the flags were read")
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(config)
 }
