@@ -25,11 +25,12 @@ use crate::{
     },
     logging::LogFormat,
     marathon::config::MarathonFlags,
-    model::{ModelError, ModelOptions},
+    model::{ModelError, ModelOptions, TlsVersion},
     overload::{self, ConnGate, ConnLimits},
     proxy::{
         ProxyConfig, Timeouts,
         access_log::{AccessLogConfig, AccessLogFormat, AccessLogTarget},
+        tls_policy::TlsPolicy,
     },
     secret::Secret,
 };
@@ -399,6 +400,23 @@ pub struct RunOptions {
     /// can read, as marathon-lb; set it so a label cannot read arbitrary host files.
     #[arg(long = "ssl-certs-dir", env = "MLB_SSL_CERTS_DIR", value_delimiter = ',', help_heading = TLS)]
     pub ssl_certs_dir: Vec<PathBuf>,
+    /// Lowest TLS version the frontends accept: 1.2 or 1.3 (HAProxy's `ssl-min-ver`).
+    #[arg(long, env = "MLB_TLS_MIN_VERSION", default_value = "1.2", value_parser = parse_tls_version, help_heading = TLS)]
+    pub tls_min_version: TlsVersion,
+    /// TLS 1.2 cipher suites, OpenSSL or IANA names separated by `:` (HAProxy's
+    /// `ssl-default-bind-ciphers`; names rustls lacks are skipped). Default: all rustls offers.
+    #[arg(long, env = "MLB_TLS_CIPHERS", value_parser = |s: &str| tls_list("ciphers", s), help_heading = TLS)]
+    pub tls_ciphers: Option<TlsList>,
+    /// TLS 1.3 cipher suites (HAProxy's `ssl-default-bind-ciphersuites`).
+    #[arg(long, env = "MLB_TLS_CIPHERSUITES", value_parser = |s: &str| tls_list("ciphersuites", s), help_heading = TLS)]
+    pub tls_ciphersuites: Option<TlsList>,
+    /// Key-exchange groups, e.g. `X25519:P-256` (HAProxy's `ssl-default-bind-curves`).
+    #[arg(long, env = "MLB_TLS_CURVES", value_parser = |s: &str| tls_list("curves", s), help_heading = TLS)]
+    pub tls_curves: Option<TlsList>,
+    /// Every HTTP/TLS frontend expects a PROXY protocol v1 or v2 header first and takes the
+    /// client address from it (HAProxy's `accept-proxy`: mlb behind an ELB or another proxy).
+    #[arg(long, env = "MLB_ACCEPT_PROXY", help_heading = TLS)]
+    pub accept_proxy: bool,
     /// Accepted for marathon-lb: mlb always picks each vhost's certificate and TLS options by
     /// SNI on the HTTPS frontend, which is what this flag enabled there.
     #[arg(long, env = "MLB_GROUP_HTTPS_BY_VHOST", help_heading = TLS)]
@@ -626,6 +644,17 @@ impl RunOptions {
                 format: self.access_log_format,
                 sample: self.access_log_sample,
             },
+            accept_proxy: self.accept_proxy,
+            tls_policy: TlsPolicy {
+                min_version: self.tls_min_version,
+                ciphers: self.tls_ciphers.clone().map(|l| l.0).unwrap_or_default(),
+                ciphersuites: self
+                    .tls_ciphersuites
+                    .clone()
+                    .map(|l| l.0)
+                    .unwrap_or_default(),
+                curves: self.tls_curves.clone().map(|l| l.0).unwrap_or_default(),
+            },
             timeouts: Timeouts {
                 connect: self.timeout_connect,
                 client: self.timeout_client,
@@ -777,6 +806,24 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => Ok(Duration::from_secs(n * 60)),
         _ => Err(format!("{s:?}: unit must be ms, s or m")),
     }
+}
+
+fn parse_tls_version(s: &str) -> Result<TlsVersion, String> {
+    match s.trim_start_matches("TLSv").trim_start_matches("tlsv") {
+        "1.2" => Ok(TlsVersion::Tls12),
+        "1.3" => Ok(TlsVersion::Tls13),
+        _ => Err(format!("{s:?}: mlb supports TLS 1.2 and 1.3")),
+    }
+}
+
+/// A `:`-separated list of TLS suite or curve names (one flag value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsList(pub Vec<String>);
+
+fn tls_list(what: &'static str, s: &str) -> Result<TlsList, String> {
+    crate::proxy::tls_policy::parse_list(what, s)
+        .map(TlsList)
+        .map_err(|e| e.to_string())
 }
 
 fn parse_haproxy_duration(s: &str) -> Result<Duration, String> {

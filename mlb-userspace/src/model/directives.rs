@@ -142,10 +142,9 @@ fn directive(section: Section, words: &[&str], t: &mut Tuning) -> Effect {
             server_options(words, t)
         }
         ["mode" | "bind" | "use_backend" | "default_backend", ..] => Effect::Skeleton,
-        [
-            "acl" | "http-request-deny" | "redirect" | "reqadd" | "rspadd",
-            ..,
-        ] => not(
+        ["reqadd", rest @ ..] => legacy_add(rest, &mut t.request_headers),
+        ["rspadd", rest @ ..] => legacy_add(rest, &mut t.response_headers),
+        ["acl" | "http-request-deny" | "redirect", ..] => not(
             "routing and ACLs come from HAPROXY_{n}_VHOST, _PATH and _BACKEND_NETWORK_ALLOWED_ACL",
         ),
         ["log" | "log-format" | "capture", ..] => not("logging is set with mlb's --log-* flags"),
@@ -157,6 +156,24 @@ fn directive(section: Section, words: &[&str], t: &mut Tuning) -> Effect {
         }
         _ if section == Section::Global => not("HAProxy process setting; mlb has no equivalent"),
         _ => not("no typed mlb setting for this directive"),
+    }
+}
+
+/// HAProxy 1.x `reqadd Name:\ value` / `rspadd`: an added header, spaces escaped.
+fn legacy_add(words: &[&str], edits: &mut Vec<HeaderEdit>) -> Effect {
+    if words.iter().any(|w| *w == "if" || *w == "unless") {
+        return not("conditional rules (if/unless) are not supported");
+    }
+    let line = words.join(" ").replace("\\ ", " ");
+    match line.split_once(':') {
+        Some((name, value)) if !name.is_empty() && !name.contains(' ') => {
+            edits.push(HeaderEdit::Add {
+                name: name.to_owned(),
+                value: value.trim().to_owned(),
+            });
+            Effect::Applied
+        }
+        _ => not("expected Name:\\ value"),
     }
 }
 
@@ -388,18 +405,19 @@ fn default_tls() -> BackendTls {
         verify: true,
         ca_file: None,
         sni: None,
+        sni_from_host: false,
     }
 }
 
-/// `sni str(name)` sets a fixed name; `sni req.hdr(host)` (the client's Host) is what mlb
-/// sends when no name is set.
+/// `sni str(name)` sets a fixed name; `sni req.hdr(host)` sends the client's Host.
 fn set_sni(expr: &str, tls: &mut Option<BackendTls>) -> bool {
     let t = tls.get_or_insert_with(default_tls);
     if let Some(name) = expr.strip_prefix("str(").and_then(|s| s.strip_suffix(')')) {
         t.sni = Some(name.to_owned());
         true
     } else {
-        expr == "req.hdr(host)"
+        t.sni_from_host = expr == "req.hdr(host)";
+        t.sni_from_host
     }
 }
 

@@ -39,15 +39,18 @@ pub enum HeaderEdit {
 }
 
 /// How mlb talks TLS to the backends (`server … ssl verify none ca-file … sni …`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct BackendTls {
     /// Verify the backend's certificate (`verify required`); `verify none` turns it off.
     pub verify: bool,
     /// PEM bundle of the CAs that sign backend certificates; `None`: the system roots.
     pub ca_file: Option<PathBuf>,
-    /// Server name sent in the ClientHello; `None`: the request's host name (HAProxy's
-    /// `sni req.hdr(host)`).
+    /// Server name sent in the ClientHello and checked in the certificate; `None`: no name is
+    /// sent and only the chain is verified (HAProxy's `verify required` without `sni`).
     pub sni: Option<String>,
+    /// `sni req.hdr(host)`: the request's host name is the server name (wins over `sni`).
+    #[serde(default)]
+    pub sni_from_host: bool,
 }
 
 /// PROXY protocol header sent to backends (`send-proxy`, `send-proxy-v2`).

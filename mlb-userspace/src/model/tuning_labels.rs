@@ -160,6 +160,7 @@ fn backend_tls(
         verify: verify.unwrap_or(true),
         ca_file,
         sni,
+        sni_from_host: false,
     }))
 }
 

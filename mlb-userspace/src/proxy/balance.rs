@@ -10,6 +10,8 @@ use std::{
     },
 };
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use crate::model::{Backend, BackendId, BackendState, Balance};
 
 /// Counters of one backend, keyed by [`BackendId`] so they survive every table swap: a request
@@ -79,14 +81,20 @@ impl BackendStats {
 /// Holds a backend's in-flight count up while a request (and its response body, or tunnel) is
 /// alive.
 #[derive(Debug)]
-pub struct InFlightGuard(Arc<BackendStats>);
+pub struct InFlightGuard(Arc<BackendStats>, Option<OwnedSemaphorePermit>);
 
 impl InFlightGuard {
     /// Counts one more request on `stats` until dropped.
     pub fn new(stats: Arc<BackendStats>) -> Self {
         stats.in_flight.fetch_add(1, Ordering::Relaxed);
         stats.requests.fetch_add(1, Ordering::Relaxed);
-        InFlightGuard(stats)
+        InFlightGuard(stats, None)
+    }
+
+    /// Also holds the backend's `maxconn` slot until dropped.
+    pub fn holding(mut self, slot: Option<OwnedSemaphorePermit>) -> Self {
+        self.1 = slot;
+        self
     }
 
     /// The counters it holds up.

@@ -1,7 +1,7 @@
 //! One request: pick the service (by frontend), apply marathon-lb's frontend rules (redirect to
 //! HTTPS, basic auth, 421 on SNI/Host mismatch) and backend rules (allow-list, redirect from `/`,
 //! proxypass, revproxy, HSTS, sticky cookie), then forward it, or tunnel it after an upgrade.
-use std::{convert::Infallible, sync::Arc};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt as _;
@@ -15,13 +15,13 @@ use super::{
     balance::{BackendSlot, STICKY_COOKIE},
     body::{GuardedBody, IdleTimeout, ProxyBody, RetryBody, full},
     headers,
-    listeners::{ConnInfo, Frontend},
+    listeners::{ConnInfo, Frontend, client_timeout},
     router::{Service, normalize_host},
     tunnel,
-    upstream::{Outgoing, UpstreamError, add_forwarded, strip_hop_by_hop, wants_h2},
+    upstream::{Outgoing, Profile, UpstreamError, add_forwarded, strip_hop_by_hop, wants_h2},
 };
 use crate::{
-    model::BackendId,
+    model::{BackendId, tuning::Tuning},
     stats::live::{ErrorKind, live},
 };
 
@@ -347,19 +347,24 @@ async fn backend_rules(
     else {
         return no_route();
     };
+    let profile = backend_profile(tuning, &headers, shared.config.timeouts.connect);
     let out = Outgoing {
         method: parts.method,
         path_and_query,
         headers,
         h2,
         server_timeout,
+        profile,
+        send_proxy: tuning.send_proxy.map(|v| (v, info.peer, info.local)),
+        maxconn: (tuning.maxconn_server.filter(|max| *max > 0))
+            .map(|max| (max, shared.config.conn_gate.limits().queue_timeout)),
     };
     let started = std::time::Instant::now();
     let answer = shared
         .upstream
         .send(
             &out,
-            RetryBody::new(body, shared.config.timeouts.client),
+            RetryBody::new(body, client_timeout(shared, info.frontend)),
             first,
             |tried| svc.selector.pick(client_ip, &is_unhealthy, tried).cloned(),
         )
@@ -370,6 +375,13 @@ async fn backend_rules(
             live().error(ErrorKind::BackendFailed);
             warn!(app = %svc.spec.key.app_id, %why, "backend request failed");
             return error_page(StatusCode::BAD_GATEWAY, "The backend failed to answer.");
+        }
+        Err(UpstreamError::Queued) => {
+            warn!(app = %svc.spec.key.app_id, "backends at maxconn for the queue timeout");
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Every backend is at its connection limit.",
+            );
         }
         Err(UpstreamError::Timeout) => {
             live().error(ErrorKind::BackendTimeout);
@@ -535,6 +547,25 @@ fn rewrite_location(headers: &mut HeaderMap, prefix: &str, vhosts: &[String]) {
         if let Ok(v) = HeaderValue::from_str(&rewritten) {
             headers.insert(header::LOCATION, v);
         }
+    }
+}
+
+/// How this request reaches the service's backends: its `timeout connect`, and its backend TLS
+/// with the server name (`sni req.hdr(host)`: the request's host, port removed).
+fn backend_profile(tuning: &Tuning, headers: &HeaderMap, default_connect: Duration) -> Profile {
+    let tls = tuning.backend_tls.clone();
+    let sni = tls.as_ref().and_then(|t| {
+        if t.sni_from_host {
+            let host = headers.get(header::HOST)?.to_str().ok()?;
+            Some(normalize_host(host))
+        } else {
+            t.sni.clone()
+        }
+    });
+    Profile {
+        connect: tuning.timeouts.connect.unwrap_or(default_connect),
+        tls,
+        sni,
     }
 }
 

@@ -16,6 +16,7 @@ use hyper_util::{
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
     net::{TcpListener, TcpSocket, TcpStream},
+    sync::OwnedSemaphorePermit,
     task::JoinHandle,
 };
 use tracing::{Instrument as _, debug, debug_span, info};
@@ -26,6 +27,8 @@ use super::{
     ProxyError, Shared,
     balance::InFlightGuard,
     handler,
+    maxconn::Limits,
+    proxy_protocol,
     sni::{Hello, read_client_hello},
     tunnel,
 };
@@ -215,6 +218,8 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, frontend: Frontend) {
     let mut gate = shared.config.conn_gate.listener();
+    // The service's own frontend `maxconn` (service ports only).
+    let frontend_limit = Arc::new(Limits::<()>::new());
     let mut errors = AcceptErrors::default();
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -242,8 +247,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, frontend: Front
         let stream = Guarded::new(stream, admission);
         let span = debug_span!("conn", client.addr = %peer, %frontend);
         let shared = shared.clone();
+        let frontend_limit = frontend_limit.clone();
         tokio::spawn(
             async move {
+                let Ok(_slot) = frontend_slot(&shared, frontend, &frontend_limit).await else {
+                    debug!(%frontend, "frontend maxconn reached for the queue timeout; closed");
+                    return;
+                };
                 let info = ConnInfo {
                     frontend,
                     peer,
@@ -258,6 +268,27 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, frontend: Front
             .instrument(span),
         );
     }
+}
+
+/// A slot under the service's frontend `maxconn`, waiting up to the queue timeout: `Err` when
+/// none came free. `Ok(None)`: no limit applies.
+async fn frontend_slot(
+    shared: &Shared,
+    frontend: Frontend,
+    limit: &Limits<()>,
+) -> Result<Option<OwnedSemaphorePermit>, ()> {
+    let Frontend::ServicePort(port) = frontend else {
+        return Ok(None);
+    };
+    let max = shared
+        .table
+        .load()
+        .lookup_port(port)
+        .and_then(|svc| svc.spec.tuning.maxconn_frontend)
+        .filter(|max| *max > 0);
+    let Some(max) = max else { return Ok(None) };
+    let wait = shared.config.conn_gate.limits().queue_timeout;
+    limit.acquire(&(), max, wait).await.map(Some).ok_or(())
 }
 
 /// The overload answer: a 503 on the plain HTTP frontends, a bare close elsewhere (a TLS
@@ -279,6 +310,21 @@ async fn refuse(mut stream: TcpStream, frontend: Frontend) {
 }
 
 async fn serve_connection(shared: Arc<Shared>, mut stream: Guarded<TcpStream>, mut info: ConnInfo) {
+    if shared.config.accept_proxy {
+        let header = proxy_protocol::read(&mut stream);
+        match tokio::time::timeout(shared.config.timeouts.client, header).await {
+            Ok(Ok(Some(client))) => info.peer = client,
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                debug!(error = %e, "PROXY protocol header refused; closing");
+                return;
+            }
+            Err(_) => {
+                debug!("no PROXY protocol header in time; closing");
+                return;
+            }
+        }
+    }
     if let Frontend::ServicePort(port) = info.frontend {
         let table = shared.table.load_full();
         if let Some(svc) = table.lookup_port(port).filter(|s| s.spec.tls_passthrough) {
@@ -376,18 +422,19 @@ async fn serve_http<I>(shared: Arc<Shared>, io: I, info: ConnInfo)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let client_timeout = client_timeout(&shared, info.frontend);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(shared.config.timeouts.client)
+        .header_read_timeout(client_timeout)
         .max_buf_size(shared.config.max_header_bytes.max(8192))
         .keep_alive(true);
     // HTTP/2 has no header-read timeout; pings find clients that went away instead.
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(Some(shared.config.timeouts.client))
+        .keep_alive_interval(Some(client_timeout))
         .keep_alive_timeout(std::time::Duration::from_secs(20));
     let service = service_fn(move |req| {
         let busy = info.conn.request();
@@ -404,6 +451,21 @@ where
     {
         debug!(error = %e, "connection ended with an error");
     }
+}
+
+/// `timeout client` of the connection: the service's own on its service port, else the
+/// global one (a vhost frontend serves many services).
+pub(crate) fn client_timeout(shared: &Shared, frontend: Frontend) -> std::time::Duration {
+    let own = match frontend {
+        Frontend::ServicePort(port) => {
+            let table = shared.table.load();
+            table
+                .lookup_port(port)
+                .and_then(|svc| svc.spec.tuning.timeouts.client)
+        }
+        _ => None,
+    };
+    own.unwrap_or(shared.config.timeouts.client)
 }
 
 /// A stream that first yields bytes already read from it (a peeked ClientHello).

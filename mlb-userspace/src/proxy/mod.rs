@@ -36,15 +36,19 @@ use crate::{
 pub mod access_log;
 mod apply;
 pub mod auth;
+pub mod backend_tls;
 pub mod balance;
 mod body;
 mod cert_files;
 mod handler;
 mod headers;
 mod listeners;
+mod maxconn;
+pub mod proxy_protocol;
 pub mod router;
 pub mod sni;
 pub mod tls;
+pub mod tls_policy;
 mod tunnel;
 mod upstream;
 
@@ -99,6 +103,11 @@ pub struct ProxyConfig {
     pub ssl_certs_dirs: Vec<PathBuf>,
     /// Timeouts (marathon-lb defaults).
     pub timeouts: Timeouts,
+    /// Every frontend expects a PROXY protocol v1/v2 header first (HAProxy's `accept-proxy`:
+    /// mlb behind a load balancer that sends one); the client address is taken from it.
+    pub accept_proxy: bool,
+    /// TLS versions, cipher suites and curves of every frontend.
+    pub tls_policy: tls_policy::TlsPolicy,
     /// How often certificate files are checked for changes.
     pub cert_poll_interval: Duration,
     /// Largest request head (request line + headers) accepted; larger gets 431.
@@ -121,6 +130,8 @@ impl Default for ProxyConfig {
             ssl_certs: Vec::new(),
             ssl_certs_dirs: Vec::new(),
             timeouts: Timeouts::default(),
+            accept_proxy: false,
+            tls_policy: tls_policy::TlsPolicy::default(),
             cert_poll_interval: Duration::from_secs(5),
             max_header_bytes: 64 * 1024,
             conn_gate: ConnGate::new(ConnLimits::default()),
@@ -211,7 +222,11 @@ impl HttpProxy {
     /// Tasks are spawned on `handle`. Fails only when a fixed listener cannot be bound.
     pub fn start(config: ProxyConfig, handle: Handle) -> Result<HttpProxy, ProxyError> {
         let _guard = handle.enter();
-        let certs = CertManager::new(&config.ssl_certs, &config.ssl_certs_dirs);
+        let certs = CertManager::with_policy(
+            &config.ssl_certs,
+            &config.ssl_certs_dirs,
+            config.tls_policy.clone(),
+        );
         for e in certs.reload() {
             warn!(error = %e, "certificate not loaded");
         }
@@ -544,5 +559,26 @@ mod tests {
         assert_eq!(c.timeouts.connect, Duration::from_secs(3));
         let err = Cli::try_parse_from(["mlb", "run", "--timeout-server", "2 minutes"]).unwrap_err();
         assert!(err.to_string().contains("expected a duration"), "{err}");
+    }
+
+    #[test]
+    fn tls_policy_and_accept_proxy_flags() {
+        let c = config_for(&[
+            "--tls-min-version",
+            "TLSv1.3",
+            "--tls-ciphers",
+            "ECDHE-ECDSA-AES256-GCM-SHA384:AES256-SHA",
+            "--tls-curves",
+            "X25519",
+            "--accept-proxy",
+        ]);
+        assert!(c.accept_proxy);
+        assert_eq!(c.tls_policy.min_version, crate::model::TlsVersion::Tls13);
+        assert_eq!(c.tls_policy.ciphers.len(), 2);
+        assert_eq!(c.tls_policy.curves, ["X25519"]);
+        let err = Cli::try_parse_from(["mlb", "run", "--tls-ciphers", "RC4-MD5"]).unwrap_err();
+        assert!(err.to_string().contains("none is supported"), "{err}");
+        let err = Cli::try_parse_from(["mlb", "run", "--tls-min-version", "1.1"]).unwrap_err();
+        assert!(err.to_string().contains("TLS 1.2 and 1.3"), "{err}");
     }
 }

@@ -29,6 +29,7 @@ use super::{
         FileRead, FileStamp, READ_BUDGET, Reader, off_runtime, read_by, read_if_changed, stamp,
     },
 };
+use super::tls_policy::TlsPolicy;
 use crate::model::{TlsOptions, TlsVersion};
 
 /// Certificates for one frontend, indexed by the names they are valid for.
@@ -126,6 +127,8 @@ pub struct CertManager {
     /// How files are read (a stand-in that hangs in tests), and how long one reload waits.
     reader: Reader,
     read_budget: std::time::Duration,
+    /// Versions, suites and groups every frontend offers.
+    policy: TlsPolicy,
 }
 
 impl CertManager {
@@ -134,11 +137,21 @@ impl CertManager {
     /// `label_dirs` (`--ssl-certs-dir`), when not empty, are the only directories whose files
     /// labels may name.
     pub fn new(global_paths: &[PathBuf], label_dirs: &[PathBuf]) -> CertManager {
+        Self::with_policy(global_paths, label_dirs, TlsPolicy::default())
+    }
+
+    /// [`CertManager::new`] with a TLS policy other than rustls's defaults.
+    pub fn with_policy(
+        global_paths: &[PathBuf],
+        label_dirs: &[PathBuf],
+        policy: TlsPolicy,
+    ) -> CertManager {
         let snapshots = Arc::new(ArcSwap::from_pointee(Snapshots::default()));
-        let vhost_config = server_config(Arc::new(SniResolver {
+        let resolver = Arc::new(SniResolver {
             snapshots: snapshots.clone(),
             port: None,
-        }));
+        });
+        let vhost_config = server_config(resolver, &policy);
         CertManager {
             global_paths: global_paths.to_vec(),
             label_dirs: label_dirs
@@ -157,6 +170,7 @@ impl CertManager {
             storing: Mutex::new(()),
             reader: read_if_changed,
             read_budget: READ_BUDGET,
+            policy,
         }
     }
 
@@ -176,10 +190,11 @@ impl CertManager {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let config = configs.entry(port).or_insert_with(|| {
-            server_config(Arc::new(SniResolver {
+            let resolver = Arc::new(SniResolver {
                 snapshots: self.snapshots.clone(),
                 port: Some(port),
-            }))
+            });
+            server_config(resolver, &self.policy)
         });
         Some(config.clone())
     }
@@ -236,7 +251,7 @@ impl CertManager {
                         let config = self.port_config_with(port, &opts, deadline);
                         let config = config.unwrap_or_else(|e| {
                             errors.push(e);
-                            server_config(Arc::new(RefuseAll))
+                            server_config(Arc::new(RefuseAll), &self.policy)
                         });
                         (opts, config)
                     });
@@ -277,7 +292,7 @@ impl CertManager {
             snapshots: self.snapshots.clone(),
             port: Some(port),
         });
-        server_config_with(resolver, opts, ca_pem)
+        server_config_with(resolver, opts, ca_pem, &self.policy)
     }
 
     /// Whether names `a` and `b` get the same certificate on a frontend (`port`: a service
@@ -574,9 +589,13 @@ fn server_config_with(
     resolver: Arc<dyn ResolvesServerCert>,
     opts: &TlsOptions,
     ca_pem: Option<Result<Vec<u8>, String>>,
+    policy: &TlsPolicy,
 ) -> Result<Arc<ServerConfig>, ProxyError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let min = opts.min_version.unwrap_or(TlsVersion::Tls12);
+    let provider = Arc::new(policy.provider());
+    let min = opts
+        .min_version
+        .unwrap_or(TlsVersion::Tls12)
+        .max(policy.min_version);
     let max = opts.max_version.unwrap_or(TlsVersion::Tls13);
     let mut versions: Vec<&'static rustls::SupportedProtocolVersion> = Vec::new();
     if (min..=max).contains(&TlsVersion::Tls13) {
@@ -634,13 +653,16 @@ fn server_config_with(
     Ok(Arc::new(config))
 }
 
-fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Arc<ServerConfig> {
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .expect("ring supports TLS 1.2 and 1.3")
-            .with_no_client_auth()
-            .with_cert_resolver(resolver);
+fn server_config(resolver: Arc<dyn ResolvesServerCert>, policy: &TlsPolicy) -> Arc<ServerConfig> {
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match policy.min_version {
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+    };
+    let mut config = ServerConfig::builder_with_provider(Arc::new(policy.provider()))
+        .with_protocol_versions(versions)
+        .expect("the policy was checked when the flags were read")
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(config)
 }

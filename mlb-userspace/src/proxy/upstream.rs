@@ -1,29 +1,48 @@
 //! Requests to backends: pooled keep-alive connections, connect timeout, redispatch to another
 //! backend when connecting fails (HAProxy `retries 3` + `option redispatch`), the server timeout,
 //! and the header rewriting a reverse proxy owes both sides (hop-by-hop headers,
-//! `X-Forwarded-*`).
-use std::{net::SocketAddr, sync::Arc};
+//! `X-Forwarded-*`). Services with their own `timeout connect` or TLS to the backends get a
+//! pool of their own; `send-proxy` connections are not pooled.
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use http::{
     HeaderMap, HeaderValue, Method, Request, Response, Uri, Version,
     header::{self, HeaderName},
 };
 use hyper::body::Incoming;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
 };
+use rustls_pki_types::ServerName;
 use tracing::debug;
 
 use super::{
-    Timeouts,
+    Timeouts, backend_tls,
     balance::{BackendSlot, InFlightGuard},
     body::RetryBody,
+    maxconn::Limits,
 };
-use crate::model::BackendId;
+use crate::model::{
+    BackendId,
+    tuning::{BackendTls, ProxyProtocol},
+};
+
+mod direct;
 
 /// How many other backends a request is redispatched to after a connect failure.
 const RETRIES: usize = 3;
+/// Distinct tuned client pools kept (a pool per connect timeout, backend TLS setting and
+/// server name); past it they are dropped and rebuilt on demand.
+const MAX_TUNED_POOLS: usize = 256;
+
+type TunedClient = Client<HttpsConnector<HttpConnector>, RetryBody>;
 
 /// Pooled clients to backends.
 pub(crate) struct Upstream {
@@ -31,6 +50,20 @@ pub(crate) struct Upstream {
     h1: Client<HttpConnector, RetryBody>,
     /// HTTP/2 with prior knowledge, for gRPC (which needs HTTP/2 end to end).
     h2: Client<HttpConnector, RetryBody>,
+    default_connect: Duration,
+    /// Pools of services with their own `timeout connect` or TLS to the backends.
+    tuned: Mutex<HashMap<Profile, TunedClient>>,
+    /// `maxconn` of `server` lines.
+    server_limits: Limits<BackendId>,
+}
+
+/// How to reach a service's backends (from its tuning).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Profile {
+    pub(crate) connect: Duration,
+    pub(crate) tls: Option<BackendTls>,
+    /// Server name of this request (fixed, or its host with `sni req.hdr(host)`).
+    pub(crate) sni: Option<String>,
 }
 
 /// Why no backend response came back.
@@ -40,6 +73,14 @@ pub(crate) enum UpstreamError {
     Failed(String),
     /// No response headers within the server timeout: 504.
     Timeout,
+    /// The backend stayed at its `maxconn` for the whole queue timeout: 503.
+    Queued,
+}
+
+/// One attempt's failure: a connect failure is redispatched to another backend.
+enum Attempt {
+    Connect(String),
+    Failed(String),
 }
 
 /// A backend's response, with the backend that gave it and its in-flight guard.
@@ -58,25 +99,35 @@ pub(crate) struct Outgoing {
     /// Send over HTTP/2 (gRPC).
     pub(crate) h2: bool,
     /// The service's `timeout server`: how long to wait for the response headers.
-    pub(crate) server_timeout: std::time::Duration,
+    pub(crate) server_timeout: Duration,
+    pub(crate) profile: Profile,
+    /// `send-proxy[-v2]`: the header, with the client's and the frontend's addresses. Such a
+    /// connection belongs to one client, so it is not pooled (HAProxy marks it private too).
+    pub(crate) send_proxy: Option<(ProxyProtocol, SocketAddr, SocketAddr)>,
+    /// `server … maxconn N`, and how long a request waits for a slot.
+    pub(crate) maxconn: Option<(u32, Duration)>,
 }
 
 impl Upstream {
     pub(crate) fn new(timeouts: &Timeouts) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeouts.connect));
-        connector.set_nodelay(true);
+        let connector = connector(timeouts.connect);
         let h1 = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(30))
             .build(connector.clone());
         let h2 = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http2_only(true)
             .build(connector);
-        Upstream { h1, h2 }
+        Upstream {
+            h1,
+            h2,
+            default_connect: timeouts.connect,
+            tuned: Mutex::new(HashMap::new()),
+            server_limits: Limits::new(),
+        }
     }
 
     /// Sends the request to `first`, and on a connect failure to up to [`RETRIES`] other
@@ -92,11 +143,19 @@ impl Upstream {
         let mut body = body;
         let mut tried: Vec<BackendId> = Vec::new();
         loop {
-            let guard = InFlightGuard::new(backend.stats.clone());
+            let slot = match out.maxconn {
+                Some((max, wait)) => {
+                    let id = &backend.backend.id;
+                    let slot = self.server_limits.acquire(id, max, wait).await;
+                    Some(slot.ok_or(UpstreamError::Queued)?)
+                }
+                None => None,
+            };
+            let guard = InFlightGuard::new(backend.stats.clone()).holding(slot);
             let next_body = body.retry();
             let req = build(out, backend.backend.addr, body)?;
-            let client = if out.h2 { &self.h2 } else { &self.h1 };
-            match tokio::time::timeout(out.server_timeout, client.request(req)).await {
+            let attempt = self.attempt(out, backend.backend.addr, req);
+            match tokio::time::timeout(out.server_timeout, attempt).await {
                 Ok(Ok(response)) => {
                     return Ok(Answer {
                         response,
@@ -104,7 +163,7 @@ impl Upstream {
                         guard,
                     });
                 }
-                Ok(Err(e)) if e.is_connect() => {
+                Ok(Err(Attempt::Connect(e))) => {
                     debug!(backend = %backend.backend.id, error = %e, "connect failed; redispatching");
                     tried.push(backend.backend.id.clone());
                     let (Some(b), Some(next)) = (next_body, pick(&tried)) else {
@@ -122,17 +181,99 @@ impl Upstream {
                     body = b;
                     backend = next;
                 }
-                Ok(Err(e)) => {
+                Ok(Err(Attempt::Failed(e))) => {
                     return Err(UpstreamError::Failed(format!(
-                        "backend {}: {}",
+                        "backend {}: {e}",
                         backend.backend.id,
-                        error_chain(&e)
                     )));
                 }
                 Err(_) => return Err(UpstreamError::Timeout),
             }
         }
     }
+
+    async fn attempt(
+        &self,
+        out: &Outgoing,
+        addr: SocketAddr,
+        req: Request<RetryBody>,
+    ) -> Result<Response<Incoming>, Attempt> {
+        if let Some(proxy) = out.send_proxy {
+            return direct::send(&out.profile, proxy, addr, req).await;
+        }
+        let sent = if out.profile.tls.is_none()
+            && (out.h2 || out.profile.connect == self.default_connect)
+        {
+            let client = if out.h2 { &self.h2 } else { &self.h1 };
+            client.request(req).await
+        } else {
+            self.tuned(&out.profile)?.request(req).await
+        };
+        sent.map_err(|e| {
+            if e.is_connect() {
+                Attempt::Connect(error_chain(&e))
+            } else {
+                Attempt::Failed(error_chain(&e))
+            }
+        })
+    }
+
+    /// The pool for `profile`, built on first use.
+    fn tuned(&self, profile: &Profile) -> Result<TunedClient, Attempt> {
+        let mut pools = self.tuned.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(client) = pools.get(profile) {
+            return Ok(client.clone());
+        }
+        if pools.len() >= MAX_TUNED_POOLS {
+            pools.clear();
+        }
+        let tls = match &profile.tls {
+            Some(tls) => backend_tls::client_config(tls, profile.sni.is_some())
+                .map_err(|e| Attempt::Failed(e.to_string()))?,
+            None => plain_tls_config(),
+        };
+        let builder = HttpsConnectorBuilder::new()
+            .with_tls_config(Arc::unwrap_or_clone(tls))
+            .https_or_http();
+        let builder = match fixed_name(profile) {
+            Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name)),
+            None => builder,
+        };
+        let https = builder
+            .enable_http1()
+            .wrap_connector(connector(profile.connect));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(https);
+        pools.insert(profile.clone(), client.clone());
+        Ok(client)
+    }
+}
+
+fn connector(connect: Duration) -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect));
+    connector.set_nodelay(true);
+    connector.enforce_http(false);
+    connector
+}
+
+/// The TLS configuration of a plain-HTTP pool (never used: its URIs are `http://`).
+fn plain_tls_config() -> Arc<rustls::ClientConfig> {
+    let off = BackendTls {
+        verify: false,
+        ca_file: None,
+        sni: None,
+        sni_from_host: false,
+    };
+    backend_tls::client_config(&off, false).expect("no file to read")
+}
+
+/// The configured server name, as rustls takes it.
+pub(crate) fn fixed_name(profile: &Profile) -> Option<ServerName<'static>> {
+    ServerName::try_from(profile.sni.clone()?).ok()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -151,7 +292,12 @@ fn build(
     addr: SocketAddr,
     body: RetryBody,
 ) -> Result<Request<RetryBody>, UpstreamError> {
-    let uri: Uri = format!("http://{addr}{}", out.path_and_query)
+    let scheme = if out.profile.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let uri: Uri = format!("{scheme}://{addr}{}", out.path_and_query)
         .parse()
         .map_err(|e| UpstreamError::Failed(format!("request target: {e}")))?;
     let mut req = Request::new(body);

@@ -222,3 +222,26 @@ fn json_escaped_newlines_and_global_default_options() {
     assert!(matches!(out[0].effect, Effect::Builtin(_)));
     assert!(matches!(out[2].effect, Effect::NotApplied(_)));
 }
+
+#[test]
+fn legacy_reqadd_and_rspadd_add_headers_unless_conditional() {
+    let (t, out) = apply(
+        "HAPROXY_0_BACKEND_HTTP_OPTIONS",
+        "  reqadd X-Forwarded-Proto:\\ https\n  rspadd X-Served-By:\\ mlb\\ edge\n  reqadd X-Forwarded-Proto:\\ https if { ssl_fc }\n",
+    );
+    assert_eq!(
+        t.request_headers,
+        [HeaderEdit::Add {
+            name: "X-Forwarded-Proto".into(),
+            value: "https".into()
+        }]
+    );
+    assert_eq!(
+        t.response_headers,
+        [HeaderEdit::Add {
+            name: "X-Served-By".into(),
+            value: "mlb edge".into()
+        }]
+    );
+    assert!(matches!(&out[2].effect, Effect::NotApplied(r) if r.contains("if/unless")));
+}
