@@ -104,8 +104,23 @@ struct Loopback {
 
 impl Loopback {
     fn start(sim: &MarathonSim, extra: &[&str]) -> Result<(Loopback, Mlb<'static>)> {
+        Self::start_on(sim, LOCALHOST, extra)
+    }
+
+    /// [`Loopback::start`] with the TCP services on `vip` (another loopback address lets
+    /// several instances serve the same service ports).
+    fn start_on(
+        sim: &MarathonSim,
+        vip: IpAddr,
+        extra: &[&str],
+    ) -> Result<(Loopback, Mlb<'static>)> {
         let (http, https, appid) = (free_port(), free_port(), free_port());
         let mut args = loopback_args(&sim.url(), http, https, appid);
+        for a in &mut args {
+            if *a == LOCALHOST.to_string() {
+                *a = vip.to_string();
+            }
+        }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let mlb = Mlb::start(None, SocketAddr::new(LOCALHOST, free_port()), &args)?;
         Ok((
@@ -1027,36 +1042,6 @@ fn stats_page_body() -> Result<()> {
     Ok(())
 }
 
-/// `mlb zdd` with the flags of these tests (never prompts, polls fast, bounded in time) and
-/// `extra`.
-fn mlb_zdd(
-    sim: &MarathonSim,
-    mlb: &Mlb<'_>,
-    app_file: &std::path::Path,
-    extra: &[&str],
-) -> Result<()> {
-    let out = std::process::Command::new("timeout")
-        .arg("120")
-        .arg(mlb_tests::mlb_bin::mlb_bin())
-        .args([
-            "zdd",
-            "--force",
-            "--step-delay",
-            "0.2",
-            "--max-wait",
-            "30",
-            "-j",
-        ])
-        .arg(app_file)
-        .args(["-m", &sim.url(), "-l", &format!("http://{}", mlb.admin)])
-        .args(extra)
-        .output()?;
-    // Shown when the test fails: what zdd decided, step by step.
-    eprintln!("--- mlb zdd ---\n{}", String::from_utf8_lossy(&out.stderr));
-    ensure!(out.status.success(), "mlb zdd: {}", out.status);
-    Ok(())
-}
-
 /// Waits until `app` is gone from Marathon and no deployment holds its name.
 fn wait_deleted(sim: &MarathonSim, app: &str) -> Result<()> {
     wait_for(&format!("{app} deleted"), Duration::from_secs(5), || {
@@ -1099,7 +1084,7 @@ fn zdd_body() -> Result<()> {
     std::fs::write(&app_file, app.to_string())?;
     let (blue, green) = ("/zdd/web-blue", "/zdd/web-green");
 
-    mlb_zdd(&sim, &mlb, &app_file, &[])?;
+    zdd_to_end(&sim, &[&mlb], &app_file, &[])?;
     wait_for("blue running", Duration::from_secs(10), || {
         Ok((task_ids(&sim, blue).len() == 3).then_some(()))
     })?;
@@ -1107,7 +1092,7 @@ fn zdd_body() -> Result<()> {
     let load = lb.vhost_loop("zdd.example.test");
     load.wait_answered_by(&task_ids(&sim, blue), 0)?;
 
-    mlb_zdd(&sim, &mlb, &app_file, &[])?;
+    zdd_to_end(&sim, &[&mlb], &app_file, &[])?;
     // Blue was deleted at the end: its last tasks are TASK_KILLING for a moment.
     // (and its app, so that the next deployment may take its name again).
     wait_deleted(&sim, blue)?;
@@ -1117,7 +1102,7 @@ fn zdd_body() -> Result<()> {
     load.wait_answered_by(&green_tasks, 0)?;
 
     // Hybrid: one blue task next to green's, both colours serving; then completed to blue.
-    mlb_zdd(&sim, &mlb, &app_file, &["--new-instances", "1"])?;
+    zdd_to_end(&sim, &[&mlb], &app_file, &["--new-instances", "1"])?;
     let (blue_tasks, green_tasks) = (task_ids(&sim, blue), task_ids(&sim, green));
     ensure!(
         blue_tasks.len() == 1 && green_tasks.len() == 2,
@@ -1125,7 +1110,7 @@ fn zdd_body() -> Result<()> {
     );
     let both: Vec<String> = blue_tasks.iter().chain(&green_tasks).cloned().collect();
     load.wait_answered_by(&both, load.snapshot().sequence.len())?;
-    mlb_zdd(&sim, &mlb, &app_file, &["--complete-cur"])?;
+    zdd_to_end(&sim, &[&mlb], &app_file, &["--complete-cur"])?;
     wait_deleted(&sim, green)?;
     let blue_tasks = task_ids(&sim, blue);
     ensure!(blue_tasks.len() == 3, "completed: blue {blue_tasks:?}");
@@ -1141,6 +1126,172 @@ fn zdd_body() -> Result<()> {
     );
     let _ = std::fs::remove_dir_all(&dir);
     mlb.finish();
+    Ok(())
+}
+
+/// The arguments of `mlb zdd` with the flags of these tests (never prompts, polls fast) and
+/// `extra`, against every load balancer of `lbs`.
+fn zdd_args(
+    sim: &MarathonSim,
+    lbs: &[&Mlb<'_>],
+    app_file: &std::path::Path,
+    extra: &[&str],
+) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = [
+        "zdd",
+        "--force",
+        "--step-delay",
+        "0.2",
+        "--max-wait",
+        "30",
+        "-m",
+        &sim.url(),
+        "-j",
+    ]
+    .map(Into::into)
+    .to_vec();
+    args.push(app_file.into());
+    for lb in lbs {
+        args.extend(["-l".into(), format!("http://{}", lb.admin).into()]);
+    }
+    args.extend(extra.iter().map(Into::into));
+    args
+}
+
+/// Runs `mlb zdd` to its end (bounded in time), showing what it decided.
+fn zdd_to_end(
+    sim: &MarathonSim,
+    lbs: &[&Mlb<'_>],
+    app_file: &std::path::Path,
+    extra: &[&str],
+) -> Result<()> {
+    let out = std::process::Command::new("timeout")
+        .arg("120")
+        .arg(mlb_tests::mlb_bin::mlb_bin())
+        .args(zdd_args(sim, lbs, app_file, extra))
+        .output()?;
+    // Shown when the test fails: what zdd decided, step by step.
+    eprintln!(
+        "--- mlb zdd {extra:?} ---\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(out.status.success(), "mlb zdd {extra:?}: {}", out.status);
+    Ok(())
+}
+
+/// Interrupts a deployment mid-way: starts `mlb zdd` towards `new` and kills it (SIGKILL, as a
+/// lost terminal or a crashed CI runner would) once `new` serves and `old` lost a task, so both
+/// colours are left live.
+fn interrupted_zdd(
+    sim: &MarathonSim,
+    lbs: &[&Mlb<'_>],
+    app_file: &std::path::Path,
+    (old, new): (&str, &str),
+) -> Result<()> {
+    // mlb itself, not under `timeout`: the kill must reach it.
+    let mut child = std::process::Command::new(mlb_tests::mlb_bin::mlb_bin())
+        .args(zdd_args(sim, lbs, app_file, &[]))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let midway = wait_for("a deployment half-way", Duration::from_secs(20), || {
+        if let Some(status) = child.try_wait()? {
+            bail!("mlb zdd ended before it could be interrupted: {status}");
+        }
+        Ok((!task_ids(sim, new).is_empty() && task_ids(sim, old).len() < 3).then_some(()))
+    });
+    let _ = child.kill();
+    child.wait()?;
+    midway?;
+    let apps = sim.app_ids();
+    ensure!(
+        apps.iter().any(|a| a == old) && apps.iter().any(|a| a == new),
+        "interrupted: {apps:?}"
+    );
+    Ok(())
+}
+
+/// A TCP app (`portDefinitions` only) through two mlb instances (`--marathon-lb` twice), a
+/// fresh connection every few milliseconds on each: `mlb zdd` deploys blue, a deployment to
+/// green is interrupted (zdd killed mid-way) and finished with `--resume`, then a deployment
+/// back to blue is interrupted and rolled back with `--complete-prev` (green serves alone
+/// again); not one connection fails.
+#[test]
+fn zdd_tcp_app_two_lbs_resume_and_rollback_without_a_failed_connection() {
+    run(
+        "zdd_tcp_app_two_lbs_resume_and_rollback_without_a_failed_connection",
+        zdd_tcp_body,
+    );
+}
+
+fn zdd_tcp_body() -> Result<()> {
+    let (port, alt_port) = (free_port(), free_port());
+    let rt = runtime();
+    let sim = rt.block_on(MarathonSim::start(sim_config(
+        Vec::new(),
+        vec![SimAgent::local(LOCALHOST)],
+    )))?;
+    let (_, mlb_a) = Loopback::start(&sim, &[])?;
+    // The second instance serves the same service ports on another loopback address.
+    let vip_b = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let (_, mlb_b) = Loopback::start_on(&sim, vip_b, &[])?;
+    let lbs = [&mlb_a, &mlb_b];
+    let mut app = tcp_app("/zdd/echo", port, 3);
+    app["labels"]["HAPROXY_DEPLOYMENT_GROUP"] = json!("zdd-echo");
+    app["labels"]["HAPROXY_DEPLOYMENT_ALT_PORT"] = json!(alt_port.to_string());
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("zdd-tcp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let app_file = dir.join("echo.json");
+    std::fs::write(&app_file, app.to_string())?;
+    let (blue, green) = ("/zdd/echo-blue", "/zdd/echo-green");
+    let zdd = |extra: &[&str]| zdd_to_end(&sim, &lbs, &app_file, extra);
+
+    zdd(&[])?;
+    wait_for("blue running", Duration::from_secs(10), || {
+        Ok((task_ids(&sim, blue).len() == 3).then_some(()))
+    })?;
+    for lb in lbs {
+        lb.wait_routed("/zdd-echo", 0, &task_ids(&sim, blue))?;
+    }
+    let loops = [
+        tcp_loop(SocketAddr::new(LOCALHOST, port)),
+        tcp_loop(SocketAddr::new(vip_b, port)),
+    ];
+    let served_by = |app: &str| -> Result<()> {
+        wait_deleted(&sim, if app == blue { green } else { blue })?;
+        let tasks = task_ids(&sim, app);
+        ensure!(tasks.len() == 3, "{app}: {tasks:?}");
+        for (l, lb) in loops.iter().zip(lbs) {
+            lb.wait_routed("/zdd-echo", 0, &tasks)?;
+            l.wait_answered_by(&tasks, l.snapshot().sequence.len())?;
+        }
+        Ok(())
+    };
+    loops[0].wait_answered_by(&task_ids(&sim, blue), 0)?;
+
+    interrupted_zdd(&sim, &lbs, &app_file, (blue, green))?;
+    zdd(&["--resume"])?;
+    served_by(green)?;
+
+    interrupted_zdd(&sim, &lbs, &app_file, (green, blue))?;
+    zdd(&["--complete-prev"])?;
+    served_by(green)?;
+
+    for l in loops {
+        let report = l.stop();
+        eprintln!("{} connections during the deployments", report.total());
+        ensure!(
+            report.failures.is_empty(),
+            "{} of {} connections failed: {:?}",
+            report.failures.len(),
+            report.total(),
+            report.failures
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    mlb_a.finish();
+    mlb_b.finish();
     Ok(())
 }
 
