@@ -1053,6 +1053,52 @@ fn wait_deleted(sim: &MarathonSim, app: &str) -> Result<()> {
     })
 }
 
+/// Once a deployment ended: `gone` deleted, `app` running `count` tasks, every one of them
+/// answering `load`.
+fn deployed(
+    sim: &MarathonSim,
+    load: &RequestLoop,
+    (gone, app): (&str, &str),
+    count: usize,
+) -> Result<Vec<String>> {
+    wait_deleted(sim, gone)?;
+    let tasks = task_ids(sim, app);
+    ensure!(tasks.len() == count, "{app}: {tasks:?}");
+    load.wait_answered_by(&tasks, load.snapshot().sequence.len())?;
+    Ok(tasks)
+}
+
+/// Stops `load`; fails if any of its requests failed.
+fn stop_without_failures(load: RequestLoop) -> Result<()> {
+    let report = load.stop();
+    eprintln!("{} requests during the deployments", report.total());
+    ensure!(
+        report.failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        report.failures.len(),
+        report.total(),
+        report.failures
+    );
+    Ok(())
+}
+
+/// Writes `app` with zdd's deployment labels (group `group`, alternate port `alt_port`) to a
+/// file of this test; returns its directory (to remove at the end) and the file.
+fn zdd_app_file(
+    mut app: Value,
+    group: &str,
+    alt_port: u16,
+) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    app["labels"]["HAPROXY_DEPLOYMENT_GROUP"] = json!(group);
+    app["labels"]["HAPROXY_DEPLOYMENT_ALT_PORT"] = json!(alt_port.to_string());
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{group}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("app.json");
+    std::fs::write(&file, app.to_string())?;
+    Ok((dir, file))
+}
+
 /// A blue/green deployment of a vhost app with `mlb zdd` under constant load: blue is deployed,
 /// then green replaces it step by step (mlb drains blue tasks as green ones turn healthy, zdd
 /// kills what every mlb shows drained); then a hybrid deployment (`--new-instances 1`: both
@@ -1068,20 +1114,9 @@ fn zdd_blue_green_under_load_without_a_failed_request() {
 
 fn zdd_body() -> Result<()> {
     let (port, alt_port) = (free_port(), free_port());
-    let rt = runtime();
-    let sim = rt.block_on(MarathonSim::start(sim_config(
-        Vec::new(),
-        vec![SimAgent::local(LOCALHOST)],
-    )))?;
-    let (lb, mlb) = Loopback::start(&sim, &["--health-check"])?;
-    let mut app = vhost_app("/zdd/web", port, "zdd.example.test", 3, true);
-    app["labels"]["HAPROXY_DEPLOYMENT_GROUP"] = json!("zdd-web");
-    app["labels"]["HAPROXY_DEPLOYMENT_ALT_PORT"] = json!(alt_port.to_string());
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("zdd-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let app_file = dir.join("web.json");
-    std::fs::write(&app_file, app.to_string())?;
+    let (_rt, sim, lb, mlb) = loopback(Vec::new(), &["--health-check"])?;
+    let app = vhost_app("/zdd/web", port, "zdd.example.test", 3, true);
+    let (dir, app_file) = zdd_app_file(app, "zdd-web", alt_port)?;
     let (blue, green) = ("/zdd/web-blue", "/zdd/web-green");
 
     zdd_to_end(&sim, &[&mlb], &app_file, &[])?;
@@ -1111,19 +1146,8 @@ fn zdd_body() -> Result<()> {
     let both: Vec<String> = blue_tasks.iter().chain(&green_tasks).cloned().collect();
     load.wait_answered_by(&both, load.snapshot().sequence.len())?;
     zdd_to_end(&sim, &[&mlb], &app_file, &["--complete-cur"])?;
-    wait_deleted(&sim, green)?;
-    let blue_tasks = task_ids(&sim, blue);
-    ensure!(blue_tasks.len() == 3, "completed: blue {blue_tasks:?}");
-    load.wait_answered_by(&blue_tasks, load.snapshot().sequence.len())?;
-    let report = load.stop();
-    eprintln!("{} requests during the deployment", report.total());
-    ensure!(
-        report.failures.is_empty(),
-        "{} of {} requests failed: {:?}",
-        report.failures.len(),
-        report.total(),
-        report.failures
-    );
+    deployed(&sim, &load, (green, blue), 3)?;
+    stop_without_failures(load)?;
     let _ = std::fs::remove_dir_all(&dir);
     mlb.finish();
     Ok(())
@@ -1226,24 +1250,12 @@ fn zdd_tcp_app_two_lbs_resume_and_rollback_without_a_failed_connection() {
 
 fn zdd_tcp_body() -> Result<()> {
     let (port, alt_port) = (free_port(), free_port());
-    let rt = runtime();
-    let sim = rt.block_on(MarathonSim::start(sim_config(
-        Vec::new(),
-        vec![SimAgent::local(LOCALHOST)],
-    )))?;
-    let (_, mlb_a) = Loopback::start(&sim, &[])?;
+    let (_rt, sim, _, mlb_a) = loopback(Vec::new(), &[])?;
     // The second instance serves the same service ports on another loopback address.
     let vip_b = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
     let (_, mlb_b) = Loopback::start_on(&sim, vip_b, &[])?;
     let lbs = [&mlb_a, &mlb_b];
-    let mut app = tcp_app("/zdd/echo", port, 3);
-    app["labels"]["HAPROXY_DEPLOYMENT_GROUP"] = json!("zdd-echo");
-    app["labels"]["HAPROXY_DEPLOYMENT_ALT_PORT"] = json!(alt_port.to_string());
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("zdd-tcp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let app_file = dir.join("echo.json");
-    std::fs::write(&app_file, app.to_string())?;
+    let (dir, app_file) = zdd_app_file(tcp_app("/zdd/echo", port, 3), "zdd-echo", alt_port)?;
     let (blue, green) = ("/zdd/echo-blue", "/zdd/echo-green");
     let zdd = |extra: &[&str]| zdd_to_end(&sim, &lbs, &app_file, extra);
 
@@ -1259,12 +1271,10 @@ fn zdd_tcp_body() -> Result<()> {
         tcp_loop(SocketAddr::new(vip_b, port)),
     ];
     let served_by = |app: &str| -> Result<()> {
-        wait_deleted(&sim, if app == blue { green } else { blue })?;
-        let tasks = task_ids(&sim, app);
-        ensure!(tasks.len() == 3, "{app}: {tasks:?}");
+        let gone = if app == blue { green } else { blue };
         for (l, lb) in loops.iter().zip(lbs) {
+            let tasks = deployed(&sim, l, (gone, app), 3)?;
             lb.wait_routed("/zdd-echo", 0, &tasks)?;
-            l.wait_answered_by(&tasks, l.snapshot().sequence.len())?;
         }
         Ok(())
     };
@@ -1279,19 +1289,135 @@ fn zdd_tcp_body() -> Result<()> {
     served_by(green)?;
 
     for l in loops {
-        let report = l.stop();
-        eprintln!("{} connections during the deployments", report.total());
-        ensure!(
-            report.failures.is_empty(),
-            "{} of {} connections failed: {:?}",
-            report.failures.len(),
-            report.total(),
-            report.failures
-        );
+        stop_without_failures(l)?;
     }
     let _ = std::fs::remove_dir_all(&dir);
     mlb_a.finish();
     mlb_b.finish();
+    Ok(())
+}
+
+/// The real marathon-lb `zdd.py` (and its modules) at `$MLB_ZDD_PY` deploys a TCP app through
+/// mlb: blue, then green while connections are held open on every blue task. mlb shows the blue
+/// servers MAINT with their sessions, zdd.py kills none of them until the sessions close, then
+/// completes (blue deleted, green serving); a fresh connection every few milliseconds never
+/// fails. Runs only when `MLB_ZDD_PY` names zdd.py (it is not shipped here: fetch it from
+/// marathon-lb's repository with `common.py`, `utils.py`, `lrucache.py` and `zdd_exceptions.py`
+/// beside it; it runs on /usr/bin/python3 with Debian's python3-requests, -six, -dateutil, -jwt
+/// and -pycurl, which `cargo xtask setup` installs); says SKIPPED otherwise.
+#[test]
+fn real_zdd_py_deploys_through_mlb() {
+    let Some(zdd_py) = std::env::var_os("MLB_ZDD_PY") else {
+        eprintln!("SKIPPED: set MLB_ZDD_PY=/path/to/marathon-lb/zdd.py to run it");
+        return;
+    };
+    if let Err(e) = real_zdd_py_body(std::path::Path::new(&zdd_py)) {
+        panic!("real_zdd_py_deploys_through_mlb: {e:#}");
+    }
+}
+
+/// Runs zdd.py with `--force`, one-second steps and at most 30 s waiting for drains.
+fn zdd_py(
+    zdd_py: &std::path::Path,
+    sim: &MarathonSim,
+    mlb: &Mlb<'_>,
+    app_file: &std::path::Path,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new("timeout");
+    // Debian's python3, which the python3-* packages serve (not a python3 earlier in PATH).
+    cmd.args(["120", "/usr/bin/python3"])
+        .arg(zdd_py)
+        .args(["--force", "--step-delay", "1", "--max-wait", "30"])
+        .args(["--syslog-socket", "/dev/null", "--log-level", "INFO"])
+        .args([
+            "-m",
+            &sim.url(),
+            "-l",
+            &format!("http://{}", mlb.admin),
+            "-j",
+        ])
+        .arg(app_file);
+    cmd
+}
+
+fn real_zdd_py_body(zdd_path: &std::path::Path) -> Result<()> {
+    let (port, alt_port) = (free_port(), free_port());
+    let (_rt, sim, _, mlb) = loopback(Vec::new(), &["--health-check"])?;
+    // zdd.py counts only UP servers: the app has a health check. It crashes on
+    // `portDefinitions`: the legacy `ports` then.
+    let mut app = tcp_app("/zddpy/echo", port, 3);
+    app.as_object_mut()
+        .context("app")?
+        .remove("portDefinitions");
+    app["ports"] = json!([port]);
+    app["healthChecks"] = json!([{
+        "protocol": "TCP", "portIndex": 0, "gracePeriodSeconds": 1,
+        "intervalSeconds": 1, "timeoutSeconds": 1, "maxConsecutiveFailures": 1,
+    }]);
+    let (dir, app_file) = zdd_app_file(app, "zddpy-echo", alt_port)?;
+    let (blue, green) = ("/zddpy/echo-blue", "/zddpy/echo-green");
+    let pxname = format!("zddpy-echo_{port}");
+
+    let out = zdd_py(zdd_path, &sim, &mlb, &app_file).output()?;
+    eprintln!(
+        "--- zdd.py (blue) ---\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(out.status.success(), "zdd.py: {}", out.status);
+    wait_for("blue running", Duration::from_secs(10), || {
+        Ok((task_ids(&sim, blue).len() == 3).then_some(()))
+    })?;
+    mlb.wait_routed("/zddpy-echo", 0, &task_ids(&sim, blue))?;
+    let addr = SocketAddr::new(LOCALHOST, port);
+    let load = tcp_loop(addr);
+    load.wait_answered_by(&task_ids(&sim, blue), 0)?;
+    // Sessions on every blue task (the balancer spreads them).
+    let mut held = Vec::new();
+    for i in 0..9 {
+        let mut c = EchoConn::open(addr)?;
+        c.echo(&format!("held-{i}"))?;
+        held.push(c);
+    }
+
+    let mut child = zdd_py(zdd_path, &sim, &mlb, &app_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().context("zdd.py stderr")?;
+    let log = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    // Blue servers go MAINT as green turns healthy, their sessions still counted; zdd.py waits.
+    let maint = wait_for(
+        "a blue server MAINT with sessions",
+        Duration::from_secs(20),
+        || {
+            let rows = stats_csv(&mlb)?;
+            Ok(rows.into_iter().find(|r| {
+                r.get("pxname") == pxname
+                    && r.get("status") == "MAINT"
+                    && r.int("scur").is_ok_and(|n| n > 0)
+            }))
+        },
+    )?;
+    eprintln!("draining with sessions: {maint:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(
+        child.try_wait()?.is_none(),
+        "zdd.py ended with sessions open"
+    );
+    ensure!(
+        task_ids(&sim, blue).len() == 3,
+        "zdd.py killed a blue task with open sessions: {:?}",
+        task_ids(&sim, blue)
+    );
+    drop(held);
+    let status = child.wait()?;
+    let log = log.join().unwrap_or_default();
+    eprintln!("--- zdd.py (green) ---\n{log}");
+    ensure!(status.success(), "zdd.py: {status}");
+    deployed(&sim, &load, (blue, green), 3)?;
+    stop_without_failures(load)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    mlb.finish();
     Ok(())
 }
 
