@@ -104,8 +104,23 @@ struct Loopback {
 
 impl Loopback {
     fn start(sim: &MarathonSim, extra: &[&str]) -> Result<(Loopback, Mlb<'static>)> {
+        Self::start_on(sim, LOCALHOST, extra)
+    }
+
+    /// [`Loopback::start`] with the TCP services on `vip` (another loopback address lets
+    /// several instances serve the same service ports).
+    fn start_on(
+        sim: &MarathonSim,
+        vip: IpAddr,
+        extra: &[&str],
+    ) -> Result<(Loopback, Mlb<'static>)> {
         let (http, https, appid) = (free_port(), free_port(), free_port());
         let mut args = loopback_args(&sim.url(), http, https, appid);
+        for a in &mut args {
+            if *a == LOCALHOST.to_string() {
+                *a = vip.to_string();
+            }
+        }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let mlb = Mlb::start(None, SocketAddr::new(LOCALHOST, free_port()), &args)?;
         Ok((
@@ -1027,36 +1042,6 @@ fn stats_page_body() -> Result<()> {
     Ok(())
 }
 
-/// `mlb zdd` with the flags of these tests (never prompts, polls fast, bounded in time) and
-/// `extra`.
-fn mlb_zdd(
-    sim: &MarathonSim,
-    mlb: &Mlb<'_>,
-    app_file: &std::path::Path,
-    extra: &[&str],
-) -> Result<()> {
-    let out = std::process::Command::new("timeout")
-        .arg("120")
-        .arg(mlb_tests::mlb_bin::mlb_bin())
-        .args([
-            "zdd",
-            "--force",
-            "--step-delay",
-            "0.2",
-            "--max-wait",
-            "30",
-            "-j",
-        ])
-        .arg(app_file)
-        .args(["-m", &sim.url(), "-l", &format!("http://{}", mlb.admin)])
-        .args(extra)
-        .output()?;
-    // Shown when the test fails: what zdd decided, step by step.
-    eprintln!("--- mlb zdd ---\n{}", String::from_utf8_lossy(&out.stderr));
-    ensure!(out.status.success(), "mlb zdd: {}", out.status);
-    Ok(())
-}
-
 /// Waits until `app` is gone from Marathon and no deployment holds its name.
 fn wait_deleted(sim: &MarathonSim, app: &str) -> Result<()> {
     wait_for(&format!("{app} deleted"), Duration::from_secs(5), || {
@@ -1066,6 +1051,52 @@ fn wait_deleted(sim: &MarathonSim, app: &str) -> Result<()> {
             .is_some_and(Vec::is_empty);
         Ok((idle && !sim.app_ids().iter().any(|a| a == app)).then_some(()))
     })
+}
+
+/// Once a deployment ended: `gone` deleted, `app` running `count` tasks, every one of them
+/// answering `load`.
+fn deployed(
+    sim: &MarathonSim,
+    load: &RequestLoop,
+    (gone, app): (&str, &str),
+    count: usize,
+) -> Result<Vec<String>> {
+    wait_deleted(sim, gone)?;
+    let tasks = task_ids(sim, app);
+    ensure!(tasks.len() == count, "{app}: {tasks:?}");
+    load.wait_answered_by(&tasks, load.snapshot().sequence.len())?;
+    Ok(tasks)
+}
+
+/// Stops `load`; fails if any of its requests failed.
+fn stop_without_failures(load: RequestLoop) -> Result<()> {
+    let report = load.stop();
+    eprintln!("{} requests during the deployments", report.total());
+    ensure!(
+        report.failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        report.failures.len(),
+        report.total(),
+        report.failures
+    );
+    Ok(())
+}
+
+/// Writes `app` with zdd's deployment labels (group `group`, alternate port `alt_port`) to a
+/// file of this test; returns its directory (to remove at the end) and the file.
+fn zdd_app_file(
+    mut app: Value,
+    group: &str,
+    alt_port: u16,
+) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    app["labels"]["HAPROXY_DEPLOYMENT_GROUP"] = json!(group);
+    app["labels"]["HAPROXY_DEPLOYMENT_ALT_PORT"] = json!(alt_port.to_string());
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{group}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("app.json");
+    std::fs::write(&file, app.to_string())?;
+    Ok((dir, file))
 }
 
 /// A blue/green deployment of a vhost app with `mlb zdd` under constant load: blue is deployed,
@@ -1083,23 +1114,12 @@ fn zdd_blue_green_under_load_without_a_failed_request() {
 
 fn zdd_body() -> Result<()> {
     let (port, alt_port) = (free_port(), free_port());
-    let rt = runtime();
-    let sim = rt.block_on(MarathonSim::start(sim_config(
-        Vec::new(),
-        vec![SimAgent::local(LOCALHOST)],
-    )))?;
-    let (lb, mlb) = Loopback::start(&sim, &["--health-check"])?;
-    let mut app = vhost_app("/zdd/web", port, "zdd.example.test", 3, true);
-    app["labels"]["HAPROXY_DEPLOYMENT_GROUP"] = json!("zdd-web");
-    app["labels"]["HAPROXY_DEPLOYMENT_ALT_PORT"] = json!(alt_port.to_string());
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("zdd-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let app_file = dir.join("web.json");
-    std::fs::write(&app_file, app.to_string())?;
+    let (_rt, sim, lb, mlb) = loopback(Vec::new(), &["--health-check"])?;
+    let app = vhost_app("/zdd/web", port, "zdd.example.test", 3, true);
+    let (dir, app_file) = zdd_app_file(app, "zdd-web", alt_port)?;
     let (blue, green) = ("/zdd/web-blue", "/zdd/web-green");
 
-    mlb_zdd(&sim, &mlb, &app_file, &[])?;
+    zdd_to_end(&sim, &[&mlb], &app_file, &[])?;
     wait_for("blue running", Duration::from_secs(10), || {
         Ok((task_ids(&sim, blue).len() == 3).then_some(()))
     })?;
@@ -1107,7 +1127,7 @@ fn zdd_body() -> Result<()> {
     let load = lb.vhost_loop("zdd.example.test");
     load.wait_answered_by(&task_ids(&sim, blue), 0)?;
 
-    mlb_zdd(&sim, &mlb, &app_file, &[])?;
+    zdd_to_end(&sim, &[&mlb], &app_file, &[])?;
     // Blue was deleted at the end: its last tasks are TASK_KILLING for a moment.
     // (and its app, so that the next deployment may take its name again).
     wait_deleted(&sim, blue)?;
@@ -1117,7 +1137,7 @@ fn zdd_body() -> Result<()> {
     load.wait_answered_by(&green_tasks, 0)?;
 
     // Hybrid: one blue task next to green's, both colours serving; then completed to blue.
-    mlb_zdd(&sim, &mlb, &app_file, &["--new-instances", "1"])?;
+    zdd_to_end(&sim, &[&mlb], &app_file, &["--new-instances", "1"])?;
     let (blue_tasks, green_tasks) = (task_ids(&sim, blue), task_ids(&sim, green));
     ensure!(
         blue_tasks.len() == 1 && green_tasks.len() == 2,
@@ -1125,20 +1145,277 @@ fn zdd_body() -> Result<()> {
     );
     let both: Vec<String> = blue_tasks.iter().chain(&green_tasks).cloned().collect();
     load.wait_answered_by(&both, load.snapshot().sequence.len())?;
-    mlb_zdd(&sim, &mlb, &app_file, &["--complete-cur"])?;
-    wait_deleted(&sim, green)?;
-    let blue_tasks = task_ids(&sim, blue);
-    ensure!(blue_tasks.len() == 3, "completed: blue {blue_tasks:?}");
-    load.wait_answered_by(&blue_tasks, load.snapshot().sequence.len())?;
-    let report = load.stop();
-    eprintln!("{} requests during the deployment", report.total());
-    ensure!(
-        report.failures.is_empty(),
-        "{} of {} requests failed: {:?}",
-        report.failures.len(),
-        report.total(),
-        report.failures
+    zdd_to_end(&sim, &[&mlb], &app_file, &["--complete-cur"])?;
+    deployed(&sim, &load, (green, blue), 3)?;
+    stop_without_failures(load)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    mlb.finish();
+    Ok(())
+}
+
+/// The arguments of `mlb zdd` with the flags of these tests (never prompts, polls fast) and
+/// `extra`, against every load balancer of `lbs`.
+fn zdd_args(
+    sim: &MarathonSim,
+    lbs: &[&Mlb<'_>],
+    app_file: &std::path::Path,
+    extra: &[&str],
+) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = [
+        "zdd",
+        "--force",
+        "--step-delay",
+        "0.2",
+        "--max-wait",
+        "30",
+        "-m",
+        &sim.url(),
+        "-j",
+    ]
+    .map(Into::into)
+    .to_vec();
+    args.push(app_file.into());
+    for lb in lbs {
+        args.extend(["-l".into(), format!("http://{}", lb.admin).into()]);
+    }
+    args.extend(extra.iter().map(Into::into));
+    args
+}
+
+/// Runs `mlb zdd` to its end (bounded in time), showing what it decided.
+fn zdd_to_end(
+    sim: &MarathonSim,
+    lbs: &[&Mlb<'_>],
+    app_file: &std::path::Path,
+    extra: &[&str],
+) -> Result<()> {
+    let out = std::process::Command::new("timeout")
+        .arg("120")
+        .arg(mlb_tests::mlb_bin::mlb_bin())
+        .args(zdd_args(sim, lbs, app_file, extra))
+        .output()?;
+    // Shown when the test fails: what zdd decided, step by step.
+    eprintln!(
+        "--- mlb zdd {extra:?} ---\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    ensure!(out.status.success(), "mlb zdd {extra:?}: {}", out.status);
+    Ok(())
+}
+
+/// Interrupts a deployment mid-way: starts `mlb zdd` towards `new` and kills it (SIGKILL, as a
+/// lost terminal or a crashed CI runner would) once `new` serves and `old` lost a task, so both
+/// colours are left live.
+fn interrupted_zdd(
+    sim: &MarathonSim,
+    lbs: &[&Mlb<'_>],
+    app_file: &std::path::Path,
+    (old, new): (&str, &str),
+) -> Result<()> {
+    // mlb itself, not under `timeout`: the kill must reach it.
+    let mut child = std::process::Command::new(mlb_tests::mlb_bin::mlb_bin())
+        .args(zdd_args(sim, lbs, app_file, &[]))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let midway = wait_for("a deployment half-way", Duration::from_secs(20), || {
+        if let Some(status) = child.try_wait()? {
+            bail!("mlb zdd ended before it could be interrupted: {status}");
+        }
+        Ok((!task_ids(sim, new).is_empty() && task_ids(sim, old).len() < 3).then_some(()))
+    });
+    let _ = child.kill();
+    child.wait()?;
+    midway?;
+    let apps = sim.app_ids();
+    ensure!(
+        apps.iter().any(|a| a == old) && apps.iter().any(|a| a == new),
+        "interrupted: {apps:?}"
+    );
+    Ok(())
+}
+
+/// A TCP app (`portDefinitions` only) through two mlb instances (`--marathon-lb` twice), a
+/// fresh connection every few milliseconds on each: `mlb zdd` deploys blue, a deployment to
+/// green is interrupted (zdd killed mid-way) and finished with `--resume`, then a deployment
+/// back to blue is interrupted and rolled back with `--complete-prev` (green serves alone
+/// again); not one connection fails.
+#[test]
+fn zdd_tcp_app_two_lbs_resume_and_rollback_without_a_failed_connection() {
+    run(
+        "zdd_tcp_app_two_lbs_resume_and_rollback_without_a_failed_connection",
+        zdd_tcp_body,
+    );
+}
+
+fn zdd_tcp_body() -> Result<()> {
+    let (port, alt_port) = (free_port(), free_port());
+    let (_rt, sim, _, mlb_a) = loopback(Vec::new(), &[])?;
+    // The second instance serves the same service ports on another loopback address.
+    let vip_b = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let (_, mlb_b) = Loopback::start_on(&sim, vip_b, &[])?;
+    let lbs = [&mlb_a, &mlb_b];
+    let (dir, app_file) = zdd_app_file(tcp_app("/zdd/echo", port, 3), "zdd-echo", alt_port)?;
+    let (blue, green) = ("/zdd/echo-blue", "/zdd/echo-green");
+    let zdd = |extra: &[&str]| zdd_to_end(&sim, &lbs, &app_file, extra);
+
+    zdd(&[])?;
+    wait_for("blue running", Duration::from_secs(10), || {
+        Ok((task_ids(&sim, blue).len() == 3).then_some(()))
+    })?;
+    for lb in lbs {
+        lb.wait_routed("/zdd-echo", 0, &task_ids(&sim, blue))?;
+    }
+    let loops = [
+        tcp_loop(SocketAddr::new(LOCALHOST, port)),
+        tcp_loop(SocketAddr::new(vip_b, port)),
+    ];
+    let served_by = |app: &str| -> Result<()> {
+        let gone = if app == blue { green } else { blue };
+        for (l, lb) in loops.iter().zip(lbs) {
+            let tasks = deployed(&sim, l, (gone, app), 3)?;
+            lb.wait_routed("/zdd-echo", 0, &tasks)?;
+        }
+        Ok(())
+    };
+    loops[0].wait_answered_by(&task_ids(&sim, blue), 0)?;
+
+    interrupted_zdd(&sim, &lbs, &app_file, (blue, green))?;
+    zdd(&["--resume"])?;
+    served_by(green)?;
+
+    interrupted_zdd(&sim, &lbs, &app_file, (green, blue))?;
+    zdd(&["--complete-prev"])?;
+    served_by(green)?;
+
+    for l in loops {
+        stop_without_failures(l)?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    mlb_a.finish();
+    mlb_b.finish();
+    Ok(())
+}
+
+/// The real marathon-lb `zdd.py` (and its modules) at `$MLB_ZDD_PY` deploys a TCP app through
+/// mlb: blue, then green while connections are held open on every blue task. mlb shows the blue
+/// servers MAINT with their sessions, zdd.py kills none of them until the sessions close, then
+/// completes (blue deleted, green serving); a fresh connection every few milliseconds never
+/// fails. Runs only when `MLB_ZDD_PY` names zdd.py (it is not shipped here: fetch it from
+/// marathon-lb's repository with `common.py`, `utils.py`, `lrucache.py` and `zdd_exceptions.py`
+/// beside it; it runs on /usr/bin/python3 with Debian's python3-requests, -six, -dateutil, -jwt
+/// and -pycurl, which `cargo xtask setup` installs); says SKIPPED otherwise.
+#[test]
+fn real_zdd_py_deploys_through_mlb() {
+    let Some(zdd_py) = std::env::var_os("MLB_ZDD_PY") else {
+        eprintln!("SKIPPED: set MLB_ZDD_PY=/path/to/marathon-lb/zdd.py to run it");
+        return;
+    };
+    if let Err(e) = real_zdd_py_body(std::path::Path::new(&zdd_py)) {
+        panic!("real_zdd_py_deploys_through_mlb: {e:#}");
+    }
+}
+
+/// Runs zdd.py with `--force`, one-second steps and at most 30 s waiting for drains.
+fn zdd_py(
+    zdd_py: &std::path::Path,
+    sim: &MarathonSim,
+    mlb: &Mlb<'_>,
+    app_file: &std::path::Path,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new("timeout");
+    // Debian's python3, which the python3-* packages serve (not a python3 earlier in PATH).
+    cmd.args(["120", "/usr/bin/python3"])
+        .arg(zdd_py)
+        .args(["--force", "--step-delay", "1", "--max-wait", "30"])
+        .args(["--syslog-socket", "/dev/null", "--log-level", "INFO"])
+        .args([
+            "-m",
+            &sim.url(),
+            "-l",
+            &format!("http://{}", mlb.admin),
+            "-j",
+        ])
+        .arg(app_file);
+    cmd
+}
+
+fn real_zdd_py_body(zdd_path: &std::path::Path) -> Result<()> {
+    let (port, alt_port) = (free_port(), free_port());
+    let (_rt, sim, _, mlb) = loopback(Vec::new(), &["--health-check"])?;
+    // zdd.py counts only UP servers: the app has a health check. It crashes on
+    // `portDefinitions`: the legacy `ports` then.
+    let mut app = tcp_app("/zddpy/echo", port, 3);
+    app.as_object_mut()
+        .context("app")?
+        .remove("portDefinitions");
+    app["ports"] = json!([port]);
+    app["healthChecks"] = json!([{
+        "protocol": "TCP", "portIndex": 0, "gracePeriodSeconds": 1,
+        "intervalSeconds": 1, "timeoutSeconds": 1, "maxConsecutiveFailures": 1,
+    }]);
+    let (dir, app_file) = zdd_app_file(app, "zddpy-echo", alt_port)?;
+    let (blue, green) = ("/zddpy/echo-blue", "/zddpy/echo-green");
+    let pxname = format!("zddpy-echo_{port}");
+
+    let out = zdd_py(zdd_path, &sim, &mlb, &app_file).output()?;
+    eprintln!(
+        "--- zdd.py (blue) ---\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(out.status.success(), "zdd.py: {}", out.status);
+    wait_for("blue running", Duration::from_secs(10), || {
+        Ok((task_ids(&sim, blue).len() == 3).then_some(()))
+    })?;
+    mlb.wait_routed("/zddpy-echo", 0, &task_ids(&sim, blue))?;
+    let addr = SocketAddr::new(LOCALHOST, port);
+    let load = tcp_loop(addr);
+    load.wait_answered_by(&task_ids(&sim, blue), 0)?;
+    // Sessions on every blue task (the balancer spreads them).
+    let mut held = Vec::new();
+    for i in 0..9 {
+        let mut c = EchoConn::open(addr)?;
+        c.echo(&format!("held-{i}"))?;
+        held.push(c);
+    }
+
+    let mut child = zdd_py(zdd_path, &sim, &mlb, &app_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().context("zdd.py stderr")?;
+    let log = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    // Blue servers go MAINT as green turns healthy, their sessions still counted; zdd.py waits.
+    let maint = wait_for(
+        "a blue server MAINT with sessions",
+        Duration::from_secs(20),
+        || {
+            let rows = stats_csv(&mlb)?;
+            Ok(rows.into_iter().find(|r| {
+                r.get("pxname") == pxname
+                    && r.get("status") == "MAINT"
+                    && r.int("scur").is_ok_and(|n| n > 0)
+            }))
+        },
+    )?;
+    eprintln!("draining with sessions: {maint:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(
+        child.try_wait()?.is_none(),
+        "zdd.py ended with sessions open"
+    );
+    ensure!(
+        task_ids(&sim, blue).len() == 3,
+        "zdd.py killed a blue task with open sessions: {:?}",
+        task_ids(&sim, blue)
+    );
+    drop(held);
+    let status = child.wait()?;
+    let log = log.join().unwrap_or_default();
+    eprintln!("--- zdd.py (green) ---\n{log}");
+    ensure!(status.success(), "zdd.py: {status}");
+    deployed(&sim, &load, (blue, green), 3)?;
+    stop_without_failures(load)?;
     let _ = std::fs::remove_dir_all(&dir);
     mlb.finish();
     Ok(())

@@ -32,6 +32,12 @@ pub const TEST_PACKAGES: &[&str] = &[
     "util-linux",
     // Headless Chromium loads the stats page in the tests (DOM and screenshot).
     "chromium",
+    // marathon-lb's zdd.py runs against mlb when MLB_ZDD_PY names it (its imports).
+    "python3-requests",
+    "python3-six",
+    "python3-dateutil",
+    "python3-jwt",
+    "python3-pycurl",
 ];
 /// Packages `cargo xtask demo` needs: namespaces and offloads, and the `curl` and `nc` it tells
 /// the user to try.

@@ -93,13 +93,17 @@ pub fn merge_deployment_groups<'a>(
                 .then(b.0.cmp(&a.0))
         });
         if members.len() == 2 && members[1].2.deployment_new_instances.is_some() {
-            // Hybrid deployment: the colour scaled most recently is the new one.
+            // Hybrid deployment or rollback: the colour scaled most recently is the new one
+            // (marathon-lb), unless it is the smaller one: zdd's kills scale the old colour
+            // down, and taking it for the new one then would drain the new colour's tasks
+            // while zdd waits for the old ones, which never come.
             let scaled = |a: &App| {
                 a.version_info
                     .as_ref()
                     .and_then(|v| v.last_scaling_at.clone())
             };
-            if scaled(members[0].1) > scaled(members[1].1) {
+            let (older, newer) = (members[0].1, members[1].1);
+            if scaled(older) > scaled(newer) && older.instances >= newer.instances {
                 members.swap(0, 1);
             }
         }

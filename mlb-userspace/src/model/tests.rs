@@ -170,6 +170,56 @@ fn zdd_drains_more_old_tasks_as_new_ones_become_healthy() {
     assert_eq!(n, 1);
 }
 
+/// The colour scaled most recently counts as the new one (a rollback with `--complete-prev`
+/// scales the previous colour up), unless it is the smaller one: zdd's kills scale the old
+/// colour down, and its remaining tasks must go on draining, not the new colour's.
+#[test]
+fn zdd_colour_scaled_last_is_new_unless_smaller() {
+    let draining_ports = |green_instances: u32, blue_instances: u32| {
+        let mut list = fixture("zdd_apps.json");
+        for app in &mut list.apps {
+            app.labels
+                .insert("HAPROXY_DEPLOYMENT_NEW_INSTANCES".into(), "0".into());
+            app.labels
+                .insert("HAPROXY_DEPLOYMENT_TARGET_INSTANCES".into(), "3".into());
+            if app.id == "/nginx-green" {
+                // Green (the older colour) was scaled after blue.
+                let info = app.version_info.as_mut().unwrap();
+                info.last_scaling_at = Some("2016-02-01T23:00:00.000Z".into());
+                app.tasks.truncate(green_instances as usize);
+                app.instances = Some(green_instances);
+            } else {
+                for i in 1..blue_instances {
+                    let mut t = app.tasks[0].clone();
+                    t.id = format!("nginx-blue.{i}");
+                    t.ports = vec![25724 + i as u16];
+                    app.tasks.push(t);
+                }
+                app.instances = Some(blue_instances);
+            }
+        }
+        let s = run(&list, &opts(&["external"]));
+        let mut ports: Vec<u16> = http(&s, "/nginx", 0)
+            .unwrap()
+            .backends
+            .iter()
+            .filter(|b| b.state == BackendState::Draining)
+            .map(|b| b.addr.port())
+            .collect();
+        ports.sort_unstable();
+        ports
+    };
+    // Rolled back: green grown to 3, more than blue's 1: blue's task drains.
+    assert_eq!(draining_ports(3, 1), [25724]);
+    // Green shrunk by a kill to 1, blue grown to 3: green's remaining task still drains.
+    let green_left = draining_ports(1, 3);
+    assert_eq!(green_left.len(), 1);
+    assert!(
+        green_left[0] < 25724 || green_left[0] > 25726,
+        "{green_left:?}"
+    );
+}
+
 /// Marathon ≤1.4 shapes: host networking with `tcp,udp` and `udp` ports, legacy `ports`, an
 /// agent host name resolved by the caller, 1.4 IP-per-task with discovery ports (auto-assigned
 /// service port), USER network with port mappings, and BRIDGE with a MESOS_HTTP check (which

@@ -202,6 +202,9 @@ pub enum Drain {
     Wait(String),
     /// These old tasks are out of rotation with no session left on every load balancer.
     Drained(Vec<String>),
+    /// The load balancers drain new tasks instead: they take the old app for the new one (it
+    /// was scaled last, as when rolling back), so no old task drains until the new app grows.
+    Inverted,
 }
 
 /// The facts a drain check needs besides the stats.
@@ -210,6 +213,7 @@ pub struct DrainInput<'a> {
     pub stats: &'a [Vec<Record>],
     pub pxname: &'a str,
     pub old_tasks: &'a [Value],
+    pub new_tasks: &'a [Value],
     /// `new.instances + old.instances`: every task must be listed before anything is killed.
     pub expected_listeners: usize,
     pub target: u64,
@@ -258,6 +262,14 @@ pub fn drained(input: &DrainInput<'_>, timed_out: bool) -> Drain {
         .filter_map(|t| t["id"].as_str().map(str::to_owned))
         .collect();
     if ready.is_empty() {
+        let maint = |t: &&Value| {
+            server_names(t)
+                .iter()
+                .any(|n| per_name.get(n.as_str()).is_some_and(|&(m, _)| m > 0))
+        };
+        if input.new_tasks.iter().any(|t| maint(&t)) {
+            return Drain::Inverted;
+        }
         return Drain::Wait("no old server drained yet".into());
     }
     Drain::Drained(ready.into_iter().collect())

@@ -120,6 +120,7 @@ impl<'a> Swap<'a> {
             match plan::finish(&old, &new, drained.len())? {
                 Finish::DeleteOld => {
                     confirm(self.cfg, &format!("Delete {old_id}?")).await?;
+                    info!("deleting {old_id}: every task of it drained");
                     return self.marathon.delete(&old_id).await;
                 }
                 Finish::Hybrid | Finish::No => {}
@@ -158,6 +159,7 @@ impl<'a> Swap<'a> {
         let pxname = plan::proxy_name(new);
         let want_lbs = self.cfg.listening_instances.unwrap_or(self.lbs.len());
         let old_tasks = old["tasks"].as_array().cloned().unwrap_or_default();
+        let new_tasks = new["tasks"].as_array().cloned().unwrap_or_default();
         let expected = (plan::instances(old) + plan::instances(new)) as usize;
         let target = plan::label_num(new, plan::TARGET)?;
         loop {
@@ -168,11 +170,18 @@ impl<'a> Swap<'a> {
                     stats: &stats,
                     pxname: &pxname,
                     old_tasks: &old_tasks,
+                    new_tasks: &new_tasks,
                     expected_listeners: expected,
                     target,
                 };
                 match plan::drained(&input, timed_out) {
                     Drain::Drained(tasks) => return Ok(tasks),
+                    // Waiting would last until --max-wait: growing the new app ends it.
+                    Drain::Inverted => {
+                        info!("{pxname}: the load balancers drain the new colour; growing it");
+                        tokio::time::sleep(self.cfg.step_delay).await;
+                        return Ok(Vec::new());
+                    }
                     Drain::Wait(why) if timed_out => {
                         warn!(
                             "gave up waiting for drained tasks after {:?}: {why}",

@@ -182,6 +182,7 @@ fn old_tasks_are_killed_once_drained_on_every_load_balancer() {
         stats: &stats,
         pxname: "nginx_10000",
         old_tasks: &old,
+        new_tasks: &[task("new.1", 31003)],
         expected_listeners: 3,
         target: 1,
     };
@@ -201,6 +202,38 @@ fn old_tasks_are_killed_once_drained_on_every_load_balancer() {
         ..input
     };
     assert!(matches!(plan::drained(&missing, false), Drain::Wait(_)));
+}
+
+/// Old tasks UP and a new one MAINT: the load balancers took the old app for the new one (it
+/// was scaled last); waiting for old tasks to drain would last until --max-wait.
+#[test]
+fn new_tasks_draining_means_the_new_app_must_grow_first() {
+    let old = [task("old.1", 31001), task("old.2", 31002)];
+    let new = [task("new.1", 31003)];
+    let stats = [lb_stats(&[
+        ("10_0_6_25_31001", "UP", 0),
+        ("10_0_6_25_31002", "UP", 1),
+        ("10_0_6_25_31003", "MAINT", 0),
+    ])];
+    let input = DrainInput {
+        stats: &stats,
+        pxname: "nginx_10000",
+        old_tasks: &old,
+        new_tasks: &new,
+        expected_listeners: 3,
+        target: 2,
+    };
+    assert_eq!(plan::drained(&input, false), Drain::Inverted);
+    let none_draining = [lb_stats(&[
+        ("10_0_6_25_31001", "UP", 0),
+        ("10_0_6_25_31002", "UP", 1),
+        ("10_0_6_25_31003", "UP", 0),
+    ])];
+    let input = DrainInput {
+        stats: &none_draining,
+        ..input
+    };
+    assert!(matches!(plan::drained(&input, false), Drain::Wait(_)));
 }
 
 #[test]
