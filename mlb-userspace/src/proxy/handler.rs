@@ -30,7 +30,7 @@ const HSTS: &str = "max-age=15768000";
 /// Serves one request; never fails (errors become 4xx/5xx responses).
 pub(crate) async fn handle(
     shared: Arc<Shared>,
-    info: ConnInfo,
+    info: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let Some(log) = &shared.access_log else {
@@ -315,9 +315,13 @@ async fn backend_rules(
     let mut path_and_query = parts
         .uri
         .path_and_query()
-        .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     if let Some(prefix) = &svc.spec.proxypass_path {
-        path_and_query = strip_path_prefix(&path_and_query, prefix);
+        // A suffix of a valid path behind a `/` is a valid path.
+        if let Ok(stripped) = strip_path_prefix(path_and_query.as_str(), prefix).parse() {
+            path_and_query = stripped;
+        }
         if let Some(vhost) = svc.spec.vhosts.first()
             && let Ok(v) = HeaderValue::from_str(vhost)
         {
@@ -328,7 +332,7 @@ async fn backend_rules(
     // `Expect: 100-continue` was answered to the client by this hop when its body was read.
     headers.remove(header::EXPECT);
     strip_hop_by_hop(&mut headers, upgrade.is_some());
-    add_forwarded(&mut headers, info.peer, info.tls, info.local.port());
+    add_forwarded(&mut headers, &info.forwarded);
 
     let unhealthy = shared.health.borrow().clone();
     let is_unhealthy = |id: &BackendId| unhealthy.contains(id);
@@ -374,14 +378,13 @@ async fn backend_rules(
     let backend = answer.backend;
     let stats = answer.guard.stats();
     stats.record_response(response.status().as_u16());
-    let backend_name = crate::stats::proxy_name(&svc.spec.key.app_id, svc.spec.service_port);
     if shared.access_log.is_some() {
         response.extensions_mut().insert(ServedBy {
-            backend: backend_name.clone(),
+            backend: svc.stats_name.clone(),
             server: crate::stats::server_name(backend.backend.addr),
         });
     }
-    live().request_done(backend_name, started.elapsed());
+    svc.record_request(started.elapsed());
     stats.record_bytes_in(request_body_len);
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -28,6 +28,7 @@ use super::{
     handler,
     sni::{Hello, read_client_hello},
     tunnel,
+    upstream::Forwarded,
 };
 
 /// Which frontend a listener serves.
@@ -65,6 +66,29 @@ pub(crate) struct ConnInfo {
     pub(crate) sni: Option<String>,
     /// Activity of the connection (requests in flight), for its supervisor.
     pub(crate) conn: Arc<ConnState>,
+    /// Its `X-Forwarded-*` values.
+    pub(crate) forwarded: Forwarded,
+}
+
+impl ConnInfo {
+    fn new(frontend: Frontend, peer: SocketAddr, local: SocketAddr, conn: Arc<ConnState>) -> Self {
+        ConnInfo {
+            frontend,
+            peer,
+            local,
+            tls: false,
+            sni: None,
+            conn,
+            forwarded: Forwarded::new(peer, false, local.port()),
+        }
+    }
+
+    /// The connection turned out to be TLS, for server name `sni`.
+    fn set_tls(&mut self, sni: Option<String>) {
+        self.tls = true;
+        self.sni = sni;
+        self.forwarded = Forwarded::new(self.peer, true, self.local.port());
+    }
 }
 
 /// The open listeners; each is an accept task, aborted to close it.
@@ -244,14 +268,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, frontend: Front
         let shared = shared.clone();
         tokio::spawn(
             async move {
-                let info = ConnInfo {
-                    frontend,
-                    peer,
-                    local,
-                    tls: false,
-                    sni: None,
-                    conn: conn.clone(),
-                };
+                let info = ConnInfo::new(frontend, peer, local, conn.clone());
                 let limits = shared.config.conn_gate.limits().clone();
                 supervise(conn, &limits, serve_connection(shared, stream, info)).await;
             }
@@ -327,8 +344,7 @@ async fn serve_connection(shared: Arc<Shared>, mut stream: Guarded<TcpStream>, m
             return;
         }
     };
-    info.tls = true;
-    info.sni = tls.get_ref().1.server_name().map(str::to_ascii_lowercase);
+    info.set_tls(tls.get_ref().1.server_name().map(str::to_ascii_lowercase));
     serve_http(shared, tls, info).await;
 }
 
@@ -389,6 +405,7 @@ where
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(shared.config.timeouts.client))
         .keep_alive_timeout(std::time::Duration::from_secs(20));
+    let info = Arc::new(info);
     let service = service_fn(move |req| {
         let busy = info.conn.request();
         let response = handler::handle(shared.clone(), info.clone(), req);
