@@ -350,7 +350,7 @@ async fn backend_rules(
     };
     let started = std::time::Instant::now();
     let answer = shared
-        .upstream
+        .upstream()
         .send(
             &out,
             RetryBody::new(body, shared.config.timeouts.client),

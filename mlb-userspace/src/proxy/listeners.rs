@@ -20,7 +20,7 @@ use tokio::{
 };
 use tracing::{Instrument as _, debug, debug_span, info};
 
-use crate::overload::{AcceptErrors, ConnState, Guarded, supervise};
+use crate::overload::{AcceptErrors, ConnState, Guarded, ListenerGate, supervise};
 
 use super::{
     ProxyError, Shared,
@@ -91,11 +91,22 @@ impl ConnInfo {
     }
 }
 
-/// The open listeners; each is an accept task, aborted to close it.
+/// One listening address: an accept loop on each worker, aborted to close it.
+pub(crate) struct Listening(Vec<JoinHandle<()>>);
+
+impl Listening {
+    fn close(self) {
+        for task in self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// The open listeners.
 #[derive(Default)]
 pub(crate) struct ListenerSet {
-    fixed: HashMap<Frontend, (SocketAddr, JoinHandle<()>)>,
-    services: HashMap<SocketAddr, JoinHandle<()>>,
+    fixed: HashMap<Frontend, (SocketAddr, Listening)>,
+    services: HashMap<SocketAddr, Listening>,
     /// Service-port addresses wanted but not bound, with the app wanting each.
     failed: BTreeMap<SocketAddr, String>,
     /// Set by [`ListenerSet::close_all`]: nothing is opened any more.
@@ -109,15 +120,14 @@ impl ListenerSet {
         addr: SocketAddr,
         frontend: Frontend,
     ) -> Result<(), ProxyError> {
-        let listener = bind(addr).map_err(|source| ProxyError::Bind {
-            frontend: frontend.to_string(),
-            addr,
-            source,
-        })?;
-        let local = listener.local_addr().unwrap_or(addr);
+        let (local, listening) =
+            listen(shared, addr, frontend).map_err(|source| ProxyError::Bind {
+                frontend: frontend.to_string(),
+                addr,
+                source,
+            })?;
         info!(%frontend, addr = %local, "listening");
-        let task = tokio::spawn(accept_loop(listener, shared.clone(), frontend));
-        self.fixed.insert(frontend, (local, task));
+        self.fixed.insert(frontend, (local, listening));
         Ok(())
     }
 
@@ -145,9 +155,9 @@ impl ListenerSet {
             && new.map(|(addr, _)| addr) != Some(old)
         {
             self.failed.remove(&old);
-            if let Some(task) = self.services.remove(&old) {
+            if let Some(listening) = self.services.remove(&old) {
                 info!(addr = %old, "service port removed; listener closed");
-                task.abort();
+                listening.close();
             }
         }
         let (addr, app_id) = new?;
@@ -186,11 +196,10 @@ impl ListenerSet {
         if self.closed {
             return Ok(());
         }
-        match bind(addr) {
-            Ok(listener) => {
+        match listen(shared, addr, frontend) {
+            Ok((_, listening)) => {
                 info!(%frontend, %addr, "listening");
-                let task = tokio::spawn(accept_loop(listener, shared.clone(), frontend));
-                self.services.insert(addr, task);
+                self.services.insert(addr, listening);
                 self.failed.remove(&addr);
                 Ok(())
             }
@@ -211,11 +220,11 @@ impl ListenerSet {
     pub(crate) fn close_all(&mut self) {
         self.closed = true;
         self.failed.clear();
-        for (_, (_, task)) in self.fixed.drain() {
-            task.abort();
+        for (_, (_, listening)) in self.fixed.drain() {
+            listening.close();
         }
-        for (_, task) in self.services.drain() {
-            task.abort();
+        for (_, listening) in self.services.drain() {
+            listening.close();
         }
     }
 }
@@ -226,19 +235,60 @@ impl Drop for ListenerSet {
     }
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Listens on `addr` with an accept loop on each worker, all under one per-listener connection
+/// cap; returns the address bound (its port, when `addr` had port 0).
+fn listen(
+    shared: &Arc<Shared>,
+    addr: SocketAddr,
+    frontend: Frontend,
+) -> std::io::Result<(SocketAddr, Listening)> {
+    let reuse_port = shared.workers.len() > 1;
+    let mut local = addr;
+    let mut listeners = Vec::with_capacity(shared.workers.len());
+    for worker in &shared.workers {
+        // Registered with the worker's own reactor; the first socket fixes a port 0.
+        let _runtime = worker.enter();
+        let listener = bind(local, reuse_port)?;
+        local = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    let gate = shared.config.conn_gate.listener();
+    let tasks = listeners
+        .into_iter()
+        .zip(&shared.workers)
+        .map(|(listener, worker)| {
+            worker.spawn(accept_loop(
+                listener,
+                shared.clone(),
+                frontend,
+                gate.clone(),
+            ))
+        })
+        .collect();
+    Ok((local, Listening(tasks)))
+}
+
+/// A listening socket; with `reuse_port`, one of several on the address (one per worker).
+fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(1024)
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, frontend: Frontend) {
-    let mut gate = shared.config.conn_gate.listener();
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    frontend: Frontend,
+    mut gate: ListenerGate,
+) {
     let mut errors = AcceptErrors::default();
     loop {
         let (stream, peer) = match listener.accept().await {
