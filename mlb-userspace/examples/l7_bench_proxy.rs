@@ -45,8 +45,8 @@ fn main() -> Result<()> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
+    // The proxy serves connections on its own `threads` threads; this one only waits.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
@@ -56,6 +56,7 @@ fn main() -> Result<()> {
             appid_addr: None,
             service_bind_ip: listen.ip(),
             ssl_certs,
+            threads,
             ..ProxyConfig::default()
         };
         let proxy = HttpProxy::start(config, tokio::runtime::Handle::current())?;

@@ -366,6 +366,11 @@ pub struct RunOptions {
     /// A write to a client that makes no progress for this long fails (slow readers).
     #[arg(long, env = "MLB_SEND_TIMEOUT", default_value = "30s", value_parser = parse_duration, help_heading = LIMITS)]
     pub send_timeout: Duration,
+    /// Threads of the HTTP proxy (HAProxy's `nbthread`): each serves its share of the
+    /// connections with its own listening sockets and backend connections. Default: one per
+    /// CPU mlb may run on.
+    #[arg(long, env = "MLB_THREADS", value_parser = clap::value_parser!(u16).range(1..), help_heading = LIMITS)]
+    pub threads: Option<u16>,
     /// A userspace-dataplane TCP connection with no byte either way for this long is closed.
     #[arg(long, env = "MLB_TCP_IDLE_TIMEOUT", default_value = "300s", value_parser = parse_duration, help_heading = LIMITS)]
     pub tcp_idle_timeout: Duration,
@@ -661,8 +666,17 @@ impl RunOptions {
                 server: self.timeout_server,
                 tunnel: self.timeout_tunnel,
             },
+            threads: self.proxy_threads(),
             ..ProxyConfig::default()
         }
+    }
+
+    /// `--threads`, or one per CPU mlb may run on.
+    pub fn proxy_threads(&self) -> usize {
+        self.threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, usize::from),
+            usize::from,
+        )
     }
 
     /// The userspace TCP/UDP dataplane's configuration, connections taken from `conn_gate`.

@@ -206,8 +206,9 @@ impl ConnGate {
     }
 }
 
-/// One listener's share of a [`ConnGate`], owned by its accept loop.
-#[derive(Debug)]
+/// One listener's share of a [`ConnGate`], owned by its accept loop; clones share the cap
+/// (the accept loops of one address, one per proxy thread).
+#[derive(Clone, Debug)]
 pub struct ListenerGate {
     gate: Arc<ConnGate>,
     id: u64,

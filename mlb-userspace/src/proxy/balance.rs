@@ -184,6 +184,25 @@ pub struct BackendSlot {
     pub stats: Arc<BackendStats>,
     /// Value of the sticky cookie that selects this backend.
     pub cookie: String,
+    /// Its address as the authority of the URIs sent to it (made once, not per request).
+    pub authority: http::uri::Authority,
+}
+
+impl BackendSlot {
+    /// The slot of `backend`, with its counters and sticky cookie value.
+    pub fn new(backend: Backend, stats: Arc<BackendStats>, cookie: String) -> BackendSlot {
+        let authority = backend
+            .addr
+            .to_string()
+            .parse()
+            .expect("a socket address is a URI authority");
+        BackendSlot {
+            backend,
+            stats,
+            cookie,
+            authority,
+        }
+    }
 }
 
 /// Name of the sticky-session cookie (marathon-lb's `cookie mesosphere_server_id insert`).
@@ -296,16 +315,14 @@ mod tests {
 
     fn slot(id: &str, weight: u32, state: BackendState) -> Arc<BackendSlot> {
         let id = BackendId(id.to_owned());
-        Arc::new(BackendSlot {
-            cookie: sticky_cookie_value(&id),
-            backend: Backend {
-                id,
-                addr: "127.0.0.1:1".parse().unwrap(),
-                weight,
-                state,
-            },
-            stats: Arc::default(),
-        })
+        let cookie = sticky_cookie_value(&id);
+        let backend = Backend {
+            id,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            weight,
+            state,
+        };
+        Arc::new(BackendSlot::new(backend, Arc::default(), cookie))
     }
 
     const NONE_UNHEALTHY: &dyn Fn(&BackendId) -> bool = &|_| false;

@@ -29,9 +29,12 @@ pub(crate) fn full(data: impl Into<Bytes>) -> ProxyBody {
 /// The incoming body sits in a shared slot and is taken only when the upstream connection first
 /// polls it, which happens after the connection is established. If connecting fails the slot
 /// still holds the untouched body and [`RetryBody::retry`] makes a new request body from it; once
-/// any byte has been sent, no retry is possible (the slot is empty).
+/// any byte has been sent, no retry is possible (the slot is empty). A request without a body
+/// (most of them) needs no slot: it can always be sent again, and saves the slot and the idle
+/// timer an allocation each.
 pub(crate) struct RetryBody {
-    slot: Arc<Mutex<Option<IdleTimeout<Incoming>>>>,
+    /// `None`: the request has no body.
+    slot: Option<Arc<Mutex<Option<IdleTimeout<Incoming>>>>>,
     taken: Option<IdleTimeout<Incoming>>,
     hint: SizeHint,
     end: bool,
@@ -40,21 +43,22 @@ pub(crate) struct RetryBody {
 impl RetryBody {
     /// Wraps a client's request body, failing it when the client sends nothing for `idle`.
     pub(crate) fn new(body: Incoming, idle: std::time::Duration) -> RetryBody {
+        let end = body.is_end_stream();
         RetryBody {
             hint: body.size_hint(),
-            end: body.is_end_stream(),
-            slot: Arc::new(Mutex::new(Some(IdleTimeout::new(body, idle)))),
+            end,
+            slot: (!end).then(|| Arc::new(Mutex::new(Some(IdleTimeout::new(body, idle))))),
             taken: None,
         }
     }
 
     /// A fresh body over the same untouched incoming body, or `None` if it was already read.
     pub(crate) fn retry(&self) -> Option<RetryBody> {
-        let untouched = self
-            .slot
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some();
+        let untouched = self.slot.as_ref().is_none_or(|slot| {
+            slot.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_some()
+        });
         untouched.then(|| RetryBody {
             slot: self.slot.clone(),
             taken: None,
@@ -73,11 +77,11 @@ impl Body for RetryBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.taken.is_none() {
-            let body = self
-                .slot
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
+            let body = self.slot.as_ref().and_then(|slot| {
+                slot.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take()
+            });
             match body {
                 Some(b) => self.taken = Some(b),
                 None => return Poll::Ready(None),
@@ -151,11 +155,13 @@ impl Body for GuardedBody {
 
 /// Fails a body that makes its reader wait longer than `idle` for the next frame (HAProxy's
 /// `timeout server` / `timeout client` during a body). Only time spent waiting on this body
-/// counts: a reader that is slow to ask for more does not trip it.
+/// counts: a reader that is slow to ask for more does not trip it. The timer is made at the
+/// first wait: a small body that is already read with its headers never arms one.
 pub(crate) struct IdleTimeout<B> {
     inner: B,
     idle: std::time::Duration,
-    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// `None` until the body first makes its reader wait.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     waiting: bool,
 }
 
@@ -164,7 +170,7 @@ impl<B> IdleTimeout<B> {
         IdleTimeout {
             inner,
             idle,
-            sleep: Box::pin(tokio::time::sleep(idle)),
+            sleep: None,
             waiting: false,
         }
     }
@@ -183,24 +189,26 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.waiting = false;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        // The wait starts now (the first poll of it): arm the timer for this wait.
         if !this.waiting {
             this.waiting = true;
             let deadline = tokio::time::Instant::now() + this.idle;
-            this.sleep.as_mut().reset(deadline);
-        }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                this.waiting = false;
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            match &mut this.sleep {
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => this.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
             }
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    Poll::Ready(Some(
-                        Err(format!("no body data for {:?}", this.idle).into()),
-                    ))
-                }
-                Poll::Pending => Poll::Pending,
-            },
+        }
+        match this.sleep.as_mut().map(|s| s.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => {
+                Poll::Ready(Some(
+                    Err(format!("no body data for {:?}", this.idle).into()),
+                ))
+            }
+            _ => Poll::Pending,
         }
     }
 
@@ -210,5 +218,63 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http_body_util::{BodyExt as _, Empty};
+
+    use super::*;
+
+    /// A body whose next frame never comes.
+    struct Stalled;
+
+    impl Body for Stalled {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_fails_after_the_idle_time() {
+        let started = tokio::time::Instant::now();
+        let err = IdleTimeout::new(Stalled, Duration::from_secs(5))
+            .frame()
+            .await
+            .expect("an error frame")
+            .expect_err("the body stalled");
+        assert!(err.to_string().contains("no body data"), "{err}");
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ready_body_arms_no_timer() {
+        let mut body = IdleTimeout::new(Full::new(Bytes::from_static(b"hi")), Duration::ZERO);
+        let frame = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(frame.into_data().unwrap(), "hi");
+        assert!(body.sleep.is_none());
+        assert!(body.frame().await.is_none());
+    }
+
+    #[test]
+    fn an_empty_request_body_can_always_be_sent_again() {
+        let body = RetryBody {
+            slot: None,
+            taken: None,
+            hint: Empty::<Bytes>::new().size_hint(),
+            end: true,
+        };
+        let again = body.retry().expect("retryable");
+        assert!(again.is_end_stream());
+        assert!(again.retry().is_some());
     }
 }

@@ -31,7 +31,7 @@ const HSTS: &str = "max-age=15768000";
 /// Serves one request; never fails (errors become 4xx/5xx responses).
 pub(crate) async fn handle(
     shared: Arc<Shared>,
-    info: ConnInfo,
+    info: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let Some(log) = &shared.access_log else {
@@ -316,9 +316,13 @@ async fn backend_rules(
     let mut path_and_query = parts
         .uri
         .path_and_query()
-        .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     if let Some(prefix) = &svc.spec.proxypass_path {
-        path_and_query = strip_path_prefix(&path_and_query, prefix);
+        // A suffix of a valid path behind a `/` is a valid path.
+        if let Ok(stripped) = strip_path_prefix(path_and_query.as_str(), prefix).parse() {
+            path_and_query = stripped;
+        }
         if let Some(vhost) = svc.spec.vhosts.first()
             && let Ok(v) = HeaderValue::from_str(vhost)
         {
@@ -331,7 +335,7 @@ async fn backend_rules(
     strip_hop_by_hop(&mut headers, upgrade.is_some());
     let tuning = &svc.spec.tuning;
     if tuning.forwardfor != Some(false) {
-        add_forwarded(&mut headers, info.peer, info.tls, info.local.port());
+        add_forwarded(&mut headers, &info.forwarded);
     }
     headers::apply(&mut headers, &tuning.request_headers, info);
     let server_timeout = tuning
@@ -361,7 +365,7 @@ async fn backend_rules(
     };
     let started = std::time::Instant::now();
     let answer = shared
-        .upstream
+        .upstream()
         .send(
             &out,
             RetryBody::new(body, client_timeout(shared, info.frontend)),
@@ -396,14 +400,13 @@ async fn backend_rules(
     let backend = answer.backend;
     let stats = answer.guard.stats();
     stats.record_response(response.status().as_u16());
-    let backend_name = crate::stats::proxy_name(&svc.spec.key.app_id, svc.spec.service_port);
     if shared.access_log.is_some() {
         response.extensions_mut().insert(ServedBy {
-            backend: backend_name.clone(),
+            backend: svc.stats_name.clone(),
             server: crate::stats::server_name(backend.backend.addr),
         });
     }
-    live().request_done(backend_name, started.elapsed());
+    svc.record_request(started.elapsed());
     stats.record_bytes_in(request_body_len);
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -72,14 +72,12 @@ mod tests {
 
     #[test]
     fn edits_apply_in_order_with_fetches_expanded() {
-        let info = ConnInfo {
-            frontend: crate::proxy::listeners::Frontend::ServicePort(10001),
-            peer: "198.18.0.7:40000".parse().unwrap(),
-            local: "198.18.0.1:10001".parse().unwrap(),
-            tls: false,
-            sni: None,
-            conn: std::sync::Arc::new(crate::overload::ConnState::new(0)),
-        };
+        let info = ConnInfo::new(
+            crate::proxy::listeners::Frontend::ServicePort(10001),
+            "198.18.0.7:40000".parse().unwrap(),
+            "198.18.0.1:10001".parse().unwrap(),
+            std::sync::Arc::new(crate::overload::ConnState::new(0)),
+        );
         let mut h = HeaderMap::new();
         h.insert("host", HeaderValue::from_static("app.example"));
         h.insert("x-debug", HeaderValue::from_static("1"));

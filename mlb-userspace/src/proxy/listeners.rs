@@ -21,7 +21,7 @@ use tokio::{
 };
 use tracing::{Instrument as _, debug, debug_span, info};
 
-use crate::overload::{AcceptErrors, ConnState, Guarded, supervise};
+use crate::overload::{AcceptErrors, ConnState, Guarded, ListenerGate, supervise};
 
 use super::{
     ProxyError, Shared,
@@ -31,6 +31,7 @@ use super::{
     proxy_protocol,
     sni::{Hello, read_client_hello},
     tunnel,
+    upstream::Forwarded,
 };
 
 /// Which frontend a listener serves.
@@ -68,13 +69,58 @@ pub(crate) struct ConnInfo {
     pub(crate) sni: Option<String>,
     /// Activity of the connection (requests in flight), for its supervisor.
     pub(crate) conn: Arc<ConnState>,
+    /// Its `X-Forwarded-*` values.
+    pub(crate) forwarded: Forwarded,
 }
 
-/// The open listeners; each is an accept task, aborted to close it.
+impl ConnInfo {
+    pub(crate) fn new(
+        frontend: Frontend,
+        peer: SocketAddr,
+        local: SocketAddr,
+        conn: Arc<ConnState>,
+    ) -> Self {
+        ConnInfo {
+            frontend,
+            peer,
+            local,
+            tls: false,
+            sni: None,
+            conn,
+            forwarded: Forwarded::new(peer, false, local.port()),
+        }
+    }
+
+    /// The client's address, as a PROXY protocol header gave it.
+    fn set_peer(&mut self, peer: SocketAddr) {
+        self.peer = peer;
+        self.forwarded = Forwarded::new(peer, self.tls, self.local.port());
+    }
+
+    /// The connection turned out to be TLS, for server name `sni`.
+    fn set_tls(&mut self, sni: Option<String>) {
+        self.tls = true;
+        self.sni = sni;
+        self.forwarded = Forwarded::new(self.peer, true, self.local.port());
+    }
+}
+
+/// One listening address: an accept loop on each worker, aborted to close it.
+pub(crate) struct Listening(Vec<JoinHandle<()>>);
+
+impl Listening {
+    fn close(self) {
+        for task in self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// The open listeners.
 #[derive(Default)]
 pub(crate) struct ListenerSet {
-    fixed: HashMap<Frontend, (SocketAddr, JoinHandle<()>)>,
-    services: HashMap<SocketAddr, JoinHandle<()>>,
+    fixed: HashMap<Frontend, (SocketAddr, Listening)>,
+    services: HashMap<SocketAddr, Listening>,
     /// Service-port addresses wanted but not bound, with the app wanting each.
     failed: BTreeMap<SocketAddr, String>,
     /// Set by [`ListenerSet::close_all`]: nothing is opened any more.
@@ -88,15 +134,14 @@ impl ListenerSet {
         addr: SocketAddr,
         frontend: Frontend,
     ) -> Result<(), ProxyError> {
-        let listener = bind(addr).map_err(|source| ProxyError::Bind {
-            frontend: frontend.to_string(),
-            addr,
-            source,
-        })?;
-        let local = listener.local_addr().unwrap_or(addr);
+        let (local, listening) =
+            listen(shared, addr, frontend).map_err(|source| ProxyError::Bind {
+                frontend: frontend.to_string(),
+                addr,
+                source,
+            })?;
         info!(%frontend, addr = %local, "listening");
-        let task = tokio::spawn(accept_loop(listener, shared.clone(), frontend));
-        self.fixed.insert(frontend, (local, task));
+        self.fixed.insert(frontend, (local, listening));
         Ok(())
     }
 
@@ -124,9 +169,9 @@ impl ListenerSet {
             && new.map(|(addr, _)| addr) != Some(old)
         {
             self.failed.remove(&old);
-            if let Some(task) = self.services.remove(&old) {
+            if let Some(listening) = self.services.remove(&old) {
                 info!(addr = %old, "service port removed; listener closed");
-                task.abort();
+                listening.close();
             }
         }
         let (addr, app_id) = new?;
@@ -165,11 +210,10 @@ impl ListenerSet {
         if self.closed {
             return Ok(());
         }
-        match bind(addr) {
-            Ok(listener) => {
+        match listen(shared, addr, frontend) {
+            Ok((_, listening)) => {
                 info!(%frontend, %addr, "listening");
-                let task = tokio::spawn(accept_loop(listener, shared.clone(), frontend));
-                self.services.insert(addr, task);
+                self.services.insert(addr, listening);
                 self.failed.remove(&addr);
                 Ok(())
             }
@@ -190,11 +234,11 @@ impl ListenerSet {
     pub(crate) fn close_all(&mut self) {
         self.closed = true;
         self.failed.clear();
-        for (_, (_, task)) in self.fixed.drain() {
-            task.abort();
+        for (_, (_, listening)) in self.fixed.drain() {
+            listening.close();
         }
-        for (_, task) in self.services.drain() {
-            task.abort();
+        for (_, listening) in self.services.drain() {
+            listening.close();
         }
     }
 }
@@ -205,21 +249,64 @@ impl Drop for ListenerSet {
     }
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Listens on `addr` with an accept loop on each worker, all under one per-listener connection
+/// cap; returns the address bound (its port, when `addr` had port 0).
+fn listen(
+    shared: &Arc<Shared>,
+    addr: SocketAddr,
+    frontend: Frontend,
+) -> std::io::Result<(SocketAddr, Listening)> {
+    let reuse_port = shared.workers.len() > 1;
+    let mut local = addr;
+    let mut listeners = Vec::with_capacity(shared.workers.len());
+    for worker in &shared.workers {
+        // Registered with the worker's own reactor; the first socket fixes a port 0.
+        let _runtime = worker.enter();
+        let listener = bind(local, reuse_port)?;
+        local = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    let gate = shared.config.conn_gate.listener();
+    // The service's own frontend `maxconn` (service ports only), one for all workers' loops.
+    let frontend_limit = Arc::new(Limits::<()>::new());
+    let tasks = listeners
+        .into_iter()
+        .zip(&shared.workers)
+        .map(|(listener, worker)| {
+            worker.spawn(accept_loop(
+                listener,
+                shared.clone(),
+                frontend,
+                gate.clone(),
+                frontend_limit.clone(),
+            ))
+        })
+        .collect();
+    Ok((local, Listening(tasks)))
+}
+
+/// A listening socket; with `reuse_port`, one of several on the address (one per worker).
+fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(1024)
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, frontend: Frontend) {
-    let mut gate = shared.config.conn_gate.listener();
-    // The service's own frontend `maxconn` (service ports only).
-    let frontend_limit = Arc::new(Limits::<()>::new());
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    frontend: Frontend,
+    mut gate: ListenerGate,
+    frontend_limit: Arc<Limits<()>>,
+) {
     let mut errors = AcceptErrors::default();
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -254,14 +341,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, frontend: Front
                     debug!(%frontend, "frontend maxconn reached for the queue timeout; closed");
                     return;
                 };
-                let info = ConnInfo {
-                    frontend,
-                    peer,
-                    local,
-                    tls: false,
-                    sni: None,
-                    conn: conn.clone(),
-                };
+                let info = ConnInfo::new(frontend, peer, local, conn.clone());
                 let limits = shared.config.conn_gate.limits().clone();
                 supervise(conn, &limits, serve_connection(shared, stream, info)).await;
             }
@@ -313,7 +393,7 @@ async fn serve_connection(shared: Arc<Shared>, mut stream: Guarded<TcpStream>, m
     if shared.config.accept_proxy {
         let header = proxy_protocol::read(&mut stream);
         match tokio::time::timeout(shared.config.timeouts.client, header).await {
-            Ok(Ok(Some(client))) => info.peer = client,
+            Ok(Ok(Some(client))) => info.set_peer(client),
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
                 debug!(error = %e, "PROXY protocol header refused; closing");
@@ -373,8 +453,7 @@ async fn serve_connection(shared: Arc<Shared>, mut stream: Guarded<TcpStream>, m
             return;
         }
     };
-    info.tls = true;
-    info.sni = tls.get_ref().1.server_name().map(str::to_ascii_lowercase);
+    info.set_tls(tls.get_ref().1.server_name().map(str::to_ascii_lowercase));
     serve_http(shared, tls, info).await;
 }
 
@@ -436,6 +515,7 @@ where
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(client_timeout))
         .keep_alive_timeout(std::time::Duration::from_secs(20));
+    let info = Arc::new(info);
     let service = service_fn(move |req| {
         let busy = info.conn.request();
         let response = handler::handle(shared.clone(), info.clone(), req);

@@ -51,6 +51,7 @@ pub mod tls;
 pub mod tls_policy;
 mod tunnel;
 mod upstream;
+mod workers;
 
 use apply::Current;
 use balance::StatsRegistry;
@@ -117,6 +118,10 @@ pub struct ProxyConfig {
     pub conn_gate: Arc<ConnGate>,
     /// `--access-log*` (off by default).
     pub access_log: access_log::AccessLogConfig,
+    /// Threads serving connections, each with its own runtime, listening sockets
+    /// (`SO_REUSEPORT`) and backend connection pool; 0: connections are served on the runtime
+    /// the proxy is started on.
+    pub threads: usize,
 }
 
 impl Default for ProxyConfig {
@@ -136,6 +141,7 @@ impl Default for ProxyConfig {
             max_header_bytes: 64 * 1024,
             conn_gate: ConnGate::new(ConnLimits::default()),
             access_log: access_log::AccessLogConfig::default(),
+            threads: 0,
         }
     }
 }
@@ -146,6 +152,9 @@ pub enum ProxyError {
     /// The access log's sink could not be opened.
     #[error(transparent)]
     AccessLog(#[from] access_log::AccessLogError),
+    /// The proxy's threads could not be started.
+    #[error("starting the proxy's threads: {0}")]
+    Threads(io::Error),
     /// A listener could not be opened.
     #[error("{frontend} listener on {addr}: {source}")]
     Bind {
@@ -193,7 +202,11 @@ pub(crate) struct Shared {
     pub(crate) config: ProxyConfig,
     pub(crate) table: ArcSwap<RouteTable>,
     pub(crate) certs: CertManager,
-    pub(crate) upstream: upstream::Upstream,
+    /// One pool of backend connections per worker ([`Shared::upstream`]).
+    upstream: Vec<upstream::Upstream>,
+    /// The runtimes connections are served on (one per proxy thread); listeners run an accept
+    /// loop on each.
+    pub(crate) workers: Vec<Handle>,
     pub(crate) health: tokio::sync::watch::Receiver<Arc<health::UnhealthySet>>,
     /// Port the `:443` frontend actually listens on (for redirects; known once bound).
     pub(crate) https_port: std::sync::OnceLock<u16>,
@@ -201,7 +214,16 @@ pub(crate) struct Shared {
     pub(crate) access_log: Option<access_log::AccessLog>,
 }
 
-/// The running HTTP/TLS proxy. Dropping it closes every listener (open connections finish).
+impl Shared {
+    /// The backend connection pool of the calling worker thread.
+    pub(crate) fn upstream(&self) -> &upstream::Upstream {
+        &self.upstream[workers::current() % self.upstream.len()]
+    }
+}
+
+/// The running HTTP/TLS proxy. Dropping it closes every listener; open connections finish when
+/// they run on the runtime the proxy was started on, and end with the proxy's own threads
+/// ([`ProxyConfig::threads`]).
 pub struct HttpProxy {
     shared: Arc<Shared>,
     handle: Handle,
@@ -210,6 +232,8 @@ pub struct HttpProxy {
     health: Mutex<HealthChecker>,
     current: Mutex<Current>,
     cert_watcher: JoinHandle<()>,
+    /// Last: the listeners' tasks are aborted before the threads stop.
+    _workers: workers::Workers,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -232,9 +256,15 @@ impl HttpProxy {
         }
         let (health, health_rx) = HealthChecker::new(handle.clone());
         let access_log = access_log::AccessLog::start(&config.access_log, &handle)?;
+        let workers =
+            workers::Workers::start(config.threads, &handle).map_err(ProxyError::Threads)?;
+        let server_limits = Arc::new(maxconn::Limits::new());
         let shared = Arc::new(Shared {
             access_log,
-            upstream: upstream::Upstream::new(&config.timeouts),
+            upstream: (0..workers.len())
+                .map(|_| upstream::Upstream::new(&config.timeouts, server_limits.clone()))
+                .collect(),
+            workers: workers.handles().to_vec(),
             table: ArcSwap::from_pointee(RouteTable::default()),
             certs,
             health: health_rx,
@@ -264,6 +294,7 @@ impl HttpProxy {
             health: Mutex::new(health),
             current: Mutex::new(Current::default()),
             cert_watcher,
+            _workers: workers,
         })
     }
 
@@ -514,6 +545,97 @@ mod tests {
         );
         assert!(proxy.route_table().lookup_port(port8).is_none());
         assert!(Arc::ptr_eq(&proxy.compiled_service(&key(7)).unwrap(), &now));
+    }
+
+    /// A backend answering every request with `200 ok` (keep-alive), on an ephemeral port.
+    async fn ok_backend() -> SocketAddr {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    // One request per read is enough for these small GETs.
+                    while conn.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if conn.write_all(answer).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// `GET /` with `Host: host` on a new connection to `addr`: the status line.
+    async fn get(addr: SocketAddr, host: &str) -> std::io::Result<String> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut conn = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        conn.write_all(request.as_bytes()).await?;
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await?;
+        Ok(answer.lines().next().unwrap_or_default().to_owned())
+    }
+
+    /// With several threads every listening address has a socket per thread: all of them
+    /// serve, and all of them close when the service port goes.
+    #[tokio::test]
+    async fn every_proxy_thread_serves_and_a_removed_port_closes_on_all() {
+        let lo = SocketAddr::from(([127, 0, 0, 1], 0));
+        let config = ProxyConfig {
+            http_addr: Some(lo),
+            https_addr: None,
+            appid_addr: None,
+            service_bind_ip: lo.ip(),
+            threads: 3,
+            ..ProxyConfig::default()
+        };
+        let proxy = HttpProxy::start(config, Handle::current()).unwrap();
+        let mut svc = numbered(0);
+        svc.backends.truncate(1);
+        svc.backends[0].addr = ok_backend().await;
+        let port = svc.service_port;
+        assert!(
+            proxy
+                .apply_changes(&[HttpChange::Upsert(Box::new(svc))])
+                .is_empty()
+        );
+        let http = proxy.local_addr("http").unwrap();
+        let service = SocketAddr::from(([127, 0, 0, 1], port));
+        // The kernel spreads connections over the sockets by their addresses' hash: many
+        // connections reach every one of the three.
+        for _ in 0..30 {
+            assert_eq!(
+                get(http, "app0.example.com").await.unwrap(),
+                "HTTP/1.1 200 OK"
+            );
+            assert_eq!(get(service, "x").await.unwrap(), "HTTP/1.1 200 OK");
+        }
+        assert!(
+            proxy
+                .apply_changes(&[HttpChange::Remove(numbered_key(0))])
+                .is_empty()
+        );
+        // Aborted accept loops drop their sockets as their threads get to it.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        for _ in 0..30 {
+            let refused = tokio::net::TcpStream::connect(service).await;
+            assert!(
+                refused.is_err(),
+                "a socket of the removed port still listens"
+            );
+        }
+    }
+
+    #[test]
+    fn threads_default_to_the_cpus_and_can_be_set() {
+        assert!(config_for(&[]).threads >= 1);
+        assert_eq!(config_for(&["--threads", "3"]).threads, 3);
+        let cli = Cli::try_parse_from(["mlb", "run", "--threads", "0"]);
+        assert!(cli.is_err(), "0 threads is refused");
     }
 
     fn numbered_key(i: usize) -> HttpServiceKey {

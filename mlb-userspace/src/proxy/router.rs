@@ -12,15 +12,20 @@ use std::{
     cmp::Reverse,
     collections::{BTreeMap, HashMap, HashSet},
     hash::{BuildHasher, Hash, RandomState},
-    sync::Arc,
+    sync::{Arc, OnceLock},
 };
+
+use prometheus_client::metrics::histogram::Histogram;
 
 use super::{
     ProxyError,
     auth::Authenticator,
     balance::{BackendSlot, Selector, StatsRegistry, sticky_cookie_value},
 };
-use crate::model::{HttpService, HttpServiceKey};
+use crate::{
+    model::{HttpService, HttpServiceKey},
+    stats::live::live,
+};
 
 /// One HTTP service as the proxy serves it. Compiled once per version of the service: a table
 /// built after another service changed shares it.
@@ -40,6 +45,11 @@ pub struct Service {
     hosts: Vec<Arc<str>>,
     /// The app id, lowercase: the `:9091` key.
     app_key: Arc<str>,
+    /// marathon-lb's stats name of the service (`<app>_<port>`).
+    pub stats_name: String,
+    /// Its request-duration histogram, fetched at its first request (a service never requested
+    /// shows none), then recorded into without a lookup.
+    request_duration: OnceLock<Histogram>,
 }
 
 impl Service {
@@ -72,16 +82,16 @@ impl Service {
             .iter()
             .map(|b| match old.get(&b.id) {
                 Some(slot) if slot.backend == *b => Arc::clone(slot),
-                Some(slot) => Arc::new(BackendSlot {
-                    cookie: slot.cookie.clone(),
-                    stats: registry.get(&b.id),
-                    backend: b.clone(),
-                }),
-                None => Arc::new(BackendSlot {
-                    cookie: sticky_cookie_value(&b.id),
-                    stats: registry.get(&b.id),
-                    backend: b.clone(),
-                }),
+                Some(slot) => Arc::new(BackendSlot::new(
+                    b.clone(),
+                    registry.get(&b.id),
+                    slot.cookie.clone(),
+                )),
+                None => Arc::new(BackendSlot::new(
+                    b.clone(),
+                    registry.get(&b.id),
+                    sticky_cookie_value(&b.id),
+                )),
             })
             .collect();
         let paths_ignore_case = spec.paths.iter().any(|p| p == "-i");
@@ -111,8 +121,17 @@ impl Service {
             paths_ignore_case,
             hosts,
             app_key: spec.key.app_id.to_ascii_lowercase().into(),
+            stats_name: crate::stats::proxy_name(&spec.key.app_id, spec.service_port),
+            request_duration: OnceLock::new(),
             spec: spec.clone(),
         })
+    }
+
+    /// A request to one of its backends got its response headers after `elapsed`.
+    pub fn record_request(&self, elapsed: std::time::Duration) {
+        self.request_duration
+            .get_or_init(|| live().request_duration(self.stats_name.clone()))
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Whether `path` starts with one of the service's prefixes (always, when it has none).

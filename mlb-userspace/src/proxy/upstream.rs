@@ -13,6 +13,7 @@ use std::{
 use http::{
     HeaderMap, HeaderValue, Method, Request, Response, Uri, Version,
     header::{self, HeaderName},
+    uri::{PathAndQuery, Scheme},
 };
 use hyper::body::Incoming;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
@@ -53,8 +54,9 @@ pub(crate) struct Upstream {
     default_connect: Duration,
     /// Pools of services with their own `timeout connect` or TLS to the backends.
     tuned: Mutex<HashMap<Profile, TunedClient>>,
-    /// `maxconn` of `server` lines.
-    server_limits: Limits<BackendId>,
+    /// `maxconn` of `server` lines: one set shared by every worker's pool, so a backend's
+    /// limit holds across threads.
+    server_limits: Arc<Limits<BackendId>>,
 }
 
 /// How to reach a service's backends (from its tuning).
@@ -94,7 +96,7 @@ pub(crate) struct Answer {
 pub(crate) struct Outgoing {
     pub(crate) method: Method,
     /// Path and query as the backend should see them.
-    pub(crate) path_and_query: String,
+    pub(crate) path_and_query: PathAndQuery,
     pub(crate) headers: HeaderMap,
     /// Send over HTTP/2 (gRPC).
     pub(crate) h2: bool,
@@ -109,7 +111,7 @@ pub(crate) struct Outgoing {
 }
 
 impl Upstream {
-    pub(crate) fn new(timeouts: &Timeouts) -> Upstream {
+    pub(crate) fn new(timeouts: &Timeouts, server_limits: Arc<Limits<BackendId>>) -> Upstream {
         let connector = connector(timeouts.connect);
         let h1 = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
@@ -126,7 +128,7 @@ impl Upstream {
             h2,
             default_connect: timeouts.connect,
             tuned: Mutex::new(HashMap::new()),
-            server_limits: Limits::new(),
+            server_limits,
         }
     }
 
@@ -153,7 +155,7 @@ impl Upstream {
             };
             let guard = InFlightGuard::new(backend.stats.clone()).holding(slot);
             let next_body = body.retry();
-            let req = build(out, backend.backend.addr, body)?;
+            let req = build(out, &backend, body)?;
             let attempt = self.attempt(out, backend.backend.addr, req);
             match tokio::time::timeout(out.server_timeout, attempt).await {
                 Ok(Ok(response)) => {
@@ -289,16 +291,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 fn build(
     out: &Outgoing,
-    addr: SocketAddr,
+    backend: &BackendSlot,
     body: RetryBody,
 ) -> Result<Request<RetryBody>, UpstreamError> {
-    let scheme = if out.profile.tls.is_some() {
-        "https"
+    let mut target = http::uri::Parts::default();
+    target.scheme = Some(if out.profile.tls.is_some() {
+        Scheme::HTTPS
     } else {
-        "http"
-    };
-    let uri: Uri = format!("{scheme}://{addr}{}", out.path_and_query)
-        .parse()
+        Scheme::HTTP
+    });
+    target.authority = Some(backend.authority.clone());
+    target.path_and_query = Some(out.path_and_query.clone());
+    let uri = Uri::from_parts(target)
         .map_err(|e| UpstreamError::Failed(format!("request target: {e}")))?;
     let mut req = Request::new(body);
     *req.method_mut() = out.method.clone();
@@ -361,24 +365,46 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// The `X-Forwarded-*` values of one client connection, made once for all its requests.
+#[derive(Clone, Debug)]
+pub(crate) struct Forwarded {
+    client_ip: HeaderValue,
+    proto: HeaderValue,
+    port: HeaderValue,
+}
+
+impl Forwarded {
+    /// For a connection from `client` to local port `port`, over TLS or not.
+    pub(crate) fn new(client: SocketAddr, tls: bool, port: u16) -> Forwarded {
+        let ip = client.ip().to_canonical().to_string();
+        Forwarded {
+            client_ip: HeaderValue::from_str(&ip).expect("an IP address is a header value"),
+            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+            port: HeaderValue::from(port),
+        }
+    }
+}
+
 /// `X-Forwarded-For` (appended to), `-Proto` and `-Port`, as marathon-lb's HAProxy set them.
-pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, tls: bool, port: u16) {
-    let client_ip = client.ip().to_canonical().to_string();
+pub(crate) fn add_forwarded(headers: &mut HeaderMap, fwd: &Forwarded) {
     let xff = HeaderName::from_static("x-forwarded-for");
     let value = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {client_ip}"),
-        None => client_ip,
+        Some(prev) => {
+            let ip = fwd.client_ip.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{prev}, {ip}")).ok()
+        }
+        None => Some(fwd.client_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Some(v) = value {
         headers.insert(xff, v);
     }
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(if tls { "https" } else { "http" }),
+        fwd.proto.clone(),
     );
     headers.insert(
         HeaderName::from_static("x-forwarded-port"),
-        HeaderValue::from(port),
+        fwd.port.clone(),
     );
 }
 
@@ -423,7 +449,8 @@ mod tests {
     fn forwarded_headers_append_the_client() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut h, "127.0.0.9:5555".parse().unwrap(), true, 443);
+        let fwd = Forwarded::new("127.0.0.9:5555".parse().unwrap(), true, 443);
+        add_forwarded(&mut h, &fwd);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 127.0.0.9");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
         assert_eq!(h.get("x-forwarded-port").unwrap(), "443");
