@@ -542,6 +542,10 @@ fn event_stream(
         .expect("valid response")
 }
 
+/// How long an event may wait for room in a connection's queue before the client is dropped
+/// as too slow.
+const SLOW_CONSUMER: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Feeds one SSE connection until the client leaves, the stream is dropped by a fault, or the
 /// client is too slow (Marathon disconnects slow consumers too).
 async fn sse_session(
@@ -561,8 +565,9 @@ async fn sse_session(
             _ = drops.changed() => break "dropped by fault",
             _ = tx.closed() => break "client left",
             _ = keep_alive.tick() => {
-                if !*stall.borrow() && tx.try_send(Bytes::from_static(events::KEEP_ALIVE)).is_err() {
-                    break "client too slow";
+                // A full queue is already more than a keep-alive: skip it.
+                if !*stall.borrow() {
+                    let _ = tx.try_send(Bytes::from_static(events::KEEP_ALIVE));
                 }
             }
             received = bus.recv() => match received {
@@ -570,8 +575,13 @@ async fn sse_session(
                     if *stall.borrow() || !filter.wants(&event.event_type) {
                         continue;
                     }
-                    if tx.try_send(events::sse_frame(&event, filter.light)).is_err() {
-                        break "client too slow";
+                    // A burst fills the queue faster than the connection task writes it out,
+                    // however fast the client reads: only a queue that stays full means the
+                    // client stopped reading (and the socket buffers are full too).
+                    match tokio::time::timeout(SLOW_CONSUMER, tx.reserve()).await {
+                        Ok(Ok(permit)) => permit.send(events::sse_frame(&event, filter.light)),
+                        Ok(Err(_)) => break "client left",
+                        Err(_) => break "client too slow",
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => break "client lagged",
