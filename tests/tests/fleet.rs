@@ -9,27 +9,22 @@
 //! Needs root (namespaces, XDP, a bpf filesystem); says SKIPPED otherwise.
 use std::{
     collections::BTreeSet,
-    fs,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::PathBuf,
     sync::Arc,
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
 use mlb_tests::{
-    agent::{Mlb, wait_for},
+    agent::{HttpConn, Mlb, wait_for},
+    ecmp_lab::{EcmpLab, VIP, backend_addr, rt_addr},
     marathon_sim::{Agent as SimAgent, MarathonSim, SimConfig},
-    netns::{Netns, on},
+    netns::on,
     privileges::require_netns_and_bpf,
 };
 use serde_json::{Value, json};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-/// The fleet's VIP: the same on every instance.
-const VIP: &str = "198.18.100.1";
-/// The fleet's flow-hash key: the same on every instance.
-const HASH_SECRET: &str = "0123456789abcdef";
 
 fn run(test: &str, body: fn() -> Result<()>) {
     if let Err(e) = body() {
@@ -47,93 +42,24 @@ fn tcp_app(id: &str, service_port: u16, instances: usize) -> Value {
     })
 }
 
-/// One namespace with an interface per agent (a veth pair each: native XDP on one end) and a
-/// bpf filesystem per agent, unmounted on drop.
-struct Fleet {
-    ns: Netns,
-    dir: PathBuf,
-    mounts: Vec<PathBuf>,
+/// Starts instance `i` of `lab` reading the simulator (which listens in the router).
+fn start<'l>(lab: &'l EcmpLab, i: usize, sim: &MarathonSim) -> Result<Mlb<'l>> {
+    let marathon = format!("http://{}:{}", rt_addr(i), sim.addr().port());
+    let admin = SocketAddr::new(LOCALHOST, 19090);
+    Mlb::start(Some(&lab.lbs[i]), admin, &lab.agent_args(i, &marathon))
 }
 
-impl Fleet {
-    fn new(agents: usize) -> Result<Fleet> {
-        let ns = Netns::new("fleet")?;
-        let dir = std::env::temp_dir().join(format!("mlbt-fleet-{}", std::process::id()));
-        let mut fleet = Fleet {
-            ns,
-            dir,
-            mounts: Vec::new(),
-        };
-        for i in 0..agents {
-            let (dev, peer) = (format!("lb{i}"), format!("lb{i}p"));
-            let addr = format!("198.18.{}.1/24", 10 + i);
-            let ns = &fleet.ns;
-            ns.exec(&[
-                "ip", "link", "add", &dev, "type", "veth", "peer", "name", &peer,
-            ])?;
-            ns.exec(&["ip", "addr", "add", &addr, "dev", &dev])?;
-            for d in [&dev, &peer] {
-                ns.exec(&["ip", "link", "set", d, "up"])?;
-            }
-            let bpf = fleet.dir.join(format!("bpf{i}"));
-            fs::create_dir_all(&bpf)?;
-            // In the test's mount namespace: the pins outlive each agent.
-            let mounted = std::process::Command::new("mount")
-                .args(["-t", "bpf", "bpf"])
-                .arg(&bpf)
-                .status()?;
-            ensure!(mounted.success(), "mounting {}: {mounted}", bpf.display());
-            fleet.mounts.push(bpf);
-        }
-        Ok(fleet)
-    }
-
-    /// `mlb run` flags of agent `i`: XDP on its interface, pinned in its bpf filesystem, the
-    /// fleet's VIP and hash secret, its own admin and HTTP ports.
-    fn args(&self, i: usize, marathon: &str) -> Vec<String> {
-        let port = |base: u16| (base + i as u16).to_string();
-        let bpffs = self.mounts[i].join("mlb").display().to_string();
-        let snat = format!("198.18.{}.1", 10 + i);
-        [
-            "-m",
-            marathon,
-            "--group",
-            "external",
-            "--vip",
-            VIP,
-            "--dataplane",
-            "xdp",
-            "--xdp-iface",
-            &format!("lb{i}"),
-            "--snat-addr",
-            &snat,
-            "--bpffs-dir",
-            &bpffs,
-            "--hash-secret",
-            HASH_SECRET,
-            "--http-port",
-            &port(18080),
-            "--https-port",
-            &port(18443),
-            "--appid-port",
-            &port(19100),
-        ]
-        .map(String::from)
-        .to_vec()
-    }
-
-    fn start(&self, i: usize, marathon: &str) -> Result<Mlb<'_>> {
-        let admin = SocketAddr::new(LOCALHOST, 19090 + i as u16);
-        Mlb::start(Some(&self.ns), admin, &self.args(i, marathon))
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for m in &self.mounts {
-            let _ = std::process::Command::new("umount").arg(m).status();
-        }
-        let _ = fs::remove_dir_all(&self.dir);
+/// The simulator's configuration: listening on every address of the router, `apps` on tasks
+/// in `agents`.
+fn sim_config(apps: Vec<Value>, agents: Vec<SimAgent>, bind_tasks: bool) -> SimConfig {
+    SimConfig {
+        listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        agents,
+        step_delay: Duration::from_millis(100),
+        keep_alive: Duration::from_millis(500),
+        apps,
+        bind_tasks,
+        ..SimConfig::default()
     }
 }
 
@@ -236,25 +162,19 @@ fn fleet_tables_agree() {
 fn fleet_tables_agree_body() -> Result<()> {
     const A: (&str, u16) = ("/fleet/a", 10001);
     const B: (&str, u16) = ("/fleet/b", 10002);
-    let fleet = Fleet::new(2)?;
-    let rt = fleet.ns.runtime(1)?;
-    let config = SimConfig {
-        agents: (11..14)
-            .map(|h| SimAgent::local(format!("198.18.20.{h}").parse().expect("IPv4")))
-            .collect(),
-        step_delay: Duration::from_millis(100),
-        keep_alive: Duration::from_millis(500),
-        apps: vec![tcp_app(A.0, A.1, 3)],
-        bind_tasks: false,
-        ..SimConfig::default()
-    };
+    let lab = EcmpLab::new(2, 0)?;
+    let rt = lab.rt.runtime(1)?;
+    // Tasks need no listener here: only the tables are compared.
+    let agents = (11..14)
+        .map(|h| SimAgent::local(format!("198.18.2.{h}").parse().expect("IPv4")))
+        .collect();
+    let config = sim_config(vec![tcp_app(A.0, A.1, 3)], agents, false);
     let sim = Arc::new(on(&rt, MarathonSim::start(config))?.context("starting the simulator")?);
-    let url = sim.url();
-    let a = fleet.start(0, &url)?;
+    let a = start(&lab, 0, &sim)?;
     // The second instance starts later: it reads as a snapshot what the first saw as events.
     let s = sim.clone();
     on(&rt, async move { s.create_app(tcp_app(B.0, B.1, 2)).await })??;
-    let mut b = fleet.start(1, &url)?;
+    let mut b = start(&lab, 1, &sim)?;
     assert_agree("start", &sim, &[A, B], &[&a, &b])?;
 
     let s = sim.clone();
@@ -274,7 +194,7 @@ fn fleet_tables_agree_body() -> Result<()> {
         s.update_app(B.0, json!({"env": {"V": "2"}, "instances": 4}))
             .await
     })??;
-    let b = fleet.start(1, &url)?;
+    let b = start(&lab, 1, &sim)?;
     assert_agree(
         "a deployment of b, second instance restarted",
         &sim,
@@ -288,6 +208,71 @@ fn fleet_tables_agree_body() -> Result<()> {
     on(&rt, async move { s.delete_app(B.0).await })??;
     assert_agree("scaling a down, deleting b", &sim, &[A], &[&a, &b])?;
 
+    a.finish();
+    b.finish();
+    let sim = Arc::into_inner(sim).context("the simulator is still shared")?;
+    on(&rt, sim.shutdown())?;
+    Ok(())
+}
+
+/// New flows the XDP program of `mlb` forwarded, over every backend.
+fn new_flows(mlb: &Mlb<'_>) -> Result<u64> {
+    let reply = mlb.admin_get("/_mlb/xdp")?;
+    ensure!(reply.status == 200, "/_mlb/xdp: {}", reply.body);
+    let view: Value = serde_json::from_str(&reply.body)?;
+    let backends = view["backends"].as_object().into_iter().flatten();
+    Ok(backends.filter_map(|(_, b)| b["new_flows"].as_u64()).sum())
+}
+
+/// ECMP in front of two instances: the router spreads new connections over both (L4 hash),
+/// each forwards its share to the tasks, and every connection is answered.
+#[test]
+fn ecmp_spreads_new_connections() {
+    if require_netns_and_bpf("ecmp_spreads_new_connections") {
+        run("ecmp_spreads_new_connections", ecmp_spreads_body);
+    }
+}
+
+fn ecmp_spreads_body() -> Result<()> {
+    const APP: (&str, u16) = ("/fleet/web", 10001);
+    const CONNECTIONS: usize = 32;
+    let lab = EcmpLab::new(2, 2)?;
+    let rt = lab.rt.runtime(1)?;
+    let agents = lab
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(n, be)| SimAgent::in_netns(backend_addr(n + 1).parse().expect("IPv4"), be.name()))
+        .collect();
+    let config = sim_config(vec![tcp_app(APP.0, APP.1, 4)], agents, true);
+    let sim = Arc::new(on(&rt, MarathonSim::start(config))?.context("starting the simulator")?);
+    let a = start(&lab, 0, &sim)?;
+    let b = start(&lab, 1, &sim)?;
+    assert_agree("start", &sim, &[APP], &[&a, &b])?;
+
+    let vip = SocketAddr::new(VIP.parse()?, APP.1);
+    let answered: Vec<String> = lab.cli.enter(move || {
+        (0..CONNECTIONS)
+            .map(|i| {
+                let mut conn = HttpConn::open(vip)?;
+                let reply = conn.get("fleet", "/", true);
+                reply
+                    .and_then(|r| r.task_id())
+                    .with_context(|| format!("connection #{i}"))
+            })
+            .collect::<Result<_>>()
+    })??;
+    let tasks: BTreeSet<String> = sim.running_tasks(APP.0).into_iter().map(|t| t.id).collect();
+    ensure!(
+        answered.iter().all(|t| tasks.contains(t)),
+        "answers from unknown tasks: {answered:?} (tasks {tasks:?})"
+    );
+    let (fa, fb) = (new_flows(&a)?, new_flows(&b)?);
+    ensure!(
+        fa > 0 && fb > 0 && fa + fb >= CONNECTIONS as u64,
+        "{CONNECTIONS} connections: instance 0 forwarded {fa} new flows, instance 1 {fb}"
+    );
+    eprintln!("ecmp: {CONNECTIONS} connections answered, {fa} through instance 0, {fb} through 1");
     a.finish();
     b.finish();
     let sim = Arc::into_inner(sim).context("the simulator is still shared")?;
