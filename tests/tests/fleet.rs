@@ -279,3 +279,39 @@ fn ecmp_spreads_body() -> Result<()> {
     on(&rt, sim.shutdown())?;
     Ok(())
 }
+
+/// `deploy/marathon/mlb-fleet.json` is `mlb.json` for N instances: one per public agent, every
+/// one with the same hash secret (from a secret store), nothing else different.
+#[test]
+fn fleet_app_definition_is_mlb_json_for_n_instances() -> Result<()> {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/marathon");
+    let read = |name: &str| -> Result<Value> {
+        let text = std::fs::read_to_string(deploy.join(name)).context(name.to_owned())?;
+        Ok(serde_json::from_str(&text)?)
+    };
+    let (single, mut fleet) = (read("mlb.json")?, read("mlb-fleet.json")?);
+    ensure!(
+        fleet["instances"].as_u64() > Some(1),
+        "{}",
+        fleet["instances"]
+    );
+    ensure!(fleet["constraints"] == json!([["hostname", "UNIQUE"]]));
+    let secret = fleet["env"]["MLB_HASH_SECRET"]["secret"].clone();
+    let name = secret.as_str().context("MLB_HASH_SECRET from a secret")?;
+    ensure!(
+        fleet["secrets"][name]["source"].is_string(),
+        "secret {name} has no source"
+    );
+    let obj = fleet.as_object_mut().context("an object")?;
+    obj.remove("secrets");
+    obj.insert("instances".into(), single["instances"].clone());
+    fleet["env"]
+        .as_object_mut()
+        .context("env")?
+        .remove("MLB_HASH_SECRET");
+    ensure!(
+        fleet == single,
+        "mlb-fleet.json differs from mlb.json beyond instances and secret"
+    );
+    Ok(())
+}
