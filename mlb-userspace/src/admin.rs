@@ -13,6 +13,7 @@
 //! | `/_mlb/status` | sync state, generation, errors (JSON) |
 //! | `/_mlb/state` | the desired state the dataplanes were given (JSON) |
 //! | `/_mlb/xdp` | the XDP datapath: counters, flows by TCP state, per-backend stats (JSON) |
+//! | `/_mlb/xdp/tables` | every live Maglev table read back from the maps, with fingerprints (JSON) |
 //! | `/haproxy?stats` | the live stats page (HTML, reloads itself; `?stats;norefresh` not) |
 //! | `/haproxy?stats;csv` | HAProxy 2.0's stats CSV (what `zdd.py` reads) |
 //! | `/metrics` | Prometheus text: per frontend, backend and server, XDP, control plane |
@@ -45,7 +46,7 @@ use tracing::debug;
 
 use crate::{
     controller::{StateQueries, Status},
-    dataplane::xdp_l4::XdpL4,
+    dataplane::{xdp::XdpError, xdp_l4::XdpL4},
     marathon::watch::ResyncTrigger,
     model::{DesiredState, explain},
     overload::{AcceptErrors, ConnGate, Guarded, supervise},
@@ -329,7 +330,8 @@ pub fn route(
         },
         "/_mlb/status" => json(&StatusView::of(&status)),
         "/_mlb/state" => json(&StateView::of(state)),
-        "/_mlb/xdp" => xdp_view(ctx.xdp.as_deref()),
+        "/_mlb/xdp" => xdp_view(ctx.xdp.as_deref(), XdpL4::snapshot),
+        "/_mlb/xdp/tables" => xdp_view(ctx.xdp.as_deref(), XdpL4::tables_readback),
         "/metrics" => typed(
             StatusCode::OK,
             stats::metrics::CONTENT_TYPE,
@@ -372,16 +374,19 @@ pub fn route(
     }
 }
 
-/// `/_mlb/xdp`: the datapath's counters, or why there are none.
-fn xdp_view(xdp: Option<&Mutex<XdpL4>>) -> Reply {
+/// `/_mlb/xdp` and `/_mlb/xdp/tables`: what `read` finds in the datapath, or why nothing.
+fn xdp_view<T: Serialize>(
+    xdp: Option<&Mutex<XdpL4>>,
+    read: fn(&XdpL4) -> Result<T, XdpError>,
+) -> Reply {
     let Some(xdp) = xdp else {
         return text(
             StatusCode::NOT_FOUND,
             "the XDP dataplane is not running (--dataplane xdp)\n",
         );
     };
-    let snapshot = match xdp.lock() {
-        Ok(dp) => dp.snapshot(),
+    let view = match xdp.lock() {
+        Ok(dp) => read(&dp),
         Err(_) => {
             return text(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -389,11 +394,11 @@ fn xdp_view(xdp: Option<&Mutex<XdpL4>>) -> Reply {
             );
         }
     };
-    match snapshot {
-        Ok(s) => json(&s),
+    match view {
+        Ok(v) => json(&v),
         Err(e) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("reading the XDP counters: {e}\n"),
+            format!("reading the XDP maps: {e}\n"),
         ),
     }
 }
@@ -422,6 +427,7 @@ struct StatusView<'a> {
     pid: u32,
     synced: bool,
     generation: u64,
+    fingerprint: &'a str,
     full_passes: u64,
     last_error: Option<&'a str>,
     apps: usize,
@@ -439,6 +445,7 @@ impl<'a> StatusView<'a> {
             pid: std::process::id(),
             synced: s.synced,
             generation: s.generation,
+            fingerprint: &s.fingerprint,
             full_passes: s.full_passes,
             last_error: s.last_error.as_deref(),
             apps: s.apps,

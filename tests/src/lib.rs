@@ -5,6 +5,7 @@
 //! Chromium for the pages mlb serves ([`chromium`]).
 pub mod agent;
 pub mod chromium;
+pub mod ecmp_lab;
 pub mod l4_lab;
 pub mod marathon_sim;
 pub mod mlb_bin;

@@ -98,6 +98,30 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// A tokio runtime whose threads all live in this namespace: sockets made on them (a
+    /// simulator's listener) are here. Futures must run on its threads ([`on`]), not on the
+    /// calling one.
+    pub fn runtime(&self, threads: usize) -> Result<tokio::runtime::Runtime> {
+        // Threads inherit the namespace of the thread that creates them.
+        self.enter(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .enable_all()
+                .build()
+        })?
+        .with_context(|| format!("tokio runtime in namespace {}", self.name))
+    }
+}
+
+/// Runs `fut` on one of `rt`'s threads (so its sockets are made in `rt`'s namespace).
+pub fn on<T: Send + 'static>(
+    rt: &tokio::runtime::Runtime,
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T> {
+    Ok(rt.block_on(rt.spawn(fut))?)
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip")

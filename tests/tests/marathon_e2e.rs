@@ -22,6 +22,7 @@ use mlb_tests::{
     },
     l4_lab::{L4Lab, VIP_V4, XDP_ARGS, backend_v4},
     marathon_sim::{Agent as SimAgent, Fault, MarathonSim, SimConfig},
+    netns::on,
     privileges::require_netns_and_bpf,
 };
 use serde_json::{Value, json};
@@ -611,33 +612,11 @@ fn xdp_follows_marathon() {
     }
 }
 
-/// A runtime whose threads all live in `ns`: sockets the simulator creates on them (its API
-/// listener) are in `ns`. Futures must be spawned (`rt.block_on(rt.spawn(..))`), not run on
-/// the calling thread.
-fn runtime_in(ns: &mlb_tests::netns::Netns) -> Result<tokio::runtime::Runtime> {
-    // Threads inherit the namespace of the thread that creates them.
-    ns.enter(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-    })?
-    .context("tokio runtime in the lb namespace")
-}
-
-/// Runs `fut` on one of `rt`'s threads (so its sockets are made in `rt`'s namespace).
-fn on<T: Send + 'static>(
-    rt: &tokio::runtime::Runtime,
-    fut: impl std::future::Future<Output = T> + Send + 'static,
-) -> Result<T> {
-    Ok(rt.block_on(rt.spawn(fut))?)
-}
-
 fn xdp_follows_marathon_body() -> Result<()> {
     const PORT: u16 = 8080;
     const APP: &str = "/xdp/tcp";
     let lab = L4Lab::new()?;
-    let rt = runtime_in(&lab.lb)?;
+    let rt = lab.lb.runtime(2)?;
     let config = sim_config(
         vec![tcp_app(APP, PORT, 2)],
         vec![

@@ -32,6 +32,7 @@ use crate::{
 };
 
 mod dns;
+mod fingerprint;
 mod problems;
 mod status;
 
@@ -39,6 +40,7 @@ pub use dns::resolve_hosts;
 pub use status::{StateQueries, Status};
 
 use dns::{Answers, Resolver};
+use fingerprint::Fingerprint;
 use problems::ProblemLog;
 use status::StateReply;
 
@@ -111,6 +113,8 @@ pub struct Controller {
     http: Option<HttpDataplane>,
     dns: Resolver,
     problems: ProblemLog,
+    /// Of what the dataplanes were given, kept up to date per change.
+    fingerprint: Fingerprint,
     /// Kept up to date in place, published as a copy by [`Controller::publish`].
     status: Status,
     published: Arc<ArcSwap<Status>>,
@@ -142,6 +146,7 @@ impl Controller {
             http,
             dns: Resolver::default(),
             problems: ProblemLog::default(),
+            fingerprint: Fingerprint::default(),
             status: Status::default(),
             published: Arc::default(),
             copies: StateCopies {
@@ -156,6 +161,13 @@ impl Controller {
     /// backend failing them leaves the Maglev table until it passes again.
     pub fn with_l4_health_checks(mut self, handle: tokio::runtime::Handle) -> Self {
         self.l4.health = Some(HealthChecker::new(handle));
+        self
+    }
+
+    /// The Maglev table size of the L4 dataplane (`--maglev-table-size`), folded into the
+    /// status's fingerprint: instances with other sizes build other tables.
+    pub fn with_maglev_table_size(mut self, size: u32) -> Self {
+        self.fingerprint.set_table_size(size);
         self
     }
 
@@ -319,6 +331,13 @@ impl Controller {
         if !l4_changes.is_empty() {
             self.apply_l4(&l4_changes);
         }
+        for change in &http_changes {
+            let svc = match change {
+                HttpChange::Upsert(svc) => Some(&**svc),
+                HttpChange::Remove(_) => None,
+            };
+            self.fingerprint.http(change.key(), svc);
+        }
         if let Some(http) = &mut self.http
             && !http_changes.is_empty()
         {
@@ -417,6 +436,7 @@ impl Controller {
                 L4Change::Upsert(svc) => self.l4.applied.insert(key, svc.clone()),
                 L4Change::Remove(_) => self.l4.applied.remove(&key),
             };
+            self.fingerprint.l4(key, self.l4.applied.get(&key));
         }
     }
 
@@ -434,6 +454,7 @@ impl Controller {
         status.full_passes = self.model.full_passes();
         status.explanations = Arc::new(self.model.explanations().clone());
         status.l4_unhealthy = l4_unhealthy;
+        status.fingerprint = self.fingerprint.value();
         self.published.store(Arc::new(status.clone()));
     }
 

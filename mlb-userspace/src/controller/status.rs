@@ -12,6 +12,9 @@ use crate::model::{BackendId, DesiredState, explain::AppExplanation};
 pub struct Status {
     /// Bumped every time a dataplane was given changes.
     pub generation: u64,
+    /// Of the services the dataplanes were given and the Maglev table size: equal on every
+    /// instance that agrees (16 hex digits).
+    pub fingerprint: String,
     /// Whether Marathon has been read successfully at least once.
     pub synced: bool,
     /// The last failed Marathon read, until the next good one.

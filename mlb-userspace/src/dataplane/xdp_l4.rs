@@ -39,7 +39,11 @@ use crate::model::{BackendState, L4Service, L4ServiceKey, Protocol};
 mod acl;
 mod adopt;
 mod hash_secret;
+mod ids;
+mod readback;
 mod sweep;
+
+use ids::BackendIds;
 
 pub use hash_secret::HashSecret;
 pub use sweep::ConntrackSweeper;
@@ -266,7 +270,8 @@ pub struct XdpL4 {
     services: HashMap<ServiceKey, ProgrammedService>,
     free_slots: Vec<u32>,
     backends: HashMap<SocketAddr, BackendSlot>,
-    free_backend_ids: Vec<u32>,
+    /// Free backend ids; a backend's id derives from its address (see [`ids`]).
+    backend_ids: BackendIds,
     /// Services adopted from a previous agent's maps that no change has named yet.
     unconfirmed: BTreeSet<L4ServiceKey>,
     /// Flows by state at the sweeper's last walk.
@@ -324,7 +329,7 @@ impl XdpL4 {
             services: HashMap::new(),
             free_slots: (0..MAX_SERVICES).rev().collect(),
             backends: HashMap::new(),
-            free_backend_ids: (0..MAX_BACKENDS).rev().collect(),
+            backend_ids: BackendIds::new(MAX_BACKENDS),
             unconfirmed: BTreeSet::new(),
             ct_states: CtStateCounts::default(),
             snat_exhausted_reported: HashMap::new(),
@@ -408,25 +413,7 @@ impl XdpL4 {
         for (addr, _) in &members {
             ids.push(self.backend_id(*addr)?);
         }
-        let names: Vec<String> = members.iter().map(|(a, _)| a.to_string()).collect();
-        let maglev_input: Vec<MaglevBackend<'_>> = names
-            .iter()
-            .zip(&members)
-            .map(|(name, (_, weight))| MaglevBackend {
-                key: name,
-                weight: *weight,
-            })
-            .collect();
-        let table: Vec<u32> = maglev::build_table(&maglev_input, self.config.ring_size)?
-            .into_iter()
-            .map(|i| {
-                if i == maglev::NO_BACKEND {
-                    NO_BACKEND
-                } else {
-                    ids[i as usize]
-                }
-            })
-            .collect();
+        let table = id_table(&members, &ids, self.config.ring_size)?;
         let new_users: HashSet<u32> = ids.iter().copied().collect();
         let flags = acl::service_flags(svc);
         let blocks = acl::service_blocks(svc, key.family);
@@ -545,7 +532,7 @@ impl XdpL4 {
             }
             return Ok(self.backends[&addr].id);
         }
-        let id = self.free_backend_ids.pop().ok_or(XdpError::SlotsFull {
+        let id = self.backend_ids.take(addr).ok_or(XdpError::SlotsFull {
             kind: "backend",
             max: MAX_BACKENDS,
         })?;
@@ -655,7 +642,7 @@ impl XdpL4 {
         for addr in freeable {
             if let Some(b) = self.backends.remove(&addr) {
                 self.write_backend(b.id, addr, BACKEND_DEAD)?;
-                self.free_backend_ids.push(b.id);
+                self.backend_ids.release(b.id);
             }
         }
         Ok(())
@@ -789,6 +776,35 @@ impl XdpL4 {
     }
 }
 
+/// The Maglev table of `members` (address, weight) as the program reads it: each slot the
+/// backend id (`ids[i]` of `members[i]`) or [`NO_BACKEND`]. Keyed by address, so it depends on
+/// the set of members and their ids, never on their order.
+fn id_table(
+    members: &[(SocketAddr, u32)],
+    ids: &[u32],
+    ring_size: u32,
+) -> Result<Vec<u32>, maglev::MaglevError> {
+    let names: Vec<String> = members.iter().map(|(a, _)| a.to_string()).collect();
+    let maglev_input: Vec<MaglevBackend<'_>> = names
+        .iter()
+        .zip(members)
+        .map(|(name, (_, weight))| MaglevBackend {
+            key: name,
+            weight: *weight,
+        })
+        .collect();
+    Ok(maglev::build_table(&maglev_input, ring_size)?
+        .into_iter()
+        .map(|i| {
+            if i == maglev::NO_BACKEND {
+                NO_BACKEND
+            } else {
+                ids[i as usize]
+            }
+        })
+        .collect())
+}
+
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -819,5 +835,47 @@ mod tests {
         // The first byte on the wire is the first byte in memory.
         let w = addr_words("198.18.1.2".parse().unwrap());
         assert_eq!(w[0].to_ne_bytes(), [198, 18, 1, 2]);
+    }
+
+    /// Two instances that learn the same backends in any order (one of them restarted and
+    /// adopting part of its ids) program bit-identical tables: ids and slots alike.
+    #[test]
+    fn id_tables_do_not_depend_on_arrival_order() {
+        let members: Vec<(SocketAddr, u32)> = (0..7)
+            .map(|i| {
+                let addr = format!("198.18.2.{}:{}", 11 + i % 3, 31_000 + 7 * i);
+                (addr.parse().unwrap(), (i % 3 + 1) as u32)
+            })
+            .collect();
+        let table_in = |order: &[usize], ids: &mut BackendIds| {
+            let ordered: Vec<(SocketAddr, u32)> = order.iter().map(|&i| members[i]).collect();
+            let taken: Vec<u32> = ordered.iter().map(|(a, _)| ids.take(*a).unwrap()).collect();
+            id_table(&ordered, &taken, 16_381).unwrap()
+        };
+        let first = table_in(&[0, 1, 2, 3, 4, 5, 6], &mut BackendIds::new(MAX_BACKENDS));
+        for order in [
+            [6, 5, 4, 3, 2, 1, 0],
+            [3, 0, 6, 1, 5, 2, 4],
+            [2, 4, 6, 0, 1, 3, 5],
+        ] {
+            let again = table_in(&order, &mut BackendIds::new(MAX_BACKENDS));
+            assert!(again == first, "order {order:?} built another table");
+        }
+        // A restarted instance adopts the ids of some backends from the pinned maps, then
+        // takes the others' in yet another order.
+        let mut adopted = BackendIds::new(MAX_BACKENDS);
+        let mut fresh = BackendIds::new(MAX_BACKENDS);
+        let ids: Vec<u32> = members
+            .iter()
+            .map(|(a, _)| fresh.take(*a).unwrap())
+            .collect();
+        adopted.mark_used(ids[1]);
+        adopted.mark_used(ids[5]);
+        let mut taken = ids.clone();
+        for i in [6, 0, 4, 2, 3] {
+            taken[i] = adopted.take(members[i].0).unwrap();
+        }
+        assert!(id_table(&members, &taken, 16_381).unwrap() == first);
+        assert!(first.iter().all(|&id| id != NO_BACKEND));
     }
 }

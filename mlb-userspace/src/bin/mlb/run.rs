@@ -150,7 +150,8 @@ impl Agent {
         }
         let http = proxy.clone().map(|p| Box::new(p) as HttpDataplane);
         let mut controller = Controller::new(model, l4, http)
-            .with_l4_health_checks(tokio::runtime::Handle::current());
+            .with_l4_health_checks(tokio::runtime::Handle::current())
+            .with_maglev_table_size(opts.maglev_table_size);
         controller.set_static_l4(static_l4);
 
         let (shutdown, shutdown_rx) = watch::channel(false);

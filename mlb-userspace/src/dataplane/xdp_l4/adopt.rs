@@ -99,7 +99,7 @@ impl XdpL4 {
     }
 
     /// Table `copy` of `slot`, one backend id per Maglev entry.
-    fn read_table(&self, slot: u32, copy: u32) -> Result<Vec<u32>, XdpError> {
+    pub(super) fn read_table(&self, slot: u32, copy: u32) -> Result<Vec<u32>, XdpError> {
         let ring_size = self.config.ring_size;
         let base = ring_table_base(slot, copy, ring_size);
         let rings: Array<&MapData, RingElem> = self.program.map(maps::RINGS)?;
@@ -121,14 +121,13 @@ impl XdpL4 {
             }
         }
         let map: Array<&MapData, BpfBackend> = self.program.map(maps::BACKENDS)?;
-        let mut in_use = HashSet::new();
         for id in 0..MAX_BACKENDS {
             let b = map.get(&id, 0)?;
             if b.flags & BACKEND_ACTIVE == 0 {
                 continue;
             }
             // An id in use is never handed out again, even if its address repeats.
-            in_use.insert(id);
+            self.backend_ids.mark_used(id);
             let addr = SocketAddr::new(words_addr(b.addr, b.family), u16::from_be(b.port));
             let users = users.get(&id).copied().unwrap_or(0);
             let dead = b.flags & BACKEND_DEAD != 0;
@@ -140,7 +139,6 @@ impl XdpL4 {
                 dead,
             });
         }
-        self.free_backend_ids.retain(|id| !in_use.contains(id));
         Ok(())
     }
 
