@@ -79,13 +79,11 @@ mod tests {
     use crate::model::{Backend, BackendId, BackendState, Protocol};
 
     fn svc(port: u16, backends: &[&str]) -> L4Service {
+        let key = L4ServiceKey {
+            port,
+            protocol: Protocol::Tcp,
+        };
         L4Service {
-            key: L4ServiceKey {
-                port,
-                protocol: Protocol::Tcp,
-            },
-            app_id: format!("/app{port}"),
-            bind_addr: None,
             backends: backends
                 .iter()
                 .map(|a| Backend {
@@ -95,7 +93,7 @@ mod tests {
                     state: BackendState::Active,
                 })
                 .collect(),
-            health_check: None,
+            ..L4Service::new(key, format!("/app{port}"))
         }
     }
 

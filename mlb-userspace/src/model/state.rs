@@ -107,6 +107,21 @@ pub struct L4Service {
 }
 
 impl L4Service {
+    /// The service of `app_id` on `key`, with marathon-lb's defaults: no backend, bind address,
+    /// health check or tuning, round robin, open to everyone.
+    pub fn new(key: L4ServiceKey, app_id: impl Into<String>) -> Self {
+        L4Service {
+            key,
+            app_id: app_id.into(),
+            bind_addr: None,
+            backends: Vec::new(),
+            health_check: None,
+            tuning: Box::default(),
+            balance: Balance::default(),
+            allowed_networks: Vec::new(),
+        }
+    }
+
     /// Whether a client at `ip` may use the service (its allow-list is empty or contains it).
     pub fn allows(&self, ip: IpAddr) -> bool {
         self.allowed_networks.is_empty() || self.allowed_networks.iter().any(|n| n.contains(ip))
