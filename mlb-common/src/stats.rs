@@ -88,11 +88,15 @@ pub enum Counter {
     CtCloseWait,
     CtTimeWait,
     CtClosed,
+    /// SNAT ports a search passed over, free here but not at the backend: it still holds the
+    /// 4-tuple's last flow in TIME_WAIT and would refuse this SYN (older timestamp or
+    /// sequence number), which would cost the client a retransmission.
+    SnatPortTimeWait,
 }
 
 impl Counter {
     /// Number of counters (the size of the stats array).
-    pub const COUNT: usize = Counter::CtClosed as usize + 1;
+    pub const COUNT: usize = Counter::SnatPortTimeWait as usize + 1;
 
     /// Every counter, in index order, with the name user space reports it under.
     pub const ALL: [(Counter, &'static str); Counter::COUNT] = [
@@ -137,6 +141,7 @@ impl Counter {
         (Counter::CtCloseWait, "ct_close_wait"),
         (Counter::CtTimeWait, "ct_time_wait"),
         (Counter::CtClosed, "ct_closed"),
+        (Counter::SnatPortTimeWait, "snat_port_time_wait"),
     ];
 
     /// The counter of a transition into `state` (a `ct::CT_*`), if it has one.
