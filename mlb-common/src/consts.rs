@@ -9,8 +9,9 @@
 /// 1: the layout before this constant. 2: TCP state machine (`ct` states), several SNAT
 /// addresses, hash secret and timeouts in `Config`, `FlowStats::snat_exhausted`, SNAT cursors,
 /// churn counters. 3: `ServiceValue::flags` (source hash, ACL), the ACL trie, the ACL drop
-/// counter.
-pub const ABI_VERSION: u32 = 3;
+/// counter. 4: the backend's TIME_WAIT recorded in `NatEntry` (`tw_*`), counter
+/// `SnatPortTimeWait`.
+pub const ABI_VERSION: u32 = 4;
 
 /// Number of per-CPU counter slots in the global statistics array (see [`crate::stats::Counter`]).
 pub const STATS_SLOTS: u32 = crate::stats::Counter::COUNT as u32;

@@ -6,7 +6,7 @@
 //! the timeout table live here, in plain code, so the program, the agent's sweeper and the unit
 //! tests all use the one definition.
 use crate::{
-    maps::DIR_TO_BACKEND,
+    maps::{DIR_TO_BACKEND, NatEntry},
     net::{IPPROTO_UDP, tcp},
 };
 
@@ -74,6 +74,69 @@ pub const fn next_tcp_state(state: u8, direction: u8, flags: u8) -> u8 {
         CT_CLOSE_WAIT if fin && from_client => CT_TIME_WAIT,
         s => s,
     }
+}
+
+/// `NatEntry::tw_flags`: the backend closed first and the client's FIN was seen, so the backend
+/// holds the flow's 4-tuple in TIME_WAIT expecting `tw_rcv_nxt` next.
+pub const TW_RECORDED: u8 = 1;
+/// `NatEntry::tw_flags`: the client's FIN carried a TCP timestamp, in `tw_ts_recent`.
+pub const TW_TIMESTAMP: u8 = 2;
+
+/// How long a backend keeps a 4-tuple in TIME_WAIT after the client's FIN: Linux's fixed
+/// `TCP_TIMEWAIT_LEN` (60 s), plus one second for the last ACK's way.
+pub const BACKEND_TIME_WAIT_NS: u64 = 61 * 1_000_000_000;
+
+/// Whether a backend (Linux's `tcp_timewait_state_process`) holding a 4-tuple in TIME_WAIT,
+/// expecting `rcv_nxt` and having last seen timestamp `ts_recent` (if the old connection used
+/// timestamps), accepts a new SYN with sequence number `seq` and timestamp `tsval` as a new
+/// connection. A refused SYN is answered with an ACK the client resets, and the client
+/// retransmits only a second later: under churn through SNAT, where the client's ISN and
+/// timestamp offset are random per 4-tuple, about half the reused ports would stall so.
+#[inline(always)]
+pub const fn time_wait_accepts_syn(
+    rcv_nxt: u32,
+    ts_recent: Option<u32>,
+    seq: u32,
+    tsval: Option<u32>,
+) -> bool {
+    let seq_after = (seq.wrapping_sub(rcv_nxt) as i32) > 0;
+    match (ts_recent, tsval) {
+        (Some(recent), Some(ts)) => {
+            // PAWS first: an older timestamp is refused whatever its sequence number.
+            let older_by = recent.wrapping_sub(ts) as i32;
+            older_by < 0 || (older_by == 0 && seq_after)
+        }
+        // The kernel reads the SYN's timestamp only if the old connection had them.
+        _ => seq_after,
+    }
+}
+
+/// Whether the backend of the flow whose reply half is `entry` may still hold its 4-tuple in
+/// TIME_WAIT at `now_ns`.
+#[inline(always)]
+pub const fn backend_in_time_wait(entry: &NatEntry, now_ns: u64) -> bool {
+    entry.tw_flags & TW_RECORDED != 0
+        && now_ns.saturating_sub(entry.last_seen_ns) <= BACKEND_TIME_WAIT_NS
+}
+
+/// Whether a SYN (`seq`, `tsval`) may take over the SNAT port of the dead flow whose reply half
+/// is `entry`: yes unless the backend may still hold that flow in TIME_WAIT and would refuse it.
+#[inline(always)]
+pub const fn port_reusable_for_syn(
+    entry: &NatEntry,
+    now_ns: u64,
+    seq: u32,
+    tsval: Option<u32>,
+) -> bool {
+    if !backend_in_time_wait(entry, now_ns) {
+        return true;
+    }
+    let ts_recent = if entry.tw_flags & TW_TIMESTAMP != 0 {
+        Some(entry.tw_ts_recent)
+    } else {
+        None
+    };
+    time_wait_accepts_syn(entry.tw_rcv_nxt, ts_recent, seq, tsval)
 }
 
 /// Idle timeouts in seconds, written by the agent into the program's configuration. An entry
@@ -210,6 +273,45 @@ mod tests {
         assert!(!is_opening_syn(SYN | ACK) && !is_opening_syn(ACK) && !is_opening_syn(SYN | RST));
         assert!(is_closed(CT_TIME_WAIT) && is_closed(CT_CLOSED));
         assert!(!is_closed(CT_ESTABLISHED) && !is_closed(CT_FIN_WAIT));
+    }
+
+    #[test]
+    fn time_wait_accepts_a_newer_timestamp_or_without_timestamps_a_later_sequence() {
+        // Timestamps on both: the timestamp decides; an older one is refused (PAWS) even with
+        // a later sequence number; an equal one needs a later sequence number.
+        assert!(time_wait_accepts_syn(1000, Some(50), 10, Some(51)));
+        assert!(!time_wait_accepts_syn(1000, Some(50), 5000, Some(49)));
+        assert!(time_wait_accepts_syn(1000, Some(50), 1001, Some(50)));
+        assert!(!time_wait_accepts_syn(1000, Some(50), 999, Some(50)));
+        // Across the 32-bit wrap.
+        assert!(time_wait_accepts_syn(1000, Some(u32::MAX), 10, Some(3)));
+        assert!(time_wait_accepts_syn(u32::MAX - 5, None, 3, None));
+        // Without timestamps on either side: the sequence number decides.
+        assert!(time_wait_accepts_syn(1000, None, 1001, Some(1)));
+        assert!(!time_wait_accepts_syn(1000, Some(7), 1000, None));
+        assert!(!time_wait_accepts_syn(1000, None, 999, None));
+    }
+
+    #[test]
+    fn a_port_waits_for_the_backends_time_wait_only_when_it_would_refuse() {
+        let s = 1_000_000_000;
+        let entry = NatEntry {
+            tw_flags: TW_RECORDED | TW_TIMESTAMP,
+            tw_rcv_nxt: 1000,
+            tw_ts_recent: 50,
+            last_seen_ns: 100 * s,
+            ..NatEntry::default()
+        };
+        assert!(!port_reusable_for_syn(&entry, 110 * s, 2000, Some(40)));
+        assert!(port_reusable_for_syn(&entry, 110 * s, 2000, Some(60)));
+        // The backend's TIME_WAIT is over after a minute.
+        assert!(port_reusable_for_syn(&entry, 162 * s, 2000, Some(40)));
+        // Nothing recorded (the client closed first, or a RST): no TIME_WAIT at the backend.
+        let none = NatEntry {
+            tw_flags: 0,
+            ..entry
+        };
+        assert!(port_reusable_for_syn(&none, 110 * s, 0, Some(0)));
     }
 
     #[test]

@@ -178,10 +178,18 @@ pub struct NatEntry {
     pub direction: u8,
     /// `crate::ct::CT_*` state, the same in both halves of a flow.
     pub state: u8,
-    pub _pad: [u8; 2],
+    /// `crate::ct::TW_*` flags: what `tw_rcv_nxt` and `tw_ts_recent` hold (reply half only).
+    pub tw_flags: u8,
+    pub _pad: u8,
     /// `bpf_ktime_get_ns()` of the last packet of either direction (refreshed at most every
     /// [`crate::consts::TOUCH_INTERVAL_NS`]) or of the last state change; both halves carry it.
     pub last_seen_ns: u64,
+    /// When the backend closed first, the TIME_WAIT it keeps for this flow's 4-tuple (the
+    /// reply half's key): the next sequence number it expects from the client (after the
+    /// client's FIN) and the client's last TCP timestamp. A new flow may reuse the SNAT port
+    /// only with a SYN that TIME_WAIT accepts (`crate::ct::time_wait_accepts_syn`).
+    pub tw_rcv_nxt: u32,
+    pub tw_ts_recent: u32,
 }
 
 /// Global settings written by the agent.

@@ -91,11 +91,15 @@ pub enum Counter {
     /// Dropped: the client's address is not in the service's allow-list
     /// (`HAPROXY_{n}_BACKEND_NETWORK_ALLOWED_ACL`).
     DropAclDenied,
+    /// SNAT ports a search passed over, free here but not at the backend: it still holds the
+    /// 4-tuple's last flow in TIME_WAIT and would refuse this SYN (older timestamp or
+    /// sequence number), which would cost the client a retransmission.
+    SnatPortTimeWait,
 }
 
 impl Counter {
     /// Number of counters (the size of the stats array).
-    pub const COUNT: usize = Counter::DropAclDenied as usize + 1;
+    pub const COUNT: usize = Counter::SnatPortTimeWait as usize + 1;
 
     /// Every counter, in index order, with the name user space reports it under.
     pub const ALL: [(Counter, &'static str); Counter::COUNT] = [
@@ -141,6 +145,7 @@ impl Counter {
         (Counter::CtTimeWait, "ct_time_wait"),
         (Counter::CtClosed, "ct_closed"),
         (Counter::DropAclDenied, "drop_acl_denied"),
+        (Counter::SnatPortTimeWait, "snat_port_time_wait"),
     ];
 
     /// The counter of a transition into `state` (a `ct::CT_*`), if it has one.

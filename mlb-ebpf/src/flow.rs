@@ -11,7 +11,10 @@
 use aya_ebpf::bindings::BPF_ANY;
 use mlb_common::{
     consts::TOUCH_INTERVAL_NS,
-    ct::{CT_ESTABLISHED, CT_SYN_SENT, is_closed, is_opening_syn, next_tcp_state},
+    ct::{
+        CT_CLOSE_WAIT, CT_ESTABLISHED, CT_SYN_SENT, CT_TIME_WAIT, TW_RECORDED, TW_TIMESTAMP,
+        backend_in_time_wait, is_closed, is_opening_syn, next_tcp_state,
+    },
     hash::{flow_hash, source_hash},
     maps::{Config, DIR_TO_BACKEND, DIR_TO_CLIENT, FlowKey, NatEntry, SVC_F_SOURCE_HASH},
     net::IPPROTO_TCP,
@@ -123,10 +126,17 @@ fn lookup_flow(
     };
     if let Some(reason) = end_of_flow(meta, tracked, cfg, now) {
         count(reason);
-        forget_flow(&scratch.key, &scratch.peer_key);
+        // SAFETY: as above.
+        forget_dead_flow(
+            &scratch.key,
+            tracked,
+            &scratch.peer_key,
+            unsafe { &*peer },
+            now,
+        );
         return None;
     }
-    update_flow(entry, peer, meta, now);
+    update_flow(entry, peer, meta, scratch, now);
     count(if tracked.direction == DIR_TO_BACKEND {
         Counter::FlowToBackend
     } else {
@@ -165,10 +175,45 @@ pub fn forget_flow(key: &FlowKey, peer: &FlowKey) {
     let _ = CONNTRACK.remove(peer);
 }
 
-/// Moves the flow's TCP state on (in both halves, counted) and refreshes both halves' last-seen
-/// time, at most once per [`TOUCH_INTERVAL_NS`] unless the state changed.
+/// Forgets a dead flow (`key`'s entry `entry`, its partner `peer` under `peer_key`), but keeps
+/// the reply half while the backend may hold the flow in TIME_WAIT: the SNAT search reads it
+/// before giving the port to another client. (A half without its partner forwards nothing.)
+#[inline(never)]
+fn forget_dead_flow(
+    key: &FlowKey,
+    entry: &NatEntry,
+    peer_key: &FlowKey,
+    peer: &NatEntry,
+    now: u64,
+) {
+    if entry.direction == DIR_TO_BACKEND || !backend_in_time_wait(entry, now) {
+        let _ = CONNTRACK.remove(key);
+    }
+    if peer.direction == DIR_TO_BACKEND || !backend_in_time_wait(peer, now) {
+        let _ = CONNTRACK.remove(peer_key);
+    }
+}
+
+/// Records in the reply half `reply` what the backend's TIME_WAIT expects after the client's
+/// FIN (`seg`: that FIN, read by `tcpseq.rs`), for the SNAT search.
 #[inline(always)]
-fn update_flow(entry: *mut NatEntry, peer: *mut NatEntry, meta: &PacketMeta, now: u64) {
+fn record_backend_time_wait(reply: &mut NatEntry, seg: &Scratch) {
+    reply.tw_rcv_nxt = seg.seg_seq_end;
+    reply.tw_ts_recent = seg.seg_ts;
+    reply.tw_flags = TW_RECORDED | if seg.seg_ts_ok != 0 { TW_TIMESTAMP } else { 0 };
+}
+
+/// Moves the flow's TCP state on (in both halves, counted) and refreshes both halves' last-seen
+/// time, at most once per [`TOUCH_INTERVAL_NS`] unless the state changed. When the client's
+/// FIN answers the backend's, the backend enters TIME_WAIT: recorded in the reply half.
+#[inline(always)]
+fn update_flow(
+    entry: *mut NatEntry,
+    peer: *mut NatEntry,
+    meta: &PacketMeta,
+    seg: &Scratch,
+    now: u64,
+) {
     // SAFETY: both pointers come from map lookups; fields are plain integers. Another CPU may
     // write the same fields at once: the worst outcome is one stale state or timestamp.
     unsafe {
@@ -181,6 +226,10 @@ fn update_flow(entry: *mut NatEntry, peer: *mut NatEntry, meta: &PacketMeta, now
         if next != state {
             (*entry).state = next;
             (*peer).state = next;
+            let to_backend = (*entry).direction == DIR_TO_BACKEND;
+            if to_backend && state == CT_CLOSE_WAIT && next == CT_TIME_WAIT {
+                record_backend_time_wait(&mut *peer, seg);
+            }
             if let Some(c) = Counter::entering(next) {
                 count(c);
             }
@@ -232,8 +281,11 @@ fn prepare_flow(
     reply.backend = backend_id;
     reply.direction = DIR_TO_CLIENT;
     reply.state = if tcp { CT_SYN_SENT } else { CT_ESTABLISHED };
-    reply._pad = [0; 2];
+    reply.tw_flags = 0;
+    reply._pad = 0;
     reply.last_seen_ns = now;
+    reply.tw_rcv_nxt = 0;
+    reply.tw_ts_recent = 0;
     let reply_key = &mut scratch.reply_key;
     reply_key.src = backend.addr;
     reply_key.sport = backend.port;
@@ -259,8 +311,11 @@ fn open_flow(scratch: &mut Scratch) -> Result<(), Exit> {
     forward.backend = backend_id;
     forward.direction = DIR_TO_BACKEND;
     forward.state = reply.state;
-    forward._pad = [0; 2];
+    forward.tw_flags = 0;
+    forward._pad = 0;
     forward.last_seen_ns = reply.last_seen_ns;
+    forward.tw_rcv_nxt = 0;
+    forward.tw_ts_recent = 0;
     if CONNTRACK
         .insert(&scratch.key, &scratch.forward, u64::from(BPF_ANY))
         .is_err()

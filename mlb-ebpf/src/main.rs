@@ -25,6 +25,7 @@ mod parse;
 mod rewrite;
 mod snat;
 mod stats;
+mod tcpseq;
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
 use mlb_common::{stats::Counter, verdict::Verdict};
@@ -47,6 +48,7 @@ fn try_mlb_xdp(ctx: &XdpContext) -> Result<Verdict, Exit> {
     stats::count(meta.parsed_counter());
     let cfg = lookup::config()?;
     let scratch = maps::scratch()?;
+    tcpseq::read_segment(ctx, &meta, scratch);
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let flow = flow::track_flow(&meta, scratch, cfg, now)?;

@@ -89,6 +89,16 @@ pub struct Scratch {
     pub snat_slot: u32,
     /// The ACL trie key of a new flow's client.
     pub acl_key: Key<AclKey>,
+    /// The first attempt whose port was refused for the backend's TIME_WAIT (`u32::MAX`:
+    /// none), and whether a last probe takes that port anyway (non-zero).
+    pub snat_refused: u32,
+    pub snat_take_refused: u32,
+    /// The packet's TCP sequence number, the one after it and its timestamp, when it is a
+    /// SYN or FIN (`tcpseq.rs`); `seg_ts_ok` is 0 when it has no timestamp (or is neither).
+    pub seg_seq: u32,
+    pub seg_seq_end: u32,
+    pub seg_ts: u32,
+    pub seg_ts_ok: u32,
 }
 
 /// One [`Scratch`] per CPU.

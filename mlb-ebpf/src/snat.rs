@@ -5,7 +5,12 @@
 //! the same (backend, SNAT address, port). The search space of a backend is every SNAT address of
 //! the family times the port range, walked in order from the backend's cursor: the next ports
 //! tried are those handed out longest ago, which under churn belong to closed flows. A port held
-//! by a dead flow (idle past its timeout, or half of one) is reclaimed on the spot.
+//! by a dead flow (idle past its timeout, or half of one) is reclaimed on the spot, unless the
+//! backend closed that flow first and still holds it in TIME_WAIT, where it would refuse this
+//! SYN (older timestamp or sequence number: `mlb_common::ct::time_wait_accepts_syn`): the client
+//! would lose a second to a retransmission. Such a port is passed over; only when every port
+//! tried is busy or refused does the first refused one serve (the backend's answer then gets
+//! the client to reset that TIME_WAIT, and its retransmitted SYN gets through).
 //!
 //! The search runs under `bpf_loop`: the verifier checks one probe once, whatever the number of
 //! probes (an unrolled loop of them exceeds its budget).
@@ -14,7 +19,7 @@ use core::ffi::c_void;
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_loop};
 use mlb_common::{
     consts::{MAX_SNAT_ADDRS, SNAT_PORT_TRIES},
-    ct::CtTimeouts,
+    ct::port_reusable_for_syn,
     maps::{Config, FAMILY_V4, FlowKey, NatEntry},
     stats::Counter,
 };
@@ -29,8 +34,18 @@ use crate::{
 
 const EXHAUSTED: Exit = Exit::Drop(Counter::DropSnatExhausted);
 
-/// `Scratch::snat_slot` while no port is found.
+/// `Scratch::snat_slot` while no port is found, `Scratch::snat_refused` while no port was
+/// refused for the backend's TIME_WAIT.
 const NOT_FOUND: u32 = u32::MAX;
+
+/// What one probe found at its port.
+enum Probe {
+    Taken,
+    /// A live flow holds it.
+    Busy,
+    /// Free here, but the backend's TIME_WAIT would refuse this SYN.
+    Refused,
+}
 
 /// Reserves a SNAT address and port towards `backend_id` for the flow whose reply entry is
 /// `scratch.reply`: records it under `scratch.reply_key` (its `dst` and `dport` become the
@@ -41,6 +56,8 @@ pub fn reserve_snat_port(scratch: &mut Scratch, backend_id: u32) -> Result<u16, 
     // SAFETY: an array element from the lookup; a racing writer only costs a collision.
     scratch.snat_start = unsafe { *cursor };
     scratch.snat_slot = NOT_FOUND;
+    scratch.snat_refused = NOT_FOUND;
+    scratch.snat_take_refused = 0;
     // SAFETY: `probe` has the callback signature bpf_loop expects; it finds its state in this
     // CPU's scratch map, so the context pointer is null.
     unsafe {
@@ -54,18 +71,26 @@ pub fn reserve_snat_port(scratch: &mut Scratch, backend_id: u32) -> Result<u16, 
     // The probes wrote their results through their own pointer to this CPU's scratch; to the
     // compiler `scratch` is an exclusive reference that nothing was given, so without volatile
     // reads it would reuse the values from before the loop.
-    // (`reply_key.dst`, which the caller reads next, was not written before the loop: nothing
-    // stale to reuse.)
     // SAFETY: plain reads of fields of a valid reference.
-    let (slot, port) = unsafe {
+    let (mut slot, refused) = unsafe {
         (
             core::ptr::read_volatile(&scratch.snat_slot),
-            core::ptr::read_volatile(&scratch.reply_key.dport),
+            core::ptr::read_volatile(&scratch.snat_refused),
         )
     };
+    if slot == NOT_FOUND && refused != NOT_FOUND {
+        scratch.snat_take_refused = 1;
+        probe(u64::from(refused), core::ptr::null_mut());
+        // SAFETY: as above.
+        slot = unsafe { core::ptr::read_volatile(&scratch.snat_slot) };
+    }
     if slot == NOT_FOUND {
         return Err(EXHAUSTED);
     }
+    // (`reply_key.dport`, which the caller reads next, was not written before the loop:
+    // nothing stale to reuse.)
+    // SAFETY: as above.
+    let port = unsafe { core::ptr::read_volatile(&scratch.reply_key.dport) };
     // SAFETY: as above.
     unsafe { *cursor = slot.wrapping_add(1) };
     Ok(port)
@@ -77,9 +102,16 @@ extern "C" fn probe(attempt: u64, _ctx: *mut c_void) -> i64 {
         return 1;
     };
     match try_slot(scratch, cfg, attempt as u32) {
-        Ok(true) => 1,
-        Ok(false) => {
+        Ok(Probe::Taken) => 1,
+        Ok(Probe::Busy) => {
             count(Counter::SnatPortCollision);
+            0
+        }
+        Ok(Probe::Refused) => {
+            count(Counter::SnatPortTimeWait);
+            if scratch.snat_refused == NOT_FOUND {
+                scratch.snat_refused = attempt as u32;
+            }
             0
         }
         Err(_) => 1,
@@ -88,7 +120,7 @@ extern "C" fn probe(attempt: u64, _ctx: *mut c_void) -> i64 {
 
 /// Tries slot `start + attempt` of the backend's search space (SNAT address × port).
 #[inline(always)]
-fn try_slot(scratch: &mut Scratch, cfg: &Config, attempt: u32) -> Result<bool, Exit> {
+fn try_slot(scratch: &mut Scratch, cfg: &Config, attempt: u32) -> Result<Probe, Exit> {
     let (addrs, addr_count) = if scratch.reply_key.family == FAMILY_V4 {
         (&cfg.snat_v4, cfg.snat_v4_count)
     } else {
@@ -114,22 +146,19 @@ fn try_slot(scratch: &mut Scratch, cfg: &Config, attempt: u32) -> Result<bool, E
         *word = *value;
     }
     scratch.reply_key.dport = ((min + slot - index * range) as u16).to_be();
-    let now = scratch.reply.last_seen_ns;
-    let free = if CONNTRACK.get_ptr(&scratch.reply_key).is_none() {
-        take(&scratch.reply_key, &scratch.reply)
+    let found = if CONNTRACK.get_ptr(&scratch.reply_key).is_none() {
+        if take(&scratch.reply_key, &scratch.reply) {
+            Probe::Taken
+        } else {
+            Probe::Busy
+        }
     } else {
-        reclaim(
-            &scratch.reply_key,
-            &scratch.reply,
-            &mut scratch.peer_key,
-            &cfg.timeouts,
-            now,
-        )
+        reclaim(scratch, &cfg.timeouts)
     };
-    if free {
+    if matches!(found, Probe::Taken) {
         scratch.snat_slot = slot;
     }
-    Ok(free)
+    Ok(found)
 }
 
 /// Inserts `reply` under `key` if the key is free. (Looked up first: an LRU insert takes a free
@@ -139,27 +168,32 @@ fn take(key: &FlowKey, reply: &NatEntry) -> bool {
     CONNTRACK.insert(key, reply, u64::from(BPF_NOEXIST)).is_ok()
 }
 
-/// Takes `key` over for `reply` from the flow holding it if that flow is dead at `now`: idle
-/// past its state's timeout, or a half whose partner is gone. Both halves of a dead flow go.
-/// `peer` is scratch space.
+/// Takes the port of `scratch.reply_key` over for `scratch.reply` from the flow holding it if
+/// that flow is dead (idle past its state's timeout, or a half whose partner is gone) and its
+/// backend would accept this SYN (or `scratch.snat_take_refused` says to take it anyway). Both
+/// halves of a dead flow go.
 #[inline(always)]
-fn reclaim(
-    key: &FlowKey,
-    reply: &NatEntry,
-    peer: &mut FlowKey,
-    timeouts: &CtTimeouts,
-    now: u64,
-) -> bool {
+fn reclaim(scratch: &mut Scratch, timeouts: &mlb_common::ct::CtTimeouts) -> Probe {
+    let (key, reply, peer) = (&scratch.reply_key, &scratch.reply, &mut scratch.peer_key);
+    let now = reply.last_seen_ns;
     // SAFETY: a map value, valid for this program run.
     let Some(held) = (unsafe { CONNTRACK.get(key) }) else {
         // Freed since the lookup.
-        return take(key, reply);
+        return if take(key, reply) {
+            Probe::Taken
+        } else {
+            Probe::Busy
+        };
     };
     set_peer_key(peer, key, held);
     // SAFETY: as above.
     let partner = unsafe { CONNTRACK.get(&*peer) }.is_some_and(|p| is_partner(key, p));
     if partner && !timeouts.expired(key.proto, held.state, held.last_seen_ns, now) {
-        return false;
+        return Probe::Busy;
+    }
+    let tsval = (scratch.seg_ts_ok != 0).then_some(scratch.seg_ts);
+    if scratch.snat_take_refused == 0 && !port_reusable_for_syn(held, now, scratch.seg_seq, tsval) {
+        return Probe::Refused;
     }
     if partner {
         forget_flow(key, peer);
@@ -168,5 +202,9 @@ fn reclaim(
     }
     count(Counter::SnatPortReclaimed);
     // NOEXIST again: another CPU may have taken the port meanwhile.
-    take(key, reply)
+    if take(key, reply) {
+        Probe::Taken
+    } else {
+        Probe::Busy
+    }
 }

@@ -71,6 +71,8 @@ pub struct PacketBuilder {
     ether_type: Option<u16>,
     l3: L3,
     l4: L4,
+    /// TCP options (a multiple of 4 bytes), after the fixed TCP header.
+    tcp_options: Vec<u8>,
     payload: Vec<u8>,
 }
 
@@ -90,6 +92,7 @@ impl PacketBuilder {
             ether_type: None,
             l3: L3::None,
             l4: L4::None,
+            tcp_options: Vec::new(),
             payload: Vec::new(),
         }
     }
@@ -208,6 +211,23 @@ impl PacketBuilder {
         self
     }
 
+    /// TCP options (padded with NOPs to a multiple of 4 bytes).
+    pub fn tcp_options(mut self, options: &[u8]) -> Self {
+        self.tcp_options = options.to_vec();
+        while self.tcp_options.len() % 4 != 0 {
+            self.tcp_options.push(1);
+        }
+        self
+    }
+
+    /// A TCP timestamp option (`NOP NOP TS`) with this TSval.
+    pub fn tcp_timestamp(self, tsval: u32) -> Self {
+        let mut o = vec![1, 1, 8, 10];
+        o.extend_from_slice(&tsval.to_be_bytes());
+        o.extend_from_slice(&[0; 4]);
+        self.tcp_options(&o)
+    }
+
     /// UDP header with these ports.
     pub fn udp(mut self, sport: u16, dport: u16) -> Self {
         self.l4 = L4::Udp { sport, dport };
@@ -242,7 +262,8 @@ impl PacketBuilder {
                 put(&mut h, tcp::DPORT, &dport.to_be_bytes());
                 put(&mut h, tcp::SEQ, &seq.to_be_bytes());
                 put(&mut h, tcp::ACK_SEQ, &ack.to_be_bytes());
-                h[tcp::DOFF] = words(tcp::HLEN_MIN) << 4;
+                h.extend_from_slice(&self.tcp_options);
+                h[tcp::DOFF] = words(h.len()) << 4;
                 h[tcp::FLAGS] = *flags;
                 put(&mut h, tcp::WINDOW, &64240u16.to_be_bytes());
                 (IPPROTO_TCP, h)

@@ -1421,3 +1421,194 @@ fn hash_secret_decides_backends() {
         })
         .unwrap();
 }
+
+/// The conntrack map of a loaded program, through a handle of the test's own (found among the
+/// program's maps by name), so that a fixture can do what LRU eviction does: drop one entry.
+fn conntrack_of(
+    dp: &XdpL4,
+) -> aya::maps::HashMap<aya::maps::MapData, mlb_common::maps::FlowKey, mlb_common::maps::NatEntry> {
+    let info = dp.program().program().unwrap().info().unwrap();
+    let id = info
+        .map_ids()
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .find(|id| {
+            let info = aya::maps::MapInfo::from_id(*id).unwrap();
+            info.name_as_str() == Some(mlb_common::maps::CONNTRACK)
+        })
+        .unwrap();
+    let data = aya::maps::MapData::from_id(id).unwrap();
+    aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).unwrap()
+}
+
+/// A client segment of `SVC_TCP` from `port` with a sequence number and a TCP timestamp.
+fn client_seg(port: u16, flags: u8, seq: u32, tsval: u32) -> Vec<u8> {
+    PacketBuilder::new()
+        .ip(V4.client, V4.vip)
+        .tcp_seq(
+            port,
+            SVC_TCP,
+            flags,
+            seq,
+            if flags & TCP_ACK != 0 { 1 } else { 0 },
+        )
+        .tcp_timestamp(tsval)
+        .build()
+}
+
+/// A backend segment of `SVC_TCP` to SNAT port `port`.
+fn backend_seg(port: u16, flags: u8) -> Vec<u8> {
+    PacketBuilder::new()
+        .eth(MAC_BE1, MAC_LB_SW)
+        .ip(V4.be1, V4.snat)
+        .tcp(backend_port(SVC_TCP), port, flags)
+        .build()
+}
+
+/// The SNAT port a forwarded client packet left with.
+fn snat_port_of(out: &[u8]) -> u16 {
+    packet::parse(out).unwrap().sport
+}
+
+/// Under churn a SNAT port is reused for another client while the backend, which closed
+/// first, still holds the old 4-tuple in TIME_WAIT: a SYN whose timestamp is older than the
+/// one TIME_WAIT saw last would be refused (PAWS) and cost the client a retransmission. The
+/// search passes such a port over and takes it for a SYN the backend accepts; when only
+/// refused ports are left, the first serves anyway (no drop).
+#[test]
+fn snat_reuse_respects_the_backends_time_wait() {
+    if !require_netns_and_bpf("snat_reuse_respects_the_backends_time_wait") {
+        return;
+    }
+    let lab = lab();
+    lab.lb
+        .enter(|| {
+            let mut config = config((40000, 40001));
+            // The LB forgets closed flows at once: only the backend's TIME_WAIT is left.
+            config.timeouts.tcp_time_wait = Duration::ZERO;
+            config.timeouts.tcp_closed = Duration::ZERO;
+            let dp = lab.dataplane(
+                config,
+                &[L4Change::Upsert(service(SVC_TCP, Protocol::Tcp, &[V4.be1]))],
+            );
+            let send = |from, frame: &[u8]| send(&dp, &lab, from, frame);
+            let open = |port: u16, seq: u32, tsval: u32| {
+                let (v, out, d) = send(Side::Client, &client_seg(port, TCP_SYN, seq, tsval));
+                assert_eq!(v, XDP_REDIRECT, "{d:?}");
+                (snat_port_of(&out), d)
+            };
+
+            // Flow A (port 40000) is closed by the backend first: TIME_WAIT there, expecting
+            // sequence 5001 and a timestamp newer than 600.
+            let (a, _) = open(46001, 1000, 500);
+            assert_eq!(a, 40000);
+            send(Side::Backend, &backend_seg(a, TCP_SYN | TCP_ACK));
+            send(Side::Client, &client_seg(46001, TCP_ACK, 1001, 510));
+            send(Side::Backend, &backend_seg(a, TCP_FIN | TCP_ACK));
+            let (_, _, d) = send(
+                Side::Client,
+                &client_seg(46001, TCP_FIN | TCP_ACK, 5000, 600),
+            );
+            assert_eq!(d.get(Counter::CtTimeWait), 1);
+            // Flow B (port 40001) ends with a RST: no TIME_WAIT at the backend.
+            let (b, _) = open(46002, 1000, 500);
+            assert_eq!(b, 40001);
+            send(Side::Client, &client_seg(46002, TCP_RST, 1001, 0));
+
+            // C's timestamp is older than A's last: A's port is passed over, B's serves.
+            let (c, d) = open(46003, 9000, 550);
+            assert_eq!(c, 40001, "{d:?}");
+            assert_eq!(d.get(Counter::SnatPortTimeWait), 1);
+            // D's is newer: A's port serves.
+            send(Side::Client, &client_seg(46003, TCP_RST, 9001, 0));
+            let (d_port, d) = open(46004, 10, 700);
+            assert_eq!(d_port, 40000, "{d:?}");
+            assert_eq!(d.get(Counter::SnatPortTimeWait), 0);
+
+            // Only refused ports left: the first serves anyway, nothing dropped.
+            for (port, snat) in [(46004, 40000)] {
+                send(Side::Backend, &backend_seg(snat, TCP_SYN | TCP_ACK));
+                send(Side::Client, &client_seg(port, TCP_ACK, 11, 710));
+                send(Side::Backend, &backend_seg(snat, TCP_FIN | TCP_ACK));
+                send(Side::Client, &client_seg(port, TCP_FIN | TCP_ACK, 12, 720));
+            }
+            // (40001: C's flow, reset above; 40000: D's, now in the backend's TIME_WAIT.)
+            let (e, d) = open(46005, 0, 100);
+            assert_eq!(d.get(Counter::DropSnatExhausted), 0);
+            assert_eq!(e, 40001, "a port without TIME_WAIT first: {d:?}");
+            let (f, d) = open(46006, 0, 100);
+            assert_eq!((f, d.get(Counter::SnatPortTimeWait)), (40000, 1), "{d:?}");
+        })
+        .unwrap();
+}
+
+/// Both halves of a flow live and die together: when one is gone (as after an LRU eviction),
+/// the other forwards nothing and is forgotten. And a SYN flood holds SNAT ports no longer
+/// than the SYN timeout.
+#[test]
+fn a_half_flow_is_never_used_and_syn_floods_release_ports() {
+    if !require_netns_and_bpf("a_half_flow_is_never_used_and_syn_floods_release_ports") {
+        return;
+    }
+    let lab = lab();
+    lab.lb
+        .enter(|| {
+            let mut config = config((40000, 40000));
+            config.timeouts.tcp_syn = Duration::ZERO;
+            let dp = lab.dataplane(
+                config,
+                &[L4Change::Upsert(service(SVC_TCP, Protocol::Tcp, &[V4.be1]))],
+            );
+            let mut ct = conntrack_of(&dp);
+            let send = |from, frame: &[u8]| send(&dp, &lab, from, frame);
+            let client = |port: u16, flags: u8| client_seg(port, flags, 1, 1);
+            let key_of = |frame: &[u8]| {
+                let p = packet::parse(frame).unwrap();
+                let addr = |ip: IpAddr| match ip {
+                    IpAddr::V4(a) => [u32::from_ne_bytes(a.octets()), 0, 0, 0],
+                    IpAddr::V6(_) => unreachable!(),
+                };
+                mlb_common::maps::FlowKey {
+                    src: addr(p.src),
+                    dst: addr(p.dst),
+                    sport: p.sport.to_be(),
+                    dport: p.dport.to_be(),
+                    proto: mlb_common::net::IPPROTO_TCP,
+                    family: mlb_common::maps::FAMILY_V4,
+                    _pad: [0; 2],
+                }
+            };
+
+            // A SYN flood: each SYN takes the only port, and the next SYN (the SYN timeout is
+            // zero here) finds it dead and takes it over: no drop.
+            for port in [47001, 47002, 47003] {
+                let (v, out, d) = send(Side::Client, &client(port, TCP_SYN));
+                assert_eq!((v, snat_port_of(&out)), (XDP_REDIRECT, 40000), "{d:?}");
+                assert_eq!(d.get(Counter::DropSnatExhausted), 0);
+            }
+
+            // A flow whose reply half is gone: its client packets are not forwarded.
+            let (_, fwd, _) = send(Side::Client, &client(47010, TCP_SYN));
+            let reply_key = key_of(&backend_seg(snat_port_of(&fwd), TCP_ACK));
+            ct.remove(&reply_key).unwrap();
+            let (v, _, d) = send(Side::Client, &client(47010, TCP_ACK));
+            assert_eq!(v, XDP_PASS, "{d:?}");
+            assert_eq!(d.get(Counter::FlowOrphan), 1, "{d:?}");
+            assert!(
+                ct.get(&key_of(&client(47010, TCP_ACK)), 0).is_err(),
+                "half forgotten"
+            );
+
+            // A flow whose client half is gone: the backend's packets reach nobody.
+            let (_, fwd, _) = send(Side::Client, &client(47011, TCP_SYN));
+            let snat = snat_port_of(&fwd);
+            ct.remove(&key_of(&client(47011, TCP_SYN))).unwrap();
+            let (v, _, d) = send(Side::Backend, &backend_seg(snat, TCP_SYN | TCP_ACK));
+            assert_eq!(v, XDP_PASS, "{d:?}");
+            assert_eq!(d.get(Counter::FlowOrphan), 1, "{d:?}");
+            let reply_key = key_of(&backend_seg(snat, TCP_ACK));
+            assert!(ct.get(&reply_key, 0).is_err(), "half forgotten");
+        })
+        .unwrap();
+}

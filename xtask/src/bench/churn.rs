@@ -24,9 +24,10 @@ const SHAPES: [u32; 2] = [32, 1000];
 const CLIENTS: [&str; 2] = [NS_CLI, NS_CLI2];
 /// XDP counters shown beside each window (deltas): what a new flow cost, and the TCP states
 /// its flows reached.
-const COUNTERS: [&str; 9] = [
+const COUNTERS: [&str; 10] = [
     "flow_new",
     "snat_port_collision",
+    "snat_port_time_wait",
     "snat_port_reclaimed",
     "drop_snat_exhausted",
     "flow_reopened",

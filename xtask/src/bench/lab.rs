@@ -10,10 +10,9 @@
 //!  cli-lb ==== lb-cli        lb-sw ============== sw-lb ─┐
 //!  198.18.1.1  198.18.1.2    198.18.2.1                 ├ br0
 //!   │          (VIP)         (SNAT source)       sw-beN ┘ ==== beN-sw 198.18.2.1N
-//!  ns cli2: cli2 (ipvlan on cli-lb) 198.18.1.3
+//!  cli-cli2 198.18.3.2 ==== cli2-cli 198.18.3.1 (ns cli2)
 //! ```
-//! cli2 is a second client address on the same wire (same MAC): its own kernel sockets, so its
-//! own ISNs and TCP timestamp offsets, as a second client host would have.
+//! cli2 is a second client host, routed by cli: lb sees a second client address.
 //! No default route anywhere; cli reaches 198.18.2.0/24 via lb and the backends reach
 //! 198.18.1.0/24 via lb, which forwards only in the "direct" case. IPv4 only.
 use std::{
@@ -35,7 +34,8 @@ pub const NS_SW: &str = "mlbb-sw";
 pub const NS_BE: [&str; 2] = ["mlbb-be1", "mlbb-be2"];
 
 pub const CLIENT_IP: &str = "198.18.1.1";
-pub const CLIENT2_IP: &str = "198.18.1.3";
+pub const CLIENT2_IP: &str = "198.18.3.1";
+const CLIENT2_NET: &str = "198.18.3.0/24";
 pub const VIP: &str = "198.18.1.2";
 pub const LB_BACKEND_SIDE_IP: &str = "198.18.2.1";
 pub const BACKEND_IPS: [&str; 2] = ["198.18.2.11", "198.18.2.12"];
@@ -141,7 +141,7 @@ impl Lab {
         ip(NS_CLI, &["route", "add", "198.18.2.0/24", "via", VIP])?;
         neigh(NS_CLI, VIP, mac_lb_cli, "cli-lb")?;
         neigh(NS_LB, CLIENT_IP, mac_cli, "lb-cli")?;
-        second_client(mac_cli, mac_lb_cli)?;
+        second_client()?;
         self.set_forwarding(false)?;
 
         // Same offloads for every case: TX checksum offload off on the senders (XDP forwarding
@@ -361,24 +361,44 @@ fn cleanup_stale() {
     }
 }
 
-/// cli2: an ipvlan (L2 mode) of cli-lb, so the second client address shares cli's wire and MAC
-/// and lb sees one more client host on the same link.
-fn second_client(mac_cli: &str, mac_lb_cli: &str) -> Result<()> {
-    ip(
-        NS_CLI,
-        &[
-            "link", "add", "cli2", "link", "cli-lb", "type", "ipvlan", "mode", "l2",
-        ],
-    )?;
-    ip(NS_CLI, &["link", "set", "cli2", "netns", NS_CLI2])?;
+/// cli2: a second client host behind cli (veth cli2-cli, 198.18.3.0/24, cli routes), so that
+/// lb sees a second client address; lb and the backends route that network via cli and lb.
+fn second_client() -> Result<()> {
     ip(
         NS_CLI2,
-        &["addr", "add", &format!("{CLIENT2_IP}/24"), "dev", "cli2"],
+        &[
+            "link", "add", "cli2-cli", "type", "veth", "peer", "name", "cli-cli2", "netns", NS_CLI,
+        ],
     )?;
-    ip(NS_CLI2, &["link", "set", "cli2", "up"])?;
-    ip(NS_CLI2, &["route", "add", "198.18.2.0/24", "via", VIP])?;
-    neigh(NS_CLI2, VIP, mac_lb_cli, "cli2")?;
-    neigh(NS_LB, CLIENT2_IP, mac_cli, "lb-cli").map(drop)
+    ip(
+        NS_CLI2,
+        &[
+            "addr",
+            "add",
+            &format!("{CLIENT2_IP}/24"),
+            "dev",
+            "cli2-cli",
+        ],
+    )?;
+    ip(NS_CLI, &["addr", "add", "198.18.3.2/24", "dev", "cli-cli2"])?;
+    for (ns, dev) in [(NS_CLI2, "cli2-cli"), (NS_CLI, "cli-cli2")] {
+        ip(ns, &["link", "set", dev, "up"])?;
+        // As on every sender: no partial checksums for an XDP program to forward.
+        ns_run(ns, &["ethtool", "-K", dev, "tx", "off", "gro", "on"])?;
+    }
+    sysctl(NS_CLI, "net.ipv4.ip_forward", "1")?;
+    ip(
+        NS_CLI2,
+        &["route", "add", "198.18.0.0/15", "via", "198.18.3.2"],
+    )?;
+    ip(NS_LB, &["route", "add", CLIENT2_NET, "via", CLIENT_IP])?;
+    for be in NS_BE {
+        ip(
+            be,
+            &["route", "add", CLIENT2_NET, "via", LB_BACKEND_SIDE_IP],
+        )?;
+    }
+    Ok(())
 }
 
 /// Pins the threaded-NAPI kthreads of lb's veths to cpu1 (call again after an XDP program is

@@ -14,7 +14,7 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use mlb_common::{
-    ct::CtTimeouts,
+    ct::{CtTimeouts, backend_in_time_wait},
     maps::{self, FlowKey, NatEntry},
 };
 
@@ -93,7 +93,11 @@ impl ConntrackSweeper {
                 .timeouts
                 .expired(key.proto, entry.state, entry.last_seen_ns, now_ns);
             if expired {
-                scan.idle.push(key);
+                // A reply half recording the backend's TIME_WAIT stays (forwarding nothing)
+                // until that is over: the SNAT search reads it before reusing the port.
+                if !backend_in_time_wait(&entry, now_ns) {
+                    scan.idle.push(key);
+                }
             } else if dead.contains(&entry.backend) {
                 scan.of_dead.push((key, entry.backend));
             } else {
