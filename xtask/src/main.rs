@@ -1,8 +1,9 @@
-//! Developer commands for mlb: `cargo xtask <setup|test|lint|demo|bench|image>`.
+//! Developer commands for mlb: `cargo xtask <setup|test|lint|demo|bench|image|fuzz>`.
 //!
 //! Every command that builds mlb runs `setup` first, so a fresh machine needs nothing but rustup's
 //! stable and nightly toolchains (and root for the packages and the namespace tests).
 mod bench;
+mod fuzz;
 mod image;
 mod lint;
 mod setup;
@@ -41,6 +42,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run fuzz targets longer than `cargo xtask test` does (`xdp`: random and mutated frames
+    /// through the XDP program), e.g. `cargo xtask fuzz xdp --seconds 300`.
+    Fuzz(fuzz::FuzzArgs),
     /// Build the container image `mlb:<version>` with podman, offline (`FROM scratch` and a root
     /// file system made here; no base image is pulled).
     Image {
@@ -81,6 +85,7 @@ fn main() -> Result<()> {
             cargo(&test)
         }
         Cmd::Lint => lint::run(),
+        Cmd::Fuzz(args) => fuzz::run(&args),
         Cmd::Bench(cmd) => bench::run(cmd),
         Cmd::Image { dev, test } => image::run(dev, test),
         Cmd::Demo { args } => {
@@ -112,9 +117,15 @@ fn main() -> Result<()> {
 
 /// Runs cargo (the same toolchain that runs xtask) and fails if it does.
 pub(crate) fn cargo(args: &[&str]) -> Result<()> {
+    cargo_env(args, &[])
+}
+
+/// [`cargo`] with extra environment variables.
+pub(crate) fn cargo_env(args: &[&str], env: &[(&str, String)]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;
     if !status.success() {
