@@ -1,4 +1,9 @@
-//! `cargo xtask fuzz [TARGET…] [--seconds S]`: coverage-guided fuzzing campaigns under libFuzzer.
+//! `cargo xtask fuzz [TARGET…] [--seconds S] [--iterations N] [--seed X]`: fuzzing campaigns
+//! longer than `cargo xtask test` runs.
+//!
+//! `xdp` feeds random and mutated frames through the XDP program (BPF_PROG_TEST_RUN, root): its
+//! test in `tests/tests/xdp_fixtures.rs` reads its budget from `MLB_FUZZ_SECONDS`,
+//! `MLB_FUZZ_ITERATIONS` and `MLB_FUZZ_SEED` (a failure prints the seed it ran with).
 //!
 //! The userspace targets are the bolero harnesses of `mlb-userspace/tests/fuzz_inputs.rs`; `cargo
 //! test` runs them briefly with generated inputs. Here the same test binary is built with
@@ -54,13 +59,40 @@ const LIBFUZZER_RUSTFLAGS: &str = "--cfg fuzzing --cfg fuzzing_libfuzzer \
     -Clink-arg=-Wl,--unresolved-symbols=ignore-in-object-files";
 const HOST: &str = "x86_64-unknown-linux-gnu";
 
-/// Runs `names` (all targets when empty) for `seconds` each, one after the other.
-pub fn run(names: &[String], seconds: u64) -> Result<()> {
-    let chosen: Vec<&Target> = if names.is_empty() {
+/// What `cargo xtask fuzz` runs.
+#[derive(clap::Args)]
+pub struct FuzzArgs {
+    /// Targets to run: xdp, sse, apps, labels, http (all when none is named).
+    targets: Vec<String>,
+    /// How long each target runs.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// `xdp` only: run this many cases instead of for `--seconds`.
+    #[arg(long)]
+    iterations: Option<u64>,
+    /// `xdp` only: seed of the case generator.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+/// The packet fuzzer's name.
+const XDP: &str = "xdp";
+
+/// Runs the chosen targets (all when none is named), one after the other.
+pub fn run(args: &FuzzArgs) -> Result<()> {
+    let all = args.targets.is_empty();
+    let wants = |name: &str| all || args.targets.iter().any(|t| t == name);
+    if wants(XDP) {
+        crate::setup::run(crate::setup::TEST_PACKAGES)?;
+        xdp(args)?;
+    }
+    let chosen: Vec<&Target> = if all {
         TARGETS.iter().collect()
     } else {
-        names.iter().map(|n| find(n)).collect::<Result<_>>()?
+        let bolero = args.targets.iter().filter(|t| *t != XDP);
+        bolero.map(|n| find(n)).collect::<Result<_>>()?
     };
+    let seconds = args.seconds;
     let root = workspace_root()?;
     let mut failed = Vec::new();
     for target in chosen {
@@ -79,10 +111,33 @@ pub fn run(names: &[String], seconds: u64) -> Result<()> {
     Ok(())
 }
 
+/// The packet fuzzer: its test, with the budget in the environment.
+fn xdp(args: &FuzzArgs) -> Result<()> {
+    let mut env = vec![match args.iterations {
+        Some(n) => ("MLB_FUZZ_ITERATIONS", n.to_string()),
+        None => ("MLB_FUZZ_SECONDS", args.seconds.to_string()),
+    }];
+    if let Some(seed) = args.seed {
+        env.push(("MLB_FUZZ_SEED", seed.to_string()));
+    }
+    let test = [
+        "test",
+        "--package",
+        "tests",
+        "--test",
+        "xdp_fixtures",
+        "--",
+        "fuzz::packet_fuzz",
+        "--exact",
+        "--nocapture",
+    ];
+    crate::cargo_env(&test, &env)
+}
+
 fn find(name: &str) -> Result<&'static Target> {
     TARGETS.iter().find(|t| t.name == name).with_context(|| {
         let known: Vec<&str> = TARGETS.iter().map(|t| t.name).collect();
-        format!("no fuzz target {name:?}; known: {}", known.join(", "))
+        format!("no fuzz target {name:?}; known: {XDP}, {}", known.join(", "))
     })
 }
 

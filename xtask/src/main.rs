@@ -42,15 +42,10 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Coverage-guided fuzzing under libFuzzer: each target (all when none is named) for
-    /// `--seconds`; crashes are kept as regression inputs that `cargo test` replays.
-    Fuzz {
-        /// Targets to run: sse, apps, labels, http.
-        targets: Vec<String>,
-        /// How long each target runs.
-        #[arg(long, default_value_t = 60)]
-        seconds: u64,
-    },
+    /// Fuzzing campaigns longer than the test run's: `xdp` (frames through the XDP program)
+    /// and, under libFuzzer, `sse`, `apps`, `labels`, `http`; crashes are kept as regression
+    /// inputs that `cargo test` replays. E.g. `cargo xtask fuzz xdp --seconds 300`.
+    Fuzz(fuzz::FuzzArgs),
     /// Build the container image `mlb:<version>` with podman, offline (`FROM scratch` and a root
     /// file system made here; no base image is pulled).
     Image {
@@ -91,9 +86,9 @@ fn main() -> Result<()> {
             cargo(&test)
         }
         Cmd::Lint => lint::run(),
+        Cmd::Fuzz(args) => fuzz::run(&args),
         Cmd::Bench(cmd) => bench::run(cmd),
         Cmd::Image { dev, test } => image::run(dev, test),
-        Cmd::Fuzz { targets, seconds } => fuzz::run(&targets, seconds),
         Cmd::Demo { args } => {
             setup::run(setup::DEMO_PACKAGES)?;
             // Debug builds: `cargo xtask test` builds the same ones (a warm target dir), a release
@@ -123,9 +118,15 @@ fn main() -> Result<()> {
 
 /// Runs cargo (the same toolchain that runs xtask) and fails if it does.
 pub(crate) fn cargo(args: &[&str]) -> Result<()> {
+    cargo_env(args, &[])
+}
+
+/// [`cargo`] with extra environment variables.
+pub(crate) fn cargo_env(args: &[&str], env: &[(&str, String)]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;
     if !status.success() {

@@ -435,6 +435,8 @@ fn packet_fuzz() {
         return;
     }
     let budget = Budget::from_env();
+    // First, so a failure's output names the seed that reproduces it.
+    eprintln!("packet fuzz: seed {} (MLB_FUZZ_SEED)", budget.seed);
     let lab = lab();
     let (done, verdicts) = lab
         .lb
