@@ -32,6 +32,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "util-linux",
     // Headless Chromium loads the stats page in the tests (DOM and screenshot).
     "chromium",
+    // `openssl s_client` talks to TLS on a tcp-mode port in the tests.
+    "openssl",
 ];
 /// Packages `cargo xtask demo` needs: namespaces and offloads, and the `curl` and `nc` it tells
 /// the user to try.

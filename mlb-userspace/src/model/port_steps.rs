@@ -58,10 +58,6 @@ pub enum PortRejection {
     )]
     PassthroughNeedsVhost { index: usize },
     #[error(
-        "label HAPROXY_{index}_SSL_CERT on a tcp-mode port: mlb terminates TLS only for HTTP services (set HAPROXY_{index}_MODE=http) or passes it through by SNI (MLB_{index}_TLS_PASSTHROUGH=true)"
-    )]
-    CertOnTcp { index: usize },
-    #[error(
         "label HAPROXY_{index}_BACKEND_NETWORK_ALLOWED_ACL is not supported on tcp-mode ports yet; refusing to expose the port without its access list"
     )]
     AclOnTcp { index: usize },
@@ -187,9 +183,6 @@ fn validate_http(
 }
 
 fn validate_tcp(index: usize, labels: &PortLabels) -> Result<Option<String>, PortRejection> {
-    if !labels.ssl_certs.is_empty() {
-        return Err(PortRejection::CertOnTcp { index });
-    }
     if !labels.allowed_networks.is_empty() {
         return Err(PortRejection::AclOnTcp { index });
     }
@@ -260,6 +253,8 @@ pub(crate) struct ExposedPort<'a> {
     pub service_port: u16,
     /// Served by the HTTP proxy (its tcp side), with the other protocols as L4 services.
     pub http: bool,
+    /// tcp mode with a certificate: the proxy terminates TLS and forwards plain TCP.
+    pub tcp_tls: bool,
     pub protocols: &'a [Protocol],
     pub labels: &'a PortLabels,
     pub paths: &'a [String],
@@ -319,7 +314,12 @@ impl ExposedPort<'_> {
                 port_index: self.index,
             },
             service_port: self.service_port,
-            vhosts: l.vhosts.clone(),
+            // In tcp mode a vhost routes nothing (marathon-lb ignored it too).
+            vhosts: if self.tcp_tls {
+                Vec::new()
+            } else {
+                l.vhosts.clone()
+            },
             paths: self.paths.to_vec(),
             backends: self.backends,
             balance: self.tuning.balance.unwrap_or(l.balance),
@@ -338,6 +338,7 @@ impl ExposedPort<'_> {
             tls_passthrough: l.tls_passthrough,
             tls: l.tls.clone(),
             tuning: self.tuning,
+            tcp_tls: self.tcp_tls,
         }
     }
 }
@@ -428,7 +429,8 @@ mod tests {
         let cert = labels(&[("HAPROXY_0_SSL_CERT", "/c.pem")]);
         assert_eq!(
             validate(0, false, &cert, &tcp),
-            Err(PortRejection::CertOnTcp { index: 0 })
+            Ok(None),
+            "TLS over tcp is served"
         );
         let acl = labels(&[("HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL", "10.0.0.0/8")]);
         assert_eq!(
@@ -480,6 +482,7 @@ mod tests {
             index: 0,
             service_port: 10443,
             http: true,
+            tcp_tls: false,
             protocols: &[Protocol::Tcp, Protocol::Udp],
             labels: &l,
             paths: &paths,

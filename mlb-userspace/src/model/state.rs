@@ -273,6 +273,10 @@ pub struct HttpService {
     /// global flags).
     #[serde(default)]
     pub tuning: Tuning,
+    /// tcp mode with `HAPROXY_{n}_SSL_CERT`: the service port terminates TLS and forwards the
+    /// plain bytes to a backend (no HTTP parsing).
+    #[serde(default)]
+    pub tcp_tls: bool,
 }
 
 impl HttpService {
@@ -304,6 +308,7 @@ impl HttpService {
             tls_passthrough: false,
             tls: TlsOptions::default(),
             tuning: Tuning::default(),
+            tcp_tls: false,
         }
     }
 }
