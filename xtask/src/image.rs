@@ -13,8 +13,9 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{cargo, setup};
 
-/// Debian packages building and running the image needs.
-pub const IMAGE_PACKAGES: &[&str] = &["podman", "iproute2"];
+/// Debian packages building and running the image needs (runc: crun cannot start containers on
+/// hosts with cgroup v1 plus a v2 hierarchy that has controllers; the image test falls back to it).
+pub const IMAGE_PACKAGES: &[&str] = &["podman", "runc", "iproute2"];
 
 /// `mlb:<version>`.
 pub fn tag() -> String {

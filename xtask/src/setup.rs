@@ -38,6 +38,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "python3-dateutil",
     "python3-jwt",
     "python3-pycurl",
+    // `openssl s_client` talks to TLS on a tcp-mode port in the tests.
+    "openssl",
 ];
 /// Packages `cargo xtask demo` needs: namespaces and offloads, and the `curl` and `nc` it tells
 /// the user to try.

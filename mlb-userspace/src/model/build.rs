@@ -312,12 +312,16 @@ impl AppContext<'_> {
         check_not_reserved(&self.opts.reserved_ports, port)?;
         let decision = resolve_mode(&eff.app, spec, specs, &labels);
         self.warn(n, decision.warning);
-        let http = decision.mode == Mode::Http || labels.tls_passthrough;
-        for warning in validate(n, http, &labels, &pe.protocols)? {
+        let http_mode = decision.mode == Mode::Http || labels.tls_passthrough;
+        for warning in validate(n, http_mode, &labels, &pe.protocols)? {
             self.warn(n, Some(warning));
         }
+        // A tcp-mode port with a certificate: the proxy terminates TLS and forwards plain TCP,
+        // as marathon-lb's HAProxy did (the XDP dataplane cannot terminate TLS).
+        let tcp_tls = !http_mode && !labels.ssl_certs.is_empty();
+        let http = http_mode || tcp_tls;
         pe.dataplane = Some(if http { Dataplane::Http } else { Dataplane::L4 });
-        pe.paths = routed_paths(http, &labels);
+        pe.paths = routed_paths(http_mode, &labels);
 
         let selection = TaskRouter {
             eff,
@@ -337,6 +341,7 @@ impl AppContext<'_> {
             index: n,
             service_port: port,
             http,
+            tcp_tls,
             protocols: &pe.protocols,
             labels: &labels,
             paths: &pe.paths,

@@ -57,10 +57,6 @@ pub enum PortRejection {
         "label MLB_{index}_TLS_PASSTHROUGH=true needs HAPROXY_{index}_VHOST (passthrough routes by SNI)"
     )]
     PassthroughNeedsVhost { index: usize },
-    #[error(
-        "label HAPROXY_{index}_SSL_CERT on a tcp-mode port: mlb terminates TLS only for HTTP services (set HAPROXY_{index}_MODE=http) or passes it through by SNI (MLB_{index}_TLS_PASSTHROUGH=true)"
-    )]
-    CertOnTcp { index: usize },
     /// Another app (first in app-id order) has this port and protocol.
     #[error("service port {port}/{protocol} is already used by {owner} port {owner_index}")]
     Taken {
@@ -185,9 +181,6 @@ fn validate_http(
 }
 
 fn validate_tcp(index: usize, labels: &PortLabels) -> Result<Vec<String>, PortRejection> {
-    if !labels.ssl_certs.is_empty() {
-        return Err(PortRejection::CertOnTcp { index });
-    }
     let mut warnings = Vec::new();
     if labels.balance == Balance::LeastConn {
         // Maglev spreads new flows by hash in the kernel, where no connection count is
@@ -265,6 +258,8 @@ pub(crate) struct ExposedPort<'a> {
     pub service_port: u16,
     /// Served by the HTTP proxy (its tcp side), with the other protocols as L4 services.
     pub http: bool,
+    /// tcp mode with a certificate: the proxy terminates TLS and forwards plain TCP.
+    pub tcp_tls: bool,
     pub protocols: &'a [Protocol],
     pub labels: &'a PortLabels,
     pub paths: &'a [String],
@@ -326,7 +321,12 @@ impl ExposedPort<'_> {
                 port_index: self.index,
             },
             service_port: self.service_port,
-            vhosts: l.vhosts.clone(),
+            // In tcp mode a vhost routes nothing (marathon-lb ignored it too).
+            vhosts: if self.tcp_tls {
+                Vec::new()
+            } else {
+                l.vhosts.clone()
+            },
             paths: self.paths.to_vec(),
             backends: self.backends,
             balance: self.tuning.balance.unwrap_or(l.balance),
@@ -345,6 +345,7 @@ impl ExposedPort<'_> {
             tls_passthrough: l.tls_passthrough,
             tls: l.tls.clone(),
             tuning: self.tuning,
+            tcp_tls: self.tcp_tls,
         }
     }
 }
@@ -435,7 +436,8 @@ mod tests {
         let cert = labels(&[("HAPROXY_0_SSL_CERT", "/c.pem")]);
         assert_eq!(
             validate(0, false, &cert, &tcp),
-            Err(PortRejection::CertOnTcp { index: 0 })
+            Ok(vec![]),
+            "TLS over tcp is served"
         );
         let acl = labels(&[("HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL", "10.0.0.0/8")]);
         assert_eq!(validate(0, false, &acl, &tcp), Ok(vec![]));
@@ -493,6 +495,7 @@ mod tests {
             index: 0,
             service_port: 10443,
             http: true,
+            tcp_tls: false,
             protocols: &[Protocol::Tcp, Protocol::Udp],
             labels: &l,
             paths: &paths,

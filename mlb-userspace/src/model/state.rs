@@ -302,9 +302,19 @@ pub struct HttpService {
     /// global flags).
     #[serde(default)]
     pub tuning: Tuning,
+    /// tcp mode with `HAPROXY_{n}_SSL_CERT`: the service port terminates TLS and forwards the
+    /// plain bytes to a backend (no HTTP parsing).
+    #[serde(default)]
+    pub tcp_tls: bool,
 }
 
 impl HttpService {
+    /// Whether a client at `ip` may use the service (its allow-list is empty or contains it).
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.allowed_networks.is_empty() || self.allowed_networks.iter().any(|n| n.contains(ip))
+    }
+
     /// The service of `app_id`'s service port `port_index` on `service_port`, with
     /// marathon-lb's defaults: no vhost, path or backend, round robin, no TLS, auth or ACL.
     pub fn new(app_id: impl Into<String>, port_index: usize, service_port: u16) -> Self {
@@ -333,6 +343,7 @@ impl HttpService {
             tls_passthrough: false,
             tls: TlsOptions::default(),
             tuning: Tuning::default(),
+            tcp_tls: false,
         }
     }
 }

@@ -400,13 +400,19 @@ fn bad_input_is_rejected_alone_naming_app_and_field() {
         addrs(&l4(&s, 10500, Protocol::Tcp).unwrap().backends),
         [active("198.18.1.1:31500")]
     );
-    let cert = rejected(&s, "/tcpcert");
-    assert!(
-        cert[0]
-            .reason
-            .starts_with("label HAPROXY_0_SSL_CERT on a tcp-mode port")
+    // tcp mode with a certificate: TLS terminated by the proxy, plain TCP to the backends.
+    assert!(rejected(&s, "/tcpcert").is_empty());
+    let tls_tcp = http(&s, "/tcpcert", 0).unwrap();
+    assert!(tls_tcp.tcp_tls && tls_tcp.vhosts.is_empty());
+    assert_eq!(
+        tls_tcp.ssl_certs,
+        [std::path::PathBuf::from("/etc/ssl/tcp.pem")]
     );
-    assert_eq!(s.rejected.len(), 4, "{:#?}", s.rejected);
+    assert!(
+        l4(&s, 10510, Protocol::Tcp).is_none(),
+        "not also an XDP service"
+    );
+    assert_eq!(s.rejected.len(), 3, "{:#?}", s.rejected);
 }
 
 /// Template labels: the tuning ones are read directive by directive (applied ones land in the

@@ -267,13 +267,7 @@ async fn backend_rules(
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let client_ip = info.peer.ip().to_canonical();
-    if !svc.spec.allowed_networks.is_empty()
-        && !svc
-            .spec
-            .allowed_networks
-            .iter()
-            .any(|n| n.contains(client_ip))
-    {
+    if !svc.spec.allows(client_ip) {
         return error_page(
             StatusCode::FORBIDDEN,
             "Request forbidden by administrative rules.",

@@ -413,10 +413,20 @@ async fn serve_connection(shared: Arc<Shared>, mut stream: Guarded<TcpStream>, m
             return;
         }
     }
+    let tcp_tls = tcp_tls_service(&shared, info.frontend);
     let tls_config = match info.frontend {
         Frontend::Https => Some(shared.certs.vhost_config()),
         Frontend::ServicePort(port) => shared.certs.port_config(port),
         Frontend::Http | Frontend::AppId => None,
+    };
+    // Plain TCP inside: no HTTP version to negotiate.
+    let tls_config = match (tls_config, &tcp_tls) {
+        (Some(config), Some(_)) if !config.alpn_protocols.is_empty() => {
+            let mut plain = (*config).clone();
+            plain.alpn_protocols.clear();
+            Some(Arc::new(plain))
+        }
+        (config, _) => config,
     };
     let Some(tls_config) = tls_config else {
         serve_http(shared, Prefixed::new(Vec::new(), stream), info).await;
@@ -454,7 +464,19 @@ async fn serve_connection(shared: Arc<Shared>, mut stream: Guarded<TcpStream>, m
         }
     };
     info.set_tls(tls.get_ref().1.server_name().map(str::to_ascii_lowercase));
-    serve_http(shared, tls, info).await;
+    match tcp_tls {
+        Some(svc) => splice_to_backend(&shared, &svc, tls, &info, "(TLS over tcp)").await,
+        None => serve_http(shared, tls, info).await,
+    }
+}
+
+/// The service of a service port in tcp mode with a certificate, if `frontend` is one.
+fn tcp_tls_service(shared: &Shared, frontend: Frontend) -> Option<Arc<super::router::Service>> {
+    let Frontend::ServicePort(port) = frontend else {
+        return None;
+    };
+    let table = shared.table.load();
+    table.lookup_port(port).filter(|s| s.spec.tcp_tls).cloned()
 }
 
 /// Splices a TLS connection to a passthrough service's backend, replaying the ClientHello.
@@ -466,6 +488,25 @@ async fn passthrough(
     info: &ConnInfo,
     sni: &str,
 ) {
+    splice_to_backend(shared, svc, Prefixed::new(hello, client), info, sni).await;
+}
+
+/// Splices `client` to one of the service's backends (the next on a connect failure), with
+/// the service's connect and tunnel timeouts.
+async fn splice_to_backend<S>(
+    shared: &Arc<Shared>,
+    svc: &Arc<super::router::Service>,
+    client: S,
+    info: &ConnInfo,
+    sni: &str,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if !svc.spec.allows(info.peer.ip()) {
+        // `BACKEND_NETWORK_ALLOWED_ACL`: closed, as HAProxy's `tcp-request content reject`.
+        debug!(client = %info.peer, sni, "client not in the service's allow-list; closed");
+        return;
+    }
     // Dispatched: no longer sheddable, and never idle for the supervisor (the tunnel has its
     // own idle timeout).
     let _busy = info.conn.request();
@@ -478,17 +519,15 @@ async fn passthrough(
         };
         let addr = backend.backend.addr;
         let connect = TcpStream::connect(addr);
-        match tokio::time::timeout(shared.config.timeouts.connect, connect).await {
+        let timeouts = &svc.spec.tuning.timeouts;
+        let connect_timeout = timeouts.connect.unwrap_or(shared.config.timeouts.connect);
+        match tokio::time::timeout(connect_timeout, connect).await {
             Ok(Ok(upstream)) => {
                 let _ = upstream.set_nodelay(true);
                 debug!(sni, backend = %backend.backend.id, "TLS passthrough");
                 let _guard = InFlightGuard::new(backend.stats.clone());
-                tunnel::splice(
-                    Prefixed::new(hello, client),
-                    upstream,
-                    shared.config.timeouts.tunnel,
-                )
-                .await;
+                let idle = timeouts.tunnel.unwrap_or(shared.config.timeouts.tunnel);
+                tunnel::splice(client, upstream, idle).await;
                 return;
             }
             _ => tried.push(backend.backend.id.clone()),
