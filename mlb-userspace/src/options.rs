@@ -512,14 +512,14 @@ pub struct RunOptions {
     #[command(flatten)]
     pub haproxy_only: HaproxyOnlyFlags,
 
-    /// Access log of the HTTP proxy, one line per request: `stdout`, `file:PATH` or `syslog`
-    /// (`/dev/log`). Off by default.
+    /// Access log: one line per HTTP request and per TCP connection of the userspace
+    /// dataplane, to `stdout`, `file:PATH` or `syslog` (`/dev/log`). Off by default.
     #[arg(long, env = "MLB_ACCESS_LOG", help_heading = LOGGING)]
     pub access_log: Option<AccessLogTarget>,
-    /// Access log lines as HAProxy's httplog fields (`text`) or JSON objects (`json`).
+    /// Access log lines as HAProxy's httplog / tcplog fields (`text`) or JSON objects (`json`).
     #[arg(long, env = "MLB_ACCESS_LOG_FORMAT", value_enum, default_value_t = AccessLogFormat::Text, help_heading = LOGGING)]
     pub access_log_format: AccessLogFormat,
-    /// Log one request in N (for high rates).
+    /// Log one request (or TCP connection) in N, for high rates.
     #[arg(long, env = "MLB_ACCESS_LOG_SAMPLE", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..), help_heading = LOGGING)]
     pub access_log_sample: u64,
 }
@@ -644,11 +644,7 @@ impl RunOptions {
             ssl_certs: self.ssl_certs.clone(),
             ssl_certs_dirs: self.ssl_certs_dir.clone(),
             conn_gate,
-            access_log: AccessLogConfig {
-                target: self.access_log.clone(),
-                format: self.access_log_format,
-                sample: self.access_log_sample,
-            },
+            access_log: self.access_log_config(),
             accept_proxy: self.accept_proxy,
             tls_policy: TlsPolicy {
                 min_version: self.tls_min_version,
@@ -686,7 +682,17 @@ impl RunOptions {
             max_udp_sessions: self.udp_max_sessions,
             tcp_idle_timeout: self.tcp_idle_timeout,
             conn_gate,
+            access_log: self.access_log_config(),
             ..UserspaceL4Config::new(self.vip.clone())
+        }
+    }
+
+    /// `--access-log*`: the HTTP proxy and the userspace dataplane log alike.
+    fn access_log_config(&self) -> AccessLogConfig {
+        AccessLogConfig {
+            target: self.access_log.clone(),
+            format: self.access_log_format,
+            sample: self.access_log_sample,
         }
     }
 

@@ -22,6 +22,7 @@ use mlb::{
         userspace_l4::{UserspaceL4, UserspaceL4Config},
     },
     model::{Backend, BackendId, BackendState, L4Service, L4ServiceKey, Protocol},
+    proxy::access_log::{AccessLogConfig, AccessLogFormat, AccessLogTarget},
 };
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -531,6 +532,73 @@ async fn userspace_l4_bind_addr_overrides_vips() {
 }
 
 /// Resident and peak memory of this process in KiB (`VmRSS`, `VmHWM`).
+/// `--access-log file:PATH --access-log-format json`: one line per TCP connection once it ends,
+/// naming the service and the backend that served it, with the bytes each way, the duration and
+/// the termination state (`--` closed normally, `SC` when no backend could take it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn userspace_l4_logs_one_line_per_tcp_connection() {
+    bounded(async {
+        let a = tcp_backend("a").await;
+        let vip = vip(10);
+        let path = std::env::temp_dir().join(format!("mlb-l4-access-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let mut config = UserspaceL4Config::new(vec![vip]);
+        config.access_log = AccessLogConfig {
+            target: Some(AccessLogTarget::File(path.clone())),
+            format: AccessLogFormat::Json,
+            sample: 1,
+        };
+        let mut dp = UserspaceL4::new(Handle::current(), config).unwrap();
+        let served = tcp_service(23101, &[(&a, BackendState::Active)]);
+        let down = tcp_service(23102, &[(&a, BackendState::Draining)]);
+        dp.apply(&[L4Change::Upsert(served), L4Change::Upsert(down)])
+            .unwrap();
+        for i in 0..3 {
+            let mut c = Client::connect(SocketAddr::new(vip, 23101)).await.unwrap();
+            c.echo(&format!("hello {i}")).await;
+        }
+        // No active backend: accepted, then closed at once.
+        let mut refused = TcpStream::connect(SocketAddr::new(vip, 23102))
+            .await
+            .unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(refused.read(&mut buf).await.unwrap_or(0), 0);
+
+        let mut lines = Vec::new();
+        for _ in 0..200 {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            lines = text
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .collect();
+            if lines.len() >= 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        let (ok, sc): (Vec<_>, Vec<_>) = lines.iter().partition(|l| l["termination"] == "--");
+        assert_eq!((ok.len(), sc.len()), (3, 1), "{lines:?}");
+        let server = format!("127_0_0_1_{}", a.addr.port());
+        for l in ok {
+            assert_eq!(l["backend"], "test_app23101_23101", "{l}");
+            assert_eq!(l["server"], server.as_str(), "{l}");
+            // "hello N" in; greeting "a\n" and the echo out.
+            assert_eq!(l["bytes_in"], 7, "{l}");
+            assert_eq!(l["bytes_out"], 9, "{l}");
+            assert!(l["duration_ms"].as_f64().is_some_and(|d| d >= 0.0), "{l}");
+            assert!(
+                l["client"].as_str().is_some_and(|c| c.starts_with("127.")),
+                "{l}"
+            );
+        }
+        assert_eq!(sc[0]["server"], "<NOSRV>", "{}", sc[0]);
+        assert_eq!(sc[0]["backend"], "test_app23102_23102", "{}", sc[0]);
+    })
+    .await;
+}
+
 fn memory_kib() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| {

@@ -27,6 +27,9 @@
 //!   at the cap), are closed after [`UserspaceL4Config::tcp_idle_timeout`] without a byte either
 //!   way, and a client that does not read stalls its copy for at most the send timeout.
 //! - Counters per service and backend ([`L4Stats`]) for the admin API.
+//! - With `--access-log`, one line per TCP connection once it ends (HAProxy's tcplog fields:
+//!   client, service, server, connect time, duration, bytes, termination state), through the
+//!   same never-blocking queue as the HTTP proxy's lines.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     io,
@@ -34,10 +37,10 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed},
     },
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use arc_swap::ArcSwap;
@@ -59,7 +62,17 @@ use crate::{
     overload::{
         AcceptErrors, Admission, ConnGate, ConnLimits, Guarded, ListenerGate, Slot, supervise,
     },
+    proxy::access_log::{AccessLog, AccessLogConfig, AccessLogError, L4Entry},
 };
+
+/// Why the userspace dataplane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum UserspaceL4Error {
+    #[error(transparent)]
+    Table(#[from] MaglevError),
+    #[error(transparent)]
+    AccessLog(#[from] AccessLogError),
+}
 
 /// Why a service could not be set up (the controller retries it at the next full pass).
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +119,8 @@ pub struct UserspaceL4Config {
     /// The connection budget TCP connections and UDP sessions take from (shared with the HTTP
     /// proxy), with its queue and send timeouts.
     pub conn_gate: Arc<ConnGate>,
+    /// `--access-log*`: one line per TCP connection (off by default).
+    pub access_log: AccessLogConfig,
 }
 
 impl UserspaceL4Config {
@@ -120,6 +135,7 @@ impl UserspaceL4Config {
             max_udp_sessions: 4_096,
             tcp_idle_timeout: Duration::from_secs(300),
             conn_gate: ConnGate::new(ConnLimits::default()),
+            access_log: AccessLogConfig::default(),
         }
     }
 }
@@ -249,6 +265,8 @@ struct Routes {
     by_source: bool,
     /// Clients allowed to open flows (`BACKEND_NETWORK_ALLOWED_ACL`); empty: everyone.
     allowed: Vec<IpNet>,
+    /// The service's name in stats and access logs (`<app>_<port>`).
+    name: Arc<str>,
 }
 
 impl Routes {
@@ -303,6 +321,7 @@ impl Routes {
             by_id,
             by_source: service.balance == Balance::Source,
             allowed: service.allowed_networks.clone(),
+            name: crate::stats::proxy_name(&service.app_id, service.key.port).into(),
         })
     }
 
@@ -418,18 +437,21 @@ pub struct UserspaceL4 {
     config: UserspaceL4Config,
     services: BTreeMap<L4ServiceKey, ServiceRuntime>,
     stats: L4Stats,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl UserspaceL4 {
     /// A dataplane with no service yet, proxying on `handle`'s runtime. Fails when the Maglev
-    /// table size is not usable.
-    pub fn new(handle: Handle, config: UserspaceL4Config) -> Result<Self, MaglevError> {
+    /// table size is not usable or the access log cannot be opened.
+    pub fn new(handle: Handle, config: UserspaceL4Config) -> Result<Self, UserspaceL4Error> {
         maglev::validate_table_size(config.maglev_table_size)?;
+        let access_log = AccessLog::start(&config.access_log, &handle)?.map(Arc::new);
         Ok(Self {
             handle,
             config,
             services: BTreeMap::new(),
             stats: L4Stats::default(),
+            access_log,
         })
     }
 
@@ -564,9 +586,13 @@ impl UserspaceL4 {
                 let std_listener: std::net::TcpListener = socket.into();
                 let shutdown_handle = std_listener.try_clone()?;
                 let listener = TcpListener::from_std(std_listener)?;
-                let task =
-                    self.handle
-                        .spawn(tcp_accept_loop(listener, addr, routes, self.config.clone()));
+                let task = self.handle.spawn(tcp_accept_loop(
+                    listener,
+                    addr,
+                    routes,
+                    self.config.clone(),
+                    self.access_log.clone(),
+                ));
                 Ok(Listener {
                     shutdown_handle: Some(shutdown_handle),
                     task,
@@ -612,6 +638,7 @@ async fn tcp_accept_loop(
     addr: SocketAddr,
     routes: Arc<ArcSwap<Routes>>,
     config: UserspaceL4Config,
+    access_log: Option<Arc<AccessLog>>,
 ) {
     let mut gate = config.conn_gate.listener();
     let limits = ConnLimits {
@@ -634,8 +661,12 @@ async fn tcp_accept_loop(
                 let state = client.state();
                 let timeout = config.connect_timeout;
                 let limits = limits.clone();
+                let log = access_log
+                    .as_ref()
+                    .map(|log| ConnLog::new(log.clone(), peer, routes.name.clone()));
                 tokio::spawn(async move {
-                    supervise(state, &limits, proxy_tcp(client, peer, routes, timeout)).await;
+                    let proxied = proxy_tcp(client, peer, routes, timeout, log);
+                    supervise(state, &limits, proxied).await;
                 });
             }
             // The listener was shut down (service removed).
@@ -678,14 +709,21 @@ async fn proxy_tcp(
     peer: SocketAddr,
     routes: Arc<Routes>,
     connect_timeout: Duration,
+    mut log: Option<ConnLog>,
 ) {
     if !routes.admits(peer) {
         debug!(%peer, "client not in the service's allowed networks; closed");
         return;
     }
+    let no_server = |log: &mut Option<ConnLog>| {
+        if let Some(l) = log {
+            l.termination = "SC";
+        }
+    };
     let Some(first) = routes.pick(peer) else {
         routes.counters.no_backend.fetch_add(1, Relaxed);
         debug!(%peer, "no backend available; closing");
+        no_server(&mut log);
         return;
     };
     let mut upstream = None;
@@ -708,10 +746,12 @@ async fn proxy_tcp(
     let Some((backend, stream)) = upstream else {
         routes.counters.no_backend.fetch_add(1, Relaxed);
         warn!(%peer, "no backend reachable; closing");
+        no_server(&mut log);
         return;
     };
     let counters = backend.counters.clone();
     let id = backend.id.clone();
+    let tally = log.as_mut().map(|l| l.connected(backend.addr));
     drop(routes);
     let _active = ActiveGuard::new(&counters);
     let _ = client.get_ref().set_nodelay(true);
@@ -720,11 +760,13 @@ async fn proxy_tcp(
         inner: client,
         counters: counters.clone(),
         from_client: true,
+        tally: tally.clone(),
     };
     let mut stream = Counted {
         inner: stream,
         counters,
         from_client: false,
+        tally,
     };
     // 16 KiB per direction (tokio's default is 8 KiB): fewer syscalls for bulk transfers.
     let copied = tokio::io::copy_bidirectional_with_sizes(
@@ -734,8 +776,78 @@ async fn proxy_tcp(
         COPY_BUFFER,
     )
     .await;
-    if let Err(e) = copied {
+    if let Err(e) = &copied {
         debug!(%peer, backend = %id, "connection ended: {e}");
+    }
+    if let Some(l) = &mut log {
+        l.termination = if copied.is_ok() { "--" } else { "SD" };
+    }
+}
+
+/// One connection's bytes each way and which side failed, for its access-log line.
+#[derive(Debug, Default)]
+struct Tally {
+    from_client: AtomicU64,
+    to_client: AtomicU64,
+    /// 0: no error; 1: the client's side; 2: the backend's side.
+    failed: AtomicU8,
+}
+
+/// The access-log line of one TCP connection, written when it is dropped: however the
+/// connection ends, including an idle timeout that drops its future (the line then says `cD`).
+struct ConnLog {
+    log: Arc<AccessLog>,
+    client: SocketAddr,
+    accepted: SystemTime,
+    started: Instant,
+    service: Arc<str>,
+    /// The backend that took it, and how long the connect took.
+    server: Option<(String, Duration)>,
+    tally: Arc<Tally>,
+    /// Unless a side failed (that wins).
+    termination: &'static str,
+}
+
+impl ConnLog {
+    fn new(log: Arc<AccessLog>, client: SocketAddr, service: Arc<str>) -> Self {
+        Self {
+            log,
+            client,
+            accepted: SystemTime::now(),
+            started: Instant::now(),
+            service,
+            server: None,
+            tally: Arc::default(),
+            termination: "cD",
+        }
+    }
+
+    /// Records the backend that took the connection; returns the tally its streams count into.
+    fn connected(&mut self, backend: SocketAddr) -> Arc<Tally> {
+        let server = crate::stats::server_name(backend);
+        self.server = Some((server, self.started.elapsed()));
+        self.tally.clone()
+    }
+}
+
+impl Drop for ConnLog {
+    fn drop(&mut self) {
+        let termination = match self.tally.failed.load(Relaxed) {
+            1 => "CD",
+            2 => "SD",
+            _ => self.termination,
+        };
+        self.log.record(&L4Entry {
+            client: self.client,
+            accepted: self.accepted,
+            service: &self.service,
+            server: self.server.as_ref().map_or("<NOSRV>", |s| &s.0),
+            connect: self.server.as_ref().map(|s| s.1),
+            duration: self.started.elapsed(),
+            bytes_in: self.tally.from_client.load(Relaxed),
+            bytes_out: self.tally.to_client.load(Relaxed),
+            termination,
+        });
     }
 }
 
@@ -745,6 +857,19 @@ struct Counted<S> {
     counters: Arc<BackendCounters>,
     /// Reads from the client count as "to backend", reads from the backend as "from backend".
     from_client: bool,
+    /// The connection's own counts, when it is logged.
+    tally: Option<Arc<Tally>>,
+}
+
+impl<S> Counted<S> {
+    /// Notes an I/O error on this side for the access log.
+    fn failed<T>(&self, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if let (Some(t), Poll::Ready(Err(_))) = (&self.tally, &poll) {
+            t.failed
+                .store(if self.from_client { 1 } else { 2 }, Relaxed);
+        }
+        poll
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -763,8 +888,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
                 &self.counters.bytes_from_backend
             };
             counter.fetch_add(n, Relaxed);
+            if let Some(t) = &self.tally {
+                let mine = if self.from_client {
+                    &t.from_client
+                } else {
+                    &t.to_client
+                };
+                mine.fetch_add(n, Relaxed);
+            }
         }
-        poll
+        self.failed(poll)
     }
 }
 
@@ -774,7 +907,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.failed(poll)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

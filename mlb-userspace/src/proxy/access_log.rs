@@ -1,5 +1,6 @@
-//! Access logs (`--access-log`): one line per HTTP request, in HAProxy's httplog field order or
-//! as JSON, to stdout, a file or syslog; off by default.
+//! Access logs (`--access-log`): one line per HTTP request (HAProxy's httplog field order) and
+//! per TCP connection of the userspace dataplane (HAProxy's tcplog order), or JSON, to stdout, a
+//! file or syslog; off by default.
 //!
 //! The proxy never waits for the log: a line is formatted on the request's task and handed to
 //! a bounded channel; a writer task drains it. When the channel is full (the sink is slower
@@ -71,6 +72,12 @@ pub struct AccessLogConfig {
     pub sample: u64,
 }
 
+/// A loggable event: its line in each format.
+pub(crate) trait LogLine {
+    fn text(&self) -> String;
+    fn json(&self) -> String;
+}
+
 /// One request, as logged.
 pub(crate) struct Entry<'a> {
     pub client: SocketAddr,
@@ -89,11 +96,11 @@ pub(crate) struct Entry<'a> {
     pub version: &'a str,
 }
 
-impl Entry<'_> {
+impl LogLine for Entry<'_> {
     /// HAProxy's httplog order: client, date, frontend, backend/server, timers
     /// (Tq/Tw/Tc/Tr/Ta; mlb measures the last), status, bytes, cookies, termination state,
     /// connection counts, queues, request line.
-    pub(crate) fn text(&self) -> String {
+    fn text(&self) -> String {
         let ms = self.elapsed.as_millis();
         let mut line = String::with_capacity(160);
         let _ = write!(
@@ -113,7 +120,7 @@ impl Entry<'_> {
         line
     }
 
-    pub(crate) fn json(&self) -> String {
+    fn json(&self) -> String {
         json!({
             "client": self.client.to_string(),
             "time": Civil::of(self.accepted).iso(),
@@ -131,7 +138,66 @@ impl Entry<'_> {
     }
 }
 
-/// The proxy's end of the access log.
+/// One TCP connection of the userspace dataplane, as logged once it ends.
+pub(crate) struct L4Entry<'a> {
+    pub client: SocketAddr,
+    pub accepted: SystemTime,
+    /// The service's proxy name (`<app>_<port>`): frontend and backend alike.
+    pub service: &'a str,
+    /// `<NOSRV>` when no backend took the connection.
+    pub server: &'a str,
+    /// Until the backend accepted (`None`: never).
+    pub connect: Option<Duration>,
+    /// Accept to close.
+    pub duration: Duration,
+    /// Bytes from the client, and to it.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// HAProxy's two-letter termination state: `--` closed normally, `SC` no backend
+    /// reachable, `CD`/`SD` the client/server side failed while data flowed, `cD` idle timeout
+    /// (or mlb stopping).
+    pub termination: &'static str,
+}
+
+impl LogLine for L4Entry<'_> {
+    /// HAProxy's tcplog order: client, date, frontend, backend/server, Tw/Tc/Tt, bytes read
+    /// (to the client), termination state, connection counts, queues.
+    fn text(&self) -> String {
+        let tc = self
+            .connect
+            .map_or_else(|| "-1".to_owned(), |d| d.as_millis().to_string());
+        format!(
+            "{} [{}] {} {}/{} 0/{tc}/{} {} {} 0/0/0/0/0 0/0",
+            self.client,
+            Civil::of(self.accepted).haproxy(),
+            self.service,
+            self.service,
+            self.server,
+            self.duration.as_millis(),
+            self.bytes_out,
+            self.termination,
+        )
+    }
+
+    fn json(&self) -> String {
+        json!({
+            "client": self.client.to_string(),
+            "time": Civil::of(self.accepted).iso(),
+            "mode": "tcp",
+            "frontend": self.service,
+            "backend": self.service,
+            "server": self.server,
+            "connect_ms": self.connect.map(|d| d.as_secs_f64() * 1000.0),
+            "duration_ms": self.duration.as_secs_f64() * 1000.0,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "termination": self.termination,
+        })
+        .to_string()
+    }
+}
+
+/// The sending end of the access log (the proxy and the userspace dataplane each hold one).
 pub(crate) struct AccessLog {
     tx: mpsc::Sender<String>,
     format: AccessLogFormat,
@@ -172,7 +238,7 @@ impl AccessLog {
     }
 
     /// Logs `entry` if sampled; never waits.
-    pub(crate) fn record(&self, entry: &Entry<'_>) {
+    pub(crate) fn record(&self, entry: &impl LogLine) {
         if !self
             .seen
             .fetch_add(1, Ordering::Relaxed)
@@ -180,10 +246,13 @@ impl AccessLog {
         {
             return;
         }
-        let line = match self.format {
+        let mut line = match self.format {
             AccessLogFormat::Text => entry.text(),
             AccessLogFormat::Json => entry.json(),
         };
+        // Written whole, with its newline, in one write: the proxy's and the dataplane's
+        // writers share the sink without splitting each other's lines.
+        line.push('\n');
         if self.tx.try_send(line).is_err() {
             live().access_log_dropped();
         }
@@ -223,7 +292,6 @@ impl Sink {
             let written = match &mut self {
                 Sink::Stream(out) => {
                     let mut r = out.write_all(line.as_bytes()).await;
-                    r = r.and(out.write_all(b"\n").await);
                     if rx.is_empty() {
                         r = r.and(out.flush().await);
                     }
@@ -231,7 +299,7 @@ impl Sink {
                 }
                 // local0.info; a full socket buffer drops the line as syslog would.
                 Sink::Syslog(socket) => socket
-                    .send(format!("<134>mlb[{pid}]: {line}").as_bytes())
+                    .send(format!("<134>mlb[{pid}]: {}", line.trim_end()).as_bytes())
                     .map(drop),
             };
             if let Err(e) = written {
@@ -279,6 +347,45 @@ mod tests {
         assert_eq!(v["status"], 200);
         assert_eq!(v["uri"], "/cart?id=\"1\"");
         assert_eq!(v["time"], "2026-12-06T08:30:05.123000");
+    }
+
+    fn l4_entry(connect: Option<Duration>, server: &str) -> L4Entry<'_> {
+        L4Entry {
+            client: "198.18.0.7:40312".parse().unwrap(),
+            accepted: SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_545_805_123),
+            service: "shop_db_5432",
+            server,
+            connect,
+            duration: Duration::from_millis(5007),
+            bytes_in: 90,
+            bytes_out: 212,
+            termination: if connect.is_some() { "--" } else { "SC" },
+        }
+    }
+
+    #[test]
+    fn l4_lines_follow_haproxys_tcplog_order() {
+        let served = l4_entry(Some(Duration::from_millis(3)), "10_0_6_25_31184");
+        assert_eq!(
+            served.text(),
+            "198.18.0.7:40312 [06/Dec/2026:08:30:05.123] shop_db_5432 \
+             shop_db_5432/10_0_6_25_31184 0/3/5007 212 -- 0/0/0/0/0 0/0"
+        );
+        assert!(
+            l4_entry(None, "<NOSRV>")
+                .text()
+                .contains("<NOSRV> 0/-1/5007 212 SC ")
+        );
+        let v: serde_json::Value = serde_json::from_str(&served.json()).unwrap();
+        assert_eq!(
+            (v["bytes_in"].as_u64(), v["bytes_out"].as_u64()),
+            (Some(90), Some(212))
+        );
+        assert_eq!(
+            (v["mode"].as_str(), v["termination"].as_str()),
+            (Some("tcp"), Some("--"))
+        );
+        assert_eq!(v["duration_ms"], 5007.0);
     }
 
     #[test]
