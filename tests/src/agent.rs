@@ -499,7 +499,7 @@ impl LoopReport {
 }
 
 /// A thread that repeats one request (returning the answering task id) every few milliseconds
-/// until stopped (or for at most 60 s), counting answers and failures.
+/// until stopped (or for at most 60 s, or the limit given), counting answers and failures.
 pub struct RequestLoop {
     name: String,
     stop: Arc<AtomicBool>,
@@ -510,12 +510,21 @@ pub struct RequestLoop {
 impl RequestLoop {
     /// Starts the loop; `request` runs on the loop's thread.
     pub fn start(name: &str, request: impl Fn() -> Result<String> + Send + 'static) -> RequestLoop {
+        Self::start_for(name, Duration::from_secs(60), request)
+    }
+
+    /// [`RequestLoop::start`], running for at most `limit` instead of 60 s (soak tests).
+    pub fn start_for(
+        name: &str,
+        limit: Duration,
+        request: impl Fn() -> Result<String> + Send + 'static,
+    ) -> RequestLoop {
         let stop = Arc::new(AtomicBool::new(false));
         let report = Arc::new(Mutex::new(LoopReport::default()));
         let thread = {
             let (stop, report) = (stop.clone(), report.clone());
             std::thread::spawn(move || {
-                let end = Instant::now() + Duration::from_secs(60);
+                let end = Instant::now() + limit;
                 while !stop.load(Ordering::Relaxed) && Instant::now() < end {
                     let result = request();
                     let mut r = report.lock().expect("loop report");
