@@ -14,6 +14,10 @@ use mlb::{
     proxy::{HttpProxy, ProxyConfig},
 };
 
+/// The allocator of the `mlb` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let ssl_certs: Vec<PathBuf> = if args.first().map(String::as_str) == Some("--ssl-certs") {

@@ -11,7 +11,13 @@
 //!   - new TLS handshakes/s: [`super::tls_client`] (the release build of xtask), 32 blocking
 //!     connections on cpu0, every one a full handshake and one `GET` with `Connection: close`.
 //!     HAProxy's stats socket confirms it: its session reuse % is in the report;
-//!   - HTTP/2 req/s and p99: `h2load -c32 -m10 -D<secs>` (ALPN h2; p99 from its request log).
+//!   - HTTP/2 req/s and p99: `h2load -c32 -m10 -D<secs>` (ALPN h2; p99 from its request log);
+//!   - TLS keep-alive req/s: `h2load --h1 -c32 -D<secs>` (HTTP/1.1 over TLS, one handshake per
+//!     connection);
+//! - two cores for the load balancer (HAProxy `nbthread 2`, mlb `--threads 2`), HTTP/1.1 only:
+//!   ratios to HAProxy with as many threads and to the same load balancer's one-core run. The
+//!   client and backends then share those cores: on a 2-core machine the figures say how well
+//!   the load balancer shares, not how far it scales.
 //!
 //! Any failed measurement fails the run. No bulk (iperf3) case: it says nothing about an HTTP
 //! proxy.
@@ -92,6 +98,8 @@ struct Setup {
     /// Chain and key in one PEM.
     cert: PathBuf,
     haproxy_cfg: PathBuf,
+    /// The same with `nbthread 2`.
+    haproxy2_cfg: PathBuf,
     /// The lab's work directory (HAProxy's stats socket, h2load's request log).
     dir: PathBuf,
     secs: u32,
@@ -100,11 +108,13 @@ struct Setup {
 impl Setup {
     fn write(lab: &Lab, bins: Binaries, secs: u32) -> Result<Setup> {
         let cert = write_cert(&lab.dir)?;
-        let haproxy_cfg = write_haproxy_config(&lab.dir, &cert)?;
+        let haproxy_cfg = write_haproxy_config(&lab.dir, &cert, 1)?;
+        let haproxy2_cfg = write_haproxy_config(&lab.dir, &cert, 2)?;
         Ok(Setup {
             bins,
             cert,
             haproxy_cfg,
+            haproxy2_cfg,
             dir: lab.dir.clone(),
             secs,
         })
@@ -116,10 +126,20 @@ enum Case {
     Direct,
     Haproxy,
     Mlb,
+    /// HAProxy `nbthread 2` on both CPUs.
+    Haproxy2,
+    /// mlb `--threads 2` on both CPUs.
+    Mlb2,
 }
 
 /// The cases in the order they run in every round and appear in the table.
-const CASES: [Case; 3] = [Case::Direct, Case::Haproxy, Case::Mlb];
+const CASES: [Case; 5] = [
+    Case::Direct,
+    Case::Haproxy,
+    Case::Mlb,
+    Case::Haproxy2,
+    Case::Mlb2,
+];
 
 impl Case {
     fn name(self) -> &'static str {
@@ -127,6 +147,24 @@ impl Case {
             Case::Direct => "direct (routing only)",
             Case::Haproxy => "HAProxy mode http + Host",
             Case::Mlb => "mlb L7 proxy",
+            Case::Haproxy2 => "HAProxy, 2 cores (nbthread 2)",
+            Case::Mlb2 => "mlb L7 proxy, 2 cores (--threads 2)",
+        }
+    }
+
+    /// The CPUs of its load balancer (`taskset -c`) and its thread count.
+    fn cpus(self) -> (&'static str, &'static str) {
+        match self {
+            Case::Haproxy2 | Case::Mlb2 => ("0-1", "2"),
+            _ => ("1", "1"),
+        }
+    }
+
+    /// What its figures are compared with: HAProxy with the same cores.
+    fn reference(self) -> Case {
+        match self {
+            Case::Haproxy2 | Case::Mlb2 => Case::Haproxy2,
+            _ => Case::Haproxy,
         }
     }
 }
@@ -145,6 +183,8 @@ struct Sample {
     tls_suite: Option<String>,
     h2_rps: Option<f64>,
     h2_p99_ms: Option<f64>,
+    /// HTTP/1.1 over TLS, keep-alive.
+    tls_ka_rps: Option<f64>,
     haproxy_reuse_pct: Option<f64>,
 }
 
@@ -169,6 +209,7 @@ impl Sample {
             tls_suite: None,
             h2_rps: of_tls(|s| s.h2_rps),
             h2_p99_ms: of_tls(|s| s.h2_p99_ms),
+            tls_ka_rps: of_tls(|s| s.tls_ka_rps),
             haproxy_reuse_pct: None,
         })
     }
@@ -204,25 +245,28 @@ fn start_lb(lab: &mut Lab, case: Case, setup: &Setup) -> Result<Option<u32>> {
     let cert = setup.cert.to_string_lossy();
     let listen = format!("{VIP}:{}", nginx::PORT);
     let [be1, be2] = BACKEND_IPS.map(|ip| format!("{ip}:{}", nginx::PORT));
+    let haproxy2_cfg = setup.haproxy2_cfg.to_string_lossy();
+    let (cpus, threads) = case.cpus();
     let (name, args) = match case {
         Case::Direct => return Ok(None),
         Case::Haproxy => ("haproxy", vec!["haproxy", "-db", "-f", &haproxy_cfg]),
-        Case::Mlb => (
+        Case::Haproxy2 => ("haproxy", vec!["haproxy", "-db", "-f", &haproxy2_cfg]),
+        Case::Mlb | Case::Mlb2 => (
             "mlb-l7",
-            // One proxy thread, as HAProxy's `nbthread 1`.
+            // As many proxy threads as HAProxy's `nbthread`.
             vec![
                 &proxy,
                 "--ssl-certs",
                 &cert,
                 &listen,
                 VHOST,
-                "1",
+                threads,
                 &be1,
                 &be2,
             ],
         ),
     };
-    lab.spawn(name, NS_LB, 1, &args).map(Some)
+    lab.spawn_on_cpus(name, NS_LB, cpus, &args).map(Some)
 }
 
 /// Measures a started case: HTTP/1.1, then TLS and h2 when there is a load balancer.
@@ -233,7 +277,9 @@ fn measure_started(lab: &mut Lab, case: Case, lb: Option<u32>, setup: &Setup) ->
     probe::wait_for_200(lab, lb, NS_CLI, &["-H", &host_header, &url])
         .with_context(|| format!("{}: no answer from {url}", case.name()))?;
     let mut sample = measure_http1(&url, lb, setup.secs)?;
-    if let Some(pid) = lb {
+    if let Some(pid) = lb
+        && case.cpus().1 == "1"
+    {
         measure_tls(lab, case, pid, setup, &mut sample)?;
     }
     Ok(sample)
@@ -296,9 +342,11 @@ fn measure_tls(
     if case == Case::Haproxy {
         sample.haproxy_reuse_pct = Some(haproxy_reuse_pct(&setup.dir)?);
     }
-    let (h2_rps, h2_p99) = h2load(&target, setup.secs, &setup.dir)?;
+    let (h2_rps, h2_p99) = h2load(&target, setup.secs, &setup.dir, H2load::H2)?;
     sample.h2_rps = Some(h2_rps);
     sample.h2_p99_ms = Some(h2_p99);
+    let (tls_ka_rps, _) = h2load(&target, setup.secs, &setup.dir, H2load::Http1)?;
+    sample.tls_ka_rps = Some(tls_ka_rps);
     Ok(())
 }
 
@@ -332,18 +380,28 @@ fn tls_handshakes(xtask: &Path, target: &str, secs: u32) -> Result<(f64, String)
     Ok((field("rate=")?.parse()?, field("suite=")?.to_owned()))
 }
 
-/// `(req/s, p99 ms)` of `h2load -c32 -m10 -D<secs>` over TLS (ALPN h2), in cli on cpu0.
-fn h2load(target: &str, secs: u32, dir: &Path) -> Result<(f64, f64)> {
+/// What `h2load` speaks over TLS.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum H2load {
+    /// HTTP/2 (ALPN h2), [`H2_STREAMS`] streams in flight per connection.
+    H2,
+    /// HTTP/1.1 keep-alive (`--h1`), one request in flight per connection.
+    Http1,
+}
+
+/// `(req/s, p99 ms)` of `h2load -c32 -D<secs>` over TLS (`-m10` for h2), in cli on cpu0.
+fn h2load(target: &str, secs: u32, dir: &Path, protocol: H2load) -> Result<(f64, f64)> {
     let log = dir.join("h2load.log");
     let _ = fs::remove_file(&log);
+    let (protocol_args, streams, alpn): (&[&str], u32, &str) = match protocol {
+        H2load::H2 => (&[], H2_STREAMS, "h2"),
+        H2load::Http1 => (&["--h1"], 1, "http/1.1"),
+    };
     let out = Command::new("ip")
         .args(["netns", "exec", NS_CLI, "taskset", "-c", "0"])
         .args(["timeout", &(secs + 20).to_string(), "h2load"])
-        .args([
-            "-t1",
-            &format!("-c{CONNECTIONS}"),
-            &format!("-m{H2_STREAMS}"),
-        ])
+        .args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-m{streams}")])
+        .args(protocol_args)
         .args(["-D", &secs.to_string(), "--connect-to", target])
         .arg("--log-file")
         .arg(&log)
@@ -354,7 +412,8 @@ fn h2load(target: &str, secs: u32, dir: &Path) -> Result<(f64, f64)> {
         .lines()
         .find(|l| l.starts_with("status codes:"))
         .is_some_and(|l| l.contains(" 0 3xx, 0 4xx, 0 5xx"));
-    if !out.status.success() || !text.contains("Application protocol: h2") || !status_ok {
+    let protocol_ok = text.contains(&format!("Application protocol: {alpn}"));
+    if !out.status.success() || !protocol_ok || !status_ok {
         bail!("h2load against {target} failed or saw errors:\n{text}");
     }
     Ok((h2load_rps(&text)?, h2load_p99_ms(&log)?))
@@ -407,8 +466,8 @@ fn write_cert(dir: &Path) -> Result<PathBuf> {
 
 /// HAProxy as marathon-lb configures it for one vhost app: `marathon_http_in` with a Host ACL,
 /// `marathon_https_in` with an SNI ACL.
-fn write_haproxy_config(dir: &Path, cert: &Path) -> Result<PathBuf> {
-    let path = dir.join("haproxy.cfg");
+fn write_haproxy_config(dir: &Path, cert: &Path, threads: u32) -> Result<PathBuf> {
+    let path = dir.join(format!("haproxy-{threads}.cfg"));
     let port = nginx::PORT;
     let servers: String = BACKEND_IPS
         .iter()
@@ -418,7 +477,7 @@ fn write_haproxy_config(dir: &Path, cert: &Path) -> Result<PathBuf> {
     fs::write(
         &path,
         format!(
-            "global\n  nbthread 1\n  maxconn 4096\n  stats socket {sock} level admin\n\
+            "global\n  nbthread {threads}\n  maxconn 4096\n  stats socket {sock} level admin\n\
              defaults\n  mode http\n  timeout connect 3s\n  timeout client 30s\n  timeout server 30s\n\
              frontend marathon_http_in\n  bind {VIP}:{port}\n  acl host_app hdr(host) -i {VHOST}\n  use_backend app_10000 if host_app\n\
              frontend marathon_https_in\n  bind {VIP}:{TLS_PORT} ssl crt {cert} alpn h2,http/1.1\n  mode http\n\
@@ -462,6 +521,52 @@ fn report(results: &[Vec<Sample>], rounds: usize, secs: u32) -> Result<String> {
          `SslFrontendSessionReuse_pct`, per round): {} (0 %: every handshake was full).",
         reuse.join(", ")
     )?;
+    writeln!(o, "\n{}", vs_haproxy_table(&medians)?)?;
+    // Other work on the machine skews every figure: say how much there was.
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    writeln!(
+        o,
+        "Load average at the end of the run (1, 5, 15 min): {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
+    Ok(o)
+}
+
+/// The targets' view: each load balancer against HAProxy with as many cores, and each one's
+/// two-core figure against its own one-core figure.
+fn vs_haproxy_table(medians: &[Sample]) -> Result<String> {
+    let mut o = String::new();
+    writeln!(
+        o,
+        "| case | keep-alive req/s × HAProxy | p99 × HAProxy | new conn/s × HAProxy \
+         | TLS keep-alive req/s (× HAProxy) | keep-alive req/s × own 1-core |"
+    )?;
+    writeln!(o, "|---|---|---|---|---|---|")?;
+    for (case, one_core) in [
+        (Case::Mlb, None),
+        (Case::Haproxy2, Some(Case::Haproxy)),
+        (Case::Mlb2, Some(Case::Mlb)),
+    ] {
+        let (m, h) = (&medians[slot(case)], &medians[slot(case.reference())]);
+        let tls_ka = match (m.tls_ka_rps, h.tls_ka_rps) {
+            (Some(v), Some(r)) => format!("{v:.0} ({:.2})", v / r),
+            _ => "n/a".to_owned(),
+        };
+        let scaling = one_core.map_or("n/a".to_owned(), |c| {
+            format!("{:.2}", m.rps / medians[slot(c)].rps)
+        });
+        writeln!(
+            o,
+            "| {} | {:.2} | {:.2} | {:.2} | {tls_ka} | {scaling} |",
+            case.name(),
+            m.rps / h.rps,
+            m.p99_ms / h.p99_ms,
+            m.conn_rps / h.conn_rps,
+        )?;
+    }
     Ok(o)
 }
 
@@ -485,7 +590,9 @@ fn method(rounds: usize, secs: u32) -> Result<String> {
          h2,http/1.1): new TLS handshakes/s = {CONNECTIONS} client connections for {secs} s, each a \
          fresh rustls client with session resumption disabled (a full handshake every time; the \
          client does not check the server's signature, to stay cheaper than the server), one `GET` + `Connection: close` per connection; h2 = `h2load -c{CONNECTIONS} -m{H2_STREAMS} \
-         -D{secs}` (p99 from h2load's request log). HAProxy: `nbthread 1`, `mode http`, `:80` \
+         -D{secs}` (p99 from h2load's request log); TLS keep-alive = `h2load --h1 -c{CONNECTIONS} -D{secs}`. \
+         2-core cases: the load balancer with 2 threads on cpu0-1, shared with the client and \
+         backends, HTTP/1.1 only. HAProxy: `nbthread 1`, `mode http`, `:80` \
          Host ACL and `:443` `ssl_fc_sni` ACL (marathon-lb's `marathon_http_in` / \
          `marathon_https_in`), `alpn h2,http/1.1`. \"direct\" is kernel routing to be1 (no \
          LB, no TLS: n/a). LB CPU % = the LB process's CPU time over the run. Compare ratios \
@@ -546,6 +653,38 @@ mod tests {
             None
         );
         assert!(Sample::median_of(&[]).is_none());
+    }
+
+    #[test]
+    fn ratios_to_haproxy_with_the_same_cores() {
+        let m = |rps: f64, p99_ms: f64, conn_rps: f64, tls_ka_rps: Option<f64>| Sample {
+            rps,
+            p99_ms,
+            conn_rps,
+            tls_ka_rps,
+            ..Sample::default()
+        };
+        let medians = [
+            m(30.0, 1.0, 30.0, None),
+            m(10.0, 2.0, 4.0, Some(8.0)),
+            m(13.0, 1.0, 6.0, Some(10.0)),
+            m(18.0, 2.0, 8.0, None),
+            m(26.0, 1.0, 8.0, None),
+        ];
+        let table = vs_haproxy_table(&medians).unwrap();
+        let row = |case: Case| {
+            table
+                .lines()
+                .find(|l| l.starts_with(&format!("| {} |", case.name())))
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(
+            row(Case::Mlb),
+            "| mlb L7 proxy | 1.30 | 0.50 | 1.50 | 10 (1.25) | n/a |"
+        );
+        assert!(row(Case::Haproxy2).ends_with("| 1.00 | 1.00 | 1.00 | n/a | 1.80 |"));
+        assert!(row(Case::Mlb2).ends_with("| 1.44 | 0.50 | 1.00 | n/a | 2.00 |"));
     }
 
     #[test]

@@ -186,10 +186,14 @@ impl Lab {
 
     /// Starts `args` in `ns` pinned to `cpu`, output to `<dir>/<name>.log`; returns its PID.
     pub fn spawn(&mut self, name: &str, ns: &str, cpu: u32, args: &[&str]) -> Result<u32> {
+        self.spawn_on_cpus(name, ns, &cpu.to_string(), args)
+    }
+
+    /// [`Lab::spawn`] on a `taskset -c` CPU list (`"0-1"`).
+    pub fn spawn_on_cpus(&mut self, name: &str, ns: &str, cpu: &str, args: &[&str]) -> Result<u32> {
         let log = fs::File::create(self.dir.join(format!("{name}.log")))?;
-        let cpu = cpu.to_string();
         let child = Command::new("ip")
-            .args(["netns", "exec", ns, "taskset", "-c", &cpu])
+            .args(["netns", "exec", ns, "taskset", "-c", cpu])
             .args(args)
             // Plain logs (the failure messages quote them).
             .env("NO_COLOR", "1")

@@ -15,6 +15,10 @@ use mlb::{
 };
 use tracing::{Level, info, warn};
 
+/// mimalloc's thread-local heaps: the HTTP proxy allocates a little for every request.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     let cli = Cli::parse_from(compat::normalize_args(std::env::args_os().collect()));
     let env = |k: &str| std::env::var(k).ok();
