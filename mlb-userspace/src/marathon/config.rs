@@ -84,7 +84,7 @@ impl Default for MarathonConfig {
             max_backoff: Duration::from_secs(300),
             resync_interval: Duration::from_secs(300),
             poll_interval: None,
-            coalesce_idle: Duration::from_millis(10),
+            coalesce_idle: Duration::from_millis(2),
             coalesce_max_delay: Duration::from_millis(50),
             resync_threshold: 50,
             reread_concurrency: 8,

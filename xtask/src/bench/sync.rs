@@ -22,7 +22,7 @@
 //!    `/_mlb/status` whose generation shows the task's backend out of rotation in
 //!    `/_mlb/explain/APP`. Then the same for the replacement task the simulator launches
 //!    (`TASK_RUNNING` → its backend active). These latencies include mlb's event coalescing
-//!    window (10 ms idle, 50 ms at most by default).
+//!    window (2 ms idle, 50 ms at most by default).
 //! 3. burst: `--burst` tasks of as many apps killed in one call (as many `TASK_KILLING`
 //!    events at once): dataplane updates (generation increments) and time until every one of
 //!    them is out of rotation; then until every replacement is active (the simulator relaunches
@@ -1071,7 +1071,7 @@ fn report(
         "\nSetup: marathon-sim placed the apps in {:.2} s. Services in mlb: {} L4, {} HTTP, {} \
          rejected. t0 of an event is when our own `/v2/events` subscriber read it; \"visible\" \
          is the first 1 ms poll of `/_mlb/status` at whose generation `/_mlb/explain/APP` shows \
-         the change. Latencies include mlb's coalescing window (10 ms idle / 50 ms max).",
+         the change. Latencies include mlb's coalescing window (2 ms idle / 50 ms max).",
         r.sim_load.as_secs_f64(),
         r.services.0,
         r.services.1,
