@@ -214,7 +214,7 @@ impl PacketBuilder {
     /// TCP options (padded with NOPs to a multiple of 4 bytes).
     pub fn tcp_options(mut self, options: &[u8]) -> Self {
         self.tcp_options = options.to_vec();
-        while self.tcp_options.len() % 4 != 0 {
+        while !self.tcp_options.len().is_multiple_of(4) {
             self.tcp_options.push(1);
         }
         self

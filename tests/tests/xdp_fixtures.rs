@@ -1526,13 +1526,11 @@ fn snat_reuse_respects_the_backends_time_wait() {
             assert_eq!(d_port, 40000, "{d:?}");
             assert_eq!(d.get(Counter::SnatPortTimeWait), 0);
 
-            // Only refused ports left: the first serves anyway, nothing dropped.
-            for (port, snat) in [(46004, 40000)] {
-                send(Side::Backend, &backend_seg(snat, TCP_SYN | TCP_ACK));
-                send(Side::Client, &client_seg(port, TCP_ACK, 11, 710));
-                send(Side::Backend, &backend_seg(snat, TCP_FIN | TCP_ACK));
-                send(Side::Client, &client_seg(port, TCP_FIN | TCP_ACK, 12, 720));
-            }
+            // Only refused ports left: the first serves anyway, nothing dropped. D closes like A.
+            send(Side::Backend, &backend_seg(d_port, TCP_SYN | TCP_ACK));
+            send(Side::Client, &client_seg(46004, TCP_ACK, 11, 710));
+            send(Side::Backend, &backend_seg(d_port, TCP_FIN | TCP_ACK));
+            send(Side::Client, &client_seg(46004, TCP_FIN | TCP_ACK, 12, 720));
             // (40001: C's flow, reset above; 40000: D's, now in the backend's TIME_WAIT.)
             let (e, d) = open(46005, 0, 100);
             assert_eq!(d.get(Counter::DropSnatExhausted), 0);

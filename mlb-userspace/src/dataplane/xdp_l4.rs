@@ -278,7 +278,13 @@ pub struct XdpL4 {
     ct_states: CtStateCounts,
     /// SNAT-exhaustion drops per backend id already reported in the log.
     snat_exhausted_reported: HashMap<u32, u64>,
+    /// When exhaustion was last logged (at most once per [`SNAT_EXHAUSTION_LOG_EVERY`]).
+    snat_exhaustion_logged: Option<Instant>,
 }
+
+/// Exhaustion persists while a backend is overloaded: one warning per backend this often, with
+/// the drops since the last one, keeps the log readable.
+const SNAT_EXHAUSTION_LOG_EVERY: Duration = Duration::from_secs(30);
 
 /// The program's global settings for `config`.
 fn program_config(config: &XdpL4Config) -> Result<Config, XdpError> {
@@ -333,6 +339,7 @@ impl XdpL4 {
             unconfirmed: BTreeSet::new(),
             ct_states: CtStateCounts::default(),
             snat_exhausted_reported: HashMap::new(),
+            snat_exhaustion_logged: None,
         })
     }
 
@@ -694,9 +701,16 @@ impl XdpL4 {
         self.ct_states
     }
 
-    /// Logs, once per growth, every backend whose new flows were dropped for want of a SNAT
-    /// port, naming the services that use it and what to do. Called by the sweeper.
+    /// Logs every backend whose new flows were dropped for want of a SNAT port since the last
+    /// report, naming the services that use it and what to do; at most once per
+    /// [`SNAT_EXHAUSTION_LOG_EVERY`]. Called by the sweeper.
     pub fn report_snat_exhaustion(&mut self) -> Result<(), XdpError> {
+        if self
+            .snat_exhaustion_logged
+            .is_some_and(|at| at.elapsed() < SNAT_EXHAUSTION_LOG_EVERY)
+        {
+            return Ok(());
+        }
         let map: PerCpuArray<&MapData, FlowStats> = self.program.map(maps::BACKEND_STATS)?;
         let mut grown = Vec::new();
         for b in self.backends.values() {
@@ -728,6 +742,7 @@ impl XdpL4 {
                 "SNAT ports towards this backend exhausted: new flows dropped; widen \
                  --snat-ports, add --snat-addr, or shorten the TCP timeouts"
             );
+            self.snat_exhaustion_logged = Some(Instant::now());
         }
         Ok(())
     }
