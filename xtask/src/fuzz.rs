@@ -137,7 +137,10 @@ fn xdp(args: &FuzzArgs) -> Result<()> {
 fn find(name: &str) -> Result<&'static Target> {
     TARGETS.iter().find(|t| t.name == name).with_context(|| {
         let known: Vec<&str> = TARGETS.iter().map(|t| t.name).collect();
-        format!("no fuzz target {name:?}; known: {XDP}, {}", known.join(", "))
+        format!(
+            "no fuzz target {name:?}; known: {XDP}, {}",
+            known.join(", ")
+        )
     })
 }
 

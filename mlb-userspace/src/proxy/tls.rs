@@ -23,13 +23,13 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 use tracing::{info, warn};
 
+use super::tls_policy::TlsPolicy;
 use super::{
     ProxyError, Shared,
     cert_files::{
         FileRead, FileStamp, READ_BUDGET, Reader, off_runtime, read_by, read_if_changed, stamp,
     },
 };
-use super::tls_policy::TlsPolicy;
 use crate::model::{TlsOptions, TlsVersion};
 
 /// Certificates for one frontend, indexed by the names they are valid for.
