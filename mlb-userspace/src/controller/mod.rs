@@ -432,7 +432,7 @@ impl Controller {
         status.http_services = state.http.len();
         status.rejected = state.rejected.len();
         status.full_passes = self.model.full_passes();
-        status.explanations = Arc::new(self.model.explanations().clone());
+        status.explanations = self.model.explanations().clone();
         status.l4_unhealthy = l4_unhealthy;
         self.published.store(Arc::new(status.clone()));
     }

@@ -16,6 +16,7 @@ pub mod backends;
 pub(crate) mod build;
 pub mod deployment;
 pub mod explain;
+pub mod explanations;
 pub mod groups;
 pub mod health;
 pub mod incremental;
