@@ -452,7 +452,7 @@ impl Controller {
         status.http_services = state.http.len();
         status.rejected = state.rejected.len();
         status.full_passes = self.model.full_passes();
-        status.explanations = Arc::new(self.model.explanations().clone());
+        status.explanations = self.model.explanations().clone();
         status.l4_unhealthy = l4_unhealthy;
         status.fingerprint = self.fingerprint.value();
         self.published.store(Arc::new(status.clone()));

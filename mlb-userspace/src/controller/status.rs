@@ -4,10 +4,10 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::model::{BackendId, DesiredState, explain::AppExplanation};
+use crate::model::{BackendId, DesiredState, explanations::Explanations};
 
 /// What the admin API shows. The controller keeps one, updates it in place and publishes a copy
-/// after every change (the explanations are shared, not copied).
+/// after every change (the explanations are shared, only the shards that changed are copied).
 #[derive(Clone, Debug, Default)]
 pub struct Status {
     /// Bumped every time a dataplane was given changes.
@@ -28,7 +28,7 @@ pub struct Status {
     /// Full model passes since start (the rest were incremental).
     pub full_passes: u64,
     /// Why each app is or is not exposed, by app id.
-    pub explanations: Arc<BTreeMap<String, Arc<AppExplanation>>>,
+    pub explanations: Explanations,
     /// L4 backends mlb's active health checks keep out of rotation.
     pub l4_unhealthy: Vec<BackendId>,
     /// L4 services a dataplane refused, with the reason, by service (`10001/tcp`).

@@ -13,7 +13,6 @@
 //! Pure: no I/O, no clock reads (`now` only ages the health cache).
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    sync::Arc,
     time::SystemTime,
 };
 
@@ -23,6 +22,7 @@ use crate::{
         DesiredState, HealthCache, HttpServiceKey, L4ServiceKey, ModelOptions, Protocol,
         build::{Evaluation, evaluate},
         explain::AppExplanation,
+        explanations::Explanations,
         ports::PortSource,
     },
 };
@@ -62,7 +62,7 @@ struct Contribution {
 #[derive(Clone, Debug, Default)]
 pub struct ModelState {
     state: DesiredState,
-    explanations: BTreeMap<String, Arc<AppExplanation>>,
+    explanations: Explanations,
     health: HealthCache,
     contributions: HashMap<String, Contribution>,
     owners: BTreeMap<(u16, Protocol), String>,
@@ -81,7 +81,7 @@ impl ModelState {
     }
 
     /// Why each app is or is not exposed, by app id.
-    pub fn explanations(&self) -> &BTreeMap<String, Arc<AppExplanation>> {
+    pub fn explanations(&self) -> &Explanations {
         &self.explanations
     }
 
@@ -239,7 +239,7 @@ impl ModelState {
             self.state.warnings.insert(at, w);
         }
         for e in eval.explanations {
-            self.explanations.insert(e.app_id.clone(), Arc::new(e));
+            self.explanations.insert(e);
         }
         changed
     }
@@ -278,11 +278,7 @@ impl ModelState {
         }
         self.state = eval.state;
         self.health = eval.health;
-        self.explanations = eval
-            .explanations
-            .into_iter()
-            .map(|e| (e.app_id.clone(), Arc::new(e)))
-            .collect();
+        self.explanations = eval.explanations.into_iter().collect();
         self.contributions = contributions;
         self.owners = owners;
         self.contested = eval.claims.contested;

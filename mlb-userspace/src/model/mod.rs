@@ -18,6 +18,7 @@ pub(crate) mod build;
 pub mod deployment;
 pub mod directives;
 pub mod explain;
+pub mod explanations;
 pub mod groups;
 pub mod health;
 pub mod incremental;
