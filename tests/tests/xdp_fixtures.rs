@@ -1108,6 +1108,17 @@ fn conntrack_sweeper() {
             assert_eq!(send(&tcp(TCP_SYN)).1.get(Counter::FlowNew), 1);
             assert_eq!(send(&udp).1.get(Counter::FlowNew), 1);
             assert_eq!(entries(), 4, "two flows, two directions each");
+            // Each flow holds one SNAT port towards its backend, of one address × 20,000.
+            let occupancy = shared.lock().unwrap().snat_occupancy().unwrap();
+            for svc in [SVC_TCP, SVC_UDP] {
+                let be = SocketAddr::new(V4.be1, backend_port(svc));
+                let o = occupancy.iter().find(|o| o.backend == be);
+                assert_eq!(
+                    o.map(|o| (o.used, o.capacity)),
+                    Some((1, 20_000)),
+                    "{occupancy:?}"
+                );
+            }
 
             // UDP flows time out at once here; the TCP flow is far from its timeout.
             assert_eq!(sweeper.sweep().unwrap(), 2);

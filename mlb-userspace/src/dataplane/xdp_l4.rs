@@ -216,6 +216,14 @@ pub struct XdpSnapshot {
     pub backends: BTreeMap<SocketAddr, XdpFlowStats>,
 }
 
+/// SNAT ports towards one backend: held now, and there are in all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnatOccupancy {
+    pub backend: SocketAddr,
+    pub used: u64,
+    pub capacity: u64,
+}
+
 /// Tracked flows by state, as the sweeper's last walk found them (flows, not entries: each
 /// flow is counted once, by its client → backend half).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -755,6 +763,38 @@ impl XdpL4 {
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// SNAT ports held towards each backend (one per tracked client-to-backend half, closing
+    /// ones included: a port is free again only once its entry goes) against the ports there
+    /// are towards it (SNAT addresses of its family × the port range). One pass over the
+    /// connection table.
+    pub fn snat_occupancy(&self) -> Result<Vec<SnatOccupancy>, XdpError> {
+        let ct: BpfHashMap<&MapData, FlowKey, NatEntry> = self.program.map(maps::CONNTRACK)?;
+        let mut used: HashMap<u32, u64> = HashMap::new();
+        for (_, entry) in ct.iter().filter_map(Result::ok) {
+            if entry.direction == DIR_TO_BACKEND {
+                *used.entry(entry.backend).or_default() += 1;
+            }
+        }
+        let (min, max) = self.config.snat_ports;
+        let range = u64::from(max.saturating_sub(min)) + 1;
+        Ok(self
+            .backends
+            .values()
+            .map(|b| {
+                let addrs = if b.addr.is_ipv4() {
+                    self.config.snat_v4.len()
+                } else {
+                    self.config.snat_v6.len()
+                };
+                SnatOccupancy {
+                    backend: b.addr,
+                    used: used.get(&b.id).copied().unwrap_or(0),
+                    capacity: addrs as u64 * range,
+                }
+            })
+            .collect())
     }
 
     /// Number of tracked flow directions (two per flow).

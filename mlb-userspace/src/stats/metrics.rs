@@ -118,11 +118,41 @@ pub fn render(snapshot: &Snapshot, status: &Status) -> String {
             "Tracked flow directions in the XDP connection table (two per flow)",
             conntrack,
         );
+        snat_ports(&mut registry, &xdp.snat_ports);
     }
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = encode(&mut out, &registry);
     to_text_format(&out)
+}
+
+/// SNAT ports towards each backend: held now, and there are in all (their ratio is the
+/// occupancy; new flows to a backend are dropped once it reaches 1).
+fn snat_ports(registry: &mut Registry, ports: &[(String, u64, u64)]) {
+    let used = Family::<SnatLabels, Gauge<i64>>::default();
+    let capacity = Family::<SnatLabels, Gauge<i64>>::default();
+    for (server, held, all) in ports {
+        let labels = SnatLabels {
+            server: server.clone(),
+        };
+        used.get_or_create(&labels).set(*held as i64);
+        capacity.get_or_create(&labels).set(*all as i64);
+    }
+    registry.register(
+        "mlb_xdp_snat_ports_used",
+        "SNAT ports held by tracked flows towards the backend",
+        used,
+    );
+    registry.register(
+        "mlb_xdp_snat_ports_capacity",
+        "SNAT ports towards the backend in all (SNAT addresses of its family x port range)",
+        capacity,
+    );
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SnatLabels {
+    server: String,
 }
 
 /// OpenMetrics text (what `prometheus-client` writes) as Prometheus' text format: a counter's

@@ -192,6 +192,8 @@ pub struct XdpGlobals {
     pub counters: Vec<(&'static str, u64)>,
     /// Tracked flow directions (two per flow).
     pub conntrack_entries: u64,
+    /// SNAT ports towards each backend (by server name): held, and there are in all.
+    pub snat_ports: Vec<(String, u64, u64)>,
 }
 
 /// The counters the dataplanes keep, by the keys each one has.

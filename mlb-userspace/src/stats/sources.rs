@@ -83,8 +83,18 @@ fn xdp_globals(dp: &XdpL4) -> XdpGlobals {
         tracing::warn!("counting the XDP connection table: {e}");
         0
     }) as u64;
+    let snat_ports = dp
+        .snat_occupancy()
+        .unwrap_or_else(|e| {
+            tracing::warn!("counting the XDP SNAT ports in use: {e}");
+            Vec::new()
+        })
+        .into_iter()
+        .map(|o| (super::server_name(o.backend), o.used, o.capacity))
+        .collect();
     XdpGlobals {
         counters,
         conntrack_entries,
+        snat_ports,
     }
 }

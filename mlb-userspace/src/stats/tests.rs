@@ -339,6 +339,7 @@ fn metrics_parse_with_promtool_and_carry_the_snapshot() {
     snapshot.xdp = Some(XdpGlobals {
         counters: vec![("total", 10), ("verdict_tx", 7), ("drop_snat_exhausted", 1)],
         conntrack_entries: 4,
+        snat_ports: vec![("198_18_2_10_80".into(), 3, 28_232)],
     });
     let status = crate::controller::Status {
         synced: true,
@@ -357,6 +358,8 @@ fn metrics_parse_with_promtool_and_carry_the_snapshot() {
         "mlb_server_bytes_out_total{backend=\"infra_dns_10053\",server=\"10_0_7_1_53\"} 20",
         "mlb_xdp_packets_total{counter=\"drop_snat_exhausted\"} 1",
         "mlb_xdp_conntrack_entries 4",
+        "mlb_xdp_snat_ports_used{server=\"198_18_2_10_80\"} 3",
+        "mlb_xdp_snat_ports_capacity{server=\"198_18_2_10_80\"} 28232",
     ] {
         assert!(text.lines().any(|l| l == line), "no line {line} in\n{text}");
     }
