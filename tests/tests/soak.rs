@@ -426,7 +426,7 @@ async fn change(sim: &MarathonSim, id: &str, i: usize) -> Result<()> {
         }
         2 => {
             sim.update_app(id, json!({"env": {"SOAK_VERSION": i.to_string()}}))
-                .await?
+                .await?;
         }
         _ => {
             let vhost = format!("{}-{i}.soak.test", &id[6..]);
@@ -434,7 +434,7 @@ async fn change(sim: &MarathonSim, id: &str, i: usize) -> Result<()> {
                 "HAPROXY_GROUP": "external",
                 "HAPROXY_0_MODE": "http",
                 "HAPROXY_0_VHOST": vhost,
-                "HAPROXY_0_BALANCE": if i % 2 == 0 { "roundrobin" } else { "leastconn" },
+                "HAPROXY_0_BALANCE": if i.is_multiple_of(2) { "roundrobin" } else { "leastconn" },
             });
             sim.update_app(id, json!({ "labels": labels })).await?;
         }
