@@ -367,8 +367,8 @@ pub struct RunOptions {
     #[arg(long, env = "MLB_SEND_TIMEOUT", default_value = "30s", value_parser = parse_duration, help_heading = LIMITS)]
     pub send_timeout: Duration,
     /// Threads of the HTTP proxy (HAProxy's `nbthread`): each serves its share of the
-    /// connections with its own listening sockets and backend connections. Default: one per
-    /// CPU mlb may run on.
+    /// connections with its own listening sockets (`SO_REUSEPORT`) and backend connections.
+    /// Default: none of its own, the proxy shares mlb's runtime.
     #[arg(long, env = "MLB_THREADS", value_parser = clap::value_parser!(u16).range(1..), help_heading = LIMITS)]
     pub threads: Option<u16>,
     /// A userspace-dataplane TCP connection with no byte either way for this long is closed.
@@ -667,12 +667,11 @@ impl RunOptions {
         }
     }
 
-    /// `--threads`, or one per CPU mlb may run on.
+    /// `--threads`; 0 (the proxy on mlb's runtime) without it. Not yet one per CPU by default:
+    /// with several `SO_REUSEPORT` sockets, a flood of silent connections fills every socket's
+    /// backlog and delays real clients past the overload tests' bound (tests/hostile.rs).
     pub fn proxy_threads(&self) -> usize {
-        self.threads.map_or_else(
-            || std::thread::available_parallelism().map_or(1, usize::from),
-            usize::from,
-        )
+        self.threads.map_or(0, usize::from)
     }
 
     /// The userspace TCP/UDP dataplane's configuration, connections taken from `conn_gate`.

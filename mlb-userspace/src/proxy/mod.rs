@@ -631,8 +631,8 @@ mod tests {
     }
 
     #[test]
-    fn threads_default_to_the_cpus_and_can_be_set() {
-        assert!(config_for(&[]).threads >= 1);
+    fn threads_are_opt_in() {
+        assert_eq!(config_for(&[]).threads, 0, "mlb's runtime");
         assert_eq!(config_for(&["--threads", "3"]).threads, 3);
         let cli = Cli::try_parse_from(["mlb", "run", "--threads", "0"]);
         assert!(cli.is_err(), "0 threads is refused");
