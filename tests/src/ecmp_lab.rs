@@ -192,6 +192,10 @@ impl EcmpLab {
             &bpffs,
             "--hash-secret",
             HASH_SECRET,
+            // A small (prime) table: reading it back (`/_mlb/xdp/tables`) takes one map read
+            // per two slots, seconds at the default 65,537 on a loaded test machine.
+            "--maglev-table-size",
+            "4099",
         ]
         .map(String::from)
         .to_vec()

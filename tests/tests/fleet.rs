@@ -315,3 +315,125 @@ fn fleet_app_definition_is_mlb_json_for_n_instances() -> Result<()> {
     );
     Ok(())
 }
+
+/// New connections per second through the VIP with 1 and with 2 instances behind the router,
+/// interleaved (1, 2, 1, 2, ...: ratios come from neighbouring runs). Each connection: connect,
+/// one request, close. Run: `cargo test -p tests --test fleet -- --ignored --nocapture
+/// ecmp_bench`. On a 2-core machine the client, the router, both instances and the backends
+/// share the cores, so this shows what the machine allows, not what instances add.
+#[test]
+#[ignore = "benchmark"]
+fn ecmp_bench() {
+    if require_netns_and_bpf("ecmp_bench") {
+        run("ecmp_bench", ecmp_bench_body);
+    }
+}
+
+/// Connections answered and failed in `secs` by `threads` clients in `lab`'s client namespace.
+fn connection_rate(
+    lab: &EcmpLab,
+    vip: SocketAddr,
+    threads: usize,
+    secs: u64,
+) -> Result<(u64, u64)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let counts = lab.cli.enter(move || {
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(move || {
+                        let (mut ok, mut failed) = (0u64, 0u64);
+                        // Bounded by the deadline and by a count.
+                        for _ in 0..1_000_000 {
+                            if std::time::Instant::now() >= deadline {
+                                break;
+                            }
+                            let answered = HttpConn::open(vip)
+                                .and_then(|mut c| c.get("fleet", "/", true))
+                                .and_then(|r| r.task_id());
+                            if answered.is_ok() {
+                                ok += 1;
+                            } else {
+                                failed += 1;
+                            }
+                        }
+                        (ok, failed)
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or((0, 1)))
+                .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        })
+    })?;
+    Ok(counts)
+}
+
+fn ecmp_bench_body() -> Result<()> {
+    const APP: (&str, u16) = ("/fleet/bench", 10001);
+    const SECS: u64 = 5;
+    const ROUNDS: usize = 3;
+    let lab = EcmpLab::new(2, 2)?;
+    let rt = lab.rt.runtime(2)?;
+    let agents = lab
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(n, be)| SimAgent::in_netns(backend_addr(n + 1).parse().expect("IPv4"), be.name()))
+        .collect();
+    let config = sim_config(vec![tcp_app(APP.0, APP.1, 4)], agents, true);
+    let sim = Arc::new(on(&rt, MarathonSim::start(config))?.context("starting the simulator")?);
+    let a = start(&lab, 0, &sim)?;
+    let b = start(&lab, 1, &sim)?;
+    assert_agree("start", &sim, &[APP], &[&a, &b])?;
+    let vip = SocketAddr::new(VIP.parse()?, APP.1);
+    let route = |instances: usize| -> Result<()> {
+        let dst = format!("{VIP}/32");
+        let mut argv = vec!["ip".to_owned(), "route".into(), "replace".into(), dst];
+        for i in 0..instances {
+            argv.extend([
+                "nexthop".into(),
+                "via".into(),
+                mlb_tests::ecmp_lab::lb_addr(i),
+            ]);
+        }
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        lab.rt.exec(&argv)?;
+        Ok(())
+    };
+    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..ROUNDS {
+        for instances in [1, 2] {
+            route(instances)?;
+            let (ok, failed) = connection_rate(&lab, vip, 4, SECS)?;
+            let rate = ok as f64 / SECS as f64;
+            eprintln!(
+                "round {round}: {instances} instance(s): {rate:.0} connections/s, {failed} failed"
+            );
+            ensure!(
+                failed == 0,
+                "{failed} connections failed with {instances} instance(s)"
+            );
+            rates[instances - 1].push(rate);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (one, two) = (median(&mut rates[0]), median(&mut rates[1]));
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    eprintln!(
+        "ecmp bench: median {one:.0} connections/s with 1 instance, {two:.0} with 2 ({:.2}x); \
+         {} CPUs, load average {}",
+        two / one,
+        std::thread::available_parallelism().map_or(0, usize::from),
+        load.trim()
+    );
+    a.finish();
+    b.finish();
+    let sim = Arc::into_inner(sim).context("the simulator is still shared")?;
+    on(&rt, sim.shutdown())?;
+    Ok(())
+}
