@@ -55,19 +55,19 @@ fn size(changes: usize, outage_secs: u64, burst: usize) -> Size {
     }
 }
 
-/// About 1½ minutes on two shared cores: 1,000 changes, a 5 s outage, 1,000 task kills.
+/// The CI size (about a minute): 250 changes, a 3 s outage, 1,000 task kills.
 #[test]
 fn soak() {
-    if let Err(e) = soak_body(&size(1_000, 5, 1_000)) {
+    if let Err(e) = soak_body(&size(250, 3, 1_000)) {
         panic!("soak: {e:#}");
     }
 }
 
-/// The variant: a 60 s Marathon outage and 3,000 changes (about 4 minutes).
+/// The size: 1,000 changes, a 60 s Marathon outage, 1,000 task kills (about 6 minutes).
 #[test]
-#[ignore = "long: cargo test -p mlb-tests --test soak -- --ignored"]
+#[ignore = "long: cargo test -p tests --test soak -- --ignored"]
 fn soak_long() {
-    if let Err(e) = soak_body(&size(3_000, 60, 1_000)) {
+    if let Err(e) = soak_body(&size(1_000, 60, 1_000)) {
         panic!("soak_long: {e:#}");
     }
 }
@@ -338,6 +338,13 @@ fn soak_body(size: &Size) -> Result<()> {
         converge(&mlb, &sim, id, Duration::from_secs(20))?;
     }
     check("the changes after the outage")?;
+    // Flat: the growth over changes, a failover and an outage, from a warmed-up baseline, stays
+    // small. (Measured before the burst: the thousand tasks it adds are state, not a leak.)
+    let before_burst = rss_kib(mlb.pid())?;
+    ensure!(
+        before_burst <= baseline + 24 * 1024,
+        "RSS grew from {baseline} KiB to {before_burst} KiB over the changes"
+    );
 
     // A burst of task kills: every task of a big app at once.
     rt.block_on(sim.create_app(vhost_app(
@@ -371,7 +378,7 @@ fn soak_body(size: &Size) -> Result<()> {
     let end = rss_kib(mlb.pid())?;
     let (web, tcp) = (web_loop.stop(), tcp_loop.stop());
     eprintln!(
-        "soak: {} changes in {:?}; {} HTTP and {} TCP requests, 0 failed; RSS {baseline} -> {end} KiB",
+        "soak: {} changes in {:?}; {} HTTP and {} TCP requests, 0 failed; RSS {baseline} -> {before_burst} KiB before the burst, {end} KiB after it",
         done.load(Ordering::SeqCst),
         started.elapsed(),
         web.total(),
@@ -382,11 +389,12 @@ fn soak_body(size: &Size) -> Result<()> {
         "only {done:?} changes made"
     );
     ensure!(web.total() > 100 && tcp.total() > 100, "too little load");
-    // Flat: the growth over a run of this length, from a warmed-up baseline, stays small (the
-    // burst app's thousand tasks come and go).
+    // The burst's two thousand tasks came and went: what the allocator keeps of them is
+    // bounded (a leak of per-task state would grow with every burst).
     ensure!(
-        end <= baseline + 24 * 1024,
-        "RSS grew from {baseline} KiB to {end} KiB"
+        end <= before_burst + 64 * 1024,
+        "RSS grew from {before_burst} KiB to {end} KiB over a burst of {} task kills",
+        ids.len()
     );
     mlb.finish();
     Ok(())
