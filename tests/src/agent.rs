@@ -195,6 +195,16 @@ impl<'ns> Mlb<'ns> {
         Ok(mlb)
     }
 
+    /// Its resident memory, in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS")
+    }
+
     /// The agent's PID.
     pub fn pid(&self) -> u32 {
         self.child.pid()

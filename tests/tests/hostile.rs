@@ -141,16 +141,6 @@ fn floods_under_1024_descriptors_leave_http_admin_and_new_clients_served() {
     );
 }
 
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")
-}
-
 /// 500 userspace-L4 TCP connections whose client sends and never reads: before, 140 KiB each
 /// and no idle timeout. Then a connection with no traffic is closed at `--tcp-idle-timeout`.
 #[test]
@@ -170,7 +160,7 @@ fn userspace_tcp_connections_are_bounded_in_memory_and_idle_time() {
             wait_for("the TCP service", Duration::from_secs(10), || {
                 Ok(TcpStream::connect(service).is_ok().then_some(()))
             })?;
-            let before = rss_kib(mlb.pid())?;
+            let before = mlb.rss_kib()?;
             let chunk = vec![b'x'; 64 * 1024];
             let mut conns = Vec::new();
             for _ in 0..300 {
@@ -184,7 +174,7 @@ fn userspace_tcp_connections_are_bounded_in_memory_and_idle_time() {
                 conns.push(s);
             }
             std::thread::sleep(Duration::from_millis(800));
-            let after = rss_kib(mlb.pid())?;
+            let after = mlb.rss_kib()?;
             let per_conn = after.saturating_sub(before) / conns.len() as u64;
             eprintln!("RSS {before} KiB -> {after} KiB: {per_conn} KiB per connection");
             ensure!(per_conn < 80, "{per_conn} KiB per connection");
@@ -298,7 +288,7 @@ fn certificate_labels_naming_a_fifo_or_a_device_cannot_block_mlb() {
                     "{app} not reported: {errors}"
                 );
             }
-            let rss = rss_kib(mlb.pid())?;
+            let rss = mlb.rss_kib()?;
             ensure!(rss < 100 * 1024, "{rss} KiB resident");
             mlb.finish();
             rt.block_on(sim.shutdown());

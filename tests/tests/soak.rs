@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use mlb_tests::{
     agent::{Mlb, RequestLoop, free_port, http_get, loopback_args, wait_for},
     marathon_sim::{Fault, MarathonSim, SimConfig},
@@ -198,15 +198,6 @@ fn tcp_app(id: &str, port: u16, instances: usize) -> Value {
     })
 }
 
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")
-}
-
 fn task_ids(sim: &MarathonSim, app: &str) -> Vec<String> {
     let mut ids: Vec<String> = sim.running_tasks(app).into_iter().map(|t| t.id).collect();
     ids.sort();
@@ -289,7 +280,7 @@ fn soak_body(size: &Size) -> Result<()> {
     let done = AtomicUsize::new(0);
     let quarter = size.changes / 4;
     rt.block_on(churn_changes(&sim, &churn, quarter, &done));
-    let baseline = rss_kib(mlb.pid())?;
+    let baseline = mlb.rss_kib()?;
     eprintln!("soak: baseline RSS {baseline} KiB after {quarter} changes");
 
     // Changes, with loaded apps scaled too, and a leader failover in the middle.
@@ -340,7 +331,7 @@ fn soak_body(size: &Size) -> Result<()> {
     check("the changes after the outage")?;
     // Flat: the growth over changes, a failover and an outage, from a warmed-up baseline, stays
     // small. (Measured before the burst: the thousand tasks it adds are state, not a leak.)
-    let before_burst = rss_kib(mlb.pid())?;
+    let before_burst = mlb.rss_kib()?;
     ensure!(
         before_burst <= baseline + 24 * 1024,
         "RSS grew from {baseline} KiB to {before_burst} KiB over the changes"
@@ -375,7 +366,7 @@ fn soak_body(size: &Size) -> Result<()> {
         converge(&mlb, &sim, app, Duration::from_secs(10))?;
     }
     check("the burst of task kills")?;
-    let end = rss_kib(mlb.pid())?;
+    let end = mlb.rss_kib()?;
     let (web, tcp) = (web_loop.stop(), tcp_loop.stop());
     eprintln!(
         "soak: {} changes in {:?}; {} HTTP and {} TCP requests, 0 failed; RSS {baseline} -> {before_burst} KiB before the burst, {end} KiB after it",
