@@ -187,14 +187,7 @@ fn err(label: &str, value: &str, reason: impl Into<String>) -> LabelError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{directives::Effect, tuning::HeaderEdit};
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::model::{directives::Effect, labels::tests::labels, tuning::HeaderEdit};
 
     #[test]
     fn mlb_labels_win_over_template_labels() {
