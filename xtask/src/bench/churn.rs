@@ -1,6 +1,6 @@
-//! `cargo xtask bench tcp --churn`: sustained connection churn. For each load shape (32, then
-//! 1,000 concurrent connections) every case runs in turn (interleaved) for a number of 10-s
-//! windows of `Connection: close` load at full rate, from two client addresses whose port
+//! `cargo xtask bench tcp --churn`: sustained connection churn. In each round, for each load
+//! shape (32, then 1,000 concurrent connections) every case runs in turn (interleaved) for a
+//! number of 10-s windows of `Connection: close` load at full rate, from two client addresses whose port
 //! ranges are widened to 16384–65000 (as traffic from many clients, which does not keep hitting
 //! its own old 5-tuples). Each window reports new connections/s, the LB's CPU, the clients' SYN
 //! retransmissions (a stalled handshake costs a 1-s retransmit) and what the XDP datapath's
@@ -41,6 +41,9 @@ const COUNTERS: [&str; 10] = [
 struct Window {
     case: Case,
     conns: u32,
+    /// The round (1-based): every round runs every shape and case once, so a case is compared
+    /// with direct measured minutes, not a quarter of an hour, apart.
+    round: u32,
     index: u32,
     conn_per_s: Option<f64>,
     cpu1_busy_pct: Option<f64>,
@@ -55,8 +58,14 @@ struct Window {
     counters: BTreeMap<String, u64>,
 }
 
-/// Runs every shape through every case for `windows` windows; the report.
-pub fn run(lab: &mut Lab, cases: &[Case], setup: &Setup, windows: u32) -> Result<String> {
+/// Runs `rounds` rounds of every shape through every case for `windows` windows; the report.
+pub fn run(
+    lab: &mut Lab,
+    cases: &[Case],
+    setup: &Setup,
+    windows: u32,
+    rounds: u32,
+) -> Result<String> {
     for ns in CLIENTS {
         lab::ns_run(
             ns,
@@ -66,26 +75,39 @@ pub fn run(lab: &mut Lab, cases: &[Case], setup: &Setup, windows: u32) -> Result
     }
     let mut results = Vec::new();
     let mut problems = Vec::new();
-    for conns in SHAPES {
-        for &case in cases {
-            eprintln!("bench tcp --churn: {} c{conns}", case.label());
-            let outcome = with_case(lab, case, setup, |_, target| {
-                let url = format!("http://{target}:{HTTP_PORT}/{PAGE}");
-                (1..=windows)
-                    .map(|index| window(case, conns, index, &url, &mut problems))
-                    .collect::<Vec<_>>()
-            });
-            match outcome {
-                Ok(w) => results.extend(w),
-                Err(e) => problems.push(format!("{} c{conns}: {e:#}", case.label())),
+    for round in 1..=rounds {
+        for conns in SHAPES {
+            for &case in cases {
+                eprintln!(
+                    "bench tcp --churn: round {round}, {} c{conns}",
+                    case.label()
+                );
+                let at = (case, conns, round);
+                let outcome = with_case(lab, case, setup, |_, target| {
+                    let url = format!("http://{target}:{HTTP_PORT}/{PAGE}");
+                    (1..=windows)
+                        .map(|index| window(at, index, &url, &mut problems))
+                        .collect::<Vec<_>>()
+                });
+                match outcome {
+                    Ok(w) => results.extend(w),
+                    Err(e) => {
+                        problems.push(format!("{} c{conns} round {round}: {e:#}", case.label()))
+                    }
+                }
             }
         }
     }
-    Ok(report(&results, windows, &problems))
+    Ok(report(&results, windows, rounds, &problems))
 }
 
 /// Measures one window.
-fn window(case: Case, conns: u32, index: u32, url: &str, problems: &mut Vec<String>) -> Window {
+fn window(
+    (case, conns, round): (Case, u32, u32),
+    index: u32,
+    url: &str,
+    problems: &mut Vec<String>,
+) -> Window {
     let cpu_before = cpu::cpu_jiffies(1);
     let counters_before = xdp_counters();
     let syn_before = netstat_sum(&CLIENTS, "TCPSynRetrans");
@@ -93,7 +115,10 @@ fn window(case: Case, conns: u32, index: u32, url: &str, problems: &mut Vec<Stri
     let conn_per_s = match load(url, conns) {
         Ok(rps) => Some(rps),
         Err(e) => {
-            problems.push(format!("{} c{conns} window {index}: {e:#}", case.label()));
+            problems.push(format!(
+                "{} c{conns} round {round} window {index}: {e:#}",
+                case.label()
+            ));
             None
         }
     };
@@ -114,6 +139,7 @@ fn window(case: Case, conns: u32, index: u32, url: &str, problems: &mut Vec<Stri
     Window {
         case,
         conns,
+        round,
         index,
         conn_per_s,
         cpu1_busy_pct,
@@ -199,32 +225,35 @@ fn load_average() -> Option<f64> {
 
 /// The per-window table of every case, with ratios to direct in the same window, and each
 /// case's mean over the whole run.
-fn report(results: &[Window], windows: u32, problems: &[String]) -> String {
+fn report(results: &[Window], windows: u32, rounds: u32, problems: &[String]) -> String {
     let kernel = lab::run(&["uname", "-r"]).unwrap_or_default();
     let mut s = format!(
-        "# mlb bench tcp --churn\n\nKernel {}. Per load shape, every case in turn (interleaved), \
-         {windows} windows of {WINDOW_SECS} s each, the load balancer started once per case and \
-         shape. Load: `wrk -t1 -H 'Connection: close'` from two client addresses at once (half \
+        "# mlb bench tcp --churn\n\nKernel {}. {rounds} round(s); in each, per load shape, every \
+         case in turn (interleaved), {windows} windows of {WINDOW_SECS} s each, the load balancer \
+         started once per case, shape and round. Load: `wrk -t1 -H 'Connection: close'` from two client addresses at once (half \
          the connections each), client ports 16384–65000. new conn/s: both clients' requests/s \
-         (one connection each), × direct in the same window; cpu1 busy %: the LB's CPU; load1: \
+         (one connection each), × direct in the same round and window; cpu1 busy %: the LB's CPU; load1: \
          the machine's load average (CPUs shared with other work: compare ratios); syn rtx: the \
          clients' SYN retransmissions; be paws tw: SYNs the backends refused over a TIME_WAIT \
          socket with a newer timestamp (PAWSTimewait); the other columns are the XDP program's counters over \
          the window.\n\n\
-         | case | conns | window | new conn/s (× direct) | cpu1 busy % | load1 | syn rtx | be paws tw | {} |\n\
-         |---|---|---|---|---|---|---|---|{}\n",
+         | case | conns | round | window | new conn/s (× direct) | cpu1 busy % | load1 | syn rtx | be paws tw | {} |\n\
+         |---|---|---|---|---|---|---|---|---|{}\n",
         kernel.trim(),
         COUNTERS.join(" | "),
         "---|".repeat(COUNTERS.len())
     );
-    let direct = |conns: u32, index: u32| {
+    let direct = |of: &Window| {
         results
             .iter()
-            .find(|w| w.case == Case::Direct && w.conns == conns && w.index == index)?
+            .find(|w| {
+                w.case == Case::Direct
+                    && (w.conns, w.round, w.index) == (of.conns, of.round, of.index)
+            })?
             .conn_per_s
     };
     for w in results {
-        let _ = writeln!(s, "{}", row(w, direct(w.conns, w.index)));
+        let _ = writeln!(s, "{}", row(w, direct(w)));
     }
     let _ = writeln!(s, "\nWhole run (mean of the windows), × direct:\n");
     let mut cases: Vec<Case> = results.iter().map(|w| w.case).collect();
@@ -260,9 +289,10 @@ fn row(w: &Window, direct: Option<f64>) -> String {
         .map(|c| opt(w.counters.get(*c).map(u64::to_string)))
         .collect();
     format!(
-        "| {} | {} | {} | {rate} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {} | {} | {rate} | {} | {} | {} | {} | {} |",
         w.case.label(),
         w.conns,
+        w.round,
         w.index,
         opt(w.cpu1_busy_pct.map(|c| format!("{c:.0}"))),
         opt(w.load1.map(|l| format!("{l:.1}"))),
@@ -299,6 +329,7 @@ mod tests {
         Window {
             case,
             conns: 32,
+            round: 1,
             index,
             conn_per_s: Some(rate),
             cpu1_busy_pct: None,
@@ -317,9 +348,9 @@ mod tests {
             win(Case::Xdp, 1, 900.0),
             win(Case::Xdp, 2, 500.0),
         ];
-        let r = report(&results, 2, &[]);
-        assert!(r.contains("| mlb XDP | 32 | 1 | 900 (0.90) |"), "{r}");
-        assert!(r.contains("| mlb XDP | 32 | 2 | 500 (0.25) |"), "{r}");
+        let r = report(&results, 2, 1, &[]);
+        assert!(r.contains("| mlb XDP | 32 | 1 | 1 | 900 (0.90) |"), "{r}");
+        assert!(r.contains("| mlb XDP | 32 | 1 | 2 | 500 (0.25) |"), "{r}");
         assert!(r.contains("- mlb XDP c32: 700 conn/s (0.47)"), "{r}");
     }
 }

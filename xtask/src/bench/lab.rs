@@ -46,6 +46,10 @@ const ALL_NAMESPACES: [&str; 6] = [NS_CLI, NS_CLI2, NS_LB, NS_SW, NS_BE[0], NS_B
 /// before its guard ran can be cleaned up by the next one).
 const WORK_DIR: &str = "/tmp/mlb-bench";
 const PID_FILE: &str = "/tmp/mlb-bench.pids";
+/// Held (exclusive `flock`) for a run's whole life: two runs share the namespace names, the work
+/// directory and the PID file, so a second run would kill the first one's processes and delete
+/// its namespaces as "stale" and both would report garbage. The second one waits instead.
+const LOCK_FILE: &str = "/tmp/mlb-bench.lock";
 /// Only processes with one of these names are ever killed from a stale PID file.
 const OUR_PROGRAMS: &[&str] = &["nginx", "haproxy", "mlb", "l7_bench_proxy", "iperf3", "wrk"];
 
@@ -60,11 +64,14 @@ pub struct Lab {
     pub dir: PathBuf,
     namespaces: Vec<String>,
     procs: Vec<Proc>,
+    /// The run's lock; released when the lab is dropped (after its namespaces are gone).
+    _lock: fs::File,
 }
 
 impl Lab {
     /// Cleans what an interrupted run left behind, then builds the topology.
     pub fn create() -> Result<Lab> {
+        let lock = exclusive_run_lock()?;
         cleanup_stale();
         let dir = PathBuf::from(WORK_DIR);
         let _ = fs::remove_dir_all(&dir);
@@ -73,6 +80,7 @@ impl Lab {
             dir,
             namespaces: Vec::new(),
             procs: Vec::new(),
+            _lock: lock,
         };
         lab.build_topology()
             .context("building the namespace topology")?;
@@ -338,6 +346,26 @@ fn stop_child(child: &mut Child) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Takes the machine-wide bench lock, waiting (and saying so) while another run holds it.
+fn exclusive_run_lock() -> Result<fs::File> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK_FILE)
+        .with_context(|| format!("opening {LOCK_FILE}"))?;
+    match file.try_lock() {
+        Ok(()) => return Ok(file),
+        Err(fs::TryLockError::WouldBlock) => {
+            eprintln!("bench: another benchmark run holds {LOCK_FILE}; waiting for it to end");
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(e).context(format!("locking {LOCK_FILE}")),
+    }
+    file.lock()
+        .with_context(|| format!("waiting for {LOCK_FILE}"))?;
+    Ok(file)
 }
 
 /// Kills the processes a previous, interrupted run recorded (only if they still carry one of our

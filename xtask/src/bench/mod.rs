@@ -91,7 +91,8 @@ pub struct TcpArgs {
     /// Smoke test of the harness: 1 round of 3 s runs.
     #[arg(long)]
     pub quick: bool,
-    /// Rounds (each runs every case once, interleaved); the table shows medians.
+    /// Rounds (each runs every case once, interleaved); the table shows medians. With
+    /// `--churn`, each round runs every shape and case for the given windows.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
     /// The HTTP service of the load balancers uses be1 only (as direct does) instead of be1

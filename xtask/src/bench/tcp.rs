@@ -97,7 +97,7 @@ pub fn run(args: &TcpArgs) -> Result<()> {
     };
     if let Some(windows) = args.churn {
         let windows = if args.quick { 1 } else { windows.max(1) };
-        let report = churn::run(&mut lab, &cases, &setup, windows)?;
+        let report = churn::run(&mut lab, &cases, &setup, windows, rounds)?;
         drop(lab);
         println!("{report}");
         return super::write_report("tcp-churn", &report).map(drop);
