@@ -230,6 +230,16 @@ pub enum DataplaneKind {
     Userspace,
 }
 
+/// How the XDP dataplane forwards to backends (`--forwarding`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ForwardingKind {
+    /// Full NAT: flows tracked, backends answer the load balancer.
+    #[default]
+    Nat,
+    /// Direct server return: IPIP / ip6ip6 to the backend, which answers clients directly.
+    Dsr,
+}
+
 /// How the XDP program is attached.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum XdpAttachMode {
@@ -454,6 +464,15 @@ pub struct RunOptions {
     /// VIPs.
     #[arg(long = "snat-addr", env = "MLB_SNAT_ADDR", value_delimiter = ',', help_heading = L4)]
     pub snat_addr: Vec<IpAddr>,
+    /// How the XDP dataplane sends packets to backends: `nat` (full NAT, flows tracked,
+    /// backends answer the load balancer) or `dsr` (direct server return: packets encapsulated
+    /// in IPIP / ip6ip6 to the backend, which answers clients itself; see `mlb backend-setup`).
+    #[arg(long, env = "MLB_FORWARDING", value_enum, default_value_t = ForwardingKind::Nat, help_heading = L4)]
+    pub forwarding: ForwardingKind,
+    /// Outer source address(es) of DSR-encapsulated packets, at most one per family. Default:
+    /// the first address of that family on the `--xdp-iface` interfaces that is not a VIP.
+    #[arg(long = "dsr-source", env = "MLB_DSR_SOURCE", value_delimiter = ',', help_heading = L4)]
+    pub dsr_source: Vec<IpAddr>,
     /// Key of the XDP flow hash, 16 hex digits (e.g. `openssl rand -hex 8`). Give every load
     /// balancer of a fleet the same one so they agree on backends; default: random at start.
     #[arg(long, env = "MLB_HASH_SECRET", hide_env_values = true, value_name = "HEX16", help_heading = L4)]
