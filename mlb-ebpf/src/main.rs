@@ -16,6 +16,7 @@
 
 mod acl;
 mod csum;
+mod decap;
 mod encap;
 mod exit;
 mod flow;

@@ -99,6 +99,11 @@ pub enum Command {
     /// Remove the pinned XDP datapath (`--detach`): detach the program from every interface and
     /// delete its maps. An agent stopped with SIGTERM leaves it forwarding for the next one.
     Stop(StopOptions),
+    /// Prepare this host as a backend of direct server return (`mlb run --forwarding dsr`):
+    /// a tunnel device (or XDP decapsulation) taking the load balancers' outer header off, the
+    /// VIP(s) on it, `rp_filter` off, no ARP answers for the VIPs. Idempotent; `--check` only
+    /// prints what is missing.
+    BackendSetup(BackendSetupOptions),
     /// Print the version, git commit, the embedded XDP program's SHA-256 and the features.
     Version,
 }
@@ -116,6 +121,46 @@ pub struct ExplainOptions {
     pub verbose: bool,
     #[command(flatten)]
     pub run: RunOptions,
+}
+
+/// Flags of `mlb backend-setup`.
+#[derive(Debug, Args)]
+pub struct BackendSetupOptions {
+    /// VIP(s) the load balancers encapsulate packets for (repeatable).
+    #[arg(long = "vip", env = "MLB_VIP", value_delimiter = ',', required = true)]
+    pub vip: Vec<IpAddr>,
+    /// What takes the outer header off: `kernel` (an ipip / ip6tnl device: Linux's `ipip` and
+    /// `ip6_tunnel` modules) or `xdp` (mlb's XDP program on `--iface`, for kernels without them).
+    #[arg(long, value_enum, default_value_t = DecapKind::Kernel)]
+    pub decap: DecapKind,
+    /// Tunnel device of the IPv4 VIPs (`--decap kernel`).
+    #[arg(long, default_value = "mlb-dsr0")]
+    pub device: String,
+    /// Tunnel device of the IPv6 VIPs (`--decap kernel`).
+    #[arg(long, default_value = "mlb-dsr6")]
+    pub device6: String,
+    /// Interface(s) the encapsulated packets arrive on (`--decap xdp`; repeatable).
+    #[arg(long = "iface", value_delimiter = ',')]
+    pub iface: Vec<String>,
+    /// XDP attach mode of the decapsulation program.
+    #[arg(long, value_enum, default_value_t = XdpAttachMode::Native)]
+    pub xdp_mode: XdpAttachMode,
+    /// bpffs directory the decapsulation links are pinned under (`<dir>/decap/<iface>`).
+    #[arg(long, env = "MLB_BPFFS_DIR", default_value = DEFAULT_BPFFS_DIR)]
+    pub bpffs_dir: PathBuf,
+    /// Change nothing: print what is missing, exit with status 1 if anything is.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// What takes the outer header off on a DSR backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum DecapKind {
+    /// An `ipip` / `ip6tnl` device in external (collect-metadata) mode.
+    #[default]
+    Kernel,
+    /// mlb's XDP decapsulation program on the receiving interfaces.
+    Xdp,
 }
 
 /// Flags of `mlb stop`.

@@ -1795,3 +1795,50 @@ fn dsr_encapsulates_to_the_maglev_backend() {
         })
         .unwrap();
 }
+
+/// The backend's half: `mlb_decap` (what `mlb backend-setup --decap xdp` attaches) gives back
+/// exactly the client's packet from what DSR sent, IPv4 and IPv6, and passes anything else
+/// untouched.
+#[test]
+fn decap_returns_the_clients_packet() {
+    if !require_netns_and_bpf("decap_returns_the_clients_packet") {
+        return;
+    }
+    let ebpf = mlb::backend_setup::xdp_decap::load().unwrap();
+    let decap: &aya::programs::Xdp = ebpf
+        .program(mlb::backend_setup::xdp_decap::DECAP_PROGRAM)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let through = |frame: &[u8]| -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; frame.len() + 64];
+        let r = decap
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&xdp_md(frame, 1)),
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    };
+    for f in FAMILIES {
+        let client = PacketBuilder::new()
+            .ip(f.client, f.vip)
+            .tcp(47000, SVC_TCP, TCP_ACK)
+            .payload(b"data")
+            .build();
+        let sent = encapsulated(&client, f, f.be1, MAC_BE1, 0x12345);
+        let (v, out) = through(&sent);
+        let mut want = client.clone();
+        want[..2 * eth::ALEN].copy_from_slice(&sent[..2 * eth::ALEN]);
+        assert_eq!((v, out), (XDP_PASS, want), "{}: decapsulated", f.name);
+        assert_eq!(
+            through(&client),
+            (XDP_PASS, client.clone()),
+            "{}: not ours",
+            f.name
+        );
+    }
+}
