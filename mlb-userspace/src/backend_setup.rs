@@ -22,7 +22,10 @@ use std::{
 
 use crate::options::{BackendSetupOptions, DecapKind, XdpAttachMode};
 
+mod explain;
 pub mod xdp_decap;
+
+pub use explain::dsr_section;
 
 /// Why a backend could not be set up.
 #[derive(Debug, thiserror::Error)]

@@ -19,6 +19,7 @@ use mlb_tests::{
     agent::{EchoConn, HttpConn, Mlb, wait_for},
     ecmp_lab::{EcmpLab, VIP, backend_addr, rt_addr},
     marathon_sim::{Agent as SimAgent, MarathonSim, SimConfig},
+    mlb_bin::mlb_bin,
     netns::on,
     privileges::require_netns_and_bpf,
 };
@@ -377,6 +378,24 @@ fn lose_an_instance(mode: Forwarding) -> Result<(u64, usize)> {
     let b = Mlb::start(Some(&lab.lbs[1]), admin, &args(1))?;
     assert_agree("start", &sim, &[("/fleet/stream", PORT)], &[&a, &b])?;
 
+    if mode == Forwarding::Dsr {
+        // `mlb explain` says what the backends need.
+        let explain = lab.lbs[1].exec(&[
+            &mlb_bin().display().to_string(),
+            "explain",
+            "--forwarding",
+            "dsr",
+            "--vip",
+            VIP,
+            "--admin-addr",
+            &admin.to_string(),
+        ])?;
+        let needs = format!("mlb backend-setup --vip {VIP}");
+        ensure!(
+            explain.contains(&needs),
+            "mlb explain --forwarding dsr:\n{explain}"
+        );
+    }
     let vip = SocketAddr::new(VIP.parse()?, PORT);
     let mut conns: Vec<EchoConn> = lab.cli.enter(move || {
         (0..CONNECTIONS)
