@@ -1056,6 +1056,13 @@ mod tests {
         assert_eq!(timeouts.tcp_closed, Duration::from_secs(5));
         assert_eq!(d.flow_timeouts().tcp_syn, Duration::from_secs(10));
         assert!(run(&["--snat-ports", "0-10"]).is_err());
+        assert_eq!(d.forwarding, ForwardingKind::Nat);
+        let dsr = run(&["--forwarding", "dsr", "--dsr-source", "198.18.2.1,fd00::1"]).unwrap();
+        assert_eq!(
+            (dsr.forwarding, dsr.dsr_source.len()),
+            (ForwardingKind::Dsr, 2)
+        );
+        assert!(run(&["--forwarding", "tunnel"]).is_err());
     }
 
     #[test]
