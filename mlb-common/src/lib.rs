@@ -8,6 +8,7 @@
 
 pub mod consts;
 pub mod ct;
+pub mod encap;
 pub mod hash;
 pub mod maps;
 pub mod net;

@@ -213,7 +213,20 @@ pub struct Config {
     pub hash_secret: [u32; 2],
     /// Idle timeouts by protocol and TCP state.
     pub timeouts: crate::ct::CtTimeouts,
+    /// How packets reach backends: [`FORWARDING_NAT`] or [`FORWARDING_DSR`].
+    pub forwarding: u32,
+    /// Outer source of IPv4-in-IPv4 packets (DSR), network order; 0: none.
+    pub encap_src_v4: u32,
+    /// Outer source of IPv6-in-IPv6 packets (DSR); all zero: none.
+    pub encap_src_v6: [u32; 4],
 }
+
+/// `Config::forwarding`: full NAT, flows tracked, backends answer the load balancer.
+pub const FORWARDING_NAT: u32 = 0;
+/// `Config::forwarding`: direct server return: every packet to a service is encapsulated to
+/// the backend Maglev picks for its 5-tuple, nothing is tracked, backends answer clients
+/// directly (see [`crate::encap`]).
+pub const FORWARDING_DSR: u32 = 1;
 
 /// Packets, bytes and new flows of a service or backend (per CPU).
 #[repr(C)]

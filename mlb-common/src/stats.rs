@@ -95,11 +95,18 @@ pub enum Counter {
     /// 4-tuple's last flow in TIME_WAIT and would refuse this SYN (older timestamp or
     /// sequence number), which would cost the client a retransmission.
     SnatPortTimeWait,
+    /// Packets encapsulated to their backend (direct server return).
+    DsrEncapsulated,
+    /// Dropped: encapsulated, the packet would exceed the MTU towards its backend (the path
+    /// to backends must carry the outer header's 20 or 40 more bytes).
+    DropEncapTooBig,
+    /// Dropped: no room in front of the packet for the outer header (driver headroom).
+    DropEncapFailed,
 }
 
 impl Counter {
     /// Number of counters (the size of the stats array).
-    pub const COUNT: usize = Counter::SnatPortTimeWait as usize + 1;
+    pub const COUNT: usize = Counter::DropEncapFailed as usize + 1;
 
     /// Every counter, in index order, with the name user space reports it under.
     pub const ALL: [(Counter, &'static str); Counter::COUNT] = [
@@ -146,6 +153,9 @@ impl Counter {
         (Counter::CtClosed, "ct_closed"),
         (Counter::DropAclDenied, "drop_acl_denied"),
         (Counter::SnatPortTimeWait, "snat_port_time_wait"),
+        (Counter::DsrEncapsulated, "dsr_encapsulated"),
+        (Counter::DropEncapTooBig, "drop_encap_too_big"),
+        (Counter::DropEncapFailed, "drop_encap_failed"),
     ];
 
     /// The counter of a transition into `state` (a `ct::CT_*`), if it has one.

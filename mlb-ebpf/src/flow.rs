@@ -41,7 +41,7 @@ pub struct Flow {
 
 /// The wire 5-tuple of a packet: the key of its flow direction.
 #[inline(always)]
-fn flow_key(meta: &PacketMeta) -> FlowKey {
+pub fn flow_key(meta: &PacketMeta) -> FlowKey {
     FlowKey {
         src: meta.src,
         dst: meta.dst,

@@ -4,7 +4,10 @@
 //! is untouched until the decision is made, so a failed lookup passes the packet as it arrived.
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup as FibParams,
+    },
     helpers::bpf_fib_lookup,
     programs::XdpContext,
 };
@@ -57,13 +60,15 @@ impl NextHop {
     }
 }
 
-/// Decides where the packet goes once rewritten by `nat`. No route: the packet is passed as it
-/// arrived. Inlined: `bpf_fib_lookup` needs the program's context. `params` is scratch space.
+/// Decides where the packet goes once rewritten by `nat` (then `tot_len` bytes from the IP
+/// header on). No route: the packet is passed as it arrived. Inlined: `bpf_fib_lookup` needs
+/// the program's context. `params` is scratch space.
 #[inline(always)]
 pub fn next_hop(
     ctx: &XdpContext,
     meta: &PacketMeta,
     nat: &NatEntry,
+    tot_len: u16,
     params: &mut FibParams,
 ) -> Result<NextHop, Exit> {
     // SAFETY: all-zero is a valid (empty) request.
@@ -75,7 +80,7 @@ pub fn next_hop(
     params.l4_protocol = meta.proto;
     params.sport = nat.new_sport;
     params.dport = nat.new_dport;
-    params.__bindgen_anon_1.tot_len = meta.ip_len;
+    params.__bindgen_anon_1.tot_len = tot_len;
     let ingress = ctx.ingress_ifindex() as u32;
     params.ifindex = ingress;
     match meta.family {
@@ -100,6 +105,12 @@ pub fn next_hop(
     if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
         count(Counter::PassNoNeighbour);
         return Ok(NextHop::Kernel);
+    }
+    // Only a packet that grew (encapsulated) is dropped for its size: an unchanged one the
+    // kernel forwards itself (fragmenting it or answering ICMP "too big"); a passed
+    // encapsulated one it would not know what to do with.
+    if rc == i64::from(BPF_FIB_LKUP_RET_FRAG_NEEDED) && tot_len > meta.ip_len {
+        return Err(Exit::Drop(Counter::DropEncapTooBig));
     }
     if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         return Err(Exit::Pass(Counter::PassFibFailed));

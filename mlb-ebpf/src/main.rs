@@ -16,6 +16,8 @@
 
 mod acl;
 mod csum;
+mod decap;
+mod encap;
 mod exit;
 mod flow;
 mod forward;
@@ -28,7 +30,7 @@ mod stats;
 mod tcpseq;
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
-use mlb_common::{stats::Counter, verdict::Verdict};
+use mlb_common::{maps::FORWARDING_DSR, stats::Counter, verdict::Verdict};
 
 use crate::exit::Exit;
 
@@ -48,11 +50,14 @@ fn try_mlb_xdp(ctx: &XdpContext) -> Result<Verdict, Exit> {
     stats::count(meta.parsed_counter());
     let cfg = lookup::config()?;
     let scratch = maps::scratch()?;
+    if cfg.forwarding == FORWARDING_DSR {
+        return encap::forward_direct(ctx, &meta, scratch, cfg);
+    }
     tcpseq::read_segment(ctx, &meta, scratch);
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let flow = flow::track_flow(&meta, scratch, cfg, now)?;
-    let hop = forward::next_hop(ctx, &meta, flow.nat, &mut scratch.fib)?;
+    let hop = forward::next_hop(ctx, &meta, flow.nat, meta.ip_len, &mut scratch.fib)?;
     // The decision is made: from here on the packet is written.
     rewrite::rewrite_packet(ctx, &meta, flow.nat, hop.macs())?;
     stats::count_flow(

@@ -10,6 +10,7 @@ use mlb_common::{
         CT_MAX_ENTRIES, DEFAULT_RING_SIZE, MAX_ACL_ENTRIES, MAX_BACKENDS, MAX_INTERFACES,
         MAX_SERVICES, STATS_SLOTS, ring_map_entries,
     },
+    encap::OUTER_MAX,
     maps::{
         AclKey, Backend, Config, FlowKey, FlowStats, NatEntry, RingElem, ServiceKey, ServiceValue,
     },
@@ -99,6 +100,8 @@ pub struct Scratch {
     pub seg_seq_end: u32,
     pub seg_ts: u32,
     pub seg_ts_ok: u32,
+    /// The outer header of a packet being encapsulated (direct server return).
+    pub outer: [u8; OUTER_MAX],
 }
 
 /// One [`Scratch`] per CPU.

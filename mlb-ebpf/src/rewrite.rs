@@ -1,11 +1,13 @@
 //! The last step: rewriting a packet for its next hop. Addresses and ports become those of the
 //! flow's NAT entry, with incremental IPv4 header and TCP/UDP checksum updates (addresses are
 //! part of the L4 pseudo-header), and the MACs those of the next hop when the program sends the
-//! packet itself. The only module that writes packet memory.
-use aya_ebpf::programs::XdpContext;
+//! packet itself; or, for direct server return, an outer header put in front ([`encapsulate`]).
+//! The only module that writes packet memory.
+use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use mlb_common::{
+    encap::{OUTER_MAX, outer_len},
     maps::NatEntry,
-    net::{IPPROTO_TCP, eth, ipv4, ipv6, tcp, udp},
+    net::{IPPROTO_TCP, eth, ipv4, ipv6, tcp, udp, vlan},
     stats::Counter,
 };
 
@@ -109,6 +111,67 @@ pub fn rewrite_packet(
         }
     }
     if let Some(macs) = macs {
+        // SAFETY: `ptr_at` checked both MAC addresses are inside the packet.
+        unsafe { core::ptr::write_unaligned(eth_hdr, *macs) };
+    }
+    Ok(())
+}
+
+/// Moves the `N`-byte Ethernet (+VLAN) header from `from` to the start of the packet.
+///
+/// # Safety
+/// Only after `bpf_xdp_adjust_head` made room: the bytes before the moved header are the
+/// program's to write.
+#[inline(always)]
+fn move_l2<const N: usize>(ctx: &XdpContext, from: usize) -> Result<(), Exit> {
+    let src = ptr_at::<[u8; N]>(ctx, from).ok_or(Exit::Aborted)?;
+    let dst = ptr_at::<[u8; N]>(ctx, 0).ok_or(Exit::Aborted)?;
+    // SAFETY: both ranges were checked against the packet end; they do not overlap (the outer
+    // header is at least 20 bytes, the L2 header at most 18).
+    unsafe { core::ptr::write_unaligned(dst, core::ptr::read_unaligned(src)) };
+    Ok(())
+}
+
+/// Encapsulation, the rewrite of direct server return: puts `outer` (an IPv4 or IPv6 header, by
+/// the packet's family, built by `encap.rs`) between the Ethernet (+VLAN) header and the
+/// packet's own IP header, and writes the MACs of `macs` when given. The inner packet stays as
+/// it arrived; the EtherType too (the outer header is of the inner's family).
+///
+/// Once the head has moved, the packet is no longer what arrived: an error there is a bug
+/// (`Aborted`), since the room just made is known to be there.
+#[inline(always)]
+pub fn encapsulate(
+    ctx: &XdpContext,
+    meta: &PacketMeta,
+    outer: &[u8; OUTER_MAX],
+    macs: Option<&Macs>,
+) -> Result<(), Exit> {
+    let grow = outer_len(meta.family.code());
+    // SAFETY: `ctx.ctx` is this program run's context; the helper checks the headroom.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(grow as i32)) } != 0 {
+        return Err(Exit::Drop(Counter::DropEncapFailed));
+    }
+    if meta.l3_off == eth::HLEN {
+        move_l2::<{ eth::HLEN }>(ctx, grow)?;
+    } else {
+        move_l2::<{ eth::HLEN + vlan::HLEN }>(ctx, grow)?;
+    }
+    match meta.family {
+        Family::V4 => {
+            let p = ptr_at::<[u8; ipv4::HLEN_MIN]>(ctx, meta.l3_off).ok_or(Exit::Aborted)?;
+            // SAFETY: `p` was checked for the 20 bytes written; `outer` holds 40.
+            unsafe {
+                core::ptr::copy_nonoverlapping(outer.as_ptr(), p.cast::<u8>(), ipv4::HLEN_MIN);
+            }
+        }
+        Family::V6 => {
+            let p = ptr_at::<[u8; ipv6::HLEN]>(ctx, meta.l3_off).ok_or(Exit::Aborted)?;
+            // SAFETY: `p` was checked for the whole 40-byte header.
+            unsafe { core::ptr::copy_nonoverlapping(outer.as_ptr(), p.cast::<u8>(), ipv6::HLEN) };
+        }
+    }
+    if let Some(macs) = macs {
+        let eth_hdr = ptr_at::<Macs>(ctx, eth::DST).ok_or(Exit::Aborted)?;
         // SAFETY: `ptr_at` checked both MAC addresses are inside the packet.
         unsafe { core::ptr::write_unaligned(eth_hdr, *macs) };
     }

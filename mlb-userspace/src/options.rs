@@ -99,6 +99,11 @@ pub enum Command {
     /// Remove the pinned XDP datapath (`--detach`): detach the program from every interface and
     /// delete its maps. An agent stopped with SIGTERM leaves it forwarding for the next one.
     Stop(StopOptions),
+    /// Prepare this host as a backend of direct server return (`mlb run --forwarding dsr`):
+    /// a tunnel device (or XDP decapsulation) taking the load balancers' outer header off, the
+    /// VIP(s) on it, `rp_filter` off, no ARP answers for the VIPs. Idempotent; `--check` only
+    /// prints what is missing.
+    BackendSetup(BackendSetupOptions),
     /// Print the version, git commit, the embedded XDP program's SHA-256 and the features.
     Version,
 }
@@ -116,6 +121,46 @@ pub struct ExplainOptions {
     pub verbose: bool,
     #[command(flatten)]
     pub run: RunOptions,
+}
+
+/// Flags of `mlb backend-setup`.
+#[derive(Debug, Args)]
+pub struct BackendSetupOptions {
+    /// VIP(s) the load balancers encapsulate packets for (repeatable).
+    #[arg(long = "vip", env = "MLB_VIP", value_delimiter = ',', required = true)]
+    pub vip: Vec<IpAddr>,
+    /// What takes the outer header off: `kernel` (an ipip / ip6tnl device: Linux's `ipip` and
+    /// `ip6_tunnel` modules) or `xdp` (mlb's XDP program on `--iface`, for kernels without them).
+    #[arg(long, value_enum, default_value_t = DecapKind::Kernel)]
+    pub decap: DecapKind,
+    /// Tunnel device of the IPv4 VIPs (`--decap kernel`).
+    #[arg(long, default_value = "mlb-dsr0")]
+    pub device: String,
+    /// Tunnel device of the IPv6 VIPs (`--decap kernel`).
+    #[arg(long, default_value = "mlb-dsr6")]
+    pub device6: String,
+    /// Interface(s) the encapsulated packets arrive on (`--decap xdp`; repeatable).
+    #[arg(long = "iface", value_delimiter = ',')]
+    pub iface: Vec<String>,
+    /// XDP attach mode of the decapsulation program.
+    #[arg(long, value_enum, default_value_t = XdpAttachMode::Native)]
+    pub xdp_mode: XdpAttachMode,
+    /// bpffs directory the decapsulation links are pinned under (`<dir>/decap/<iface>`).
+    #[arg(long, env = "MLB_BPFFS_DIR", default_value = DEFAULT_BPFFS_DIR)]
+    pub bpffs_dir: PathBuf,
+    /// Change nothing: print what is missing, exit with status 1 if anything is.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// What takes the outer header off on a DSR backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum DecapKind {
+    /// An `ipip` / `ip6tnl` device in external (collect-metadata) mode.
+    #[default]
+    Kernel,
+    /// mlb's XDP decapsulation program on the receiving interfaces.
+    Xdp,
 }
 
 /// Flags of `mlb stop`.
@@ -228,6 +273,16 @@ pub enum DataplaneKind {
     Xdp,
     /// The userspace (tokio) TCP/UDP proxy.
     Userspace,
+}
+
+/// How the XDP dataplane forwards to backends (`--forwarding`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ForwardingKind {
+    /// Full NAT: flows tracked, backends answer the load balancer.
+    #[default]
+    Nat,
+    /// Direct server return: IPIP / ip6ip6 to the backend, which answers clients directly.
+    Dsr,
 }
 
 /// How the XDP program is attached.
@@ -454,6 +509,15 @@ pub struct RunOptions {
     /// VIPs.
     #[arg(long = "snat-addr", env = "MLB_SNAT_ADDR", value_delimiter = ',', help_heading = L4)]
     pub snat_addr: Vec<IpAddr>,
+    /// How the XDP dataplane sends packets to backends: `nat` (full NAT, flows tracked,
+    /// backends answer the load balancer) or `dsr` (direct server return: packets encapsulated
+    /// in IPIP / ip6ip6 to the backend, which answers clients itself; see `mlb backend-setup`).
+    #[arg(long, env = "MLB_FORWARDING", value_enum, default_value_t = ForwardingKind::Nat, help_heading = L4)]
+    pub forwarding: ForwardingKind,
+    /// Outer source address(es) of DSR-encapsulated packets, at most one per family. Default:
+    /// the first address of that family on the `--xdp-iface` interfaces that is not a VIP.
+    #[arg(long = "dsr-source", env = "MLB_DSR_SOURCE", value_delimiter = ',', help_heading = L4)]
+    pub dsr_source: Vec<IpAddr>,
     /// Key of the XDP flow hash, 16 hex digits (e.g. `openssl rand -hex 8`). Give every load
     /// balancer of a fleet the same one so they agree on backends; default: random at start.
     #[arg(long, env = "MLB_HASH_SECRET", hide_env_values = true, value_name = "HEX16", help_heading = L4)]
@@ -992,6 +1056,13 @@ mod tests {
         assert_eq!(timeouts.tcp_closed, Duration::from_secs(5));
         assert_eq!(d.flow_timeouts().tcp_syn, Duration::from_secs(10));
         assert!(run(&["--snat-ports", "0-10"]).is_err());
+        assert_eq!(d.forwarding, ForwardingKind::Nat);
+        let dsr = run(&["--forwarding", "dsr", "--dsr-source", "198.18.2.1,fd00::1"]).unwrap();
+        assert_eq!(
+            (dsr.forwarding, dsr.dsr_source.len()),
+            (ForwardingKind::Dsr, 2)
+        );
+        assert!(run(&["--forwarding", "tunnel"]).is_err());
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! ```
 //!
 //! Each instance does full NAT from its own backend-side address, so the backends answer the
-//! instance that owns the flow. Every instance pins its datapath in a bpf filesystem of its own,
+//! instance that owns the flow; or, with [`EcmpLab::dsr_args`], direct server return: the
+//! backends (set up by `mlb backend-setup`) answer the client through the router, which is
+//! also on the backends' network (198.18.2.254). Every instance pins its datapath in a bpf filesystem of its own,
 //! mounted in the test's mount namespace. Everything is cleaned up on drop.
 use std::{
     fs,
@@ -26,6 +28,8 @@ use crate::netns::{Netns, VethEnd, veth};
 pub const VIP: &str = "198.18.100.1";
 /// The client's address.
 pub const CLIENT: &str = "198.18.1.1";
+/// The router's address on the backends' network (their way back to clients).
+pub const ROUTER_ON_BACKENDS: &str = "198.18.2.254";
 /// The flow-hash key every instance shares.
 pub const HASH_SECRET: &str = "0123456789abcdef";
 
@@ -89,7 +93,8 @@ impl EcmpLab {
             mounts: Vec::new(),
         };
         lab.build().context("building the ECMP lab")?;
-        for i in 0..lbs {
+        // One bpf filesystem per instance, and the last one for the backends' decapsulation.
+        for i in 0..=lbs {
             let bpf = lab.dir.join(format!("bpf{i}"));
             fs::create_dir_all(&bpf)?;
             let mounted = std::process::Command::new("mount")
@@ -151,10 +156,32 @@ impl EcmpLab {
                 .exec(&["ip", "link", "set", &outer, "master", "br0"])?;
             gro.extend([(be, inner), (&self.sw, outer)]);
         }
+        // The router on the backends' network too: with direct server return the backends
+        // answer clients through it, not through the instance that forwarded the request.
+        veth(
+            &end(&self.rt, "rt-sw", &[&format!("{ROUTER_ON_BACKENDS}/24")]),
+            &end(&self.sw, "sw-rt", &[]),
+        )?;
+        self.sw
+            .exec(&["ip", "link", "set", "sw-rt", "master", "br0"])?;
+        gro.extend([(&self.rt, "rt-sw".to_owned()), (&self.sw, "sw-rt".into())]);
+        for be in &self.backends {
+            be.exec(&[
+                "ip",
+                "route",
+                "add",
+                "198.18.1.0/24",
+                "via",
+                ROUTER_ON_BACKENDS,
+            ])?;
+        }
         self.sw.exec(&["ip", "link", "set", "br0", "up"])?;
         for key in [
             "net.ipv4.conf.all.forwarding=1",
             "net.ipv4.fib_multipath_hash_policy=1",
+            // Backends answer from the VIP, which the router routes to the instances.
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.rt-sw.rp_filter=0",
         ] {
             self.rt.exec(&["sysctl", "-q", "-w", key])?;
         }
@@ -199,6 +226,72 @@ impl EcmpLab {
         ]
         .map(String::from)
         .to_vec()
+    }
+}
+
+impl EcmpLab {
+    /// `mlb run` flags that make instance `i` forward by direct server return, encapsulating
+    /// from its backend-side address.
+    pub fn dsr_args(i: usize) -> Vec<String> {
+        ["--forwarding", "dsr", "--dsr-source", &snat_addr(i)]
+            .map(String::from)
+            .to_vec()
+    }
+
+    /// Runs `mlb backend-setup` for the VIP in backend `n` (1-based), decapsulating with XDP
+    /// (the test kernel may lack the `ipip` module), plus `extra` flags (`--check`). Returns
+    /// its output; fails when it does (`--check` with something missing).
+    pub fn backend_setup(&self, n: usize, extra: &[&str]) -> Result<String> {
+        let bin = crate::mlb_bin::mlb_bin().display().to_string();
+        let bpffs = self.mounts[self.lbs.len()].display().to_string();
+        let iface = format!("be{n}-sw");
+        let mut argv = vec![
+            bin.as_str(),
+            "backend-setup",
+            "--vip",
+            VIP,
+            "--decap",
+            "xdp",
+            "--iface",
+            &iface,
+            "--bpffs-dir",
+            &bpffs,
+        ];
+        argv.extend(extra);
+        self.backends[n - 1].exec(&argv)
+    }
+
+    /// What a router does when instance `i` stops announcing the VIP (BGP withdrawal): the
+    /// VIP's route keeps only the other instances' next hops.
+    pub fn withdraw(&self, i: usize) -> Result<()> {
+        let vip = format!("{VIP}/32");
+        let mut route = vec!["ip".to_owned(), "route".into(), "replace".into(), vip];
+        for j in (0..self.lbs.len()).filter(|j| *j != i) {
+            route.extend(["nexthop".to_owned(), "via".into(), lb_addr(j)]);
+        }
+        let argv: Vec<&str> = route.iter().map(String::as_str).collect();
+        self.rt.exec(&argv).map(drop)
+    }
+
+    /// Starts in every backend an echo server on `port` of all its addresses (the VIP too, for
+    /// direct server return), served by `rt`.
+    pub fn echo_backends(&self, port: u16, rt: &tokio::runtime::Runtime) -> Result<()> {
+        for be in &self.backends {
+            let addr = std::net::SocketAddr::from(([0, 0, 0, 0], port));
+            let listener = be.enter(move || std::net::TcpListener::bind(addr))??;
+            listener.set_nonblocking(true)?;
+            let _guard = rt.enter();
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            rt.spawn(async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    tokio::spawn(async move {
+                        let (mut r, mut w) = stream.split();
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                    });
+                }
+            });
+        }
+        Ok(())
     }
 }
 

@@ -16,9 +16,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use mlb_tests::{
-    agent::{HttpConn, Mlb, wait_for},
+    agent::{EchoConn, HttpConn, Mlb, wait_for},
     ecmp_lab::{EcmpLab, VIP, backend_addr, rt_addr},
     marathon_sim::{Agent as SimAgent, MarathonSim, SimConfig},
+    mlb_bin::mlb_bin,
     netns::on,
     privileges::require_netns_and_bpf,
 };
@@ -224,6 +225,16 @@ fn new_flows(mlb: &Mlb<'_>) -> Result<u64> {
     Ok(backends.filter_map(|(_, b)| b["new_flows"].as_u64()).sum())
 }
 
+/// A counter of an agent's XDP program (`/_mlb/xdp`).
+fn xdp_counter(mlb: &Mlb<'_>, name: &str) -> Result<u64> {
+    let reply = mlb.admin_get("/_mlb/xdp")?;
+    ensure!(reply.status == 200, "/_mlb/xdp: {}", reply.body);
+    let view: Value = serde_json::from_str(&reply.body)?;
+    view["counters"][name]
+        .as_u64()
+        .with_context(|| format!("no counter {name} in {view}"))
+}
+
 /// ECMP in front of two instances: the router spreads new connections over both (L4 hash),
 /// each forwards its share to the tasks, and every connection is answered.
 #[test]
@@ -278,6 +289,173 @@ fn ecmp_spreads_body() -> Result<()> {
     let sim = Arc::into_inner(sim).context("the simulator is still shared")?;
     on(&rt, sim.shutdown())?;
     Ok(())
+}
+
+/// How the instances of [`lose_an_instance`] forward.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Forwarding {
+    Nat,
+    Dsr,
+}
+
+/// Losing an instance with direct server return: every connection it carried survives the
+/// router moving it to the other instance (same Maglev choice, nothing tracked).
+#[test]
+fn dsr_loses_no_connection_with_an_instance() {
+    if require_netns_and_bpf("dsr_loses_no_connection_with_an_instance") {
+        run("dsr_loses_no_connection_with_an_instance", || {
+            let (through_a, broken) = lose_an_instance(Forwarding::Dsr)?;
+            ensure!(
+                broken == 0,
+                "DSR: {broken} of the {through_a} connections through the lost instance broke"
+            );
+            Ok(())
+        });
+    }
+}
+
+/// The same loss with full NAT: exactly the connections through the lost instance break (by
+/// design: the other instance has neither their conntrack entries nor their SNAT ports),
+/// the others go on.
+#[test]
+fn full_nat_loses_the_connections_of_a_lost_instance() {
+    if require_netns_and_bpf("full_nat_loses_the_connections_of_a_lost_instance") {
+        run("full_nat_loses_the_connections_of_a_lost_instance", || {
+            let (through_a, broken) = lose_an_instance(Forwarding::Nat)?;
+            ensure!(
+                broken as u64 == through_a,
+                "full NAT: {broken} broken, {through_a} through the lost instance"
+            );
+            Ok(())
+        });
+    }
+}
+
+/// Two instances behind the router, two backends echoing on the service port (`requirePorts`:
+/// DSR leaves the destination port as the client sent it). Long-lived connections exchange
+/// lines; instance A is killed (SIGKILL) and the router withdraws its route; every connection
+/// then exchanges more lines. Returns (connections A carried, connections broken).
+fn lose_an_instance(mode: Forwarding) -> Result<(u64, usize)> {
+    const PORT: u16 = 10002;
+    const CONNECTIONS: usize = 24;
+    let lab = EcmpLab::new(2, 2)?;
+    let rt = lab.rt.runtime(2)?;
+    if mode == Forwarding::Dsr {
+        for n in 1..=2 {
+            lab.backend_setup(n, &[])?;
+            // Idempotent: now nothing is missing.
+            lab.backend_setup(n, &["--check"])?;
+        }
+    }
+    lab.echo_backends(PORT, &rt)?;
+    let agents = (0..2)
+        .map(|n| {
+            SimAgent::in_netns(
+                backend_addr(n + 1).parse().expect("IPv4"),
+                lab.backends[n].name(),
+            )
+        })
+        .collect();
+    let mut app = tcp_app("/fleet/stream", PORT, 2);
+    app["requirePorts"] = json!(true);
+    let sim = Arc::new(
+        on(
+            &rt,
+            MarathonSim::start(sim_config(vec![app], agents, false)),
+        )?
+        .context("starting the simulator")?,
+    );
+    let marathon = |i: usize| format!("http://{}:{}", rt_addr(i), sim.addr().port());
+    let args = |i: usize| {
+        let mut args = lab.agent_args(i, &marathon(i));
+        if mode == Forwarding::Dsr {
+            args.extend(EcmpLab::dsr_args(i));
+        }
+        args
+    };
+    let admin = SocketAddr::new(LOCALHOST, 19090);
+    let mut a = Mlb::start(Some(&lab.lbs[0]), admin, &args(0))?;
+    let b = Mlb::start(Some(&lab.lbs[1]), admin, &args(1))?;
+    assert_agree("start", &sim, &[("/fleet/stream", PORT)], &[&a, &b])?;
+
+    if mode == Forwarding::Dsr {
+        // `mlb explain` says what the backends need.
+        let explain = lab.lbs[1].exec(&[
+            &mlb_bin().display().to_string(),
+            "explain",
+            "--forwarding",
+            "dsr",
+            "--vip",
+            VIP,
+            "--admin-addr",
+            &admin.to_string(),
+        ])?;
+        let needs = format!("mlb backend-setup --vip {VIP}");
+        ensure!(
+            explain.contains(&needs),
+            "mlb explain --forwarding dsr:\n{explain}"
+        );
+    }
+    let vip = SocketAddr::new(VIP.parse()?, PORT);
+    let mut conns: Vec<EchoConn> = lab.cli.enter(move || {
+        (0..CONNECTIONS)
+            .map(|i| {
+                let mut c = EchoConn::open(vip)?;
+                c.echo(&format!("hello {i}"))
+                    .with_context(|| format!("connection #{i}"))?;
+                Ok(c)
+            })
+            .collect::<Result<_>>()
+    })??;
+    let through_a = new_flows(&a)?;
+    ensure!(
+        through_a > 0 && through_a < CONNECTIONS as u64,
+        "the router sent {through_a} of {CONNECTIONS} connections through instance A"
+    );
+
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &a.pid().to_string()])
+        .status()?;
+    ensure!(killed.success(), "kill -KILL instance A: {killed}");
+    lab.withdraw(0)?;
+    let broken = std::thread::scope(|s| {
+        let workers: Vec<_> = conns
+            .iter_mut()
+            .enumerate()
+            .map(|(i, c)| {
+                s.spawn(move || (0..3).try_for_each(|r| c.echo(&format!("after {r} on {i}"))))
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(std::thread::ScopedJoinHandle::join)
+            .filter(|r| !matches!(r, Ok(Ok(()))))
+            .count()
+    });
+    // DSR: B encapsulated the moved flows, and no reply came back through an instance.
+    let (encapsulated, replies) = (
+        xdp_counter(&b, "dsr_encapsulated")?,
+        xdp_counter(&b, "flow_to_client")?,
+    );
+    match mode {
+        Forwarding::Dsr => ensure!(
+            encapsulated > 0 && replies == 0,
+            "DSR: B encapsulated {encapsulated}, translated {replies} replies"
+        ),
+        Forwarding::Nat => ensure!(
+            encapsulated == 0 && replies > 0,
+            "NAT: B encapsulated {encapsulated}, translated {replies} replies"
+        ),
+    }
+    eprintln!(
+        "{mode:?}: {CONNECTIONS} connections, {through_a} through the lost instance, {broken} broken"
+    );
+    let _ = a.terminate(Duration::from_secs(1));
+    a.finish();
+    b.finish();
+    let sim = Arc::into_inner(sim).context("the simulator is still shared")?;
+    on(&rt, sim.shutdown())?;
+    Ok((through_a, broken))
 }
 
 /// `deploy/marathon/mlb-fleet.json` is `mlb.json` for N instances: one per public agent, every

@@ -23,7 +23,7 @@ use mlb::{
     dataplane::{
         Dataplane, L4Change,
         xdp::{Counters, XdpProgram},
-        xdp_l4::{ConntrackSweeper, FlowTimeouts, XdpL4, XdpL4Config},
+        xdp_l4::{ConntrackSweeper, FlowTimeouts, Forwarding, XdpL4, XdpL4Config},
     },
     model::{Backend, BackendId, BackendState, L4Service, L4ServiceKey, Protocol},
 };
@@ -286,6 +286,7 @@ fn config(snat_ports: (u16, u16)) -> XdpL4Config {
         drain_timeout: Duration::ZERO,
         timeouts: FlowTimeouts::default(),
         hash_secret: "0123456789abcdef".parse().unwrap(),
+        forwarding: Forwarding::Nat,
     }
 }
 
@@ -1620,4 +1621,224 @@ fn a_half_flow_is_never_used_and_syn_floods_release_ports() {
             assert!(ct.get(&reply_key, 0).is_err(), "half forgotten");
         })
         .unwrap();
+}
+
+/// A direct-server-return service: its backends listen on the service port itself (DSR leaves
+/// the client's packet as it is).
+fn dsr_service(port: u16, protocol: Protocol, backends: &[IpAddr]) -> L4Change {
+    let mut svc = service(port, protocol, backends);
+    for b in &mut svc.backends {
+        b.addr.set_port(port);
+        b.id = BackendId(b.addr.to_string());
+    }
+    L4Change::Upsert(svc)
+}
+
+/// The frame DSR must send for `input` (a client's frame, untagged) to `backend` behind
+/// `lb-sw`: the backend's MAC, an outer header from the DSR source built here from scratch
+/// (IPIP with its own checksum, or ip6ip6 with `flow_label`), then `input`'s IP packet as is.
+fn encapsulated(
+    input: &[u8],
+    f: &Family,
+    backend: IpAddr,
+    backend_mac: [u8; 6],
+    flow_label: u32,
+) -> Vec<u8> {
+    let inner = &input[eth::HLEN..];
+    let len = u16::try_from(inner.len()).unwrap();
+    let (ether_type, outer) = match (f.snat, backend) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            let total = (len + 20).to_be_bytes();
+            let mut h = vec![0x45, 0, total[0], total[1], 0, 0, 0, 0, 64, 4, 0, 0];
+            h.extend(src.octets());
+            h.extend(dst.octets());
+            let sum = packet::checksum(&[&h]).to_be_bytes();
+            h[ipv4::CSUM..ipv4::CSUM + 2].copy_from_slice(&sum);
+            (0x0800u16, h)
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            let mut h = ((6u32 << 28) | flow_label).to_be_bytes().to_vec();
+            h.extend(len.to_be_bytes());
+            h.extend([41, 64]);
+            h.extend(src.octets());
+            h.extend(dst.octets());
+            (0x86DD, h)
+        }
+        _ => panic!("{backend} is not of the family of {}", f.snat),
+    };
+    [
+        &backend_mac[..],
+        &MAC_LB_SW,
+        &ether_type.to_be_bytes(),
+        &outer,
+        inner,
+    ]
+    .concat()
+}
+
+/// The backend (outer destination) of an encapsulated frame.
+fn outer_dst(out: &[u8]) -> IpAddr {
+    match out[eth::HLEN] >> 4 {
+        4 => IpAddr::from(<[u8; 4]>::try_from(&out[eth::HLEN + 16..eth::HLEN + 20]).unwrap()),
+        _ => IpAddr::from(<[u8; 16]>::try_from(&out[eth::HLEN + 24..eth::HLEN + 40]).unwrap()),
+    }
+}
+
+fn backend_mac(backend: IpAddr) -> [u8; 6] {
+    if backend == BE2 { MAC_BE2 } else { MAC_BE1 }
+}
+
+/// Direct server return: every packet to a service, SYN or not, leaves encapsulated to the
+/// backend Maglev gives its 5-tuple (valid outer header, inner packet untouched, nothing
+/// tracked), so a second program that never saw a flow's SYN (another instance of a fleet, fed
+/// the flows' packets in another order) sends each flow to the same backend.
+#[test]
+fn dsr_encapsulates_to_the_maglev_backend() {
+    if !require_netns_and_bpf("dsr_encapsulates_to_the_maglev_backend") {
+        return;
+    }
+    let lab = lab();
+    lab.lb
+        .enter(|| {
+            let dsr = XdpL4Config {
+                forwarding: Forwarding::dsr_from(&[V4.snat, V6.snat]),
+                ..config((40000, 59999))
+            };
+            let changes = [
+                dsr_service(SVC_V4_PAIR, Protocol::Tcp, &[V4.be1, BE2]),
+                dsr_service(SVC_TCP, Protocol::Tcp, &[V6.be1]),
+                dsr_service(SVC_UDP, Protocol::Udp, &[V4.be1]),
+                // A backend on another port than the service's cannot be reached by DSR.
+                L4Change::Upsert(service(SVC_LOCAL, Protocol::Tcp, &[V4.be1])),
+            ];
+            let a = lab.dataplane(dsr.clone(), &changes);
+            let flow = |i: u16, flags: u8| {
+                PacketBuilder::new()
+                    .ip(V4.client, V4.vip)
+                    .tcp(47000 + i, SVC_V4_PAIR, flags)
+                    .payload(if flags == TCP_SYN { b"" } else { b"data" })
+                    .build()
+            };
+            let mut chosen = Vec::new();
+            for i in 0..32 {
+                let syn = flow(i, TCP_SYN);
+                let (v, out, delta) = send(&a, &lab, Side::Client, &syn);
+                assert_eq!(v, XDP_REDIRECT, "SYN #{i}: {delta:?}");
+                assert_eq!(delta.get(Counter::DsrEncapsulated), 1, "{delta:?}");
+                assert_eq!(
+                    delta.get(Counter::FlowNew),
+                    0,
+                    "DSR tracks nothing: {delta:?}"
+                );
+                let backend = outer_dst(&out);
+                assert_eq!(
+                    out,
+                    encapsulated(&syn, &V4, backend, backend_mac(backend), 0),
+                    "SYN #{i}"
+                );
+                chosen.push(backend);
+            }
+            let spread: BTreeSet<IpAddr> = chosen.iter().copied().collect();
+            assert_eq!(spread.len(), 2, "32 flows over both backends: {chosen:?}");
+
+            // Another instance, the same tables: mid-flow segments, last flow first.
+            let b = lab.dataplane(dsr.clone(), &changes);
+            for i in (0..32u16).rev() {
+                let ack = flow(i, TCP_ACK | TCP_PSH);
+                let (v, out, _) = send(&b, &lab, Side::Client, &ack);
+                assert_eq!(v, XDP_REDIRECT);
+                let want = chosen[usize::from(i)];
+                assert_eq!(
+                    out,
+                    encapsulated(&ack, &V4, want, backend_mac(want), 0),
+                    "flow #{i} on the other instance"
+                );
+            }
+
+            let udp = PacketBuilder::new()
+                .ip(V4.client, V4.vip)
+                .udp(5353, SVC_UDP)
+                .payload(b"q")
+                .build();
+            let (v, out, _) = send(&a, &lab, Side::Client, &udp);
+            assert_eq!(
+                (v, out),
+                (XDP_REDIRECT, encapsulated(&udp, &V4, V4.be1, MAC_BE1, 0)),
+                "UDP"
+            );
+
+            let syn6 = PacketBuilder::new()
+                .ip(V6.client, V6.vip)
+                .tcp(47000, SVC_TCP, TCP_SYN)
+                .build();
+            let (v, out, _) = send(&a, &lab, Side::Client, &syn6);
+            assert_eq!(v, XDP_REDIRECT, "IPv6");
+            let label =
+                u32::from_be_bytes(out[eth::HLEN..eth::HLEN + 4].try_into().unwrap()) & 0xF_FFFF;
+            assert_eq!(
+                out,
+                encapsulated(&syn6, &V6, V6.be1, MAC_BE1, label),
+                "ip6ip6"
+            );
+
+            let off_port = PacketBuilder::new()
+                .ip(V4.client, V4.vip)
+                .tcp(47000, SVC_LOCAL, TCP_SYN)
+                .build();
+            let (v, out, delta) = send(&a, &lab, Side::Client, &off_port);
+            assert_eq!(
+                (v, &out),
+                (XDP_PASS, &off_port),
+                "backend off the service port"
+            );
+            assert_eq!(delta.get(Counter::PassNoBackend), 1, "{delta:?}");
+        })
+        .unwrap();
+}
+
+/// The backend's half: `mlb_decap` (what `mlb backend-setup --decap xdp` attaches) gives back
+/// exactly the client's packet from what DSR sent, IPv4 and IPv6, and passes anything else
+/// untouched.
+#[test]
+fn decap_returns_the_clients_packet() {
+    if !require_netns_and_bpf("decap_returns_the_clients_packet") {
+        return;
+    }
+    let ebpf = mlb::backend_setup::xdp_decap::load().unwrap();
+    let decap: &aya::programs::Xdp = ebpf
+        .program(mlb::backend_setup::xdp_decap::DECAP_PROGRAM)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let through = |frame: &[u8]| -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; frame.len() + 64];
+        let r = decap
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&xdp_md(frame, 1)),
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    };
+    for f in FAMILIES {
+        let client = PacketBuilder::new()
+            .ip(f.client, f.vip)
+            .tcp(47000, SVC_TCP, TCP_ACK)
+            .payload(b"data")
+            .build();
+        let sent = encapsulated(&client, f, f.be1, MAC_BE1, 0x12345);
+        let (v, out) = through(&sent);
+        let mut want = client.clone();
+        want[..2 * eth::ALEN].copy_from_slice(&sent[..2 * eth::ALEN]);
+        assert_eq!((v, out), (XDP_PASS, want), "{}: decapsulated", f.name);
+        assert_eq!(
+            through(&client),
+            (XDP_PASS, client.clone()),
+            "{}: not ours",
+            f.name
+        );
+    }
 }

@@ -38,6 +38,7 @@ use crate::model::{BackendState, L4Service, L4ServiceKey, Protocol};
 
 mod acl;
 mod adopt;
+mod dsr;
 mod hash_secret;
 mod ids;
 mod readback;
@@ -45,6 +46,7 @@ mod sweep;
 
 use ids::BackendIds;
 
+pub use dsr::Forwarding;
 pub use hash_secret::HashSecret;
 pub use sweep::ConntrackSweeper;
 
@@ -69,6 +71,8 @@ pub struct XdpL4Config {
     pub timeouts: FlowTimeouts,
     /// Key of the flow hash (`--hash-secret`, random by default).
     pub hash_secret: HashSecret,
+    /// Full NAT or direct server return (`--forwarding`).
+    pub forwarding: Forwarding,
 }
 
 /// Idle timeouts of tracked flows, by protocol and TCP state. The program applies them itself
@@ -318,6 +322,7 @@ fn program_config(config: &XdpL4Config) -> Result<Config, XdpError> {
     for (slot, addr) in cfg.snat_v6.iter_mut().zip(&config.snat_v6) {
         *slot = addr_words((*addr).into());
     }
+    config.forwarding.write(&mut cfg);
     Ok(cfg)
 }
 
@@ -410,20 +415,38 @@ impl XdpL4 {
     }
 
     fn program_vip(&mut self, key: &ServiceKey, svc: &L4Service) -> Result<(), XdpError> {
-        let snat_ok = if key.family == FAMILY_V4 {
-            !self.config.snat_v4.is_empty()
-        } else {
-            !self.config.snat_v6.is_empty()
-        };
-        // Backends of the VIP's family that take new connections; without a SNAT address of
-        // that family none can be reached.
+        let forwarding = &self.config.forwarding;
+        let reachable = forwarding
+            .dsr_reaches(key.family)
+            .unwrap_or(if key.family == FAMILY_V4 {
+                !self.config.snat_v4.is_empty()
+            } else {
+                !self.config.snat_v6.is_empty()
+            });
+        // Backends of the VIP's family that take new connections; without a SNAT address (or,
+        // in DSR mode, an outer source) of that family none can be reached.
         let members: Vec<(SocketAddr, u32)> = svc
             .backends
             .iter()
-            .filter(|b| snat_ok && b.state == BackendState::Active)
+            .filter(|b| reachable && b.state == BackendState::Active)
             .filter(|b| family_of(b.addr.ip()) == key.family && b.weight > 0)
+            .filter(|b| forwarding.port_ok(svc.key.port, b.addr.port()))
             .map(|b| (b.addr, b.weight))
             .collect();
+        let off_port = svc
+            .backends
+            .iter()
+            .filter(|b| !forwarding.port_ok(svc.key.port, b.addr.port()));
+        if let Some(b) = off_port.clone().next() {
+            warn!(
+                app = svc.app_id,
+                service_port = svc.key.port,
+                backend = %b.addr,
+                left_out = off_port.count(),
+                "--forwarding dsr: backends not on the service port are left out (DSR delivers \
+                 the client's packet unchanged: the task port must equal the service port)"
+            );
+        }
         let mut ids = Vec::with_capacity(members.len());
         for (addr, _) in &members {
             ids.push(self.backend_id(*addr)?);

@@ -119,6 +119,9 @@ impl Lab {
             )?;
             ip(NS_SW, &["link", "set", &outer, "master", "br0"])?;
             ip(NS_SW, &["link", "set", &outer, "up"])?;
+            // nginx also listens on the VIP, which is the backends' own only while the DSR
+            // case runs (`mlb backend-setup` puts it on `lo`).
+            sysctl(be, "net.ipv4.ip_nonlocal_bind", "1")?;
         }
         ip(NS_SW, &["link", "set", "sw-lb", "up"])?;
         ip(NS_SW, &["link", "set", "br0", "up"])?;

@@ -33,7 +33,8 @@ const CONNECTIONS: u32 = 32;
 /// Which benchmark to run.
 #[derive(Subcommand)]
 pub enum BenchCmd {
-    /// Plain TCP: direct routing vs mlb XDP vs mlb userspace vs HAProxy mode tcp.
+    /// Plain TCP: direct routing vs mlb XDP (full NAT, and direct server return) vs mlb
+    /// userspace vs HAProxy mode tcp.
     Tcp(TcpArgs),
     /// HTTP: the mlb L7 proxy vs HAProxy `mode http` (Host ACL) vs direct routing; plain
     /// HTTP/1.1, new TLS handshakes/s (ECDSA P-256) and HTTP/2 over TLS.
@@ -43,6 +44,9 @@ pub enum BenchCmd {
     TlsClient(tls_client::TlsClientArgs),
     /// Marathon sync at scale: full sync time and RSS, event → dataplane latency, a burst.
     Sync(SyncArgs),
+    /// A fleet behind an ECMP router: new connections per second through 1 and through 2 mlb
+    /// instances, interleaved (the `ecmp_bench` test of `tests/tests/fleet.rs`; needs root).
+    Fleet,
 }
 
 /// Flags of `cargo xtask bench sync`.
@@ -106,7 +110,7 @@ pub struct TcpArgs {
     #[arg(long, value_name = "WINDOWS")]
     pub churn: Option<u32>,
     /// Cases to run (comma-separated).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Case::Direct, Case::Xdp, Case::Userspace, Case::Haproxy])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Case::Direct, Case::Xdp, Case::XdpDsr, Case::Userspace, Case::Haproxy])]
     pub cases: Vec<Case>,
 }
 
@@ -115,8 +119,12 @@ pub struct TcpArgs {
 pub enum Case {
     /// Kernel routing in lb, no load balancer: the reference.
     Direct,
-    /// mlb with the XDP dataplane.
+    /// mlb with the XDP dataplane (full NAT).
     Xdp,
+    /// mlb with the XDP dataplane, `--forwarding dsr`: backends set up by `mlb backend-setup
+    /// --decap xdp`, their answers routed back by lb's kernel (lb is the only way to the
+    /// client in this lab) instead of translated by mlb.
+    XdpDsr,
     /// mlb with the userspace (tokio) dataplane.
     Userspace,
     /// HAProxy 2.6 `mode tcp`, `nbthread 1`, `balance roundrobin`.
@@ -128,6 +136,7 @@ impl Case {
         match self {
             Case::Direct => "direct (routing only)",
             Case::Xdp => "mlb XDP",
+            Case::XdpDsr => "mlb XDP, DSR",
             Case::Userspace => "mlb userspace",
             Case::Haproxy => "HAProxy mode tcp",
         }
@@ -141,6 +150,21 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Http(args) => http::run(&args),
         BenchCmd::Sync(args) => sync::run(&args),
         BenchCmd::TlsClient(args) => tls_client::run(&args),
+        BenchCmd::Fleet => {
+            // The test finds `mlb` next to its own binary (target/release).
+            build_release("mlb-userspace", Artifact::Bin, "mlb")?;
+            let fleet = [
+                "--test",
+                "fleet",
+                "--",
+                "--ignored",
+                "--nocapture",
+                "ecmp_bench",
+            ];
+            let mut argv = vec!["test", "--release", "-p", "tests"];
+            argv.extend(fleet);
+            crate::cargo(&argv)
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::{fs, path::Path};
 use anyhow::{Context as _, Result};
 
 use super::{
-    lab::{BACKEND_IPS, Lab, NS_BE, NS_LB},
+    lab::{BACKEND_IPS, Lab, NS_BE, NS_LB, VIP},
     probe,
 };
 
@@ -45,7 +45,8 @@ fn config(lab: &Lab, name: &str, ip: &str, www: &Path) -> Result<String> {
          client_body_temp_path {tmp}/body;\n  proxy_temp_path {tmp}/proxy;\n\
          fastcgi_temp_path {tmp}/fastcgi;\n  uwsgi_temp_path {tmp}/uwsgi;\n\
          scgi_temp_path {tmp}/scgi;\n\
-         server {{\n    listen {ip}:{PORT} backlog=4096;\n    root {www};\n  }}\n}}\n",
+         server {{\n    listen {ip}:{PORT} backlog=4096;\n    listen {VIP}:{PORT} backlog=4096;\n    \
+         root {www};\n  }}\n}}\n",
         dir = lab.dir.display(),
         tmp = tmp.display(),
         www = www.display(),

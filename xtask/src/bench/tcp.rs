@@ -113,7 +113,7 @@ pub fn run(args: &TcpArgs) -> Result<()> {
 fn build_mlb(cases: &[Case]) -> Result<Option<PathBuf>> {
     if !cases
         .iter()
-        .any(|c| matches!(c, Case::Xdp | Case::Userspace))
+        .any(|c| matches!(c, Case::Xdp | Case::XdpDsr | Case::Userspace))
     {
         return Ok(None);
     }
@@ -235,7 +235,11 @@ pub(super) fn with_case<T>(
     // Direct routes in the kernel. XDP needs forwarding on its ingress interfaces too: the
     // kernel's FIB lookup answers only for forwarding interfaces (it forwards nothing itself:
     // every packet sent here is service traffic the program handles).
-    lab.set_forwarding(matches!(case, Case::Direct | Case::Xdp))?;
+    // DSR: the backends' answers are routed by lb's kernel (lb is their way to the client).
+    lab.set_forwarding(matches!(case, Case::Direct | Case::Xdp | Case::XdpDsr))?;
+    if case == Case::XdpDsr {
+        dsr_backends(lab, setup, true)?;
+    }
     let outcome = start_lb(lab, case, setup).and_then(|(pid, target)| {
         let done = wait_ready(lab, pid, target).map(|()| work(lab, target));
         // Also when it does not answer, so that the next case can bind its ports.
@@ -245,7 +249,46 @@ pub(super) fn with_case<T>(
         done
     });
     lab.set_forwarding(false)?;
+    if case == Case::XdpDsr {
+        dsr_backends(lab, setup, false)?;
+    }
     outcome
+}
+
+/// Sets up (`mlb backend-setup --decap xdp`, its links pinned in a bpf filesystem of the run)
+/// or takes down (unmounted: the links go; the VIP off `lo`) the backends of direct server
+/// return, so that the other cases run on plain backends.
+fn dsr_backends(lab: &Lab, setup: &Setup, up: bool) -> Result<()> {
+    let mlb = setup.mlb.ok_or_else(|| anyhow!("mlb was not built"))?;
+    let bpffs = lab.path("bpf");
+    let bpffs = bpffs.to_str().unwrap_or_default();
+    if !up {
+        for be in NS_BE {
+            let vip = format!("{VIP}/32");
+            let _ = lab::ns_run(be, &["ip", "addr", "del", &vip, "dev", "lo"]);
+        }
+        return lab::run(&["umount", bpffs]).map(drop);
+    }
+    fs::create_dir_all(bpffs)?;
+    lab::run(&["mount", "-t", "bpf", "bpf", bpffs])?;
+    for (i, be) in NS_BE.iter().enumerate() {
+        let iface = format!("be{}-sw", i + 1);
+        let mlb = mlb.to_str().unwrap_or_default();
+        let argv = [
+            mlb,
+            "backend-setup",
+            "--vip",
+            VIP,
+            "--decap",
+            "xdp",
+            "--iface",
+            &iface,
+            "--bpffs-dir",
+            bpffs,
+        ];
+        lab::ns_run(be, &argv)?;
+    }
+    Ok(())
 }
 
 /// Waits until the started case answers.
@@ -271,6 +314,12 @@ fn start_lb(lab: &mut Lab, case: Case, setup: &Setup) -> Result<(Option<u32>, &'
     let (name, args) = match case {
         Case::Direct => return Ok((None, BACKEND_IPS[0])),
         Case::Xdp => ("mlb-xdp", mlb_args(setup, "xdp")?),
+        Case::XdpDsr => {
+            let mut args = mlb_args(setup, "xdp")?;
+            let dsr = ["--forwarding", "dsr", "--dsr-source", LB_BACKEND_SIDE_IP];
+            args.extend(dsr.map(str::to_owned));
+            ("mlb-xdp-dsr", args)
+        }
         Case::Userspace => ("mlb-userspace", mlb_args(setup, "userspace")?),
         Case::Haproxy => (
             "haproxy",
@@ -352,7 +401,8 @@ fn iperf(lab: &mut Lab, target: &str, secs: u32) -> Result<f64> {
         "iperf3-server",
         NS_BE[0],
         0,
-        &["iperf3", "-s", "-1", "-B", BACKEND_IPS[0], "-p", &port],
+        // Every address: with DSR the VIP is be1's too.
+        &["iperf3", "-s", "-1", "-p", &port],
     )?;
     let listening = probe::wait_until(Duration::from_secs(5), || {
         lab.check_alive(server).map_err(|e| anyhow!(e))?;
@@ -414,7 +464,9 @@ fn method(rounds: u32, d: &Durations, args: &TcpArgs) -> String {
          (keep-alive, then `Connection: close`), iperf3 -t {} on port {IPERF_PORT}. Client and \
          nginx backends (one process each, 512-byte file) on cpu0, the load balancer and lb's \
          receive path on cpu1. \"direct\" is kernel routing in lb to be1 only (no LB); the load \
-         balancers spread the HTTP service over {}. Ratios are \
+         balancers spread the HTTP service over {}. \"mlb XDP, DSR\" encapsulates to the \
+         backends (`mlb backend-setup --decap xdp` on them), which answer through lb's kernel \
+         routing (lb is their only way to the client here), not through mlb. Ratios are \
          to direct in the same run; compare ratios, not absolute numbers across runs. cpu1 busy % is \
          the whole CPU during the wrk runs (anything else running on it included).\n\n",
         if args.quick {

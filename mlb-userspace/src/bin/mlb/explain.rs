@@ -8,24 +8,39 @@ use mlb::{
     dataplane::{Dataplane, DataplaneError, L4Change},
     marathon::{client::MarathonClient, config::MarathonConfig, watch::MarathonUpdate},
     model::explain::{AppExplanation, render_text},
-    options::ExplainOptions,
+    options::{ExplainOptions, ForwardingKind},
 };
 
 pub fn explain(opts: &ExplainOptions) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     let out = runtime.block_on(async {
         if opts.run.marathon.is_empty() {
-            from_admin(opts).await
+            from_admin(opts, opts.json).await
         } else {
-            from_marathon(opts).await
+            from_marathon(opts, opts.json).await
         }
     })?;
     print!("{out}");
+    if opts.run.forwarding == ForwardingKind::Dsr && !opts.json {
+        // The section reads the document as JSON: ask again in that form.
+        let json = runtime.block_on(async {
+            if opts.run.marathon.is_empty() {
+                from_admin(opts, true).await
+            } else {
+                from_marathon(opts, true).await
+            }
+        })?;
+        let apps: serde_json::Value = serde_json::from_str(&json)?;
+        print!(
+            "\n{}",
+            mlb::backend_setup::dsr_section(&apps, &opts.run.vip)
+        );
+    }
     Ok(())
 }
 
 /// Asks the running mlb's admin API.
-async fn from_admin(opts: &ExplainOptions) -> Result<String> {
+async fn from_admin(opts: &ExplainOptions, json: bool) -> Result<String> {
     let mut addr = opts.run.admin_addr;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -34,7 +49,7 @@ async fn from_admin(opts: &ExplainOptions) -> Result<String> {
         Some(id) => format!("/_mlb/explain/{}", id.trim_start_matches('/')),
         None => "/_mlb/explain".to_owned(),
     };
-    let query = if opts.verbose && !opts.json {
+    let query = if opts.verbose && !json {
         "?format=text"
     } else {
         ""
@@ -51,7 +66,7 @@ async fn from_admin(opts: &ExplainOptions) -> Result<String> {
     if !status.is_success() {
         bail!("{url}: HTTP {status}: {}", body.trim());
     }
-    if opts.json || opts.verbose {
+    if json || opts.verbose {
         return Ok(body);
     }
     let apps: serde_json::Value =
@@ -60,7 +75,7 @@ async fn from_admin(opts: &ExplainOptions) -> Result<String> {
 }
 
 /// Reads Marathon once and evaluates it with the model, serving nothing.
-async fn from_marathon(opts: &ExplainOptions) -> Result<String> {
+async fn from_marathon(opts: &ExplainOptions, json: bool) -> Result<String> {
     let model = opts
         .run
         .model_options(std::env::var("FRAMEWORK_NAME").ok())?;
@@ -88,7 +103,7 @@ async fn from_marathon(opts: &ExplainOptions) -> Result<String> {
             bail!("{id}: no such app in Marathon's answer");
         }
     }
-    if opts.json {
+    if json {
         Ok(serde_json::to_string_pretty(&apps)? + "\n")
     } else if opts.verbose {
         Ok(render_text(&apps))

@@ -12,10 +12,10 @@ use mlb::{
         Dataplane, DataplaneError, L4Change, host,
         userspace_l4::UserspaceL4,
         xdp::{LoadOptions, XdpError, XdpProgram},
-        xdp_l4::{ConntrackSweeper, HashSecret, XdpL4, XdpL4Config},
+        xdp_l4::{ConntrackSweeper, Forwarding, HashSecret, XdpL4, XdpL4Config},
         xdp_pin::PinDir,
     },
-    options::{DataplaneKind, RunOptions},
+    options::{DataplaneKind, ForwardingKind, RunOptions},
     overload::ConnGate,
 };
 use tracing::{debug, error, info, warn};
@@ -123,6 +123,7 @@ pub fn start_xdp_l4(opts: &RunOptions, program: XdpProgram) -> Result<XdpL4> {
     host::check_forwarding(&opts.xdp_iface, !snat_v4.is_empty(), !snat_v6.is_empty());
     host::accept_local_sources(&opts.xdp_iface)
         .context("allowing local source addresses on the XDP interfaces (accept_local)")?;
+    let forwarding = forwarding(opts, &vips)?;
     let config = XdpL4Config {
         vips,
         snat_v4,
@@ -132,6 +133,7 @@ pub fn start_xdp_l4(opts: &RunOptions, program: XdpProgram) -> Result<XdpL4> {
         drain_timeout: Duration::from_secs(opts.drain_timeout),
         timeouts: opts.flow_timeouts(),
         hash_secret: opts.hash_secret.unwrap_or_else(HashSecret::random),
+        forwarding,
     };
     info!(?config, "XDP TCP/UDP dataplane configured");
     let adopting = program.pins().is_some_and(PinDir::adopting);
@@ -144,6 +146,33 @@ pub fn start_xdp_l4(opts: &RunOptions, program: XdpProgram) -> Result<XdpL4> {
         dataplane.add_tx_port(host::ifindex(iface)?)?;
     }
     Ok(dataplane)
+}
+
+/// `--forwarding` and its outer sources: `--dsr-source`, else for each family the first address
+/// of the XDP interfaces that is no VIP (the VIP is the client's destination, not a source
+/// the backends' network routes back).
+fn forwarding(opts: &RunOptions, vips: &[IpAddr]) -> Result<Forwarding> {
+    if opts.forwarding == ForwardingKind::Nat {
+        return Ok(Forwarding::Nat);
+    }
+    let v4 = opts.dsr_source.iter().filter(|a| a.is_ipv4()).count();
+    if v4 > 1 || opts.dsr_source.len() - v4 > 1 {
+        bail!("--dsr-source: at most one address per family");
+    }
+    let mut sources = opts.dsr_source.clone();
+    for iface in &opts.xdp_iface {
+        sources.extend(
+            host::addresses(iface)?
+                .into_iter()
+                .filter(|a| !vips.contains(a)),
+        );
+    }
+    let forwarding = Forwarding::dsr_from(&sources);
+    info!(
+        ?forwarding,
+        "direct server return: backends need `mlb backend-setup`"
+    );
+    Ok(forwarding)
 }
 
 /// The XDP dataplane, shared between the controller and the conntrack sweeper.

@@ -1,4 +1,5 @@
 //! The `mlb` binary: parse flags (marathon-lb's forms too), set up logging, run the command.
+mod backend_setup;
 mod explain;
 mod l4;
 mod run;
@@ -28,7 +29,7 @@ fn main() -> Result<()> {
         level: cli.log_level,
         // `mlb explain` prints its answer and nothing else.
         default_level: match cli.command {
-            Command::Explain(_) => None,
+            Command::Explain(_) | Command::BackendSetup(_) => None,
             _ => Some(Level::INFO),
         },
         syslog_socket: if marathon_lb_mode {
@@ -53,6 +54,7 @@ fn main() -> Result<()> {
         Command::Poll(opts) => run::run(opts, Some(Mode::Poll)),
         Command::Explain(opts) => explain::explain(&opts),
         Command::Stop(opts) => stop::stop(&opts),
+        Command::BackendSetup(opts) => backend_setup::backend_setup(&opts),
         Command::Zdd(opts) => zdd::zdd(&opts),
     }
 }
