@@ -10,8 +10,9 @@
 /// addresses, hash secret and timeouts in `Config`, `FlowStats::snat_exhausted`, SNAT cursors,
 /// churn counters. 3: `ServiceValue::flags` (source hash, ACL), the ACL trie, the ACL drop
 /// counter. 4: the backend's TIME_WAIT recorded in `NatEntry` (`tw_*`), counter
-/// `SnatPortTimeWait`.
-pub const ABI_VERSION: u32 = 4;
+/// `SnatPortTimeWait`. 5: counters `PassTtlExceeded`, `IcmpErrorTranslated`, `PassIcmpNoFlow`,
+/// `PassIcmpUnsupported`.
+pub const ABI_VERSION: u32 = 5;
 
 /// Number of per-CPU counter slots in the global statistics array (see [`crate::stats::Counter`]).
 pub const STATS_SLOTS: u32 = crate::stats::Counter::COUNT as u32;
