@@ -129,6 +129,37 @@ pub mod tcp {
     pub const ACK: u8 = 0x10;
 }
 
+/// ICMP and ICMPv6 header (the same layout): type, code, checksum, then four bytes whose
+/// meaning depends on the type; an error message quotes the packet that caused it after them.
+pub mod icmp {
+    pub const HLEN: usize = 8;
+    pub const TYPE: usize = 0;
+    pub const CODE: usize = 1;
+    pub const CSUM: usize = 2;
+    /// ICMPv4 destination unreachable (code 4: fragmentation needed, next-hop MTU at 6).
+    pub const V4_DEST_UNREACH: u8 = 3;
+    pub const V4_FRAG_NEEDED: u8 = 4;
+    pub const V4_TIME_EXCEEDED: u8 = 11;
+    pub const V6_DEST_UNREACH: u8 = 1;
+    /// ICMPv6 packet too big (MTU, 32 bits, at 4).
+    pub const V6_PACKET_TOO_BIG: u8 = 2;
+    pub const V6_TIME_EXCEEDED: u8 = 3;
+
+    /// Whether an ICMP (`v6` false) or ICMPv6 message type is an error quoting a packet that
+    /// the program translates.
+    #[inline(always)]
+    pub const fn is_translated_error(v6: bool, icmp_type: u8) -> bool {
+        if v6 {
+            matches!(
+                icmp_type,
+                V6_DEST_UNREACH | V6_PACKET_TOO_BIG | V6_TIME_EXCEEDED
+            )
+        } else {
+            matches!(icmp_type, V4_DEST_UNREACH | V4_TIME_EXCEEDED)
+        }
+    }
+}
+
 /// UDP header.
 pub mod udp {
     pub const HLEN: usize = 8;

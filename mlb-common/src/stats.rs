@@ -28,7 +28,7 @@ pub enum Counter {
     PassFragment,
     /// Passed: IPv6 with an extension header (not parsed).
     PassIpv6ExtHeader,
-    /// Passed: L4 protocol other than TCP or UDP.
+    /// Passed: L4 protocol other than TCP or UDP, and no ICMP error (echo, ...).
     PassNotTcpUdp,
     /// Passed: TCP/UDP header truncated or malformed.
     PassBadL4,
@@ -102,11 +102,22 @@ pub enum Counter {
     DropEncapTooBig,
     /// Dropped: no room in front of the packet for the outer header (driver headroom).
     DropEncapFailed,
+    /// Passed, not forwarded: TTL or hop limit ≤ 1 on a packet the program would forward (a
+    /// router may not send it on); the kernel decides what to answer.
+    PassTtlExceeded,
+    /// ICMP/ICMPv6 errors about a tracked flow (unreachable, fragmentation needed, packet too
+    /// big, time exceeded) translated back for the flow's other end and forwarded.
+    IcmpErrorTranslated,
+    /// Passed: an ICMP/ICMPv6 error whose quoted packet matches no live tracked flow.
+    PassIcmpNoFlow,
+    /// Passed: an ICMP/ICMPv6 error the program does not translate: quoted packet truncated,
+    /// with IPv4 options or IPv6 extension headers, a fragment, or neither TCP nor UDP.
+    PassIcmpUnsupported,
 }
 
 impl Counter {
     /// Number of counters (the size of the stats array).
-    pub const COUNT: usize = Counter::DropEncapFailed as usize + 1;
+    pub const COUNT: usize = Counter::PassIcmpUnsupported as usize + 1;
 
     /// Every counter, in index order, with the name user space reports it under.
     pub const ALL: [(Counter, &'static str); Counter::COUNT] = [
@@ -156,6 +167,10 @@ impl Counter {
         (Counter::DsrEncapsulated, "dsr_encapsulated"),
         (Counter::DropEncapTooBig, "drop_encap_too_big"),
         (Counter::DropEncapFailed, "drop_encap_failed"),
+        (Counter::PassTtlExceeded, "pass_ttl_exceeded"),
+        (Counter::IcmpErrorTranslated, "icmp_error_translated"),
+        (Counter::PassIcmpNoFlow, "pass_icmp_no_flow"),
+        (Counter::PassIcmpUnsupported, "pass_icmp_unsupported"),
     ];
 
     /// The counter of a transition into `state` (a `ct::CT_*`), if it has one.

@@ -27,6 +27,17 @@ const AF_INET6: u8 = 10;
 #[derive(Clone, Copy)]
 pub struct Macs(pub [u8; 2 * eth::ALEN]);
 
+impl Macs {
+    /// The MACs of a successful `bpf_fib_lookup` answer.
+    #[inline(always)]
+    pub fn of(params: &FibParams) -> Macs {
+        let mut macs = Macs([0; 2 * eth::ALEN]);
+        macs.0[eth::DST..eth::DST + eth::ALEN].copy_from_slice(&params.dmac);
+        macs.0[eth::SRC..eth::SRC + eth::ALEN].copy_from_slice(&params.smac);
+        macs
+    }
+}
+
 /// Where a rewritten packet goes.
 #[derive(Clone, Copy)]
 pub enum NextHop {
@@ -63,6 +74,11 @@ impl NextHop {
 /// Decides where the packet goes once rewritten by `nat` (then `tot_len` bytes from the IP
 /// header on). No route: the packet is passed as it arrived. Inlined: `bpf_fib_lookup` needs
 /// the program's context. `params` is scratch space.
+///
+/// Like a router, the program forwards no packet whose TTL (hop limit) would reach zero: it goes
+/// to the kernel as it arrived, which answers as its own rules say (time exceeded, or local
+/// delivery when the destination is one of its addresses). The flow was tracked all the same,
+/// as Linux conntrack sees a packet before its router drops it.
 #[inline(always)]
 pub fn next_hop(
     ctx: &XdpContext,
@@ -71,6 +87,9 @@ pub fn next_hop(
     tot_len: u16,
     params: &mut FibParams,
 ) -> Result<NextHop, Exit> {
+    if meta.ttl <= 1 {
+        return Err(Exit::Pass(Counter::PassTtlExceeded));
+    }
     // SAFETY: all-zero is a valid (empty) request.
     *params = unsafe { core::mem::zeroed() };
     params.family = match meta.family {
@@ -115,9 +134,7 @@ pub fn next_hop(
     if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         return Err(Exit::Pass(Counter::PassFibFailed));
     }
-    let mut macs = Macs([0; 2 * eth::ALEN]);
-    macs.0[eth::DST..eth::DST + eth::ALEN].copy_from_slice(&params.dmac);
-    macs.0[eth::SRC..eth::SRC + eth::ALEN].copy_from_slice(&params.smac);
+    let macs = Macs::of(params);
     if params.ifindex == ingress {
         return Ok(NextHop::Tx(macs));
     }

@@ -21,6 +21,7 @@ mod encap;
 mod exit;
 mod flow;
 mod forward;
+mod icmp;
 mod lookup;
 mod maps;
 mod parse;
@@ -47,6 +48,9 @@ pub fn mlb_xdp(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_mlb_xdp(ctx: &XdpContext) -> Result<Verdict, Exit> {
     let meta = parse::parse_packet(ctx)?;
+    if meta.is_icmp() {
+        return Ok(icmp::translate_error(ctx, &meta));
+    }
     stats::count(meta.parsed_counter());
     let cfg = lookup::config()?;
     let scratch = maps::scratch()?;

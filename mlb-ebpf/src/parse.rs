@@ -6,8 +6,8 @@ use aya_ebpf::programs::XdpContext;
 use mlb_common::{
     maps::{FAMILY_V4, FAMILY_V6},
     net::{
-        ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, eth, ipv4, ipv6,
-        is_ipv6_ext_header, tcp, udp, vlan,
+        ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+        IPPROTO_UDP, eth, ipv4, ipv6, is_ipv6_ext_header, tcp, udp, vlan,
     },
     stats::Counter,
 };
@@ -80,11 +80,11 @@ impl Family {
 /// map keys.
 pub struct PacketMeta {
     pub family: Family,
-    /// L4 protocol number (TCP or UDP).
+    /// L4 protocol number: TCP or UDP, or ICMP of the family (see [`PacketMeta::is_icmp`]).
     pub proto: u8,
     /// Offset of the IP header from the start of the frame.
     pub l3_off: usize,
-    /// Offset of the TCP/UDP header from the start of the frame.
+    /// Offset of the TCP/UDP (or ICMP) header from the start of the frame.
     pub l4_off: usize,
     pub src: [u32; 4],
     pub dst: [u32; 4],
@@ -94,9 +94,17 @@ pub struct PacketMeta {
     pub tcp_flags: u8,
     /// Bytes from the IP header on (for statistics and the FIB MTU check).
     pub ip_len: u16,
+    /// TTL or hop limit, as it arrived.
+    pub ttl: u8,
 }
 
 impl PacketMeta {
+    /// An ICMP (IPv4) or ICMPv6 (IPv6) packet: no ports; `icmp.rs` looks at it.
+    #[inline(always)]
+    pub fn is_icmp(&self) -> bool {
+        self.proto == IPPROTO_ICMP || self.proto == IPPROTO_ICMPV6
+    }
+
     /// The counter that records a successful parse of this kind of packet.
     #[inline(always)]
     pub fn parsed_counter(&self) -> Counter {
@@ -109,7 +117,8 @@ impl PacketMeta {
     }
 }
 
-/// Parses Ethernet (at most one 802.1Q/802.1ad tag), IPv4 or IPv6, and TCP or UDP.
+/// Parses Ethernet (at most one 802.1Q/802.1ad tag), IPv4 or IPv6, and TCP or UDP; ICMP (of
+/// the packet's family) is parsed up to its IP header, for `icmp.rs`.
 ///
 /// Anything else is left to the kernel, with the counter that names why.
 #[inline(always)]
@@ -128,6 +137,9 @@ pub fn parse_packet(ctx: &XdpContext) -> Result<PacketMeta, Exit> {
     // One checked pointer per header, every field read through it: the verifier then knows
     // each access is inside the range checked for that pointer.
     let l4_off = meta.l4_off;
+    if meta.is_icmp() {
+        return Ok(meta);
+    }
     if meta.proto == IPPROTO_TCP {
         let p = ptr_at::<[u8; tcp::HLEN_MIN]>(ctx, l4_off).ok_or(BAD_L4)?;
         // SAFETY: `ptr_at` checked the whole fixed TCP header is inside the packet.
@@ -164,12 +176,13 @@ fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<PacketMeta, Exit> {
         return Err(Exit::Pass(Counter::PassFragment));
     }
     let proto = read_u8(ctx, l3_off + ipv4::PROTO).ok_or(BAD_L3)?;
-    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_ICMP {
         return Err(Exit::Pass(Counter::PassNotTcpUdp));
     }
     let src = read_raw32(ctx, l3_off + ipv4::SRC).ok_or(BAD_L3)?;
     let dst = read_raw32(ctx, l3_off + ipv4::DST).ok_or(BAD_L3)?;
     let ip_len = read_be16(ctx, l3_off + ipv4::TOT_LEN).ok_or(BAD_L3)?;
+    let ttl = read_u8(ctx, l3_off + ipv4::TTL).ok_or(BAD_L3)?;
     Ok(PacketMeta {
         family: Family::V4,
         proto,
@@ -181,6 +194,7 @@ fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<PacketMeta, Exit> {
         dport: 0,
         tcp_flags: 0,
         ip_len,
+        ttl,
     })
 }
 
@@ -194,7 +208,7 @@ fn parse_ipv6(ctx: &XdpContext, l3_off: usize) -> Result<PacketMeta, Exit> {
         return Err(BAD_L3);
     }
     let next = read_u8(ctx, l3_off + ipv6::NEXT_HEADER).ok_or(BAD_L3)?;
-    if next != IPPROTO_TCP && next != IPPROTO_UDP {
+    if next != IPPROTO_TCP && next != IPPROTO_UDP && next != IPPROTO_ICMPV6 {
         return Err(Exit::Pass(if is_ipv6_ext_header(next) {
             Counter::PassIpv6ExtHeader
         } else {
@@ -206,6 +220,7 @@ fn parse_ipv6(ctx: &XdpContext, l3_off: usize) -> Result<PacketMeta, Exit> {
         Ok([w(0)?, w(1)?, w(2)?, w(3)?])
     };
     let payload_len = read_be16(ctx, l3_off + ipv6::PAYLOAD_LEN).ok_or(BAD_L3)?;
+    let ttl = read_u8(ctx, l3_off + ipv6::HOP_LIMIT).ok_or(BAD_L3)?;
     Ok(PacketMeta {
         family: Family::V6,
         proto: next,
@@ -217,5 +232,6 @@ fn parse_ipv6(ctx: &XdpContext, l3_off: usize) -> Result<PacketMeta, Exit> {
         dport: 0,
         tcp_flags: 0,
         ip_len: payload_len.wrapping_add(ipv6::HLEN as u16),
+        ttl,
     })
 }

@@ -1,8 +1,9 @@
 //! The last step: rewriting a packet for its next hop. Addresses and ports become those of the
 //! flow's NAT entry, with incremental IPv4 header and TCP/UDP checksum updates (addresses are
-//! part of the L4 pseudo-header), and the MACs those of the next hop when the program sends the
-//! packet itself; or, for direct server return, an outer header put in front ([`encapsulate`]).
-//! The only module that writes packet memory.
+//! part of the L4 pseudo-header), and the MACs those of the next hop and the TTL (hop limit) one
+//! less when the program sends the packet itself, as a router does; or, for direct server return,
+//! an outer header put in front ([`encapsulate`]). The only module that writes packet memory,
+//! with `icmp.rs` for the ICMP errors it translates (through these helpers).
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use mlb_common::{
     encap::{OUTER_MAX, outer_len},
@@ -23,23 +24,52 @@ use crate::{
 /// # Safety
 /// `base + off .. base + off + 2` must be inside a range checked against the packet end.
 #[inline(always)]
-unsafe fn get16(base: *mut u8, off: usize) -> u16 {
+pub unsafe fn get16(base: *mut u8, off: usize) -> u16 {
     unsafe { core::ptr::read_unaligned(base.add(off).cast::<u16>()) }
 }
 
 /// Writes a raw `u16`; same contract as [`get16`].
 #[inline(always)]
-unsafe fn put16(base: *mut u8, off: usize, v: u16) {
+pub unsafe fn put16(base: *mut u8, off: usize, v: u16) {
     unsafe { core::ptr::write_unaligned(base.add(off).cast::<u16>(), v) }
 }
 
 /// Writes a raw `u32`; same contract as [`get16`].
 #[inline(always)]
-unsafe fn put32(base: *mut u8, off: usize, v: u32) {
+pub unsafe fn put32(base: *mut u8, off: usize, v: u32) {
     unsafe { core::ptr::write_unaligned(base.add(off).cast::<u32>(), v) }
 }
 
+/// Decrements the TTL of the IPv4 header at `ip`; returns its checksum `csum` updated.
+///
+/// # Safety
+/// `ip` must point to a fixed IPv4 header checked against the packet end.
+#[inline(always)]
+pub unsafe fn decrement_ttl(ip: *mut u8, csum: u16) -> u16 {
+    // TTL and protocol form one 16-bit word of the checksum.
+    let old = unsafe { get16(ip, ipv4::TTL) };
+    let [ttl, proto] = old.to_ne_bytes();
+    let new = u16::from_ne_bytes([ttl.wrapping_sub(1), proto]);
+    unsafe { put16(ip, ipv4::TTL, new) };
+    csum::replace2(csum, old, new)
+}
+
+/// Decrements the hop limit of the IPv6 header at `ip` (no checksum covers it).
+///
+/// # Safety
+/// `ip` must point to a fixed IPv6 header checked against the packet end.
+#[inline(always)]
+pub unsafe fn decrement_hop_limit(ip: *mut u8) {
+    unsafe {
+        let p = ip.add(ipv6::HOP_LIMIT);
+        *p = (*p).wrapping_sub(1);
+    }
+}
+
 /// Rewrites the packet as `nat` says, and its MACs to `macs` when given.
+///
+/// Only a packet the program sends itself (`macs` given) has its TTL decremented here: one
+/// passed to the kernel is decremented by the kernel's forwarding.
 ///
 /// Every header pointer is checked before the first byte is written, so an error (which cannot
 /// happen after a successful parse) leaves the packet as it arrived. Each header is accessed
@@ -76,6 +106,9 @@ pub fn rewrite_packet(
                 ip_csum = csum::replace4(ip_csum, meta.dst[0], nat.new_dst[0]);
                 put32(ip, ipv4::SRC, nat.new_src[0]);
                 put32(ip, ipv4::DST, nat.new_dst[0]);
+                if macs.is_some() {
+                    ip_csum = decrement_ttl(ip, ip_csum);
+                }
                 put16(ip, ipv4::CSUM, ip_csum);
             }
             l4_csum = csum::replace4(l4_csum, meta.src[0], nat.new_src[0]);
@@ -92,6 +125,10 @@ pub fn rewrite_packet(
                     put32(ip, ipv6::SRC + i * 4, nat.new_src[i]);
                     put32(ip, ipv6::DST + i * 4, nat.new_dst[i]);
                 }
+            }
+            if macs.is_some() {
+                // SAFETY: as above.
+                unsafe { decrement_hop_limit(ip) };
             }
         }
     }

@@ -82,6 +82,11 @@ pub enum Dataplane {
     Userspace,
 }
 
+/// The routed backend's IPv4 address (see [`L4Lab::routed_backend`]).
+pub const ROUTED_BACKEND_V4: &str = "198.18.3.11";
+/// The routed backend's IPv6 address.
+pub const ROUTED_BACKEND_V6: &str = "fd00:198:18:3::11";
+
 /// The backend IPv4 address of backend `n` (1-based).
 pub fn backend_v4(n: usize) -> IpAddr {
     format!("198.18.2.{}", 10 + n).parse().expect("IPv4")
@@ -247,6 +252,70 @@ impl L4Lab {
             ns.exec(&["ethtool", "-K", &dev, "gro", "on"])?;
         }
         Ok(())
+    }
+
+    /// Adds a backend namespace one router hop behind the bridge, with a smaller MTU on the
+    /// way: sw routes between br0 (198.18.2.2, fd00:198:18:2::2) and a link to the new
+    /// namespace (198.18.3.0/24, fd00:198:18:3::/64, [`ROUTED_BACKEND_V4`],
+    /// [`ROUTED_BACKEND_V6`]) whose MTU towards it is `mtu`. So sw answers bigger packets with
+    /// "fragmentation needed" / "packet too big", as a router on a real path does. The backend's
+    /// own end keeps MTU 1500: a bottleneck at an endpoint would be announced in its TCP MSS,
+    /// and path-MTU discovery would never be needed. The caller owns the namespace.
+    pub fn routed_backend(&self, mtu: u32) -> Result<Netns> {
+        let be = Netns::new("be3")?;
+        veth(
+            &VethEnd {
+                ns: &be,
+                name: "be3-sw",
+                addrs: &["198.18.3.11/24", "fd00:198:18:3::11/64"],
+            },
+            &VethEnd {
+                ns: &self.sw,
+                name: "sw-be3",
+                addrs: &["198.18.3.1/24", "fd00:198:18:3::1/64"],
+            },
+        )?;
+        let sw = |argv: &[&str]| self.sw.exec(argv);
+        sw(&["ip", "addr", "add", "198.18.2.2/24", "dev", "br0"])?;
+        sw(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd00:198:18:2::2/64",
+            "dev",
+            "br0",
+            "nodad",
+        ])?;
+        sw(&["ip", "link", "set", "sw-be3", "mtu", &mtu.to_string()])?;
+        for key in [
+            "net.ipv4.conf.all.forwarding=1",
+            "net.ipv6.conf.all.forwarding=1",
+        ] {
+            sw(&["sysctl", "-q", "-w", key])?;
+        }
+        be.exec(&["ip", "route", "add", "default", "via", "198.18.3.1"])?;
+        be.exec(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd00:198:18:3::1",
+        ])?;
+        self.lb
+            .exec(&["ip", "route", "add", "198.18.3.0/24", "via", "198.18.2.2"])?;
+        self.lb.exec(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "fd00:198:18:3::/64",
+            "via",
+            "fd00:198:18:2::2",
+        ])?;
+        Ok(be)
     }
 
     /// The namespace of backend `n` (1-based).

@@ -17,8 +17,8 @@ pub use mlb_common::net::tcp::{
     ACK as TCP_ACK, FIN as TCP_FIN, PSH as TCP_PSH, RST as TCP_RST, SYN as TCP_SYN,
 };
 use mlb_common::net::{
-    ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, eth, ipv4, ipv6, tcp,
-    udp, vlan,
+    ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    IPPROTO_UDP, eth, icmp, ipv4, ipv6, tcp, udp, vlan,
 };
 
 /// Default MACs of fixtures: the client side, and the load balancer's interface.
@@ -59,6 +59,12 @@ enum L4 {
     /// A raw protocol number with the payload as its body.
     Raw {
         proto: u8,
+    },
+    /// ICMP or ICMPv6 (by the IP header's family), its checksum computed.
+    Icmp {
+        icmp_type: u8,
+        code: u8,
+        rest: [u8; 4],
     },
 }
 
@@ -240,6 +246,23 @@ impl PacketBuilder {
         self
     }
 
+    /// An ICMP (IPv4) or ICMPv6 (IPv6) message: type, code, the four bytes after the checksum
+    /// (e.g. a next-hop MTU); the payload is its body (the quoted packet of an error).
+    pub fn icmp(mut self, icmp_type: u8, code: u8, rest: [u8; 4]) -> Self {
+        self.l4 = L4::Icmp {
+            icmp_type,
+            code,
+            rest,
+        };
+        self
+    }
+
+    /// An ICMP error quoting `quoted` (a frame from this module: its IP packet on is quoted).
+    pub fn icmp_error(self, icmp_type: u8, code: u8, rest: [u8; 4], quoted: &[u8]) -> Self {
+        self.icmp(icmp_type, code, rest)
+            .payload(quoted.get(eth::HLEN..).expect("a quoted frame"))
+    }
+
     /// Application payload.
     pub fn payload(mut self, data: &[u8]) -> Self {
         self.payload = data.to_vec();
@@ -277,6 +300,19 @@ impl PacketBuilder {
                 (IPPROTO_UDP, h)
             }
             L4::Raw { proto } => (*proto, Vec::new()),
+            L4::Icmp {
+                icmp_type,
+                code,
+                rest,
+            } => {
+                let mut h = vec![*icmp_type, *code, 0, 0];
+                h.extend_from_slice(rest);
+                let proto = match self.l3 {
+                    L3::V6 { .. } => IPPROTO_ICMPV6,
+                    _ => IPPROTO_ICMP,
+                };
+                (proto, h)
+            }
         };
         l4.extend_from_slice(&self.payload);
 
@@ -362,9 +398,12 @@ fn words(len: usize) -> u8 {
 }
 
 fn fill_l4_checksum(l4: &mut [u8], proto: u8, pseudo: &[u8]) {
-    let at = match proto {
-        IPPROTO_TCP if l4.len() >= tcp::HLEN_MIN => tcp::CSUM,
-        IPPROTO_UDP if l4.len() >= udp::HLEN => udp::CSUM,
+    let (at, pseudo) = match proto {
+        IPPROTO_TCP if l4.len() >= tcp::HLEN_MIN => (tcp::CSUM, pseudo),
+        IPPROTO_UDP if l4.len() >= udp::HLEN => (udp::CSUM, pseudo),
+        // ICMPv4's checksum covers the message only.
+        IPPROTO_ICMP if l4.len() >= icmp::HLEN => (icmp::CSUM, &[][..]),
+        IPPROTO_ICMPV6 if l4.len() >= icmp::HLEN => (icmp::CSUM, pseudo),
         _ => return,
     };
     l4[at] = 0;
@@ -433,13 +472,33 @@ pub struct Parsed {
     pub payload: Vec<u8>,
 }
 
-/// Parses an untagged Ethernet + IPv4/IPv6 + TCP/UDP frame and verifies its checksums from
-/// scratch (independently of how the program updated them).
+/// Parses an untagged Ethernet + IPv4/IPv6 + TCP/UDP (or ICMP) frame and verifies its
+/// checksums from scratch (independently of how the program updated them). For ICMP, the
+/// ports are 0 and the payload is the message body (an error's quoted packet: see
+/// [`parse_quoted`]).
 pub fn parse(frame: &[u8]) -> Option<Parsed> {
     let dst_mac = array_at(frame, eth::DST)?;
     let src_mac = array_at(frame, eth::SRC)?;
     let ether_type = u16_at(frame, eth::TYPE)?;
-    let ip = frame.get(eth::HLEN..)?;
+    let mut parsed = parse_ip(ether_type, frame.get(eth::HLEN..)?)?;
+    parsed.dst_mac = dst_mac;
+    parsed.src_mac = src_mac;
+    Some(parsed)
+}
+
+/// The packet an ICMP error quotes (`error`, parsed), parsed with its checksums verified: the
+/// test quotes whole packets. No MACs (zero).
+pub fn parse_quoted(error: &Parsed) -> Option<Parsed> {
+    let ether_type = match error.proto {
+        IPPROTO_ICMP => ETH_P_IP,
+        IPPROTO_ICMPV6 => ETH_P_IPV6,
+        _ => return None,
+    };
+    parse_ip(ether_type, &error.payload)
+}
+
+/// [`parse`] from the IP header on.
+fn parse_ip(ether_type: u16, ip: &[u8]) -> Option<Parsed> {
     let (src, dst, proto, ttl, l4, ip_ok, pseudo): (IpAddr, IpAddr, u8, u8, &[u8], bool, Vec<u8>) =
         match ether_type {
             ETH_P_IP => {
@@ -478,17 +537,22 @@ pub fn parse(frame: &[u8]) -> Option<Parsed> {
             }
             _ => return None,
         };
-    let sport = u16_at(l4, tcp::SPORT)?;
-    let dport = u16_at(l4, tcp::DPORT)?;
-    let hlen = if proto == IPPROTO_TCP {
-        usize::from(l4.get(tcp::DOFF)? >> 4) * 4
+    let is_icmp = proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6;
+    let (sport, dport) = if is_icmp {
+        (0, 0)
     } else {
-        udp::HLEN
+        (u16_at(l4, tcp::SPORT)?, u16_at(l4, tcp::DPORT)?)
     };
-    let l4_ok = checksum(&[&pseudo, l4]) == 0;
+    let hlen = match proto {
+        IPPROTO_TCP => usize::from(l4.get(tcp::DOFF)? >> 4) * 4,
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => icmp::HLEN,
+        _ => udp::HLEN,
+    };
+    let pseudo: &[u8] = if proto == IPPROTO_ICMP { &[] } else { &pseudo };
+    let l4_ok = checksum(&[pseudo, l4]) == 0;
     Some(Parsed {
-        dst_mac,
-        src_mac,
+        dst_mac: [0; 6],
+        src_mac: [0; 6],
         src,
         dst,
         proto,

@@ -42,6 +42,8 @@ use mlb_tests::{
 
 #[path = "xdp_fixtures/fuzz.rs"]
 mod fuzz;
+#[path = "xdp_fixtures/icmp_errors.rs"]
+mod icmp_errors;
 #[path = "xdp_fixtures/labels.rs"]
 mod labels;
 
@@ -422,13 +424,19 @@ impl Fixtures<'_> {
                         .payload(step.payload)
                         .build();
                     let (verdict, src_mac, dst_mac) = flow.egress;
+                    // The kernel decrements what it forwards itself.
+                    let ttl = if verdict == XDP_PASS {
+                        flow.ttl
+                    } else {
+                        flow.ttl - 1
+                    };
                     self.check(&name, Side::Client, &input, verdict, step.counter, |p| {
                         let port = *snat_port.get_or_insert_with(|| snat_port_ok(p));
                         flow.l4(
                             PacketBuilder::new()
                                 .eth(src_mac, dst_mac)
                                 .ip(f.snat, flow.backend)
-                                .ttl(flow.ttl),
+                                .ttl(ttl),
                             port,
                             backend_port(flow.service_port),
                             flags,
@@ -460,7 +468,8 @@ impl Fixtures<'_> {
                             flow.l4(
                                 PacketBuilder::new()
                                     .eth(MAC_LB, MAC_CLIENT)
-                                    .ip(f.vip, f.client),
+                                    .ip(f.vip, f.client)
+                                    .ttl(63),
                                 flow.service_port,
                                 flow.client_port,
                                 flags,
@@ -493,8 +502,8 @@ struct Flow {
     backend: IpAddr,
     /// How packets towards the backend leave: verdict, source and destination MACs.
     egress: (u32, [u8; 6], [u8; 6]),
-    /// TTL or hop limit of the client's packets, which full NAT keeps (it ends the path to the
-    /// VIP, like a proxy).
+    /// TTL or hop limit of the client's packets, which the program decrements like a router
+    /// when it sends them on itself.
     ttl: u8,
 }
 
@@ -678,6 +687,7 @@ fn packet_fixtures() {
             for f in FAMILIES {
                 flows(&mut fx, f);
                 forwarding(&mut fx, f);
+                icmp_errors::errors(&mut fx, f);
                 for (description, from, frame, counter) in passed_untouched(f) {
                     fx.passes_untouched(
                         &format!("{} {description}", f.name),
@@ -727,7 +737,7 @@ fn flows(fx: &mut Fixtures<'_>, f: &Family) {
         f,
         &second,
         &[step(
-            "second flow to the same backend, TTL kept",
+            "second flow to the same backend, TTL 3 decremented",
             Dir::ToBackend,
             TCP_SYN,
             b"",
@@ -868,6 +878,7 @@ fn v4_spread_and_backend_change(fx: &mut Fixtures<'_>) {
             PacketBuilder::new()
                 .eth(MAC_LB_SW, mac_of(p.dst))
                 .ip(V4.snat, p.dst)
+                .ttl(63)
                 .tcp(snat_port_ok(p), port, flags)
                 .build()
         });
@@ -962,6 +973,7 @@ fn v4_only(fx: &mut Fixtures<'_>) {
             PacketBuilder::new()
                 .eth(MAC_LB_SW, MAC_BE1)
                 .ip(V4.snat, V4.be1)
+                .ttl(63)
                 .ipv4_options(&opts)
                 .tcp(snat_port_ok(p), backend_port(SVC_TCP), TCP_SYN)
                 .build()
@@ -1001,6 +1013,7 @@ fn v4_only(fx: &mut Fixtures<'_>) {
         PacketBuilder::new()
             .eth(MAC_LB_SW, MAC_BE1)
             .ip(V4.snat, V4.be1)
+            .ttl(63)
             .udp(p.sport, backend_port(SVC_UDP))
             .payload(b"q0")
             .build(),

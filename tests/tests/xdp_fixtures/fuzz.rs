@@ -8,7 +8,10 @@
 //! - a passed frame reaches the kernel exactly as it arrived, or rewritten whole (a flow whose
 //!   next hop the kernel must resolve), like a forwarded one;
 //! - a forwarded frame keeps its length, its checksums are valid when the input's were, and its
-//!   5-tuple is the one the conntrack entry of the input's 5-tuple rewrites to.
+//!   5-tuple is the one the conntrack entry of the input's 5-tuple rewrites to;
+//! - a forwarded ICMP error (the generator quotes real flows in some) goes where the entry of
+//!   the flow its quote answers rewrites to, its quote is what that flow's sender sent, and
+//!   its checksums (outer, ICMP, quote) are valid when the input's were.
 //!
 //! CI runs a bounded number (`MLB_FUZZ_ITERATIONS`, default 3,000, a few seconds);
 //! `cargo xtask fuzz xdp --iterations N | --seconds S [--seed X]` runs more.
@@ -19,7 +22,7 @@ use mlb_common::{
     maps::{FAMILY_V4, FAMILY_V6, FlowKey},
     net::{
         ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS,
-        IPPROTO_ROUTING, IPPROTO_TCP, ipv6, vlan,
+        IPPROTO_ROUTING, IPPROTO_TCP, icmp, ipv6, vlan,
     },
 };
 
@@ -139,6 +142,12 @@ impl Generator {
             .copied()
             .filter(|r| r.backend.is_ipv4() == f.client.is_ipv4())
             .nth(self.rng.below(self.replies.len().max(1)));
+        if let Some(r) = known
+            && self.rng.percent(12)
+        {
+            let error = self.icmp_error(r, ttl, flags, &payload);
+            return (Side::Backend, self.decorate(error, f));
+        }
         let (side, builder, sport, dport, proto_tcp) = match known {
             Some(r) if self.rng.percent(35) => (
                 Side::Backend,
@@ -180,6 +189,51 @@ impl Generator {
             builder.udp(sport, dport)
         };
         (side, self.decorate(builder.payload(&payload), f))
+    }
+
+    /// An ICMP error (or, now and then, another ICMP message) from the backend side quoting a
+    /// packet of the reply direction `r` (the load balancer's packet to the backend), whole or
+    /// cut to the 8 bytes of L4 RFC 792 promises, or of no flow at all (another SNAT port).
+    fn icmp_error(&mut self, r: Reply, ttl: u8, flags: u8, payload: &[u8]) -> PacketBuilder {
+        let snat_port = if self.rng.percent(85) {
+            r.snat.port()
+        } else {
+            self.rng.next() as u16
+        };
+        let quoted = PacketBuilder::new().ip(r.snat.ip(), r.backend.ip()).ttl(63);
+        let quoted = if r.proto == IPPROTO_TCP {
+            quoted.tcp_seq(snat_port, r.backend.port(), flags, 1, 2)
+        } else {
+            quoted.udp(snat_port, r.backend.port())
+        };
+        let mut quoted = quoted.payload(payload).build();
+        let v4 = r.backend.is_ipv4();
+        if self.rng.percent(30) {
+            let ip = if v4 { ipv4::HLEN_MIN } else { ipv6::HLEN };
+            quoted.truncate(eth::HLEN + ip + udp::HLEN);
+        }
+        let (icmp_type, code) = if v4 {
+            self.rng.pick(&[
+                (icmp::V4_DEST_UNREACH, icmp::V4_FRAG_NEEDED),
+                (icmp::V4_DEST_UNREACH, 3),
+                (icmp::V4_TIME_EXCEEDED, 0),
+                (8, 0),
+                (12, 0),
+            ])
+        } else {
+            self.rng.pick(&[
+                (icmp::V6_PACKET_TOO_BIG, 0),
+                (icmp::V6_DEST_UNREACH, 4),
+                (icmp::V6_TIME_EXCEEDED, 0),
+                (128, 0),
+                (4, 0),
+            ])
+        };
+        PacketBuilder::new()
+            .eth(MAC_BE1, MAC_LB_SW)
+            .ip(r.backend.ip(), r.snat.ip())
+            .ttl(ttl)
+            .icmp_error(icmp_type, code, [0, 0, 0x05, 0x00], &quoted)
     }
 
     /// IPv4 options, fragments, VLAN tags, IPv6 extension headers, on some frames.
@@ -362,6 +416,9 @@ fn check_forwarded(
     replies: &mut Vec<Reply>,
 ) {
     assert_eq!(out.len(), frame.len(), "length changed: {}", what());
+    if is_icmp(frame) {
+        return check_translated_error(dp, frame, out, what);
+    }
     let input_ok = packet::parse(&untagged(frame)).is_some_and(|p| p.checksums_ok);
     if input_ok {
         let parsed = packet::parse(&untagged(out));
@@ -406,6 +463,76 @@ fn check_forwarded(
     }
 }
 
+/// Whether a frame is ICMP or ICMPv6 (of its IP header's family).
+fn is_icmp(frame: &[u8]) -> bool {
+    tuple(frame).is_some_and(|t| {
+        (t.family, t.proto) == (FAMILY_V4, IPPROTO_ICMP)
+            || (t.family, t.proto) == (FAMILY_V6, IPPROTO_ICMPV6)
+    })
+}
+
+/// The packet an ICMP error quotes, as a frame of its own (the error's Ethernet header).
+fn quote_of(frame: &[u8]) -> Option<Vec<u8>> {
+    let l3 = l3_offset(frame)?;
+    let ip_hlen = match tuple(frame)?.family {
+        FAMILY_V4 => usize::from(frame.get(l3)? & 0x0F) * 4,
+        _ => ipv6::HLEN,
+    };
+    let mut quote = frame[..l3].to_vec();
+    quote.extend_from_slice(frame.get(l3 + ip_hlen + icmp::HLEN..)?);
+    Some(quote)
+}
+
+/// A translated ICMP error: sent where the flow its quote answers goes, its quote what that
+/// flow's sender sent, its checksums (outer, ICMP, quote) valid when the input's were.
+fn check_translated_error(dp: &XdpL4, frame: &[u8], out: &[u8], what: &dyn Fn() -> String) {
+    let quoted = tuple(&quote_of(frame).unwrap()).unwrap();
+    // The quote reversed: the 5-tuple of the flow direction the error travels with.
+    let key = FlowKey {
+        src: quoted.dst,
+        dst: quoted.src,
+        sport: quoted.dport,
+        dport: quoted.sport,
+        ..quoted
+    };
+    let entry = dp
+        .conntrack_entry(&key)
+        .unwrap()
+        .unwrap_or_else(|| panic!("error translated without a conntrack entry: {}", what()));
+    let outer = tuple(out).unwrap();
+    let quote_out = tuple(&quote_of(out).unwrap()).unwrap();
+    assert_eq!(
+        (outer.src, outer.dst),
+        (entry.new_src, entry.new_dst),
+        "error not sent like its flow: {}",
+        what()
+    );
+    assert_eq!(
+        (
+            quote_out.src,
+            quote_out.dst,
+            quote_out.sport,
+            quote_out.dport
+        ),
+        (
+            entry.new_dst,
+            entry.new_src,
+            entry.new_dport,
+            entry.new_sport
+        ),
+        "quote is not what the flow's sender sent: {}",
+        what()
+    );
+    let parse = |f: &[u8]| packet::parse(&untagged(f)).filter(|p| p.checksums_ok);
+    if let Some(input) = parse(frame) {
+        let output = parse(out).unwrap_or_else(|| panic!("bad checksums: {}", what()));
+        let quote_ok = |p: &packet::Parsed| packet::parse_quoted(p).is_some_and(|q| q.checksums_ok);
+        if quote_ok(&input) {
+            assert!(quote_ok(&output), "bad quoted checksums: {}", what());
+        }
+    }
+}
+
 /// Every prefix of a few well-formed frames (SYN with IPv4 options, IPv6 UDP, VLAN-tagged
 /// TCP), from both sides.
 fn truncations() -> Vec<Vec<u8>> {
@@ -438,7 +565,7 @@ fn packet_fuzz() {
     // First, so a failure's output names the seed that reproduces it.
     eprintln!("packet fuzz: seed {} (MLB_FUZZ_SEED)", budget.seed);
     let lab = lab();
-    let (done, verdicts) = lab
+    let (done, verdicts, translated) = lab
         .lb
         .enter(|| {
             let mut changes = services();
@@ -469,12 +596,22 @@ fn packet_fuzz() {
                     fuzzed += 1;
                 }
             }
-            (done + fuzzed, verdicts)
+            let translated = dp.program().counters().unwrap();
+            (
+                done + fuzzed,
+                verdicts,
+                translated.get(Counter::IcmpErrorTranslated),
+            )
         })
         .unwrap();
     eprintln!(
-        "packet fuzz: {done} frames, seed {:#x}, verdicts {verdicts:?}",
+        "packet fuzz: {done} frames, seed {:#x}, verdicts {verdicts:?}, \
+         {translated} ICMP errors translated",
         budget.seed
+    );
+    assert!(
+        translated > 0,
+        "no ICMP error quoting a real flow was translated"
     );
     // The mix reached the fast path, not only the parser's exits.
     for v in [XDP_PASS, XDP_DROP, XDP_REDIRECT] {
