@@ -11,7 +11,7 @@
 /// churn counters. 3: `ServiceValue::flags` (source hash, ACL), the ACL trie, the ACL drop
 /// counter. 4: the backend's TIME_WAIT recorded in `NatEntry` (`tw_*`), counter
 /// `SnatPortTimeWait`. 5: counters `PassTtlExceeded`, `IcmpErrorTranslated`, `PassIcmpNoFlow`,
-/// `PassIcmpUnsupported`.
+/// `PassIcmpUnsupported`, `IcmpTooBigSent`.
 pub const ABI_VERSION: u32 = 5;
 
 /// Number of per-CPU counter slots in the global statistics array (see [`crate::stats::Counter`]).

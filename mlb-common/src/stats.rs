@@ -106,11 +106,14 @@ pub enum Counter {
     /// Passed: an ICMP/ICMPv6 error the program does not translate: quoted packet truncated,
     /// with IPv4 options or IPv6 extension headers, a fragment, or neither TCP nor UDP.
     PassIcmpUnsupported,
+    /// Packets too big for their next hop (and not allowed to be fragmented) answered with
+    /// IPv4 fragmentation needed / IPv6 packet too big, as a router does.
+    IcmpTooBigSent,
 }
 
 impl Counter {
     /// Number of counters (the size of the stats array).
-    pub const COUNT: usize = Counter::PassIcmpUnsupported as usize + 1;
+    pub const COUNT: usize = Counter::IcmpTooBigSent as usize + 1;
 
     /// Every counter, in index order, with the name user space reports it under.
     pub const ALL: [(Counter, &'static str); Counter::COUNT] = [
@@ -161,6 +164,7 @@ impl Counter {
         (Counter::IcmpErrorTranslated, "icmp_error_translated"),
         (Counter::PassIcmpNoFlow, "pass_icmp_no_flow"),
         (Counter::PassIcmpUnsupported, "pass_icmp_unsupported"),
+        (Counter::IcmpTooBigSent, "icmp_too_big_sent"),
     ];
 
     /// The counter of a transition into `state` (a `ct::CT_*`), if it has one.

@@ -1,10 +1,14 @@
 //! The forwarding decision for a packet about to be rewritten: `bpf_fib_lookup` on the rewritten
 //! addresses gives the egress interface and next-hop MACs; the same interface means `XDP_TX`,
 //! another one `XDP_REDIRECT` through the devmap. Only reads and lookups happen here: the packet
-//! is untouched until the decision is made, so a failed lookup passes the packet as it arrived.
+//! is untouched until the decision is made, so a failed lookup passes the packet as it arrived;
+//! a packet too big for the next hop is answered (`too_big.rs`).
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup as FibParams,
+    },
     helpers::bpf_fib_lookup,
     programs::XdpContext,
 };
@@ -15,6 +19,7 @@ use crate::{
     maps::TX_PORTS,
     parse::{Family, PacketMeta},
     stats::count,
+    too_big,
 };
 
 const AF_INET: u8 = 2;
@@ -116,6 +121,11 @@ pub fn next_hop(
             0,
         )
     };
+    if rc == i64::from(BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+        // SAFETY: the kernel set the next hop's MTU with this answer.
+        let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
+        return Err(too_big::answer(ctx, meta, mtu));
+    }
     if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
         count(Counter::PassNoNeighbour);
         return Ok(NextHop::Kernel);
