@@ -12,7 +12,7 @@
 /// counter. 4: the backend's TIME_WAIT recorded in `NatEntry` (`tw_*`), counter
 /// `SnatPortTimeWait`. 5: direct server return (`Config::forwarding`, `encap_src_*`, DSR
 /// counters); counters `PassTtlExceeded`, `IcmpErrorTranslated`, `PassIcmpNoFlow`,
-/// `PassIcmpUnsupported`.
+/// `PassIcmpUnsupported`, `IcmpTooBigSent`.
 pub const ABI_VERSION: u32 = 5;
 
 /// Number of per-CPU counter slots in the global statistics array (see [`crate::stats::Counter`]).

@@ -87,6 +87,8 @@ pub mod ipv4 {
     pub const CSUM: usize = 10;
     pub const SRC: usize = 12;
     pub const DST: usize = 16;
+    /// "Don't fragment" flag in the host-order `FRAG_OFF` field.
+    pub const DF: u16 = 0x4000;
     /// "More fragments" flag in the host-order `FRAG_OFF` field.
     pub const MF: u16 = 0x2000;
     /// Fragment offset (8-byte units) in the host-order `FRAG_OFF` field.

@@ -98,7 +98,9 @@ pub enum Counter {
     /// Packets encapsulated to their backend (direct server return).
     DsrEncapsulated,
     /// Dropped: encapsulated, the packet would exceed the MTU towards its backend (the path
-    /// to backends must carry the outer header's 20 or 40 more bytes).
+    /// to backends must carry the outer header's 20 or 40 more bytes) and cannot be answered
+    /// with "fragmentation needed" (IPv4 without DF, ICMP); the others are (`icmp_too_big_sent`,
+    /// with the MTU less the outer header).
     DropEncapTooBig,
     /// Dropped: no room in front of the packet for the outer header (driver headroom).
     DropEncapFailed,
@@ -113,11 +115,14 @@ pub enum Counter {
     /// Passed: an ICMP/ICMPv6 error the program does not translate: quoted packet truncated,
     /// with IPv4 options or IPv6 extension headers, a fragment, or neither TCP nor UDP.
     PassIcmpUnsupported,
+    /// Packets too big for their next hop (and not allowed to be fragmented) answered with
+    /// IPv4 fragmentation needed / IPv6 packet too big, as a router does.
+    IcmpTooBigSent,
 }
 
 impl Counter {
     /// Number of counters (the size of the stats array).
-    pub const COUNT: usize = Counter::PassIcmpUnsupported as usize + 1;
+    pub const COUNT: usize = Counter::IcmpTooBigSent as usize + 1;
 
     /// Every counter, in index order, with the name user space reports it under.
     pub const ALL: [(Counter, &'static str); Counter::COUNT] = [
@@ -171,6 +176,7 @@ impl Counter {
         (Counter::IcmpErrorTranslated, "icmp_error_translated"),
         (Counter::PassIcmpNoFlow, "pass_icmp_no_flow"),
         (Counter::PassIcmpUnsupported, "pass_icmp_unsupported"),
+        (Counter::IcmpTooBigSent, "icmp_too_big_sent"),
     ];
 
     /// The counter of a transition into `state` (a `ct::CT_*`), if it has one.

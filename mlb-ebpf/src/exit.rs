@@ -2,7 +2,8 @@
 //!
 //! Every step returns `Result<_, Exit>`; the entry point turns an `Exit` into a verdict and counts
 //! its reason in one place ([`Exit::into_verdict`]). An exit always happens before the packet is
-//! written (the rewrite is the last step), so a passed packet reaches the kernel untouched.
+//! written (the rewrite is the last step), so a passed packet reaches the kernel untouched; only
+//! an answer the program sends back ([`Exit::Answered`]) replaces the packet.
 use mlb_common::{stats::Counter, verdict::Verdict};
 
 use crate::stats::count;
@@ -14,6 +15,9 @@ pub enum Exit {
     Pass(Counter),
     /// Refused on purpose (a table is full). The counter names why.
     Drop(Counter),
+    /// Answered by the program itself, sent back out of the ingress interface (`too_big.rs`:
+    /// the one exit that writes the packet). The counter names the answer.
+    Answered(Counter),
     /// A map lookup that cannot fail did: a bug. Counted as its verdict only.
     Aborted,
 }
@@ -30,6 +34,10 @@ impl Exit {
             Exit::Drop(reason) => {
                 count(reason);
                 Verdict::Drop
+            }
+            Exit::Answered(answer) => {
+                count(answer);
+                Verdict::Tx
             }
             Exit::Aborted => Verdict::Aborted,
         }

@@ -1,7 +1,8 @@
 //! The forwarding decision for a packet about to be rewritten: `bpf_fib_lookup` on the rewritten
 //! addresses gives the egress interface and next-hop MACs; the same interface means `XDP_TX`,
 //! another one `XDP_REDIRECT` through the devmap. Only reads and lookups happen here: the packet
-//! is untouched until the decision is made, so a failed lookup passes the packet as it arrived.
+//! is untouched until the decision is made, so a failed lookup passes the packet as it arrived;
+//! a packet too big for the next hop is answered (`too_big.rs`).
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
@@ -18,6 +19,7 @@ use crate::{
     maps::TX_PORTS,
     parse::{Family, PacketMeta},
     stats::count,
+    too_big,
 };
 
 const AF_INET: u8 = 2;
@@ -121,15 +123,22 @@ pub fn next_hop(
             0,
         )
     };
+    if rc == i64::from(BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+        // SAFETY: the kernel set the next hop's MTU with this answer.
+        let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
+        // Encapsulated (direct server return), the packet grew by its outer header: the
+        // sender must leave room for it.
+        let grown = tot_len.saturating_sub(meta.ip_len);
+        return Err(match too_big::answer(ctx, meta, mtu.saturating_sub(grown)) {
+            // Unanswerable (no DF, ICMP): the kernel would not know what to do with a packet
+            // meant to be encapsulated.
+            Exit::Pass(_) if grown > 0 => Exit::Drop(Counter::DropEncapTooBig),
+            exit => exit,
+        });
+    }
     if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
         count(Counter::PassNoNeighbour);
         return Ok(NextHop::Kernel);
-    }
-    // Only a packet that grew (encapsulated) is dropped for its size: an unchanged one the
-    // kernel forwards itself (fragmenting it or answering ICMP "too big"); a passed
-    // encapsulated one it would not know what to do with.
-    if rc == i64::from(BPF_FIB_LKUP_RET_FRAG_NEEDED) && tot_len > meta.ip_len {
-        return Err(Exit::Drop(Counter::DropEncapTooBig));
     }
     if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         return Err(Exit::Pass(Counter::PassFibFailed));

@@ -37,7 +37,7 @@ use crate::{
     lookup,
     maps::{self, CONNTRACK, Scratch},
     parse::{BAD_L3, Family, PacketMeta, ptr_at},
-    rewrite::{decrement_hop_limit, decrement_ttl, get16},
+    rewrite::{decrement_hop_limit, decrement_ttl, get16, load16, store16},
     stats::count,
 };
 
@@ -236,28 +236,6 @@ fn tracked_entry(scratch: &mut Scratch, cfg: &Config, now: u64) -> Result<&'stat
         return Err(NO_FLOW);
     }
     Ok(nat)
-}
-
-/// Reads the raw 16-bit word at `base + off`, in one load.
-///
-/// The rewrite of an error touches some 40 words: byte-wise unaligned accesses (as in
-/// `rewrite.rs`) would cost more registers than the BPF stack holds spills for. Packet data
-/// starts 2-byte aligned (the kernel's frames, and `BPF_PROG_TEST_RUN`'s), and every header
-/// starts at an even offset (Ethernet 14, a VLAN tag 4, IPv4 headers in 4-byte words, IPv6
-/// 40): every field written here is at an even offset, so 2-byte aligned.
-///
-/// # Safety
-/// `base + off .. base + off + 2` must be inside a range checked against the packet end, and
-/// at an even offset from the packet start.
-#[inline(always)]
-unsafe fn load16(base: *mut u8, off: usize) -> u16 {
-    unsafe { base.add(off).cast::<u16>().read() }
-}
-
-/// Writes a raw 16-bit word; same contract as [`load16`].
-#[inline(always)]
-unsafe fn store16(base: *mut u8, off: usize, v: u16) {
-    unsafe { base.add(off).cast::<u16>().write(v) }
 }
 
 /// Writes the `N`-word address `new` (`N` 32-bit words: 1 for IPv4, 4 for IPv6) at

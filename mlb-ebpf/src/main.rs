@@ -29,6 +29,7 @@ mod rewrite;
 mod snat;
 mod stats;
 mod tcpseq;
+mod too_big;
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
 use mlb_common::{maps::FORWARDING_DSR, stats::Counter, verdict::Verdict};

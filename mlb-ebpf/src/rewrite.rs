@@ -40,6 +40,28 @@ pub unsafe fn put32(base: *mut u8, off: usize, v: u32) {
     unsafe { core::ptr::write_unaligned(base.add(off).cast::<u32>(), v) }
 }
 
+/// Reads the raw 16-bit word at `base + off`, in one load.
+///
+/// For code that touches many words (ICMP errors): byte-wise unaligned accesses ([`get16`])
+/// would cost more registers than the BPF stack holds spills for. Packet data
+/// starts 2-byte aligned (the kernel's frames, and `BPF_PROG_TEST_RUN`'s), and every header
+/// starts at an even offset (Ethernet 14, a VLAN tag 4, IPv4 headers in 4-byte words, IPv6
+/// 40): every field written here is at an even offset, so 2-byte aligned.
+///
+/// # Safety
+/// `base + off .. base + off + 2` must be inside a range checked against the packet end, and
+/// at an even offset from the packet start.
+#[inline(always)]
+pub unsafe fn load16(base: *mut u8, off: usize) -> u16 {
+    unsafe { base.add(off).cast::<u16>().read() }
+}
+
+/// Writes a raw 16-bit word; same contract as [`load16`].
+#[inline(always)]
+pub unsafe fn store16(base: *mut u8, off: usize, v: u16) {
+    unsafe { base.add(off).cast::<u16>().write(v) }
+}
+
 /// Decrements the TTL of the IPv4 header at `ip`; returns its checksum `csum` updated.
 ///
 /// # Safety

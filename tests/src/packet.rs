@@ -174,6 +174,14 @@ impl PacketBuilder {
         self
     }
 
+    /// Sets the IPv4 "don't fragment" flag.
+    pub fn dont_fragment(mut self) -> Self {
+        if let L3::V4 { frag, .. } = &mut self.l3 {
+            *frag |= ipv4::DF;
+        }
+        self
+    }
+
     /// Sets the IPv4 TTL or IPv6 hop limit.
     pub fn ttl(mut self, value: u8) -> Self {
         match &mut self.l3 {

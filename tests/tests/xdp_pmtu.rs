@@ -1,11 +1,18 @@
-//! Path-MTU discovery through the XDP dataplane, end to end with real kernels' TCP: a router
-//! behind the load balancer (sw, see [`L4Lab::routed_backend`]) has a 1280-byte link towards
-//! the backend and answers the client's full-size segments, NATed by mlb, with "fragmentation
-//! needed" / "packet too big" addressed to the SNAT address. mlb translates the error back to
-//! the client (from the VIP, quoting the client's own segment), the client's kernel lowers its
-//! path MTU to the VIP, and the upload completes. Without the translation the error dies at the
-//! load balancer, the client keeps sending segments the router drops, and the upload stalls
-//! (Linux does no black-hole probing by default): bounded here by the socket timeouts.
+//! Path-MTU discovery through the XDP dataplane, end to end with real kernels' TCP, with the
+//! bottleneck (1280 bytes) in two places:
+//!
+//! - behind the load balancer: a router (sw, see [`L4Lab::routed_backend`]) has a 1280-byte
+//!   link towards the backend and answers the client's full-size segments, NATed by mlb, with
+//!   "fragmentation needed" / "packet too big" addressed to the SNAT address. mlb translates the
+//!   error back to the client (from the VIP, quoting the client's own segment). Without the
+//!   translation the error dies at the load balancer, the client keeps sending segments the
+//!   router drops, and the upload stalls (Linux does no black-hole probing by default);
+//! - at the load balancer: its backend-side link has MTU 1280, and mlb answers the too-big
+//!   segment itself, as a router does. Left to the kernel, the segment would reach the VIP's
+//!   local stack, which has no such connection: a reset.
+//!
+//! Either way the client's kernel caches MTU 1280 for the VIP and the upload completes;
+//! failures are bounded by the socket timeouts.
 use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream},
@@ -16,7 +23,10 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use mlb_common::stats::Counter;
 use mlb_tests::{
-    l4_lab::{Dataplane, L4Lab, ROUTED_BACKEND_V4, ROUTED_BACKEND_V6, VIP_V4, VIP_V6},
+    l4_lab::{
+        Dataplane, L4Lab, ROUTED_BACKEND_V4, ROUTED_BACKEND_V6, VIP_V4, VIP_V6, backend_v4,
+        backend_v6,
+    },
     privileges::require_netns_and_bpf,
 };
 
@@ -28,38 +38,55 @@ const PORT: u16 = 9300;
 /// Bound of each socket operation: a stalled upload fails within it.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[test]
-fn path_mtu_discovery_through_xdp_v4() {
-    run(
-        "path_mtu_discovery_through_xdp_v4",
-        VIP_V4,
-        ROUTED_BACKEND_V4,
-    );
+/// Where the smaller MTU is.
+#[derive(Clone, Copy, Debug)]
+enum Bottleneck {
+    /// A router between the load balancer and the backend: mlb translates its errors.
+    Router,
+    /// The load balancer's own backend-side link: mlb answers.
+    LoadBalancer,
 }
 
+/// Every case in turn, in one test. (Run as four tests side by side in one process, the
+/// load-balancer cases stalled now and then: the client cached MTU 1280 for the VIP, yet its
+/// retransmissions stayed full-size. One after the other they do not; the cause is not known.)
 #[test]
-fn path_mtu_discovery_through_xdp_v6() {
-    run(
-        "path_mtu_discovery_through_xdp_v6",
-        VIP_V6,
-        ROUTED_BACKEND_V6,
-    );
-}
-
-fn run(test: &str, vip: &str, backend: &str) {
-    if !require_netns_and_bpf(test) {
+fn path_mtu_discovery() {
+    if !require_netns_and_bpf("path_mtu_discovery") {
         return;
     }
-    if let Err(e) = upload_through_smaller_mtu(vip, backend) {
-        panic!("{test}: {e:#}");
+    for bottleneck in [Bottleneck::Router, Bottleneck::LoadBalancer] {
+        for vip in [VIP_V4, VIP_V6] {
+            if let Err(e) = upload_through_smaller_mtu(vip, bottleneck) {
+                panic!("{bottleneck:?}, VIP {vip}: {e:#}");
+            }
+        }
     }
 }
 
-fn upload_through_smaller_mtu(vip: &str, backend: &str) -> Result<()> {
+fn upload_through_smaller_mtu(vip: &str, bottleneck: Bottleneck) -> Result<()> {
     let vip: IpAddr = vip.parse()?;
-    let backend = SocketAddr::new(backend.parse()?, PORT);
+    let v4 = vip.is_ipv4();
     let lab = L4Lab::new()?;
-    let be = lab.routed_backend(PATH_MTU)?;
+    let (backend, routed, counter) = match bottleneck {
+        Bottleneck::Router => {
+            let ip = if v4 {
+                ROUTED_BACKEND_V4
+            } else {
+                ROUTED_BACKEND_V6
+            };
+            let be = lab.routed_backend(PATH_MTU)?;
+            (ip.parse()?, Some(be), Counter::IcmpErrorTranslated)
+        }
+        Bottleneck::LoadBalancer => {
+            let mtu = PATH_MTU.to_string();
+            lab.lb.exec(&["ip", "link", "set", "lb-sw", "mtu", &mtu])?;
+            let ip = if v4 { backend_v4(1) } else { backend_v6(1) };
+            (ip, None, Counter::IcmpTooBigSent)
+        }
+    };
+    let backend = SocketAddr::new(backend, PORT);
+    let be = routed.as_ref().unwrap_or_else(|| lab.backend_ns(1));
     let listener = be.enter(move || TcpListener::bind(backend))??;
     let sink = thread::spawn(move || sink_one(&listener));
     let toml = format!(
@@ -76,8 +103,8 @@ fn upload_through_smaller_mtu(vip: &str, backend: &str) -> Result<()> {
         (received, echoed) == (UPLOAD, UPLOAD),
         "backend received {received} bytes, acknowledged {echoed}, of {UPLOAD}"
     );
-    let translated = lab.xdp_counter(Counter::IcmpErrorTranslated)?;
-    ensure!(translated > 0, "no ICMP error was translated");
+    let answered = lab.xdp_counter(counter)?;
+    ensure!(answered > 0, "no ICMP error counted as {counter:?}");
     // The client learnt the path's MTU for the VIP.
     let route = lab.cli.exec(&["ip", "route", "get", &vip.to_string()])?;
     ensure!(
@@ -85,8 +112,8 @@ fn upload_through_smaller_mtu(vip: &str, backend: &str) -> Result<()> {
         "the client's route to the VIP has no cached MTU {PATH_MTU}: {route}"
     );
     eprintln!(
-        "{UPLOAD} bytes to {backend} through a {PATH_MTU}-byte hop in {took:?}, \
-         {translated} ICMP errors translated"
+        "{UPLOAD} bytes to {backend} through a {PATH_MTU}-byte hop ({bottleneck:?}) in \
+         {took:?}, {counter:?} {answered}"
     );
     Ok(())
 }

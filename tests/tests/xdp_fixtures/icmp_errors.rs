@@ -263,3 +263,76 @@ fn untranslated(fx: &mut Fixtures<'_>, f: &Family, sent: &[u8]) {
         );
     }
 }
+
+/// A packet too big for the next hop (the backend-side link's MTU lowered to 1280) is answered
+/// like a router answers it: fragmentation needed (IPv4, when DF is set) or packet too big
+/// (IPv6) with MTU 1280, from the address the packet was sent to, quoting its first 64 bytes,
+/// back out of the ingress interface. IPv4 without DF goes to the kernel untouched.
+#[test]
+fn too_big_for_the_next_hop() {
+    if !require_netns_and_bpf("too_big_for_the_next_hop") {
+        return;
+    }
+    let lab = lab();
+    lab.lb
+        .exec(&["ip", "link", "set", "lb-sw", "mtu", "1280"])
+        .unwrap();
+    lab.lb
+        .enter(|| {
+            let dp = lab.dataplane(config((40000, 59999)), &services());
+            for f in FAMILIES {
+                too_big_answered(&dp, &lab, f);
+            }
+            let no_df = PacketBuilder::new()
+                .ip(V4.client, V4.vip)
+                .tcp(40201, SVC_TCP, TCP_SYN)
+                .payload(&[7; 1300])
+                .build();
+            let (v, out, d) = send(&dp, &lab, Side::Client, &no_df);
+            assert_eq!((v, &out), (XDP_PASS, &no_df), "v4 without DF: untouched");
+            assert_eq!(d.get(Counter::PassFibFailed), 1, "{d:?}");
+        })
+        .unwrap();
+}
+
+fn too_big_answered(dp: &XdpL4, lab: &Lab, f: &Family) {
+    let big = PacketBuilder::new()
+        .ip(f.client, f.vip)
+        .dont_fragment()
+        .tcp(40200, SVC_TCP, TCP_SYN)
+        .payload(&[7; 1300])
+        .build();
+    let (v, out, d) = send(dp, lab, Side::Client, &big);
+    assert_eq!(v, XDP_TX, "{}: {d:?}", f.name);
+    assert_eq!(d.get(Counter::IcmpTooBigSent), 1, "{}: {d:?}", f.name);
+    let p = packet::parse(&out).unwrap();
+    assert!(p.checksums_ok, "{}: {p:?}", f.name);
+    assert_eq!(
+        (p.src_mac, p.dst_mac, p.src, p.dst, p.ttl),
+        (MAC_LB, MAC_CLIENT, f.vip, f.client, 64),
+        "{}",
+        f.name
+    );
+    let ip_hlen = out.len() - p.payload.len() - icmp::HLEN - eth::HLEN;
+    let msg = &out[eth::HLEN + ip_hlen..];
+    let (want_type, want_code, mtu_field) = match f.client {
+        IpAddr::V4(_) => (
+            icmp::V4_DEST_UNREACH,
+            icmp::V4_FRAG_NEEDED,
+            [0, 0, 0x05, 0x00],
+        ),
+        IpAddr::V6(_) => (icmp::V6_PACKET_TOO_BIG, 0, [0, 0, 0x05, 0x00]),
+    };
+    assert_eq!(
+        (msg[icmp::TYPE], msg[icmp::CODE], &msg[4..8]),
+        (want_type, want_code, &mtu_field[..]),
+        "{}",
+        f.name
+    );
+    assert_eq!(
+        p.payload,
+        big[eth::HLEN..eth::HLEN + 64],
+        "{}: quote is the packet's first 64 bytes",
+        f.name
+    );
+}
