@@ -6,6 +6,10 @@
 //! `bpf_fib_lookup`); and only then rewrite it ([`rewrite::rewrite_packet`]). Every read and
 //! lookup comes before the first write (Katran's rule), so a packet that leaves early reaches the
 //! kernel as it arrived, its reason counted.
+//!
+//! With `--forwarding dsr` a packet to a service skips connection tracking: Maglev picks its
+//! backend every time and it leaves encapsulated ([`encap::forward_direct`]). The object also
+//! holds the backends' half, `mlb_decap` ([`decap`]), loaded on its own by `mlb backend-setup`.
 #![no_std]
 #![no_main]
 #![allow(

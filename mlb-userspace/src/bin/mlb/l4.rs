@@ -18,6 +18,7 @@ use mlb::{
     options::{DataplaneKind, ForwardingKind, RunOptions},
     overload::ConnGate,
 };
+use mlb_common::maps::{FAMILY_V4, FAMILY_V6};
 use tracing::{debug, error, info, warn};
 
 /// The XDP program, when `--dataplane` and `--xdp-iface` ask for it and it could be attached.
@@ -172,6 +173,16 @@ fn forwarding(opts: &RunOptions, vips: &[IpAddr]) -> Result<Forwarding> {
         ?forwarding,
         "direct server return: backends need `mlb backend-setup`"
     );
+    for family in [FAMILY_V4, FAMILY_V6] {
+        let served = vips.iter().any(|v| v.is_ipv4() == (family == FAMILY_V4));
+        if served && forwarding.dsr_reaches(family) == Some(false) {
+            warn!(
+                family,
+                "--forwarding dsr: no outer source address of this family (--dsr-source, or an \
+                 address on the --xdp-iface interfaces): its services get no backends"
+            );
+        }
+    }
     Ok(forwarding)
 }
 
