@@ -11,6 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use mlb::{
     dataplane::HttpChange,
     model::{Backend, BackendId, BackendState, HttpService},
+    overload::{ConnGate, ConnLimits},
     proxy::{HttpProxy, ProxyConfig},
 };
 
@@ -61,6 +62,12 @@ fn main() -> Result<()> {
             service_bind_ip: listen.ip(),
             ssl_certs,
             threads,
+            // Room for `bench http --memory`'s 10,000 idle connections and the probes beside.
+            conn_gate: ConnGate::new(ConnLimits {
+                max_connections: 20_000,
+                max_per_listener: 20_000,
+                ..ConnLimits::default()
+            }),
             ..ProxyConfig::default()
         };
         let proxy = HttpProxy::start(config, tokio::runtime::Handle::current())?;

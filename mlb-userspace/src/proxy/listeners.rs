@@ -2,6 +2,7 @@
 //! serving HTTP/1.1 and HTTP/2 on each connection.
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    convert::Infallible,
     net::SocketAddr,
     pin::Pin,
     sync::Arc,
@@ -409,7 +410,15 @@ async fn serve_connection(shared: Arc<Shared>, mut stream: Guarded<TcpStream>, m
         let table = shared.table.load_full();
         if let Some(svc) = table.lookup_port(port).filter(|s| s.spec.tls_passthrough) {
             // A passthrough service's own port forwards TLS untouched too.
-            passthrough(&shared, svc, stream, Vec::new(), &info, "(service port)").await;
+            Box::pin(passthrough(
+                &shared,
+                svc,
+                stream,
+                Vec::new(),
+                &info,
+                "(service port)",
+            ))
+            .await;
             return;
         }
     }
@@ -419,18 +428,31 @@ async fn serve_connection(shared: Arc<Shared>, mut stream: Guarded<TcpStream>, m
         Frontend::ServicePort(port) => shared.certs.port_config(port),
         Frontend::Http | Frontend::AppId => None,
     };
+    match tls_config {
+        // A connection task is as large as its largest state for its whole life, idle or
+        // not: the TLS states (handshake, TLS stream, passthrough) are boxed, so that plain
+        // connections, the most numerous, do not carry their room.
+        Some(config) => Box::pin(serve_tls(shared, stream, info, config, tcp_tls)).await,
+        None => serve_http(shared, Prefixed::new(Vec::new(), stream), info).await,
+    }
+}
+
+/// A connection to a TLS frontend: passthrough by SNI, or the handshake, then HTTP (or plain
+/// TCP to the backend for a tcp-mode service with a certificate).
+async fn serve_tls(
+    shared: Arc<Shared>,
+    mut stream: Guarded<TcpStream>,
+    mut info: ConnInfo,
+    tls_config: Arc<rustls::ServerConfig>,
+    tcp_tls: Option<Arc<super::router::Service>>,
+) {
     // Plain TCP inside: no HTTP version to negotiate.
-    let tls_config = match (tls_config, &tcp_tls) {
-        (Some(config), Some(_)) if !config.alpn_protocols.is_empty() => {
-            let mut plain = (*config).clone();
-            plain.alpn_protocols.clear();
-            Some(Arc::new(plain))
-        }
-        (config, _) => config,
-    };
-    let Some(tls_config) = tls_config else {
-        serve_http(shared, Prefixed::new(Vec::new(), stream), info).await;
-        return;
+    let tls_config = if tcp_tls.is_some() && !tls_config.alpn_protocols.is_empty() {
+        let mut plain = (*tls_config).clone();
+        plain.alpn_protocols.clear();
+        Arc::new(plain)
+    } else {
+        tls_config
     };
     let mut replay = Vec::new();
     if info.frontend == Frontend::Https && shared.table.load().has_passthrough() {
@@ -536,6 +558,13 @@ async fn splice_to_backend<S>(
     debug!(sni, "TLS passthrough: no backend reachable; closing");
 }
 
+/// A request being handled. Boxed: hyper keeps a slot for the service's future in every
+/// HTTP/1 connection, idle ones included, and the handler's state is several KiB; boxed, the
+/// slot is a pointer and those KiB exist only while a request is in flight.
+type InFlight = Pin<
+    Box<dyn Future<Output = Result<http::Response<super::body::ProxyBody>, Infallible>> + Send>,
+>;
+
 async fn serve_http<I>(shared: Arc<Shared>, io: I, info: ConnInfo)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -555,14 +584,14 @@ where
         .keep_alive_interval(Some(client_timeout))
         .keep_alive_timeout(std::time::Duration::from_secs(20));
     let info = Arc::new(info);
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req| -> InFlight {
         let busy = info.conn.request();
         let response = handler::handle(shared.clone(), info.clone(), req);
-        async move {
+        Box::pin(async move {
             let response = response.await;
             drop(busy);
             response
-        }
+        })
     });
     if let Err(e) = builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)

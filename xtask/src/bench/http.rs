@@ -66,6 +66,12 @@ pub fn run(args: &HttpArgs) -> Result<()> {
     fs::create_dir_all(&www)?;
     fs::write(www.join("index.html"), "hello from the bench backend\n")?;
     nginx::start(&mut lab, &www, "")?;
+    if let Some(conns) = args.memory {
+        let report = memory_report(&mut lab, &setup, conns)?;
+        drop(lab);
+        println!("{report}");
+        return super::write_report("http-memory", &report).map(drop);
+    }
     let results = run_rounds(&mut lab, &setup, rounds)?;
     drop(lab);
     let report = report(&results, rounds, secs)?;
@@ -488,6 +494,49 @@ fn write_haproxy_config(dir: &Path, cert: &Path, threads: u32) -> Result<PathBuf
         ),
     )?;
     Ok(path)
+}
+
+/// mlb's resident memory per idle keep-alive connection, plain HTTP and TLS, each with mlb
+/// started afresh.
+fn memory_report(lab: &mut Lab, setup: &Setup, conns: usize) -> Result<String> {
+    let mut o = String::new();
+    writeln!(o, "# mlb bench http --memory\n")?;
+    writeln!(
+        o,
+        "mlb (one thread, cpu1); {conns} client connections from cli, each one keep-alive \
+         `GET /` answered, then all held idle; mlb's VmRSS before they open and 1 s after the \
+         last answer.\n"
+    )?;
+    writeln!(
+        o,
+        "| connections | RSS before MiB | RSS held MiB | per connection KiB | {conns} connections MiB |"
+    )?;
+    writeln!(o, "|---|---|---|---|---|")?;
+    for (name, port, tls) in [
+        ("plain HTTP/1.1", nginx::PORT, false),
+        ("HTTP/1.1 over TLS", TLS_PORT, true),
+    ] {
+        eprintln!("bench http: memory: {name}");
+        let pid = start_lb(lab, Case::Mlb, setup)?.context("mlb has a PID")?;
+        let url = format!("http://{VIP}:{}/", nginx::PORT);
+        let host_header = format!("Host: {VHOST}");
+        probe::wait_for_200(lab, Some(pid), NS_CLI, &["-H", &host_header, &url])?;
+        let target = format!("{VIP}:{port}");
+        let held = super::idle::rss_with_idle_conns(&setup.bins.xtask, pid, &target, conns, tls);
+        lab.stop(pid);
+        let (before, held) = held?;
+        let delta = held.saturating_sub(before) as f64;
+        let row = format!(
+            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            before as f64 / 1024.0,
+            held as f64 / 1024.0,
+            delta / conns as f64,
+            delta / 1024.0,
+        );
+        eprintln!("bench http: {row}");
+        writeln!(o, "{row}")?;
+    }
+    Ok(o)
 }
 
 /// The report: how it was measured, the table of medians, HAProxy's session reuse.

@@ -10,6 +10,7 @@
 mod churn;
 mod cpu;
 mod http;
+mod idle;
 mod lab;
 mod nginx;
 mod probe;
@@ -42,6 +43,10 @@ pub enum BenchCmd {
     /// Internal: the TLS handshake load generator `bench http` runs in the client namespace.
     #[command(hide = true)]
     TlsClient(tls_client::TlsClientArgs),
+    /// Internal: the idle keep-alive client of `bench http --memory`, run in the client
+    /// namespace.
+    #[command(hide = true)]
+    IdleClient(idle::IdleClientArgs),
     /// Marathon sync at scale: full sync time and RSS, event → dataplane latency, a burst.
     Sync(SyncArgs),
     /// A fleet behind an ECMP router: new connections per second through 1 and through 2 mlb
@@ -87,6 +92,10 @@ pub struct HttpArgs {
     /// Rounds (each runs every case once, interleaved); the table shows medians.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
+    /// Instead of the speed cases: mlb's memory per idle keep-alive connection, this many
+    /// connections (one request each, then idle), plain HTTP and TLS.
+    #[arg(long, value_name = "CONNS")]
+    pub memory: Option<usize>,
 }
 
 /// Flags of `cargo xtask bench tcp`.
@@ -165,6 +174,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
             argv.extend(fleet);
             crate::cargo(&argv)
         }
+        BenchCmd::IdleClient(args) => idle::run(&args),
     }
 }
 

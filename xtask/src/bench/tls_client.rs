@@ -84,7 +84,7 @@ pub fn run(args: &TlsClientArgs) -> Result<()> {
 }
 
 /// A client without session resumption that accepts the bench's self-signed certificate.
-fn client_config() -> Result<Arc<ClientConfig>> {
+pub(super) fn client_config() -> Result<Arc<ClientConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
