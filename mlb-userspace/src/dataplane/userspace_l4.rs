@@ -543,7 +543,9 @@ impl UserspaceL4 {
             rt.spec = service.clone();
             debug!(service = %key, "L4 service updated");
         } else {
-            info!(service = %key, app = %service.app_id, addrs = ?wanted, "L4 service listening");
+            // Debug: at 10,000 services one line each at start-up cost more than the binds;
+            // "dataplanes updated" counts them.
+            debug!(service = %key, app = %service.app_id, addrs = ?wanted, "L4 service listening");
             self.services.insert(
                 key,
                 ServiceRuntime {

@@ -1,11 +1,16 @@
 //! The apps mlb last read from Marathon, kept as a parsed [`AppList`] and updated in place: a
 //! task event re-reads one app, and only that app is replaced.
+use std::collections::HashMap;
+
 use super::types::AppList;
 
 /// Marathon's apps as last read, in API order (service-port auto-assignment depends on it).
 #[derive(Debug, Default)]
 pub struct AppStore {
     list: AppList,
+    /// Position of each app in `list.apps` by id: a burst of 1,000 re-read apps must not scan
+    /// 10,000 apps for each one.
+    index: HashMap<String, usize>,
 }
 
 impl AppStore {
@@ -17,33 +22,55 @@ impl AppStore {
     /// Replaces everything with a full read (`GET /v2/apps`, parsed app by app by the watcher).
     pub fn replace_all(&mut self, list: AppList) {
         self.list = list;
+        self.reindex();
+    }
+
+    fn reindex(&mut self) {
+        self.index.clear();
+        self.index.extend(
+            self.list
+                .apps
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (a.id.clone(), i)),
+        );
     }
 
     /// Replaces or adds the apps of `changed` (each read whole) and drops `removed`.
     pub fn update(&mut self, changed: AppList, removed: &[String]) {
+        let mut shifted = false;
         for id in removed {
-            self.remove(id);
+            shifted |= self.remove(id);
         }
-        for app in changed.apps {
-            self.list.invalid.retain(|e| e.app_id != app.id);
-            match self.list.apps.iter_mut().find(|a| a.id == app.id) {
-                Some(slot) => *slot = app,
-                None => self.list.apps.push(app),
-            }
-        }
-        for e in changed.invalid {
+        for e in &changed.invalid {
             // The previous good version is not kept: Marathon now serves this one, and routing
             // to tasks of a definition Marathon replaced would be a guess. The rejection names
             // the field so the operator can fix it.
-            self.list.apps.retain(|a| a.id != e.app_id);
-            self.list.invalid.retain(|old| old.app_id != e.app_id);
-            self.list.invalid.push(e);
+            shifted |= self.remove(&e.app_id);
         }
+        if shifted {
+            self.reindex();
+        }
+        for app in changed.apps {
+            if !self.list.invalid.is_empty() {
+                self.list.invalid.retain(|e| e.app_id != app.id);
+            }
+            if let Some(&i) = self.index.get(&app.id) {
+                self.list.apps[i] = app;
+            } else {
+                self.index.insert(app.id.clone(), self.list.apps.len());
+                self.list.apps.push(app);
+            }
+        }
+        self.list.invalid.extend(changed.invalid);
     }
 
-    fn remove(&mut self, id: &str) {
-        self.list.apps.retain(|a| a.id != id);
+    /// Drops the app (valid or not); true when apps after it moved (the index is stale).
+    fn remove(&mut self, id: &str) -> bool {
         self.list.invalid.retain(|e| e.app_id != id);
+        let before = self.list.apps.len();
+        self.list.apps.retain(|a| a.id != id);
+        self.list.apps.len() != before
     }
 }
 
@@ -80,6 +107,13 @@ mod tests {
         assert_eq!(store.list().apps[0].instances, Some(3));
         store.update(AppList::default(), &["/a".into()]);
         assert_eq!(ids(&store), ["/b", "/c"]);
+        // A removal moves the apps after it: later updates still land on the right app.
+        store.update(reread(json!({"id": "/d"})), &["/b".into()]);
+        store.update(reread(json!({"id": "/d", "instances": 4})), &[]);
+        store.update(reread(json!({"id": "/c", "instances": 5})), &[]);
+        assert_eq!(ids(&store), ["/c", "/d"]);
+        assert_eq!(store.list().apps[0].instances, Some(5));
+        assert_eq!(store.list().apps[1].instances, Some(4));
     }
 
     #[test]

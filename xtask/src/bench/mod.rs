@@ -14,8 +14,10 @@ mod idle;
 mod lab;
 mod nginx;
 mod probe;
+mod profile;
 mod stats;
 mod sync;
+mod sync_front;
 mod tcp;
 mod tls_client;
 mod wrk;
@@ -78,6 +80,15 @@ pub struct SyncArgs {
     /// The simulator's pause between task state changes (killing → killed, staging → running).
     #[arg(long, default_value_t = 20)]
     pub step_delay_ms: u64,
+    /// No `perf record` of mlb during the full sync.
+    #[arg(long)]
+    pub no_perf: bool,
+    /// Record call graphs too (`perf record --call-graph dwarf`; big data, slow report).
+    #[arg(long)]
+    pub call_graph: bool,
+    /// Keep mlb's and the simulator's logs and the perf data after a successful run.
+    #[arg(long)]
+    pub keep: bool,
     /// Extra flag for `mlb run` (repeatable), e.g. `--mlb-arg=--maglev-table-size=1009`.
     #[arg(long, allow_hyphen_values = true)]
     pub mlb_arg: Vec<String>,

@@ -1,0 +1,150 @@
+//! A fast front for the simulator in `bench sync`, so that the full sync measures mlb and not
+//! the simulator (which renders 100,000 tasks as JSON values under its lock for every
+//! `/v2/apps`, seconds on a loaded machine).
+//!
+//! Until [`Front::stale`] is called, a `GET /v2/apps…` is answered from a body rendered once by
+//! the simulator beforehand (same state: nothing changes before the first kill), straight from
+//! memory, then the connection is closed. Every other connection is piped to the simulator
+//! byte for byte (`/v2/events`, per-app reads, task kills, and full reads once stale).
+use std::{
+    io::{self, Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+
+/// Largest request head read before deciding where a connection goes.
+const MAX_HEAD: usize = 64 * 1024;
+/// A client must send its request head within this.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The front's address and switches; its threads live as long as the bench.
+pub struct Front {
+    addr: SocketAddr,
+    state: Arc<State>,
+}
+
+struct State {
+    sim: SocketAddr,
+    body: Vec<u8>,
+    fresh: AtomicBool,
+    served: AtomicUsize,
+}
+
+impl Front {
+    /// Listens on a free loopback port; `body` is the simulator's current `/v2/apps`.
+    pub fn start(sim: SocketAddr, body: Vec<u8>) -> Result<Front> {
+        let listener = TcpListener::bind("127.0.0.1:0").context("front listener")?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            sim,
+            body,
+            fresh: AtomicBool::new(true),
+            served: AtomicUsize::new(0),
+        });
+        let st = Arc::clone(&state);
+        thread::Builder::new()
+            .name("sync-front".into())
+            .spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    let st = Arc::clone(&st);
+                    let _ =
+                        thread::Builder::new()
+                            .name("sync-front-conn".into())
+                            .spawn(move || {
+                                let _ = serve(&st, conn);
+                            });
+                }
+            })?;
+        Ok(Front { addr, state })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The simulator's state is about to change: full reads go to it from now on.
+    pub fn stale(&self) {
+        self.state.fresh.store(false, Ordering::SeqCst);
+    }
+
+    /// How many full reads were answered from memory.
+    pub fn served(&self) -> usize {
+        self.state.served.load(Ordering::SeqCst)
+    }
+}
+
+fn serve(st: &State, mut client: TcpStream) -> io::Result<()> {
+    client.set_nodelay(true)?;
+    client.set_read_timeout(Some(HEAD_TIMEOUT))?;
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = client.read(&mut buf)?;
+        if n == 0 || head.len() + n > MAX_HEAD {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    client.set_read_timeout(None)?;
+    if st.fresh.load(Ordering::SeqCst) && is_full_read(&head) {
+        write!(
+            client,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n",
+            st.body.len()
+        )?;
+        client.write_all(&st.body)?;
+        st.served.fetch_add(1, Ordering::SeqCst);
+        return client.shutdown(Shutdown::Write);
+    }
+    let mut sim = TcpStream::connect_timeout(&st.sim, Duration::from_secs(5))?;
+    sim.set_nodelay(true)?;
+    sim.write_all(&head)?;
+    let (mut sim_r, mut client_w) = (sim.try_clone()?, client.try_clone()?);
+    let back = thread::spawn(move || {
+        let _ = io::copy(&mut sim_r, &mut client_w);
+        let _ = client_w.shutdown(Shutdown::Write);
+    });
+    let _ = io::copy(&mut client, &mut sim);
+    let _ = sim.shutdown(Shutdown::Write);
+    let _ = back.join();
+    Ok(())
+}
+
+/// `GET /v2/apps` or `GET /v2/apps?…` (not one app's `/v2/apps/ID`).
+fn is_full_read(head: &[u8]) -> bool {
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+    method == b"GET" && path == b"/v2/apps"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_app_list_is_a_full_read() {
+        assert!(is_full_read(
+            b"GET /v2/apps?embed=apps.tasks HTTP/1.1\r\n\r\n"
+        ));
+        assert!(is_full_read(b"GET /v2/apps HTTP/1.1\r\n\r\n"));
+        assert!(!is_full_read(b"GET /v2/apps/app-1 HTTP/1.1\r\n\r\n"));
+        assert!(!is_full_read(b"POST /v2/apps HTTP/1.1\r\n\r\n"));
+        assert!(!is_full_read(b"GET /v2/events HTTP/1.1\r\n\r\n"));
+    }
+}
