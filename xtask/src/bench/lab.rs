@@ -171,6 +171,21 @@ impl Lab {
         for (ns, dev) in devices {
             ns_run(ns, &["ethtool", "-K", dev, "tx", "off", "gro", "on"])?;
         }
+        // The backends' network carries 100 more bytes than the client's, as a DSR deployment
+        // needs (the outer header of full-size client packets); the client's MTU still bounds
+        // every segment, so the other cases see no difference.
+        let backend_side = [
+            (NS_LB, "lb-sw"),
+            (NS_SW, "sw-lb"),
+            (NS_SW, "br0"),
+            (NS_SW, "sw-be1"),
+            (NS_SW, "sw-be2"),
+            (NS_BE[0], "be1-sw"),
+            (NS_BE[1], "be2-sw"),
+        ];
+        for (ns, dev) in backend_side {
+            ip(ns, &["link", "set", dev, "mtu", "1600"])?;
+        }
         // lb's receive work on cpu1 (the LB's CPU): RPS, threaded NAPI.
         for dev in ["lb-cli", "lb-sw"] {
             ns_run(
