@@ -12,8 +12,8 @@ use aya_ebpf::bindings::BPF_ANY;
 use mlb_common::{
     consts::TOUCH_INTERVAL_NS,
     ct::{
-        CT_CLOSE_WAIT, CT_ESTABLISHED, CT_SYN_SENT, CT_TIME_WAIT, TW_RECORDED, TW_TIMESTAMP,
-        backend_in_time_wait, is_closed, is_opening_syn, next_tcp_state,
+        CT_CLOSE_WAIT, CT_ESTABLISHED, CT_FIN_WAIT, CT_SYN_SENT, CT_TIME_WAIT, TW_RECORDED,
+        TW_TIMESTAMP, backend_in_time_wait, is_closed, is_opening_syn, next_tcp_state,
     },
     hash::{flow_hash, source_hash},
     maps::{Config, DIR_TO_BACKEND, DIR_TO_CLIENT, FlowKey, NatEntry, SVC_F_SOURCE_HASH},
@@ -195,12 +195,26 @@ fn forget_dead_flow(
 }
 
 /// Records in the reply half `reply` what the backend's TIME_WAIT expects after the client's
-/// FIN (`seg`: that FIN, read by `tcpseq.rs`), for the SNAT search.
+/// FIN (`seg`: that FIN, read by `tcpseq.rs`), for the SNAT search; `TW_RECORDED` only when the
+/// backend is known to be left in TIME_WAIT.
 #[inline(always)]
-fn record_backend_time_wait(reply: &mut NatEntry, seg: &Scratch) {
+fn record_client_fin(reply: &mut NatEntry, seg: &Scratch, time_wait: bool) {
     reply.tw_rcv_nxt = seg.seg_seq_end;
     reply.tw_ts_recent = seg.seg_ts;
-    reply.tw_flags = TW_RECORDED | if seg.seg_ts_ok != 0 { TW_TIMESTAMP } else { 0 };
+    reply.tw_flags =
+        if time_wait { TW_RECORDED } else { 0 } | if seg.seg_ts_ok != 0 { TW_TIMESTAMP } else { 0 };
+}
+
+/// The backend's FIN (`seg`) after the client's, recorded in `reply`: if it does not
+/// acknowledge the client's FIN, the two crossed (typical of a client that closes as soon as it
+/// has read a response while the server closes too). The backend then goes through CLOSING into
+/// TIME_WAIT as if it had closed first, and refuses an older SYN just the same.
+#[inline(always)]
+fn note_backend_fin(reply: &mut NatEntry, seg: &Scratch) {
+    let acked = (seg.seg_ack.wrapping_sub(reply.tw_rcv_nxt) as i32) >= 0;
+    if !acked {
+        reply.tw_flags |= TW_RECORDED;
+    }
 }
 
 /// Moves the flow's TCP state on (in both halves, counted) and refreshes both halves' last-seen
@@ -227,8 +241,14 @@ fn update_flow(
             (*entry).state = next;
             (*peer).state = next;
             let to_backend = (*entry).direction == DIR_TO_BACKEND;
-            if to_backend && state == CT_CLOSE_WAIT && next == CT_TIME_WAIT {
-                record_backend_time_wait(&mut *peer, seg);
+            // The reply half (`peer` for the client's packets, `entry` for the backend's)
+            // carries what the backend's TIME_WAIT will expect.
+            if to_backend && next == CT_TIME_WAIT && state == CT_CLOSE_WAIT {
+                record_client_fin(&mut *peer, seg, true);
+            } else if to_backend && next == CT_FIN_WAIT {
+                record_client_fin(&mut *peer, seg, false);
+            } else if !to_backend && state == CT_FIN_WAIT && next == CT_TIME_WAIT {
+                note_backend_fin(&mut *entry, seg);
             }
             if let Some(c) = Counter::entering(next) {
                 count(c);

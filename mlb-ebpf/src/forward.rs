@@ -129,12 +129,14 @@ pub fn next_hop(
         // Encapsulated (direct server return), the packet grew by its outer header: the
         // sender must leave room for it.
         let grown = tot_len.saturating_sub(meta.ip_len);
-        return Err(match too_big::answer(ctx, meta, mtu.saturating_sub(grown)) {
-            // Unanswerable (no DF, ICMP): the kernel would not know what to do with a packet
-            // meant to be encapsulated.
-            Exit::Pass(_) if grown > 0 => Exit::Drop(Counter::DropEncapTooBig),
-            exit => exit,
-        });
+        return Err(
+            match too_big::answer(ctx, meta, mtu.saturating_sub(grown)) {
+                // Unanswerable (no DF, ICMP): the kernel would not know what to do with a packet
+                // meant to be encapsulated.
+                Exit::Pass(_) if grown > 0 => Exit::Drop(Counter::DropEncapTooBig),
+                exit => exit,
+            },
+        );
     }
     if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
         count(Counter::PassNoNeighbour);

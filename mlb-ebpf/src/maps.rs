@@ -100,6 +100,8 @@ pub struct Scratch {
     pub seg_seq_end: u32,
     pub seg_ts: u32,
     pub seg_ts_ok: u32,
+    /// The acknowledgement number of that SYN or FIN (0 if it has no ACK flag).
+    pub seg_ack: u32,
     /// The outer header of a packet being encapsulated (direct server return).
     pub outer: [u8; OUTER_MAX],
 }

@@ -1,5 +1,6 @@
 //! What a backend's TIME_WAIT will compare a new SYN against: the sequence numbers and TCP
-//! timestamp of segments that open or close a flow (SYN, FIN), read into the per-CPU scratch.
+//! timestamp (and acknowledgement) of segments that open or close a flow (SYN, FIN), read into
+//! the per-CPU scratch.
 //! Other segments skip this step (one flags test).
 //!
 //! When the backend closed first, its TIME_WAIT for the 4-tuple refuses a SYN with an older
@@ -50,6 +51,16 @@ pub fn read_segment(ctx: &XdpContext, meta: &PacketMeta, scratch: &mut Scratch) 
     let flags =
         u32::from(meta.tcp_flags & tcp::SYN != 0) + u32::from(meta.tcp_flags & tcp::FIN != 0);
     scratch.seg_seq = seq;
+    scratch.seg_ack = if meta.tcp_flags & tcp::ACK != 0 {
+        u32::from_be_bytes([
+            hdr[tcp::ACK_SEQ],
+            hdr[tcp::ACK_SEQ + 1],
+            hdr[tcp::ACK_SEQ + 2],
+            hdr[tcp::ACK_SEQ + 3],
+        ])
+    } else {
+        0
+    };
     scratch.seg_seq_end = seq.wrapping_add(payload).wrapping_add(flags);
     if let Some(ts) = timestamp(ctx, l4 + tcp::HLEN_MIN, l4 + hlen) {
         scratch.seg_ts = ts;

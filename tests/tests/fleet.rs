@@ -581,9 +581,8 @@ fn ecmp_bench_body() -> Result<()> {
         Ok(())
     };
     let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
-    let new_flows = || -> Result<[u64; 2]> {
-        Ok([xdp_counter(&a, "flow_new")?, xdp_counter(&b, "flow_new")?])
-    };
+    let new_flows =
+        || -> Result<[u64; 2]> { Ok([xdp_counter(&a, "flow_new")?, xdp_counter(&b, "flow_new")?]) };
     for round in 0..ROUNDS {
         for instances in [1, 2] {
             route(instances)?;

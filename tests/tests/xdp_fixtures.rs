@@ -1566,6 +1566,67 @@ fn snat_reuse_respects_the_backends_time_wait() {
         .unwrap();
 }
 
+/// A backend FIN acknowledging `ack` (SNAT port `port`).
+fn backend_fin(port: u16, ack: u32) -> Vec<u8> {
+    PacketBuilder::new()
+        .eth(MAC_BE1, MAC_LB_SW)
+        .ip(V4.be1, V4.snat)
+        .tcp_seq(backend_port(SVC_TCP), port, TCP_FIN | TCP_ACK, 77, ack)
+        .build()
+}
+
+/// FINs that cross (the client closes as soon as it has read the response, while the server
+/// closes too: the backend's FIN does not acknowledge the client's) leave the backend in
+/// TIME_WAIT (through CLOSING) as surely as a backend that closed first: the SNAT search must
+/// pass that port over for an older SYN. A client that closed first and cleanly (the backend's
+/// FIN acknowledges it) leaves no TIME_WAIT at the backend: its port serves any SYN.
+#[test]
+fn crossing_fins_leave_the_backend_in_time_wait() {
+    if !require_netns_and_bpf("crossing_fins_leave_the_backend_in_time_wait") {
+        return;
+    }
+    let lab = lab();
+    lab.lb
+        .enter(|| {
+            let mut config = config((40000, 40000));
+            config.timeouts.tcp_time_wait = Duration::ZERO;
+            config.timeouts.tcp_closed = Duration::ZERO;
+            let dp = lab.dataplane(
+                config,
+                &[L4Change::Upsert(service(SVC_TCP, Protocol::Tcp, &[V4.be1]))],
+            );
+            let send = |from, frame: &[u8]| send(&dp, &lab, from, frame);
+            // One flow on the only port, closed by the client first (FIN seq 5000, timestamp
+            // 600), then the backend's FIN acknowledging `backend_ack`; then a SYN with an
+            // older timestamp: how many ports the search refused for the backend's TIME_WAIT.
+            let refused_after_close = |client_port: u16, backend_ack: u32| {
+                let (v, out, d) = send(Side::Client, &client_seg(client_port, TCP_SYN, 1000, 500));
+                assert_eq!(v, XDP_REDIRECT, "{d:?}");
+                let port = snat_port_of(&out);
+                send(Side::Backend, &backend_seg(port, TCP_SYN | TCP_ACK));
+                send(Side::Client, &client_seg(client_port, TCP_ACK, 1001, 510));
+                send(
+                    Side::Client,
+                    &client_seg(client_port, TCP_FIN | TCP_ACK, 5000, 600),
+                );
+                let (_, _, d) = send(Side::Backend, &backend_fin(port, backend_ack));
+                assert_eq!(d.get(Counter::CtTimeWait), 1, "{d:?}");
+                let (v, _, d) = send(
+                    Side::Client,
+                    &client_seg(client_port + 1, TCP_SYN, 9000, 550),
+                );
+                assert_eq!(v, XDP_REDIRECT, "the only port serves anyway: {d:?}");
+                d.get(Counter::SnatPortTimeWait)
+            };
+            // Crossed: the backend's FIN acknowledges only up to the client's data (1).
+            assert_eq!(refused_after_close(46001, 1), 1);
+            // Clean: it acknowledges the client's FIN (5001).
+            send(Side::Client, &client_seg(46002, TCP_RST, 9001, 0));
+            assert_eq!(refused_after_close(46010, 5001), 0);
+        })
+        .unwrap();
+}
+
 /// Both halves of a flow live and die together: when one is gone (as after an LRU eviction),
 /// the other forwards nothing and is forgotten. And a SYN flood holds SNAT ports no longer
 /// than the SYN timeout.
