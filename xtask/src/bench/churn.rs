@@ -92,7 +92,7 @@ pub fn run(
                 match outcome {
                     Ok(w) => results.extend(w),
                     Err(e) => {
-                        problems.push(format!("{} c{conns} round {round}: {e:#}", case.label()))
+                        problems.push(format!("{} c{conns} round {round}: {e:#}", case.label()));
                     }
                 }
             }
