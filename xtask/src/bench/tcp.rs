@@ -61,8 +61,6 @@ struct Measurement {
     keepalive_p99_ms: Option<f64>,
     close_rps: Option<f64>,
     iperf_gbps: Option<f64>,
-    /// iperf3 with the client's GSO off, in every case: see [`iperf_wire`].
-    iperf_wire_gbps: Option<f64>,
     cpu1_busy_pct: Option<f64>,
     /// Metrics that failed, with why.
     problems: Vec<String>,
@@ -392,26 +390,7 @@ fn measure(lab: &mut Lab, target: &str, d: &Durations) -> Measurement {
         Ok(g) => m.iperf_gbps = Some(g),
         Err(e) => m.problems.push(format!("iperf3: {e:#}")),
     }
-    match iperf_wire(lab, target, d.iperf_secs) {
-        Ok(g) => m.iperf_wire_gbps = Some(g),
-        Err(e) => m.problems.push(format!("iperf3 (client GSO off): {e:#}")),
-    }
     m
-}
-
-/// iperf3 with the client sending wire-size segments (GSO off on its veth) in every case.
-///
-/// An XDP program on a veth turns GSO off on its peer, here the *client's* interface: with XDP
-/// the client segments its stream itself and the backend receives every segment, while for
-/// direct routing (no XDP) 64-KiB GSO packets cross the lab whole. On a real network the
-/// client's NIC puts wire-size frames on the wire whatever the load balancer runs, so this
-/// column compares what the load balancers cost; the other shows the veth lab as it is.
-fn iperf_wire(lab: &mut Lab, target: &str, secs: u32) -> Result<f64> {
-    lab::ns_run(NS_CLI, &["ethtool", "-K", "cli-lb", "gso", "off"])?;
-    let result = iperf(lab, target, secs);
-    // (Refused while an XDP program holds it off: then it is off for every run anyway.)
-    let _ = lab::ns_run(NS_CLI, &["ethtool", "-K", "cli-lb", "gso", "on"]);
-    result
 }
 
 /// One iperf3 run through `target`; a one-off server on be1 for each run, so a failed run
@@ -463,8 +442,8 @@ fn report(
     let mut s = method(rounds, d, args);
     let _ = writeln!(
         s,
-        "| case | keep-alive req/s (× direct) | p99 ms (× direct) | new conn/s (× direct) | iperf3 Gbit/s (× direct) | iperf3, client GSO off (× direct) | cpu1 busy % |\n\
-         |---|---|---|---|---|---|---|"
+        "| case | keep-alive req/s (× direct) | p99 ms (× direct) | new conn/s (× direct) | iperf3 Gbit/s (× direct) | cpu1 busy % |\n\
+         |---|---|---|---|---|---|"
     );
     for &case in cases {
         let _ = writeln!(s, "{}", row(case, results));
@@ -489,10 +468,7 @@ fn method(rounds: u32, d: &Durations, args: &TcpArgs) -> String {
          backends (`mlb backend-setup --decap xdp` on them), which answer through lb's kernel \
          routing (lb is their only way to the client here), not through mlb. Ratios are \
          to direct in the same run; compare ratios, not absolute numbers across runs. cpu1 busy % is \
-         the whole CPU during the wrk runs (anything else running on it included). iperf3 runs \
-         twice: as the lab is (an XDP program on lb-cli turns GSO off on the client's veth, \
-         direct keeps it: 64-KiB packets cross the lab whole), and with the client's GSO off in \
-         every case, as a client's NIC puts wire-size frames on a real network.\n\n",
+         the whole CPU during the wrk runs (anything else running on it included).\n\n",
         if args.quick {
             " (--quick: smoke test, not a measurement)"
         } else {
@@ -535,12 +511,11 @@ fn row(case: Case, results: &BTreeMap<Case, CaseResults>) -> String {
             .collect();
         median(&values)
     };
-    let metrics: [(Metric, usize); 5] = [
+    let metrics: [(Metric, usize); 4] = [
         (|m| m.keepalive_rps, 0),
         (|m| m.keepalive_p99_ms, 2),
         (|m| m.close_rps, 0),
         (|m| m.iperf_gbps, 2),
-        (|m| m.iperf_wire_gbps, 2),
     ];
     let mut row = format!("| {} |", case.label());
     for (metric, decimals) in metrics {
