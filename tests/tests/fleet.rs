@@ -50,6 +50,30 @@ fn start<'l>(lab: &'l EcmpLab, i: usize, sim: &MarathonSim) -> Result<Mlb<'l>> {
     Mlb::start(Some(&lab.lbs[i]), admin, &lab.agent_args(i, &marathon))
 }
 
+/// One simulator agent per backend namespace of `lab` (its tasks listen there).
+fn backend_agents(lab: &EcmpLab) -> Vec<SimAgent> {
+    lab.backends
+        .iter()
+        .enumerate()
+        .map(|(n, be)| SimAgent::in_netns(backend_addr(n + 1).parse().expect("IPv4"), be.name()))
+        .collect()
+}
+
+/// A simulator with the TCP app `app` (4 tasks bound on the backends) and both instances of
+/// `lab` reading it, checked to agree.
+fn two_instances_on<'l>(
+    lab: &'l EcmpLab,
+    rt: &tokio::runtime::Runtime,
+    app: (&str, u16),
+) -> Result<(Arc<MarathonSim>, Mlb<'l>, Mlb<'l>)> {
+    let config = sim_config(vec![tcp_app(app.0, app.1, 4)], backend_agents(lab), true);
+    let sim = Arc::new(on(rt, MarathonSim::start(config))?.context("starting the simulator")?);
+    let a = start(lab, 0, &sim)?;
+    let b = start(lab, 1, &sim)?;
+    assert_agree("start", &sim, &[app], &[&a, &b])?;
+    Ok((sim, a, b))
+}
+
 /// The simulator's configuration: listening on every address of the router, `apps` on tasks
 /// in `agents`.
 fn sim_config(apps: Vec<Value>, agents: Vec<SimAgent>, bind_tasks: bool) -> SimConfig {
@@ -249,17 +273,7 @@ fn ecmp_spreads_body() -> Result<()> {
     const CONNECTIONS: usize = 32;
     let lab = EcmpLab::new(2, 2)?;
     let rt = lab.rt.runtime(1)?;
-    let agents = lab
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(n, be)| SimAgent::in_netns(backend_addr(n + 1).parse().expect("IPv4"), be.name()))
-        .collect();
-    let config = sim_config(vec![tcp_app(APP.0, APP.1, 4)], agents, true);
-    let sim = Arc::new(on(&rt, MarathonSim::start(config))?.context("starting the simulator")?);
-    let a = start(&lab, 0, &sim)?;
-    let b = start(&lab, 1, &sim)?;
-    assert_agree("start", &sim, &[APP], &[&a, &b])?;
+    let (sim, a, b) = two_instances_on(&lab, &rt, APP)?;
 
     let vip = SocketAddr::new(VIP.parse()?, APP.1);
     let answered: Vec<String> = lab.cli.enter(move || {
@@ -348,14 +362,7 @@ fn lose_an_instance(mode: Forwarding) -> Result<(u64, usize)> {
         }
     }
     lab.echo_backends(PORT, &rt)?;
-    let agents = (0..2)
-        .map(|n| {
-            SimAgent::in_netns(
-                backend_addr(n + 1).parse().expect("IPv4"),
-                lab.backends[n].name(),
-            )
-        })
-        .collect();
+    let agents = backend_agents(&lab);
     let mut app = tcp_app("/fleet/stream", PORT, 2);
     app["requirePorts"] = json!(true);
     let sim = Arc::new(
@@ -554,17 +561,7 @@ fn ecmp_bench_body() -> Result<()> {
     const ROUNDS: usize = 3;
     let lab = EcmpLab::new(2, 2)?;
     let rt = lab.rt.runtime(2)?;
-    let agents = lab
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(n, be)| SimAgent::in_netns(backend_addr(n + 1).parse().expect("IPv4"), be.name()))
-        .collect();
-    let config = sim_config(vec![tcp_app(APP.0, APP.1, 4)], agents, true);
-    let sim = Arc::new(on(&rt, MarathonSim::start(config))?.context("starting the simulator")?);
-    let a = start(&lab, 0, &sim)?;
-    let b = start(&lab, 1, &sim)?;
-    assert_agree("start", &sim, &[APP], &[&a, &b])?;
+    let (sim, a, b) = two_instances_on(&lab, &rt, APP)?;
     let vip = SocketAddr::new(VIP.parse()?, APP.1);
     let route = |instances: usize| -> Result<()> {
         let dst = format!("{VIP}/32");

@@ -1040,10 +1040,7 @@ fn v6_only(fx: &mut Fixtures<'_>) {
 fn snat_exhaustion(lab: &Lab) {
     lab.lb
         .enter(|| {
-            let dp = lab.dataplane(
-                config((40000, 40000)),
-                &[L4Change::Upsert(service(SVC_TCP, Protocol::Tcp, &[V4.be1]))],
-            );
+            let dp = lab.dataplane(config((40000, 40000)), &tcp_service_on_be1());
             let syn = |client_port| {
                 PacketBuilder::new()
                     .ip(V4.client, V4.vip)
@@ -1195,10 +1192,7 @@ fn program_cost_per_packet() {
     let rows = lab
         .lb
         .enter(|| {
-            let dp = lab.dataplane(
-                config((40000, 59999)),
-                &[L4Change::Upsert(service(SVC_TCP, Protocol::Tcp, &[V4.be1]))],
-            );
+            let dp = lab.dataplane(config((40000, 59999)), &tcp_service_on_be1());
             // Create the flow once so the timed runs measure the established path.
             let syn = PacketBuilder::new()
                 .ip(V4.client, V4.vip)
@@ -1295,10 +1289,7 @@ fn churn() {
             // TIME_WAIT over at once; CLOSED (after a RST) lasts its default 2 s.
             config.timeouts.tcp_time_wait = Duration::ZERO;
             config.snat_v4.push(snat2);
-            let dp = lab.dataplane(
-                config,
-                &[L4Change::Upsert(service(SVC_TCP, Protocol::Tcp, &[V4.be1]))],
-            );
+            let dp = lab.dataplane(config, &tcp_service_on_be1());
             let client = |port: u16, flags: u8| {
                 PacketBuilder::new()
                     .ip(V4.client, V4.vip)
@@ -1509,14 +1500,8 @@ fn snat_reuse_respects_the_backends_time_wait() {
     let lab = lab();
     lab.lb
         .enter(|| {
-            let mut config = config((40000, 40001));
-            // The LB forgets closed flows at once: only the backend's TIME_WAIT is left.
-            config.timeouts.tcp_time_wait = Duration::ZERO;
-            config.timeouts.tcp_closed = Duration::ZERO;
-            let dp = lab.dataplane(
-                config,
-                &[L4Change::Upsert(service(SVC_TCP, Protocol::Tcp, &[V4.be1]))],
-            );
+            let config = forgetting_closed_flows((40000, 40001));
+            let dp = lab.dataplane(config, &tcp_service_on_be1());
             let send = |from, frame: &[u8]| send(&dp, &lab, from, frame);
             let open = |port: u16, seq: u32, tsval: u32| {
                 let (v, out, d) = send(Side::Client, &client_seg(port, TCP_SYN, seq, tsval));
@@ -1566,6 +1551,20 @@ fn snat_reuse_respects_the_backends_time_wait() {
         .unwrap();
 }
 
+/// The one service most fixtures use: `SVC_TCP` on be1.
+fn tcp_service_on_be1() -> [L4Change; 1] {
+    [L4Change::Upsert(service(SVC_TCP, Protocol::Tcp, &[V4.be1]))]
+}
+
+/// `config(snat_ports)` for a load balancer that forgets closed flows at once: only the
+/// backend's TIME_WAIT (as the program recorded it) is left to decide a port's reuse.
+fn forgetting_closed_flows(snat_ports: (u16, u16)) -> XdpL4Config {
+    let mut config = config(snat_ports);
+    config.timeouts.tcp_time_wait = Duration::ZERO;
+    config.timeouts.tcp_closed = Duration::ZERO;
+    config
+}
+
 /// A backend FIN acknowledging `ack` (SNAT port `port`).
 fn backend_fin(port: u16, ack: u32) -> Vec<u8> {
     PacketBuilder::new()
@@ -1588,13 +1587,8 @@ fn crossing_fins_leave_the_backend_in_time_wait() {
     let lab = lab();
     lab.lb
         .enter(|| {
-            let mut config = config((40000, 40000));
-            config.timeouts.tcp_time_wait = Duration::ZERO;
-            config.timeouts.tcp_closed = Duration::ZERO;
-            let dp = lab.dataplane(
-                config,
-                &[L4Change::Upsert(service(SVC_TCP, Protocol::Tcp, &[V4.be1]))],
-            );
+            let config = forgetting_closed_flows((40000, 40000));
+            let dp = lab.dataplane(config, &tcp_service_on_be1());
             let send = |from, frame: &[u8]| send(&dp, &lab, from, frame);
             // One flow on the only port, closed by the client first (FIN seq 5000, timestamp
             // 600), then the backend's FIN acknowledging `backend_ack`; then a SYN with an
@@ -1640,10 +1634,7 @@ fn a_half_flow_is_never_used_and_syn_floods_release_ports() {
         .enter(|| {
             let mut config = config((40000, 40000));
             config.timeouts.tcp_syn = Duration::ZERO;
-            let dp = lab.dataplane(
-                config,
-                &[L4Change::Upsert(service(SVC_TCP, Protocol::Tcp, &[V4.be1]))],
-            );
+            let dp = lab.dataplane(config, &tcp_service_on_be1());
             let mut ct = conntrack_of(&dp);
             let send = |from, frame: &[u8]| send(&dp, &lab, from, frame);
             let client = |port: u16, flags: u8| client_seg(port, flags, 1, 1);
