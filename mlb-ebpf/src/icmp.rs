@@ -353,12 +353,11 @@ fn headers<const IP_HLEN: usize, const BLOCK: usize>(
 
 /// Writes the next hop's MACs, when the program sends the packet itself.
 #[inline(always)]
-fn write_macs(h: &Headers, macs: Option<&Macs>) -> Result<(), Exit> {
+fn write_macs(h: &Headers, macs: Option<&Macs>) {
     if let Some(macs) = macs {
         // SAFETY: `headers` checked both MAC addresses are inside the packet.
         unsafe { core::ptr::write_unaligned(h.eth, *macs) };
     }
-    Ok(())
 }
 
 #[inline(always)]
@@ -397,7 +396,8 @@ fn rewrite_v4(
         quote.word2(old_csum, new_csum);
         store16(q, icmp::CSUM, l4.apply(quote.apply(load16(q, icmp::CSUM))));
     }
-    write_macs(&h, macs)
+    write_macs(&h, macs);
+    Ok(())
 }
 
 #[inline(always)]
@@ -427,5 +427,6 @@ fn rewrite_v6(
         let icmp_csum = l4.apply(addrs.apply(outer.apply(load16(q, icmp::CSUM))));
         store16(q, icmp::CSUM, icmp_csum);
     }
-    write_macs(&h, macs)
+    write_macs(&h, macs);
+    Ok(())
 }
