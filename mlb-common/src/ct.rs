@@ -82,6 +82,10 @@ pub const TW_RECORDED: u8 = 1;
 /// `NatEntry::tw_flags`: the client's FIN carried a TCP timestamp, in `tw_ts_recent`.
 pub const TW_TIMESTAMP: u8 = 2;
 
+/// How long a closed flow keeps its SNAT port at least ([`CtTimeouts::holds_port`]): the last
+/// ACK's round trip, and Linux's minimum retransmission timeout (200 ms) for a lost one.
+pub const CLOSED_PORT_GRACE_NS: u64 = 250_000_000;
+
 /// How long a backend keeps a 4-tuple in TIME_WAIT after the client's FIN: Linux's fixed
 /// `TCP_TIMEWAIT_LEN` (60 s), plus one second for the last ACK's way.
 pub const BACKEND_TIME_WAIT_NS: u64 = 61 * 1_000_000_000;
@@ -151,7 +155,7 @@ pub struct CtTimeouts {
     /// FIN_WAIT and CLOSE_WAIT.
     pub tcp_half_closed: u32,
     /// After both FINs: how long the last ACK and retransmitted FINs are still translated
-    /// before the SNAT port can serve another flow.
+    /// (a new flow's SYN may take the SNAT port sooner: [`CtTimeouts::holds_port`]).
     pub tcp_time_wait: u32,
     /// After a RST.
     pub tcp_closed: u32,
@@ -180,6 +184,20 @@ impl CtTimeouts {
     pub const fn expired(&self, proto: u8, state: u8, last_seen_ns: u64, now_ns: u64) -> bool {
         let idle = now_ns.saturating_sub(last_seen_ns);
         idle > self.seconds(proto, state) as u64 * 1_000_000_000
+    }
+
+    /// Whether a live flow (both halves there) still holds its SNAT port against a new flow's
+    /// SYN at `now_ns`: until it expires, except that a closed flow gives it up after
+    /// [`CLOSED_PORT_GRACE_NS`] (its late segments are translated until then, or until its
+    /// timeout if no SYN wants the port). Linux conntrack reopens a closed tuple on a SYN at
+    /// once; holding every closed flow's port for its whole timeout made a busy backend's ports
+    /// come round before they were free, and each such probe is map lookups on the LB's CPU.
+    #[inline(always)]
+    pub const fn holds_port(&self, proto: u8, state: u8, last_seen_ns: u64, now_ns: u64) -> bool {
+        if self.expired(proto, state, last_seen_ns, now_ns) {
+            return false;
+        }
+        !(is_closed(state) && now_ns.saturating_sub(last_seen_ns) >= CLOSED_PORT_GRACE_NS)
     }
 }
 
@@ -336,5 +354,31 @@ mod tests {
         assert!(t.expired(tcp, CT_TIME_WAIT, 10 * s, 14 * s + 1));
         // A last-seen time in the future (another CPU's clock read) is not idle.
         assert!(!t.expired(tcp, CT_CLOSED, 20 * s, 10 * s));
+    }
+
+    #[test]
+    fn a_closed_flow_gives_its_port_up_after_the_grace_a_live_one_at_its_timeout() {
+        let t = CtTimeouts {
+            tcp_syn: 10,
+            tcp_established: 3600,
+            tcp_half_closed: 60,
+            tcp_time_wait: 2,
+            tcp_closed: 2,
+            udp: 60,
+        };
+        let (tcp, s, ms) = (crate::net::IPPROTO_TCP, 1_000_000_000, 1_000_000);
+        for closed in [CT_TIME_WAIT, CT_CLOSED] {
+            assert!(t.holds_port(tcp, closed, 10 * s, 10 * s + 249 * ms));
+            assert!(!t.holds_port(tcp, closed, 10 * s, 10 * s + 250 * ms));
+        }
+        // Open or half-closed flows keep it until they expire.
+        for open in [CT_SYN_SENT, CT_ESTABLISHED, CT_FIN_WAIT, CT_CLOSE_WAIT] {
+            assert!(t.holds_port(tcp, open, 10 * s, 19 * s), "{open}");
+        }
+        assert!(!t.holds_port(tcp, CT_SYN_SENT, 10 * s, 21 * s));
+        assert!(t.holds_port(IPPROTO_UDP, CT_ESTABLISHED, 10 * s, 69 * s));
+        // A timeout shorter than the grace wins.
+        let zero = CtTimeouts { tcp_closed: 0, ..t };
+        assert!(!zero.holds_port(tcp, CT_CLOSED, 10 * s, 10 * s + ms));
     }
 }

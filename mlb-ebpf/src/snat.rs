@@ -5,7 +5,8 @@
 //! the same (backend, SNAT address, port). The search space of a backend is every SNAT address of
 //! the family times the port range, walked in order from the backend's cursor: the next ports
 //! tried are those handed out longest ago, which under churn belong to closed flows. A port held
-//! by a dead flow (idle past its timeout, or half of one) is reclaimed on the spot, unless the
+//! by a flow that is over (closed, idle past its timeout, or half of one) is reclaimed on the
+//! spot, unless the
 //! backend closed that flow first and still holds it in TIME_WAIT, where it would refuse this
 //! SYN (older timestamp or sequence number: `mlb_common::ct::time_wait_accepts_syn`): the client
 //! would lose a second to a retransmission. Such a port is passed over; only when every port
@@ -19,7 +20,7 @@ use core::ffi::c_void;
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_loop};
 use mlb_common::{
     consts::{MAX_SNAT_ADDRS, SNAT_PORT_TRIES},
-    ct::port_reusable_for_syn,
+    ct::{CtTimeouts, port_reusable_for_syn},
     maps::{Config, FAMILY_V4, FlowKey, NatEntry},
     stats::Counter,
 };
@@ -146,14 +147,11 @@ fn try_slot(scratch: &mut Scratch, cfg: &Config, attempt: u32) -> Result<Probe, 
         *word = *value;
     }
     scratch.reply_key.dport = ((min + slot - index * range) as u16).to_be();
-    let found = if CONNTRACK.get_ptr(&scratch.reply_key).is_none() {
-        if take(&scratch.reply_key, &scratch.reply) {
-            Probe::Taken
-        } else {
-            Probe::Busy
-        }
-    } else {
-        reclaim(scratch, &cfg.timeouts)
+    // SAFETY: a map value, valid for this program run.
+    let found = match unsafe { CONNTRACK.get(&scratch.reply_key) } {
+        None if take(&scratch.reply_key, &scratch.reply) => Probe::Taken,
+        None => Probe::Busy,
+        Some(held) => reclaim(scratch, held, &cfg.timeouts),
     };
     if matches!(found, Probe::Taken) {
         scratch.snat_slot = slot;
@@ -168,32 +166,28 @@ fn take(key: &FlowKey, reply: &NatEntry) -> bool {
     CONNTRACK.insert(key, reply, u64::from(BPF_NOEXIST)).is_ok()
 }
 
-/// Takes the port of `scratch.reply_key` over for `scratch.reply` from the flow holding it if
-/// that flow is dead (idle past its state's timeout, or a half whose partner is gone) and its
-/// backend would accept this SYN (or `scratch.snat_take_refused` says to take it anyway). Both
-/// halves of a dead flow go.
+/// Takes the port of `scratch.reply_key` over for `scratch.reply` from the flow holding it
+/// (`held`, its reply half) if that flow is over (closed by FINs or a RST, idle past its
+/// state's timeout, or a half whose partner is gone) and its backend would accept this SYN (or
+/// `scratch.snat_take_refused` says to take it anyway). Both halves of the old flow go.
+///
+/// A closed flow's port serves after a short grace ([`CtTimeouts::holds_port`]): the backend's
+/// socket is then gone or in TIME_WAIT, which the SYN check covers. The backend's TIME_WAIT is
+/// checked first, on the entry at hand, so a refused port costs no lookup of its partner.
 #[inline(always)]
-fn reclaim(scratch: &mut Scratch, timeouts: &mlb_common::ct::CtTimeouts) -> Probe {
+fn reclaim(scratch: &mut Scratch, held: &NatEntry, timeouts: &CtTimeouts) -> Probe {
     let (key, reply, peer) = (&scratch.reply_key, &scratch.reply, &mut scratch.peer_key);
     let now = reply.last_seen_ns;
-    // SAFETY: a map value, valid for this program run.
-    let Some(held) = (unsafe { CONNTRACK.get(key) }) else {
-        // Freed since the lookup.
-        return if take(key, reply) {
-            Probe::Taken
-        } else {
-            Probe::Busy
-        };
-    };
+    let tsval = (scratch.seg_ts_ok != 0).then_some(scratch.seg_ts);
+    let refused = !port_reusable_for_syn(held, now, scratch.seg_seq, tsval);
+    if refused && scratch.snat_take_refused == 0 {
+        return Probe::Refused;
+    }
     set_peer_key(peer, key, held);
     // SAFETY: as above.
     let partner = unsafe { CONNTRACK.get(&*peer) }.is_some_and(|p| is_partner(key, p));
-    if partner && !timeouts.expired(key.proto, held.state, held.last_seen_ns, now) {
+    if partner && timeouts.holds_port(key.proto, held.state, held.last_seen_ns, now) {
         return Probe::Busy;
-    }
-    let tsval = (scratch.seg_ts_ok != 0).then_some(scratch.seg_ts);
-    if scratch.snat_take_refused == 0 && !port_reusable_for_syn(held, now, scratch.seg_seq, tsval) {
-        return Probe::Refused;
     }
     if partner {
         forget_flow(key, peer);

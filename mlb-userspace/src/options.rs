@@ -533,7 +533,8 @@ pub struct RunOptions {
     #[arg(long, env = "MLB_CT_TCP_FIN_TIMEOUT", default_value_t = 60, value_name = "SECS", help_heading = L4)]
     pub ct_tcp_fin_timeout: u64,
     /// XDP connection tracking: seconds a TCP flow closed by FINs from both sides (TIME_WAIT) or
-    /// by a RST keeps its SNAT port.
+    /// by a RST is still translated (its last ACK, a retransmitted FIN); a new flow's SYN may
+    /// take its SNAT port after 0.25 s already.
     #[arg(long, env = "MLB_CT_TCP_CLOSE_TIMEOUT", default_value_t = 2, value_name = "SECS", help_heading = L4)]
     pub ct_tcp_close_timeout: u64,
     /// XDP connection tracking: idle seconds of a UDP flow.

@@ -1138,6 +1138,8 @@ fn conntrack_sweeper() {
             let snapshot = shared.lock().unwrap().snapshot().unwrap();
             assert_eq!(snapshot.conntrack.syn_sent, 1, "{:?}", snapshot.conntrack);
             assert_eq!(snapshot.conntrack.total(), 1);
+            let occupancy = (snapshot.conntrack_entries, snapshot.conntrack_capacity);
+            assert_eq!(occupancy, (2, mlb_common::consts::CT_MAX_ENTRIES));
             assert_eq!(snapshot.counters["flow_new"], 2);
             assert_eq!(
                 snapshot.backends[&SocketAddr::new(V4.be1, backend_port(SVC_TCP))].new_flows,
@@ -1547,6 +1549,56 @@ fn snat_reuse_respects_the_backends_time_wait() {
             assert_eq!(e, 40001, "a port without TIME_WAIT first: {d:?}");
             let (f, d) = open(46006, 0, 100);
             assert_eq!((f, d.get(Counter::SnatPortTimeWait)), (40000, 1), "{d:?}");
+        })
+        .unwrap();
+}
+
+/// With the default timeouts (a closed flow is translated for 2 s), a new flow's SYN takes a
+/// closed flow's SNAT port after a short grace instead of waiting those 2 s: under churn the
+/// ports of a busy backend come round sooner than that. A live flow's port is never taken.
+#[test]
+fn a_closed_flows_port_serves_a_new_flow_after_a_grace() {
+    if !require_netns_and_bpf("a_closed_flows_port_serves_a_new_flow_after_a_grace") {
+        return;
+    }
+    let lab = lab();
+    lab.lb
+        .enter(|| {
+            let dp = lab.dataplane(config((40000, 40000)), &tcp_service_on_be1());
+            let send = |from, frame: &[u8]| send(&dp, &lab, from, frame);
+            let open = |client_port: u16| {
+                let (v, out, d) = send(Side::Client, &client_seg(client_port, TCP_SYN, 1000, 500));
+                assert_eq!((v, snat_port_of(&out)), (XDP_REDIRECT, 40000), "{d:?}");
+                send(Side::Backend, &backend_seg(40000, TCP_SYN | TCP_ACK));
+                send(Side::Client, &client_seg(client_port, TCP_ACK, 1001, 510));
+            };
+            let grace = Duration::from_nanos(mlb_common::ct::CLOSED_PORT_GRACE_NS);
+
+            // Established on the only port: a second client finds none.
+            open(46001);
+            let (v, _, d) = send(Side::Client, &client_seg(46002, TCP_SYN, 1000, 500));
+            assert_eq!(
+                (v, d.get(Counter::DropSnatExhausted)),
+                (XDP_DROP, 1),
+                "{d:?}"
+            );
+
+            // Closed by a RST: after the grace (well within the 2-s timeout) the port serves.
+            send(Side::Client, &client_seg(46001, TCP_RST, 1001, 0));
+            std::thread::sleep(grace + Duration::from_millis(50));
+            open(46002);
+
+            // Closed by FINs, the client first and acknowledged (no TIME_WAIT at the backend).
+            send(
+                Side::Client,
+                &client_seg(46002, TCP_FIN | TCP_ACK, 5000, 600),
+            );
+            let (_, _, d) = send(Side::Backend, &backend_fin(40000, 5001));
+            assert_eq!(d.get(Counter::CtTimeWait), 1, "{d:?}");
+            std::thread::sleep(grace + Duration::from_millis(50));
+            let (v, out, d) = send(Side::Client, &client_seg(46003, TCP_SYN, 1000, 500));
+            assert_eq!((v, snat_port_of(&out)), (XDP_REDIRECT, 40000), "{d:?}");
+            assert_eq!(d.get(Counter::SnatPortReclaimed), 1, "{d:?}");
         })
         .unwrap();
 }

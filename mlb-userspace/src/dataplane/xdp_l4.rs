@@ -38,6 +38,7 @@ use crate::model::{BackendState, L4Service, L4ServiceKey, Protocol};
 
 mod acl;
 mod adopt;
+mod ct_batch;
 mod dsr;
 mod hash_secret;
 mod ids;
@@ -96,9 +97,9 @@ pub struct FlowTimeouts {
 }
 
 impl Default for FlowTimeouts {
-    /// Linux conntrack's and Cilium's shape with shorter closing states: a closed flow's port
-    /// is free within 2 s (one SNAT address then sustains ~10,000 new flows/s per backend with
-    /// the default 20,000 ports), where Linux keeps TIME_WAIT 120 s and Cilium closes in 10 s.
+    /// Linux conntrack's and Cilium's shape with shorter closing states: a closed flow is
+    /// translated for 2 s, where Linux keeps TIME_WAIT 120 s and Cilium closes in 10 s; its SNAT
+    /// port serves a new flow after 0.25 s (`mlb_common::ct::CLOSED_PORT_GRACE_NS`).
     fn default() -> Self {
         FlowTimeouts {
             tcp_syn: Duration::from_secs(10),
@@ -217,6 +218,12 @@ pub struct XdpSnapshot {
     /// Every program counter (summed over CPUs) by its name.
     pub counters: BTreeMap<&'static str, u64>,
     pub conntrack: CtStateCounts,
+    /// Entries left in the connection-tracking table after the sweeper's last pass: both
+    /// halves of every flow, and the reply halves kept while a backend holds a port in
+    /// TIME_WAIT. At
+    /// `conntrack_capacity` (`--conntrack-size`) the kernel evicts the least recently used.
+    pub conntrack_entries: u64,
+    pub conntrack_capacity: u32,
     pub backends: BTreeMap<SocketAddr, XdpFlowStats>,
 }
 
@@ -288,6 +295,9 @@ pub struct XdpL4 {
     unconfirmed: BTreeSet<L4ServiceKey>,
     /// Flows by state at the sweeper's last walk.
     ct_states: CtStateCounts,
+    /// Entries (flow directions) left after the sweeper's last pass, and the table's size.
+    ct_entries: u64,
+    ct_capacity: u32,
     /// SNAT-exhaustion drops per backend id already reported in the log.
     snat_exhausted_reported: HashMap<u32, u64>,
     /// When exhaustion was last logged (at most once per [`SNAT_EXHAUSTION_LOG_EVERY`]).
@@ -351,6 +361,8 @@ impl XdpL4 {
             backend_ids: BackendIds::new(MAX_BACKENDS),
             unconfirmed: BTreeSet::new(),
             ct_states: CtStateCounts::default(),
+            ct_entries: 0,
+            ct_capacity: 0,
             snat_exhausted_reported: HashMap::new(),
             snat_exhaustion_logged: None,
         })
@@ -723,6 +735,8 @@ impl XdpL4 {
         Ok(XdpSnapshot {
             counters: counters.named().collect(),
             conntrack: self.ct_states,
+            conntrack_entries: self.ct_entries,
+            conntrack_capacity: self.ct_capacity,
             backends: self.backend_stats()?,
         })
     }

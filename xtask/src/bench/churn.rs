@@ -24,13 +24,14 @@ const SHAPES: [u32; 2] = [32, 1000];
 const CLIENTS: [&str; 2] = [NS_CLI, NS_CLI2];
 /// XDP counters shown beside each window (deltas): what a new flow cost, and the TCP states
 /// its flows reached.
-const COUNTERS: [&str; 10] = [
+const COUNTERS: [&str; 11] = [
     "flow_new",
     "snat_port_collision",
     "snat_port_time_wait",
     "snat_port_reclaimed",
     "drop_snat_exhausted",
     "flow_reopened",
+    "flow_orphan",
     "pass_tcp_not_syn",
     "ct_established",
     "ct_time_wait",
@@ -56,6 +57,9 @@ struct Window {
     paws_timewait: Option<u64>,
     /// Deltas of [`COUNTERS`] (empty when the case has no XDP datapath).
     counters: BTreeMap<String, u64>,
+    /// Entries in the XDP connection-tracking table left after the sweeper's last pass before the
+    /// window's end (both flow halves, and reply halves kept for the backends' TIME_WAIT).
+    ct_entries: Option<u64>,
 }
 
 /// Runs `rounds` rounds of every shape through every case for `windows` windows; the report.
@@ -109,7 +113,7 @@ fn window(
     problems: &mut Vec<String>,
 ) -> Window {
     let cpu_before = cpu::cpu_jiffies(1);
-    let counters_before = xdp_counters();
+    let counters_before = xdp_snapshot().map(|(c, _)| c);
     let syn_before = netstat_sum(&CLIENTS, "TCPSynRetrans");
     let paws_before = netstat_sum(&NS_BE, "PAWSTimewait");
     let conn_per_s = match load(url, conns) {
@@ -126,7 +130,9 @@ fn window(
         let total = b.0.saturating_sub(a.0);
         (total > 0).then(|| 100.0 * b.1.saturating_sub(a.1) as f64 / total as f64)
     });
-    let counters = match (counters_before, xdp_counters()) {
+    let after = xdp_snapshot();
+    let ct_entries = after.as_ref().and_then(|(_, entries)| *entries);
+    let counters = match (counters_before, after.map(|(c, _)| c)) {
         (Some(a), Some(b)) => COUNTERS
             .iter()
             .map(|&c| {
@@ -147,6 +153,7 @@ fn window(
         syn_retrans: delta(syn_before, netstat_sum(&CLIENTS, "TCPSynRetrans")),
         paws_timewait: delta(paws_before, netstat_sum(&NS_BE, "PAWSTimewait")),
         counters,
+        ct_entries,
     }
 }
 
@@ -177,18 +184,20 @@ fn load(url: &str, conns: u32) -> Result<f64> {
     runs.into_iter().sum()
 }
 
-/// The XDP program's counters from mlb's admin API (`None`: no mlb XDP answering).
-fn xdp_counters() -> Option<BTreeMap<String, u64>> {
+/// The XDP program's counters by name, and the conntrack table's entries.
+type XdpSnapshot = (BTreeMap<String, u64>, Option<u64>);
+
+/// [`XdpSnapshot`] from mlb's admin API (`None`: no mlb XDP answering).
+fn xdp_snapshot() -> Option<XdpSnapshot> {
     let url = "http://127.0.0.1:19090/_mlb/xdp";
     let body = lab::ns_run(NS_LB, &["curl", "-sf", "-m", "2", url]).ok()?;
     let v: serde_json::Value = serde_json::from_str(&body).ok()?;
     let counters = v.get("counters")?.as_object()?;
-    Some(
-        counters
-            .iter()
-            .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
-            .collect(),
-    )
+    let counters = counters
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+        .collect();
+    Some((counters, v.get("conntrack_entries")?.as_u64()))
 }
 
 fn delta(before: Option<u64>, after: Option<u64>) -> Option<u64> {
@@ -235,10 +244,11 @@ fn report(results: &[Window], windows: u32, rounds: u32, problems: &[String]) ->
          (one connection each), × direct in the same round and window; cpu1 busy %: the LB's CPU; load1: \
          the machine's load average (CPUs shared with other work: compare ratios); syn rtx: the \
          clients' SYN retransmissions; be paws tw: SYNs the backends refused over a TIME_WAIT \
-         socket with a newer timestamp (PAWSTimewait); the other columns are the XDP program's counters over \
-         the window.\n\n\
-         | case | conns | round | window | new conn/s (× direct) | cpu1 busy % | load1 | syn rtx | be paws tw | {} |\n\
-         |---|---|---|---|---|---|---|---|---|{}\n",
+         socket with a newer timestamp (PAWSTimewait); ct entries: the XDP conntrack table's entries \
+         left after the sweeper's last pass (every 2 s) before the window's end; the other columns are \
+         the XDP program's counters over the window.\n\n\
+         | case | conns | round | window | new conn/s (× direct) | cpu1 busy % | load1 | syn rtx | be paws tw | ct entries | {} |\n\
+         |---|---|---|---|---|---|---|---|---|---|{}\n",
         kernel.trim(),
         COUNTERS.join(" | "),
         "---|".repeat(COUNTERS.len())
@@ -289,7 +299,7 @@ fn row(w: &Window, direct: Option<f64>) -> String {
         .map(|c| opt(w.counters.get(*c).map(u64::to_string)))
         .collect();
     format!(
-        "| {} | {} | {} | {} | {rate} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {} | {} | {rate} | {} | {} | {} | {} | {} | {} |",
         w.case.label(),
         w.conns,
         w.round,
@@ -298,6 +308,7 @@ fn row(w: &Window, direct: Option<f64>) -> String {
         opt(w.load1.map(|l| format!("{l:.1}"))),
         opt(w.syn_retrans.map(|n| n.to_string())),
         opt(w.paws_timewait.map(|n| n.to_string())),
+        opt(w.ct_entries.map(|n| n.to_string())),
         counters.join(" | ")
     )
 }
@@ -337,6 +348,7 @@ mod tests {
             syn_retrans: None,
             paws_timewait: None,
             counters: BTreeMap::new(),
+            ct_entries: None,
         }
     }
 
