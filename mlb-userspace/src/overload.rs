@@ -101,7 +101,8 @@ impl ConnState {
             .store(self.accepted.elapsed().as_millis() as u64, Relaxed);
     }
 
-    fn idle_for(&self) -> Duration {
+    /// Time since the last byte either way.
+    pub(crate) fn idle_for(&self) -> Duration {
         let last = Duration::from_millis(self.last_io.load(Relaxed));
         self.accepted.elapsed().saturating_sub(last)
     }

@@ -230,3 +230,121 @@ async fn over_the_limit_with_busy_connections_new_ones_get_503() {
         start.elapsed()
     );
 }
+
+/// One HTTP/1.1 response read from `r`: its head and its `Content-Length` body (the stream
+/// stays at the next response, for pipelined requests).
+async fn read_response<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> (String, String) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line))
+            .await
+            .expect("a response within 5 s")
+            .expect("reading the response");
+        assert!(n > 0, "connection closed after {head:?}");
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        })
+        .map_or(0, |(_, v)| v.trim().parse().expect("a numeric length"));
+    let mut body = vec![0u8; length];
+    r.read_exact(&mut body).await.expect("the whole body");
+    let body = String::from_utf8(body).expect("a text body");
+    (head.to_ascii_lowercase(), body)
+}
+
+/// An idle keep-alive connection is parked (held without its HTTP state, the proxy counts it)
+/// and still serves the client's next requests: pipelined ones, one with a body, one waiting
+/// for `100 Continue`, none answered with `Connection: close`. Parked and idle, it is closed at
+/// the idle timeout.
+#[tokio::test]
+async fn parked_connections_serve_their_next_requests_and_close_when_idle() {
+    let a = TestBackend::start("a").await;
+    let idle_timeout = Duration::from_millis(1500);
+    let gate = ConnGate::new(ConnLimits {
+        idle_timeout,
+        ..limits(100)
+    });
+    let proxy = start_proxy(vec![], move |c: &mut ProxyConfig| c.conn_gate = gate);
+    let mut s = service("/a", &[&a]);
+    s.vhosts = vec!["a.example.com".into()];
+    apply(&proxy, vec![s]);
+    let conn = TcpStream::connect(proxy.local_addr("http").unwrap())
+        .await
+        .unwrap();
+    let mut conn = tokio::io::BufReader::new(conn);
+    let host = "Host: a.example.com\r\n";
+
+    conn.get_mut()
+        .write_all(format!("GET /first HTTP/1.1\r\n{host}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut conn).await;
+    assert!(
+        head.starts_with("http/1.1 200") && body == "a",
+        "{head}{body}"
+    );
+    wait_until("the idle connection is parked", || {
+        proxy.parked_connections() == 1
+    })
+    .await;
+
+    // Woken by two pipelined requests, the second with a body.
+    let pipelined = format!(
+        "GET /second HTTP/1.1\r\n{host}\r\nPOST /sink HTTP/1.1\r\n{host}content-length: 5\r\n\r\nhello"
+    );
+    conn.get_mut()
+        .write_all(pipelined.as_bytes())
+        .await
+        .unwrap();
+    let (first, body) = read_response(&mut conn).await;
+    assert!(
+        first.contains("x-seen-path: /second") && body == "a",
+        "{first}{body}"
+    );
+    let (second, body) = read_response(&mut conn).await;
+    assert!(
+        second.starts_with("http/1.1 200") && body == "received=5",
+        "{second}{body}"
+    );
+    for head in [first, second] {
+        assert!(!head.contains("connection: close"), "{head}");
+    }
+    wait_until("parked again", || proxy.parked_connections() == 1).await;
+
+    // A body sent only after `100 Continue`.
+    let expecting =
+        format!("POST /sink HTTP/1.1\r\n{host}expect: 100-continue\r\ncontent-length: 3\r\n\r\n");
+    conn.get_mut()
+        .write_all(expecting.as_bytes())
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut conn).await;
+    assert!(head.starts_with("http/1.1 100"), "{head}");
+    conn.get_mut().write_all(b"abc").await.unwrap();
+    let (head, body) = read_response(&mut conn).await;
+    assert!(
+        head.starts_with("http/1.1 200") && body == "received=3",
+        "{head}{body}"
+    );
+    assert!(!head.contains("connection: close"), "{head}");
+
+    wait_until("parked again", || proxy.parked_connections() == 1).await;
+    let parked = Instant::now();
+    let closed = closed_after(conn.get_mut(), Duration::from_secs(5)).await;
+    assert!(
+        closed.is_some(),
+        "a parked connection outlived the idle timeout"
+    );
+    assert!(parked.elapsed() < idle_timeout + Duration::from_secs(1));
+    wait_until("no connection parked", || proxy.parked_connections() == 0).await;
+    assert_eq!(a.count(), 4, "every request reached the backend once");
+}

@@ -9,7 +9,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use super::balance::InFlightGuard;
+use super::{
+    balance::InFlightGuard,
+    park::{BodyOpen, Open},
+};
 
 /// Error type of proxied bodies.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -24,6 +27,92 @@ pub(crate) fn full(data: impl Into<Bytes>) -> ProxyBody {
         .boxed()
 }
 
+/// A client's request body; on an HTTP/1 connection it tells the connection's session when it
+/// has been read to its end (until then the connection cannot be parked).
+pub(crate) struct ClientBody {
+    inner: Incoming,
+    open: Option<BodyOpen>,
+}
+
+impl ClientBody {
+    pub(crate) fn new(inner: Incoming, open: Option<BodyOpen>) -> Self {
+        ClientBody { inner, open }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            _ => false,
+        };
+        if ended && let Some(mut open) = self.open.take() {
+            open.ended();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        // Read to its end without a last poll (its length reached).
+        if self.inner.is_end_stream()
+            && let Some(open) = &mut self.open
+        {
+            open.ended();
+        }
+    }
+}
+
+/// A response body; on an HTTP/1 connection it keeps the response counted as unfinished in its
+/// session until hyper drops it (written whole, or the connection failed).
+pub(crate) struct SessionBody {
+    inner: ProxyBody,
+    _open: Option<Open>,
+}
+
+impl SessionBody {
+    pub(crate) fn new(inner: ProxyBody, open: Option<Open>) -> Self {
+        SessionBody { inner, _open: open }
+    }
+}
+
+impl Body for SessionBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A request body that can be handed to a second backend when connecting to the first failed.
 ///
 /// The incoming body sits in a shared slot and is taken only when the upstream connection first
@@ -34,15 +123,15 @@ pub(crate) fn full(data: impl Into<Bytes>) -> ProxyBody {
 /// timer an allocation each.
 pub(crate) struct RetryBody {
     /// `None`: the request has no body.
-    slot: Option<Arc<Mutex<Option<IdleTimeout<Incoming>>>>>,
-    taken: Option<IdleTimeout<Incoming>>,
+    slot: Option<Arc<Mutex<Option<IdleTimeout<ClientBody>>>>>,
+    taken: Option<IdleTimeout<ClientBody>>,
     hint: SizeHint,
     end: bool,
 }
 
 impl RetryBody {
     /// Wraps a client's request body, failing it when the client sends nothing for `idle`.
-    pub(crate) fn new(body: Incoming, idle: std::time::Duration) -> RetryBody {
+    pub(crate) fn new(body: ClientBody, idle: std::time::Duration) -> RetryBody {
         let end = body.is_end_stream();
         RetryBody {
             hint: body.size_hint(),

@@ -5,7 +5,6 @@ use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
@@ -13,7 +12,7 @@ use super::access_log::Entry;
 use super::{
     Shared,
     balance::{BackendSlot, STICKY_COOKIE},
-    body::{GuardedBody, IdleTimeout, ProxyBody, RetryBody, full},
+    body::{ClientBody, GuardedBody, IdleTimeout, ProxyBody, RetryBody, full},
     headers,
     listeners::{ConnInfo, Frontend, client_timeout},
     router::{Service, normalize_host},
@@ -32,7 +31,7 @@ const HSTS: &str = "max-age=15768000";
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let Some(log) = &shared.access_log else {
         return Ok(route(&shared, &info, req).await);
@@ -73,7 +72,7 @@ struct ServedBy {
 async fn route(
     shared: &Arc<Shared>,
     info: &ConnInfo,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Response<ProxyBody> {
     let host = match request_host(&req) {
         Ok(h) => h,
@@ -154,7 +153,7 @@ async fn route(
 /// `None` when the request carries `auth`'s user and password; else the 401 to answer.
 async fn challenge(
     auth: &Arc<crate::proxy::auth::Authenticator>,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
 ) -> Option<Response<ProxyBody>> {
     let given = req
         .headers()
@@ -171,7 +170,7 @@ async fn challenge(
 }
 
 /// The normalised host of a request (`:authority` or Host), `None` without one (HTTP/1.0).
-fn request_host(req: &Request<Incoming>) -> Result<Option<String>, &'static str> {
+fn request_host(req: &Request<ClientBody>) -> Result<Option<String>, &'static str> {
     if let Some(authority) = req.uri().authority() {
         return Ok(Some(normalize_host(authority.as_str())));
     }
@@ -213,7 +212,11 @@ fn misdirected(
     ))
 }
 
-fn redirect_to_https(shared: &Shared, host: &str, req: &Request<Incoming>) -> Response<ProxyBody> {
+fn redirect_to_https(
+    shared: &Shared,
+    host: &str,
+    req: &Request<ClientBody>,
+) -> Response<ProxyBody> {
     let port = match shared.https_port.get().copied() {
         Some(443) | None => String::new(),
         Some(p) => format!(":{p}"),
@@ -264,7 +267,7 @@ async fn backend_rules(
     info: &ConnInfo,
     svc: &Arc<Service>,
     host: Option<&str>,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
 ) -> Response<ProxyBody> {
     let client_ip = info.peer.ip().to_canonical();
     if !svc.spec.allows(client_ip) {
@@ -452,7 +455,7 @@ async fn backend_rules(
 
 /// A WebSocket upgrade: the only protocol switch tunneled. Others (`h2c` above all) would
 /// leave later bytes unrouted: their `Upgrade` header is dropped like any hop-by-hop header.
-fn is_upgrade(req: &Request<Incoming>) -> bool {
+fn is_upgrade(req: &Request<ClientBody>) -> bool {
     let websocket = req
         .headers()
         .get_all(header::UPGRADE)

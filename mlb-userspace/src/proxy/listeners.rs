@@ -2,18 +2,12 @@
 //! serving HTTP/1.1 and HTTP/2 on each connection.
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    convert::Infallible,
     net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
 };
 
-use hyper::service::service_fn;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto,
-};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
     net::{TcpListener, TcpSocket, TcpStream},
@@ -27,9 +21,9 @@ use crate::overload::{AcceptErrors, ConnState, Guarded, ListenerGate, supervise}
 use super::{
     ProxyError, Shared,
     balance::InFlightGuard,
-    handler,
     maxconn::Limits,
     proxy_protocol,
+    serve::serve_http,
     sni::{Hello, read_client_hello},
     tunnel,
     upstream::Forwarded,
@@ -557,49 +551,6 @@ async fn splice_to_backend<S>(
         }
     }
     debug!(sni, "TLS passthrough: no backend reachable; closing");
-}
-
-/// A request being handled. Boxed: hyper keeps a slot for the service's future in every
-/// HTTP/1 connection, idle ones included, and the handler's state is several KiB; boxed, the
-/// slot is a pointer and those KiB exist only while a request is in flight.
-type InFlight = Pin<
-    Box<dyn Future<Output = Result<http::Response<super::body::ProxyBody>, Infallible>> + Send>,
->;
-
-async fn serve_http<I>(shared: Arc<Shared>, io: I, info: ConnInfo)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let client_timeout = client_timeout(&shared, info.frontend);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(client_timeout)
-        .max_buf_size(shared.config.max_header_bytes.max(8192))
-        .keep_alive(true);
-    // HTTP/2 has no header-read timeout; pings find clients that went away instead.
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(client_timeout))
-        .keep_alive_timeout(std::time::Duration::from_secs(20));
-    let info = Arc::new(info);
-    let service = service_fn(move |req| -> InFlight {
-        let busy = info.conn.request();
-        let response = handler::handle(shared.clone(), info.clone(), req);
-        Box::pin(async move {
-            let response = response.await;
-            drop(busy);
-            response
-        })
-    });
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .await
-    {
-        debug!(error = %e, "connection ended with an error");
-    }
 }
 
 /// `timeout client` of the connection: the service's own on its service port, else the

@@ -44,8 +44,10 @@ mod handler;
 mod headers;
 mod listeners;
 mod maxconn;
+mod park;
 pub mod proxy_protocol;
 pub mod router;
+mod serve;
 pub mod sni;
 pub mod tls;
 pub mod tls_policy;
@@ -212,6 +214,8 @@ pub(crate) struct Shared {
     pub(crate) https_port: std::sync::OnceLock<u16>,
     /// `None`: access logging is off.
     pub(crate) access_log: Option<access_log::AccessLog>,
+    /// HTTP/1 connections parked now (idle, without HTTP state).
+    pub(crate) parked: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -269,6 +273,7 @@ impl HttpProxy {
             certs,
             health: health_rx,
             https_port: std::sync::OnceLock::new(),
+            parked: std::sync::atomic::AtomicUsize::new(0),
             config,
         });
         let mut listeners = ListenerSet::default();
@@ -372,6 +377,14 @@ impl HttpProxy {
     /// Every backend's counters (requests, bytes, responses by class), draining ones included.
     pub fn backend_counters(&self) -> Vec<(BackendId, balance::BackendCounters)> {
         lock(&self.registry).counters()
+    }
+
+    /// HTTP/1 client connections parked now: idle between requests, held as their bare socket
+    /// (and TLS state) without HTTP buffers.
+    pub fn parked_connections(&self) -> usize {
+        self.shared
+            .parked
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Requests (and tunnels) in flight to any backend.

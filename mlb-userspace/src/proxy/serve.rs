@@ -1,0 +1,175 @@
+//! HTTP on an accepted (and decrypted) connection: HTTP/2 when it opens with the HTTP/2
+//! preface, else HTTP/1.1 in sessions, the connection parked between them ([`super::park`]).
+use std::{convert::Infallible, pin::Pin, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use hyper::{
+    Request,
+    body::Incoming,
+    server::conn::{http1, http2},
+    service::service_fn,
+};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
+use tracing::debug;
+
+use super::{
+    Shared,
+    body::{ClientBody, SessionBody},
+    handler,
+    listeners::{ConnInfo, Prefixed, client_timeout},
+    park::{ParkedGauge, Session, SessionIo},
+};
+
+/// What an HTTP/2 connection starts with.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A request being handled. Boxed: hyper keeps a slot for the service's future in every
+/// connection, and the handler's state is several KiB; boxed, the slot is a pointer and those
+/// KiB exist only while a request is in flight.
+type InFlight =
+    Pin<Box<dyn Future<Output = Result<http::Response<SessionBody>, Infallible>> + Send>>;
+
+/// Serves HTTP on `io` until the client leaves, the connection fails or times out (the
+/// connection's supervisor closes it when it sends no request in time or stays idle).
+pub(crate) async fn serve_http<I>(shared: Arc<Shared>, mut io: I, info: ConnInfo)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let client_timeout = client_timeout(&shared, info.frontend);
+    let info = Arc::new(info);
+    // Nothing is built for the connection before its first bytes.
+    let Some(first) = first_bytes(&mut io).await else {
+        return;
+    };
+    if first[..] == H2_PREFACE[..] {
+        // Boxed: an HTTP/1 connection's task does not carry an HTTP/2 connection's room.
+        Box::pin(serve_h2(shared, io, first, info, client_timeout)).await;
+    } else {
+        serve_h1(shared, io, first, info, client_timeout).await;
+    }
+}
+
+/// The first bytes of a request: enough to tell the HTTP/2 preface from anything else. `None`:
+/// the client closed (or the connection failed) first.
+async fn first_bytes<I: AsyncRead + Unpin>(io: &mut I) -> Option<Bytes> {
+    // On the stack: a parked connection waits here, and holds no buffer while it does.
+    let mut first = [0u8; H2_PREFACE.len()];
+    let mut filled = 0;
+    loop {
+        match io.read(&mut first[filled..]).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => filled += n,
+        }
+        if filled == first.len() || first[..filled] != H2_PREFACE[..filled] {
+            return Some(Bytes::copy_from_slice(&first[..filled]));
+        }
+    }
+}
+
+/// HTTP/1.1 sessions on one connection, parked between them, until it ends.
+async fn serve_h1<I>(
+    shared: Arc<Shared>,
+    mut io: I,
+    mut unread: Bytes,
+    info: Arc<ConnInfo>,
+    client_timeout: Duration,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    loop {
+        let session = Arc::new(Session::default());
+        let service = service(&shared, &info, Some(session.clone()));
+        let io_of_session = SessionIo::new(io, unread, session, info.conn.clone());
+        // Boxed: the session (hyper's connection state) exists only while the connection is
+        // not parked.
+        let mut conn = Box::new(
+            h1_builder(&shared, client_timeout)
+                .serve_connection(TokioIo::new(io_of_session), service_fn(service))
+                .with_upgrades(),
+        );
+        let ended = (&mut *conn).await;
+        // `None`: upgraded, the socket is the tunnel's now.
+        let Some(parts) = conn.into_parts() else {
+            return;
+        };
+        let Some(parked) = parts.io.into_inner().into_parked() else {
+            if let Err(e) = ended {
+                debug!(error = %e, "connection ended with an error");
+            }
+            return;
+        };
+        (io, unread) = (parked, parts.read_buf);
+        if unread.is_empty() {
+            // hyper closed an idle keep-alive connection after `timeout client` without a
+            // request head: so does a parked one.
+            let _parked = ParkedGauge::new(&shared.parked);
+            let quiet = client_timeout.saturating_sub(info.conn.idle_for());
+            match tokio::time::timeout(quiet, first_bytes(&mut io)).await {
+                Ok(Some(bytes)) => unread = bytes,
+                _ => return,
+            }
+        }
+    }
+}
+
+/// The HTTP/1.1 server settings of a session.
+fn h1_builder(shared: &Shared, client_timeout: Duration) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(client_timeout)
+        .max_buf_size(shared.config.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+}
+
+async fn serve_h2<I>(
+    shared: Arc<Shared>,
+    io: I,
+    preface: Bytes,
+    info: Arc<ConnInfo>,
+    client_timeout: Duration,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service(&shared, &info, None);
+    let io = Prefixed::new(preface.to_vec(), io);
+    // HTTP/2 has no header-read timeout; pings find clients that went away instead.
+    let served = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(client_timeout))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .serve_connection(TokioIo::new(io), service_fn(service))
+        .await;
+    if let Err(e) = served {
+        debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// The request handler of a connection (of one HTTP/1 session: `session`).
+fn service(
+    shared: &Arc<Shared>,
+    info: &Arc<ConnInfo>,
+    session: Option<Arc<Session>>,
+) -> impl Fn(Request<Incoming>) -> InFlight + Send + 'static {
+    let (shared, info) = (shared.clone(), info.clone());
+    move |req| -> InFlight {
+        let busy = info.conn.request();
+        let has_body = !hyper::body::Body::is_end_stream(req.body());
+        let (response_open, body_open) = match &session {
+            Some(s) => {
+                let (response, body) = s.request(has_body);
+                (Some(response), body)
+            }
+            None => (None, None),
+        };
+        let req = req.map(|body| ClientBody::new(body, body_open));
+        let response = handler::handle(shared.clone(), info.clone(), req);
+        Box::pin(async move {
+            let Ok(response) = response.await;
+            drop(busy);
+            Ok(response.map(|body| SessionBody::new(body, response_open)))
+        })
+    }
+}
