@@ -5,7 +5,7 @@
 //!
 //! With `--ssl-certs` (chain + key in one PEM, as `mlb run --ssl-certs`), the TLS vhost
 //! frontend also listens on port 443 of the listen address.
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::{Context as _, Result, bail};
 use mlb::{
@@ -43,7 +43,7 @@ fn main() -> Result<()> {
         .enumerate()
         .map(|(i, a)| {
             Ok(Backend {
-                id: BackendId(format!("bench.{i}:0")),
+                id: BackendId::from(format!("bench.{i}:0")),
                 addr: a.parse().context("backend address")?,
                 weight: 1,
                 state: BackendState::Active,
@@ -76,7 +76,7 @@ fn main() -> Result<()> {
             backends,
             ..HttpService::new("/bench", 0, 10000)
         };
-        let errors = proxy.apply_changes(&[HttpChange::Upsert(Box::new(service))]);
+        let errors = proxy.apply_changes(&[HttpChange::Upsert(Arc::new(service))]);
         if !errors.is_empty() {
             bail!("applying the bench service: {errors:?}");
         }

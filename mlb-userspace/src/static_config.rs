@@ -290,7 +290,7 @@ fn parse_service(index: usize, value: &Value) -> Result<L4Service, StaticConfigE
                 &name,
                 key,
                 &format!("backends[{j}]"),
-                format!("backend id {:?} appears twice", backend.id.0),
+                format!("backend id {:?} appears twice", backend.id.as_str()),
             ));
         }
         backends.push(backend);
@@ -340,7 +340,7 @@ fn parse_backend(value: &Value) -> Result<Backend, (Option<&'static str>, String
         Value::String(_) => {
             let addr = addr_of(value, None)?;
             Ok(Backend {
-                id: BackendId(addr.to_string()),
+                id: BackendId::from(addr.to_string()),
                 addr,
                 weight: 1,
                 state: BackendState::Active,
@@ -395,7 +395,7 @@ fn backend_from_object(
         }
     };
     Ok(Backend {
-        id: BackendId(id),
+        id: BackendId::from(id),
         addr,
         weight,
         state,
@@ -438,7 +438,7 @@ backends = ["198.18.2.11:53"]
         }];
         assert_eq!(web.app_id, "web");
         assert_eq!(web.bind_addr, Some("198.18.1.2".parse().unwrap()));
-        let ids: Vec<&str> = web.backends.iter().map(|b| b.id.0.as_str()).collect();
+        let ids: Vec<&str> = web.backends.iter().map(|b| b.id.as_str()).collect();
         assert_eq!(ids, ["198.18.2.11:80", "198.18.2.12:80", "be3"]);
         assert_eq!(web.backends[1].weight, 2);
         assert_eq!(web.backends[2].state, BackendState::Draining);

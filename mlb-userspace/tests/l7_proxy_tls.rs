@@ -281,7 +281,7 @@ async fn tls_passthrough_splices_by_sni_without_terminating() {
     let (backend_addr, backend_der) = tls_backend(&t.ca).await;
     let mut pass = service("/secure", &[]);
     pass.backends = vec![mlb::model::Backend {
-        id: mlb::model::BackendId("secure.1:0".into()),
+        id: mlb::model::BackendId::from("secure.1:0"),
         addr: backend_addr,
         weight: 1,
         state: mlb::model::BackendState::Active,

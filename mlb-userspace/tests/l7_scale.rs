@@ -6,7 +6,7 @@
 )]
 mod l7_common;
 
-use std::{collections::BTreeMap, time::Instant};
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
 
 use l7_common::*;
 use mlb::{
@@ -24,7 +24,7 @@ fn numbered(i: usize, tasks: usize, port_base: u16) -> HttpService {
     svc.service_port = port_base + i as u16;
     svc.backends = (0..tasks)
         .map(|t| Backend {
-            id: BackendId(format!("app{i:05}.task{t}:0")),
+            id: BackendId::from(format!("app{i:05}.task{t}:0")),
             addr: format!("127.0.0.{}:{}", 2 + t, 1 + i).parse().unwrap(),
             weight: 1,
             state: BackendState::Active,
@@ -75,7 +75,7 @@ async fn time_one_change_among_9000_services() {
         };
         let svc = all.get_mut(&key).unwrap();
         svc.backends[3].state = BackendState::Draining;
-        let change = [HttpChange::Upsert(Box::new(svc.clone()))];
+        let change = [HttpChange::Upsert(Arc::new(svc.clone()))];
         let t = Instant::now();
         let errors = proxy.apply_changes(&change);
         total += t.elapsed();
@@ -119,7 +119,7 @@ async fn one_change_among_many_routes_the_changed_and_the_others() {
     let mut changed = list[3].clone();
     changed.backends = vec![new.backend()];
     let errors = proxy.apply_changes(&[
-        HttpChange::Upsert(Box::new(changed)),
+        HttpChange::Upsert(Arc::new(changed)),
         HttpChange::Remove(list[5].key.clone()),
     ]);
     assert!(errors.is_empty(), "{errors:?}");

@@ -35,7 +35,7 @@ async fn line_backend(name: &'static str) -> (Backend, tokio::task::JoinHandle<(
         }
     });
     let backend = Backend {
-        id: BackendId(format!("{name}:0")),
+        id: BackendId::from(format!("{name}:0")),
         addr,
         weight: 1,
         state: BackendState::Active,

@@ -56,7 +56,7 @@ fn tuned(
 
 fn backend_at(name: &str, addr: SocketAddr) -> mlb::model::Backend {
     mlb::model::Backend {
-        id: mlb::model::BackendId(format!("{name}:0")),
+        id: mlb::model::BackendId::from(format!("{name}:0")),
         addr,
         weight: 1,
         state: mlb::model::BackendState::Active,

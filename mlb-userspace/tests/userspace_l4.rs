@@ -88,7 +88,7 @@ async fn tcp_backend(name: &str) -> TcpBackend {
 
 fn backend(name: &str, addr: SocketAddr, state: BackendState) -> Backend {
     Backend {
-        id: BackendId(name.to_owned()),
+        id: BackendId::from(name),
         addr,
         weight: 1,
         state,
@@ -428,7 +428,7 @@ async fn userspace_l4_dead_backend_is_redispatched() {
         let counts = counts_of(SocketAddr::new(vip, 23051), 20).await;
         assert_eq!(counts.get("live"), Some(&20), "{counts:?}");
         let stats = &dp.stats().snapshot()[&svc.key];
-        let dead_stats = &stats.backends[&BackendId("dead".into())];
+        let dead_stats = &stats.backends[&BackendId::from("dead")];
         assert!(dead_stats.connect_failures > 0, "{stats:?}");
         assert_eq!(dead_stats.connections_total, 0);
     })

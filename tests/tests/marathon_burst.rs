@@ -108,9 +108,8 @@ fn routed_tasks(store: &AppStore) -> BTreeMap<String, BTreeSet<String>> {
     let mut routed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for svc in state.l4.values() {
         let tasks = svc.backends.iter().map(|b| {
-            let id = &b.id.0;
-            id.rsplit_once(':')
-                .map_or(id.clone(), |(t, _)| t.to_owned())
+            let id = b.id.as_str();
+            id.rsplit_once(':').map_or(id, |(t, _)| t).to_owned()
         });
         routed.entry(svc.app_id.clone()).or_default().extend(tasks);
     }

@@ -148,7 +148,7 @@ fn service(port: u16, protocol: Protocol, backends: &[IpAddr]) -> L4Service {
             .map(|ip| {
                 let addr = SocketAddr::new(*ip, backend_port(port));
                 Backend {
-                    id: BackendId(addr.to_string()),
+                    id: BackendId::from(addr.to_string()),
                     addr,
                     weight: 1,
                     state: BackendState::Active,
@@ -1746,7 +1746,7 @@ fn dsr_service(port: u16, protocol: Protocol, backends: &[IpAddr]) -> L4Change {
     let mut svc = service(port, protocol, backends);
     for b in &mut svc.backends {
         b.addr.set_port(port);
-        b.id = BackendId(b.addr.to_string());
+        b.id = BackendId::from(b.addr.to_string());
     }
     L4Change::Upsert(svc)
 }

@@ -87,7 +87,7 @@ mod tests {
             backends: backends
                 .iter()
                 .map(|a| Backend {
-                    id: BackendId(format!("task-{a}")),
+                    id: BackendId::from(format!("task-{a}")),
                     addr: a.parse().unwrap(),
                     weight: 1,
                     state: BackendState::Active,

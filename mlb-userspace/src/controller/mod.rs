@@ -13,7 +13,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     sync::Arc,
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use arc_swap::ArcSwap;
@@ -268,11 +268,13 @@ impl Controller {
         let span = info_span!("recompute", full, dirty = dirty.len());
         let _enter = span.enter();
         let list = self.inputs.store.list();
+        let started = Instant::now();
         let changed = if full {
             self.model.full(list, &self.inputs.options, now)
         } else {
             self.model.update(list, &dirty, &self.inputs.options, now)
         };
+        let model_time = started.elapsed();
         // After an incremental step only the changed apps' problems can have moved.
         let scope = (!changed.full).then_some(&dirty);
         self.problems.log(self.model.state(), scope);
@@ -283,7 +285,7 @@ impl Controller {
         }
         self.copies.cached = None;
         self.retarget_l4_health_checks(&changed);
-        self.apply(&changed);
+        self.apply(&changed, model_time);
     }
 
     /// Gives the L4 health checker the backends of every checked service, when one may have
@@ -311,16 +313,20 @@ impl Controller {
     /// The L4 active health checks changed: applies the new rotation.
     pub fn set_l4_unhealthy(&mut self, unhealthy: Arc<UnhealthySet>) {
         self.l4.unhealthy = unhealthy;
-        self.apply(&Changed {
+        let changed = Changed {
             full: true,
             ..Changed::default()
-        });
+        };
+        self.apply(&changed, Duration::ZERO);
     }
 
-    /// Hands each dataplane what changed.
-    fn apply(&mut self, changed: &Changed) {
+    /// Hands each dataplane what changed. `model_time` (what the model took to find the
+    /// changes) is logged beside the time of each dataplane's update.
+    fn apply(&mut self, changed: &Changed, model_time: Duration) {
+        let started = Instant::now();
         let l4_changes = self.l4_changes(changed);
         let http_changes = self.http_changes(changed);
+        let model_time = model_time + started.elapsed();
         if l4_changes.is_empty() && http_changes.is_empty() {
             self.publish();
             return;
@@ -328,34 +334,109 @@ impl Controller {
         self.status.generation += 1;
         let span = info_span!("apply", generation = self.status.generation);
         let _enter = span.enter();
-        if !l4_changes.is_empty() {
-            self.apply_l4(&l4_changes);
-        }
-        for change in &http_changes {
-            let svc = match change {
-                HttpChange::Upsert(svc) => Some(&**svc),
-                HttpChange::Remove(_) => None,
-            };
-            self.fingerprint.http(change.key(), svc);
-        }
-        if let Some(http) = &mut self.http
-            && !http_changes.is_empty()
-        {
-            let problems = http.apply(&http_changes).err().unwrap_or_default();
-            if !problems.is_empty() {
-                live().error(ErrorKind::HttpDataplane);
-            }
-            self.status.http_errors = problems.iter().map(ToString::to_string).collect();
-        }
+        let applied = self.apply_both(&l4_changes, &http_changes);
+        let started = Instant::now();
+        self.record_l4(&l4_changes, applied.l4_refused);
+        let l4_time = applied.l4_time + started.elapsed();
+        let started = Instant::now();
+        self.publish();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         info!(
             generation = self.status.generation,
             l4_changes = l4_changes.len(),
             http_changes = http_changes.len(),
             l4_services = self.l4.applied.len(),
             http_services = self.model.state().http.len(),
+            model_ms = ms(model_time),
+            l4_ms = ms(l4_time),
+            http_ms = ms(applied.http_time),
+            fingerprint_ms = ms(applied.fingerprint_time),
+            status_ms = ms(started.elapsed()),
+            rss_mb = crate::stats::memory::rss_mb(),
             "dataplanes updated"
         );
-        self.publish();
+    }
+
+    /// Applies the L4 and the HTTP changes: the proxy's on this thread, the L4 dataplane's and
+    /// the fingerprint of the HTTP changes on a second one when there are many (a full sync of
+    /// thousands of services: they share nothing, and each side takes a while).
+    fn apply_both(&mut self, l4_changes: &[L4Change], http_changes: &[HttpChange]) -> Applied {
+        let l4 = &mut self.l4.dataplane;
+        let fingerprint = &mut self.fingerprint;
+        let mut side = move || {
+            let started = Instant::now();
+            let refused = if l4_changes.is_empty() {
+                BTreeMap::new()
+            } else {
+                refused_l4(l4.apply(l4_changes))
+            };
+            let l4_time = started.elapsed();
+            let started = Instant::now();
+            for change in http_changes {
+                let svc = match change {
+                    HttpChange::Upsert(svc) => Some(&**svc),
+                    HttpChange::Remove(_) => None,
+                };
+                fingerprint.http(change.key(), svc);
+            }
+            (refused, l4_time, started.elapsed())
+        };
+        let mut http = HttpSide {
+            dataplane: self.http.as_mut(),
+            errors: &mut self.status.http_errors,
+        };
+        if l4_changes.len() + http_changes.len() < PARALLEL_APPLY {
+            let (l4_refused, l4_time, fingerprint_time) = side();
+            let http_time = http.apply(http_changes);
+            return Applied {
+                l4_refused,
+                l4_time,
+                fingerprint_time,
+                http_time,
+            };
+        }
+        // The second thread gets this one's runtime and span: the L4 dataplane may open
+        // listeners, and logs.
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let span = tracing::Span::current();
+        std::thread::scope(|scope| {
+            let side = scope.spawn(move || {
+                let _runtime = runtime.as_ref().map(tokio::runtime::Handle::enter);
+                span.in_scope(side)
+            });
+            let http_time = http.apply(http_changes);
+            let (l4_refused, l4_time, fingerprint_time) =
+                side.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            Applied {
+                l4_refused,
+                l4_time,
+                fingerprint_time,
+                http_time,
+            }
+        })
+    }
+
+    /// Records what the L4 dataplane accepted. A service it refused (e.g. a port it cannot
+    /// bind) is not recorded as applied and is retried at the next full pass; it never blocks
+    /// the others.
+    fn record_l4(&mut self, changes: &[L4Change], refused: BTreeMap<L4ServiceKey, DataplaneError>) {
+        for change in changes {
+            let key = change.key();
+            if let Some(e) = refused.get(&key) {
+                live().error(ErrorKind::L4Dataplane);
+                error!("{e}");
+                let reason = e.cause().to_string();
+                self.status.l4_errors.insert(key.to_string(), reason);
+                self.pending.full = true;
+                continue;
+            }
+            self.status.l4_errors.remove(&key.to_string());
+            match change {
+                L4Change::Upsert(svc) => self.l4.applied.insert(key, svc.clone()),
+                L4Change::Remove(_) => self.l4.applied.remove(&key),
+            };
+            self.fingerprint.l4(key, self.l4.applied.get(&key));
+        }
     }
 
     /// The L4 changes that bring the dataplane to the wanted services: of the keys the model
@@ -390,7 +471,7 @@ impl Controller {
         }
         let state = self.model.state();
         let change = |key: &model::HttpServiceKey| match state.http.get(key) {
-            Some(svc) => HttpChange::Upsert(Box::new(svc.clone())),
+            Some(svc) => HttpChange::Upsert(Arc::new(svc.clone())),
             None => HttpChange::Remove(key.clone()),
         };
         changed.http.iter().map(change).collect()
@@ -407,37 +488,6 @@ impl Controller {
             svc.backends.retain(|b| !self.l4.unhealthy.contains(&b.id));
         }
         Some(svc)
-    }
-
-    /// Applies L4 changes. A service the dataplane refuses (e.g. a port it cannot bind) is not
-    /// recorded as applied and is retried at the next full pass; it never blocks the others.
-    fn apply_l4(&mut self, changes: &[L4Change]) {
-        let refused: BTreeMap<L4ServiceKey, DataplaneError> = self
-            .l4
-            .dataplane
-            .apply(changes)
-            .err()
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|e| e.l4_service().map(|key| (key, e)))
-            .collect();
-        for change in changes {
-            let key = change.key();
-            if let Some(e) = refused.get(&key) {
-                live().error(ErrorKind::L4Dataplane);
-                error!("{e}");
-                let reason = e.cause().to_string();
-                self.status.l4_errors.insert(key.to_string(), reason);
-                self.pending.full = true;
-                continue;
-            }
-            self.status.l4_errors.remove(&key.to_string());
-            match change {
-                L4Change::Upsert(svc) => self.l4.applied.insert(key, svc.clone()),
-                L4Change::Remove(_) => self.l4.applied.remove(&key),
-            };
-            self.fingerprint.l4(key, self.l4.applied.get(&key));
-        }
     }
 
     /// Publishes a copy of the status with the counts of the current state.
@@ -534,6 +584,50 @@ impl Controller {
                 break;
             }
         }
+    }
+}
+
+/// The services named by the L4 dataplane's errors, by key.
+fn refused_l4(result: Result<(), Vec<DataplaneError>>) -> BTreeMap<L4ServiceKey, DataplaneError> {
+    let errors = result.err().unwrap_or_default().into_iter();
+    errors
+        .filter_map(|e| e.l4_service().map(|key| (key, e)))
+        .collect()
+}
+
+/// Changes from this many on are applied on two threads (see [`Controller::apply_both`]):
+/// below, a thread costs more than it saves.
+const PARALLEL_APPLY: usize = 64;
+
+/// What [`Controller::apply_both`] did.
+struct Applied {
+    /// The services the L4 dataplane refused.
+    l4_refused: BTreeMap<L4ServiceKey, DataplaneError>,
+    l4_time: Duration,
+    fingerprint_time: Duration,
+    http_time: Duration,
+}
+
+/// What applying HTTP changes touches: the proxy and the status's errors.
+struct HttpSide<'a> {
+    dataplane: Option<&'a mut HttpDataplane>,
+    errors: &'a mut Vec<String>,
+}
+
+impl HttpSide<'_> {
+    /// Applies `changes` to the proxy; returns how long it took.
+    fn apply(&mut self, changes: &[HttpChange]) -> Duration {
+        let started = Instant::now();
+        if let Some(http) = self.dataplane.as_mut()
+            && !changes.is_empty()
+        {
+            let problems = http.apply(changes).err().unwrap_or_default();
+            if !problems.is_empty() {
+                live().error(ErrorKind::HttpDataplane);
+            }
+            *self.errors = problems.iter().map(ToString::to_string).collect();
+        }
+        started.elapsed()
     }
 }
 

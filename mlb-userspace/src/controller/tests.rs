@@ -241,7 +241,7 @@ fn failing_l4_health_checks_take_a_backend_out_of_rotation() {
         )]),
     );
     l4.take();
-    let sick = BackendId("a.2:0".into());
+    let sick = BackendId::from("a.2:0");
     c.set_l4_unhealthy(Arc::new([sick.clone()].into()));
     let changes = l4.take();
     let [L4Change::Upsert(svc)] = &changes[..] else {
@@ -345,11 +345,11 @@ async fn running_controller_drops_l4_backends_failing_their_tcp_check() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let svc = last.expect("the service was applied");
-    let ids: Vec<&str> = svc.backends.iter().map(|b| b.id.0.as_str()).collect();
+    let ids: Vec<&str> = svc.backends.iter().map(|b| b.id.as_str()).collect();
     assert_eq!(ids, ["checked.alive:0"], "the dead task left rotation");
     assert_eq!(
         status.load().l4_unhealthy,
-        [BackendId("checked.dead:0".into())]
+        [BackendId::from("checked.dead:0")]
     );
     shutdown_tx.send(true).unwrap();
     task.await.unwrap();

@@ -13,7 +13,7 @@
 //!   wanted (`--dataplane userspace`).
 //! - [`maglev`]: the consistent-hashing table both use to pick a backend for a new flow.
 //! - The HTTP proxy (the `proxy` module) is the dataplane of [`HttpChange`]s.
-use std::error::Error as StdError;
+use std::{error::Error as StdError, sync::Arc};
 
 use crate::model::{HttpService, HttpServiceKey, L4Service, L4ServiceKey};
 
@@ -48,9 +48,9 @@ impl L4Change {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HttpChange {
     /// A service appeared, or its routes, backends, TLS or options changed: the proxy puts it in
-    /// place of the one with its key, if any. (Boxed: a service is large and changes travel in
-    /// `Vec`s.)
-    Upsert(Box<HttpService>),
+    /// place of the one with its key, if any. (Shared: a service is large, and the proxy keeps
+    /// the one it is given rather than a copy.)
+    Upsert(Arc<HttpService>),
     /// A service disappeared: stop routing new requests to it.
     Remove(HttpServiceKey),
 }

@@ -301,7 +301,7 @@ impl Routes {
         let maglev: Vec<MaglevBackend> = active
             .iter()
             .map(|b| MaglevBackend {
-                key: &b.id.0,
+                key: b.id.as_str(),
                 weight: b.weight,
             })
             .collect();

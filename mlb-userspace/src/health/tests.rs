@@ -58,7 +58,7 @@ async fn http_check_takes_a_failing_backend_out_and_back() {
     let healthy = Arc::new(AtomicBool::new(true));
     let addr = backend(healthy.clone()).await;
     let (mut checker, mut rx) = HealthChecker::new(Handle::current());
-    let id = BackendId("app.1:0".into());
+    let id = BackendId::from("app.1:0");
     checker.set_targets([HealthTarget {
         id: id.clone(),
         addr,
@@ -85,7 +85,7 @@ async fn tcp_check_fails_on_a_closed_port_and_removal_clears_it() {
         l.local_addr().unwrap()
     };
     let (mut checker, mut rx) = HealthChecker::new(Handle::current());
-    let id = BackendId("gone.1:0".into());
+    let id = BackendId::from("gone.1:0");
     checker.set_targets([HealthTarget {
         id: id.clone(),
         addr: closed,

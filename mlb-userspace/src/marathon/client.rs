@@ -4,9 +4,12 @@
 //! failover). Redirects are followed by hand, so credentials go to the redirect target (the
 //! leader, for `/v2/events` on a non-leader; reqwest would drop them on a host change) but never
 //! from https to http.
-use std::sync::{
-    Arc,
-    atomic::{AtomicUsize, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -69,6 +72,17 @@ impl std::fmt::Debug for MarathonClient {
             .field("auth", &auth)
             .finish()
     }
+}
+
+/// What a full read of `/v2/apps` took (logged with each full sync).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FullReadTimes {
+    /// Size of the body.
+    pub bytes: usize,
+    /// From the request until the whole body was read.
+    pub read: Duration,
+    /// Parsing the body into apps.
+    pub parse: Duration,
 }
 
 /// An open `/v2/events` response.
@@ -164,22 +178,35 @@ impl MarathonClient {
     /// the whole body as `Value`s); the parsing runs on a blocking thread, as it takes a few
     /// hundred milliseconds for 10,000 apps.
     pub async fn list_apps(&self) -> Result<AppList, MarathonError> {
+        self.list_apps_timed().await.map(|(list, _)| list)
+    }
+
+    /// [`MarathonClient::list_apps`], with how long the body took to read and to parse.
+    pub async fn list_apps_timed(&self) -> Result<(AppList, FullReadTimes), MarathonError> {
         self.with_failover(|base| async move {
             let mut url = endpoint(&base, &["v2", "apps"]);
             url.query_pairs_mut()
                 .append_pair("embed", "apps.tasks")
                 .append_pair("embed", "apps.deployments")
                 .append_pair("embed", "apps.readiness");
+            let started = Instant::now();
             let resp = self.get(url.clone(), "application/json", true).await?;
             let resp = expect_success(resp, &url).await?;
             let body = read_body(resp, &url).await?;
+            let mut times = FullReadTimes {
+                bytes: body.len(),
+                read: started.elapsed(),
+                parse: Duration::ZERO,
+            };
+            let started = Instant::now();
             let parsed = tokio::task::spawn_blocking(move || parse_app_list_json(&body)).await;
+            times.parse = started.elapsed();
             let invalid = |reason: String| MarathonError::InvalidResponse {
                 url: without_query(url.clone()).to_string(),
                 reason,
             };
             match parsed {
-                Ok(Ok(list)) => Ok(list),
+                Ok(Ok(list)) => Ok((list, times)),
                 Ok(Err(e)) => Err(invalid(e.to_string())),
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 Err(e) => Err(invalid(format!("parsing the apps: {e}"))),

@@ -423,15 +423,45 @@ pub fn parse_app_list_json(body: &[u8]) -> Result<AppList, AppListError> {
     if body.trim_ascii_start().first() != Some(&b'{') {
         return Err(AppListError::NoApps("the body is not an object".into()));
     }
-    let body = parsed;
     let mut list = AppList {
-        apps: Vec::with_capacity(body.apps.len()),
+        apps: Vec::with_capacity(parsed.apps.len()),
         invalid: Vec::new(),
     };
-    for (i, raw) in body.apps.iter().enumerate() {
-        list.push(parse_app_raw(raw, i));
+    for app in parse_apps_raw(&parsed.apps) {
+        list.push(app);
     }
     Ok(list)
+}
+
+/// Apps from this many on are parsed on several threads.
+const PARALLEL_PARSE: usize = 512;
+
+/// Parses each app of `raw` (in order): on up to 4 threads, each taking a contiguous share,
+/// when there are many (10,000 apps take a few hundred milliseconds on one core).
+fn parse_apps_raw(raw: &[&RawValue]) -> Vec<Result<App, AppParseError>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    if threads < 2 || raw.len() < PARALLEL_PARSE {
+        return (raw.iter().enumerate())
+            .map(|(i, r)| parse_app_raw(r, i))
+            .collect();
+    }
+    let share = raw.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = (raw.chunks(share).enumerate())
+            .map(|(part, apps)| {
+                scope.spawn(move || {
+                    let first = part * share;
+                    (apps.iter().enumerate())
+                        .map(|(i, r)| parse_app_raw(r, first + i))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
 }
 
 /// Parses a `GET /v2/apps` body (`{"apps": [...]}`) app by app. Fails only when the body has no

@@ -374,15 +374,19 @@ impl Running {
         let result = tokio::select! {
             biased;
             () = shutdown_requested(shutdown) => return (None, false),
-            r = self.client.list_apps() => r,
+            r = self.client.list_apps_timed() => r,
         };
         match result {
-            Ok(list) => {
+            Ok((list, times)) => {
                 let apps = list.apps.len() + list.invalid.len();
                 info!(
                     apps = list.apps.len(),
                     invalid = list.invalid.len(),
                     host = %self.client.current_host(),
+                    bytes = times.bytes,
+                    read_ms = times.read.as_secs_f64() * 1e3,
+                    parse_ms = times.parse.as_secs_f64() * 1e3,
+                    rss_mb = crate::stats::memory::rss_mb(),
                     "Marathon full sync"
                 );
                 (

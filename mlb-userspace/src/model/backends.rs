@@ -119,7 +119,7 @@ impl TaskRouter<'_> {
             task_state
         };
         let backend = Backend {
-            id: BackendId(format!("{}:{}", task.id, self.spec.index)),
+            id: BackendId::from(format!("{}:{}", task.id, self.spec.index)),
             addr: SocketAddr::new(ip, port),
             weight: 1,
             state,
@@ -190,7 +190,7 @@ mod tests {
         let routed: Vec<_> = s
             .backends
             .iter()
-            .map(|b| (b.id.0.as_str(), b.addr.port(), b.state))
+            .map(|b| (b.id.as_str(), b.addr.port(), b.state))
             .collect();
         assert_eq!(
             routed,

@@ -478,7 +478,7 @@ mod tests {
         let l = labels(&[("HAPROXY_0_VHOST", "a.example"), ("HAPROXY_0_PATH", "/api")]);
         let paths = routed_paths(true, &l);
         let backend = Backend {
-            id: BackendId("t:0".into()),
+            id: BackendId::from("t:0"),
             addr: "198.18.4.1:31000".parse().unwrap(),
             weight: 1,
             state: BackendState::Active,

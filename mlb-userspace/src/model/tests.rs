@@ -73,7 +73,7 @@ fn bridge_app_marathon15_becomes_an_http_vhost_service() {
     assert_eq!(svc.vhosts, ["myvhost.com"]);
     assert_eq!(addrs(&svc.backends), [active("10.0.2.148:1565")]);
     assert_eq!(
-        svc.backends[0].id.0,
+        svc.backends[0].id.as_str(),
         "pywebserver.8cad6a69-6cab-11e7-a6a2-0242ac110002:0"
     );
     assert_eq!(svc.health_check, None);

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use crate::model::{
     directives::{DirectiveOutcome, apply_template, header_edit_line},
-    labels::LabelError,
+    labels::{LabelError, PrefixedLabels},
     tuning::{BackendTls, ProxyProtocol, Tuning, parse_duration},
 };
 
@@ -25,17 +25,6 @@ const TEMPLATE_SUFFIXES: &[&str] = &[
     "BACKEND_HTTP_OPTIONS",
     "BACKEND_SERVER_OPTIONS",
 ];
-
-/// The template labels of port `index` that mlb reads, in application order.
-pub fn template_label_names(index: usize) -> Vec<String> {
-    std::iter::once("HAPROXY_HEAD".to_owned())
-        .chain(
-            TEMPLATE_SUFFIXES
-                .iter()
-                .map(|s| format!("HAPROXY_{index}_{s}")),
-        )
-        .collect()
-}
 
 /// Whether `label` is a template label mlb reads directives from.
 pub fn is_read_template(label: &str) -> bool {
@@ -56,10 +45,12 @@ pub fn port_tuning(
 ) -> Result<(Tuning, Vec<DirectiveOutcome>), LabelError> {
     let mut tuning = Tuning::default();
     let mut outcomes = Vec::new();
-    for name in template_label_names(index) {
-        if let Some(text) = labels.get(&name) {
-            outcomes.extend(apply_template(&name, text, &mut tuning));
-        }
+    let head = labels.get_key_value("HAPROXY_HEAD");
+    let head = head.map(|(k, v)| (k.clone(), v.as_str()));
+    let port = PrefixedLabels::new(labels, format!("HAPROXY_{index}_"));
+    let own = TEMPLATE_SUFFIXES.iter().filter_map(|s| port.get(s));
+    for (name, text) in head.into_iter().chain(own) {
+        outcomes.extend(apply_template(&name, text, &mut tuning));
     }
     let own = mlb_labels(labels, index)?;
     Ok((tuning.overlay(&own), outcomes))
@@ -67,7 +58,8 @@ pub fn port_tuning(
 
 /// `MLB_{n}_*` tuning labels (documented in the README's label table).
 fn mlb_labels(labels: &BTreeMap<String, String>, n: usize) -> Result<Tuning, LabelError> {
-    let get = |name: &str| get_label(labels, n, name);
+    let own = PrefixedLabels::new(labels, format!("MLB_{n}_"));
+    let get = |name: &str| own.get(name).map(trimmed);
     let mut t = Tuning::default();
     let to = &mut t.timeouts;
     for (name, slot) in [
@@ -122,14 +114,9 @@ fn mlb_labels(labels: &BTreeMap<String, String>, n: usize) -> Result<Tuning, Lab
     Ok(t)
 }
 
-/// `MLB_{n}_<name>`: the full label name and its trimmed value.
-fn get_label<'a>(
-    labels: &'a BTreeMap<String, String>,
-    n: usize,
-    name: &str,
-) -> Option<(String, &'a str)> {
-    let key = format!("MLB_{n}_{name}");
-    labels.get(&key).map(|v| (key, v.trim()))
+/// A label's name and its value, trimmed.
+fn trimmed((key, value): (String, &str)) -> (String, &str) {
+    (key, value.trim())
 }
 
 /// `MLB_{n}_BACKEND_TLS=true`, `…_BACKEND_TLS_VERIFY`, `…_BACKEND_TLS_CA`, `…_BACKEND_TLS_SNI`.
@@ -137,7 +124,8 @@ fn backend_tls(
     labels: &BTreeMap<String, String>,
     n: usize,
 ) -> Result<Option<BackendTls>, LabelError> {
-    let get = |name: &str| get_label(labels, n, name);
+    let own = PrefixedLabels::new(labels, format!("MLB_{n}_"));
+    let get = |name: &str| own.get(name).map(trimmed);
     let on = match get("BACKEND_TLS") {
         Some((k, v)) => boolean(&k, v)?,
         None => false,

@@ -5,6 +5,7 @@ use std::{
     collections::{BTreeMap, HashSet},
     net::SocketAddr,
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use tracing::{info, warn};
@@ -49,7 +50,7 @@ impl Current {
 }
 
 /// The net change of each key (`None`: removed), the last change of a key winning.
-type NetChanges<'a> = BTreeMap<&'a HttpServiceKey, Option<&'a HttpService>>;
+type NetChanges<'a> = BTreeMap<&'a HttpServiceKey, Option<&'a Arc<HttpService>>>;
 
 /// The changes that change something, each key once.
 fn net_changes<'a>(current: &Current, changes: &'a [HttpChange]) -> NetChanges<'a> {
@@ -60,7 +61,7 @@ fn net_changes<'a>(current: &Current, changes: &'a [HttpChange]) -> NetChanges<'
             HttpChange::Remove(key) => net.insert(key, None),
         };
     }
-    net.retain(|key, new| current.spec(key) != *new);
+    net.retain(|key, new| current.spec(key) != new.map(|n| &**n));
     net
 }
 
@@ -109,13 +110,13 @@ fn recompile(
 ) -> HashSet<u16> {
     let mut upserts = Vec::new();
     let mut removals = Vec::new();
-    for (&key, new) in net {
+    for (&key, &new) in net {
         let Some(spec) = new else {
             current.rejected.remove(key);
             removals.push(key.clone());
             continue;
         };
-        health.added.extend(health::targets_of_http([*spec]));
+        health.added.extend(health::targets_of_http([&**spec]));
         let previous = current.routes.service(key).map(Arc::as_ref);
         match Service::compile(spec, registry, previous) {
             Ok(svc) => {
@@ -124,7 +125,7 @@ fn recompile(
             }
             Err(reason) => {
                 errors.push(router::auth_error(key, reason.clone()));
-                let rejected = ((*spec).clone(), reason);
+                let rejected = ((**spec).clone(), reason);
                 current.rejected.insert(key.clone(), rejected);
                 removals.push(key.clone());
             }
@@ -148,6 +149,7 @@ impl HttpProxy {
         let mut errors = Vec::new();
         let mut health = HealthDelta::default();
         let old_table = current.routes.table().clone();
+        let started = Instant::now();
         let dirty_ports = {
             let mut registry = lock(&self.registry);
             release_leaving(current, &net, &mut registry, &mut health);
@@ -155,6 +157,7 @@ impl HttpProxy {
             registry.prune_released();
             dirty
         };
+        let compile_time = started.elapsed();
         let table = current.routes.table().clone();
         let mut ports: Vec<u16> = dirty_ports.iter().copied().collect();
         ports.sort_unstable();
@@ -163,13 +166,22 @@ impl HttpProxy {
         if !net.is_empty() {
             self.shared.table.store(table.clone());
         }
+        let started = Instant::now();
         errors.extend(self.update_listeners(&old_table, &table, &ports, &dirty_ports));
+        let listeners_time = started.elapsed();
         for e in &errors {
             warn!(error = %e, "HTTP proxy configuration problem");
         }
         if !net.is_empty() {
             let services = current.routes.len();
-            info!(services, changed = net.len(), "HTTP routing table swapped");
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            info!(
+                services,
+                changed = net.len(),
+                compile_ms = ms(compile_time),
+                listeners_ms = ms(listeners_time),
+                "HTTP routing table swapped"
+            );
         }
         // The standing problems: the auth labels rejected (this batch's among them), then the
         // rest of this batch's.

@@ -5,7 +5,7 @@ use std::{
     hash::{Hash, Hasher},
     net::IpAddr,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
 };
@@ -182,15 +182,16 @@ pub struct BackendSlot {
     pub backend: Backend,
     /// Its counters (shared with every table that has held it).
     pub stats: Arc<BackendStats>,
-    /// Value of the sticky cookie that selects this backend.
-    pub cookie: String,
+    /// Value of the sticky cookie that selects this backend, made on first use: only sticky
+    /// services need it, and a full sync compiles tens of thousands of backends.
+    cookie: OnceLock<String>,
     /// Its address as the authority of the URIs sent to it (made once, not per request).
     pub authority: http::uri::Authority,
 }
 
 impl BackendSlot {
-    /// The slot of `backend`, with its counters and sticky cookie value.
-    pub fn new(backend: Backend, stats: Arc<BackendStats>, cookie: String) -> BackendSlot {
+    /// The slot of `backend`, with its counters.
+    pub fn new(backend: Backend, stats: Arc<BackendStats>) -> BackendSlot {
         let authority = backend
             .addr
             .to_string()
@@ -199,9 +200,15 @@ impl BackendSlot {
         BackendSlot {
             backend,
             stats,
-            cookie,
+            cookie: OnceLock::new(),
             authority,
         }
+    }
+
+    /// Value of the sticky cookie that selects this backend.
+    pub fn cookie(&self) -> &str {
+        self.cookie
+            .get_or_init(|| sticky_cookie_value(&self.backend.id))
     }
 }
 
@@ -211,7 +218,7 @@ pub const STICKY_COOKIE: &str = "mesosphere_server_id";
 /// Cookie value for a backend: 10 hex digits of a digest of its id (marathon-lb used 10 hex
 /// digits of the server name's SHA-1), stable across restarts and across mlb instances.
 pub fn sticky_cookie_value(id: &BackendId) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, id.0.as_bytes());
+    let digest = ring::digest::digest(&ring::digest::SHA256, id.as_str().as_bytes());
     digest.as_ref()[..5]
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -248,7 +255,7 @@ impl Selector {
     ) -> Option<&Arc<BackendSlot>> {
         self.backends
             .iter()
-            .find(|b| b.cookie == cookie && !unhealthy(&b.backend.id))
+            .find(|b| b.cookie() == cookie && !unhealthy(&b.backend.id))
     }
 
     /// Picks a backend for a new request from `client`, skipping draining and unhealthy backends
@@ -314,15 +321,14 @@ mod tests {
     use super::*;
 
     fn slot(id: &str, weight: u32, state: BackendState) -> Arc<BackendSlot> {
-        let id = BackendId(id.to_owned());
-        let cookie = sticky_cookie_value(&id);
+        let id = BackendId::from(id);
         let backend = Backend {
             id,
             addr: "127.0.0.1:1".parse().unwrap(),
             weight,
             state,
         };
-        Arc::new(BackendSlot::new(backend, Arc::default(), cookie))
+        Arc::new(BackendSlot::new(backend, Arc::default()))
     }
 
     const NONE_UNHEALTHY: &dyn Fn(&BackendId) -> bool = &|_| false;
@@ -347,8 +353,7 @@ mod tests {
                     .unwrap()
                     .backend
                     .id
-                    .0
-                    .clone()
+                    .to_string()
             })
             .collect();
         assert_eq!(picks, ["a", "b", "a", "b"]);
@@ -369,14 +374,17 @@ mod tests {
                     .unwrap()
                     .backend
                     .id
-                    .0
-                    .clone()
+                    .to_string()
             })
             .collect();
         assert_eq!(picks, ["a", "a", "b"]);
-        let a_down = |id: &BackendId| id.0 == "a";
+        let a_down = |id: &BackendId| id.as_str() == "a";
         assert_eq!(
-            sel.pick(ip("1.2.3.4"), &a_down, &[]).unwrap().backend.id.0,
+            sel.pick(ip("1.2.3.4"), &a_down, &[])
+                .unwrap()
+                .backend
+                .id
+                .as_str(),
             "b"
         );
         let all_down = |_: &BackendId| true;
@@ -398,7 +406,7 @@ mod tests {
                     .unwrap()
                     .backend
                     .id
-                    .0,
+                    .as_str(),
                 "b"
             );
         }
@@ -448,14 +456,14 @@ mod tests {
                 slot("b", 1, BackendState::Active),
             ],
         );
-        let tried = [BackendId("a".into())];
+        let tried = [BackendId::from("a")];
         for _ in 0..3 {
             assert_eq!(
                 sel.pick(ip("1.2.3.4"), NONE_UNHEALTHY, &tried)
                     .unwrap()
                     .backend
                     .id
-                    .0,
+                    .as_str(),
                 "b"
             );
         }
@@ -464,7 +472,7 @@ mod tests {
     #[test]
     fn registry_keeps_draining_backends_until_idle() {
         let mut reg = StatsRegistry::default();
-        let id = BackendId("gone".into());
+        let id = BackendId::from("gone");
         let guard = InFlightGuard::new(reg.get(&id));
         reg.prune(&HashSet::new());
         assert_eq!(reg.in_flight(&id), Some(1));
@@ -476,7 +484,7 @@ mod tests {
     #[test]
     fn released_backends_are_forgotten_once_drained_unless_they_come_back() {
         let mut reg = StatsRegistry::default();
-        let (gone, back) = (BackendId("gone".into()), BackendId("back".into()));
+        let (gone, back) = (BackendId::from("gone"), BackendId::from("back"));
         let guard = InFlightGuard::new(reg.get(&gone));
         reg.get(&back);
         reg.release(gone.clone());

@@ -503,7 +503,7 @@ fn take_cookie(headers: &mut HeaderMap, name: &str) -> Option<String> {
 }
 
 fn set_sticky_cookie(headers: &mut HeaderMap, backend: &BackendSlot) {
-    let cookie = format!("{STICKY_COOKIE}={}; path=/", backend.cookie);
+    let cookie = format!("{STICKY_COOKIE}={}; path=/", backend.cookie());
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         headers.append(header::SET_COOKIE, v);
     }

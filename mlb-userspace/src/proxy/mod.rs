@@ -466,7 +466,7 @@ mod tests {
         let mut svc = router::tests::svc(&format!("/app{i}"), port, &[&host], &[], 0);
         svc.backends = (0..3)
             .map(|t| crate::model::Backend {
-                id: BackendId(format!("app{i}.task{t}:0")),
+                id: BackendId::from(format!("app{i}.task{t}:0")),
                 addr: SocketAddr::from(([127, 0, 0, 1], 1 + t)),
                 weight: 1,
                 state: crate::model::BackendState::Active,
@@ -493,7 +493,7 @@ mod tests {
         let upserts = all
             .values()
             .cloned()
-            .map(|s| HttpChange::Upsert(Box::new(s)));
+            .map(|s| HttpChange::Upsert(Arc::new(s)));
         assert!(proxy.apply_changes(&upserts.collect::<Vec<_>>()).is_empty());
         let key = numbered_key;
         let unchanged = proxy.compiled_service(&key(8)).unwrap();
@@ -505,9 +505,9 @@ mod tests {
         changed.backends[1].state = crate::model::BackendState::Draining;
         let added = numbered(50);
         let errors = proxy.apply_changes(&[
-            HttpChange::Upsert(Box::new(changed.clone())),
+            HttpChange::Upsert(Arc::new(changed.clone())),
             HttpChange::Remove(key(9)),
-            HttpChange::Upsert(Box::new(added.clone())),
+            HttpChange::Upsert(Arc::new(added.clone())),
         ]);
         assert!(errors.is_empty(), "{errors:?}");
 
@@ -517,7 +517,7 @@ mod tests {
             !Arc::ptr_eq(&now, &before),
             "the changed service is recompiled"
         );
-        assert_eq!(now.spec, changed);
+        assert_eq!(*now.spec, changed);
         assert!(
             Arc::ptr_eq(&now.selector.backends[0], &before.selector.backends[0]),
             "its unchanged backends are kept as they were"
@@ -547,7 +547,7 @@ mod tests {
         // The same changes again change nothing: no table is swapped.
         assert!(
             proxy
-                .apply_changes(&[HttpChange::Upsert(Box::new(changed.clone()))])
+                .apply_changes(&[HttpChange::Upsert(Arc::new(changed.clone()))])
                 .is_empty()
         );
         assert!(Arc::ptr_eq(&proxy.route_table(), &table), "nothing to swap");
@@ -613,7 +613,7 @@ mod tests {
         let port = svc.service_port;
         assert!(
             proxy
-                .apply_changes(&[HttpChange::Upsert(Box::new(svc))])
+                .apply_changes(&[HttpChange::Upsert(Arc::new(svc))])
                 .is_empty()
         );
         let http = proxy.local_addr("http").unwrap();

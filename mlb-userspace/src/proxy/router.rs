@@ -20,7 +20,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use super::{
     ProxyError,
     auth::Authenticator,
-    balance::{BackendSlot, Selector, StatsRegistry, sticky_cookie_value},
+    balance::{BackendSlot, Selector, StatsRegistry},
 };
 use crate::{
     model::{HttpService, HttpServiceKey},
@@ -32,7 +32,7 @@ use crate::{
 #[derive(Debug)]
 pub struct Service {
     /// What the model asked for.
-    pub spec: HttpService,
+    pub spec: Arc<HttpService>,
     /// Backend selection over the service's backends.
     pub selector: Selector,
     /// Basic auth, when `HAPROXY_{n}_AUTH` is set and valid.
@@ -58,7 +58,7 @@ impl Service {
     /// they were. `Err`: why the `HAPROXY_{n}_AUTH` label is unusable ([`auth_error`] names the
     /// app); the service must not be routed.
     pub fn compile(
-        spec: &HttpService,
+        spec: &Arc<HttpService>,
         registry: &mut StatsRegistry,
         previous: Option<&Service>,
     ) -> Result<Service, String> {
@@ -82,16 +82,7 @@ impl Service {
             .iter()
             .map(|b| match old.get(&b.id) {
                 Some(slot) if slot.backend == *b => Arc::clone(slot),
-                Some(slot) => Arc::new(BackendSlot::new(
-                    b.clone(),
-                    registry.get(&b.id),
-                    slot.cookie.clone(),
-                )),
-                None => Arc::new(BackendSlot::new(
-                    b.clone(),
-                    registry.get(&b.id),
-                    sticky_cookie_value(&b.id),
-                )),
+                _ => Arc::new(BackendSlot::new(b.clone(), registry.get(&b.id))),
             })
             .collect();
         let paths_ignore_case = spec.paths.iter().any(|p| p == "-i");
@@ -123,7 +114,7 @@ impl Service {
             app_key: spec.key.app_id.to_ascii_lowercase().into(),
             stats_name: crate::stats::proxy_name(&spec.key.app_id, spec.service_port),
             request_duration: OnceLock::new(),
-            spec: spec.clone(),
+            spec: Arc::clone(spec),
         })
     }
 
@@ -257,7 +248,7 @@ impl RouteTable {
         let mut errors = Vec::new();
         let mut compiled = Vec::new();
         for spec in services.values() {
-            match Service::compile(spec, registry, None) {
+            match Service::compile(&Arc::new(spec.clone()), registry, None) {
                 Ok(svc) => compiled.push(Arc::new(svc)),
                 Err(reason) => errors.push(auth_error(&spec.key, reason)),
             }
@@ -514,7 +505,7 @@ pub(crate) mod tests {
                 .collect(),
             paths: paths.iter().map(std::string::ToString::to_string).collect(),
             backends: vec![Backend {
-                id: BackendId(format!("{app}.task:0")),
+                id: BackendId::from(format!("{app}.task:0")),
                 addr: "127.0.0.1:1".parse().unwrap(),
                 weight: 1,
                 state: BackendState::Active,
@@ -618,8 +609,9 @@ pub(crate) mod tests {
     #[test]
     fn index_updates_recompute_shared_entries() {
         let mut registry = StatsRegistry::default();
-        let mut compile =
-            |s: &HttpService| Arc::new(Service::compile(s, &mut registry, None).unwrap());
+        let mut compile = |s: &HttpService| {
+            Arc::new(Service::compile(&Arc::new(s.clone()), &mut registry, None).unwrap())
+        };
         let mut index = RouteIndex::default();
         let (a, mut b) = (
             svc("/a", 10000, &["x.com"], &[], 0),

@@ -18,6 +18,7 @@ use crate::model::{Backend, BackendId, BackendState, DesiredState, L4ServiceKey,
 pub mod csv;
 pub mod html;
 pub mod live;
+pub mod memory;
 pub mod metrics;
 mod sources;
 

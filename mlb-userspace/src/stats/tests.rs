@@ -20,7 +20,7 @@ fn zdd_drained(row: &Record) -> bool {
 
 fn backend(id: &str, addr: [u8; 4], port: u16, state: BackendState) -> Backend {
     Backend {
-        id: BackendId(id.into()),
+        id: BackendId::from(id),
         addr: SocketAddr::from((addr, port)),
         weight: 1,
         state,
@@ -80,11 +80,11 @@ fn observed() -> Observed {
         hrsp: Some(hrsp),
     };
     o.http
-        .insert(BackendId("green.1:0".into()), http(0, [0, 7, 0, 1, 0, 0]));
+        .insert(BackendId::from("green.1:0"), http(0, [0, 7, 0, 1, 0, 0]));
     o.http
-        .insert(BackendId("green.2:0".into()), http(2, [0, 5, 1, 0, 1, 0]));
+        .insert(BackendId::from("green.2:0"), http(2, [0, 5, 1, 0, 1, 0]));
     o.http
-        .insert(BackendId("blue.1:0".into()), http(1, [0, 3, 0, 0, 0, 0]));
+        .insert(BackendId::from("blue.1:0"), http(1, [0, 3, 0, 0, 0, 0]));
     let tcp = L4ServiceKey {
         port: 10053,
         protocol: Protocol::Tcp,
@@ -96,7 +96,7 @@ fn observed() -> Observed {
         bout: Some(20),
         hrsp: None,
     };
-    o.l4.insert((tcp, BackendId("dns.1:0".into())), l4);
+    o.l4.insert((tcp, BackendId::from("dns.1:0")), l4);
     o
 }
 
@@ -131,7 +131,7 @@ fn header_is_haproxy_2_0s_with_a_trailing_comma() {
 
 #[test]
 fn zdd_finds_the_draining_servers_and_their_sessions() {
-    let unhealthy: HashSet<BackendId> = [BackendId("blue.2:0".into())].into();
+    let unhealthy: HashSet<BackendId> = [BackendId::from("blue.2:0")].into();
     let snapshot = build(&state(), &unhealthy, &observed());
     let text = csv::render(&snapshot);
     let rows = rows_of(&text);
@@ -208,7 +208,7 @@ fn frontend_and_backend_rows_sum_their_servers() {
 #[test]
 fn a_service_with_every_server_out_of_rotation_is_down() {
     let unhealthy: HashSet<BackendId> =
-        [BackendId("blue.1:0".into()), BackendId("blue.2:0".into())].into();
+        [BackendId::from("blue.1:0"), BackendId::from("blue.2:0")].into();
     let rows = rows_of(&csv::render(&build(
         &state(),
         &unhealthy,
@@ -264,7 +264,7 @@ fn last_change_counts_from_the_latest_status_change() {
     let t0 = Instant::now();
     let mut tracker = ChangeTracker::default();
     let healthy = HashSet::new();
-    let sick: HashSet<BackendId> = [BackendId("blue.2:0".into())].into();
+    let sick: HashSet<BackendId> = [BackendId::from("blue.2:0")].into();
     let lastchg = |snap: &Snapshot| snap.proxies[2].servers[3].last_change;
 
     let mut s = build(&state(), &healthy, &Observed::default());
@@ -375,7 +375,7 @@ fn rate_is_new_sessions_per_second_over_at_least_a_second() {
             port: 10053,
             protocol: Protocol::Tcp,
         };
-        o.l4.get_mut(&(key, BackendId("dns.1:0".into())))
+        o.l4.get_mut(&(key, BackendId::from("dns.1:0")))
             .expect("dns counters")
             .stot = stot;
         build(&state(), &HashSet::new(), &o)
@@ -437,7 +437,7 @@ fn the_page_shows_every_row_with_its_state_and_figures() {
     assert!(dns.contains("data-status=\"no check\""), "{dns}");
     assert!(page_row(&page, "infra_dns_10053_udp", "Frontend").contains(">OPEN<"));
 
-    let sick: HashSet<BackendId> = [BackendId("blue.2:0".into())].into();
+    let sick: HashSet<BackendId> = [BackendId::from("blue.2:0")].into();
     let page = html::render(&build(&state(), &sick, &observed()), false);
     assert!(!page.contains("http-equiv=\"refresh\""));
     let down = page_row(&page, "nginx_10000", "10_0_6_28_31187");

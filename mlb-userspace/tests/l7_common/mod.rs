@@ -90,7 +90,7 @@ impl TestBackend {
     /// This backend as a model backend (id `<name>:0`).
     pub fn backend(&self) -> Backend {
         Backend {
-            id: BackendId(format!("{}:0", self.name)),
+            id: BackendId::from(format!("{}:0", self.name)),
             addr: self.addr,
             weight: 1,
             state: BackendState::Active,
@@ -276,7 +276,7 @@ pub fn service(app: &str, backends: &[&TestBackend]) -> HttpService {
 /// The changes the controller sends for services that appeared or changed.
 pub fn upserts(list: Vec<HttpService>) -> Vec<HttpChange> {
     list.into_iter()
-        .map(|s| HttpChange::Upsert(Box::new(s)))
+        .map(|s| HttpChange::Upsert(Arc::new(s)))
         .collect()
 }
 
