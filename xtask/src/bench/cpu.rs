@@ -40,6 +40,13 @@ pub fn cpu_jiffies(cpu: u32) -> Option<(u64, u64)> {
     Some((total, total - idle))
 }
 
+/// The busy share (%) of a CPU between two [`cpu_jiffies`] readings.
+pub fn busy_pct(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((t0, b0), (t1, b1)) = (before?, after?);
+    let total = t1.saturating_sub(t0);
+    (total > 0).then(|| 100.0 * b1.saturating_sub(b0) as f64 / total as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +56,13 @@ mod tests {
         let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 250 30 0 0 20 0 1 0 5";
         assert_eq!(utime_plus_stime(stat), Some(280));
         assert_eq!(utime_plus_stime("42 (short) S 1"), None);
+    }
+
+    #[test]
+    fn busy_share_between_two_readings() {
+        assert_eq!(busy_pct(Some((1000, 200)), Some((1400, 500))), Some(75.0));
+        // No time passed, or a reading missing: no figure.
+        assert_eq!(busy_pct(Some((1000, 200)), Some((1000, 200))), None);
+        assert_eq!(busy_pct(None, Some((1000, 200))), None);
     }
 }

@@ -132,6 +132,25 @@ pub struct TcpArgs {
     /// Cases to run (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Case::Direct, Case::Xdp, Case::XdpDsr, Case::Userspace, Case::Haproxy])]
     pub cases: Vec<Case>,
+    /// Metrics to measure (comma-separated), e.g. `--only iperf` while working on bulk
+    /// throughput.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [TcpMetric::KeepAlive, TcpMetric::Close, TcpMetric::Iperf])]
+    pub only: Vec<TcpMetric>,
+    /// Profile cpu0 and cpu1 (`perf record -a`, flat, kernel included) during every iperf3 run;
+    /// the report lists each CPU's hottest symbols per case.
+    #[arg(long)]
+    pub profile: bool,
+}
+
+/// A metric of `bench tcp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TcpMetric {
+    /// wrk keep-alive: req/s and p99.
+    KeepAlive,
+    /// wrk `Connection: close`: new connections per second.
+    Close,
+    /// iperf3: Gbit/s, with both CPUs' busy share.
+    Iperf,
 }
 
 /// One way of getting the client's traffic to the backends.

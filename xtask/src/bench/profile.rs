@@ -1,4 +1,5 @@
-//! A flat CPU profile of one process with `perf record`, while the bench measures something.
+//! A flat CPU profile with `perf record`, of one process or of whole CPUs, while the bench
+//! measures something.
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -8,14 +9,15 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::lab::ChildGuard;
+use super::lab::{self, ChildGuard};
 
 /// Samples per second: enough for a second-long phase, little overhead.
 const FREQ: &str = "999";
 /// Lines of the report kept (the hottest symbols).
 const TOP: usize = 15;
 
-/// A running `perf record -p PID`; [`Profile::finish`] stops it and reports.
+/// A running `perf record`; [`Profile::finish`] or [`Profile::finish_per_cpu`] stops it and
+/// reports.
 pub struct Profile {
     perf: ChildGuard,
     data: PathBuf,
@@ -25,15 +27,28 @@ impl Profile {
     /// Starts sampling `pid` (all its threads) into `dir/NAME.perf.data`, with call graphs
     /// (DWARF unwinding: release builds keep no frame pointers) when `call_graph`.
     pub fn start(pid: u32, dir: &Path, name: &str, call_graph: bool) -> Result<Profile> {
+        let call_graph: &[&str] = if call_graph {
+            &["--call-graph", "dwarf,32768"]
+        } else {
+            &[]
+        };
+        Profile::record(&["-p", &pid.to_string()], call_graph, dir, name)
+    }
+
+    /// Starts sampling everything that runs on `cpus` (a `perf` CPU list, `"0,1"`), kernel and
+    /// softirqs included, into `dir/NAME.perf.data`.
+    pub fn start_cpus(cpus: &str, dir: &Path, name: &str) -> Result<Profile> {
+        Profile::record(&["-a", "-C", cpus], &[], dir, name)
+    }
+
+    fn record(scope: &[&str], extra: &[&str], dir: &Path, name: &str) -> Result<Profile> {
         let data = dir.join(format!("{name}.perf.data"));
         let child = Command::new("perf")
-            .args(["record", "-F", FREQ, "-p", &pid.to_string(), "-o"])
+            .args(["record", "-F", FREQ])
+            .args(scope)
+            .args(extra)
+            .arg("-o")
             .arg(&data)
-            .args(if call_graph {
-                &["--call-graph", "dwarf,32768"][..]
-            } else {
-                &[]
-            })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -48,6 +63,20 @@ impl Profile {
     /// Stops sampling (SIGINT: perf writes its data and exits) and returns the hottest symbols
     /// by self time, one per line: `share  binary  symbol`.
     pub fn finish(mut self) -> Result<Vec<String>> {
+        self.stop()?;
+        self.report(&[])
+    }
+
+    /// Stops sampling and returns, for each of `cpus`, its hottest symbols by self time (shares
+    /// of that CPU's samples).
+    pub fn finish_per_cpu(mut self, cpus: &[u32]) -> Result<Vec<(u32, Vec<String>)>> {
+        self.stop()?;
+        cpus.iter()
+            .map(|&cpu| Ok((cpu, self.report(&["--cpu", &cpu.to_string()])?)))
+            .collect()
+    }
+
+    fn stop(&mut self) -> Result<()> {
         let pid = self.perf.id().to_string();
         Command::new("kill").args(["-INT", &pid]).status()?;
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -57,6 +86,10 @@ impl Profile {
             }
             thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
+    }
+
+    fn report(&self, filter: &[&str]) -> Result<Vec<String>> {
         let out = Command::new("perf")
             .args([
                 "report",
@@ -66,6 +99,9 @@ impl Profile {
                 "--sort",
                 "dso,symbol",
             ])
+            .args(filter)
+            // Shares of what the filter kept (one CPU's samples), not of all samples.
+            .args(["--percentage", "relative"])
             .args(["--percent-limit", "0.5", "-i"])
             .arg(&self.data)
             .stderr(Stdio::null())
@@ -77,8 +113,65 @@ impl Profile {
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .take(TOP)
-            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            // Trailing `-` columns (empty parent / call-chain fields) say nothing.
+            .map(|l| {
+                l.trim_end_matches([' ', '-'])
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
             .map(|l| l.chars().take(160).collect())
             .collect())
+    }
+}
+
+/// Run time and run count of the XDP program attached to `dev` in namespace `ns` (the kernel
+/// counts them while `kernel.bpf_stats_enabled` is 1); `None` when there is none or no stats.
+pub fn xdp_run_stats(ns: &str, dev: &str) -> Option<XdpRunStats> {
+    let net = lab::ns_run(ns, &["bpftool", "-j", "net", "show", "dev", dev]).ok()?;
+    let net: serde_json::Value = serde_json::from_str(&net).ok()?;
+    let id = net.pointer("/0/xdp/0/id")?.as_u64()?;
+    let prog = lab::run(&["bpftool", "-j", "prog", "show", "id", &id.to_string()]).ok()?;
+    let prog: serde_json::Value = serde_json::from_str(&prog).ok()?;
+    Some(XdpRunStats {
+        run_time_ns: prog.get("run_time_ns")?.as_u64()?,
+        run_cnt: prog.get("run_cnt")?.as_u64()?,
+    })
+}
+
+/// The kernel's run-time statistics of one BPF program.
+#[derive(Clone, Copy)]
+pub struct XdpRunStats {
+    pub run_time_ns: u64,
+    pub run_cnt: u64,
+}
+
+impl XdpRunStats {
+    /// Runs and mean ns per run since `before`.
+    pub fn since(self, before: XdpRunStats) -> Option<(u64, f64)> {
+        let runs = self.run_cnt.checked_sub(before.run_cnt)?;
+        let ns = self.run_time_ns.checked_sub(before.run_time_ns)?;
+        (runs > 0).then(|| (runs, ns as f64 / runs as f64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_run_time_since_an_earlier_reading() {
+        let before = XdpRunStats {
+            run_time_ns: 1_000,
+            run_cnt: 10,
+        };
+        let after = XdpRunStats {
+            run_time_ns: 41_000,
+            run_cnt: 110,
+        };
+        assert_eq!(after.since(before), Some((100, 400.0)));
+        // No run in between, or a program replaced (its counters restarted): no figure.
+        assert_eq!(after.since(after), None);
+        assert_eq!(before.since(after), None);
     }
 }

@@ -5,8 +5,11 @@
 //! For every round, every case is started, measured and stopped in turn (interleaved):
 //! - `wrk -t1 -c32 --latency` keep-alive: req/s and p99;
 //! - the same with `Connection: close`: new connections per second;
-//! - `iperf3` through the service port 5201: Gbit/s;
+//! - `iperf3` through the service port 5201: Gbit/s, and both CPUs' busy % meanwhile (which one
+//!   is saturated), with `--profile` their hottest symbols;
 //! - cpu1 busy % (the LB's CPU, softirqs included) during the two wrk runs.
+//!
+//! `--only` picks some of these metrics.
 //!
 //! A case that fails to start (or a metric that fails) is reported as `failed: <reason>`; the
 //! other cases still run.
@@ -22,9 +25,10 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 
 use super::{
-    Artifact, CONNECTIONS, Case, TcpArgs, build_release, churn, cpu,
+    Artifact, CONNECTIONS, Case, TcpArgs, TcpMetric, build_release, churn, cpu,
     lab::{self, BACKEND_IPS, LB_BACKEND_SIDE_IP, Lab, NS_BE, NS_CLI, NS_LB, VIP},
     nginx, probe,
+    profile::{self, Profile},
     stats::median,
     wrk::{WrkLoad, wrk},
 };
@@ -62,6 +66,13 @@ struct Measurement {
     close_rps: Option<f64>,
     iperf_gbps: Option<f64>,
     cpu1_busy_pct: Option<f64>,
+    /// cpu0 and cpu1 busy % during iperf3.
+    iperf_busy_pct: Option<(f64, f64)>,
+    /// Per CPU, its hottest symbols during iperf3 (`--profile`).
+    iperf_profile: Vec<(u32, Vec<String>)>,
+    /// Per interface of lb with an XDP program: its runs and mean ns per run during iperf3
+    /// (`--profile`).
+    xdp_runs: Vec<(&'static str, u64, f64)>,
     /// Metrics that failed, with why.
     problems: Vec<String>,
 }
@@ -94,6 +105,8 @@ pub fn run(args: &TcpArgs) -> Result<()> {
         mlb: mlb.as_deref(),
         files: &files,
         durations: &durations,
+        metrics: &args.only,
+        profile: args.profile,
     };
     if let Some(windows) = args.churn {
         let windows = if args.quick { 1 } else { windows.max(1) };
@@ -125,6 +138,9 @@ pub(super) struct Setup<'a> {
     mlb: Option<&'a Path>,
     files: &'a Files,
     durations: &'a Durations,
+    metrics: &'a [TcpMetric],
+    /// Profile both CPUs during iperf3.
+    profile: bool,
 }
 
 /// Every round runs every case once; a case that fails is recorded and the others go on.
@@ -215,9 +231,7 @@ fn mlb_config(http_backends: &[&str]) -> String {
 }
 
 fn run_case(lab: &mut Lab, case: Case, setup: &Setup) -> Result<Measurement> {
-    let m = with_case(lab, case, setup, |lab, target| {
-        measure(lab, target, setup.durations)
-    })?;
+    let m = with_case(lab, case, setup, |lab, target| measure(lab, target, setup))?;
     if m.keepalive_rps.is_none() && m.close_rps.is_none() && m.iperf_gbps.is_none() {
         bail!("every metric failed: {}", m.problems.join("; "));
     }
@@ -363,34 +377,72 @@ fn mlb_args(setup: &Setup, dataplane: &str) -> Result<Vec<String>> {
     Ok(args)
 }
 
-/// Every metric of one round; a metric that fails is noted in `problems`.
-fn measure(lab: &mut Lab, target: &str, d: &Durations) -> Measurement {
+/// Every metric of one round that `setup` asks for; a metric that fails is noted in `problems`.
+fn measure(lab: &mut Lab, target: &str, setup: &Setup) -> Measurement {
     let mut m = Measurement::default();
+    let d = setup.durations;
     let url = format!("http://{target}:{HTTP_PORT}/{PAGE}");
     let load = |close| WrkLoad::standard(&url, d.wrk_secs, close);
+    let wants = |metric| setup.metrics.contains(&metric);
     let cpu_before = cpu::cpu_jiffies(1);
-    match wrk(&load(false)) {
-        Ok(r) => {
-            m.keepalive_rps = Some(r.rps);
-            m.keepalive_p99_ms = r.p99_ms;
-        }
-        Err(e) => m.problems.push(format!("wrk keep-alive: {e:#}")),
-    }
-    match wrk(&load(true)) {
-        Ok(r) => m.close_rps = Some(r.rps),
-        Err(e) => m.problems.push(format!("wrk Connection: close: {e:#}")),
-    }
-    if let (Some(a), Some(b)) = (cpu_before, cpu::cpu_jiffies(1)) {
-        let total = b.0.saturating_sub(a.0);
-        if total > 0 {
-            m.cpu1_busy_pct = Some(100.0 * b.1.saturating_sub(a.1) as f64 / total as f64);
+    if wants(TcpMetric::KeepAlive) {
+        match wrk(&load(false)) {
+            Ok(r) => {
+                m.keepalive_rps = Some(r.rps);
+                m.keepalive_p99_ms = r.p99_ms;
+            }
+            Err(e) => m.problems.push(format!("wrk keep-alive: {e:#}")),
         }
     }
-    match iperf(lab, target, d.iperf_secs) {
+    if wants(TcpMetric::Close) {
+        match wrk(&load(true)) {
+            Ok(r) => m.close_rps = Some(r.rps),
+            Err(e) => m.problems.push(format!("wrk Connection: close: {e:#}")),
+        }
+    }
+    if wants(TcpMetric::KeepAlive) || wants(TcpMetric::Close) {
+        m.cpu1_busy_pct = cpu::busy_pct(cpu_before, cpu::cpu_jiffies(1));
+    }
+    if wants(TcpMetric::Iperf) {
+        measure_iperf(lab, target, setup, &mut m);
+    }
+    m
+}
+
+/// lb's interfaces (where the XDP cases attach their program).
+const LB_DEVICES: [&str; 2] = ["lb-cli", "lb-sw"];
+
+/// iperf3's throughput, both CPUs' busy share meanwhile, and (`--profile`) their hottest
+/// symbols.
+fn measure_iperf(lab: &mut Lab, target: &str, setup: &Setup, m: &mut Measurement) {
+    let profile = if setup.profile {
+        Profile::start_cpus("0,1", &lab.dir, "iperf3-cpus")
+            .inspect_err(|e| m.problems.push(format!("perf record: {e:#}")))
+            .ok()
+    } else {
+        None
+    };
+    let before = [cpu::cpu_jiffies(0), cpu::cpu_jiffies(1)];
+    let xdp_before = LB_DEVICES.map(|dev| profile::xdp_run_stats(NS_LB, dev));
+    match iperf(lab, target, setup.durations.iperf_secs) {
         Ok(g) => m.iperf_gbps = Some(g),
         Err(e) => m.problems.push(format!("iperf3: {e:#}")),
     }
-    m
+    let cpu0 = cpu::busy_pct(before[0], cpu::cpu_jiffies(0));
+    let cpu1 = cpu::busy_pct(before[1], cpu::cpu_jiffies(1));
+    m.iperf_busy_pct = cpu0.zip(cpu1);
+    for (dev, before) in LB_DEVICES.into_iter().zip(xdp_before) {
+        let after = profile::xdp_run_stats(NS_LB, dev);
+        if let Some((runs, ns)) = before.zip(after).and_then(|(b, a)| a.since(b)) {
+            m.xdp_runs.push((dev, runs, ns));
+        }
+    }
+    if let Some(p) = profile {
+        match p.finish_per_cpu(&[0, 1]) {
+            Ok(p) => m.iperf_profile = p,
+            Err(e) => m.problems.push(format!("perf report: {e:#}")),
+        }
+    }
 }
 
 /// One iperf3 run through `target`; a one-off server on be1 for each run, so a failed run
@@ -442,12 +494,13 @@ fn report(
     let mut s = method(rounds, d, args);
     let _ = writeln!(
         s,
-        "| case | keep-alive req/s (× direct) | p99 ms (× direct) | new conn/s (× direct) | iperf3 Gbit/s (× direct) | cpu1 busy % |\n\
-         |---|---|---|---|---|---|"
+        "| case | keep-alive req/s (× direct) | p99 ms (× direct) | new conn/s (× direct) | iperf3 Gbit/s (× direct) | cpu1 busy % (wrk) | cpu0 / cpu1 busy % (iperf3) |\n\
+         |---|---|---|---|---|---|---|"
     );
     for &case in cases {
-        let _ = writeln!(s, "{}", row(case, results));
+        let _ = writeln!(s, "{}", row(case, results, &args.only));
     }
+    s.push_str(&profiles(cases, results));
     let notes = problems(cases, results);
     if !notes.is_empty() {
         let _ = writeln!(s, "\nProblems:\n{}", notes.join("\n"));
@@ -488,7 +541,7 @@ fn method(rounds: u32, d: &Durations, args: &TcpArgs) -> String {
 
 /// A case's row: the medians of its successful rounds with their ratios to direct, or why it
 /// has none.
-fn row(case: Case, results: &BTreeMap<Case, CaseResults>) -> String {
+fn row(case: Case, results: &BTreeMap<Case, CaseResults>, measured: &[TcpMetric]) -> String {
     let r = results.get(&case);
     if r.is_none_or(|r| r.rounds.is_empty()) {
         let why = r
@@ -500,7 +553,7 @@ fn row(case: Case, results: &BTreeMap<Case, CaseResults>) -> String {
                     None => f,
                 }
             });
-        return format!("| {} | failed: {why} | | | | |", case.label());
+        return format!("| {} | failed: {why} | | | | | |", case.label());
     }
     let med = |case: Case, metric: Metric| -> Option<f64> {
         let values: Vec<f64> = results
@@ -511,23 +564,55 @@ fn row(case: Case, results: &BTreeMap<Case, CaseResults>) -> String {
             .collect();
         median(&values)
     };
-    let metrics: [(Metric, usize); 4] = [
-        (|m| m.keepalive_rps, 0),
-        (|m| m.keepalive_p99_ms, 2),
-        (|m| m.close_rps, 0),
-        (|m| m.iperf_gbps, 2),
+    let metrics: [(Metric, usize, TcpMetric); 4] = [
+        (|m| m.keepalive_rps, 0, TcpMetric::KeepAlive),
+        (|m| m.keepalive_p99_ms, 2, TcpMetric::KeepAlive),
+        (|m| m.close_rps, 0, TcpMetric::Close),
+        (|m| m.iperf_gbps, 2, TcpMetric::Iperf),
     ];
     let mut row = format!("| {} |", case.label());
-    for (metric, decimals) in metrics {
+    for (metric, decimals, of) in metrics {
         let cell = match (med(case, metric), med(Case::Direct, metric)) {
             (Some(v), Some(dv)) if dv > 0.0 => format!(" {v:.decimals$} ({:.2}) |", v / dv),
             (Some(v), _) => format!(" {v:.decimals$} |"),
+            (None, _) if !measured.contains(&of) => " — |".to_owned(),
             (None, _) => " failed |".to_owned(),
         };
         row.push_str(&cell);
     }
-    let cpu = med(case, |m| m.cpu1_busy_pct).map_or("—".to_owned(), |c| format!("{c:.0}"));
-    format!("{row} {cpu} |")
+    let pct = |c: Option<f64>| c.map_or("—".to_owned(), |c| format!("{c:.0}"));
+    let cpu = pct(med(case, |m| m.cpu1_busy_pct));
+    let cpu0 = pct(med(case, |m| m.iperf_busy_pct.map(|b| b.0)));
+    let cpu1 = pct(med(case, |m| m.iperf_busy_pct.map(|b| b.1)));
+    format!("{row} {cpu} | {cpu0} / {cpu1} |")
+}
+
+/// With `--profile`: each case's hottest symbols per CPU during its first profiled iperf3 run.
+fn profiles(cases: &[Case], results: &BTreeMap<Case, CaseResults>) -> String {
+    let mut s = String::new();
+    for &case in cases {
+        let Some(m) = results
+            .get(&case)
+            .and_then(|r| r.rounds.iter().find(|m| !m.iperf_profile.is_empty()))
+        else {
+            continue;
+        };
+        let _ = writeln!(
+            s,
+            "\n{} during iperf3 (self time, share of the CPU's samples):",
+            case.label()
+        );
+        for (dev, runs, ns) in &m.xdp_runs {
+            let _ = writeln!(s, "- XDP program on {dev}: {runs} runs, {ns:.0} ns per run");
+        }
+        for (cpu, lines) in &m.iperf_profile {
+            let _ = writeln!(s, "- cpu{cpu}:");
+            for l in lines {
+                let _ = writeln!(s, "  - {l}");
+            }
+        }
+    }
+    s
 }
 
 /// One metric of a round.
