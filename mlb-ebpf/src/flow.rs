@@ -95,9 +95,10 @@ pub fn track_flow(
     open_flow(scratch)?;
     // The entry just inserted is this CPU's scratch copy: rewrite from it rather than look the
     // insert up again (one map operation less per new flow).
+    let forward: *const NatEntry = &raw const scratch.forward;
     // SAFETY: a field of this CPU's scratch map value, valid for this program run; nothing
     // writes `forward` again before the packet is rewritten.
-    let nat = unsafe { &*(&raw const scratch.forward) };
+    let nat = unsafe { &*forward };
     Ok(Flow { nat, new: true })
 }
 

@@ -10,7 +10,7 @@ use std::{
 
 use mlb_common::maps::{FlowKey, NatEntry};
 
-/// Entries per lookup call (about 300 KiB of buffers).
+/// Entries per call (the lookup buffers: about 420 KiB).
 const CHUNK: usize = 4096;
 
 /// `enum bpf_cmd` values of the kernel UAPI.
