@@ -489,7 +489,9 @@ async fn serve_tls(
     info.set_tls(tls.get_ref().1.server_name().map(str::to_ascii_lowercase));
     match tcp_tls {
         Some(svc) => splice_to_backend(&shared, &svc, tls, &info, "(TLS over tcp)").await,
-        None => serve_http(shared, tls, info).await,
+        // Boxed: the TLS stream (rustls' state, about a KiB) is moved down through the
+        // serving functions, each of which would otherwise keep a copy's room.
+        None => serve_http(shared, Box::new(tls), info).await,
     }
 }
 
