@@ -155,7 +155,7 @@ pub async fn serve(listener: TcpListener, ctx: AdminContext, gate: Arc<ConnGate>
                     debug!(%peer, "admin connection ended: {e}");
                 }
             };
-            supervise(conn, &limits, serving).await;
+            supervise(conn, &limits, std::pin::pin!(serving)).await;
         });
     }
 }

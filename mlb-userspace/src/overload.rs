@@ -324,11 +324,19 @@ impl Drop for Admission {
 }
 
 /// Runs a connection's future until it ends, it is shed, or [`ConnLimits`]' request or idle
-/// timeout expires (then the future, and with it the connection, is dropped).
-pub async fn supervise(state: Arc<ConnState>, limits: &ConnLimits, conn: impl Future<Output = ()>) {
+/// timeout expires (then the future, and with it the connection, is dropped). Each tick polls
+/// the connection's future too (an idle HTTP/1 connection is parked then).
+///
+/// `conn` is pinned by the caller (`std::pin::pin!`): an async function that pinned it itself
+/// would hold it twice, as its argument and as its pinned local, doubling every connection's
+/// task.
+pub async fn supervise(
+    state: Arc<ConnState>,
+    limits: &ConnLimits,
+    mut conn: impl Future<Output = ()> + Unpin,
+) {
     let tick = (limits.request_timeout.min(limits.idle_timeout) / 4)
         .clamp(Duration::from_millis(50), Duration::from_secs(1));
-    tokio::pin!(conn);
     let mut ticks = tokio::time::interval(tick);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

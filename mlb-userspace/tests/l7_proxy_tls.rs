@@ -614,3 +614,26 @@ async fn service_port_bind_options_set_alpn_versions_and_client_certificates() {
         "TLS 1.2 without certificate, default ALPN"
     );
 }
+
+/// An idle HTTPS keep-alive connection is parked (its HTTP state freed, its TLS session kept)
+/// and serves the client's next requests on the same TLS session.
+#[tokio::test]
+async fn a_parked_tls_connection_serves_its_next_requests() {
+    let t = TlsSetup::new("park").await;
+    let config = t.ca.client_config(&[b"http/1.1"]);
+    let tls = tls_connect(t.https(), "www.example.com", config)
+        .await
+        .unwrap();
+    let mut conn = h1_over(tls).await;
+    for round in 0..3 {
+        let sent = conn.send_request(request("www.example.com", "/", false));
+        let got = read(sent.await.unwrap()).await;
+        assert_eq!(got.status, 200, "request {round}");
+        assert_eq!(got.backend(), Some("www"), "request {round}");
+        wait_until("the idle TLS connection is parked", || {
+            t.proxy.parked_connections() == 1
+        })
+        .await;
+    }
+    assert_eq!(t.www.count(), 3);
+}

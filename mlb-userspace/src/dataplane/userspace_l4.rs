@@ -667,7 +667,7 @@ async fn tcp_accept_loop(
                     .as_ref()
                     .map(|log| ConnLog::new(log.clone(), peer, routes.name.clone()));
                 tokio::spawn(async move {
-                    let proxied = proxy_tcp(client, peer, routes, timeout, log);
+                    let proxied = std::pin::pin!(proxy_tcp(client, peer, routes, timeout, log));
                     supervise(state, &limits, proxied).await;
                 });
             }

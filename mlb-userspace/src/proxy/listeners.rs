@@ -339,7 +339,8 @@ async fn accept_loop(
                 };
                 let info = ConnInfo::new(frontend, peer, local, conn.clone());
                 let limits = shared.config.conn_gate.limits().clone();
-                supervise(conn, &limits, serve_connection(shared, stream, info)).await;
+                let served = std::pin::pin!(serve_connection(shared, stream, info));
+                supervise(conn, &limits, served).await;
             }
             .instrument(span),
         );
@@ -405,15 +406,15 @@ async fn serve_connection(shared: Arc<Shared>, mut stream: Guarded<TcpStream>, m
         let table = shared.table.load_full();
         if let Some(svc) = table.lookup_port(port).filter(|s| s.spec.tls_passthrough) {
             // A passthrough service's own port forwards TLS untouched too.
-            Box::pin(passthrough(
+            let tunnel = Box::pin(passthrough(
                 &shared,
                 svc,
                 stream,
                 Vec::new(),
                 &info,
                 "(service port)",
-            ))
-            .await;
+            ));
+            tunnel.await;
             return;
         }
     }
@@ -426,8 +427,13 @@ async fn serve_connection(shared: Arc<Shared>, mut stream: Guarded<TcpStream>, m
     match tls_config {
         // A connection task is as large as its largest state for its whole life, idle or
         // not: the TLS states (handshake, TLS stream, passthrough) are boxed, so that plain
-        // connections, the most numerous, do not carry their room.
-        Some(config) => Box::pin(serve_tls(shared, stream, info, config, tcp_tls)).await,
+        // connections, the most numerous, do not carry their room. The box is awaited from a
+        // local: a future made in an awaited expression keeps its room in the task (temporaries
+        // live to the end of their statement).
+        Some(config) => {
+            let tls = Box::pin(serve_tls(shared, stream, info, config, tcp_tls));
+            tls.await;
+        }
         None => serve_http(shared, Prefixed::new(Vec::new(), stream), info).await,
     }
 }
@@ -483,7 +489,9 @@ async fn serve_tls(
     info.set_tls(tls.get_ref().1.server_name().map(str::to_ascii_lowercase));
     match tcp_tls {
         Some(svc) => splice_to_backend(&shared, &svc, tls, &info, "(TLS over tcp)").await,
-        None => serve_http(shared, tls, info).await,
+        // Boxed: the TLS stream (rustls' state, about a KiB) is moved down through the
+        // serving functions, each of which would otherwise keep a copy's room.
+        None => serve_http(shared, Box::new(tls), info).await,
     }
 }
 

@@ -152,6 +152,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for SessionIo<I> {
             let n = buf.remaining().min(this.unread.len());
             buf.put_slice(&this.unread[..n]);
             this.unread.advance(n);
+            if this.unread.is_empty() {
+                // Not kept while the session lives: it may be a whole read buffer's.
+                this.unread = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         match Pin::new(&mut this.io).poll_read(cx, buf) {

@@ -43,8 +43,10 @@ where
         return;
     };
     if first[..] == H2_PREFACE[..] {
-        // Boxed: an HTTP/1 connection's task does not carry an HTTP/2 connection's room.
-        Box::pin(serve_h2(shared, io, first, info, client_timeout)).await;
+        // Boxed, and awaited from a local (a temporary of the awaited expression would keep its
+        // room): an HTTP/1 connection's task does not carry an HTTP/2 connection's.
+        let h2 = Box::pin(serve_h2(shared, io, first, info, client_timeout));
+        h2.await;
     } else {
         serve_h1(shared, io, first, info, client_timeout).await;
     }
@@ -78,28 +80,13 @@ async fn serve_h1<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     loop {
-        let session = Arc::new(Session::default());
-        let service = service(&shared, &info, Some(session.clone()));
-        let io_of_session = SessionIo::new(io, unread, session, info.conn.clone());
-        // Boxed: the session (hyper's connection state) exists only while the connection is
-        // not parked.
-        let mut conn = Box::new(
-            h1_builder(&shared, client_timeout)
-                .serve_connection(TokioIo::new(io_of_session), service_fn(service))
-                .with_upgrades(),
-        );
-        let ended = (&mut *conn).await;
-        // `None`: upgraded, the socket is the tunnel's now.
-        let Some(parts) = conn.into_parts() else {
+        // Boxed, and awaited from a local: the session (hyper's connection and what it
+        // returns) exists only while the connection is not parked.
+        let session = Box::pin(session(&shared, &info, io, unread, client_timeout));
+        let Some(parked) = session.await else {
             return;
         };
-        let Some(parked) = parts.io.into_inner().into_parked() else {
-            if let Err(e) = ended {
-                debug!(error = %e, "connection ended with an error");
-            }
-            return;
-        };
-        (io, unread) = (parked, parts.read_buf);
+        (io, unread) = parked;
         if unread.is_empty() {
             // hyper closed an idle keep-alive connection after `timeout client` without a
             // request head: so does a parked one.
@@ -111,6 +98,37 @@ async fn serve_h1<I>(
             }
         }
     }
+}
+
+/// One HTTP/1.1 session on `io`, fed `unread` first. `Some`: it ended to park the connection,
+/// with the socket and the bytes hyper read but did not use; `None`: the connection is done
+/// (closed, failed, or upgraded: the socket is the tunnel's now).
+async fn session<I>(
+    shared: &Arc<Shared>,
+    info: &Arc<ConnInfo>,
+    io: I,
+    unread: Bytes,
+    client_timeout: Duration,
+) -> Option<(I, Bytes)>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let session = Arc::new(Session::default());
+    let service = service(shared, info, Some(session.clone()));
+    let io = SessionIo::new(io, unread, session, info.conn.clone());
+    let mut conn = h1_builder(shared, client_timeout)
+        .serve_connection(TokioIo::new(io), service_fn(service))
+        .with_upgrades();
+    let ended = (&mut conn).await;
+    let parts = conn.into_parts()?;
+    let Some(parked) = parts.io.into_inner().into_parked() else {
+        if let Err(e) = ended {
+            debug!(error = %e, "connection ended with an error");
+        }
+        return None;
+    };
+    // A copy: the bytes hyper read but did not use share its read buffer's allocation.
+    Some((parked, Bytes::copy_from_slice(&parts.read_buf)))
 }
 
 /// The HTTP/1.1 server settings of a session.

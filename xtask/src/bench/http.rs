@@ -504,7 +504,7 @@ fn memory_report(lab: &mut Lab, setup: &Setup, conns: usize) -> Result<String> {
     writeln!(
         o,
         "mlb (one thread, cpu1); {conns} client connections from cli, each one keep-alive \
-         `GET /` answered, then all held idle; mlb's VmRSS before they open and 1 s after the \
+         `GET /` answered, then all held idle; mlb's VmRSS before they open and 2 s after the \
          last answer.\n"
     )?;
     writeln!(

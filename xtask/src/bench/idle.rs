@@ -71,8 +71,9 @@ pub fn rss_with_idle_conns(
     if line.trim() != format!("ready {conns}") {
         bail!("the idle client against {target} failed (it said {line:?})");
     }
-    // Whatever the last answers left to free or grow settles first.
-    thread::sleep(Duration::from_secs(1));
+    // Whatever the last answers left to free or grow settles first; mlb parks an idle HTTP/1
+    // connection (frees its HTTP state) within about a second of its last answer.
+    thread::sleep(Duration::from_secs(2));
     let held = rss_kib(pid)?;
     drop(client);
     Ok((before, held))
