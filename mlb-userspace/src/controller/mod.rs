@@ -222,6 +222,12 @@ impl Controller {
                 self.status.last_error = None;
                 true
             }
+            MarathonUpdate::TaskStatuses(statuses) => {
+                let apps = self.inputs.store.apply_task_statuses(&statuses);
+                let changed = !apps.is_empty();
+                self.pending.dirty.extend(apps);
+                changed
+            }
             MarathonUpdate::SyncFailed { error } => {
                 live().error(ErrorKind::MarathonRead);
                 warn!(%error, "Marathon read failed; keeping the last good state");

@@ -11,7 +11,7 @@ use super::*;
 use crate::{
     dataplane::{Dataplane, DataplaneError, HttpChange, L4Change},
     marathon::types::AppList,
-    model::BackendId,
+    model::{BackendId, BackendState},
 };
 
 /// An L4 dataplane that records what it was given; refuses one port if told to.
@@ -354,4 +354,54 @@ async fn running_controller_drops_l4_backends_failing_their_tcp_check() {
     shutdown_tx.send(true).unwrap();
     task.await.unwrap();
     accept.abort();
+}
+
+/// A task being killed leaves the rotation on its status event alone, incrementally; a re-read
+/// that began before the kill does not bring it back, and one without the task removes it.
+#[test]
+fn a_killed_task_leaves_on_its_event_before_any_reread() {
+    use crate::marathon::task_status::TaskStatus;
+    let (mut c, l4, _) = controller();
+    let two = tcp_app("/a", 10001, &[("a.1", 31001), ("a.2", 31002)]);
+    feed(
+        &mut c,
+        MarathonUpdate::snapshot_from_values(vec![two.clone()]),
+    );
+    l4.take();
+    let passes = c.status().load().full_passes;
+    let states = |l4: &Recorder| -> Vec<(String, BackendState)> {
+        let changes = l4.take();
+        let [L4Change::Upsert(svc)] = changes.as_slice() else {
+            panic!("{changes:?}")
+        };
+        (svc.backends.iter())
+            .map(|b| (b.id.to_string(), b.state))
+            .collect()
+    };
+    let killing = TaskStatus {
+        app_id: "/a".into(),
+        task_id: "a.1".into(),
+        state: "TASK_KILLING".into(),
+    };
+    feed(&mut c, MarathonUpdate::TaskStatuses(vec![killing]));
+    let draining = vec![
+        ("a.1:0".to_owned(), BackendState::Draining),
+        ("a.2:0".to_owned(), BackendState::Active),
+    ];
+    assert_eq!(states(&l4), draining);
+    assert_eq!(c.status().load().full_passes, passes, "incremental");
+
+    // The re-read that was on its way: still both tasks running. The kill stands.
+    let stale = MarathonUpdate::Apps {
+        changed: AppList::from_rereads(vec![two]),
+        removed: vec![],
+    };
+    feed(&mut c, stale);
+    assert!(l4.take().is_empty());
+    let gone = MarathonUpdate::Apps {
+        changed: AppList::from_rereads(vec![tcp_app("/a", 10001, &[("a.2", 31002)])]),
+        removed: vec![],
+    };
+    feed(&mut c, gone);
+    assert_eq!(states(&l4), [("a.2:0".to_owned(), BackendState::Active)]);
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod events;
 pub mod sse;
 pub mod store;
+pub mod task_status;
 pub mod types;
 pub mod watch;
 

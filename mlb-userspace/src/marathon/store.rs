@@ -1,8 +1,11 @@
 //! The apps mlb last read from Marathon, kept as a parsed [`AppList`] and updated in place: a
 //! task event re-reads one app, and only that app is replaced.
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
-use super::types::AppList;
+use super::{
+    task_status::{StatePatches, TaskStatus},
+    types::AppList,
+};
 
 /// Marathon's apps as last read, in API order (service-port auto-assignment depends on it).
 #[derive(Debug, Default)]
@@ -11,6 +14,8 @@ pub struct AppStore {
     /// Position of each app in `list.apps` by id: a burst of 1,000 re-read apps must not scan
     /// 10,000 apps for each one.
     index: HashMap<String, usize>,
+    /// Task states taken from events that reads have not confirmed yet.
+    patches: StatePatches,
 }
 
 impl AppStore {
@@ -22,7 +27,26 @@ impl AppStore {
     /// Replaces everything with a full read (`GET /v2/apps`, parsed app by app by the watcher).
     pub fn replace_all(&mut self, list: AppList) {
         self.list = list;
+        for app in &mut self.list.apps {
+            self.patches.reconcile(app);
+        }
+        self.patches.retain_listed(&self.list.apps);
         self.reindex();
+    }
+
+    /// Patches task states from `status_update_event`s into the apps that have these tasks
+    /// (see [`super::task_status`]); returns the ids of the apps that changed.
+    pub fn apply_task_statuses(&mut self, statuses: &[TaskStatus]) -> BTreeSet<String> {
+        let mut changed = BTreeSet::new();
+        for status in statuses {
+            let Some(&i) = self.index.get(&status.app_id) else {
+                continue;
+            };
+            if self.patches.apply(&mut self.list.apps[i], status) {
+                changed.insert(status.app_id.clone());
+            }
+        }
+        changed
     }
 
     fn reindex(&mut self) {
@@ -51,7 +75,8 @@ impl AppStore {
         if shifted {
             self.reindex();
         }
-        for app in changed.apps {
+        for mut app in changed.apps {
+            self.patches.reconcile(&mut app);
             if !self.list.invalid.is_empty() {
                 self.list.invalid.retain(|e| e.app_id != app.id);
             }

@@ -618,7 +618,17 @@ impl Watching {
     }
 
     /// The next update; the virtual clock moves on while waiting, so this also lets timers fire.
+    /// The next update but task states (sent ahead of each re-read: see `task_states_*`).
     async fn next(&mut self) -> MarathonUpdate {
+        loop {
+            match self.next_any().await {
+                MarathonUpdate::TaskStatuses(_) => {}
+                other => return other,
+            }
+        }
+    }
+
+    async fn next_any(&mut self) -> MarathonUpdate {
         timeout(Duration::from_secs(3600), self.rx.recv())
             .await
             .expect("an update within an hour of virtual time")
@@ -653,6 +663,31 @@ fn status_update_burst(n: usize, app_id: impl Fn(usize) -> String) -> String {
             format!("event: status_update_event\ndata: {ev}\n\n")
         })
         .collect()
+}
+
+/// A status update's task state reaches the controller as soon as the event is read, before
+/// the re-read of its app (which follows, as for every task event).
+#[tokio::test(start_paused = true)]
+async fn task_states_are_sent_ahead_of_the_reread() {
+    let m = Fake::start().await;
+    m.set_app("/a", 1);
+    let mut w = Watching::start(config(&[m.url()]));
+    assert_eq!(list_ids(&w.snapshot().await), ["/a"]);
+    let killing = json!({"eventType": "status_update_event", "appId": "/a", "taskId": "a.1",
+                         "taskStatus": "TASK_KILLING"});
+    m.push("status_update_event", &killing);
+    match w.next_any().await {
+        MarathonUpdate::TaskStatuses(statuses) => {
+            let got: Vec<_> = statuses
+                .iter()
+                .map(|s| (s.app_id.as_str(), s.task_id.as_str(), s.state.as_str()))
+                .collect();
+            assert_eq!(got, [("/a", "a.1", "TASK_KILLING")]);
+        }
+        other => panic!("expected the task state first, got {other:?}"),
+    }
+    assert!(matches!(w.next_any().await, MarathonUpdate::Apps { .. }));
+    w.stop().await;
 }
 
 #[tokio::test(start_paused = true)]

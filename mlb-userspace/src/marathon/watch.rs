@@ -51,6 +51,7 @@ use super::{
     config::MarathonConfig,
     events::{EventAction, actions_for_logged},
     sse::SseParser,
+    task_status::{TaskStatus, task_status},
     types::AppList,
 };
 
@@ -70,6 +71,9 @@ pub enum MarathonUpdate {
         /// Ids of apps that no longer exist.
         removed: Vec<String>,
     },
+    /// Tasks changed state, as `status_update_event`s say (sent as soon as they are read, ahead
+    /// of the re-read of their apps; see [`super::task_status`]).
+    TaskStatuses(Vec<TaskStatus>),
     /// A read failed: keep the last good state. The watcher retries by itself.
     SyncFailed {
         /// The error, for logs and the status page.
@@ -504,6 +508,7 @@ impl Running {
         let reader = tokio::spawn(read_stream(
             stream,
             inbox.clone(),
+            self.updates.clone(),
             self.counters.clone(),
             self.cfg.stall_timeout,
         ));
@@ -643,16 +648,36 @@ fn reader_end(end: Result<SessionEnd, tokio::task::JoinError>) -> SessionEnd {
     }
 }
 
+/// Task states waiting for room in the update channel, at most (the oldest go first).
+const MAX_UNSENT_STATUSES: usize = 10_000;
+
+/// Sends the task states in `unsent` if the channel has room; keeps them otherwise (bounded).
+fn send_statuses(updates: &mpsc::Sender<MarathonUpdate>, unsent: &mut Vec<TaskStatus>) {
+    if unsent.is_empty() {
+        return;
+    }
+    if let Ok(permit) = updates.try_reserve() {
+        permit.send(MarathonUpdate::TaskStatuses(std::mem::take(unsent)));
+    } else {
+        let excess = unsent.len().saturating_sub(MAX_UNSENT_STATUSES);
+        unsent.drain(..excess);
+    }
+}
+
 /// Reads the event stream until it fails or stalls (no byte, keep-alives included, for
-/// `stall_timeout`), marking in `inbox` the apps its events name. It never waits on anything
-/// but the stream, so Marathon never sees a slow consumer.
+/// `stall_timeout`), marking in `inbox` the apps its events name, and sending the task states
+/// of status updates on `updates` at once. It never waits on anything but the stream, so
+/// Marathon never sees a slow consumer: states that find `updates` full are sent with the next
+/// chunk's (at most [`MAX_UNSENT_STATUSES`] wait; the re-reads bring the others).
 async fn read_stream(
     mut stream: EventStream,
     inbox: Arc<Inbox>,
+    updates: mpsc::Sender<MarathonUpdate>,
     counters: Arc<WatcherCounters>,
     stall_timeout: Duration,
 ) -> SessionEnd {
     let mut parser = SseParser::default();
+    let mut unsent: Vec<TaskStatus> = Vec::new();
     loop {
         let bytes = match timeout(stall_timeout, stream.chunk()).await {
             Err(_) => return SessionEnd::Stalled,
@@ -676,6 +701,8 @@ async fn read_stream(
         };
         let now = Instant::now();
         WatcherCounters::bump(&counters.events, events.len() as u64);
+        unsent.extend(events.iter().filter_map(task_status));
+        send_statuses(&updates, &mut unsent);
         let mut actions = Vec::new();
         for ev in &events {
             for action in actions_for_logged(ev) {

@@ -241,6 +241,7 @@ impl HttpProxy {
             errors.extend(listeners.update_service_port(&self.shared, old, new));
         }
         errors.extend(listeners.retry_failed(&self.shared, dirty_ports));
+        listeners.start_pending(&self.shared);
         errors
     }
 }

@@ -2,17 +2,20 @@
 //! serving HTTP/1.1 and HTTP/2 on each connection.
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    future::Future,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
 };
 
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
     net::{TcpListener, TcpSocket, TcpStream},
-    sync::OwnedSemaphorePermit,
-    task::JoinHandle,
+    sync::{Notify, OwnedSemaphorePermit},
 };
 use tracing::{Instrument as _, debug, debug_span, info};
 
@@ -100,13 +103,79 @@ impl ConnInfo {
     }
 }
 
-/// One listening address: an accept loop on each worker, aborted to close it.
-pub(crate) struct Listening(Vec<JoinHandle<()>>);
+/// One listening address: an accept loop on each worker, stopped to close it.
+pub(crate) struct Listening(Vec<Arc<Stop>>);
 
 impl Listening {
     fn close(self) {
-        for task in self.0 {
-            task.abort();
+        for stop in self.0 {
+            stop.stop();
+        }
+    }
+}
+
+/// Stops one accept loop, whether it has started yet or not (see [`Pending`]).
+#[derive(Default)]
+pub(crate) struct Stop {
+    stopped: AtomicBool,
+    notify: Notify,
+}
+
+impl Stop {
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    async fn stopped(&self) {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read: a stop in between is not missed.
+        notified.as_mut().enable();
+        if self.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// Runs `work` until `stop` says stop (then drops it, as an abort would).
+async fn until_stopped(stop: Arc<Stop>, work: impl Future<Output = ()>) {
+    tokio::select! {
+        biased;
+        () = stop.stopped() => {}
+        () = work => {}
+    }
+}
+
+type AcceptLoop = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Accept loops bound but not started yet, by worker. Spawning each on its worker from here
+/// wakes that worker's thread each time: at 10,000 service ports that cost more than binding
+/// them. So they are handed over together, one task per worker, which spawns them there.
+#[derive(Default)]
+pub(crate) struct Pending(Vec<Vec<AcceptLoop>>);
+
+impl Pending {
+    fn push(&mut self, worker: usize, accept_loop: AcceptLoop) {
+        if self.0.len() <= worker {
+            self.0.resize_with(worker + 1, Vec::new);
+        }
+        self.0[worker].push(accept_loop);
+    }
+
+    /// Starts every pending accept loop on its worker.
+    fn start(&mut self, shared: &Shared) {
+        for (worker, loops) in self.0.iter_mut().enumerate() {
+            if loops.is_empty() {
+                continue;
+            }
+            let loops = std::mem::take(loops);
+            shared.workers[worker].spawn(async move {
+                for accept_loop in loops {
+                    tokio::spawn(accept_loop);
+                }
+            });
         }
     }
 }
@@ -120,6 +189,8 @@ pub(crate) struct ListenerSet {
     failed: BTreeMap<SocketAddr, String>,
     /// Set by [`ListenerSet::close_all`]: nothing is opened any more.
     closed: bool,
+    /// Accept loops of listeners opened since the last [`ListenerSet::start_pending`].
+    pending: Pending,
 }
 
 impl ListenerSet {
@@ -130,11 +201,14 @@ impl ListenerSet {
         frontend: Frontend,
     ) -> Result<(), ProxyError> {
         let (local, listening) =
-            listen(shared, addr, frontend).map_err(|source| ProxyError::Bind {
-                frontend: frontend.to_string(),
-                addr,
-                source,
+            listen(shared, addr, frontend, &mut self.pending).map_err(|source| {
+                ProxyError::Bind {
+                    frontend: frontend.to_string(),
+                    addr,
+                    source,
+                }
             })?;
+        self.pending.start(shared);
         info!(%frontend, addr = %local, "listening");
         self.fixed.insert(frontend, (local, listening));
         Ok(())
@@ -205,7 +279,7 @@ impl ListenerSet {
         if self.closed {
             return Ok(());
         }
-        match listen(shared, addr, frontend) {
+        match listen(shared, addr, frontend, &mut self.pending) {
             Ok((_, listening)) => {
                 // Debug: one line per service port costs more than its bind at 10,000 apps.
                 debug!(%frontend, %addr, "listening");
@@ -226,10 +300,18 @@ impl ListenerSet {
 }
 
 impl ListenerSet {
+    /// Starts the accept loops of the listeners opened since the last call: call it after a
+    /// batch of [`ListenerSet::update_service_port`] and [`ListenerSet::retry_failed`].
+    pub(crate) fn start_pending(&mut self, shared: &Shared) {
+        self.pending.start(shared);
+    }
+
     /// Closes every listener and opens none afterwards (mlb is stopping).
     pub(crate) fn close_all(&mut self) {
         self.closed = true;
         self.failed.clear();
+        // Never started: dropping them closes their sockets.
+        self.pending = Pending::default();
         for (_, (_, listening)) in self.fixed.drain() {
             listening.close();
         }
@@ -245,12 +327,13 @@ impl Drop for ListenerSet {
     }
 }
 
-/// Listens on `addr` with an accept loop on each worker, all under one per-listener connection
-/// cap; returns the address bound (its port, when `addr` had port 0).
+/// Listens on `addr` with an accept loop on each worker (left in `pending`), all under one
+/// per-listener connection cap; returns the address bound (its port, when `addr` had port 0).
 fn listen(
     shared: &Arc<Shared>,
     addr: SocketAddr,
     frontend: Frontend,
+    pending: &mut Pending,
 ) -> std::io::Result<(SocketAddr, Listening)> {
     let reuse_port = shared.workers.len() > 1;
     let mut local = addr;
@@ -265,20 +348,20 @@ fn listen(
     let gate = shared.config.conn_gate.listener();
     // The service's own frontend `maxconn` (service ports only), one for all workers' loops.
     let frontend_limit = Arc::new(Limits::<()>::new());
-    let tasks = listeners
-        .into_iter()
-        .zip(&shared.workers)
-        .map(|(listener, worker)| {
-            worker.spawn(accept_loop(
-                listener,
-                shared.clone(),
-                frontend,
-                gate.clone(),
-                frontend_limit.clone(),
-            ))
-        })
-        .collect();
-    Ok((local, Listening(tasks)))
+    let mut stops = Vec::with_capacity(listeners.len());
+    for (worker, listener) in listeners.into_iter().enumerate() {
+        let stop = Arc::new(Stop::default());
+        let accept = accept_loop(
+            listener,
+            shared.clone(),
+            frontend,
+            gate.clone(),
+            frontend_limit.clone(),
+        );
+        pending.push(worker, Box::pin(until_stopped(stop.clone(), accept)));
+        stops.push(stop);
+    }
+    Ok((local, Listening(stops)))
 }
 
 /// A listening socket; with `reuse_port`, one of several on the address (one per worker).

@@ -142,6 +142,8 @@ struct Results {
     sync: Duration,
     sync_read_at: Option<f64>,
     sync_applied_at: Option<f64>,
+    /// mlb's own split of the full sync, from its log lines' fields.
+    phases: Vec<String>,
     sync_cpu: f64,
     rss_after_sync: Rss,
     services: (u64, u64, u64),
@@ -316,6 +318,7 @@ fn measure(
     let log = fs::read_to_string(&mlb.stderr_path).unwrap_or_default();
     r.sync_read_at = log_time(&log, "Marathon full sync", spawned_wall);
     r.sync_applied_at = log_time(&log, "dataplanes updated", spawned_wall);
+    r.phases = sync_phases(&log);
     eprintln!(
         "bench sync: synced in {:.2} s, VmHWM {:.0} MB",
         r.sync.as_secs_f64(),
@@ -944,6 +947,44 @@ fn log_time(log: &str, message: &str, since: SystemTime) -> Option<f64> {
     Some((at - since).rem_euclid(86_400.0))
 }
 
+/// mlb's split of its first full sync, from the fields of its log lines: read and parse (and
+/// RSS then), model, L4 and HTTP (compile, listeners; the fingerprint beside them) and RSS at
+/// the end. The L4 dataplane and the fingerprint run beside the proxy's update.
+fn sync_phases(log: &str) -> Vec<String> {
+    let first = |message: &str| {
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["message"] == message)
+    };
+    let field = |v: &Option<Value>, name: &str| {
+        v.as_ref()
+            .and_then(|v| v[name].as_f64())
+            .map_or("—".into(), |x| format!("{x:.0}"))
+    };
+    let read = first("Marathon full sync");
+    let swap = first("HTTP routing table swapped");
+    let applied = first("dataplanes updated");
+    vec![
+        format!(
+            "read {} ms, parse {} ms (RSS then {} MB)",
+            field(&read, "read_ms"),
+            field(&read, "parse_ms"),
+            field(&read, "rss_mb")
+        ),
+        format!(
+            "model {} ms; HTTP proxy {} ms (compile {} ms, listeners {} ms); beside it L4 {} ms \
+             and fingerprint {} ms (RSS after {} MB)",
+            field(&applied, "model_ms"),
+            field(&applied, "http_ms"),
+            field(&swap, "compile_ms"),
+            field(&swap, "listeners_ms"),
+            field(&applied, "l4_ms"),
+            field(&applied, "fingerprint_ms"),
+            field(&applied, "rss_mb")
+        ),
+    ]
+}
+
 /// `...THH:MM:SS.fffZ` → seconds since midnight UTC.
 fn utc_seconds_of_day(ts: &str) -> Option<f64> {
     let time = ts.split_once('T')?.1.trim_end_matches('Z');
@@ -1034,6 +1075,9 @@ fn report(
         &at(r.sync_applied_at),
         "",
     );
+    for phase in &r.phases {
+        row(o, "— mlb's own split (its log lines' fields)", phase, "");
+    }
     let list = format!(
         "— reference: marathon-sim serving that `/v2/apps` alone ({:.0} MB)",
         r.list_bytes as f64 / 1e6
@@ -1146,5 +1190,24 @@ mod tests {
         assert_eq!(utc_seconds_of_day("2026-12-01T01:02:03.5Z"), Some(3723.5));
         assert!(is_backend_of("app-1.abc:0", "app-1.abc"));
         assert!(!is_backend_of("app-1.abcd:0", "app-1.abc"));
+    }
+
+    #[test]
+    fn the_sync_split_comes_from_the_first_full_sync_lines() {
+        let log = [
+            r#"{"message":"Marathon full sync","read_ms":93.4,"parse_ms":268.6,"rss_mb":112.6}"#,
+            r#"{"message":"HTTP routing table swapped","compile_ms":447.2,"listeners_ms":642.4}"#,
+            r#"{"message":"dataplanes updated","model_ms":234.6,"l4_ms":213.5,"http_ms":1099.0,"fingerprint_ms":263.0,"rss_mb":222.4}"#,
+            r#"{"message":"dataplanes updated","model_ms":1.0}"#,
+        ]
+        .join("\n");
+        assert_eq!(
+            sync_phases(&log),
+            [
+                "read 93 ms, parse 269 ms (RSS then 113 MB)",
+                "model 235 ms; HTTP proxy 1099 ms (compile 447 ms, listeners 642 ms); beside it \
+                 L4 214 ms and fingerprint 263 ms (RSS after 222 MB)"
+            ]
+        );
     }
 }
