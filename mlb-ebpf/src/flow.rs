@@ -26,6 +26,7 @@ use crate::{
     exit::Exit,
     lookup::{backend_dead, lookup_service, pick_backend},
     maps::{CONNTRACK, Scratch},
+    mem::copy_addr,
     parse::PacketMeta,
     snat::reserve_snat_port,
     stats::{count, count_snat_exhausted},
@@ -57,8 +58,8 @@ pub fn flow_key(meta: &PacketMeta) -> FlowKey {
 /// rewrites into. In place: a returned key would be one more 40-byte copy on the stack.
 #[inline(always)]
 pub fn set_peer_key(out: &mut FlowKey, key: &FlowKey, entry: &NatEntry) {
-    out.src = entry.new_dst;
-    out.dst = entry.new_src;
+    copy_addr(&mut out.src, &entry.new_dst);
+    copy_addr(&mut out.dst, &entry.new_src);
     out.sport = entry.new_dport;
     out.dport = entry.new_sport;
     out.proto = key.proto;

@@ -17,6 +17,7 @@ use mlb_common::{maps::NatEntry, net::eth, stats::Counter, verdict::Verdict};
 use crate::{
     exit::Exit,
     maps::TX_PORTS,
+    mem::{self, copy_addr},
     parse::{Family, PacketMeta},
     stats::count,
     too_big,
@@ -92,8 +93,8 @@ pub fn next_hop(
     if meta.ttl <= 1 {
         return Err(Exit::Pass(Counter::PassTtlExceeded));
     }
-    // SAFETY: all-zero is a valid (empty) request.
-    *params = unsafe { core::mem::zeroed() };
+    // SAFETY: all-zero is a valid (empty) request; its fields are 32-bit aligned words.
+    unsafe { mem::zero(params) };
     params.family = match meta.family {
         Family::V4 => AF_INET,
         Family::V6 => AF_INET6,
@@ -110,8 +111,11 @@ pub fn next_hop(
             params.__bindgen_anon_4.ipv4_dst = nat.new_dst[0];
         }
         Family::V6 => {
-            params.__bindgen_anon_3.ipv6_src = nat.new_src;
-            params.__bindgen_anon_4.ipv6_dst = nat.new_dst;
+            // SAFETY: writing the union's IPv6 member (the request's family says so).
+            unsafe {
+                copy_addr(&mut params.__bindgen_anon_3.ipv6_src, &nat.new_src);
+                copy_addr(&mut params.__bindgen_anon_4.ipv6_dst, &nat.new_dst);
+            }
         }
     }
     // SAFETY: `params` is valid for the call; its size is passed.

@@ -28,6 +28,7 @@ mod forward;
 mod icmp;
 mod lookup;
 mod maps;
+mod mem;
 mod parse;
 mod rewrite;
 mod snat;

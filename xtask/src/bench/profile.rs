@@ -1,6 +1,7 @@
 //! A flat CPU profile with `perf record`, of one process or of whole CPUs, while the bench
 //! measures something.
 use std::{
+    fs,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     thread,
@@ -122,6 +123,32 @@ impl Profile {
             })
             .map(|l| l.chars().take(160).collect())
             .collect())
+    }
+}
+
+/// The kernel's switch for BPF run-time statistics (global: it costs every program two clock
+/// reads per run while on).
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// BPF run-time statistics turned on while this lives; the switch goes back to what it was
+/// when dropped.
+pub struct BpfStatsOn {
+    before: Option<String>,
+}
+
+impl BpfStatsOn {
+    pub fn new() -> BpfStatsOn {
+        let before = fs::read_to_string(BPF_STATS).ok();
+        let _ = fs::write(BPF_STATS, "1");
+        BpfStatsOn { before }
+    }
+}
+
+impl Drop for BpfStatsOn {
+    fn drop(&mut self) {
+        if let Some(before) = &self.before {
+            let _ = fs::write(BPF_STATS, before.trim());
+        }
     }
 }
 

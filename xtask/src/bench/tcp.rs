@@ -422,6 +422,7 @@ fn measure_iperf(lab: &mut Lab, target: &str, setup: &Setup, m: &mut Measurement
     } else {
         None
     };
+    let stats_on = setup.profile.then(profile::BpfStatsOn::new);
     let before = [cpu::cpu_jiffies(0), cpu::cpu_jiffies(1)];
     let xdp_before = LB_DEVICES.map(|dev| profile::xdp_run_stats(NS_LB, dev));
     match iperf(lab, target, setup.durations.iperf_secs) {
@@ -437,6 +438,7 @@ fn measure_iperf(lab: &mut Lab, target: &str, setup: &Setup, m: &mut Measurement
             m.xdp_runs.push((dev, runs, ns));
         }
     }
+    drop(stats_on);
     if let Some(p) = profile {
         match p.finish_per_cpu(&[0, 1]) {
             Ok(p) => m.iperf_profile = p,
