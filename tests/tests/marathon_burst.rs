@@ -19,7 +19,7 @@ use mlb::{
         store::AppStore,
         watch::{MarathonUpdate, MarathonWatcher, WatcherCounters},
     },
-    model::{HealthCache, ModelOptions, desired_state},
+    model::{BackendState, HealthCache, ModelOptions, desired_state},
 };
 use mlb_tests::marathon_sim::{MarathonSim, SimConfig};
 use serde_json::{Value, json};
@@ -110,7 +110,12 @@ fn routed_tasks(store: &AppStore) -> BTreeMap<String, BTreeSet<String>> {
     );
     let mut routed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for svc in state.l4.values() {
-        let tasks = svc.backends.iter().map(|b| {
+        // In rotation: a task being killed drains (no new connections) until it is gone.
+        let active = svc
+            .backends
+            .iter()
+            .filter(|b| b.state == BackendState::Active);
+        let tasks = active.map(|b| {
             let id = b.id.as_str();
             id.rsplit_once(':').map_or(id, |(t, _)| t).to_owned()
         });
