@@ -66,6 +66,13 @@ pub fn run(args: &HttpArgs) -> Result<()> {
     fs::create_dir_all(&www)?;
     fs::write(www.join("index.html"), "hello from the bench backend\n")?;
     nginx::start(&mut lab, &www, "")?;
+    if args.slow_reader {
+        let body = super::slow_reader::write_body(&www)?;
+        let report = slow_reader_report(&mut lab, &setup, body)?;
+        drop(lab);
+        println!("{report}");
+        return super::write_report("http-slow-reader", &report).map(drop);
+    }
     if let Some(conns) = args.memory {
         let report = memory_report(&mut lab, &setup, conns)?;
         drop(lab);
@@ -536,6 +543,32 @@ fn memory_report(lab: &mut Lab, setup: &Setup, conns: usize) -> Result<String> {
         eprintln!("bench http: {row}");
         writeln!(o, "{row}")?;
     }
+    Ok(o)
+}
+
+/// mlb's resident memory while a slow client reads a large response through it.
+fn slow_reader_report(lab: &mut Lab, setup: &Setup, body: &str) -> Result<String> {
+    let pid = start_lb(lab, Case::Mlb, setup)?.context("mlb has a PID")?;
+    let url = format!("http://{VIP}:{}/", nginx::PORT);
+    let host_header = format!("Host: {VHOST}");
+    probe::wait_for_200(lab, Some(pid), NS_CLI, &["-H", &host_header, &url])?;
+    let row = super::slow_reader::measure(pid, &format!("{url}{body}"), VHOST);
+    lab.stop(pid);
+    let row = row?;
+    let mut o = String::new();
+    writeln!(o, "# mlb bench http --slow-reader\n")?;
+    writeln!(
+        o,
+        "mlb (one thread, cpu1); one curl in cli reads a 1 GiB response from an nginx backend \
+         through mlb at 64 MiB/s (`--limit-rate`); mlb's VmRSS before and its peak, sampled \
+         every 100 ms while the client reads.\n"
+    )?;
+    writeln!(
+        o,
+        "| RSS before MiB | peak RSS MiB | growth MiB | client read MiB/s | seconds |"
+    )?;
+    writeln!(o, "|---|---|---|---|---|")?;
+    writeln!(o, "{row}")?;
     Ok(o)
 }
 

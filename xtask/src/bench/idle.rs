@@ -80,7 +80,7 @@ pub fn rss_with_idle_conns(
 }
 
 /// `VmRSS` of a process, KiB.
-fn rss_kib(pid: u32) -> Result<u64> {
+pub fn rss_kib(pid: u32) -> Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()

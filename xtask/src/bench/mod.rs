@@ -15,6 +15,7 @@ mod lab;
 mod nginx;
 mod probe;
 mod profile;
+mod slow_reader;
 mod stats;
 mod sync;
 mod sync_front;
@@ -107,6 +108,10 @@ pub struct HttpArgs {
     /// connections (one request each, then idle), plain HTTP and TLS.
     #[arg(long, value_name = "CONNS")]
     pub memory: Option<usize>,
+    /// Instead of the speed cases: mlb's resident memory while one client reads a 1 GiB
+    /// response through it at 64 MiB/s (a slow reader: the backend sends faster).
+    #[arg(long, conflicts_with = "memory")]
+    pub slow_reader: bool,
 }
 
 /// Flags of `cargo xtask bench tcp`.
