@@ -12,6 +12,7 @@ use std::{
     task::{Context, Poll},
 };
 
+use bytes::{Buf as _, Bytes};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
     net::{TcpListener, TcpSocket, TcpStream},
@@ -659,20 +660,24 @@ pub(crate) fn client_timeout(shared: &Shared, frontend: Frontend) -> std::time::
     own.unwrap_or(shared.config.timeouts.client)
 }
 
-/// A stream that first yields bytes already read from it (a peeked ClientHello).
+/// A stream that first yields bytes already read from it (a peeked ClientHello, an HTTP/2
+/// preface, the bytes hyper read but did not use before a connection was parked).
 pub(crate) struct Prefixed<S> {
-    prefix: Vec<u8>,
-    pos: usize,
+    prefix: Bytes,
     inner: S,
 }
 
 impl<S> Prefixed<S> {
-    pub(crate) fn new(prefix: Vec<u8>, inner: S) -> Self {
+    pub(crate) fn new(prefix: impl Into<Bytes>, inner: S) -> Self {
         Prefixed {
-            prefix,
-            pos: 0,
+            prefix: prefix.into(),
             inner,
         }
+    }
+
+    /// The stream; bytes of the prefix not yet read are dropped with it.
+    pub(crate) fn into_inner(self) -> S {
+        self.inner
     }
 }
 
@@ -682,14 +687,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        if self.pos < self.prefix.len() {
-            let n = buf.remaining().min(self.prefix.len() - self.pos);
-            let start = self.pos;
-            buf.put_slice(&self.prefix[start..start + n]);
-            self.pos += n;
-            if self.pos == self.prefix.len() {
-                self.prefix = Vec::new();
-                self.pos = 0;
+        if !self.prefix.is_empty() {
+            let n = buf.remaining().min(self.prefix.len());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // Not kept for the connection's life: it may share a whole read buffer.
+                self.prefix = Bytes::new();
             }
             return Poll::Ready(Ok(()));
         }

@@ -22,9 +22,10 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Buf as _, Bytes};
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::listeners::Prefixed;
 use crate::overload::ConnState;
 
 /// How long a client must be quiet before its connection is parked: a busy keep-alive client
@@ -98,8 +99,8 @@ impl Drop for BodyOpen {
 /// The client connection as a session's hyper connection sees it: first the bytes read before
 /// the session started, then the socket; reads end (EOF) once the connection may be parked.
 pub(crate) struct SessionIo<I> {
-    io: I,
-    unread: Bytes,
+    /// The socket, fed first the bytes the previous session read but did not use.
+    io: Prefixed<I>,
     session: Arc<Session>,
     conn: Arc<ConnState>,
     /// `session.started` when a flush last completed with nothing of the session open and
@@ -112,8 +113,7 @@ pub(crate) struct SessionIo<I> {
 impl<I> SessionIo<I> {
     pub(crate) fn new(io: I, unread: Bytes, session: Arc<Session>, conn: Arc<ConnState>) -> Self {
         SessionIo {
-            io,
-            unread,
+            io: Prefixed::new(unread, io),
             session,
             conn,
             flushed_at: None,
@@ -124,7 +124,7 @@ impl<I> SessionIo<I> {
     /// The socket, if the session ended by parking; `None` when it ended for another reason
     /// (the client closed, `Connection: close`, an error): the connection is done.
     pub(crate) fn into_parked(self) -> Option<I> {
-        self.parked.then_some(self.io)
+        self.parked.then(|| self.io.into_inner())
     }
 
     /// The session has served a request, everything is answered, flushed and read, and the
@@ -146,16 +146,6 @@ impl<I: AsyncRead + Unpin> AsyncRead for SessionIo<I> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.parked {
-            return Poll::Ready(Ok(()));
-        }
-        if !this.unread.is_empty() {
-            let n = buf.remaining().min(this.unread.len());
-            buf.put_slice(&this.unread[..n]);
-            this.unread.advance(n);
-            if this.unread.is_empty() {
-                // Not kept while the session lives: it may be a whole read buffer's.
-                this.unread = Bytes::new();
-            }
             return Poll::Ready(Ok(()));
         }
         match Pin::new(&mut this.io).poll_read(cx, buf) {

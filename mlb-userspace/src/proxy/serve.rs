@@ -152,7 +152,7 @@ async fn serve_h2<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service(&shared, &info, None);
-    let io = Prefixed::new(preface.to_vec(), io);
+    let io = Prefixed::new(preface, io);
     // HTTP/2 has no header-read timeout; pings find clients that went away instead.
     let served = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
