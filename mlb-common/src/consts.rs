@@ -12,8 +12,9 @@
 /// counter. 4: the backend's TIME_WAIT recorded in `NatEntry` (`tw_*`), counter
 /// `SnatPortTimeWait`. 5: direct server return (`Config::forwarding`, `encap_src_*`, DSR
 /// counters); counters `PassTtlExceeded`, `IcmpErrorTranslated`, `PassIcmpNoFlow`,
-/// `PassIcmpUnsupported`, `IcmpTooBigSent`.
-pub const ABI_VERSION: u32 = 5;
+/// `PassIcmpUnsupported`, `IcmpTooBigSent`. 6: the next hop cached in `NatEntry` (`hop_*`),
+/// counter `HopLookedUp`.
+pub const ABI_VERSION: u32 = 6;
 
 /// Number of per-CPU counter slots in the global statistics array (see [`crate::stats::Counter`]).
 pub const STATS_SLOTS: u32 = crate::stats::Counter::COUNT as u32;
@@ -49,6 +50,15 @@ pub const MAX_SNAT_ADDRS: usize = 8;
 /// A flow's last-seen time is written at most this often (and at each state change): the two
 /// halves are touched by different CPUs, and a write per packet would bounce their cache lines.
 pub const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// A flow's cached next hop (`NatEntry::hop_*`) is timed in ticks of `2^HOP_TICK_SHIFT` ns
+/// (about 1 ms; a `u32` of them wraps after 52 days).
+pub const HOP_TICK_SHIFT: u32 = 20;
+
+/// Ticks after which a cached next hop is looked up again (about 1 s): how long a route,
+/// neighbour or MTU change may take to reach established flows. A TTL rather than
+/// invalidation by the agent: nothing to miss, and one lookup per flow direction per second.
+pub const HOP_TTL_TICKS: u32 = (1_000_000_000u64 >> HOP_TICK_SHIFT) as u32;
 
 /// Devmap slots: interfaces the program may redirect to.
 pub const MAX_INTERFACES: u32 = 64;

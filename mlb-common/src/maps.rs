@@ -190,7 +190,21 @@ pub struct NatEntry {
     /// only with a SYN that TIME_WAIT accepts (`crate::ct::time_wait_accepts_syn`).
     pub tw_rcv_nxt: u32,
     pub tw_ts_recent: u32,
+    /// The next hop of this direction's packets, cached from `bpf_fib_lookup` so an
+    /// established flow's packets skip the lookup: the egress interface (0: nothing cached).
+    pub hop_ifindex: u32,
+    /// The next hop's destination and source MACs, in header order (12 bytes as words).
+    pub hop_macs: [u32; 3],
+    /// The largest IP length (header on) the lookup found fits the hop's MTU: a longer packet
+    /// is looked up again (and answered "too big" if it does not fit).
+    pub hop_len: u16,
+    pub _pad2: u16,
+    /// When the hop was looked up, in [`crate::consts::HOP_TICK_SHIFT`] ticks of
+    /// `bpf_ktime_get_ns()` (wrapping); it is looked up again after
+    /// [`crate::consts::HOP_TTL_TICKS`], so route and neighbour changes reach flows.
+    pub hop_at: u32,
 }
+const _: () = assert!(core::mem::size_of::<NatEntry>() == 88);
 
 /// Global settings written by the agent.
 #[repr(C)]

@@ -118,11 +118,15 @@ pub enum Counter {
     /// Packets too big for their next hop (and not allowed to be fragmented) answered with
     /// IPv4 fragmentation needed / IPv6 packet too big, as a router does.
     IcmpTooBigSent,
+    /// Packets of tracked flows whose next hop was looked up (`bpf_fib_lookup`); the others
+    /// reused their flow's cached hop. About one per flow direction per second, plus new
+    /// flows and packets longer than any their hop carried before.
+    HopLookedUp,
 }
 
 impl Counter {
     /// Number of counters (the size of the stats array).
-    pub const COUNT: usize = Counter::IcmpTooBigSent as usize + 1;
+    pub const COUNT: usize = Counter::HopLookedUp as usize + 1;
 
     /// Every counter, in index order, with the name user space reports it under.
     pub const ALL: [(Counter, &'static str); Counter::COUNT] = [
@@ -177,6 +181,7 @@ impl Counter {
         (Counter::PassIcmpNoFlow, "pass_icmp_no_flow"),
         (Counter::PassIcmpUnsupported, "pass_icmp_unsupported"),
         (Counter::IcmpTooBigSent, "icmp_too_big_sent"),
+        (Counter::HopLookedUp, "hop_looked_up"),
     ];
 
     /// The counter of a transition into `state` (a `ct::CT_*`), if it has one.

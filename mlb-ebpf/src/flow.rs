@@ -38,6 +38,10 @@ pub struct Flow {
     pub nat: &'static NatEntry,
     /// This packet created the flow.
     pub new: bool,
+    /// The flow direction's conntrack value (its cached next hop is written there); null for
+    /// a new flow, whose `nat` is the scratch copy it was inserted from. (Not an `Option`: the
+    /// program's stack is at its limit.)
+    pub entry: *mut NatEntry,
 }
 
 /// The wire 5-tuple of a packet: the key of its flow direction.
@@ -89,8 +93,14 @@ pub fn track_flow(
     now: u64,
 ) -> Result<Flow, Exit> {
     scratch.key = flow_key(meta);
-    if let Some(nat) = lookup_flow(meta, scratch, cfg, now) {
-        return Ok(Flow { nat, new: false });
+    if let Some(entry) = lookup_flow(meta, scratch, cfg, now) {
+        // SAFETY: a conntrack value, valid for this program run (RCU).
+        let nat = unsafe { &*entry };
+        return Ok(Flow {
+            nat,
+            new: false,
+            entry,
+        });
     }
     prepare_flow(meta, scratch, cfg, now)?;
     open_flow(scratch)?;
@@ -100,23 +110,39 @@ pub fn track_flow(
     // SAFETY: a field of this CPU's scratch map value, valid for this program run; nothing
     // writes `forward` again before the packet is rewritten.
     let nat = unsafe { &*forward };
-    Ok(Flow { nat, new: true })
+    Ok(Flow {
+        nat,
+        new: true,
+        entry: core::ptr::null_mut(),
+    })
 }
 
 /// The live tracked entry of `scratch.key`, its state and last-seen time updated, or `None` when
 /// the packet has no live flow. Forgets a flow whose partner is gone, that is idle past its
 /// timeout, whose backend the agent declared dead (re-balanced: a new backend, or the kernel,
 /// answers a stray TCP segment with a RST), or that is closed and sees a new SYN.
+///
+/// A packet of an established flow that changes nothing (no state step, last-seen touched
+/// less than [`TOUCH_INTERVAL_NS`] ago) is forwarded on its own half alone: the partner check
+/// and both halves' updates wait for the next touch. An orphaned established half (its partner
+/// evicted from the full LRU map) is therefore found within a second rather than at once; its
+/// SNAT port cannot serve a new flow meanwhile anyway, since the backend still holds the old
+/// connection's 4-tuple.
 #[inline(always)]
 fn lookup_flow(
     meta: &PacketMeta,
     scratch: &mut Scratch,
     cfg: &Config,
     now: u64,
-) -> Option<&'static NatEntry> {
+) -> Option<*mut NatEntry> {
     let entry = CONNTRACK.get_ptr_mut(&scratch.key)?;
     // SAFETY: `entry` comes from the lookup and stays valid for this program run (RCU).
     let tracked = unsafe { &*entry };
+    let end = end_of_flow(meta, tracked, cfg, now);
+    if end.is_none() && unchanged(meta, tracked, now) {
+        count_direction(tracked);
+        return Some(entry);
+    }
     set_peer_key(&mut scratch.peer_key, &scratch.key, tracked);
     let peer = match CONNTRACK.get_ptr_mut(&scratch.peer_key) {
         // SAFETY: as above.
@@ -127,7 +153,7 @@ fn lookup_flow(
             return None;
         }
     };
-    if let Some(reason) = end_of_flow(meta, tracked, cfg, now) {
+    if let Some(reason) = end {
         count(reason);
         // SAFETY: as above.
         forget_dead_flow(
@@ -140,12 +166,28 @@ fn lookup_flow(
         return None;
     }
     update_flow(entry, peer, meta, scratch, now);
+    count_direction(tracked);
+    Some(entry)
+}
+
+/// Counts a forwarded packet of a tracked flow by its direction.
+#[inline(always)]
+fn count_direction(tracked: &NatEntry) {
     count(if tracked.direction == DIR_TO_BACKEND {
         Counter::FlowToBackend
     } else {
         Counter::FlowToClient
     });
-    Some(tracked)
+}
+
+/// Whether this packet leaves its established flow as it is: no TCP state step, and the
+/// last-seen time needs no refresh yet (see [`update_flow`]).
+#[inline(always)]
+fn unchanged(meta: &PacketMeta, tracked: &NatEntry, now: u64) -> bool {
+    tracked.state == CT_ESTABLISHED
+        && (meta.proto != IPPROTO_TCP
+            || next_tcp_state(CT_ESTABLISHED, tracked.direction, meta.tcp_flags) == CT_ESTABLISHED)
+        && now.saturating_sub(tracked.last_seen_ns) < TOUCH_INTERVAL_NS
 }
 
 /// Why a tracked flow ends at this packet (the counter), if it does.
@@ -309,6 +351,7 @@ fn prepare_flow(
     reply.last_seen_ns = now;
     reply.tw_rcv_nxt = 0;
     reply.tw_ts_recent = 0;
+    clear_hop(reply);
     let reply_key = &mut scratch.reply_key;
     reply_key.src = backend.addr;
     reply_key.sport = backend.port;
@@ -316,6 +359,16 @@ fn prepare_flow(
     reply_key.family = family;
     reply_key._pad = [0; 2];
     Ok(())
+}
+
+/// No next hop cached yet (`hop.rs`), in an entry being built field by field.
+#[inline(always)]
+fn clear_hop(entry: &mut NatEntry) {
+    entry.hop_ifindex = 0;
+    entry.hop_macs = [0; 3];
+    entry.hop_len = 0;
+    entry._pad2 = 0;
+    entry.hop_at = 0;
 }
 
 /// Opens the flow [`prepare_flow`] prepared: reserves a SNAT address and port (which records
@@ -339,6 +392,7 @@ fn open_flow(scratch: &mut Scratch) -> Result<(), Exit> {
     forward.last_seen_ns = reply.last_seen_ns;
     forward.tw_rcv_nxt = 0;
     forward.tw_ts_recent = 0;
+    clear_hop(forward);
     if CONNTRACK
         .insert(&scratch.key, &scratch.forward, u64::from(BPF_ANY))
         .is_err()

@@ -2,8 +2,8 @@
 //!
 //! Per packet, one small step each: parse once ([`parse::parse_packet`]); find the packet's
 //! tracked flow or start one for a service ([`flow::track_flow`]: Maglev picks the backend, a
-//! SNAT port is reserved); decide where the rewritten packet goes ([`forward::next_hop`],
-//! `bpf_fib_lookup`); and only then rewrite it ([`rewrite::rewrite_packet`]). Every read and
+//! SNAT port is reserved); decide where the rewritten packet goes ([`hop::next_hop`]: the
+//! flow's cached next hop, or `bpf_fib_lookup` in [`forward::next_hop`]); and only then rewrite it ([`rewrite::rewrite_packet`]). Every read and
 //! lookup comes before the first write (Katran's rule), so a packet that leaves early reaches the
 //! kernel as it arrived, its reason counted.
 //!
@@ -25,6 +25,7 @@ mod encap;
 mod exit;
 mod flow;
 mod forward;
+mod hop;
 mod icmp;
 mod lookup;
 mod maps;
@@ -67,7 +68,7 @@ fn try_mlb_xdp(ctx: &XdpContext) -> Result<Verdict, Exit> {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let flow = flow::track_flow(&meta, scratch, cfg, now)?;
-    let hop = forward::next_hop(ctx, &meta, flow.nat, meta.ip_len, &mut scratch.fib)?;
+    let hop = hop::next_hop(ctx, &meta, &flow, &mut scratch.fib, now)?;
     // The decision is made: from here on the packet is written.
     rewrite::rewrite_packet(ctx, &meta, flow.nat, hop.macs())?;
     stats::count_flow(

@@ -1,7 +1,7 @@
 //! The `mlb` agent attaches its XDP program where told through pinned bpf links, leaves it
 //! forwarding on SIGTERM (the next agent adopts it), removes it on `mlb stop --detach` or with
-//! `--detach-on-exit`, and refuses an interface another XDP program owns or a pin directory
-//! another agent holds.
+//! `--detach-on-exit`, and refuses an interface another XDP program owns, a pin directory
+//! another agent holds, or a datapath pinned with another map layout.
 #![expect(
     clippy::unwrap_used,
     reason = "helpers outside #[test] functions fail the test loudly"
@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use mlb_common::{consts::ABI_VERSION, maps};
 use mlb_tests::{
     mlb_bin::mlb_bin,
     netns::{Child, Netns, VethEnd, veth},
@@ -215,4 +216,73 @@ fn detach_on_exit_removes_program_and_pins() {
         "XDP program left attached with --detach-on-exit"
     );
     assert!(!pins.exists(), "pins left in {}", pins.display());
+}
+
+/// `mlb <args>` in `lb` that must be refused: its error output.
+fn refused(lb: &Netns, args: &[String]) -> String {
+    let out = mlb_in(lb, args);
+    assert!(!out.status.success(), "mlb {args:?} was not refused");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// An upgrade never reads maps of another layout: a datapath pinned by an agent of another
+/// layout version (its own `abi-N` directory), or a pinned map whose key or value size is not
+/// this build's (a layout change without a version bump), is refused with the command that
+/// replaces it, while the old datapath keeps forwarding; after that command the agent starts.
+#[test]
+fn an_agent_refuses_a_datapath_pinned_with_another_map_layout() {
+    if !require_netns_and_bpf("an_agent_refuses_a_datapath_pinned_with_another_map_layout") {
+        return;
+    }
+    let (_cli, lb) = lab();
+    let bpffs = Bpffs::mount("layout");
+    let pins = bpffs.dir("mlb");
+    let ours = pins.join(format!("abi-{ABI_VERSION}"));
+    let mut agent = spawn_agent(&lb, &pins, &[]);
+    assert!(agent.terminate(Duration::from_secs(10)).unwrap().success());
+
+    // The conntrack map as the previous layout had it: 64-byte values.
+    let ct = ours.join("maps").join(maps::CONNTRACK);
+    std::fs::remove_file(&ct).unwrap();
+    let ct_path = ct.display().to_string();
+    let created = Command::new("bpftool")
+        .args(["map", "create", &ct_path, "type", "lru_hash", "key", "40"])
+        .args(["value", "64", "entries", "16", "name", maps::CONNTRACK])
+        .status()
+        .unwrap();
+    assert!(created.success(), "bpftool map create");
+    let err = refused(&lb, &run_args(&pins, &[]));
+    assert!(
+        err.contains(maps::CONNTRACK)
+            && err.contains("value size 64")
+            && err.contains("mlb stop --detach"),
+        "{err}"
+    );
+
+    // The datapath of an older layout version, pinned under its own directory.
+    let older = format!("abi-{}", ABI_VERSION - 1);
+    std::fs::rename(&ours, pins.join(&older)).unwrap();
+    let err = refused(&lb, &run_args(&pins, &[]));
+    assert!(
+        err.contains(&older) && err.contains("mlb stop --detach"),
+        "{err}"
+    );
+    assert!(
+        xdp_attached(&lb, "lb-cli"),
+        "the refused agent detached the datapath it did not adopt"
+    );
+
+    // Replaced as the refusal says.
+    let mut stop: Vec<String> = ["stop", "--detach", "--bpffs-dir"].map(String::from).into();
+    stop.push(pins.display().to_string());
+    let out = mlb_in(&lb, &stop);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(wait_until(|| !xdp_attached(&lb, "lb-cli")));
+    let mut agent = spawn_agent(&lb, &pins, &["--detach-on-exit"]);
+    assert!(ours.join("maps").join(maps::CONNTRACK).exists());
+    assert!(agent.terminate(Duration::from_secs(10)).unwrap().success());
 }

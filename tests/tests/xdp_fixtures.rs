@@ -42,6 +42,8 @@ use mlb_tests::{
 
 #[path = "xdp_fixtures/fuzz.rs"]
 mod fuzz;
+#[path = "xdp_fixtures/hop_cache.rs"]
+mod hop_cache;
 #[path = "xdp_fixtures/icmp_errors.rs"]
 mod icmp_errors;
 #[path = "xdp_fixtures/labels.rs"]
@@ -1460,6 +1462,24 @@ fn conntrack_of(
     aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).unwrap()
 }
 
+/// The conntrack key of an IPv4 TCP frame: its flow direction as the program keys it.
+fn v4_tcp_key(frame: &[u8]) -> mlb_common::maps::FlowKey {
+    let p = packet::parse(frame).unwrap();
+    let addr = |ip: IpAddr| match ip {
+        IpAddr::V4(a) => [u32::from_ne_bytes(a.octets()), 0, 0, 0],
+        IpAddr::V6(_) => unreachable!(),
+    };
+    mlb_common::maps::FlowKey {
+        src: addr(p.src),
+        dst: addr(p.dst),
+        sport: p.sport.to_be(),
+        dport: p.dport.to_be(),
+        proto: mlb_common::net::IPPROTO_TCP,
+        family: mlb_common::maps::FAMILY_V4,
+        _pad: [0; 2],
+    }
+}
+
 /// A client segment of `SVC_TCP` from `port` with a sequence number and a TCP timestamp.
 fn client_seg(port: u16, flags: u8, seq: u32, tsval: u32) -> Vec<u8> {
     PacketBuilder::new()
@@ -1690,22 +1710,7 @@ fn a_half_flow_is_never_used_and_syn_floods_release_ports() {
             let mut ct = conntrack_of(&dp);
             let send = |from, frame: &[u8]| send(&dp, &lab, from, frame);
             let client = |port: u16, flags: u8| client_seg(port, flags, 1, 1);
-            let key_of = |frame: &[u8]| {
-                let p = packet::parse(frame).unwrap();
-                let addr = |ip: IpAddr| match ip {
-                    IpAddr::V4(a) => [u32::from_ne_bytes(a.octets()), 0, 0, 0],
-                    IpAddr::V6(_) => unreachable!(),
-                };
-                mlb_common::maps::FlowKey {
-                    src: addr(p.src),
-                    dst: addr(p.dst),
-                    sport: p.sport.to_be(),
-                    dport: p.dport.to_be(),
-                    proto: mlb_common::net::IPPROTO_TCP,
-                    family: mlb_common::maps::FAMILY_V4,
-                    _pad: [0; 2],
-                }
-            };
+            let key_of = v4_tcp_key;
 
             // A SYN flood: each SYN takes the only port, and the next SYN (the SYN timeout is
             // zero here) finds it dead and takes it over: no drop.
