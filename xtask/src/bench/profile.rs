@@ -159,10 +159,17 @@ pub fn xdp_run_stats(ns: &str, dev: &str) -> Option<XdpRunStats> {
     let net: serde_json::Value = serde_json::from_str(&net).ok()?;
     let id = net.pointer("/0/xdp/0/id")?.as_u64()?;
     let prog = lab::run(&["bpftool", "-j", "prog", "show", "id", &id.to_string()]).ok()?;
-    let prog: serde_json::Value = serde_json::from_str(&prog).ok()?;
+    run_stats_of(&serde_json::from_str(&prog).ok()?)
+}
+
+/// The run statistics in `bpftool -j prog show` output for one program. bpftool leaves both
+/// fields out while the run time is 0 (no run since stats were enabled): that reads as 0, not
+/// as none, or the first round of a run would report no figure.
+fn run_stats_of(prog: &serde_json::Value) -> Option<XdpRunStats> {
+    let field = |name| prog.get(name).map_or(Some(0), serde_json::Value::as_u64);
     Some(XdpRunStats {
-        run_time_ns: prog.get("run_time_ns")?.as_u64()?,
-        run_cnt: prog.get("run_cnt")?.as_u64()?,
+        run_time_ns: field("run_time_ns")?,
+        run_cnt: field("run_cnt")?,
     })
 }
 
@@ -200,5 +207,14 @@ mod tests {
         // No run in between, or a program replaced (its counters restarted): no figure.
         assert_eq!(after.since(after), None);
         assert_eq!(before.since(after), None);
+    }
+
+    #[test]
+    fn a_program_that_has_not_run_yet_reads_as_zero_runs() {
+        let fresh = serde_json::json!({"id": 7, "type": "xdp"});
+        let stats = run_stats_of(&fresh).unwrap();
+        assert_eq!((stats.run_time_ns, stats.run_cnt), (0, 0));
+        let ran = serde_json::json!({"id": 7, "run_time_ns": 40_000, "run_cnt": 100});
+        assert_eq!(run_stats_of(&ran).unwrap().since(stats), Some((100, 400.0)));
     }
 }
