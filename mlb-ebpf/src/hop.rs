@@ -9,7 +9,7 @@
 //! within a second, and nothing the agent could miss leaves a flow on a stale hop. Two CPUs may
 //! record one direction at once (its packets on two receive queues): the fields are written one
 //! by one, so a reader may mix two answers, both from lookups of the same flow a moment apart.
-use aya_ebpf::{EbpfContext as _, bindings::bpf_fib_lookup as FibParams, programs::XdpContext};
+use aya_ebpf::{bindings::bpf_fib_lookup as FibParams, programs::XdpContext};
 use mlb_common::{
     consts::{HOP_TICK_SHIFT, HOP_TTL_TICKS},
     maps::NatEntry,
