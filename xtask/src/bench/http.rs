@@ -19,6 +19,11 @@
 //!   client and backends then share those cores: on a 2-core machine the figures say how well
 //!   the load balancer shares, not how far it scales.
 //!
+//! - beside each one-core case, what a request costs ([`super::cost`]): LB CPU µs, syscalls and
+//!   context switches, packets on lb's client and backend legs (`--h1-only`: only these
+//!   cases, without TLS); `--profile` adds each LB's hottest symbols, `--baseline <binary>`
+//!   runs another build of the proxy as one more case (before/after in one run).
+//!
 //! Any failed measurement fails the run. No bulk (iperf3) case: it says nothing about an HTTP
 //! proxy.
 use std::{
@@ -34,9 +39,12 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    Artifact, CONNECTIONS, HttpArgs, build_release, cpu,
+    Artifact, CONNECTIONS, HttpArgs, build_release,
+    cost::{Cost, Probe},
+    cpu,
     lab::{self, BACKEND_IPS, Lab, NS_CLI, NS_LB, VIP},
     nginx, probe,
+    profile::Profile,
     stats::{median, percentile},
     wrk::{WrkLoad, wrk},
 };
@@ -61,7 +69,7 @@ pub fn run(args: &HttpArgs) -> Result<()> {
         (args.rounds.max(1) as usize, 10)
     };
     let mut lab = Lab::create()?;
-    let setup = Setup::write(&lab, bins, secs)?;
+    let setup = Setup::write(&lab, bins, secs, args)?;
     let www = lab.path("www");
     fs::create_dir_all(&www)?;
     fs::write(www.join("index.html"), "hello from the bench backend\n")?;
@@ -79,7 +87,7 @@ pub fn run(args: &HttpArgs) -> Result<()> {
         println!("{report}");
         return super::write_report("http-memory", &report).map(drop);
     }
-    let results = run_rounds(&mut lab, &setup, rounds)?;
+    let results = run_rounds(&mut lab, &setup, rounds, args.h1_only)?;
     drop(lab);
     let report = report(&results, rounds, secs)?;
     println!("{report}");
@@ -116,10 +124,14 @@ struct Setup {
     /// The lab's work directory (HAProxy's stats socket, h2load's request log).
     dir: PathBuf,
     secs: u32,
+    /// Another build of the bench proxy, run as one more case (`--baseline`).
+    baseline: Option<PathBuf>,
+    /// Profile the load balancers during the keep-alive runs (`--profile`).
+    profile: bool,
 }
 
 impl Setup {
-    fn write(lab: &Lab, bins: Binaries, secs: u32) -> Result<Setup> {
+    fn write(lab: &Lab, bins: Binaries, secs: u32, args: &HttpArgs) -> Result<Setup> {
         let cert = write_cert(&lab.dir)?;
         let haproxy_cfg = write_haproxy_config(&lab.dir, &cert, 1)?;
         let haproxy2_cfg = write_haproxy_config(&lab.dir, &cert, 2)?;
@@ -130,6 +142,8 @@ impl Setup {
             haproxy2_cfg,
             dir: lab.dir.clone(),
             secs,
+            baseline: args.baseline.clone(),
+            profile: args.profile,
         })
     }
 }
@@ -139,6 +153,8 @@ enum Case {
     Direct,
     Haproxy,
     Mlb,
+    /// The `--baseline` build of the bench proxy, like [`Case::Mlb`].
+    MlbBaseline,
     /// HAProxy `nbthread 2` on both CPUs.
     Haproxy2,
     /// mlb `--threads 2` on both CPUs.
@@ -146,10 +162,11 @@ enum Case {
 }
 
 /// The cases in the order they run in every round and appear in the table.
-const CASES: [Case; 5] = [
+const CASES: [Case; 6] = [
     Case::Direct,
     Case::Haproxy,
     Case::Mlb,
+    Case::MlbBaseline,
     Case::Haproxy2,
     Case::Mlb2,
 ];
@@ -160,6 +177,7 @@ impl Case {
             Case::Direct => "direct (routing only)",
             Case::Haproxy => "HAProxy mode http + Host",
             Case::Mlb => "mlb L7 proxy",
+            Case::MlbBaseline => "mlb L7 proxy, --baseline build",
             Case::Haproxy2 => "HAProxy, 2 cores (nbthread 2)",
             Case::Mlb2 => "mlb L7 proxy, 2 cores (--threads 2)",
         }
@@ -174,6 +192,18 @@ impl Case {
     }
 
     /// What its figures are compared with: HAProxy with the same cores.
+    /// A file-name-safe name (profile data).
+    fn slug(self) -> &'static str {
+        match self {
+            Case::Direct => "direct",
+            Case::Haproxy => "haproxy",
+            Case::Mlb => "mlb",
+            Case::MlbBaseline => "mlb-baseline",
+            Case::Haproxy2 => "haproxy2",
+            Case::Mlb2 => "mlb2",
+        }
+    }
+
     fn reference(self) -> Case {
         match self {
             Case::Haproxy2 | Case::Mlb2 => Case::Haproxy2,
@@ -199,6 +229,11 @@ struct Sample {
     /// HTTP/1.1 over TLS, keep-alive.
     tls_ka_rps: Option<f64>,
     haproxy_reuse_pct: Option<f64>,
+    /// Per request of the keep-alive run, and per connection of the `Connection: close` run.
+    keep_alive_cost: Cost,
+    close_cost: Cost,
+    /// The LB's hottest symbols in the keep-alive run (`--profile`).
+    hot: Vec<String>,
 }
 
 impl Sample {
@@ -224,27 +259,46 @@ impl Sample {
             h2_p99_ms: of_tls(|s| s.h2_p99_ms),
             tls_ka_rps: of_tls(|s| s.tls_ka_rps),
             haproxy_reuse_pct: None,
+            keep_alive_cost: Cost::median_of(
+                &samples
+                    .iter()
+                    .map(|s| s.keep_alive_cost)
+                    .collect::<Vec<_>>(),
+            ),
+            close_cost: Cost::median_of(&samples.iter().map(|s| s.close_cost).collect::<Vec<_>>()),
+            hot: samples.last().map(|s| s.hot.clone()).unwrap_or_default(),
         })
     }
 }
 
 /// Every round runs every case once; the samples of each case, in [`CASES`] order.
-fn run_rounds(lab: &mut Lab, setup: &Setup, rounds: usize) -> Result<Vec<Vec<Sample>>> {
+/// With `h1_only`, only the one-core cases, without TLS (their other cases stay empty).
+fn run_rounds(
+    lab: &mut Lab,
+    setup: &Setup,
+    rounds: usize,
+    h1_only: bool,
+) -> Result<Vec<Vec<Sample>>> {
     let mut results = vec![Vec::new(); CASES.len()];
     for round in 1..=rounds {
         for (case, samples) in CASES.iter().zip(&mut results) {
+            let skipped = (h1_only && case.cpus().1 != "1")
+                || (*case == Case::MlbBaseline && setup.baseline.is_none());
+            if skipped {
+                continue;
+            }
             eprintln!("bench http: round {round}/{rounds}: {}", case.name());
-            samples.push(measure(lab, *case, setup)?);
+            samples.push(measure(lab, *case, setup, !h1_only)?);
         }
     }
     Ok(results)
 }
 
 /// Starts the case's load balancer, measures through it and stops it.
-fn measure(lab: &mut Lab, case: Case, setup: &Setup) -> Result<Sample> {
+fn measure(lab: &mut Lab, case: Case, setup: &Setup, tls: bool) -> Result<Sample> {
     lab.set_forwarding(case == Case::Direct)?;
     let lb = start_lb(lab, case, setup)?;
-    let sample = measure_started(lab, case, lb, setup);
+    let sample = measure_started(lab, case, lb, setup, tls);
     if let Some(pid) = lb {
         lab.stop(pid);
     }
@@ -264,11 +318,14 @@ fn start_lb(lab: &mut Lab, case: Case, setup: &Setup) -> Result<Option<u32>> {
         Case::Direct => return Ok(None),
         Case::Haproxy => ("haproxy", vec!["haproxy", "-db", "-f", &haproxy_cfg]),
         Case::Haproxy2 => ("haproxy", vec!["haproxy", "-db", "-f", &haproxy2_cfg]),
-        Case::Mlb | Case::Mlb2 => (
+        Case::Mlb | Case::Mlb2 | Case::MlbBaseline => (
             "mlb-l7",
             // As many proxy threads as HAProxy's `nbthread`.
             vec![
-                &proxy,
+                match (case, &setup.baseline) {
+                    (Case::MlbBaseline, Some(path)) => path.to_str().context("baseline path")?,
+                    _ => &proxy,
+                },
                 "--ssl-certs",
                 &cert,
                 &listen,
@@ -283,36 +340,60 @@ fn start_lb(lab: &mut Lab, case: Case, setup: &Setup) -> Result<Option<u32>> {
 }
 
 /// Measures a started case: HTTP/1.1, then TLS and h2 when there is a load balancer.
-fn measure_started(lab: &mut Lab, case: Case, lb: Option<u32>, setup: &Setup) -> Result<Sample> {
+fn measure_started(
+    lab: &mut Lab,
+    case: Case,
+    lb: Option<u32>,
+    setup: &Setup,
+    tls: bool,
+) -> Result<Sample> {
     let host = if lb.is_some() { VIP } else { BACKEND_IPS[0] };
     let url = format!("http://{host}:{}/", nginx::PORT);
     let host_header = format!("Host: {VHOST}");
     probe::wait_for_200(lab, lb, NS_CLI, &["-H", &host_header, &url])
         .with_context(|| format!("{}: no answer from {url}", case.name()))?;
-    let mut sample = measure_http1(&url, lb, setup.secs)?;
+    let profile = setup.profile.then_some((&*setup.dir, case.slug()));
+    let mut sample = measure_http1(&url, lb, setup.secs, profile)?;
     if let Some(pid) = lb
         && case.cpus().1 == "1"
+        && tls
     {
         measure_tls(lab, case, pid, setup, &mut sample)?;
     }
     Ok(sample)
 }
 
-/// wrk keep-alive and `Connection: close`, with the LB's CPU during the keep-alive run.
-fn measure_http1(url: &str, lb: Option<u32>, secs: u32) -> Result<Sample> {
+/// wrk keep-alive and `Connection: close`, with the LB's CPU during the keep-alive run and
+/// what a request costs in each; with `profile` (work directory, case name), the LB's hottest
+/// symbols during the keep-alive run.
+fn measure_http1(
+    url: &str,
+    lb: Option<u32>,
+    secs: u32,
+    profile: Option<(&Path, &str)>,
+) -> Result<Sample> {
     let load = |close| WrkLoad {
         host: Some(VHOST),
         strict: true,
         ..WrkLoad::standard(url, secs, close)
     };
-    let cpu_before = lb.map(cpu::process_secs).transpose()?;
-    let keep_alive = wrk(&load(false))?;
-    let cpu_after = lb.map(cpu::process_secs).transpose()?;
-    let close = wrk(&load(true))?;
-    let cpu_pct = match (cpu_before, cpu_after) {
-        (Some(before), Some(after)) => busy_pct(before, after, f64::from(secs)),
-        _ => 0.0,
+    let profiler = match (lb, profile) {
+        (Some(pid), Some((dir, name))) => Some(Profile::start(pid, dir, name, false)?),
+        _ => None,
     };
+    let probe = Probe::start(lb, secs)?;
+    let keep_alive = wrk(&load(false))?;
+    let keep_alive_cost = probe.finish(keep_alive.requests)?;
+    let hot = profiler
+        .map(Profile::finish)
+        .transpose()?
+        .unwrap_or_default();
+    let probe = Probe::start(lb, secs)?;
+    let close = wrk(&load(true))?;
+    let close_cost = probe.finish(close.requests)?;
+    let cpu_pct = keep_alive_cost
+        .cpu_us
+        .map_or(0.0, |us| us * keep_alive.rps / 1e4);
     Ok(Sample {
         rps: keep_alive.rps,
         p50_ms: keep_alive
@@ -323,6 +404,9 @@ fn measure_http1(url: &str, lb: Option<u32>, secs: u32) -> Result<Sample> {
             .context("no 99% latency in wrk's output")?,
         conn_rps: close.rps,
         cpu_pct,
+        keep_alive_cost,
+        close_cost,
+        hot,
         ..Sample::default()
     })
 }
@@ -574,10 +658,7 @@ fn slow_reader_report(lab: &mut Lab, setup: &Setup, body: &str) -> Result<String
 
 /// The report: how it was measured, the table of medians, HAProxy's session reuse.
 fn report(results: &[Vec<Sample>], rounds: usize, secs: u32) -> Result<String> {
-    let medians = results
-        .iter()
-        .map(|samples| Sample::median_of(samples).context("a case without a round"))
-        .collect::<Result<Vec<_>>>()?;
+    let medians: Vec<Option<Sample>> = results.iter().map(|s| Sample::median_of(s)).collect();
     let mut o = String::new();
     writeln!(o, "# mlb bench http\n")?;
     writeln!(o, "{}", method(rounds, secs)?)?;
@@ -588,21 +669,31 @@ fn report(results: &[Vec<Sample>], rounds: usize, secs: u32) -> Result<String> {
          | h2 req/s (× HAProxy) | h2 p99 ms (× HAProxy) |"
     )?;
     writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|")?;
-    let (direct, haproxy) = (&medians[slot(Case::Direct)], &medians[slot(Case::Haproxy)]);
+    let one_core = |case| {
+        medians[slot(case)]
+            .as_ref()
+            .context("a case without a round")
+    };
+    let (direct, haproxy) = (one_core(Case::Direct)?, one_core(Case::Haproxy)?);
     for (i, case) in CASES.iter().enumerate() {
         let suite = results[i].last().and_then(|s| s.tls_suite.as_deref());
-        writeln!(o, "{}", row(*case, &medians[i], direct, haproxy, suite))?;
+        if let Some(m) = &medians[i] {
+            writeln!(o, "{}", row(*case, m, direct, haproxy, suite))?;
+        }
     }
+    writeln!(o, "\n{}", cost_table(&medians)?)?;
     let reuse: Vec<String> = results[slot(Case::Haproxy)]
         .iter()
         .filter_map(|s| s.haproxy_reuse_pct.map(|p| format!("{p:.0} %")))
         .collect();
-    writeln!(
-        o,
-        "\nHAProxy's TLS session reuse during the handshake runs (stats socket \
+    if !reuse.is_empty() {
+        writeln!(
+            o,
+            "\nHAProxy's TLS session reuse during the handshake runs (stats socket \
          `SslFrontendSessionReuse_pct`, per round): {} (0 %: every handshake was full).",
-        reuse.join(", ")
-    )?;
+            reuse.join(", ")
+        )?;
+    }
     writeln!(o, "\n{}", vs_haproxy_table(&medians)?)?;
     // Other work on the machine skews every figure: say how much there was.
     let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -619,7 +710,7 @@ fn report(results: &[Vec<Sample>], rounds: usize, secs: u32) -> Result<String> {
 
 /// The targets' view: each load balancer against HAProxy with as many cores, and each one's
 /// two-core figure against its own one-core figure.
-fn vs_haproxy_table(medians: &[Sample]) -> Result<String> {
+fn vs_haproxy_table(medians: &[Option<Sample>]) -> Result<String> {
     let mut o = String::new();
     writeln!(
         o,
@@ -629,17 +720,21 @@ fn vs_haproxy_table(medians: &[Sample]) -> Result<String> {
     writeln!(o, "|---|---|---|---|---|---|")?;
     for (case, one_core) in [
         (Case::Mlb, None),
+        (Case::MlbBaseline, None),
         (Case::Haproxy2, Some(Case::Haproxy)),
         (Case::Mlb2, Some(Case::Mlb)),
     ] {
-        let (m, h) = (&medians[slot(case)], &medians[slot(case.reference())]);
+        let (Some(m), Some(h)) = (&medians[slot(case)], &medians[slot(case.reference())]) else {
+            continue;
+        };
         let tls_ka = match (m.tls_ka_rps, h.tls_ka_rps) {
             (Some(v), Some(r)) => format!("{v:.0} ({:.2})", v / r),
             _ => "n/a".to_owned(),
         };
-        let scaling = one_core.map_or("n/a".to_owned(), |c| {
-            format!("{:.2}", m.rps / medians[slot(c)].rps)
-        });
+        let scaling = match one_core.and_then(|c| medians[slot(c)].as_ref()) {
+            Some(own) => format!("{:.2}", m.rps / own.rps),
+            None => "n/a".to_owned(),
+        };
         writeln!(
             o,
             "| {} | {:.2} | {:.2} | {:.2} | {tls_ka} | {scaling} |",
@@ -648,6 +743,40 @@ fn vs_haproxy_table(medians: &[Sample]) -> Result<String> {
             m.p99_ms / h.p99_ms,
             m.conn_rps / h.conn_rps,
         )?;
+    }
+    Ok(o)
+}
+
+/// What a request costs in each one-core case: the LB's share, and what it adds on the legs.
+fn cost_table(medians: &[Option<Sample>]) -> Result<String> {
+    let mut o = String::new();
+    writeln!(
+        o,
+        "Per request (keep-alive) and per connection (`Connection: close`): LB CPU µs / LB \
+         syscalls / LB context switches / packets on lb's client leg / on its backend leg \
+         (rx + tx; `perf stat` counts, `/proc/net/dev` of lb).\n"
+    )?;
+    writeln!(
+        o,
+        "| case | keep-alive, per request | close, per connection |"
+    )?;
+    writeln!(o, "|---|---|---|")?;
+    let one_core = [Case::Direct, Case::Haproxy, Case::Mlb, Case::MlbBaseline];
+    for case in one_core {
+        if let Some(m) = &medians[slot(case)] {
+            let (ka, close) = (m.keep_alive_cost.cell(), m.close_cost.cell());
+            writeln!(o, "| {} | {ka} | {close} |", case.name())?;
+        }
+    }
+    for case in one_core {
+        if let Some(m) = medians[slot(case)].as_ref().filter(|m| !m.hot.is_empty()) {
+            writeln!(
+                o,
+                "\n{} keep-alive, hottest symbols (`perf record`, last round):\n",
+                case.name()
+            )?;
+            writeln!(o, "```\n{}\n```", m.hot.join("\n"))?;
+        }
     }
     Ok(o)
 }
@@ -750,9 +879,11 @@ mod tests {
             m(30.0, 1.0, 30.0, None),
             m(10.0, 2.0, 4.0, Some(8.0)),
             m(13.0, 1.0, 6.0, Some(10.0)),
+            m(11.0, 1.0, 6.0, None),
             m(18.0, 2.0, 8.0, None),
             m(26.0, 1.0, 8.0, None),
-        ];
+        ]
+        .map(Some);
         let table = vs_haproxy_table(&medians).unwrap();
         let row = |case: Case| {
             table

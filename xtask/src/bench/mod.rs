@@ -8,6 +8,7 @@
 //! and their ratios to a reference case of the same run. `sync` measures mlb alone against the
 //! Marathon simulator on loopback.
 mod churn;
+mod cost;
 mod cpu;
 mod http;
 mod idle;
@@ -112,6 +113,17 @@ pub struct HttpArgs {
     /// response through it at 64 MiB/s (a slow reader: the backend sends faster).
     #[arg(long, conflicts_with = "memory")]
     pub slow_reader: bool,
+    /// Only the one-core plain HTTP/1.1 cases (direct, HAProxy, mlb): no TLS, no 2-core runs.
+    #[arg(long)]
+    pub h1_only: bool,
+    /// Another build of the bench proxy (`l7_bench_proxy`, e.g. a copy made before a change),
+    /// run as one more case beside mlb in every round: a before/after from one run.
+    #[arg(long, value_name = "PATH")]
+    pub baseline: Option<PathBuf>,
+    /// Profile each load balancer during its keep-alive run (`perf record`, flat): its
+    /// hottest symbols go into the report. Adds perf's overhead to those runs.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 /// Flags of `cargo xtask bench tcp`.

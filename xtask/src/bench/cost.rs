@@ -1,0 +1,199 @@
+//! What one request costs, beside each HTTP case's rate: the load balancer's CPU time, its
+//! syscalls and context switches (wakeups), and the packets on lb's two legs (client side
+//! `lb-cli`, backend side `lb-sw`). The rate of this lab is decided as much by the segments and
+//! wakeups the LB puts on cpu0 (client and backends) as by the LB's own CPU, so both are shown.
+//!
+//! Counters are read before and after a load run: `/proc` times of the LB, `/proc/net/dev` of
+//! lb's namespace, and `perf stat` (counting only, no sampling) of the LB's syscalls and
+//! context switches for the run's duration. Without `perf` those two are `n/a`.
+use std::{
+    process::{Child, Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+
+use super::{cpu, lab};
+
+/// The interface of lb towards the client and towards the backends.
+const CLIENT_LEG: &str = "lb-cli";
+const BACKEND_LEG: &str = "lb-sw";
+
+/// Per-request figures of one load run.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Cost {
+    /// LB CPU microseconds (none without a load balancer).
+    pub cpu_us: Option<f64>,
+    pub syscalls: Option<f64>,
+    pub ctx_switches: Option<f64>,
+    /// Packets received + sent by lb on its client leg and on its backend leg.
+    pub client_pkts: f64,
+    pub backend_pkts: f64,
+}
+
+/// Counter readings at the start of a run, and the `perf stat` counting over it.
+pub struct Probe {
+    lb: Option<u32>,
+    cpu_secs: Option<f64>,
+    packets: (u64, u64),
+    perf: Option<Child>,
+}
+
+impl Probe {
+    /// Reads the counters and starts counting `lb`'s syscalls for `secs` (the load's length).
+    pub fn start(lb: Option<u32>, secs: u32) -> Result<Probe> {
+        let perf = lb.and_then(|pid| perf_stat(pid, secs));
+        // perf attaches before the load starts (it is counted from its first syscall on).
+        thread::sleep(Duration::from_millis(200));
+        Ok(Probe {
+            lb,
+            cpu_secs: lb.map(cpu::process_secs).transpose()?,
+            packets: leg_packets()?,
+            perf,
+        })
+    }
+
+    /// The per-request cost of `requests` answered since [`Probe::start`].
+    pub fn finish(self, requests: u64) -> Result<Cost> {
+        let cpu_after = self.lb.map(cpu::process_secs).transpose()?;
+        let (cli, be) = leg_packets()?;
+        let perf = self.perf.and_then(|p| perf_counts(p).ok());
+        let n = requests.max(1) as f64;
+        let per = |v: u64| v as f64 / n;
+        Ok(Cost {
+            cpu_us: self.cpu_secs.zip(cpu_after).map(|(b, a)| (a - b) * 1e6 / n),
+            syscalls: perf.map(|(s, _)| per(s)),
+            ctx_switches: perf.map(|(_, c)| per(c)),
+            client_pkts: per(cli.saturating_sub(self.packets.0)),
+            backend_pkts: per(be.saturating_sub(self.packets.1)),
+        })
+    }
+}
+
+impl Cost {
+    /// `cpu µs / syscalls / ctx switches / client pkts / backend pkts`, per request.
+    pub fn cell(&self) -> String {
+        let opt = |v: Option<f64>, d: usize| v.map_or("n/a".to_owned(), |v| format!("{v:.d$}"));
+        format!(
+            "{} / {} / {} / {:.1} / {:.1}",
+            opt(self.cpu_us, 1),
+            opt(self.syscalls, 1),
+            opt(self.ctx_switches, 2),
+            self.client_pkts,
+            self.backend_pkts
+        )
+    }
+
+    /// The median of each figure over rounds.
+    pub fn median_of(costs: &[Cost]) -> Cost {
+        let of = |f: fn(&Cost) -> f64| {
+            super::stats::median(&costs.iter().map(f).collect::<Vec<_>>()).unwrap_or_default()
+        };
+        let of_opt = |f: fn(&Cost) -> Option<f64>| {
+            let v: Option<Vec<f64>> = costs.iter().map(f).collect();
+            super::stats::median(&v?)
+        };
+        Cost {
+            cpu_us: of_opt(|c| c.cpu_us),
+            syscalls: of_opt(|c| c.syscalls),
+            ctx_switches: of_opt(|c| c.ctx_switches),
+            client_pkts: of(|c| c.client_pkts),
+            backend_pkts: of(|c| c.backend_pkts),
+        }
+    }
+}
+
+/// `perf stat` counting `pid`'s syscalls and context switches for `secs` (+1 s of margin, so
+/// the whole load is inside); `None` when perf cannot start.
+fn perf_stat(pid: u32, secs: u32) -> Option<Child> {
+    Command::new("perf")
+        .args([
+            "stat",
+            "-x,",
+            "-e",
+            "raw_syscalls:sys_enter,context-switches",
+        ])
+        .args([
+            "-p",
+            &pid.to_string(),
+            "--",
+            "sleep",
+            &(secs + 1).to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()
+}
+
+/// `(syscalls, context switches)` from a finished `perf stat -x,`.
+fn perf_counts(perf: Child) -> Result<(u64, u64)> {
+    let out = perf.wait_with_output()?;
+    parse_perf(&String::from_utf8_lossy(&out.stderr))
+}
+
+fn parse_perf(text: &str) -> Result<(u64, u64)> {
+    let count = |event: &str| {
+        text.lines()
+            .find(|l| l.split(',').nth(2) == Some(event))
+            .and_then(|l| l.split(',').next()?.parse::<u64>().ok())
+            .with_context(|| format!("no {event} count in perf stat's output: {text}"))
+    };
+    Ok((count("raw_syscalls:sys_enter")?, count("context-switches")?))
+}
+
+/// Packets (rx + tx) on lb's client leg and backend leg so far.
+fn leg_packets() -> Result<(u64, u64)> {
+    let dev = lab::ns_run(lab::NS_LB, &["cat", "/proc/net/dev"])?;
+    let of = |name| packets(&dev, name).with_context(|| format!("no {name} in {dev}"));
+    Ok((of(CLIENT_LEG)?, of(BACKEND_LEG)?))
+}
+
+/// rx + tx packets of `iface` in a `/proc/net/dev` text (fields 2 and 10 after the name).
+fn packets(dev: &str, iface: &str) -> Option<u64> {
+    let line = dev
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix(iface)?.strip_prefix(':'))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    Some(v.get(1)? + v.get(9)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_packets_of_one_interface() {
+        let dev = "Inter-|   Receive |  Transmit\n face |bytes packets errs\n\
+                   lb-cli: 1000 10 0 0 0 0 0 0 2000 20 0 0 0 0 0 0\n\
+                   lb-sw: 5 7 0 0 0 0 0 0 9 3 0 0 0 0 0 0\n";
+        assert_eq!(packets(dev, "lb-cli"), Some(30));
+        assert_eq!(packets(dev, "lb-sw"), Some(10));
+        assert_eq!(packets(dev, "lb"), None);
+    }
+
+    #[test]
+    fn reads_perf_counts() {
+        let text =
+            "\n1234,,raw_syscalls:sys_enter,10000,100.00,,\n56,,context-switches,10000,100.00,,\n";
+        assert_eq!(parse_perf(text).unwrap(), (1234, 56));
+        assert!(parse_perf("<not counted>,,context-switches,0,100.00,,").is_err());
+    }
+
+    #[test]
+    fn per_request_cell_and_median() {
+        let c = |cpu: f64, cli: f64| Cost {
+            cpu_us: Some(cpu),
+            syscalls: None,
+            ctx_switches: Some(0.5),
+            client_pkts: cli,
+            backend_pkts: 2.0,
+        };
+        let m = Cost::median_of(&[c(40.0, 2.0), c(30.0, 3.0), c(50.0, 4.0)]);
+        assert_eq!(m.cell(), "40.0 / n/a / 0.50 / 3.0 / 2.0");
+    }
+}
