@@ -68,6 +68,8 @@ struct Measurement {
     cpu1_busy_pct: Option<f64>,
     /// cpu0 and cpu1 busy % during iperf3.
     iperf_busy_pct: Option<(f64, f64)>,
+    /// The 1-minute load average when iperf3 ended.
+    iperf_load1: Option<f64>,
     /// Per CPU, its hottest symbols during iperf3 (`--profile`).
     iperf_profile: Vec<(u32, Vec<String>)>,
     /// Per interface of lb with an XDP program: its runs and mean ns per run during iperf3
@@ -432,6 +434,7 @@ fn measure_iperf(lab: &mut Lab, target: &str, setup: &Setup, m: &mut Measurement
     let cpu0 = cpu::busy_pct(before[0], cpu::cpu_jiffies(0));
     let cpu1 = cpu::busy_pct(before[1], cpu::cpu_jiffies(1));
     m.iperf_busy_pct = cpu0.zip(cpu1);
+    m.iperf_load1 = super::churn::load_average();
     for (dev, before) in LB_DEVICES.into_iter().zip(xdp_before) {
         let after = profile::xdp_run_stats(NS_LB, dev);
         if let Some((runs, ns)) = before.zip(after).and_then(|(b, a)| a.since(b)) {
@@ -502,6 +505,7 @@ fn report(
     for &case in cases {
         let _ = writeln!(s, "{}", row(case, results, &args.only));
     }
+    s.push_str(&iperf_rounds(cases, results));
     s.push_str(&profiles(cases, results));
     let notes = problems(cases, results);
     if !notes.is_empty() {
@@ -587,6 +591,47 @@ fn row(case: Case, results: &BTreeMap<Case, CaseResults>, measured: &[TcpMetric]
     let cpu0 = pct(med(case, |m| m.iperf_busy_pct.map(|b| b.0)));
     let cpu1 = pct(med(case, |m| m.iperf_busy_pct.map(|b| b.1)));
     format!("{row} {cpu} | {cpu0} / {cpu1} |")
+}
+
+/// Every round's iperf3 figure, × direct in the same round, with the load average and both
+/// CPUs' busy share beside it (and the XDP program's ns per run): the spread the medians hide.
+fn iperf_rounds(cases: &[Case], results: &BTreeMap<Case, CaseResults>) -> String {
+    let rounds = |case| results.get(&case).map_or(&[][..], |r| r.rounds.as_slice());
+    let direct = rounds(Case::Direct);
+    if !rounds(Case::Direct)
+        .iter()
+        .chain(cases.iter().flat_map(|&c| rounds(c)))
+        .any(|m| m.iperf_gbps.is_some())
+    {
+        return String::new();
+    }
+    let mut s =
+        "\niperf3 per round (Gbit/s, × direct in the same round; load1; cpu0/cpu1 busy %):\n"
+            .to_owned();
+    for &case in cases {
+        for (i, m) in rounds(case).iter().enumerate() {
+            let Some(g) = m.iperf_gbps else { continue };
+            let ratio = direct
+                .get(i)
+                .and_then(|d| d.iperf_gbps)
+                .filter(|_| case != Case::Direct)
+                .map_or(String::new(), |d| format!(" ({:.2})", g / d));
+            let load = m.iperf_load1.map_or("—".to_owned(), |l| format!("{l:.1}"));
+            let busy = m
+                .iperf_busy_pct
+                .map_or("—".to_owned(), |(a, b)| format!("{a:.0}/{b:.0}"));
+            let ns = m.xdp_runs.first().map_or(String::new(), |(_, _, ns)| {
+                format!("; {ns:.0} ns per XDP run")
+            });
+            let _ = writeln!(
+                s,
+                "- round {}, {}: {g:.2}{ratio}; load {load}; {busy}{ns}",
+                i + 1,
+                case.label()
+            );
+        }
+    }
+    s
 }
 
 /// With `--profile`: each case's hottest symbols per CPU during its first profiled iperf3 run.
