@@ -285,12 +285,16 @@ impl Body for BackendBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        if let Some(lease) = &mut this.lease
+        let mut polled = Pin::new(&mut this.incoming).poll_frame(cx);
+        // The connection is driven when the body waits on it, right after the body asked for
+        // more: the frame it then reads is taken in this same poll, not after another pass.
+        if polled.is_pending()
+            && let Some(lease) = &mut this.lease
             && lease.driving
         {
             lease.driving = lease.conn.drive(cx);
+            polled = Pin::new(&mut this.incoming).poll_frame(cx);
         }
-        let polled = Pin::new(&mut this.incoming).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => this.release(),
             // A broken body leaves the connection in no state to reuse.
