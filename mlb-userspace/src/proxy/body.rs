@@ -12,7 +12,6 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use super::{
     balance::InFlightGuard,
     park::{BodyOpen, Open},
-    upstream::BackendBody,
 };
 
 /// Error type of proxied bodies.
@@ -201,12 +200,12 @@ impl Body for RetryBody {
 /// A response body that keeps its backend counted as in flight until the body ends or is
 /// dropped (so leastconn and draining see streaming responses).
 pub(crate) struct GuardedBody {
-    inner: BackendBody,
+    inner: Incoming,
     guard: Option<InFlightGuard>,
 }
 
 impl GuardedBody {
-    pub(crate) fn new(inner: BackendBody, guard: InFlightGuard) -> GuardedBody {
+    pub(crate) fn new(inner: Incoming, guard: InFlightGuard) -> GuardedBody {
         GuardedBody {
             inner,
             guard: Some(guard),

@@ -15,6 +15,7 @@ use http::{
     header::{self, HeaderName},
     uri::{PathAndQuery, Scheme},
 };
+use hyper::body::Incoming;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
@@ -35,9 +36,6 @@ use crate::model::{
 };
 
 mod direct;
-mod driven;
-
-pub(crate) use driven::BackendBody;
 
 /// How many other backends a request is redispatched to after a connect failure.
 const RETRIES: usize = 3;
@@ -49,10 +47,8 @@ type TunedClient = Client<HttpsConnector<HttpConnector>, RetryBody>;
 
 /// Pooled clients to backends.
 pub(crate) struct Upstream {
-    /// HTTP/1.1 keep-alive (what marathon-lb's backends speak), driven by the requests' tasks.
-    h1: driven::Pool,
-    /// HTTP/1.1 for upgrades (WebSocket), whose connection becomes a tunnel.
-    h1_upgrade: Client<HttpConnector, RetryBody>,
+    /// HTTP/1.1 keep-alive (what marathon-lb's backends speak).
+    h1: Client<HttpConnector, RetryBody>,
     /// HTTP/2 with prior knowledge, for gRPC (which needs HTTP/2 end to end).
     h2: Client<HttpConnector, RetryBody>,
     default_connect: Duration,
@@ -91,7 +87,7 @@ enum Attempt {
 
 /// A backend's response, with the backend that gave it and its in-flight guard.
 pub(crate) struct Answer {
-    pub(crate) response: Response<BackendBody>,
+    pub(crate) response: Response<Incoming>,
     pub(crate) backend: Arc<BackendSlot>,
     pub(crate) guard: InFlightGuard,
 }
@@ -104,8 +100,6 @@ pub(crate) struct Outgoing {
     pub(crate) headers: HeaderMap,
     /// Send over HTTP/2 (gRPC).
     pub(crate) h2: bool,
-    /// A WebSocket upgrade: the backend connection becomes a tunnel, not reused.
-    pub(crate) upgrade: bool,
     /// The service's `timeout server`: how long to wait for the response headers.
     pub(crate) server_timeout: Duration,
     pub(crate) profile: Profile,
@@ -119,7 +113,7 @@ pub(crate) struct Outgoing {
 impl Upstream {
     pub(crate) fn new(timeouts: &Timeouts, server_limits: Arc<Limits<BackendId>>) -> Upstream {
         let connector = connector(timeouts.connect);
-        let h1_upgrade = Client::builder(TokioExecutor::new())
+        let h1 = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
@@ -130,8 +124,7 @@ impl Upstream {
             .http2_only(true)
             .build(connector);
         Upstream {
-            h1: driven::Pool::new(),
-            h1_upgrade,
+            h1,
             h2,
             default_connect: timeouts.connect,
             tuned: Mutex::new(HashMap::new()),
@@ -206,24 +199,19 @@ impl Upstream {
         out: &Outgoing,
         addr: SocketAddr,
         req: Request<RetryBody>,
-    ) -> Result<Response<BackendBody>, Attempt> {
+    ) -> Result<Response<Incoming>, Attempt> {
         if let Some(proxy) = out.send_proxy {
-            let response = direct::send(&out.profile, proxy, addr, req).await?;
-            return Ok(response.map(BackendBody::spawned));
+            return direct::send(&out.profile, proxy, addr, req).await;
         }
-        let pooled = out.profile.tls.is_none();
-        if pooled && !out.h2 && !out.upgrade {
-            let mut req = req;
-            driven::origin_form(&mut req)?;
-            return self.h1.send(addr, out.profile.connect, req).await;
-        }
-        let sent = if pooled && (out.h2 || out.profile.connect == self.default_connect) {
-            let client = if out.h2 { &self.h2 } else { &self.h1_upgrade };
+        let sent = if out.profile.tls.is_none()
+            && (out.h2 || out.profile.connect == self.default_connect)
+        {
+            let client = if out.h2 { &self.h2 } else { &self.h1 };
             client.request(req).await
         } else {
             self.tuned(&out.profile)?.request(req).await
         };
-        sent.map(|r| r.map(BackendBody::spawned)).map_err(|e| {
+        sent.map_err(|e| {
             if e.is_connect() {
                 Attempt::Connect(error_chain(&e))
             } else {

@@ -8,9 +8,7 @@ use hyper_util::rt::TokioIo;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tracing::debug;
 
-use super::{
-    Attempt, Profile, RetryBody, backend_tls, driven::origin_form, error_chain, fixed_name,
-};
+use super::{Attempt, Profile, RetryBody, backend_tls, error_chain, fixed_name};
 use crate::{model::tuning::ProxyProtocol, proxy::proxy_protocol};
 
 pub(super) async fn send(
@@ -48,7 +46,11 @@ async fn exchange<I>(io: I, mut req: Request<RetryBody>) -> Result<Response<Inco
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    origin_form(&mut req)?;
+    // On a bare connection the request line carries the origin form (`/path?query`).
+    let origin = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    *req.uri_mut() = origin
+        .parse()
+        .map_err(|e| Attempt::Failed(format!("{e}")))?;
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(io)
         .await
