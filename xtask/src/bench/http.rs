@@ -36,7 +36,7 @@ use anyhow::{Context as _, Result, bail};
 use super::{
     Artifact, CONNECTIONS, HttpArgs, build_release, cpu,
     lab::{self, BACKEND_IPS, Lab, NS_CLI, NS_LB, VIP},
-    nginx, probe,
+    nginx, probe, profile,
     stats::{median, percentile},
     wrk::{WrkLoad, wrk},
 };
@@ -54,14 +54,14 @@ pub fn run(args: &HttpArgs) -> Result<()> {
         "wrk", "h2load", "haproxy", "nginx", "curl", "taskset", "ethtool",
     ];
     super::prepare("bench http", &tools)?;
-    let bins = Binaries::build()?;
+    let bins = Binaries::build(args.proxy_b.clone())?;
     let (rounds, secs) = if args.quick {
         (1, 3)
     } else {
         (args.rounds.max(1) as usize, 10)
     };
     let mut lab = Lab::create()?;
-    let setup = Setup::write(&lab, bins, secs)?;
+    let setup = Setup::write(&lab, bins, secs, args.profile)?;
     let www = lab.path("www");
     fs::create_dir_all(&www)?;
     fs::write(www.join("index.html"), "hello from the bench backend\n")?;
@@ -79,7 +79,14 @@ pub fn run(args: &HttpArgs) -> Result<()> {
         println!("{report}");
         return super::write_report("http-memory", &report).map(drop);
     }
-    let results = run_rounds(&mut lab, &setup, rounds)?;
+    if args.proxy_b.is_some() {
+        let results = run_rounds(&mut lab, &setup, rounds, &AB_CASES)?;
+        drop(lab);
+        let report = super::http_ab::report(&results, &method(rounds, secs)?)?;
+        println!("{report}");
+        return super::write_report("http-ab", &report).map(drop);
+    }
+    let results = run_rounds(&mut lab, &setup, rounds, &CASES)?;
     drop(lab);
     let report = report(&results, rounds, secs)?;
     println!("{report}");
@@ -92,11 +99,19 @@ struct Binaries {
     proxy: PathBuf,
     /// This program, for the TLS handshake client.
     xtask: PathBuf,
+    /// Another build of the proxy (`--proxy-b`), case [`Case::MlbB`].
+    proxy_b: Option<PathBuf>,
 }
 
 impl Binaries {
-    fn build() -> Result<Binaries> {
+    fn build(proxy_b: Option<PathBuf>) -> Result<Binaries> {
+        if let Some(path) = &proxy_b
+            && !path.is_file()
+        {
+            bail!("--proxy-b {}: no such file", path.display());
+        }
         Ok(Binaries {
+            proxy_b,
             proxy: build_release("mlb-userspace", Artifact::Example, "l7_bench_proxy")?,
             // The TLS handshake client runs from the release build (rustls and ring's C at
             // -O0 would make the client, not the load balancer, the limit).
@@ -116,10 +131,12 @@ struct Setup {
     /// The lab's work directory (HAProxy's stats socket, h2load's request log).
     dir: PathBuf,
     secs: u32,
+    /// Profile the load balancer during the h2 and TLS keep-alive runs (`--profile`).
+    profile: bool,
 }
 
 impl Setup {
-    fn write(lab: &Lab, bins: Binaries, secs: u32) -> Result<Setup> {
+    fn write(lab: &Lab, bins: Binaries, secs: u32, profile: bool) -> Result<Setup> {
         let cert = write_cert(&lab.dir)?;
         let haproxy_cfg = write_haproxy_config(&lab.dir, &cert, 1)?;
         let haproxy2_cfg = write_haproxy_config(&lab.dir, &cert, 2)?;
@@ -130,12 +147,13 @@ impl Setup {
             haproxy2_cfg,
             dir: lab.dir.clone(),
             secs,
+            profile,
         })
     }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Case {
+pub(super) enum Case {
     Direct,
     Haproxy,
     Mlb,
@@ -143,6 +161,8 @@ enum Case {
     Haproxy2,
     /// mlb `--threads 2` on both CPUs.
     Mlb2,
+    /// The other build of the proxy (`--proxy-b`), one thread.
+    MlbB,
 }
 
 /// The cases in the order they run in every round and appear in the table.
@@ -154,14 +174,18 @@ const CASES: [Case; 5] = [
     Case::Mlb2,
 ];
 
+/// The cases of an A/B run (`--proxy-b`), in the order they run in every round.
+pub(super) const AB_CASES: [Case; 3] = [Case::Haproxy, Case::Mlb, Case::MlbB];
+
 impl Case {
-    fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Case::Direct => "direct (routing only)",
             Case::Haproxy => "HAProxy mode http + Host",
             Case::Mlb => "mlb L7 proxy",
             Case::Haproxy2 => "HAProxy, 2 cores (nbthread 2)",
             Case::Mlb2 => "mlb L7 proxy, 2 cores (--threads 2)",
+            Case::MlbB => "mlb L7 proxy, build B (--proxy-b)",
         }
     }
 
@@ -180,25 +204,46 @@ impl Case {
             _ => Case::Haproxy,
         }
     }
+
+    /// A file-name part for the case.
+    fn slug(self) -> &'static str {
+        match self {
+            Case::Direct => "direct",
+            Case::Haproxy => "haproxy",
+            Case::Mlb => "mlb",
+            Case::Haproxy2 => "haproxy2",
+            Case::Mlb2 => "mlb2",
+            Case::MlbB => "mlb-b",
+        }
+    }
 }
 
 /// One round of one case.
 #[derive(Clone, Default)]
-struct Sample {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    conn_rps: f64,
-    cpu_pct: f64,
+pub(super) struct Sample {
+    pub(super) rps: f64,
+    pub(super) p50_ms: f64,
+    pub(super) p99_ms: f64,
+    pub(super) conn_rps: f64,
+    pub(super) cpu_pct: f64,
     /// The TLS cases (`None` for direct).
-    tls_hs_rps: Option<f64>,
-    tls_cpu_pct: Option<f64>,
-    tls_suite: Option<String>,
-    h2_rps: Option<f64>,
-    h2_p99_ms: Option<f64>,
+    pub(super) tls_hs_rps: Option<f64>,
+    pub(super) tls_cpu_pct: Option<f64>,
+    pub(super) tls_suite: Option<String>,
+    pub(super) h2_rps: Option<f64>,
+    pub(super) h2_p99_ms: Option<f64>,
+    /// The LB's CPU busy % during the h2 run.
+    pub(super) h2_cpu_pct: Option<f64>,
+    /// Connections the backends accepted during the h2 run (the LB's upstream connects).
+    pub(super) h2_backend_accepts: Option<u64>,
     /// HTTP/1.1 over TLS, keep-alive.
-    tls_ka_rps: Option<f64>,
-    haproxy_reuse_pct: Option<f64>,
+    pub(super) tls_ka_rps: Option<f64>,
+    pub(super) haproxy_reuse_pct: Option<f64>,
+    /// The 1-min load average when the case ended.
+    pub(super) load1: f64,
+    /// The LB's hottest symbols during the h2 and TLS keep-alive runs (`--profile`).
+    pub(super) h2_profile: Vec<String>,
+    pub(super) tls_ka_profile: Vec<String>,
 }
 
 impl Sample {
@@ -222,17 +267,27 @@ impl Sample {
             tls_suite: None,
             h2_rps: of_tls(|s| s.h2_rps),
             h2_p99_ms: of_tls(|s| s.h2_p99_ms),
+            h2_cpu_pct: of_tls(|s| s.h2_cpu_pct),
+            h2_backend_accepts: None,
             tls_ka_rps: of_tls(|s| s.tls_ka_rps),
             haproxy_reuse_pct: None,
+            load1: of(|s| s.load1)?,
+            h2_profile: Vec::new(),
+            tls_ka_profile: Vec::new(),
         })
     }
 }
 
-/// Every round runs every case once; the samples of each case, in [`CASES`] order.
-fn run_rounds(lab: &mut Lab, setup: &Setup, rounds: usize) -> Result<Vec<Vec<Sample>>> {
-    let mut results = vec![Vec::new(); CASES.len()];
+/// Every round runs every case once; the samples of each case, in `cases` order.
+fn run_rounds(
+    lab: &mut Lab,
+    setup: &Setup,
+    rounds: usize,
+    cases: &[Case],
+) -> Result<Vec<Vec<Sample>>> {
+    let mut results = vec![Vec::new(); cases.len()];
     for round in 1..=rounds {
-        for (case, samples) in CASES.iter().zip(&mut results) {
+        for (case, samples) in cases.iter().zip(&mut results) {
             eprintln!("bench http: round {round}/{rounds}: {}", case.name());
             samples.push(measure(lab, *case, setup)?);
         }
@@ -248,13 +303,27 @@ fn measure(lab: &mut Lab, case: Case, setup: &Setup) -> Result<Sample> {
     if let Some(pid) = lb {
         lab.stop(pid);
     }
-    sample
+    Ok(Sample {
+        load1: load_average()[0],
+        ..sample?
+    })
+}
+
+/// The load averages (1, 5, 15 min); zeros when unreadable.
+fn load_average() -> [f64; 3] {
+    let text = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut fields = text.split_whitespace().map(|f| f.parse().unwrap_or(0.0));
+    [(); 3].map(|()| fields.next().unwrap_or(0.0))
 }
 
 /// Starts the case's load balancer in lb on cpu1; its PID (none for direct).
 fn start_lb(lab: &mut Lab, case: Case, setup: &Setup) -> Result<Option<u32>> {
     let haproxy_cfg = setup.haproxy_cfg.to_string_lossy();
-    let proxy = setup.bins.proxy.to_string_lossy();
+    let proxy = match (case, &setup.bins.proxy_b) {
+        (Case::MlbB, Some(b)) => b.to_string_lossy(),
+        (Case::MlbB, None) => bail!("case mlb-b without --proxy-b"),
+        _ => setup.bins.proxy.to_string_lossy(),
+    };
     let cert = setup.cert.to_string_lossy();
     let listen = format!("{VIP}:{}", nginx::PORT);
     let [be1, be2] = BACKEND_IPS.map(|ip| format!("{ip}:{}", nginx::PORT));
@@ -264,7 +333,7 @@ fn start_lb(lab: &mut Lab, case: Case, setup: &Setup) -> Result<Option<u32>> {
         Case::Direct => return Ok(None),
         Case::Haproxy => ("haproxy", vec!["haproxy", "-db", "-f", &haproxy_cfg]),
         Case::Haproxy2 => ("haproxy", vec!["haproxy", "-db", "-f", &haproxy2_cfg]),
-        Case::Mlb | Case::Mlb2 => (
+        Case::Mlb | Case::Mlb2 | Case::MlbB => (
             "mlb-l7",
             // As many proxy threads as HAProxy's `nbthread`.
             vec![
@@ -355,12 +424,51 @@ fn measure_tls(
     if case == Case::Haproxy {
         sample.haproxy_reuse_pct = Some(haproxy_reuse_pct(&setup.dir)?);
     }
+    let profile = |name: &str| {
+        let name = format!("{}-{name}", case.slug());
+        setup
+            .profile
+            .then(|| profile::Profile::start(pid, &setup.dir, &name, false))
+            .transpose()
+    };
+    let running = profile("h2")?;
+    let before = cpu::process_secs(pid)?;
+    let accepts_before = backend_accepts()?;
+    let start = Instant::now();
     let (h2_rps, h2_p99) = h2load(&target, setup.secs, &setup.dir, H2load::H2)?;
+    let after = cpu::process_secs(pid)?;
+    sample.h2_backend_accepts = Some(backend_accepts()? - accepts_before);
+    sample.h2_cpu_pct = Some(busy_pct(before, after, start.elapsed().as_secs_f64()));
     sample.h2_rps = Some(h2_rps);
     sample.h2_p99_ms = Some(h2_p99);
+    sample.h2_profile = running
+        .map(profile::Profile::finish)
+        .transpose()?
+        .unwrap_or_default();
+    let running = profile("tls-ka")?;
     let (tls_ka_rps, _) = h2load(&target, setup.secs, &setup.dir, H2load::Http1)?;
     sample.tls_ka_rps = Some(tls_ka_rps);
+    sample.tls_ka_profile = running
+        .map(profile::Profile::finish)
+        .transpose()?
+        .unwrap_or_default();
     Ok(())
+}
+
+/// TCP connections both backends' namespaces have accepted so far (`PassiveOpens`).
+fn backend_accepts() -> Result<u64> {
+    lab::NS_BE.iter().try_fold(0, |sum, ns| {
+        let snmp = lab::ns_run(ns, &["cat", "/proc/net/snmp"])?;
+        Ok(sum + passive_opens(&snmp).context("no Tcp PassiveOpens in /proc/net/snmp")?)
+    })
+}
+
+/// `PassiveOpens` of `/proc/net/snmp`: a `Tcp:` line of names, then one of values.
+fn passive_opens(snmp: &str) -> Option<u64> {
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next()?, tcp.next()?);
+    let at = names.split_whitespace().position(|n| n == "PassiveOpens")?;
+    values.split_whitespace().nth(at)?.parse().ok()
 }
 
 /// A process's CPU busy % from its CPU seconds before and after `secs` of wall time.
@@ -516,15 +624,24 @@ fn memory_report(lab: &mut Lab, setup: &Setup, conns: usize) -> Result<String> {
     )?;
     writeln!(
         o,
-        "| connections | RSS before MiB | RSS held MiB | per connection KiB | {conns} connections MiB |"
+        "| build | connections | RSS before MiB | RSS held MiB | per connection KiB | {conns} connections MiB |"
     )?;
-    writeln!(o, "|---|---|---|---|---|")?;
-    for (name, port, tls) in [
+    writeln!(o, "|---|---|---|---|---|---|")?;
+    let builds: &[Case] = if setup.bins.proxy_b.is_some() {
+        &[Case::Mlb, Case::MlbB]
+    } else {
+        &[Case::Mlb]
+    };
+    let runs = [
         ("plain HTTP/1.1", nginx::PORT, false),
         ("HTTP/1.1 over TLS", TLS_PORT, true),
-    ] {
-        eprintln!("bench http: memory: {name}");
-        let pid = start_lb(lab, Case::Mlb, setup)?.context("mlb has a PID")?;
+    ];
+    for ((name, port, tls), case) in runs
+        .into_iter()
+        .flat_map(|r| builds.iter().map(move |c| (r, *c)))
+    {
+        eprintln!("bench http: memory: {name}, {}", case.name());
+        let pid = start_lb(lab, case, setup)?.context("mlb has a PID")?;
         let url = format!("http://{VIP}:{}/", nginx::PORT);
         let host_header = format!("Host: {VHOST}");
         probe::wait_for_200(lab, Some(pid), NS_CLI, &["-H", &host_header, &url])?;
@@ -534,7 +651,8 @@ fn memory_report(lab: &mut Lab, setup: &Setup, conns: usize) -> Result<String> {
         let (before, held) = held?;
         let delta = held.saturating_sub(before) as f64;
         let row = format!(
-            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {name} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            case.name(),
             before as f64 / 1024.0,
             held as f64 / 1024.0,
             delta / conns as f64,
@@ -661,7 +779,7 @@ fn slot(case: Case) -> usize {
 }
 
 /// How the figures were measured.
-fn method(rounds: usize, secs: u32) -> Result<String> {
+pub(super) fn method(rounds: usize, secs: u32) -> Result<String> {
     let kernel = lab::run(&["uname", "-r"])?;
     Ok(format!(
         "Kernel {}; {rounds} round(s), cases interleaved, each load balancer started afresh \
@@ -767,6 +885,14 @@ mod tests {
         );
         assert!(row(Case::Haproxy2).ends_with("| 1.00 | 1.00 | 1.00 | n/a | 1.80 |"));
         assert!(row(Case::Mlb2).ends_with("| 1.44 | 0.50 | 1.00 | n/a | 2.00 |"));
+    }
+
+    #[test]
+    fn reads_passive_opens() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Tcp: RtoAlgorithm ActiveOpens PassiveOpens\nTcp: 1 7 4242\n";
+        assert_eq!(passive_opens(snmp), Some(4242));
+        assert_eq!(passive_opens("Tcp: RtoAlgorithm\nTcp: 1\n"), None);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 mod churn;
 mod cpu;
 mod http;
+mod http_ab;
 mod idle;
 mod lab;
 mod nginx;
@@ -112,6 +113,16 @@ pub struct HttpArgs {
     /// response through it at 64 MiB/s (a slow reader: the backend sends faster).
     #[arg(long, conflicts_with = "memory")]
     pub slow_reader: bool,
+    /// An A/B of two proxy builds in one run: HAProxy, this tree's proxy and the
+    /// `l7_bench_proxy` binary at PATH (another build of the example, e.g. an older commit's),
+    /// interleaved in every round; every round's figures × HAProxy of that round. With
+    /// `--memory`: both builds' memory, one after the other.
+    #[arg(long, value_name = "PATH", conflicts_with = "slow_reader")]
+    pub proxy_b: Option<std::path::PathBuf>,
+    /// The hottest symbols of the load balancer's process (`perf record`) during the h2 and
+    /// TLS keep-alive runs.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 /// Flags of `cargo xtask bench tcp`.
