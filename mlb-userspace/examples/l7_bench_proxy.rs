@@ -62,6 +62,8 @@ fn main() -> Result<()> {
             service_bind_ip: listen.ip(),
             ssl_certs,
             threads,
+            // As `mlb run`: the buffers of connections that went idle go back to the OS.
+            trim_memory: Some(mlb::alloc::trim),
             // Room for `bench http --memory`'s 10,000 idle connections and the probes beside.
             conn_gate: ConnGate::new(ConnLimits {
                 max_connections: 20_000,

@@ -124,6 +124,10 @@ pub struct ProxyConfig {
     /// (`SO_REUSEPORT`) and backend connection pool; 0: connections are served on the runtime
     /// the proxy is started on.
     pub threads: usize,
+    /// Run on every serving thread about once a second ([`workers::TRIM_EVERY`]) to give the
+    /// memory it freed back to the OS (e.g. [`crate::alloc::trim`]): without it the buffers of
+    /// connections that went idle stay resident while the thread is quiet. `None`: nothing.
+    pub trim_memory: Option<fn()>,
 }
 
 impl Default for ProxyConfig {
@@ -144,6 +148,7 @@ impl Default for ProxyConfig {
             conn_gate: ConnGate::new(ConnLimits::default()),
             access_log: access_log::AccessLogConfig::default(),
             threads: 0,
+            trim_memory: None,
         }
     }
 }
@@ -260,8 +265,8 @@ impl HttpProxy {
         }
         let (health, health_rx) = HealthChecker::new(handle.clone());
         let access_log = access_log::AccessLog::start(&config.access_log, &handle)?;
-        let workers =
-            workers::Workers::start(config.threads, &handle).map_err(ProxyError::Threads)?;
+        let workers = workers::Workers::start(config.threads, &handle, config.trim_memory)
+            .map_err(ProxyError::Threads)?;
         let server_limits = Arc::new(maxconn::Limits::new());
         let shared = Arc::new(Shared {
             access_log,

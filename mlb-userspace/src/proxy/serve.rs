@@ -183,9 +183,11 @@ fn service(
             None => (None, None),
         };
         let req = req.map(|body| ClientBody::new(body, body_open));
-        let response = handler::handle(shared.clone(), info.clone(), req);
+        let (shared, info) = (shared.clone(), info.clone());
+        // The handler's future is made inside the boxed one, in its place on the heap: made
+        // here and moved in, its KiBs of state would be copied (twice) for every request.
         Box::pin(async move {
-            let Ok(response) = response.await;
+            let Ok(response) = handler::handle(shared, info, req).await;
             drop(busy);
             Ok(response.map(|body| SessionBody::new(body, response_open)))
         })

@@ -7,9 +7,18 @@
 //!
 //! With no threads asked for, everything runs on the runtime the proxy was started on, as one
 //! worker (tests, embedding).
-use std::{cell::Cell, io, thread};
+use std::{cell::Cell, io, thread, time::Duration};
 
-use tokio::{runtime::Handle, sync::oneshot};
+use tokio::{
+    runtime::Handle,
+    sync::oneshot,
+    task::JoinHandle,
+    time::{MissedTickBehavior, interval},
+};
+
+/// How often every serving thread runs `ProxyConfig::trim_memory`: freed memory goes back to
+/// the OS within about a second of its allocator's purge delay, at the cost of one wakeup.
+pub(crate) const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 thread_local! {
     /// Which worker this thread is (0 outside the proxy's threads).
@@ -26,25 +35,35 @@ pub(crate) struct Workers {
     handles: Vec<Handle>,
     /// Dropped (or sent) to stop each thread's runtime; empty for the caller's runtime.
     stops: Vec<oneshot::Sender<()>>,
+    /// The memory trimming tasks, ended with the workers (on the caller's runtime they would
+    /// outlive the proxy).
+    trims: Vec<JoinHandle<()>>,
 }
 
 impl Workers {
-    /// `threads` threads with a runtime each; for 0, the runtime of `handle` alone.
-    pub(crate) fn start(threads: usize, handle: &Handle) -> io::Result<Workers> {
-        if threads == 0 {
-            return Ok(Workers {
-                handles: vec![handle.clone()],
-                stops: Vec::new(),
-            });
-        }
+    /// `threads` threads with a runtime each; for 0, the runtime of `handle` alone. `trim`
+    /// runs on each every [`TRIM_EVERY`].
+    pub(crate) fn start(
+        threads: usize,
+        handle: &Handle,
+        trim: Option<fn()>,
+    ) -> io::Result<Workers> {
         let mut workers = Workers {
-            handles: Vec::with_capacity(threads),
+            handles: Vec::with_capacity(threads.max(1)),
             stops: Vec::with_capacity(threads),
+            trims: Vec::new(),
         };
+        if threads == 0 {
+            workers.handles.push(handle.clone());
+        }
         for index in 0..threads {
             let (handle, stop) = spawn_worker(index)?;
             workers.handles.push(handle);
             workers.stops.push(stop);
+        }
+        if let Some(trim) = trim {
+            let trims = workers.handles.iter().map(|h| h.spawn(trim_every(trim)));
+            workers.trims = trims.collect();
         }
         Ok(workers)
     }
@@ -64,9 +83,22 @@ impl Workers {
 /// Dropping the workers stops their threads: their connections end with them.
 impl Drop for Workers {
     fn drop(&mut self) {
+        for trim in &self.trims {
+            trim.abort();
+        }
         for stop in self.stops.drain(..) {
             let _ = stop.send(());
         }
+    }
+}
+
+/// Runs `trim` every [`TRIM_EVERY`] (a late tick is not made up for: a trim is never urgent).
+async fn trim_every(trim: fn()) {
+    let mut every = interval(TRIM_EVERY);
+    every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        trim();
     }
 }
 
@@ -93,7 +125,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_thread_knows_its_worker_and_stops_with_the_workers() {
-        let workers = Workers::start(2, &Handle::current()).unwrap();
+        let workers = Workers::start(2, &Handle::current(), None).unwrap();
         assert_eq!(workers.len(), 2);
         let mut seen = Vec::new();
         for handle in workers.handles() {
@@ -117,9 +149,68 @@ mod tests {
         assert!(pending.await.unwrap_err().is_cancelled());
     }
 
+    /// Threads [`record_trim`] ran on, per test (each test has its own thread names).
+    static TRIMMED_ON: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+    fn record_trim() {
+        let name = thread::current().name().unwrap_or_default().to_owned();
+        TRIMMED_ON.lock().unwrap().push(name);
+    }
+
+    fn trims_on(name: &str) -> usize {
+        TRIMMED_ON
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| *n == name)
+            .count()
+    }
+
+    #[tokio::test]
+    async fn every_serving_thread_trims_its_memory() {
+        let workers = Workers::start(2, &Handle::current(), Some(record_trim)).unwrap();
+        // An interval's first tick is at once: each thread trims at its start.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while trims_on("mlb-http-0") == 0 || trims_on("mlb-http-1") == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a thread never trimmed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(workers);
+    }
+
+    #[test]
+    fn the_callers_runtime_trims_every_second_until_the_proxy_is_gone() {
+        let name = "trim-test-callers-runtime";
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let counted = thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let workers = Workers::start(0, &Handle::current(), Some(record_trim));
+                    // Ticks at 0, 1 and 2 s.
+                    tokio::time::sleep(TRIM_EVERY * 5 / 2).await;
+                    let while_running = trims_on(name);
+                    drop(workers.unwrap());
+                    tokio::time::sleep(TRIM_EVERY * 5).await;
+                    (while_running, trims_on(name))
+                })
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(counted, (3, 3));
+    }
+
     #[tokio::test]
     async fn no_threads_means_the_callers_runtime() {
-        let workers = Workers::start(0, &Handle::current()).unwrap();
+        let workers = Workers::start(0, &Handle::current(), None).unwrap();
         assert_eq!(workers.len(), 1);
         let here = thread::current().id();
         let there = workers.handles()[0]

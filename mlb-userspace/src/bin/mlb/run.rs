@@ -23,7 +23,7 @@ use mlb::{
     model::{L4Service, L4ServiceKey},
     options::{Cli, RunOptions},
     overload::{self, ConnGate},
-    proxy::HttpProxy,
+    proxy::{HttpProxy, ProxyConfig},
     static_config,
     stats::StatsSource,
 };
@@ -350,8 +350,12 @@ fn open_files_limit() -> u64 {
 
 fn start_proxy(opts: &RunOptions, conn_gate: Arc<ConnGate>) -> Result<Arc<HttpProxy>> {
     let handle = tokio::runtime::Handle::current();
-    let proxy = HttpProxy::start(opts.proxy_config(conn_gate), handle)
-        .context("starting the HTTP proxy")?;
+    let config = ProxyConfig {
+        // The buffers of connections that went idle go back to the OS.
+        trim_memory: Some(mlb::alloc::trim),
+        ..opts.proxy_config(conn_gate)
+    };
+    let proxy = HttpProxy::start(config, handle).context("starting the HTTP proxy")?;
     info!(
         http = ?proxy.local_addr("http"),
         https = ?proxy.local_addr("https"),
