@@ -461,17 +461,19 @@ fn first_packets_get_through_without_neighbour_entries(dataplane: Dataplane) -> 
 }
 
 /// `balance = "source"` (the static config's `HAPROXY_{n}_BALANCE=source`): every connection
-/// of one client address goes to one backend, and eight client addresses do not all share one;
+/// of one client address goes to one backend, and sixteen client addresses do not all share one
+/// (XDP keys its source hash with a secret made afresh per run: with eight, one run in 128
+/// would put them all on one of the two backends by chance; with sixteen, one in 32,768);
 /// `allowed` (`BACKEND_NETWORK_ALLOWED_ACL`): a client outside the list never reaches a backend
 /// (XDP: its SYNs are dropped and counted), the allowed client still does.
 fn balance_source_and_allowed_networks(dataplane: Dataplane) -> Result<()> {
     let lab = L4Lab::new()?;
     lab.tcp_backend(1, 8080)?;
     lab.tcp_backend(2, 8080)?;
-    let clients: Vec<IpAddr> = (10..18)
+    let clients: Vec<IpAddr> = (10..26)
         .map(|h| format!("198.18.1.{h}").parse())
         .collect::<Result<_, _>>()?;
-    let denied: IpAddr = "198.18.1.20".parse()?;
+    let denied: IpAddr = "198.18.1.40".parse()?;
     for ip in clients.iter().chain([&denied]) {
         lab.cli
             .exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "cli-lb"])?;
@@ -508,7 +510,7 @@ fn balance_source_and_allowed_networks(dataplane: Dataplane) -> Result<()> {
     let distinct: std::collections::BTreeSet<&String> = chosen.values().collect();
     ensure!(
         distinct.len() == 2,
-        "eight clients, one backend: {chosen:?}"
+        "sixteen clients, one backend: {chosen:?}"
     );
 
     let guarded = vip(VIP_V4, 8082);
