@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::{
-    dataplane::maglev::stable_hash,
+    dataplane::maglev::{StableHasher, stable_hash},
     model::{HttpService, HttpServiceKey, L4Service, L4ServiceKey},
 };
 
@@ -29,11 +29,14 @@ pub(super) struct Fingerprint {
     salt: u64,
 }
 
-/// The digest of one service: its kind and serialized form (which includes its key).
+/// The digest of one service: its kind and serialized form (which includes its key), hashed as
+/// it is written (a full sync digests 10,000 services: no buffer for each).
 fn digest(kind: &[u8], svc: &impl Serialize) -> u64 {
-    // Serializing model types to JSON cannot fail (no maps with non-string keys).
-    let bytes = serde_json::to_vec(svc).unwrap_or_default();
-    stable_hash(kind, &bytes)
+    let mut h = StableHasher::new(kind);
+    // Serializing model types to JSON cannot fail (no maps with non-string keys), and the
+    // hasher takes every byte.
+    let _ = serde_json::to_writer(&mut h, svc);
+    h.finish()
 }
 
 /// Replaces the digest under `key` by `new` in `map`, keeping `sum` up to date.

@@ -84,6 +84,9 @@ struct Pending {
     dirty: BTreeSet<String>,
     /// A full pass is due instead (a snapshot, new DNS answers, a refused service...).
     full: bool,
+    /// What brought the changes, for the log: a task's state from its event applies at once,
+    /// a re-read waits for the coalescing window and Marathon's answer.
+    cause: &'static str,
 }
 
 /// The L4 dataplane and what the controller knows of it.
@@ -281,6 +284,14 @@ impl Controller {
             self.model.update(list, &dirty, &self.inputs.options, now)
         };
         let model_time = started.elapsed();
+        if full {
+            // The pass's scratch (and the previous state) go before the dataplanes are built.
+            crate::stats::memory::release_freed();
+            info!(
+                rss_mb = crate::stats::memory::rss_mb(),
+                "full model pass done"
+            );
+        }
         // After an incremental step only the changed apps' problems can have moved.
         let scope = (!changed.full).then_some(&dirty);
         self.problems.log(self.model.state(), scope);
@@ -292,6 +303,10 @@ impl Controller {
         self.copies.cached = None;
         self.retarget_l4_health_checks(&changed);
         self.apply(&changed, model_time);
+        if full {
+            // The previous state and the passes' scratch, freed: resident no longer.
+            crate::stats::memory::release_freed();
+        }
     }
 
     /// Gives the L4 health checker the backends of every checked service, when one may have
@@ -347,6 +362,8 @@ impl Controller {
         let started = Instant::now();
         self.publish();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        // mlb's own share of an event's latency: from reading it off the stream to now.
+        let event_age = live().pending_event_age(Instant::now());
         info!(
             generation = self.status.generation,
             l4_changes = l4_changes.len(),
@@ -358,6 +375,8 @@ impl Controller {
             http_ms = ms(applied.http_time),
             fingerprint_ms = ms(applied.fingerprint_time),
             status_ms = ms(started.elapsed()),
+            event_ms = event_age.map(ms),
+            cause = std::mem::take(&mut self.pending.cause),
             rss_mb = crate::stats::memory::rss_mb(),
             "dataplanes updated"
         );
@@ -531,8 +550,12 @@ impl Controller {
     /// Takes a Marathon update and every one queued behind it, starts DNS lookups for new agent
     /// host names (their answers come later, on their own) and recomputes.
     fn on_marathon(&mut self, first: MarathonUpdate, rx: &mut mpsc::Receiver<MarathonUpdate>) {
+        self.pending.cause = first.cause();
         let mut changed = self.take_update(first);
         while let Ok(more) = rx.try_recv() {
+            if matches!(more, MarathonUpdate::TaskStatuses(_)) {
+                self.pending.cause = more.cause();
+            }
             changed |= self.take_update(more);
         }
         if changed {

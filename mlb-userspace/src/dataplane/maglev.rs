@@ -140,14 +140,46 @@ pub fn validate_table_size(size: u32) -> Result<(), MaglevError> {
 /// FNV-1a 64 of `prefix` then `data`, finished with SplitMix64's mixer: FNV alone leaves ids that
 /// differ only in their last character (`…:11`, `…:12`) close in the low bits.
 pub fn stable_hash(prefix: &[u8], data: &[u8]) -> u64 {
+    let mut h = StableHasher::new(prefix);
+    h.update(data);
+    h.finish()
+}
+
+/// [`stable_hash`] over data written in pieces (e.g. serialized straight into it, with no
+/// buffer): the same value as over the pieces joined.
+pub struct StableHasher(u64);
+
+impl StableHasher {
     const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h = OFFSET_BASIS;
-    for &b in prefix.iter().chain(data) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(PRIME);
+
+    pub fn new(prefix: &[u8]) -> Self {
+        let mut h = StableHasher(Self::OFFSET_BASIS);
+        h.update(prefix);
+        h
     }
-    mix64(h)
+
+    pub fn update(&mut self, data: &[u8]) {
+        for &b in data {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(Self::PRIME);
+        }
+    }
+
+    pub fn finish(&self) -> u64 {
+        mix64(self.0)
+    }
+}
+
+impl std::io::Write for StableHasher {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// SplitMix64's finaliser: a bijection on `u64` that spreads every input bit over all outputs.
@@ -315,6 +347,19 @@ mod tests {
     use super::*;
 
     const M: u32 = DEFAULT_TABLE_SIZE;
+
+    /// Fingerprints hash services as they are serialized: in pieces, the value must be the one
+    /// over the joined bytes, or instances would disagree with older ones.
+    #[test]
+    fn hashing_in_pieces_equals_hashing_the_whole() {
+        let whole = stable_hash(b"http\0", b"{\"key\":1,\"backends\":[]}");
+        let mut h = StableHasher::new(b"http\0");
+        for piece in [&b"{\"key\""[..], b":1,", b"", b"\"backends\":[]}"] {
+            std::io::Write::write_all(&mut h, piece).unwrap();
+        }
+        assert_eq!(h.finish(), whole);
+        assert_ne!(stable_hash(b"l4\0", b"{}"), stable_hash(b"http\0", b"{}"));
+    }
 
     fn keys(n: usize) -> Vec<String> {
         (0..n)

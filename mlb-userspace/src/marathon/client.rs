@@ -199,7 +199,14 @@ impl MarathonClient {
                 parse: Duration::ZERO,
             };
             let started = Instant::now();
-            let parsed = tokio::task::spawn_blocking(move || parse_app_list_json(&body)).await;
+            let parsed = tokio::task::spawn_blocking(move || {
+                let list = parse_app_list_json(&body);
+                // The body and the parse's scratch go before the model is built beside them.
+                drop(body);
+                crate::stats::memory::release_freed();
+                list
+            })
+            .await;
             times.parse = started.elapsed();
             let invalid = |reason: String| MarathonError::InvalidResponse {
                 url: without_query(url.clone()).to_string(),

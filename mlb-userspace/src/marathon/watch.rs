@@ -82,6 +82,16 @@ pub enum MarathonUpdate {
 }
 
 impl MarathonUpdate {
+    /// What kind of update this is, for the controller's log.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            MarathonUpdate::Snapshot(_) => "full read",
+            MarathonUpdate::Apps { .. } => "re-read",
+            MarathonUpdate::TaskStatuses(_) => "task status",
+            MarathonUpdate::SyncFailed { .. } => "failed read",
+        }
+    }
+
     /// A [`MarathonUpdate::Snapshot`] of app objects, each parsed as a full read parses it
     /// (tests, one-off reads).
     pub fn snapshot_from_values(apps: Vec<Value>) -> Self {

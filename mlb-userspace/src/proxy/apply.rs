@@ -158,6 +158,7 @@ impl HttpProxy {
             dirty
         };
         let compile_time = started.elapsed();
+        let compiled_rss = crate::stats::memory::rss_mb();
         let table = current.routes.table().clone();
         let mut ports: Vec<u16> = dirty_ports.iter().copied().collect();
         ports.sort_unstable();
@@ -180,6 +181,8 @@ impl HttpProxy {
                 changed = net.len(),
                 compile_ms = ms(compile_time),
                 listeners_ms = ms(listeners_time),
+                compiled_rss_mb = compiled_rss,
+                rss_mb = crate::stats::memory::rss_mb(),
                 "HTTP routing table swapped"
             );
         }

@@ -113,9 +113,10 @@ impl Drop for InFlightGuard {
 /// have requests in flight (draining), then forgotten at the next table build.
 #[derive(Debug, Default)]
 pub struct StatsRegistry {
-    stats: HashMap<BackendId, Arc<BackendStats>>,
+    /// foldhash (randomly seeded per process), not SipHash: a full sync looks up 90,000 ids.
+    stats: HashMap<BackendId, Arc<BackendStats>, foldhash::fast::RandomState>,
     /// Backends that left the table ([`StatsRegistry::release`]), forgotten once drained.
-    released: HashSet<BackendId>,
+    released: HashSet<BackendId, foldhash::fast::RandomState>,
 }
 
 impl StatsRegistry {

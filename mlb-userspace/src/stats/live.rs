@@ -133,6 +133,15 @@ impl Live {
         }
     }
 
+    /// How long the oldest event not yet reflected in the dataplanes has waited, if any.
+    pub fn pending_event_age(&self, now: Instant) -> Option<Duration> {
+        let pending = self
+            .pending_event
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        pending.map(|since| now.saturating_duration_since(since))
+    }
+
     /// The dataplanes reflect every update taken so far: the pending event's latency is known.
     pub fn dataplane_caught_up(&self, now: Instant) {
         let since = self

@@ -94,6 +94,10 @@ pub struct SyncArgs {
     /// Extra flag for `mlb run` (repeatable), e.g. `--mlb-arg=--maglev-table-size=1009`.
     #[arg(long, allow_hyphen_values = true)]
     pub mlb_arg: Vec<String>,
+    /// Run the release `mlb` and `marathon-sim` already built instead of building them first
+    /// (each build compiles mlb's library, with different features, which takes minutes).
+    #[arg(long)]
+    pub prebuilt: bool,
 }
 
 /// Flags of `cargo xtask bench http`.

@@ -77,6 +77,11 @@ pub fn run(args: &SyncArgs) -> Result<()> {
         bail!("--burst {burst} is more than --apps {apps}");
     }
     for (package, bin) in [("mlb-userspace", "mlb"), ("tests", "marathon-sim")] {
+        let built = super::target_dir().join("release").join(bin);
+        if args.prebuilt && built.exists() {
+            eprintln!("bench sync: using {} as built", built.display());
+            continue;
+        }
         crate::cargo(&["build", "--release", "--package", package, "--bin", bin])?;
     }
     let release = super::target_dir().join("release");
@@ -145,10 +150,19 @@ struct Results {
     /// mlb's own split of the full sync, from its log lines' fields.
     phases: Vec<String>,
     sync_cpu: f64,
+    /// The load average as mlb was started.
+    sync_load: String,
     rss_after_sync: Rss,
     services: (u64, u64, u64),
     kill_ms: Vec<f64>,
     start_ms: Vec<f64>,
+    /// mlb's own part of each update in the single-event phase: from reading the oldest event
+    /// it reflects off the stream to the dataplanes updated (`event_ms` of its log lines); of
+    /// the updates from task events, then of those from re-read apps.
+    mlb_event_ms: [Vec<f64>; 2],
+    /// mlb's CPU seconds over the single-event phase, and the load average before and after.
+    events_cpu: f64,
+    load: (String, String),
     event_failures: Vec<String>,
     event_generations: u64,
     rss_after_events: Rss,
@@ -265,6 +279,7 @@ fn measure(
     .collect();
     mlb_args.extend(args.mlb_arg.iter().cloned());
     eprintln!("bench sync: starting mlb");
+    r.sync_load = load_average();
     let spawned_wall = SystemTime::now();
     let spawned = Instant::now();
     let mut mlb = Proc::spawn_mlb(&release.join("mlb"), &mlb_args, dir)?;
@@ -328,6 +343,9 @@ fn measure(
     // One task event at a time. From the first kill on, full reads see the simulator's state.
     front.stale();
     let gen_before = generation(&mut admin)?;
+    let log_before = fs::metadata(&mlb.stderr_path).map_or(0, |m| m.len() as usize);
+    let cpu_before = cpu::process_secs(mlb.pid()).unwrap_or(f64::NAN);
+    r.load.0 = load_average();
     for k in 0..events {
         mlb.check_alive()?;
         let app = app_id((k * 7919) % apps);
@@ -343,6 +361,11 @@ fn measure(
         }
     }
     r.event_generations = generation(&mut admin)? - gen_before;
+    r.events_cpu = cpu::process_secs(mlb.pid()).unwrap_or(f64::NAN) - cpu_before;
+    r.load.1 = load_average();
+    let log = fs::read(&mlb.stderr_path).unwrap_or_default();
+    let log = String::from_utf8_lossy(&log[log_before.min(log.len())..]);
+    r.mlb_event_ms = [event_ages(&log, "task status"), event_ages(&log, "re-read")];
     r.rss_after_events = rss(mlb.pid())?;
     eprintln!(
         "bench sync: {} events, kill p50 {:.1} ms",
@@ -947,12 +970,37 @@ fn log_time(log: &str, message: &str, since: SystemTime) -> Option<f64> {
     Some((at - since).rem_euclid(86_400.0))
 }
 
+/// The `event_ms` of the "dataplanes updated" lines of `log` brought by `cause`: mlb's own share
+/// of the latency.
+fn event_ages(log: &str, cause: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|l| l.contains("dataplanes updated"))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["cause"] == cause)
+        .filter_map(|v| v["event_ms"].as_f64())
+        .collect()
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    let text = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// mlb's split of its first full sync, from the fields of its log lines: read and parse (and
 /// RSS then), model, L4 and HTTP (compile, listeners; the fingerprint beside them) and RSS at
 /// the end. The L4 dataplane and the fingerprint run beside the proxy's update.
 fn sync_phases(log: &str) -> Vec<String> {
+    // From the first full read on: mlb's pass over its static services comes before it.
+    let from_read = log
+        .find("\"Marathon full sync\"")
+        .map_or(log, |i| &log[log[..i].rfind('\n').map_or(0, |n| n + 1)..]);
     let first = |message: &str| {
-        log.lines()
+        from_read
+            .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .find(|v| v["message"] == message)
     };
@@ -962,6 +1010,7 @@ fn sync_phases(log: &str) -> Vec<String> {
             .map_or("—".into(), |x| format!("{x:.0}"))
     };
     let read = first("Marathon full sync");
+    let model = first("full model pass done");
     let swap = first("HTTP routing table swapped");
     let applied = first("dataplanes updated");
     vec![
@@ -972,12 +1021,16 @@ fn sync_phases(log: &str) -> Vec<String> {
             field(&read, "rss_mb")
         ),
         format!(
-            "model {} ms; HTTP proxy {} ms (compile {} ms, listeners {} ms); beside it L4 {} ms \
-             and fingerprint {} ms (RSS after {} MB)",
+            "model {} ms (RSS then {} MB); HTTP proxy {} ms (compile {} ms, RSS then {} MB; \
+             listeners {} ms, RSS then {} MB); beside it L4 {} ms and fingerprint {} ms (RSS \
+             after {} MB)",
             field(&applied, "model_ms"),
+            field(&model, "rss_mb"),
             field(&applied, "http_ms"),
             field(&swap, "compile_ms"),
+            field(&swap, "compiled_rss_mb"),
             field(&swap, "listeners_ms"),
+            field(&swap, "rss_mb"),
             field(&applied, "l4_ms"),
             field(&applied, "fingerprint_ms"),
             field(&applied, "rss_mb")
@@ -1092,7 +1145,10 @@ fn report(
     row(
         o,
         "mlb CPU time until synced (user + system)",
-        &format!("{:.2} s", r.sync_cpu),
+        &format!(
+            "{:.2} s; load average {} at the start",
+            r.sync_cpu, r.sync_load
+        ),
         "",
     );
     rss_row(o, "after the full sync", r.rss_after_sync);
@@ -1102,6 +1158,22 @@ fn report(
     );
     latency_row(o, &killed, &r.kill_ms);
     latency_row(o, "replacement: TASK_RUNNING → active", &r.start_ms);
+    for (ms, cause) in r
+        .mlb_event_ms
+        .iter()
+        .zip(["a task's event", "a re-read app"])
+    {
+        let mlb_part = format!(
+            "— mlb's part: event read → dataplanes updated, from {cause} ({} updates, mlb log)",
+            ms.len()
+        );
+        latency_row(o, &mlb_part, ms);
+    }
+    let cpu = format!(
+        "{:.2} s; load average {} before, {} after",
+        r.events_cpu, r.load.0, r.load.1
+    );
+    row(o, "— mlb CPU time over the single events", &cpu, "");
     let updates = format!("dataplane updates during the {events} single events");
     row(o, &updates, &r.event_generations.to_string(), "");
     rss_row(o, "after the single events", r.rss_after_events);
@@ -1149,7 +1221,9 @@ fn report(
         "\nSetup: marathon-sim placed the apps in {:.2} s. Services in mlb: {} L4, {} HTTP, {} \
          rejected. t0 of an event is when our own `/v2/events` subscriber read it; \"visible\" \
          is the first 1 ms poll of `/_mlb/status` at whose generation `/_mlb/explain/APP` shows \
-         the change. Latencies include mlb's coalescing window (2 ms idle / 50 ms max).",
+         the change. A task's own state change is applied from its event; its app is then re-read \
+         after mlb's coalescing window (2 ms idle / 50 ms max). mlb's part ends when its \
+         dataplanes are updated; the rest is the event reaching mlb and the admin API polls.",
         r.sim_load.as_secs_f64(),
         r.services.0,
         r.services.1,
@@ -1195,8 +1269,11 @@ mod tests {
     #[test]
     fn the_sync_split_comes_from_the_first_full_sync_lines() {
         let log = [
+            r#"{"message":"full model pass done","rss_mb":12.0}"#,
+            r#"{"message":"dataplanes updated","model_ms":0.1,"rss_mb":12.5}"#,
             r#"{"message":"Marathon full sync","read_ms":93.4,"parse_ms":268.6,"rss_mb":112.6}"#,
-            r#"{"message":"HTTP routing table swapped","compile_ms":447.2,"listeners_ms":642.4}"#,
+            r#"{"message":"full model pass done","rss_mb":150.2}"#,
+            r#"{"message":"HTTP routing table swapped","compile_ms":447.2,"listeners_ms":642.4,"compiled_rss_mb":180.4,"rss_mb":200.1}"#,
             r#"{"message":"dataplanes updated","model_ms":234.6,"l4_ms":213.5,"http_ms":1099.0,"fingerprint_ms":263.0,"rss_mb":222.4}"#,
             r#"{"message":"dataplanes updated","model_ms":1.0}"#,
         ]
@@ -1205,8 +1282,9 @@ mod tests {
             sync_phases(&log),
             [
                 "read 93 ms, parse 269 ms (RSS then 113 MB)",
-                "model 235 ms; HTTP proxy 1099 ms (compile 447 ms, listeners 642 ms); beside it \
-                 L4 214 ms and fingerprint 263 ms (RSS after 222 MB)"
+                "model 235 ms (RSS then 150 MB); HTTP proxy 1099 ms (compile 447 ms, RSS then \
+                 180 MB; listeners 642 ms, RSS then 200 MB); beside it L4 214 ms and fingerprint \
+                 263 ms (RSS after 222 MB)"
             ]
         );
     }

@@ -20,7 +20,15 @@ use tracing::{Level, info, warn};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Returns mimalloc's freed pages to the OS now rather than after its purge delay (1 s): see
+/// [`mlb::stats::memory::release_freed`].
+fn release_freed() {
+    // SAFETY: `mi_collect` only tidies mimalloc's own heaps and arenas; any thread may call it.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
 fn main() -> Result<()> {
+    mlb::stats::memory::set_release_freed(release_freed);
     let cli = Cli::parse_from(compat::normalize_args(std::env::args_os().collect()));
     let env = |k: &str| std::env::var(k).ok();
     let marathon_lb_mode = matches!(cli.command, Command::Sse(_) | Command::Poll(_));
