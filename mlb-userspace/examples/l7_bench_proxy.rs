@@ -19,6 +19,12 @@ use mlb::{
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// As the `mlb` binary: freed memory goes back to the OS at once when the proxy trims.
+fn release_freed() {
+    // SAFETY: `mi_collect` only tidies mimalloc's own heaps and arenas; any thread may call it.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
 fn main() -> Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let ssl_certs: Vec<PathBuf> = if args.first().map(String::as_str) == Some("--ssl-certs") {
@@ -54,6 +60,7 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    mlb::stats::memory::set_release_freed(release_freed);
     runtime.block_on(async {
         let config = ProxyConfig {
             http_addr: Some(listen),
@@ -63,7 +70,7 @@ fn main() -> Result<()> {
             ssl_certs,
             threads,
             // As `mlb run`: the buffers of connections that went idle go back to the OS.
-            trim_memory: Some(mlb::alloc::trim),
+            trim_memory: Some(mlb::stats::memory::release_freed),
             // Room for `bench http --memory`'s 10,000 idle connections and the probes beside.
             conn_gate: ConnGate::new(ConnLimits {
                 max_connections: 20_000,

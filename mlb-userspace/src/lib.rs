@@ -22,7 +22,6 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
-pub mod alloc;
 pub mod backend_setup;
 pub mod compat;
 pub mod controller;

@@ -125,7 +125,7 @@ pub struct ProxyConfig {
     /// the proxy is started on.
     pub threads: usize,
     /// Run on every serving thread about once a second ([`workers::TRIM_EVERY`]) to give the
-    /// memory it freed back to the OS (e.g. [`crate::alloc::trim`]): without it the buffers of
+    /// memory it freed back to the OS (e.g. [`crate::stats::memory::release_freed`]): without it the buffers of
     /// connections that went idle stay resident while the thread is quiet. `None`: nothing.
     pub trim_memory: Option<fn()>,
 }

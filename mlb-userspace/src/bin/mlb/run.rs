@@ -352,7 +352,7 @@ fn start_proxy(opts: &RunOptions, conn_gate: Arc<ConnGate>) -> Result<Arc<HttpPr
     let handle = tokio::runtime::Handle::current();
     let config = ProxyConfig {
         // The buffers of connections that went idle go back to the OS.
-        trim_memory: Some(mlb::alloc::trim),
+        trim_memory: Some(mlb::stats::memory::release_freed),
         ..opts.proxy_config(conn_gate)
     };
     let proxy = HttpProxy::start(config, handle).context("starting the HTTP proxy")?;
