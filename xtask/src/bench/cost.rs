@@ -3,9 +3,11 @@
 //! `lb-cli`, backend side `lb-sw`). The rate of this lab is decided as much by the segments and
 //! wakeups the LB puts on cpu0 (client and backends) as by the LB's own CPU, so both are shown.
 //!
-//! Counters are read before and after a load run: `/proc` times of the LB, `/proc/net/dev` of
-//! lb's namespace, and `perf stat` (counting only, no sampling) of the LB's syscalls and
-//! context switches for the run's duration. Without `perf` those two are `n/a`.
+//! Counters are read before and after a load run: `/proc` times and context switches of the
+//! LB, `/proc/net/dev` of lb's namespace, and with `--profile` `perf stat` (counting only) of
+//! the LB's syscalls. Syscalls are not counted by default: while the `raw_syscalls` tracepoint
+//! is on, every process on the machine (wrk and nginx on the busy cpu0 too) takes the kernel's
+//! slow syscall path, which cut the rates of one run by a third. Without them they are `n/a`.
 use std::{
     process::{Child, Command, Stdio},
     thread,
@@ -36,19 +38,24 @@ pub struct Cost {
 pub struct Probe {
     lb: Option<u32>,
     cpu_secs: Option<f64>,
+    ctx_switches: Option<u64>,
     packets: (u64, u64),
     perf: Option<Child>,
 }
 
 impl Probe {
-    /// Reads the counters and starts counting `lb`'s syscalls for `secs` (the load's length).
-    pub fn start(lb: Option<u32>, secs: u32) -> Result<Probe> {
-        let perf = lb.and_then(|pid| perf_stat(pid, secs));
+    /// Reads the counters and, with `count_syscalls`, starts counting `lb`'s syscalls for
+    /// `secs` (the load's length).
+    pub fn start(lb: Option<u32>, secs: u32, count_syscalls: bool) -> Result<Probe> {
+        let perf = lb
+            .filter(|_| count_syscalls)
+            .and_then(|pid| perf_stat(pid, secs));
         // perf attaches before the load starts (it is counted from its first syscall on).
         thread::sleep(Duration::from_millis(200));
         Ok(Probe {
             lb,
             cpu_secs: lb.map(cpu::process_secs).transpose()?,
+            ctx_switches: lb.and_then(ctx_switches),
             packets: leg_packets()?,
             perf,
         })
@@ -59,12 +66,16 @@ impl Probe {
         let cpu_after = self.lb.map(cpu::process_secs).transpose()?;
         let (cli, be) = leg_packets()?;
         let perf = self.perf.and_then(|p| perf_counts(p).ok());
+        let switched = self.lb.and_then(ctx_switches);
         let n = requests.max(1) as f64;
         let per = |v: u64| v as f64 / n;
         Ok(Cost {
             cpu_us: self.cpu_secs.zip(cpu_after).map(|(b, a)| (a - b) * 1e6 / n),
-            syscalls: perf.map(|(s, _)| per(s)),
-            ctx_switches: perf.map(|(_, c)| per(c)),
+            syscalls: perf.map(per),
+            ctx_switches: self
+                .ctx_switches
+                .zip(switched)
+                .map(|(b, a)| per(a.saturating_sub(b))),
             client_pkts: per(cli.saturating_sub(self.packets.0)),
             backend_pkts: per(be.saturating_sub(self.packets.1)),
         })
@@ -104,16 +115,33 @@ impl Cost {
     }
 }
 
-/// `perf stat` counting `pid`'s syscalls and context switches for `secs` (+1 s of margin, so
+/// Voluntary and involuntary context switches of all of `pid`'s threads so far
+/// (`/proc/<pid>/task/*/status`); `None` when they cannot be read.
+fn ctx_switches(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0;
+    for task in tasks {
+        let status = std::fs::read_to_string(task.ok()?.path().join("status")).ok()?;
+        total += switches_in_status(&status);
+    }
+    Some(total)
+}
+
+/// The sum of a `/proc/.../status` text's `voluntary_ctxt_switches` and
+/// `nonvoluntary_ctxt_switches`.
+fn switches_in_status(status: &str) -> u64 {
+    status
+        .lines()
+        .filter(|l| l.contains("ctxt_switches:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// `perf stat` counting `pid`'s syscalls for `secs` (+1 s of margin, so
 /// the whole load is inside); `None` when perf cannot start.
 fn perf_stat(pid: u32, secs: u32) -> Option<Child> {
     Command::new("perf")
-        .args([
-            "stat",
-            "-x,",
-            "-e",
-            "raw_syscalls:sys_enter,context-switches",
-        ])
+        .args(["stat", "-x,", "-e", "raw_syscalls:sys_enter"])
         .args([
             "-p",
             &pid.to_string(),
@@ -127,20 +155,18 @@ fn perf_stat(pid: u32, secs: u32) -> Option<Child> {
         .ok()
 }
 
-/// `(syscalls, context switches)` from a finished `perf stat -x,`.
-fn perf_counts(perf: Child) -> Result<(u64, u64)> {
+/// The syscalls counted by a finished `perf stat -x,`.
+fn perf_counts(perf: Child) -> Result<u64> {
     let out = perf.wait_with_output()?;
     parse_perf(&String::from_utf8_lossy(&out.stderr))
 }
 
-fn parse_perf(text: &str) -> Result<(u64, u64)> {
-    let count = |event: &str| {
-        text.lines()
-            .find(|l| l.split(',').nth(2) == Some(event))
-            .and_then(|l| l.split(',').next()?.parse::<u64>().ok())
-            .with_context(|| format!("no {event} count in perf stat's output: {text}"))
-    };
-    Ok((count("raw_syscalls:sys_enter")?, count("context-switches")?))
+fn parse_perf(text: &str) -> Result<u64> {
+    let event = "raw_syscalls:sys_enter";
+    text.lines()
+        .find(|l| l.split(',').nth(2) == Some(event))
+        .and_then(|l| l.split(',').next()?.parse::<u64>().ok())
+        .with_context(|| format!("no {event} count in perf stat's output: {text}"))
 }
 
 /// Packets (rx + tx) on lb's client leg and backend leg so far.
@@ -178,10 +204,16 @@ mod tests {
 
     #[test]
     fn reads_perf_counts() {
-        let text =
-            "\n1234,,raw_syscalls:sys_enter,10000,100.00,,\n56,,context-switches,10000,100.00,,\n";
-        assert_eq!(parse_perf(text).unwrap(), (1234, 56));
-        assert!(parse_perf("<not counted>,,context-switches,0,100.00,,").is_err());
+        let text = "\n1234,,raw_syscalls:sys_enter,10000,100.00,,\n";
+        assert_eq!(parse_perf(text).unwrap(), 1234);
+        assert!(parse_perf("<not counted>,,raw_syscalls:sys_enter,0,100.00,,").is_err());
+    }
+
+    #[test]
+    fn sums_both_kinds_of_context_switch() {
+        let status = "Name:\tmlb\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n";
+        assert_eq!(switches_in_status(status), 127);
+        assert_eq!(switches_in_status("Name:\tmlb\n"), 0);
     }
 
     #[test]

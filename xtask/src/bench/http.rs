@@ -19,8 +19,8 @@
 //!   client and backends then share those cores: on a 2-core machine the figures say how well
 //!   the load balancer shares, not how far it scales.
 //!
-//! - beside each one-core case, what a request costs ([`super::cost`]): LB CPU µs, syscalls and
-//!   context switches, packets on lb's client and backend legs (`--h1-only`: only these
+//! - beside each one-core case, what a request costs ([`super::cost`]): LB CPU µs, context
+//!   switches (syscalls with `--profile`), packets on lb's client and backend legs (`--h1-only`: only these
 //!   cases, without TLS); `--profile` adds each LB's hottest symbols, `--baseline <binary>`
 //!   runs another build of the proxy as one more case (before/after in one run).
 //!
@@ -381,14 +381,14 @@ fn measure_http1(
         (Some(pid), Some((dir, name))) => Some(Profile::start(pid, dir, name, false)?),
         _ => None,
     };
-    let probe = Probe::start(lb, secs)?;
+    let probe = Probe::start(lb, secs, profile.is_some())?;
     let keep_alive = wrk(&load(false))?;
     let keep_alive_cost = probe.finish(keep_alive.requests)?;
     let hot = profiler
         .map(Profile::finish)
         .transpose()?
         .unwrap_or_default();
-    let probe = Probe::start(lb, secs)?;
+    let probe = Probe::start(lb, secs, profile.is_some())?;
     let close = wrk(&load(true))?;
     let close_cost = probe.finish(close.requests)?;
     let cpu_pct = keep_alive_cost
@@ -754,7 +754,8 @@ fn cost_table(medians: &[Option<Sample>]) -> Result<String> {
         o,
         "Per request (keep-alive) and per connection (`Connection: close`): LB CPU µs / LB \
          syscalls / LB context switches / packets on lb's client leg / on its backend leg \
-         (rx + tx; `perf stat` counts, `/proc/net/dev` of lb).\n"
+         (rx + tx; `/proc` of the LB and `/proc/net/dev` of lb; syscalls only with `--profile`, \
+         counted by `perf stat`, whose syscall tracepoint slows every process's syscalls).\n"
     )?;
     writeln!(
         o,
