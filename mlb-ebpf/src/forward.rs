@@ -103,8 +103,7 @@ pub fn next_hop(
     params.sport = nat.new_sport;
     params.dport = nat.new_dport;
     params.__bindgen_anon_1.tot_len = tot_len;
-    let ingress = ctx.ingress_ifindex() as u32;
-    params.ifindex = ingress;
+    params.ifindex = ctx.ingress_ifindex() as u32;
     match meta.family {
         Family::V4 => {
             params.__bindgen_anon_3.ipv4_src = nat.new_src[0];
@@ -149,14 +148,24 @@ pub fn next_hop(
     if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         return Err(Exit::Pass(Counter::PassFibFailed));
     }
-    let macs = Macs::of(params);
-    if params.ifindex == ingress {
-        return Ok(NextHop::Tx(macs));
-    }
-    if TX_PORTS.redirect(params.ifindex, 0).is_ok() {
-        Ok(NextHop::Redirect(macs))
+    Ok(
+        out_of(ctx, params.ifindex, Macs::of(params)).unwrap_or_else(|| {
+            count(Counter::PassRedirectFailed);
+            NextHop::Kernel
+        }),
+    )
+}
+
+/// Out of `ifindex` with `macs`: back out of the interface the packet came in on, or
+/// redirected through the devmap; `None` when the devmap has no such interface. Shared by the
+/// full lookup and a flow's cached hop (`hop.rs`).
+#[inline(always)]
+pub fn out_of(ctx: &XdpContext, ifindex: u32, macs: Macs) -> Option<NextHop> {
+    if ifindex == ctx.ingress_ifindex() as u32 {
+        Some(NextHop::Tx(macs))
+    } else if TX_PORTS.redirect(ifindex, 0).is_ok() {
+        Some(NextHop::Redirect(macs))
     } else {
-        count(Counter::PassRedirectFailed);
-        Ok(NextHop::Kernel)
+        None
     }
 }

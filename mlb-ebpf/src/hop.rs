@@ -20,7 +20,6 @@ use crate::{
     exit::Exit,
     flow::Flow,
     forward::{self, Macs, NextHop},
-    maps::TX_PORTS,
     parse::PacketMeta,
     stats::count,
 };
@@ -73,14 +72,8 @@ fn cached(ctx: &XdpContext, meta: &PacketMeta, entry: &NatEntry, now: u64) -> Op
     }
     // SAFETY: twelve bytes either way; every bit pattern is valid.
     let macs = Macs(unsafe { core::mem::transmute::<[u32; 3], [u8; 12]>(entry.hop_macs) });
-    if ifindex == ctx.ingress_ifindex() as u32 {
-        Some(NextHop::Tx(macs))
-    } else if TX_PORTS.redirect(ifindex, 0).is_ok() {
-        Some(NextHop::Redirect(macs))
-    } else {
-        // The interface left the devmap: the full path counts it and passes the packet.
-        None
-    }
+    // `None` when the interface left the devmap: the full path counts it and passes the packet.
+    forward::out_of(ctx, ifindex, macs)
 }
 
 /// Records a full lookup's answer (`macs` out of `ifindex`, carrying `ip_len` bytes) in
