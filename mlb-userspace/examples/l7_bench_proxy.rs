@@ -2,6 +2,7 @@
 //! until SIGTERM or Ctrl-C. Not a way to run mlb (that is `mlb run`).
 //!
 //! `l7_bench_proxy [--ssl-certs <pem>] <listen addr> <vhost> <threads> <backend addr>...`
+//! (`threads` 0: the proxy shares a multi-thread runtime, as `mlb run` without `--threads`)
 //!
 //! With `--ssl-certs` (chain + key in one PEM, as `mlb run --ssl-certs`), the TLS vhost
 //! frontend also listens on port 443 of the listen address.
@@ -56,11 +57,16 @@ fn main() -> Result<()> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    // The proxy serves connections on its own `threads` threads; this one only waits.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     mlb::stats::memory::set_release_freed(release_freed);
+    // The proxy serves connections on its own `threads` threads and this one only waits; with
+    // 0, as `mlb run` without `--threads`, on this multi-thread runtime (a worker per CPU).
+    let runtime = if threads == 0 {
+        mlb::stats::memory::trimming_runtime()?
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    };
     runtime.block_on(async {
         let config = ProxyConfig {
             http_addr: Some(listen),

@@ -38,8 +38,151 @@ pub fn release_freed() {
     }
 }
 
+/// How often each runtime thread gives back what it freed (see [`trim_each_thread`]).
+pub const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+thread_local! {
+    /// When this thread last ran its trim (`None`: never).
+    static LAST_TRIM: std::cell::Cell<Option<std::time::Instant>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Makes every thread of the runtime `builder` builds run `trim` when it goes idle, at most once
+/// per [`TRIM_EVERY`] on each thread. mimalloc keeps a thread's freed pages in that thread's
+/// heap and only one thread can give them back; a once-a-second task of a multi-thread runtime
+/// runs on one thread at a time, so the others' pages (the buffers of connections that went
+/// idle) would stay resident. Parking is when a thread has just finished its work: trimming
+/// there costs nothing while it serves and, rate-limited, little when it parks often.
+pub fn trim_each_thread(
+    builder: &mut tokio::runtime::Builder,
+    trim: fn(),
+) -> &mut tokio::runtime::Builder {
+    builder.on_thread_park(move || trim_if_due(trim))
+}
+
+/// Runs `trim` unless this thread ran it less than [`TRIM_EVERY`] ago.
+fn trim_if_due(trim: fn()) {
+    let now = std::time::Instant::now();
+    let due = LAST_TRIM.with(|last| match last.get() {
+        Some(at) if now.duration_since(at) < TRIM_EVERY => false,
+        _ => {
+            last.set(Some(now));
+            true
+        }
+    });
+    if due {
+        trim();
+    }
+}
+
+/// The runtime `mlb run` serves on (a worker thread per CPU), every thread of it trimming what
+/// it freed with [`release_freed`] as it goes idle.
+pub fn trimming_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    trim_each_thread(&mut builder, release_freed)
+        .enable_all()
+        .build()
+}
+
 #[cfg(test)]
 mod tests {
+    use std::{
+        sync::Mutex,
+        thread::{self, ThreadId},
+        time::Duration,
+    };
+
+    use super::*;
+
+    /// Threads the trims of the test named by the thread name ran on.
+    static TRIMMED: Mutex<Vec<(String, ThreadId)>> = Mutex::new(Vec::new());
+
+    fn record_trim() {
+        let me = thread::current();
+        let name = me.name().unwrap_or_default().to_owned();
+        TRIMMED.lock().unwrap().push((name, me.id()));
+    }
+
+    fn trims_on(name: &str) -> Vec<ThreadId> {
+        let trimmed = TRIMMED.lock().unwrap();
+        trimmed
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, id)| *id)
+            .collect()
+    }
+
+    #[test]
+    fn every_thread_of_a_multi_thread_runtime_trims_its_memory() {
+        let name = "trim-test-each-worker";
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        let runtime = trim_each_thread(&mut builder, record_trim)
+            .worker_threads(3)
+            .thread_name(name)
+            .enable_all()
+            .build()
+            .unwrap();
+        // Work on every worker (a barrier holds each task until all three run at once), then
+        // idle: each thread has to trim what it freed, not just the one a timer wakes.
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(3));
+        let tasks: Vec<_> = (0..3)
+            .map(|_| {
+                let barrier = barrier.clone();
+                runtime.spawn(async move {
+                    let _ = std::hint::black_box(vec![1u8; 1 << 20]);
+                    barrier.wait().await;
+                    thread::current().id()
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let ran_on: Vec<ThreadId> = runtime.block_on(async {
+            let mut ids = Vec::new();
+            for task in tasks {
+                ids.push(task.await.unwrap());
+            }
+            ids
+        });
+        let mut trimmed = trims_on(name);
+        while !ran_on.iter().all(|id| trimmed.contains(id)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{ran_on:?} vs {trimmed:?}"
+            );
+            thread::sleep(Duration::from_millis(10));
+            trimmed = trims_on(name);
+        }
+    }
+
+    #[test]
+    fn a_thread_that_parks_often_trims_once_a_second() {
+        let name = "trim-test-rate";
+        let counts = thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(|| {
+                let mut builder = tokio::runtime::Builder::new_current_thread();
+                let runtime = trim_each_thread(&mut builder, record_trim)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    // Twenty parks in well under a second: one trim.
+                    for _ in 0..20 {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    let quick = trims_on(name).len();
+                    // The next park a second later trims again.
+                    tokio::time::sleep(TRIM_EVERY + Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    (quick, trims_on(name).len())
+                })
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(counts, (1, 2));
+    }
+
     #[test]
     fn rss_grows_with_touched_memory() {
         let before = super::rss_mb();

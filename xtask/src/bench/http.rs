@@ -159,6 +159,9 @@ enum Case {
     Haproxy2,
     /// mlb `--threads 2` on both CPUs.
     Mlb2,
+    /// mlb without `--threads` (its default) on both CPUs: the proxy shares the multi-thread
+    /// runtime, a worker per CPU (`bench http --memory` only).
+    MlbShared,
 }
 
 /// The cases in the order they run in every round and appear in the table.
@@ -180,6 +183,7 @@ impl Case {
             Case::MlbBaseline => "mlb L7 proxy, --baseline build",
             Case::Haproxy2 => "HAProxy, 2 cores (nbthread 2)",
             Case::Mlb2 => "mlb L7 proxy, 2 cores (--threads 2)",
+            Case::MlbShared => "mlb L7 proxy, default threads (shared runtime, 2 cores)",
         }
     }
 
@@ -187,6 +191,7 @@ impl Case {
     fn cpus(self) -> (&'static str, &'static str) {
         match self {
             Case::Haproxy2 | Case::Mlb2 => ("0-1", "2"),
+            Case::MlbShared => ("0-1", "0"),
             _ => ("1", "1"),
         }
     }
@@ -201,12 +206,13 @@ impl Case {
             Case::MlbBaseline => "mlb-baseline",
             Case::Haproxy2 => "haproxy2",
             Case::Mlb2 => "mlb2",
+            Case::MlbShared => "mlb-shared",
         }
     }
 
     fn reference(self) -> Case {
         match self {
-            Case::Haproxy2 | Case::Mlb2 => Case::Haproxy2,
+            Case::Haproxy2 | Case::Mlb2 | Case::MlbShared => Case::Haproxy2,
             _ => Case::Haproxy,
         }
     }
@@ -318,7 +324,7 @@ fn start_lb(lab: &mut Lab, case: Case, setup: &Setup) -> Result<Option<u32>> {
         Case::Direct => return Ok(None),
         Case::Haproxy => ("haproxy", vec!["haproxy", "-db", "-f", &haproxy_cfg]),
         Case::Haproxy2 => ("haproxy", vec!["haproxy", "-db", "-f", &haproxy2_cfg]),
-        Case::Mlb | Case::Mlb2 | Case::MlbBaseline => (
+        Case::Mlb | Case::Mlb2 | Case::MlbBaseline | Case::MlbShared => (
             "mlb-l7",
             // As many proxy threads as HAProxy's `nbthread`.
             vec![
@@ -594,21 +600,28 @@ fn memory_report(lab: &mut Lab, setup: &Setup, conns: usize) -> Result<String> {
     writeln!(o, "# mlb bench http --memory\n")?;
     writeln!(
         o,
-        "mlb (one thread, cpu1); {conns} client connections from cli, each one keep-alive \
-         `GET /` answered, then all held idle; mlb's VmRSS before they open and 2 s after the \
-         last answer.\n"
+        "mlb (one thread, cpu1; and with its default threads, the proxy on the shared \
+         runtime with a worker per CPU, cpu0-1); {conns} client connections from cli, each one \
+         keep-alive `GET /` answered, then all held idle; mlb's VmRSS before they open and 2 s \
+         after the last answer.\n"
     )?;
     writeln!(
         o,
         "| connections | RSS before MiB | RSS held MiB | per connection KiB | {conns} connections MiB |"
     )?;
     writeln!(o, "|---|---|---|---|---|")?;
-    for (name, port, tls) in [
-        ("plain HTTP/1.1", nginx::PORT, false),
-        ("HTTP/1.1 over TLS", TLS_PORT, true),
+    for (case, name, port, tls) in [
+        (Case::Mlb, "plain HTTP/1.1", nginx::PORT, false),
+        (Case::Mlb, "HTTP/1.1 over TLS", TLS_PORT, true),
+        (
+            Case::MlbShared,
+            "plain HTTP/1.1, default threads",
+            nginx::PORT,
+            false,
+        ),
     ] {
         eprintln!("bench http: memory: {name}");
-        let pid = start_lb(lab, Case::Mlb, setup)?.context("mlb has a PID")?;
+        let pid = start_lb(lab, case, setup)?.context("mlb has a PID")?;
         let url = format!("http://{VIP}:{}/", nginx::PORT);
         let host_header = format!("Host: {VHOST}");
         probe::wait_for_200(lab, Some(pid), NS_CLI, &["-H", &host_header, &url])?;

@@ -144,6 +144,8 @@ struct Results {
     list_bytes: usize,
     /// The hottest symbols of mlb during the full sync, or why there is no profile.
     profile: Vec<String>,
+    /// The same during the single events.
+    events_profile: Vec<String>,
     sync: Duration,
     sync_read_at: Option<f64>,
     sync_applied_at: Option<f64>,
@@ -307,11 +309,7 @@ fn measure(
     r.sync_cpu = cpu::process_secs(mlb.pid()).unwrap_or(f64::NAN);
     r.rss_after_sync = rss(mlb.pid())?;
     r.front_served = front.served();
-    r.profile = match profile.map(Profile::finish) {
-        Some(Ok(top)) => top,
-        Some(Err(e)) => vec![format!("no profile: {e:#}")],
-        None => vec!["no profile (--no-perf)".into()],
-    };
+    r.profile = profile_lines(profile);
     r.services = (
         status["l4_services"].as_u64().unwrap_or(0),
         status["http_services"].as_u64().unwrap_or(0),
@@ -346,6 +344,9 @@ fn measure(
     let log_before = fs::metadata(&mlb.stderr_path).map_or(0, |m| m.len() as usize);
     let cpu_before = cpu::process_secs(mlb.pid()).unwrap_or(f64::NAN);
     r.load.0 = load_average();
+    let profile = (!args.no_perf)
+        .then(|| Profile::start(mlb.pid(), dir, "mlb-events", args.call_graph))
+        .transpose()?;
     for k in 0..events {
         mlb.check_alive()?;
         let app = app_id((k * 7919) % apps);
@@ -360,6 +361,7 @@ fn measure(
             bail!("too many failed events: {:?}", r.event_failures);
         }
     }
+    r.events_profile = profile_lines(profile);
     r.event_generations = generation(&mut admin)? - gen_before;
     r.events_cpu = cpu::process_secs(mlb.pid()).unwrap_or(f64::NAN) - cpu_before;
     r.load.1 = load_average();
@@ -396,6 +398,15 @@ fn measure(
     drop(mlb);
     drop(sim);
     Ok(report(args, apps, events, burst, n_tcp, n_http, &r))
+}
+
+/// The hottest symbols a profile found, or why there are none.
+fn profile_lines(profile: Option<Profile>) -> Vec<String> {
+    match profile.map(Profile::finish) {
+        Some(Ok(top)) => top,
+        Some(Err(e)) => vec![format!("no profile: {e:#}")],
+        None => vec!["no profile (--no-perf)".into()],
+    }
 }
 
 /// Kills one task of `app`; returns (TASK_KILLING → out of rotation, replacement's
@@ -1234,6 +1245,13 @@ fn report(
         "\nmlb's hottest symbols during the full sync (`perf record -F 999`, self time):\n\n```"
     );
     for line in &r.profile {
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = writeln!(
+        out,
+        "```\n\nmlb's hottest symbols during the single events (same):\n\n```"
+    );
+    for line in &r.events_profile {
         let _ = writeln!(out, "{line}");
     }
     let _ = writeln!(out, "```");

@@ -66,7 +66,9 @@ pub fn run(mut opts: Box<RunOptions>, marathon_lb: Option<Mode>) -> Result<()> {
         info!("{notice}");
     }
     let opts = &*opts;
-    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    // Every thread of it gives back what it freed as it goes idle: the proxy shares it unless
+    // `--threads` gives the proxy threads of its own.
+    let runtime = mlb::stats::memory::trimming_runtime().context("starting the tokio runtime")?;
     info!(version = %crate::version::version(), "mlb starting");
     runtime.block_on(async {
         let agent = Agent::start(opts).await?;
