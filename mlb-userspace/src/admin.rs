@@ -472,7 +472,7 @@ impl<'a> StateView<'a> {
     fn of(s: &'a DesiredState) -> Self {
         StateView {
             l4: s.l4.values().collect(),
-            http: s.http.values().collect(),
+            http: s.http.values().map(|svc| &**svc).collect(),
             rejected: &s.rejected,
             warnings: &s.warnings,
         }
@@ -730,7 +730,7 @@ mod tests {
             password_hash: hash.into(),
         });
         let mut st = state();
-        st.http.insert(svc.key.clone(), svc.clone());
+        st.http.insert(svc.key.clone(), Arc::new(svc.clone()));
         let (s, b) = body(route(&ctx(), &st, &Method::GET, "/_mlb/state", None));
         assert_eq!(s, StatusCode::OK);
         assert!(b.contains("\"user\": \"admin\""), "{b}");

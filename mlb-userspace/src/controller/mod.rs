@@ -245,12 +245,11 @@ impl Controller {
     /// changed apps only (parsing every task's host at each event would cost more than the
     /// event).
     pub fn unresolved_hosts(&self) -> Vec<String> {
-        let apps = &self.inputs.store.list().apps;
+        let store = &self.inputs.store;
         let hosts = if self.pending.full {
-            model::hosts_to_resolve(apps)
+            model::hosts_to_resolve(&store.list().apps)
         } else {
-            let dirty = &self.pending.dirty;
-            model::hosts_to_resolve(apps.iter().filter(|a| dirty.contains(&a.id)))
+            model::hosts_to_resolve(store.apps_named(&self.pending.dirty))
         };
         let known = &self.inputs.options.host_addrs;
         hosts
@@ -281,7 +280,9 @@ impl Controller {
         let changed = if full {
             self.model.full(list, &self.inputs.options, now)
         } else {
-            self.model.update(list, &dirty, &self.inputs.options, now)
+            let subset = self.inputs.store.subset(&dirty);
+            self.model
+                .update(list, subset, &dirty, &self.inputs.options, now)
         };
         let model_time = started.elapsed();
         if full {
@@ -496,7 +497,7 @@ impl Controller {
         }
         let state = self.model.state();
         let change = |key: &model::HttpServiceKey| match state.http.get(key) {
-            Some(svc) => HttpChange::Upsert(Arc::new(svc.clone())),
+            Some(svc) => HttpChange::Upsert(svc.clone()),
             None => HttpChange::Remove(key.clone()),
         };
         changed.http.iter().map(change).collect()

@@ -405,3 +405,36 @@ fn a_killed_task_leaves_on_its_event_before_any_reread() {
     feed(&mut c, gone);
     assert_eq!(states(&l4), [("a.2:0".to_owned(), BackendState::Active)]);
 }
+
+/// An HTTP dataplane that keeps the services it was given.
+#[derive(Clone, Default)]
+struct HttpKeeper(Arc<Mutex<Vec<HttpChange>>>);
+
+impl Dataplane for HttpKeeper {
+    type Change = HttpChange;
+
+    fn apply(&mut self, changes: &[HttpChange]) -> Result<(), Vec<DataplaneError>> {
+        self.0.lock().unwrap().extend_from_slice(changes);
+        Ok(())
+    }
+}
+
+#[test]
+fn the_proxy_is_given_the_models_services_not_copies() {
+    let http = HttpKeeper::default();
+    let mut c = Controller::new(
+        ModelOptions::new(vec!["external".into()]),
+        Box::new(Recorder::default()),
+        Some(Box::new(http.clone())),
+    );
+    feed(
+        &mut c,
+        MarathonUpdate::snapshot_from_values(vec![web_app("/web", 10003, "web.example.test")]),
+    );
+    let given = http.0.lock().unwrap().clone();
+    let [HttpChange::Upsert(svc)] = &given[..] else {
+        panic!("one upsert expected: {given:?}");
+    };
+    // At 10,000 apps a copy per side would hold every HTTP service and backend twice.
+    assert!(Arc::ptr_eq(svc, &c.state().http[&svc.key]));
+}

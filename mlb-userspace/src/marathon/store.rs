@@ -4,7 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::{
     task_status::{StatePatches, TaskStatus},
-    types::AppList,
+    types::{App, AppList},
 };
 
 /// Marathon's apps as last read, in API order (service-port auto-assignment depends on it).
@@ -47,6 +47,29 @@ impl AppStore {
             }
         }
         changed
+    }
+
+    /// The parsed apps named in `ids`, found through the index: an event touches one app, and
+    /// scanning 10,000 app ids for it cost more than the rest of the update.
+    pub fn apps_named<'a>(&'a self, ids: &'a BTreeSet<String>) -> impl Iterator<Item = &'a App> {
+        ids.iter()
+            .filter_map(|id| self.index.get(id))
+            .map(|&i| &self.list.apps[i])
+    }
+
+    /// The apps named in `ids` (parsed ones in API order, and the ones that did not parse):
+    /// what an incremental model step re-evaluates.
+    pub fn subset(&self, ids: &BTreeSet<String>) -> AppList {
+        let mut at: Vec<usize> = ids
+            .iter()
+            .filter_map(|id| self.index.get(id))
+            .copied()
+            .collect();
+        at.sort_unstable();
+        AppList {
+            apps: at.into_iter().map(|i| self.list.apps[i].clone()).collect(),
+            invalid: self.list.subset(ids).invalid,
+        }
     }
 
     fn reindex(&mut self) {
@@ -160,5 +183,30 @@ mod tests {
         store.update(reread(json!({"id": "/a", "instances": 1})), &[]);
         assert!(store.list().invalid.is_empty());
         assert_eq!(ids(&store), ["/b", "/a"]);
+    }
+
+    #[test]
+    fn the_apps_of_an_event_are_found_by_id_in_api_order() {
+        let mut store = AppStore::default();
+        store.replace_all(AppList::from_values(vec![
+            json!({"id": "/c"}),
+            json!({"id": "/a"}),
+            json!({"id": "/b"}),
+            json!({"id": "/d"}),
+        ]));
+        // A removal moves the apps after it; a bad re-read leaves an invalid entry.
+        store.update(
+            reread(json!({"id": "/b", "instances": "many"})),
+            &["/c".into()],
+        );
+        let ids: BTreeSet<String> = ["/d", "/b", "/a", "/gone"].map(String::from).into();
+        let subset = store.subset(&ids);
+        assert_eq!(subset, store.list().subset(&ids));
+        let found: Vec<&str> = subset.apps.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(found, ["/a", "/d"]);
+        assert_eq!(subset.invalid.len(), 1);
+        assert_eq!(subset.invalid[0].app_id, "/b");
+        let named: BTreeSet<&str> = store.apps_named(&ids).map(|a| a.id.as_str()).collect();
+        assert_eq!(named, ["/a", "/d"].into());
     }
 }

@@ -263,6 +263,25 @@ pub enum AppListError {
 }
 
 impl AppList {
+    /// The apps named in `ids`, in the same order, by a scan of every app (the app store finds
+    /// them through its index: [`super::store::AppStore::subset`]).
+    pub fn subset(&self, ids: &std::collections::BTreeSet<String>) -> AppList {
+        AppList {
+            apps: self
+                .apps
+                .iter()
+                .filter(|a| ids.contains(&a.id))
+                .cloned()
+                .collect(),
+            invalid: self
+                .invalid
+                .iter()
+                .filter(|e| ids.contains(&e.app_id))
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// Parses app objects one by one (tests, and bodies already held as `Value`s).
     pub fn from_values(values: Vec<Value>) -> AppList {
         let mut list = AppList::default();

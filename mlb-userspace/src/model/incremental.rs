@@ -108,10 +108,12 @@ impl ModelState {
     }
 
     /// Updates the state after the apps named in `dirty` changed or disappeared (`apps` is the
-    /// whole current list). Re-evaluates only those apps when that is exact, else everything.
+    /// whole current list, `subset` its apps named in `dirty`, e.g. [`AppList::subset`]).
+    /// Re-evaluates only those apps when that is exact, else everything.
     pub fn update(
         &mut self,
         apps: &AppList,
+        subset: AppList,
         dirty: &BTreeSet<String>,
         opts: &ModelOptions,
         now: SystemTime,
@@ -122,20 +124,6 @@ impl ModelState {
         if dirty.iter().any(|id| self.entangled.contains(id)) {
             return self.full(apps, opts, now);
         }
-        let subset = AppList {
-            apps: apps
-                .apps
-                .iter()
-                .filter(|a| dirty.contains(&a.id))
-                .cloned()
-                .collect(),
-            invalid: apps
-                .invalid
-                .iter()
-                .filter(|e| dirty.contains(&e.app_id))
-                .cloned()
-                .collect(),
-        };
         if subset
             .apps
             .iter()
@@ -398,7 +386,7 @@ mod tests {
             dirty.extend(changed.iter().map(|v| v["id"].as_str().unwrap().to_owned()));
             apps.update(&changed, &removed);
             let list = apps.list();
-            inc.update(&list, &dirty, &opts, now);
+            inc.update(&list, list.subset(&dirty), &dirty, &opts, now);
             let mut reference = ModelState::default();
             reference.full(&list, &opts, now);
             assert_eq!(inc.state(), reference.state(), "state after step {i}");
@@ -472,7 +460,9 @@ mod tests {
         let mut m = ModelState::default();
         assert!(m.full(&apps.list(), &opts, now).full);
         apps.update(&[tcp("/a", 10001, 2)], &[]);
-        let changed = m.update(&apps.list(), &["/a".to_owned()].into(), &opts, now);
+        let dirty = ["/a".to_owned()].into();
+        let list = apps.list();
+        let changed = m.update(&list, list.subset(&dirty), &dirty, &opts, now);
         assert!(!changed.full);
         assert_eq!(
             changed.l4.iter().map(|k| k.port).collect::<Vec<_>>(),

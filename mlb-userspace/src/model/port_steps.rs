@@ -295,7 +295,7 @@ impl ExposedPort<'_> {
         }
         if self.http {
             let svc = self.http_service();
-            state.http.insert(svc.key.clone(), svc);
+            state.http.insert(svc.key.clone(), std::sync::Arc::new(svc));
         }
     }
 

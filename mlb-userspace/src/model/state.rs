@@ -437,9 +437,36 @@ pub struct Rejected {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredState {
     pub l4: BTreeMap<L4ServiceKey, L4Service>,
-    pub http: BTreeMap<HttpServiceKey, HttpService>,
+    /// Shared with the HTTP proxy, which routes with the very same services (at 10,000 apps a
+    /// copy for each would hold every backend twice).
+    #[serde(with = "shared_services")]
+    pub http: BTreeMap<HttpServiceKey, Arc<HttpService>>,
     pub rejected: Vec<Rejected>,
     /// Ignored labels and options, at most one entry per app and kind.
     #[serde(default)]
     pub warnings: Vec<Warning>,
+}
+
+/// (De)serializes the shared HTTP services as plain ones (serde's `Arc` support would need its
+/// `rc` feature for the whole build).
+mod shared_services {
+    use std::{collections::BTreeMap, sync::Arc};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{HttpService, HttpServiceKey};
+
+    pub fn serialize<S: Serializer>(
+        services: &BTreeMap<HttpServiceKey, Arc<HttpService>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(services.iter().map(|(k, v)| (k, &**v)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<BTreeMap<HttpServiceKey, Arc<HttpService>>, D::Error> {
+        let plain = BTreeMap::<HttpServiceKey, HttpService>::deserialize(deserializer)?;
+        Ok(plain.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
+    }
 }

@@ -52,10 +52,12 @@ fn l4(s: &DesiredState, port: u16, protocol: Protocol) -> Option<&L4Service> {
 }
 
 fn http<'a>(s: &'a DesiredState, app: &str, index: usize) -> Option<&'a HttpService> {
-    s.http.get(&HttpServiceKey {
-        app_id: app.into(),
-        port_index: index,
-    })
+    s.http
+        .get(&HttpServiceKey {
+            app_id: app.into(),
+            port_index: index,
+        })
+        .map(|svc| &**svc)
 }
 
 fn rejected<'a>(s: &'a DesiredState, app: &str) -> Vec<&'a Rejected> {

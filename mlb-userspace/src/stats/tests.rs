@@ -49,7 +49,7 @@ fn state() -> DesiredState {
         backend("blue.1:0", [10, 0, 6, 27], 31186, BackendState::Active),
         backend("blue.2:0", [10, 0, 6, 28], 31187, BackendState::Active),
     ];
-    state.http.insert(web.key.clone(), web);
+    state.http.insert(web.key.clone(), std::sync::Arc::new(web));
     for protocol in [Protocol::Tcp, Protocol::Udp] {
         let key = L4ServiceKey {
             port: 10053,
@@ -250,7 +250,7 @@ fn names_are_marathon_lbs_and_never_break_the_csv() {
     assert_eq!(server_name("[fd00::1]:80".parse().unwrap()), "fd00__1_80");
     let mut state = DesiredState::default();
     let svc = HttpService::new("/odd,name's", 0, 10002);
-    state.http.insert(svc.key.clone(), svc);
+    state.http.insert(svc.key.clone(), std::sync::Arc::new(svc));
     let rows = rows_of(&csv::render(&build(
         &state,
         &HashSet::new(),
