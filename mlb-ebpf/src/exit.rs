@@ -15,9 +15,9 @@ pub enum Exit {
     Pass(Counter),
     /// Refused on purpose (a table is full). The counter names why.
     Drop(Counter),
-    /// Answered by the program itself, sent back out of the ingress interface (`too_big.rs`:
-    /// the one exit that writes the packet). The counter names the answer.
-    Answered(Counter),
+    /// Answered by the program itself, sent back out of the ingress interface with the given
+    /// verdict (`too_big.rs`: the one exit that writes the packet). The counter names the answer.
+    Answered(Counter, Verdict),
     /// A map lookup that cannot fail did: a bug. Counted as its verdict only.
     Aborted,
 }
@@ -35,9 +35,9 @@ impl Exit {
                 count(reason);
                 Verdict::Drop
             }
-            Exit::Answered(answer) => {
+            Exit::Answered(answer, verdict) => {
                 count(answer);
-                Verdict::Tx
+                verdict
             }
             Exit::Aborted => Verdict::Aborted,
         }

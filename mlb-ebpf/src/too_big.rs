@@ -9,6 +9,13 @@
 //! quotes the packet as it arrived (the sender knows no other addresses), and goes back out of
 //! the interface it came in on, MACs swapped. No ICMP error answers an ICMP packet.
 //!
+//! Back out through the devmap (`XDP_REDIRECT` to the ingress interface) when the interface is
+//! in it, `XDP_TX` otherwise. On a veth the two differ: veth flushes `XDP_TX` frames to its
+//! peer only when the peer runs an XDP program itself (`veth_xdp_flush`), so behind a peer
+//! without one (a container's, a client's) the answer waits in the peer's ring until some
+//! redirected packet flushes it; seconds, by which time the sender's TCP has timed out. A
+//! redirect's flush needs only the peer's NAPI, which every veth mlb can forward into has.
+//!
 //! In place: the frame's head grows by the new IP and ICMP headers, its tail is cut after the
 //! quote, the Ethernet header (and VLAN tag) moves to the new start. Checksums are computed
 //! whole, over fixed-size headers and quote.
@@ -20,10 +27,12 @@ use aya_ebpf::{
 use mlb_common::{
     net::{IPPROTO_ICMP, IPPROTO_ICMPV6, eth, icmp, ipv4, ipv6, vlan},
     stats::Counter,
+    verdict::Verdict,
 };
 
 use crate::{
     exit::Exit,
+    maps::TX_PORTS,
     parse::{Family, PacketMeta, ptr_at},
     rewrite::{load16, store16},
 };
@@ -53,10 +62,21 @@ pub fn answer(ctx: &XdpContext, meta: &PacketMeta, mtu: u16) -> Exit {
         return untouched;
     }
     match send(ctx.ctx, meta, mtu) {
-        SENT => Exit::Answered(Counter::IcmpTooBigSent),
+        SENT => Exit::Answered(Counter::IcmpTooBigSent, back_out(ctx)),
         UNTOUCHED => untouched,
         // A helper that cannot fail after the checks did.
         _ => Exit::Aborted,
+    }
+}
+
+/// How an answer leaves by its ingress interface: redirected through the devmap when it is
+/// there (flushed to a veth's peer like any redirect), else `XDP_TX`.
+#[inline(always)]
+fn back_out(ctx: &XdpContext) -> Verdict {
+    if TX_PORTS.redirect(ctx.ingress_ifindex() as u32, 0).is_ok() {
+        Verdict::Redirect
+    } else {
+        Verdict::Tx
     }
 }
 

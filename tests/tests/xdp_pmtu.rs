@@ -47,9 +47,11 @@ enum Bottleneck {
     LoadBalancer,
 }
 
-/// Every case in turn, in one test. (Run as four tests side by side in one process, the
-/// load-balancer cases stalled now and then: the client cached MTU 1280 for the VIP, yet its
-/// retransmissions stayed full-size. One after the other they do not; the cause is not known.)
+/// Every case in turn, in one test. The load-balancer cases used to stall under load (and when
+/// run side by side): mlb's answers left with `XDP_TX`, which a veth flushes to its peer only
+/// when the peer runs XDP itself; the client's veth does not, so they waited in its ring until
+/// a redirected packet (the backend's FIN, 10 s later) flushed them. mlb now sends them back
+/// through the devmap (`too_big.rs`).
 #[test]
 fn path_mtu_discovery() {
     if !require_netns_and_bpf("path_mtu_discovery") {

@@ -185,10 +185,10 @@ fn load(url: &str, conns: u32) -> Result<f64> {
 }
 
 /// The XDP program's counters by name, and the conntrack table's entries.
-type XdpSnapshot = (BTreeMap<String, u64>, Option<u64>);
+pub(super) type XdpSnapshot = (BTreeMap<String, u64>, Option<u64>);
 
 /// [`XdpSnapshot`] from mlb's admin API (`None`: no mlb XDP answering).
-fn xdp_snapshot() -> Option<XdpSnapshot> {
+pub(super) fn xdp_snapshot() -> Option<XdpSnapshot> {
     let url = "http://127.0.0.1:19090/_mlb/xdp";
     let body = lab::ns_run(NS_LB, &["curl", "-sf", "-m", "2", url]).ok()?;
     let v: serde_json::Value = serde_json::from_str(&body).ok()?;

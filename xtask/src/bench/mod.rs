@@ -137,9 +137,13 @@ pub struct TcpArgs {
     #[arg(long)]
     pub quick: bool,
     /// Rounds (each runs every case once, interleaved); the table shows medians. With
-    /// `--churn`, each round runs every shape and case for the given windows.
-    #[arg(long, default_value_t = 3)]
-    pub rounds: u32,
+    /// `--churn`, each round runs every shape and case for the given windows. Default: 5 with
+    /// `--only iperf` (bulk throughput spreads more between rounds than the gaps it shows), else 3.
+    #[arg(long)]
+    pub rounds: Option<u32>,
+    /// Seconds of each iperf3 run, after 2 s it omits (TCP's ramp-up).
+    #[arg(long, default_value_t = 20)]
+    pub iperf_secs: u32,
     /// The HTTP service of the load balancers uses be1 only (as direct does) instead of be1
     /// and be2.
     #[arg(long)]

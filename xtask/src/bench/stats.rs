@@ -11,6 +11,11 @@ pub fn median(values: &[f64]) -> Option<f64> {
     })
 }
 
+/// The arithmetic mean; `None` for no values.
+pub fn mean(values: &[f64]) -> Option<f64> {
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+}
+
 /// The `p`th percentile by nearest rank (the smallest value with at least `p` % of the values
 /// at or below it); `None` for no values.
 pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
@@ -38,6 +43,12 @@ mod tests {
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
         assert_eq!(median(&[7.0]), Some(7.0));
         assert_eq!(median(&[2.0, 1.0]), Some(1.5));
+    }
+
+    #[test]
+    fn mean_of_values_and_of_nothing() {
+        assert_eq!(mean(&[1.0, 2.0, 6.0]), Some(3.0));
+        assert_eq!(mean(&[]), None);
     }
 
     #[test]

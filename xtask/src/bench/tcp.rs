@@ -5,8 +5,9 @@
 //! For every round, every case is started, measured and stopped in turn (interleaved):
 //! - `wrk -t1 -c32 --latency` keep-alive: req/s and p99;
 //! - the same with `Connection: close`: new connections per second;
-//! - `iperf3` through the service port 5201: Gbit/s, and both CPUs' busy % meanwhile (which one
-//!   is saturated), with `--profile` their hottest symbols;
+//! - `iperf3` through the service port 5201 (20 s after 2 s omitted, `--iperf-secs`): Gbit/s,
+//!   both CPUs' user / system / softirq shares meanwhile (which one is saturated, and by what),
+//!   the XDP program's verdicts and next-hop lookups, with `--profile` their hottest symbols;
 //! - cpu1 busy % (the LB's CPU, softirqs included) during the two wrk runs.
 //!
 //! `--only` picks some of these metrics.
@@ -26,10 +27,11 @@ use anyhow::{Context as _, Result, anyhow, bail};
 
 use super::{
     Artifact, CONNECTIONS, Case, TcpArgs, TcpMetric, build_release, churn, cpu,
+    cpu::{CpuSplit, CpuTimes},
     lab::{self, BACKEND_IPS, LB_BACKEND_SIDE_IP, Lab, NS_BE, NS_CLI, NS_LB, VIP},
     nginx, probe,
     profile::{self, Profile},
-    stats::median,
+    stats::{mean, median},
     wrk::{WrkLoad, wrk},
 };
 
@@ -52,11 +54,29 @@ impl Durations {
         wrk_secs: 3,
         iperf_secs: 3,
     };
-    const FULL: Durations = Durations {
-        wrk_secs: 10,
-        iperf_secs: 5,
-    };
+
+    fn full(iperf_secs: u32) -> Durations {
+        Durations {
+            wrk_secs: 10,
+            iperf_secs: iperf_secs.max(1),
+        }
+    }
+
+    /// Seconds iperf3 leaves out of its figure: TCP's ramp-up, when the run is long enough to
+    /// spare them.
+    fn iperf_omit(&self) -> u32 {
+        if self.iperf_secs >= 10 { 2 } else { 0 }
+    }
 }
+
+/// XDP counters shown beside each iperf3 round (deltas): where the packets went, and how
+/// often the cached next hop was refreshed.
+const IPERF_COUNTERS: [(&str, &[&str]); 4] = [
+    ("redirect", &["verdict_redirect"]),
+    ("pass", &["verdict_pass"]),
+    ("drop", &["verdict_drop", "verdict_aborted"]),
+    ("hop lookups", &["hop_looked_up"]),
+];
 
 /// One round of one case.
 #[derive(Default)]
@@ -68,6 +88,10 @@ struct Measurement {
     cpu1_busy_pct: Option<f64>,
     /// cpu0 and cpu1 busy % during iperf3.
     iperf_busy_pct: Option<(f64, f64)>,
+    /// cpu0's and cpu1's time by kind during iperf3.
+    iperf_cpus: Option<[CpuSplit; 2]>,
+    /// [`IPERF_COUNTERS`] during iperf3 (an XDP case's).
+    iperf_xdp: Vec<(&'static str, u64)>,
     /// The 1-minute load average when iperf3 ended.
     iperf_load1: Option<f64>,
     /// Per CPU, its hottest symbols during iperf3 (`--profile`).
@@ -98,7 +122,10 @@ pub fn run(args: &TcpArgs) -> Result<()> {
     let (rounds, durations) = if args.quick {
         (1, Durations::QUICK)
     } else {
-        (args.rounds.max(1), Durations::FULL)
+        (
+            default_rounds(args).max(1),
+            Durations::full(args.iperf_secs),
+        )
     };
     let mut lab = Lab::create()?;
     let files = write_configs(&lab, args.single_backend)?;
@@ -122,6 +149,12 @@ pub fn run(args: &TcpArgs) -> Result<()> {
     let report = report(&cases, &results, rounds, &durations, args);
     println!("{report}");
     super::write_report("tcp", &report).map(drop)
+}
+
+/// `--rounds`, or 5 for bulk throughput alone (its rounds spread more), 3 otherwise.
+fn default_rounds(args: &TcpArgs) -> u32 {
+    let bulk_only = args.churn.is_none() && args.only == [TcpMetric::Iperf];
+    args.rounds.unwrap_or(if bulk_only { 5 } else { 3 })
 }
 
 /// The release build of mlb, when a case runs it.
@@ -426,14 +459,21 @@ fn measure_iperf(lab: &mut Lab, target: &str, setup: &Setup, m: &mut Measurement
     };
     let stats_on = setup.profile.then(profile::BpfStatsOn::new);
     let before = [cpu::cpu_jiffies(0), cpu::cpu_jiffies(1)];
+    let times_before = [CpuTimes::read(0), CpuTimes::read(1)];
+    let counters_before = churn::xdp_snapshot().map(|(c, _)| c);
     let xdp_before = LB_DEVICES.map(|dev| profile::xdp_run_stats(NS_LB, dev));
-    match iperf(lab, target, setup.durations.iperf_secs) {
+    match iperf(lab, target, setup.durations) {
         Ok(g) => m.iperf_gbps = Some(g),
         Err(e) => m.problems.push(format!("iperf3: {e:#}")),
     }
     let cpu0 = cpu::busy_pct(before[0], cpu::cpu_jiffies(0));
     let cpu1 = cpu::busy_pct(before[1], cpu::cpu_jiffies(1));
     m.iperf_busy_pct = cpu0.zip(cpu1);
+    let split = |cpu: u32| CpuTimes::read(cpu)?.since(times_before[cpu as usize]?);
+    m.iperf_cpus = split(0).zip(split(1)).map(|(a, b)| [a, b]);
+    if let Some((before, after)) = counters_before.zip(churn::xdp_snapshot().map(|(c, _)| c)) {
+        m.iperf_xdp = counter_deltas(&before, &after);
+    }
     m.iperf_load1 = super::churn::load_average();
     for (dev, before) in LB_DEVICES.into_iter().zip(xdp_before) {
         let after = profile::xdp_run_stats(NS_LB, dev);
@@ -450,9 +490,25 @@ fn measure_iperf(lab: &mut Lab, target: &str, setup: &Setup, m: &mut Measurement
     }
 }
 
+/// [`IPERF_COUNTERS`] between two snapshots of the XDP program's counters.
+fn counter_deltas(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> Vec<(&'static str, u64)> {
+    let of = |name: &str| {
+        let at = |m: &BTreeMap<String, u64>| m.get(name).copied().unwrap_or(0);
+        at(after).saturating_sub(at(before))
+    };
+    IPERF_COUNTERS
+        .iter()
+        .map(|&(label, names)| (label, names.iter().map(|n| of(n)).sum()))
+        .collect()
+}
+
 /// One iperf3 run through `target`; a one-off server on be1 for each run, so a failed run
 /// never leaves a busy server behind.
-fn iperf(lab: &mut Lab, target: &str, secs: u32) -> Result<f64> {
+fn iperf(lab: &mut Lab, target: &str, d: &Durations) -> Result<f64> {
+    let (secs, omit) = (d.iperf_secs, d.iperf_omit());
     let port = IPERF_PORT.to_string();
     let server = lab.spawn(
         "iperf3-server",
@@ -467,12 +523,12 @@ fn iperf(lab: &mut Lab, target: &str, secs: u32) -> Result<f64> {
         Ok(!ss.trim().is_empty())
     });
     let result = listening.and_then(|()| {
-        let limit = (secs + 20).to_string();
-        let t = secs.to_string();
+        let limit = (secs + omit + 20).to_string();
+        let (t, omit) = (secs.to_string(), omit.to_string());
         let out = Command::new("ip")
             .args(["netns", "exec", NS_CLI, "timeout", &limit])
             .args(["taskset", "-c", "0", "iperf3", "-c", target, "-p", &port])
-            .args(["-t", &t, "-J"])
+            .args(["-t", &t, "-O", &omit, "-J"])
             .output()?;
         let json: serde_json::Value = serde_json::from_slice(&out.stdout)
             .with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&out.stderr)))?;
@@ -520,7 +576,7 @@ fn method(rounds: u32, d: &Durations, args: &TcpArgs) -> String {
     format!(
         "# mlb bench tcp{}\n\n\
          Kernel {}; {rounds} round(s), cases interleaved; medians. wrk -t1 -c{CONNECTIONS} -d{}s --latency \
-         (keep-alive, then `Connection: close`), iperf3 -t {} on port {IPERF_PORT}. Client and \
+         (keep-alive, then `Connection: close`), iperf3 -t {} -O {} on port {IPERF_PORT}. Client and \
          nginx backends (one process each, 512-byte file) on cpu0, the load balancer and lb's \
          receive path on cpu1. \"direct\" is kernel routing in lb to be1 only (no LB); the load \
          balancers spread the HTTP service over {}. \"mlb XDP, DSR\" encapsulates to the \
@@ -536,6 +592,7 @@ fn method(rounds: u32, d: &Durations, args: &TcpArgs) -> String {
         kernel.trim(),
         d.wrk_secs,
         d.iperf_secs,
+        d.iperf_omit(),
         if args.single_backend {
             "be1 only (--single-backend: same backend work as direct)"
         } else {
@@ -593,21 +650,22 @@ fn row(case: Case, results: &BTreeMap<Case, CaseResults>, measured: &[TcpMetric]
     format!("{row} {cpu} | {cpu0} / {cpu1} |")
 }
 
-/// Every round's iperf3 figure, × direct in the same round, with the load average and both
-/// CPUs' busy share beside it (and the XDP program's ns per run): the spread the medians hide.
+/// Every round's iperf3 figure, × direct in the same round, with the load average, both CPUs'
+/// time by kind and the XDP program's counters (and ns per run) beside it: the spread the
+/// medians hide; then each case's median and mean over the rounds.
 fn iperf_rounds(cases: &[Case], results: &BTreeMap<Case, CaseResults>) -> String {
     let rounds = |case| results.get(&case).map_or(&[][..], |r| r.rounds.as_slice());
     let direct = rounds(Case::Direct);
-    if !rounds(Case::Direct)
+    if !cases
         .iter()
-        .chain(cases.iter().flat_map(|&c| rounds(c)))
+        .flat_map(|&c| rounds(c))
         .any(|m| m.iperf_gbps.is_some())
     {
         return String::new();
     }
-    let mut s =
-        "\niperf3 per round (Gbit/s, × direct in the same round; load1; cpu0/cpu1 busy %):\n"
-            .to_owned();
+    let mut s = "\niperf3 per round (Gbit/s, × direct in the same round; load1; per CPU \
+                 user/system/softirq %; XDP counters):\n"
+        .to_owned();
     for &case in cases {
         for (i, m) in rounds(case).iter().enumerate() {
             let Some(g) = m.iperf_gbps else { continue };
@@ -616,20 +674,76 @@ fn iperf_rounds(cases: &[Case], results: &BTreeMap<Case, CaseResults>) -> String
                 .and_then(|d| d.iperf_gbps)
                 .filter(|_| case != Case::Direct)
                 .map_or(String::new(), |d| format!(" ({:.2})", g / d));
-            let load = m.iperf_load1.map_or("—".to_owned(), |l| format!("{l:.1}"));
-            let busy = m
-                .iperf_busy_pct
-                .map_or("—".to_owned(), |(a, b)| format!("{a:.0}/{b:.0}"));
-            let ns = m.xdp_runs.first().map_or(String::new(), |(_, _, ns)| {
-                format!("; {ns:.0} ns per XDP run")
-            });
+            let label = case.label();
             let _ = writeln!(
                 s,
-                "- round {}, {}: {g:.2}{ratio}; load {load}; {busy}{ns}",
+                "- round {}, {label}: {g:.2}{ratio}; {}",
                 i + 1,
-                case.label()
+                beside(m)
             );
         }
+    }
+    s.push_str("\niperf3 over the rounds (Gbit/s, × direct's):\n");
+    for &case in cases {
+        let _ = writeln!(s, "{}", iperf_summary(case, rounds(case), direct));
+    }
+    s
+}
+
+/// What a round measured beside its throughput.
+fn beside(m: &Measurement) -> String {
+    let load = m.iperf_load1.map_or("—".to_owned(), |l| format!("{l:.1}"));
+    let cpus = m.iperf_cpus.map_or("—".to_owned(), |cpus| {
+        let one = |c: &CpuSplit| format!("{:.0}/{:.0}/{:.0}", c.user, c.system, c.softirq);
+        format!("cpu0 {}, cpu1 {}", one(&cpus[0]), one(&cpus[1]))
+    });
+    let mut s = format!("load {load}; {cpus}");
+    if !m.iperf_xdp.is_empty() {
+        let counters: Vec<String> = m
+            .iperf_xdp
+            .iter()
+            .map(|(n, v)| format!("{n} {v}"))
+            .collect();
+        let _ = write!(s, "; {}", counters.join(", "));
+    }
+    if let Some((_, _, ns)) = m.xdp_runs.first() {
+        let _ = write!(s, "; {ns:.0} ns per XDP run");
+    }
+    s
+}
+
+/// A case's median and mean iperf3 figure over its rounds, each × direct's, and the spread
+/// of its per-round ratios.
+fn iperf_summary(case: Case, rounds: &[Measurement], direct: &[Measurement]) -> String {
+    let gbps = |rounds: &[Measurement]| -> Vec<f64> {
+        rounds.iter().filter_map(|m| m.iperf_gbps).collect()
+    };
+    let (values, direct_values) = (gbps(rounds), gbps(direct));
+    let (Some(med), Some(avg)) = (median(&values), mean(&values)) else {
+        return format!("- {}: no round measured", case.label());
+    };
+    let times = |v: f64, of: Option<f64>| {
+        of.filter(|d| *d > 0.0 && case != Case::Direct)
+            .map_or(String::new(), |d| format!(" ({:.2}×)", v / d))
+    };
+    let mut s = format!(
+        "- {}: median {med:.2}{}, mean {avg:.2}{} over {} round(s)",
+        case.label(),
+        times(med, median(&direct_values)),
+        times(avg, mean(&direct_values)),
+        values.len()
+    );
+    let ratios: Vec<f64> = rounds
+        .iter()
+        .zip(direct)
+        .filter_map(|(m, d)| Some(m.iperf_gbps? / d.iperf_gbps.filter(|d| *d > 0.0)?))
+        .collect();
+    if case != Case::Direct && !ratios.is_empty() {
+        let (lo, hi) = ratios
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+        let mid = median(&ratios).unwrap_or_default();
+        let _ = write!(s, "; per-round ratios median {mid:.2}, {lo:.2}–{hi:.2}");
     }
     s
 }
