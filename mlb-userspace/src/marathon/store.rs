@@ -68,7 +68,14 @@ impl AppStore {
         at.sort_unstable();
         AppList {
             apps: at.into_iter().map(|i| self.list.apps[i].clone()).collect(),
-            invalid: self.list.subset(ids).invalid,
+            // Few apps fail to parse: scanning them is cheap.
+            invalid: self
+                .list
+                .invalid
+                .iter()
+                .filter(|e| ids.contains(&e.app_id))
+                .cloned()
+                .collect(),
         }
     }
 
