@@ -1,6 +1,7 @@
 //! Keep-alive connections from the proxy to its backends: reused across requests whatever the
-//! response framing, never reused after the backend closed them or after a response that was
-//! abandoned halfway. The backend is a raw HTTP/1.1 server that counts its connections.
+//! response framing, never reused after the backend closed them, after a response delimited by
+//! the connection's end or after a response that was abandoned halfway; a response head past
+//! the limit is a 502. The backend is a raw HTTP/1.1 server that counts its connections.
 #![expect(
     clippy::unwrap_used,
     reason = "helpers outside #[test] functions fail the test loudly"
@@ -16,6 +17,9 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
 use l7_common::*;
 use mlb::model::{Backend, BackendId, BackendState, HttpService};
 use tokio::{
@@ -74,7 +78,7 @@ impl RawBackend {
     }
 }
 
-/// Serves bodyless requests one after the other on one connection.
+/// Serves requests one after the other on one connection (bodies with a content-length).
 async fn serve(mut stream: TcpStream, close_after_each: bool) {
     let mut buf = Vec::new();
     loop {
@@ -86,10 +90,36 @@ async fn serve(mut stream: TcpStream, close_after_each: bool) {
             }
             continue;
         };
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
         buf.drain(..end + 4);
-        let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
-        if answer(&mut stream, &path).await.is_err() || close_after_each {
+        let mut words = head.split_whitespace();
+        let (method, path) = (words.next().unwrap_or("get"), words.next().unwrap_or("/"));
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+        while buf.len() < length {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body: Vec<u8> = buf.drain(..length).collect();
+        let answered = match (method, path) {
+            ("head", _) => {
+                stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n")
+                    .await
+            }
+            ("post", _) => {
+                let got = format!("got {}", String::from_utf8_lossy(&body));
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", got.len());
+                stream.write_all(format!("{head}{got}").as_bytes()).await
+            }
+            _ => answer(&mut stream, path).await,
+        };
+        if answered.is_err() || close_after_each || path == "/eof" {
             return;
         }
     }
@@ -105,6 +135,17 @@ async fn answer(stream: &mut TcpStream, path: &str) -> std::io::Result<()> {
             stream.write_all(b"3\r\ndef\r\n0\r\n\r\n").await
         }
         "/empty" => stream.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await,
+        // No length: the body ends with the connection.
+        "/eof" => {
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
+                .await
+        }
+        "/huge" => {
+            // A head longer than any limit a proxy keeps (hyper's is 408 KiB).
+            let head = format!("HTTP/1.1 200 OK\r\nx-big: {}\r\n\r\n", "a".repeat(600_000));
+            stream.write_all(head.as_bytes()).await
+        }
         "/slow" => {
             stream
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n12345")
@@ -137,21 +178,32 @@ async fn requests_one_after_the_other_share_one_backend_connection() {
     for round in 0..3 {
         // A new client each round: the backend connection outlives client connections.
         let c = http_client();
-        for (path, status, body) in [
-            ("/", 200, "hello"),
-            ("/chunked", 200, "abcdef"),
-            ("/empty", 204, ""),
-            ("/", 200, "hello"),
+        for (method, path, status, body) in [
+            ("GET", "/", 200, "hello"),
+            ("GET", "/chunked", 200, "abcdef"),
+            ("GET", "/empty", 204, ""),
+            ("HEAD", "/", 200, ""),
+            ("POST", "/form", 200, "got a=1"),
+            ("GET", "/", 200, "hello"),
         ] {
-            let got = get(&c, http, HOST, path, &[]).await;
-            assert_eq!(got.status, status, "round {round} {path}");
-            assert_eq!(got.body, body, "round {round} {path}");
+            let req = Request::builder()
+                .method(method)
+                .uri(format!("http://{http}{path}"))
+                .header("host", HOST);
+            let req = req.body(Full::new(Bytes::from(if method == "POST" {
+                "a=1"
+            } else {
+                ""
+            })));
+            let got = read(c.request(req.unwrap()).await.unwrap()).await;
+            assert_eq!(got.status, status, "round {round} {method} {path}");
+            assert_eq!(got.body, body, "round {round} {method} {path}");
         }
     }
     assert_eq!(
         backend.accepted(),
         1,
-        "one backend connection for 12 requests"
+        "one backend connection for 18 requests"
     );
 }
 
@@ -201,4 +253,37 @@ async fn a_response_abandoned_halfway_closes_its_backend_connection() {
         2,
         "the abandoned connection is closed; the next one is reused"
     );
+}
+
+#[tokio::test]
+async fn a_response_delimited_by_the_connections_end_is_read_whole_and_not_reused() {
+    let (backend, _proxy, http) = proxied(false).await;
+    let c = http_client();
+    for i in 0..2 {
+        let got = get(&c, http, HOST, "/eof", &[]).await;
+        assert_eq!(
+            (got.status.as_u16(), got.body.as_str()),
+            (200, "until the end"),
+            "{i}"
+        );
+    }
+    let got = get(&c, http, HOST, "/", &[]).await;
+    assert_eq!(got.body, "hello");
+    assert_eq!(
+        backend.accepted(),
+        3,
+        "a connection for each, none reused after its end"
+    );
+}
+
+#[tokio::test]
+async fn an_over_long_response_head_is_a_502() {
+    let (backend, _proxy, http) = proxied(false).await;
+    let c = http_client();
+    let got = get(&c, http, HOST, "/huge", &[]).await;
+    assert_eq!(got.status.as_u16(), 502);
+    // The connection that sent it is not reused.
+    let got = get(&c, http, HOST, "/", &[]).await;
+    assert_eq!(got.body, "hello");
+    assert_eq!(backend.accepted(), 2);
 }

@@ -12,6 +12,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use super::{
     balance::InFlightGuard,
     park::{BodyOpen, Open},
+    upstream::H1Body,
 };
 
 /// Error type of proxied bodies.
@@ -197,15 +198,50 @@ impl Body for RetryBody {
     }
 }
 
+/// A backend's response body: from hyper's client, or from our own HTTP/1.1 client.
+pub(crate) enum BackendBody {
+    Hyper(Incoming),
+    H1(H1Body),
+}
+
+impl Body for BackendBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            BackendBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            BackendBody::H1(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            BackendBody::Hyper(b) => b.is_end_stream(),
+            BackendBody::H1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            BackendBody::Hyper(b) => b.size_hint(),
+            BackendBody::H1(b) => b.size_hint(),
+        }
+    }
+}
+
 /// A response body that keeps its backend counted as in flight until the body ends or is
 /// dropped (so leastconn and draining see streaming responses).
 pub(crate) struct GuardedBody {
-    inner: Incoming,
+    inner: BackendBody,
     guard: Option<InFlightGuard>,
 }
 
 impl GuardedBody {
-    pub(crate) fn new(inner: Incoming, guard: InFlightGuard) -> GuardedBody {
+    pub(crate) fn new(inner: BackendBody, guard: InFlightGuard) -> GuardedBody {
         GuardedBody {
             inner,
             guard: Some(guard),
@@ -230,7 +266,7 @@ impl Body for GuardedBody {
         if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
             self.guard = None;
         }
-        polled.map_err(Into::into)
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

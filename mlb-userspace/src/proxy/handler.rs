@@ -354,6 +354,7 @@ async fn backend_rules(
         path_and_query,
         headers,
         h2,
+        upgrade: upgrade.is_some(),
         server_timeout,
         profile,
         send_proxy: tuning.send_proxy.map(|v| (v, info.peer, info.local)),

@@ -1,8 +1,10 @@
 //! Requests to backends: pooled keep-alive connections, connect timeout, redispatch to another
 //! backend when connecting fails (HAProxy `retries 3` + `option redispatch`), the server timeout,
 //! and the header rewriting a reverse proxy owes both sides (hop-by-hop headers,
-//! `X-Forwarded-*`). Services with their own `timeout connect` or TLS to the backends get a
-//! pool of their own; `send-proxy` connections are not pooled.
+//! `X-Forwarded-*`). Plain HTTP/1.1 requests go through our own client ([`h1`]), driven by the
+//! request's task; HTTP/2 (gRPC), upgrades, large or unsized request bodies, and services with
+//! their own `timeout connect` or TLS to the backends go through hyper's pooled clients (a
+//! pool per tuning); `send-proxy` connections are not pooled.
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -10,12 +12,13 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use http::{
     HeaderMap, HeaderValue, Method, Request, Response, Uri, Version,
     header::{self, HeaderName},
     uri::{PathAndQuery, Scheme},
 };
-use hyper::body::Incoming;
+use http_body_util::BodyExt as _;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
@@ -27,7 +30,7 @@ use tracing::debug;
 use super::{
     Timeouts, backend_tls,
     balance::{BackendSlot, InFlightGuard},
-    body::RetryBody,
+    body::{BackendBody, RetryBody},
     maxconn::Limits,
 };
 use crate::model::{
@@ -36,6 +39,11 @@ use crate::model::{
 };
 
 mod direct;
+mod framing;
+mod h1;
+mod pool;
+
+pub(crate) use framing::H1Body;
 
 /// How many other backends a request is redispatched to after a connect failure.
 const RETRIES: usize = 3;
@@ -51,6 +59,9 @@ pub(crate) struct Upstream {
     h1: Client<HttpConnector, RetryBody>,
     /// HTTP/2 with prior knowledge, for gRPC (which needs HTTP/2 end to end).
     h2: Client<HttpConnector, RetryBody>,
+    /// Plain HTTP/1.1 with the default connect timeout: the common case, without hyper's
+    /// connection tasks and channels.
+    plain: h1::H1Client,
     default_connect: Duration,
     /// Pools of services with their own `timeout connect` or TLS to the backends.
     tuned: Mutex<HashMap<Profile, TunedClient>>,
@@ -87,7 +98,7 @@ enum Attempt {
 
 /// A backend's response, with the backend that gave it and its in-flight guard.
 pub(crate) struct Answer {
-    pub(crate) response: Response<Incoming>,
+    pub(crate) response: Response<BackendBody>,
     pub(crate) backend: Arc<BackendSlot>,
     pub(crate) guard: InFlightGuard,
 }
@@ -100,6 +111,8 @@ pub(crate) struct Outgoing {
     pub(crate) headers: HeaderMap,
     /// Send over HTTP/2 (gRPC).
     pub(crate) h2: bool,
+    /// A WebSocket upgrade: the backend connection becomes a tunnel.
+    pub(crate) upgrade: bool,
     /// The service's `timeout server`: how long to wait for the response headers.
     pub(crate) server_timeout: Duration,
     pub(crate) profile: Profile,
@@ -126,6 +139,7 @@ impl Upstream {
         Upstream {
             h1,
             h2,
+            plain: h1::H1Client::new(pool::Pool::new(pool::IDLE_TIMEOUT), timeouts.connect),
             default_connect: timeouts.connect,
             tuned: Mutex::new(HashMap::new()),
             server_limits,
@@ -142,7 +156,11 @@ impl Upstream {
         pick: impl Fn(&[BackendId]) -> Option<Arc<BackendSlot>>,
     ) -> Result<Answer, UpstreamError> {
         let mut backend = first;
-        let mut body = body;
+        let mut body = if self.takes_plain(out, &body) {
+            Payload::Whole(read_whole(body).await?)
+        } else {
+            Payload::Streamed(body)
+        };
         let mut tried: Vec<BackendId> = Vec::new();
         loop {
             let slot = match out.maxconn {
@@ -155,8 +173,7 @@ impl Upstream {
             };
             let guard = InFlightGuard::new(backend.stats.clone()).holding(slot);
             let next_body = body.retry();
-            let req = build(out, &backend, body)?;
-            let attempt = self.attempt(out, backend.backend.addr, req);
+            let attempt = self.attempt(out, &backend, body);
             match tokio::time::timeout(out.server_timeout, attempt).await {
                 Ok(Ok(response)) => {
                     return Ok(Answer {
@@ -194,12 +211,46 @@ impl Upstream {
         }
     }
 
+    /// Whether our own client sends this request: plain HTTP/1.1 with the default connect
+    /// timeout, no upgrade, and a body small enough to be read whole before sending (which
+    /// makes it replayable on another connection).
+    fn takes_plain(&self, out: &Outgoing, body: &RetryBody) -> bool {
+        !out.h2
+            && !out.upgrade
+            && out.send_proxy.is_none()
+            && out.profile.tls.is_none()
+            && out.profile.connect == self.default_connect
+            && out.method != Method::CONNECT
+            && hyper::body::Body::size_hint(body)
+                .exact()
+                .is_some_and(|len| len <= h1::MAX_BUFFERED_BODY)
+    }
+
     async fn attempt(
+        &self,
+        out: &Outgoing,
+        backend: &BackendSlot,
+        body: Payload,
+    ) -> Result<Response<BackendBody>, Attempt> {
+        let addr = backend.backend.addr;
+        let req = match body {
+            Payload::Whole(body) => {
+                let authority = backend.authority.as_str();
+                let response = self.plain.send(out, authority, addr, &body).await?;
+                return Ok(response.map(BackendBody::H1));
+            }
+            Payload::Streamed(body) => build(out, backend, body)?,
+        };
+        let sent = self.hyper_attempt(out, addr, req).await?;
+        Ok(sent.map(BackendBody::Hyper))
+    }
+
+    async fn hyper_attempt(
         &self,
         out: &Outgoing,
         addr: SocketAddr,
         req: Request<RetryBody>,
-    ) -> Result<Response<Incoming>, Attempt> {
+    ) -> Result<Response<hyper::body::Incoming>, Attempt> {
         if let Some(proxy) = out.send_proxy {
             return direct::send(&out.profile, proxy, addr, req).await;
         }
@@ -254,6 +305,34 @@ impl Upstream {
     }
 }
 
+/// A request body on its way: streamed through hyper, or read whole for our own client.
+enum Payload {
+    Streamed(RetryBody),
+    Whole(Bytes),
+}
+
+impl Payload {
+    /// The body again, for another backend, if none of it was sent.
+    fn retry(&self) -> Option<Payload> {
+        match self {
+            Payload::Streamed(body) => body.retry().map(Payload::Streamed),
+            Payload::Whole(bytes) => Some(Payload::Whole(bytes.clone())),
+        }
+    }
+}
+
+/// A small request body, read whole (within the client's idle timeout of [`RetryBody`]).
+async fn read_whole(body: RetryBody) -> Result<Bytes, UpstreamError> {
+    if hyper::body::Body::is_end_stream(&body) {
+        return Ok(Bytes::new());
+    }
+    let collected = body
+        .collect()
+        .await
+        .map_err(|e| UpstreamError::Failed(format!("reading the request body: {e}")))?;
+    Ok(collected.to_bytes())
+}
+
 fn connector(connect: Duration) -> HttpConnector {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(connect));
@@ -293,7 +372,7 @@ fn build(
     out: &Outgoing,
     backend: &BackendSlot,
     body: RetryBody,
-) -> Result<Request<RetryBody>, UpstreamError> {
+) -> Result<Request<RetryBody>, Attempt> {
     let mut target = http::uri::Parts::default();
     target.scheme = Some(if out.profile.tls.is_some() {
         Scheme::HTTPS
@@ -302,8 +381,8 @@ fn build(
     });
     target.authority = Some(backend.authority.clone());
     target.path_and_query = Some(out.path_and_query.clone());
-    let uri = Uri::from_parts(target)
-        .map_err(|e| UpstreamError::Failed(format!("request target: {e}")))?;
+    let uri =
+        Uri::from_parts(target).map_err(|e| Attempt::Failed(format!("request target: {e}")))?;
     let mut req = Request::new(body);
     *req.method_mut() = out.method.clone();
     *req.uri_mut() = uri;
