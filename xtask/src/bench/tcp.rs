@@ -103,6 +103,18 @@ struct Measurement {
     problems: Vec<String>,
 }
 
+impl Measurement {
+    /// cpu1's kernel time (system + softirq, %) per Gbit/s of iperf3: what the LB CPU's
+    /// receive path spent per byte. Other processes' user time on cpu1 (a build elsewhere on
+    /// a shared machine) is left out, so this compares cases more steadily than Gbit/s does;
+    /// with the kernel's cache and scheduling still shared.
+    fn kernel_pct_per_gbit(&self) -> Option<f64> {
+        let cpu1 = self.iperf_cpus?[1];
+        let gbps = self.iperf_gbps.filter(|g| *g > 0.0)?;
+        Some((cpu1.system + cpu1.softirq) / gbps)
+    }
+}
+
 /// All rounds of one case.
 #[derive(Default)]
 struct CaseResults {
@@ -698,6 +710,9 @@ fn beside(m: &Measurement) -> String {
         format!("cpu0 {}, cpu1 {}", one(&cpus[0]), one(&cpus[1]))
     });
     let mut s = format!("load {load}; {cpus}");
+    if let Some(k) = m.kernel_pct_per_gbit() {
+        let _ = write!(s, " (cpu1 kernel {k:.1} % per Gbit/s)");
+    }
     if !m.iperf_xdp.is_empty() {
         let counters: Vec<String> = m
             .iperf_xdp
@@ -744,6 +759,21 @@ fn iperf_summary(case: Case, rounds: &[Measurement], direct: &[Measurement]) -> 
             .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
         let mid = median(&ratios).unwrap_or_default();
         let _ = write!(s, "; per-round ratios median {mid:.2}, {lo:.2}–{hi:.2}");
+    }
+    let kernel = |rounds: &[Measurement]| {
+        median(
+            &rounds
+                .iter()
+                .filter_map(Measurement::kernel_pct_per_gbit)
+                .collect::<Vec<_>>(),
+        )
+    };
+    if let Some(k) = kernel(rounds) {
+        let _ = write!(
+            s,
+            "; cpu1 kernel {k:.1} % per Gbit/s{}",
+            times(k, kernel(direct))
+        );
     }
     s
 }
@@ -797,4 +827,47 @@ fn problems(cases: &[Case], results: &BTreeMap<Case, CaseResults>) -> Vec<String
         }
     }
     notes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(gbps: f64, cpu1_system: f64, cpu1_softirq: f64) -> Measurement {
+        let idle = CpuSplit {
+            user: 0.0,
+            system: 0.0,
+            softirq: 0.0,
+        };
+        let cpu1 = CpuSplit {
+            user: 5.0,
+            system: cpu1_system,
+            softirq: cpu1_softirq,
+        };
+        Measurement {
+            iperf_gbps: Some(gbps),
+            iperf_cpus: Some([idle, cpu1]),
+            ..Measurement::default()
+        }
+    }
+
+    #[test]
+    fn summary_compares_medians_means_rounds_and_kernel_cost_with_direct() {
+        let direct = [round(2.0, 20.0, 60.0), round(3.0, 30.0, 60.0)];
+        let xdp = [round(1.8, 40.0, 50.0), round(3.0, 40.0, 50.0)];
+        assert_eq!(
+            iperf_summary(Case::Xdp, &xdp, &direct),
+            "- mlb XDP: median 2.40 (0.96×), mean 2.40 (0.96×) over 2 round(s); per-round \
+             ratios median 0.95, 0.90–1.00; cpu1 kernel 40.0 % per Gbit/s (1.14×)"
+        );
+        assert_eq!(
+            iperf_summary(Case::Direct, &direct, &direct),
+            "- direct (routing only): median 2.50, mean 2.50 over 2 round(s); cpu1 kernel \
+             35.0 % per Gbit/s"
+        );
+        assert_eq!(
+            iperf_summary(Case::Xdp, &[], &direct),
+            "- mlb XDP: no round measured"
+        );
+    }
 }
