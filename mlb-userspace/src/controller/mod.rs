@@ -378,7 +378,7 @@ impl Controller {
             status_ms = ms(started.elapsed()),
             event_ms = event_age.map(ms),
             cause = std::mem::take(&mut self.pending.cause),
-            rss_mb = crate::stats::memory::rss_mb(),
+            rss_mb = crate::stats::memory::rss_mb_if_big(l4_changes.len() + http_changes.len()),
             "dataplanes updated"
         );
     }

@@ -158,7 +158,7 @@ impl HttpProxy {
             dirty
         };
         let compile_time = started.elapsed();
-        let compiled_rss = crate::stats::memory::rss_mb();
+        let compiled_rss = crate::stats::memory::rss_mb_if_big(net.len());
         let table = current.routes.table().clone();
         let mut ports: Vec<u16> = dirty_ports.iter().copied().collect();
         ports.sort_unstable();
@@ -182,7 +182,7 @@ impl HttpProxy {
                 compile_ms = ms(compile_time),
                 listeners_ms = ms(listeners_time),
                 compiled_rss_mb = compiled_rss,
-                rss_mb = crate::stats::memory::rss_mb(),
+                rss_mb = crate::stats::memory::rss_mb_if_big(net.len()),
                 "HTTP routing table swapped"
             );
         }

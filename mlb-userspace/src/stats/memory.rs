@@ -17,6 +17,15 @@ pub fn rss_mb() -> f64 {
     (pages * 4096) as f64 / f64::from(1u32 << 20)
 }
 
+/// Changes from this many on are big enough to log the RSS after them (a full sync's steps): it
+/// costs a read of `/proc`, several per update, which a one-task event should not pay.
+pub const RSS_LOGGED_FROM: usize = 64;
+
+/// [`rss_mb`] for an update of `changes` changes, when it is worth logging.
+pub fn rss_mb_if_big(changes: usize) -> Option<f64> {
+    (changes >= RSS_LOGGED_FROM).then(rss_mb)
+}
+
 /// How the process's allocator gives freed memory back to the OS at once, set by the binary
 /// (which chooses the allocator; the library has no `unsafe`).
 static RELEASE_FREED: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
