@@ -352,10 +352,13 @@ fn open_files_limit() -> u64 {
 
 fn start_proxy(opts: &RunOptions, conn_gate: Arc<ConnGate>) -> Result<Arc<HttpProxy>> {
     let handle = tokio::runtime::Handle::current();
+    let config = opts.proxy_config(conn_gate);
     let config = ProxyConfig {
-        // The buffers of connections that went idle go back to the OS.
-        trim_memory: Some(mlb::stats::memory::release_freed),
-        ..opts.proxy_config(conn_gate)
+        // The buffers of connections that went idle go back to the OS. On mlb's own runtime
+        // (no `--threads`) each thread already does as it goes idle: a task would trim one of
+        // them a second time.
+        trim_memory: (config.threads > 0).then_some(mlb::stats::memory::release_freed as fn()),
+        ..config
     };
     let proxy = HttpProxy::start(config, handle).context("starting the HTTP proxy")?;
     info!(
