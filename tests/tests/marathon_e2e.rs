@@ -1117,11 +1117,14 @@ fn zdd_body() -> Result<()> {
 
     // Hybrid: one blue task next to green's, both colours serving; then completed to blue.
     zdd_to_end(&sim, &[&mlb], &app_file, &["--new-instances", "1"])?;
-    let (blue_tasks, green_tasks) = (task_ids(&sim, blue), task_ids(&sim, green));
-    ensure!(
-        blue_tasks.len() == 1 && green_tasks.len() == 2,
-        "hybrid: blue {blue_tasks:?}, green {green_tasks:?}"
-    );
+    // The green task zdd scaled away may still be stopping as zdd returns (the simulator
+    // kills tasks asynchronously, like Mesos): wait for the hybrid shape, briefly.
+    let (blue_tasks, green_tasks) =
+        wait_for("hybrid: 1 blue, 2 green", Duration::from_secs(5), || {
+            let (blue_tasks, green_tasks) = (task_ids(&sim, blue), task_ids(&sim, green));
+            Ok((blue_tasks.len() == 1 && green_tasks.len() == 2)
+                .then_some((blue_tasks, green_tasks)))
+        })?;
     let both: Vec<String> = blue_tasks.iter().chain(&green_tasks).cloned().collect();
     load.wait_answered_by(&both, load.snapshot().sequence.len())?;
     zdd_to_end(&sim, &[&mlb], &app_file, &["--complete-cur"])?;
