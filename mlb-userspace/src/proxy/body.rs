@@ -198,40 +198,9 @@ impl Body for RetryBody {
     }
 }
 
-/// A backend's response body: from hyper's client, or from our own HTTP/1.1 client.
-pub(crate) enum BackendBody {
-    Hyper(Incoming),
-    H1(H1Body),
-}
-
-impl Body for BackendBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            BackendBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            BackendBody::H1(b) => Pin::new(b).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            BackendBody::Hyper(b) => b.is_end_stream(),
-            BackendBody::H1(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            BackendBody::Hyper(b) => b.size_hint(),
-            BackendBody::H1(b) => b.size_hint(),
-        }
-    }
-}
+/// A backend's response body: from hyper's client (`Left`), or from our own HTTP/1.1 client
+/// (`Right`). http-body-util's `Either` does the dispatch, errors boxed as [`BoxError`].
+pub(crate) type BackendBody = http_body_util::Either<Incoming, H1Body>;
 
 /// A response body that keeps its backend counted as in flight until the body ends or is
 /// dropped (so leastconn and draining see streaming responses).

@@ -237,12 +237,12 @@ impl Upstream {
             Payload::Whole(body) => {
                 let authority = backend.authority.as_str();
                 let response = self.plain.send(out, authority, addr, &body).await?;
-                return Ok(response.map(BackendBody::H1));
+                return Ok(response.map(BackendBody::Right));
             }
             Payload::Streamed(body) => build(out, backend, body)?,
         };
         let sent = self.hyper_attempt(out, addr, req).await?;
-        Ok(sent.map(BackendBody::Hyper))
+        Ok(sent.map(BackendBody::Left))
     }
 
     async fn hyper_attempt(
