@@ -124,9 +124,11 @@ pub struct ProxyConfig {
     /// (`SO_REUSEPORT`) and backend connection pool; 0: connections are served on the runtime
     /// the proxy is started on.
     pub threads: usize,
-    /// Run on every serving thread about once a second ([`workers::TRIM_EVERY`]) to give the
-    /// memory it freed back to the OS (e.g. [`crate::stats::memory::release_freed`]): without it the buffers of
-    /// connections that went idle stay resident while the thread is quiet. `None`: nothing.
+    /// Run on every serving thread as it goes idle, at most once a second
+    /// ([`crate::stats::memory::TRIM_EVERY`]; on the caller's runtime, every second) to give
+    /// the memory it freed back to the OS (e.g. [`crate::stats::memory::release_freed`]):
+    /// without it the buffers of connections that went idle stay resident while the thread is
+    /// quiet. `None`: nothing.
     pub trim_memory: Option<fn()>,
 }
 

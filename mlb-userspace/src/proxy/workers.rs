@@ -7,7 +7,7 @@
 //!
 //! With no threads asked for, everything runs on the runtime the proxy was started on, as one
 //! worker (tests, embedding).
-use std::{cell::Cell, io, thread, time::Duration};
+use std::{cell::Cell, io, thread};
 
 use tokio::{
     runtime::Handle,
@@ -16,9 +16,7 @@ use tokio::{
     time::{MissedTickBehavior, interval},
 };
 
-/// How often every serving thread runs `ProxyConfig::trim_memory`: freed memory goes back to
-/// the OS within about a second of its allocator's purge delay, at the cost of one wakeup.
-pub(crate) const TRIM_EVERY: Duration = Duration::from_secs(1);
+use crate::stats::memory::{TRIM_EVERY, trim_each_thread};
 
 thread_local! {
     /// Which worker this thread is (0 outside the proxy's threads).
@@ -35,14 +33,16 @@ pub(crate) struct Workers {
     handles: Vec<Handle>,
     /// Dropped (or sent) to stop each thread's runtime; empty for the caller's runtime.
     stops: Vec<oneshot::Sender<()>>,
-    /// The memory trimming tasks, ended with the workers (on the caller's runtime they would
+    /// The memory trimming task on the caller's runtime, ended with the workers (it would
     /// outlive the proxy).
     trims: Vec<JoinHandle<()>>,
 }
 
 impl Workers {
     /// `threads` threads with a runtime each; for 0, the runtime of `handle` alone. `trim`
-    /// runs on each every [`TRIM_EVERY`].
+    /// runs on each proxy thread as it goes idle, at most every [`TRIM_EVERY`] (the
+    /// mechanism of `mlb run`'s own runtime); on the caller's runtime, which the proxy did
+    /// not build, a task runs it every [`TRIM_EVERY`].
     pub(crate) fn start(
         threads: usize,
         handle: &Handle,
@@ -55,15 +55,14 @@ impl Workers {
         };
         if threads == 0 {
             workers.handles.push(handle.clone());
+            if let Some(trim) = trim {
+                workers.trims.push(handle.spawn(trim_every(trim)));
+            }
         }
         for index in 0..threads {
-            let (handle, stop) = spawn_worker(index)?;
+            let (handle, stop) = spawn_worker(index, trim)?;
             workers.handles.push(handle);
             workers.stops.push(stop);
-        }
-        if let Some(trim) = trim {
-            let trims = workers.handles.iter().map(|h| h.spawn(trim_every(trim)));
-            workers.trims = trims.collect();
         }
         Ok(workers)
     }
@@ -102,11 +101,14 @@ async fn trim_every(trim: fn()) {
     }
 }
 
-/// One thread with a current-thread runtime that runs until its stop sender is dropped.
-fn spawn_worker(index: usize) -> io::Result<(Handle, oneshot::Sender<()>)> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+/// One thread with a current-thread runtime that runs until its stop sender is dropped, and
+/// runs `trim` as it goes idle.
+fn spawn_worker(index: usize, trim: Option<fn()>) -> io::Result<(Handle, oneshot::Sender<()>)> {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    if let Some(trim) = trim {
+        trim_each_thread(&mut builder, trim);
+    }
+    let runtime = builder.enable_all().build()?;
     let handle = runtime.handle().clone();
     let (stop, stopped) = oneshot::channel::<()>();
     thread::Builder::new()
@@ -121,6 +123,8 @@ fn spawn_worker(index: usize) -> io::Result<(Handle, oneshot::Sender<()>)> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test]
@@ -169,7 +173,7 @@ mod tests {
     #[tokio::test]
     async fn every_serving_thread_trims_its_memory() {
         let workers = Workers::start(2, &Handle::current(), Some(record_trim)).unwrap();
-        // An interval's first tick is at once: each thread trims at its start.
+        // A thread trims the first time it goes idle: at once, as it waits for connections.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while trims_on("mlb-http-0") == 0 || trims_on("mlb-http-1") == 0 {
             assert!(
