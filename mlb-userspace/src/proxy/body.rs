@@ -30,14 +30,26 @@ pub(crate) fn full(data: impl Into<Bytes>) -> ProxyBody {
 
 /// A client's request body; on an HTTP/1 connection it tells the connection's session when it
 /// has been read to its end (until then the connection cannot be parked).
+/// `inner` is `None` for a request without a body (mlb's own HTTP/1 server only takes those).
 pub(crate) struct ClientBody {
-    inner: Incoming,
+    inner: Option<Incoming>,
     open: Option<BodyOpen>,
 }
 
 impl ClientBody {
     pub(crate) fn new(inner: Incoming, open: Option<BodyOpen>) -> Self {
-        ClientBody { inner, open }
+        ClientBody {
+            inner: Some(inner),
+            open,
+        }
+    }
+
+    /// The body of a request that has none.
+    pub(crate) fn empty() -> Self {
+        ClientBody {
+            inner: None,
+            open: None,
+        }
     }
 }
 
@@ -49,10 +61,13 @@ impl Body for ClientBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let Some(inner) = &mut self.inner else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(&mut *inner).poll_frame(cx);
         let ended = match &polled {
             Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            Poll::Ready(Some(Ok(_))) => inner.is_end_stream(),
             _ => false,
         };
         if ended && let Some(mut open) = self.open.take() {
@@ -62,18 +77,20 @@ impl Body for ClientBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
     }
 }
 
 impl Drop for ClientBody {
     fn drop(&mut self) {
         // Read to its end without a last poll (its length reached).
-        if self.inner.is_end_stream()
+        if self.is_end_stream()
             && let Some(open) = &mut self.open
         {
             open.ended();

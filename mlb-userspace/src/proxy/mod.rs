@@ -48,6 +48,7 @@ mod park;
 pub mod proxy_protocol;
 pub mod router;
 mod serve;
+mod server;
 pub mod sni;
 pub mod tls;
 pub mod tls_policy;

@@ -1,5 +1,6 @@
 //! HTTP on an accepted (and decrypted) connection: HTTP/2 when it opens with the HTTP/2
-//! preface, else HTTP/1.1 in sessions, the connection parked between them ([`super::park`]).
+//! preface, else HTTP/1.1: mlb's own server for requests without a body, hyper's sessions for
+//! the others, the connection parked between them ([`super::park`]).
 use std::{convert::Infallible, pin::Pin, sync::Arc, time::Duration};
 
 use bytes::Bytes;
@@ -19,6 +20,7 @@ use super::{
     handler,
     listeners::{ConnInfo, Prefixed, client_timeout},
     park::{ParkedGauge, Session, SessionIo},
+    server::h1::{self, Next},
 };
 
 /// What an HTTP/2 connection starts with.
@@ -69,7 +71,8 @@ async fn first_bytes<I: AsyncRead + Unpin>(io: &mut I) -> Option<Bytes> {
     }
 }
 
-/// HTTP/1.1 sessions on one connection, parked between them, until it ends.
+/// HTTP/1.1 on one connection until it ends: mlb's own server for requests without a body
+/// ([`super::server`]), hyper's sessions for the others, parked while the client is quiet.
 async fn serve_h1<I>(
     shared: Arc<Shared>,
     mut io: I,
@@ -80,24 +83,42 @@ async fn serve_h1<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     loop {
-        // Boxed, and awaited from a local: the session (hyper's connection and what it
-        // returns) exists only while the connection is not parked.
-        let session = Box::pin(session(&shared, &info, io, unread, client_timeout));
-        let Some(parked) = session.await else {
-            return;
+        // Boxed, and awaited from a local: the fast path's buffers and request state exist
+        // only while the connection is not parked.
+        let fast = Box::pin(h1::serve(&shared, &info, &mut io, unread, client_timeout));
+        unread = match fast.await {
+            Next::Done => return,
+            Next::Park => Bytes::new(),
+            Next::Hyper(bytes) => {
+                let session = Box::pin(session(&shared, &info, io, bytes, client_timeout));
+                let Some(parked) = session.await else {
+                    return;
+                };
+                (io, unread) = parked;
+                unread
+            }
         };
-        (io, unread) = parked;
         if unread.is_empty() {
-            // hyper closed an idle keep-alive connection after `timeout client` without a
-            // request head: so does a parked one.
-            let _parked = ParkedGauge::new(&shared.parked);
-            let quiet = client_timeout.saturating_sub(info.conn.idle_for());
-            match tokio::time::timeout(quiet, first_bytes(&mut io)).await {
-                Ok(Some(bytes)) => unread = bytes,
-                _ => return,
+            match park(&shared, &info, &mut io, client_timeout).await {
+                Some(bytes) => unread = bytes,
+                None => return,
             }
         }
     }
+}
+
+/// Waits for the next bytes of a parked connection, holding no buffer. `None`: the client
+/// left, or sent nothing for `timeout client` (as hyper closes an idle keep-alive connection
+/// without a request head after its header read timeout).
+async fn park<I: AsyncRead + Unpin>(
+    shared: &Shared,
+    info: &ConnInfo,
+    io: &mut I,
+    client_timeout: Duration,
+) -> Option<Bytes> {
+    let _parked = ParkedGauge::new(&shared.parked);
+    let quiet = client_timeout.saturating_sub(info.conn.idle_for());
+    tokio::time::timeout(quiet, first_bytes(io)).await.ok()?
 }
 
 /// One HTTP/1.1 session on `io`, fed `unread` first. `Some`: it ended to park the connection,

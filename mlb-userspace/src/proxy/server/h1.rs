@@ -1,0 +1,182 @@
+//! The fast path's connection loop: read a head into the connection's buffer, serve it, write
+//! the response, next — until the client goes quiet (the connection parks, holding no buffer),
+//! leaves, or sends a request the fast path leaves to hyper.
+use std::{sync::Arc, time::Duration};
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use http::{Method, Request, Response};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    time::{Instant, timeout_at},
+};
+use tracing::debug;
+
+use super::{
+    request::{self, Parsed},
+    response::{self, Asked},
+};
+use crate::proxy::{
+    Shared,
+    body::{ClientBody, ProxyBody},
+    handler,
+    listeners::ConnInfo,
+    park::PARK_AFTER,
+};
+
+/// Smallest room left in the read buffer before reading into it.
+const MIN_READ: usize = 4096;
+/// What the read buffer grows by (hyper's first read buffer).
+const READ_BUFFER: usize = 8192;
+
+/// How the fast path left a connection.
+#[derive(Debug)]
+pub(crate) enum Next {
+    /// The connection is done (closed, failed, timed out, or closed after a response).
+    Done,
+    /// The client has been quiet for [`PARK_AFTER`] between requests: park it.
+    Park,
+    /// A request for hyper's session, which starts with these bytes.
+    Hyper(Bytes),
+}
+
+/// A connection in the fast path, with buffers that exist only while it is not parked.
+pub(super) struct Conn<'a, I> {
+    pub(super) io: &'a mut I,
+    read: BytesMut,
+    /// The response being gathered for one write.
+    pub(super) write: Vec<u8>,
+    /// Most bytes of a head (hyper's `max_buf_size`: beyond, hyper's 431).
+    max_head: usize,
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
+    /// Writes and flushes what is gathered.
+    pub(super) async fn send(&mut self) -> std::io::Result<()> {
+        if !self.write.is_empty() {
+            self.io.write_all(&self.write).await?;
+            self.write.clear();
+        }
+        self.io.flush().await
+    }
+
+    /// Awaits `work` unless the client closes its side first (`None`), as hyper's server
+    /// does (no half-close): the request's work, and its backend connection, are dropped.
+    /// Bytes a client pipelines meanwhile are kept for the next request.
+    pub(super) async fn unless_gone<F: Future>(&mut self, work: F) -> Option<F::Output> {
+        let mut work = std::pin::pin!(work);
+        loop {
+            let room = self.read.len() < self.max_head;
+            if room && self.read.capacity() - self.read.len() < MIN_READ {
+                self.read.reserve(READ_BUFFER);
+            }
+            tokio::select! {
+                biased;
+                done = &mut work => return Some(done),
+                read = self.io.read_buf(&mut self.read), if room => match read {
+                    Ok(n) if n > 0 => {}
+                    _ => return None,
+                },
+            }
+        }
+    }
+}
+
+/// Serves requests on `io`, fed `unread` first, while they are for the fast path.
+pub(crate) async fn serve<I>(
+    shared: &Arc<Shared>,
+    info: &Arc<ConnInfo>,
+    io: &mut I,
+    unread: Bytes,
+    client_timeout: Duration,
+) -> Next
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut conn = Conn {
+        io,
+        read: BytesMut::from(&unread[..]),
+        write: Vec::new(),
+        max_head: shared.config.max_header_bytes.max(8192),
+    };
+    loop {
+        let deadline = Instant::now() + client_timeout.saturating_sub(info.conn.idle_for());
+        let (req, keep_alive) = loop {
+            match request::parse(&conn.read) {
+                Parsed::Request {
+                    req,
+                    len,
+                    keep_alive,
+                } => {
+                    conn.read.advance(len);
+                    break (req, keep_alive);
+                }
+                Parsed::Partial if conn.read.len() < conn.max_head => {}
+                // Too big for a head: hyper refuses it as it always has.
+                Parsed::Partial | Parsed::Other => return Next::Hyper(conn.read.freeze()),
+            }
+            if let Err(next) = read_more(conn.io, &mut conn.read, deadline).await {
+                return next;
+            }
+        };
+        let asked = Asked {
+            head: req.method() == Method::HEAD,
+            version: req.version(),
+            keep_alive,
+        };
+        let busy = info.conn.request();
+        let Some(response) = conn.unless_gone(respond(shared, info, req)).await else {
+            return Next::Done;
+        };
+        drop(busy);
+        match response::write(&mut conn, &asked, response).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = conn.io.shutdown().await;
+                return Next::Done;
+            }
+            Err(e) => {
+                debug!(error = %e, "writing a response failed");
+                return Next::Done;
+            }
+        }
+    }
+}
+
+/// Reads more of a head into `buf` before `deadline` (hyper's header read timeout, which
+/// covers the wait for a head as well). Between requests (`buf` empty) it waits
+/// [`PARK_AFTER`] at most: a quiet client's connection is parked.
+async fn read_more<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    deadline: Instant,
+) -> Result<(), Next> {
+    let until = if buf.is_empty() {
+        deadline.min(Instant::now() + PARK_AFTER)
+    } else {
+        deadline
+    };
+    if buf.capacity() - buf.len() < MIN_READ {
+        buf.reserve(READ_BUFFER);
+    }
+    match timeout_at(until, io.read_buf(buf)).await {
+        Ok(Ok(n)) if n > 0 => Ok(()),
+        Ok(_) => Err(Next::Done),
+        Err(_) if buf.is_empty() && until < deadline => Err(Next::Park),
+        Err(_) => Err(Next::Done),
+    }
+}
+
+/// The handler's response to a request without a body.
+async fn respond(
+    shared: &Arc<Shared>,
+    info: &Arc<ConnInfo>,
+    req: Request<()>,
+) -> Response<ProxyBody> {
+    let req = req.map(|()| ClientBody::empty());
+    let (shared, info) = (shared.clone(), info.clone());
+    // Boxed, and made in the box: the handler's state (several KiB) exists only while a
+    // request is in flight, not in every connection's task.
+    let handled = Box::pin(async move { handler::handle(shared, info, req).await });
+    let Ok(response) = handled.await;
+    response
+}
