@@ -102,6 +102,10 @@ where
         let deadline = Instant::now() + client_timeout.saturating_sub(info.conn.idle_for());
         let (req, keep_alive) = loop {
             match request::parse(&conn.read) {
+                // A head hyper's buffer would not hold: its 431, as always.
+                Parsed::Request { len, .. } if len > conn.max_head => {
+                    return Next::Hyper(conn.read.freeze());
+                }
                 Parsed::Request {
                     req,
                     len,
