@@ -204,6 +204,36 @@ impl Lab {
         Ok(())
     }
 
+    /// Moves the receive work of the veths lb sends into (towards the bridge and towards the
+    /// client) off the LB's CPU: threaded NAPI, pinned to cpu0 with the client and the
+    /// backends. Otherwise the kernel runs it in softirq on the CPU that sent, cpu1, and the LB's
+    /// CPU also pays the bridge, the backends' TCP receive and the client's ACK processing,
+    /// which no real load balancer does (its NIC hands the packet to the wire).
+    pub fn network_off_lb_cpu(&self) -> Result<()> {
+        for (ns, dev) in PEERS_OF_LB {
+            let threaded = format!("echo 1 > /sys/class/net/{dev}/threaded");
+            ns_run(ns, &["sh", "-c", &threaded])?;
+        }
+        pin_napi_threads();
+        Ok(())
+    }
+
+    /// Makes what crosses lb's veths behave as on a wire, the same in every case. Frames of the
+    /// link's MTU: once lb runs an XDP program on a veth, the kernel turns TSO off on its peer
+    /// (a frame for XDP must fit one page), so the sender segments; without XDP the sender's
+    /// 64 KB segments would cross whole, which no wire carries, sparing direct routing the
+    /// per-frame receive work that XDP pays. Receivers that check checksums: a veth vouches
+    /// for the checksum of every skb it passes (`CHECKSUM_UNNECESSARY`), but a frame that XDP
+    /// redirected arrives as a new skb that the receiving host checks in software; with RX
+    /// checksumming off on the peers the hosts check in both cases (on real NICs, both in
+    /// hardware). TSO and RX checksumming off on both peers, always.
+    pub fn like_a_wire(&self) -> Result<()> {
+        for (ns, dev) in PEERS_OF_LB {
+            ns_run(ns, &["ethtool", "-K", dev, "tso", "off", "rx", "off"])?;
+        }
+        Ok(())
+    }
+
     /// Turns kernel forwarding in lb on (the "direct" case) or off (every proxy case: a proxy
     /// under test cannot then leak traffic by plain routing).
     pub fn set_forwarding(&self, on: bool) -> Result<()> {
@@ -451,8 +481,36 @@ fn second_client() -> Result<()> {
     Ok(())
 }
 
-/// Pins the threaded-NAPI kthreads of lb's veths to cpu1 (call again after an XDP program is
-/// attached: the driver may re-create them).
+/// The veths lb sends into, seen from the other end: what they receive is the network's and the
+/// hosts' work (a NIC would hand it to the wire), not the load balancer's.
+const PEERS_OF_LB: [(&str, &str); 2] = [(NS_SW, "sw-lb"), (NS_CLI, "cli-lb")];
+
+/// Which CPU runs a threaded-NAPI kthread, by its name (`napi/<device>-<id>`): lb's own
+/// interfaces on cpu1 with the load balancer, the peers of [`PEERS_OF_LB`] on cpu0.
+fn napi_cpu(comm: &str) -> Option<&'static str> {
+    let dev = comm.strip_prefix("napi/")?;
+    if dev.starts_with("lb-") {
+        Some("1")
+    } else if PEERS_OF_LB
+        .iter()
+        .any(|(_, peer)| dev.starts_with(&format!("{peer}-")))
+    {
+        Some("0")
+    } else {
+        None
+    }
+}
+
+/// Real-time priority of the lab's NAPI kthreads: that of the kernel's threaded interrupt
+/// handlers. Receive work run in softirq (a NIC's, or lb's forwarding after RPS) comes before
+/// any process; a NAPI kthread at the default priority would instead share its CPU with
+/// whatever else runs there (another engineer's build on a shared machine), and so would the
+/// XDP program it runs, while direct routing's softirq work would not.
+const NAPI_PRIORITY: &str = "50";
+
+/// Pins the threaded-NAPI kthreads of the lab's veths (see [`napi_cpu`]) and gives them
+/// [`NAPI_PRIORITY`]; call again after an XDP program is attached: the driver may re-create
+/// them.
 pub fn pin_napi_threads() {
     let Ok(entries) = fs::read_dir("/proc") else {
         return;
@@ -463,10 +521,13 @@ pub fn pin_napi_threads() {
             continue;
         }
         let comm = fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-        if comm.starts_with("napi/lb-") {
+        if let Some(cpu) = napi_cpu(comm.trim()) {
             let _ = Command::new("taskset")
-                .args(["-pc", "1", &pid])
+                .args(["-pc", cpu, &pid])
                 .stdout(Stdio::null())
+                .status();
+            let _ = Command::new("chrt")
+                .args(["-f", "-p", NAPI_PRIORITY, &pid])
                 .status();
         }
     }
@@ -562,6 +623,18 @@ mod tests {
         drop(ChildGuard::new(child));
         assert!(!running(pid));
         assert!(start.elapsed() >= Duration::from_secs(3));
+    }
+
+    #[test]
+    fn napi_threads_of_lb_run_on_its_cpu_and_those_of_its_peers_off_it() {
+        assert_eq!(napi_cpu("napi/lb-cli-8193"), Some("1"));
+        assert_eq!(napi_cpu("napi/lb-sw-8194"), Some("1"));
+        assert_eq!(napi_cpu("napi/sw-lb-8195"), Some("0"));
+        assert_eq!(napi_cpu("napi/cli-lb-8196"), Some("0"));
+        // Other devices' threads, and anything else, are left where the kernel put them.
+        assert_eq!(napi_cpu("napi/sw-be1-8197"), None);
+        assert_eq!(napi_cpu("napi/cli-lb2-1"), None);
+        assert_eq!(napi_cpu("kworker/0:1"), None);
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod http;
 mod idle;
 mod lab;
 mod nginx;
+mod offload;
 mod probe;
 mod profile;
 mod slow_reader;

@@ -29,7 +29,9 @@ use super::{
     Artifact, CONNECTIONS, Case, TcpArgs, TcpMetric, build_release, churn, cpu,
     cpu::{CpuSplit, CpuTimes},
     lab::{self, BACKEND_IPS, LB_BACKEND_SIDE_IP, Lab, NS_BE, NS_CLI, NS_LB, VIP},
-    nginx, probe,
+    nginx,
+    offload::{self, Offloads},
+    probe,
     profile::{self, Profile},
     stats::{mean, median},
     wrk::{WrkLoad, wrk},
@@ -94,6 +96,10 @@ struct Measurement {
     iperf_xdp: Vec<(&'static str, u64)>,
     /// The 1-minute load average when iperf3 ended.
     iperf_load1: Option<f64>,
+    /// The path's veths' offload settings during iperf3.
+    iperf_offloads: Offloads,
+    /// Packets the path's veths dropped during iperf3.
+    iperf_veth_drops: Option<u64>,
     /// Per CPU, its hottest symbols during iperf3 (`--profile`).
     iperf_profile: Vec<(u32, Vec<String>)>,
     /// Per interface of lb with an XDP program: its runs and mean ns per run during iperf3
@@ -140,6 +146,8 @@ pub fn run(args: &TcpArgs) -> Result<()> {
         )
     };
     let mut lab = Lab::create()?;
+    lab.network_off_lb_cpu()?;
+    lab.like_a_wire()?;
     let files = write_configs(&lab, args.single_backend)?;
     nginx::start(&mut lab, &files.www, PAGE)?;
     let setup = Setup {
@@ -474,6 +482,8 @@ fn measure_iperf(lab: &mut Lab, target: &str, setup: &Setup, m: &mut Measurement
     let times_before = [CpuTimes::read(0), CpuTimes::read(1)];
     let counters_before = churn::xdp_snapshot().map(|(c, _)| c);
     let xdp_before = LB_DEVICES.map(|dev| profile::xdp_run_stats(NS_LB, dev));
+    let drops_before = offload::drops();
+    m.iperf_offloads = offload::read();
     match iperf(lab, target, setup.durations) {
         Ok(g) => m.iperf_gbps = Some(g),
         Err(e) => m.problems.push(format!("iperf3: {e:#}")),
@@ -487,6 +497,9 @@ fn measure_iperf(lab: &mut Lab, target: &str, setup: &Setup, m: &mut Measurement
         m.iperf_xdp = counter_deltas(&before, &after);
     }
     m.iperf_load1 = super::churn::load_average();
+    m.iperf_veth_drops = drops_before
+        .zip(offload::drops())
+        .map(|(b, a)| a.saturating_sub(b));
     for (dev, before) in LB_DEVICES.into_iter().zip(xdp_before) {
         let after = profile::xdp_run_stats(NS_LB, dev);
         if let Some((runs, ns)) = before.zip(after).and_then(|(b, a)| a.since(b)) {
@@ -574,6 +587,7 @@ fn report(
         let _ = writeln!(s, "{}", row(case, results, &args.only));
     }
     s.push_str(&iperf_rounds(cases, results));
+    s.push_str(&offloads(cases, results));
     s.push_str(&profiles(cases, results));
     let notes = problems(cases, results);
     if !notes.is_empty() {
@@ -590,7 +604,11 @@ fn method(rounds: u32, d: &Durations, args: &TcpArgs) -> String {
          Kernel {}; {rounds} round(s), cases interleaved; medians. wrk -t1 -c{CONNECTIONS} -d{}s --latency \
          (keep-alive, then `Connection: close`), iperf3 -t {} -O {} on port {IPERF_PORT}. Client and \
          nginx backends (one process each, 512-byte file) on cpu0, the load balancer and lb's \
-         receive path on cpu1. \"direct\" is kernel routing in lb to be1 only (no LB); the load \
+         receive path on cpu1; what lb sends is received (bridge, backends, client) on cpu0 \
+         (threaded NAPI of lb's veth peers), as a NIC would hand it to the wire; lb receives \
+         frames of the link's MTU in every case (TSO off on the senders' veths, as the kernel \
+         forces while lb runs XDP) and the receivers check checksums in every case (RX \
+         checksumming off there: a veth vouches for skbs, not for frames XDP redirected). \"direct\" is kernel routing in lb to be1 only (no LB); the load \
          balancers spread the HTTP service over {}. \"mlb XDP, DSR\" encapsulates to the \
          backends (`mlb backend-setup --decap xdp` on them), which answer through lb's kernel \
          routing (lb is their only way to the client here), not through mlb. Ratios are \
@@ -723,6 +741,41 @@ fn beside(m: &Measurement) -> String {
     }
     if let Some((_, _, ns)) = m.xdp_runs.first() {
         let _ = write!(s, "; {ns:.0} ns per XDP run");
+    }
+    if let Some(drops) = m.iperf_veth_drops {
+        let _ = write!(s, "; veth drops {drops}");
+    }
+    s
+}
+
+/// The path's offload settings in direct's first round, and where each other case's differ.
+fn offloads(cases: &[Case], results: &BTreeMap<Case, CaseResults>) -> String {
+    let first = |case| {
+        results
+            .get(&case)?
+            .rounds
+            .iter()
+            .map(|m| &m.iperf_offloads)
+            .find(|o| !o.is_empty())
+    };
+    let Some(direct) = first(Case::Direct) else {
+        return String::new();
+    };
+    let mut s = format!(
+        "
+Offloads on the path (ethtool -k) under direct: {}
+",
+        offload::describe(direct)
+    );
+    for &case in cases.iter().filter(|&&c| c != Case::Direct) {
+        let Some(o) = first(case) else { continue };
+        let diff = offload::differences(direct, o);
+        let diff = if diff.is_empty() {
+            "the same".to_owned()
+        } else {
+            diff.join("; ")
+        };
+        let _ = writeln!(s, "- {}: {diff}", case.label());
     }
     s
 }
