@@ -134,3 +134,48 @@ async fn full_read_of_10k_apps() {
         assert!(store.list().invalid.is_empty());
     }
 }
+
+/// What a full sync keeps, for a heap profiler: the parsed apps, the model and the proxy's
+/// compiled routes, all alive at the end (the test binary uses the system allocator, which
+/// `heaptrack` sees; mlb's mimalloc it does not):
+///
+/// ```text
+/// cargo test -p mlb-userspace --lib full_sync_heap --no-run   # prints the test binary
+/// heaptrack BINARY --ignored --exact marathon::sync_bench::full_sync_heap --nocapture
+/// heaptrack_print -f heaptrack.*.zst --print-peaks 1 --peak-limit 20
+/// ```
+#[test]
+#[ignore = "a heap profile: run under heaptrack with --ignored"]
+fn full_sync_heap() {
+    use std::sync::Arc;
+    let body = v2_apps_body(APPS, TASKS);
+    let list = crate::marathon::types::parse_app_list_json(body.as_bytes()).unwrap();
+    drop(body);
+    let mut store = AppStore::default();
+    store.replace_all(list);
+    let opts = crate::model::ModelOptions::new(vec!["external".into()]);
+    let mut model = crate::model::incremental::ModelState::default();
+    model.full(store.list(), &opts, std::time::SystemTime::now());
+    let mut registry = crate::proxy::balance::StatsRegistry::default();
+    let compiled: Vec<_> = model
+        .state()
+        .http
+        .values()
+        .map(|spec| {
+            Arc::new(crate::proxy::router::Service::compile(spec, &mut registry, None).unwrap())
+        })
+        .collect();
+    let mut index = crate::proxy::router::RouteIndex::default();
+    index.update(compiled, []);
+    println!(
+        "sizes: App {} Task {} Backend {} HttpService {} L4Service {} BackendSlot {} Service {}",
+        size_of::<crate::marathon::types::App>(),
+        size_of::<crate::marathon::types::Task>(),
+        size_of::<crate::model::Backend>(),
+        size_of::<crate::model::HttpService>(),
+        size_of::<crate::model::L4Service>(),
+        size_of::<crate::proxy::balance::BackendSlot>(),
+        size_of::<crate::proxy::router::Service>(),
+    );
+    assert_eq!(index.len(), 9_000);
+}
