@@ -354,6 +354,38 @@ async fn http2_over_tls_alpn_and_h2c_prior_knowledge() {
     assert_eq!(got.backend(), Some("api"));
 }
 
+/// The streams of one HTTP/2 connection are served side by side: a request waiting for a
+/// slow backend holds up neither the requests sent after it nor their answers.
+#[tokio::test]
+async fn a_slow_http2_stream_holds_up_none_of_its_connections_others() {
+    let t = TlsSetup::new("h2-slow").await;
+    let tls = tls_connect(t.https(), "www.example.com", t.ca.client_config(&[b"h2"]))
+        .await
+        .unwrap();
+    let mut h2 = h2_over(tls).await;
+    let slow = h2.send_request(request("www.example.com", "/slow?ms=3000", true));
+    let slow = tokio::spawn(slow);
+    let started = std::time::Instant::now();
+    let quick: Vec<_> = (0..10)
+        .map(|_| h2.send_request(request("www.example.com", "/", true)))
+        .collect();
+    for resp in quick {
+        let got = read(resp.await.unwrap()).await;
+        assert_eq!(got.backend(), Some("www"));
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(2000),
+        "quick streams waited for the slow one: {:?}",
+        started.elapsed()
+    );
+    let got = read(slow.await.unwrap().unwrap()).await;
+    assert_eq!(
+        got.backend(),
+        Some("www"),
+        "and the slow one is answered too"
+    );
+}
+
 #[tokio::test]
 async fn grpc_over_h2_passes_trailers() {
     let t = TlsSetup::new("grpc").await;

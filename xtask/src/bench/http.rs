@@ -21,7 +21,8 @@
 //!
 //! - beside each one-core case, what a request costs ([`super::cost`]): LB CPU µs, context
 //!   switches (syscalls with `--profile`), packets on lb's client and backend legs (`--h1-only`: only these
-//!   cases, without TLS); `--profile` adds each LB's hottest symbols, `--baseline <binary>`
+//!   cases, without TLS), and the same per request of the h2 and TLS keep-alive runs;
+//!   `--profile` adds each LB's hottest symbols in each of those runs, `--baseline <binary>`
 //!   runs another build of the proxy as one more case (before/after in one run).
 //!
 //! Any failed measurement fails the run. No bulk (iperf3) case: it says nothing about an HTTP
@@ -240,6 +241,12 @@ struct Sample {
     close_cost: Cost,
     /// The LB's hottest symbols in the keep-alive run (`--profile`).
     hot: Vec<String>,
+    /// Per request of the h2 and the TLS keep-alive runs (TLS cases only).
+    h2_cost: Option<Cost>,
+    tls_ka_cost: Option<Cost>,
+    /// The LB's hottest symbols in the h2 and TLS keep-alive runs (`--profile`).
+    hot_h2: Vec<String>,
+    hot_tls_ka: Vec<String>,
 }
 
 impl Sample {
@@ -273,8 +280,21 @@ impl Sample {
             ),
             close_cost: Cost::median_of(&samples.iter().map(|s| s.close_cost).collect::<Vec<_>>()),
             hot: samples.last().map(|s| s.hot.clone()).unwrap_or_default(),
+            h2_cost: tls_cost_median(samples, |s| s.h2_cost),
+            tls_ka_cost: tls_cost_median(samples, |s| s.tls_ka_cost),
+            hot_h2: samples.last().map(|s| s.hot_h2.clone()).unwrap_or_default(),
+            hot_tls_ka: samples
+                .last()
+                .map(|s| s.hot_tls_ka.clone())
+                .unwrap_or_default(),
         })
     }
+}
+
+/// The median of a TLS run's cost over rounds, when every round has it.
+fn tls_cost_median(samples: &[Sample], cost: fn(&Sample) -> Option<Cost>) -> Option<Cost> {
+    let costs: Option<Vec<Cost>> = samples.iter().map(cost).collect();
+    costs.filter(|c| !c.is_empty()).map(|c| Cost::median_of(&c))
 }
 
 /// Every round runs every case once; the samples of each case, in [`CASES`] order.
@@ -445,12 +465,54 @@ fn measure_tls(
     if case == Case::Haproxy {
         sample.haproxy_reuse_pct = Some(haproxy_reuse_pct(&setup.dir)?);
     }
-    let (h2_rps, h2_p99) = h2load(&target, setup.secs, &setup.dir, H2load::H2)?;
-    sample.h2_rps = Some(h2_rps);
-    sample.h2_p99_ms = Some(h2_p99);
-    let (tls_ka_rps, _) = h2load(&target, setup.secs, &setup.dir, H2load::Http1)?;
-    sample.tls_ka_rps = Some(tls_ka_rps);
+    let profile = setup.profile.then_some(&*setup.dir);
+    let h2 = h2load_probed(&target, pid, setup, profile, case, H2load::H2)?;
+    sample.h2_rps = Some(h2.rps);
+    sample.h2_p99_ms = Some(h2.p99_ms);
+    sample.h2_cost = Some(h2.cost);
+    sample.hot_h2 = h2.hot;
+    let ka = h2load_probed(&target, pid, setup, profile, case, H2load::Http1)?;
+    sample.tls_ka_rps = Some(ka.rps);
+    sample.tls_ka_cost = Some(ka.cost);
+    sample.hot_tls_ka = ka.hot;
     Ok(())
+}
+
+/// One h2load run with what it cost the LB.
+struct H2loadRun {
+    rps: f64,
+    p99_ms: f64,
+    cost: Cost,
+    hot: Vec<String>,
+}
+
+/// [`h2load`] with the LB's cost per request and, with `profile` (work directory), its hottest
+/// symbols.
+fn h2load_probed(
+    target: &str,
+    pid: u32,
+    setup: &Setup,
+    profile: Option<&Path>,
+    case: Case,
+    protocol: H2load,
+) -> Result<H2loadRun> {
+    let name = format!("{}-{}", case.slug(), protocol.slug());
+    let profiler = profile
+        .map(|dir| Profile::start(pid, dir, &name, false))
+        .transpose()?;
+    let probe = Probe::start(Some(pid), setup.secs, profile.is_some())?;
+    let (rps, p99_ms, requests) = h2load(target, setup.secs, &setup.dir, protocol)?;
+    let cost = probe.finish(requests)?;
+    let hot = profiler
+        .map(Profile::finish)
+        .transpose()?
+        .unwrap_or_default();
+    Ok(H2loadRun {
+        rps,
+        p99_ms,
+        cost,
+        hot,
+    })
 }
 
 /// A process's CPU busy % from its CPU seconds before and after `secs` of wall time.
@@ -492,8 +554,18 @@ enum H2load {
     Http1,
 }
 
-/// `(req/s, p99 ms)` of `h2load -c32 -D<secs>` over TLS (`-m10` for h2), in cli on cpu0.
-fn h2load(target: &str, secs: u32, dir: &Path, protocol: H2load) -> Result<(f64, f64)> {
+impl H2load {
+    fn slug(self) -> &'static str {
+        match self {
+            H2load::H2 => "h2",
+            H2load::Http1 => "tls-keep-alive",
+        }
+    }
+}
+
+/// `(req/s, p99 ms, requests)` of `h2load -c32 -D<secs>` over TLS (`-m10` for h2), in cli on
+/// cpu0.
+fn h2load(target: &str, secs: u32, dir: &Path, protocol: H2load) -> Result<(f64, f64, u64)> {
     let log = dir.join("h2load.log");
     let _ = fs::remove_file(&log);
     let (protocol_args, streams, alpn): (&[&str], u32, &str) = match protocol {
@@ -519,7 +591,9 @@ fn h2load(target: &str, secs: u32, dir: &Path, protocol: H2load) -> Result<(f64,
     if !out.status.success() || !protocol_ok || !status_ok {
         bail!("h2load against {target} failed or saw errors:\n{text}");
     }
-    Ok((h2load_rps(&text)?, h2load_p99_ms(&log)?))
+    let durations = h2load_durations_us(&log)?;
+    let p99_us = percentile(&durations, 99.0).context("h2load wrote no request log")?;
+    Ok((h2load_rps(&text)?, p99_us / 1000.0, durations.len() as u64))
 }
 
 /// req/s from h2load's `finished in 10.00s, 12345.67 req/s, ...`.
@@ -533,15 +607,13 @@ fn h2load_rps(text: &str) -> Result<f64> {
         .context("h2load's req/s")
 }
 
-/// p99 of h2load's request log: one line per request, start (µs since the epoch), status,
-/// duration (µs).
-fn h2load_p99_ms(log: &Path) -> Result<f64> {
-    let durations: Vec<f64> = fs::read_to_string(log)?
+/// The durations (µs) in h2load's request log: one line per request, start (µs since the
+/// epoch), status, duration (µs).
+fn h2load_durations_us(log: &Path) -> Result<Vec<f64>> {
+    Ok(fs::read_to_string(log)?
         .lines()
         .filter_map(|l| l.split('\t').nth(2)?.trim().parse::<f64>().ok())
-        .collect();
-    let p99_us = percentile(&durations, 99.0).context("h2load wrote no request log")?;
-    Ok(p99_us / 1000.0)
+        .collect())
 }
 
 /// HAProxy's `SslFrontendSessionReuse_pct` from its stats socket.
@@ -782,6 +854,7 @@ fn cost_table(medians: &[Option<Sample>]) -> Result<String> {
             writeln!(o, "| {} | {ka} | {close} |", case.name())?;
         }
     }
+    writeln!(o, "\n{}", tls_cost_table(medians)?)?;
     for case in one_core {
         if let Some(m) = medians[slot(case)].as_ref().filter(|m| !m.hot.is_empty()) {
             writeln!(
@@ -790,6 +863,46 @@ fn cost_table(medians: &[Option<Sample>]) -> Result<String> {
                 case.name()
             )?;
             writeln!(o, "```\n{}\n```", m.hot.join("\n"))?;
+        }
+    }
+    Ok(o)
+}
+
+/// What a request costs the LB over TLS (h2 and HTTP/1.1 keep-alive), and with `--profile`
+/// where that time goes.
+fn tls_cost_table(medians: &[Option<Sample>]) -> Result<String> {
+    let mut o = String::new();
+    writeln!(
+        o,
+        "Per request over TLS (same columns): h2 (`h2load -m{H2_STREAMS}`) and HTTP/1.1 \
+         keep-alive (`h2load --h1`).\n"
+    )?;
+    writeln!(
+        o,
+        "| case | h2, per request | TLS keep-alive, per request |"
+    )?;
+    writeln!(o, "|---|---|---|")?;
+    let cases = [Case::Haproxy, Case::Mlb, Case::MlbBaseline];
+    let cell = |c: Option<Cost>| c.map_or("n/a".to_owned(), |c| c.cell());
+    for case in cases {
+        if let Some(m) = &medians[slot(case)] {
+            let (h2, ka) = (cell(m.h2_cost), cell(m.tls_ka_cost));
+            writeln!(o, "| {} | {h2} | {ka} |", case.name())?;
+        }
+    }
+    for case in cases {
+        let Some(m) = &medians[slot(case)] else {
+            continue;
+        };
+        for (run, hot) in [("h2", &m.hot_h2), ("TLS keep-alive", &m.hot_tls_ka)] {
+            if !hot.is_empty() {
+                writeln!(
+                    o,
+                    "\n{} {run}, hottest symbols (`perf record`, last round):\n",
+                    case.name()
+                )?;
+                writeln!(o, "```\n{}\n```", hot.join("\n"))?;
+            }
         }
     }
     Ok(o)
