@@ -1,6 +1,6 @@
 //! Writing a response as hyper's HTTP/1 server does (same status line, header order, framing,
 //! `date`, `connection` fix-ups), with the head and the body's first bytes in one write.
-use std::{future::poll_fn, io, pin::Pin, task::Poll};
+use std::{future::poll_fn, io, io::Write as _, pin::Pin, task::Poll};
 
 use http::{HeaderMap, HeaderValue, Response, StatusCode, Version, header, response::Parts};
 use hyper::body::Body as _;
@@ -118,8 +118,8 @@ async fn write_body<I: AsyncRead + AsyncWrite + Unpin>(
         }
         let chunked = encoder == Encoder::Chunked;
         if chunked {
-            conn.write
-                .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            // Into the gathered bytes directly: no string made per chunk.
+            let _ = write!(conn.write, "{:x}\r\n", data.len());
         }
         if conn.write.len() + data.len() > GATHER {
             conn.send().await?;
