@@ -19,6 +19,7 @@ use super::{
     tunnel,
     upstream::{Outgoing, Profile, UpstreamError, add_forwarded, strip_hop_by_hop, wants_h2},
 };
+use crate::proxy::headers::has_token;
 use crate::{
     model::{BackendId, tuning::Tuning},
     stats::live::{ErrorKind, live},
@@ -461,18 +462,14 @@ fn is_upgrade(req: &Request<ClientBody>) -> bool {
         .headers()
         .get_all(header::UPGRADE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim().eq_ignore_ascii_case("websocket"));
+        .any(|v| has_token(v, "websocket"));
     req.version() == Version::HTTP_11
         && websocket
         && req
             .headers()
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            .any(|v| has_token(v, "upgrade"))
 }
 
 /// Removes cookie `name` from the Cookie headers and returns its value.

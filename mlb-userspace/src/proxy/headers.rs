@@ -66,6 +66,14 @@ fn fetch(name: &str, headers: &HeaderMap, info: &ConnInfo) -> String {
     }
 }
 
+/// Whether a comma-separated header value (`Connection`, `Upgrade`, `TE`…) lists `token`,
+/// in any case.
+pub(crate) fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .to_str()
+        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,7 @@ use crate::model::{
     BackendId,
     tuning::{BackendTls, ProxyProtocol},
 };
+use crate::proxy::headers::has_token;
 
 mod direct;
 mod framing;
@@ -430,11 +431,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // TE: only "trailers" may go on (gRPC needs it).
     let te_trailers = headers
         .get(header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
+        .is_some_and(|v| has_token(v, "trailers"));
     headers.remove(header::TE);
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));

@@ -3,6 +3,8 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version, header};
 
+use crate::proxy::headers::has_token;
+
 /// Most header lines a request may have (hyper's limit: more get hyper's 431).
 const MAX_HEADERS: usize = 100;
 /// Longest request target hyper takes (above: 414).
@@ -98,13 +100,6 @@ fn build(
     *req.version_mut() = version;
     *req.headers_mut() = headers;
     Some((req, keep_alive))
-}
-
-/// Whether a comma-separated header value (`Connection`) lists `token`.
-pub(super) fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value
-        .to_str()
-        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
 #[cfg(test)]

@@ -7,8 +7,9 @@ use hyper::body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tracing::debug;
 
-use super::{date, h1::Conn, request::has_token};
+use super::{date, h1::Conn};
 use crate::proxy::body::ProxyBody;
+use crate::proxy::headers::has_token;
 
 /// Body bytes gathered behind the head (or each other) before they are written.
 const GATHER: usize = 64 * 1024;

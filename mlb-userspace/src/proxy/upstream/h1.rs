@@ -19,6 +19,7 @@ use tokio::{
 use tracing::debug;
 
 use super::{Attempt, Outgoing, pool::Pool};
+use crate::proxy::headers::has_token;
 use crate::proxy::upstream::framing::{Framing, H1Body};
 
 /// Largest request body sent this way (read whole before sending, and kept for a retry).
@@ -236,9 +237,7 @@ fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
         headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
+            .any(|v| has_token(v, token))
     };
     match version {
         Version::HTTP_11 => !has("close"),
