@@ -308,6 +308,12 @@ impl Admission {
     pub fn state(&self) -> Arc<ConnState> {
         self.state.clone()
     }
+
+    /// Resolves when the gate asks this connection to close to make room (only a sheddable
+    /// one is ever asked); for holders of a slot that [`supervise`] does not watch.
+    pub async fn shed(&self) {
+        self.state.shed.notified().await;
+    }
 }
 
 impl Drop for Admission {

@@ -80,6 +80,20 @@ fn still_served(mlb: &Mlb, http: SocketAddr, within: Duration) -> Result<()> {
     Ok(())
 }
 
+/// Sessions open now to the backends of the UDP service of app `app` (the stats CSV's `scur`).
+fn udp_sessions(mlb: &Mlb, app: &str) -> Result<u64> {
+    let csv = mlb.admin_get("/haproxy?stats;csv").context("stats")?;
+    let backend = csv
+        .body
+        .lines()
+        .map(|line| line.split(',').collect::<Vec<_>>())
+        .find(|f| f.len() > 4 && f[0].starts_with(&format!("{app}_")) && f[1] == "BACKEND")
+        .with_context(|| format!("no BACKEND row of {app} in the stats CSV:\n{}", csv.body))?;
+    backend[4]
+        .parse()
+        .with_context(|| format!("scur {:?}", backend[4]))
+}
+
 /// Lines of the agent's log containing `what`.
 fn log_count(mlb: &Mlb, what: &str) -> usize {
     mlb.log().lines().filter(|l| l.contains(what)).count()
@@ -125,13 +139,32 @@ fn floods_under_1024_descriptors_leave_http_admin_and_new_clients_served() {
             drop(silent);
 
             let udp = SocketAddr::new(LOCALHOST, udp_port);
-            let mut clients = Vec::new();
-            for i in 0..1_200 {
-                let c = UdpSocket::bind((LOCALHOST, 0))?;
-                c.send_to(format!("query {i}").as_bytes(), udp)?;
-                clients.push(c);
+            let clients = (0..1_200)
+                .map(|_| UdpSocket::bind((LOCALHOST, 0)))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            // Every source port sends until the flood holds (nearly) the whole connection
+            // budget of 384 (1,024 descriptors), which without room made for them would keep a
+            // new HTTP client out; paced, and repeated a few times, because the service socket's
+            // receive buffer drops datagrams that come faster than mlb reads them.
+            let mut sessions = 0;
+            for _ in 0..5 {
+                for (i, c) in clients.iter().enumerate() {
+                    c.send_to(format!("query {i}").as_bytes(), udp)?;
+                    if i % 50 == 49 {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(300));
+                sessions = udp_sessions(&mlb, "dns")?;
+                if sessions >= 370 {
+                    break;
+                }
             }
-            std::thread::sleep(Duration::from_millis(300));
+            ensure!(
+                sessions >= 370,
+                "the UDP flood opened only {sessions} sessions: the budget is not full, the test \
+                 proves nothing"
+            );
             still_served(&mlb, http, Duration::from_secs(2)).context("after the UDP flood")?;
             // A new UDP client still gets its answer.
             let c = UdpSocket::bind((LOCALHOST, 0))?;

@@ -22,7 +22,9 @@
 //!   [`UserspaceL4Config::udp_idle_timeout`] is closed. Sessions are capped per service and take
 //!   a slot of the process's connection budget each: when either is full, the least recently
 //!   used session of the service makes room, so a flood of source ports cannot exhaust the
-//!   descriptors (HTTP and the admin API keep theirs).
+//!   descriptors. A session's slot may be shed like a silent TCP connection's: a TCP or HTTP
+//!   connection arriving at the budget's cap closes the oldest session (the client's next
+//!   datagram opens a new one), so a UDP flood cannot keep HTTP clients out.
 //! - TCP connections take a slot of the same budget ([`ConnGate`]: queued briefly, then refused
 //!   at the cap), are closed after [`UserspaceL4Config::tcp_idle_timeout`] without a byte either
 //!   way, and a client that does not read stalls its copy for at most the send timeout.
@@ -947,8 +949,8 @@ struct UdpSession {
     upstream: Arc<UdpSocket>,
     clock: Arc<SessionClock>,
     counters: Arc<BackendCounters>,
+    /// Owns the session's slot: the slot is freed the moment the relay ends (idle, or shed).
     relay: JoinHandle<()>,
-    _slot: Admission,
 }
 
 impl Drop for UdpSession {
@@ -983,7 +985,7 @@ async fn udp_service_loop(
                         debug!(%client, "no room for a UDP session; datagram dropped");
                         continue;
                     };
-                    match open_udp_session(&socket, client, &routes.load(), &config, slot.admit(false)).await {
+                    match open_udp_session(&socket, client, &routes.load(), &config, slot.admit(true)).await {
                         Some(s) => {
                             sessions.insert(client, s);
                         }
@@ -1079,6 +1081,7 @@ async fn open_udp_session(
         clock.clone(),
         config.udp_idle_timeout,
         active,
+        slot,
     ));
     debug!(%client, backend = %backend.id, "UDP session opened");
     Some(UdpSession {
@@ -1086,7 +1089,6 @@ async fn open_udp_session(
         clock,
         counters: backend.counters.clone(),
         relay,
-        _slot: slot,
     })
 }
 
@@ -1096,7 +1098,8 @@ thread_local! {
     static RELAY_BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; UDP_BUFFER]);
 }
 
-/// Relays a session's replies to its client until the session has been idle long enough.
+/// Relays a session's replies to its client until the session has been idle long enough or
+/// its slot is shed; the slot is freed as it returns.
 async fn udp_reply_relay(
     upstream: Arc<UdpSocket>,
     service: Arc<UdpSocket>,
@@ -1104,21 +1107,25 @@ async fn udp_reply_relay(
     clock: Arc<SessionClock>,
     idle_timeout: Duration,
     active: ActiveGuard,
+    slot: Admission,
 ) {
-    loop {
+    let why = loop {
         let left = idle_timeout.saturating_sub(clock.idle_for());
         if left.is_zero() {
-            break;
+            break "idle";
         }
-        match tokio::time::timeout(left, upstream.readable()).await {
-            // Re-check: the client may have sent something meanwhile.
-            Err(_) => continue,
-            Ok(Ok(())) => relay_ready(&upstream, &service, client, &clock, &active),
-            Ok(Err(e)) => debug!(%client, "UDP backend socket: {e}"),
+        tokio::select! {
+            () = slot.shed() => break "shed: the connection limit is reached",
+            ready = tokio::time::timeout(left, upstream.readable()) => match ready {
+                // Re-check: the client may have sent something meanwhile.
+                Err(_) => {}
+                Ok(Ok(())) => relay_ready(&upstream, &service, client, &clock, &active),
+                Ok(Err(e)) => debug!(%client, "UDP backend socket: {e}"),
+            },
         }
-    }
+    };
     clock.closed.store(true, Relaxed);
-    debug!(%client, "UDP session idle; closed");
+    debug!(%client, why, "UDP session closed");
 }
 
 /// Forwards the replies waiting on `upstream` (at most 64, then yields) to the client. A reply
