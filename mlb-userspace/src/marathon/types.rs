@@ -12,7 +12,7 @@
 //! builds the whole body as [`Value`]s (about 8× the body's size): each app is deserialized
 //! straight from its slice of the body, and only an app that fails that is parsed again through
 //! a `Value` of its own, for the null stripping and the field path of the error.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use serde::Deserialize;
 use serde_json::{Value, value::RawValue};
@@ -193,15 +193,19 @@ pub struct VersionInfo {
 ///
 /// Only the fields the model reads are kept (`appId`, `servicePorts`, `stagedAt`, `startedAt`,
 /// `version`, `slaveId` are skipped): with 100,000 tasks, each unused string costs megabytes.
+/// For the same reason the host, the addresses and the state, which repeat across tasks, are
+/// shared text ([`super::intern`]), and lists are boxed slices (no spare capacity).
 pub struct Task {
     pub id: String,
     /// Agent host name or address; empty when Marathon has none yet.
-    pub host: String,
+    #[serde(deserialize_with = "super::intern::string")]
+    pub host: Arc<str>,
     /// Host ports (host and bridge networking).
-    pub ports: Vec<u16>,
-    pub ip_addresses: Vec<TaskIpAddress>,
+    pub ports: Box<[u16]>,
+    pub ip_addresses: Box<[TaskIpAddress]>,
     /// Mesos task state (`TASK_RUNNING`, ...).
-    pub state: Option<String>,
+    #[serde(deserialize_with = "super::intern::optional")]
+    pub state: Option<Arc<str>>,
     /// `None` when absent (e.g. right after a Marathon leader failover); see the model's
     /// health cache.
     pub health_check_results: Option<Vec<HealthCheckResult>>,
@@ -212,8 +216,10 @@ pub struct Task {
 #[serde(rename_all = "camelCase", default)]
 pub struct TaskIpAddress {
     /// Kept as text: a bad address skips the task (with a reason), it does not reject the app.
-    pub ip_address: Option<String>,
-    pub protocol: Option<String>,
+    #[serde(deserialize_with = "super::intern::optional")]
+    pub ip_address: Option<Arc<str>>,
+    #[serde(deserialize_with = "super::intern::optional")]
+    pub protocol: Option<Arc<str>>,
 }
 
 /// `healthCheckResults[]` of a task (RAML `Health`).
@@ -390,8 +396,6 @@ fn compact(mut app: App) -> App {
     shrink(&mut app.deployments);
     shrink(&mut app.tasks);
     for t in &mut app.tasks {
-        shrink(&mut t.ports);
-        shrink(&mut t.ip_addresses);
         if let Some(h) = &mut t.health_check_results {
             shrink(h);
         }
