@@ -300,9 +300,14 @@ impl AppList {
     /// Parses apps re-read one by one (`GET /v2/apps/{id}`): each names itself, so an error
     /// names the app without a position.
     pub fn from_rereads(values: Vec<Value>) -> AppList {
+        AppList::from_parsed(values.into_iter().map(parse_reread))
+    }
+
+    /// The list of apps already parsed one by one (e.g. with [`parse_reread`]), in order.
+    pub fn from_parsed(apps: impl IntoIterator<Item = Result<App, AppParseError>>) -> AppList {
         let mut list = AppList::default();
-        for v in values {
-            list.push(parse_app_owned(v, None));
+        for app in apps {
+            list.push(app);
         }
         list
     }
@@ -333,6 +338,11 @@ pub fn parse_app(v: &Value) -> Result<App, AppParseError> {
 
 pub(crate) fn parse_app_at(v: &Value, index: Option<usize>) -> Result<App, AppParseError> {
     parse_app_owned(v.clone(), index)
+}
+
+/// Parses one re-read app (the `app` of `GET /v2/apps/ID`), consuming its value.
+pub fn parse_reread(v: Value) -> Result<App, AppParseError> {
+    parse_app_owned(v, None)
 }
 
 /// [`parse_app_at`] on an owned value (no copy).
