@@ -208,7 +208,7 @@ pub struct Task {
     pub state: Option<Arc<str>>,
     /// `None` when absent (e.g. right after a Marathon leader failover); see the model's
     /// health cache.
-    pub health_check_results: Option<Vec<HealthCheckResult>>,
+    pub health_check_results: Option<Box<[HealthCheckResult]>>,
 }
 
 /// `ipAddresses[]` of a task.
@@ -216,10 +216,9 @@ pub struct Task {
 #[serde(rename_all = "camelCase", default)]
 pub struct TaskIpAddress {
     /// Kept as text: a bad address skips the task (with a reason), it does not reject the app.
+    /// (`protocol` is not kept: the model takes the family from the address.)
     #[serde(deserialize_with = "super::intern::optional")]
     pub ip_address: Option<Arc<str>>,
-    #[serde(deserialize_with = "super::intern::optional")]
-    pub protocol: Option<Arc<str>>,
 }
 
 /// `healthCheckResults[]` of a task (RAML `Health`).
@@ -405,11 +404,6 @@ fn compact(mut app: App) -> App {
     shrink(&mut app.readiness_check_results);
     shrink(&mut app.deployments);
     shrink(&mut app.tasks);
-    for t in &mut app.tasks {
-        if let Some(h) = &mut t.health_check_results {
-            shrink(h);
-        }
-    }
     app
 }
 

@@ -160,7 +160,7 @@ fn zdd_drains_more_old_tasks_as_new_ones_become_healthy() {
         .find(|a| a.id == "/nginx-blue")
         .unwrap();
     for t in &mut blue.tasks[1..] {
-        t.health_check_results = Some(vec![Default::default()]);
+        t.health_check_results = Some(Box::new([Default::default()]));
     }
     let s = run(&list, &opts(&["external"]));
     let n = http(&s, "/nginx", 0)
