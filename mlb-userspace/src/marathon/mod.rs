@@ -5,6 +5,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod events;
+pub mod intern;
 pub mod sse;
 pub mod store;
 pub mod task_status;

@@ -85,7 +85,7 @@ impl StatePatches {
         if current == status.state || life_step(current) > life_step(&status.state) {
             return false;
         }
-        task.state = Some(status.state.clone());
+        task.state = Some(super::intern::intern(&status.state));
         if self.by_task.len() >= MAX_PATCHES {
             self.by_task.clear();
         }
@@ -106,7 +106,7 @@ impl StatePatches {
             };
             let read = task.state.as_deref().unwrap_or("");
             if life_step(read) < life_step(patched) {
-                task.state = Some(patched.clone());
+                task.state = Some(super::intern::intern(patched));
             } else {
                 self.by_task.remove(&task.id);
             }

@@ -12,7 +12,7 @@
 //! builds the whole body as [`Value`]s (about 8× the body's size): each app is deserialized
 //! straight from its slice of the body, and only an app that fails that is parsed again through
 //! a `Value` of its own, for the null stripping and the field path of the error.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use serde::Deserialize;
 use serde_json::{Value, value::RawValue};
@@ -193,18 +193,22 @@ pub struct VersionInfo {
 ///
 /// Only the fields the model reads are kept (`appId`, `servicePorts`, `stagedAt`, `startedAt`,
 /// `version`, `slaveId` are skipped): with 100,000 tasks, each unused string costs megabytes.
+/// For the same reason the host, the addresses and the state, which repeat across tasks, are
+/// shared text ([`super::intern`]), and lists are boxed slices (no spare capacity).
 pub struct Task {
     pub id: String,
     /// Agent host name or address; empty when Marathon has none yet.
-    pub host: String,
+    #[serde(deserialize_with = "super::intern::string")]
+    pub host: Arc<str>,
     /// Host ports (host and bridge networking).
-    pub ports: Vec<u16>,
-    pub ip_addresses: Vec<TaskIpAddress>,
+    pub ports: Box<[u16]>,
+    pub ip_addresses: Box<[TaskIpAddress]>,
     /// Mesos task state (`TASK_RUNNING`, ...).
-    pub state: Option<String>,
+    #[serde(deserialize_with = "super::intern::optional")]
+    pub state: Option<Arc<str>>,
     /// `None` when absent (e.g. right after a Marathon leader failover); see the model's
     /// health cache.
-    pub health_check_results: Option<Vec<HealthCheckResult>>,
+    pub health_check_results: Option<Box<[HealthCheckResult]>>,
 }
 
 /// `ipAddresses[]` of a task.
@@ -212,8 +216,9 @@ pub struct Task {
 #[serde(rename_all = "camelCase", default)]
 pub struct TaskIpAddress {
     /// Kept as text: a bad address skips the task (with a reason), it does not reject the app.
-    pub ip_address: Option<String>,
-    pub protocol: Option<String>,
+    /// (`protocol` is not kept: the model takes the family from the address.)
+    #[serde(deserialize_with = "super::intern::optional")]
+    pub ip_address: Option<Arc<str>>,
 }
 
 /// `healthCheckResults[]` of a task (RAML `Health`).
@@ -294,9 +299,14 @@ impl AppList {
     /// Parses apps re-read one by one (`GET /v2/apps/{id}`): each names itself, so an error
     /// names the app without a position.
     pub fn from_rereads(values: Vec<Value>) -> AppList {
+        AppList::from_parsed(values.into_iter().map(parse_reread))
+    }
+
+    /// The list of apps already parsed one by one (e.g. with [`parse_reread`]), in order.
+    pub fn from_parsed(apps: impl IntoIterator<Item = Result<App, AppParseError>>) -> AppList {
         let mut list = AppList::default();
-        for v in values {
-            list.push(parse_app_owned(v, None));
+        for app in apps {
+            list.push(app);
         }
         list
     }
@@ -327,6 +337,11 @@ pub fn parse_app(v: &Value) -> Result<App, AppParseError> {
 
 pub(crate) fn parse_app_at(v: &Value, index: Option<usize>) -> Result<App, AppParseError> {
     parse_app_owned(v.clone(), index)
+}
+
+/// Parses one re-read app (the `app` of `GET /v2/apps/ID`), consuming its value.
+pub fn parse_reread(v: Value) -> Result<App, AppParseError> {
+    parse_app_owned(v, None)
 }
 
 /// [`parse_app_at`] on an owned value (no copy).
@@ -389,13 +404,6 @@ fn compact(mut app: App) -> App {
     shrink(&mut app.readiness_check_results);
     shrink(&mut app.deployments);
     shrink(&mut app.tasks);
-    for t in &mut app.tasks {
-        shrink(&mut t.ports);
-        shrink(&mut t.ip_addresses);
-        if let Some(h) = &mut t.health_check_results {
-            shrink(h);
-        }
-    }
     app
 }
 

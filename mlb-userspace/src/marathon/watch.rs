@@ -52,7 +52,7 @@ use super::{
     events::{EventAction, actions_for_logged},
     sse::SseParser,
     task_status::{TaskStatus, task_status},
-    types::AppList,
+    types::{AppList, parse_reread},
 };
 
 /// What the watcher tells the model. A full read comes parsed app by app (parsing 10,000 apps
@@ -598,7 +598,9 @@ impl Running {
             .map(|id| {
                 let client = self.client.clone();
                 async move {
-                    let r = client.get_app(&id).await;
+                    // Parsed as soon as it arrives: a burst re-reads hundreds of apps, and
+                    // their JSON trees held until the last one came were tens of megabytes.
+                    let r = client.get_app(&id).await.map(|app| app.map(parse_reread));
                     (id, r)
                 }
             })
@@ -626,7 +628,7 @@ impl Running {
             return Ok(true);
         }
         // Parsed here, at the edge: the controller only ever sees typed apps.
-        let changed = AppList::from_rereads(changed);
+        let changed = AppList::from_parsed(changed);
         debug!(
             changed = changed.apps.len() + changed.invalid.len(),
             removed = removed.len(),

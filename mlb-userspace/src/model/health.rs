@@ -308,7 +308,7 @@ mod tests {
         let state = |s: Option<&str>| {
             task_state(&Task {
                 id: "t".into(),
-                state: s.map(str::to_owned),
+                state: s.map(Into::into),
                 ..Default::default()
             })
         };

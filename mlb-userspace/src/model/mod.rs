@@ -60,6 +60,6 @@ pub fn hosts_to_resolve<'a>(apps: impl IntoIterator<Item = &'a App>) -> BTreeSet
         .filter(|a| ports::networking_mode(a) != ports::NetworkingMode::Container)
         .flat_map(|a| &a.tasks)
         .filter(|t| !t.host.is_empty() && t.host.parse::<IpAddr>().is_err())
-        .map(|t| t.host.clone())
+        .map(|t| t.host.to_string())
         .collect()
 }

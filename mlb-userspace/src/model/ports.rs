@@ -327,12 +327,12 @@ pub fn task_ports(app: &App, task: &Task, mode: NetworkingMode) -> Vec<u16> {
             if task.ports.is_empty() {
                 definitions()
             } else {
-                task.ports.clone()
+                task.ports.to_vec()
             }
         }
         NetworkingMode::Bridge => {
             if !task.ports.is_empty() {
-                return task.ports.clone();
+                return task.ports.to_vec();
             }
             let defs = definitions();
             if defs.is_empty() {
@@ -398,9 +398,9 @@ pub fn task_ip(
         return Ok(ip);
     }
     host_addrs
-        .get(&task.host)
+        .get(&*task.host)
         .copied()
-        .ok_or_else(|| TaskAddressError::Unresolved(task.host.clone()))
+        .ok_or_else(|| TaskAddressError::Unresolved(task.host.to_string()))
 }
 
 #[cfg(test)]

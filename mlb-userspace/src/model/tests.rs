@@ -138,7 +138,7 @@ fn zdd_drains_more_old_tasks_as_new_ones_become_healthy() {
     for (i, port) in [(2, 25725), (3, 25726)] {
         let mut t = blue.tasks[0].clone();
         t.id = format!("nginx-blue.{i}");
-        t.ports = vec![port];
+        t.ports = Box::new([port]);
         blue.tasks.push(t);
     }
     blue.instances = Some(3);
@@ -160,7 +160,7 @@ fn zdd_drains_more_old_tasks_as_new_ones_become_healthy() {
         .find(|a| a.id == "/nginx-blue")
         .unwrap();
     for t in &mut blue.tasks[1..] {
-        t.health_check_results = Some(vec![Default::default()]);
+        t.health_check_results = Some(Box::new([Default::default()]));
     }
     let s = run(&list, &opts(&["external"]));
     let n = http(&s, "/nginx", 0)
@@ -194,7 +194,7 @@ fn zdd_colour_scaled_last_is_new_unless_smaller() {
                 for i in 1..blue_instances {
                     let mut t = app.tasks[0].clone();
                     t.id = format!("nginx-blue.{i}");
-                    t.ports = vec![25724 + i as u16];
+                    t.ports = Box::new([25724 + i as u16]);
                     app.tasks.push(t);
                 }
                 app.instances = Some(blue_instances);
