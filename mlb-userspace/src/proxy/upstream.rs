@@ -242,7 +242,10 @@ impl Upstream {
             }
             Payload::Streamed(body) => build(out, backend, body)?,
         };
-        let sent = self.hyper_attempt(out, addr, req).await?;
+        // Boxed: hyper's clients and handshakes are tens of KiB of state that every request's
+        // future would otherwise carry, and copy whole into its box, also on the plain path
+        // above (the fast path's request future: 4.7 KiB with this box, over 80 KiB without).
+        let sent = Box::pin(self.hyper_attempt(out, addr, req)).await?;
         Ok(sent.map(BackendBody::Left))
     }
 
