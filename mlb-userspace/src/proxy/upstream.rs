@@ -242,9 +242,9 @@ impl Upstream {
             }
             Payload::Streamed(body) => build(out, backend, body)?,
         };
-        // Boxed: hyper's clients and handshakes are tens of KiB of state that every request's
-        // future would otherwise carry, and copy whole into its box, also on the plain path
-        // above (the fast path's request future: 4.7 KiB with this box, over 80 KiB without).
+        // Boxed: hyper's clients and handshakes are KiBs of state that every request's future
+        // would otherwise carry, and copy whole into its box, also on the plain path above
+        // (the fast path's request future: 4.7 KiB with this box, 8.5 KiB without).
         let sent = Box::pin(self.hyper_attempt(out, addr, req)).await?;
         Ok(sent.map(BackendBody::Left))
     }
