@@ -11,7 +11,7 @@ use std::{
     borrow::Borrow,
     cmp::{Ordering, Reverse},
     collections::{BTreeMap, HashMap, HashSet},
-    hash::{BuildHasher, Hash, RandomState},
+    hash::{BuildHasher, Hash},
     sync::{Arc, OnceLock},
 };
 
@@ -164,19 +164,24 @@ pub fn auth_error(key: &HttpServiceKey, reason: String) -> ProxyError {
 /// touches (with 9,000 services, about 140 entries each) and shares the others.
 const SHARDS: usize = 64;
 
+/// The route maps' hasher: foldhash (randomly seeded per process), not SipHash, which cost
+/// every request a few hundred instructions twice (shard, then entry). Keys come from
+/// Marathon; clients only look them up, so they cannot fill a map with colliding keys.
+type RouteHasher = foldhash::fast::RandomState;
+
 /// A hash map split in shards shared between successive tables (copy on write per shard).
 #[derive(Clone, Debug)]
 struct ShardedMap<K, V> {
-    hasher: RandomState,
-    shards: Vec<Arc<HashMap<K, V>>>,
+    hasher: RouteHasher,
+    shards: Vec<Arc<HashMap<K, V, RouteHasher>>>,
     len: usize,
 }
 
 impl<K, V> Default for ShardedMap<K, V> {
     fn default() -> Self {
         ShardedMap {
-            hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| Arc::new(HashMap::new())).collect(),
+            hasher: RouteHasher::default(),
+            shards: (0..SHARDS).map(|_| Arc::new(HashMap::default())).collect(),
             len: 0,
         }
     }

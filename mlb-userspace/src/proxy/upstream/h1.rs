@@ -211,10 +211,15 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Option<Head>, String> {
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
+    // One copy of the head, which the header values share (a value of its own each would be
+    // an allocation and a copy per header).
+    let head = Bytes::copy_from_slice(&buf[..len]);
     let mut headers = HeaderMap::with_capacity(parsed.headers.len());
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| e.to_string())?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|e| e.to_string())?;
+        let start = h.value.as_ptr() as usize - buf.as_ptr() as usize;
+        let value = HeaderValue::from_maybe_shared(head.slice(start..start + h.value.len()))
+            .map_err(|e| e.to_string())?;
         headers.append(name, value);
     }
     let framing = Framing::of(status, head_only, &mut headers)?;

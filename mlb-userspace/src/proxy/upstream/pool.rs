@@ -30,8 +30,9 @@ pub(crate) struct Pool {
 
 #[derive(Default)]
 struct Inner {
-    /// Per backend address, oldest first.
-    idle: HashMap<SocketAddr, Vec<Idle>>,
+    /// Per backend address, oldest first. foldhash, not SipHash: two look-ups per request,
+    /// keyed by backend addresses from Marathon, never by clients.
+    idle: HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>,
     total: usize,
     /// Whether a reaper task is running for this pool.
     reaping: bool,
