@@ -1,9 +1,16 @@
 //! HTTP on an accepted (and decrypted) connection: HTTP/2 when it opens with the HTTP/2
 //! preface, else HTTP/1.1: mlb's own server for requests without a body, hyper's sessions for
 //! the others, the connection parked between them ([`super::park`]).
-use std::{convert::Infallible, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    cell::RefCell,
+    convert::Infallible,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hyper::{
     Request,
     body::Incoming,
@@ -11,7 +18,7 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::debug;
 
 use super::{
@@ -44,7 +51,7 @@ where
     let Some(first) = first_bytes(&mut io).await else {
         return;
     };
-    if first[..] == H2_PREFACE[..] {
+    if first.starts_with(H2_PREFACE) {
         // Boxed, and awaited from a local (a temporary of the awaited expression would keep its
         // room): an HTTP/1 connection's task does not carry an HTTP/2 connection's.
         let h2 = Box::pin(serve_h2(shared, io, first, info, client_timeout));
@@ -54,21 +61,51 @@ where
     }
 }
 
-/// The first bytes of a request: enough to tell the HTTP/2 preface from anything else. `None`:
-/// the client closed (or the connection failed) first.
+/// Room for a connection's first read: a whole typical request head, so the fast path does not
+/// read again for it.
+const FIRST_READ: usize = 8192;
+
+thread_local! {
+    /// The first read's buffer on this thread: filled and copied out within one poll, so a new
+    /// or parked connection waiting for its next bytes holds no buffer.
+    static FIRST_READ_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; FIRST_READ].into());
+}
+
+/// The first bytes of a request (as many as have arrived, up to [`FIRST_READ`] a read): at
+/// least enough to tell the HTTP/2 preface from anything else. `None`: the client closed (or
+/// the connection failed) first.
 async fn first_bytes<I: AsyncRead + Unpin>(io: &mut I) -> Option<Bytes> {
-    // On the stack: a parked connection waits here, and holds no buffer while it does.
-    let mut first = [0u8; H2_PREFACE.len()];
-    let mut filled = 0;
+    let mut first = BytesMut::new();
     loop {
-        match io.read(&mut first[filled..]).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => filled += n,
+        let n = std::future::poll_fn(|cx| read_into_scratch(io, cx, &mut first)).await;
+        if n == 0 {
+            return None;
         }
-        if filled == first.len() || first[..filled] != H2_PREFACE[..filled] {
-            return Some(Bytes::copy_from_slice(&first[..filled]));
+        let seen = first.len().min(H2_PREFACE.len());
+        if seen == H2_PREFACE.len() || first[..seen] != H2_PREFACE[..seen] {
+            return Some(first.freeze());
         }
     }
+}
+
+/// One read into this thread's [`FIRST_READ_BUFFER`], whose bytes are appended to `out`; 0 at
+/// the end of the stream or on an error.
+fn read_into_scratch<I: AsyncRead + Unpin>(
+    io: &mut I,
+    cx: &mut Context<'_>,
+    out: &mut BytesMut,
+) -> Poll<usize> {
+    FIRST_READ_BUFFER.with_borrow_mut(|scratch| {
+        let mut buf = ReadBuf::new(scratch);
+        match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(_)) => Poll::Ready(0),
+            Poll::Ready(Ok(())) => {
+                out.extend_from_slice(buf.filled());
+                Poll::Ready(buf.filled().len())
+            }
+        }
+    })
 }
 
 /// HTTP/1.1 on one connection until it ends: mlb's own server for requests without a body
