@@ -41,6 +41,7 @@ pub mod balance;
 mod body;
 mod cert_files;
 mod handler;
+mod head;
 mod headers;
 mod listeners;
 mod maxconn;

@@ -1,14 +1,12 @@
 //! A request head for the fast path: parsed with `httparse` under hyper's limits, and taken
 //! only when it is a request the fast path serves just as hyper would.
-use std::mem::MaybeUninit;
-
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version, header};
 
-use crate::proxy::headers::has_token;
-
-/// Most header lines a request may have (hyper's limit: more get hyper's 431).
-const MAX_HEADERS: usize = 100;
+use crate::proxy::{
+    head::{SharedHead, header_slots},
+    headers::has_token,
+};
 /// Longest request target hyper takes (above: 414).
 const MAX_URI: usize = u16::MAX as usize - 1;
 
@@ -35,9 +33,7 @@ pub(super) enum Parsed {
 
 /// Parses the head at the start of `buf`.
 pub(super) fn parse(buf: &[u8]) -> Parsed {
-    // Uninitialised: httparse writes the slots it uses, and zeroing all of them (3 KiB) cost
-    // more than parsing a typical head.
-    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut slots = header_slots();
     let mut parsed = httparse::Request::new(&mut []);
     let config = httparse::ParserConfig::default();
     let len = match config.parse_request_with_uninit_headers(&mut parsed, buf, &mut slots) {
@@ -45,14 +41,8 @@ pub(super) fn parse(buf: &[u8]) -> Parsed {
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Other,
     };
-    // A copy of the head, which the header values share: the read buffer stays the
-    // connection's own, to be reused for the next request.
-    let head = Bytes::copy_from_slice(&buf[..len]);
-    let slice = |part: &[u8]| {
-        let start = part.as_ptr() as usize - buf.as_ptr() as usize;
-        head.slice(start..start + part.len())
-    };
-    match build(&parsed, slice) {
+    let head = SharedHead::copy(buf, len);
+    match build(&parsed, |part| head.slice(part)) {
         Some((req, keep_alive)) => Parsed::Request {
             req,
             len,
@@ -110,6 +100,7 @@ fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::head::MAX_HEADERS;
 
     fn request(raw: &str) -> (Request<()>, usize, bool) {
         match parse(raw.as_bytes()) {

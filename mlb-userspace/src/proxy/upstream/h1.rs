@@ -8,7 +8,7 @@
 //! an upgrade, and a request body of known, small size, which is sent with the head and can be
 //! sent again. A reused connection that fails before any response byte (the backend closed it
 //! as it was reused) is retried once on a new connection for idempotent methods.
-use std::{mem::MaybeUninit, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version, header};
@@ -19,8 +19,11 @@ use tokio::{
 use tracing::debug;
 
 use super::{Attempt, Outgoing, pool::Pool};
-use crate::proxy::headers::has_token;
 use crate::proxy::upstream::framing::{Framing, H1Body};
+use crate::proxy::{
+    head::{SharedHead, header_slots},
+    headers::has_token,
+};
 
 /// Largest request body sent this way (read whole before sending, and kept for a retry).
 pub(crate) const MAX_BUFFERED_BODY: u64 = 64 * 1024;
@@ -28,8 +31,6 @@ pub(crate) const MAX_BUFFERED_BODY: u64 = 64 * 1024;
 const INIT_BUFFER: usize = 8192;
 /// Largest response head: hyper's default read buffer limit.
 pub(crate) const MAX_HEAD: usize = 8192 + 4096 * 100;
-/// Most response headers (hyper's default).
-const MAX_HEADERS: usize = 100;
 
 /// One worker's HTTP/1.1 client.
 pub(crate) struct H1Client {
@@ -195,9 +196,7 @@ struct Head {
 /// The response head at the start of `buf`; `None` if it is not complete yet. Not async: the
 /// header array lives on the stack only while parsing.
 fn parse_head(buf: &[u8], head_only: bool) -> Result<Option<Head>, String> {
-    // Uninitialised: httparse writes the slots it uses, and zeroing all of them (3 KiB) cost
-    // more than parsing a typical head.
-    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut slots = header_slots();
     let mut parsed = httparse::Response::new(&mut []);
     let config = httparse::ParserConfig::default();
     let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
@@ -214,15 +213,12 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Option<Head>, String> {
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    // One copy of the head, which the header values share (a value of its own each would be
-    // an allocation and a copy per header).
-    let head = Bytes::copy_from_slice(&buf[..len]);
+    let head = SharedHead::copy(buf, len);
     let mut headers = HeaderMap::with_capacity(parsed.headers.len());
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| e.to_string())?;
-        let start = h.value.as_ptr() as usize - buf.as_ptr() as usize;
-        let value = HeaderValue::from_maybe_shared(head.slice(start..start + h.value.len()))
-            .map_err(|e| e.to_string())?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(h.value)).map_err(|e| e.to_string())?;
         headers.append(name, value);
     }
     let framing = Framing::of(status, head_only, &mut headers)?;
