@@ -262,6 +262,13 @@ impl<'ns> Mlb<'ns> {
         self.here(|| http_get(addr, "mlb-admin", path))?
     }
 
+    /// `/haproxy?stats;csv`, parsed by zdd.py's rules.
+    pub fn stats_csv(&self) -> Result<Vec<mlb::stats::csv::Record>> {
+        let reply = self.admin_get("/haproxy?stats;csv")?;
+        ensure!(reply.status == 200, "stats CSV: HTTP {}", reply.status);
+        Ok(mlb::stats::csv::parse(&reply.body)?)
+    }
+
     /// `/_mlb/status` as JSON.
     pub fn status(&self) -> Result<Value> {
         let reply = self.admin_get("/_mlb/status")?;

@@ -82,16 +82,13 @@ fn still_served(mlb: &Mlb, http: SocketAddr, within: Duration) -> Result<()> {
 
 /// Sessions open now to the backends of the UDP service of app `app` (the stats CSV's `scur`).
 fn udp_sessions(mlb: &Mlb, app: &str) -> Result<u64> {
-    let csv = mlb.admin_get("/haproxy?stats;csv").context("stats")?;
-    let backend = csv
-        .body
-        .lines()
-        .map(|line| line.split(',').collect::<Vec<_>>())
-        .find(|f| f.len() > 4 && f[0].starts_with(&format!("{app}_")) && f[1] == "BACKEND")
-        .with_context(|| format!("no BACKEND row of {app} in the stats CSV:\n{}", csv.body))?;
-    backend[4]
-        .parse()
-        .with_context(|| format!("scur {:?}", backend[4]))
+    let prefix = format!("{app}_");
+    let rows = mlb.stats_csv()?;
+    let backend = rows
+        .iter()
+        .find(|r| r.get("pxname").starts_with(&prefix) && r.get("svname") == "BACKEND")
+        .with_context(|| format!("no BACKEND row of {app} in the stats CSV"))?;
+    Ok(backend.int("scur")?)
 }
 
 /// Lines of the agent's log containing `what`.

@@ -742,13 +742,6 @@ fn xdp_follows_marathon_body() -> Result<()> {
     Ok(())
 }
 
-/// `/haproxy?stats;csv` of a running agent, parsed by zdd.py's rules.
-fn stats_csv(mlb: &Mlb<'_>) -> Result<Vec<mlb::stats::csv::Record>> {
-    let reply = mlb.admin_get("/haproxy?stats;csv")?;
-    ensure!(reply.status == 200, "stats CSV: HTTP {}", reply.status);
-    Ok(mlb::stats::csv::parse(&reply.body)?)
-}
-
 /// The server row of `task` (a simulator task on loopback) in proxy `pxname`.
 fn server_row(
     rows: &[mlb::stats::csv::Record],
@@ -800,7 +793,7 @@ fn stats_csv_body() -> Result<()> {
     let mut pinned = EchoConn::open(tcp_addr)?;
     pinned.echo("held-open")?;
 
-    let rows = stats_csv(&mlb)?;
+    let rows = mlb.stats_csv()?;
     let web_px = format!("stats_web_{web_port}");
     let mut answered = 0;
     for task in task_ids(&sim, web) {
@@ -868,7 +861,7 @@ fn stats_csv_body() -> Result<()> {
                 &format!("{victim} MAINT with {sessions} sessions"),
                 Duration::from_secs(1),
                 || {
-                    let row = server_row(&stats_csv(&mlb)?, &tcp_px, &sim, tcp, &victim)?;
+                    let row = server_row(&mlb.stats_csv()?, &tcp_px, &sim, tcp, &victim)?;
                     let qcur = row.int("qcur")?;
                     Ok(
                         (row.get("status") == "MAINT" && row.int("scur")? == sessions && qcur == 0)
@@ -949,7 +942,7 @@ fn stats_page_body() -> Result<()> {
         Duration::from_secs(5),
         || {
             // Once the loop's last connections closed: one session in all, the pinned one.
-            let rows = stats_csv(&mlb)?;
+            let rows = mlb.stats_csv()?;
             let mut open = Vec::new();
             for t in &tcp_tasks {
                 let scur = server_row(&rows, &tcp_px, &sim, tcp, t)?.int("scur")?;
@@ -976,7 +969,7 @@ fn stats_page_body() -> Result<()> {
     std::thread::scope(|s| -> Result<()> {
         let killing = s.spawn(|| rt.block_on(sim.kill_task(&victim)));
         wait_for("the killed task MAINT", Duration::from_secs(5), || {
-            let row = server_row(&stats_csv(&mlb)?, &tcp_px, &sim, tcp, &victim)?;
+            let row = server_row(&mlb.stats_csv()?, &tcp_px, &sim, tcp, &victim)?;
             Ok((row.get("status") == "MAINT").then_some(()))
         })?;
         // A second apart, so the page has session rates to show.
@@ -1372,7 +1365,7 @@ fn real_zdd_py_body(zdd_path: &std::path::Path) -> Result<()> {
         "a blue server MAINT with sessions",
         Duration::from_secs(20),
         || {
-            let rows = stats_csv(&mlb)?;
+            let rows = mlb.stats_csv()?;
             Ok(rows.into_iter().find(|r| {
                 r.get("pxname") == pxname
                     && r.get("status") == "MAINT"
