@@ -304,7 +304,7 @@ impl Controller {
         self.copies.cached = None;
         self.retarget_l4_health_checks(&changed);
         self.apply(&changed, model_time);
-        if full || dirty.len() >= crate::stats::memory::RSS_LOGGED_FROM {
+        if full || dirty.len() >= crate::stats::memory::BIG_UPDATE {
             // The previous state and the passes' scratch, freed: resident no longer. After a
             // burst's big step too (hundreds of apps recompiled), not after each small event.
             crate::stats::memory::release_freed();

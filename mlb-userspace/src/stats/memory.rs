@@ -17,13 +17,14 @@ pub fn rss_mb() -> f64 {
     (pages * 4096) as f64 / f64::from(1u32 << 20)
 }
 
-/// Changes from this many on are big enough to log the RSS after them (a full sync's steps): it
-/// costs a read of `/proc`, several per update, which a one-task event should not pay.
-pub const RSS_LOGGED_FROM: usize = 64;
+/// Updates of this many changes on are big (a full sync's steps, a burst): the RSS after them
+/// is logged and the memory they freed is given back ([`release_freed`]). Both cost a read of
+/// `/proc` or a walk of the heap, which a one-task event should not pay.
+pub const BIG_UPDATE: usize = 64;
 
 /// [`rss_mb`] for an update of `changes` changes, when it is worth logging.
 pub fn rss_mb_if_big(changes: usize) -> Option<f64> {
-    (changes >= RSS_LOGGED_FROM).then(rss_mb)
+    (changes >= BIG_UPDATE).then(rss_mb)
 }
 
 /// How the process's allocator gives freed memory back to the OS at once, set by the binary
@@ -40,7 +41,7 @@ pub fn set_release_freed(release: fn()) {
 /// megabytes (the `/v2/apps` body, the parse's scratch, the previous state) in less than that:
 /// without this they stay resident beside what the next step allocates (at 10,000 apps the
 /// RSS after the parse is 70 MB with it, 124 MB without). Costs a walk of the allocator's
-/// heap: for full syncs, not for each event.
+/// heap: for full syncs and [`BIG_UPDATE`]s, not for each event.
 pub fn release_freed() {
     if let Some(release) = RELEASE_FREED.get() {
         release();
