@@ -145,13 +145,7 @@ fn get_target(head: &[u8]) -> Option<&str> {
 
 /// `GET /v2/apps` or `GET /v2/apps?…` (not one app's `/v2/apps/ID`).
 fn is_full_read(head: &[u8]) -> bool {
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let mut parts = line.split(|&b| b == b' ');
-    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
-        return false;
-    };
-    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
-    method == b"GET" && path == b"/v2/apps"
+    get_target(head).is_some_and(|target| target.split('?').next() == Some("/v2/apps"))
 }
 
 #[cfg(test)]
