@@ -151,11 +151,15 @@ case $mode in
         ;;
     cpu)
         ticks=$(getconf CLK_TCK)
-        read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$lb_pid/stat")
+        read -r u0 s0 f0 < <(awk '{print $14, $15, $10}' "/proc/$lb_pid/stat")
+        segs0=$(awk '/^Tcp:/ && $12 ~ /^[0-9]+$/ {print $12}' /proc/net/snmp)
         start=$(date +%s.%N)
         load "$n"
         end=$(date +%s.%N)
-        read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$lb_pid/stat")
+        read -r u1 s1 f1 < <(awk '{print $14, $15, $10}' "/proc/$lb_pid/stat")
+        segs1=$(awk '/^Tcp:/ && $12 ~ /^[0-9]+$/ {print $12}' /proc/net/snmp)
+        echo "TCP segments sent per request (every socket of the machine): $(awk -v d=$((segs1 - segs0)) -v n="$n" 'BEGIN { printf "%.2f", d / n }')"
+        echo "minor page faults per request: $(awk -v f=$((f1 - f0)) -v n="$n" 'BEGIN { printf "%.3f", f / n }')"
         awk -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v t="$ticks" -v n="$n" -v a="$start" -v b="$end" \
             -v lb="$lb" -v c="$close" 'BEGIN {
             printf "cpu: %s close=%s: user %.1f µs + system %.1f µs = %.1f µs per request; %.0f req/s\n",

@@ -70,6 +70,8 @@ pub fn run(args: &HttpArgs) -> Result<()> {
         (args.rounds.max(1) as usize, 10)
     };
     let mut lab = Lab::create()?;
+    // What lb sends is the network's and the receivers' work, not the LB's (as in `bench tcp`).
+    lab.network_off_lb_cpu()?;
     let setup = Setup::write(&lab, bins, secs, args)?;
     let www = lab.path("www");
     fs::create_dir_all(&www)?;
@@ -922,7 +924,9 @@ fn method(rounds: usize, secs: u32) -> Result<String> {
     Ok(format!(
         "Kernel {}; {rounds} round(s), cases interleaved, each load balancer started afresh \
          per round; medians. Client tools and nginx backends (one process each) on cpu0, the \
-         load balancer (one thread) and lb's receive path on cpu1. HTTP/1.1: `wrk -t1 -c{CONNECTIONS} \
+         load balancer (one thread) and lb's receive path on cpu1; what lb sends is received \
+         (bridge, backends, client) on cpu0 (threaded NAPI of lb's veth peers), as a NIC would \
+         hand it to the wire. HTTP/1.1: `wrk -t1 -c{CONNECTIONS} \
          -d{secs}s --latency` keep-alive, then with `Connection: close` (new TCP connections/s). \
          TLS (`:443`, ECDSA P-256 certificate, TLS 1.2/1.3 defaults of each side, ALPN \
          h2,http/1.1): new TLS handshakes/s = {CONNECTIONS} client connections for {secs} s, each a \
