@@ -237,6 +237,51 @@ async fn http10_closes_unless_kept_alive_and_connection_close_closes() {
     assert!(c.closed_within(Duration::from_secs(2)).await);
 }
 
+/// Segments the kernel has received on `tcp` so far (`tcpi_segs_in` of `TCP_INFO`, which
+/// follows `tcpi_segs_out`, the last field the libc crate declares).
+fn segments_received(tcp: &TcpStream) -> u32 {
+    use std::os::fd::AsRawFd as _;
+    let mut info = [0u32; 64];
+    let mut len = size_of_val(&info) as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes of `struct tcp_info` into `info`.
+    let rc = unsafe {
+        libc::getsockopt(
+            tcp.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    let segs_in = std::mem::offset_of!(libc::tcp_info, tcpi_segs_out) + 4;
+    assert!(len as usize >= segs_in + 4, "a kernel without tcpi_segs_in");
+    info[segs_in / 4]
+}
+
+/// A closing exchange as short as TCP allows: the proxy does not acknowledge the request on
+/// its own (the response does), and the last response, the connection's FIN with it, comes
+/// in one segment. The client then receives two segments in all: the SYN-ACK and that one.
+#[tokio::test]
+async fn a_last_response_comes_with_the_fin_and_acknowledges_the_request() {
+    let (_backend, proxy) = proxied(|_| {}).await;
+    let http = proxy.local_addr("http").unwrap();
+    let mut seen = Vec::new();
+    // A delayed ACK is due after 40 ms: a machine that busy may see one, so best of three.
+    for _ in 0..3 {
+        let mut c = Client::connect(http).await;
+        c.send(&get("/", "Connection: close\r\n")).await;
+        let r = c.response(false).await;
+        assert_eq!((r.header("connection"), r.body()), (Some("close"), "fast"));
+        assert!(c.closed_within(Duration::from_secs(2)).await);
+        seen.push(segments_received(&c.tcp));
+    }
+    assert!(
+        seen.contains(&2),
+        "segments received per connection: {seen:?}"
+    );
+}
+
 #[tokio::test]
 async fn unknown_lengths_are_chunked_for_http11_and_close_delimited_for_http10() {
     let (_backend, proxy) = proxied(|_| {}).await;

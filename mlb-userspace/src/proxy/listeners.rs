@@ -691,6 +691,10 @@ impl<S> Prefixed<S> {
     pub(crate) fn into_inner(self) -> S {
         self.inner
     }
+
+    pub(crate) fn get_ref(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {

@@ -43,6 +43,7 @@ mod cert_files;
 mod handler;
 mod head;
 mod headers;
+mod last_segment;
 mod listeners;
 mod maxconn;
 mod park;

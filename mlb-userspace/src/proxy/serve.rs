@@ -25,6 +25,7 @@ use super::{
     Shared,
     body::{ClientBody, SessionBody},
     handler,
+    last_segment::LastSegment,
     listeners::{ConnInfo, Prefixed, client_timeout},
     park::{ParkedGauge, Session, SessionIo},
     server::h1::{self, Next},
@@ -43,7 +44,7 @@ type InFlight =
 /// connection's supervisor closes it when it sends no request in time or stays idle).
 pub(crate) async fn serve_http<I>(shared: Arc<Shared>, mut io: I, info: ConnInfo)
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + LastSegment + Send + 'static,
 {
     let client_timeout = client_timeout(&shared, info.frontend);
     let info = Arc::new(info);
@@ -117,7 +118,7 @@ async fn serve_h1<I>(
     info: Arc<ConnInfo>,
     client_timeout: Duration,
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + LastSegment + Send + 'static,
 {
     loop {
         // Boxed, and awaited from a local: the fast path's buffers and request state exist

@@ -19,6 +19,7 @@ use crate::proxy::{
     Shared,
     body::{ClientBody, ProxyBody},
     handler,
+    last_segment::LastSegment,
     listeners::ConnInfo,
     park::PARK_AFTER,
 };
@@ -49,7 +50,7 @@ pub(super) struct Conn<'a, I> {
     max_head: usize,
 }
 
-impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
+impl<I: AsyncRead + AsyncWrite + LastSegment + Unpin> Conn<'_, I> {
     /// Writes and flushes what is gathered.
     pub(super) async fn send(&mut self) -> std::io::Result<()> {
         if !self.write.is_empty() {
@@ -90,7 +91,7 @@ pub(crate) async fn serve<I>(
     client_timeout: Duration,
 ) -> Next
 where
-    I: AsyncRead + AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + LastSegment + Unpin,
 {
     let mut conn = Conn {
         io,

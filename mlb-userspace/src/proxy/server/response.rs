@@ -8,8 +8,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tracing::debug;
 
 use super::{date, h1::Conn};
-use crate::proxy::body::ProxyBody;
 use crate::proxy::headers::has_token;
+use crate::proxy::{body::ProxyBody, last_segment::LastSegment};
 
 /// Body bytes gathered behind the head (or each other) before they are written.
 const GATHER: usize = 64 * 1024;
@@ -44,7 +44,7 @@ enum BodyLength {
 struct BadHead;
 
 /// Writes `response` to the client. `Ok(true)`: the connection may serve another request.
-pub(super) async fn write<I: AsyncRead + AsyncWrite + Unpin>(
+pub(super) async fn write<I: AsyncRead + AsyncWrite + LastSegment + Unpin>(
     conn: &mut Conn<'_, I>,
     asked: &Asked,
     response: Response<ProxyBody>,
@@ -59,23 +59,28 @@ pub(super) async fn write<I: AsyncRead + AsyncWrite + Unpin>(
         conn.write.clear();
         return Ok(false);
     };
+    let last = last || encoder == Encoder::Close;
     if encoder == Encoder::Length(0) {
         // A body not sent (HEAD, 204, 304, empty) is dropped, as hyper does.
         drop(body);
+        if last {
+            conn.io.hold_until_shutdown();
+        }
         conn.send().await?;
         return Ok(!last);
     }
-    let whole = write_body(conn, &mut body, encoder).await?;
-    Ok(whole && !last && encoder != Encoder::Close)
+    let whole = write_body(conn, &mut body, encoder, last).await?;
+    Ok(whole && !last)
 }
 
-/// Writes the body behind the head gathered in `conn.write`. `Ok(false)`: it failed, did not
-/// match its announced length (the client cannot tell where the next response starts), or
-/// the client left.
-async fn write_body<I: AsyncRead + AsyncWrite + Unpin>(
+/// Writes the body behind the head gathered in `conn.write`; the `last` response's final
+/// bytes wait for the connection's FIN. `Ok(false)`: it failed, did not match its announced
+/// length (the client cannot tell where the next response starts), or the client left.
+async fn write_body<I: AsyncRead + AsyncWrite + LastSegment + Unpin>(
     conn: &mut Conn<'_, I>,
     body: &mut ProxyBody,
     encoder: Encoder,
+    last: bool,
 ) -> io::Result<bool> {
     let mut left = match encoder {
         Encoder::Length(n) => Some(n),
@@ -134,6 +139,9 @@ async fn write_body<I: AsyncRead + AsyncWrite + Unpin>(
     }
     if encoder == Encoder::Chunked {
         conn.write.extend_from_slice(b"0\r\n\r\n");
+    }
+    if last {
+        conn.io.hold_until_shutdown();
     }
     conn.send().await?;
     Ok(left.is_none_or(|left| left == 0))
