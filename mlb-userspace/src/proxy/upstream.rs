@@ -480,6 +480,9 @@ impl Forwarded {
     }
 }
 
+/// How many headers [`add_forwarded`] may add to a request.
+pub(crate) const FORWARDED_HEADERS: usize = 3;
+
 /// `X-Forwarded-For` (appended to), `-Proto` and `-Port`, as marathon-lb's HAProxy set them.
 pub(crate) fn add_forwarded(headers: &mut HeaderMap, fwd: &Forwarded) {
     // Names made at compile time (`from_static` at run time parses them every request).

@@ -6,6 +6,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version, he
 use crate::proxy::{
     head::{SharedHead, header_slots},
     headers::has_token,
+    upstream::FORWARDED_HEADERS,
 };
 /// Longest request target hyper takes (above: 414).
 const MAX_URI: usize = u16::MAX as usize - 1;
@@ -67,7 +68,8 @@ fn build(
         1 => (Version::HTTP_11, true),
         _ => (Version::HTTP_10, false),
     };
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    // Room for the `X-Forwarded-*` headers the proxy adds: the map does not grow per request.
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + FORWARDED_HEADERS);
     let (mut close, mut length) = (false, false);
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
