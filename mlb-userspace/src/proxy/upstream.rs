@@ -447,7 +447,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             found |= 1 << i;
         }
     }
-    if found == 0 {
+    if found == 0 && !keep_upgrade {
         return;
     }
     let is_upgrade = |name: &str| name.eq_ignore_ascii_case(header::UPGRADE.as_str());
@@ -586,6 +586,9 @@ mod tests {
         let before = h.clone();
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h, before);
+        // Kept for an upgrade, the connection says so even if the request did not.
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
     }
 
     #[test]
