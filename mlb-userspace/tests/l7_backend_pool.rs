@@ -1,7 +1,8 @@
 //! Keep-alive connections from the proxy to its backends: reused across requests whatever the
 //! response framing, never reused after the backend closed them, after a response delimited by
 //! the connection's end or after a response that was abandoned halfway; a response head past
-//! the limit is a 502. The backend is a raw HTTP/1.1 server that counts its connections.
+//! the limit is a 502; HTTP/2 clients with hundreds of streams in flight do not churn backend
+//! connections. The backend is a raw HTTP/1.1 server that counts its connections.
 #![expect(
     clippy::unwrap_used,
     reason = "helpers outside #[test] functions fail the test loudly"
@@ -135,6 +136,13 @@ async fn answer(stream: &mut TcpStream, path: &str) -> std::io::Result<()> {
             stream.write_all(b"3\r\ndef\r\n0\r\n\r\n").await
         }
         "/empty" => stream.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await,
+        // Answered late: requests sent together are all in flight at once.
+        "/wait" => {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+                .await
+        }
         // No length: the body ends with the connection.
         "/eof" => {
             stream
@@ -286,4 +294,46 @@ async fn an_over_long_response_head_is_a_502() {
     let got = get(&c, http, HOST, "/", &[]).await;
     assert_eq!(got.body, "hello");
     assert_eq!(backend.accepted(), 2);
+}
+
+/// Two HTTP/2 clients with 150 streams in flight each, wave after wave: every stream in flight
+/// holds a backend connection, and the 300 opened for the first wave serve all the others (an
+/// idle pool bounded to 256 per backend reconnected 44 of them every wave).
+#[tokio::test]
+async fn http2_streams_in_flight_beyond_256_reuse_their_backend_connections() {
+    const STREAMS: usize = 150;
+    let (backend, _proxy, http) = proxied(false).await;
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        clients.push(h2_over(TcpStream::connect(http).await.unwrap()).await);
+    }
+    for wave in 0..4 {
+        let mut pending = Vec::new();
+        for client in &mut clients {
+            for _ in 0..STREAMS {
+                let req = Request::get(format!("http://{HOST}/wait"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                pending.push(client.send_request(req));
+            }
+        }
+        for (i, resp) in futures_util::future::join_all(pending)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            let got = read(resp.unwrap()).await;
+            assert_eq!(
+                (got.status.as_u16(), got.body.as_str()),
+                (200, "hello"),
+                "wave {wave} stream {i}"
+            );
+        }
+    }
+    let accepted = backend.accepted();
+    assert!(
+        accepted <= 2 * STREAMS,
+        "{accepted} backend connections for {} streams in flight",
+        2 * STREAMS
+    );
 }

@@ -404,9 +404,10 @@ fn build(
 }
 
 /// Headers that describe one hop (RFC 9110 §7.6.1, and the legacy `keep-alive` and
-/// `proxy-connection`), besides those `Connection` names and `TE`. Made at compile time:
+/// `proxy-connection`), besides those `Connection` names, and `TE` last. A `static`, made at
+/// compile time: a `const` array would be built and dropped at every use, and
 /// `HeaderName::from_static` at run time parses the name every call.
-const HOP_BY_HOP: [HeaderName; 7] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     header::PROXY_AUTHORIZATION,
     header::TRAILER,
@@ -414,38 +415,66 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
+    header::TE,
 ];
+
+/// The index of `name` in [`HOP_BY_HOP`]: by its text, which the compiler matches by length
+/// first, so the common names cost a comparison or two.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    Some(match name.as_str() {
+        "connection" => 0,
+        "proxy-authorization" => 1,
+        "trailer" => 2,
+        "transfer-encoding" => 3,
+        "upgrade" => 4,
+        "keep-alive" => 5,
+        "proxy-connection" => 6,
+        "te" => 7,
+        _ => return None,
+    })
+}
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1), plus those named
 /// in `Connection`. With `keep_upgrade`, `Connection: upgrade` and `Upgrade` stay (WebSocket).
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass over the names finds the few present: most messages carry none or one, and
-    // removing each of the ten by name would hash and probe the map ten times.
-    let found: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| **name == header::TE || HOP_BY_HOP.contains(name))
-        .cloned()
-        .collect();
-    if found.contains(&header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            if !(keep_upgrade && name == header::UPGRADE) {
-                headers.remove(name);
+    // One pass over the names finds the few present (a bit per `HOP_BY_HOP` entry): most
+    // messages carry none or one, and removing each of the eight by name would hash and probe
+    // the map eight times. No allocation: this runs twice per request.
+    const TE_BIT: u8 = 1 << 7;
+    let mut found = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name) {
+            found |= 1 << i;
+        }
+    }
+    if found == 0 && !keep_upgrade {
+        return;
+    }
+    let is_upgrade = |name: &str| name.eq_ignore_ascii_case(header::UPGRADE.as_str());
+    if found & 1 != 0 {
+        // `Connection` (HOP_BY_HOP[0]) goes, and the headers it names: its values taken out
+        // first (a second value is rare, and only it would need a Vec).
+        if let header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) {
+            let (_, mut values) = entry.remove_entry_mult();
+            let first = values.next();
+            let rest: Vec<HeaderValue> = values.collect();
+            for value in first.iter().chain(&rest) {
+                let Ok(value) = value.to_str() else { continue };
+                for name in value.split(',').map(str::trim) {
+                    if !(keep_upgrade && is_upgrade(name)) {
+                        // By `&str`: looked up without making a `HeaderName`.
+                        headers.remove(name);
+                    }
+                }
             }
         }
     }
-    for name in found.iter().filter(|name| **name != header::TE) {
-        if !(keep_upgrade && *name == header::UPGRADE) {
+    for (i, name) in HOP_BY_HOP.iter().enumerate().take(7).skip(1) {
+        if found & (1 << i) != 0 && !(keep_upgrade && *name == header::UPGRADE) {
             headers.remove(name);
         }
     }
-    if found.contains(&header::TE) {
+    if found & TE_BIT != 0 {
         // TE: only "trailers" may go on (gRPC needs it).
         let te_trailers = headers
             .get(header::TE)
@@ -489,6 +518,9 @@ pub(crate) fn add_forwarded(headers: &mut HeaderMap, fwd: &Forwarded) {
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     const PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
     const PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+    // Room for the three at once: a map built to the size of the request's own headers (mlb's
+    // HTTP/1.1 server makes them so) would otherwise grow, rehashing, twice.
+    headers.reserve(3);
     let value = match headers.get(XFF).and_then(|v| v.to_str().ok()) {
         Some(prev) => {
             let ip = fwd.client_ip.to_str().unwrap_or_default();
@@ -541,6 +573,14 @@ mod tests {
     }
 
     #[test]
+    fn every_hop_by_hop_name_is_found_at_its_index() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        assert_eq!(hop_by_hop_index(&header::HOST), None);
+    }
+
+    #[test]
     fn headers_of_no_hop_pass_unchanged() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("a"));
@@ -549,6 +589,9 @@ mod tests {
         let before = h.clone();
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h, before);
+        // Kept for an upgrade, the connection says so even if the request did not.
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! Reuse is LIFO: the connection used last is the warmest and the least likely to have hit the
 //! backend's own keep-alive timeout. The pool is bounded per backend and in total, and a
 //! connection idle for [`IDLE_TIMEOUT`] is closed by a reaper that runs only while the pool
-//! holds connections. A connection the backend closed while idle is found before reuse: its
+//! holds connections. Past [`KEPT_PER_BACKEND`], a backend's connections are a burst's surplus
+//! (HTTP/2 clients multiplex hundreds of streams, each holding a backend connection while in
+//! flight): kept while used, purged soon after they stop being used, as HAProxy's
+//! `pool-purge-delay` does. A connection the backend closed while idle is found before reuse: its
 //! socket reads as ready (end of stream or stray data) without a system call.
 use std::{
     collections::HashMap,
@@ -17,8 +20,17 @@ use tokio::{net::TcpStream, time::Instant};
 
 /// How long a backend connection may wait in the pool (hyper's pool had the same).
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Idle connections kept per backend address: past it the oldest is closed.
-const MAX_IDLE_PER_BACKEND: usize = 256;
+/// Idle connections per backend address kept until [`IDLE_TIMEOUT`] whether used or not.
+const KEPT_PER_BACKEND: usize = 256;
+/// Idle connections per backend address at most: past it the oldest is closed. Room for the
+/// streams in flight of HTTP/2 clients on one worker (`h2load -c32 -m10`: 320); with the old
+/// bound of 256 such a load reconnected to its backend for 4 % of its requests.
+const MAX_IDLE_PER_BACKEND: usize = 1024;
+/// How long a backend's connections past [`KEPT_PER_BACKEND`] may go unused before the reaper
+/// closes half of them, and every [`PURGE_DELAY`] half of the rest (HAProxy's
+/// `pool-purge-delay`, its default too): halving, so that a burst that comes back soon finds
+/// some of its connections.
+const PURGE_DELAY: Duration = Duration::from_secs(5);
 /// Idle connections kept by one pool (one worker) over all backends.
 const MAX_IDLE: usize = 4096;
 
@@ -96,7 +108,8 @@ impl Pool {
         inner.total = inner.total + 1 - evicted;
         if !inner.reaping {
             inner.reaping = true;
-            runtime.spawn(reap_every(Arc::downgrade(self), self.idle_timeout / 2));
+            let every = (self.idle_timeout / 2).min(PURGE_DELAY);
+            runtime.spawn(reap_every(Arc::downgrade(self), every));
         }
     }
 
@@ -106,12 +119,14 @@ impl Pool {
         self.lock().total
     }
 
-    /// Closes connections idle for too long or closed by their backend; `false` when none is
-    /// left (the reaper then stops, and the next checkin starts another).
+    /// Closes connections idle for too long or closed by their backend, and purges surplus
+    /// ones unused for [`PURGE_DELAY`]; `false` when none is left (the reaper then stops, and
+    /// the next checkin starts another).
     fn reap(&self) -> bool {
         let mut inner = self.lock();
         let timeout = self.idle_timeout;
         inner.idle.retain(|_, list| {
+            list.drain(..purged(list));
             list.retain(|idle| idle.since.elapsed() < timeout && open(&idle.stream));
             !list.is_empty()
         });
@@ -133,6 +148,19 @@ async fn reap_every(pool: Weak<Pool>, every: Duration) {
             _ => return,
         }
     }
+}
+
+/// How many of a backend's idle connections (oldest first) the reaper purges: half, rounded
+/// up, of those past [`KEPT_PER_BACKEND`] unused for [`PURGE_DELAY`]. The oldest are at the
+/// front (LIFO reuse), so they are the ones unused longest.
+fn purged(list: &[Idle]) -> usize {
+    let surplus = list.len().saturating_sub(KEPT_PER_BACKEND);
+    let unused = list
+        .iter()
+        .take(surplus)
+        .take_while(|idle| idle.since.elapsed() >= PURGE_DELAY)
+        .count();
+    unused.div_ceil(2)
 }
 
 /// Whether an idle connection is still open: an idle HTTP/1.1 connection has nothing to read,
@@ -202,5 +230,46 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(17)).await;
         assert_eq!(pool.idle(), 0, "reaped");
         assert!(!pool.lock().reaping, "the reaper stopped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bursts_surplus_is_kept_while_used_then_purged_by_halves() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = Pool::new(IDLE_TIMEOUT);
+        let burst = KEPT_PER_BACKEND + 8;
+        let mut peers = Vec::new();
+        for _ in 0..burst {
+            let (c, s) = pair(&listener).await;
+            pool.checkin(addr, c);
+            peers.push(s);
+        }
+        assert_eq!(
+            pool.idle(),
+            burst,
+            "a burst past the old bound of 256 is kept"
+        );
+        // Reused within the purge delay: the whole burst stays.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let used: Vec<_> = (0..burst).filter_map(|_| pool.checkout(addr)).collect();
+        assert_eq!(used.len(), burst);
+        for c in used {
+            pool.checkin(addr, c);
+        }
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(pool.idle(), burst, "used 4 s ago: nothing purged");
+        // Unused since: half of the 8 surplus, then half of the rest, down to the kept ones.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(pool.idle(), KEPT_PER_BACKEND + 4);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(pool.idle(), KEPT_PER_BACKEND + 2);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(
+            pool.idle(),
+            KEPT_PER_BACKEND,
+            "the kept ones wait for the idle timeout"
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(pool.idle(), 0, "closed after the idle timeout");
     }
 }
