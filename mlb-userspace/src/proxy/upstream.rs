@@ -518,9 +518,9 @@ pub(crate) fn add_forwarded(headers: &mut HeaderMap, fwd: &Forwarded) {
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     const PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
     const PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-    // Room for the three at once: a map built to the size of the request's own headers (mlb's
-    // HTTP/1.1 server makes them so) would otherwise grow, rehashing, twice.
-    headers.reserve(3);
+    // Room for the three at once: a map built to the size of the request's own headers would
+    // otherwise grow, rehashing, twice (mlb's HTTP/1.1 server makes its maps with the room).
+    headers.reserve(FORWARDED_HEADERS);
     let value = match headers.get(XFF).and_then(|v| v.to_str().ok()) {
         Some(prev) => {
             let ip = fwd.client_ip.to_str().unwrap_or_default();
