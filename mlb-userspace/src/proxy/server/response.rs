@@ -8,8 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tracing::debug;
 
 use super::{date, h1::Conn};
-use crate::proxy::headers::has_token;
-use crate::proxy::{body::ProxyBody, last_segment::LastSegment};
+use crate::proxy::{body::ProxyBody, headers::has_token, last_segment::LastSegment};
 
 /// Body bytes gathered behind the head (or each other) before they are written.
 const GATHER: usize = 64 * 1024;
