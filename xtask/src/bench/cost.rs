@@ -32,6 +32,9 @@ pub struct Cost {
     /// Packets received + sent by lb on its client leg and on its backend leg.
     pub client_pkts: f64,
     pub backend_pkts: f64,
+    /// Busy share (%) of cpu0 (client, backends, what lb sends) and of cpu1 (the LB and lb's
+    /// receive work) over the run: which side set the rate.
+    pub cpu_busy: [Option<f64>; 2],
 }
 
 /// Counter readings at the start of a run, and the `perf stat` counting over it.
@@ -40,6 +43,7 @@ pub struct Probe {
     cpu_secs: Option<f64>,
     ctx_switches: Option<u64>,
     packets: (u64, u64),
+    cpus: [Option<(u64, u64)>; 2],
     perf: Option<Child>,
 }
 
@@ -57,6 +61,7 @@ impl Probe {
             cpu_secs: lb.map(cpu::process_secs).transpose()?,
             ctx_switches: lb.and_then(ctx_switches),
             packets: leg_packets()?,
+            cpus: [cpu::cpu_jiffies(0), cpu::cpu_jiffies(1)],
             perf,
         })
     }
@@ -78,21 +83,25 @@ impl Probe {
                 .map(|(b, a)| per(a.saturating_sub(b))),
             client_pkts: per(cli.saturating_sub(self.packets.0)),
             backend_pkts: per(be.saturating_sub(self.packets.1)),
+            cpu_busy: [0, 1].map(|i| cpu::busy_pct(self.cpus[i as usize], cpu::cpu_jiffies(i))),
         })
     }
 }
 
 impl Cost {
-    /// `cpu µs / syscalls / ctx switches / client pkts / backend pkts`, per request.
+    /// `cpu µs / syscalls / ctx switches / client pkts / backend pkts`, per request, then
+    /// `cpu0 % / cpu1 %` busy over the run.
     pub fn cell(&self) -> String {
         let opt = |v: Option<f64>, d: usize| v.map_or("n/a".to_owned(), |v| format!("{v:.d$}"));
         format!(
-            "{} / {} / {} / {:.1} / {:.1}",
+            "{} / {} / {} / {:.1} / {:.1} / {} / {}",
             opt(self.cpu_us, 1),
             opt(self.syscalls, 1),
             opt(self.ctx_switches, 2),
             self.client_pkts,
-            self.backend_pkts
+            self.backend_pkts,
+            opt(self.cpu_busy[0], 0),
+            opt(self.cpu_busy[1], 0)
         )
     }
 
@@ -111,6 +120,7 @@ impl Cost {
             ctx_switches: of_opt(|c| c.ctx_switches),
             client_pkts: of(|c| c.client_pkts),
             backend_pkts: of(|c| c.backend_pkts),
+            cpu_busy: [of_opt(|c| c.cpu_busy[0]), of_opt(|c| c.cpu_busy[1])],
         }
     }
 }
@@ -224,8 +234,9 @@ mod tests {
             ctx_switches: Some(0.5),
             client_pkts: cli,
             backend_pkts: 2.0,
+            cpu_busy: [Some(cpu + 50.0), None],
         };
         let m = Cost::median_of(&[c(40.0, 2.0), c(30.0, 3.0), c(50.0, 4.0)]);
-        assert_eq!(m.cell(), "40.0 / n/a / 0.50 / 3.0 / 2.0");
+        assert_eq!(m.cell(), "40.0 / n/a / 0.50 / 3.0 / 2.0 / 90 / n/a");
     }
 }

@@ -20,8 +20,9 @@
 //!   the load balancer shares, not how far it scales.
 //!
 //! - beside each one-core case, what a request costs ([`super::cost`]): LB CPU µs, context
-//!   switches (syscalls with `--profile`), packets on lb's client and backend legs (`--h1-only`: only these
-//!   cases, without TLS), and the same per request of the h2 and TLS keep-alive runs;
+//!   switches (syscalls with `--profile`), packets on lb's client and backend legs, both CPUs'
+//!   busy share (`--h1-only`: only these cases, without TLS), and the same per request of the
+//!   h2 and TLS keep-alive runs;
 //!   `--profile` adds each LB's hottest symbols in each of those runs, `--baseline <binary>`
 //!   runs another build of the proxy as one more case (before/after in one run).
 //!
@@ -842,7 +843,9 @@ fn cost_table(medians: &[Option<Sample>]) -> Result<String> {
         "Per request (keep-alive) and per connection (`Connection: close`): LB CPU µs / LB \
          syscalls / LB context switches / packets on lb's client leg / on its backend leg \
          (rx + tx; `/proc` of the LB and `/proc/net/dev` of lb; syscalls only with `--profile`, \
-         counted by `perf stat`, whose syscall tracepoint slows every process's syscalls).\n"
+         counted by `perf stat`, whose syscall tracepoint slows every process's syscalls) / busy \
+         % of cpu0 (client, backends) / of cpu1 (the LB, lb's receive work) over the run: a \
+         CPU near 100 % set the rate.\n"
     )?;
     writeln!(
         o,
