@@ -638,7 +638,7 @@ async fn splice_to_backend<S>(
             Ok(Ok(upstream)) => {
                 let _ = upstream.set_nodelay(true);
                 debug!(sni, backend = %backend.backend.id, "TLS passthrough");
-                let _guard = InFlightGuard::new(backend.stats.clone());
+                let _guard = InFlightGuard::new(backend.stats().clone());
                 let idle = timeouts.tunnel.unwrap_or(shared.config.timeouts.tunnel);
                 tunnel::splice(client, upstream, idle).await;
                 return;
