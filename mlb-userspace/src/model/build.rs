@@ -6,7 +6,7 @@ use std::{
 };
 
 use crate::{
-    marathon::types::{App, AppList},
+    marathon::types::{App, AppRefs},
     model::{
         BackendState, DesiredState, Rejected, Tuning, Warning,
         backends::{TaskRouter, no_backend_reason},
@@ -118,7 +118,7 @@ fn blank_app_explanation(app_id: &str, problem: String) -> AppExplanation {
 }
 
 pub(crate) fn evaluate(
-    list: &AppList,
+    list: &AppRefs<'_>,
     opts: &ModelOptions,
     health: &HealthCache,
     now: SystemTime,

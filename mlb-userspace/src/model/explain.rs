@@ -114,7 +114,7 @@ pub fn explain(
     health: &HealthCache,
     now: SystemTime,
 ) -> Vec<AppExplanation> {
-    evaluate(apps, opts, health, now).explanations
+    evaluate(&apps.refs(), opts, health, now).explanations
 }
 
 /// Checks an explanation list against a state: every port explained as exposed is in the state.
