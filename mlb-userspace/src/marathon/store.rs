@@ -4,7 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::{
     task_status::{StatePatches, TaskStatus},
-    types::{App, AppList},
+    types::{App, AppList, AppRefs},
 };
 
 /// Marathon's apps as last read, in API order (service-port auto-assignment depends on it).
@@ -59,22 +59,21 @@ impl AppStore {
 
     /// The apps named in `ids` (parsed ones in API order, and the ones that did not parse):
     /// what an incremental model step re-evaluates.
-    pub fn subset(&self, ids: &BTreeSet<String>) -> AppList {
+    pub fn subset(&self, ids: &BTreeSet<String>) -> AppRefs<'_> {
         let mut at: Vec<usize> = ids
             .iter()
             .filter_map(|id| self.index.get(id))
             .copied()
             .collect();
         at.sort_unstable();
-        AppList {
-            apps: at.into_iter().map(|i| self.list.apps[i].clone()).collect(),
+        AppRefs {
+            apps: at.into_iter().map(|i| &self.list.apps[i]).collect(),
             // Few apps fail to parse: scanning them is cheap.
             invalid: self
                 .list
                 .invalid
                 .iter()
                 .filter(|e| ids.contains(&e.app_id))
-                .cloned()
                 .collect(),
         }
     }

@@ -156,13 +156,13 @@ fn full_sync_heap() {
     let opts = crate::model::ModelOptions::new(vec!["external".into()]);
     let mut model = crate::model::incremental::ModelState::default();
     model.full(store.list(), &opts, std::time::SystemTime::now());
-    let mut registry = crate::proxy::balance::StatsRegistry::default();
+    let registry = crate::proxy::balance::StatsRegistry::default();
     let compiled: Vec<_> = model
         .state()
         .http
         .values()
         .map(|spec| {
-            Arc::new(crate::proxy::router::Service::compile(spec, &mut registry, None).unwrap())
+            Arc::new(crate::proxy::router::Service::compile(spec, &registry, None).unwrap())
         })
         .collect();
     let mut index = crate::proxy::router::RouteIndex::default();

@@ -267,22 +267,34 @@ pub enum AppListError {
     NoApps(String),
 }
 
+/// Apps of an [`AppList`], borrowed: what the model evaluates, without a copy of each app (a
+/// burst of task events re-evaluates a thousand apps of tens of tasks each).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AppRefs<'a> {
+    /// Apps that parsed, in API order.
+    pub apps: Vec<&'a App>,
+    /// Apps that did not parse.
+    pub invalid: Vec<&'a AppParseError>,
+}
+
 impl AppList {
+    /// Every app, borrowed.
+    pub fn refs(&self) -> AppRefs<'_> {
+        AppRefs {
+            apps: self.apps.iter().collect(),
+            invalid: self.invalid.iter().collect(),
+        }
+    }
+
     /// The apps named in `ids`, in the same order, by a scan of every app (the app store finds
     /// them through its index: [`super::store::AppStore::subset`]).
-    pub fn subset(&self, ids: &std::collections::BTreeSet<String>) -> AppList {
-        AppList {
-            apps: self
-                .apps
-                .iter()
-                .filter(|a| ids.contains(&a.id))
-                .cloned()
-                .collect(),
+    pub fn subset(&self, ids: &std::collections::BTreeSet<String>) -> AppRefs<'_> {
+        AppRefs {
+            apps: self.apps.iter().filter(|a| ids.contains(&a.id)).collect(),
             invalid: self
                 .invalid
                 .iter()
                 .filter(|e| ids.contains(&e.app_id))
-                .cloned()
                 .collect(),
         }
     }

@@ -6,7 +6,7 @@ use std::{
 };
 
 use crate::{
-    marathon::types::{App, AppList},
+    marathon::types::{App, AppRefs},
     model::{
         BackendState, DesiredState, Rejected, Tuning, Warning,
         backends::{TaskRouter, no_backend_reason},
@@ -118,7 +118,7 @@ fn blank_app_explanation(app_id: &str, problem: String) -> AppExplanation {
 }
 
 pub(crate) fn evaluate(
-    list: &AppList,
+    list: &AppRefs<'_>,
     opts: &ModelOptions,
     health: &HealthCache,
     now: SystemTime,
@@ -247,7 +247,8 @@ impl AppContext<'_> {
             exposed: false,
             problem: None,
             warnings: vec![],
-            ports: vec![],
+            // Sized: a list grown from empty holds 4 (each hundreds of bytes) for 1 port.
+            ports: Vec::with_capacity(specs.len()),
         };
         if specs.is_empty() {
             expl.problem = Some(
@@ -288,6 +289,7 @@ impl AppContext<'_> {
                 pe.reason = Some(reason);
                 pe.dataplane = None;
             }
+            pe.shrink_to_fit();
             expl.ports.push(pe);
         }
         expl.exposed = expl.ports.iter().any(|p| p.exposed);

@@ -17,7 +17,7 @@ use std::{
 };
 
 use crate::{
-    marathon::types::AppList,
+    marathon::types::{AppList, AppRefs},
     model::{
         DesiredState, HealthCache, HttpServiceKey, L4ServiceKey, ModelOptions, Protocol,
         build::{Evaluation, evaluate},
@@ -92,7 +92,7 @@ impl ModelState {
 
     /// Recomputes everything from `apps`.
     pub fn full(&mut self, apps: &AppList, opts: &ModelOptions, now: SystemTime) -> Changed {
-        let eval = evaluate(apps, opts, &self.health, now);
+        let eval = evaluate(&apps.refs(), opts, &self.health, now);
         self.full_passes += 1;
         let old = std::mem::take(&mut self.state);
         self.install(eval);
@@ -113,7 +113,7 @@ impl ModelState {
     pub fn update(
         &mut self,
         apps: &AppList,
-        subset: AppList,
+        subset: AppRefs<'_>,
         dirty: &BTreeSet<String>,
         opts: &ModelOptions,
         now: SystemTime,

@@ -49,7 +49,7 @@ pub fn desired_state(
     health: &HealthCache,
     now: SystemTime,
 ) -> (DesiredState, HealthCache) {
-    let eval = build::evaluate(apps, opts, health, now);
+    let eval = build::evaluate(&apps.refs(), opts, health, now);
     (eval.state, eval.health)
 }
 

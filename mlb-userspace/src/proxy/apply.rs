@@ -78,7 +78,7 @@ struct HealthDelta {
 fn release_leaving(
     current: &Current,
     net: &NetChanges<'_>,
-    registry: &mut StatsRegistry,
+    registry: &StatsRegistry,
     health: &mut HealthDelta,
 ) {
     for (key, new) in net {
@@ -88,8 +88,15 @@ fn release_leaving(
         let staying: HashSet<&BackendId> = new
             .map(|n| n.backends.iter().map(|b| &b.id).collect())
             .unwrap_or_default();
-        for b in old.backends.iter().filter(|b| !staying.contains(&b.id)) {
-            registry.release(b.id.clone());
+        // A rejected service (no route) has no slots and so no counters.
+        let slots = current
+            .routes
+            .service(key)
+            .map(|svc| &svc.selector.backends);
+        for slot in slots.into_iter().flatten() {
+            if !staying.contains(&slot.backend.id) {
+                registry.release_slot(slot);
+            }
         }
         if old.health_check.is_some() {
             health
@@ -104,7 +111,7 @@ fn release_leaving(
 fn recompile(
     current: &mut Current,
     net: &NetChanges<'_>,
-    registry: &mut StatsRegistry,
+    registry: &StatsRegistry,
     health: &mut HealthDelta,
     errors: &mut Vec<ProxyError>,
 ) -> HashSet<u16> {
@@ -151,9 +158,9 @@ impl HttpProxy {
         let old_table = current.routes.table().clone();
         let started = Instant::now();
         let dirty_ports = {
-            let mut registry = lock(&self.registry);
-            release_leaving(current, &net, &mut registry, &mut health);
-            let dirty = recompile(current, &net, &mut registry, &mut health, &mut errors);
+            let registry = &self.registry;
+            release_leaving(current, &net, registry, &mut health);
+            let dirty = recompile(current, &net, registry, &mut health, &mut errors);
             registry.prune_released();
             dirty
         };

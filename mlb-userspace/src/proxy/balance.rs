@@ -1,12 +1,12 @@
 //! Backend selection: `HAPROXY_{n}_BALANCE` (roundrobin, leastconn, source), sticky cookies,
 //! and the per-backend counters that outlive routing-table swaps.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, hash_map::Entry},
     hash::{Hash, Hasher},
     net::IpAddr,
     sync::{
-        Arc, OnceLock,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -109,10 +109,15 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// Every backend's counters. Entries of backends that left the table are kept while they still
-/// have requests in flight (draining), then forgotten at the next table build.
+/// Every backend's counters, by [`BackendId`]: a cheap handle (clones share them) that the
+/// proxy and its routing table's [`BackendSlot`]s hold, each slot making its backend's counters
+/// at its first request. Entries of backends that left the table are kept while they still have
+/// requests in flight (draining), then forgotten.
+#[derive(Clone, Debug, Default)]
+pub struct StatsRegistry(Arc<Mutex<Entries>>);
+
 #[derive(Debug, Default)]
-pub struct StatsRegistry {
+struct Entries {
     /// foldhash (randomly seeded per process), not SipHash: a full sync looks up 90,000 ids.
     stats: HashMap<BackendId, Arc<BackendStats>, foldhash::fast::RandomState>,
     /// Backends that left the table ([`StatsRegistry::release`]), forgotten once drained.
@@ -120,27 +125,66 @@ pub struct StatsRegistry {
 }
 
 impl StatsRegistry {
-    /// The counters of `id`, created on first use.
-    pub fn get(&mut self, id: &BackendId) -> Arc<BackendStats> {
-        if !self.released.is_empty() {
-            self.released.remove(id);
-        }
-        self.stats.entry(id.clone()).or_default().clone()
+    fn lock(&self) -> MutexGuard<'_, Entries> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `id` is no longer in the table: its counters are forgotten by
+    /// The counters of `id`, created on first use.
+    pub fn get(&self, id: &BackendId) -> Arc<BackendStats> {
+        let mut entries = self.lock();
+        if !entries.released.is_empty() {
+            entries.released.remove(id);
+        }
+        entries.stats.entry(id.clone()).or_default().clone()
+    }
+
+    /// The counters of `id` if it has any (it is back in the table: no longer released).
+    fn existing(&self, id: &BackendId) -> Option<Arc<BackendStats>> {
+        let mut entries = self.lock();
+        if !entries.released.is_empty() {
+            entries.released.remove(id);
+        }
+        entries.stats.get(id).cloned()
+    }
+
+    /// The counters of `slot`'s backend, made for its first request. Counters a slot that
+    /// already left the table makes (for a request that picked it just before) are released as
+    /// they are made: forgotten once that request ends, unless the backend is back in the table.
+    fn first_use(&self, slot: &BackendSlot) -> Arc<BackendStats> {
+        let Entries { stats, released } = &mut *self.lock();
+        let id = &slot.backend.id;
+        let retired = slot.retired.load(Ordering::Relaxed);
+        match stats.entry(id.clone()) {
+            Entry::Occupied(known) => {
+                if !retired && !released.is_empty() {
+                    released.remove(id);
+                }
+                known.get().clone()
+            }
+            Entry::Vacant(new) => {
+                if retired {
+                    released.insert(id.clone());
+                }
+                new.insert(Arc::default()).clone()
+            }
+        }
+    }
+
+    /// `slot` left the table: its backend's counters are forgotten by
     /// [`StatsRegistry::prune_released`] once nothing is in flight on it, unless it comes back
-    /// ([`StatsRegistry::get`]) first.
-    pub fn release(&mut self, id: BackendId) {
-        if self.stats.contains_key(&id) {
-            self.released.insert(id);
+    /// (a slot of it compiled again) first; counters the slot makes later are released too.
+    pub fn release_slot(&self, slot: &BackendSlot) {
+        let mut entries = self.lock();
+        slot.retired.store(true, Ordering::Relaxed);
+        if entries.stats.contains_key(&slot.backend.id) {
+            entries.released.insert(slot.backend.id.clone());
         }
     }
 
     /// Forgets the released backends that have drained (the incremental [`Self::prune`]).
-    pub fn prune_released(&mut self) {
-        let stats = &mut self.stats;
-        self.released.retain(|id| {
+    pub fn prune_released(&self) {
+        let Entries { stats, released } = &mut *self.lock();
+        released.retain(|id| {
             let busy = stats.get(id).is_some_and(|s| s.in_flight() > 0);
             if !busy {
                 stats.remove(id);
@@ -150,16 +194,17 @@ impl StatsRegistry {
     }
 
     /// Forgets backends not in `keep` that have nothing in flight any more.
-    pub fn prune(&mut self, keep: &HashSet<BackendId>) {
-        self.stats
-            .retain(|id, stats| keep.contains(id) || stats.in_flight() > 0);
-        self.released
-            .retain(|id| self.stats.contains_key(id) && !keep.contains(id));
+    pub fn prune(&self, keep: &HashSet<BackendId>) {
+        let Entries { stats, released } = &mut *self.lock();
+        stats.retain(|id, stats| keep.contains(id) || stats.in_flight() > 0);
+        released.retain(|id| stats.contains_key(id) && !keep.contains(id));
     }
 
-    /// Every known backend's counters (draining ones included).
+    /// The counters of every backend that has had a request (draining ones included); the
+    /// others have none yet: all zero.
     pub fn counters(&self) -> Vec<(BackendId, BackendCounters)> {
-        self.stats
+        self.lock()
+            .stats
             .iter()
             .map(|(id, s)| (id.clone(), s.counters()))
             .collect()
@@ -167,48 +212,95 @@ impl StatsRegistry {
 
     /// Requests and tunnels in flight to every backend.
     pub fn total_in_flight(&self) -> usize {
-        self.stats.values().map(|s| s.in_flight()).sum()
+        self.lock().stats.values().map(|s| s.in_flight()).sum()
     }
 
-    /// In-flight count of `id`, if it is known.
+    /// In-flight count of `id`, if it has had a request and not drained since it left.
     pub fn in_flight(&self, id: &BackendId) -> Option<usize> {
-        self.stats.get(id).map(|s| s.in_flight())
+        self.lock().stats.get(id).map(|s| s.in_flight())
     }
 }
 
-/// A backend as the routing table holds it.
+/// A backend as the routing table holds it. What only a request needs is made at the first
+/// one: a full sync at 10,000 apps compiles 90,000 slots, most of which a given proxy may never
+/// route to (or not soon), and the counters, the authority and the cookie value of each would
+/// hold ≈ 150 bytes more. Kept within [`SLOT_SIZE`].
 #[derive(Debug)]
 pub struct BackendSlot {
     /// The backend as the model gave it.
     pub backend: Backend,
-    /// Its counters (shared with every table that has held it).
-    pub stats: Arc<BackendStats>,
-    /// Value of the sticky cookie that selects this backend, made on first use: only sticky
-    /// services need it, and a full sync compiles tens of thousands of backends.
+    /// Its counters (shared, through `registry`, with every slot of the same backend).
+    stats: OnceLock<Arc<BackendStats>>,
+    registry: StatsRegistry,
+    /// Set when the slot leaves the table ([`StatsRegistry::release_slot`]).
+    retired: AtomicBool,
+    /// Boxed: inline, the two would make every slot 72 bytes larger.
+    text: OnceLock<Box<SlotText>>,
+}
+
+/// The most a [`BackendSlot`] takes: with the `Arc`'s two counts, 128 bytes, one of the
+/// allocator's size classes (the next is 160).
+pub const SLOT_SIZE: usize = 112;
+
+/// The text a request to a backend needs, made once.
+#[derive(Debug)]
+struct SlotText {
+    /// Its address as the authority of the URIs sent to it.
+    authority: http::uri::Authority,
+    /// Value of the sticky cookie that selects it: only sticky services need it.
     cookie: OnceLock<String>,
-    /// Its address as the authority of the URIs sent to it (made once, not per request).
-    pub authority: http::uri::Authority,
 }
 
 impl BackendSlot {
-    /// The slot of `backend`, with its counters.
-    pub fn new(backend: Backend, stats: Arc<BackendStats>) -> BackendSlot {
-        let authority = backend
-            .addr
-            .to_string()
-            .parse()
-            .expect("a socket address is a URI authority");
+    /// The slot of `backend`, sharing the counters it has in `registry` (if any yet).
+    pub fn new(backend: Backend, registry: &StatsRegistry) -> BackendSlot {
+        let stats = OnceLock::new();
+        if let Some(existing) = registry.existing(&backend.id) {
+            let _ = stats.set(existing);
+        }
         BackendSlot {
             backend,
             stats,
-            cookie: OnceLock::new(),
-            authority,
+            registry: registry.clone(),
+            retired: AtomicBool::new(false),
+            text: OnceLock::new(),
         }
+    }
+
+    /// Its counters, made (in the registry) at the first call.
+    pub fn stats(&self) -> &Arc<BackendStats> {
+        self.stats.get_or_init(|| self.registry.first_use(self))
+    }
+
+    /// Requests and tunnels now open to it (0 before its first).
+    pub fn in_flight(&self) -> usize {
+        self.stats.get().map_or(0, |s| s.in_flight())
+    }
+
+    fn text(&self) -> &SlotText {
+        self.text.get_or_init(|| {
+            let authority = self
+                .backend
+                .addr
+                .to_string()
+                .parse()
+                .expect("a socket address is a URI authority");
+            Box::new(SlotText {
+                authority,
+                cookie: OnceLock::new(),
+            })
+        })
+    }
+
+    /// Its address as a URI authority.
+    pub fn authority(&self) -> &http::uri::Authority {
+        &self.text().authority
     }
 
     /// Value of the sticky cookie that selects this backend.
     pub fn cookie(&self) -> &str {
-        self.cookie
+        self.text()
+            .cookie
             .get_or_init(|| sticky_cookie_value(&self.backend.id))
     }
 }
@@ -290,7 +382,7 @@ impl Selector {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
                 (0..eligible.len())
                     .map(|i| eligible[(start + i) % eligible.len()])
-                    .min_by_key(|b| (b.stats.in_flight() * 1000) / weight(b))
+                    .min_by_key(|b| (b.in_flight() * 1000) / weight(b))
             }
             Balance::Source => {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -329,7 +421,7 @@ mod tests {
             weight,
             state,
         };
-        Arc::new(BackendSlot::new(backend, Arc::default()))
+        Arc::new(BackendSlot::new(backend, &StatsRegistry::default()))
     }
 
     const NONE_UNHEALTHY: &dyn Fn(&BackendId) -> bool = &|_| false;
@@ -398,8 +490,8 @@ mod tests {
         let b = slot("b", 1, BackendState::Active);
         let sel = Selector::new(Balance::LeastConn, vec![a.clone(), b]);
         let _busy = [
-            InFlightGuard::new(a.stats.clone()),
-            InFlightGuard::new(a.stats.clone()),
+            InFlightGuard::new(a.stats().clone()),
+            InFlightGuard::new(a.stats().clone()),
         ];
         for _ in 0..4 {
             assert_eq!(
@@ -472,7 +564,7 @@ mod tests {
 
     #[test]
     fn registry_keeps_draining_backends_until_idle() {
-        let mut reg = StatsRegistry::default();
+        let reg = StatsRegistry::default();
         let id = BackendId::from("gone");
         let guard = InFlightGuard::new(reg.get(&id));
         reg.prune(&HashSet::new());
@@ -482,21 +574,91 @@ mod tests {
         assert_eq!(reg.in_flight(&id), None);
     }
 
+    /// A slot of `id` (active, weight 1) compiled against `reg`.
+    fn slot_in(reg: &StatsRegistry, id: &str) -> BackendSlot {
+        let backend = Backend {
+            id: BackendId::from(id),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            weight: 1,
+            state: BackendState::Active,
+        };
+        BackendSlot::new(backend, reg)
+    }
+
     #[test]
     fn released_backends_are_forgotten_once_drained_unless_they_come_back() {
-        let mut reg = StatsRegistry::default();
-        let (gone, back) = (BackendId::from("gone"), BackendId::from("back"));
-        let guard = InFlightGuard::new(reg.get(&gone));
-        reg.get(&back);
-        reg.release(gone.clone());
-        reg.release(back.clone());
-        reg.get(&back);
+        let reg = StatsRegistry::default();
+        let (gone, back) = (slot_in(&reg, "gone"), slot_in(&reg, "back"));
+        let guard = InFlightGuard::new(gone.stats().clone());
+        back.stats();
+        reg.release_slot(&gone);
+        reg.release_slot(&back);
+        let back_again = slot_in(&reg, "back");
         reg.prune_released();
-        assert_eq!(reg.in_flight(&gone), Some(1), "still draining");
-        assert_eq!(reg.in_flight(&back), Some(0), "back in the table");
+        assert_eq!(reg.in_flight(&gone.backend.id), Some(1), "still draining");
+        assert_eq!(
+            reg.in_flight(&back.backend.id),
+            Some(0),
+            "back in the table"
+        );
         drop(guard);
         reg.prune_released();
-        assert_eq!(reg.in_flight(&gone), None);
-        assert_eq!(reg.in_flight(&back), Some(0));
+        assert_eq!(reg.in_flight(&gone.backend.id), None);
+        assert!(Arc::ptr_eq(back.stats(), back_again.stats()));
+    }
+
+    #[test]
+    fn a_slot_stays_within_its_allocation_class() {
+        assert!(
+            size_of::<BackendSlot>() <= SLOT_SIZE,
+            "{}",
+            size_of::<BackendSlot>()
+        );
+        let slot = slot_in(&StatsRegistry::default(), "a");
+        assert_eq!(slot.authority().as_str(), "127.0.0.1:1");
+        assert_eq!(slot.cookie(), sticky_cookie_value(&slot.backend.id));
+    }
+
+    #[test]
+    fn counters_are_made_at_the_first_request_and_shared_by_later_slots() {
+        let reg = StatsRegistry::default();
+        let first = slot_in(&reg, "a");
+        assert_eq!(reg.in_flight(&first.backend.id), None, "no request yet");
+        assert!(reg.counters().is_empty());
+        let second = slot_in(&reg, "a");
+        let guard = InFlightGuard::new(second.stats().clone());
+        assert_eq!(first.in_flight(), 0, "made by the other slot");
+        assert_eq!(first.stats().in_flight(), 1);
+        assert_eq!(reg.counters().len(), 1);
+        let third = slot_in(&reg, "a");
+        assert_eq!(third.in_flight(), 1, "compiled after: shares them at once");
+        drop(guard);
+    }
+
+    #[test]
+    fn counters_a_retired_slot_makes_are_forgotten_once_its_request_ends() {
+        let reg = StatsRegistry::default();
+        let old = slot_in(&reg, "a");
+        reg.release_slot(&old);
+        reg.prune_released();
+        let guard = InFlightGuard::new(old.stats().clone());
+        reg.prune_released();
+        assert_eq!(reg.in_flight(&old.backend.id), Some(1), "in flight");
+        drop(guard);
+        reg.prune_released();
+        assert_eq!(reg.in_flight(&old.backend.id), None);
+    }
+
+    #[test]
+    fn a_retired_slot_leaves_the_counters_of_the_backend_back_in_the_table() {
+        let reg = StatsRegistry::default();
+        let old = slot_in(&reg, "a");
+        reg.release_slot(&old);
+        let new = slot_in(&reg, "a");
+        new.stats();
+        old.stats();
+        reg.prune_released();
+        assert_eq!(reg.in_flight(&new.backend.id), Some(0));
+        assert!(Arc::ptr_eq(old.stats(), new.stats()));
     }
 }

@@ -104,18 +104,16 @@ impl ConnInfo {
     }
 }
 
-/// One listening address: an accept loop on each worker, stopped to close it.
-pub(crate) struct Listening(Vec<Arc<Stop>>);
+/// One listening address: an accept loop on each worker, all stopped to close it.
+pub(crate) struct Listening(Arc<Stop>);
 
 impl Listening {
     fn close(self) {
-        for stop in self.0 {
-            stop.stop();
-        }
+        self.0.stop();
     }
 }
 
-/// Stops one accept loop, whether it has started yet or not (see [`Pending`]).
+/// Stops the accept loops of a listener, whether they have started yet or not (see [`Pending`]).
 #[derive(Default)]
 pub(crate) struct Stop {
     stopped: AtomicBool,
@@ -149,7 +147,29 @@ async fn until_stopped(stop: Arc<Stop>, work: impl Future<Output = ()>) {
     }
 }
 
-type AcceptLoop = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// What an accept loop is made of, until it starts on its worker (made there, its future is
+/// the task's own state: no second allocation for each listener on each worker).
+struct AcceptLoop {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    frontend: Frontend,
+    gate: ListenerGate,
+    frontend_limit: Arc<Limits<()>>,
+    stop: Arc<Stop>,
+}
+
+impl AcceptLoop {
+    fn spawn(self) {
+        let accept = accept_loop(
+            self.listener,
+            self.shared,
+            self.frontend,
+            self.gate,
+            self.frontend_limit,
+        );
+        tokio::spawn(until_stopped(self.stop, accept));
+    }
+}
 
 /// Accept loops bound but not started yet, by worker. Spawning each on its worker from here
 /// wakes that worker's thread each time: at 10,000 service ports that cost more than binding
@@ -174,7 +194,7 @@ impl Pending {
             let loops = std::mem::take(loops);
             shared.workers[worker].spawn(async move {
                 for accept_loop in loops {
-                    tokio::spawn(accept_loop);
+                    accept_loop.spawn();
                 }
             });
         }
@@ -349,20 +369,19 @@ fn listen(
     let gate = shared.config.conn_gate.listener();
     // The service's own frontend `maxconn` (service ports only), one for all workers' loops.
     let frontend_limit = Arc::new(Limits::<()>::new());
-    let mut stops = Vec::with_capacity(listeners.len());
+    let stop = Arc::new(Stop::default());
     for (worker, listener) in listeners.into_iter().enumerate() {
-        let stop = Arc::new(Stop::default());
-        let accept = accept_loop(
+        let accept_loop = AcceptLoop {
             listener,
-            shared.clone(),
+            shared: shared.clone(),
             frontend,
-            gate.clone(),
-            frontend_limit.clone(),
-        );
-        pending.push(worker, Box::pin(until_stopped(stop.clone(), accept)));
-        stops.push(stop);
+            gate: gate.clone(),
+            frontend_limit: frontend_limit.clone(),
+            stop: stop.clone(),
+        };
+        pending.push(worker, accept_loop);
     }
-    Ok((local, Listening(stops)))
+    Ok((local, Listening(stop)))
 }
 
 /// A listening socket; with `reuse_port`, one of several on the address (one per worker).
@@ -646,7 +665,7 @@ async fn splice_to_backend<S>(
             Ok(Ok(upstream)) => {
                 let _ = upstream.set_nodelay(true);
                 debug!(sni, backend = %backend.backend.id, "TLS passthrough");
-                let _guard = InFlightGuard::new(backend.stats.clone());
+                let _guard = InFlightGuard::new(backend.stats().clone());
                 let idle = timeouts.tunnel.unwrap_or(shared.config.timeouts.tunnel);
                 tunnel::splice(client, upstream, idle).await;
                 return;

@@ -242,7 +242,7 @@ pub struct HttpProxy {
     shared: Arc<Shared>,
     handle: Handle,
     listeners: Mutex<ListenerSet>,
-    registry: Mutex<StatsRegistry>,
+    registry: StatsRegistry,
     health: Mutex<HealthChecker>,
     current: Mutex<Current>,
     cert_watcher: JoinHandle<()>,
@@ -305,7 +305,7 @@ impl HttpProxy {
             shared,
             handle,
             listeners: Mutex::new(listeners),
-            registry: Mutex::new(StatsRegistry::default()),
+            registry: StatsRegistry::default(),
             health: Mutex::new(health),
             current: Mutex::new(Current::default()),
             cert_watcher,
@@ -378,15 +378,12 @@ impl HttpProxy {
     /// Requests (and tunnels) in flight to a backend, including backends no longer in the table
     /// that are still draining; `None` when mlb has never routed to it or it has drained.
     pub fn backend_in_flight(&self, id: &BackendId) -> Option<usize> {
-        self.registry
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .in_flight(id)
+        self.registry.in_flight(id)
     }
 
     /// Every backend's counters (requests, bytes, responses by class), draining ones included.
     pub fn backend_counters(&self) -> Vec<(BackendId, balance::BackendCounters)> {
-        lock(&self.registry).counters()
+        self.registry.counters()
     }
 
     /// HTTP/1 client connections parked now: idle between requests, held as their bare socket
@@ -399,7 +396,7 @@ impl HttpProxy {
 
     /// Requests (and tunnels) in flight to any backend.
     pub fn in_flight(&self) -> usize {
-        lock(&self.registry).total_in_flight()
+        self.registry.total_in_flight()
     }
 
     /// Closes every listener for good (graceful stop): no new connection is accepted, later

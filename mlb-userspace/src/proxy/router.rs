@@ -59,7 +59,7 @@ impl Service {
     /// app); the service must not be routed.
     pub fn compile(
         spec: &Arc<HttpService>,
-        registry: &mut StatsRegistry,
+        registry: &StatsRegistry,
         previous: Option<&Service>,
     ) -> Result<Service, String> {
         let auth = spec
@@ -82,7 +82,7 @@ impl Service {
             .iter()
             .map(|b| match old.get(&b.id) {
                 Some(slot) if slot.backend == *b => Arc::clone(slot),
-                _ => Arc::new(BackendSlot::new(b.clone(), registry.get(&b.id))),
+                _ => Arc::new(BackendSlot::new(b.clone(), registry)),
             })
             .collect();
         let paths_ignore_case = spec.paths.iter().any(|p| p == "-i");
@@ -248,7 +248,7 @@ impl RouteTable {
     /// routed.
     pub fn build(
         services: &BTreeMap<HttpServiceKey, HttpService>,
-        registry: &mut StatsRegistry,
+        registry: &StatsRegistry,
     ) -> (RouteTable, Vec<ProxyError>) {
         let mut errors = Vec::new();
         let mut compiled = Vec::new();
@@ -553,7 +553,7 @@ pub(crate) mod tests {
 
     fn table(services: Vec<HttpService>) -> RouteTable {
         let map = services.into_iter().map(|s| (s.key.clone(), s)).collect();
-        let (t, errors) = RouteTable::build(&map, &mut StatsRegistry::default());
+        let (t, errors) = RouteTable::build(&map, &StatsRegistry::default());
         assert!(errors.is_empty(), "{errors:?}");
         t
     }
@@ -644,9 +644,9 @@ pub(crate) mod tests {
     /// after a weight change, the port and app id handed to the next claimant on removal.
     #[test]
     fn index_updates_recompute_shared_entries() {
-        let mut registry = StatsRegistry::default();
-        let mut compile = |s: &HttpService| {
-            Arc::new(Service::compile(&Arc::new(s.clone()), &mut registry, None).unwrap())
+        let registry = StatsRegistry::default();
+        let compile = |s: &HttpService| {
+            Arc::new(Service::compile(&Arc::new(s.clone()), &registry, None).unwrap())
         };
         let mut index = RouteIndex::default();
         let (a, mut b) = (
@@ -697,7 +697,7 @@ pub(crate) mod tests {
             .into_iter()
             .map(|s| (s.key.clone(), s))
             .collect();
-        let (t, errors) = RouteTable::build(&map, &mut StatsRegistry::default());
+        let (t, errors) = RouteTable::build(&map, &StatsRegistry::default());
         assert_eq!(errors.len(), 1);
         assert!(errors[0].to_string().contains("/bad"), "{}", errors[0]);
         assert!(t.lookup_vhost("good.com", "/").is_some());

@@ -172,7 +172,7 @@ impl Upstream {
                 }
                 None => None,
             };
-            let guard = InFlightGuard::new(backend.stats.clone()).holding(slot);
+            let guard = InFlightGuard::new(backend.stats().clone()).holding(slot);
             let next_body = body.retry();
             let attempt = self.attempt(out, &backend, body);
             match tokio::time::timeout(out.server_timeout, attempt).await {
@@ -236,7 +236,7 @@ impl Upstream {
         let addr = backend.backend.addr;
         let req = match body {
             Payload::Whole(body) => {
-                let authority = backend.authority.as_str();
+                let authority = backend.authority().as_str();
                 let response = self.plain.send(out, authority, addr, &body).await?;
                 return Ok(response.map(BackendBody::Right));
             }
@@ -383,7 +383,7 @@ fn build(
     } else {
         Scheme::HTTP
     });
-    target.authority = Some(backend.authority.clone());
+    target.authority = Some(backend.authority().clone());
     target.path_and_query = Some(out.path_and_query.clone());
     let uri =
         Uri::from_parts(target).map_err(|e| Attempt::Failed(format!("request target: {e}")))?;
