@@ -107,11 +107,11 @@ async fn serve(mut stream: TcpStream, close_after_each: bool) {
         }
         let body: Vec<u8> = buf.drain(..length).collect();
         let answered = match (method, path) {
-            ("head", _) => {
-                stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n")
-                    .await
-            }
+            ("head", _) => stream
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\nserver: raw\r\ncontent-length: 5\r\nx-after: 1\r\n\r\n",
+                )
+                .await,
             ("post", p) if p != HOP_PATH => {
                 let got = format!("got {}", String::from_utf8_lossy(&body));
                 let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", got.len());
@@ -129,7 +129,7 @@ async fn answer(stream: &mut TcpStream, path: &str) -> std::io::Result<()> {
     match path {
         "/chunked" => {
             stream
-                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n")
+                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-after: 1\r\n\r\n3\r\nabc\r\n")
                 .await?;
             tokio::time::sleep(Duration::from_millis(20)).await;
             stream.write_all(b"3\r\ndef\r\n0\r\n\r\n").await
@@ -167,11 +167,11 @@ async fn answer(stream: &mut TcpStream, path: &str) -> std::io::Result<()> {
             tokio::time::sleep(Duration::from_millis(300)).await;
             stream.write_all(b"67890").await
         }
-        _ => {
-            stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
-                .await
-        }
+        _ => stream
+            .write_all(
+                b"HTTP/1.1 200 OK\r\nserver: raw\r\ncontent-length: 5\r\nx-after: 1\r\n\r\nhello",
+            )
+            .await,
     }
 }
 
@@ -379,4 +379,61 @@ async fn a_folded_or_control_character_response_header_is_a_502() {
         assert_eq!(got.status.as_u16(), 502, "{path}");
     }
     assert_eq!(get(&c, http, HOST, "/", &[]).await.body, "hello");
+}
+
+/// The whole response to `request` (which ends the connection), read until the proxy closes.
+async fn until_closed(http: SocketAddr, request: &str) -> String {
+    let mut tcp = TcpStream::connect(http).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut got))
+        .await
+        .expect("response in time")
+        .unwrap();
+    String::from_utf8(got).unwrap()
+}
+
+#[tokio::test]
+async fn responses_nothing_edits_go_out_as_those_an_edit_rule_touches() {
+    // The same backend behind a service without response rules (its heads are passed on as
+    // they came) and one with a rule (its heads are made into a map, edited and written).
+    let backend = RawBackend::start(false).await;
+    let proxy = start_proxy(vec![], |_| {});
+    let mut edited = backend.service();
+    edited.key.app_id = "/pool-edited".into();
+    edited.vhosts = vec!["edited.example.com".into()];
+    edited.tuning.response_headers = vec![mlb::model::tuning::HeaderEdit::Set {
+        name: "x-edited".into(),
+        value: "1".into(),
+    }];
+    apply(&proxy, vec![backend.service(), edited]);
+    let http = proxy.local_addr("http").unwrap();
+    for (method, path, version) in [
+        ("GET", "/", "1.1"),
+        ("GET", "/", "1.0"),
+        ("HEAD", "/", "1.1"),
+        ("GET", "/chunked", "1.1"),
+        ("GET", "/chunked", "1.0"),
+        ("GET", "/empty", "1.1"),
+        ("GET", "/eof", "1.1"),
+    ] {
+        let ask = |host: &str| {
+            format!("{method} {path} HTTP/{version}\r\nhost: {host}\r\nconnection: close\r\n\r\n")
+        };
+        let plain = until_closed(http, &ask(HOST)).await;
+        let edited = until_closed(http, &ask("edited.example.com")).await;
+        let without = |response: &str| {
+            response
+                .split("\r\n")
+                .filter(|l| !l.starts_with("date: ") && !l.starts_with("x-edited: "))
+                .collect::<Vec<_>>()
+                .join("\r\n")
+        };
+        assert!(edited.contains("\r\nx-edited: 1\r\n"), "{edited}");
+        assert_eq!(
+            without(&plain),
+            without(&edited),
+            "{method} {path} HTTP/{version}"
+        );
+    }
 }
