@@ -108,12 +108,12 @@ async fn serve(mut stream: TcpStream, close_after_each: bool) {
         }
         let body: Vec<u8> = buf.drain(..length).collect();
         let answered = match (method, path) {
-            ("head", _) => {
-                stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n")
-                    .await
-            }
-            ("post", _) => {
+            ("head", _) => stream
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\nserver: raw\r\ncontent-length: 5\r\nx-after: 1\r\n\r\n",
+                )
+                .await,
+            ("post", p) if p != HOP_PATH => {
                 let got = format!("got {}", String::from_utf8_lossy(&body));
                 let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", got.len());
                 stream.write_all(format!("{head}{got}").as_bytes()).await
@@ -130,7 +130,7 @@ async fn answer(stream: &mut TcpStream, path: &str) -> std::io::Result<()> {
     match path {
         "/chunked" => {
             stream
-                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n")
+                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-after: 1\r\n\r\n3\r\nabc\r\n")
                 .await?;
             tokio::time::sleep(Duration::from_millis(20)).await;
             stream.write_all(b"3\r\ndef\r\n0\r\n\r\n").await
@@ -141,6 +141,20 @@ async fn answer(stream: &mut TcpStream, path: &str) -> std::io::Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
             stream
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+                .await
+        }
+        HOP_PATH => stream.write_all(HOP_RESPONSE).await,
+        // An obsolete line folding, and a control character in a value: not HTTP/1.1.
+        "/fold" => {
+            stream
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\nx-folded: a\r\n b\r\ncontent-length: 5\r\n\r\nhello",
+                )
+                .await
+        }
+        "/control" => {
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\nx-bad: a\x01b\r\ncontent-length: 5\r\n\r\nhello")
                 .await
         }
         // No length: the body ends with the connection.
@@ -161,15 +175,22 @@ async fn answer(stream: &mut TcpStream, path: &str) -> std::io::Result<()> {
             tokio::time::sleep(Duration::from_millis(300)).await;
             stream.write_all(b"67890").await
         }
-        _ => {
-            stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
-                .await
-        }
+        _ => stream
+            .write_all(
+                b"HTTP/1.1 200 OK\r\nserver: raw\r\ncontent-length: 5\r\nx-after: 1\r\n\r\nhello",
+            )
+            .await,
     }
 }
 
 const HOST: &str = "pool.example.com";
+
+/// A response with hop-by-hop headers (some named in `Connection`), a name in mixed case, and a
+/// header repeated around another.
+const HOP_PATH: &str = "/hop";
+const HOP_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: raw\r\nConnection: keep-alive, X-Hop\r\n\
+    Set-Cookie: a=1\r\nX-Hop: private\r\nKeep-Alive: timeout=5\r\nX-Mixed-Case: kept\r\n\
+    Set-Cookie: b=2\r\nProxy-Connection: keep-alive\r\nContent-Length: 5\r\n\r\nhello";
 
 /// A backend and a proxy routing [`HOST`] to it; the proxy's HTTP address.
 async fn proxied(close_after_each: bool) -> (RawBackend, mlb::proxy::HttpProxy, SocketAddr) {
@@ -336,4 +357,133 @@ async fn http2_streams_in_flight_beyond_256_reuse_their_backend_connections() {
         "{accepted} backend connections for {} streams in flight",
         2 * STREAMS
     );
+}
+
+/// The header lines and body of the one response to `request`, sent on a new connection.
+async fn exchange(http: SocketAddr, request: &[u8]) -> (Vec<String>, String) {
+    let mut tcp = TcpStream::connect(http).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let mut got = Vec::new();
+    let read_all = async {
+        while !got.ends_with(b"\r\n\r\nhello") {
+            let mut chunk = [0u8; 4096];
+            let n = tcp.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read_all)
+        .await
+        .expect("response in time");
+    let text = String::from_utf8(got).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.lines().map(str::to_owned).collect(), body.to_owned())
+}
+
+/// The values of `name` in header lines, in order.
+fn values<'a>(lines: &'a [String], name: &str) -> Vec<&'a str> {
+    lines
+        .iter()
+        .filter_map(|l| l.split_once(": "))
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+        .collect()
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_and_repeated_ones_kept_in_order() {
+    let (_backend, _proxy, http) = proxied(false).await;
+    let get = format!("GET {HOP_PATH} HTTP/1.1\r\nhost: {HOST}\r\n\r\n");
+    // Without a body (mlb's own HTTP/1.1 server) and with one (hyper's).
+    let post = format!("POST {HOP_PATH} HTTP/1.1\r\nhost: {HOST}\r\ncontent-length: 3\r\n\r\na=1");
+    for request in [get, post] {
+        let (lines, body) = exchange(http, request.as_bytes()).await;
+        assert_eq!(lines[0], "HTTP/1.1 200 OK", "{request}");
+        assert_eq!(body, "hello");
+        for hop in ["x-hop", "keep-alive", "proxy-connection", "connection"] {
+            assert_eq!(values(&lines, hop), Vec::<&str>::new(), "{hop}: {lines:?}");
+        }
+        assert_eq!(values(&lines, "set-cookie"), ["a=1", "b=2"], "{lines:?}");
+        assert!(lines.iter().any(|l| l == "x-mixed-case: kept"), "{lines:?}");
+        assert_eq!(values(&lines, "server"), ["raw"]);
+        assert_eq!(values(&lines, "content-length"), ["5"]);
+        assert_eq!(values(&lines, "date").len(), 1, "{lines:?}");
+    }
+    // And over HTTP/2 (hyper's server as well).
+    let mut h2 = h2_over(TcpStream::connect(http).await.unwrap()).await;
+    let req = Request::get(format!("http://{HOST}{HOP_PATH}")).body(Full::new(Bytes::new()));
+    let got = read(h2.send_request(req.unwrap()).await.unwrap()).await;
+    assert_eq!((got.status.as_u16(), got.body.as_str()), (200, "hello"));
+    let cookies: Vec<_> = got.headers.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    assert!(got.headers.get("x-hop").is_none() && got.headers.get("keep-alive").is_none());
+    assert_eq!(got.header("x-mixed-case"), Some("kept"));
+}
+
+#[tokio::test]
+async fn a_folded_or_control_character_response_header_is_a_502() {
+    let (_backend, _proxy, http) = proxied(false).await;
+    let c = http_client();
+    for path in ["/fold", "/control"] {
+        let got = get(&c, http, HOST, path, &[]).await;
+        assert_eq!(got.status.as_u16(), 502, "{path}");
+    }
+    assert_eq!(get(&c, http, HOST, "/", &[]).await.body, "hello");
+}
+
+/// The whole response to `request` (which ends the connection), read until the proxy closes.
+async fn until_closed(http: SocketAddr, request: &str) -> String {
+    let mut tcp = TcpStream::connect(http).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut got))
+        .await
+        .expect("response in time")
+        .unwrap();
+    String::from_utf8(got).unwrap()
+}
+
+#[tokio::test]
+async fn responses_nothing_edits_go_out_as_those_an_edit_rule_touches() {
+    // The same backend behind a service without response rules (its heads are passed on as
+    // they came) and one with a rule (its heads are made into a map, edited and written).
+    let backend = RawBackend::start(false).await;
+    let proxy = start_proxy(vec![], |_| {});
+    let mut edited = backend.service();
+    edited.key.app_id = "/pool-edited".into();
+    edited.vhosts = vec!["edited.example.com".into()];
+    edited.tuning.response_headers = vec![mlb::model::tuning::HeaderEdit::Set {
+        name: "x-edited".into(),
+        value: "1".into(),
+    }];
+    apply(&proxy, vec![backend.service(), edited]);
+    let http = proxy.local_addr("http").unwrap();
+    for (method, path, version) in [
+        ("GET", "/", "1.1"),
+        ("GET", "/", "1.0"),
+        ("HEAD", "/", "1.1"),
+        ("GET", "/chunked", "1.1"),
+        ("GET", "/chunked", "1.0"),
+        ("GET", "/empty", "1.1"),
+        ("GET", "/eof", "1.1"),
+    ] {
+        let ask = |host: &str| {
+            format!("{method} {path} HTTP/{version}\r\nhost: {host}\r\nconnection: close\r\n\r\n")
+        };
+        let plain = until_closed(http, &ask(HOST)).await;
+        let edited = until_closed(http, &ask("edited.example.com")).await;
+        let without = |response: &str| {
+            response
+                .split("\r\n")
+                .filter(|l| !l.starts_with("date: ") && !l.starts_with("x-edited: "))
+                .collect::<Vec<_>>()
+                .join("\r\n")
+        };
+        assert!(edited.contains("\r\nx-edited: 1\r\n"), "{edited}");
+        assert_eq!(
+            without(&plain),
+            without(&edited),
+            "{method} {path} HTTP/{version}"
+        );
+    }
 }

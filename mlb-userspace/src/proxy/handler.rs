@@ -361,6 +361,8 @@ async fn backend_rules(
         send_proxy: tuning.send_proxy.map(|v| (v, info.peer, info.local)),
         maxconn: (tuning.maxconn_server.filter(|max| *max > 0))
             .map(|max| (max, shared.config.conn_gate.limits().queue_timeout)),
+        // An HTTP/2 client's response goes through hyper's server, which needs a map.
+        raw_response: parts.version != Version::HTTP_2 && leaves_response_headers(svc),
     };
     let started = std::time::Instant::now();
     let answer = shared
@@ -453,6 +455,18 @@ async fn backend_rules(
     }
     let body = IdleTimeout::new(GuardedBody::new(body, answer.guard), server_timeout);
     Response::from_parts(parts, body.boxed())
+}
+
+/// No rule of `svc` edits a response's headers (HSTS in `handle`; the header rules,
+/// `httpclose`, revproxy and sticky cookie in `forward`): its response may come as a raw head,
+/// written to an HTTP/1.1 client as the backend's lines.
+fn leaves_response_headers(svc: &Service) -> bool {
+    let spec = &svc.spec;
+    !spec.use_hsts
+        && !spec.sticky
+        && spec.revproxy_path.is_none()
+        && spec.tuning.keep_alive != Some(false)
+        && spec.tuning.response_headers.is_empty()
 }
 
 /// A WebSocket upgrade: the only protocol switch tunneled. Others (`h2c` above all) would

@@ -48,6 +48,7 @@ mod listeners;
 mod maxconn;
 mod park;
 pub mod proxy_protocol;
+mod raw_head;
 pub mod router;
 mod serve;
 mod server;

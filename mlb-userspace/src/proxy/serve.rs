@@ -28,6 +28,7 @@ use super::{
     last_segment::LastSegment,
     listeners::{ConnInfo, Prefixed, client_timeout},
     park::{ParkedGauge, Session, SessionIo},
+    raw_head,
     server::h1::{self, Next},
 };
 
@@ -246,7 +247,9 @@ fn service(
         // The handler's future is made inside the boxed one, in its place on the heap: made
         // here and moved in, its KiBs of state would be copied (twice) for every request.
         Box::pin(async move {
-            let Ok(response) = handler::handle(shared, info, req).await;
+            let Ok(mut response) = handler::handle(shared, info, req).await;
+            // hyper writes the headers of a map only.
+            raw_head::materialize(&mut response);
             drop(busy);
             Ok(response.map(|body| SessionBody::new(body, response_open)))
         })

@@ -122,6 +122,9 @@ pub(crate) struct Outgoing {
     pub(crate) send_proxy: Option<(ProxyProtocol, SocketAddr, SocketAddr)>,
     /// `server … maxconn N`, and how long a request waits for a slot.
     pub(crate) maxconn: Option<(u32, Duration)>,
+    /// No rule edits the response's headers: a plain HTTP/1.1 backend's may come back as its
+    /// raw header lines ([`crate::proxy::raw_head`]) instead of a `HeaderMap`.
+    pub(crate) raw_response: bool,
 }
 
 impl Upstream {

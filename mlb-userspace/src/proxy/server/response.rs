@@ -1,5 +1,7 @@
 //! Writing a response as hyper's HTTP/1 server does (same status line, header order, framing,
-//! `date`, `connection` fix-ups), with the head and the body's first bytes in one write.
+//! `date`, `connection` fix-ups), with the head and the body's first bytes in one write. A
+//! backend's raw head ([`RawHead`]) is written as its lines: a header repeated around others
+//! keeps the backend's order, where a map groups its values.
 use std::{future::poll_fn, io, io::Write as _, pin::Pin, task::Poll};
 
 use http::{HeaderMap, HeaderValue, Response, StatusCode, Version, header, response::Parts};
@@ -8,7 +10,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tracing::debug;
 
 use super::{date, h1::Conn};
-use crate::proxy::{body::ProxyBody, headers::has_token, last_segment::LastSegment};
+use crate::proxy::{
+    body::ProxyBody, headers::has_token, last_segment::LastSegment, raw_head::RawHead,
+};
 
 /// Body bytes gathered behind the head (or each other) before they are written.
 const GATHER: usize = 64 * 1024;
@@ -160,6 +164,7 @@ fn encode_head(
         // hyper sends no 1xx as a response: a 500 without headers instead.
         parts.status = StatusCode::INTERNAL_SERVER_ERROR;
         parts.headers.clear();
+        parts.extensions.remove::<RawHead>();
         (length, keep_alive) = (None, false);
     }
     let status = parts.status;
@@ -182,7 +187,15 @@ fn encode_head(
         can_chunk,
         head: asked.head,
     };
+    // The backend's own lines first (then nothing else has a `content-length`): as a map's
+    // headers are written, its `content-length` only where the map's would be.
+    let (raw_date, raw_length) = match parts.extensions.get::<RawHead>() {
+        Some(raw) => raw.write(dst, asked.head || head.length.is_some()),
+        None => (false, None),
+    };
     let (encoder, wrote_date, close) = head.headers(&parts.headers, dst)?;
+    let raw_encoder = raw_length.map(|len| Encoder::Length(head.announced(len)));
+    let (encoder, wrote_date) = (encoder.or(raw_encoder), wrote_date || raw_date);
     let encoder = match encoder {
         Some(encoder) => encoder,
         None => head.implicit_length(no_content, dst),
@@ -297,7 +310,6 @@ impl Head {
             return Ok(None);
         };
         let len = match self.length {
-            Some(BodyLength::Known(n)) => n,
             Some(BodyLength::Unknown) => {
                 let parse = |v: &HeaderValue| v.to_str().ok().and_then(|s| s.parse::<u64>().ok());
                 let len = parse(first).ok_or(BadHead)?;
@@ -307,11 +319,21 @@ impl Head {
                 len
             }
             // An empty body: the header stays on a HEAD response only.
-            None if self.head => 0,
-            None => return Ok(None),
+            None if !self.head => return Ok(None),
+            _ => self.announced(0),
         };
         line(dst, "content-length", first.as_bytes());
         Ok(Some(len))
+    }
+
+    /// The length a kept `content-length` header sets: the body's if known, else `header`'s
+    /// (the value of the header, parsed), 0 for no body (a HEAD response).
+    fn announced(&self, header: u64) -> u64 {
+        match self.length {
+            Some(BodyLength::Known(n)) => n,
+            Some(BodyLength::Unknown) => header,
+            None => 0,
+        }
     }
 
     /// The framing of a response whose headers set none (and its header).

@@ -17,7 +17,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 
 use super::{h1::MAX_HEAD, pool::Pool};
-use crate::proxy::body::BoxError;
+use crate::proxy::{body::BoxError, headers::visible_ascii};
 
 /// Longest chunk-size line (with extensions).
 const MAX_CHUNK_LINE: usize = 4096;
@@ -44,42 +44,68 @@ impl Framing {
         head_only: bool,
         headers: &mut HeaderMap,
     ) -> Result<Framing, String> {
+        let te = headers
+            .get(header::TRANSFER_ENCODING)
+            .map(http::HeaderValue::as_bytes);
+        let lengths = headers.get_all(header::CONTENT_LENGTH);
+        let (framing, drop_length) = Framing::decide(
+            status,
+            head_only,
+            te,
+            lengths.iter().map(http::HeaderValue::as_bytes),
+        )?;
+        if drop_length {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        Ok(framing)
+    }
+
+    /// The framing of a response from its first `Transfer-Encoding` value and its
+    /// `Content-Length` values, and whether its `Content-Length` is to be removed (it stands
+    /// beside a `Transfer-Encoding`, which wins).
+    pub(crate) fn decide<'a>(
+        status: StatusCode,
+        head_only: bool,
+        te: Option<&[u8]>,
+        mut lengths: impl Iterator<Item = &'a [u8]>,
+    ) -> Result<(Framing, bool), String> {
         if head_only
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
         {
-            return Ok(Framing::Empty);
+            return Ok((Framing::Empty, false));
         }
-        if let Some(te) = headers.get(header::TRANSFER_ENCODING) {
-            let last = te.to_str().ok().and_then(|v| v.rsplit(',').next());
-            let chunked = last.is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
-            headers.remove(header::CONTENT_LENGTH);
-            return Ok(if chunked {
+        if let Some(te) = te {
+            let last = visible_ascii(te).then(|| te.rsplit(|&b| b == b',').next());
+            let chunked = last
+                .flatten()
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            let framing = if chunked {
                 Framing::Chunked
             } else {
                 Framing::Close
-            });
+            };
+            return Ok((framing, true));
         }
-        let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
         let Some(first) = lengths.next() else {
-            return Ok(Framing::Close);
+            return Ok((Framing::Close, false));
         };
-        let parse = |v: &http::HeaderValue| {
-            v.to_str()
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
+        let parse = |v: &[u8]| {
+            (!v.is_empty() && v.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+                .flatten()
         };
         let len = parse(first).ok_or("bad content-length")?;
         if lengths.any(|other| parse(other) != Some(len)) {
             return Err("conflicting content-length".into());
         }
-        Ok(if len == 0 {
+        let framing = if len == 0 {
             Framing::Empty
         } else {
             Framing::Length(len)
-        })
+        };
+        Ok((framing, false))
     }
 }
 

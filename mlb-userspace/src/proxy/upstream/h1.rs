@@ -23,6 +23,7 @@ use crate::proxy::upstream::framing::{Framing, H1Body};
 use crate::proxy::{
     head::{SharedHead, header_slots},
     headers::has_token,
+    raw_head::{Fields, Length, RawHead},
 };
 
 /// Largest request body sent this way (read whole before sending, and kept for a retry).
@@ -59,8 +60,12 @@ impl H1Client {
     ) -> Result<Response<H1Body>, Attempt> {
         let request = encode(out, authority, body);
         let head_only = out.method == Method::HEAD;
+        let wanted = Wanted {
+            head_only,
+            raw: out.raw_response,
+        };
         if let Some(stream) = self.pool.checkout(addr) {
-            match self.exchange(stream, addr, &request, head_only).await {
+            match self.exchange(stream, addr, &request, wanted).await {
                 Ok(response) => return Ok(response),
                 Err(Failure::BeforeResponse(e)) if out.method.is_idempotent() => {
                     debug!(%addr, error = %e, "reused backend connection failed; retrying on a new one");
@@ -71,7 +76,7 @@ impl H1Client {
             }
         }
         let stream = self.connect(addr).await?;
-        self.exchange(stream, addr, &request, head_only)
+        self.exchange(stream, addr, &request, wanted)
             .await
             .map_err(|(Failure::BeforeResponse(e) | Failure::Other(e))| Attempt::Failed(e))
     }
@@ -91,7 +96,7 @@ impl H1Client {
         mut stream: TcpStream,
         addr: SocketAddr,
         request: &[u8],
-        head_only: bool,
+        wanted: Wanted,
     ) -> Result<Response<H1Body>, Failure> {
         if let Err(e) = stream.write_all(request).await {
             return Err(Failure::BeforeResponse(format!("sending the request: {e}")));
@@ -118,8 +123,7 @@ impl H1Client {
             // head is looked for in the first MAX_HEAD bytes only.
             loop {
                 let window = buf.len().min(MAX_HEAD);
-                let Some(head) = parse_head(&buf[..window], head_only).map_err(Failure::Other)?
-                else {
+                let Some(head) = parse_head(&buf[..window], wanted).map_err(Failure::Other)? else {
                     break;
                 };
                 buf.advance(head.len);
@@ -183,6 +187,15 @@ fn line(buf: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     buf.extend_from_slice(b"\r\n");
 }
 
+/// What the response answers, and how its head is wanted.
+#[derive(Clone, Copy)]
+struct Wanted {
+    /// A HEAD request: the response has no body.
+    head_only: bool,
+    /// Its header lines as they came ([`RawHead`]) rather than a map, if they allow it.
+    raw: bool,
+}
+
 /// A parsed response head.
 struct Head {
     response: Response<()>,
@@ -195,7 +208,7 @@ struct Head {
 
 /// The response head at the start of `buf`; `None` if it is not complete yet. Not async: the
 /// header array lives on the stack only while parsing.
-fn parse_head(buf: &[u8], head_only: bool) -> Result<Option<Head>, String> {
+fn parse_head(buf: &[u8], wanted: Wanted) -> Result<Option<Head>, String> {
     let mut slots = header_slots();
     let mut parsed = httparse::Response::new(&mut []);
     let config = httparse::ParserConfig::default();
@@ -213,36 +226,84 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Option<Head>, String> {
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    let headers = &*parsed.headers;
+    let raw = if wanted.raw {
+        raw_head((status, version), wanted, headers)
+    } else {
+        None
+    };
+    let (framing, reuse) = if let Some(raw) = raw {
+        let (framing, raw, keep_alive) = raw?;
+        response.extensions_mut().insert(raw);
+        (framing, keep_alive)
+    } else {
+        let mut map = header_map(buf, len, headers)?;
+        let framing = Framing::of(status, wanted.head_only, &mut map)?;
+        let keep_alive = keep_alive(version, |token| {
+            map.get_all(header::CONNECTION)
+                .iter()
+                .any(|v| has_token(v, token))
+        });
+        *response.headers_mut() = map;
+        (framing, keep_alive)
+    };
+    Ok(Some(Head {
+        response,
+        framing,
+        reuse: reuse && framing != Framing::Close,
+        len,
+    }))
+}
+
+/// The headers of the head `httparse` found in the first `len` bytes of `buf`, as a map.
+fn header_map(
+    buf: &[u8],
+    len: usize,
+    parsed: &[httparse::Header<'_>],
+) -> Result<HeaderMap, String> {
     let head = SharedHead::copy(buf, len);
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-    for h in parsed.headers.iter() {
+    let mut headers = HeaderMap::with_capacity(parsed.len());
+    for h in parsed {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| e.to_string())?;
         let value =
             HeaderValue::from_maybe_shared(head.slice(h.value)).map_err(|e| e.to_string())?;
         headers.append(name, value);
     }
-    let framing = Framing::of(status, head_only, &mut headers)?;
-    let reuse = keep_alive(version, &headers) && framing != Framing::Close;
-    let mut response = Response::new(());
-    *response.status_mut() = status;
-    *response.version_mut() = version;
-    *response.headers_mut() = headers;
-    Ok(Some(Head {
-        response,
-        framing,
-        reuse,
-        len,
-    }))
+    Ok(headers)
+}
+
+/// A response's framing, raw head, and whether its connection may be kept.
+type RawParts = (Framing, RawHead, bool);
+
+/// The framing, raw head and keep-alive of a response whose headers allow a [`RawHead`]
+/// (`None`: they do not, a map is made).
+fn raw_head(
+    (status, version): (StatusCode, Version),
+    wanted: Wanted,
+    headers: &[httparse::Header<'_>],
+) -> Option<Result<RawParts, String>> {
+    let fields = Fields::of(headers)?;
+    let te = fields.transfer_encoding;
+    let lengths = fields.content_length.into_iter();
+    let (framing, dropped) = match Framing::decide(status, wanted.head_only, te, lengths) {
+        Ok(decided) => decided,
+        Err(e) => return Some(Err(e)),
+    };
+    let value = match framing {
+        Framing::Length(n) => Some(n),
+        _ => None,
+    };
+    let raw = RawHead::of(headers, &fields, &Length { value, dropped });
+    let keep_alive = keep_alive(version, |token| fields.lists(token.as_bytes()));
+    Some(Ok((framing, raw, keep_alive)))
 }
 
 /// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 only when told `keep-alive`.
-fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &str| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| has_token(v, token))
-    };
+/// `has` tells whether the `Connection` header lists a token.
+fn keep_alive(version: Version, has: impl Fn(&str) -> bool) -> bool {
     match version {
         Version::HTTP_11 => !has("close"),
         _ => has("keep-alive"),
@@ -324,6 +385,7 @@ mod tests {
             },
             send_proxy: None,
             maxconn: None,
+            raw_response: false,
         }
     }
 
