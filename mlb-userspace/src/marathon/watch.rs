@@ -678,7 +678,7 @@ fn reader_end(end: Result<SessionEnd, tokio::task::JoinError>) -> SessionEnd {
 /// while the rest are read, so the previous versions of a few apps (and the model's and the
 /// dataplanes' copies of them) are replaced at once instead of a burst's hundreds, which at
 /// 10,000 apps raised the peak resident size by megabytes.
-const REREAD_CHUNK: usize = 100;
+pub(super) const REREAD_CHUNK: usize = 100;
 
 /// Task states waiting for room in the update channel, at most (the oldest go first).
 const MAX_UNSENT_STATUSES: usize = 10_000;
