@@ -764,6 +764,41 @@ async fn burst_of_1000_events_costs_a_bounded_number_of_rereads() {
     w.stop().await;
 }
 
+/// A burst's re-read apps reach the controller in parts as they are read (each part's previous
+/// versions replaced before the next: a bounded peak), every one of them.
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_rereads_arrives_whole_in_bounded_parts() {
+    let m = Fake::start().await;
+    for i in 0..1000 {
+        m.set_app(&format!("/app{i}"), 1);
+    }
+    let mut w = Watching::start(config(&[m.url()]));
+    w.snapshot().await;
+
+    // 220 apps: past two parts, under the share of the known apps that makes a full resync.
+    m.push_raw(status_update_burst(220, |i| format!("/app{i}")));
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 220 {
+        match w.next().await {
+            MarathonUpdate::Apps { changed, removed } => {
+                assert!(removed.is_empty());
+                let ids: Vec<_> = changed.ids().map(str::to_owned).collect();
+                assert!(
+                    (1..=super::watch::REREAD_CHUNK).contains(&ids.len()),
+                    "a part of {} apps",
+                    ids.len()
+                );
+                seen.extend(ids);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let expected: std::collections::BTreeSet<_> = (0..220).map(|i| format!("/app{i}")).collect();
+    assert_eq!(seen, expected);
+    assert_eq!(m.with(|s| s.list_hits), 1);
+    w.stop().await;
+}
+
 /// Marathon drops an event subscriber that does not keep up, so the stream must be read while
 /// apps are being re-read: with one re-read hanging, 300 more events are still read at once,
 /// and once it answers the apps they named follow, on the same connection.

@@ -584,8 +584,9 @@ impl Running {
         }
     }
 
-    /// Re-reads the dirty apps (a bounded number at once) and sends one `Apps` update.
-    /// `Ok(false)`: shutdown or the receiver is gone.
+    /// Re-reads the dirty apps (a bounded number at once) and sends them as `Apps` updates of
+    /// at most [`REREAD_CHUNK`] apps, each as soon as its apps are read. `Ok(false)`: shutdown
+    /// or the receiver is gone.
     async fn reread(
         &self,
         batch: Dirty,
@@ -594,7 +595,7 @@ impl Running {
         // Owned ids and client clones: borrowed ones make this future not provably `Send`
         // (rust-lang/rust#102211).
         WatcherCounters::bump(&self.counters.apps_reread, batch.refresh.len() as u64);
-        let reads = futures_util::stream::iter(batch.refresh.iter().cloned())
+        let mut reads = futures_util::stream::iter(batch.refresh.iter().cloned())
             .map(|id| {
                 let client = self.client.clone();
                 async move {
@@ -605,38 +606,51 @@ impl Running {
                 }
             })
             .buffered(self.cfg.reread_concurrency.max(1))
-            .collect::<Vec<_>>();
-        let results = tokio::select! {
-            biased;
-            () = shutdown_requested(shutdown) => return Ok(false),
-            r = reads => r,
-        };
-        let mut changed = Vec::new();
+            .chunks(REREAD_CHUNK);
         let mut removed: Vec<String> = batch
             .removed
             .iter()
             .filter(|id| !batch.refresh.contains(*id)) // a later event may have re-created it
             .cloned()
             .collect();
-        for (id, r) in results {
-            match r? {
-                Some(app) => changed.push(app),
-                None => removed.push(id),
+        loop {
+            let results = tokio::select! {
+                biased;
+                () = shutdown_requested(shutdown) => return Ok(false),
+                r = reads.next() => r,
+            };
+            // The apps removed go with the first part (or alone when none was re-read).
+            let mut changed = Vec::new();
+            match results {
+                Some(results) => {
+                    for (id, r) in results {
+                        match r? {
+                            Some(app) => changed.push(app),
+                            None => removed.push(id),
+                        }
+                    }
+                }
+                None if removed.is_empty() => return Ok(true),
+                None => {}
+            }
+            if changed.is_empty() && removed.is_empty() {
+                continue;
+            }
+            // Parsed here, at the edge: the controller only ever sees typed apps.
+            let changed = AppList::from_parsed(changed);
+            let removed = std::mem::take(&mut removed);
+            debug!(
+                changed = changed.apps.len() + changed.invalid.len(),
+                removed = removed.len(),
+                "Marathon apps updated"
+            );
+            if !self
+                .send(MarathonUpdate::Apps { changed, removed }, shutdown)
+                .await
+            {
+                return Ok(false);
             }
         }
-        if changed.is_empty() && removed.is_empty() {
-            return Ok(true);
-        }
-        // Parsed here, at the edge: the controller only ever sees typed apps.
-        let changed = AppList::from_parsed(changed);
-        debug!(
-            changed = changed.apps.len() + changed.invalid.len(),
-            removed = removed.len(),
-            "Marathon apps updated"
-        );
-        Ok(self
-            .send(MarathonUpdate::Apps { changed, removed }, shutdown)
-            .await)
     }
 }
 
@@ -659,6 +673,14 @@ fn reader_end(end: Result<SessionEnd, tokio::task::JoinError>) -> SessionEnd {
         }),
     }
 }
+
+/// The re-read apps of a burst go to the controller this many at a time: it applies each part
+/// while the rest are read, so the previous versions of a few apps (and the model's and the
+/// dataplanes' copies of them) are replaced at once instead of a burst's hundreds, which at
+/// 10,000 apps raised the peak resident size by megabytes. Under the controller's big update
+/// (`stats::memory::BIG_UPDATE`, 64): a part costs no forced walk of the allocator's heap, which
+/// with 100 a part slowed a burst of 1,000 kills by about 0.2 s.
+pub(super) const REREAD_CHUNK: usize = 60;
 
 /// Task states waiting for room in the update channel, at most (the oldest go first).
 const MAX_UNSENT_STATUSES: usize = 10_000;
