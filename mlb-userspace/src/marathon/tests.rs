@@ -730,14 +730,21 @@ async fn watcher_snapshots_then_sends_each_changed_app() {
     w.stop().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn burst_of_1000_events_costs_a_bounded_number_of_rereads() {
+/// A fake Marathon with `/app0`… (`count` apps of one task each) and a watcher past its first
+/// snapshot of them.
+async fn watching_apps(count: usize) -> (Fake, Watching) {
     let m = Fake::start().await;
-    for i in 0..5 {
+    for i in 0..count {
         m.set_app(&format!("/app{i}"), 1);
     }
     let mut w = Watching::start(config(&[m.url()]));
     w.snapshot().await;
+    (m, w)
+}
+
+#[tokio::test(start_paused = true)]
+async fn burst_of_1000_events_costs_a_bounded_number_of_rereads() {
+    let (m, mut w) = watching_apps(5).await;
 
     // 1,000 events about 5 apps, written in one go: one re-read per app.
     m.push_raw(status_update_burst(1000, |i| format!("/app{}", i % 5)));
@@ -768,12 +775,7 @@ async fn burst_of_1000_events_costs_a_bounded_number_of_rereads() {
 /// versions replaced before the next: a bounded peak), every one of them.
 #[tokio::test(start_paused = true)]
 async fn a_burst_of_rereads_arrives_whole_in_bounded_parts() {
-    let m = Fake::start().await;
-    for i in 0..1000 {
-        m.set_app(&format!("/app{i}"), 1);
-    }
-    let mut w = Watching::start(config(&[m.url()]));
-    w.snapshot().await;
+    let (m, mut w) = watching_apps(1000).await;
 
     // 220 apps: past two parts, under the share of the known apps that makes a full resync.
     m.push_raw(status_update_burst(220, |i| format!("/app{i}")));
@@ -804,12 +806,7 @@ async fn a_burst_of_rereads_arrives_whole_in_bounded_parts() {
 /// and once it answers the apps they named follow, on the same connection.
 #[tokio::test(start_paused = true)]
 async fn events_are_read_while_a_reread_hangs() {
-    let m = Fake::start().await;
-    for i in 0..4 {
-        m.set_app(&format!("/app{i}"), 1);
-    }
-    let mut w = Watching::start(config(&[m.url()]));
-    w.snapshot().await;
+    let (m, mut w) = watching_apps(4).await;
     let hold = Arc::new(tokio::sync::Notify::new());
     m.with(|s| s.hold_rereads = Some(hold.clone()));
     m.push("status_update_event", &status_update("/app0"));
