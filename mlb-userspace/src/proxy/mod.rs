@@ -50,6 +50,7 @@ mod park;
 pub mod proxy_protocol;
 mod raw_head;
 pub mod router;
+mod send_turn;
 mod serve;
 mod server;
 pub mod sni;

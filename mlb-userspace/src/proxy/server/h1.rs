@@ -22,6 +22,7 @@ use crate::proxy::{
     last_segment::LastSegment,
     listeners::ConnInfo,
     park::PARK_AFTER,
+    send_turn::end_of_turn,
 };
 
 /// Smallest room left in the read buffer before reading into it.
@@ -51,9 +52,11 @@ pub(super) struct Conn<'a, I> {
 }
 
 impl<I: AsyncRead + AsyncWrite + LastSegment + Unpin> Conn<'_, I> {
-    /// Writes and flushes what is gathered.
+    /// Writes and flushes what is gathered, after the other tasks woken in this turn
+    /// ([`end_of_turn`]).
     pub(super) async fn send(&mut self) -> std::io::Result<()> {
         if !self.write.is_empty() {
+            end_of_turn().await;
             self.io.write_all(&self.write).await?;
             self.write.clear();
         }

@@ -24,6 +24,7 @@ use crate::proxy::{
     head::{SharedHead, header_slots},
     headers::has_token,
     raw_head::{Fields, Length, RawHead},
+    send_turn::end_of_turn,
 };
 
 /// Largest request body sent this way (read whole before sending, and kept for a retry).
@@ -98,6 +99,7 @@ impl H1Client {
         request: &[u8],
         wanted: Wanted,
     ) -> Result<Response<H1Body>, Failure> {
+        end_of_turn().await;
         if let Err(e) = stream.write_all(request).await {
             return Err(Failure::BeforeResponse(format!("sending the request: {e}")));
         }
