@@ -1,7 +1,7 @@
 //! The fast path's connection loop: read a head into the connection's buffer, serve it, write
 //! the response, next — until the client goes quiet (the connection parks, holding no buffer),
 //! leaves, or sends a request the fast path leaves to hyper.
-use std::{sync::Arc, time::Duration};
+use std::{future::Future as _, sync::Arc, task::Poll, time::Duration};
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use http::{Method, Request, Response};
@@ -151,26 +151,30 @@ where
 }
 
 /// Reads more of a head into `buf` before `deadline` (hyper's header read timeout, which
-/// covers the wait for a head as well). Between requests (`buf` empty) it waits
-/// [`PARK_AFTER`] at most: a quiet client's connection is parked.
+/// covers the wait for a head as well). Between requests (`buf` empty) a client quiet for
+/// [`PARK_AFTER`] has its connection parked: checked whenever the read is polled, which the
+/// connection's supervisor does at each tick, as for a hyper session. No timer of its own:
+/// a 100-ms timer per wait would often be the runtime's earliest, and registering an earliest
+/// timer wakes the runtime's driver (an eventfd write) even from its own thread.
 async fn read_more<I: AsyncRead + Unpin>(
     io: &mut I,
     buf: &mut BytesMut,
     deadline: Instant,
 ) -> Result<(), Next> {
-    let until = if buf.is_empty() {
-        deadline.min(Instant::now() + PARK_AFTER)
-    } else {
-        deadline
-    };
+    let park_at = buf.is_empty().then(|| Instant::now() + PARK_AFTER);
     if buf.capacity() - buf.len() < MIN_READ {
         buf.reserve(READ_BUFFER);
     }
-    match timeout_at(until, io.read_buf(buf)).await {
-        Ok(Ok(n)) if n > 0 => Ok(()),
-        Ok(_) => Err(Next::Done),
-        Err(_) if buf.is_empty() && until < deadline => Err(Next::Park),
-        Err(_) => Err(Next::Done),
+    let mut read = std::pin::pin!(io.read_buf(buf));
+    let read_or_quiet = std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
+        Poll::Ready(read) => Poll::Ready(Some(read)),
+        Poll::Pending if park_at.is_some_and(|at| Instant::now() >= at) => Poll::Ready(None),
+        Poll::Pending => Poll::Pending,
+    });
+    match timeout_at(deadline, read_or_quiet).await {
+        Ok(Some(Ok(n))) if n > 0 => Ok(()),
+        Ok(None) => Err(Next::Park),
+        _ => Err(Next::Done),
     }
 }
 
