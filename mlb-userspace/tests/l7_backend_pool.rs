@@ -452,10 +452,11 @@ async fn responses_nothing_edits_go_out_as_those_an_edit_rule_touches() {
     let mut edited = backend.service();
     edited.key.app_id = "/pool-edited".into();
     edited.vhosts = vec!["edited.example.com".into()];
-    edited.tuning.response_headers = vec![mlb::model::tuning::HeaderEdit::Set {
-        name: "x-edited".into(),
-        value: "1".into(),
-    }];
+    std::sync::Arc::make_mut(&mut edited.tuning).response_headers =
+        vec![mlb::model::tuning::HeaderEdit::Set {
+            name: "x-edited".into(),
+            value: "1".into(),
+        }];
     apply(&proxy, vec![backend.service(), edited]);
     let http = proxy.local_addr("http").unwrap();
     for (method, path, version) in [

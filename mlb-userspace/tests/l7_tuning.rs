@@ -24,7 +24,7 @@ fn tuned(app: &str, vhost: &str, backend: &TestBackend, labels: &[(&str, &str)])
         .collect();
     let mut s = service(app, &[backend]);
     s.vhosts = vec![vhost.into()];
-    s.tuning = port_tuning(&labels, 0).unwrap().0;
+    s.tuning = port_tuning(&labels, 0).unwrap().0.into();
     s
 }
 

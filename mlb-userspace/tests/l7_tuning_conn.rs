@@ -50,7 +50,7 @@ fn tuned(
             .all(|d| !matches!(d.effect, mlb::model::directives::Effect::NotApplied(_))),
         "every directive applies: {report:?}"
     );
-    s.tuning = tuning;
+    s.tuning = tuning.into();
     s
 }
 

@@ -344,7 +344,7 @@ impl ExposedPort<'_> {
             health_check: self.check,
             tls_passthrough: l.tls_passthrough,
             tls: l.tls.clone(),
-            tuning: self.tuning,
+            tuning: Tuning::shared(self.tuning),
             tcp_tls: self.tcp_tls,
         }
     }

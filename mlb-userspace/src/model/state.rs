@@ -335,8 +335,8 @@ pub struct HttpService {
     pub tls: TlsOptions,
     /// Timeouts, header edits, limits, backend TLS (`MLB_{n}_*` and template labels over the
     /// global flags).
-    #[serde(default)]
-    pub tuning: Tuning,
+    #[serde(default, with = "crate::model::tuning::shared_serde")]
+    pub tuning: Arc<Tuning>,
     /// tcp mode with `HAPROXY_{n}_SSL_CERT`: the service port terminates TLS and forwards the
     /// plain bytes to a backend (no HTTP parsing).
     #[serde(default)]
@@ -377,7 +377,7 @@ impl HttpService {
             health_check: None,
             tls_passthrough: false,
             tls: TlsOptions::default(),
-            tuning: Tuning::default(),
+            tuning: Tuning::shared(Tuning::default()),
             tcp_tls: false,
         }
     }

@@ -3,7 +3,11 @@
 //! means "not set here", so layers combine with [`Tuning::overlay`] (global flags, then the
 //! app's template labels, then its `MLB_{n}_*` labels) and the dataplane applies its own default
 //! for what no layer sets.
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -96,6 +100,18 @@ pub struct Tuning {
 }
 
 impl Tuning {
+    /// `tuning` to keep in a service: most services set nothing, and they all share one
+    /// default block (at 10,000 apps, 256 bytes each in every version of every service).
+    pub fn shared(tuning: Tuning) -> Arc<Tuning> {
+        static DEFAULT: OnceLock<Arc<Tuning>> = OnceLock::new();
+        let default = DEFAULT.get_or_init(Arc::default);
+        if tuning == **default {
+            default.clone()
+        } else {
+            Arc::new(tuning)
+        }
+    }
+
     /// `self` with every setting `top` sets replaced by `top`'s; header edits of `top` run after
     /// `self`'s.
     pub fn overlay(mut self, top: &Tuning) -> Tuning {
@@ -153,9 +169,59 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     })
 }
 
+/// (De)serializes a service's shared tuning as a plain one (serde's `Arc` support would need
+/// its `rc` feature for the whole build).
+pub(crate) mod shared_serde {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Tuning;
+
+    pub fn serialize<S: Serializer>(
+        tuning: &Arc<Tuning>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        (**tuning).serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Arc<Tuning>, D::Error> {
+        Tuning::deserialize(deserializer).map(Tuning::shared)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Services that set no tuning share one block; one that sets some keeps its own, and
+    /// either reads (and serializes, as in `/_mlb/state`) as the plain settings.
+    #[test]
+    fn default_tuning_is_shared_and_reads_as_plain_settings() {
+        let a = Tuning::shared(Tuning::default());
+        let b = Tuning::shared(Tuning::default());
+        assert!(Arc::ptr_eq(&a, &b));
+        let set = Tuning {
+            keep_alive: Some(false),
+            ..Tuning::default()
+        };
+        let own = Tuning::shared(set.clone());
+        assert!(!Arc::ptr_eq(&own, &a));
+        assert_eq!(*own, set);
+
+        #[derive(Serialize, Deserialize)]
+        struct Holder(#[serde(with = "shared_serde")] Arc<Tuning>);
+        let json = serde_json::to_value(Holder(own)).unwrap();
+        assert_eq!(json, serde_json::to_value(&set).unwrap());
+        let back: Holder =
+            serde_json::from_value(serde_json::to_value(Tuning::default()).unwrap()).unwrap();
+        assert!(
+            Arc::ptr_eq(&back.0, &a),
+            "a default read back is the shared one"
+        );
+    }
 
     #[test]
     fn durations_use_haproxy_units_and_default_to_milliseconds() {

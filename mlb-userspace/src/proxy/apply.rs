@@ -151,7 +151,7 @@ impl HttpProxy {
         current: &mut Current,
         changes: &[HttpChange],
     ) -> Vec<ProxyError> {
-        let _guard = self.handle.enter();
+        let guard = self.handle.enter();
         let net = net_changes(current, changes);
         let mut errors = Vec::new();
         let mut health = HealthDelta::default();
@@ -169,7 +169,12 @@ impl HttpProxy {
         let table = current.routes.table().clone();
         let mut ports: Vec<u16> = dirty_ports.iter().copied().collect();
         ports.sort_unstable();
+        // Certificate files are read on the caller's runtime, not the proxy's: off a worker of
+        // a multi-thread one first (`block_in_place`), at once on a thread of its own (the
+        // control thread's current-thread runtime, which must not `block_in_place`).
+        drop(guard);
         errors.extend(self.update_tls(&table, &ports));
+        let _guard = self.handle.enter();
         lock(&self.health).update_targets(health.removed, health.added);
         if !net.is_empty() {
             self.shared.table.store(table.clone());

@@ -484,17 +484,27 @@ mod tests {
         svc
     }
 
+    /// A proxy on 127.0.0.1's ephemeral ports (HTTP frontend and service ports) with `threads`
+    /// threads of its own.
+    fn on_loopback(threads: usize) -> ProxyConfig {
+        let lo = SocketAddr::from(([127, 0, 0, 1], 0));
+        ProxyConfig {
+            http_addr: Some(lo),
+            https_addr: None,
+            appid_addr: None,
+            service_bind_ip: lo.ip(),
+            threads,
+            ..ProxyConfig::default()
+        }
+    }
+
     /// One service of many changes (and one goes, one comes): only it is recompiled, the others'
     /// route objects are the very ones the previous table had, and routing is right for both.
     #[tokio::test]
     async fn a_change_rebuilds_only_the_service_it_concerns() {
-        let lo = SocketAddr::from(([127, 0, 0, 1], 0));
         let config = ProxyConfig {
-            http_addr: Some(lo),
-            https_addr: None,
-            appid_addr: Some(lo),
-            service_bind_ip: lo.ip(),
-            ..ProxyConfig::default()
+            appid_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            ..on_loopback(0)
         };
         let proxy = HttpProxy::start(config, Handle::current()).unwrap();
         let all: BTreeMap<HttpServiceKey, HttpService> =
@@ -569,6 +579,33 @@ mod tests {
         assert!(Arc::ptr_eq(&proxy.compiled_service(&key(7)).unwrap(), &now));
     }
 
+    /// A caller driving a current-thread runtime of its own (mlb's control thread) applies
+    /// changes to a proxy serving on a multi-thread runtime: the new port listens (the
+    /// certificate step runs on the caller's thread instead of trying to leave the proxy's
+    /// runtime, which only a worker of it can).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caller_on_a_current_thread_runtime_of_its_own_applies_changes() {
+        let proxy = Arc::new(HttpProxy::start(on_loopback(0), Handle::current()).unwrap());
+        let svc = numbered(70);
+        let port = svc.service_port;
+        let caller = proxy.clone();
+        let errors = tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async { caller.apply_changes(&[HttpChange::Upsert(Arc::new(svc))]) })
+        })
+        .await
+        .expect("applied without a panic");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(
+            proxy.service_listeners().iter().any(|a| a.port() == port),
+            "{:?}",
+            proxy.service_listeners()
+        );
+    }
+
     /// A backend answering every request with `200 ok` (keep-alive), on an ephemeral port.
     async fn ok_backend() -> SocketAddr {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -606,16 +643,7 @@ mod tests {
     /// serve, and all of them close when the service port goes.
     #[tokio::test]
     async fn every_proxy_thread_serves_and_a_removed_port_closes_on_all() {
-        let lo = SocketAddr::from(([127, 0, 0, 1], 0));
-        let config = ProxyConfig {
-            http_addr: Some(lo),
-            https_addr: None,
-            appid_addr: None,
-            service_bind_ip: lo.ip(),
-            threads: 3,
-            ..ProxyConfig::default()
-        };
-        let proxy = HttpProxy::start(config, Handle::current()).unwrap();
+        let proxy = HttpProxy::start(on_loopback(3), Handle::current()).unwrap();
         let mut svc = numbered(0);
         svc.backends.truncate(1);
         svc.backends[0].addr = ok_backend().await;

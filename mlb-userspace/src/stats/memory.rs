@@ -94,6 +94,30 @@ pub fn trimming_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// A thread of its own running a current-thread runtime until the returned sender is sent or
+/// dropped; every thread trims what it freed with [`release_freed`] as it goes idle. For the
+/// control plane: mimalloc reuses a freed block at once only on the thread whose heap it came
+/// from, and a task of the multi-thread runtime allocates on whichever worker it runs, so each
+/// of a burst's updates put the new services on pages beside the ones it freed on the other
+/// worker's heap (which only that worker can reuse).
+pub fn own_thread_runtime(
+    name: &str,
+) -> std::io::Result<(tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>)> {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    let runtime = trim_each_thread(&mut builder, release_freed)
+        .enable_all()
+        .build()?;
+    let handle = runtime.handle().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            // Sent or dropped: either way its owner is done with it.
+            let _ = runtime.block_on(stopped);
+        })?;
+    Ok((handle, stop))
+}
+
 #[cfg(test)]
 mod tests {
     use std::{
@@ -191,6 +215,50 @@ mod tests {
             .join()
             .unwrap();
         assert_eq!(counts, (1, 2));
+    }
+
+    #[test]
+    fn an_own_thread_runtime_runs_every_task_on_its_thread_until_stopped() {
+        let name = "own-thread-test";
+        let (handle, stop) = own_thread_runtime(name).unwrap();
+        let caller = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let ran_on: Vec<(Option<String>, ThreadId)> = caller.block_on(async {
+            let tasks: Vec<_> = (0..3)
+                .map(|_| {
+                    handle.spawn(async {
+                        tokio::task::yield_now().await;
+                        let me = thread::current();
+                        (me.name().map(str::to_owned), me.id())
+                    })
+                })
+                .collect();
+            let mut ran_on = Vec::new();
+            for task in tasks {
+                ran_on.push(task.await.unwrap());
+            }
+            ran_on
+        });
+        assert_ne!(ran_on[0].1, thread::current().id());
+        assert!(
+            ran_on
+                .iter()
+                .all(|r| *r == (Some(name.to_owned()), ran_on[0].1)),
+            "{ran_on:?}"
+        );
+        // Stopped: its runtime is gone, a task given to it now is cancelled, never run.
+        drop(stop);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let late = caller.block_on(handle.spawn(async {}));
+            if late.is_err_and(|e| e.is_cancelled()) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "still running");
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]

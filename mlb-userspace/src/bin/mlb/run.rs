@@ -91,6 +91,8 @@ struct Agent {
     control: mpsc::Sender<Control>,
     shutdown: watch::Sender<bool>,
     controller: JoinHandle<()>,
+    /// Stops the controller's thread (once the controller has ended).
+    control_stop: tokio::sync::oneshot::Sender<()>,
     admin: JoinHandle<()>,
     sweeper: Option<JoinHandle<()>>,
     /// Finishes adopting a previous agent's XDP datapath once resynced.
@@ -159,10 +161,19 @@ impl Agent {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (control, control_rx) = mpsc::channel(4);
         let resync = watcher.as_ref().map(MarathonWatcher::resync_trigger);
+        // The control plane (the watcher's reads and parses, the model, the controller's applies)
+        // runs on a thread of its own: what it allocates and frees stays on one allocator heap,
+        // so a burst's new services reuse the memory of the ones they replace (on the shared
+        // runtime they spread over both workers' heaps: 161-162 MB peak after a burst of 1,000
+        // kills at 10,000 apps, 150 MB here). Its event reader shares the thread: while the
+        // controller applies an update, events wait in the socket (a full sync's apply, the
+        // longest, takes about half a second at 10,000 apps).
+        let (control_rt, control_stop) = mlb::stats::memory::own_thread_runtime("mlb-control")
+            .context("starting the control thread")?;
         let marathon_rx = watcher.map(|w| {
             let (tx, rx) = mpsc::channel(16);
             let watching = w.run(tx, shutdown_rx.clone());
-            tokio::spawn(watching.instrument(info_span!("marathon")));
+            control_rt.spawn(watching.instrument(info_span!("marathon")));
             rx
         });
         let stopping = Arc::new(AtomicBool::new(false));
@@ -198,7 +209,8 @@ impl Agent {
             let finishing = l4::finish_adoption(dp.clone(), synced);
             tokio::spawn(finishing.instrument(info_span!("xdp")))
         });
-        let controller = tokio::spawn(controller.run(inputs).instrument(info_span!("controller")));
+        let controller =
+            control_rt.spawn(controller.run(inputs).instrument(info_span!("controller")));
         let sweeper = xdp
             .as_ref()
             .map(|dp| tokio::spawn(l4::sweep_conntrack(dp.clone()).instrument(info_span!("xdp"))));
@@ -209,6 +221,7 @@ impl Agent {
             control,
             shutdown,
             controller,
+            control_stop,
             admin,
             sweeper,
             stopping,
@@ -301,6 +314,7 @@ impl Agent {
     async fn stop(self, detach: bool) -> Result<()> {
         let _ = self.shutdown.send(true);
         let _ = self.controller.await;
+        let _ = self.control_stop.send(());
         self.admin.abort();
         let _ = self.admin.await;
         for task in [self.sweeper, self.adoption].into_iter().flatten() {
