@@ -87,6 +87,8 @@ struct Pending {
     /// What brought the changes, for the log: a task's state from its event applies at once,
     /// a re-read waits for the coalescing window and Marathon's answer.
     cause: &'static str,
+    /// When the oldest event the changes reflect was read off the stream.
+    since: Option<Instant>,
 }
 
 /// The L4 dataplane and what the controller knows of it.
@@ -217,7 +219,9 @@ impl Controller {
                 self.status.last_error = None;
                 true
             }
-            MarathonUpdate::Apps { changed, removed } => {
+            MarathonUpdate::Apps {
+                changed, removed, ..
+            } => {
                 debug!(changed = ?changed.ids().collect::<Vec<_>>(), ?removed, "apps re-read");
                 let ids = changed.ids().chain(removed.iter().map(String::as_str));
                 self.pending.dirty.extend(ids.map(str::to_owned));
@@ -225,7 +229,7 @@ impl Controller {
                 self.status.last_error = None;
                 true
             }
-            MarathonUpdate::TaskStatuses(statuses) => {
+            MarathonUpdate::TaskStatuses { statuses, .. } => {
                 let apps = self.inputs.store.apply_task_statuses(&statuses);
                 let changed = !apps.is_empty();
                 self.pending.dirty.extend(apps);
@@ -365,7 +369,7 @@ impl Controller {
         self.publish();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         // mlb's own share of an event's latency: from reading it off the stream to now.
-        let event_age = live().pending_event_age(Instant::now());
+        let event_age = self.pending.since.map(|since| since.elapsed());
         info!(
             generation = self.status.generation,
             l4_changes = l4_changes.len(),
@@ -553,18 +557,22 @@ impl Controller {
     /// host names (their answers come later, on their own) and recomputes.
     fn on_marathon(&mut self, first: MarathonUpdate, rx: &mut mpsc::Receiver<MarathonUpdate>) {
         self.pending.cause = first.cause();
+        self.pending.since = first.since();
         let mut changed = self.take_update(first);
         while let Ok(more) = rx.try_recv() {
-            if matches!(more, MarathonUpdate::TaskStatuses(_)) {
+            if matches!(more, MarathonUpdate::TaskStatuses { .. }) {
                 self.pending.cause = more.cause();
             }
+            self.pending.since = earliest(self.pending.since, more.since());
             changed |= self.take_update(more);
         }
         if changed {
             self.dns.start(self.unresolved_hosts());
             self.recompute(SystemTime::now());
         }
-        live().dataplane_caught_up(Instant::now());
+        if let Some(since) = self.pending.since.take() {
+            live().event_applied(since.elapsed());
+        }
     }
 
     /// DNS answers arrived: a pass with the new addresses when there are any.
@@ -615,6 +623,14 @@ impl Controller {
                 break;
             }
         }
+    }
+}
+
+/// The earlier of two optional instants.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

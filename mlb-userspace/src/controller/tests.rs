@@ -127,6 +127,7 @@ fn only_changed_services_reach_the_dataplanes() {
                 &[("a.1", 31001), ("a.2", 31011)],
             )]),
             removed: vec![],
+            since: None,
         },
     );
     let changes = l4.take();
@@ -148,6 +149,7 @@ fn only_changed_services_reach_the_dataplanes() {
                 &[("a.1", 31001), ("a.2", 31011)],
             )]),
             removed: vec![],
+            since: None,
         },
     );
     assert!(l4.take().is_empty());
@@ -159,6 +161,7 @@ fn only_changed_services_reach_the_dataplanes() {
         MarathonUpdate::Apps {
             changed: AppList::from_rereads(vec![]),
             removed: vec!["/b".into()],
+            since: None,
         },
     );
     assert!(matches!(&l4.take()[..], [L4Change::Remove(k)] if k.port == 10002));
@@ -223,6 +226,7 @@ fn a_refused_service_is_retried_and_does_not_block_others() {
         MarathonUpdate::Apps {
             changed: AppList::from_rereads(vec![tcp_app("/b", 10002, &[("b.1", 31002)])]),
             removed: vec![],
+            since: None,
         },
     );
     assert!(matches!(&l4.take()[..], [L4Change::Upsert(s)] if s.key.port == 10001));
@@ -383,7 +387,13 @@ fn a_killed_task_leaves_on_its_event_before_any_reread() {
         task_id: "a.1".into(),
         state: "TASK_KILLING".into(),
     };
-    feed(&mut c, MarathonUpdate::TaskStatuses(vec![killing]));
+    feed(
+        &mut c,
+        MarathonUpdate::TaskStatuses {
+            statuses: vec![killing],
+            since: std::time::Instant::now(),
+        },
+    );
     let draining = vec![
         ("a.1:0".to_owned(), BackendState::Draining),
         ("a.2:0".to_owned(), BackendState::Active),
@@ -395,12 +405,14 @@ fn a_killed_task_leaves_on_its_event_before_any_reread() {
     let stale = MarathonUpdate::Apps {
         changed: AppList::from_rereads(vec![two]),
         removed: vec![],
+        since: None,
     };
     feed(&mut c, stale);
     assert!(l4.take().is_empty());
     let gone = MarathonUpdate::Apps {
         changed: AppList::from_rereads(vec![tcp_app("/a", 10001, &[("a.2", 31002)])]),
         removed: vec![],
+        since: None,
     };
     feed(&mut c, gone);
     assert_eq!(states(&l4), [("a.2:0".to_owned(), BackendState::Active)]);

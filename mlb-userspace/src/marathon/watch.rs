@@ -70,10 +70,17 @@ pub enum MarathonUpdate {
         changed: AppList,
         /// Ids of apps that no longer exist.
         removed: Vec<String>,
+        /// When the first event that asked for these re-reads was read off the stream (`None`:
+        /// not asked for by events).
+        since: Option<std::time::Instant>,
     },
     /// Tasks changed state, as `status_update_event`s say (sent as soon as they are read, ahead
     /// of the re-read of their apps; see [`super::task_status`]).
-    TaskStatuses(Vec<TaskStatus>),
+    TaskStatuses {
+        statuses: Vec<TaskStatus>,
+        /// When the oldest of their events was read off the stream.
+        since: std::time::Instant,
+    },
     /// A read failed: keep the last good state. The watcher retries by itself.
     SyncFailed {
         /// The error, for logs and the status page.
@@ -87,8 +94,18 @@ impl MarathonUpdate {
         match self {
             MarathonUpdate::Snapshot(_) => "full read",
             MarathonUpdate::Apps { .. } => "re-read",
-            MarathonUpdate::TaskStatuses(_) => "task status",
+            MarathonUpdate::TaskStatuses { .. } => "task status",
             MarathonUpdate::SyncFailed { .. } => "failed read",
+        }
+    }
+
+    /// When the oldest event this update reflects was read off the stream: the start of
+    /// mlb's own share of that event's latency (`None` for full reads and failures).
+    pub fn since(&self) -> Option<std::time::Instant> {
+        match self {
+            MarathonUpdate::Apps { since, .. } => *since,
+            MarathonUpdate::TaskStatuses { since, .. } => Some(*since),
+            MarathonUpdate::Snapshot(_) | MarathonUpdate::SyncFailed { .. } => None,
         }
     }
 
@@ -607,6 +624,7 @@ impl Running {
             })
             .buffered(self.cfg.reread_concurrency.max(1))
             .chunks(REREAD_CHUNK);
+        let since = batch.first_at.map(Instant::into_std);
         let mut removed: Vec<String> = batch
             .removed
             .iter()
@@ -645,7 +663,14 @@ impl Running {
                 "Marathon apps updated"
             );
             if !self
-                .send(MarathonUpdate::Apps { changed, removed }, shutdown)
+                .send(
+                    MarathonUpdate::Apps {
+                        changed,
+                        removed,
+                        since,
+                    },
+                    shutdown,
+                )
                 .await
             {
                 return Ok(false);
@@ -685,16 +710,35 @@ pub(super) const REREAD_CHUNK: usize = 60;
 /// Task states waiting for room in the update channel, at most (the oldest go first).
 const MAX_UNSENT_STATUSES: usize = 10_000;
 
-/// Sends the task states in `unsent` if the channel has room; keeps them otherwise (bounded).
-fn send_statuses(updates: &mpsc::Sender<MarathonUpdate>, unsent: &mut Vec<TaskStatus>) {
-    if unsent.is_empty() {
-        return;
+/// Task states read and not yet sent, and when the oldest of them was read.
+#[derive(Default)]
+struct Unsent {
+    statuses: Vec<TaskStatus>,
+    since: Option<std::time::Instant>,
+}
+
+impl Unsent {
+    fn add(&mut self, statuses: impl Iterator<Item = TaskStatus>, now: Instant) {
+        let before = self.statuses.len();
+        self.statuses.extend(statuses);
+        if self.statuses.len() > before {
+            self.since.get_or_insert(now.into_std());
+        }
     }
-    if let Ok(permit) = updates.try_reserve() {
-        permit.send(MarathonUpdate::TaskStatuses(std::mem::take(unsent)));
-    } else {
-        let excess = unsent.len().saturating_sub(MAX_UNSENT_STATUSES);
-        unsent.drain(..excess);
+
+    /// Sends the task states if the channel has room; keeps them otherwise (bounded).
+    fn send(&mut self, updates: &mpsc::Sender<MarathonUpdate>) {
+        let Some(since) = self.since else {
+            return;
+        };
+        if let Ok(permit) = updates.try_reserve() {
+            let statuses = std::mem::take(&mut self.statuses);
+            self.since = None;
+            permit.send(MarathonUpdate::TaskStatuses { statuses, since });
+        } else {
+            let excess = self.statuses.len().saturating_sub(MAX_UNSENT_STATUSES);
+            self.statuses.drain(..excess);
+        }
     }
 }
 
@@ -711,7 +755,7 @@ async fn read_stream(
     stall_timeout: Duration,
 ) -> SessionEnd {
     let mut parser = SseParser::default();
-    let mut unsent: Vec<TaskStatus> = Vec::new();
+    let mut unsent = Unsent::default();
     loop {
         let bytes = match timeout(stall_timeout, stream.chunk()).await {
             Err(_) => return SessionEnd::Stalled,
@@ -735,16 +779,15 @@ async fn read_stream(
         };
         let now = Instant::now();
         WatcherCounters::bump(&counters.events, events.len() as u64);
-        unsent.extend(events.iter().filter_map(task_status));
-        send_statuses(&updates, &mut unsent);
+        unsent.add(events.iter().filter_map(task_status), now);
+        unsent.send(&updates);
         let mut actions = Vec::new();
         for ev in &events {
             for action in actions_for_logged(ev) {
                 // The first link of an update's trail in the logs: event id and type → app,
                 // then the re-read, the controller's recompute and the dataplanes' generation.
                 debug!(event.id = ?ev.id, event.kind = %ev.event, ?action, "Marathon event");
-                let relevant = !matches!(action, EventAction::Ignore);
-                crate::stats::live::live().event_received(now.into_std(), relevant);
+                crate::stats::live::live().event_received();
                 actions.push(action);
             }
         }
