@@ -24,7 +24,7 @@ use crate::stats::live::{ErrorKind, live};
 use crate::{
     dataplane::{Dataplane, DataplaneError, HttpChange, L4Change},
     health::{HealthChecker, UnhealthySet, targets_of_l4},
-    marathon::{store::AppStore, watch::MarathonUpdate},
+    marathon::{store::AppStore, task_status::TaskStatus, watch::MarathonUpdate},
     model::{
         self, DesiredState, L4Service, L4ServiceKey, ModelOptions,
         incremental::{Changed, ModelState},
@@ -554,18 +554,54 @@ impl Controller {
     }
 
     /// Takes a Marathon update and every one queued behind it, starts DNS lookups for new agent
-    /// host names (their answers come later, on their own) and recomputes.
+    /// host names (their answers come later, on their own) and recomputes: the task states
+    /// first, in a step of their own, then the rest. In a burst, parts of hundreds of re-read
+    /// apps queue beside the task states; a task being killed leaves the rotation without
+    /// waiting for them to be recomputed.
     fn on_marathon(&mut self, first: MarathonUpdate, rx: &mut mpsc::Receiver<MarathonUpdate>) {
-        self.pending.cause = first.cause();
-        self.pending.since = first.since();
-        let mut changed = self.take_update(first);
+        // Bounded by the channel's capacity.
+        let mut queued = vec![first];
         while let Ok(more) = rx.try_recv() {
-            if matches!(more, MarathonUpdate::TaskStatuses { .. }) {
-                self.pending.cause = more.cause();
-            }
-            self.pending.since = earliest(self.pending.since, more.since());
-            changed |= self.take_update(more);
+            queued.push(more);
         }
+        let (statuses, rest): (Vec<_>, Vec<_>) = queued
+            .into_iter()
+            .partition(|u| matches!(u, MarathonUpdate::TaskStatuses { .. }));
+        if statuses.is_empty() || rest.is_empty() {
+            self.take_batch(statuses.into_iter().chain(rest), &[]);
+            return;
+        }
+        // A re-read queued ahead of a state may bring the task the state is about (a task
+        // launched): the states are applied again on top of the rest (a no-op for the others).
+        let again: Vec<TaskStatus> = statuses
+            .iter()
+            .flat_map(|u| match u {
+                MarathonUpdate::TaskStatuses { statuses, .. } => statuses.clone(),
+                _ => Vec::new(),
+            })
+            .collect();
+        self.take_batch(statuses, &[]);
+        self.take_batch(rest, &again);
+    }
+
+    /// Takes `updates` into the app store, then the task states `again`, and recomputes once
+    /// for all of them.
+    fn take_batch(
+        &mut self,
+        updates: impl IntoIterator<Item = MarathonUpdate>,
+        again: &[TaskStatus],
+    ) {
+        let mut changed = false;
+        let mut cause = None;
+        for update in updates {
+            cause.get_or_insert(update.cause());
+            self.pending.since = earliest(self.pending.since, update.since());
+            changed |= self.take_update(update);
+        }
+        let patched = self.inputs.store.apply_task_statuses(again);
+        changed |= !patched.is_empty();
+        self.pending.dirty.extend(patched);
+        self.pending.cause = cause.unwrap_or_default();
         if changed {
             self.dns.start(self.unresolved_hosts());
             self.recompute(SystemTime::now());
