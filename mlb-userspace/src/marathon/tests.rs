@@ -717,6 +717,35 @@ async fn updates_carry_when_their_oldest_event_was_read() {
     w.stop().await;
 }
 
+/// Task states that find the update channel full (the controller busy with a burst) are sent
+/// as soon as it has room, not with the next chunk of the stream: after a burst the stream may
+/// stay quiet for long.
+#[tokio::test(start_paused = true)]
+async fn task_states_behind_a_full_channel_go_once_it_has_room() {
+    let (m, mut w) = watching_one_app().await;
+    // More chunks than the channel holds, none received meanwhile.
+    let tasks: Vec<String> = (0..40).map(|i| format!("a.{i}")).collect();
+    for task in &tasks {
+        let killing = json!({"eventType": "status_update_event", "appId": "/a",
+                             "taskId": task, "taskStatus": "TASK_KILLING"});
+        m.push("status_update_event", &killing);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Well within the stall timeout (20 s): no reconnect, no further event.
+    let mut seen = std::collections::BTreeSet::new();
+    timeout(Duration::from_secs(5), async {
+        while seen.len() < tasks.len() {
+            if let MarathonUpdate::TaskStatuses { statuses, .. } = w.next_any().await {
+                seen.extend(statuses.into_iter().map(|s| s.task_id));
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("states sent: {} of {}", seen.len(), tasks.len()));
+    assert_eq!(w.counters.stream_connects(), 1);
+    w.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn watcher_snapshots_then_sends_each_changed_app() {
     let m = Fake::start().await;

@@ -41,7 +41,7 @@ use rand::Rng as _;
 use serde_json::Value;
 use tokio::{
     sync::{Notify, mpsc, watch},
-    time::{Instant, sleep, sleep_until, timeout},
+    time::{Instant, sleep, sleep_until, timeout_at},
 };
 use tracing::{debug, info, warn};
 
@@ -726,18 +726,29 @@ impl Unsent {
         }
     }
 
+    /// Whether task states wait to be sent.
+    fn waiting(&self) -> bool {
+        self.since.is_some()
+    }
+
     /// Sends the task states if the channel has room; keeps them otherwise (bounded).
     fn send(&mut self, updates: &mpsc::Sender<MarathonUpdate>) {
-        let Some(since) = self.since else {
+        if !self.waiting() {
             return;
-        };
+        }
         if let Ok(permit) = updates.try_reserve() {
-            let statuses = std::mem::take(&mut self.statuses);
-            self.since = None;
-            permit.send(MarathonUpdate::TaskStatuses { statuses, since });
+            self.send_with(permit);
         } else {
             let excess = self.statuses.len().saturating_sub(MAX_UNSENT_STATUSES);
             self.statuses.drain(..excess);
+        }
+    }
+
+    /// Sends the task states with room already reserved.
+    fn send_with(&mut self, permit: mpsc::Permit<'_, MarathonUpdate>) {
+        if let Some(since) = self.since.take() {
+            let statuses = std::mem::take(&mut self.statuses);
+            permit.send(MarathonUpdate::TaskStatuses { statuses, since });
         }
     }
 }
@@ -745,8 +756,9 @@ impl Unsent {
 /// Reads the event stream until it fails or stalls (no byte, keep-alives included, for
 /// `stall_timeout`), marking in `inbox` the apps its events name, and sending the task states
 /// of status updates on `updates` at once. It never waits on anything but the stream, so
-/// Marathon never sees a slow consumer: states that find `updates` full are sent with the next
-/// chunk's (at most [`MAX_UNSENT_STATUSES`] wait; the re-reads bring the others).
+/// Marathon never sees a slow consumer: states that find `updates` full wait (at most
+/// [`MAX_UNSENT_STATUSES`]; the re-reads bring the others) and go as soon as it has room, while
+/// the stream is read.
 async fn read_stream(
     mut stream: EventStream,
     inbox: Arc<Inbox>,
@@ -756,8 +768,19 @@ async fn read_stream(
 ) -> SessionEnd {
     let mut parser = SseParser::default();
     let mut unsent = Unsent::default();
+    let mut stall_at = Instant::now() + stall_timeout;
     loop {
-        let bytes = match timeout(stall_timeout, stream.chunk()).await {
+        let read = tokio::select! {
+            biased;
+            read = timeout_at(stall_at, stream.chunk()) => read,
+            // Not with the next chunk: after a burst the stream may stay quiet for long.
+            Ok(permit) = updates.reserve(), if unsent.waiting() => {
+                unsent.send_with(permit);
+                continue;
+            }
+        };
+        stall_at = Instant::now() + stall_timeout;
+        let bytes = match read {
             Err(_) => return SessionEnd::Stalled,
             Ok(Err(e)) => return SessionEnd::Failed(e),
             Ok(Ok(None)) => {
