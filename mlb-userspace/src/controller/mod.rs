@@ -89,6 +89,9 @@ struct Pending {
     cause: &'static str,
     /// When the oldest event the changes reflect was read off the stream.
     since: Option<Instant>,
+    /// Of the time since then, how long re-reads waited for Marathon's answers (the longest
+    /// wait of the updates taken together).
+    marathon: Duration,
 }
 
 /// The L4 dataplane and what the controller knows of it.
@@ -382,6 +385,7 @@ impl Controller {
             fingerprint_ms = ms(applied.fingerprint_time),
             status_ms = ms(started.elapsed()),
             event_ms = event_age.map(ms),
+            marathon_ms = (!self.pending.marathon.is_zero()).then(|| ms(self.pending.marathon)),
             cause = std::mem::take(&mut self.pending.cause),
             rss_mb = crate::stats::memory::rss_mb_if_big(l4_changes.len() + http_changes.len()),
             "dataplanes updated"
@@ -596,6 +600,7 @@ impl Controller {
         for update in updates {
             cause.get_or_insert(update.cause());
             self.pending.since = earliest(self.pending.since, update.since());
+            self.pending.marathon = self.pending.marathon.max(update.marathon_wait());
             changed |= self.take_update(update);
         }
         let patched = self.inputs.store.apply_task_statuses(again);
@@ -609,6 +614,7 @@ impl Controller {
         if let Some(since) = self.pending.since.take() {
             live().event_applied(since.elapsed());
         }
+        self.pending.marathon = Duration::ZERO;
     }
 
     /// DNS answers arrived: a pass with the new addresses when there are any.

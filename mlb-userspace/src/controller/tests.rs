@@ -128,6 +128,7 @@ fn only_changed_services_reach_the_dataplanes() {
             )]),
             removed: vec![],
             since: None,
+            marathon: Duration::ZERO,
         },
     );
     let changes = l4.take();
@@ -150,6 +151,7 @@ fn only_changed_services_reach_the_dataplanes() {
             )]),
             removed: vec![],
             since: None,
+            marathon: Duration::ZERO,
         },
     );
     assert!(l4.take().is_empty());
@@ -162,6 +164,7 @@ fn only_changed_services_reach_the_dataplanes() {
             changed: AppList::from_rereads(vec![]),
             removed: vec!["/b".into()],
             since: None,
+            marathon: Duration::ZERO,
         },
     );
     assert!(matches!(&l4.take()[..], [L4Change::Remove(k)] if k.port == 10002));
@@ -227,6 +230,7 @@ fn a_refused_service_is_retried_and_does_not_block_others() {
             changed: AppList::from_rereads(vec![tcp_app("/b", 10002, &[("b.1", 31002)])]),
             removed: vec![],
             since: None,
+            marathon: Duration::ZERO,
         },
     );
     assert!(matches!(&l4.take()[..], [L4Change::Upsert(s)] if s.key.port == 10001));
@@ -406,6 +410,7 @@ fn a_killed_task_leaves_on_its_event_before_any_reread() {
         changed: AppList::from_rereads(vec![two]),
         removed: vec![],
         since: None,
+        marathon: Duration::ZERO,
     };
     feed(&mut c, stale);
     assert!(l4.take().is_empty());
@@ -413,6 +418,7 @@ fn a_killed_task_leaves_on_its_event_before_any_reread() {
         changed: AppList::from_rereads(vec![tcp_app("/a", 10001, &[("a.2", 31002)])]),
         removed: vec![],
         since: None,
+        marathon: Duration::ZERO,
     };
     feed(&mut c, gone);
     assert_eq!(states(&l4), [("a.2:0".to_owned(), BackendState::Active)]);
@@ -468,6 +474,7 @@ fn reread(apps: Vec<Value>) -> MarathonUpdate {
         changed: AppList::from_rereads(apps),
         removed: vec![],
         since: None,
+        marathon: Duration::ZERO,
     }
 }
 

@@ -746,6 +746,34 @@ async fn task_states_behind_a_full_channel_go_once_it_has_room() {
     w.stop().await;
 }
 
+/// A re-read's update says how long it waited for Marathon's answer: of its latency since the
+/// event, the share that is Marathon's, not mlb's (bench sync shows mlb's part without it).
+#[tokio::test(start_paused = true)]
+async fn a_reread_reports_its_wait_for_marathon() {
+    let (m, mut w) = watching_one_app().await;
+    let hold = Arc::new(tokio::sync::Notify::new());
+    m.with(|s| s.hold_rereads = Some(hold.clone()));
+    let changed = json!({"eventType": "instance_changed_event", "runSpecId": "/a",
+                         "condition": "Killed"});
+    m.push("instance_changed_event", &changed);
+    wait_until(|| m.with(|s| s.app_hits.get("/a").copied()) == Some(1)).await;
+    let slow = Duration::from_millis(300);
+    tokio::time::sleep(slow).await;
+    m.with(|s| s.hold_rereads = None);
+    hold.notify_waiters();
+    match w.next().await {
+        MarathonUpdate::Apps {
+            since, marathon, ..
+        } => {
+            let age = tokio::time::Instant::now().into_std() - since.expect("from an event");
+            assert!(marathon >= slow, "{marathon:?}");
+            assert!(marathon <= age, "{marathon:?} of {age:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    w.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn watcher_snapshots_then_sends_each_changed_app() {
     let m = Fake::start().await;

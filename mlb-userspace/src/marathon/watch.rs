@@ -73,6 +73,9 @@ pub enum MarathonUpdate {
         /// When the first event that asked for these re-reads was read off the stream (`None`:
         /// not asked for by events).
         since: Option<std::time::Instant>,
+        /// How long the re-read waited for Marathon's answers until these apps were in (of
+        /// the latency since `since`, the share that is Marathon's, not mlb's).
+        marathon: Duration,
     },
     /// Tasks changed state, as `status_update_event`s say (sent as soon as they are read, ahead
     /// of the re-read of their apps; see [`super::task_status`]).
@@ -106,6 +109,14 @@ impl MarathonUpdate {
             MarathonUpdate::Apps { since, .. } => *since,
             MarathonUpdate::TaskStatuses { since, .. } => Some(*since),
             MarathonUpdate::Snapshot(_) | MarathonUpdate::SyncFailed { .. } => None,
+        }
+    }
+
+    /// How long this update waited for Marathon's answers after its events (re-reads only).
+    pub fn marathon_wait(&self) -> Duration {
+        match self {
+            MarathonUpdate::Apps { marathon, .. } => *marathon,
+            _ => Duration::ZERO,
         }
     }
 
@@ -631,12 +642,17 @@ impl Running {
             .filter(|id| !batch.refresh.contains(*id)) // a later event may have re-created it
             .cloned()
             .collect();
+        // The reads only progress while `reads` is polled: the time spent waiting on it is
+        // Marathon's (the parse of each answer included, a fraction of a millisecond).
+        let mut marathon = Duration::ZERO;
         loop {
+            let waited = Instant::now();
             let results = tokio::select! {
                 biased;
                 () = shutdown_requested(shutdown) => return Ok(false),
                 r = reads.next() => r,
             };
+            marathon += waited.elapsed();
             // The apps removed go with the first part (or alone when none was re-read).
             let mut changed = Vec::new();
             match results {
@@ -668,6 +684,7 @@ impl Running {
                         changed,
                         removed,
                         since,
+                        marathon,
                     },
                     shutdown,
                 )

@@ -160,9 +160,9 @@ struct Results {
     start_ms: Vec<f64>,
     /// mlb's own part of each update, by phase (single events, the burst's kills, its
     /// relaunches): from reading the oldest event it reflects off the stream to the dataplanes
-    /// updated (`event_ms` of its log lines); of the updates from task events, then of those
-    /// from re-read apps.
-    mlb_event_ms: Vec<(&'static str, [Vec<f64>; 2])>,
+    /// updated (`event_ms` of its log lines); of the updates from task events, of those from
+    /// re-read apps, and of the latter without the wait for Marathon's answers.
+    mlb_event_ms: Vec<(&'static str, [Vec<f64>; 3])>,
     /// mlb's CPU seconds over the single-event phase, and the load average before and after.
     events_cpu: f64,
     load: (String, String),
@@ -1015,9 +1015,9 @@ fn log_len(path: &Path) -> usize {
 }
 
 /// mlb's part of the updates logged between bytes `from` and `to` of `log`: of those from task
-/// events, then of those from re-read apps. Cut at line starts: a line being written when the
-/// length was taken belongs to the later phase.
-fn phase_ages(log: &[u8], from: usize, to: usize) -> [Vec<f64>; 2] {
+/// events, of those from re-read apps, and of the latter without waiting for Marathon. Cut at
+/// line starts: a line being written when the length was taken belongs to the later phase.
+fn phase_ages(log: &[u8], from: usize, to: usize) -> [Vec<f64>; 3] {
     let line_start = |at: usize| {
         let at = at.min(log.len());
         log[..at]
@@ -1027,19 +1027,28 @@ fn phase_ages(log: &[u8], from: usize, to: usize) -> [Vec<f64>; 2] {
     };
     let text = String::from_utf8_lossy(&log[line_start(from)..line_start(to)]);
     [
-        event_ages(&text, "task status"),
-        event_ages(&text, "re-read"),
+        event_ages(&text, "task status", false),
+        event_ages(&text, "re-read", false),
+        event_ages(&text, "re-read", true),
     ]
 }
 
-/// The `event_ms` of the "dataplanes updated" lines of `log` brought by `cause`: mlb's own share
-/// of the latency.
-fn event_ages(log: &str, cause: &str) -> Vec<f64> {
+/// The `event_ms` of the "dataplanes updated" lines of `log` brought by `cause`: mlb's share of
+/// the latency; `mlb_only`: without the time its re-reads waited for Marathon's answers
+/// (`marathon_ms`).
+fn event_ages(log: &str, cause: &str, mlb_only: bool) -> Vec<f64> {
     log.lines()
         .filter(|l| l.contains("dataplanes updated"))
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["cause"] == cause)
-        .filter_map(|v| v["event_ms"].as_f64())
+        .filter_map(|v| {
+            let marathon = if mlb_only {
+                v["marathon_ms"].as_f64()
+            } else {
+                None
+            };
+            Some(v["event_ms"].as_f64()? - marathon.unwrap_or(0.0))
+        })
         .collect()
 }
 
@@ -1127,10 +1136,16 @@ fn latency_row(out: &mut String, what: &str, values: &[f64]) {
     );
 }
 
-/// Rows of mlb's part of the updates in each phase, from task events and from re-read apps.
-fn mlb_part_rows(out: &mut String, phases: &[(&str, [Vec<f64>; 2])]) {
+/// Rows of mlb's part of the updates in each phase, from task events and from re-read apps
+/// (with and without the wait for Marathon's answers).
+fn mlb_part_rows(out: &mut String, phases: &[(&str, [Vec<f64>; 3])]) {
+    let causes = [
+        "a task's event",
+        "a re-read app",
+        "a re-read app, without waiting for Marathon's answer",
+    ];
     for (phase, ages) in phases {
-        for (ms, cause) in ages.iter().zip(["a task's event", "a re-read app"]) {
+        for (ms, cause) in ages.iter().zip(causes) {
             let what = format!(
                 "— mlb's part in {phase}: event read → dataplanes updated, from {cause} ({} \
                  updates, mlb log)",
@@ -1346,14 +1361,18 @@ mod tests {
         let line = |cause: &str, ms: f64| {
             format!(r#"{{"message":"dataplanes updated","cause":"{cause}","event_ms":{ms}}}"#)
         };
-        let first = format!("{}\n{}\n", line("task status", 0.5), line("re-read", 3.0));
+        let reread = r#"{"message":"dataplanes updated","cause":"re-read","event_ms":43.0,"marathon_ms":40.0}"#;
+        let first = format!("{}\n{reread}\n", line("task status", 0.5));
         let second = format!("{}\n", line("task status", 41.0));
         let log = format!("{first}{second}");
         let cut = first.len() + 10; // the second phase's line was being written
-        assert_eq!(phase_ages(log.as_bytes(), 0, cut), [vec![0.5], vec![3.0]]);
+        assert_eq!(
+            phase_ages(log.as_bytes(), 0, cut),
+            [vec![0.5], vec![43.0], vec![3.0]]
+        );
         assert_eq!(
             phase_ages(log.as_bytes(), cut, log.len()),
-            [vec![41.0], vec![]]
+            [vec![41.0], vec![], vec![]]
         );
     }
 
