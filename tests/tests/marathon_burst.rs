@@ -78,8 +78,10 @@ impl Follower {
                 .context("the watcher stopped")?;
             match update {
                 MarathonUpdate::Snapshot(list) => self.store.replace_all(list),
-                MarathonUpdate::Apps { changed, removed } => self.store.update(changed, &removed),
-                MarathonUpdate::TaskStatuses(statuses) => {
+                MarathonUpdate::Apps {
+                    changed, removed, ..
+                } => self.store.update(changed, &removed),
+                MarathonUpdate::TaskStatuses { statuses, .. } => {
                     self.store.apply_task_statuses(&statuses);
                 }
                 MarathonUpdate::SyncFailed { error } => bail!("sync failed: {error}"),

@@ -24,7 +24,7 @@ use crate::stats::live::{ErrorKind, live};
 use crate::{
     dataplane::{Dataplane, DataplaneError, HttpChange, L4Change},
     health::{HealthChecker, UnhealthySet, targets_of_l4},
-    marathon::{store::AppStore, watch::MarathonUpdate},
+    marathon::{store::AppStore, task_status::TaskStatus, watch::MarathonUpdate},
     model::{
         self, DesiredState, L4Service, L4ServiceKey, ModelOptions,
         incremental::{Changed, ModelState},
@@ -87,6 +87,11 @@ struct Pending {
     /// What brought the changes, for the log: a task's state from its event applies at once,
     /// a re-read waits for the coalescing window and Marathon's answer.
     cause: &'static str,
+    /// When the oldest event the changes reflect was read off the stream.
+    since: Option<Instant>,
+    /// Of the time since then, how long re-reads waited for Marathon's answers (the longest
+    /// wait of the updates taken together).
+    marathon: Duration,
 }
 
 /// The L4 dataplane and what the controller knows of it.
@@ -217,7 +222,9 @@ impl Controller {
                 self.status.last_error = None;
                 true
             }
-            MarathonUpdate::Apps { changed, removed } => {
+            MarathonUpdate::Apps {
+                changed, removed, ..
+            } => {
                 debug!(changed = ?changed.ids().collect::<Vec<_>>(), ?removed, "apps re-read");
                 let ids = changed.ids().chain(removed.iter().map(String::as_str));
                 self.pending.dirty.extend(ids.map(str::to_owned));
@@ -225,7 +232,7 @@ impl Controller {
                 self.status.last_error = None;
                 true
             }
-            MarathonUpdate::TaskStatuses(statuses) => {
+            MarathonUpdate::TaskStatuses { statuses, .. } => {
                 let apps = self.inputs.store.apply_task_statuses(&statuses);
                 let changed = !apps.is_empty();
                 self.pending.dirty.extend(apps);
@@ -365,7 +372,7 @@ impl Controller {
         self.publish();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         // mlb's own share of an event's latency: from reading it off the stream to now.
-        let event_age = live().pending_event_age(Instant::now());
+        let event_age = self.pending.since.map(|since| since.elapsed());
         info!(
             generation = self.status.generation,
             l4_changes = l4_changes.len(),
@@ -378,6 +385,7 @@ impl Controller {
             fingerprint_ms = ms(applied.fingerprint_time),
             status_ms = ms(started.elapsed()),
             event_ms = event_age.map(ms),
+            marathon_ms = (!self.pending.marathon.is_zero()).then(|| ms(self.pending.marathon)),
             cause = std::mem::take(&mut self.pending.cause),
             rss_mb = crate::stats::memory::rss_mb_if_big(l4_changes.len() + http_changes.len()),
             "dataplanes updated"
@@ -550,21 +558,63 @@ impl Controller {
     }
 
     /// Takes a Marathon update and every one queued behind it, starts DNS lookups for new agent
-    /// host names (their answers come later, on their own) and recomputes.
+    /// host names (their answers come later, on their own) and recomputes: the task states
+    /// first, in a step of their own, then the rest. In a burst, parts of hundreds of re-read
+    /// apps queue beside the task states; a task being killed leaves the rotation without
+    /// waiting for them to be recomputed.
     fn on_marathon(&mut self, first: MarathonUpdate, rx: &mut mpsc::Receiver<MarathonUpdate>) {
-        self.pending.cause = first.cause();
-        let mut changed = self.take_update(first);
+        // Bounded by the channel's capacity.
+        let mut queued = vec![first];
         while let Ok(more) = rx.try_recv() {
-            if matches!(more, MarathonUpdate::TaskStatuses(_)) {
-                self.pending.cause = more.cause();
-            }
-            changed |= self.take_update(more);
+            queued.push(more);
         }
+        let (statuses, rest): (Vec<_>, Vec<_>) = queued
+            .into_iter()
+            .partition(|u| matches!(u, MarathonUpdate::TaskStatuses { .. }));
+        if statuses.is_empty() || rest.is_empty() {
+            self.take_batch(statuses.into_iter().chain(rest), &[]);
+            return;
+        }
+        // A re-read queued ahead of a state may bring the task the state is about (a task
+        // launched): the states are applied again on top of the rest (a no-op for the others).
+        let again: Vec<TaskStatus> = statuses
+            .iter()
+            .flat_map(|u| match u {
+                MarathonUpdate::TaskStatuses { statuses, .. } => statuses.clone(),
+                _ => Vec::new(),
+            })
+            .collect();
+        self.take_batch(statuses, &[]);
+        self.take_batch(rest, &again);
+    }
+
+    /// Takes `updates` into the app store, then the task states `again`, and recomputes once
+    /// for all of them.
+    fn take_batch(
+        &mut self,
+        updates: impl IntoIterator<Item = MarathonUpdate>,
+        again: &[TaskStatus],
+    ) {
+        let mut changed = false;
+        let mut cause = None;
+        for update in updates {
+            cause.get_or_insert(update.cause());
+            self.pending.since = earliest(self.pending.since, update.since());
+            self.pending.marathon = self.pending.marathon.max(update.marathon_wait());
+            changed |= self.take_update(update);
+        }
+        let patched = self.inputs.store.apply_task_statuses(again);
+        changed |= !patched.is_empty();
+        self.pending.dirty.extend(patched);
+        self.pending.cause = cause.unwrap_or_default();
         if changed {
             self.dns.start(self.unresolved_hosts());
             self.recompute(SystemTime::now());
         }
-        live().dataplane_caught_up(Instant::now());
+        if let Some(since) = self.pending.since.take() {
+            live().event_applied(since.elapsed());
+        }
+        self.pending.marathon = Duration::ZERO;
     }
 
     /// DNS answers arrived: a pass with the new addresses when there are any.
@@ -615,6 +665,14 @@ impl Controller {
                 break;
             }
         }
+    }
+}
+
+/// The earlier of two optional instants.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

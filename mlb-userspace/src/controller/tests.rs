@@ -127,6 +127,8 @@ fn only_changed_services_reach_the_dataplanes() {
                 &[("a.1", 31001), ("a.2", 31011)],
             )]),
             removed: vec![],
+            since: None,
+            marathon: Duration::ZERO,
         },
     );
     let changes = l4.take();
@@ -148,6 +150,8 @@ fn only_changed_services_reach_the_dataplanes() {
                 &[("a.1", 31001), ("a.2", 31011)],
             )]),
             removed: vec![],
+            since: None,
+            marathon: Duration::ZERO,
         },
     );
     assert!(l4.take().is_empty());
@@ -159,6 +163,8 @@ fn only_changed_services_reach_the_dataplanes() {
         MarathonUpdate::Apps {
             changed: AppList::from_rereads(vec![]),
             removed: vec!["/b".into()],
+            since: None,
+            marathon: Duration::ZERO,
         },
     );
     assert!(matches!(&l4.take()[..], [L4Change::Remove(k)] if k.port == 10002));
@@ -223,6 +229,8 @@ fn a_refused_service_is_retried_and_does_not_block_others() {
         MarathonUpdate::Apps {
             changed: AppList::from_rereads(vec![tcp_app("/b", 10002, &[("b.1", 31002)])]),
             removed: vec![],
+            since: None,
+            marathon: Duration::ZERO,
         },
     );
     assert!(matches!(&l4.take()[..], [L4Change::Upsert(s)] if s.key.port == 10001));
@@ -383,7 +391,13 @@ fn a_killed_task_leaves_on_its_event_before_any_reread() {
         task_id: "a.1".into(),
         state: "TASK_KILLING".into(),
     };
-    feed(&mut c, MarathonUpdate::TaskStatuses(vec![killing]));
+    feed(
+        &mut c,
+        MarathonUpdate::TaskStatuses {
+            statuses: vec![killing],
+            since: std::time::Instant::now(),
+        },
+    );
     let draining = vec![
         ("a.1:0".to_owned(), BackendState::Draining),
         ("a.2:0".to_owned(), BackendState::Active),
@@ -395,12 +409,16 @@ fn a_killed_task_leaves_on_its_event_before_any_reread() {
     let stale = MarathonUpdate::Apps {
         changed: AppList::from_rereads(vec![two]),
         removed: vec![],
+        since: None,
+        marathon: Duration::ZERO,
     };
     feed(&mut c, stale);
     assert!(l4.take().is_empty());
     let gone = MarathonUpdate::Apps {
         changed: AppList::from_rereads(vec![tcp_app("/a", 10001, &[("a.2", 31002)])]),
         removed: vec![],
+        since: None,
+        marathon: Duration::ZERO,
     };
     feed(&mut c, gone);
     assert_eq!(states(&l4), [("a.2:0".to_owned(), BackendState::Active)]);
@@ -437,4 +455,74 @@ fn the_proxy_is_given_the_models_services_not_copies() {
     };
     // At 10,000 apps a copy per side would hold every HTTP service and backend twice.
     assert!(Arc::ptr_eq(svc, &c.state().http[&svc.key]));
+}
+
+fn killing(app: &str, task: &str) -> MarathonUpdate {
+    use crate::marathon::task_status::TaskStatus;
+    MarathonUpdate::TaskStatuses {
+        statuses: vec![TaskStatus {
+            app_id: app.into(),
+            task_id: task.into(),
+            state: "TASK_KILLING".into(),
+        }],
+        since: std::time::Instant::now(),
+    }
+}
+
+fn reread(apps: Vec<Value>) -> MarathonUpdate {
+    MarathonUpdate::Apps {
+        changed: AppList::from_rereads(apps),
+        removed: vec![],
+        since: None,
+        marathon: Duration::ZERO,
+    }
+}
+
+/// Updates queued together: the task states go first, in a dataplane update of their own, so
+/// a killed task leaves the rotation without waiting for the re-reads queued ahead of it (a
+/// burst's parts of hundreds of apps).
+#[test]
+fn task_states_queued_behind_rereads_are_applied_first() {
+    let (mut c, l4, _) = controller();
+    let killed = tcp_app("/k", 10003, &[("k.1", 31003), ("k.2", 31013)]);
+    feed(&mut c, MarathonUpdate::snapshot_from_values(vec![killed]));
+    l4.take();
+    let generation = c.status().load().generation;
+    let (tx, mut rx) = mpsc::channel(16);
+    tx.try_send(killing("/k", "k.1")).unwrap();
+    tx.try_send(reread(vec![tcp_app("/b", 10002, &[("b.1", 31002)])]))
+        .unwrap();
+    let first = reread(vec![tcp_app("/a", 10001, &[("a.1", 31001)])]);
+    c.on_marathon(first, &mut rx);
+    let ports: Vec<u16> = l4.take().iter().map(|c| c.key().port).collect();
+    assert_eq!(ports, [10003, 10001, 10002], "the kill first");
+    assert_eq!(c.status().load().generation, generation + 2);
+}
+
+/// A task state queued behind the re-read that brings its task (a task launched) still
+/// applies: the state is not lost for being taken first.
+#[test]
+fn a_task_state_applies_to_the_task_a_queued_reread_brings() {
+    let (mut c, l4, _) = controller();
+    let one = tcp_app("/a", 10001, &[("a.1", 31001)]);
+    feed(&mut c, MarathonUpdate::snapshot_from_values(vec![one]));
+    l4.take();
+    let (tx, mut rx) = mpsc::channel(16);
+    tx.try_send(killing("/a", "a.2")).unwrap();
+    let two = tcp_app("/a", 10001, &[("a.1", 31001), ("a.2", 31002)]);
+    c.on_marathon(reread(vec![two]), &mut rx);
+    let changes = l4.take();
+    let Some(L4Change::Upsert(svc)) = changes.last() else {
+        panic!("{changes:?}")
+    };
+    let states: Vec<(String, BackendState)> = (svc.backends.iter())
+        .map(|b| (b.id.to_string(), b.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("a.1:0".to_owned(), BackendState::Active),
+            ("a.2:0".to_owned(), BackendState::Draining)
+        ]
+    );
 }

@@ -622,7 +622,7 @@ impl Watching {
     async fn next(&mut self) -> MarathonUpdate {
         loop {
             match self.next_any().await {
-                MarathonUpdate::TaskStatuses(_) => {}
+                MarathonUpdate::TaskStatuses { .. } => {}
                 other => return other,
             }
         }
@@ -677,7 +677,7 @@ async fn task_states_are_sent_ahead_of_the_reread() {
                          "taskStatus": "TASK_KILLING"});
     m.push("status_update_event", &killing);
     match w.next_any().await {
-        MarathonUpdate::TaskStatuses(statuses) => {
+        MarathonUpdate::TaskStatuses { statuses, .. } => {
             let got: Vec<_> = statuses
                 .iter()
                 .map(|s| (s.app_id.as_str(), s.task_id.as_str(), s.state.as_str()))
@@ -687,6 +687,90 @@ async fn task_states_are_sent_ahead_of_the_reread() {
         other => panic!("expected the task state first, got {other:?}"),
     }
     assert!(matches!(w.next_any().await, MarathonUpdate::Apps { .. }));
+    w.stop().await;
+}
+
+/// Each update says when the oldest event it reflects was read off the stream, where mlb's
+/// event → dataplane latency starts (its log, `mlb_event_to_dataplane_seconds`): a task's state
+/// from its own event, a re-read from the first event that asked for it, not the last.
+#[tokio::test(start_paused = true)]
+async fn updates_carry_when_their_oldest_event_was_read() {
+    let (m, mut w) = watching_one_app().await;
+    let before = tokio::time::Instant::now().into_std();
+    let killing = json!({"eventType": "status_update_event", "appId": "/a", "taskId": "a.1",
+                         "taskStatus": "TASK_KILLING"});
+    m.push("status_update_event", &killing);
+    let MarathonUpdate::TaskStatuses { since: read, .. } = w.next_any().await else {
+        panic!("expected the task state first");
+    };
+    assert!(read >= before);
+    // A second event for the app inside the coalescing window: one re-read for both, as old
+    // as the first.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let changed = json!({"eventType": "instance_changed_event", "runSpecId": "/a",
+                         "condition": "Killed"});
+    m.push("instance_changed_event", &changed);
+    match w.next().await {
+        MarathonUpdate::Apps { since, .. } => assert_eq!(since, Some(read)),
+        other => panic!("{other:?}"),
+    }
+    w.stop().await;
+}
+
+/// Task states that find the update channel full (the controller busy with a burst) are sent
+/// as soon as it has room, not with the next chunk of the stream: after a burst the stream may
+/// stay quiet for long.
+#[tokio::test(start_paused = true)]
+async fn task_states_behind_a_full_channel_go_once_it_has_room() {
+    let (m, mut w) = watching_one_app().await;
+    // More chunks than the channel holds, none received meanwhile.
+    let tasks: Vec<String> = (0..40).map(|i| format!("a.{i}")).collect();
+    for task in &tasks {
+        let killing = json!({"eventType": "status_update_event", "appId": "/a",
+                             "taskId": task, "taskStatus": "TASK_KILLING"});
+        m.push("status_update_event", &killing);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Well within the stall timeout (20 s): no reconnect, no further event.
+    let mut seen = std::collections::BTreeSet::new();
+    timeout(Duration::from_secs(5), async {
+        while seen.len() < tasks.len() {
+            if let MarathonUpdate::TaskStatuses { statuses, .. } = w.next_any().await {
+                seen.extend(statuses.into_iter().map(|s| s.task_id));
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("states sent: {} of {}", seen.len(), tasks.len()));
+    assert_eq!(w.counters.stream_connects(), 1);
+    w.stop().await;
+}
+
+/// A re-read's update says how long it waited for Marathon's answer: of its latency since the
+/// event, the share that is Marathon's, not mlb's (bench sync shows mlb's part without it).
+#[tokio::test(start_paused = true)]
+async fn a_reread_reports_its_wait_for_marathon() {
+    let (m, mut w) = watching_one_app().await;
+    let hold = Arc::new(tokio::sync::Notify::new());
+    m.with(|s| s.hold_rereads = Some(hold.clone()));
+    let changed = json!({"eventType": "instance_changed_event", "runSpecId": "/a",
+                         "condition": "Killed"});
+    m.push("instance_changed_event", &changed);
+    wait_until(|| m.with(|s| s.app_hits.get("/a").copied()) == Some(1)).await;
+    let slow = Duration::from_millis(300);
+    tokio::time::sleep(slow).await;
+    m.with(|s| s.hold_rereads = None);
+    hold.notify_waiters();
+    match w.next().await {
+        MarathonUpdate::Apps {
+            since, marathon, ..
+        } => {
+            let age = tokio::time::Instant::now().into_std() - since.expect("from an event");
+            assert!(marathon >= slow, "{marathon:?}");
+            assert!(marathon <= age, "{marathon:?} of {age:?}");
+        }
+        other => panic!("{other:?}"),
+    }
     w.stop().await;
 }
 
@@ -701,7 +785,9 @@ async fn watcher_snapshots_then_sends_each_changed_app() {
     m.set_app("/a", 5);
     m.push("status_update_event", &status_update("/a"));
     match w.next().await {
-        MarathonUpdate::Apps { changed, removed } => {
+        MarathonUpdate::Apps {
+            changed, removed, ..
+        } => {
             assert_eq!(changed, AppList::from_rereads(vec![app("/a", 5)]));
             assert!(removed.is_empty());
         }
@@ -719,7 +805,9 @@ async fn watcher_snapshots_then_sends_each_changed_app() {
         &json!({"eventType": "instance_changed_event", "runSpecId": "/b", "condition": "Killed"}),
     );
     match w.next().await {
-        MarathonUpdate::Apps { changed, removed } => {
+        MarathonUpdate::Apps {
+            changed, removed, ..
+        } => {
             assert!(changed.is_empty());
             assert_eq!(removed, ["/a", "/b"]);
         }
@@ -728,6 +816,15 @@ async fn watcher_snapshots_then_sends_each_changed_app() {
     assert_eq!(m.with(|s| s.app_hits.get("/a").copied()), Some(1));
     assert_eq!(m.with(|s| (s.list_hits, s.event_connects)), (1, 1));
     w.stop().await;
+}
+
+/// A fake Marathon with `/a` (one task) and a watcher past its first snapshot of it.
+async fn watching_one_app() -> (Fake, Watching) {
+    let m = Fake::start().await;
+    m.set_app("/a", 1);
+    let mut w = Watching::start(config(&[m.url()]));
+    w.snapshot().await;
+    (m, w)
 }
 
 /// A fake Marathon with `/app0`… (`count` apps of one task each) and a watcher past its first
@@ -782,7 +879,9 @@ async fn a_burst_of_rereads_arrives_whole_in_bounded_parts() {
     let mut seen = std::collections::BTreeSet::new();
     while seen.len() < 220 {
         match w.next().await {
-            MarathonUpdate::Apps { changed, removed } => {
+            MarathonUpdate::Apps {
+                changed, removed, ..
+            } => {
                 assert!(removed.is_empty());
                 let ids: Vec<_> = changed.ids().map(str::to_owned).collect();
                 assert!(
@@ -851,10 +950,7 @@ async fn wait_until(done: impl Fn() -> bool) {
 
 #[tokio::test(start_paused = true)]
 async fn invalid_event_json_is_skipped_and_the_stream_continues() {
-    let m = Fake::start().await;
-    m.set_app("/a", 1);
-    let mut w = Watching::start(config(&[m.url()]));
-    w.snapshot().await;
+    let (m, mut w) = watching_one_app().await;
     m.push_raw("event: status_update_event\ndata: {\"eventType\": broken\n\n");
     m.push_raw("event: status_update_event\ndata: [1]\n\n");
     m.push_raw("event: something_new\ndata: {\"eventType\":\"something_new\"}\n\n");

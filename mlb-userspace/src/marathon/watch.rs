@@ -41,7 +41,7 @@ use rand::Rng as _;
 use serde_json::Value;
 use tokio::{
     sync::{Notify, mpsc, watch},
-    time::{Instant, sleep, sleep_until, timeout},
+    time::{Instant, sleep, sleep_until, timeout_at},
 };
 use tracing::{debug, info, warn};
 
@@ -70,10 +70,20 @@ pub enum MarathonUpdate {
         changed: AppList,
         /// Ids of apps that no longer exist.
         removed: Vec<String>,
+        /// When the first event that asked for these re-reads was read off the stream (`None`:
+        /// not asked for by events).
+        since: Option<std::time::Instant>,
+        /// How long the re-read waited for Marathon's answers until these apps were in (of
+        /// the latency since `since`, the share that is Marathon's, not mlb's).
+        marathon: Duration,
     },
     /// Tasks changed state, as `status_update_event`s say (sent as soon as they are read, ahead
     /// of the re-read of their apps; see [`super::task_status`]).
-    TaskStatuses(Vec<TaskStatus>),
+    TaskStatuses {
+        statuses: Vec<TaskStatus>,
+        /// When the oldest of their events was read off the stream.
+        since: std::time::Instant,
+    },
     /// A read failed: keep the last good state. The watcher retries by itself.
     SyncFailed {
         /// The error, for logs and the status page.
@@ -87,8 +97,26 @@ impl MarathonUpdate {
         match self {
             MarathonUpdate::Snapshot(_) => "full read",
             MarathonUpdate::Apps { .. } => "re-read",
-            MarathonUpdate::TaskStatuses(_) => "task status",
+            MarathonUpdate::TaskStatuses { .. } => "task status",
             MarathonUpdate::SyncFailed { .. } => "failed read",
+        }
+    }
+
+    /// When the oldest event this update reflects was read off the stream: the start of
+    /// mlb's own share of that event's latency (`None` for full reads and failures).
+    pub fn since(&self) -> Option<std::time::Instant> {
+        match self {
+            MarathonUpdate::Apps { since, .. } => *since,
+            MarathonUpdate::TaskStatuses { since, .. } => Some(*since),
+            MarathonUpdate::Snapshot(_) | MarathonUpdate::SyncFailed { .. } => None,
+        }
+    }
+
+    /// How long this update waited for Marathon's answers after its events (re-reads only).
+    pub fn marathon_wait(&self) -> Duration {
+        match self {
+            MarathonUpdate::Apps { marathon, .. } => *marathon,
+            _ => Duration::ZERO,
         }
     }
 
@@ -607,18 +635,24 @@ impl Running {
             })
             .buffered(self.cfg.reread_concurrency.max(1))
             .chunks(REREAD_CHUNK);
+        let since = batch.first_at.map(Instant::into_std);
         let mut removed: Vec<String> = batch
             .removed
             .iter()
             .filter(|id| !batch.refresh.contains(*id)) // a later event may have re-created it
             .cloned()
             .collect();
+        // The reads only progress while `reads` is polled: the time spent waiting on it is
+        // Marathon's (the parse of each answer included, a fraction of a millisecond).
+        let mut marathon = Duration::ZERO;
         loop {
+            let waited = Instant::now();
             let results = tokio::select! {
                 biased;
                 () = shutdown_requested(shutdown) => return Ok(false),
                 r = reads.next() => r,
             };
+            marathon += waited.elapsed();
             // The apps removed go with the first part (or alone when none was re-read).
             let mut changed = Vec::new();
             match results {
@@ -645,7 +679,15 @@ impl Running {
                 "Marathon apps updated"
             );
             if !self
-                .send(MarathonUpdate::Apps { changed, removed }, shutdown)
+                .send(
+                    MarathonUpdate::Apps {
+                        changed,
+                        removed,
+                        since,
+                        marathon,
+                    },
+                    shutdown,
+                )
                 .await
             {
                 return Ok(false);
@@ -685,24 +727,55 @@ pub(super) const REREAD_CHUNK: usize = 60;
 /// Task states waiting for room in the update channel, at most (the oldest go first).
 const MAX_UNSENT_STATUSES: usize = 10_000;
 
-/// Sends the task states in `unsent` if the channel has room; keeps them otherwise (bounded).
-fn send_statuses(updates: &mpsc::Sender<MarathonUpdate>, unsent: &mut Vec<TaskStatus>) {
-    if unsent.is_empty() {
-        return;
+/// Task states read and not yet sent, and when the oldest of them was read.
+#[derive(Default)]
+struct Unsent {
+    statuses: Vec<TaskStatus>,
+    since: Option<std::time::Instant>,
+}
+
+impl Unsent {
+    fn add(&mut self, statuses: impl Iterator<Item = TaskStatus>, now: Instant) {
+        let before = self.statuses.len();
+        self.statuses.extend(statuses);
+        if self.statuses.len() > before {
+            self.since.get_or_insert(now.into_std());
+        }
     }
-    if let Ok(permit) = updates.try_reserve() {
-        permit.send(MarathonUpdate::TaskStatuses(std::mem::take(unsent)));
-    } else {
-        let excess = unsent.len().saturating_sub(MAX_UNSENT_STATUSES);
-        unsent.drain(..excess);
+
+    /// Whether task states wait to be sent.
+    fn waiting(&self) -> bool {
+        self.since.is_some()
+    }
+
+    /// Sends the task states if the channel has room; keeps them otherwise (bounded).
+    fn send(&mut self, updates: &mpsc::Sender<MarathonUpdate>) {
+        if !self.waiting() {
+            return;
+        }
+        if let Ok(permit) = updates.try_reserve() {
+            self.send_with(permit);
+        } else {
+            let excess = self.statuses.len().saturating_sub(MAX_UNSENT_STATUSES);
+            self.statuses.drain(..excess);
+        }
+    }
+
+    /// Sends the task states with room already reserved.
+    fn send_with(&mut self, permit: mpsc::Permit<'_, MarathonUpdate>) {
+        if let Some(since) = self.since.take() {
+            let statuses = std::mem::take(&mut self.statuses);
+            permit.send(MarathonUpdate::TaskStatuses { statuses, since });
+        }
     }
 }
 
 /// Reads the event stream until it fails or stalls (no byte, keep-alives included, for
 /// `stall_timeout`), marking in `inbox` the apps its events name, and sending the task states
 /// of status updates on `updates` at once. It never waits on anything but the stream, so
-/// Marathon never sees a slow consumer: states that find `updates` full are sent with the next
-/// chunk's (at most [`MAX_UNSENT_STATUSES`] wait; the re-reads bring the others).
+/// Marathon never sees a slow consumer: states that find `updates` full wait (at most
+/// [`MAX_UNSENT_STATUSES`]; the re-reads bring the others) and go as soon as it has room, while
+/// the stream is read.
 async fn read_stream(
     mut stream: EventStream,
     inbox: Arc<Inbox>,
@@ -711,9 +784,20 @@ async fn read_stream(
     stall_timeout: Duration,
 ) -> SessionEnd {
     let mut parser = SseParser::default();
-    let mut unsent: Vec<TaskStatus> = Vec::new();
+    let mut unsent = Unsent::default();
+    let mut stall_at = Instant::now() + stall_timeout;
     loop {
-        let bytes = match timeout(stall_timeout, stream.chunk()).await {
+        let read = tokio::select! {
+            biased;
+            read = timeout_at(stall_at, stream.chunk()) => read,
+            // Not with the next chunk: after a burst the stream may stay quiet for long.
+            Ok(permit) = updates.reserve(), if unsent.waiting() => {
+                unsent.send_with(permit);
+                continue;
+            }
+        };
+        stall_at = Instant::now() + stall_timeout;
+        let bytes = match read {
             Err(_) => return SessionEnd::Stalled,
             Ok(Err(e)) => return SessionEnd::Failed(e),
             Ok(Ok(None)) => {
@@ -735,16 +819,15 @@ async fn read_stream(
         };
         let now = Instant::now();
         WatcherCounters::bump(&counters.events, events.len() as u64);
-        unsent.extend(events.iter().filter_map(task_status));
-        send_statuses(&updates, &mut unsent);
+        unsent.add(events.iter().filter_map(task_status), now);
+        unsent.send(&updates);
         let mut actions = Vec::new();
         for ev in &events {
             for action in actions_for_logged(ev) {
                 // The first link of an update's trail in the logs: event id and type → app,
                 // then the re-read, the controller's recompute and the dataplanes' generation.
                 debug!(event.id = ?ev.id, event.kind = %ev.event, ?action, "Marathon event");
-                let relevant = !matches!(action, EventAction::Ignore);
-                crate::stats::live::live().event_received(now.into_std(), relevant);
+                crate::stats::live::live().event_received();
                 actions.push(action);
             }
         }

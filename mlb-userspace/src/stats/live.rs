@@ -6,10 +6,7 @@
 //! checker, the watcher and the controller record into it without being handed a registry;
 //! `/metrics` registers them next to the snapshot's families at each scrape. Recording is a few
 //! atomic operations (a hash lookup for labelled families), never a lock held across I/O.
-use std::{
-    sync::{LazyLock, Mutex},
-    time::{Duration, Instant},
-};
+use std::{sync::LazyLock, time::Duration};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -76,8 +73,6 @@ pub struct Live {
     event_to_dataplane: Histogram,
     errors: Family<KindLabel, Counter>,
     access_log_dropped: Counter,
-    /// The oldest Marathon event not yet reflected in the dataplanes.
-    pending_event: Mutex<Option<Instant>>,
 }
 
 static LIVE: LazyLock<Live> = LazyLock::new(|| Live {
@@ -88,7 +83,6 @@ static LIVE: LazyLock<Live> = LazyLock::new(|| Live {
     event_to_dataplane: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
     errors: Family::default(),
     access_log_dropped: Counter::default(),
-    pending_event: Mutex::new(None),
 });
 
 /// The process' live metrics.
@@ -120,39 +114,14 @@ impl Live {
             .inc();
     }
 
-    /// A Marathon event arrived; `relevant` when it changes what mlb serves (it starts the
-    /// event → dataplane clock unless an older event is still pending).
-    pub fn event_received(&self, now: Instant, relevant: bool) {
+    /// A Marathon event arrived.
+    pub fn event_received(&self) {
         self.events_received.inc();
-        if relevant {
-            let mut pending = self
-                .pending_event
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            pending.get_or_insert(now);
-        }
     }
 
-    /// How long the oldest event not yet reflected in the dataplanes has waited, if any.
-    pub fn pending_event_age(&self, now: Instant) -> Option<Duration> {
-        let pending = self
-            .pending_event
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        pending.map(|since| now.saturating_duration_since(since))
-    }
-
-    /// The dataplanes reflect every update taken so far: the pending event's latency is known.
-    pub fn dataplane_caught_up(&self, now: Instant) {
-        let since = self
-            .pending_event
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(since) = since {
-            self.event_to_dataplane
-                .observe(now.saturating_duration_since(since).as_secs_f64());
-        }
+    /// The dataplanes reflect a Marathon update whose oldest event was read `age` ago.
+    pub fn event_applied(&self, age: Duration) {
+        self.event_to_dataplane.observe(age.as_secs_f64());
     }
 
     pub fn error(&self, kind: ErrorKind) {

@@ -460,10 +460,9 @@ fn live_metrics_are_exposed_and_parse_with_promtool() {
     live.request_done("live_test_10999".into(), Duration::from_millis(20));
     live.request_done("live_test_10999".into(), Duration::from_millis(3));
     live.health_check_failed("live_test_server_1".into());
-    let t0 = Instant::now();
-    live.event_received(t0, true);
-    live.event_received(t0 + Duration::from_millis(5), false);
-    live.dataplane_caught_up(t0 + Duration::from_millis(40));
+    live.event_received();
+    live.event_received();
+    live.event_applied(Duration::from_millis(40));
     live.error(live::ErrorKind::BackendTimeout);
     let text = metrics::render(&Snapshot::default(), &status);
     promtool_check(&text).unwrap_or_else(|e| panic!("promtool: {e}\n{text}"));

@@ -158,10 +158,11 @@ struct Results {
     services: (u64, u64, u64),
     kill_ms: Vec<f64>,
     start_ms: Vec<f64>,
-    /// mlb's own part of each update in the single-event phase: from reading the oldest event
-    /// it reflects off the stream to the dataplanes updated (`event_ms` of its log lines); of
-    /// the updates from task events, then of those from re-read apps.
-    mlb_event_ms: [Vec<f64>; 2],
+    /// mlb's own part of each update, by phase (single events, the burst's kills, its
+    /// relaunches): from reading the oldest event it reflects off the stream to the dataplanes
+    /// updated (`event_ms` of its log lines); of the updates from task events, of those from
+    /// re-read apps, and of the latter without the wait for Marathon's answers.
+    mlb_event_ms: Vec<(&'static str, [Vec<f64>; 3])>,
     /// mlb's CPU seconds over the single-event phase, and the load average before and after.
     events_cpu: f64,
     load: (String, String),
@@ -179,6 +180,8 @@ struct Burst {
     events_received: usize,
     events_spread: Duration,
     converged: Option<Duration>,
+    /// Length of mlb's log when the burst's kills were all visible.
+    log_at_converged: usize,
     generations: u64,
     full_syncs: usize,
     relaunched: Option<Duration>,
@@ -341,7 +344,7 @@ fn measure(
     // One task event at a time. From the first kill on, full reads see the simulator's state.
     front.stale();
     let gen_before = generation(&mut admin)?;
-    let log_before = fs::metadata(&mlb.stderr_path).map_or(0, |m| m.len() as usize);
+    let log_before = log_len(&mlb.stderr_path);
     let cpu_before = cpu::process_secs(mlb.pid()).unwrap_or(f64::NAN);
     r.load.0 = load_average();
     let profile = (!args.no_perf)
@@ -365,9 +368,12 @@ fn measure(
     r.event_generations = generation(&mut admin)? - gen_before;
     r.events_cpu = cpu::process_secs(mlb.pid()).unwrap_or(f64::NAN) - cpu_before;
     r.load.1 = load_average();
+    let log_after_events = log_len(&mlb.stderr_path);
     let log = fs::read(&mlb.stderr_path).unwrap_or_default();
-    let log = String::from_utf8_lossy(&log[log_before.min(log.len())..]);
-    r.mlb_event_ms = [event_ages(&log, "task status"), event_ages(&log, "re-read")];
+    r.mlb_event_ms.push((
+        "single events",
+        phase_ages(&log, log_before, log_after_events),
+    ));
     r.rss_after_events = rss(mlb.pid())?;
     eprintln!(
         "bench sync: {} events, kill p50 {:.1} ms",
@@ -381,8 +387,26 @@ fn measure(
             .unwrap_or_default()
             .matches("Marathon full sync")
             .count();
-        let b = run_burst(&mut marathon, &mut admin, &task_events, apps, burst, args)?;
-        let log = fs::read_to_string(&mlb.stderr_path).unwrap_or_default();
+        let log_start = log_len(&mlb.stderr_path);
+        let b = run_burst(
+            &mut marathon,
+            &mut admin,
+            &task_events,
+            &mlb.stderr_path,
+            (apps, burst),
+            args,
+        )?;
+        let log_end = log_len(&mlb.stderr_path);
+        let log_bytes = fs::read(&mlb.stderr_path).unwrap_or_default();
+        r.mlb_event_ms.push((
+            "the burst's kills",
+            phase_ages(&log_bytes, log_start, b.log_at_converged),
+        ));
+        r.mlb_event_ms.push((
+            "the burst's relaunches",
+            phase_ages(&log_bytes, b.log_at_converged, log_end),
+        ));
+        let log = String::from_utf8_lossy(&log_bytes);
         let full_syncs = log.matches("Marathon full sync").count() - log_before;
         r.burst = Some(Burst { full_syncs, ..b });
         r.rss_after_burst = rss(mlb.pid())?;
@@ -470,12 +494,14 @@ fn one_event(
     Ok((ms(gone, killing), ms(added, running_at)))
 }
 
+/// Kills one task of each of `burst` apps (of `apps`) in one call; `log` is mlb's log, whose
+/// length when the kills were all visible splits mlb's part of the burst in two.
 fn run_burst(
     marathon: &mut Http,
     admin: &mut Http,
     events: &mpsc::Receiver<TaskEvent>,
-    apps: usize,
-    burst: usize,
+    log: &Path,
+    (apps, burst): (usize, usize),
     args: &SyncArgs,
 ) -> Result<Burst> {
     eprintln!("bench sync: burst of {burst} task kills");
@@ -511,10 +537,12 @@ fn run_burst(
         pending = still;
         Ok(pending.is_empty())
     })?;
+    let log_at_converged = log_len(log);
     let gen1 = generation(admin)?;
     let mut b = Burst {
         call,
         converged: converged.map(|t| t.saturating_duration_since(t_call)),
+        log_at_converged,
         generations: gen1 - gen0,
         ..Burst::default()
     };
@@ -981,14 +1009,46 @@ fn log_time(log: &str, message: &str, since: SystemTime) -> Option<f64> {
     Some((at - since).rem_euclid(86_400.0))
 }
 
-/// The `event_ms` of the "dataplanes updated" lines of `log` brought by `cause`: mlb's own share
-/// of the latency.
-fn event_ages(log: &str, cause: &str) -> Vec<f64> {
+/// The length of the file at `path` (0 when it cannot be read).
+fn log_len(path: &Path) -> usize {
+    fs::metadata(path).map_or(0, |m| m.len() as usize)
+}
+
+/// mlb's part of the updates logged between bytes `from` and `to` of `log`: of those from task
+/// events, of those from re-read apps, and of the latter without waiting for Marathon. Cut at
+/// line starts: a line being written when the length was taken belongs to the later phase.
+fn phase_ages(log: &[u8], from: usize, to: usize) -> [Vec<f64>; 3] {
+    let line_start = |at: usize| {
+        let at = at.min(log.len());
+        log[..at]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1)
+    };
+    let text = String::from_utf8_lossy(&log[line_start(from)..line_start(to)]);
+    [
+        event_ages(&text, "task status", false),
+        event_ages(&text, "re-read", false),
+        event_ages(&text, "re-read", true),
+    ]
+}
+
+/// The `event_ms` of the "dataplanes updated" lines of `log` brought by `cause`: mlb's share of
+/// the latency; `mlb_only`: without the time its re-reads waited for Marathon's answers
+/// (`marathon_ms`).
+fn event_ages(log: &str, cause: &str, mlb_only: bool) -> Vec<f64> {
     log.lines()
         .filter(|l| l.contains("dataplanes updated"))
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["cause"] == cause)
-        .filter_map(|v| v["event_ms"].as_f64())
+        .filter_map(|v| {
+            let marathon = if mlb_only {
+                v["marathon_ms"].as_f64()
+            } else {
+                None
+            };
+            Some(v["event_ms"].as_f64()? - marathon.unwrap_or(0.0))
+        })
         .collect()
 }
 
@@ -1074,6 +1134,26 @@ fn latency_row(out: &mut String, what: &str, values: &[f64]) {
         &format!("{} / {} / {}", ms(50.0), ms(99.0), ms(100.0)),
         &format!("p99 < 20 ms: {}", verdict(p99.is_some_and(|p| p < 20.0))),
     );
+}
+
+/// Rows of mlb's part of the updates in each phase, from task events and from re-read apps
+/// (with and without the wait for Marathon's answers).
+fn mlb_part_rows(out: &mut String, phases: &[(&str, [Vec<f64>; 3])]) {
+    let causes = [
+        "a task's event",
+        "a re-read app",
+        "a re-read app, without waiting for Marathon's answer",
+    ];
+    for (phase, ages) in phases {
+        for (ms, cause) in ages.iter().zip(causes) {
+            let what = format!(
+                "— mlb's part in {phase}: event read → dataplanes updated, from {cause} ({} \
+                 updates, mlb log)",
+                ms.len()
+            );
+            latency_row(out, &what, ms);
+        }
+    }
 }
 
 /// A row with peak RSS (and current RSS), against the 150 MB target.
@@ -1169,17 +1249,8 @@ fn report(
     );
     latency_row(o, &killed, &r.kill_ms);
     latency_row(o, "replacement: TASK_RUNNING → active", &r.start_ms);
-    for (ms, cause) in r
-        .mlb_event_ms
-        .iter()
-        .zip(["a task's event", "a re-read app"])
-    {
-        let mlb_part = format!(
-            "— mlb's part: event read → dataplanes updated, from {cause} ({} updates, mlb log)",
-            ms.len()
-        );
-        latency_row(o, &mlb_part, ms);
-    }
+    let (single, burst_parts) = r.mlb_event_ms.split_at(r.mlb_event_ms.len().min(1));
+    mlb_part_rows(o, single);
     let cpu = format!(
         "{:.2} s; load average {} before, {} after",
         r.events_cpu, r.load.0, r.load.1
@@ -1225,6 +1296,7 @@ fn report(
             b.relaunch_generations
         );
         row(o, &what, &done, "");
+        mlb_part_rows(o, burst_parts);
         rss_row(o, "after the burst", r.rss_after_burst);
     }
     let _ = writeln!(
@@ -1282,6 +1354,26 @@ mod tests {
         assert_eq!(utc_seconds_of_day("2026-12-01T01:02:03.5Z"), Some(3723.5));
         assert!(is_backend_of("app-1.abc:0", "app-1.abc"));
         assert!(!is_backend_of("app-1.abcd:0", "app-1.abc"));
+    }
+
+    #[test]
+    fn mlb_part_of_a_phase_counts_the_lines_begun_in_it() {
+        let line = |cause: &str, ms: f64| {
+            format!(r#"{{"message":"dataplanes updated","cause":"{cause}","event_ms":{ms}}}"#)
+        };
+        let reread = r#"{"message":"dataplanes updated","cause":"re-read","event_ms":43.0,"marathon_ms":40.0}"#;
+        let first = format!("{}\n{reread}\n", line("task status", 0.5));
+        let second = format!("{}\n", line("task status", 41.0));
+        let log = format!("{first}{second}");
+        let cut = first.len() + 10; // the second phase's line was being written
+        assert_eq!(
+            phase_ages(log.as_bytes(), 0, cut),
+            [vec![0.5], vec![43.0], vec![3.0]]
+        );
+        assert_eq!(
+            phase_ages(log.as_bytes(), cut, log.len()),
+            [vec![41.0], vec![], vec![]]
+        );
     }
 
     #[test]
