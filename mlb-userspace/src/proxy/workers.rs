@@ -7,7 +7,7 @@
 //!
 //! With no threads asked for, everything runs on the runtime the proxy was started on, as one
 //! worker (tests, embedding).
-use std::{cell::Cell, io, thread};
+use std::{cell::Cell, io};
 
 use tokio::{
     runtime::Handle,
@@ -16,7 +16,7 @@ use tokio::{
     time::{MissedTickBehavior, interval},
 };
 
-use crate::stats::memory::{TRIM_EVERY, trim_each_thread};
+use crate::stats::memory::{TRIM_EVERY, own_thread_runtime};
 
 thread_local! {
     /// Which worker this thread is (0 outside the proxy's threads).
@@ -104,26 +104,14 @@ async fn trim_every(trim: fn()) {
 /// One thread with a current-thread runtime that runs until its stop sender is dropped, and
 /// runs `trim` as it goes idle.
 fn spawn_worker(index: usize, trim: Option<fn()>) -> io::Result<(Handle, oneshot::Sender<()>)> {
-    let mut builder = tokio::runtime::Builder::new_current_thread();
-    if let Some(trim) = trim {
-        trim_each_thread(&mut builder, trim);
-    }
-    let runtime = builder.enable_all().build()?;
-    let handle = runtime.handle().clone();
-    let (stop, stopped) = oneshot::channel::<()>();
-    thread::Builder::new()
-        .name(format!("mlb-http-{index}"))
-        .spawn(move || {
-            WORKER.with(|w| w.set(index));
-            // Sent or dropped: either way the proxy is gone.
-            let _ = runtime.block_on(stopped);
-        })?;
-    Ok((handle, stop))
+    own_thread_runtime(format!("mlb-http-{index}"), trim, move || {
+        WORKER.with(|w| w.set(index));
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::{thread, time::Duration};
 
     use super::*;
 

@@ -94,27 +94,30 @@ pub fn trimming_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// A thread of its own running a current-thread runtime until the returned sender is sent or
-/// dropped; every thread trims what it freed with [`release_freed`] as it goes idle. For the
-/// control plane: mimalloc reuses a freed block at once only on the thread whose heap it came
-/// from, and a task of the multi-thread runtime allocates on whichever worker it runs, so each
-/// of a burst's updates put the new services on pages beside the ones it freed on the other
-/// worker's heap (which only that worker can reuse).
+/// A thread of its own, named `name`, running a current-thread runtime until the returned
+/// sender is sent or dropped; `trim` (e.g. [`release_freed`]) runs as it goes idle, and
+/// `on_start` on the thread before anything else. For the control plane and each proxy worker:
+/// mimalloc reuses a freed block at once only on the thread whose heap it came from, and a task
+/// of the multi-thread runtime allocates on whichever worker it runs, so each of a burst's
+/// updates put the new services on pages beside the ones it freed on the other worker's heap
+/// (which only that worker can reuse).
 pub fn own_thread_runtime(
-    name: &str,
+    name: String,
+    trim: Option<fn()>,
+    on_start: impl FnOnce() + Send + 'static,
 ) -> std::io::Result<(tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>)> {
     let mut builder = tokio::runtime::Builder::new_current_thread();
-    let runtime = trim_each_thread(&mut builder, release_freed)
-        .enable_all()
-        .build()?;
+    if let Some(trim) = trim {
+        trim_each_thread(&mut builder, trim);
+    }
+    let runtime = builder.enable_all().build()?;
     let handle = runtime.handle().clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            // Sent or dropped: either way its owner is done with it.
-            let _ = runtime.block_on(stopped);
-        })?;
+    std::thread::Builder::new().name(name).spawn(move || {
+        on_start();
+        // Sent or dropped: either way its owner is done with it.
+        let _ = runtime.block_on(stopped);
+    })?;
     Ok((handle, stop))
 }
 
@@ -220,7 +223,8 @@ mod tests {
     #[test]
     fn an_own_thread_runtime_runs_every_task_on_its_thread_until_stopped() {
         let name = "own-thread-test";
-        let (handle, stop) = own_thread_runtime(name).unwrap();
+        let (handle, stop) =
+            own_thread_runtime(name.to_owned(), Some(release_freed), || {}).unwrap();
         let caller = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -168,8 +168,12 @@ impl Agent {
         // kills at 10,000 apps, 150 MB here). Its event reader shares the thread: while the
         // controller applies an update, events wait in the socket (a full sync's apply, the
         // longest, takes about half a second at 10,000 apps).
-        let (control_rt, control_stop) = mlb::stats::memory::own_thread_runtime("mlb-control")
-            .context("starting the control thread")?;
+        let (control_rt, control_stop) = mlb::stats::memory::own_thread_runtime(
+            "mlb-control".into(),
+            Some(mlb::stats::memory::release_freed),
+            || {},
+        )
+        .context("starting the control thread")?;
         let marathon_rx = watcher.map(|w| {
             let (tx, rx) = mpsc::channel(16);
             let watching = w.run(tx, shutdown_rx.clone());
