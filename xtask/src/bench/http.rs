@@ -17,7 +17,11 @@
 //! - two cores for the load balancer (HAProxy `nbthread 2`, mlb `--threads 2`), HTTP/1.1 only:
 //!   ratios to HAProxy with as many threads and to the same load balancer's one-core run. The
 //!   client and backends then share those cores: on a 2-core machine the figures say how well
-//!   the load balancer shares, not how far it scales.
+//!   the load balancer shares, not how far it scales;
+//! - with `--lb-cpu-quota <PERCENT>`, every load balancer is capped at that share of a CPU per
+//!   thread ([`super::cpu_quota`]): once a load balancer needs less than its core, cpu0 (client
+//!   and backends) sets the rate for all of them alike, and the cap makes the load balancer the
+//!   limit again.
 //!
 //! - beside each one-core case, what a request costs ([`super::cost`]): LB CPU µs, context
 //!   switches (syscalls with `--profile`), packets on lb's client and backend legs, both CPUs'
@@ -44,6 +48,7 @@ use super::{
     Artifact, CONNECTIONS, HttpArgs, build_release,
     cost::{Cost, Probe},
     cpu,
+    cpu_quota::CpuQuota,
     lab::{self, BACKEND_IPS, Lab, NS_CLI, NS_LB, VIP},
     nginx, probe,
     profile::Profile,
@@ -93,7 +98,8 @@ pub fn run(args: &HttpArgs) -> Result<()> {
     }
     let results = run_rounds(&mut lab, &setup, rounds, args.h1_only)?;
     drop(lab);
-    let report = report(&results, rounds, secs)?;
+    let quota = setup.quota.as_ref().map(|(_, percent)| *percent);
+    let report = report(&results, rounds, secs, quota)?;
     println!("{report}");
     super::write_report("http", &report).map(drop)
 }
@@ -132,6 +138,9 @@ struct Setup {
     baseline: Option<PathBuf>,
     /// Profile the load balancers during the keep-alive runs (`--profile`).
     profile: bool,
+    /// The cgroup every load balancer runs in and its % of a CPU per thread
+    /// (`--lb-cpu-quota`).
+    quota: Option<(CpuQuota, u32)>,
 }
 
 impl Setup {
@@ -148,6 +157,10 @@ impl Setup {
             secs,
             baseline: args.baseline.clone(),
             profile: args.profile,
+            quota: args
+                .lb_cpu_quota
+                .map(|percent| CpuQuota::create("mlb-bench-lb").map(|q| (q, percent)))
+                .transpose()?,
         })
     }
 }
@@ -365,7 +378,14 @@ fn start_lb(lab: &mut Lab, case: Case, setup: &Setup) -> Result<Option<u32>> {
             ],
         ),
     };
-    lab.spawn_on_cpus(name, NS_LB, cpus, &args).map(Some)
+    let pid = lab.spawn_on_cpus(name, NS_LB, cpus, &args)?;
+    if let Some((quota, percent)) = &setup.quota {
+        // The same share of a CPU per core it may use.
+        let cores = if cpus.contains('-') { 2 } else { 1 };
+        quota.set_percent(percent * cores)?;
+        quota.add(pid)?;
+    }
+    Ok(Some(pid))
 }
 
 /// Measures a started case: HTTP/1.1, then TLS and h2 when there is a load balancer.
@@ -745,11 +765,21 @@ fn slow_reader_report(lab: &mut Lab, setup: &Setup, body: &str) -> Result<String
 }
 
 /// The report: how it was measured, the table of medians, HAProxy's session reuse.
-fn report(results: &[Vec<Sample>], rounds: usize, secs: u32) -> Result<String> {
+fn report(results: &[Vec<Sample>], rounds: usize, secs: u32, quota: Option<u32>) -> Result<String> {
     let medians: Vec<Option<Sample>> = results.iter().map(|s| Sample::median_of(s)).collect();
     let mut o = String::new();
     writeln!(o, "# mlb bench http\n")?;
     writeln!(o, "{}", method(rounds, secs)?)?;
+    if let Some(percent) = quota {
+        writeln!(
+            o,
+            "**Load balancers capped at {percent} % of a CPU per thread** (`--lb-cpu-quota`: \
+             a cgroup CPU quota in 10-ms periods, the same for each): the load balancer, not \
+             cpu0, sets the rate, so the ratios compare what each one serves per CPU second \
+             (cpu0 below 100 % in the cost table shows it). Latencies include the waits for \
+             the next period.\n"
+        )?;
+    }
     writeln!(
         o,
         "| case | keep-alive req/s (× direct) | p50 ms | p99 ms (× direct) | new conn/s (× direct) \

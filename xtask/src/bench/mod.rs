@@ -10,6 +10,7 @@
 mod churn;
 mod cost;
 mod cpu;
+mod cpu_quota;
 mod http;
 mod idle;
 mod lab;
@@ -129,6 +130,12 @@ pub struct HttpArgs {
     /// hottest symbols go into the report. Adds perf's overhead to those runs.
     #[arg(long)]
     pub profile: bool,
+    /// Cap each load balancer at this % of one CPU (per thread; a cgroup CPU quota), so that
+    /// the load balancer, not the core the client and backends share, sets the rate: the
+    /// ratios then compare what each load balancer serves per CPU second.
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(1..=100),
+          conflicts_with_all = ["memory", "slow_reader"])]
+    pub lb_cpu_quota: Option<u32>,
 }
 
 /// Flags of `cargo xtask bench tcp`.
