@@ -21,7 +21,9 @@
 //! - with `--lb-cpu-quota <PERCENT>`, every load balancer is capped at that share of a CPU per
 //!   thread ([`super::cpu_quota`]): once a load balancer needs less than its core, cpu0 (client
 //!   and backends) sets the rate for all of them alike, and the cap makes the load balancer the
-//!   limit again.
+//!   limit again;
+//! - with more than one round, each round's ratios to HAProxy beside the medians' (how far a
+//!   ratio moves between rounds on this machine).
 //!
 //! - beside each one-core case, what a request costs ([`super::cost`]): LB CPU µs, context
 //!   switches (syscalls with `--profile`), packets on lb's client and backend legs, both CPUs'
@@ -813,6 +815,9 @@ fn report(results: &[Vec<Sample>], rounds: usize, secs: u32, quota: Option<u32>)
         )?;
     }
     writeln!(o, "\n{}", vs_haproxy_table(&medians)?)?;
+    if rounds > 1 {
+        writeln!(o, "{}", round_ratios_table(results)?)?;
+    }
     // Other work on the machine skews every figure: say how much there was.
     let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     writeln!(
@@ -861,6 +866,51 @@ fn vs_haproxy_table(medians: &[Option<Sample>]) -> Result<String> {
             m.p99_ms / h.p99_ms,
             m.conn_rps / h.conn_rps,
         )?;
+    }
+    Ok(o)
+}
+
+/// One figure of a sample, if the sample has it.
+type Metric = fn(&Sample) -> Option<f64>;
+
+/// Each round's ratio to HAProxy with as many cores, in round order: the rounds are
+/// interleaved, so this is how much a ratio moves from one round to the next on this machine
+/// (the medians above can hide a ratio that crosses a target in one round only).
+fn round_ratios_table(results: &[Vec<Sample>]) -> Result<String> {
+    let metrics: [(&str, Metric); 7] = [
+        ("keep-alive req/s", |s| Some(s.rps)),
+        ("keep-alive p99", |s| Some(s.p99_ms)),
+        ("new conn/s", |s| Some(s.conn_rps)),
+        ("new TLS handshakes/s", |s| s.tls_hs_rps),
+        ("TLS keep-alive req/s", |s| s.tls_ka_rps),
+        ("h2 req/s", |s| s.h2_rps),
+        ("h2 p99", |s| s.h2_p99_ms),
+    ];
+    let mut o = String::new();
+    let names: Vec<&str> = metrics.iter().map(|(name, _)| *name).collect();
+    writeln!(
+        o,
+        "Per round, × HAProxy (round 1, 2, …):\n\n| case | {} |",
+        names.join(" | ")
+    )?;
+    writeln!(o, "|---|{}", "---|".repeat(metrics.len()))?;
+    for case in [Case::Mlb, Case::MlbBaseline, Case::Mlb2] {
+        let (rounds, reference) = (&results[slot(case)], &results[slot(case.reference())]);
+        if rounds.is_empty() {
+            continue;
+        }
+        let cells: Vec<String> = metrics
+            .iter()
+            .map(|(_, metric)| {
+                let ratios: Option<Vec<String>> = rounds
+                    .iter()
+                    .zip(reference)
+                    .map(|(m, h)| Some(format!("{:.2}", metric(m)? / metric(h)?)))
+                    .collect();
+                ratios.map_or("n/a".to_owned(), |r| r.join(", "))
+            })
+            .collect();
+        writeln!(o, "| {} | {} |", case.name(), cells.join(" | "))?;
     }
     Ok(o)
 }
@@ -1062,6 +1112,29 @@ mod tests {
         );
         assert!(row(Case::Haproxy2).ends_with("| 1.00 | 1.00 | 1.00 | n/a | 1.80 |"));
         assert!(row(Case::Mlb2).ends_with("| 1.44 | 0.50 | 1.00 | n/a | 2.00 |"));
+    }
+
+    #[test]
+    fn ratios_to_haproxy_round_by_round() {
+        let s = |rps: f64, tls_hs_rps: Option<f64>| Sample {
+            rps,
+            p99_ms: 2.0,
+            conn_rps: rps,
+            tls_hs_rps,
+            ..Sample::default()
+        };
+        let mut results = vec![Vec::new(); CASES.len()];
+        results[slot(Case::Haproxy)] = vec![s(10.0, Some(5.0)), s(20.0, Some(5.0))];
+        results[slot(Case::Mlb)] = vec![s(12.0, Some(10.0)), s(18.0, Some(15.0))];
+        let table = round_ratios_table(&results).unwrap();
+        let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| mlb")).collect();
+        // Only the cases that ran; each round against the same round of HAProxy.
+        assert_eq!(
+            rows,
+            [
+                "| mlb L7 proxy | 1.20, 0.90 | 1.00, 1.00 | 1.20, 0.90 | 2.00, 3.00 | n/a | n/a | n/a |"
+            ]
+        );
     }
 
     #[test]
