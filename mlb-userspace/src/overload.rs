@@ -19,7 +19,10 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
+        atomic::{
+            AtomicBool, AtomicU64, AtomicUsize,
+            Ordering::{AcqRel, Relaxed, Release},
+        },
     },
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -345,20 +348,72 @@ pub async fn supervise(
         .clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut ticks = tokio::time::interval(tick);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = &mut conn => return,
-            () = state.shed.notified() => {
-                debug!("connection shed: no request yet and the connection limit is reached");
-                return;
-            }
-            _ = ticks.tick() => {
-                if let Some(why) = state.expired(limits) {
-                    debug!("connection closed: {why}");
-                    return;
-                }
+    let mut shed = std::pin::pin!(state.shed.notified());
+    let (watch, watch_waker) = Watch::new();
+    let ended = std::future::poll_fn(|cx| {
+        if Pin::new(&mut conn).poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        if !watch.woke(cx) {
+            return Poll::Pending;
+        }
+        let mut watch_cx = Context::from_waker(&watch_waker);
+        if shed.as_mut().poll(&mut watch_cx).is_ready() {
+            return Poll::Ready(Some(
+                "connection shed: no request yet and the connection limit is reached",
+            ));
+        }
+        // Polled until pending, so that the next tick wakes the watch.
+        while ticks.poll_tick(&mut watch_cx).is_ready() {
+            if let Some(why) = state.expired(limits) {
+                return Poll::Ready(Some(why));
             }
         }
+        Poll::Pending
+    })
+    .await;
+    if let Some(why) = ended {
+        debug!("connection closed: {why}");
+    }
+}
+
+/// The waker the supervisor gives its tick and its shed notice, apart from the connection's:
+/// a connection's task wakes several times per request (its socket, its backend's), and
+/// polling the tick and the notice at each of those wakes cost about a twentieth of a
+/// keep-alive request's user-space instructions. They are polled only after they woke it.
+struct Watch {
+    /// The tick or the notice woke the task since they were last polled (set at first, so
+    /// that the first poll registers them).
+    fired: AtomicBool,
+    task: futures_util::task::AtomicWaker,
+}
+
+impl Watch {
+    fn new() -> (Arc<Watch>, std::task::Waker) {
+        let watch = Arc::new(Watch {
+            fired: AtomicBool::new(true),
+            task: futures_util::task::AtomicWaker::new(),
+        });
+        let waker = std::task::Waker::from(watch.clone());
+        (watch, waker)
+    }
+
+    /// Whether the tick or the notice woke the task since the last call; `cx`'s task is the
+    /// one woken next time (registered before the flag is read: no wake is lost between).
+    fn woke(&self, cx: &Context<'_>) -> bool {
+        self.task.register(cx.waker());
+        self.fired.swap(false, AcqRel)
+    }
+}
+
+impl std::task::Wake for Watch {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Release);
+        self.task.wake();
     }
 }
 

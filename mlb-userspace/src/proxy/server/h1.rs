@@ -1,13 +1,13 @@
 //! The fast path's connection loop: read a head into the connection's buffer, serve it, write
 //! the response, next — until the client goes quiet (the connection parks, holding no buffer),
 //! leaves, or sends a request the fast path leaves to hyper.
-use std::{future::Future as _, sync::Arc, task::Poll, time::Duration};
+use std::{future::Future as _, pin::Pin, sync::Arc, task::Poll, time::Duration};
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use http::{Method, Request, Response};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
-    time::{Instant, timeout_at},
+    time::{Instant, Sleep, sleep_until},
 };
 use tracing::debug;
 
@@ -49,6 +49,10 @@ pub(super) struct Conn<'a, I> {
     pub(super) write: Vec<u8>,
     /// Most bytes of a head (hyper's `max_buf_size`: beyond, hyper's 431).
     max_head: usize,
+    /// The deadline of the wait for the next head, one timer for every request: moved later
+    /// for each, it only has its expiry extended, where a timer per wait would be put into and
+    /// taken out of the runtime's timer wheel for every request.
+    head_deadline: Pin<Box<Sleep>>,
 }
 
 impl<I: AsyncRead + AsyncWrite + LastSegment + Unpin> Conn<'_, I> {
@@ -96,14 +100,16 @@ pub(crate) async fn serve<I>(
 where
     I: AsyncRead + AsyncWrite + LastSegment + Unpin,
 {
+    let deadline = || Instant::now() + client_timeout.saturating_sub(info.conn.idle_for());
     let mut conn = Conn {
         io,
         read: BytesMut::from(&unread[..]),
         write: Vec::new(),
         max_head: shared.config.max_header_bytes.max(8192),
+        head_deadline: Box::pin(sleep_until(deadline())),
     };
     loop {
-        let deadline = Instant::now() + client_timeout.saturating_sub(info.conn.idle_for());
+        conn.head_deadline.as_mut().reset(deadline());
         let (req, keep_alive) = loop {
             match request::parse(&conn.read) {
                 // A head hyper's buffer would not hold: its 431, as always.
@@ -122,7 +128,13 @@ where
                 // Too big for a head: hyper refuses it as it always has.
                 Parsed::Partial | Parsed::Other => return Next::Hyper(conn.read.freeze()),
             }
-            if let Err(next) = read_more(conn.io, &mut conn.read, deadline).await {
+            let Conn {
+                io,
+                read,
+                head_deadline,
+                ..
+            } = &mut conn;
+            if let Err(next) = read_more(&mut **io, read, head_deadline.as_mut()).await {
                 return next;
             }
         };
@@ -159,23 +171,22 @@ where
 async fn read_more<I: AsyncRead + Unpin>(
     io: &mut I,
     buf: &mut BytesMut,
-    deadline: Instant,
+    mut deadline: Pin<&mut Sleep>,
 ) -> Result<(), Next> {
     let park_at = buf.is_empty().then(|| Instant::now() + PARK_AFTER);
     if buf.capacity() - buf.len() < MIN_READ {
         buf.reserve(READ_BUFFER);
     }
     let mut read = std::pin::pin!(io.read_buf(buf));
-    let read_or_quiet = std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
-        Poll::Ready(read) => Poll::Ready(Some(read)),
-        Poll::Pending if park_at.is_some_and(|at| Instant::now() >= at) => Poll::Ready(None),
-        Poll::Pending => Poll::Pending,
+    let waited = std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
+        Poll::Ready(Ok(n)) if n > 0 => Poll::Ready(Ok(())),
+        Poll::Ready(_) => Poll::Ready(Err(Next::Done)),
+        Poll::Pending if park_at.is_some_and(|at| Instant::now() >= at) => {
+            Poll::Ready(Err(Next::Park))
+        }
+        Poll::Pending => deadline.as_mut().poll(cx).map(|()| Err(Next::Done)),
     });
-    match timeout_at(deadline, read_or_quiet).await {
-        Ok(Some(Ok(n))) if n > 0 => Ok(()),
-        Ok(None) => Err(Next::Park),
-        _ => Err(Next::Done),
-    }
+    waited.await
 }
 
 /// The handler's response to a request without a body.

@@ -181,7 +181,7 @@ impl H1Body {
             && self.reuse
             && conn.buf.is_empty()
         {
-            conn.pool.checkin(conn.addr, conn.stream);
+            conn.pool.checkin(conn.addr, conn.stream, conn.buf);
         }
     }
 

@@ -65,8 +65,8 @@ impl H1Client {
             head_only,
             raw: out.raw_response,
         };
-        if let Some(stream) = self.pool.checkout(addr) {
-            match self.exchange(stream, addr, &request, wanted).await {
+        if let Some((stream, buf)) = self.pool.checkout(addr) {
+            match self.exchange(stream, buf, addr, &request, wanted).await {
                 Ok(response) => return Ok(response),
                 Err(Failure::BeforeResponse(e)) if out.method.is_idempotent() => {
                     debug!(%addr, error = %e, "reused backend connection failed; retrying on a new one");
@@ -77,7 +77,8 @@ impl H1Client {
             }
         }
         let stream = self.connect(addr).await?;
-        self.exchange(stream, addr, &request, wanted)
+        let buf = BytesMut::with_capacity(INIT_BUFFER);
+        self.exchange(stream, buf, addr, &request, wanted)
             .await
             .map_err(|(Failure::BeforeResponse(e) | Failure::Other(e))| Attempt::Failed(e))
     }
@@ -95,6 +96,7 @@ impl H1Client {
     async fn exchange(
         &self,
         mut stream: TcpStream,
+        mut buf: BytesMut,
         addr: SocketAddr,
         request: &[u8],
         wanted: Wanted,
@@ -103,7 +105,6 @@ impl H1Client {
         if let Err(e) = stream.write_all(request).await {
             return Err(Failure::BeforeResponse(format!("sending the request: {e}")));
         }
-        let mut buf = BytesMut::with_capacity(INIT_BUFFER);
         loop {
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(INIT_BUFFER);
