@@ -6,13 +6,14 @@
 //!
 //! The response carries it as an extension, its `HeaderMap` empty: the backend client makes
 //! one only for a request whose response headers no rule touches (`Outgoing::raw_response`),
-//! and the hyper server's path materializes it.
+//! and the hyper server's path materializes it. Other responses get a map made of the same
+//! forwarded headers ([`Fields::forwarded_map`]): hop-by-hop ones are left out as it is built.
 use std::ops::Range;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Response};
 
-use super::headers::visible_ascii;
+use super::{head::SharedHead, headers::visible_ascii};
 
 /// `Connection` tokens looked at; a head with more is made into a map instead (rare).
 const MAX_TOKENS: usize = 8;
@@ -61,6 +62,37 @@ impl<'h> Fields<'h> {
         Some(fields)
     }
 
+    /// A header named `name` is forwarded: it is not hop-by-hop (RFC 9110 §7.6.1), nor one
+    /// `Connection` lists.
+    fn forwards(&self, name: &[u8]) -> bool {
+        !hop_by_hop(name) && !self.lists(name)
+    }
+
+    /// The headers a proxy forwards (as [`RawHead::of`] keeps their lines) as a map, for a
+    /// response that goes through hyper's server: made without the hop-by-hop ones, instead
+    /// of put into the map and taken out again by `strip_hop_by_hop`.
+    pub(crate) fn forwarded_map(
+        &self,
+        head: &SharedHead<'_>,
+        headers: &[httparse::Header<'_>],
+        length: &Length,
+    ) -> Result<HeaderMap, String> {
+        let mut map = HeaderMap::with_capacity(headers.len());
+        for h in headers {
+            let name = h.name.as_bytes();
+            if !self.forwards(name)
+                || (length.dropped && name.eq_ignore_ascii_case(b"content-length"))
+            {
+                continue;
+            }
+            let name = HeaderName::from_bytes(name).map_err(|e| e.to_string())?;
+            let value =
+                HeaderValue::from_maybe_shared(head.slice(h.value)).map_err(|e| e.to_string())?;
+            map.append(name, value);
+        }
+        Ok(map)
+    }
+
     /// `Connection` lists `token` (in any case).
     pub(crate) fn lists(&self, token: &[u8]) -> bool {
         self.tokens[..self.listed]
@@ -104,7 +136,7 @@ impl RawHead {
         let (mut at, mut date) = (None, false);
         for h in headers {
             let name = h.name.as_bytes();
-            if hop_by_hop(name) || fields.lists(name) {
+            if !fields.forwards(name) {
                 continue;
             }
             let start = lines.len();
@@ -263,15 +295,54 @@ mod tests {
         );
     }
 
+    /// Heads of the common case: hop-by-hop headers, some named by `Connection`, one by a
+    /// `Connection` value that is not text (which names nothing).
+    const HEADS: [&[u8]; 4] = [
+        HEAD,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nConnection: Date, x-y\r\nDate: x\r\nx-z: 1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nConnection: \xff, x-y\r\nx-y: kept\r\n\r\n",
+    ];
+
+    /// `head`'s forwarded headers as the map the backend client makes for hyper's server.
+    fn forwarded_map(head: &[u8], dropped: bool) -> HeaderMap {
+        let mut slots = header_slots();
+        let mut parsed = httparse::Response::new(&mut []);
+        let config = httparse::ParserConfig::default();
+        let parsing = config.parse_response_with_uninit_headers(&mut parsed, head, &mut slots);
+        let len = parsing.unwrap().unwrap();
+        let fields = Fields::of(parsed.headers).unwrap();
+        let length = Length {
+            value: None,
+            dropped,
+        };
+        let shared = SharedHead::copy(head, len);
+        fields
+            .forwarded_map(&shared, parsed.headers, &length)
+            .unwrap()
+    }
+
+    #[test]
+    fn the_forwarded_map_is_the_map_the_proxy_made_before() {
+        for head in HEADS {
+            assert_eq!(
+                forwarded_map(head, false),
+                as_map(head),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
+        // Beside a `Transfer-Encoding`, the `Content-Length` goes as well.
+        let head =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\nx: 1\r\n\r\n";
+        let map = forwarded_map(head, true);
+        assert_eq!(map.len(), 1);
+        assert_eq!(map["x"], "1");
+    }
+
     #[test]
     fn materialized_it_is_the_map_the_proxy_made_before() {
-        let heads: [&[u8]; 4] = [
-            HEAD,
-            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
-            b"HTTP/1.0 200 OK\r\nConnection: Date, x-y\r\nDate: x\r\nx-z: 1\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nConnection: \xff, x-y\r\nx-y: kept\r\n\r\n",
-        ];
-        for head in heads {
+        for head in HEADS {
             let mut response = Response::new(());
             let raw = raw(head, None).unwrap();
             response.extensions_mut().insert(raw);

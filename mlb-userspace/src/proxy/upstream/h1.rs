@@ -233,16 +233,19 @@ fn parse_head(buf: &[u8], wanted: Wanted) -> Result<Option<Head>, String> {
     *response.status_mut() = status;
     *response.version_mut() = version;
     let headers = &*parsed.headers;
-    let raw = if wanted.raw {
-        raw_head((status, version), wanted, headers)
+    let (framing, reuse) = if let Some(fields) = Fields::of(headers) {
+        let (framing, length) = framing_of(status, wanted, &fields)?;
+        if wanted.raw {
+            let raw = RawHead::of(headers, &fields, &length);
+            response.extensions_mut().insert(raw);
+        } else {
+            let head = SharedHead::copy(buf, len);
+            *response.headers_mut() = fields.forwarded_map(&head, headers, &length)?;
+        }
+        (framing, keep_alive(version, |t| fields.lists(t.as_bytes())))
     } else {
-        None
-    };
-    let (framing, reuse) = if let Some(raw) = raw {
-        let (framing, raw, keep_alive) = raw?;
-        response.extensions_mut().insert(raw);
-        (framing, keep_alive)
-    } else {
+        // Out of the common case: every header into a map, the hop-by-hop ones stripped by
+        // the handler.
         let mut map = header_map(buf, len, headers)?;
         let framing = Framing::of(status, wanted.head_only, &mut map)?;
         let keep_alive = keep_alive(version, |token| {
@@ -278,30 +281,21 @@ fn header_map(
     Ok(headers)
 }
 
-/// A response's framing, raw head, and whether its connection may be kept.
-type RawParts = (Framing, RawHead, bool);
-
-/// The framing, raw head and keep-alive of a response whose headers allow a [`RawHead`]
-/// (`None`: they do not, a map is made).
-fn raw_head(
-    (status, version): (StatusCode, Version),
+/// A response's framing from the `fields` of its head, and what it decided of its
+/// `Content-Length`.
+fn framing_of(
+    status: StatusCode,
     wanted: Wanted,
-    headers: &[httparse::Header<'_>],
-) -> Option<Result<RawParts, String>> {
-    let fields = Fields::of(headers)?;
+    fields: &Fields<'_>,
+) -> Result<(Framing, Length), String> {
     let te = fields.transfer_encoding;
     let lengths = fields.content_length.into_iter();
-    let (framing, dropped) = match Framing::decide(status, wanted.head_only, te, lengths) {
-        Ok(decided) => decided,
-        Err(e) => return Some(Err(e)),
-    };
+    let (framing, dropped) = Framing::decide(status, wanted.head_only, te, lengths)?;
     let value = match framing {
         Framing::Length(n) => Some(n),
         _ => None,
     };
-    let raw = RawHead::of(headers, &fields, &Length { value, dropped });
-    let keep_alive = keep_alive(version, |token| fields.lists(token.as_bytes()));
-    Some(Ok((framing, raw, keep_alive)))
+    Ok((framing, Length { value, dropped }))
 }
 
 /// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 only when told `keep-alive`.
