@@ -359,35 +359,39 @@ impl Selector {
         unhealthy: &dyn Fn(&BackendId) -> bool,
         exclude: &[BackendId],
     ) -> Option<&Arc<BackendSlot>> {
-        let eligible: Vec<&Arc<BackendSlot>> = self
-            .backends
-            .iter()
-            .filter(|b| {
+        // Walked twice rather than collected: a Vec per request cost an allocation.
+        let eligible = || {
+            self.backends.iter().filter(|b| {
                 b.backend.state == BackendState::Active
                     && !unhealthy(&b.backend.id)
                     && !exclude.contains(&b.backend.id)
             })
-            .collect();
-        if eligible.is_empty() {
+        };
+        let (count, total_weight) = eligible().fold((0, 0), |(n, w), b| (n + 1, w + weight(b)));
+        if count == 0 {
             return None;
         }
-        let total_weight: usize = eligible.iter().map(|b| weight(b)).sum();
         match self.balance {
             Balance::RoundRobin => {
                 let n = self.next.fetch_add(1, Ordering::Relaxed) % total_weight;
-                Some(by_weight(&eligible, n))
+                by_weight(eligible(), n)
             }
             Balance::LeastConn => {
-                // Fewest in flight relative to weight; ties rotate so equal backends share load.
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..eligible.len())
-                    .map(|i| eligible[(start + i) % eligible.len()])
-                    .min_by_key(|b| (b.in_flight() * 1000) / weight(b))
+                // Fewest in flight relative to weight; ties go to the first from a rotating
+                // start, so that equal backends share the load.
+                let start = self.next.fetch_add(1, Ordering::Relaxed) % count;
+                eligible()
+                    .enumerate()
+                    .min_by_key(|(i, b)| {
+                        let load = (b.in_flight() * 1000) / weight(b);
+                        (load, (i + count - start) % count)
+                    })
+                    .map(|(_, b)| b)
             }
             Balance::Source => {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 client.hash(&mut h);
-                Some(by_weight(&eligible, (h.finish() as usize) % total_weight))
+                by_weight(eligible(), (h.finish() as usize) % total_weight)
             }
         }
     }
@@ -397,16 +401,22 @@ fn weight(b: &BackendSlot) -> usize {
     b.backend.weight.max(1) as usize
 }
 
-/// The backend owning position `n` when each backend owns `weight` consecutive positions.
-fn by_weight<'a>(eligible: &[&'a Arc<BackendSlot>], mut n: usize) -> &'a Arc<BackendSlot> {
+/// The backend owning position `n` when each backend owns `weight` consecutive positions
+/// (the last one past the total).
+fn by_weight<'a>(
+    eligible: impl Iterator<Item = &'a Arc<BackendSlot>>,
+    mut n: usize,
+) -> Option<&'a Arc<BackendSlot>> {
+    let mut last = None;
     for b in eligible {
         let w = weight(b);
         if n < w {
-            return b;
+            return Some(b);
         }
         n -= w;
+        last = Some(b);
     }
-    eligible[eligible.len() - 1]
+    last
 }
 
 #[cfg(test)]
@@ -482,6 +492,21 @@ mod tests {
         );
         let all_down = |_: &BackendId| true;
         assert!(sel.pick(ip("1.2.3.4"), &all_down, &[]).is_none());
+    }
+
+    #[test]
+    fn leastconn_rotates_over_equally_loaded_backends() {
+        let slots: Vec<_> = ["a", "b", "c"]
+            .map(|id| slot(id, 1, BackendState::Active))
+            .into();
+        let sel = Selector::new(Balance::LeastConn, slots);
+        let picks: Vec<String> = (0..6)
+            .map(|_| {
+                let b = sel.pick(ip("1.2.3.4"), NONE_UNHEALTHY, &[]).unwrap();
+                b.backend.id.as_str().to_owned()
+            })
+            .collect();
+        assert_eq!(picks, ["a", "b", "c", "a", "b", "c"]);
     }
 
     #[test]
