@@ -1,7 +1,7 @@
 //! One request: pick the service (by frontend), apply marathon-lb's frontend rules (redirect to
 //! HTTPS, basic auth, 421 on SNI/Host mismatch) and backend rules (allow-list, redirect from `/`,
 //! proxypass, revproxy, HSTS, sticky cookie), then forward it, or tunnel it after an upgrade.
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{borrow::Cow, convert::Infallible, sync::Arc, time::Duration};
 
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt as _;
@@ -141,7 +141,11 @@ async fn route(
             svc.clone()
         }
     };
-    let mut response = backend_rules(shared, info, &svc, host.as_deref(), req).await;
+    // Known before the request, which the host borrows, is handed on.
+    let by_own_vhost =
+        svc.spec.redirect_root_to.is_some() && host.as_deref().is_some_and(|h| svc.has_vhost(h));
+    drop(host);
+    let mut response = backend_rules(shared, info, &svc, by_own_vhost, req).await;
     if svc.spec.use_hsts {
         response.headers_mut().insert(
             header::STRICT_TRANSPORT_SECURITY,
@@ -171,7 +175,7 @@ async fn challenge(
 }
 
 /// The normalised host of a request (`:authority` or Host), `None` without one (HTTP/1.0).
-fn request_host(req: &Request<ClientBody>) -> Result<Option<String>, &'static str> {
+fn request_host(req: &Request<ClientBody>) -> Result<Option<Cow<'_, str>>, &'static str> {
     if let Some(authority) = req.uri().authority() {
         return Ok(Some(normalize_host(authority.as_str())));
     }
@@ -180,9 +184,11 @@ fn request_host(req: &Request<ClientBody>) -> Result<Option<String>, &'static st
         (Some(_), Some(_)) => Err("several Host headers"),
         (Some(h), None) => {
             let h = h.to_str().map_err(|_| "bad Host")?;
+            // ASCII (`to_str` takes nothing else): its bytes are its characters.
             if h.is_empty()
-                || h.chars()
-                    .any(|c| c.is_whitespace() || c == '/' || c == '@' || c.is_control())
+                || h.bytes().any(|b| {
+                    b.is_ascii_whitespace() || b == b'/' || b == b'@' || b.is_ascii_control()
+                })
             {
                 return Err("bad Host");
             }
@@ -267,7 +273,7 @@ async fn backend_rules(
     shared: &Arc<Shared>,
     info: &ConnInfo,
     svc: &Arc<Service>,
-    host: Option<&str>,
+    by_own_vhost: bool,
     mut req: Request<ClientBody>,
 ) -> Response<ProxyBody> {
     let client_ip = info.peer.ip().to_canonical();
@@ -279,7 +285,7 @@ async fn backend_rules(
     }
     if let Some(target) = &svc.spec.redirect_root_to
         && req.uri().path() == "/"
-        && host.is_some_and(|h| svc.has_vhost(h))
+        && by_own_vhost
     {
         return redirect(target);
     }
@@ -550,7 +556,7 @@ fn rewrite_location(headers: &mut HeaderMap, prefix: &str, vhosts: &[String]) {
                 let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
                 vhosts
                     .iter()
-                    .any(|v| normalize_host(authority) == *v)
+                    .any(|v| *normalize_host(authority) == **v)
                     .then_some(if path.is_empty() { "/" } else { path })
             })
     };
@@ -569,7 +575,7 @@ fn backend_profile(tuning: &Tuning, headers: &HeaderMap, default_connect: Durati
     let sni = tls.as_ref().and_then(|t| {
         if t.sni_from_host {
             let host = headers.get(header::HOST)?.to_str().ok()?;
-            Some(normalize_host(host))
+            Some(normalize_host(host).into_owned())
         } else {
             t.sni.clone()
         }

@@ -9,6 +9,7 @@
 //! - `:443` passthrough: the ClientHello SNI of `MLB_{n}_TLS_PASSTHROUGH` services.
 use std::{
     borrow::Borrow,
+    borrow::Cow,
     cmp::{Ordering, Reverse},
     collections::{BTreeMap, HashMap, HashSet},
     hash::{BuildHasher, Hash},
@@ -102,7 +103,7 @@ impl Service {
         for host in &spec.vhosts {
             let host = normalize_host(host);
             if !hosts.iter().any(|h| **h == *host) {
-                hosts.push(host.into());
+                hosts.push(Arc::from(&*host));
             }
         }
         Ok(Service {
@@ -507,8 +508,9 @@ struct Dirty {
 }
 
 /// A Host header value as routing compares it: lowercase, without `:port`, without a trailing
-/// dot; IPv6 literals keep their brackets.
-pub fn normalize_host(host: &str) -> String {
+/// dot; IPv6 literals keep their brackets. Borrowed when it is in lower case already (as
+/// clients send it): routing a request makes no copy of its host.
+pub fn normalize_host(host: &str) -> Cow<'_, str> {
     let host = host.trim();
     let without_port = if host.starts_with('[') {
         match host.find(']') {
@@ -518,7 +520,12 @@ pub fn normalize_host(host: &str) -> String {
     } else {
         host.split(':').next().unwrap_or(host)
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    let host = without_port.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
 #[cfg(test)]
@@ -579,6 +586,11 @@ pub(crate) mod tests {
         assert_eq!(app_of(&t, "example.com.", "/x").as_deref(), Some("/web"));
         assert_eq!(app_of(&t, "other.com", "/"), None);
         assert_eq!(normalize_host("[::1]:80"), "[::1]");
+        // A host in lower case already is not copied.
+        assert!(matches!(
+            normalize_host("example.com.:80"),
+            Cow::Borrowed("example.com")
+        ));
     }
 
     #[test]
