@@ -360,7 +360,7 @@ pub async fn supervise(
         let mut watch_cx = Context::from_waker(&watch_waker);
         if shed.as_mut().poll(&mut watch_cx).is_ready() {
             return Poll::Ready(Some(
-                "connection shed: no request yet and the connection limit is reached",
+                "shed: no request yet and the connection limit is reached",
             ));
         }
         // Polled until pending, so that the next tick wakes the watch.
