@@ -56,9 +56,9 @@ struct Inner {
 
 struct Idle {
     stream: TcpStream,
-    /// The read buffer of the last response, its unread part empty: reused, it saves an
-    /// allocation per request (and its free), a tenth of what a keep-alive request costs in
-    /// allocations. Empty (unallocated) past [`KEPT_BUFFERS`].
+    /// The read buffer of the last response, its unread part empty: reused, it saves the
+    /// largest allocation of a keep-alive request (and its free). Empty (unallocated) past
+    /// [`KEPT_BUFFERS`].
     buf: BytesMut,
     since: Instant,
 }
