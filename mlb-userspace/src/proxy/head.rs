@@ -5,6 +5,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// Most header lines of a head (hyper's limit: more get hyper's 431, or are a bad response).
 pub(crate) const MAX_HEADERS: usize = 100;
@@ -36,6 +37,23 @@ impl<'a> SharedHead<'a> {
     pub(crate) fn slice(&self, part: &[u8]) -> Bytes {
         let start = part.as_ptr() as usize - self.buf.as_ptr() as usize;
         self.head.slice(start..start + part.len())
+    }
+
+    /// The `headers` `httparse` found in this head that `keep` keeps (by name), as a map
+    /// whose values are slices of the copy.
+    pub(crate) fn map(
+        &self,
+        headers: &[httparse::Header<'_>],
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> Result<HeaderMap, String> {
+        let mut map = HeaderMap::with_capacity(headers.len());
+        for h in headers.iter().filter(|h| keep(h.name.as_bytes())) {
+            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| e.to_string())?;
+            let value =
+                HeaderValue::from_maybe_shared(self.slice(h.value)).map_err(|e| e.to_string())?;
+            map.append(name, value);
+        }
+        Ok(map)
     }
 }
 

@@ -77,20 +77,9 @@ impl<'h> Fields<'h> {
         headers: &[httparse::Header<'_>],
         length: &Length,
     ) -> Result<HeaderMap, String> {
-        let mut map = HeaderMap::with_capacity(headers.len());
-        for h in headers {
-            let name = h.name.as_bytes();
-            if !self.forwards(name)
-                || (length.dropped && name.eq_ignore_ascii_case(b"content-length"))
-            {
-                continue;
-            }
-            let name = HeaderName::from_bytes(name).map_err(|e| e.to_string())?;
-            let value =
-                HeaderValue::from_maybe_shared(head.slice(h.value)).map_err(|e| e.to_string())?;
-            map.append(name, value);
-        }
-        Ok(map)
+        head.map(headers, |name| {
+            self.forwards(name) && !(length.dropped && name.eq_ignore_ascii_case(b"content-length"))
+        })
     }
 
     /// `Connection` lists `token` (in any case).

@@ -8,8 +8,7 @@
 //! - service ports: the service bound to that port;
 //! - `:443` passthrough: the ClientHello SNI of `MLB_{n}_TLS_PASSTHROUGH` services.
 use std::{
-    borrow::Borrow,
-    borrow::Cow,
+    borrow::{Borrow, Cow},
     cmp::{Ordering, Reverse},
     collections::{BTreeMap, HashMap, HashSet},
     hash::{BuildHasher, Hash},

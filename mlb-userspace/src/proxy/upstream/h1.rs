@@ -11,7 +11,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::{Buf as _, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version, header};
+use http::{Method, Response, StatusCode, Version, header};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
@@ -246,7 +246,7 @@ fn parse_head(buf: &[u8], wanted: Wanted) -> Result<Option<Head>, String> {
     } else {
         // Out of the common case: every header into a map, the hop-by-hop ones stripped by
         // the handler.
-        let mut map = header_map(buf, len, headers)?;
+        let mut map = SharedHead::copy(buf, len).map(headers, |_| true)?;
         let framing = Framing::of(status, wanted.head_only, &mut map)?;
         let keep_alive = keep_alive(version, |token| {
             map.get_all(header::CONNECTION)
@@ -262,23 +262,6 @@ fn parse_head(buf: &[u8], wanted: Wanted) -> Result<Option<Head>, String> {
         reuse: reuse && framing != Framing::Close,
         len,
     }))
-}
-
-/// The headers of the head `httparse` found in the first `len` bytes of `buf`, as a map.
-fn header_map(
-    buf: &[u8],
-    len: usize,
-    parsed: &[httparse::Header<'_>],
-) -> Result<HeaderMap, String> {
-    let head = SharedHead::copy(buf, len);
-    let mut headers = HeaderMap::with_capacity(parsed.len());
-    for h in parsed {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| e.to_string())?;
-        let value =
-            HeaderValue::from_maybe_shared(head.slice(h.value)).map_err(|e| e.to_string())?;
-        headers.append(name, value);
-    }
-    Ok(headers)
 }
 
 /// A response's framing from the `fields` of its head, and what it decided of its
@@ -311,6 +294,7 @@ fn keep_alive(version: Version, has: impl Fn(&str) -> bool) -> bool {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use http::{HeaderMap, HeaderValue};
     use http_body_util::BodyExt as _;
     use tokio::net::TcpListener;
 
