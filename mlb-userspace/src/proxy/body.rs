@@ -12,6 +12,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use super::{
     balance::InFlightGuard,
     park::{BodyOpen, Open},
+    server::h2::RecvBody,
     upstream::H1Body,
 };
 
@@ -32,15 +33,29 @@ pub(crate) fn full(data: impl Into<Bytes>) -> ProxyBody {
 /// has been read to its end (until then the connection cannot be parked).
 /// `inner` is `None` for a request without a body (mlb's own HTTP/1 server only takes those).
 pub(crate) struct ClientBody {
-    inner: Option<Incoming>,
+    inner: Option<Source>,
     open: Option<BodyOpen>,
+}
+
+/// Where a request body comes from: hyper's HTTP/1 session, or mlb's HTTP/2 server.
+enum Source {
+    Hyper(Incoming),
+    H2(RecvBody),
 }
 
 impl ClientBody {
     pub(crate) fn new(inner: Incoming, open: Option<BodyOpen>) -> Self {
         ClientBody {
-            inner: Some(inner),
+            inner: Some(Source::Hyper(inner)),
             open,
+        }
+    }
+
+    /// The body of a request on mlb's HTTP/2 server.
+    pub(crate) fn h2(inner: RecvBody) -> Self {
+        ClientBody {
+            inner: Some(Source::H2(inner)),
+            open: None,
         }
     }
 
@@ -53,14 +68,43 @@ impl ClientBody {
     }
 }
 
+impl Body for Source {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Source::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Source::H2(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Hyper(b) => b.is_end_stream(),
+            Source::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Source::Hyper(b) => b.size_hint(),
+            Source::H2(b) => b.size_hint(),
+        }
+    }
+}
+
 impl Body for ClientBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let Some(inner) = &mut self.inner else {
             return Poll::Ready(None);
         };
@@ -77,13 +121,13 @@ impl Body for ClientBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
+        self.inner.as_ref().is_none_or(Source::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
         self.inner
             .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
+            .map_or_else(|| SizeHint::with_exact(0), Source::size_hint)
     }
 }
 

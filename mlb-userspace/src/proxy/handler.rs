@@ -367,8 +367,8 @@ async fn backend_rules(
         send_proxy: tuning.send_proxy.map(|v| (v, info.peer, info.local)),
         maxconn: (tuning.maxconn_server.filter(|max| *max > 0))
             .map(|max| (max, shared.config.conn_gate.limits().queue_timeout)),
-        // An HTTP/2 client's response goes through hyper's server, which needs a map.
-        raw_response: parts.version != Version::HTTP_2 && leaves_response_headers(svc),
+        // Both of mlb's own servers write a raw head (hyper's HTTP/1 session materializes it).
+        raw_response: leaves_response_headers(svc),
     };
     let started = std::time::Instant::now();
     let answer = shared

@@ -194,6 +194,33 @@ fn line(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     dst.extend_from_slice(b"\r\n");
 }
 
+impl RawHead {
+    /// The forwarded fields as (lower-case name, value) ranges of [`RawHead::lines`], in the
+    /// backend's order.
+    fn ranges(&self) -> impl Iterator<Item = (Range<usize>, Range<usize>)> + '_ {
+        let lines = &self.lines;
+        let mut rest = 0;
+        std::iter::from_fn(move || {
+            loop {
+                let end = lines[rest..].windows(2).position(|w| w == b"\r\n")?;
+                let line = rest..rest + end;
+                rest += end + 2;
+                if let Some(colon) = lines[line.clone()].iter().position(|&b| b == b':') {
+                    let name = line.start..line.start + colon;
+                    return Some((name, line.start + colon + 2..line.end));
+                }
+            }
+        })
+    }
+
+    /// The forwarded fields as (lower-case name, value), in the backend's order: what an
+    /// HTTP/2 response head is encoded from.
+    pub(crate) fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.ranges()
+            .map(|(name, value)| (&self.lines[name], &self.lines[value]))
+    }
+}
+
 /// Turns a response's raw head, if it has one, into its `HeaderMap` (the one the backend
 /// client would have made, hop-by-hop headers already gone), for code that reads or edits
 /// headers.
@@ -202,18 +229,11 @@ pub(crate) fn materialize<B>(response: &mut Response<B>) {
         return;
     };
     let headers = response.headers_mut();
-    let lines = &raw.lines;
-    let mut rest = 0;
-    while let Some(end) = lines[rest..].windows(2).position(|w| w == b"\r\n") {
-        let line = rest..rest + end;
-        rest += end + 2;
-        let Some(colon) = lines[line.clone()].iter().position(|&b| b == b':') else {
-            continue;
-        };
+    for (name, value) in raw.ranges() {
         // Made of bytes `httparse` accepted as a name and a value: both are valid.
         let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(&lines[line.start..line.start + colon]),
-            HeaderValue::from_maybe_shared(lines.slice(line.start + colon + 2..line.end)),
+            HeaderName::from_bytes(&raw.lines[name]),
+            HeaderValue::from_maybe_shared(raw.lines.slice(value)),
         ) else {
             continue;
         };

@@ -11,13 +11,8 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use hyper::{
-    Request,
-    body::Incoming,
-    server::conn::{http1, http2},
-    service::service_fn,
-};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::{Request, body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::debug;
 
@@ -26,10 +21,13 @@ use super::{
     body::{ClientBody, SessionBody},
     handler,
     last_segment::LastSegment,
-    listeners::{ConnInfo, Prefixed, client_timeout},
+    listeners::{ConnInfo, client_timeout},
     park::{ParkedGauge, Session, SessionIo},
     raw_head,
-    server::h1::{self, Next},
+    server::{
+        h1::{self, Next},
+        h2,
+    },
 };
 
 /// What an HTTP/2 connection starts with.
@@ -56,7 +54,7 @@ where
     if first.starts_with(H2_PREFACE) {
         // Boxed, and awaited from a local (a temporary of the awaited expression would keep its
         // room): an HTTP/1 connection's task does not carry an HTTP/2 connection's.
-        let h2 = Box::pin(serve_h2(shared, io, first, info, client_timeout));
+        let h2 = Box::pin(async move { h2::serve(&shared, &info, io, first).await });
         h2.await;
     } else {
         serve_h1(shared, io, first, info, client_timeout).await;
@@ -200,29 +198,6 @@ fn h1_builder(shared: &Shared, client_timeout: Duration) -> http1::Builder {
         .max_buf_size(shared.config.max_header_bytes.max(8192))
         .keep_alive(true);
     builder
-}
-
-async fn serve_h2<I>(
-    shared: Arc<Shared>,
-    io: I,
-    preface: Bytes,
-    info: Arc<ConnInfo>,
-    client_timeout: Duration,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let service = service(&shared, &info, None);
-    let io = Prefixed::new(preface, io);
-    // HTTP/2 has no header-read timeout; pings find clients that went away instead.
-    let served = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(client_timeout))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .serve_connection(TokioIo::new(io), service_fn(service))
-        .await;
-    if let Err(e) = served {
-        debug!(error = %e, "connection ended with an error");
-    }
 }
 
 /// The request handler of a connection (of one HTTP/1 session: `session`).

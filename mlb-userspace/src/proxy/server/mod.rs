@@ -9,5 +9,6 @@
 //! once that session parks, the connection comes back here.
 mod date;
 pub(crate) mod h1;
+pub(crate) mod h2;
 mod request;
 mod response;
