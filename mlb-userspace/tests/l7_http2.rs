@@ -332,3 +332,29 @@ async fn the_server_grants_request_body_credit_as_the_backend_reads() {
     let data = raw.until(1, DATA).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&data.payload), "received=1048576");
 }
+
+#[tokio::test]
+async fn a_client_that_grants_no_credit_is_closed_after_the_client_timeout() {
+    let proxy = start_proxy(Vec::new(), |c| c.timeouts.client = Duration::from_secs(1));
+    let www = TestBackend::start("www").await;
+    let mut svc = service("/www", &[&www]);
+    svc.vhosts = vec!["www.example.com".into()];
+    apply(&proxy, vec![svc]);
+    let mut raw = Raw::connect(proxy.local_addr("http").unwrap()).await;
+    // SETTINGS_INITIAL_WINDOW_SIZE 0: no stream may carry DATA until credit is granted.
+    raw.send(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]).await;
+    raw.get(1, "/source?mb=1", &[]).await;
+    assert_eq!(raw.status(1).await.as_deref(), Some("200"));
+    let started = std::time::Instant::now();
+    let goaway = raw
+        .until(0, GOAWAY)
+        .await
+        .expect("the connection is closed");
+    assert_eq!(error_code(&goaway), 0x0, "NO_ERROR");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
+    assert!(raw.next().await.is_none());
+}

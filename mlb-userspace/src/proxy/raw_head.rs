@@ -202,9 +202,11 @@ impl RawHead {
         let mut rest = 0;
         std::iter::from_fn(move || {
             loop {
-                let end = lines[rest..].windows(2).position(|w| w == b"\r\n")?;
-                let line = rest..rest + end;
-                rest += end + 2;
+                // Each line ends in CRLF, and no name or value holds a LF (`httparse`
+                // refuses them), nor a name a colon.
+                let lf = lines[rest..].iter().position(|&b| b == b'\n')?;
+                let line = rest..rest + lf.checked_sub(1)?;
+                rest += lf + 1;
                 if let Some(colon) = lines[line.clone()].iter().position(|&b| b == b':') {
                     let name = line.start..line.start + colon;
                     return Some((name, line.start + colon + 2..line.end));

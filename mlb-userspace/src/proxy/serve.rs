@@ -54,7 +54,8 @@ where
     if first.starts_with(H2_PREFACE) {
         // Boxed, and awaited from a local (a temporary of the awaited expression would keep its
         // room): an HTTP/1 connection's task does not carry an HTTP/2 connection's.
-        let h2 = Box::pin(async move { h2::serve(&shared, &info, io, first).await });
+        let h2 =
+            Box::pin(async move { h2::serve(&shared, &info, io, first, client_timeout).await });
         h2.await;
     } else {
         serve_h1(shared, io, first, info, client_timeout).await;

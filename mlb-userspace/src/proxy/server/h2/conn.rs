@@ -4,6 +4,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use bytes::{Buf as _, Bytes, BytesMut};
@@ -14,7 +15,10 @@ use futures_util::{
 };
 use http::{Method, Response};
 use hyper::body::Body as _;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite},
+    time::Sleep,
+};
 use tracing::debug;
 
 use super::{
@@ -148,11 +152,20 @@ struct Conn<'a, I> {
     closing: bool,
     glitches: u64,
     completed: u64,
+    /// The frontend's client timeout: how long a response may wait for flow-control credit.
+    client_timeout: Duration,
+    /// Armed while a response waits for credit the client does not give.
+    stalled: Option<Pin<Box<Sleep>>>,
 }
 
 /// Serves HTTP/2 on `io`, whose first bytes (`first`) start with the client preface.
-pub(crate) async fn serve<I>(shared: &Arc<Shared>, info: &Arc<ConnInfo>, io: I, first: Bytes)
-where
+pub(crate) async fn serve<I>(
+    shared: &Arc<Shared>,
+    info: &Arc<ConnInfo>,
+    io: I,
+    first: Bytes,
+    client_timeout: Duration,
+) where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let mut conn = Conn {
@@ -182,6 +195,8 @@ where
         closing: false,
         glitches: 0,
         completed: 0,
+        client_timeout,
+        stalled: None,
     };
     conn.decoder.set_max_allowed_table_size(4096);
     frame::settings(
@@ -226,6 +241,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
             if !self.closing {
                 progress |= self.send_bodies(cx);
                 self.give_credit();
+                if self.credit_timed_out(cx) {
+                    debug!("HTTP/2 client gave no flow-control credit within the client timeout");
+                    frame::goaway(&mut self.write, self.last_stream, Reason::NoError);
+                    self.closing = true;
+                    progress = true;
+                }
             }
             match self.poll_write(cx) {
                 Poll::Ready(Err(())) => return Poll::Ready(()),
@@ -906,6 +927,26 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
             }
         }
         progress
+    }
+
+    /// A response has waited for the client's flow-control credit for the client timeout (a
+    /// client that stops granting credit would otherwise hold its streams, and their backend
+    /// connections, for good: no write is pending, so the send timeout does not see it).
+    fn credit_timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        let conn_blocked = self.send_credit <= 0;
+        let waiting = self.streams.iter().any(|s| {
+            matches!(&s.out, Out::Body { pending, .. } if !pending.is_empty())
+                && (conn_blocked || s.send_credit <= 0)
+        });
+        if !waiting {
+            self.stalled = None;
+            return false;
+        }
+        let timeout = self.client_timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        stalled.as_mut().poll(cx).is_ready()
     }
 
     /// Gives back the credit of what the handlers read (or dropped), in batches.
