@@ -42,6 +42,14 @@ struct State {
     dropped: bool,
     reader: Option<Waker>,
     conn: Option<Waker>,
+    /// The connection is woken (to give credit back) once this much is read.
+    wake_at: usize,
+    /// The request's `content-length`, if it had one.
+    length: Option<u64>,
+    /// Bytes read so far (for the size hint).
+    read: u64,
+    /// The reader saw the end (or the failure).
+    done: bool,
 }
 
 /// The connection's end of a stream's inbox.
@@ -49,16 +57,10 @@ pub(super) struct Inbox {
     state: Arc<Mutex<State>>,
 }
 
-/// The handler's end: the request's body.
+/// The handler's end: the request's body. One pointer: a request and its body are moved
+/// several times on their way through the handler, HTTP/1 ones too.
 pub(crate) struct RecvBody {
     state: Arc<Mutex<State>>,
-    /// The connection is woken (to give credit back) once this much is read.
-    wake_at: usize,
-    /// The request's `content-length`, if it had one.
-    length: Option<u64>,
-    /// Bytes read so far (for the size hint).
-    read: u64,
-    done: bool,
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -69,13 +71,13 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 
 /// A new inbox and its body.
 pub(super) fn channel(length: Option<u64>, wake_at: usize) -> (Inbox, RecvBody) {
-    let state = Arc::new(Mutex::new(State::default()));
-    let body = RecvBody {
-        state: state.clone(),
+    let state = Arc::new(Mutex::new(State {
         wake_at,
         length,
-        read: 0,
-        done: false,
+        ..State::default()
+    }));
+    let body = RecvBody {
+        state: state.clone(),
     };
     (Inbox { state }, body)
 }
@@ -148,38 +150,34 @@ impl Body for RecvBody {
     type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        if this.done {
+        let mut s = lock(&self.state);
+        if s.done {
             return Poll::Ready(None);
         }
-        let mut s = lock(&this.state);
         if let Some(chunk) = s.chunks.pop_front() {
             s.queued -= chunk.len();
             let before = s.consumed;
             s.consumed += chunk.len();
+            s.read += chunk.len() as u64;
             // Credit goes back in batches: the connection is woken once half a window is read.
-            if before < this.wake_at
-                && s.consumed >= this.wake_at
+            if before < s.wake_at
+                && s.consumed >= s.wake_at
                 && let Some(w) = s.conn.take()
             {
                 w.wake();
             }
-            drop(s);
-            this.read += chunk.len() as u64;
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         if let Some(why) = s.failed {
-            this.done = true;
+            s.done = true;
             return Poll::Ready(Some(Err(why().into())));
         }
         if s.ended {
-            let trailers = s.trailers.take();
-            drop(s);
-            this.done = true;
-            return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+            s.done = true;
+            return Poll::Ready(s.trailers.take().map(|t| Ok(Frame::trailers(t))));
         }
         if !s.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             s.reader = Some(cx.waker().clone());
@@ -188,16 +186,14 @@ impl Body for RecvBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done
-            || self.length.is_some_and(|len| len == self.read) && {
-                let s = lock(&self.state);
-                s.ended && s.chunks.is_empty() && s.trailers.is_none()
-            }
+        let s = lock(&self.state);
+        s.done || s.length == Some(s.read) && s.ended && s.chunks.is_empty() && s.trailers.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.length {
-            Some(len) => SizeHint::with_exact(len.saturating_sub(self.read)),
+        let s = lock(&self.state);
+        match s.length {
+            Some(len) => SizeHint::with_exact(len.saturating_sub(s.read)),
             None => SizeHint::default(),
         }
     }
