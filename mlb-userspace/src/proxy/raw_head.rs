@@ -204,10 +204,10 @@ impl RawHead {
             loop {
                 // Each line ends in CRLF, and no name or value holds a LF (`httparse`
                 // refuses them), nor a name a colon.
-                let lf = lines[rest..].iter().position(|&b| b == b'\n')?;
+                let lf = memchr::memchr(b'\n', &lines[rest..])?;
                 let line = rest..rest + lf.checked_sub(1)?;
                 rest += lf + 1;
-                if let Some(colon) = lines[line.clone()].iter().position(|&b| b == b':') {
+                if let Some(colon) = memchr::memchr(b':', &lines[line.clone()]) {
                     let name = line.start..line.start + colon;
                     return Some((name, line.start + colon + 2..line.end));
                 }
@@ -215,8 +215,19 @@ impl RawHead {
         })
     }
 
+    /// A `date` is among the fields.
+    pub(crate) fn has_date(&self) -> bool {
+        self.date
+    }
+
+    /// A `content-length` is among the fields.
+    pub(crate) fn has_length(&self) -> bool {
+        self.length.is_some()
+    }
+
     /// The forwarded fields as (lower-case name, value), in the backend's order: what an
-    /// HTTP/2 response head is encoded from.
+    /// HTTP/2 response head is encoded from. None is connection-specific: those are left out
+    /// when the head is made.
     pub(crate) fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         self.ranges()
             .map(|(name, value)| (&self.lines[name], &self.lines[value]))

@@ -420,6 +420,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
         // Padding is never read by the handler: its credit goes back at once.
         let data = payload.slice(start..end);
         self.recv_unacked += len - data.len();
+        s.recv_unacked += len - data.len();
         s.received += data.len() as u64;
         if s.recv_credit < 0 {
             let id = s.id;
@@ -534,8 +535,19 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
                 }
             };
         }
-        if id.is_multiple_of(2) || id <= self.last_stream {
-            return Err(ConnError(Reason::Protocol, "a new stream with a bad id"));
+        if id.is_multiple_of(2) {
+            return Err(ConnError(
+                Reason::Protocol,
+                "a client stream with an even id",
+            ));
+        }
+        if id <= self.last_stream {
+            // A stream closed here (reset, or answered while the client was still sending):
+            // trailers the client sent before it knew are decoded, for the table, and dropped.
+            return match request::trailers(&mut self.decoder, block, self.max_list) {
+                Err(BlockError::Compression) => Err(ConnError(Reason::Compression, "bad HPACK")),
+                _ => Ok(()),
+            };
         }
         self.last_stream = id;
         // Decoded even when refused: the decoder's table must follow the client's.

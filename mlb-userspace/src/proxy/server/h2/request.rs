@@ -24,8 +24,8 @@ pub(super) struct Head {
 /// The fields of one block as they are decoded.
 #[derive(Default)]
 struct Fields {
-    method: Option<Bytes>,
-    scheme: Option<Bytes>,
+    method: Option<Method>,
+    scheme: Option<uri::Scheme>,
     authority: Option<Bytes>,
     path: Option<Bytes>,
     headers: HeaderMap,
@@ -61,14 +61,29 @@ impl Fields {
             if self.regular_seen || !pseudo_allowed {
                 return Err("a pseudo-header after the regular ones, or in trailers");
             }
-            let slot = match pseudo {
-                b"method" => &mut self.method,
-                b"scheme" => &mut self.scheme,
-                b"authority" => &mut self.authority,
-                b"path" => &mut self.path,
+            // Method and scheme are made from the decoder's bytes, without a copy first (the
+            // common ones are constants).
+            let twice = match pseudo {
+                b"method" => {
+                    let method = Method::from_bytes(value).map_err(|_| "an invalid :method")?;
+                    self.method.replace(method).is_some()
+                }
+                b"scheme" => {
+                    let scheme = match value {
+                        b"https" => uri::Scheme::HTTPS,
+                        b"http" => uri::Scheme::HTTP,
+                        other => uri::Scheme::try_from(other).map_err(|_| "an invalid :scheme")?,
+                    };
+                    self.scheme.replace(scheme).is_some()
+                }
+                b"authority" => self
+                    .authority
+                    .replace(Bytes::copy_from_slice(value))
+                    .is_some(),
+                b"path" => self.path.replace(Bytes::copy_from_slice(value)).is_some(),
                 _ => return Err("an unknown pseudo-header"),
             };
-            if slot.replace(Bytes::copy_from_slice(value)).is_some() {
+            if twice {
                 return Err("a pseudo-header twice");
             }
             return Ok(());
@@ -136,8 +151,6 @@ pub(super) fn request(
 ) -> Result<Head, BlockError> {
     let fields = decode(decoder, block, max_list, true)?;
     let method = fields.method.ok_or(BlockError::Malformed("no :method"))?;
-    let method =
-        Method::from_bytes(&method).map_err(|_| BlockError::Malformed("an invalid :method"))?;
     let uri = if method == Method::CONNECT {
         if fields.scheme.is_some() || fields.path.is_some() {
             return Err(BlockError::Malformed("CONNECT with :scheme or :path"));
@@ -162,10 +175,7 @@ pub(super) fn request(
         // A URI holds a scheme only beside an authority (the `host` header then names the
         // host, as hyper's HTTP/2 server leaves it).
         if let Some(authority) = fields.authority {
-            parts.scheme = Some(
-                uri::Scheme::try_from(&scheme[..])
-                    .map_err(|_| BlockError::Malformed("an invalid :scheme"))?,
-            );
+            parts.scheme = Some(scheme);
             parts.authority = Some(authority_of(authority)?);
         }
         Uri::from_parts(parts)

@@ -31,18 +31,16 @@ pub(super) fn head(parts: &Parts, framing: &Framing, dst: &mut Vec<u8>) {
     }
     hpack::status(dst, parts.status.as_u16());
     let (mut date, mut length) = (false, false);
+    if let Some(raw) = parts.extensions.get::<RawHead>() {
+        (date, length) = (raw.has_date(), raw.has_length());
+        for (name, value) in raw.fields() {
+            hpack::field(dst, name, value, false);
+        }
+    }
     let mut note = |name: &[u8]| {
         date |= name == b"date";
         length |= name == b"content-length";
     };
-    if let Some(raw) = parts.extensions.get::<RawHead>() {
-        for (name, value) in raw.fields() {
-            if !connection_specific(name) {
-                note(name);
-                hpack::field(dst, name, value, false);
-            }
-        }
-    }
     for (name, value) in &parts.headers {
         let name = name.as_str().as_bytes();
         if !connection_specific(name) {
