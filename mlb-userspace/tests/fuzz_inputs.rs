@@ -442,6 +442,9 @@ const HTTP_SEEDS: &[&[u8]] = &[
     b"GET http://b.example.com/ HTTP/1.1\r\nHost: a.example.com\r\nX-Marathon-App-Id: /a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
     b"GET / HTTP/1.0\r\n\r\n",
     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+    // An HTTP/2 request (HPACK: indexed, literal and Huffman-coded fields), then its reset and
+    // a window update.
+    b"PRI * HTTP/2.0\x0d\x0a\x0d\x0aSM\x0d\x0a\x0d\x0a\x00\x00\x00\x04\x00\x00\x00\x00\x00\x00\x00&\x01\x05\x00\x00\x00\x01\x82\x86\x84A\x0db.example.com@\x88%\xa8I\xe9[\xa9}\x7f\x89%\xa8I\xe9[\xb8\xe8\xb4\xbf\x00\x00\x04\x03\x00\x00\x00\x00\x01\x00\x00\x00\x08\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x00\x10\x00",
 ];
 const HTTP_TOKENS: &[&[u8]] = &[
     b"\r\n",
@@ -462,6 +465,11 @@ const HTTP_TOKENS: &[&[u8]] = &[
     b"%2F",
     b"HTTP/1.1",
     b"0\r\n\r\n",
+    // HTTP/2: a RST_STREAM's frame header, indexed fields, a table size update, a Huffman string.
+    b"\x00\x00\x04\x03\x00\x00\x00\x00\x01",
+    b"\x82\x86\x84",
+    b"\x3f\xe1\x1f",
+    b"\x8c\xf1\xe3\xc2\xe5\xf2\x3a\x6b\xa0\xab\x90\xf4\xff",
 ];
 
 #[derive(Debug, TypeGenerator)]

@@ -23,6 +23,7 @@ use tracing::debug;
 
 use super::{
     CONN_WINDOW, GLITCH_ALLOWANCE, MAX_STREAMS, STREAM_WINDOW, WRITE_HIGH,
+    decoder::Decoder,
     frame::{
         self, DEFAULT_MAX_FRAME, DEFAULT_WINDOW, HEADER_LEN, Head, MAX_WINDOW, Reason, flag, kind,
         setting,
@@ -128,7 +129,7 @@ struct Conn<'a, I> {
     written: usize,
     /// A flush is owed after a write.
     unflushed: bool,
-    decoder: loona_hpack::Decoder<'static>,
+    decoder: Decoder,
     /// Header block scratch space (responses).
     block: Vec<u8>,
     streams: Vec<Stream>,
@@ -176,7 +177,7 @@ pub(crate) async fn serve<I>(
         write: Vec::with_capacity(4096),
         written: 0,
         unflushed: false,
-        decoder: loona_hpack::Decoder::new(),
+        decoder: Decoder::new(),
         block: Vec::new(),
         streams: Vec::new(),
         answers: FuturesUnordered::new(),
@@ -198,7 +199,6 @@ pub(crate) async fn serve<I>(
         client_timeout,
         stalled: None,
     };
-    conn.decoder.set_max_allowed_table_size(4096);
     frame::settings(
         &mut conn.write,
         &[

@@ -5,8 +5,7 @@
 //! table costs hashing each one; HAProxy encodes responses the same way. Nothing a client's
 //! table holds changes, so no state is shared between responses.
 //!
-//! Request blocks are decoded with `loona_hpack` (the client's encoder chooses the
-//! representation, Huffman coding included).
+//! Request blocks are decoded by [`super::decoder`].
 
 /// `:status`'s static-table entries (§A): a full match is one byte.
 fn status_index(status: u16) -> Option<u8> {

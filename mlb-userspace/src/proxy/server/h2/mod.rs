@@ -15,6 +15,7 @@
 //! streams or sending empty frames ("glitches", as HAProxy names them) more than it completes
 //! requests is closed with ENHANCE_YOUR_CALM.
 mod conn;
+mod decoder;
 mod frame;
 mod hpack;
 mod recv_body;

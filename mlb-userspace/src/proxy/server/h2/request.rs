@@ -3,6 +3,8 @@
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version, uri};
 
+use super::decoder::Decoder;
+
 /// Why a header block is not a request.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum BlockError {
@@ -121,15 +123,15 @@ fn connection_specific(name: &[u8]) -> bool {
 
 /// Decodes `block` into its fields.
 fn decode(
-    decoder: &mut loona_hpack::Decoder<'static>,
+    decoder: &mut Decoder,
     block: &[u8],
     max_list: usize,
     pseudo_allowed: bool,
 ) -> Result<Fields, BlockError> {
     let mut fields = Fields::default();
     decoder
-        .decode_with_cb(block, |name, value| {
-            fields.add(&name, &value, max_list, pseudo_allowed);
+        .decode(block, |name, value| {
+            fields.add(name, value, max_list, pseudo_allowed);
         })
         .map_err(|_| BlockError::Compression)?;
     if let Some(e) = fields.error.take() {
@@ -145,7 +147,7 @@ fn decode(
 
 /// The request a block of a new stream opens.
 pub(super) fn request(
-    decoder: &mut loona_hpack::Decoder<'static>,
+    decoder: &mut Decoder,
     block: &[u8],
     max_list: usize,
 ) -> Result<Head, BlockError> {
@@ -214,7 +216,7 @@ fn authority_of(authority: Bytes) -> Result<uri::Authority, BlockError> {
 
 /// The trailers a block after a request's head carries.
 pub(super) fn trailers(
-    decoder: &mut loona_hpack::Decoder<'static>,
+    decoder: &mut Decoder,
     block: &[u8],
     max_list: usize,
 ) -> Result<HeaderMap, BlockError> {
@@ -236,7 +238,7 @@ mod tests {
     }
 
     fn parse(fields: &[(&str, &str)]) -> Result<Head, BlockError> {
-        let mut decoder = loona_hpack::Decoder::new();
+        let mut decoder = Decoder::new();
         request(&mut decoder, &block(fields), 16 * 1024)
     }
 
@@ -331,7 +333,7 @@ mod tests {
         let big = "x".repeat(20_000);
         fields.push(("x-big", &big));
         assert_eq!(parse(&fields).err(), Some(BlockError::TooLarge));
-        let mut decoder = loona_hpack::Decoder::new();
+        let mut decoder = Decoder::new();
         // An index past both tables.
         assert_eq!(
             request(&mut decoder, &[0xff, 0x7f], 1024).err(),
@@ -347,7 +349,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(head.request.uri().to_string(), "db.example.com:5432");
-        let mut decoder = loona_hpack::Decoder::new();
+        let mut decoder = Decoder::new();
         let ok = trailers(&mut decoder, &block(&[("grpc-status", "0")]), 1024).unwrap();
         assert_eq!(ok["grpc-status"], "0");
         assert!(matches!(
