@@ -112,7 +112,10 @@ pub(crate) struct Length {
 impl RawHead {
     /// The lines of `headers` a proxy forwards: all but the hop-by-hop ones (RFC 9110 §7.6.1,
     /// those `Connection` lists, and a dropped `Content-Length`).
+    /// `head` is the buffer `headers` were parsed from: a line already in the form kept
+    /// (`name: value` and CRLF) is copied whole.
     pub(crate) fn of(
+        head: &[u8],
         headers: &[httparse::Header<'_>],
         fields: &Fields<'_>,
         length: &Length,
@@ -135,12 +138,12 @@ impl RawHead {
                 }
                 // Unparsed only on a response without a body (HEAD, 204, 304), which keeps
                 // the header as the backend sent it.
-                line(&mut lines, name, h.value);
+                line(&mut lines, head, h);
                 at = Some((start..lines.len(), length.value.unwrap_or(0)));
                 continue;
             }
             date |= name.eq_ignore_ascii_case(b"date");
-            line(&mut lines, name, h.value);
+            line(&mut lines, head, h);
         }
         RawHead {
             lines: Bytes::from(lines),
@@ -184,14 +187,36 @@ fn hop_by_hop(name: &[u8]) -> bool {
     }
 }
 
-/// Appends `name: value\r\n`, the name in lower case (as a `HeaderName` has it).
-fn line(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Appends `name: value\r\n`, the name in lower case (as a `HeaderName` has it). Most
+/// backends write their lines in just that form: then the line is copied from `head` whole
+/// (one copy, not four), and its name lower-cased in place.
+fn line(dst: &mut Vec<u8>, head: &[u8], h: &httparse::Header<'_>) {
+    let (name, value) = (h.name.as_bytes(), h.value);
     let start = dst.len();
-    dst.extend_from_slice(name);
-    dst[start..].make_ascii_lowercase();
-    dst.extend_from_slice(b": ");
-    dst.extend_from_slice(value);
-    dst.extend_from_slice(b"\r\n");
+    if let Some(whole) = verbatim(head, name, value) {
+        dst.extend_from_slice(whole);
+    } else {
+        dst.extend_from_slice(name);
+        dst.extend_from_slice(b": ");
+        dst.extend_from_slice(value);
+        dst.extend_from_slice(b"\r\n");
+    }
+    dst[start..start + name.len()].make_ascii_lowercase();
+}
+
+/// The line of `head` that `name` and `value` (slices of it) make, if it reads exactly
+/// `name: value\r\n`. Found from the slices' addresses: `httparse` points into `head`.
+fn verbatim<'h>(head: &'h [u8], name: &[u8], value: &[u8]) -> Option<&'h [u8]> {
+    let base = head.as_ptr() as usize;
+    let start = (name.as_ptr() as usize).checked_sub(base)?;
+    let colon = start + name.len();
+    let value_at = (value.as_ptr() as usize).checked_sub(base)?;
+    let end = value_at + value.len() + 2;
+    let line = head.get(start..end)?;
+    (value_at == colon + 2
+        && line[name.len()..name.len() + 2] == *b": "
+        && line[line.len() - 2..] == *b"\r\n")
+        .then_some(line)
 }
 
 impl RawHead {
@@ -289,7 +314,7 @@ mod tests {
             dropped: false,
         };
         let fields = Fields::of(parsed.headers)?;
-        Some(RawHead::of(parsed.headers, &fields, &length))
+        Some(RawHead::of(head, parsed.headers, &fields, &length))
     }
 
     const HEAD: &[u8] =
@@ -315,6 +340,33 @@ mod tests {
             b"server: nginx\r\ndate: Mon, 07 Dec 2026 07:00:00 GMT\r\nset-cookie: a=1\r\n\
               set-cookie: b=2\r\nx-obs: caf\xc3\xa9\r\n"
         );
+    }
+
+    #[test]
+    fn lines_in_other_forms_are_written_in_the_one_form() {
+        let head: &[u8] =
+            b"HTTP/1.1 200 OK\r\nServer:nginx\r\nX-Pad:   a b  \r\nX-Lf: c\nX-Ok: d\r\n\r\n";
+        let mut slots = header_slots();
+        let mut parsed = httparse::Response::new(&mut []);
+        let config = httparse::ParserConfig::default();
+        config
+            .parse_response_with_uninit_headers(&mut parsed, head, &mut slots)
+            .unwrap();
+        let mut want = Vec::new();
+        for h in parsed.headers.iter() {
+            want.extend_from_slice(h.name.to_ascii_lowercase().as_bytes());
+            want.extend_from_slice(b": ");
+            want.extend_from_slice(h.value);
+            want.extend_from_slice(b"\r\n");
+        }
+        let mut out = Vec::new();
+        raw(head, None).unwrap().write(&mut out, true);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&want)
+        );
+        assert!(out.starts_with(b"server: nginx\r\nx-pad: "), "{out:?}");
+        assert!(out.ends_with(b"x-lf: c\r\nx-ok: d\r\n"), "{out:?}");
     }
 
     /// Heads of the common case: hop-by-hop headers, some named by `Connection`, one by a

@@ -236,7 +236,7 @@ fn parse_head(buf: &[u8], wanted: Wanted) -> Result<Option<Head>, String> {
     let (framing, reuse) = if let Some(fields) = Fields::of(headers) {
         let (framing, length) = framing_of(status, wanted, &fields)?;
         if wanted.raw {
-            let raw = RawHead::of(headers, &fields, &length);
+            let raw = RawHead::of(&buf[..len], headers, &fields, &length);
             response.extensions_mut().insert(raw);
         } else {
             let head = SharedHead::copy(buf, len);
