@@ -224,6 +224,28 @@ async fn a_malformed_request_resets_its_stream_only() {
     assert_eq!(raw.status(3).await.as_deref(), Some("200"));
 }
 
+/// A request announcing a body it never sends (END_STREAM on its head) is refused: forwarded
+/// as it is, the backend would wait for the body and take the next request for it.
+#[tokio::test]
+async fn a_content_length_without_a_body_is_refused_before_the_backend() {
+    let (proxy, www) = setup().await;
+    let mut raw = Raw::connect(proxy.local_addr("http").unwrap()).await;
+    raw.get(1, "/", &[("content-length", "5")]).await;
+    let reset = raw.until(1, RST_STREAM).await.unwrap();
+    assert_eq!(
+        (reset.kind, error_code(&reset)),
+        (RST_STREAM, 0x1),
+        "PROTOCOL_ERROR"
+    );
+    raw.get(3, "/", &[("content-length", "0")]).await;
+    assert_eq!(raw.status(3).await.as_deref(), Some("200"));
+    assert_eq!(
+        www.count(),
+        1,
+        "only the second request reached the backend"
+    );
+}
+
 #[tokio::test]
 async fn a_head_over_the_header_list_limit_is_answered_431() {
     let (proxy, _www) = setup().await;

@@ -563,6 +563,16 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
             return self.glitch();
         }
         match decoded {
+            // A body announced and never sent (§8.1.1): forwarded, the backend would wait for
+            // it, and take the connection's next request for it.
+            Ok(head) if end_stream && head.length.is_some_and(|n| n > 0) => {
+                debug!(
+                    stream = id,
+                    "HTTP/2 request with a content-length and no body"
+                );
+                frame::rst_stream(&mut self.write, id, Reason::Protocol);
+                self.glitch()?;
+            }
             Ok(head) => self.open(id, head, end_stream),
             Err(BlockError::TooLarge) => {
                 let mut response = Response::new(full(""));
