@@ -166,8 +166,11 @@ pub(super) fn request(
     } else {
         let path = fields.path.ok_or(BlockError::Malformed("no :path"))?;
         let scheme = fields.scheme.ok_or(BlockError::Malformed("no :scheme"))?;
-        if path.is_empty() {
-            return Err(BlockError::Malformed("an empty :path"));
+        // An origin-form target, or `*` for OPTIONS (§8.3.1): anything else would be routed
+        // by a path no prefix rule expects.
+        let asterisk = &path[..] == b"*" && method == Method::OPTIONS;
+        if !path.starts_with(b"/") && !asterisk {
+            return Err(BlockError::Malformed("a :path neither absolute nor *"));
         }
         let mut parts = uri::Parts::default();
         parts.path_and_query = Some(
@@ -279,6 +282,9 @@ mod tests {
             ],
             vec![(":scheme", "https"), (":path", "/")],
             vec![(":method", "GET"), (":scheme", "https")],
+            vec![(":method", "GET"), (":scheme", "https"), (":path", "admin")],
+            vec![(":method", "GET"), (":scheme", "https"), (":path", "")],
+            vec![(":method", "GET"), (":scheme", "https"), (":path", "*")],
             vec![
                 (":method", "GET"),
                 ("accept", "*/*"),
