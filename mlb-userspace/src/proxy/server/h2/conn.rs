@@ -30,7 +30,7 @@ use super::{
     },
     recv_body::{self, BodyError, Inbox},
     request::{self, BlockError},
-    response::{self, Framing},
+    response,
 };
 use crate::{
     overload::RequestGuard,
@@ -806,34 +806,21 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
     /// Sends a handler's response head (and the body's first bytes, if ready).
     fn respond(&mut self, id: u32, response: Response<ProxyBody>) {
         let (parts, body) = response.into_parts();
-        let Some(s) = self.streams.iter_mut().find(|s| s.id == id) else {
+        let Some(head_request) = self.stream(id).map(|s| s.head) else {
             return;
         };
-        let no_body = s.head
+        let no_body = head_request
             || body.is_end_stream()
             || matches!(parts.status.as_u16(), 204 | 304)
             || parts.status.is_informational();
         let length = body.size_hint().exact().filter(|_| !body.is_end_stream());
         self.block.clear();
-        response::head(&parts, &Framing { length }, &mut self.block);
+        response::head(&parts, length, &mut self.block);
         let end = if no_body { flag::END_STREAM } else { 0 };
-        write_block(
-            &mut self.write,
-            id,
-            kind::HEADERS,
-            end,
-            &self.block,
-            self.peer.max_frame,
-        );
-        let s = self
-            .streams
-            .iter_mut()
-            .find(|s| s.id == id)
-            .expect("found above");
+        write_block(&mut self.write, id, end, &self.block, self.peer.max_frame);
         if no_body {
-            s.out = Out::Done;
             self.finish(id);
-        } else {
+        } else if let Some(s) = self.stream(id) {
             s.out = Out::Body {
                 body,
                 pending: Bytes::new(),
@@ -855,97 +842,25 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
     fn send_bodies(&mut self, cx: &mut Context<'_>) -> bool {
         let mut progress = false;
         let mut ended = Vec::new();
+        let mut out = Outbound {
+            write: &mut self.write,
+            block: &mut self.block,
+            send_credit: &mut self.send_credit,
+            max_frame: self.peer.max_frame,
+        };
         for s in &mut self.streams {
-            let Out::Body {
-                body,
-                pending,
-                last,
-            } = &mut s.out
-            else {
-                continue;
-            };
-            loop {
-                if self.write.len() >= WRITE_HIGH {
-                    break;
-                }
-                if !pending.is_empty() {
-                    let n = pending
-                        .len()
-                        .min(self.peer.max_frame)
-                        .min(s.send_credit.max(0) as usize)
-                        .min(self.send_credit.max(0) as usize);
-                    if n == 0 {
-                        break;
-                    }
-                    let chunk = pending.split_to(n);
-                    let fin = *last && pending.is_empty();
-                    frame::head(
-                        &mut self.write,
-                        n,
-                        kind::DATA,
-                        if fin { flag::END_STREAM } else { 0 },
-                        s.id,
-                    );
-                    self.write.extend_from_slice(&chunk);
-                    s.send_credit -= n as i64;
-                    self.send_credit -= n as i64;
-                    progress = true;
-                    if fin {
-                        ended.push((s.id, None));
-                        break;
-                    }
-                    continue;
-                }
-                match Pin::new(&mut *body).poll_frame(cx) {
-                    Poll::Pending => break,
-                    Poll::Ready(None) => {
-                        frame::head(&mut self.write, 0, kind::DATA, flag::END_STREAM, s.id);
-                        ended.push((s.id, None));
-                        progress = true;
-                        break;
-                    }
-                    Poll::Ready(Some(Err(e))) => {
-                        debug!(error = %e, stream = s.id, "response body failed");
-                        ended.push((s.id, Some(Reason::Internal)));
-                        progress = true;
-                        break;
-                    }
-                    Poll::Ready(Some(Ok(f))) => match f.into_data() {
-                        Ok(data) => {
-                            *last = body.is_end_stream();
-                            if data.is_empty() && *last {
-                                frame::head(&mut self.write, 0, kind::DATA, flag::END_STREAM, s.id);
-                                ended.push((s.id, None));
-                                progress = true;
-                                break;
-                            }
-                            *pending = data;
-                        }
-                        Err(f) => {
-                            if let Ok(trailers) = f.into_trailers() {
-                                self.block.clear();
-                                response::trailers(&trailers, &mut self.block);
-                                write_block(
-                                    &mut self.write,
-                                    s.id,
-                                    kind::HEADERS,
-                                    flag::END_STREAM,
-                                    &self.block,
-                                    self.peer.max_frame,
-                                );
-                                ended.push((s.id, None));
-                                progress = true;
-                                break;
-                            }
-                        }
-                    },
+            if let Out::Body { .. } = s.out {
+                let (sent, end) = out.body(s, cx);
+                progress |= sent || end.is_some();
+                if let Some(end) = end {
+                    ended.push((s.id, end));
                 }
             }
         }
-        for (id, failed) in ended {
-            match failed {
-                Some(reason) => self.reset(id, reason),
-                None => self.finish(id),
+        for (id, end) in ended {
+            match end {
+                Ok(()) => self.finish(id),
+                Err(reason) => self.reset(id, reason),
             }
         }
         progress
@@ -1008,18 +923,97 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
 /// Stream credit goes back once half a stream window is read.
 const CREDIT_BATCH: usize = STREAM_WINDOW as usize / 2;
 
+/// Where response bodies' frames go: the connection's write buffer and send credit.
+struct Outbound<'c> {
+    write: &'c mut Vec<u8>,
+    block: &'c mut Vec<u8>,
+    send_credit: &'c mut i64,
+    max_frame: usize,
+}
+
+impl Outbound<'_> {
+    /// Sends what `s`'s body has ready: whether anything was sent, and how the body ended
+    /// (`Some(Ok)`: whole, END_STREAM sent; `Some(Err)`: failed, the stream to reset).
+    fn body(&mut self, s: &mut Stream, cx: &mut Context<'_>) -> (bool, Option<Result<(), Reason>>) {
+        let Out::Body {
+            body,
+            pending,
+            last,
+        } = &mut s.out
+        else {
+            return (false, None);
+        };
+        let mut sent = false;
+        while self.write.len() < WRITE_HIGH {
+            if !pending.is_empty() {
+                let n = pending
+                    .len()
+                    .min(self.max_frame)
+                    .min(s.send_credit.max(0) as usize)
+                    .min((*self.send_credit).max(0) as usize);
+                if n == 0 {
+                    break;
+                }
+                let chunk = pending.split_to(n);
+                let fin = *last && pending.is_empty();
+                let flags = if fin { flag::END_STREAM } else { 0 };
+                frame::head(self.write, n, kind::DATA, flags, s.id);
+                self.write.extend_from_slice(&chunk);
+                s.send_credit -= n as i64;
+                *self.send_credit -= n as i64;
+                sent = true;
+                if fin {
+                    return (true, Some(Ok(())));
+                }
+                continue;
+            }
+            let frame = match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Pending => break,
+                Poll::Ready(None) => None,
+                Poll::Ready(Some(Err(e))) => {
+                    debug!(error = %e, stream = s.id, "response body failed");
+                    return (sent, Some(Err(Reason::Internal)));
+                }
+                Poll::Ready(Some(Ok(frame))) => Some(frame),
+            };
+            match frame.map(hyper::body::Frame::into_data) {
+                Some(Ok(data)) => {
+                    *last = body.is_end_stream();
+                    if !data.is_empty() || !*last {
+                        *pending = data;
+                        continue;
+                    }
+                }
+                Some(Err(frame)) => {
+                    let Ok(trailers) = frame.into_trailers() else {
+                        continue;
+                    };
+                    self.block.clear();
+                    response::trailers(&trailers, self.block);
+                    write_block(
+                        self.write,
+                        s.id,
+                        flag::END_STREAM,
+                        self.block,
+                        self.max_frame,
+                    );
+                    return (true, Some(Ok(())));
+                }
+                None => {}
+            }
+            // The end, with no data left: an empty DATA frame ends the stream.
+            frame::head(self.write, 0, kind::DATA, flag::END_STREAM, s.id);
+            return (true, Some(Ok(())));
+        }
+        (sent, None)
+    }
+}
+
 /// Appends a header block as a HEADERS frame, continued in CONTINUATION frames past
 /// `max_frame`.
-fn write_block(
-    dst: &mut Vec<u8>,
-    id: u32,
-    first: u8,
-    end_stream: u8,
-    block: &[u8],
-    max_frame: usize,
-) {
+fn write_block(dst: &mut Vec<u8>, id: u32, end_stream: u8, block: &[u8], max_frame: usize) {
     let mut chunks = block.chunks(max_frame).peekable();
-    let mut kind = first;
+    let mut kind = kind::HEADERS;
     let mut flags = end_stream;
     if block.is_empty() {
         frame::head(dst, 0, kind, flags | flag::END_HEADERS, id);

@@ -114,7 +114,7 @@ impl Fields {
 }
 
 /// Headers HTTP/2 does not carry (§8.2.2).
-fn connection_specific(name: &[u8]) -> bool {
+pub(super) fn connection_specific(name: &[u8]) -> bool {
     matches!(
         name,
         b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding" | b"upgrade"

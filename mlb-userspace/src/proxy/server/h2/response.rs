@@ -4,42 +4,30 @@
 //! a `HeaderMap` in between.
 use http::{HeaderMap, StatusCode, response::Parts};
 
-use super::hpack;
+use super::{hpack, request::connection_specific};
 use crate::proxy::raw_head::RawHead;
 
-/// Headers HTTP/2 does not carry (RFC 9113 §8.2.2); hyper's server drops them too.
-fn connection_specific(name: &[u8]) -> bool {
-    matches!(
-        name,
-        b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding" | b"upgrade"
-    )
-}
-
-/// What a response head needs beside its own fields.
-pub(super) struct Framing {
-    /// The body's exact length, if it has a body and the length is known.
-    pub(super) length: Option<u64>,
-}
-
-/// Appends the header block of a response head. A 1xx from the handler is sent as a 500
-/// without headers, as the HTTP/1 servers do.
-pub(super) fn head(parts: &Parts, framing: &Framing, dst: &mut Vec<u8>) {
+/// Appends the header block of a response head; `length`: the body's exact length, if it has
+/// a body and the length is known. Connection-specific headers (RFC 9113 §8.2.2) are left out,
+/// as hyper's server leaves them out. A 1xx from the handler is sent as a 500 without headers,
+/// as the HTTP/1 servers do.
+pub(super) fn head(parts: &Parts, length: Option<u64>, dst: &mut Vec<u8>) {
     if parts.status.is_informational() {
         hpack::status(dst, StatusCode::INTERNAL_SERVER_ERROR.as_u16());
         hpack::date(dst);
         return;
     }
     hpack::status(dst, parts.status.as_u16());
-    let (mut date, mut length) = (false, false);
+    let (mut date, mut has_length) = (false, false);
     if let Some(raw) = parts.extensions.get::<RawHead>() {
-        (date, length) = (raw.has_date(), raw.has_length());
+        (date, has_length) = (raw.has_date(), raw.has_length());
         for (name, value) in raw.fields() {
             hpack::field(dst, name, value, false);
         }
     }
     let mut note = |name: &[u8]| {
         date |= name == b"date";
-        length |= name == b"content-length";
+        has_length |= name == b"content-length";
     };
     for (name, value) in &parts.headers {
         let name = name.as_str().as_bytes();
@@ -51,7 +39,7 @@ pub(super) fn head(parts: &Parts, framing: &Framing, dst: &mut Vec<u8>) {
     if !date {
         hpack::date(dst);
     }
-    if let (false, Some(len)) = (length, framing.length) {
+    if let (false, Some(len)) = (has_length, length) {
         let digits = itoa_u64(len);
         hpack::field(dst, b"content-length", digits.as_bytes(), false);
     }
@@ -111,13 +99,7 @@ mod tests {
         h.insert("x-app", HeaderValue::from_static("web"));
         let (parts, ()) = response.into_parts();
         let mut block = Vec::new();
-        head(
-            &parts,
-            &Framing {
-                length: Some(12_345),
-            },
-            &mut block,
-        );
+        head(&parts, Some(12_345), &mut block);
         let fields = decoded(&block);
         let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
@@ -144,7 +126,7 @@ mod tests {
         h.insert("content-length", HeaderValue::from_static("7"));
         let (parts, ()) = response.into_parts();
         let mut block = Vec::new();
-        head(&parts, &Framing { length: Some(7) }, &mut block);
+        head(&parts, Some(7), &mut block);
         let fields = decoded(&block);
         assert_eq!(fields.len(), 3, "{fields:?}");
         assert_eq!(
