@@ -142,15 +142,15 @@ impl Drop for ClientBody {
     }
 }
 
-/// A response body; on an HTTP/1 connection it keeps the response counted as unfinished in its
+/// A response body of a hyper HTTP/1 session: it keeps the response counted as unfinished in the
 /// session until hyper drops it (written whole, or the connection failed).
 pub(crate) struct SessionBody {
     inner: ProxyBody,
-    _open: Option<Open>,
+    _open: Open,
 }
 
 impl SessionBody {
-    pub(crate) fn new(inner: ProxyBody, open: Option<Open>) -> Self {
+    pub(crate) fn new(inner: ProxyBody, open: Open) -> Self {
         SessionBody { inner, _open: open }
     }
 }

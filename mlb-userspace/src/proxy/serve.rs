@@ -173,7 +173,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let session = Arc::new(Session::default());
-    let service = service(shared, info, Some(session.clone()));
+    let service = service(shared, info, session.clone());
     let io = SessionIo::new(io, unread, session, info.conn.clone());
     let mut conn = h1_builder(shared, client_timeout)
         .serve_connection(TokioIo::new(io), service_fn(service))
@@ -201,23 +201,17 @@ fn h1_builder(shared: &Shared, client_timeout: Duration) -> http1::Builder {
     builder
 }
 
-/// The request handler of a connection (of one HTTP/1 session: `session`).
+/// The request handler of one hyper HTTP/1 session (`session`).
 fn service(
     shared: &Arc<Shared>,
     info: &Arc<ConnInfo>,
-    session: Option<Arc<Session>>,
+    session: Arc<Session>,
 ) -> impl Fn(Request<Incoming>) -> InFlight + Send + 'static {
     let (shared, info) = (shared.clone(), info.clone());
     move |req| -> InFlight {
         let busy = info.conn.request();
         let has_body = !hyper::body::Body::is_end_stream(req.body());
-        let (response_open, body_open) = match &session {
-            Some(s) => {
-                let (response, body) = s.request(has_body);
-                (Some(response), body)
-            }
-            None => (None, None),
-        };
+        let (response_open, body_open) = session.request(has_body);
         let req = req.map(|body| ClientBody::new(body, body_open));
         let (shared, info) = (shared.clone(), info.clone());
         // The handler's future is made inside the boxed one, in its place on the heap: made
