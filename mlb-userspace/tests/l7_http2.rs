@@ -209,6 +209,35 @@ async fn bodies_bigger_than_every_window_go_both_ways_on_streams_side_by_side() 
     }
 }
 
+/// A client may send its first request in the same packet as the preface (nothing in the
+/// protocol makes it wait): it is answered without a further byte from the client.
+#[tokio::test]
+async fn a_request_sent_with_the_preface_is_answered() {
+    let (proxy, _www) = setup().await;
+    let mut io = TcpStream::connect(proxy.local_addr("http").unwrap())
+        .await
+        .unwrap();
+    let block = loona_hpack::Encoder::new().encode(
+        [
+            (&b":method"[..], &b"GET"[..]),
+            (b":scheme", b"http"),
+            (b":authority", b"www.example.com"),
+            (b":path", b"/"),
+        ]
+        .into_iter(),
+    );
+    let mut all = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    all.extend(frame(SETTINGS, 0, 0, &[]));
+    all.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &block));
+    io.write_all(&all).await.unwrap();
+    let mut raw = Raw {
+        io,
+        buf: Vec::new(),
+        decoder: loona_hpack::Decoder::new(),
+    };
+    assert_eq!(raw.status(1).await.as_deref(), Some("200"));
+}
+
 #[tokio::test]
 async fn a_malformed_request_resets_its_stream_only() {
     let (proxy, _www) = setup().await;

@@ -139,6 +139,8 @@ struct Conn<'a, I> {
     peer: Peer,
     /// The client's SETTINGS came (the first frame must be one).
     settings_seen: bool,
+    /// Bytes read with the preface are still to be handled.
+    first_frames: bool,
     continuing: Option<Block>,
     /// Bytes this server may still send on the connection.
     send_credit: i64,
@@ -187,6 +189,7 @@ pub(crate) async fn serve<I>(
             max_frame: DEFAULT_MAX_FRAME,
         },
         settings_seen: false,
+        first_frames: first.len() > PREFACE.len(),
         continuing: None,
         send_credit: DEFAULT_WINDOW,
         recv_credit: i64::from(CONN_WINDOW),
@@ -218,18 +221,21 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
         loop {
             let mut progress = false;
             if !self.closing && self.write.len() < WRITE_HIGH {
-                match self.poll_read(cx) {
-                    Poll::Ready(Ok(true)) => {
-                        progress = true;
-                        if let Err(ConnError(reason, why)) = self.frames(cx) {
-                            debug!(%why, "HTTP/2 connection error");
-                            frame::goaway(&mut self.write, self.last_stream, reason);
-                            self.closing = true;
-                        }
-                    }
+                let fresh = match self.poll_read(cx) {
+                    Poll::Ready(Ok(true)) => true,
                     // The client left (or the read failed): nothing more can be answered.
                     Poll::Ready(Ok(false) | Err(())) => return Poll::Ready(()),
-                    Poll::Pending => {}
+                    Poll::Pending => false,
+                };
+                // The frames that came with the preface are handled at once, not after the
+                // next read: a client may have sent its first requests with it.
+                if fresh || std::mem::take(&mut self.first_frames) {
+                    progress |= fresh;
+                    if let Err(ConnError(reason, why)) = self.frames(cx) {
+                        debug!(%why, "HTTP/2 connection error");
+                        frame::goaway(&mut self.write, self.last_stream, reason);
+                        self.closing = true;
+                    }
                 }
             }
             while let Poll::Ready(Some((id, response))) = self.answers.poll_next_unpin(cx) {
