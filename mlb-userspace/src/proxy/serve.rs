@@ -90,8 +90,9 @@ async fn first_bytes<I: AsyncRead + Unpin>(io: &mut I) -> Option<Bytes> {
 }
 
 /// One read into this thread's [`FIRST_READ_BUFFER`], whose bytes are appended to `out`; 0 at
-/// the end of the stream or on an error.
-fn read_into_scratch<I: AsyncRead + Unpin>(
+/// the end of the stream or on an error. Also the read of an idle HTTP/2 connection, which
+/// holds no buffer while it waits.
+pub(super) fn read_into_scratch<I: AsyncRead + Unpin>(
     io: &mut I,
     cx: &mut Context<'_>,
     out: &mut BytesMut,

@@ -39,6 +39,7 @@ use crate::{
         body::{ClientBody, ProxyBody, full},
         handler,
         listeners::ConnInfo,
+        serve::read_into_scratch,
     },
 };
 
@@ -272,6 +273,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
 
     /// Reads more frames: `Ok(false)` at the end of the stream.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, ()>> {
+        if self.is_idle() {
+            // Nothing in flight, nothing half-read or unsent: the buffers are let go, and the
+            // wait for the next bytes holds none (the thread's scratch buffer takes the read),
+            // as a parked HTTP/1.1 connection does.
+            self.read = BytesMut::new();
+            self.write = Vec::new();
+            return read_into_scratch(&mut self.io, cx, &mut self.read).map(|n| Ok(n > 0));
+        }
         if self.read.capacity() - self.read.len() < HEADER_LEN + DEFAULT_MAX_FRAME {
             self.read.reserve(HEADER_LEN + DEFAULT_MAX_FRAME);
         }
@@ -281,6 +290,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
             Poll::Ready(Err(_)) => Poll::Ready(Err(())),
             Poll::Ready(Ok(n)) => Poll::Ready(Ok(n > 0)),
         }
+    }
+
+    /// No stream, no frame partly read, nothing left to write.
+    fn is_idle(&self) -> bool {
+        self.streams.is_empty()
+            && self.read.is_empty()
+            && self.write.is_empty()
+            && self.continuing.is_none()
+            && !self.unflushed
     }
 
     /// Writes what is gathered; `Ok` once all is written and flushed.
