@@ -57,9 +57,7 @@ struct RawFrame {
 impl Raw {
     async fn connect(addr: SocketAddr) -> Raw {
         let mut io = TcpStream::connect(addr).await.unwrap();
-        io.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-            .await
-            .unwrap();
+        io.write_all(PREFACE).await.unwrap();
         let mut raw = Raw {
             io,
             buf: Vec::new(),
@@ -78,15 +76,7 @@ impl Raw {
 
     /// A GET for `path` on `stream`, with `extra` fields.
     async fn get(&mut self, stream: u32, path: &str, extra: &[(&str, &str)]) {
-        let mut fields = vec![
-            (":method", "GET"),
-            (":scheme", "http"),
-            (":authority", "www.example.com"),
-            (":path", path),
-        ];
-        fields.extend_from_slice(extra);
-        let block = loona_hpack::Encoder::new()
-            .encode(fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+        let block = head_block("GET", path, extra);
         // Past a frame's 16 KiB, the block goes on in CONTINUATION frames.
         let chunks: Vec<&[u8]> = block.chunks(16_384).collect();
         for (i, chunk) in chunks.iter().enumerate() {
@@ -157,6 +147,21 @@ impl Raw {
     }
 }
 
+/// The client's connection preface.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A request head for `www.example.com` as an HPACK block, with `extra` fields.
+fn head_block(method: &str, path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut fields = vec![
+        (":method", method),
+        (":scheme", "http"),
+        (":authority", "www.example.com"),
+        (":path", path),
+    ];
+    fields.extend_from_slice(extra);
+    loona_hpack::Encoder::new().encode(fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+}
+
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len();
     let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
@@ -217,16 +222,8 @@ async fn a_request_sent_with_the_preface_is_answered() {
     let mut io = TcpStream::connect(proxy.local_addr("http").unwrap())
         .await
         .unwrap();
-    let block = loona_hpack::Encoder::new().encode(
-        [
-            (&b":method"[..], &b"GET"[..]),
-            (b":scheme", b"http"),
-            (b":authority", b"www.example.com"),
-            (b":path", b"/"),
-        ]
-        .into_iter(),
-    );
-    let mut all = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    let block = head_block("GET", "/", &[]);
+    let mut all = PREFACE.to_vec();
     all.extend(frame(SETTINGS, 0, 0, &[]));
     all.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &block));
     io.write_all(&all).await.unwrap();
@@ -348,15 +345,7 @@ async fn broken_hpack_and_oversized_frames_end_the_connection_with_their_error()
 async fn the_server_grants_request_body_credit_as_the_backend_reads() {
     let (proxy, _www) = setup().await;
     let mut raw = Raw::connect(proxy.local_addr("http").unwrap()).await;
-    let block = loona_hpack::Encoder::new().encode(
-        [
-            (&b":method"[..], &b"POST"[..]),
-            (b":scheme", b"http"),
-            (b":authority", b"www.example.com"),
-            (b":path", b"/sink"),
-        ]
-        .into_iter(),
-    );
+    let block = head_block("POST", "/sink", &[]);
     raw.send(HEADERS, END_HEADERS, 1, &block).await;
     // 1 MiB in 16 KiB frames: past the stream's 256 KiB window, so it is sent only as the
     // server gives credit back.
