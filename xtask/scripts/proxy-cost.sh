@@ -7,7 +7,7 @@
 #   xtask/scripts/proxy-cost.sh [--lb mlb|haproxy] [--bin PATH] [--close | --tls | --h2] [-n N] MODE
 #
 # MODE:
-#   callgrind  user-space instructions per request (valgrind; mlb only) and the hottest
+#   callgrind  user-space instructions per request (valgrind) and the hottest
 #              inclusive functions; the profile is kept in the work directory
 #   strace     syscalls per request by name (strace -c -f attached for the measured run)
 #   cpu        user and system CPU µs per request (/proc/PID/stat; noisy, but the only
@@ -93,7 +93,6 @@ case $lb in
         taskset -c 1 "${run[@]}" "$bin" --ssl-certs "$work/tls.pem" "$lb_addr" "$vhost" 1 "$be_addr" 2>"$work/lb.log" &
         ;;
     haproxy)
-        [[ $mode != callgrind ]] || { echo "callgrind: mlb only" >&2; exit 2; }
         cat >"$work/haproxy.cfg" <<EOF
 global
   nbthread 1
@@ -112,9 +111,16 @@ frontend marathon_https_in
   use_backend app_10000 if { ssl_fc_sni $vhost }
 backend app_10000
   balance roundrobin
+  option forwardfor
+  http-request set-header X-Forwarded-Port %[dst_port]
+  http-request add-header X-Forwarded-Proto https if { ssl_fc }
   server be0 $be_addr
 EOF
-        taskset -c 1 haproxy -db -f "$work/haproxy.cfg" 2>"$work/lb.log" &
+        run=()
+        if [[ $mode == callgrind ]]; then
+            run=(valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out.%p")
+        fi
+        taskset -c 1 "${run[@]}" haproxy -db -f "$work/haproxy.cfg" 2>"$work/lb.log" &
         ;;
     *) echo "--lb mlb|haproxy" >&2; exit 2 ;;
 esac

@@ -665,7 +665,10 @@ fn write_cert(dir: &Path) -> Result<PathBuf> {
 }
 
 /// HAProxy as marathon-lb configures it for one vhost app: `marathon_http_in` with a Host ACL,
-/// `marathon_https_in` with an SNI ACL.
+/// `marathon_https_in` with an SNI ACL, and the app's backend with marathon-lb's
+/// `BACKEND_HTTP_OPTIONS` (the `X-Forwarded-*` headers mlb adds too, so both do the same work
+/// per request). Servers are kept alive: marathon-lb's default `option http-server-close` is
+/// left out, as it would make HAProxy connect to a backend per request.
 fn write_haproxy_config(dir: &Path, cert: &Path, threads: u32) -> Result<PathBuf> {
     let path = dir.join(format!("haproxy-{threads}.cfg"));
     let port = nginx::PORT;
@@ -682,7 +685,9 @@ fn write_haproxy_config(dir: &Path, cert: &Path, threads: u32) -> Result<PathBuf
              frontend marathon_http_in\n  bind {VIP}:{port}\n  acl host_app hdr(host) -i {VHOST}\n  use_backend app_10000 if host_app\n\
              frontend marathon_https_in\n  bind {VIP}:{TLS_PORT} ssl crt {cert} alpn h2,http/1.1\n  mode http\n\
              \x20 use_backend app_10000 if {{ ssl_fc_sni {VHOST} }}\n\
-             backend app_10000\n  balance roundrobin\n{servers}",
+             backend app_10000\n  balance roundrobin\n  option forwardfor\n\
+             \x20 http-request set-header X-Forwarded-Port %[dst_port]\n\
+             \x20 http-request add-header X-Forwarded-Proto https if {{ ssl_fc }}\n{servers}",
             sock = dir.join("haproxy.sock").display(),
             cert = cert.display(),
         ),
@@ -1019,7 +1024,9 @@ fn method(rounds: usize, secs: u32) -> Result<String> {
          2-core cases: the load balancer with 2 threads on cpu0-1, shared with the client and \
          backends, HTTP/1.1 only. HAProxy: `nbthread 1`, `mode http`, `:80` \
          Host ACL and `:443` `ssl_fc_sni` ACL (marathon-lb's `marathon_http_in` / \
-         `marathon_https_in`), `alpn h2,http/1.1`. \"direct\" is kernel routing to be1 (no \
+         `marathon_https_in`), `alpn h2,http/1.1`, the backend with marathon-lb's \
+         `option forwardfor` and `X-Forwarded-Port`/`-Proto` lines (mlb adds the same headers) \
+         and servers kept alive (no `http-server-close`). \"direct\" is kernel routing to be1 (no \
          LB, no TLS: n/a). LB CPU % = the LB process's CPU time over the run. Compare ratios \
          from the same run, not absolute numbers across runs.\n",
         kernel.trim()
