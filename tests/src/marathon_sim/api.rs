@@ -40,6 +40,10 @@ pub(crate) async fn serve(sim: Arc<Sim>, listener: TcpListener) {
             _ = shutdown.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // As Marathon's server does (Akka's TCP sockets have TCP_NODELAY on by
+                    // default). With Nagle, an event written while the subscriber had not yet
+                    // acknowledged the previous one waited for its delayed ACK, up to 40 ms.
+                    let _ = stream.set_nodelay(true);
                     let sim = sim.clone();
                     conns.spawn(async move {
                         let service = service_fn(move |req| handle(sim.clone(), peer, req));
