@@ -567,7 +567,8 @@ pub struct RunOptions {
     /// for this many seconds (time for a load balancer in front to notice), then close.
     #[arg(long, env = "MLB_DRAIN_DELAY", default_value_t = 5, value_name = "SECS", help_heading = ADMIN)]
     pub drain_delay: u64,
-    /// After the listeners close, requests in flight get this many seconds to finish.
+    /// After the listeners close, requests in flight get this many seconds to finish (and
+    /// kept-alive client connections to close, each after its last response).
     #[arg(long, env = "MLB_SHUTDOWN_TIMEOUT", default_value_t = 30, value_name = "SECS", help_heading = ADMIN)]
     pub shutdown_timeout: u64,
     /// Print the help with every flag's details and exit (marathon-lb's `--longhelp`).

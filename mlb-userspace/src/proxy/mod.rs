@@ -228,6 +228,20 @@ pub(crate) struct Shared {
     pub(crate) access_log: Option<access_log::AccessLog>,
     /// HTTP/1 connections parked now (idle, without HTTP state).
     pub(crate) parked: std::sync::atomic::AtomicUsize,
+    /// Client connections serving HTTP now (TLS ones once their handshake is done).
+    pub(crate) connections: std::sync::atomic::AtomicUsize,
+    /// mlb is stopping (its listeners are closed): kept-alive client connections end at their
+    /// next quiet moment, as HAProxy's soft stop ends them. An HTTP/1.1 response says
+    /// `Connection: close`, an idle connection is closed (within a supervisor tick), and an
+    /// HTTP/2 connection gets GOAWAY and finishes the streams it has.
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    /// Whether mlb is stopping ([`Shared::stopping`]).
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl Shared {
@@ -286,6 +300,8 @@ impl HttpProxy {
             health: health_rx,
             https_port: std::sync::OnceLock::new(),
             parked: std::sync::atomic::AtomicUsize::new(0),
+            connections: std::sync::atomic::AtomicUsize::new(0),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             config,
         });
         let mut listeners = ListenerSet::default();
@@ -396,15 +412,28 @@ impl HttpProxy {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Client connections serving HTTP now (TLS ones once their handshake is done): after
+    /// [`HttpProxy::close_listeners`], they fall to none as their requests end.
+    pub fn client_connections(&self) -> usize {
+        self.shared
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Requests (and tunnels) in flight to any backend.
     pub fn in_flight(&self) -> usize {
         self.registry.total_in_flight()
     }
 
     /// Closes every listener for good (graceful stop): no new connection is accepted, later
-    /// changes open none; connections already accepted keep being served.
+    /// changes open none. Connections already accepted finish the requests they have, then
+    /// close: an HTTP/1.1 response says `Connection: close`, an idle connection is closed
+    /// within a tick of its supervisor, an HTTP/2 connection gets GOAWAY.
     pub fn close_listeners(&self) {
         lock(&self.listeners).close_all();
+        self.shared
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Backends the active health checks currently keep out of rotation.

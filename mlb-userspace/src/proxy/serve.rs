@@ -5,7 +5,7 @@ use std::{
     cell::RefCell,
     convert::Infallible,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     task::{Context, Poll},
     time::Duration,
 };
@@ -46,6 +46,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + LastSegment + Send + 'static,
 {
     let client_timeout = client_timeout(&shared, info.frontend);
+    let _open = OpenConnection::new(shared.clone());
     let info = Arc::new(info);
     // Nothing is built for the connection before its first bytes.
     let Some(first) = first_bytes(&mut io).await else {
@@ -59,6 +60,22 @@ where
         h2.await;
     } else {
         serve_h1(shared, io, first, info, client_timeout).await;
+    }
+}
+
+/// One in [`Shared::connections`] while it lives.
+struct OpenConnection(Arc<Shared>);
+
+impl OpenConnection {
+    fn new(shared: Arc<Shared>) -> Self {
+        shared.connections.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(shared)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -157,7 +174,15 @@ async fn park<I: AsyncRead + Unpin>(
 ) -> Option<Bytes> {
     let _parked = ParkedGauge::new(&shared.parked);
     let quiet = client_timeout.saturating_sub(info.conn.idle_for());
-    tokio::time::timeout(quiet, first_bytes(io)).await.ok()?
+    let mut next = std::pin::pin!(tokio::time::timeout(quiet, first_bytes(io)));
+    // Polled at each of the supervisor's ticks too: a parked connection of a stopping mlb
+    // closes within one.
+    std::future::poll_fn(|cx| match next.as_mut().poll(cx) {
+        Poll::Ready(bytes) => Poll::Ready(bytes.ok().flatten()),
+        Poll::Pending if shared.is_stopping() => Poll::Ready(None),
+        Poll::Pending => Poll::Pending,
+    })
+    .await
 }
 
 /// One HTTP/1.1 session on `io`, fed `unread` first. `Some`: it ended to park the connection,
@@ -218,9 +243,16 @@ fn service(
         // The handler's future is made inside the boxed one, in its place on the heap: made
         // here and moved in, its KiBs of state would be copied (twice) for every request.
         Box::pin(async move {
-            let Ok(mut response) = handler::handle(shared, info, req).await;
+            let Ok(mut response) = handler::handle(shared.clone(), info, req).await;
             // hyper writes the headers of a map only.
             raw_head::materialize(&mut response);
+            if shared.is_stopping() && response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                // hyper closes the connection after a response that says so.
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
             drop(busy);
             Ok(response.map(|body| SessionBody::new(body, response_open)))
         })

@@ -270,15 +270,19 @@ impl Agent {
         proxy.close_listeners();
         let deadline = Instant::now() + Duration::from_secs(opts.shutdown_timeout);
         loop {
-            let in_flight = proxy.in_flight();
-            if in_flight == 0 {
-                info!("listeners closed; no request in flight");
+            // Kept-alive connections close themselves once their requests are answered (each
+            // last response says so; idle ones within a second): exiting before they do would
+            // reset a connection a client is about to send on.
+            let (in_flight, connections) = (proxy.in_flight(), proxy.client_connections());
+            if in_flight == 0 && connections == 0 {
+                info!("listeners closed; no request in flight, no client connection open");
                 return;
             }
             if Instant::now() >= deadline {
                 warn!(
                     in_flight,
-                    "requests still in flight after --shutdown-timeout; stopping"
+                    connections,
+                    "requests or connections still open after --shutdown-timeout; stopping"
                 );
                 return;
             }

@@ -221,6 +221,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             let mut progress = false;
+            if !self.going_away && !self.closing && self.shared.is_stopping() {
+                // mlb is stopping: the streams opened so far are served, later ones refused
+                // (the client may retry them elsewhere: GOAWAY says they were not processed),
+                // and the connection closes once they are done.
+                frame::goaway(&mut self.write, self.last_stream, Reason::NoError);
+                self.going_away = true;
+                progress = true;
+            }
             if !self.closing && self.write.len() < WRITE_HIGH {
                 let fresh = match self.poll_read(cx) {
                     Poll::Ready(Ok(true)) => true,
