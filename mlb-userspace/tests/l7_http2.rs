@@ -31,12 +31,7 @@ const END_HEADERS: u8 = 0x4;
 
 /// A proxy routing `www.example.com` to backend `www`.
 async fn setup() -> (mlb::proxy::HttpProxy, TestBackend) {
-    let proxy = start_proxy(Vec::new(), |c| c.max_header_bytes = 16 * 1024);
-    let www = TestBackend::start("www").await;
-    let mut svc = service("/www", &[&www]);
-    svc.vhosts = vec!["www.example.com".into()];
-    apply(&proxy, vec![svc]);
-    (proxy, www)
+    www_proxy(|c| c.max_header_bytes = 16 * 1024).await
 }
 
 /// A client speaking raw frames.
@@ -397,4 +392,39 @@ async fn a_client_that_grants_no_credit_is_closed_after_the_client_timeout() {
         "closed after {waited:?}"
     );
     assert!(raw.next().await.is_none());
+}
+
+/// A stopping proxy (its listeners closed, as on SIGTERM after `--drain-delay`) sends GOAWAY,
+/// serves the streams opened before it, not the later ones, then closes the connection.
+#[tokio::test]
+async fn a_stopping_proxy_sends_goaway_and_finishes_the_streams_it_has() {
+    let (proxy, www) = setup().await;
+    let mut raw = Raw::connect(proxy.local_addr("http").unwrap()).await;
+    raw.get(1, "/slow?ms=700", &[]).await;
+    wait_until("the stream in flight", || proxy.in_flight() == 1).await;
+
+    proxy.close_listeners();
+    let goaway = raw.until(0, GOAWAY).await.expect("a GOAWAY");
+    let last_stream = u32::from_be_bytes(goaway.payload[0..4].try_into().unwrap());
+    assert_eq!(
+        (last_stream, error_code(&goaway)),
+        (1, 0),
+        "last stream 1, NO_ERROR"
+    );
+    // A stream the client opens once it has seen the GOAWAY is not served.
+    raw.get(3, "/", &[]).await;
+    let mut ended = false;
+    while let Some(got) = raw.next().await {
+        assert_ne!(got.stream, 3, "stream 3 is not answered");
+        ended |= got.stream == 1 && got.kind == DATA && got.flags & END_STREAM != 0;
+    }
+    assert!(
+        ended,
+        "stream 1 is answered to its end, then the connection closes"
+    );
+    assert_eq!(www.count(), 1, "stream 3 does not reach the backend");
+    wait_until("no client connection left", || {
+        proxy.client_connections() == 0
+    })
+    .await;
 }

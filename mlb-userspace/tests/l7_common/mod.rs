@@ -246,6 +246,17 @@ pub fn start_proxy(certs: Vec<PathBuf>, tweak: impl FnOnce(&mut ProxyConfig)) ->
     HttpProxy::start(config, tokio::runtime::Handle::current()).unwrap()
 }
 
+/// A proxy (its config tweaked by `tweak`) routing the vhost `www.example.com` to a backend
+/// `www`.
+pub async fn www_proxy(tweak: impl FnOnce(&mut ProxyConfig)) -> (HttpProxy, TestBackend) {
+    let proxy = start_proxy(Vec::new(), tweak);
+    let www = TestBackend::start("www").await;
+    let mut svc = service("/www", &[&www]);
+    svc.vhosts = vec!["www.example.com".into()];
+    apply(&proxy, vec![svc]);
+    (proxy, www)
+}
+
 /// A port free on 127.0.0.1 right now (for service ports).
 /// Never the same port twice in a test binary: the OS may hand a just-released port out again,
 /// and two services on one port would share one listener.
