@@ -819,7 +819,7 @@ fn report(results: &[Vec<Sample>], rounds: usize, secs: u32, quota: Option<u32>)
             reuse.join(", ")
         )?;
     }
-    writeln!(o, "\n{}", vs_haproxy_table(&medians)?)?;
+    writeln!(o, "\n{}", vs_haproxy_table(&medians, quota)?)?;
     if rounds > 1 {
         writeln!(o, "{}", round_ratios_table(results)?)?;
     }
@@ -837,8 +837,10 @@ fn report(results: &[Vec<Sample>], rounds: usize, secs: u32, quota: Option<u32>)
 }
 
 /// The targets' view: each load balancer against HAProxy with as many cores, and each one's
-/// two-core figure against its own one-core figure.
-fn vs_haproxy_table(medians: &[Option<Sample>]) -> Result<String> {
+/// two-core figure against its own one-core figure. A capped two-core figure whose load
+/// balancer stayed under 95 % of its quota was set by the client side (cpu0), not by the load
+/// balancer: the scaling it shows is the machine's, and it says so.
+fn vs_haproxy_table(medians: &[Option<Sample>], quota: Option<u32>) -> Result<String> {
     let mut o = String::new();
     writeln!(
         o,
@@ -860,7 +862,7 @@ fn vs_haproxy_table(medians: &[Option<Sample>]) -> Result<String> {
             _ => "n/a".to_owned(),
         };
         let scaling = match one_core.and_then(|c| medians[slot(c)].as_ref()) {
-            Some(own) => format!("{:.2}", m.rps / own.rps),
+            Some(own) => format!("{:.2}{}", m.rps / own.rps, client_limited(m, quota, 2)),
             None => "n/a".to_owned(),
         };
         writeln!(
@@ -873,6 +875,19 @@ fn vs_haproxy_table(medians: &[Option<Sample>]) -> Result<String> {
         )?;
     }
     Ok(o)
+}
+
+/// A note for a capped figure whose load balancer used less than 95 % of its quota (`cores`
+/// threads' worth): the load balancer did not set that rate.
+fn client_limited(m: &Sample, quota: Option<u32>, cores: u32) -> String {
+    match quota {
+        Some(percent) if m.cpu_pct < 0.95 * f64::from(percent * cores) => format!(
+            " (client-limited: LB at {:.0} % of its {} % quota)",
+            m.cpu_pct,
+            percent * cores
+        ),
+        _ => String::new(),
+    }
 }
 
 /// One figure of a sample, if the sample has it.
@@ -1074,6 +1089,20 @@ mod tests {
     }
 
     #[test]
+    fn a_capped_figure_under_its_quota_is_marked_client_limited() {
+        let at = |cpu_pct| Sample {
+            cpu_pct,
+            ..Sample::default()
+        };
+        assert_eq!(
+            client_limited(&at(36.0), Some(20), 2),
+            " (client-limited: LB at 36 % of its 40 % quota)"
+        );
+        assert_eq!(client_limited(&at(39.0), Some(20), 2), "");
+        assert_eq!(client_limited(&at(36.0), None, 2), "");
+    }
+
+    #[test]
     fn medians_of_rounds() {
         let two = [sample(100.0, Some(10.0)), sample(200.0, Some(30.0))];
         let m = Sample::median_of(&two).unwrap();
@@ -1105,7 +1134,7 @@ mod tests {
             m(26.0, 1.0, 8.0, None),
         ]
         .map(Some);
-        let table = vs_haproxy_table(&medians).unwrap();
+        let table = vs_haproxy_table(&medians, None).unwrap();
         let row = |case: Case| {
             table
                 .lines()
