@@ -242,9 +242,7 @@ impl Shared {
     pub(crate) fn is_stopping(&self) -> bool {
         self.stopping.load(std::sync::atomic::Ordering::Relaxed)
     }
-}
 
-impl Shared {
     /// The backend connection pool of the calling worker thread.
     pub(crate) fn upstream(&self) -> &upstream::Upstream {
         &self.upstream[workers::current() % self.upstream.len()]
