@@ -84,12 +84,13 @@ cat "$work/cert.pem" "$work/key.pem" >"$work/tls.pem"
 taskset -c 0 nginx -c "$work/nginx.conf" &
 pids+=($!)
 
+# What the load balancer runs under: callgrind counts its instructions.
+run=()
+if [[ $mode == callgrind ]]; then
+    run=(valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out.%p")
+fi
 case $lb in
     mlb)
-        run=()
-        if [[ $mode == callgrind ]]; then
-            run=(valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out.%p")
-        fi
         taskset -c 1 "${run[@]}" "$bin" --ssl-certs "$work/tls.pem" "$lb_addr" "$vhost" 1 "$be_addr" 2>"$work/lb.log" &
         ;;
     haproxy)
@@ -116,10 +117,6 @@ backend app_10000
   http-request add-header X-Forwarded-Proto https if { ssl_fc }
   server be0 $be_addr
 EOF
-        run=()
-        if [[ $mode == callgrind ]]; then
-            run=(valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out.%p")
-        fi
         taskset -c 1 "${run[@]}" haproxy -db -f "$work/haproxy.cfg" 2>"$work/lb.log" &
         ;;
     *) echo "--lb mlb|haproxy" >&2; exit 2 ;;
