@@ -1,16 +1,7 @@
 //! The fast path's connection loop: read a head into the connection's buffer, serve it, write
 //! the response, next — until the client goes quiet (the connection parks, holding no buffer),
 //! leaves, or sends a request the fast path leaves to hyper.
-use std::{
-    future::Future as _,
-    pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    task::Poll,
-    time::Duration,
-};
+use std::{future::Future as _, pin::Pin, sync::Arc, task::Poll, time::Duration};
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use http::{Method, Request, Response};
@@ -143,8 +134,7 @@ where
                 head_deadline,
                 ..
             } = &mut conn;
-            let stopping = &shared.stopping;
-            if let Err(next) = read_more(&mut **io, read, head_deadline.as_mut(), stopping).await {
+            if let Err(next) = read_more(&mut **io, read, head_deadline.as_mut(), shared).await {
                 return next;
             }
         };
@@ -180,12 +170,12 @@ where
 /// connection's supervisor does at each tick, as for a hyper session. No timer of its own:
 /// a 100-ms timer per wait would often be the runtime's earliest, and registering an earliest
 /// timer wakes the runtime's driver (an eventfd write) even from its own thread. Once mlb is
-/// `stopping`, a connection quiet between requests is closed at such a check.
+/// stopping, a connection quiet between requests is closed at such a check.
 async fn read_more<I: AsyncRead + Unpin>(
     io: &mut I,
     buf: &mut BytesMut,
     mut deadline: Pin<&mut Sleep>,
-    stopping: &AtomicBool,
+    shared: &Shared,
 ) -> Result<(), Next> {
     let park_at = buf.is_empty().then(|| Instant::now() + PARK_AFTER);
     if buf.capacity() - buf.len() < MIN_READ {
@@ -195,9 +185,7 @@ async fn read_more<I: AsyncRead + Unpin>(
     let waited = std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
         Poll::Ready(Ok(n)) if n > 0 => Poll::Ready(Ok(())),
         Poll::Ready(_) => Poll::Ready(Err(Next::Done)),
-        Poll::Pending if park_at.is_some() && stopping.load(Ordering::Relaxed) => {
-            Poll::Ready(Err(Next::Done))
-        }
+        Poll::Pending if park_at.is_some() && shared.is_stopping() => Poll::Ready(Err(Next::Done)),
         Poll::Pending if park_at.is_some_and(|at| Instant::now() >= at) => {
             Poll::Ready(Err(Next::Park))
         }
