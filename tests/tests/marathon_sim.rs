@@ -598,11 +598,17 @@ async fn health_flip_changes_backend_answer_and_emits_health_events() {
 async fn killed_tasks_are_replaced_or_scaled_away() {
     let sim = MarathonSim::start(config(6)).await.unwrap();
     let base = sim.url();
-    sim.create_app(json!({"id": "/svc", "instances": 2}))
+    // A task id starts with its app's id, groups joined by `_` (`shop_svc.…`); an app
+    // beside it is left alone.
+    sim.create_app(json!({"id": "/shop/svc", "instances": 2}))
         .await
         .unwrap();
+    sim.create_app(json!({"id": "/shop", "instances": 1}))
+        .await
+        .unwrap();
+    let bystander = sim.tasks("/shop")[0].id.clone();
     let mut events = EventReader::open(&base, "?event_type=status_update_event").await;
-    let victim = sim.tasks("/svc")[0].clone();
+    let victim = sim.tasks("/shop/svc")[0].clone();
     let resp = client()
         .post(format!("{base}/v2/tasks/delete"))
         .json(&json!({"ids": [victim.id]}))
@@ -617,10 +623,10 @@ async fn killed_tasks_are_replaced_or_scaled_away() {
     assert!(seen.iter().all(|(t, _)| t == "status_update_event"));
     status(&seen, &victim.id, "TASK_KILLED");
     assert!(tcp_refused(victim.address, victim.ports[0]).await);
-    let app = wait_deployed(&base, "/svc").await;
+    let app = wait_deployed(&base, "/shop/svc").await;
     assert_eq!(app["instances"], 2);
 
-    let victim = sim.tasks("/svc")[0].clone();
+    let victim = sim.tasks("/shop/svc")[0].clone();
     let resp = client()
         .post(format!("{base}/v2/tasks/delete?scale=true"))
         .json(&json!({"ids": [victim.id]}))
@@ -629,16 +635,17 @@ async fn killed_tasks_are_replaced_or_scaled_away() {
         .unwrap();
     let body: Value = resp.json().await.unwrap();
     assert!(body["deploymentId"].is_string());
-    let app = wait_deployed(&base, "/svc").await;
+    let app = wait_deployed(&base, "/shop/svc").await;
     assert_eq!(app["instances"], 1);
-    assert!(sim.tasks("/svc").iter().all(|t| t.id != victim.id));
+    assert!(sim.tasks("/shop/svc").iter().all(|t| t.id != victim.id));
 
     // The Rust API: kill with replacement.
-    let before = sim.tasks("/svc")[0].clone();
+    let before = sim.tasks("/shop/svc")[0].clone();
     sim.kill_task(&before.id).await.unwrap();
-    let after = sim.running_tasks("/svc");
+    let after = sim.running_tasks("/shop/svc");
     assert_eq!(after.len(), 1);
     assert_ne!(after[0].id, before.id);
+    assert_eq!(sim.running_tasks("/shop")[0].id, bystander);
 }
 
 #[tokio::test]

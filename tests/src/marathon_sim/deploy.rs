@@ -19,6 +19,9 @@ use super::{
     model::{self, Action, App, Deployment, Embed, HealthRecord, PortSpec, Task, TaskState},
 };
 
+/// Task ids by the id of the app they belong to.
+pub(crate) type TasksOfApps = BTreeMap<String, Vec<String>>;
+
 impl Sim {
     /// `POST /v2/apps`: stores the app and starts its deployment.
     pub(crate) fn create_app(
@@ -131,10 +134,17 @@ impl Sim {
         scale: bool,
     ) -> Result<(Vec<Value>, DeploymentTicket), SimError> {
         let mut w = self.lock();
-        let mut per_app: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut per_app = TasksOfApps::new();
         let mut killed = Vec::new();
         let wanted: HashSet<&str> = task_ids.iter().map(String::as_str).collect();
-        for app in w.apps.values().filter(|a| !a.deleting) {
+        // A task id starts with its app's id (`clock::app_id_in_task_id`): only the tasks of
+        // apps with a wanted prefix are compared.
+        let prefixes: HashSet<&str> = task_ids
+            .iter()
+            .filter_map(|id| id.rsplit_once('.').map(|(prefix, _)| prefix))
+            .collect();
+        let named = |a: &&App| prefixes.contains(clock::app_id_in_task_id(a.id()).as_str());
+        for app in w.apps.values().filter(|a| !a.deleting).filter(named) {
             let checks = app.health_checks().len();
             for t in app.tasks.iter().filter(|t| wanted.contains(t.id.as_str())) {
                 per_app
@@ -172,8 +182,7 @@ impl Sim {
         let sim = self.clone();
         self.spawn(async move {
             let _turn = sim.deploy_lock.lock().await;
-            let ids: Vec<String> = per_app.values().flatten().cloned().collect();
-            sim.kill(&ids).await;
+            sim.kill(&per_app).await;
             let mut result = Ok(());
             for app_id in per_app.keys() {
                 if let Err(e) = sim.converge(app_id).await {
@@ -352,14 +361,14 @@ impl Sim {
                         .map(|a| a.tasks.iter().map(|t| t.id.clone()).collect())
                         .unwrap_or_default()
                 };
-                self.kill(&ids).await;
+                self.kill_of(app_id, &ids).await;
                 self.lock().apps.remove(app_id);
                 self.events
                     .publish("app_terminated_event", json!({"appId": app_id}));
                 Ok(())
             }
             Action::KillTasks(ids) => {
-                self.kill(ids).await;
+                self.kill_of(app_id, ids).await;
                 Ok(())
             }
         }
@@ -383,7 +392,7 @@ impl Sim {
         if live.len() < target {
             self.launch(app_id, target - live.len()).await?;
         } else if live.len() > target {
-            self.kill(&live[target..]).await;
+            self.kill_of(app_id, &live[target..]).await;
         }
         Ok(())
     }
@@ -408,7 +417,7 @@ impl Sim {
             (app.instances().saturating_sub(current), old)
         };
         self.launch(app_id, missing).await?;
-        self.kill(&old).await;
+        self.kill_of(app_id, &old).await;
         self.converge(app_id).await
     }
 
@@ -642,40 +651,46 @@ impl Sim {
         Ok(())
     }
 
-    /// Kills tasks: `TASK_KILLING`, then `TASK_KILLED` when their listeners close.
-    pub(crate) async fn kill(&self, ids: &[String]) {
-        if ids.is_empty() {
+    /// Kills tasks, named with the app each belongs to: `TASK_KILLING`, then `TASK_KILLED`
+    /// when their listeners close. Only those apps' tasks are looked at, as Marathon finds a
+    /// task through its instance: a walk of every task under the world lock (100,000 in bench
+    /// sync) kept the event subscribers' tasks from running for tens of milliseconds after
+    /// `TASK_KILLING` was published, and not for all subscribers alike.
+    pub(crate) async fn kill(&self, tasks: &TasksOfApps) {
+        if tasks.values().all(Vec::is_empty) {
             return;
         }
-        let ids: HashSet<&str> = ids.iter().map(String::as_str).collect();
         {
             let mut w = self.lock();
-            for task in w
-                .apps
-                .values_mut()
-                .flat_map(|a| a.tasks.iter_mut())
-                .filter(|t| ids.contains(t.id.as_str()))
-            {
-                task.state = TaskState::Killing;
-                let r = task.event_ref();
-                self.events.publish(
-                    "status_update_event",
-                    events::status_update(&r, "TASK_KILLING"),
-                );
-                self.events.publish(
-                    "instance_changed_event",
-                    events::instance_changed(&r, "Killing"),
-                );
+            for (app_id, ids) in tasks {
+                let Some(app) = w.apps.get_mut(app_id) else {
+                    continue;
+                };
+                for task in app.tasks.iter_mut().filter(|t| ids.contains(&t.id)) {
+                    task.state = TaskState::Killing;
+                    let r = task.event_ref();
+                    self.events.publish(
+                        "status_update_event",
+                        events::status_update(&r, "TASK_KILLING"),
+                    );
+                    self.events.publish(
+                        "instance_changed_event",
+                        events::instance_changed(&r, "Killing"),
+                    );
+                }
             }
         }
         tokio::time::sleep(self.config.step_delay).await;
         let gone: Vec<Task> = {
             let mut w = self.lock();
             let mut gone = Vec::new();
-            for app in w.apps.values_mut() {
+            for (app_id, ids) in tasks {
+                let Some(app) = w.apps.get_mut(app_id) else {
+                    continue;
+                };
                 let (dead, kept): (Vec<Task>, Vec<Task>) = std::mem::take(&mut app.tasks)
                     .into_iter()
-                    .partition(|t| ids.contains(t.id.as_str()));
+                    .partition(|t| ids.contains(&t.id));
                 app.tasks = kept;
                 gone.extend(dead);
             }
@@ -696,5 +711,11 @@ impl Sim {
                 events::instance_changed(&r, "Killed"),
             );
         }
+    }
+
+    /// Kills tasks of one app (see [`Sim::kill`]).
+    async fn kill_of(&self, app_id: &str, ids: &[String]) {
+        self.kill(&BTreeMap::from([(app_id.to_string(), ids.to_vec())]))
+            .await;
     }
 }
