@@ -541,27 +541,36 @@ async fn serve_connection(shared: Arc<Shared>, mut stream: Guarded<TcpStream>, m
     };
     match tls_config {
         // A connection task is as large as its largest state for its whole life, idle or
-        // not: the TLS states (handshake, TLS stream, passthrough) are boxed, so that plain
-        // connections, the most numerous, do not carry their room. The box is awaited from a
-        // local: a future made in an awaited expression keeps its room in the task (temporaries
-        // live to the end of their statement).
+        // not: the handshake's and the tunnels' states are boxed, so that plain connections,
+        // the most numerous, do not carry their room, and freed once the handshake is done,
+        // so that an idle TLS connection does not keep them either (7 KiB each). The box is
+        // awaited from a local: a future made in an awaited expression keeps its room in the
+        // task (temporaries live to the end of their statement).
         Some(config) => {
-            let tls = Box::pin(serve_tls(shared, stream, info, config, tcp_tls));
-            tls.await;
+            let accept = Box::pin(accept_tls(&shared, stream, &mut info, config, tcp_tls));
+            let Some(tls) = accept.await else {
+                return;
+            };
+            serve_http(shared, tls, info).await;
         }
         None => serve_http(shared, Prefixed::new(Vec::new(), stream), info).await,
     }
 }
 
-/// A connection to a TLS frontend: passthrough by SNI, or the handshake, then HTTP (or plain
-/// TCP to the backend for a tcp-mode service with a certificate).
-async fn serve_tls(
-    shared: Arc<Shared>,
+/// A TLS stream served as HTTP. Boxed: the TLS stream (rustls' state, about a KiB) is moved
+/// down through the serving functions, each of which would otherwise keep a copy's room.
+type HttpOverTls = Box<tokio_rustls::server::TlsStream<Prefixed<Guarded<TcpStream>>>>;
+
+/// A connection to a TLS frontend: passthrough by SNI, or the handshake; then the TLS stream
+/// to serve as HTTP, or plain TCP to the backend (served here) for a tcp-mode service with a
+/// certificate. `None`: nothing left to serve.
+async fn accept_tls(
+    shared: &Arc<Shared>,
     mut stream: Guarded<TcpStream>,
-    mut info: ConnInfo,
+    info: &mut ConnInfo,
     tls_config: Arc<rustls::ServerConfig>,
     tcp_tls: Option<Arc<super::router::Service>>,
-) {
+) -> Option<HttpOverTls> {
     // Plain TCP inside: no HTTP version to negotiate.
     let tls_config = if tcp_tls.is_some() && !tls_config.alpn_protocols.is_empty() {
         let mut plain = (*tls_config).clone();
@@ -576,15 +585,15 @@ async fn serve_tls(
             Ok((Hello::Sni(name), bytes)) => {
                 let table = shared.table.load_full();
                 if let Some(svc) = table.lookup_passthrough(&name) {
-                    passthrough(&shared, svc, stream, bytes, &info, &name).await;
-                    return;
+                    passthrough(shared, svc, stream, bytes, info, &name).await;
+                    return None;
                 }
                 replay = bytes;
             }
             Ok((Hello::NoSni, bytes)) => replay = bytes,
             Err(e) => {
                 debug!(error = %e, "no ClientHello");
-                return;
+                return None;
             }
         }
     }
@@ -594,19 +603,20 @@ async fn serve_tls(
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             debug!(error = %e, "TLS handshake failed");
-            return;
+            return None;
         }
         Err(_) => {
             debug!("TLS handshake timed out");
-            return;
+            return None;
         }
     };
     info.set_tls(tls.get_ref().1.server_name().map(str::to_ascii_lowercase));
     match tcp_tls {
-        Some(svc) => splice_to_backend(&shared, &svc, tls, &info, "(TLS over tcp)").await,
-        // Boxed: the TLS stream (rustls' state, about a KiB) is moved down through the
-        // serving functions, each of which would otherwise keep a copy's room.
-        None => serve_http(shared, Box::new(tls), info).await,
+        Some(svc) => {
+            splice_to_backend(shared, &svc, tls, info, "(TLS over tcp)").await;
+            None
+        }
+        None => Some(Box::new(tls)),
     }
 }
 
