@@ -666,7 +666,8 @@ impl Sim {
                 let Some(app) = w.apps.get_mut(app_id) else {
                     continue;
                 };
-                for task in app.tasks.iter_mut().filter(|t| ids.contains(&t.id)) {
+                let ids: HashSet<&str> = ids.iter().map(String::as_str).collect();
+                for task in app.tasks.iter_mut().filter(|t| ids.contains(t.id.as_str())) {
                     task.state = TaskState::Killing;
                     let r = task.event_ref();
                     self.events.publish(
@@ -688,9 +689,10 @@ impl Sim {
                 let Some(app) = w.apps.get_mut(app_id) else {
                     continue;
                 };
+                let ids: HashSet<&str> = ids.iter().map(String::as_str).collect();
                 let (dead, kept): (Vec<Task>, Vec<Task>) = std::mem::take(&mut app.tasks)
                     .into_iter()
-                    .partition(|t| ids.contains(&t.id));
+                    .partition(|t| ids.contains(t.id.as_str()));
                 app.tasks = kept;
                 gone.extend(dead);
             }
