@@ -22,6 +22,41 @@ use super::{
 /// Task ids by the id of the app they belong to.
 pub(crate) type TasksOfApps = BTreeMap<String, Vec<String>>;
 
+/// The apps `task_ids` may belong to, by id: a task id is its app's id in task-id form
+/// (`clock::app_id_in_task_id`), a dot, and a UUID. Such a prefix without `_` is the app's id
+/// without its leading `/`, looked up as such; one with `_` (which may stand for a group's
+/// `/`) is compared with every app's id, without building each app's form. Runs under the world
+/// lock, which every API read waits for.
+fn apps_named_by_tasks<'w>(
+    apps: &'w BTreeMap<String, App>,
+    task_ids: &[String],
+) -> BTreeMap<&'w str, &'w App> {
+    let prefixes: HashSet<&str> = task_ids
+        .iter()
+        .filter_map(|id| id.rsplit_once('.').map(|(prefix, _)| prefix))
+        .collect();
+    let mut named = BTreeMap::new();
+    for prefix in prefixes {
+        if prefix.contains('_') {
+            let matching = apps.iter().filter(|(id, _)| in_task_id_form(id, prefix));
+            named.extend(matching.map(|(id, app)| (id.as_str(), app)));
+        } else if let Some((id, app)) = apps.get_key_value(&format!("/{prefix}")) {
+            named.insert(id.as_str(), app);
+        }
+    }
+    named
+}
+
+/// Whether `prefix` is `app_id` in task-id form (`clock::app_id_in_task_id`).
+fn in_task_id_form(app_id: &str, prefix: &str) -> bool {
+    let id = app_id.trim_start_matches('/');
+    id.len() == prefix.len()
+        && id
+            .bytes()
+            .zip(prefix.bytes())
+            .all(|(a, p)| p == if a == b'/' { b'_' } else { a })
+}
+
 impl Sim {
     /// `POST /v2/apps`: stores the app and starts its deployment.
     pub(crate) fn create_app(
@@ -137,14 +172,8 @@ impl Sim {
         let mut per_app = TasksOfApps::new();
         let mut killed = Vec::new();
         let wanted: HashSet<&str> = task_ids.iter().map(String::as_str).collect();
-        // A task id starts with its app's id (`clock::app_id_in_task_id`): only the tasks of
-        // apps with a wanted prefix are compared.
-        let prefixes: HashSet<&str> = task_ids
-            .iter()
-            .filter_map(|id| id.rsplit_once('.').map(|(prefix, _)| prefix))
-            .collect();
-        let named = |a: &&App| prefixes.contains(clock::app_id_in_task_id(a.id()).as_str());
-        for app in w.apps.values().filter(|a| !a.deleting).filter(named) {
+        let named = apps_named_by_tasks(&w.apps, task_ids);
+        for app in named.into_values().filter(|a| !a.deleting) {
             let checks = app.health_checks().len();
             for t in app.tasks.iter().filter(|t| wanted.contains(t.id.as_str())) {
                 per_app
@@ -719,5 +748,25 @@ impl Sim {
     async fn kill_of(&self, app_id: &str, ids: &[String]) {
         self.kill(&BTreeMap::from([(app_id.to_string(), ids.to_vec())]))
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_id_prefix_names_its_app_only() {
+        for id in ["/web", "/shop/svc", "/a/b/c", "/my_app", "/g/my_app"] {
+            assert!(in_task_id_form(id, &clock::app_id_in_task_id(id)), "{id}");
+        }
+        for (id, prefix) in [
+            ("/a/b", "a-b"),
+            ("/a/b", "ab"),
+            ("/a/b", "a_bc"),
+            ("/ab", "a_b"),
+        ] {
+            assert!(!in_task_id_form(id, prefix), "{id} {prefix}");
+        }
     }
 }
