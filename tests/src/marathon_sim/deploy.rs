@@ -516,14 +516,8 @@ impl Sim {
                     task.state = TaskState::Running;
                     task.started_at = Some(clock::now());
                     let r = task.event_ref();
-                    self.events.publish(
-                        "status_update_event",
-                        events::status_update(&r, "TASK_RUNNING"),
-                    );
-                    self.events.publish(
-                        "instance_changed_event",
-                        events::instance_changed(&r, "Running"),
-                    );
+                    self.events
+                        .publish_task_state(&r, "TASK_RUNNING", "Running");
                 }
                 !app.health_checks().is_empty()
             };
@@ -699,14 +693,8 @@ impl Sim {
                 for task in app.tasks.iter_mut().filter(|t| ids.contains(t.id.as_str())) {
                     task.state = TaskState::Killing;
                     let r = task.event_ref();
-                    self.events.publish(
-                        "status_update_event",
-                        events::status_update(&r, "TASK_KILLING"),
-                    );
-                    self.events.publish(
-                        "instance_changed_event",
-                        events::instance_changed(&r, "Killing"),
-                    );
+                    self.events
+                        .publish_task_state(&r, "TASK_KILLING", "Killing");
                 }
             }
         }
@@ -733,14 +721,7 @@ impl Sim {
                 backend.stop().await;
             }
             let r = task.event_ref();
-            self.events.publish(
-                "status_update_event",
-                events::status_update(&r, "TASK_KILLED"),
-            );
-            self.events.publish(
-                "instance_changed_event",
-                events::instance_changed(&r, "Killed"),
-            );
+            self.events.publish_task_state(&r, "TASK_KILLED", "Killed");
         }
     }
 

@@ -33,6 +33,13 @@ impl EventBus {
         self.tx.subscribe()
     }
 
+    /// A task's new state: its `status_update_event` (`status`, e.g. `TASK_RUNNING`), then its
+    /// instance's `instance_changed_event` (`condition`, e.g. `Running`), as Marathon sends them.
+    pub(crate) fn publish_task_state(&self, t: &TaskRef<'_>, status: &str, condition: &str) {
+        self.publish("status_update_event", status_update(t, status));
+        self.publish("instance_changed_event", instance_changed(t, condition));
+    }
+
     /// Publishes an event; `fields` gets `eventType` and `timestamp` added.
     pub(crate) fn publish(&self, event_type: &str, fields: Value) {
         let mut data = match fields {
