@@ -683,13 +683,17 @@ impl Sim {
         if tasks.values().all(Vec::is_empty) {
             return;
         }
+        // Each app's named tasks as a set, for both steps.
+        let named: Vec<(&String, HashSet<&str>)> = tasks
+            .iter()
+            .map(|(app_id, ids)| (app_id, ids.iter().map(String::as_str).collect()))
+            .collect();
         {
             let mut w = self.lock();
-            for (app_id, ids) in tasks {
-                let Some(app) = w.apps.get_mut(app_id) else {
+            for (app_id, ids) in &named {
+                let Some(app) = w.apps.get_mut(*app_id) else {
                     continue;
                 };
-                let ids: HashSet<&str> = ids.iter().map(String::as_str).collect();
                 for task in app.tasks.iter_mut().filter(|t| ids.contains(t.id.as_str())) {
                     task.state = TaskState::Killing;
                     let r = task.event_ref();
@@ -702,11 +706,10 @@ impl Sim {
         let gone: Vec<Task> = {
             let mut w = self.lock();
             let mut gone = Vec::new();
-            for (app_id, ids) in tasks {
-                let Some(app) = w.apps.get_mut(app_id) else {
+            for (app_id, ids) in &named {
+                let Some(app) = w.apps.get_mut(*app_id) else {
                     continue;
                 };
-                let ids: HashSet<&str> = ids.iter().map(String::as_str).collect();
                 let (dead, kept): (Vec<Task>, Vec<Task>) = std::mem::take(&mut app.tasks)
                     .into_iter()
                     .partition(|t| ids.contains(t.id.as_str()));
