@@ -29,7 +29,8 @@
 //!   switches (syscalls with `--profile`), packets on lb's client and backend legs, both CPUs'
 //!   busy share (`--h1-only`: only these cases, without TLS), and the same per request of the
 //!   h2 and TLS keep-alive runs;
-//!   `--profile` adds each LB's hottest symbols in each of those runs, `--baseline <binary>`
+//!   `--profile` adds each LB's hottest symbols in each of those runs and writes their
+//!   flamegraphs ([`super::flamegraph`]) to `bench-results/`, `--baseline <binary>`
 //!   runs another build of the proxy as one more case (before/after in one run).
 //!
 //! Any failed measurement fails the run. No bulk (iperf3) case: it says nothing about an HTTP
@@ -138,8 +139,9 @@ struct Setup {
     secs: u32,
     /// Another build of the bench proxy, run as one more case (`--baseline`).
     baseline: Option<PathBuf>,
-    /// Profile the load balancers during the keep-alive runs (`--profile`).
-    profile: bool,
+    /// Profile the load balancers during the keep-alive runs (`--profile`): where their
+    /// flamegraphs go.
+    flamegraphs: Option<PathBuf>,
     /// The cgroup every load balancer runs in and its % of a CPU per thread
     /// (`--lb-cpu-quota`).
     quota: Option<(CpuQuota, u32)>,
@@ -158,7 +160,7 @@ impl Setup {
             dir: lab.dir.clone(),
             secs,
             baseline: args.baseline.clone(),
-            profile: args.profile,
+            flamegraphs: args.profile.then(flamegraph_dir).transpose()?,
             quota: args
                 .lb_cpu_quota
                 .map(|percent| CpuQuota::create("mlb-bench-lb").map(|q| (q, percent)))
@@ -215,8 +217,7 @@ impl Case {
         }
     }
 
-    /// What its figures are compared with: HAProxy with the same cores.
-    /// A file-name-safe name (profile data).
+    /// A file-name-safe name (profile data, flamegraphs).
     fn slug(self) -> &'static str {
         match self {
             Case::Direct => "direct",
@@ -229,6 +230,7 @@ impl Case {
         }
     }
 
+    /// What its figures are compared with: HAProxy with the same cores.
     fn reference(self) -> Case {
         match self {
             Case::Haproxy2 | Case::Mlb2 | Case::MlbShared => Case::Haproxy2,
@@ -257,14 +259,14 @@ struct Sample {
     /// Per request of the keep-alive run, and per connection of the `Connection: close` run.
     keep_alive_cost: Cost,
     close_cost: Cost,
-    /// The LB's hottest symbols in the keep-alive run (`--profile`).
-    hot: Vec<String>,
+    /// Where the LB's time went in the keep-alive run (`--profile`).
+    hot: Hot,
     /// Per request of the h2 and the TLS keep-alive runs (TLS cases only).
     h2_cost: Option<Cost>,
     tls_ka_cost: Option<Cost>,
-    /// The LB's hottest symbols in the h2 and TLS keep-alive runs (`--profile`).
-    hot_h2: Vec<String>,
-    hot_tls_ka: Vec<String>,
+    /// Where the LB's time went in the h2 and TLS keep-alive runs (`--profile`).
+    hot_h2: Hot,
+    hot_tls_ka: Hot,
 }
 
 impl Sample {
@@ -403,8 +405,7 @@ fn measure_started(
     let host_header = format!("Host: {VHOST}");
     probe::wait_for_200(lab, lb, NS_CLI, &["-H", &host_header, &url])
         .with_context(|| format!("{}: no answer from {url}", case.name()))?;
-    let profile = setup.profile.then_some((&*setup.dir, case.slug()));
-    let mut sample = measure_http1(&url, lb, setup.secs, profile)?;
+    let mut sample = measure_http1(&url, lb, setup, case)?;
     if let Some(pid) = lb
         && case.cpus().1 == "1"
         && tls
@@ -415,31 +416,23 @@ fn measure_started(
 }
 
 /// wrk keep-alive and `Connection: close`, with the LB's CPU during the keep-alive run and
-/// what a request costs in each; with `profile` (work directory, case name), the LB's hottest
-/// symbols during the keep-alive run.
-fn measure_http1(
-    url: &str,
-    lb: Option<u32>,
-    secs: u32,
-    profile: Option<(&Path, &str)>,
-) -> Result<Sample> {
+/// what a request costs in each; with `--profile`, where the LB's time went in the keep-alive
+/// run.
+fn measure_http1(url: &str, lb: Option<u32>, setup: &Setup, case: Case) -> Result<Sample> {
+    let secs = setup.secs;
+    let profiling = setup.flamegraphs.is_some();
     let load = |close| WrkLoad {
         host: Some(VHOST),
         strict: true,
         ..WrkLoad::standard(url, secs, close)
     };
-    let profiler = match (lb, profile) {
-        (Some(pid), Some((dir, name))) => Some(Profile::start(pid, dir, name, false)?),
-        _ => None,
-    };
-    let probe = Probe::start(lb, secs, profile.is_some())?;
+    let run = ProfiledRun::new(case, "keep-alive");
+    let profiler = lb.map(|pid| run.start(pid, setup)).transpose()?.flatten();
+    let probe = Probe::start(lb, secs, profiling)?;
     let keep_alive = wrk(&load(false))?;
     let keep_alive_cost = probe.finish(keep_alive.requests)?;
-    let hot = profiler
-        .map(Profile::finish)
-        .transpose()?
-        .unwrap_or_default();
-    let probe = Probe::start(lb, secs, profile.is_some())?;
+    let hot = run.finish(profiler, setup)?;
+    let probe = Probe::start(lb, secs, profiling)?;
     let close = wrk(&load(true))?;
     let close_cost = probe.finish(close.requests)?;
     let cpu_pct = keep_alive_cost
@@ -490,13 +483,12 @@ fn measure_tls(
     if case == Case::Haproxy {
         sample.haproxy_reuse_pct = Some(haproxy_reuse_pct(&setup.dir)?);
     }
-    let profile = setup.profile.then_some(&*setup.dir);
-    let h2 = h2load_probed(&target, pid, setup, profile, case, H2load::H2)?;
+    let h2 = h2load_probed(&target, pid, setup, case, H2load::H2)?;
     sample.h2_rps = Some(h2.rps);
     sample.h2_p99_ms = Some(h2.p99_ms);
     sample.h2_cost = Some(h2.cost);
     sample.hot_h2 = h2.hot;
-    let ka = h2load_probed(&target, pid, setup, profile, case, H2load::Http1)?;
+    let ka = h2load_probed(&target, pid, setup, case, H2load::Http1)?;
     sample.tls_ka_rps = Some(ka.rps);
     sample.tls_ka_cost = Some(ka.cost);
     sample.hot_tls_ka = ka.hot;
@@ -508,36 +500,106 @@ struct H2loadRun {
     rps: f64,
     p99_ms: f64,
     cost: Cost,
-    hot: Vec<String>,
+    hot: Hot,
 }
 
-/// [`h2load`] with the LB's cost per request and, with `profile` (work directory), its hottest
-/// symbols.
+/// [`h2load`] with the LB's cost per request and, with `--profile`, where its time went.
 fn h2load_probed(
     target: &str,
     pid: u32,
     setup: &Setup,
-    profile: Option<&Path>,
     case: Case,
     protocol: H2load,
 ) -> Result<H2loadRun> {
-    let name = format!("{}-{}", case.slug(), protocol.slug());
-    let profiler = profile
-        .map(|dir| Profile::start(pid, dir, &name, false))
-        .transpose()?;
-    let probe = Probe::start(Some(pid), setup.secs, profile.is_some())?;
+    let run = ProfiledRun::new(case, protocol.slug());
+    let profiler = run.start(pid, setup)?;
+    let probe = Probe::start(Some(pid), setup.secs, setup.flamegraphs.is_some())?;
     let (rps, p99_ms, requests) = h2load(target, setup.secs, &setup.dir, protocol)?;
     let cost = probe.finish(requests)?;
-    let hot = profiler
-        .map(Profile::finish)
-        .transpose()?
-        .unwrap_or_default();
+    let hot = run.finish(profiler, setup)?;
     Ok(H2loadRun {
         rps,
         p99_ms,
         cost,
         hot,
     })
+}
+
+/// Where a load balancer's time went in one run (`--profile`): its hottest symbols by self
+/// time, and the flamegraph of the run.
+#[derive(Clone, Debug, Default)]
+struct Hot {
+    symbols: Vec<String>,
+    flamegraph: Option<PathBuf>,
+}
+
+impl Hot {
+    /// The report's section for it, headed `heading`; empty without a profile.
+    fn section(&self, heading: &str) -> String {
+        let mut o = String::new();
+        if !self.symbols.is_empty() {
+            o += &format!(
+                "\n{heading}, hottest symbols (`perf record`, last round):\n\n```\n{}\n```\n",
+                self.symbols.join("\n")
+            );
+        }
+        if let Some(svg) = &self.flamegraph {
+            o += &format!(
+                "\n{heading}, flamegraph (last round): `{}`\n",
+                svg.display()
+            );
+        }
+        o
+    }
+}
+
+/// One load run of one case that `--profile` profiles, by its names.
+struct ProfiledRun {
+    case: Case,
+    /// `keep-alive`, `h2`, `tls-keep-alive`.
+    run: &'static str,
+}
+
+impl ProfiledRun {
+    fn new(case: Case, run: &'static str) -> ProfiledRun {
+        ProfiledRun { case, run }
+    }
+
+    fn file_name(&self) -> String {
+        format!("{}-{}", self.case.slug(), self.run)
+    }
+
+    /// With `--profile`, `perf record` of the LB `pid`, with call graphs for the flamegraph.
+    fn start(&self, pid: u32, setup: &Setup) -> Result<Option<Profile>> {
+        if setup.flamegraphs.is_none() {
+            return Ok(None);
+        }
+        Profile::start(pid, &setup.dir, &self.file_name(), true).map(Some)
+    }
+
+    /// Stops `profiler`: the hottest symbols, and the flamegraph in the flamegraph directory.
+    fn finish(&self, profiler: Option<Profile>, setup: &Setup) -> Result<Hot> {
+        let (Some(profiler), Some(dir)) = (profiler, &setup.flamegraphs) else {
+            return Ok(Hot::default());
+        };
+        let svg = dir.join(format!("{}.svg", self.file_name()));
+        let title = format!("{}, {}", self.case.name(), self.run);
+        let (symbols, flamegraph) = profiler.finish_with_flamegraph(&svg, &title)?;
+        Ok(Hot {
+            symbols,
+            flamegraph,
+        })
+    }
+}
+
+/// `bench-results/http-<UTC time>-flamegraphs`, created.
+fn flamegraph_dir() -> Result<PathBuf> {
+    let stamp = lab::run(&["date", "-u", "+%Y%m%d-%H%M%S"])?;
+    let dir = super::workspace_root()
+        .join("bench-results")
+        .join(format!("http-{}-flamegraphs", stamp.trim()));
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }
 
 /// A process's CPU busy % from its CPU seconds before and after `secs` of wall time.
@@ -961,13 +1023,8 @@ fn cost_table(medians: &[Option<Sample>]) -> Result<String> {
     }
     writeln!(o, "\n{}", tls_cost_table(medians)?)?;
     for case in one_core {
-        if let Some(m) = medians[slot(case)].as_ref().filter(|m| !m.hot.is_empty()) {
-            writeln!(
-                o,
-                "\n{} keep-alive, hottest symbols (`perf record`, last round):\n",
-                case.name()
-            )?;
-            writeln!(o, "```\n{}\n```", m.hot.join("\n"))?;
+        if let Some(m) = &medians[slot(case)] {
+            o += &m.hot.section(&format!("{} keep-alive", case.name()));
         }
     }
     Ok(o)
@@ -1000,14 +1057,7 @@ fn tls_cost_table(medians: &[Option<Sample>]) -> Result<String> {
             continue;
         };
         for (run, hot) in [("h2", &m.hot_h2), ("TLS keep-alive", &m.hot_tls_ka)] {
-            if !hot.is_empty() {
-                writeln!(
-                    o,
-                    "\n{} {run}, hottest symbols (`perf record`, last round):\n",
-                    case.name()
-                )?;
-                writeln!(o, "```\n{}\n```", hot.join("\n"))?;
-            }
+            o += &hot.section(&format!("{} {run}", case.name()));
         }
     }
     Ok(o)

@@ -11,6 +11,7 @@ mod churn;
 mod cost;
 mod cpu;
 mod cpu_quota;
+mod flamegraph;
 mod http;
 mod idle;
 mod lab;
@@ -126,8 +127,10 @@ pub struct HttpArgs {
     /// run as one more case beside mlb in every round: a before/after from one run.
     #[arg(long, value_name = "PATH")]
     pub baseline: Option<PathBuf>,
-    /// Profile each load balancer during its keep-alive run (`perf record`, flat): its
-    /// hottest symbols go into the report. Adds perf's overhead to those runs.
+    /// Profile each load balancer during its keep-alive, h2 and TLS keep-alive runs (`perf
+    /// record` with DWARF call graphs): its hottest symbols go into the report, a flamegraph
+    /// of each run into `bench-results/http-<time>-flamegraphs/`. Adds perf's overhead to
+    /// those runs.
     #[arg(long)]
     pub profile: bool,
     /// Cap each load balancer at this % of one CPU (per thread; a cgroup CPU quota), so that

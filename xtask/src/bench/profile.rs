@@ -10,7 +10,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::lab::{self, ChildGuard};
+use super::{
+    flamegraph,
+    lab::{self, ChildGuard},
+};
 
 /// Samples per second: enough for a second-long phase, little overhead.
 const FREQ: &str = "999";
@@ -66,6 +69,25 @@ impl Profile {
     pub fn finish(mut self) -> Result<Vec<String>> {
         self.stop()?;
         self.report(&[])
+    }
+
+    /// [`Profile::finish`], and the flamegraph of the profile (started with call graphs)
+    /// written to `svg` under `title`: its path, or `None` when it could not be drawn (said on
+    /// stderr; the hottest symbols stand without it).
+    pub fn finish_with_flamegraph(
+        self,
+        svg: &Path,
+        title: &str,
+    ) -> Result<(Vec<String>, Option<PathBuf>)> {
+        let data = self.data.clone();
+        let hot = self.finish()?;
+        match flamegraph::write(&data, svg, title) {
+            Ok(()) => Ok((hot, Some(svg.to_owned()))),
+            Err(e) => {
+                eprintln!("bench: no flamegraph for {title}: {e:#}");
+                Ok((hot, None))
+            }
+        }
     }
 
     /// Stops sampling and returns, for each of `cpus`, its hottest symbols by self time (shares
