@@ -150,8 +150,8 @@ struct Setup {
 impl Setup {
     fn write(lab: &Lab, bins: Binaries, secs: u32, args: &HttpArgs) -> Result<Setup> {
         let cert = write_cert(&lab.dir)?;
-        let haproxy_cfg = write_haproxy_config(&lab.dir, &cert, 1)?;
-        let haproxy2_cfg = write_haproxy_config(&lab.dir, &cert, 2)?;
+        let haproxy_cfg = write_haproxy_config(&lab.dir, &cert, 1, HAPROXY_MAXCONN)?;
+        let haproxy2_cfg = write_haproxy_config(&lab.dir, &cert, 2, HAPROXY_MAXCONN)?;
         Ok(Setup {
             bins,
             cert,
@@ -731,7 +731,10 @@ fn write_cert(dir: &Path) -> Result<PathBuf> {
 /// `BACKEND_HTTP_OPTIONS` (the `X-Forwarded-*` headers mlb adds too, so both do the same work
 /// per request). Servers are kept alive: marathon-lb's default `option http-server-close` is
 /// left out, as it would make HAProxy connect to a backend per request.
-fn write_haproxy_config(dir: &Path, cert: &Path, threads: u32) -> Result<PathBuf> {
+/// HAProxy's `maxconn` in the speed cases (far above their 32 connections).
+const HAPROXY_MAXCONN: usize = 4096;
+
+fn write_haproxy_config(dir: &Path, cert: &Path, threads: u32, maxconn: usize) -> Result<PathBuf> {
     let path = dir.join(format!("haproxy-{threads}.cfg"));
     let port = nginx::PORT;
     let servers: String = BACKEND_IPS
@@ -742,7 +745,7 @@ fn write_haproxy_config(dir: &Path, cert: &Path, threads: u32) -> Result<PathBuf
     fs::write(
         &path,
         format!(
-            "global\n  nbthread {threads}\n  maxconn 4096\n  stats socket {sock} level admin\n\
+            "global\n  nbthread {threads}\n  maxconn {maxconn}\n  stats socket {sock} level admin\n\
              defaults\n  mode http\n  timeout connect 3s\n  timeout client 30s\n  timeout server 30s\n\
              frontend marathon_http_in\n  bind {VIP}:{port}\n  acl host_app hdr(host) -i {VHOST}\n  use_backend app_10000 if host_app\n\
              frontend marathon_https_in\n  bind {VIP}:{TLS_PORT} ssl crt {cert} alpn h2,http/1.1\n  mode http\n\
@@ -757,54 +760,88 @@ fn write_haproxy_config(dir: &Path, cert: &Path, threads: u32) -> Result<PathBuf
     Ok(path)
 }
 
-/// mlb's resident memory per idle keep-alive connection, plain HTTP and TLS, each with mlb
-/// started afresh.
+/// Resident memory per idle keep-alive connection, plain HTTP and TLS, of mlb and of HAProxy,
+/// each started afresh.
 fn memory_report(lab: &mut Lab, setup: &Setup, conns: usize) -> Result<String> {
+    // HAProxy wants two descriptors per connection it admits (`maxconn`) and does not start
+    // when the process may not have them: it gets as many connections as the limit allows.
+    let haproxy_conns = conns.min(haproxy_maxconn_limit()?.saturating_sub(HAPROXY_SPARE_CONNS));
+    write_haproxy_config(
+        &lab.dir,
+        &setup.cert,
+        1,
+        haproxy_conns + HAPROXY_SPARE_CONNS,
+    )?;
     let mut o = String::new();
     writeln!(o, "# mlb bench http --memory\n")?;
     writeln!(
         o,
         "mlb (one thread, cpu1; and with its default threads, the proxy on the shared \
-         runtime with a worker per CPU, cpu0-1); {conns} client connections from cli, each one \
-         keep-alive `GET /` answered, then all held idle; mlb's VmRSS before they open and 2 s \
-         after the last answer.\n"
+         runtime with a worker per CPU, cpu0-1) and HAProxy (`nbthread 1`, cpu1); that many \
+         client connections from cli, each one keep-alive `GET /` answered, then all held \
+         idle; the load balancer's VmRSS before they open and 2 s after the last answer. \
+         HAProxy holds as many as its descriptor limit lets it admit (`maxconn`).\n"
     )?;
     writeln!(
         o,
-        "| connections | RSS before MiB | RSS held MiB | per connection KiB | {conns} connections MiB |"
+        "| case | connections | RSS before MiB | RSS held MiB | per connection KiB | all connections MiB |"
     )?;
-    writeln!(o, "|---|---|---|---|---|")?;
+    writeln!(o, "|---|---|---|---|---|---|")?;
     for (case, name, port, tls) in [
-        (Case::Mlb, "plain HTTP/1.1", nginx::PORT, false),
-        (Case::Mlb, "HTTP/1.1 over TLS", TLS_PORT, true),
+        (Case::Mlb, "mlb, plain HTTP/1.1", nginx::PORT, false),
+        (Case::Haproxy, "HAProxy, plain HTTP/1.1", nginx::PORT, false),
+        (Case::Mlb, "mlb, HTTP/1.1 over TLS", TLS_PORT, true),
+        (Case::Haproxy, "HAProxy, HTTP/1.1 over TLS", TLS_PORT, true),
         (
             Case::MlbShared,
-            "plain HTTP/1.1, default threads",
+            "mlb, plain HTTP/1.1, default threads",
             nginx::PORT,
             false,
         ),
     ] {
         eprintln!("bench http: memory: {name}");
-        let pid = start_lb(lab, case, setup)?.context("mlb has a PID")?;
+        let n = if case == Case::Haproxy {
+            haproxy_conns
+        } else {
+            conns
+        };
+        let pid = start_lb(lab, case, setup)?.context("the load balancer has a PID")?;
         let url = format!("http://{VIP}:{}/", nginx::PORT);
         let host_header = format!("Host: {VHOST}");
         probe::wait_for_200(lab, Some(pid), NS_CLI, &["-H", &host_header, &url])?;
         let target = format!("{VIP}:{port}");
-        let held = super::idle::rss_with_idle_conns(&setup.bins.xtask, pid, &target, conns, tls);
+        let held = super::idle::rss_with_idle_conns(&setup.bins.xtask, pid, &target, n, tls);
         lab.stop(pid);
         let (before, held) = held?;
         let delta = held.saturating_sub(before) as f64;
         let row = format!(
-            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            "| {name} | {n} | {:.1} | {:.1} | {:.1} | {:.1} |",
             before as f64 / 1024.0,
             held as f64 / 1024.0,
-            delta / conns as f64,
+            delta / n as f64,
             delta / 1024.0,
         );
         eprintln!("bench http: {row}");
         writeln!(o, "{row}")?;
     }
     Ok(o)
+}
+
+/// Connections HAProxy may have beyond the idle ones measured (the probe's, its backends').
+const HAPROXY_SPARE_CONNS: usize = 64;
+
+/// The most connections HAProxy admits under this process's hard descriptor limit (which it
+/// inherits): two descriptors each, and 26 of its own (what HAProxy 2.6 adds).
+fn haproxy_maxconn_limit() -> Result<usize> {
+    let limits = fs::read_to_string("/proc/self/limits")?;
+    let hard: usize = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .context("no open-files limit in /proc/self/limits")?
+        .parse()
+        .unwrap_or(usize::MAX / 4);
+    Ok(hard.saturating_sub(26) / 2)
 }
 
 /// mlb's resident memory while a slow client reads a large response through it.
