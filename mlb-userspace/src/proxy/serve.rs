@@ -40,14 +40,15 @@ type InFlight =
     Pin<Box<dyn Future<Output = Result<http::Response<SessionBody>, Infallible>> + Send>>;
 
 /// Serves HTTP on `io` until the client leaves, the connection fails or times out (the
-/// connection's supervisor closes it when it sends no request in time or stays idle).
-pub(crate) async fn serve_http<I>(shared: Arc<Shared>, mut io: I, info: ConnInfo)
+/// connection's supervisor closes it when it sends no request in time or stays idle). `info`
+/// comes boxed (see `serve_connection`).
+pub(crate) async fn serve_http<I>(shared: Arc<Shared>, mut io: I, info: Box<ConnInfo>)
 where
     I: AsyncRead + AsyncWrite + Unpin + LastSegment + Send + 'static,
 {
     let client_timeout = client_timeout(&shared, info.frontend);
     let _open = OpenConnection::new(shared.clone());
-    let info = Arc::new(info);
+    let info = Arc::<ConnInfo>::from(info);
     // Nothing is built for the connection before its first bytes.
     let Some(first) = first_bytes(&mut io).await else {
         return;
