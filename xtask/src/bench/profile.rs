@@ -121,6 +121,10 @@ impl Profile {
                 "-q",
                 "--sort",
                 "dso,symbol",
+                // Self time per symbol only, also when call graphs were recorded (for a
+                // flamegraph): perf would print each symbol's call chains under it.
+                "-g",
+                "none",
             ])
             .args(filter)
             // Shares of what the filter kept (one CPU's samples), not of all samples.
