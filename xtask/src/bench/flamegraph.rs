@@ -320,6 +320,20 @@ mod tests {
         assert!(r >= 230 && g >= 130 && b < 40, "{r},{g},{b}");
         let (r, g, b) = colour("mlb::proxy::serve");
         assert!(r >= 190 && g < 100 && b < 80, "{r},{g},{b}");
-        assert_eq!(colour("serve"), colour("serve"));
+    }
+
+    /// A name keeps its colour from one graph to the next (the colour comes from the name
+    /// alone, not from where or when the frame is drawn).
+    #[test]
+    fn a_frame_has_the_same_colour_in_every_graph() {
+        let fill_of = |svg: &str| {
+            let at = svg.find("<title>serve (").unwrap();
+            let rest = &svg[at..];
+            let fill = &rest[rest.find("fill=\"").unwrap() + 6..];
+            fill[..fill.find('"').unwrap()].to_owned()
+        };
+        let one: Folded = [("p;serve".to_owned(), 1)].into();
+        let other: Folded = [("q;a".to_owned(), 5), ("q;serve".to_owned(), 2)].into();
+        assert_eq!(fill_of(&svg("one", &one)), fill_of(&svg("other", &other)));
     }
 }
